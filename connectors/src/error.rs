@@ -1,0 +1,54 @@
+//! Errors of the connectors. Each names the file (and line) involved and what to do.
+
+use std::path::PathBuf;
+
+/// A connector failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// A file could not be opened or created.
+    #[error("cannot open {path}: {source} (check the path and its permissions)")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading failed after the file was opened.
+    #[error("cannot read {path} after line {line}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The last line read completely.
+        line: u64,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing failed.
+    #[error("cannot write {path}: {source} (is the disk full?)")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A result could not be encoded as JSON.
+    #[error("cannot encode a result for {path} as JSON: {source}")]
+    Encode {
+        /// The file.
+        path: PathBuf,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A CSV file's header row does not fit the job.
+    #[error("{path}: line 1: {message}")]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the header.
+        message: String,
+    },
+}

@@ -1,0 +1,312 @@
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use weir_engine::{BoxError, Source, SourceStatus};
+
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::error::ConnectorError;
+use crate::format::{Decoder, Format};
+
+/// How long a followed file is left alone when it has no new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Reads a file line by line and decodes each line with a [`Decoder`].
+///
+/// Lines that fail to decode (or are not UTF-8) go to the [`DeadLetters`] with their line
+/// number; blank lines are skipped. Bounded by default: the source ends at the end of the
+/// file. With [`FileSource::follow`] it keeps reading lines appended later, like `tail -f`,
+/// and a last line without a line break is only read once it is complete.
+pub struct FileSource<D> {
+    path: PathBuf,
+    format: Format,
+    decoder: D,
+    dead_letters: DeadLetters,
+    follow: bool,
+    reader: Option<BufReader<File>>,
+    line: Vec<u8>,
+    line_number: u64,
+    offset: u64,
+    header_read: bool,
+    rejected: Vec<DeadLetter>,
+}
+
+impl<D> std::fmt::Debug for FileSource<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSource")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("line_number", &self.line_number)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Decoder> FileSource<D> {
+    /// Reads `path` in `format`, decoding with `decoder`; rejects go to `dead_letters`.
+    pub fn new(
+        path: impl Into<PathBuf>,
+        format: Format,
+        decoder: D,
+        dead_letters: DeadLetters,
+    ) -> Self {
+        FileSource {
+            path: path.into(),
+            format,
+            decoder,
+            dead_letters,
+            follow: false,
+            reader: None,
+            line: Vec::with_capacity(256),
+            line_number: 0,
+            offset: 0,
+            header_read: false,
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Keeps reading appended lines at the end of the file instead of ending.
+    pub fn follow(mut self, follow: bool) -> Self {
+        self.follow = follow;
+        self
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Byte offset just after the last complete line read.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn open(&mut self) -> Result<(), ConnectorError> {
+        let file = File::open(&self.path).map_err(|source| ConnectorError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.dead_letters.open()?;
+        self.reader = Some(BufReader::with_capacity(READ_BUFFER, file));
+        Ok(())
+    }
+
+    fn reject(&mut self, error: String, raw: &[u8]) {
+        self.rejected.push(DeadLetter {
+            source: self.path.display().to_string(),
+            line: self.line_number,
+            error,
+            raw: String::from_utf8_lossy(raw).into_owned(),
+        });
+    }
+
+    /// Decodes the complete line in `self.line` into `out` (or the dead letters).
+    fn take_line(&mut self, out: &mut Vec<D::Item>) -> Result<(), ConnectorError> {
+        let mut end = self.line.len();
+        while end > 0 && matches!(self.line[end - 1], b'\n' | b'\r') {
+            end -= 1;
+        }
+        let line = std::mem::take(&mut self.line);
+        let result = match std::str::from_utf8(&line[..end]) {
+            Err(e) => Err(format!("line is not UTF-8: {e}")),
+            Ok(text) if text.trim().is_empty() => Ok(None),
+            Ok(text) if self.format == Format::Csv && !self.header_read => {
+                self.header_read = true;
+                self.decoder
+                    .header(text)
+                    .map_err(|message| ConnectorError::Header {
+                        path: self.path.clone(),
+                        message,
+                    })?;
+                Ok(None)
+            }
+            Ok(text) => self.decoder.decode(text).map(Some),
+        };
+        match result {
+            Ok(Some(item)) => out.push(item),
+            Ok(None) => {}
+            Err(error) => self.reject(error, &line[..end]),
+        }
+        self.line = line;
+        self.line.clear();
+        Ok(())
+    }
+}
+
+impl<D: Decoder> Source for FileSource<D> {
+    type Item = D::Item;
+
+    fn poll_batch(&mut self, out: &mut Vec<D::Item>, max: usize) -> Result<SourceStatus, BoxError> {
+        if self.reader.is_none() {
+            self.open()?;
+        }
+        let mut status = SourceStatus::More;
+        while out.len() < max {
+            let Some(reader) = self.reader.as_mut() else {
+                break;
+            };
+            let read = reader.read_until(b'\n', &mut self.line).map_err(|source| {
+                ConnectorError::Read {
+                    path: self.path.clone(),
+                    line: self.line_number,
+                    source,
+                }
+            })?;
+            let complete = self.line.last() == Some(&b'\n');
+            if read == 0 || (!complete && self.follow) {
+                if !self.follow {
+                    if !self.line.is_empty() {
+                        self.line_number += 1;
+                        self.take_line(out)?;
+                    }
+                    status = SourceStatus::Exhausted;
+                } else {
+                    // Keep the partial line; the writer has not finished it yet.
+                    if out.is_empty() {
+                        std::thread::sleep(FOLLOW_POLL);
+                    }
+                    status = SourceStatus::Idle;
+                }
+                break;
+            }
+            self.line_number += 1;
+            self.offset += self.line.len() as u64;
+            self.take_line(out)?;
+        }
+        if !self.rejected.is_empty() {
+            self.dead_letters.write(&self.rejected)?;
+            self.rejected.clear();
+        }
+        Ok(status)
+    }
+
+    fn describe(&self) -> String {
+        let mode = if self.follow { ", follow" } else { "" };
+        format!("file {} ({:?}{mode})", self.path.display(), self.format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use serde::Deserialize;
+    use weir_engine::metrics::Counter;
+
+    use super::*;
+    use crate::format::Json;
+
+    #[derive(Debug, Clone, PartialEq, Deserialize)]
+    struct Ev {
+        ts: i64,
+        key: String,
+    }
+
+    fn drain<D: Decoder>(src: &mut FileSource<D>) -> Result<Vec<D::Item>, BoxError> {
+        let mut all = Vec::new();
+        for _ in 0..1000 {
+            let status = src.poll_batch(&mut all, 2)?;
+            if status == SourceStatus::Exhausted {
+                return Ok(all);
+            }
+        }
+        Err("source never ended".into())
+    }
+
+    #[test]
+    fn malformed_lines_go_to_dead_letters_with_line_numbers() -> Result<(), BoxError> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(
+            &input,
+            "{\"ts\":1,\"key\":\"a\"}\nnot json\n\n{\"ts\":2}\n{\"ts\":3,\"key\":\"b\"}",
+        )?;
+        let dead_path = dir.path().join("dead.jsonl");
+        let counter = Counter::new("dead", "dead letters")?;
+        let dead = DeadLetters::to_file(&dead_path, counter.clone());
+        let mut src = FileSource::new(&input, Format::JsonLines, Json::<Ev>::default(), dead);
+        let events = drain(&mut src)?;
+        assert_eq!(
+            events,
+            vec![
+                Ev {
+                    ts: 1,
+                    key: "a".into()
+                },
+                Ev {
+                    ts: 3,
+                    key: "b".into()
+                }
+            ]
+        );
+        let letters: Vec<DeadLetter> = std::fs::read_to_string(&dead_path)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            letters.iter().map(|l| l.line).collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+        assert_eq!(letters[0].raw, "not json");
+        assert!(
+            letters[1].error.contains("missing field `key`"),
+            "{}",
+            letters[1].error
+        );
+        assert_eq!(counter.get(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn follow_reads_appended_lines_and_waits_for_partial_ones() -> Result<(), BoxError> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "{\"ts\":1,\"key\":\"a\"}\n")?;
+        let dead = DeadLetters::to_file(dir.path().join("d"), Counter::new("d", "d")?);
+        let mut src =
+            FileSource::new(&input, Format::JsonLines, Json::<Ev>::default(), dead).follow(true);
+        let mut out = Vec::new();
+        assert_eq!(src.poll_batch(&mut out, 10)?, SourceStatus::Idle);
+        assert_eq!(out.len(), 1);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&input)?;
+        f.write_all(b"{\"ts\":2,\"key\":")?;
+        f.flush()?;
+        assert_eq!(src.poll_batch(&mut out, 10)?, SourceStatus::Idle);
+        assert_eq!(out.len(), 1, "a partial line must wait for its line break");
+        f.write_all(b"\"b\"}\n")?;
+        f.flush()?;
+        assert_eq!(src.poll_batch(&mut out, 10)?, SourceStatus::Idle);
+        assert_eq!(
+            out,
+            vec![
+                Ev {
+                    ts: 1,
+                    key: "a".into()
+                },
+                Ev {
+                    ts: 2,
+                    key: "b".into()
+                }
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn missing_file_names_the_path() -> Result<(), BoxError> {
+        let dir = tempfile::tempdir()?;
+        let dead = DeadLetters::to_file(dir.path().join("d"), Counter::new("d", "d")?);
+        let mut src = FileSource::new(
+            dir.path().join("nope.jsonl"),
+            Format::JsonLines,
+            Json::<Ev>::default(),
+            dead,
+        );
+        let err = src
+            .poll_batch(&mut Vec::new(), 10)
+            .expect_err("missing file");
+        assert!(err.to_string().contains("nope.jsonl"), "{err}");
+        Ok(())
+    }
+}

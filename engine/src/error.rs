@@ -1,0 +1,99 @@
+//! Errors of the runtime. Every variant names the part of the job that failed, so a user
+//! can tell a bad input from a bad job definition from a failing disk.
+
+use std::path::PathBuf;
+
+/// A boxed error from user code or a connector.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result with [`EngineError`] as the default error.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// What can go wrong while building or running a job.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A source failed to read or decode its input.
+    #[error("source `{name}` failed: {source}")]
+    Source {
+        /// The source's name in the job graph.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// A sink failed to write.
+    #[error("sink `{name}` failed: {source}")]
+    Sink {
+        /// The sink's name in the job graph.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// An operator failed (for example an aggregate overflowed).
+    #[error("operator `{name}` failed: {source}")]
+    Operator {
+        /// The operator's name in the job graph.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// The job graph is not runnable as defined.
+    #[error("invalid job `{job}`: {reason}")]
+    InvalidJob {
+        /// The job's name.
+        job: String,
+        /// Why it cannot run, and what to change.
+        reason: String,
+    },
+    /// The metrics endpoint could not be started.
+    #[error("cannot serve metrics on {addr}: {source} (pick another --metrics-addr)")]
+    MetricsServer {
+        /// The address that was asked for.
+        addr: String,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A downstream task stopped, so this one cannot hand over its output. The failing task
+    /// reports the real cause.
+    #[error("a downstream task of `{name}` stopped")]
+    DownstreamGone {
+        /// The task that noticed.
+        name: String,
+    },
+    /// An upstream task stopped without reaching the end of its input.
+    #[error("an upstream task of `{name}` stopped before the end of its input")]
+    UpstreamGone {
+        /// The task that noticed.
+        name: String,
+    },
+    /// A worker thread panicked: a bug in weir or in user code.
+    #[error("task `{name}` panicked: {message}")]
+    Panicked {
+        /// The task's name.
+        name: String,
+        /// The panic payload, if it was a string.
+        message: String,
+    },
+}
+
+impl EngineError {
+    /// True for errors that only echo a failure elsewhere in the job.
+    pub fn is_secondary(&self) -> bool {
+        matches!(
+            self,
+            EngineError::DownstreamGone { .. } | EngineError::UpstreamGone { .. }
+        )
+    }
+}

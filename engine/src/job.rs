@@ -1,0 +1,499 @@
+//! The typed, fluent job API.
+//!
+//! A [`Job`] collects a dataflow graph; [`Stream`] and [`KeyedStream`] are typed handles to
+//! its nodes. Building a job does no I/O: sources open their inputs when the job runs, so a
+//! job can be described (`weir describe`) without its inputs.
+//!
+//! ```
+//! use std::time::Duration;
+//! use weir_engine::{Job, Watermarks};
+//! # use weir_engine::{Source, SourceStatus, Sink, Record, BoxError};
+//! # #[derive(Clone)] struct Numbers(i64);
+//! # impl Source for Numbers {
+//! #     type Item = i64;
+//! #     fn poll_batch(&mut self, out: &mut Vec<i64>, _max: usize) -> Result<SourceStatus, BoxError> {
+//! #         out.extend(0..self.0); Ok(SourceStatus::Exhausted)
+//! #     }
+//! #     fn describe(&self) -> String { "numbers".into() }
+//! # }
+//! # struct Collect(std::sync::Arc<std::sync::Mutex<Vec<i64>>>);
+//! # impl Sink<i64> for Collect {
+//! #     fn write(&mut self, r: &[Record<i64>]) -> Result<(), BoxError> {
+//! #         self.0.lock().unwrap().extend(r.iter().map(|r| r.value)); Ok(())
+//! #     }
+//! #     fn finish(&mut self) -> Result<(), BoxError> { Ok(()) }
+//! #     fn describe(&self) -> String { "collect".into() }
+//! # }
+//! # let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+//! let job = Job::new("evens");
+//! job.source("numbers", Numbers(10))
+//!     .timestamps(|n| *n * 1000, Watermarks::bounded(Duration::from_secs(1)))
+//!     .filter(|n| n % 2 == 0)
+//!     .map(|n| n * 10)
+//!     .sink("out", Collect(seen.clone()));
+//! job.run(&Default::default())?;
+//! assert_eq!(*seen.lock().unwrap(), vec![0, 20, 40, 60, 80]);
+//! # Ok::<(), weir_engine::EngineError>(())
+//! ```
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::error::{EngineError, Result};
+use crate::keys::StableHash;
+use crate::metrics::JobMetrics;
+use crate::operator::OperatorFactory;
+use crate::record::Data;
+use crate::runtime::{
+    self, FilterPush, FlatMapPush, KeyedNode, MapPush, NodeImpl, RunOptions, RunSummary, SinkNode,
+    SourceNode, StatelessNode, TimestampPush, UnionNode,
+};
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::state::StateKey;
+use crate::time::Watermarks;
+
+pub(crate) type NodeId = usize;
+
+/// What a node does, which decides how it is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeKind {
+    Source,
+    Stateless,
+    Keyed,
+    Union,
+    Sink,
+}
+
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) kind: NodeKind,
+    pub(crate) detail: String,
+    pub(crate) inputs: Vec<NodeId>,
+    pub(crate) consumers: Vec<NodeId>,
+    pub(crate) imp: Rc<dyn NodeImpl>,
+}
+
+/// The dataflow graph of a job, in the order nodes were added (a topological order).
+#[derive(Default)]
+pub(crate) struct Graph {
+    pub(crate) nodes: Vec<Node>,
+    /// Mistakes found while building; reported when the job runs or is described.
+    pub(crate) errors: Vec<String>,
+}
+
+impl Graph {
+    /// Parallelism of a node when keyed operators run with `parallelism` workers.
+    pub(crate) fn parallelism(&self, id: NodeId, parallelism: usize) -> usize {
+        let node = &self.nodes[id];
+        match node.kind {
+            NodeKind::Keyed => parallelism,
+            NodeKind::Stateless => self.parallelism(node.inputs[0], parallelism),
+            NodeKind::Source | NodeKind::Union | NodeKind::Sink => 1,
+        }
+    }
+
+    /// How many upstream instances deliver into a node.
+    pub(crate) fn producers(&self, id: NodeId, parallelism: usize) -> usize {
+        self.nodes[id]
+            .inputs
+            .iter()
+            .map(|&i| self.parallelism(i, parallelism))
+            .sum()
+    }
+
+    /// True if a node runs in the thread of its (single) upstream instance, false if it
+    /// reads from channels in threads of its own.
+    pub(crate) fn is_chained(&self, id: NodeId, parallelism: usize) -> bool {
+        match self.nodes[id].kind {
+            NodeKind::Source => false,
+            NodeKind::Stateless => true,
+            NodeKind::Keyed => parallelism == 1 && self.producers(id, parallelism) == 1,
+            NodeKind::Union | NodeKind::Sink => self.producers(id, parallelism) == 1,
+        }
+    }
+
+    fn add(
+        &mut self,
+        base: &str,
+        kind: NodeKind,
+        detail: String,
+        inputs: &[NodeId],
+        imp: Rc<dyn NodeImpl>,
+    ) -> NodeId {
+        let id = self.nodes.len();
+        let mut name = base.to_string();
+        let mut n = 2;
+        while self.nodes.iter().any(|node| node.name == name) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        for &i in inputs {
+            self.nodes[i].consumers.push(id);
+        }
+        self.nodes.push(Node {
+            name,
+            kind,
+            detail,
+            inputs: inputs.to_vec(),
+            consumers: Vec::new(),
+            imp,
+        });
+        id
+    }
+}
+
+struct JobInner {
+    name: String,
+    graph: RefCell<Graph>,
+    metrics: Arc<JobMetrics>,
+}
+
+/// A dataflow job under construction. Cloning gives another handle to the same job.
+#[derive(Clone)]
+pub struct Job {
+    inner: Rc<JobInner>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Job {
+    /// An empty job called `name`.
+    pub fn new(name: &str) -> Self {
+        Job {
+            inner: Rc::new(JobInner {
+                name: name.to_string(),
+                graph: RefCell::new(Graph::default()),
+                metrics: Arc::new(JobMetrics::new(name)),
+            }),
+        }
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The job's metrics, live while it runs.
+    pub fn metrics(&self) -> Arc<JobMetrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// Adds a source; its events enter the job without timestamps.
+    pub fn source<S: Source>(&self, name: &str, source: S) -> Stream<S::Item> {
+        let detail = source.describe();
+        let id = self.add(
+            name,
+            NodeKind::Source,
+            detail,
+            &[],
+            Rc::new(SourceNode::new(source)),
+        );
+        Stream::new(self.clone(), id, false)
+    }
+
+    /// Runs the job to completion (or failure) and reports what it did.
+    pub fn run(&self, options: &RunOptions) -> Result<RunSummary> {
+        let graph = self.inner.graph.borrow();
+        if let Some(first) = graph.errors.first() {
+            return Err(EngineError::InvalidJob {
+                job: self.inner.name.clone(),
+                reason: first.clone(),
+            });
+        }
+        runtime::run(&self.inner.name, &graph, &self.inner.metrics, options)
+    }
+
+    /// The operator graph as text, one node per line, for `parallelism` workers.
+    pub fn describe(&self, parallelism: usize) -> String {
+        let graph = self.inner.graph.borrow();
+        let mut out = format!("job {} (parallelism {parallelism})\n", self.inner.name);
+        for (id, node) in graph.nodes.iter().enumerate() {
+            let inputs: Vec<&str> = node
+                .inputs
+                .iter()
+                .map(|&i| graph.nodes[i].name.as_str())
+                .collect();
+            let how = if node.inputs.is_empty() {
+                String::new()
+            } else if graph.is_chained(id, parallelism) {
+                format!(" <- {} (chained)", inputs.join(", "))
+            } else if node.kind == NodeKind::Keyed {
+                format!(" <- {} (hash exchange over key groups)", inputs.join(", "))
+            } else {
+                format!(" <- {} (channel)", inputs.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "  [{id}] {} {:?} x{}{how}{}",
+                node.name,
+                node.kind,
+                graph.parallelism(id, parallelism),
+                if node.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" : {}", node.detail)
+                }
+            );
+        }
+        for e in &graph.errors {
+            let _ = writeln!(out, "  error: {e}");
+        }
+        out
+    }
+
+    /// The operator graph in Graphviz DOT.
+    pub fn to_dot(&self, parallelism: usize) -> String {
+        let graph = self.inner.graph.borrow();
+        let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", self.inner.name);
+        for (id, node) in graph.nodes.iter().enumerate() {
+            let shape = match node.kind {
+                NodeKind::Source => "invhouse",
+                NodeKind::Sink => "house",
+                NodeKind::Keyed => "box3d",
+                NodeKind::Stateless | NodeKind::Union => "box",
+            };
+            let label = format!("{}\\nx{}", node.name, graph.parallelism(id, parallelism))
+                .replace('"', "'");
+            let _ = writeln!(out, "  n{id} [label=\"{label}\", shape={shape}];");
+            for &i in &node.inputs {
+                let style = if graph.is_chained(id, parallelism) {
+                    "solid"
+                } else {
+                    "bold"
+                };
+                let _ = writeln!(out, "  n{i} -> n{id} [style={style}];");
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    fn add(
+        &self,
+        base: &str,
+        kind: NodeKind,
+        detail: String,
+        inputs: &[NodeId],
+        imp: Rc<dyn NodeImpl>,
+    ) -> NodeId {
+        self.inner
+            .graph
+            .borrow_mut()
+            .add(base, kind, detail, inputs, imp)
+    }
+
+    fn invalid(&self, reason: String) {
+        self.inner.graph.borrow_mut().errors.push(reason);
+    }
+}
+
+/// A typed stream of events in a job. Cloning a stream and using both copies fans out.
+pub struct Stream<T> {
+    job: Job,
+    node: NodeId,
+    timed: bool,
+    _data: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Stream<T> {
+    fn clone(&self) -> Self {
+        Stream {
+            job: self.job.clone(),
+            node: self.node,
+            timed: self.timed,
+            _data: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Stream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("node", &self.node)
+            .field("timed", &self.timed)
+            .finish()
+    }
+}
+
+impl<T: Data> Stream<T> {
+    fn new(job: Job, node: NodeId, timed: bool) -> Self {
+        Stream {
+            job,
+            node,
+            timed,
+            _data: PhantomData,
+        }
+    }
+
+    /// The job this stream belongs to.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// True once [`Stream::timestamps`] assigned event times.
+    pub fn has_timestamps(&self) -> bool {
+        self.timed
+    }
+
+    /// Records a mistake in the job definition; the job will refuse to run.
+    pub fn invalid(&self, reason: String) {
+        self.job.invalid(reason);
+    }
+
+    fn stateless<U: Data>(&self, base: &str, timed: bool, node: StatelessNode<T, U>) -> Stream<U> {
+        let id = self.job.add(
+            base,
+            NodeKind::Stateless,
+            String::new(),
+            &[self.node],
+            Rc::new(node),
+        );
+        Stream::new(self.job.clone(), id, timed)
+    }
+
+    /// Assigns event times with `ts` and derives watermarks with `watermarks`.
+    pub fn timestamps<F>(self, ts: F, watermarks: Watermarks) -> Stream<T>
+    where
+        F: Fn(&T) -> i64 + Clone + Send + 'static,
+    {
+        self.stateless(
+            "timestamps",
+            true,
+            StatelessNode::new(move |down| {
+                Box::new(TimestampPush::new(ts.clone(), watermarks, down))
+            }),
+        )
+    }
+
+    /// Transforms each event.
+    pub fn map<U: Data, F>(self, f: F) -> Stream<U>
+    where
+        F: Fn(T) -> U + Clone + Send + 'static,
+    {
+        let timed = self.timed;
+        self.stateless(
+            "map",
+            timed,
+            StatelessNode::new(move |down| Box::new(MapPush::new(f.clone(), down))),
+        )
+    }
+
+    /// Keeps the events for which `f` is true.
+    pub fn filter<F>(self, f: F) -> Stream<T>
+    where
+        F: Fn(&T) -> bool + Clone + Send + 'static,
+    {
+        let timed = self.timed;
+        self.stateless(
+            "filter",
+            timed,
+            StatelessNode::new(move |down| Box::new(FilterPush::new(f.clone(), down))),
+        )
+    }
+
+    /// Replaces each event by zero or more events (all with the event's time).
+    pub fn flat_map<U: Data, I, F>(self, f: F) -> Stream<U>
+    where
+        I: IntoIterator<Item = U>,
+        F: Fn(T) -> I + Clone + Send + 'static,
+    {
+        let timed = self.timed;
+        self.stateless(
+            "flat_map",
+            timed,
+            StatelessNode::new(move |down| Box::new(FlatMapPush::new(f.clone(), down))),
+        )
+    }
+
+    /// Merges two streams of the same type. The watermark is the minimum of both inputs';
+    /// the interleaving of events follows arrival (it is not specified).
+    pub fn union(self, other: Stream<T>) -> Stream<T> {
+        let id = self.job.add(
+            "union",
+            NodeKind::Union,
+            String::new(),
+            &[self.node, other.node],
+            Rc::new(UnionNode::<T>::new()),
+        );
+        Stream::new(self.job.clone(), id, self.timed && other.timed)
+    }
+
+    /// Partitions the stream by key for stateful operators.
+    pub fn key_by<K, KF>(self, key: KF) -> KeyedStream<K, T, KF>
+    where
+        K: StateKey + StableHash + Data,
+        KF: Fn(&T) -> K + Clone + Send + 'static,
+    {
+        KeyedStream {
+            stream: self,
+            key,
+            _key: PhantomData,
+        }
+    }
+
+    /// Sends the stream to a sink.
+    pub fn sink<S: Sink<T>>(self, name: &str, sink: S) {
+        let detail = sink.describe();
+        self.job.add(
+            name,
+            NodeKind::Sink,
+            detail,
+            &[self.node],
+            Rc::new(SinkNode::new(sink)),
+        );
+    }
+}
+
+/// A stream partitioned by key; stateful operators apply per key.
+pub struct KeyedStream<K, T, KF> {
+    stream: Stream<T>,
+    key: KF,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K, T, KF> std::fmt::Debug for KeyedStream<K, T, KF> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedStream")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, T, KF> KeyedStream<K, T, KF>
+where
+    K: StateKey + StableHash + Data,
+    T: Data,
+    KF: Fn(&T) -> K + Clone + Send + 'static,
+{
+    /// The stream before keying.
+    pub fn stream(&self) -> &Stream<T> {
+        &self.stream
+    }
+
+    /// Applies a keyed operator made by `factory`, one instance per worker. Its results
+    /// keep the event time the operator gives them.
+    pub fn process<F>(self, name: &str, detail: String, factory: F) -> Stream<F::Out>
+    where
+        F: OperatorFactory<Key = K, In = T>,
+    {
+        let job = self.stream.job.clone();
+        let id = job.add(
+            name,
+            NodeKind::Keyed,
+            detail,
+            &[self.stream.node],
+            Rc::new(KeyedNode::new(factory, self.key)),
+        );
+        Stream::new(job, id, self.stream.timed)
+    }
+}

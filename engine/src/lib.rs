@@ -1,0 +1,50 @@
+//! # weir-engine: the runtime of weir
+//!
+//! This crate owns everything a job needs at run time that is not a specific operator or
+//! connector:
+//!
+//! - [`record`]: the unit of data ([`Record`]) and how it travels ([`Batch`]);
+//! - [`time`]: event time, watermark strategies and duration parsing;
+//! - [`source`], [`sink`], [`operator`]: the small traits at the seams;
+//! - [`state`]: keyed state behind the [`StateBackend`] trait;
+//! - [`keys`]: stable key hashing and key groups;
+//! - [`job`]: the typed, fluent job API ([`Job`], [`Stream`], [`KeyedStream`]);
+//! - [`runtime`]: turning a job graph into threads and bounded channels, and running it;
+//! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
+//!
+//! ```text
+//!  source thread                      keyed workers (P)             sink thread
+//!  ┌───────────────────────────┐      ┌─────────────────────┐      ┌──────────┐
+//!  │ Source -> timestamps ->   │ ──▶  │ window / process -> │ ──▶  │  Sink    │
+//!  │ map/filter -> key_by route│ ──▶  │ map/filter          │ ──▶  │          │
+//!  └───────────────────────────┘      └─────────────────────┘      └──────────┘
+//!        batches over bounded crossbeam channels (backpressure)
+//! ```
+//!
+//! Stateless operators are chained into the thread of their input. A keyed operator runs as
+//! P workers fed by a hash exchange over 128 key groups, except at P = 1 with a single input,
+//! where it is chained too and the whole job may run on one thread.
+
+pub mod error;
+pub mod job;
+pub mod keys;
+pub mod metrics;
+pub mod operator;
+pub mod record;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod time;
+
+pub use error::{BoxError, EngineError, Result};
+pub use job::{Job, KeyedStream, Stream};
+pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};
+pub use metrics::JobMetrics;
+pub use operator::{KeyedOperator, OperatorContext, Output};
+pub use record::{Batch, Data, Keyed, Record};
+pub use runtime::{RunOptions, RunSummary};
+pub use sink::Sink;
+pub use source::{Source, SourceStatus};
+pub use state::{MapState, MemoryBackend, StateBackend, StateKey, StateValue};
+pub use time::{parse_duration, Timestamp, Watermarks};

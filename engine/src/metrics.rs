@@ -1,0 +1,320 @@
+//! Prometheus metrics of a job, and the `/metrics` HTTP endpoint.
+//!
+//! One [`JobMetrics`] exists per job run; operators get per-instance handles
+//! ([`OperatorMetrics`]) when they are created and update them once per batch, never per
+//! event. All metric names start with `weir_` and carry the labels `job`, `operator` and,
+//! where it applies, `instance`.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `weir_events_in_total` | counter | records an operator received |
+//! | `weir_events_out_total` | counter | records an operator emitted (sources: events read) |
+//! | `weir_late_events_total` | counter | events dropped from windows as late |
+//! | `weir_dead_letter_records_total` | counter | input records sent to the dead-letter output |
+//! | `weir_watermark_ms` | gauge | current watermark of an operator instance (epoch ms) |
+//! | `weir_state_entries` | gauge | state entries (e.g. open window panes) of an instance |
+//! | `weir_channel_fill` | gauge | batches queued in front of an instance (backpressure) |
+//! | `weir_channel_capacity` | gauge | capacity of that queue, in batches |
+//! | `weir_uptime_seconds` | gauge | seconds since the job started |
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::error::EngineError;
+
+/// Counter handle type, re-exported so operators need no direct prometheus dependency.
+pub use prometheus::IntCounter as Counter;
+
+/// All metrics of one job.
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    job: String,
+    registry: Registry,
+    started: Instant,
+    events_in: IntCounterVec,
+    events_out: IntCounterVec,
+    late_events: IntCounterVec,
+    dead_letters: IntCounterVec,
+    watermark: IntGaugeVec,
+    state_entries: IntGaugeVec,
+    channel_fill: IntGaugeVec,
+    channel_capacity: IntGaugeVec,
+    uptime: Gauge,
+}
+
+/// Metric handles of one operator instance.
+#[derive(Debug, Clone)]
+pub struct OperatorMetrics {
+    /// Records received.
+    pub events_in: IntCounter,
+    /// Records emitted.
+    pub events_out: IntCounter,
+    /// Late events dropped.
+    pub late_events: IntCounter,
+    /// Current watermark.
+    pub watermark: IntGauge,
+    /// State entries held.
+    pub state_entries: IntGauge,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(vec.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    vec
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(vec.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    vec
+}
+
+const INSTANCE_LABELS: &[&str] = &["job", "operator", "instance"];
+
+impl JobMetrics {
+    /// Fresh metrics for the job `job`.
+    pub fn new(job: &str) -> Self {
+        let registry = Registry::new();
+        let uptime = Gauge::new("weir_uptime_seconds", "Seconds since the job started")
+            .unwrap_or_else(|e| panic!("metric weir_uptime_seconds is malformed: {e}"));
+        registry
+            .register(Box::new(uptime.clone()))
+            .unwrap_or_else(|e| panic!("metric weir_uptime_seconds registered twice: {e}"));
+        JobMetrics {
+            job: job.to_string(),
+            started: Instant::now(),
+            events_in: counter_vec(
+                &registry,
+                "weir_events_in_total",
+                "Records an operator received",
+                INSTANCE_LABELS,
+            ),
+            events_out: counter_vec(
+                &registry,
+                "weir_events_out_total",
+                "Records an operator emitted",
+                INSTANCE_LABELS,
+            ),
+            late_events: counter_vec(
+                &registry,
+                "weir_late_events_total",
+                "Events dropped from windows as late",
+                INSTANCE_LABELS,
+            ),
+            dead_letters: counter_vec(
+                &registry,
+                "weir_dead_letter_records_total",
+                "Input records sent to the dead-letter output",
+                &["job", "operator"],
+            ),
+            watermark: gauge_vec(
+                &registry,
+                "weir_watermark_ms",
+                "Current watermark (epoch ms)",
+                INSTANCE_LABELS,
+            ),
+            state_entries: gauge_vec(
+                &registry,
+                "weir_state_entries",
+                "State entries held by an operator instance",
+                INSTANCE_LABELS,
+            ),
+            channel_fill: gauge_vec(
+                &registry,
+                "weir_channel_fill",
+                "Batches queued in front of an operator instance",
+                INSTANCE_LABELS,
+            ),
+            channel_capacity: gauge_vec(
+                &registry,
+                "weir_channel_capacity",
+                "Capacity of the queue in front of an operator instance, in batches",
+                INSTANCE_LABELS,
+            ),
+            uptime,
+            registry,
+        }
+    }
+
+    /// The job's name.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// Handles for instance `instance` of operator `operator`.
+    pub fn operator(&self, operator: &str, instance: usize) -> OperatorMetrics {
+        let instance = instance.to_string();
+        let labels = [self.job.as_str(), operator, instance.as_str()];
+        OperatorMetrics {
+            events_in: self.events_in.with_label_values(&labels),
+            events_out: self.events_out.with_label_values(&labels),
+            late_events: self.late_events.with_label_values(&labels),
+            watermark: self.watermark.with_label_values(&labels),
+            state_entries: self.state_entries.with_label_values(&labels),
+        }
+    }
+
+    /// The dead-letter counter of a source.
+    pub fn dead_letters(&self, operator: &str) -> IntCounter {
+        self.dead_letters
+            .with_label_values(&[self.job.as_str(), operator])
+    }
+
+    /// Queue gauges (fill, capacity) in front of an operator instance.
+    pub fn channel(&self, operator: &str, instance: usize) -> (IntGauge, IntGauge) {
+        let instance = instance.to_string();
+        let labels = [self.job.as_str(), operator, instance.as_str()];
+        (
+            self.channel_fill.with_label_values(&labels),
+            self.channel_capacity.with_label_values(&labels),
+        )
+    }
+
+    /// Sum of a counter family over all label sets whose operator label is `operator`.
+    pub fn total(&self, family: MetricFamily, operator: Option<&str>) -> u64 {
+        let vec = match family {
+            MetricFamily::EventsIn => &self.events_in,
+            MetricFamily::EventsOut => &self.events_out,
+            MetricFamily::LateEvents => &self.late_events,
+            MetricFamily::DeadLetters => &self.dead_letters,
+        };
+        let mut sum = 0.0;
+        for family in vec.collect() {
+            for m in family.get_metric() {
+                let matches = operator.is_none_or(|op| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "operator" && l.value() == op)
+                });
+                if matches {
+                    sum += m.get_counter().get_value();
+                }
+            }
+        }
+        sum as u64
+    }
+
+    /// Seconds since the job's metrics were created.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        let mut buf = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            return format!("# weir: cannot encode metrics: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Counter families that [`JobMetrics::total`] can sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricFamily {
+    /// `weir_events_in_total`
+    EventsIn,
+    /// `weir_events_out_total`
+    EventsOut,
+    /// `weir_late_events_total`
+    LateEvents,
+    /// `weir_dead_letter_records_total`
+    DeadLetters,
+}
+
+/// A running `/metrics` endpoint. It serves until the process exits.
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (e.g. `127.0.0.1:9898`, port 0 picks a free port) and serves
+    /// `GET /metrics` from a background thread.
+    pub fn start(addr: &str, metrics: Arc<JobMetrics>) -> Result<Self, EngineError> {
+        let listener = TcpListener::bind(addr).map_err(|source| EngineError::MetricsServer {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| EngineError::MetricsServer {
+                addr: addr.to_string(),
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name("weir-metrics".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    // One scrape at a time is plenty; a stuck client times out.
+                    let _ = serve_one(stream, &metrics);
+                }
+            })
+            .map_err(|source| EngineError::MetricsServer {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(MetricsServer { addr: bound })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn serve_one(mut stream: TcpStream, metrics: &JobMetrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let (status, content_type, body) = if method != b"GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET is served\n".to_string(),
+        )
+    } else if path == b"/metrics" {
+        ("200 OK", "text/plain; version=0.0.4", metrics.render())
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "metrics are at /metrics\n".to_string(),
+        )
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}

@@ -1,0 +1,146 @@
+//! The [`KeyedOperator`] trait: stateful operators that run per key group.
+//!
+//! An operator has one required method, [`KeyedOperator::process`], which handles a batch
+//! of keyed records in stream order, and hooks with default bodies for watermarks and the
+//! end of input. Operators never talk to channels or threads: they write results to an
+//! [`Output`], and the runtime moves them on.
+//!
+//! # Watermarks in operators
+//! Each input record carries the watermark that preceded it. An operator that fires timers
+//! (windows) first advances to `record.watermark`, then handles the record, so lateness and
+//! firing positions are identical for every batch size and parallelism. Results emitted while
+//! firing carry the operator's *previous* output watermark, exactly like Flink emits window
+//! results before forwarding the watermark that fired them.
+
+use std::ops::Range;
+
+use crate::error::BoxError;
+use crate::keys::KeyGroup;
+use crate::metrics::OperatorMetrics;
+use crate::record::{Data, Keyed, Record};
+use crate::state::StateBackend;
+use crate::time::{Timestamp, MIN_WATERMARK};
+
+/// Where an operator writes its results.
+#[derive(Debug)]
+pub struct Output<T> {
+    records: Vec<Record<T>>,
+    watermark: Timestamp,
+}
+
+impl<T> Default for Output<T> {
+    fn default() -> Self {
+        Output {
+            records: Vec::new(),
+            watermark: MIN_WATERMARK,
+        }
+    }
+}
+
+impl<T> Output<T> {
+    /// Emits a result with event time `ts`.
+    #[inline]
+    pub fn emit(&mut self, ts: Timestamp, value: T) {
+        self.records.push(Record {
+            ts,
+            watermark: self.watermark,
+            value,
+        });
+    }
+
+    /// The output watermark so far (what downstream has been told).
+    pub fn watermark(&self) -> Timestamp {
+        self.watermark
+    }
+
+    /// Moves the output watermark forward; results emitted later carry it.
+    #[inline]
+    pub fn advance_watermark(&mut self, watermark: Timestamp) {
+        if watermark > self.watermark {
+            self.watermark = watermark;
+        }
+    }
+
+    /// Takes the emitted records, leaving the output empty.
+    pub fn take(&mut self) -> Vec<Record<T>> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Number of records emitted and not yet taken.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True if nothing was emitted since the last take.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// What an operator instance knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct OperatorContext {
+    /// The operator's name in the job graph.
+    pub name: String,
+    /// This instance's index in `0..parallelism`.
+    pub instance: usize,
+    /// How many instances run.
+    pub parallelism: usize,
+    /// The key groups this instance owns.
+    pub key_groups: Range<KeyGroup>,
+    /// Metric handles for this instance.
+    pub metrics: OperatorMetrics,
+}
+
+/// A stateful operator over a keyed stream.
+pub trait KeyedOperator: Send + 'static {
+    /// The key type.
+    type Key: Data;
+    /// The input event type.
+    type In: Data;
+    /// The result type.
+    type Out: Data;
+
+    /// Handles records in stream order.
+    fn process(
+        &mut self,
+        records: Vec<Record<Keyed<Self::Key, Self::In>>>,
+        out: &mut Output<Self::Out>,
+    ) -> Result<(), BoxError>;
+
+    /// The input watermark advanced to `watermark` (after the records of a batch).
+    fn on_watermark(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<Self::Out>,
+    ) -> Result<(), BoxError> {
+        out.advance_watermark(watermark);
+        Ok(())
+    }
+
+    /// Number of state entries this instance holds, for the metrics.
+    fn state_entries(&self) -> usize {
+        0
+    }
+}
+
+/// Creates operator instances, one per worker, over whichever state backend the job runs
+/// with. The backend is a type parameter so operators are monomorphized per backend (no
+/// dynamic dispatch on state access) and a new backend needs no change to operators.
+pub trait OperatorFactory: Send + 'static {
+    /// The key type.
+    type Key: Data;
+    /// The input event type.
+    type In: Data;
+    /// The result type.
+    type Out: Data;
+    /// The operator over backend `S`.
+    type Operator<S: StateBackend>: KeyedOperator<Key = Self::Key, In = Self::In, Out = Self::Out>;
+
+    /// Creates the instance described by `ctx`, with its state in `state`.
+    fn create<S: StateBackend>(
+        &self,
+        ctx: &OperatorContext,
+        state: S,
+    ) -> Result<Self::Operator<S>, BoxError>;
+}

@@ -1,0 +1,45 @@
+//! Records and batches: how events travel between operators.
+//!
+//! # Invariants
+//! - A [`Record`] carries its event time `ts` and `watermark`, the watermark of its stream
+//!   just *before* the record. Lateness is decided per record against that watermark, so it
+//!   never depends on batch sizes, scheduling or parallelism.
+//! - A [`Batch`] carries records in stream order and the watermark *after* its last record.
+//!   Watermarks never go backwards within a stream.
+
+use crate::time::Timestamp;
+
+/// What a stream can carry: owned, cloneable (for fan-out) and sendable between threads.
+pub trait Data: Clone + Send + 'static {}
+impl<T: Clone + Send + 'static> Data for T {}
+
+/// One event with its event time and the watermark that preceded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record<T> {
+    /// Event time in epoch milliseconds (`i64::MIN` before timestamps are assigned).
+    pub ts: Timestamp,
+    /// The stream's watermark just before this record.
+    pub watermark: Timestamp,
+    /// The event itself.
+    pub value: T,
+}
+
+/// Records in stream order, followed by the watermark after the last of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch<T> {
+    /// The records, in stream order.
+    pub records: Vec<Record<T>>,
+    /// The stream's watermark after the last record.
+    pub watermark: Timestamp,
+}
+
+/// An event paired with its key and key group, as produced by `key_by`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keyed<K, T> {
+    /// The key the user function extracted.
+    pub key: K,
+    /// The key's key group (see [`crate::keys`]).
+    pub key_group: u16,
+    /// The event.
+    pub value: T,
+}

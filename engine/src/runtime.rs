@@ -1,0 +1,1069 @@
+//! Turning a job graph into threads and bounded channels, and running it.
+//!
+//! # Scheduling
+//! - Every source runs in a task (thread) of its own.
+//! - Stateless operators are chained: they run as plain calls in the thread of their input.
+//! - A keyed operator runs as P workers. Its input is routed by key group through bounded
+//!   channels, except at P = 1 with a single upstream instance, where it is chained too.
+//! - Sinks and unions run where their single input runs, or in a task of their own fed by a
+//!   channel when several upstream instances deliver to them.
+//!
+//! # Backpressure
+//! Channels hold at most [`RunOptions::channel_capacity`] batches. A full channel blocks the
+//! sender, so a slow sink slows the source instead of growing memory.
+//!
+//! # Watermarks across channels
+//! A receiver with several producers tracks each producer's watermark; its watermark (and
+//! the watermark stamped on each record it forwards) is the minimum over producers.
+//!
+//! # Shutdown
+//! A source that is exhausted sends the end watermark (`i64::MAX`), which fires every
+//! window, then an end marker. A task that fails drops its channels; its neighbours notice
+//! ([`EngineError::DownstreamGone`] / [`EngineError::UpstreamGone`]) and stop, and
+//! [`run`] reports the first real cause.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use prometheus::{IntCounter, IntGauge};
+use rustc_hash::FxHashMap;
+
+use crate::error::{EngineError, Result};
+use crate::job::{Graph, NodeId};
+use crate::keys::{
+    key_group_of, key_groups_of_worker, worker_for_key_group, StableHash, MAX_KEY_GROUPS,
+};
+use crate::metrics::{JobMetrics, MetricFamily, OperatorMetrics};
+use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
+use crate::record::{Batch, Data, Keyed, Record};
+use crate::sink::Sink;
+use crate::source::{Source, SourceStatus};
+use crate::state::MemoryBackend;
+use crate::time::{format_timestamp, Timestamp, Watermarks, END_WATERMARK, MIN_WATERMARK};
+
+/// How a job runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Number of workers of each keyed operator (1..=128).
+    pub parallelism: usize,
+    /// Largest number of events a source hands over at once.
+    pub batch_size: usize,
+    /// Batches a channel holds before its sender blocks.
+    pub channel_capacity: usize,
+    /// Print progress (events, events/s, watermark) to stderr this often.
+    pub progress_interval: Option<Duration>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            parallelism: 1,
+            batch_size: 1024,
+            channel_capacity: 16,
+            progress_interval: None,
+        }
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// Events read by all sources.
+    pub events_read: u64,
+    /// Records sent to dead-letter outputs.
+    pub dead_letters: u64,
+    /// Events dropped from windows as late.
+    pub late_events: u64,
+    /// Records received by all sinks.
+    pub results_written: u64,
+    /// Wall-clock duration of the run.
+    pub elapsed: Duration,
+    /// The last event-time watermark before the end of input, if any events had times.
+    pub watermark: Option<Timestamp>,
+}
+
+/// Hands batches to the next operator, in the same thread or across a channel.
+pub(crate) trait Push<T>: Send {
+    fn push(&mut self, batch: Batch<T>) -> Result<()>;
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// What travels over a channel: batches, then one end marker per producer.
+enum Message<T> {
+    Batch(Batch<T>),
+    End,
+}
+
+type Envelope<T> = (usize, Message<T>);
+
+struct ChannelSet<T> {
+    senders: Vec<Sender<Envelope<T>>>,
+    receivers: Vec<Option<Receiver<Envelope<T>>>>,
+}
+
+struct Task {
+    name: String,
+    run: Box<dyn FnOnce() -> Result<()> + Send>,
+}
+
+/// What the progress reporter and the summary read.
+#[derive(Default)]
+struct Progress {
+    sources: Vec<IntCounter>,
+    sinks: Vec<IntCounter>,
+    watermarks: Vec<IntGauge>,
+}
+
+/// State while a graph is turned into tasks.
+pub(crate) struct Build<'g> {
+    graph: &'g Graph,
+    options: &'g RunOptions,
+    metrics: &'g Arc<JobMetrics>,
+    channels: FxHashMap<NodeId, Box<dyn Any>>,
+    next_producer: FxHashMap<NodeId, usize>,
+    tasks: Vec<Task>,
+    progress: Progress,
+}
+
+impl Build<'_> {
+    fn name(&self, id: NodeId) -> String {
+        self.graph.nodes[id].name.clone()
+    }
+
+    fn chained(&self, id: NodeId) -> bool {
+        self.graph.is_chained(id, self.options.parallelism)
+    }
+
+    /// The pusher instance `instance` of node `me` delivers its output to.
+    fn downstream<T: Data>(&mut self, me: NodeId, instance: usize) -> Result<Box<dyn Push<T>>> {
+        let consumers = self.graph.nodes[me].consumers.clone();
+        let mut pushes: Vec<Box<dyn Push<T>>> = Vec::with_capacity(consumers.len());
+        for c in consumers {
+            let imp = self.graph.nodes[c].imp.clone();
+            let input = imp.input(self, c, instance)?;
+            let push =
+                input
+                    .downcast::<Box<dyn Push<T>>>()
+                    .map_err(|_| EngineError::InvalidJob {
+                        job: self.metrics.job().to_string(),
+                        reason: format!(
+                            "internal: `{}` got an input of the wrong type",
+                            self.name(c)
+                        ),
+                    })?;
+            pushes.push(*push);
+        }
+        match pushes.len() {
+            0 => Err(EngineError::InvalidJob {
+                job: self.metrics.job().to_string(),
+                reason: format!(
+                    "the output of `{}` goes nowhere: add a sink to it",
+                    self.name(me)
+                ),
+            }),
+            1 => Ok(pushes.pop().expect("one pusher")),
+            _ => Ok(Box::new(Fanout { pushes })),
+        }
+    }
+
+    fn channels<T: Data>(&mut self, me: NodeId, instances: usize) -> &mut ChannelSet<T> {
+        let capacity = self.options.channel_capacity.max(1);
+        let entry = self.channels.entry(me).or_insert_with(|| {
+            let (senders, receivers) = (0..instances)
+                .map(|_| {
+                    let (tx, rx) = bounded::<Envelope<T>>(capacity);
+                    (tx, Some(rx))
+                })
+                .unzip();
+            Box::new(ChannelSet::<T> { senders, receivers })
+        });
+        entry
+            .downcast_mut::<ChannelSet<T>>()
+            .expect("a node's channels always carry its input type")
+    }
+
+    fn next_producer(&mut self, me: NodeId) -> usize {
+        let n = self.next_producer.entry(me).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+
+    /// Spawns the task that drains channel `instance` of node `me` into `down`.
+    fn spawn_receiver<T: Data>(
+        &mut self,
+        me: NodeId,
+        instance: usize,
+        instances: usize,
+        mut down: impl Push<T> + 'static,
+    ) {
+        let name = format!("{}#{instance}", self.name(me));
+        let producers = self.graph.producers(me, self.options.parallelism);
+        let receiver = self.channels::<T>(me, instances).receivers[instance].take();
+        let (fill, capacity) = self.metrics.channel(&self.name(me), instance);
+        capacity.set(self.options.channel_capacity as i64);
+        let task_name = name.clone();
+        self.tasks.push(Task {
+            name,
+            run: Box::new(move || match receiver {
+                Some(rx) => drain(&task_name, &rx, producers, &fill, &mut down),
+                None => Err(EngineError::InvalidJob {
+                    job: task_name.clone(),
+                    reason: "internal: channel drained twice".into(),
+                }),
+            }),
+        });
+    }
+}
+
+/// The scheduling behaviour of one node kind, with its types erased.
+pub(crate) trait NodeImpl {
+    /// The pusher upstream instance `upstream_instance` uses to deliver into node `me`,
+    /// boxed as `Box<dyn Push<In>>` inside the `Any`.
+    fn input(
+        &self,
+        b: &mut Build<'_>,
+        me: NodeId,
+        upstream_instance: usize,
+    ) -> Result<Box<dyn Any>>;
+
+    /// Creates the tasks this node runs in its own threads, if any.
+    fn start(&self, _b: &mut Build<'_>, _me: NodeId) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn erase<T: 'static>(push: Box<dyn Push<T>>) -> Box<dyn Any> {
+    Box::new(push)
+}
+
+// ---------------------------------------------------------------- sources
+
+pub(crate) struct SourceNode<S> {
+    source: RefCell<Option<S>>,
+}
+
+impl<S> SourceNode<S> {
+    pub(crate) fn new(source: S) -> Self {
+        SourceNode {
+            source: RefCell::new(Some(source)),
+        }
+    }
+}
+
+impl<S: Source> NodeImpl for SourceNode<S> {
+    fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
+        Err(EngineError::InvalidJob {
+            job: b.metrics.job().to_string(),
+            reason: format!("internal: source `{}` cannot have an input", b.name(me)),
+        })
+    }
+
+    fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
+        let name = b.name(me);
+        let mut source =
+            self.source
+                .borrow_mut()
+                .take()
+                .ok_or_else(|| EngineError::InvalidJob {
+                    job: b.metrics.job().to_string(),
+                    reason: format!(
+                        "source `{name}` was already used by an earlier run: build the job again"
+                    ),
+                })?;
+        let mut down = b.downstream::<S::Item>(me, 0)?;
+        let metrics = b.metrics.operator(&name, 0);
+        b.progress.sources.push(metrics.events_out.clone());
+        let batch_size = b.options.batch_size.max(1);
+        let task_name = name.clone();
+        b.tasks.push(Task {
+            name,
+            run: Box::new(move || {
+                let mut items = Vec::with_capacity(batch_size);
+                loop {
+                    let status = source
+                        .poll_batch(&mut items, batch_size)
+                        .map_err(|source| EngineError::Source {
+                            name: task_name.clone(),
+                            source,
+                        })?;
+                    if !items.is_empty() {
+                        metrics.events_out.inc_by(items.len() as u64);
+                        let records = items
+                            .drain(..)
+                            .map(|value| Record {
+                                ts: MIN_WATERMARK,
+                                watermark: MIN_WATERMARK,
+                                value,
+                            })
+                            .collect();
+                        down.push(Batch {
+                            records,
+                            watermark: MIN_WATERMARK,
+                        })?;
+                    }
+                    if status == SourceStatus::Exhausted {
+                        break;
+                    }
+                }
+                down.push(Batch {
+                    records: Vec::new(),
+                    watermark: END_WATERMARK,
+                })?;
+                down.finish()
+            }),
+        });
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- stateless
+
+type Wrap<T, U> = dyn Fn(Box<dyn Push<U>>) -> Box<dyn Push<T>>;
+
+pub(crate) struct StatelessNode<T, U> {
+    wrap: Box<Wrap<T, U>>,
+}
+
+impl<T, U> StatelessNode<T, U> {
+    pub(crate) fn new(wrap: impl Fn(Box<dyn Push<U>>) -> Box<dyn Push<T>> + 'static) -> Self {
+        StatelessNode {
+            wrap: Box::new(wrap),
+        }
+    }
+}
+
+impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
+    fn input(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<Box<dyn Any>> {
+        let down = b.downstream::<U>(me, instance)?;
+        let metrics = b.metrics.operator(&b.name(me), instance);
+        if b.graph.nodes[me].name.starts_with("timestamps") {
+            b.progress.watermarks.push(metrics.watermark.clone());
+        }
+        let metered: Box<dyn Push<U>> = Box::new(Metered { down, metrics });
+        Ok(erase((self.wrap)(metered)))
+    }
+}
+
+/// Counts what a chained operator emits and publishes its output watermark.
+struct Metered<T> {
+    down: Box<dyn Push<T>>,
+    metrics: OperatorMetrics,
+}
+
+impl<T: Data> Push<T> for Metered<T> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        self.metrics.events_out.inc_by(batch.records.len() as u64);
+        if batch.watermark != END_WATERMARK {
+            self.metrics.watermark.set(batch.watermark);
+        }
+        self.down.push(batch)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.down.finish()
+    }
+}
+
+pub(crate) struct TimestampPush<F, T> {
+    ts: F,
+    watermarks: Watermarks,
+    max_ts: Timestamp,
+    current: Timestamp,
+    down: Box<dyn Push<T>>,
+}
+
+impl<F, T> TimestampPush<F, T> {
+    pub(crate) fn new(ts: F, watermarks: Watermarks, down: Box<dyn Push<T>>) -> Self {
+        TimestampPush {
+            ts,
+            watermarks,
+            max_ts: MIN_WATERMARK,
+            current: MIN_WATERMARK,
+            down,
+        }
+    }
+}
+
+impl<F: Fn(&T) -> i64 + Send, T: Data> Push<T> for TimestampPush<F, T> {
+    fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
+        for r in &mut batch.records {
+            r.ts = (self.ts)(&r.value);
+            r.watermark = self.current;
+            if r.ts > self.max_ts {
+                self.max_ts = r.ts;
+                self.current = self.current.max(self.watermarks.watermark_for(r.ts));
+            }
+        }
+        batch.watermark = batch.watermark.max(self.current);
+        self.down.push(batch)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.down.finish()
+    }
+}
+
+pub(crate) struct MapPush<F, U> {
+    f: F,
+    down: Box<dyn Push<U>>,
+}
+
+impl<F, U> MapPush<F, U> {
+    pub(crate) fn new(f: F, down: Box<dyn Push<U>>) -> Self {
+        MapPush { f, down }
+    }
+}
+
+impl<T: Data, U: Data, F: Fn(T) -> U + Send> Push<T> for MapPush<F, U> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        let records = batch
+            .records
+            .into_iter()
+            .map(|r| Record {
+                ts: r.ts,
+                watermark: r.watermark,
+                value: (self.f)(r.value),
+            })
+            .collect();
+        self.down.push(Batch {
+            records,
+            watermark: batch.watermark,
+        })
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.down.finish()
+    }
+}
+
+pub(crate) struct FilterPush<F, T> {
+    f: F,
+    down: Box<dyn Push<T>>,
+}
+
+impl<F, T> FilterPush<F, T> {
+    pub(crate) fn new(f: F, down: Box<dyn Push<T>>) -> Self {
+        FilterPush { f, down }
+    }
+}
+
+impl<T: Data, F: Fn(&T) -> bool + Send> Push<T> for FilterPush<F, T> {
+    fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
+        batch.records.retain(|r| (self.f)(&r.value));
+        self.down.push(batch)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.down.finish()
+    }
+}
+
+pub(crate) struct FlatMapPush<F, U> {
+    f: F,
+    down: Box<dyn Push<U>>,
+}
+
+impl<F, U> FlatMapPush<F, U> {
+    pub(crate) fn new(f: F, down: Box<dyn Push<U>>) -> Self {
+        FlatMapPush { f, down }
+    }
+}
+
+impl<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Send> Push<T>
+    for FlatMapPush<F, U>
+{
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        let mut records = Vec::with_capacity(batch.records.len());
+        for r in batch.records {
+            let (ts, watermark) = (r.ts, r.watermark);
+            records.extend((self.f)(r.value).into_iter().map(|value| Record {
+                ts,
+                watermark,
+                value,
+            }));
+        }
+        self.down.push(Batch {
+            records,
+            watermark: batch.watermark,
+        })
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.down.finish()
+    }
+}
+
+struct Fanout<T> {
+    pushes: Vec<Box<dyn Push<T>>>,
+}
+
+impl<T: Data> Push<T> for Fanout<T> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        if let Some((last, rest)) = self.pushes.split_last_mut() {
+            for p in rest {
+                p.push(batch.clone())?;
+            }
+            last.push(batch)?;
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        for p in &mut self.pushes {
+            p.finish()?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- channels
+
+/// Sends every batch to one channel (sinks and unions fed by several producers).
+struct ForwardPush<T> {
+    name: String,
+    producer: usize,
+    sender: Sender<Envelope<T>>,
+}
+
+impl<T: Data> Push<T> for ForwardPush<T> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        self.sender
+            .send((self.producer, Message::Batch(batch)))
+            .map_err(|_| EngineError::DownstreamGone {
+                name: self.name.clone(),
+            })
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.sender
+            .send((self.producer, Message::End))
+            .map_err(|_| EngineError::DownstreamGone {
+                name: self.name.clone(),
+            })
+    }
+}
+
+/// Routes records to the worker owning their key group.
+struct ExchangePush<K, T, KF> {
+    name: String,
+    key: KF,
+    producer: usize,
+    senders: Vec<Sender<Envelope<Keyed<K, T>>>>,
+    buffers: Vec<Vec<Record<Keyed<K, T>>>>,
+    sent_watermark: Vec<Timestamp>,
+}
+
+impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for ExchangePush<K, T, KF> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        let workers = self.senders.len();
+        for r in batch.records {
+            let key = (self.key)(&r.value);
+            let key_group = key_group_of(&key);
+            self.buffers[worker_for_key_group(key_group, workers)].push(Record {
+                ts: r.ts,
+                watermark: r.watermark,
+                value: Keyed {
+                    key,
+                    key_group,
+                    value: r.value,
+                },
+            });
+        }
+        for w in 0..workers {
+            if self.buffers[w].is_empty() && batch.watermark <= self.sent_watermark[w] {
+                continue;
+            }
+            let capacity = self.buffers[w].capacity();
+            let records = std::mem::replace(&mut self.buffers[w], Vec::with_capacity(capacity));
+            self.sent_watermark[w] = batch.watermark;
+            self.senders[w]
+                .send((
+                    self.producer,
+                    Message::Batch(Batch {
+                        records,
+                        watermark: batch.watermark,
+                    }),
+                ))
+                .map_err(|_| EngineError::DownstreamGone {
+                    name: self.name.clone(),
+                })?;
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        for s in &self.senders {
+            s.send((self.producer, Message::End))
+                .map_err(|_| EngineError::DownstreamGone {
+                    name: self.name.clone(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Receives from a channel until every producer ended, merging their watermarks.
+fn drain<T: Data>(
+    name: &str,
+    rx: &Receiver<Envelope<T>>,
+    producers: usize,
+    fill: &IntGauge,
+    down: &mut dyn Push<T>,
+) -> Result<()> {
+    let mut watermarks = vec![MIN_WATERMARK; producers];
+    let mut ended = 0;
+    while ended < producers {
+        let (producer, message) = rx.recv().map_err(|_| EngineError::UpstreamGone {
+            name: name.to_string(),
+        })?;
+        fill.set(rx.len() as i64);
+        match message {
+            Message::Batch(mut batch) => {
+                if producers > 1 {
+                    let others = watermarks
+                        .iter()
+                        .enumerate()
+                        .filter(|&(p, _)| p != producer)
+                        .map(|(_, w)| *w)
+                        .min()
+                        .unwrap_or(END_WATERMARK);
+                    for r in &mut batch.records {
+                        r.watermark = r.watermark.min(others);
+                    }
+                    watermarks[producer] = batch.watermark;
+                    batch.watermark = batch.watermark.min(others);
+                }
+                down.push(batch)?;
+            }
+            Message::End => {
+                ended += 1;
+                watermarks[producer] = END_WATERMARK;
+            }
+        }
+    }
+    down.push(Batch {
+        records: Vec::new(),
+        watermark: END_WATERMARK,
+    })?;
+    down.finish()
+}
+
+// ---------------------------------------------------------------- keyed operators
+
+pub(crate) struct KeyedNode<F, KF> {
+    factory: F,
+    key: KF,
+}
+
+impl<F, KF> KeyedNode<F, KF> {
+    pub(crate) fn new(factory: F, key: KF) -> Self {
+        KeyedNode { factory, key }
+    }
+}
+
+impl<F, KF> KeyedNode<F, KF>
+where
+    F: OperatorFactory,
+    F::Key: StableHash,
+{
+    fn runner(
+        &self,
+        b: &mut Build<'_>,
+        me: NodeId,
+        instance: usize,
+    ) -> Result<KeyedRunner<F::Operator<MemoryBackend>>> {
+        let name = b.name(me);
+        let parallelism = b.options.parallelism;
+        let metrics = b.metrics.operator(&name, instance);
+        let ctx = OperatorContext {
+            name: name.clone(),
+            instance,
+            parallelism,
+            key_groups: key_groups_of_worker(instance, parallelism),
+            metrics: metrics.clone(),
+        };
+        let operator = self
+            .factory
+            .create(&ctx, MemoryBackend::new())
+            .map_err(|source| EngineError::Operator {
+                name: name.clone(),
+                source,
+            })?;
+        let down = b.downstream::<F::Out>(me, instance)?;
+        Ok(KeyedRunner {
+            name,
+            operator,
+            out: Output::default(),
+            down,
+            metrics,
+        })
+    }
+}
+
+impl<F, KF> NodeImpl for KeyedNode<F, KF>
+where
+    F: OperatorFactory,
+    F::Key: StableHash,
+    KF: Fn(&F::In) -> F::Key + Clone + Send + 'static,
+{
+    fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
+        if b.chained(me) {
+            let runner = self.runner(b, me, 0)?;
+            return Ok(erase(Box::new(KeyedChained {
+                key: self.key.clone(),
+                runner,
+            })));
+        }
+        let workers = b.options.parallelism;
+        let producer = b.next_producer(me);
+        let senders = b
+            .channels::<Keyed<F::Key, F::In>>(me, workers)
+            .senders
+            .clone();
+        Ok(erase::<F::In>(Box::new(ExchangePush {
+            name: b.name(me),
+            key: self.key.clone(),
+            producer,
+            senders,
+            buffers: (0..workers).map(|_| Vec::new()).collect(),
+            sent_watermark: vec![MIN_WATERMARK; workers],
+        })))
+    }
+
+    fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
+        if b.chained(me) {
+            return Ok(());
+        }
+        let workers = b.options.parallelism;
+        for instance in 0..workers {
+            let runner = self.runner(b, me, instance)?;
+            b.spawn_receiver::<Keyed<F::Key, F::In>>(me, instance, workers, runner);
+        }
+        Ok(())
+    }
+}
+
+/// Runs one keyed operator instance and forwards its output.
+struct KeyedRunner<O: KeyedOperator> {
+    name: String,
+    operator: O,
+    out: Output<O::Out>,
+    down: Box<dyn Push<O::Out>>,
+    metrics: OperatorMetrics,
+}
+
+impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
+    fn push(&mut self, batch: Batch<Keyed<O::Key, O::In>>) -> Result<()> {
+        let op_err = |source| EngineError::Operator {
+            name: self.name.clone(),
+            source,
+        };
+        self.metrics.events_in.inc_by(batch.records.len() as u64);
+        self.operator
+            .process(batch.records, &mut self.out)
+            .map_err(op_err)?;
+        self.operator
+            .on_watermark(batch.watermark, &mut self.out)
+            .map_err(op_err)?;
+        self.out.advance_watermark(batch.watermark);
+        let records = self.out.take();
+        self.metrics.events_out.inc_by(records.len() as u64);
+        if batch.watermark != END_WATERMARK {
+            self.metrics.watermark.set(batch.watermark);
+        }
+        self.metrics
+            .state_entries
+            .set(self.operator.state_entries() as i64);
+        self.down.push(Batch {
+            records,
+            watermark: self.out.watermark(),
+        })
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.down.finish()
+    }
+}
+
+/// A keyed operator chained into its input's thread (P = 1): keys are computed in place.
+struct KeyedChained<KF, O: KeyedOperator> {
+    key: KF,
+    runner: KeyedRunner<O>,
+}
+
+impl<KF, O> Push<O::In> for KeyedChained<KF, O>
+where
+    O: KeyedOperator,
+    O::Key: StableHash,
+    KF: Fn(&O::In) -> O::Key + Send,
+{
+    fn push(&mut self, batch: Batch<O::In>) -> Result<()> {
+        let records = batch
+            .records
+            .into_iter()
+            .map(|r| {
+                let key = (self.key)(&r.value);
+                Record {
+                    ts: r.ts,
+                    watermark: r.watermark,
+                    value: Keyed {
+                        key_group: key_group_of(&key),
+                        key,
+                        value: r.value,
+                    },
+                }
+            })
+            .collect();
+        self.runner.push(Batch {
+            records,
+            watermark: batch.watermark,
+        })
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.runner.finish()
+    }
+}
+
+// ---------------------------------------------------------------- union and sinks
+
+pub(crate) struct UnionNode<T> {
+    _data: PhantomData<fn() -> T>,
+}
+
+impl<T> UnionNode<T> {
+    pub(crate) fn new() -> Self {
+        UnionNode { _data: PhantomData }
+    }
+}
+
+impl<T: Data> NodeImpl for UnionNode<T> {
+    fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
+        let producer = b.next_producer(me);
+        let sender = b.channels::<T>(me, 1).senders[0].clone();
+        Ok(erase::<T>(Box::new(ForwardPush {
+            name: b.name(me),
+            producer,
+            sender,
+        })))
+    }
+
+    fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
+        let down = b.downstream::<T>(me, 0)?;
+        b.spawn_receiver::<T>(me, 0, 1, BoxedPush(down));
+        Ok(())
+    }
+}
+
+struct BoxedPush<T>(Box<dyn Push<T>>);
+
+impl<T: Data> Push<T> for BoxedPush<T> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        self.0.push(batch)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.0.finish()
+    }
+}
+
+pub(crate) struct SinkNode<T> {
+    sink: RefCell<Option<Box<dyn Sink<T>>>>,
+}
+
+impl<T> SinkNode<T> {
+    pub(crate) fn new<S: Sink<T>>(sink: S) -> Self {
+        SinkNode {
+            sink: RefCell::new(Some(Box::new(sink))),
+        }
+    }
+}
+
+impl<T: Data> SinkNode<T> {
+    fn take(&self, b: &mut Build<'_>, me: NodeId) -> Result<SinkPush<T>> {
+        let name = b.name(me);
+        let sink = self
+            .sink
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| EngineError::InvalidJob {
+                job: b.metrics.job().to_string(),
+                reason: format!(
+                    "sink `{name}` was already used by an earlier run: build the job again"
+                ),
+            })?;
+        let metrics = b.metrics.operator(&name, 0);
+        b.progress.sinks.push(metrics.events_in.clone());
+        Ok(SinkPush {
+            name,
+            sink,
+            metrics,
+        })
+    }
+}
+
+impl<T: Data> NodeImpl for SinkNode<T> {
+    fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
+        if b.chained(me) {
+            return Ok(erase::<T>(Box::new(self.take(b, me)?)));
+        }
+        let producer = b.next_producer(me);
+        let sender = b.channels::<T>(me, 1).senders[0].clone();
+        Ok(erase::<T>(Box::new(ForwardPush {
+            name: b.name(me),
+            producer,
+            sender,
+        })))
+    }
+
+    fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
+        if b.chained(me) {
+            return Ok(());
+        }
+        let sink = self.take(b, me)?;
+        b.spawn_receiver::<T>(me, 0, 1, sink);
+        Ok(())
+    }
+}
+
+struct SinkPush<T> {
+    name: String,
+    sink: Box<dyn Sink<T>>,
+    metrics: OperatorMetrics,
+}
+
+impl<T: Data> Push<T> for SinkPush<T> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        if !batch.records.is_empty() {
+            self.metrics.events_in.inc_by(batch.records.len() as u64);
+            self.sink
+                .write(&batch.records)
+                .map_err(|source| EngineError::Sink {
+                    name: self.name.clone(),
+                    source,
+                })?;
+        }
+        if batch.watermark != END_WATERMARK {
+            self.metrics.watermark.set(batch.watermark);
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.sink.finish().map_err(|source| EngineError::Sink {
+            name: self.name.clone(),
+            source,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- running
+
+/// Builds the tasks of `graph` and runs them to completion.
+pub(crate) fn run(
+    job: &str,
+    graph: &Graph,
+    metrics: &Arc<JobMetrics>,
+    options: &RunOptions,
+) -> Result<RunSummary> {
+    if options.parallelism == 0 || options.parallelism > usize::from(MAX_KEY_GROUPS) {
+        return Err(EngineError::InvalidJob {
+            job: job.to_string(),
+            reason: format!(
+                "parallelism {} is out of range: use 1 to {MAX_KEY_GROUPS}",
+                options.parallelism
+            ),
+        });
+    }
+    let mut build = Build {
+        graph,
+        options,
+        metrics,
+        channels: FxHashMap::default(),
+        next_producer: FxHashMap::default(),
+        tasks: Vec::new(),
+        progress: Progress::default(),
+    };
+    for id in 0..graph.nodes.len() {
+        let imp = graph.nodes[id].imp.clone();
+        imp.start(&mut build, id)?;
+    }
+    let Build {
+        tasks, progress, ..
+    } = build; // drops the build's channel ends
+    let started = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(progress);
+    let reporter = options.progress_interval.map(|every| {
+        let (progress, done, job) = (progress.clone(), done.clone(), job.to_string());
+        std::thread::spawn(move || report_progress(&job, &progress, &done, every))
+    });
+
+    let mut handles = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let name = task.name.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("weir-{name}"))
+            .spawn(task.run)
+            .map_err(|source| EngineError::Io {
+                path: format!("<thread {name}>").into(),
+                source,
+            })?;
+        handles.push((name, handle));
+    }
+    let mut first_error: Option<EngineError> = None;
+    for (name, handle) in handles {
+        let result = handle.join().unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(EngineError::Panicked { name, message })
+        });
+        if let Err(e) = result {
+            let replace = match &first_error {
+                None => true,
+                Some(prev) => prev.is_secondary() && !e.is_secondary(),
+            };
+            if replace {
+                first_error = Some(e);
+            }
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    if let Some(handle) = reporter {
+        let _ = handle.join();
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let watermark = progress
+        .watermarks
+        .iter()
+        .map(|g| g.get())
+        .filter(|&w| w != MIN_WATERMARK)
+        .min();
+    Ok(RunSummary {
+        events_read: progress.sources.iter().map(|c| c.get()).sum(),
+        dead_letters: metrics.total(MetricFamily::DeadLetters, None),
+        late_events: metrics.total(MetricFamily::LateEvents, None),
+        results_written: progress.sinks.iter().map(|c| c.get()).sum(),
+        elapsed: started.elapsed(),
+        watermark,
+    })
+}
+
+fn report_progress(job: &str, progress: &Progress, done: &AtomicBool, every: Duration) {
+    let mut last = (Instant::now(), 0u64);
+    let tick = Duration::from_millis(50).min(every);
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        let now = Instant::now();
+        if now.duration_since(last.0) < every {
+            continue;
+        }
+        let events: u64 = progress.sources.iter().map(|c| c.get()).sum();
+        let rate = (events - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        let watermark = progress.watermarks.iter().map(|g| g.get()).min();
+        let wm = match watermark {
+            Some(w) if w != MIN_WATERMARK => format!("{w} ({})", format_timestamp(w)),
+            _ => "none yet".to_string(),
+        };
+        eprintln!("weir: {job}: {events} events, {rate:.0} events/s, watermark {wm}");
+        last = (now, events);
+    }
+}

@@ -1,0 +1,217 @@
+//! The `weir` command line: `jobs`, `describe`, `run`, `bench` and `gen`.
+//!
+//! [`main`] is the whole CLI for any [`Registry`], so a crate with its own jobs gets the same
+//! commands, metrics endpoint and progress output as the `weir` binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use weir_engine::metrics::MetricsServer;
+use weir_engine::time::format_timestamp;
+use weir_engine::{parse_duration, RunSummary};
+
+use crate::generate::{write_events, write_orders, EventStreamSpec};
+use crate::options::JobOptions;
+use crate::registry::Registry;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "weir: event-time stream processing", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the jobs this binary offers.
+    Jobs,
+    /// Print a job's operator graph, as text and as Graphviz DOT.
+    Describe {
+        /// The job.
+        job: String,
+        #[command(flatten)]
+        options: JobOptions,
+    },
+    /// Run a job until its input ends, serving Prometheus metrics meanwhile.
+    Run {
+        /// The job.
+        job: String,
+        #[command(flatten)]
+        options: JobOptions,
+        #[command(flatten)]
+        serve: ServeOptions,
+    },
+    /// Measure a job's throughput; results are discarded unless --output is given.
+    Bench {
+        /// The job.
+        job: String,
+        #[command(flatten)]
+        options: JobOptions,
+    },
+    /// Write a deterministic synthetic stream as JSON lines.
+    Gen {
+        /// Which stream.
+        #[arg(value_enum)]
+        stream: GenStream,
+        /// File to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// Number of events.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Distinct keys (`events` stream).
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Maximum out-of-orderness in milliseconds (`events` stream).
+        #[arg(long, default_value_t = 1000)]
+        disorder_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GenStream {
+    /// `{"ts","key","value"}` events, one per millisecond, for `window-agg`.
+    Events,
+    /// Order events for `order-analytics`.
+    Orders,
+}
+
+#[derive(Debug, Args)]
+struct ServeOptions {
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks one; `off` disables).
+    #[arg(long, default_value = "127.0.0.1:9898")]
+    metrics_addr: String,
+    /// Keep serving metrics this long after the job ends (e.g. `30s`), for a last scrape.
+    #[arg(long, value_parser = |s: &str| parse_duration(s))]
+    linger: Option<Duration>,
+    /// Do not print progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Runs the CLI with `registry`'s jobs; returns the process exit code.
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    match execute(&registry, cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Jobs => {
+            let width = registry
+                .jobs()
+                .iter()
+                .map(|j| j.name.len())
+                .max()
+                .unwrap_or(0);
+            for job in registry.jobs() {
+                println!("{:width$}  {}", job.name, job.about);
+            }
+            Ok(())
+        }
+        Command::Describe { job, options } => {
+            let spec = registry.get(&job)?;
+            let built = (spec.build)(&options)?;
+            print!("{}", built.describe(options.parallelism));
+            println!();
+            print!("{}", built.to_dot(options.parallelism));
+            Ok(())
+        }
+        Command::Run {
+            job,
+            options,
+            serve,
+        } => run(registry, &job, &options, &serve),
+        Command::Bench { job, options } => {
+            let spec = registry.get(&job)?;
+            let result = crate::bench::run(spec, &options)?;
+            eprintln!(
+                "weir bench: {} events in {:.3}s = {:.0} events/s, {:.0} events/s per core ({:.3} CPU s), peak RSS {:.1} MiB",
+                result.events,
+                result.seconds,
+                result.events_per_sec(),
+                result.events_per_sec_per_core(),
+                result.cpu_seconds,
+                result.peak_rss_mb
+            );
+            println!("{}", result.result_line());
+            Ok(())
+        }
+        Command::Gen {
+            stream,
+            output,
+            events,
+            keys,
+            disorder_ms,
+        } => {
+            match stream {
+                GenStream::Events => write_events(
+                    &output,
+                    EventStreamSpec {
+                        events,
+                        keys,
+                        disorder_ms,
+                    },
+                ),
+                GenStream::Orders => write_orders(&output, events),
+            }
+            .with_context(|| format!("cannot write {}", output.display()))?;
+            eprintln!("weir: wrote {events} events to {}", output.display());
+            Ok(())
+        }
+    }
+}
+
+fn run(
+    registry: &Registry,
+    name: &str,
+    options: &JobOptions,
+    serve: &ServeOptions,
+) -> anyhow::Result<()> {
+    let spec = registry.get(name)?;
+    let job = (spec.build)(options)?;
+    let _server = if serve.metrics_addr == "off" {
+        None
+    } else {
+        let server = MetricsServer::start(&serve.metrics_addr, Arc::clone(&job.metrics()))?;
+        eprintln!("weir: metrics at http://{}/metrics", server.addr());
+        Some(server)
+    };
+    let mut run_options = options.run_options();
+    if !serve.quiet {
+        run_options.progress_interval = Some(Duration::from_secs(1));
+    }
+    let summary = job.run(&run_options)?;
+    eprintln!("weir: {name} done: {}", summarize(&summary));
+    if let Some(linger) = serve.linger {
+        eprintln!("weir: serving metrics for {linger:?} more");
+        std::thread::sleep(linger);
+    }
+    Ok(())
+}
+
+fn summarize(s: &RunSummary) -> String {
+    let secs = s.elapsed.as_secs_f64();
+    let watermark = s.watermark.map_or_else(
+        || "none".to_string(),
+        |w| format!("{w} ({})", format_timestamp(w)),
+    );
+    format!(
+        "{} events read in {secs:.3}s ({:.0} events/s), {} results written, {} late events, {} dead letters, last watermark {watermark}",
+        s.events_read,
+        s.events_read as f64 / secs.max(1e-9),
+        s.results_written,
+        s.late_events,
+        s.dead_letters
+    )
+}

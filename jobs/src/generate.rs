@@ -1,0 +1,168 @@
+//! Deterministic synthetic streams, for the embedded default input, tests and benchmarks.
+//!
+//! Everything here is a pure function of its parameters (SplitMix64 with a fixed seed), so
+//! two runs produce byte-identical streams.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use weir_engine::{BoxError, Source, SourceStatus};
+
+use crate::window_agg::Event;
+
+/// Epoch milliseconds of 2026-01-01T00:00:00Z, where generated streams start.
+pub const START_TS: i64 = 1_767_225_600_000;
+
+/// The SplitMix64 generator: tiny, fast and good enough for synthetic data.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    /// The next 64 random bits.
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    #[inline]
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Parameters of the generic `ts/key/value` stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventStreamSpec {
+    /// Number of events.
+    pub events: u64,
+    /// Number of distinct keys (`k0`, `k1`, ...).
+    pub keys: u64,
+    /// Events are up to this many milliseconds out of order.
+    pub disorder_ms: u64,
+}
+
+impl Default for EventStreamSpec {
+    fn default() -> Self {
+        EventStreamSpec {
+            events: 1_000_000,
+            keys: 1000,
+            disorder_ms: 1000,
+        }
+    }
+}
+
+/// The `ts/key/value` stream, one event per millisecond of event time, as a source.
+#[derive(Debug)]
+pub struct GeneratedEvents {
+    spec: EventStreamSpec,
+    next: u64,
+    keys: Vec<String>,
+    rng: SplitMix64,
+}
+
+impl GeneratedEvents {
+    /// A source producing the stream `spec` describes.
+    pub fn new(spec: EventStreamSpec) -> Self {
+        GeneratedEvents {
+            spec,
+            next: 0,
+            keys: (0..spec.keys.max(1)).map(|k| format!("k{k}")).collect(),
+            rng: SplitMix64::new(42),
+        }
+    }
+
+    /// The next event, or `None` at the end.
+    #[inline]
+    pub fn next_event(&mut self) -> Option<Event> {
+        if self.next >= self.spec.events {
+            return None;
+        }
+        let r = self.rng.next_u64();
+        let ts = START_TS + self.next as i64 - (r % (self.spec.disorder_ms + 1)) as i64;
+        let key = self.keys[((r >> 20) % self.keys.len() as u64) as usize].clone();
+        let value = ((r >> 40) % 1000) as i64;
+        self.next += 1;
+        Some(Event { ts, key, value })
+    }
+}
+
+impl Source for GeneratedEvents {
+    type Item = Event;
+
+    fn poll_batch(&mut self, out: &mut Vec<Event>, max: usize) -> Result<SourceStatus, BoxError> {
+        for _ in 0..max {
+            match self.next_event() {
+                Some(e) => out.push(e),
+                None => return Ok(SourceStatus::Exhausted),
+            }
+        }
+        Ok(SourceStatus::More)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "generator: {} events, {} keys, up to {} ms out of order",
+            self.spec.events, self.spec.keys, self.spec.disorder_ms
+        )
+    }
+}
+
+/// Writes the `ts/key/value` stream as JSON lines.
+pub fn write_events(path: &Path, spec: EventStreamSpec) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut events = GeneratedEvents::new(spec);
+    while let Some(e) = events.next_event() {
+        writeln!(
+            w,
+            r#"{{"ts":{},"key":"{}","value":{}}}"#,
+            e.ts, e.key, e.value
+        )?;
+    }
+    w.flush()
+}
+
+const REGIONS: [&str; 5] = ["eu-west", "eu-north", "us-east", "us-west", "ap-south"];
+
+/// Writes `orders` order events as JSON lines: 500 customers, 5 regions, about 7 orders a
+/// second of event time, up to 3 s out of order. Every 20,000th line is malformed on purpose,
+/// to show the dead-letter output.
+pub fn write_orders(path: &Path, orders: u64) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut w = BufWriter::new(File::create(path)?);
+    let mut rng = SplitMix64::new(7);
+    for i in 0..orders {
+        if i > 0 && i % 20_000 == 0 {
+            writeln!(w, r#"{{"order_id":"o{i}","customer_id":"c1","total":"#)?;
+            continue;
+        }
+        let ts = START_TS + (i as i64) * 150 - rng.below(3000) as i64;
+        let customer = rng.below(500);
+        let region = REGIONS[rng.below(REGIONS.len() as u64) as usize];
+        // Mostly small baskets, a few large ones (cents, to keep totals exact to the cent).
+        let cents = if rng.below(50) == 0 {
+            50_000 + rng.below(200_000)
+        } else {
+            500 + rng.below(20_000)
+        };
+        writeln!(
+            w,
+            r#"{{"order_id":"o{i}","customer_id":"c{customer}","region":"{region}","total":{}.{:02},"ts":{ts}}}"#,
+            cents / 100,
+            cents % 100
+        )?;
+    }
+    w.flush()
+}

@@ -1,0 +1,47 @@
+//! # weir-jobs: the `weir` command line, as a library, and the bundled jobs
+//!
+//! A job is a function that builds a dataflow from parsed options. A crate that defines its
+//! own jobs registers them and gets the whole CLI (`jobs`, `describe`, `run`, `bench`,
+//! Prometheus metrics, progress) from one call:
+//!
+//! ```no_run
+//! use weir_jobs::prelude::*;
+//!
+//! fn build(opts: &JobOptions) -> anyhow::Result<Job> {
+//!     let job = Job::new("my-job");
+//!     // job.source(..)...sink(..);
+//!     Ok(job)
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     weir_jobs::cli::main(Registry::new().job("my-job", "What it computes", build))
+//! }
+//! ```
+//!
+//! Modules: [`cli`] (subcommands), [`registry`] (jobs by name), [`options`] (the flags
+//! every job can read), [`output`] (sinks chosen by `--output`), [`window_agg`] and
+//! [`order_analytics`] (bundled jobs), [`generate`] (deterministic test and bench streams),
+//! [`bench`] (the `weir bench` harness).
+
+pub mod bench;
+pub mod cli;
+pub mod generate;
+pub mod options;
+pub mod order_analytics;
+pub mod output;
+pub mod registry;
+pub mod window_agg;
+
+pub use weir_connectors as connectors;
+pub use weir_engine as engine;
+pub use weir_operators as operators;
+
+/// What a job definition usually needs, in one import.
+pub mod prelude {
+    pub use crate::options::JobOptions;
+    pub use crate::output::OutputSink;
+    pub use crate::registry::Registry;
+    pub use weir_connectors::{DeadLetters, FileSink, FileSource, Format, Json, StdoutSink};
+    pub use weir_engine::{Job, Stream, Watermarks};
+    pub use weir_operators::prelude::*;
+}

@@ -1,0 +1,177 @@
+//! The flags every job can read. Jobs take what they need and say clearly what is missing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use weir_connectors::Format;
+use weir_engine::{parse_duration, RunOptions};
+use weir_operators::{Session, Sliding, Tumbling, WindowSpec};
+
+/// Options of `weir run`, `weir describe` and `weir bench`.
+#[derive(Debug, Clone, Args)]
+pub struct JobOptions {
+    /// Input file (JSON lines or CSV with a header row).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Where results go: a file path, `stdout:` or `null:` (discard).
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Input format; by default taken from the file extension (`.csv` or JSON lines).
+    #[arg(long, value_parser = parse_format)]
+    pub format: Option<Format>,
+    /// Keep reading lines appended to the input, like `tail -f`.
+    #[arg(long)]
+    pub follow: bool,
+    /// Field holding the event time, in epoch milliseconds.
+    #[arg(long, default_value = "ts")]
+    pub ts_field: String,
+    /// Field holding the key.
+    #[arg(long, default_value = "key")]
+    pub key_field: String,
+    /// Field holding the (integer) value to aggregate.
+    #[arg(long, default_value = "value")]
+    pub value_field: String,
+    /// Window: `tumble:SIZE`, `hop:SIZE/SLIDE` or `session:GAP` (e.g. `tumble:10s`).
+    #[arg(long, default_value = "tumble:10s", value_parser = parse_window)]
+    pub window: WindowSpec,
+    /// Bounded out-of-orderness of event times (e.g. `2s`); default 0 (or the job's own).
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub watermark_delay: Option<Duration>,
+    /// How long fired windows accept late events as updates.
+    #[arg(long, default_value = "0s", value_parser = parse_duration_arg)]
+    pub allowed_lateness: Duration,
+    /// Write late events here (JSON lines) instead of only counting them.
+    #[arg(long)]
+    pub late_output: Option<PathBuf>,
+    /// Workers per keyed operator (1 to 128).
+    #[arg(long, default_value_t = 1)]
+    pub parallelism: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 1024)]
+    pub batch_size: usize,
+    /// Generate this many events in-process instead of reading `--input` (jobs that can).
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Job-specific settings, `KEY=VALUE`, repeatable.
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+}
+
+impl JobOptions {
+    /// The input path, or an error saying the job needs one.
+    pub fn require_input(&self, job: &str) -> anyhow::Result<&PathBuf> {
+        self.input
+            .as_ref()
+            .ok_or_else(|| anyhow!("job `{job}` needs an input: pass --input FILE"))
+    }
+
+    /// The input format: `--format`, else the input's extension.
+    pub fn input_format(&self) -> Format {
+        self.format
+            .or_else(|| self.input.as_deref().map(Format::from_path))
+            .unwrap_or(Format::JsonLines)
+    }
+
+    /// The dead-letter file for this run: `<output>.dead.jsonl`, or next to the input.
+    pub fn dead_letter_path(&self, job: &str) -> PathBuf {
+        match self.output.as_deref() {
+            Some(out) if !out.ends_with(':') => PathBuf::from(format!("{out}.dead.jsonl")),
+            _ => PathBuf::from(format!("{job}.dead.jsonl")),
+        }
+    }
+
+    /// `--watermark-delay`, or `default` if it was not given.
+    pub fn watermark_delay_or(&self, default: Duration) -> Duration {
+        self.watermark_delay.unwrap_or(default)
+    }
+
+    /// The value of `--param NAME=...`, if given.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// How the engine should run the job.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            parallelism: self.parallelism,
+            batch_size: self.batch_size,
+            ..RunOptions::default()
+        }
+    }
+}
+
+fn parse_format(s: &str) -> anyhow::Result<Format> {
+    Format::parse(s).ok_or_else(|| anyhow!("unknown format `{s}`: use json or csv"))
+}
+
+fn parse_duration_arg(s: &str) -> anyhow::Result<Duration> {
+    Ok(parse_duration(s)?)
+}
+
+fn parse_param(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("`{s}` is not KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses `tumble:10s`, `hop:60s/10s` or `session:5s`.
+pub fn parse_window(s: &str) -> anyhow::Result<WindowSpec> {
+    let (kind, spec) = s.split_once(':').ok_or_else(|| {
+        anyhow!("window `{s}` needs a kind: tumble:SIZE, hop:SIZE/SLIDE or session:GAP")
+    })?;
+    let nonzero = |d: &str| -> anyhow::Result<Duration> {
+        let d = parse_duration(d).with_context(|| format!("in window `{s}`"))?;
+        if d.is_zero() {
+            bail!("window `{s}`: sizes must be greater than zero");
+        }
+        Ok(d)
+    };
+    Ok(match kind {
+        "tumble" | "tumbling" => Tumbling::of(nonzero(spec)?).into(),
+        "hop" | "sliding" => {
+            let (size, slide) = spec.split_once('/').ok_or_else(|| {
+                anyhow!("window `{s}`: a hop window is hop:SIZE/SLIDE, e.g. hop:60s/10s")
+            })?;
+            let (size, slide) = (nonzero(size)?, nonzero(slide)?);
+            if slide > size {
+                bail!("window `{s}`: the slide may not exceed the size (events would fall between windows)");
+            }
+            Sliding::of(size, slide).into()
+        }
+        "session" => Session::with_gap(nonzero(spec)?).into(),
+        _ => bail!("unknown window kind `{kind}` in `{s}`: use tumble, hop or session"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_specs() -> anyhow::Result<()> {
+        assert_eq!(
+            parse_window("tumble:10s")?,
+            Tumbling::of(Duration::from_secs(10)).into()
+        );
+        assert_eq!(
+            parse_window("hop:60s/10s")?,
+            Sliding::of(Duration::from_secs(60), Duration::from_secs(10)).into()
+        );
+        assert_eq!(
+            parse_window("session:5s")?,
+            Session::with_gap(Duration::from_secs(5)).into()
+        );
+        assert!(parse_window("hop:10s/60s").is_err());
+        assert!(parse_window("tumble:0s").is_err());
+        assert!(parse_window("weekly:1d").is_err());
+        assert!(parse_window("10s").is_err());
+        Ok(())
+    }
+}

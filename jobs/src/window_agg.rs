@@ -1,0 +1,393 @@
+//! The bundled `window-agg` job: windowed count, sum, min, max and average of an integer
+//! field per key, over JSON-lines or CSV events with configurable field names.
+//!
+//! ```text
+//! input (file or generator) -> timestamps(ts, bounded delay) -> key_by(key)
+//!   -> window(tumble | hop | session) -> Stats(value) -> output
+//! ```
+//!
+//! Each fired window becomes one line:
+//! `{"key":"k1","window_start":0,"window_end":10000,"count":3,"sum":42,"min":1,"max":30,"avg":14.0}`
+//! with `"update":true` added when a late event (within `--allowed-lateness`) revised it.
+//!
+//! Decoding is the fast path of this job: JSON objects are read field by field with a
+//! `serde` visitor that only keeps the three configured fields (no generic JSON values).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use weir_connectors::format::split_csv;
+use weir_connectors::{CsvHeader, DeadLetters, Decoder, FileSink, FileSource};
+use weir_engine::{Job, Stream, Watermarks};
+use weir_operators::prelude::*;
+
+use crate::generate::{EventStreamSpec, GeneratedEvents};
+use crate::options::JobOptions;
+use crate::output::OutputSink;
+
+/// One line of `weir jobs`.
+pub const ABOUT: &str = "count/sum/min/max/avg of --value-field per --key-field and --window";
+
+/// A generic event: time, key, integer value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event time, epoch milliseconds.
+    pub ts: i64,
+    /// The key.
+    pub key: String,
+    /// The value aggregated.
+    pub value: i64,
+}
+
+/// One result line of `window-agg`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowAggRow {
+    /// The key.
+    pub key: String,
+    /// Window start, epoch ms (inclusive).
+    pub window_start: i64,
+    /// Window end, epoch ms (exclusive).
+    pub window_end: i64,
+    /// Number of events.
+    pub count: u64,
+    /// Sum of values.
+    pub sum: i64,
+    /// Smallest value.
+    pub min: i64,
+    /// Largest value.
+    pub max: i64,
+    /// Mean value.
+    pub avg: f64,
+    /// True if this row revises an earlier row for the same key and window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update: bool,
+}
+
+/// Builds `window-agg` from options.
+pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
+    let job = Job::new("window-agg");
+    let events = match (opts.events, &opts.input) {
+        (Some(n), None) => job.source(
+            "generator",
+            GeneratedEvents::new(EventStreamSpec {
+                events: n,
+                ..EventStreamSpec::default()
+            }),
+        ),
+        _ => {
+            let input = opts.require_input("window-agg")?;
+            let dead = DeadLetters::to_file(
+                opts.dead_letter_path("window-agg"),
+                job.metrics().dead_letters("input"),
+            );
+            let decoder = EventDecoder::new(&opts.ts_field, &opts.key_field, &opts.value_field);
+            job.source(
+                "input",
+                FileSource::new(input, opts.input_format(), decoder, dead).follow(opts.follow),
+            )
+        }
+    };
+    aggregate_windows(events, opts);
+    Ok(job)
+}
+
+/// The dataflow after the source: shared by file input, the generator and benchmarks.
+pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) {
+    let windowed = events
+        .timestamps(
+            |e| e.ts,
+            Watermarks::bounded(opts.watermark_delay_or(Duration::ZERO)),
+        )
+        .key_by(|e: &Event| e.key.clone())
+        .window(opts.window)
+        .allowed_lateness(opts.allowed_lateness);
+    let windowed = match &opts.late_output {
+        Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
+        None => windowed,
+    };
+    windowed
+        .aggregate(Stats::of(|e: &Event| e.value))
+        .map(|r| WindowAggRow {
+            key: r.key,
+            window_start: r.window.start,
+            window_end: r.window.end,
+            count: r.value.count,
+            sum: r.value.sum,
+            min: r.value.min,
+            max: r.value.max,
+            avg: r.value.avg,
+            update: r.is_update,
+        })
+        .sink("output", OutputSink::from_spec(opts.output.as_deref()));
+}
+
+/// Decodes [`Event`]s from JSON lines or CSV by configurable field names.
+#[derive(Debug, Clone)]
+pub struct EventDecoder {
+    names: [String; 3],
+    columns: Option<[usize; 3]>,
+    width: usize,
+}
+
+impl EventDecoder {
+    /// Reads time, key and value from the fields with these names.
+    pub fn new(ts: &str, key: &str, value: &str) -> Self {
+        EventDecoder {
+            names: [ts.to_string(), key.to_string(), value.to_string()],
+            columns: None,
+            width: 0,
+        }
+    }
+
+    fn decode_csv(&self, line: &str, columns: [usize; 3]) -> Result<Event, String> {
+        let (mut ts, mut key, mut value) = (None, None, None);
+        let mut column = 0;
+        let mut bad = None;
+        split_csv(line, |field| {
+            if column == columns[0] {
+                ts = Some(parse_int(field, &self.names[0]).map_err(|e| bad = Some(e)));
+            } else if column == columns[1] {
+                key = Some(field.to_string());
+            } else if column == columns[2] {
+                value = Some(parse_int(field, &self.names[2]).map_err(|e| bad = Some(e)));
+            }
+            column += 1;
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        let missing = |name: &str| {
+            format!(
+                "missing field `{name}` (the row has {column} columns, the header {})",
+                self.width
+            )
+        };
+        Ok(Event {
+            ts: ts
+                .and_then(Result::ok)
+                .ok_or_else(|| missing(&self.names[0]))?,
+            key: key.ok_or_else(|| missing(&self.names[1]))?,
+            value: value
+                .and_then(Result::ok)
+                .ok_or_else(|| missing(&self.names[2]))?,
+        })
+    }
+}
+
+fn parse_int(field: &str, name: &str) -> Result<i64, String> {
+    field
+        .trim()
+        .parse()
+        .map_err(|_| format!("field `{name}`: `{field}` is not an integer"))
+}
+
+impl Decoder for EventDecoder {
+    type Item = Event;
+
+    fn header(&mut self, line: &str) -> Result<(), String> {
+        let header = CsvHeader::parse(line)?;
+        self.columns = Some([
+            header.position(&self.names[0])?,
+            header.position(&self.names[1])?,
+            header.position(&self.names[2])?,
+        ]);
+        self.width = header.len();
+        Ok(())
+    }
+
+    #[inline]
+    fn decode(&mut self, line: &str) -> Result<Event, String> {
+        match self.columns {
+            Some(columns) => self.decode_csv(line, columns),
+            None => {
+                let mut de = serde_json::Deserializer::from_str(line);
+                let event = EventSeed { names: &self.names }
+                    .deserialize(&mut de)
+                    .map_err(|e| e.to_string())?;
+                de.end().map_err(|e| e.to_string())?;
+                Ok(event)
+            }
+        }
+    }
+}
+
+/// Reads one JSON object, keeping only the three named fields.
+struct EventSeed<'a> {
+    names: &'a [String; 3],
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = Event;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = Event;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Event, M::Error> {
+        let (mut ts, mut key, mut value) = (None, None, None);
+        while let Some(field) = map.next_key_seed(FieldSeed { names: self.names })? {
+            match field {
+                0 => ts = Some(map.next_value_seed(IntSeed)?),
+                1 => key = Some(map.next_value_seed(KeySeed)?),
+                2 => value = Some(map.next_value_seed(IntSeed)?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let missing = |i: usize| de::Error::custom(format!("missing field `{}`", self.names[i]));
+        Ok(Event {
+            ts: ts.ok_or_else(|| missing(0))?,
+            key: key.ok_or_else(|| missing(1))?,
+            value: value.ok_or_else(|| missing(2))?,
+        })
+    }
+}
+
+/// Maps a field name to its index in `names` (3 for any other field).
+struct FieldSeed<'a> {
+    names: &'a [String; 3],
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = usize;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for FieldSeed<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+        Ok(self.names.iter().position(|n| n == v).unwrap_or(3))
+    }
+}
+
+/// An integer; a float is accepted only if it has no fraction.
+struct IntSeed;
+
+impl<'de> DeserializeSeed<'de> for IntSeed {
+    type Value = i64;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<i64, D::Error> {
+        d.deserialize_i64(self)
+    }
+}
+
+impl Visitor<'_> for IntSeed {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| E::custom(format!("{v} does not fit in an i64")))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+        if v.fract() == 0.0 && v.abs() < 9.0e15 {
+            Ok(v as i64)
+        } else {
+            Err(E::custom(format!("{v} is not an integer")))
+        }
+    }
+}
+
+/// A key: a string, or a number used as a string.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = String;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or number key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_fields_by_name() -> Result<(), String> {
+        let mut d = EventDecoder::new("time", "user", "ms");
+        let e = d.decode(r#"{"user":"u1","extra":{"a":[1,2]},"ms":5,"time":-20}"#)?;
+        assert_eq!(
+            e,
+            Event {
+                ts: -20,
+                key: "u1".into(),
+                value: 5
+            }
+        );
+        assert_eq!(d.decode(r#"{"user":17,"ms":5.0,"time":1}"#)?.key, "17");
+        assert!(d
+            .decode(r#"{"user":"u1","ms":5}"#)
+            .unwrap_err()
+            .contains("missing field `time`"));
+        assert!(d
+            .decode(r#"{"user":"u1","ms":5.5,"time":1}"#)
+            .unwrap_err()
+            .contains("not an integer"));
+        assert!(d
+            .decode(r#"{"user":"u1","ms":5,"time":1} trailing"#)
+            .is_err());
+        assert!(d.decode("[1,2,3]").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn csv_fields_by_header() -> Result<(), String> {
+        let mut d = EventDecoder::new("ts", "key", "value");
+        d.header("value,key,ts,other")?;
+        assert_eq!(
+            d.decode("7,\"a,b\",100,x")?,
+            Event {
+                ts: 100,
+                key: "a,b".into(),
+                value: 7
+            }
+        );
+        assert!(d.decode("7,a").unwrap_err().contains("missing field `ts`"));
+        assert!(d
+            .decode("x,a,1,z")
+            .unwrap_err()
+            .contains("`x` is not an integer"));
+        let mut d = EventDecoder::new("ts", "key", "value");
+        assert!(d
+            .header("ts,k,value")
+            .unwrap_err()
+            .contains("no column `key`"));
+        Ok(())
+    }
+}

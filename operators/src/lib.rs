@@ -1,0 +1,63 @@
+//! # weir-operators: stateful operators of weir
+//!
+//! - [`aggregate`]: incremental aggregates (count, sum, min, max, avg, all-in-one stats)
+//!   and the [`Aggregator`] trait for your own;
+//! - [`window`]: event-time windows (tumbling, sliding, session). **Windows fire in
+//!   [`window::aligned`] and [`window::session`]**, when the watermark reaches `end - 1`;
+//! - [`process`]: a keyed function with per-key state, for logic that is not a window.
+//!
+//! Each family adds an extension trait to the engine's [`weir_engine::KeyedStream`], so a
+//! job reads as one chain:
+//!
+//! ```
+//! use std::time::Duration;
+//! use weir_engine::{Job, Watermarks};
+//! use weir_operators::prelude::*;
+//! # use weir_engine::{BoxError, Record, Sink, Source, SourceStatus};
+//! # #[derive(Clone, Debug)] struct Click { user: String, ts: i64, ms: i64 }
+//! # struct Clicks(Vec<Click>);
+//! # impl Source for Clicks {
+//! #     type Item = Click;
+//! #     fn poll_batch(&mut self, out: &mut Vec<Click>, _: usize) -> Result<SourceStatus, BoxError> {
+//! #         out.append(&mut self.0); Ok(SourceStatus::Exhausted)
+//! #     }
+//! #     fn describe(&self) -> String { "clicks".into() }
+//! # }
+//! # struct Print;
+//! # impl<T: std::fmt::Debug + Send + 'static> Sink<T> for Print {
+//! #     fn write(&mut self, r: &[Record<T>]) -> Result<(), BoxError> { Ok(()) }
+//! #     fn finish(&mut self) -> Result<(), BoxError> { Ok(()) }
+//! #     fn describe(&self) -> String { "print".into() }
+//! # }
+//! # let clicks = Clicks(vec![Click { user: "a".into(), ts: 1, ms: 30 }]);
+//! let job = Job::new("dwell");
+//! job.source("clicks", clicks)
+//!     .timestamps(|c| c.ts, Watermarks::bounded(Duration::from_secs(2)))
+//!     .key_by(|c| c.user.clone())
+//!     .window(Tumbling::of(Duration::from_secs(10)))
+//!     .aggregate(Count.and(Sum::of(|c: &Click| c.ms)))
+//!     .sink("out", Print);
+//! job.run(&Default::default())?;
+//! # Ok::<(), weir_engine::EngineError>(())
+//! ```
+
+pub mod aggregate;
+pub mod process;
+pub mod window;
+
+pub use aggregate::{
+    AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
+    Sum,
+};
+pub use process::ProcessExt;
+pub use window::{
+    LateOutput, Session, Sliding, Tumbling, Window, WindowExt, WindowResult, WindowSpec,
+    WindowedStream,
+};
+
+/// Everything a job definition usually needs.
+pub mod prelude {
+    pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
+    pub use crate::process::ProcessExt;
+    pub use crate::window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec};
+}

@@ -1,0 +1,282 @@
+//! Tumbling and sliding windows, computed from panes. **This is where aligned windows fire**
+//! ([`AlignedWindows::advance`]).
+//!
+//! A pane is a slice of time of length `gcd(size, slide)`; every window is a whole number
+//! of panes. Each key keeps one accumulator per pane it has events in, so an event is added
+//! once however many sliding windows contain it, and a firing window merges its panes.
+//!
+//! # Invariants
+//! - A key's panes are sorted by start and unique.
+//! - A window `[s, e)` has a fire timer at `e` iff the key has a pane in it and
+//!   `e - 1 > watermark` when the pane was created; a pane has a cleanup timer at the end of
+//!   the last window containing it, and is removed when `end - 1 + lateness <= watermark`.
+//! - Timers are derived from panes, so they can be rebuilt from state alone.
+
+use std::marker::PhantomData;
+
+use weir_engine::error::BoxError;
+use weir_engine::metrics::Counter as IntCounter;
+use weir_engine::{Keyed, MapState, Output, Record, StateBackend, StateKey, Timestamp};
+
+use super::{window_start, LateBuffer, Timers, Window, WindowResult};
+use crate::aggregate::Aggregator;
+
+/// Pane accumulators of one key: `(pane start, accumulator)`, sorted by start.
+pub type Panes<Acc> = Vec<(Timestamp, Acc)>;
+
+/// Tumbling (`slide == size`) or sliding windows over one worker's keys.
+pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
+    size: i64,
+    slide: i64,
+    pane: i64,
+    offset: i64,
+    lateness: i64,
+    aggregator: A,
+    panes: S::Map<K, Panes<A::Acc>>,
+    fire: Timers<K>,
+    cleanup: Timers<K>,
+    pane_count: usize,
+    watermark: Timestamp,
+    late: LateBuffer<T>,
+    late_events: IntCounter,
+    new_windows: Vec<Timestamp>,
+    _input: PhantomData<fn(T)>,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl<S: StateBackend, K: StateKey, T, A: Aggregator<T>> std::fmt::Debug
+    for AlignedWindows<S, K, T, A>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedWindows")
+            .field("pane_count", &self.pane_count)
+            .field("watermark", &self.watermark)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
+    AlignedWindows<S, K, T, A>
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        state: &mut S,
+        size: i64,
+        slide: i64,
+        offset: i64,
+        lateness: i64,
+        aggregator: A,
+        late: LateBuffer<T>,
+        late_events: IntCounter,
+    ) -> Result<Self, BoxError> {
+        Ok(AlignedWindows {
+            size,
+            slide,
+            pane: gcd(size, slide),
+            offset,
+            lateness,
+            aggregator,
+            panes: state.map_state("window-panes")?,
+            fire: Timers::new(),
+            cleanup: Timers::new(),
+            pane_count: 0,
+            watermark: i64::MIN,
+            late,
+            late_events,
+            new_windows: Vec::new(),
+            _input: PhantomData,
+        })
+    }
+
+    pub(crate) fn state_entries(&self) -> usize {
+        self.pane_count
+    }
+
+    /// Adds events in stream order, first firing what each event's watermark makes due.
+    pub(crate) fn process(
+        &mut self,
+        records: Vec<Record<Keyed<K, T>>>,
+        out: &mut Output<WindowResult<K, A::Output>>,
+    ) -> Result<(), BoxError> {
+        let mut late = 0;
+        for r in records {
+            if r.watermark > self.watermark {
+                self.advance(r.watermark, out)?;
+            }
+            let watermark = self.watermark;
+            let ts = r.ts;
+            let Keyed { key, value, .. } = r.value;
+            let last_start = window_start(ts, self.slide, self.offset);
+            if (last_start + self.size - 1).saturating_add(self.lateness) <= watermark {
+                late += 1;
+                self.late.push(ts, r.watermark, value);
+                continue;
+            }
+            let pane_start = window_start(ts, self.pane, self.offset);
+            let (aggregator, size, slide, new_windows) = (
+                &self.aggregator,
+                self.size,
+                self.slide,
+                &mut self.new_windows,
+            );
+            let created = self.panes.update(&key, Vec::new, |panes| {
+                add_to_pane(
+                    aggregator,
+                    panes,
+                    pane_start,
+                    &value,
+                    last_start,
+                    size,
+                    slide,
+                    new_windows,
+                )
+            })??;
+            if created {
+                self.pane_count += 1;
+                self.cleanup.register(last_start + self.size, key.clone());
+                for &end in &self.new_windows {
+                    if end - 1 > watermark {
+                        self.fire.register(end, key.clone());
+                    }
+                }
+            }
+            if self.lateness > 0 {
+                // Windows already due but within the allowed lateness fire again at once.
+                let mut start = last_start;
+                while start + self.size > ts {
+                    let end = start + self.size;
+                    if end - 1 <= watermark {
+                        self.emit(&key, end, true, out)?;
+                    }
+                    start -= self.slide;
+                }
+            }
+        }
+        self.late_events.inc_by(late);
+        self.late.flush()
+    }
+
+    /// Fires every window with `end - 1 <= watermark`, then drops panes past their lateness.
+    pub(crate) fn advance(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<WindowResult<K, A::Output>>,
+    ) -> Result<(), BoxError> {
+        self.watermark = self.watermark.max(watermark);
+        let w = self.watermark;
+        while let Some((end, keys)) = self.fire.pop_due(|end| end - 1 <= w) {
+            for key in keys {
+                self.emit(&key, end, false, out)?;
+            }
+        }
+        let lateness = self.lateness;
+        while let Some((end, keys)) = self
+            .cleanup
+            .pop_due(|end| (end - 1).saturating_add(lateness) <= w)
+        {
+            for key in keys {
+                let (size, slide, offset) = (self.size, self.slide, self.offset);
+                let left = self.panes.modify(&key, |panes| {
+                    let before = panes.len();
+                    panes.retain(|(p, _)| window_start(*p, slide, offset) + size > end);
+                    (before - panes.len(), panes.is_empty())
+                })?;
+                if let Some((removed, empty)) = left {
+                    self.pane_count -= removed;
+                    if empty {
+                        self.panes.take(&key)?;
+                    }
+                }
+            }
+        }
+        out.advance_watermark(w);
+        if w == i64::MAX {
+            self.late.flush()?;
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        key: &K,
+        end: Timestamp,
+        is_update: bool,
+        out: &mut Output<WindowResult<K, A::Output>>,
+    ) -> Result<(), BoxError> {
+        let start = end - self.size;
+        let aggregator = &self.aggregator;
+        let merged = self
+            .panes
+            .read(key, |panes| -> Result<Option<A::Acc>, BoxError> {
+                let mut merged = None;
+                for (_, acc) in panes
+                    .into_iter()
+                    .flatten()
+                    .filter(|pane| pane.0 >= start && pane.0 < end)
+                {
+                    let m = merged.get_or_insert_with(|| aggregator.create());
+                    aggregator.merge(m, acc)?;
+                }
+                Ok(merged)
+            })??;
+        if let Some(acc) = merged {
+            out.emit(
+                end - 1,
+                WindowResult {
+                    key: key.clone(),
+                    window: Window { start, end },
+                    value: self.aggregator.finish(&acc),
+                    is_update,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Adds `value` to the pane at `pane_start`, creating it if needed. Returns whether it was
+/// created; if so, `new_windows` receives the ends of the windows that had no pane before.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn add_to_pane<T, A: Aggregator<T>>(
+    aggregator: &A,
+    panes: &mut Panes<A::Acc>,
+    pane_start: Timestamp,
+    value: &T,
+    last_start: Timestamp,
+    size: i64,
+    slide: i64,
+    new_windows: &mut Vec<Timestamp>,
+) -> Result<bool, BoxError> {
+    // Search from the back: events mostly land in the newest pane.
+    let found = panes.iter().rposition(|(p, _)| *p <= pane_start);
+    if let Some(i) = found {
+        if panes[i].0 == pane_start {
+            aggregator.add(&mut panes[i].1, value)?;
+            return Ok(false);
+        }
+    }
+    let mut acc = aggregator.create();
+    aggregator.add(&mut acc, value)?;
+    let at = found.map_or(0, |i| i + 1);
+    panes.insert(at, (pane_start, acc));
+    new_windows.clear();
+    let mut start = last_start;
+    while start + size > pane_start {
+        let end = start + size;
+        let pane_before = at > 0 && panes[at - 1].0 >= start;
+        let pane_after = at + 1 < panes.len() && panes[at + 1].0 < end;
+        if !pane_before && !pane_after {
+            new_windows.push(end);
+        }
+        start -= slide;
+    }
+    Ok(true)
+}

@@ -1,0 +1,270 @@
+//! Session windows. **This is where session windows fire** ([`SessionWindows::advance`]).
+//!
+//! Each event opens `[ts, ts + gap)`. It merges with every session of its key that overlaps
+//! or touches it (`a.start <= b.end && a.end >= b.start`); the merged session is late only
+//! if `end - 1 + lateness <= watermark` (so a late event may still join an open session).
+//!
+//! # Invariants
+//! - A key's sessions are sorted, and no two of them overlap or touch.
+//! - With allowed lateness 0 a session is removed when it fires: later events never merge
+//!   into a fired session. With lateness > 0 it is kept until `end - 1 + lateness <=
+//!   watermark`; an event merging into it makes it fire again, as an update.
+//! - Timers may be stale (a session grew or merged); a timer only acts on a session whose
+//!   end equals the timer's time.
+
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
+use weir_engine::error::BoxError;
+use weir_engine::metrics::Counter as IntCounter;
+use weir_engine::{Keyed, MapState, Output, Record, StateBackend, StateKey, Timestamp};
+
+use super::{LateBuffer, Timers, Window, WindowResult};
+use crate::aggregate::Aggregator;
+
+/// One session of a key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionState<Acc> {
+    /// Start of the session (its earliest event).
+    pub start: Timestamp,
+    /// End of the session (latest event + gap), exclusive.
+    pub end: Timestamp,
+    /// The aggregate of its events.
+    pub acc: Acc,
+    /// A result for (part of) this session was already emitted.
+    pub emitted: bool,
+    /// Its current contents have not been emitted yet.
+    pub pending: bool,
+}
+
+/// Session windows over one worker's keys.
+pub struct SessionWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
+    gap: i64,
+    lateness: i64,
+    aggregator: A,
+    sessions: S::Map<K, Vec<SessionState<A::Acc>>>,
+    fire: Timers<K>,
+    cleanup: Timers<K>,
+    session_count: usize,
+    watermark: Timestamp,
+    late: LateBuffer<T>,
+    late_events: IntCounter,
+    _input: PhantomData<fn(T)>,
+}
+
+#[inline]
+fn touches(start: Timestamp, end: Timestamp, s: &SessionState<impl Sized>) -> bool {
+    s.start <= end && s.end >= start
+}
+
+impl<S: StateBackend, K: StateKey, T, A: Aggregator<T>> std::fmt::Debug
+    for SessionWindows<S, K, T, A>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionWindows")
+            .field("session_count", &self.session_count)
+            .field("watermark", &self.watermark)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
+    SessionWindows<S, K, T, A>
+{
+    pub(crate) fn new(
+        state: &mut S,
+        gap: i64,
+        lateness: i64,
+        aggregator: A,
+        late: LateBuffer<T>,
+        late_events: IntCounter,
+    ) -> Result<Self, BoxError> {
+        Ok(SessionWindows {
+            gap,
+            lateness,
+            aggregator,
+            sessions: state.map_state("sessions")?,
+            fire: Timers::new(),
+            cleanup: Timers::new(),
+            session_count: 0,
+            watermark: i64::MIN,
+            late,
+            late_events,
+            _input: PhantomData,
+        })
+    }
+
+    pub(crate) fn state_entries(&self) -> usize {
+        self.session_count
+    }
+
+    /// Merges events into sessions in stream order, first firing what each event's
+    /// watermark makes due.
+    pub(crate) fn process(
+        &mut self,
+        records: Vec<Record<Keyed<K, T>>>,
+        out: &mut Output<WindowResult<K, A::Output>>,
+    ) -> Result<(), BoxError> {
+        let mut late = 0;
+        for r in records {
+            if r.watermark > self.watermark {
+                self.advance(r.watermark, out)?;
+            }
+            let watermark = self.watermark;
+            let ts = r.ts;
+            let Keyed { key, value, .. } = r.value;
+            let (start, end) = (ts, ts.saturating_add(self.gap));
+            let merged = self.sessions.read(&key, |sessions| {
+                sessions
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| touches(start, end, s))
+                    .fold((start, end), |(a, b), s| (a.min(s.start), b.max(s.end)))
+            })?;
+            if (merged.1 - 1).saturating_add(self.lateness) <= watermark {
+                late += 1;
+                self.late.push(ts, r.watermark, value);
+                continue;
+            }
+            let due = merged.1 - 1 <= watermark;
+            let aggregator = &self.aggregator;
+            let (removed, result) = self.sessions.update(&key, Vec::new, |sessions| {
+                merge_event(aggregator, sessions, start, end, merged, &value, due)
+            })??;
+            self.session_count = self.session_count + 1 - removed;
+            if let Some((window, value)) = result {
+                out.emit(
+                    window.end - 1,
+                    WindowResult {
+                        key: key.clone(),
+                        window,
+                        value,
+                        is_update: true,
+                    },
+                );
+            } else {
+                self.fire.register(merged.1, key.clone());
+            }
+            self.cleanup.register(merged.1, key);
+        }
+        self.late_events.inc_by(late);
+        self.late.flush()
+    }
+
+    /// Fires every session with `end - 1 <= watermark`, then drops fired sessions past their
+    /// lateness.
+    pub(crate) fn advance(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<WindowResult<K, A::Output>>,
+    ) -> Result<(), BoxError> {
+        self.watermark = self.watermark.max(watermark);
+        let w = self.watermark;
+        while let Some((end, keys)) = self.fire.pop_due(|end| end - 1 <= w) {
+            for key in keys {
+                let aggregator = &self.aggregator;
+                let fired = self.sessions.modify(&key, |sessions| {
+                    let s = sessions.iter_mut().find(|s| s.end == end && s.pending)?;
+                    let result = (
+                        Window {
+                            start: s.start,
+                            end,
+                        },
+                        aggregator.finish(&s.acc),
+                        s.emitted,
+                    );
+                    s.pending = false;
+                    s.emitted = true;
+                    Some(result)
+                })?;
+                if let Some(Some((window, value, is_update))) = fired {
+                    out.emit(
+                        end - 1,
+                        WindowResult {
+                            key,
+                            window,
+                            value,
+                            is_update,
+                        },
+                    );
+                }
+            }
+        }
+        let lateness = self.lateness;
+        while let Some((_, keys)) = self
+            .cleanup
+            .pop_due(|end| (end - 1).saturating_add(lateness) <= w)
+        {
+            for key in keys {
+                let left = self.sessions.modify(&key, |sessions| {
+                    let before = sessions.len();
+                    sessions.retain(|s| s.pending || (s.end - 1).saturating_add(lateness) > w);
+                    (before - sessions.len(), sessions.is_empty())
+                })?;
+                if let Some((removed, empty)) = left {
+                    self.session_count -= removed;
+                    if empty {
+                        self.sessions.take(&key)?;
+                    }
+                }
+            }
+        }
+        out.advance_watermark(w);
+        if w == i64::MAX {
+            self.late.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of merging one event into a key's sessions: how many sessions it replaced,
+/// and the result to emit at once if the merged session is already due.
+type Merged<Out> = (usize, Option<(Window, Out)>);
+
+/// Replaces the sessions touching `[start, end)` by their union `merged` plus the event.
+fn merge_event<T, A: Aggregator<T>>(
+    aggregator: &A,
+    sessions: &mut Vec<SessionState<A::Acc>>,
+    start: Timestamp,
+    end: Timestamp,
+    merged: (Timestamp, Timestamp),
+    value: &T,
+    due: bool,
+) -> Result<Merged<A::Output>, BoxError> {
+    let mut acc = aggregator.create();
+    aggregator.add(&mut acc, value)?;
+    let mut emitted = false;
+    let before = sessions.len();
+    let mut kept = Vec::with_capacity(before);
+    for s in sessions.drain(..) {
+        if touches(start, end, &s) {
+            aggregator.merge(&mut acc, &s.acc)?;
+            emitted |= s.emitted;
+        } else {
+            kept.push(s);
+        }
+    }
+    let removed = before - kept.len();
+    let at = kept.partition_point(|s| s.start < merged.0);
+    let result = due.then(|| {
+        (
+            Window {
+                start: merged.0,
+                end: merged.1,
+            },
+            aggregator.finish(&acc),
+        )
+    });
+    kept.insert(
+        at,
+        SessionState {
+            start: merged.0,
+            end: merged.1,
+            acc,
+            emitted: emitted || due,
+            pending: !due,
+        },
+    );
+    *sessions = kept;
+    Ok((removed, result))
+}
