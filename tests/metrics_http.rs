@@ -1,1 +1,134 @@
+//! `/metrics` is served over real HTTP while `weir run` works, and its counters equal what
+//! the job processed.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Kills the child when the test ends, whatever happens.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// Sums samples of `name` whose labels contain every `key="value"` in `labels`.
+fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The number just before `suffix` in `line` ("3 late events" -> 3).
+fn number_before(line: &str, suffix: &str) -> Option<u64> {
+    let head = &line[..line.find(suffix)?];
+    head.rsplit(|c: char| c == ' ' || c == ',').next()?.parse().ok()
+}
+
+#[test]
+fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("events.jsonl");
+    let output = dir.path().join("out.jsonl");
+    let mut lines = String::new();
+    let (mut good, mut late_expected) = (0u64, 0u64);
+    for i in 0..5000i64 {
+        if i % 1000 == 500 {
+            lines.push_str("{broken\n");
+            continue;
+        }
+        // Every 700th event is 60 s behind: with delay 0 it is late.
+        let ts = if i % 700 == 699 {
+            late_expected += 1;
+            i * 10 - 60_000
+        } else {
+            i * 10
+        };
+        lines.push_str(&format!("{{\"ts\":{ts},\"key\":\"k{}\",\"value\":{}}}\n", i % 7, i % 100));
+        good += 1;
+    }
+    std::fs::write(&input, lines)?;
+
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "window-agg", "--window", "tumble:1s", "--metrics-addr", "127.0.0.1:0", "--linger", "60s", "--parallelism", "2"])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut child = Running(child);
+    let stderr = child.0.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut addr, mut done) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).map_err(|_| "weir did not finish within 60 s")?;
+        if let Some(rest) = line.strip_prefix("weir: metrics at http://") {
+            addr = rest.strip_suffix("/metrics").map(str::to_string);
+        }
+        if line.contains(" done: ") {
+            done = Some(line);
+        }
+    }
+    let addr = addr.ok_or("weir did not print its metrics address")?;
+
+    let response = http_get(&addr, "/metrics")?;
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
+
+    let results = std::fs::read_to_string(&output)?.lines().count() as f64;
+    let read = sample_sum(body, "weir_events_out_total", &[r#"operator="input""#]);
+    assert_eq!(read, good as f64, "events read");
+    assert_eq!(sample_sum(body, "weir_dead_letter_records_total", &[]), 5.0);
+    assert_eq!(sample_sum(body, "weir_late_events_total", &[]), late_expected as f64);
+    assert_eq!(sample_sum(body, "weir_events_in_total", &[r#"operator="window""#]), good as f64);
+    assert_eq!(sample_sum(body, "weir_events_in_total", &[r#"operator="output""#]), results);
+    assert!(results > 0.0);
+    // Every windowed event was released: no open window state is left.
+    assert_eq!(sample_sum(body, "weir_state_entries", &[r#"operator="window""#]), 0.0);
+    // The watermark of the timestamp stage is the last one before the end of input.
+    let watermark = sample_sum(body, "weir_watermark_ms", &[r#"operator="timestamps""#]);
+    assert_eq!(watermark, (4999 * 10 - 1) as f64);
+    assert!(sample_sum(body, "weir_uptime_seconds", &[]) > 0.0);
+    for family in ["weir_channel_fill", "weir_channel_capacity"] {
+        assert!(body.contains(&format!("# TYPE {family} gauge")), "{family} missing");
+    }
+
+    let not_found = http_get(&addr, "/nope")?;
+    assert!(not_found.starts_with("HTTP/1.1 404"), "{not_found}");
+
+    // The summary line agrees with the metrics.
+    let done = done.unwrap_or_default();
+    assert_eq!(number_before(&done, " dead letters"), Some(5), "{done}");
+    assert_eq!(number_before(&done, " late events"), Some(late_expected), "{done}");
+    assert_eq!(number_before(&done, " results written"), Some(results as u64), "{done}");
+    Ok(())
+}

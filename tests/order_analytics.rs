@@ -1,1 +1,141 @@
+//! `order-analytics` through the binary: revenue per region and minute and high-value
+//! customer alerts equal a plain reference computation; the embedded default runs with no
+//! arguments.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn weir(args: &[&str], cwd: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(cwd)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!("weir {args:?} failed: {stderr}").into());
+    }
+    Ok(stderr)
+}
+
+fn read_json_lines(path: &Path) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+}
+
+/// Total in cents, exactly, from its JSON text (two decimals).
+fn cents(v: &Value) -> Option<i64> {
+    let text = v.to_string();
+    let (units, frac) = text.split_once('.').unwrap_or((&text, "0"));
+    Some(units.parse::<i64>().ok()? * 100 + format!("{frac:0<2}")[..2].parse::<i64>().ok()?)
+}
+
+type RegionRows = BTreeMap<(String, i64, i64), (u64, i64)>;
+type Alerts = BTreeMap<String, (String, i64)>;
+
+/// Reference: per region and minute, orders and revenue in cents; first order per customer
+/// that takes cumulative revenue above 10,000.00, in input order.
+fn reference(orders: &[Value]) -> Option<(RegionRows, Alerts)> {
+    let (mut regions, mut alerts) = (RegionRows::new(), Alerts::new());
+    let mut running: BTreeMap<String, i64> = BTreeMap::new();
+    for o in orders {
+        let ts = o["ts"].as_i64()?;
+        let start = ts - ts.rem_euclid(60_000);
+        let total = cents(&o["total"])?;
+        let row = regions
+            .entry((o["region"].as_str()?.to_string(), start, start + 60_000))
+            .or_default();
+        row.0 += 1;
+        row.1 += total;
+        let customer = o["customer_id"].as_str()?.to_string();
+        let sum = running.entry(customer.clone()).or_default();
+        *sum += total;
+        if *sum > 1_000_000 && !alerts.contains_key(&customer) {
+            alerts.insert(customer, (o["order_id"].as_str()?.to_string(), *sum));
+        }
+    }
+    Some((regions, alerts))
+}
+
+fn job_results(rows: &[Value]) -> Option<(RegionRows, Alerts)> {
+    let (mut regions, mut alerts) = (RegionRows::new(), Alerts::new());
+    for r in rows {
+        match r["type"].as_str()? {
+            "region_revenue" => {
+                let key = (r["region"].as_str()?.to_string(), r["window_start"].as_i64()?, r["window_end"].as_i64()?);
+                let previous = regions.insert(key, (r["orders"].as_u64()?, (r["revenue"].as_f64()? * 100.0).round() as i64));
+                assert!(previous.is_none(), "a region window fired twice: {r}");
+            }
+            "high_value_customer" => {
+                let previous = alerts.insert(
+                    r["customer_id"].as_str()?.to_string(),
+                    (r["order_id"].as_str()?.to_string(), (r["revenue"].as_f64()? * 100.0).round() as i64),
+                );
+                assert!(previous.is_none(), "a customer was announced twice: {r}");
+            }
+            other => panic!("unexpected output type {other}"),
+        }
+    }
+    Some((regions, alerts))
+}
+
+#[test]
+fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    weir(&["gen", "orders", "--events", "30000", "--output", "orders.jsonl"], d)?;
+    let raw = std::fs::read_to_string(d.join("orders.jsonl"))?;
+    let mut orders = Vec::new();
+    let mut malformed = Vec::new();
+    for (i, line) in raw.lines().enumerate() {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) if v.get("region").is_some() => orders.push(v),
+            _ => malformed.push(i as u64 + 1),
+        }
+    }
+    assert_eq!(malformed, vec![20_001], "the generator plants one malformed line");
+    let (ref_regions, ref_alerts) = reference(&orders).ok_or("bad reference input")?;
+    assert!(!ref_alerts.is_empty(), "the sample must produce alerts");
+
+    for p in ["1", "2"] {
+        let out = format!("out-{p}.jsonl");
+        let stderr = weir(
+            &["run", "order-analytics", "--input", "orders.jsonl", "--output", &out, "--metrics-addr", "off", "--quiet", "--parallelism", p],
+            d,
+        )?;
+        assert!(stderr.contains(" 0 late events"), "{stderr}");
+        assert!(stderr.contains(" 1 dead letters"), "{stderr}");
+        let (regions, alerts) = job_results(&read_json_lines(&d.join(&out))?).ok_or("malformed output")?;
+        assert_eq!(regions, ref_regions, "region revenue at parallelism {p}");
+        assert_eq!(alerts, ref_alerts, "high-value customers at parallelism {p}");
+        let dead = read_json_lines(&d.join(format!("{out}.dead.jsonl")))?;
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0]["line"], 20_001);
+    }
+    Ok(())
+}
+
+#[test]
+fn embedded_default_runs_without_arguments() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let stderr = weir(&["run", "order-analytics", "--metrics-addr", "127.0.0.1:0"], dir.path())?;
+    // 60,000 sample lines, two of them malformed on purpose.
+    assert!(stderr.contains("order-analytics done: 59998 events read"), "{stderr}");
+    assert!(stderr.contains(" 2 dead letters"), "{stderr}");
+    let rows = read_json_lines(&dir.path().join("weir-data/order-analytics.jsonl"))?;
+    let kinds: std::collections::BTreeSet<&str> = rows.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["high_value_customer", "region_revenue"]);
+    // A second run reuses the sample and gives the same results.
+    weir(&["run", "order-analytics", "--metrics-addr", "off", "--output", "again.jsonl"], dir.path())?;
+    let mut again = read_json_lines(&dir.path().join("again.jsonl"))?;
+    let mut first = rows;
+    let key = |v: &Value| v.to_string();
+    first.sort_by_key(key);
+    again.sort_by_key(key);
+    assert_eq!(first, again);
+    Ok(())
+}

@@ -59,7 +59,25 @@ pub struct JobOptions {
     pub params: Vec<(String, String)>,
 }
 
+/// Parses [`JobOptions`] on their own (for benchmarks, tests and embedding).
+#[derive(Debug, clap::Parser)]
+#[command(no_binary_name = true)]
+struct OptionsOnly {
+    #[command(flatten)]
+    options: JobOptions,
+}
+
 impl JobOptions {
+    /// Options from command-line style arguments, e.g. `["--window", "hop:60s/10s"]`.
+    pub fn from_args<I, S>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        Ok(OptionsOnly::try_parse_from(args)?.options)
+    }
+
     /// The input path, or an error saying the job needs one.
     pub fn require_input(&self, job: &str) -> anyhow::Result<&PathBuf> {
         self.input
@@ -153,6 +171,15 @@ pub fn parse_window(s: &str) -> anyhow::Result<WindowSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_from_args() -> anyhow::Result<()> {
+        let o = JobOptions::from_args(["--window", "session:5s", "--parallelism", "2", "--param", "a=1"])?;
+        assert_eq!(o.window, Session::with_gap(Duration::from_secs(5)).into());
+        assert_eq!((o.parallelism, o.param("a"), o.ts_field.as_str()), (2, Some("1"), "ts"));
+        assert!(JobOptions::from_args(["--window", "nope"]).is_err());
+        Ok(())
+    }
 
     #[test]
     fn window_specs() -> anyhow::Result<()> {
