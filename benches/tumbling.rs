@@ -1,1 +1,60 @@
-fn main() {}
+//! Criterion benchmark of the tumbling-window job (10 s windows, count/sum/min/max/avg per
+//! key, 1000 keys): events generated in-process, and the same events from a JSON-lines file.
+//!
+//! `cargo bench -p weir-jobs --bench tumbling`. Throughput is reported in events (elements)
+//! per second of wall time; `weir bench` reports the per-core figure (see BENCHMARKS.md).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weir_jobs::generate::{write_events, EventStreamSpec};
+use weir_jobs::options::JobOptions;
+use weir_jobs::window_agg;
+
+const EVENTS: u64 = 1_000_000;
+
+fn run_window_agg(args: &[&str]) {
+    let opts = JobOptions::from_args(args).expect("benchmark options parse");
+    let job = window_agg::build(&opts).expect("job builds");
+    let summary = job.run(&opts.run_options()).expect("job runs");
+    assert_eq!(summary.events_read, EVENTS);
+}
+
+fn tumbling(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("events.jsonl");
+    write_events(
+        &input,
+        EventStreamSpec {
+            events: EVENTS,
+            ..EventStreamSpec::default()
+        },
+    )
+    .expect("write input");
+    let input = input.to_str().expect("utf-8 temp path").to_string();
+
+    let mut group = c.benchmark_group("tumbling-10s");
+    group.throughput(Throughput::Elements(EVENTS));
+    group.sample_size(10);
+    let events = EVENTS.to_string();
+    for p in ["1", "2"] {
+        let common = [
+            "--window",
+            "tumble:10s",
+            "--watermark-delay",
+            "2s",
+            "--output",
+            "null:",
+            "--parallelism",
+            p,
+        ];
+        group.bench_function(format!("generated/p{p}"), |b| {
+            b.iter(|| run_window_agg(&[&common[..], &["--events", &events]].concat()))
+        });
+        group.bench_function(format!("jsonl/p{p}"), |b| {
+            b.iter(|| run_window_agg(&[&common[..], &["--input", &input]].concat()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tumbling);
+criterion_main!(benches);

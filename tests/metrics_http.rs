@@ -22,7 +22,10 @@ impl Drop for Running {
 fn http_get(addr: &str, path: &str) -> Result<String, Box<dyn std::error::Error>> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
@@ -41,7 +44,7 @@ fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 /// The number just before `suffix` in `line` ("3 late events" -> 3).
 fn number_before(line: &str, suffix: &str) -> Option<u64> {
     let head = &line[..line.find(suffix)?];
-    head.rsplit(|c: char| c == ' ' || c == ',').next()?.parse().ok()
+    head.rsplit([' ', ',']).next()?.parse().ok()
 }
 
 #[test]
@@ -63,13 +66,28 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
         } else {
             i * 10
         };
-        lines.push_str(&format!("{{\"ts\":{ts},\"key\":\"k{}\",\"value\":{}}}\n", i % 7, i % 100));
+        lines.push_str(&format!(
+            "{{\"ts\":{ts},\"key\":\"k{}\",\"value\":{}}}\n",
+            i % 7,
+            i % 100
+        ));
         good += 1;
     }
     std::fs::write(&input, lines)?;
 
     let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "window-agg", "--window", "tumble:1s", "--metrics-addr", "127.0.0.1:0", "--linger", "60s", "--parallelism", "2"])
+        .args([
+            "run",
+            "window-agg",
+            "--window",
+            "tumble:1s",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--linger",
+            "60s",
+            "--parallelism",
+            "2",
+        ])
         .arg("--input")
         .arg(&input)
         .arg("--output")
@@ -90,7 +108,9 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(60);
     while done.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).map_err(|_| "weir did not finish within 60 s")?;
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| "weir did not finish within 60 s")?;
         if let Some(rest) = line.strip_prefix("weir: metrics at http://") {
             addr = rest.strip_suffix("/metrics").map(str::to_string);
         }
@@ -102,24 +122,42 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
 
     let response = http_get(&addr, "/metrics")?;
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or("no body")?;
 
     let results = std::fs::read_to_string(&output)?.lines().count() as f64;
     let read = sample_sum(body, "weir_events_out_total", &[r#"operator="input""#]);
     assert_eq!(read, good as f64, "events read");
     assert_eq!(sample_sum(body, "weir_dead_letter_records_total", &[]), 5.0);
-    assert_eq!(sample_sum(body, "weir_late_events_total", &[]), late_expected as f64);
-    assert_eq!(sample_sum(body, "weir_events_in_total", &[r#"operator="window""#]), good as f64);
-    assert_eq!(sample_sum(body, "weir_events_in_total", &[r#"operator="output""#]), results);
+    assert_eq!(
+        sample_sum(body, "weir_late_events_total", &[]),
+        late_expected as f64
+    );
+    assert_eq!(
+        sample_sum(body, "weir_events_in_total", &[r#"operator="window""#]),
+        good as f64
+    );
+    assert_eq!(
+        sample_sum(body, "weir_events_in_total", &[r#"operator="output""#]),
+        results
+    );
     assert!(results > 0.0);
     // Every windowed event was released: no open window state is left.
-    assert_eq!(sample_sum(body, "weir_state_entries", &[r#"operator="window""#]), 0.0);
+    assert_eq!(
+        sample_sum(body, "weir_state_entries", &[r#"operator="window""#]),
+        0.0
+    );
     // The watermark of the timestamp stage is the last one before the end of input.
     let watermark = sample_sum(body, "weir_watermark_ms", &[r#"operator="timestamps""#]);
     assert_eq!(watermark, (4999 * 10 - 1) as f64);
     assert!(sample_sum(body, "weir_uptime_seconds", &[]) > 0.0);
     for family in ["weir_channel_fill", "weir_channel_capacity"] {
-        assert!(body.contains(&format!("# TYPE {family} gauge")), "{family} missing");
+        assert!(
+            body.contains(&format!("# TYPE {family} gauge")),
+            "{family} missing"
+        );
     }
 
     let not_found = http_get(&addr, "/nope")?;
@@ -128,7 +166,15 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
     // The summary line agrees with the metrics.
     let done = done.unwrap_or_default();
     assert_eq!(number_before(&done, " dead letters"), Some(5), "{done}");
-    assert_eq!(number_before(&done, " late events"), Some(late_expected), "{done}");
-    assert_eq!(number_before(&done, " results written"), Some(results as u64), "{done}");
+    assert_eq!(
+        number_before(&done, " late events"),
+        Some(late_expected),
+        "{done}"
+    );
+    assert_eq!(
+        number_before(&done, " results written"),
+        Some(results as u64),
+        "{done}"
+    );
     Ok(())
 }

@@ -24,7 +24,10 @@ fn weir(args: &[&str], cwd: &Path) -> Result<String, Box<dyn std::error::Error>>
 
 fn read_json_lines(path: &Path) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path)?;
-    Ok(text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+    Ok(text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
 }
 
 /// Total in cents, exactly, from its JSON text (two decimals).
@@ -66,14 +69,27 @@ fn job_results(rows: &[Value]) -> Option<(RegionRows, Alerts)> {
     for r in rows {
         match r["type"].as_str()? {
             "region_revenue" => {
-                let key = (r["region"].as_str()?.to_string(), r["window_start"].as_i64()?, r["window_end"].as_i64()?);
-                let previous = regions.insert(key, (r["orders"].as_u64()?, (r["revenue"].as_f64()? * 100.0).round() as i64));
+                let key = (
+                    r["region"].as_str()?.to_string(),
+                    r["window_start"].as_i64()?,
+                    r["window_end"].as_i64()?,
+                );
+                let previous = regions.insert(
+                    key,
+                    (
+                        r["orders"].as_u64()?,
+                        (r["revenue"].as_f64()? * 100.0).round() as i64,
+                    ),
+                );
                 assert!(previous.is_none(), "a region window fired twice: {r}");
             }
             "high_value_customer" => {
                 let previous = alerts.insert(
                     r["customer_id"].as_str()?.to_string(),
-                    (r["order_id"].as_str()?.to_string(), (r["revenue"].as_f64()? * 100.0).round() as i64),
+                    (
+                        r["order_id"].as_str()?.to_string(),
+                        (r["revenue"].as_f64()? * 100.0).round() as i64,
+                    ),
                 );
                 assert!(previous.is_none(), "a customer was announced twice: {r}");
             }
@@ -87,7 +103,17 @@ fn job_results(rows: &[Value]) -> Option<(RegionRows, Alerts)> {
 fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    weir(&["gen", "orders", "--events", "30000", "--output", "orders.jsonl"], d)?;
+    weir(
+        &[
+            "gen",
+            "orders",
+            "--events",
+            "30000",
+            "--output",
+            "orders.jsonl",
+        ],
+        d,
+    )?;
     let raw = std::fs::read_to_string(d.join("orders.jsonl"))?;
     let mut orders = Vec::new();
     let mut malformed = Vec::new();
@@ -97,21 +123,41 @@ fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
             _ => malformed.push(i as u64 + 1),
         }
     }
-    assert_eq!(malformed, vec![20_001], "the generator plants one malformed line");
+    assert_eq!(
+        malformed,
+        vec![20_001],
+        "the generator plants one malformed line"
+    );
     let (ref_regions, ref_alerts) = reference(&orders).ok_or("bad reference input")?;
     assert!(!ref_alerts.is_empty(), "the sample must produce alerts");
 
     for p in ["1", "2"] {
         let out = format!("out-{p}.jsonl");
         let stderr = weir(
-            &["run", "order-analytics", "--input", "orders.jsonl", "--output", &out, "--metrics-addr", "off", "--quiet", "--parallelism", p],
+            &[
+                "run",
+                "order-analytics",
+                "--input",
+                "orders.jsonl",
+                "--output",
+                &out,
+                "--metrics-addr",
+                "off",
+                "--quiet",
+                "--parallelism",
+                p,
+            ],
             d,
         )?;
         assert!(stderr.contains(" 0 late events"), "{stderr}");
         assert!(stderr.contains(" 1 dead letters"), "{stderr}");
-        let (regions, alerts) = job_results(&read_json_lines(&d.join(&out))?).ok_or("malformed output")?;
+        let (regions, alerts) =
+            job_results(&read_json_lines(&d.join(&out))?).ok_or("malformed output")?;
         assert_eq!(regions, ref_regions, "region revenue at parallelism {p}");
-        assert_eq!(alerts, ref_alerts, "high-value customers at parallelism {p}");
+        assert_eq!(
+            alerts, ref_alerts,
+            "high-value customers at parallelism {p}"
+        );
         let dead = read_json_lines(&d.join(format!("{out}.dead.jsonl")))?;
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0]["line"], 20_001);
@@ -122,15 +168,35 @@ fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
 #[test]
 fn embedded_default_runs_without_arguments() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let stderr = weir(&["run", "order-analytics", "--metrics-addr", "127.0.0.1:0"], dir.path())?;
+    let stderr = weir(
+        &["run", "order-analytics", "--metrics-addr", "127.0.0.1:0"],
+        dir.path(),
+    )?;
     // 60,000 sample lines, two of them malformed on purpose.
-    assert!(stderr.contains("order-analytics done: 59998 events read"), "{stderr}");
+    assert!(
+        stderr.contains("order-analytics done: 59998 events read"),
+        "{stderr}"
+    );
     assert!(stderr.contains(" 2 dead letters"), "{stderr}");
     let rows = read_json_lines(&dir.path().join("weir-data/order-analytics.jsonl"))?;
-    let kinds: std::collections::BTreeSet<&str> = rows.iter().filter_map(|r| r["type"].as_str()).collect();
-    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["high_value_customer", "region_revenue"]);
+    let kinds: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["high_value_customer", "region_revenue"]
+    );
     // A second run reuses the sample and gives the same results.
-    weir(&["run", "order-analytics", "--metrics-addr", "off", "--output", "again.jsonl"], dir.path())?;
+    weir(
+        &[
+            "run",
+            "order-analytics",
+            "--metrics-addr",
+            "off",
+            "--output",
+            "again.jsonl",
+        ],
+        dir.path(),
+    )?;
     let mut again = read_json_lines(&dir.path().join("again.jsonl"))?;
     let mut first = rows;
     let key = |v: &Value| v.to_string();

@@ -174,9 +174,19 @@ mod tests {
 
     #[test]
     fn options_from_args() -> anyhow::Result<()> {
-        let o = JobOptions::from_args(["--window", "session:5s", "--parallelism", "2", "--param", "a=1"])?;
+        let o = JobOptions::from_args([
+            "--window",
+            "session:5s",
+            "--parallelism",
+            "2",
+            "--param",
+            "a=1",
+        ])?;
         assert_eq!(o.window, Session::with_gap(Duration::from_secs(5)).into());
-        assert_eq!((o.parallelism, o.param("a"), o.ts_field.as_str()), (2, Some("1"), "ts"));
+        assert_eq!(
+            (o.parallelism, o.param("a"), o.ts_field.as_str()),
+            (2, Some("1"), "ts")
+        );
         assert!(JobOptions::from_args(["--window", "nope"]).is_err());
         Ok(())
     }

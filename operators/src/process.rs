@@ -41,15 +41,18 @@ where
             "per-key state".into(),
             ProcessFactory {
                 f,
-                _types: PhantomData::<fn() -> (K, T, S, O)>,
+                _types: Types::<K, T, S, O>::default(),
             },
         )
     }
 }
 
+/// The types a [`ProcessFactory`] is generic over, as a zero-sized marker.
+type Types<K, T, S, O> = PhantomData<fn() -> (K, T, S, O)>;
+
 struct ProcessFactory<F, K, T, S, O> {
     f: F,
-    _types: PhantomData<fn() -> (K, T, S, O)>,
+    _types: Types<K, T, S, O>,
 }
 
 impl<F, K, T, S, O> OperatorFactory for ProcessFactory<F, K, T, S, O>

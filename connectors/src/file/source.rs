@@ -142,7 +142,8 @@ impl<D: Decoder> Source for FileSource<D> {
             self.open()?;
         }
         let mut status = SourceStatus::More;
-        while out.len() < max {
+        let start = out.len();
+        while out.len() - start < max {
             let Some(reader) = self.reader.as_mut() else {
                 break;
             };
@@ -163,7 +164,7 @@ impl<D: Decoder> Source for FileSource<D> {
                     status = SourceStatus::Exhausted;
                 } else {
                     // Keep the partial line; the writer has not finished it yet.
-                    if out.is_empty() {
+                    if out.len() == start {
                         std::thread::sleep(FOLLOW_POLL);
                     }
                     status = SourceStatus::Idle;

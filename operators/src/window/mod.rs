@@ -436,7 +436,10 @@ impl<K> Timers<K> {
     }
 
     /// The earliest timers, if `due` says their time has come.
-    pub(crate) fn pop_due(&mut self, due: impl Fn(Timestamp) -> bool) -> Option<(Timestamp, Vec<K>)> {
+    pub(crate) fn pop_due(
+        &mut self,
+        due: impl Fn(Timestamp) -> bool,
+    ) -> Option<(Timestamp, Vec<K>)> {
         let (&time, _) = self.by_time.first_key_value()?;
         if due(time) {
             self.by_time.pop_first()
@@ -457,7 +460,12 @@ mod tests {
 
     /// Feeds `(ts, watermark before the event, key)` events one per batch and returns the
     /// fired windows `(key, start, end, count, is_update)` and the late count.
-    fn run(spec: impl Into<WindowSpec>, lateness: i64, events: &[(i64, i64, &'static str)], end_watermark: i64) -> (Vec<Row>, u64, usize) {
+    fn run(
+        spec: impl Into<WindowSpec>,
+        lateness: i64,
+        events: &[(i64, i64, &'static str)],
+        end_watermark: i64,
+    ) -> (Vec<Row>, u64, usize) {
         let metrics = JobMetrics::new("test");
         let ctx = OperatorContext {
             name: "window".into(),
@@ -476,7 +484,15 @@ mod tests {
         let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
         let mut out = Output::default();
         for &(ts, watermark, key) in events {
-            let record = Record { ts, watermark, value: Keyed { key: key.to_string(), key_group: 0, value: () } };
+            let record = Record {
+                ts,
+                watermark,
+                value: Keyed {
+                    key: key.to_string(),
+                    key_group: 0,
+                    value: (),
+                },
+            };
             op.process(vec![record], &mut out).expect("process");
         }
         op.on_watermark(end_watermark, &mut out).expect("watermark");
@@ -485,8 +501,18 @@ mod tests {
             .into_iter()
             .map(|r| {
                 assert_eq!(r.ts, r.value.window.end - 1, "results carry time end - 1");
-                let key = events.iter().map(|e| e.2).find(|k| *k == r.value.key).expect("known key");
-                (key, r.value.window.start, r.value.window.end, r.value.value, r.value.is_update)
+                let key = events
+                    .iter()
+                    .map(|e| e.2)
+                    .find(|k| *k == r.value.key)
+                    .expect("known key");
+                (
+                    key,
+                    r.value.window.start,
+                    r.value.window.end,
+                    r.value.value,
+                    r.value.is_update,
+                )
             })
             .collect();
         (rows, ctx.metrics.late_events.get(), op.state_entries())
@@ -506,7 +532,13 @@ mod tests {
             0,
             // (-3, wm 0): its window [-10,0) has end - 1 = -1 <= 0, so it is late.
             // (5, wm 9): watermark 9 = end - 1 of [0,10) fired it first, so it is late.
-            &[(1, MIN, "a"), (-3, 0, "a"), (9, 0, "a"), (12, 8, "a"), (5, 9, "a")],
+            &[
+                (1, MIN, "a"),
+                (-3, 0, "a"),
+                (9, 0, "a"),
+                (12, 8, "a"),
+                (5, 9, "a"),
+            ],
             12,
         );
         assert_eq!(rows, vec![("a", 0, 10, 2, false)]);
@@ -520,9 +552,21 @@ mod tests {
     fn sliding_windows_hold_each_event_once_per_window() {
         // size 30, slide 10: ts 25 belongs to [0,30), [10,40), [20,50); ts 5 belongs to
         // [-20,10), [-10,20) (both already due at watermark 24) and [0,30).
-        let (mut rows, late, _) = run(Sliding::of(ms(30), ms(10)), 0, &[(25, MIN, "a"), (5, 24, "a")], END);
+        let (mut rows, late, _) = run(
+            Sliding::of(ms(30), ms(10)),
+            0,
+            &[(25, MIN, "a"), (5, 24, "a")],
+            END,
+        );
         rows.sort_by_key(|r| (r.2, r.1));
-        assert_eq!(rows, vec![("a", 0, 30, 2, false), ("a", 10, 40, 1, false), ("a", 20, 50, 1, false)]);
+        assert_eq!(
+            rows,
+            vec![
+                ("a", 0, 30, 2, false),
+                ("a", 10, 40, 1, false),
+                ("a", 20, 50, 1, false)
+            ]
+        );
         assert_eq!(late, 0);
         let (rows, _, _) = run(Sliding::of(ms(30), ms(10)), 0, &[(5, MIN, "a")], END);
         let windows: Vec<_> = rows.iter().map(|r| (r.1, r.2)).collect();
@@ -532,8 +576,17 @@ mod tests {
     #[test]
     fn sliding_event_is_late_only_if_all_its_windows_are() {
         // Watermark 29 fired [0,30) but not [10,40) and [20,50): ts 25 is added to those two.
-        let (rows, late, _) = run(Sliding::of(ms(30), ms(10)), 0, &[(25, MIN, "a"), (25, 29, "b")], END);
-        let b: Vec<_> = rows.iter().filter(|r| r.0 == "b").map(|r| (r.1, r.2)).collect();
+        let (rows, late, _) = run(
+            Sliding::of(ms(30), ms(10)),
+            0,
+            &[(25, MIN, "a"), (25, 29, "b")],
+            END,
+        );
+        let b: Vec<_> = rows
+            .iter()
+            .filter(|r| r.0 == "b")
+            .map(|r| (r.1, r.2))
+            .collect();
         assert_eq!(b, vec![(10, 40), (20, 50)]);
         assert_eq!(late, 0);
         let (_, late, _) = run(Sliding::of(ms(30), ms(10)), 0, &[(25, 49, "a")], END);
@@ -543,13 +596,28 @@ mod tests {
     #[test]
     fn sessions_merge_on_overlap_and_touch() {
         // gap 10: [0,10) and [10,20) touch -> [0,20); [25,35) stays apart; 5 overlaps [0,20).
-        let (rows, _, _) = run(Session::with_gap(ms(10)), 0, &[(0, MIN, "a"), (10, MIN, "a"), (25, MIN, "a"), (5, MIN, "a")], END);
+        let (rows, _, _) = run(
+            Session::with_gap(ms(10)),
+            0,
+            &[(0, MIN, "a"), (10, MIN, "a"), (25, MIN, "a"), (5, MIN, "a")],
+            END,
+        );
         assert_eq!(rows, vec![("a", 0, 20, 3, false), ("a", 25, 35, 1, false)]);
         // An event bridging two sessions merges all three.
-        let (rows, _, _) = run(Session::with_gap(ms(10)), 0, &[(0, MIN, "a"), (20, MIN, "a"), (10, MIN, "a")], END);
+        let (rows, _, _) = run(
+            Session::with_gap(ms(10)),
+            0,
+            &[(0, MIN, "a"), (20, MIN, "a"), (10, MIN, "a")],
+            END,
+        );
         assert_eq!(rows, vec![("a", 0, 30, 3, false)]);
         // Sessions of different keys never merge.
-        let (rows, _, _) = run(Session::with_gap(ms(10)), 0, &[(0, MIN, "a"), (5, MIN, "b")], END);
+        let (rows, _, _) = run(
+            Session::with_gap(ms(10)),
+            0,
+            &[(0, MIN, "a"), (5, MIN, "b")],
+            END,
+        );
         assert_eq!(rows, vec![("a", 0, 10, 1, false), ("b", 5, 15, 1, false)]);
     }
 
@@ -557,11 +625,21 @@ mod tests {
     fn late_session_event_may_join_an_open_session() {
         // Watermark 12: the lone [3,13) would be due (12 >= 12), but it touches the open
         // [10,20), so it is not late; [-20,-10) alone is late.
-        let (rows, late, _) = run(Session::with_gap(ms(10)), 0, &[(10, MIN, "a"), (3, 12, "a"), (-20, 12, "a")], END);
+        let (rows, late, _) = run(
+            Session::with_gap(ms(10)),
+            0,
+            &[(10, MIN, "a"), (3, 12, "a"), (-20, 12, "a")],
+            END,
+        );
         assert_eq!(rows, vec![("a", 3, 20, 2, false)]);
         assert_eq!(late, 1);
         // A fired session is gone: a later event never merges into it.
-        let (rows, late, _) = run(Session::with_gap(ms(10)), 0, &[(0, MIN, "a"), (30, 9, "a"), (5, 29, "a")], END);
+        let (rows, late, _) = run(
+            Session::with_gap(ms(10)),
+            0,
+            &[(0, MIN, "a"), (30, 9, "a"), (5, 29, "a")],
+            END,
+        );
         assert_eq!(rows, vec![("a", 0, 10, 1, false), ("a", 30, 40, 1, false)]);
         assert_eq!(late, 1);
     }
@@ -570,17 +648,28 @@ mod tests {
     fn allowed_lateness_updates_fired_windows() {
         // Lateness 5: [0,10) is kept until watermark 14; an event at wm 12 updates it,
         // at wm 14 it is dropped.
-        let (rows, late, _) = run(Tumbling::of(ms(10)), 5, &[(1, MIN, "a"), (2, 12, "a"), (3, 14, "a")], END);
+        let (rows, late, _) = run(
+            Tumbling::of(ms(10)),
+            5,
+            &[(1, MIN, "a"), (2, 12, "a"), (3, 14, "a")],
+            END,
+        );
         assert_eq!(rows, vec![("a", 0, 10, 1, false), ("a", 0, 10, 2, true)]);
         assert_eq!(late, 1);
-        let (rows, late, _) = run(Session::with_gap(ms(10)), 5, &[(1, MIN, "a"), (2, 12, "a"), (3, 20, "a")], END);
+        let (rows, late, _) = run(
+            Session::with_gap(ms(10)),
+            5,
+            &[(1, MIN, "a"), (2, 12, "a"), (3, 20, "a")],
+            END,
+        );
         assert_eq!(rows, vec![("a", 1, 11, 1, false), ("a", 1, 12, 2, true)]);
         assert_eq!(late, 1);
     }
 
     #[test]
     fn state_is_released_after_firing() {
-        let events: Vec<(i64, i64, &'static str)> = (0..100).map(|i| (i * 10, i * 10 - 1, "k")).collect();
+        let events: Vec<(i64, i64, &'static str)> =
+            (0..100).map(|i| (i * 10, i * 10 - 1, "k")).collect();
         // Before the end watermark only the last window is open; afterwards nothing is.
         let (rows, _, open) = run(Tumbling::of(ms(10)), 0, &events, 995);
         assert_eq!((rows.len(), open), (99, 1));
