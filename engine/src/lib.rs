@@ -26,6 +26,7 @@
 //! where it is chained too and the whole job may run on one thread.
 
 pub mod error;
+pub mod intern;
 pub mod job;
 pub mod keys;
 pub mod metrics;

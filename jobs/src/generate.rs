@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use weir_engine::{BoxError, Source, SourceStatus};
 
@@ -67,7 +68,7 @@ impl Default for EventStreamSpec {
 pub struct GeneratedEvents {
     spec: EventStreamSpec,
     next: u64,
-    keys: Vec<String>,
+    keys: Vec<Arc<str>>,
     rng: SplitMix64,
 }
 
@@ -77,7 +78,9 @@ impl GeneratedEvents {
         GeneratedEvents {
             spec,
             next: 0,
-            keys: (0..spec.keys.max(1)).map(|k| format!("k{k}")).collect(),
+            keys: (0..spec.keys.max(1))
+                .map(|k| Arc::from(format!("k{k}")))
+                .collect(),
             rng: SplitMix64::new(42),
         }
     }

@@ -14,12 +14,14 @@
 //! `serde` visitor that only keeps the three configured fields (no generic JSON values).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use weir_connectors::format::split_csv;
 use weir_connectors::{CsvHeader, DeadLetters, Decoder, FileSink, FileSource};
+use weir_engine::intern::Interner;
 use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
 
@@ -35,8 +37,8 @@ pub const ABOUT: &str = "count/sum/min/max/avg of --value-field per --key-field 
 pub struct Event {
     /// Event time, epoch milliseconds.
     pub ts: i64,
-    /// The key.
-    pub key: String,
+    /// The key (interned: events with the same key share it).
+    pub key: Arc<str>,
     /// The value aggregated.
     pub value: i64,
 }
@@ -110,7 +112,7 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) {
     windowed
         .aggregate(Stats::of(|e: &Event| e.value))
         .map(|r| WindowAggRow {
-            key: r.key,
+            key: r.key.to_string(),
             window_start: r.window.start,
             window_end: r.window.end,
             count: r.value.count,
@@ -129,6 +131,7 @@ pub struct EventDecoder {
     names: [String; 3],
     columns: Option<[usize; 3]>,
     width: usize,
+    keys: Interner,
 }
 
 impl EventDecoder {
@@ -138,20 +141,22 @@ impl EventDecoder {
             names: [ts.to_string(), key.to_string(), value.to_string()],
             columns: None,
             width: 0,
+            keys: Interner::default(),
         }
     }
 
-    fn decode_csv(&self, line: &str, columns: [usize; 3]) -> Result<Event, String> {
+    fn decode_csv(&mut self, line: &str, columns: [usize; 3]) -> Result<Event, String> {
         let (mut ts, mut key, mut value) = (None, None, None);
         let mut column = 0;
         let mut bad = None;
+        let (names, keys) = (&self.names, &mut self.keys);
         split_csv(line, |field| {
             if column == columns[0] {
-                ts = Some(parse_int(field, &self.names[0]).map_err(|e| bad = Some(e)));
+                ts = Some(parse_int(field, &names[0]).map_err(|e| bad = Some(e)));
             } else if column == columns[1] {
-                key = Some(field.to_string());
+                key = Some(keys.intern(field));
             } else if column == columns[2] {
-                value = Some(parse_int(field, &self.names[2]).map_err(|e| bad = Some(e)));
+                value = Some(parse_int(field, &names[2]).map_err(|e| bad = Some(e)));
             }
             column += 1;
         })?;
@@ -203,9 +208,12 @@ impl Decoder for EventDecoder {
             Some(columns) => self.decode_csv(line, columns),
             None => {
                 let mut de = serde_json::Deserializer::from_str(line);
-                let event = EventSeed { names: &self.names }
-                    .deserialize(&mut de)
-                    .map_err(|e| e.to_string())?;
+                let event = EventSeed {
+                    names: &self.names,
+                    keys: &mut self.keys,
+                }
+                .deserialize(&mut de)
+                .map_err(|e| e.to_string())?;
                 de.end().map_err(|e| e.to_string())?;
                 Ok(event)
             }
@@ -216,6 +224,7 @@ impl Decoder for EventDecoder {
 /// Reads one JSON object, keeping only the three named fields.
 struct EventSeed<'a> {
     names: &'a [String; 3],
+    keys: &'a mut Interner,
 }
 
 impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
@@ -237,7 +246,11 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         while let Some(field) = map.next_key_seed(FieldSeed { names: self.names })? {
             match field {
                 0 => ts = Some(map.next_value_seed(IntSeed)?),
-                1 => key = Some(map.next_value_seed(KeySeed)?),
+                1 => {
+                    key = Some(map.next_value_seed(KeySeed {
+                        keys: &mut *self.keys,
+                    })?)
+                }
                 2 => value = Some(map.next_value_seed(IntSeed)?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -305,32 +318,31 @@ impl Visitor<'_> for IntSeed {
     }
 }
 
-/// A key: a string, or a number used as a string.
-struct KeySeed;
+/// A key: a string, or a number used as a string; interned.
+struct KeySeed<'a> {
+    keys: &'a mut Interner,
+}
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = String;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Arc<str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Arc<str>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl Visitor<'_> for KeySeed {
-    type Value = String;
+impl Visitor<'_> for KeySeed<'_> {
+    type Value = Arc<str>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string or number key")
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-        Ok(v.to_string())
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Arc<str>, E> {
+        Ok(self.keys.intern(v))
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
-        Ok(v)
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Arc<str>, E> {
+        Ok(self.keys.intern(&v.to_string()))
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
-        Ok(v.to_string())
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Arc<str>, E> {
+        Ok(self.keys.intern(&v.to_string()))
     }
 }
 
@@ -350,7 +362,11 @@ mod tests {
                 value: 5
             }
         );
-        assert_eq!(d.decode(r#"{"user":17,"ms":5.0,"time":1}"#)?.key, "17");
+        assert_eq!(&*d.decode(r#"{"user":17,"ms":5.0,"time":1}"#)?.key, "17");
+        let escaped = d.decode(r#"{"user":"esc\u0061ped","ms":1,"time":1}"#)?;
+        assert_eq!(&*escaped.key, "escaped");
+        let again = d.decode(r#"{"user":"u1","ms":5,"time":-20}"#)?;
+        assert!(Arc::ptr_eq(&e.key, &again.key), "keys are interned");
         assert!(d
             .decode(r#"{"user":"u1","ms":5}"#)
             .unwrap_err()
