@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// A file could not be opened or created.
-    #[error("cannot open {path}: {source} (check the path and its permissions)")]
+    #[error("cannot open {path} (check the path and its permissions)")]
     Open {
         /// The file.
         path: PathBuf,
@@ -15,7 +15,7 @@ pub enum ConnectorError {
         source: std::io::Error,
     },
     /// Reading failed after the file was opened.
-    #[error("cannot read {path} after line {line}: {source}")]
+    #[error("cannot read {path} after line {line}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -26,7 +26,7 @@ pub enum ConnectorError {
         source: std::io::Error,
     },
     /// Writing failed.
-    #[error("cannot write {path}: {source} (is the disk full?)")]
+    #[error("cannot write {path} (is the disk full?)")]
     Write {
         /// The file.
         path: PathBuf,
@@ -35,7 +35,7 @@ pub enum ConnectorError {
         source: std::io::Error,
     },
     /// A result could not be encoded as JSON.
-    #[error("cannot encode a result for {path} as JSON: {source}")]
+    #[error("cannot encode a result for {path} as JSON")]
     Encode {
         /// The file.
         path: PathBuf,

@@ -1,5 +1,8 @@
 //! Errors of the runtime. Every variant names the part of the job that failed, so a user
 //! can tell a bad input from a bad job definition from a failing disk.
+//!
+//! A variant with a `source` does not repeat it in its own message: print errors with their
+//! chain (`anyhow`'s `{:#}`) to see the cause.
 
 use std::path::PathBuf;
 
@@ -13,7 +16,7 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// A source failed to read or decode its input.
-    #[error("source `{name}` failed: {source}")]
+    #[error("source `{name}` failed")]
     Source {
         /// The source's name in the job graph.
         name: String,
@@ -22,7 +25,7 @@ pub enum EngineError {
         source: BoxError,
     },
     /// A sink failed to write.
-    #[error("sink `{name}` failed: {source}")]
+    #[error("sink `{name}` failed")]
     Sink {
         /// The sink's name in the job graph.
         name: String,
@@ -31,7 +34,7 @@ pub enum EngineError {
         source: BoxError,
     },
     /// An operator failed (for example an aggregate overflowed).
-    #[error("operator `{name}` failed: {source}")]
+    #[error("operator `{name}` failed")]
     Operator {
         /// The operator's name in the job graph.
         name: String,
@@ -48,7 +51,7 @@ pub enum EngineError {
         reason: String,
     },
     /// The metrics endpoint could not be started.
-    #[error("cannot serve metrics on {addr}: {source} (pick another --metrics-addr)")]
+    #[error("cannot serve metrics on {addr} (pick another --metrics-addr)")]
     MetricsServer {
         /// The address that was asked for.
         addr: String,
@@ -57,7 +60,7 @@ pub enum EngineError {
         source: std::io::Error,
     },
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file involved.
         path: PathBuf,

@@ -119,8 +119,13 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Describe { job, options } => {
+        Command::Describe { job, mut options } => {
             let spec = registry.get(&job)?;
+            // Building a job does no I/O, so a placeholder lets jobs that need an input
+            // be described without one.
+            options
+                .input
+                .get_or_insert_with(|| PathBuf::from("<input>"));
             let built = (spec.build)(&options)?;
             print!("{}", built.describe(options.parallelism));
             println!();

@@ -11,7 +11,9 @@ use crate::error::ConnectorError;
 /// Writes each result as one JSON line to a file.
 ///
 /// The file is created (truncated) at the first write or at the end of the job, whichever
-/// comes first, and flushed and synced to disk when the job finishes.
+/// comes first. Each batch is flushed to the operating system as it is written, so the rows
+/// of a long-running (`--follow`) job are visible at once and survive the process being
+/// killed; the file is synced to disk when the job finishes.
 pub struct FileSink<T> {
     path: PathBuf,
     writer: Option<BufWriter<File>>,

@@ -99,6 +99,12 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         self.pane_count
     }
 
+    /// End of the window starting at `start` (saturating: windows near `i64::MAX` end there).
+    #[inline]
+    fn end_of(&self, start: Timestamp) -> Timestamp {
+        start.saturating_add(self.size)
+    }
+
     /// Adds events in stream order, first firing what each event's watermark makes due.
     pub(crate) fn process(
         &mut self,
@@ -114,7 +120,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             let ts = r.ts;
             let Keyed { key, value, .. } = r.value;
             let last_start = window_start(ts, self.slide, self.offset);
-            if (last_start + self.size - 1).saturating_add(self.lateness) <= watermark {
+            if (self.end_of(last_start) - 1).saturating_add(self.lateness) <= watermark {
                 late += 1;
                 self.late.push(ts, r.watermark, value);
                 continue;
@@ -140,22 +146,23 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             })??;
             if created {
                 self.pane_count += 1;
-                self.cleanup.register(last_start + self.size, key.clone());
-                for &end in &self.new_windows {
-                    if end - 1 > watermark {
-                        self.fire.register(end, key.clone());
+                self.cleanup.register(last_start, key.clone());
+                for &start in &self.new_windows {
+                    if self.end_of(start) - 1 > watermark {
+                        self.fire.register(start, key.clone());
                     }
                 }
             }
             if self.lateness > 0 {
-                // Windows already due but within the allowed lateness fire again at once.
-                let mut start = last_start;
-                while start + self.size > ts {
-                    let end = start + self.size;
-                    if end - 1 <= watermark {
-                        self.emit(&key, end, true, out)?;
+                // Windows already due but still kept fire again at once with the event in
+                // them; a window that had no pane before this event fires for the first time.
+                for start in windows_containing(ts, last_start, self.size, self.slide) {
+                    let end_inclusive = self.end_of(start) - 1;
+                    let kept = end_inclusive.saturating_add(self.lateness) > watermark;
+                    if end_inclusive <= watermark && kept {
+                        let first = created && self.new_windows.contains(&start);
+                        self.emit(&key, start, !first, out)?;
                     }
-                    start -= self.slide;
                 }
             }
         }
@@ -163,29 +170,32 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         self.late.flush()
     }
 
-    /// Fires every window with `end - 1 <= watermark`, then drops panes past their lateness.
+    /// Fires every window with `end - 1 <= watermark`, then drops panes whose last window
+    /// is past its lateness.
     pub(crate) fn advance(
         &mut self,
         watermark: Timestamp,
         out: &mut Output<WindowResult<K, A::Output>>,
     ) -> Result<(), BoxError> {
         self.watermark = self.watermark.max(watermark);
-        let w = self.watermark;
-        while let Some((end, keys)) = self.fire.pop_due(|end| end - 1 <= w) {
-            for key in keys {
-                self.emit(&key, end, false, out)?;
-            }
-        }
-        let lateness = self.lateness;
-        while let Some((end, keys)) = self
-            .cleanup
-            .pop_due(|end| (end - 1).saturating_add(lateness) <= w)
+        let (w, size, lateness) = (self.watermark, self.size, self.lateness);
+        while let Some((start, keys)) = self
+            .fire
+            .pop_due(|start| start.saturating_add(size) - 1 <= w)
         {
             for key in keys {
-                let (size, slide, offset) = (self.size, self.slide, self.offset);
+                self.emit(&key, start, false, out)?;
+            }
+        }
+        while let Some((last_start, keys)) = self
+            .cleanup
+            .pop_due(|start| (start.saturating_add(size) - 1).saturating_add(lateness) <= w)
+        {
+            for key in keys {
+                let (slide, offset) = (self.slide, self.offset);
                 let left = self.panes.modify(&key, |panes| {
                     let before = panes.len();
-                    panes.retain(|(p, _)| window_start(*p, slide, offset) + size > end);
+                    panes.retain(|(p, _)| window_start(*p, slide, offset) > last_start);
                     (before - panes.len(), panes.is_empty())
                 })?;
                 if let Some((removed, empty)) = left {
@@ -203,14 +213,15 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         Ok(())
     }
 
+    /// Emits the window of `key` starting at `start`, merged from its panes.
     fn emit(
         &mut self,
         key: &K,
-        end: Timestamp,
+        start: Timestamp,
         is_update: bool,
         out: &mut Output<WindowResult<K, A::Output>>,
     ) -> Result<(), BoxError> {
-        let start = end - self.size;
+        let end = self.end_of(start);
         let aggregator = &self.aggregator;
         let merged = self
             .panes
@@ -241,8 +252,22 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
     }
 }
 
+/// Starts of the windows (of `size`, every `slide`) that contain `at`, latest first, given
+/// the latest one, `last_start`. Stops at the edge of the `i64` range instead of wrapping.
+#[inline]
+fn windows_containing(
+    at: Timestamp,
+    last_start: Timestamp,
+    size: i64,
+    slide: i64,
+) -> impl Iterator<Item = Timestamp> {
+    std::iter::successors(Some(last_start), move |s| s.checked_sub(slide))
+        .take_while(move |s| s.saturating_add(size) > at)
+}
+
 /// Adds `value` to the pane at `pane_start`, creating it if needed. Returns whether it was
-/// created; if so, `new_windows` receives the ends of the windows that had no pane before.
+/// created; `new_windows` receives the starts of the windows that had no pane before (none
+/// if the pane existed).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn add_to_pane<T, A: Aggregator<T>>(
@@ -255,6 +280,7 @@ fn add_to_pane<T, A: Aggregator<T>>(
     slide: i64,
     new_windows: &mut Vec<Timestamp>,
 ) -> Result<bool, BoxError> {
+    new_windows.clear();
     // Search from the back: events mostly land in the newest pane.
     let found = panes.iter().rposition(|(p, _)| *p <= pane_start);
     if let Some(i) = found {
@@ -267,16 +293,13 @@ fn add_to_pane<T, A: Aggregator<T>>(
     aggregator.add(&mut acc, value)?;
     let at = found.map_or(0, |i| i + 1);
     panes.insert(at, (pane_start, acc));
-    new_windows.clear();
-    let mut start = last_start;
-    while start + size > pane_start {
-        let end = start + size;
+    for start in windows_containing(pane_start, last_start, size, slide) {
+        let end = start.saturating_add(size);
         let pane_before = at > 0 && panes[at - 1].0 >= start;
         let pane_after = at + 1 < panes.len() && panes[at + 1].0 < end;
         if !pane_before && !pane_after {
-            new_windows.push(end);
+            new_windows.push(start);
         }
-        start -= slide;
     }
     Ok(true)
 }

@@ -153,10 +153,18 @@ impl std::fmt::Display for WindowSpec {
 }
 
 /// Start of the aligned window of `size` (shifted by `offset`) containing `ts`
-/// (Flink's `getWindowStartWithOffset`, correct for negative timestamps).
+/// (Flink's `getWindowStartWithOffset`, correct for negative timestamps). A start below
+/// `i64::MIN` saturates there, so windows at the edge of time stay representable.
 #[inline]
 pub fn window_start(ts: Timestamp, size: i64, offset: i64) -> Timestamp {
-    ts - (ts - offset).rem_euclid(size)
+    match ts.checked_sub(offset) {
+        Some(shifted) => ts.saturating_sub(shifted.rem_euclid(size)),
+        None => {
+            let start =
+                i128::from(ts) - (i128::from(ts) - i128::from(offset)).rem_euclid(i128::from(size));
+            i64::try_from(start).unwrap_or(i64::MIN)
+        }
+    }
 }
 
 /// Where late events go.
@@ -664,6 +672,91 @@ mod tests {
         );
         assert_eq!(rows, vec![("a", 1, 11, 1, false), ("a", 1, 12, 2, true)]);
         assert_eq!(late, 1);
+    }
+
+    #[test]
+    fn sliding_lateness_does_not_update_expired_windows() {
+        // hop 20/10, lateness 1000: at watermark 11499 window [-10000,10000) expired at
+        // 10999, so ts 6000 only revises [0,20000).
+        let (mut rows, late, _) = run(
+            Sliding::of(ms(20_000), ms(10_000)),
+            1000,
+            &[(1000, MIN, "a"), (11_500, 999, "a"), (6000, 11_499, "a")],
+            END,
+        );
+        rows.sort_by_key(|r| (r.2, r.4));
+        assert_eq!(
+            rows,
+            vec![
+                ("a", -10_000, 10_000, 1, false),
+                ("a", 0, 20_000, 3, false),
+                ("a", 10_000, 30_000, 1, false),
+            ]
+        );
+        assert_eq!(late, 0);
+    }
+
+    #[test]
+    fn first_firing_of_a_late_window_is_not_an_update() {
+        // Lateness 10 s: b's [10000,20000) is due when its first event arrives at watermark
+        // 24999; its only result is not an update. A second late event revises it.
+        let (rows, _, _) = run(
+            Tumbling::of(ms(10_000)),
+            10_000,
+            &[
+                (25_000, MIN, "a"),
+                (15_000, 24_999, "b"),
+                (16_000, 24_999, "b"),
+            ],
+            END,
+        );
+        let b: Vec<_> = rows
+            .iter()
+            .filter(|r| r.0 == "b")
+            .map(|r| (r.3, r.4))
+            .collect();
+        assert_eq!(b, vec![(1, false), (2, true)]);
+        let (rows, _, _) = run(
+            Session::with_gap(ms(3000)),
+            10_000,
+            &[
+                (25_000, MIN, "a"),
+                (15_000, 24_999, "b"),
+                (16_000, 24_999, "b"),
+            ],
+            END,
+        );
+        let b: Vec<_> = rows
+            .iter()
+            .filter(|r| r.0 == "b")
+            .map(|r| (r.1, r.2, r.3, r.4))
+            .collect();
+        assert_eq!(
+            b,
+            vec![(15_000, 18_000, 1, false), (15_000, 19_000, 2, true)]
+        );
+    }
+
+    #[test]
+    fn windows_near_i64_max_do_not_overflow() {
+        let ts = i64::MAX - 800;
+        for spec in [
+            WindowSpec::from(Tumbling::of(ms(10_000))),
+            Sliding::of(ms(10_000), ms(5000)).into(),
+            Session::with_gap(ms(10_000)).into(),
+        ] {
+            let (rows, late, open) = run(spec, 0, &[(ts, MIN, "a")], END);
+            assert_eq!(late, 0, "{spec}");
+            assert_eq!(open, 0, "{spec}");
+            assert!(!rows.is_empty(), "{spec}: the event must land in a window");
+            assert!(
+                rows.iter().all(|r| r.1 <= ts && r.2 == i64::MAX),
+                "{spec}: {rows:?}"
+            );
+        }
+        let ts = i64::MIN + 10;
+        let (rows, late, _) = run(Sliding::of(ms(10_000), ms(5000)), 0, &[(ts, MIN, "a")], END);
+        assert_eq!((rows.len(), late), (1, 0), "{rows:?}");
     }
 
     #[test]

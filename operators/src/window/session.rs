@@ -132,14 +132,14 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 merge_event(aggregator, sessions, start, end, merged, &value, due)
             })??;
             self.session_count = self.session_count + 1 - removed;
-            if let Some((window, value)) = result {
+            if let Some((window, value, is_update)) = result {
                 out.emit(
                     window.end - 1,
                     WindowResult {
                         key: key.clone(),
                         window,
                         value,
-                        is_update: true,
+                        is_update,
                     },
                 );
             } else {
@@ -218,8 +218,9 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
 }
 
 /// The outcome of merging one event into a key's sessions: how many sessions it replaced,
-/// and the result to emit at once if the merged session is already due.
-type Merged<Out> = (usize, Option<(Window, Out)>);
+/// and the result to emit at once if the merged session is already due (with whether it
+/// revises an earlier result).
+type Merged<Out> = (usize, Option<(Window, Out, bool)>);
 
 /// Replaces the sessions touching `[start, end)` by their union `merged` plus the event.
 fn merge_event<T, A: Aggregator<T>>(
@@ -253,6 +254,7 @@ fn merge_event<T, A: Aggregator<T>>(
                 end: merged.1,
             },
             aggregator.finish(&acc),
+            emitted,
         )
     });
     kept.insert(

@@ -1,0 +1,155 @@
+//! The `weir` command line itself: listing, describing, and clear errors for bad input.
+
+use std::process::{Command, Output};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn weir(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output()
+}
+
+#[test]
+fn jobs_lists_the_bundled_jobs() -> TestResult {
+    let out = weir(&["jobs"])?;
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout)?;
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["window-agg", "order-analytics"]);
+    Ok(())
+}
+
+#[test]
+fn describe_prints_the_graph_as_text_and_dot_without_touching_files() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "describe",
+            "order-analytics",
+            "--parallelism",
+            "2",
+            "--input",
+            "missing.jsonl",
+        ])
+        .current_dir(dir.path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    for node in [
+        "orders",
+        "timestamps",
+        "window",
+        "high-value-customers",
+        "union",
+        "output",
+    ] {
+        assert!(
+            text.contains(&format!("] {node} ")),
+            "node {node} missing from:\n{text}"
+        );
+    }
+    assert!(text.contains("hash exchange over key groups"), "{text}");
+    assert!(text.contains("digraph \"order-analytics\""), "{text}");
+    assert_eq!(
+        std::fs::read_dir(dir.path())?.count(),
+        0,
+        "describe must not create files"
+    );
+
+    let out = weir(&["describe", "window-agg", "--window", "session:5s"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    assert!(text.contains("session gap 5000ms"), "{text}");
+    assert!(
+        text.contains("(chained)"),
+        "at parallelism 1 everything is chained:\n{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("nope.jsonl");
+    let missing = missing.to_str().ok_or("path")?;
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["run", "window-agg", "--metrics-addr", "off"],
+            "needs an input: pass --input FILE",
+        ),
+        (
+            &[
+                "run",
+                "window-agg",
+                "--metrics-addr",
+                "off",
+                "--input",
+                missing,
+            ],
+            "nope.jsonl",
+        ),
+        (
+            &["run", "no-such-job"],
+            "the jobs are: window-agg, order-analytics",
+        ),
+        (
+            &["run", "window-agg", "--window", "hop:10s"],
+            "hop:SIZE/SLIDE",
+        ),
+        (
+            &[
+                "run",
+                "window-agg",
+                "--input",
+                missing,
+                "--parallelism",
+                "0",
+                "--metrics-addr",
+                "off",
+            ],
+            "parallelism 0 is out of range",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = weir(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected `{expected}` in: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn csv_header_without_the_needed_column_fails_with_the_columns_named() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("e.csv");
+    std::fs::write(&input, "time,key,value\n1,a,2\n")?;
+    let out = weir(&[
+        "run",
+        "window-agg",
+        "--metrics-addr",
+        "off",
+        "--input",
+        input.to_str().ok_or("path")?,
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 1: no column `ts` in the CSV header (columns: time, key, value)"),
+        "{stderr}"
+    );
+    Ok(())
+}

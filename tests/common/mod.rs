@@ -1,0 +1,139 @@
+//! Helpers for end-to-end tests that drive a weir binary: a deterministic PRNG for test
+//! data, running the binary, and reading the summary line `weir run` prints when a job ends.
+//!
+//! A test file includes this with `mod common;`. The binary's path is a parameter (e.g.
+//! `env!("CARGO_BIN_EXE_weir")`), so crates with their own binary can use it too.
+
+// Each test file uses only some of these helpers.
+#![allow(dead_code)]
+
+use std::error::Error;
+use std::ffi::OsStr;
+use std::fmt;
+use std::process::{Command, ExitStatus};
+
+/// A test failure whose `Debug` form (what a failing `#[test] fn() -> Result` prints) is
+/// its message as is, so messages spanning several lines stay readable.
+pub(crate) struct Failure(pub(crate) String);
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for Failure {}
+
+/// A boxed [`Failure`] with this message.
+pub(crate) fn failure(message: impl Into<String>) -> Box<dyn Error> {
+    Box::new(Failure(message.into()))
+}
+
+/// splitmix64: a tiny, fast, deterministic PRNG, plenty for generating test data.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`; the modulo bias does not matter for test data).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A number in `lo..=hi`.
+    pub(crate) fn between(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo + 1) as u64) as i64
+    }
+}
+
+/// A finished run of the binary.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Runs `bin` with `args` to completion, capturing its output.
+pub(crate) fn run<I, S>(bin: &str, args: I) -> Result<Run, Box<dyn Error>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let output = Command::new(bin).args(args).output()?;
+    Ok(Run {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// Like [`run`], but a non-zero exit is an error carrying the binary's stderr.
+pub(crate) fn run_ok<I, S>(bin: &str, args: I) -> Result<Run, Box<dyn Error>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let run = run(bin, args)?;
+    if !run.status.success() {
+        return Err(failure(format!(
+            "{bin} failed ({}); stderr:\n{}",
+            run.status, run.stderr
+        )));
+    }
+    Ok(run)
+}
+
+/// The counts of the line `weir run` prints at the end of a job:
+/// `weir: JOB done: N events read in ..., R results written, L late events, D dead letters, ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub(crate) events_read: u64,
+    pub(crate) results_written: u64,
+    pub(crate) late_events: u64,
+    pub(crate) dead_letters: u64,
+}
+
+impl Summary {
+    /// Finds and parses the summary line in a run's stderr.
+    pub(crate) fn from_stderr(stderr: &str) -> Result<Summary, Box<dyn Error>> {
+        let line = stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("weir: ") && l.contains(" done: "))
+            .ok_or_else(|| failure(format!("no `weir: ... done:` line in stderr:\n{stderr}")))?;
+        let count = |label: &str| -> Result<u64, Box<dyn Error>> {
+            let at = line
+                .find(label)
+                .ok_or_else(|| failure(format!("no `{label}` in the summary line `{line}`")))?;
+            line[..at]
+                .split_whitespace()
+                .next_back()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| failure(format!("no number before `{label}` in `{line}`")))
+        };
+        Ok(Summary {
+            events_read: count(" events read")?,
+            results_written: count(" results written")?,
+            late_events: count(" late events")?,
+            dead_letters: count(" dead letters")?,
+        })
+    }
+}
