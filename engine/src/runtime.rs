@@ -57,6 +57,9 @@ pub struct RunOptions {
     pub channel_capacity: usize,
     /// Print progress (events, events/s, watermark) to stderr this often.
     pub progress_interval: Option<Duration>,
+    /// An input of a multi-input operator that delivers nothing for this long is idle and
+    /// left out of the watermark minimum until it delivers again (default: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -66,6 +69,7 @@ impl Default for RunOptions {
             batch_size: 1024,
             channel_capacity: 16,
             progress_interval: None,
+            idle_timeout: None,
         }
     }
 }
@@ -206,11 +210,15 @@ impl Build<'_> {
         let receiver = self.channels::<T>(me, instances).receivers[instance].take();
         let (fill, capacity) = self.metrics.channel(&self.name(me), instance);
         capacity.set(self.options.channel_capacity as i64);
+        let idle_timeout = self.options.idle_timeout;
         let task_name = name.clone();
         self.tasks.push(Task {
             name,
             run: Box::new(move || match receiver {
-                Some(rx) => drain(&task_name, &rx, producers, &fill, &mut down),
+                Some(rx) => {
+                    let mut inputs = Inputs::new(producers, idle_timeout);
+                    drain(&task_name, &rx, &mut inputs, &fill, &mut down)
+                }
                 None => Err(EngineError::InvalidJob {
                     job: task_name.clone(),
                     reason: "internal: channel drained twice".into(),
@@ -599,43 +607,124 @@ impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for Exchange
     }
 }
 
+/// The producers feeding one channel: their watermarks, and which of them are idle.
+///
+/// The combined watermark is the minimum over producers that are not idle; it never goes
+/// backwards (a producer that wakes up behind it does not pull it back, as in Flink).
+struct Inputs {
+    watermarks: Vec<Timestamp>,
+    last_seen: Vec<Instant>,
+    idle: Vec<bool>,
+    idle_timeout: Option<Duration>,
+    combined: Timestamp,
+    ended: usize,
+}
+
+impl Inputs {
+    fn new(producers: usize, idle_timeout: Option<Duration>) -> Self {
+        Inputs {
+            watermarks: vec![MIN_WATERMARK; producers],
+            last_seen: vec![Instant::now(); producers],
+            idle: vec![false; producers],
+            // Idleness only matters where there is a minimum to take.
+            idle_timeout: idle_timeout.filter(|_| producers > 1),
+            combined: MIN_WATERMARK,
+            ended: 0,
+        }
+    }
+
+    /// Minimum watermark of the active producers other than `except`; `None` if none.
+    fn others(&self, except: usize) -> Option<Timestamp> {
+        (0..self.watermarks.len())
+            .filter(|&p| p != except && !self.idle[p])
+            .map(|p| self.watermarks[p])
+            .min()
+    }
+
+    /// Producer `p` delivered a batch: stamps its records and the batch with combined
+    /// watermarks.
+    fn on_batch<T>(&mut self, p: usize, batch: &mut Batch<T>) {
+        self.last_seen[p] = Instant::now();
+        self.idle[p] = false;
+        if self.watermarks.len() == 1 {
+            self.combined = self.combined.max(batch.watermark);
+            return;
+        }
+        let others = self.others(p).unwrap_or(END_WATERMARK);
+        for r in &mut batch.records {
+            r.watermark = r.watermark.min(others).max(self.combined);
+        }
+        self.watermarks[p] = batch.watermark;
+        self.combined = self.combined.max(batch.watermark.min(others));
+        batch.watermark = self.combined;
+    }
+
+    fn on_end(&mut self, p: usize) {
+        self.ended += 1;
+        self.watermarks[p] = END_WATERMARK;
+        self.idle[p] = false;
+    }
+
+    /// Marks producers idle that delivered nothing for the idle timeout; returns the new
+    /// combined watermark if that moved it forward.
+    fn check_idle(&mut self) -> Option<Timestamp> {
+        let timeout = self.idle_timeout?;
+        let now = Instant::now();
+        let mut changed = false;
+        for p in 0..self.watermarks.len() {
+            let quiet = now.duration_since(self.last_seen[p]) >= timeout;
+            if quiet && !self.idle[p] && self.watermarks[p] != END_WATERMARK {
+                self.idle[p] = true;
+                changed = true;
+            }
+        }
+        let active_min = (0..self.watermarks.len())
+            .filter(|&p| !self.idle[p])
+            .map(|p| self.watermarks[p])
+            .min()?;
+        if changed && active_min > self.combined {
+            self.combined = active_min;
+            return Some(active_min);
+        }
+        None
+    }
+}
+
 /// Receives from a channel until every producer ended, merging their watermarks.
 fn drain<T: Data>(
     name: &str,
     rx: &Receiver<Envelope<T>>,
-    producers: usize,
+    inputs: &mut Inputs,
     fill: &IntGauge,
     down: &mut dyn Push<T>,
 ) -> Result<()> {
-    let mut watermarks = vec![MIN_WATERMARK; producers];
-    let mut ended = 0;
-    while ended < producers {
-        let (producer, message) = rx.recv().map_err(|_| EngineError::UpstreamGone {
-            name: name.to_string(),
-        })?;
+    let gone = || EngineError::UpstreamGone {
+        name: name.to_string(),
+    };
+    let producers = inputs.watermarks.len();
+    while inputs.ended < producers {
+        let received = match inputs.idle_timeout {
+            None => Some(rx.recv().map_err(|_| gone())?),
+            Some(timeout) => match rx.recv_timeout(timeout.min(Duration::from_millis(50))) {
+                Ok(envelope) => Some(envelope),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(gone()),
+            },
+        };
         fill.set(rx.len() as i64);
-        match message {
-            Message::Batch(mut batch) => {
-                if producers > 1 {
-                    let others = watermarks
-                        .iter()
-                        .enumerate()
-                        .filter(|&(p, _)| p != producer)
-                        .map(|(_, w)| *w)
-                        .min()
-                        .unwrap_or(END_WATERMARK);
-                    for r in &mut batch.records {
-                        r.watermark = r.watermark.min(others);
-                    }
-                    watermarks[producer] = batch.watermark;
-                    batch.watermark = batch.watermark.min(others);
-                }
+        match received {
+            Some((producer, Message::Batch(mut batch))) => {
+                inputs.on_batch(producer, &mut batch);
                 down.push(batch)?;
             }
-            Message::End => {
-                ended += 1;
-                watermarks[producer] = END_WATERMARK;
-            }
+            Some((producer, Message::End)) => inputs.on_end(producer),
+            None => {}
+        }
+        if let Some(watermark) = inputs.check_idle() {
+            down.push(Batch {
+                records: Vec::new(),
+                watermark,
+            })?;
         }
     }
     down.push(Batch {
@@ -1065,5 +1154,133 @@ fn report_progress(job: &str, progress: &Progress, done: &AtomicBool, every: Dur
         };
         eprintln!("weir: {job}: {events} events, {rate:.0} events/s, watermark {wm}");
         last = (now, events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::job::Job;
+    use crate::BoxError;
+
+    /// Emits `first` at once, `later` after `pause`, then ends after `end_after`.
+    struct Scripted {
+        first: Vec<i64>,
+        later: Vec<i64>,
+        pause: Duration,
+        end_after: Duration,
+        started: Option<Instant>,
+    }
+
+    impl Scripted {
+        fn new(first: Vec<i64>, later: Vec<i64>, pause: Duration, end_after: Duration) -> Self {
+            Scripted {
+                first,
+                later,
+                pause,
+                end_after,
+                started: None,
+            }
+        }
+    }
+
+    impl Source for Scripted {
+        type Item = i64;
+        fn poll_batch(
+            &mut self,
+            out: &mut Vec<i64>,
+            _max: usize,
+        ) -> Result<SourceStatus, BoxError> {
+            let elapsed = self.started.get_or_insert_with(Instant::now).elapsed();
+            if !self.first.is_empty() {
+                out.append(&mut self.first);
+                return Ok(SourceStatus::More);
+            }
+            if elapsed >= self.pause && !self.later.is_empty() {
+                out.append(&mut self.later);
+                return Ok(SourceStatus::More);
+            }
+            if elapsed >= self.end_after {
+                return Ok(SourceStatus::Exhausted);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(SourceStatus::Idle)
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    /// Keeps every record it receives.
+    struct Collect(Arc<Mutex<Vec<Record<i64>>>>);
+
+    impl Sink<i64> for Collect {
+        fn write(&mut self, records: &[Record<i64>]) -> Result<(), BoxError> {
+            self.0
+                .lock()
+                .map_err(|_| "poisoned")?
+                .extend_from_slice(records);
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "collect".into()
+        }
+    }
+
+    /// Runs `busy` ∪ `quiet` and returns the watermarks stamped on the busy source's late
+    /// events (value >= 100).
+    fn union_watermarks(idle_timeout: Option<Duration>) -> Result<Vec<i64>, EngineError> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let job = Job::new("idle");
+        let wm = Watermarks::ascending();
+        let busy = job
+            .source(
+                "busy",
+                Scripted::new(
+                    vec![1, 2],
+                    vec![100, 101],
+                    Duration::from_millis(600),
+                    Duration::from_millis(700),
+                ),
+            )
+            .timestamps(|v| *v, wm);
+        let quiet = job
+            .source(
+                "quiet",
+                Scripted::new(vec![], vec![], Duration::ZERO, Duration::from_millis(1500)),
+            )
+            .timestamps(|v| *v, wm);
+        busy.union(quiet).sink("out", Collect(seen.clone()));
+        job.run(&RunOptions {
+            idle_timeout,
+            ..RunOptions::default()
+        })?;
+        let seen = seen.lock().map_err(|_| EngineError::Panicked {
+            name: "collect".into(),
+            message: "poisoned".into(),
+        })?;
+        Ok(seen
+            .iter()
+            .filter(|r| r.value >= 100)
+            .map(|r| r.watermark)
+            .collect())
+    }
+
+    #[test]
+    fn an_idle_input_holds_the_watermark_back_unless_marked_idle() -> Result<(), EngineError> {
+        // Without idleness the quiet source (no events yet) keeps the union at MIN.
+        assert_eq!(union_watermarks(None)?, vec![MIN_WATERMARK, MIN_WATERMARK]);
+        // With a 100 ms idle timeout the quiet source is left out long before the busy one's
+        // second batch (at 600 ms), whose records then carry the busy watermark.
+        assert_eq!(
+            union_watermarks(Some(Duration::from_millis(100)))?,
+            vec![1, 99]
+        );
+        Ok(())
     }
 }

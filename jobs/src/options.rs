@@ -39,6 +39,10 @@ pub struct JobOptions {
     /// Bounded out-of-orderness of event times (e.g. `2s`); default 0 (or the job's own).
     #[arg(long, value_parser = parse_duration_arg)]
     pub watermark_delay: Option<Duration>,
+    /// Leave an input of a multi-input operator (union, several workers) out of the
+    /// watermark after it delivered nothing for this long (default: never).
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub idle_timeout: Option<Duration>,
     /// How long fired windows accept late events as updates.
     #[arg(long, default_value = "0s", value_parser = parse_duration_arg)]
     pub allowed_lateness: Duration,
@@ -119,6 +123,7 @@ impl JobOptions {
         RunOptions {
             parallelism: self.parallelism,
             batch_size: self.batch_size,
+            idle_timeout: self.idle_timeout,
             ..RunOptions::default()
         }
     }
