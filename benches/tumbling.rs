@@ -14,7 +14,9 @@ const EVENTS: u64 = 1_000_000;
 fn run_window_agg(args: &[&str]) {
     let opts = JobOptions::from_args(args).expect("benchmark options parse");
     let job = window_agg::build(&opts).expect("job builds");
-    let summary = job.run(&opts.run_options()).expect("job runs");
+    let run = opts.run_options();
+    let summary = job.run(&run).expect("job runs");
+    opts.remove_temporary_state(&run);
     assert_eq!(summary.events_read, EVENTS);
 }
 
@@ -35,7 +37,7 @@ fn tumbling(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EVENTS));
     group.sample_size(10);
     let events = EVENTS.to_string();
-    for p in ["1", "2"] {
+    for (p, state) in [("1", "memory"), ("2", "memory"), ("1", "rocksdb")] {
         let common = [
             "--window",
             "tumble:10s",
@@ -45,11 +47,13 @@ fn tumbling(c: &mut Criterion) {
             "null:",
             "--parallelism",
             p,
+            "--state",
+            state,
         ];
-        group.bench_function(format!("generated/p{p}"), |b| {
+        group.bench_function(format!("generated/{state}/p{p}"), |b| {
             b.iter(|| run_window_agg(&[&common[..], &["--events", &events]].concat()))
         });
-        group.bench_function(format!("jsonl/p{p}"), |b| {
+        group.bench_function(format!("jsonl/{state}/p{p}"), |b| {
             b.iter(|| run_window_agg(&[&common[..], &["--input", &input]].concat()))
         });
     }

@@ -153,7 +153,13 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
     let watermark = sample_sum(body, "weir_watermark_ms", &[r#"operator="timestamps""#]);
     assert_eq!(watermark, (4999 * 10 - 1) as f64);
     assert!(sample_sum(body, "weir_uptime_seconds", &[]) > 0.0);
-    for family in ["weir_channel_fill", "weir_channel_capacity"] {
+    // State is in RocksDB by default, which reports its size and compaction backlog.
+    for family in [
+        "weir_channel_fill",
+        "weir_channel_capacity",
+        "weir_state_bytes",
+        "weir_rocksdb_compaction_pending_bytes",
+    ] {
         assert!(
             body.contains(&format!("# TYPE {family} gauge")),
             "{family} missing"

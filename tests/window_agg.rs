@@ -416,41 +416,57 @@ fn check_against_reference(window: Window) -> Result<(Vec<Row>, Vec<Event>), Box
     write_lines(&input, &json_lines(&events))?;
     let (expected, late) = reference(&events, window, DELAY_MS);
     let spec = window.spec();
+    // P=1 on the default (RocksDB) state, P=2 in memory, and P=2 on RocksDB with a cache of
+    // 3 entries, so state is written back to and read from RocksDB all the time.
+    let state_dir = dir.path().join("state");
+    let tiny_cache: [&OsStr; 4] = [
+        OsStr::new("--state-cache-entries"),
+        OsStr::new("3"),
+        OsStr::new("--state-dir"),
+        state_dir.as_os_str(),
+    ];
+    let variants: [(usize, &str, &[&OsStr]); 3] = [
+        (1, "rocksdb", &[]),
+        (2, "memory", &[OsStr::new("--state"), OsStr::new("memory")]),
+        (2, "rocksdb-tiny-cache", &tiny_cache),
+    ];
     let mut runs = Vec::new();
-    for p in [1, 2] {
+    for (p, state, extra) in variants {
         let run = run_window_agg(
             &input,
-            &dir.path().join(format!("out-p{p}.jsonl")),
+            &dir.path().join(format!("out-p{p}-{state}.jsonl")),
             window,
             p,
-            &[],
+            extra,
         )?;
-        let s = run.summary;
+        let s = &run.summary;
         assert_eq!(
             s.events_read,
             events.len() as u64,
-            "{spec} P={p}: events read"
+            "{spec} P={p} {state}: events read"
         );
-        assert_eq!(s.dead_letters, 0, "{spec} P={p}: dead letters");
+        assert_eq!(s.dead_letters, 0, "{spec} P={p} {state}: dead letters");
         assert_eq!(
             s.late_events,
             late.len() as u64,
-            "{spec} P={p}: late events"
+            "{spec} P={p} {state}: late events"
         );
-        runs.push(run);
+        runs.push((p, state, run));
     }
-    check_rows(
-        &runs[0].rows,
-        &runs[1].rows,
-        0.0,
-        &format!("{spec}: P=1 vs P=2"),
-    )?;
-    for (run, p) in runs.iter().zip([1, 2]) {
+    for (p, state, run) in &runs[1..] {
+        check_rows(
+            &runs[0].2.rows,
+            &run.rows,
+            0.0,
+            &format!("{spec}: P=1 rocksdb vs P={p} {state}"),
+        )?;
+    }
+    for (p, state, run) in &runs {
         check_rows(
             &run.rows,
             &expected,
             1e-9,
-            &format!("{spec} P={p} vs reference"),
+            &format!("{spec} P={p} {state} vs reference"),
         )?;
     }
     Ok((expected, late))

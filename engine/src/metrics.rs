@@ -16,6 +16,8 @@
 //! | `weir_channel_fill` | gauge | batches queued in front of an instance (backpressure) |
 //! | `weir_channel_capacity` | gauge | capacity of that queue, in batches |
 //! | `weir_uptime_seconds` | gauge | seconds since the job started |
+//! | `weir_state_bytes` | gauge | RocksDB's estimate of live state data (RocksDB state only) |
+//! | `weir_rocksdb_compaction_pending_bytes` | gauge | bytes waiting for compaction (RocksDB state only) |
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,6 +30,7 @@ use prometheus::{
 };
 
 use crate::error::EngineError;
+use crate::state::RocksStore;
 
 /// Counter handle type, re-exported so operators need no direct prometheus dependency.
 pub use prometheus::IntCounter as Counter;
@@ -47,6 +50,9 @@ pub struct JobMetrics {
     channel_fill: IntGaugeVec,
     channel_capacity: IntGaugeVec,
     uptime: Gauge,
+    state_bytes: IntGauge,
+    compaction_pending: IntGauge,
+    store: Arc<std::sync::Mutex<Option<Arc<RocksStore>>>>,
 }
 
 /// Metric handles of one operator instance.
@@ -93,8 +99,25 @@ impl JobMetrics {
         registry
             .register(Box::new(uptime.clone()))
             .unwrap_or_else(|e| panic!("metric weir_uptime_seconds registered twice: {e}"));
+        let state_bytes = IntGauge::new("weir_state_bytes", "RocksDB estimate of live state bytes")
+            .unwrap_or_else(|e| panic!("metric weir_state_bytes is malformed: {e}"));
+        let compaction_pending = IntGauge::new(
+            "weir_rocksdb_compaction_pending_bytes",
+            "RocksDB estimate of bytes waiting for compaction",
+        )
+        .unwrap_or_else(|e| {
+            panic!("metric weir_rocksdb_compaction_pending_bytes is malformed: {e}")
+        });
+        for gauge in [&state_bytes, &compaction_pending] {
+            registry
+                .register(Box::new(gauge.clone()))
+                .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
+        }
         JobMetrics {
             job: job.to_string(),
+            state_bytes,
+            compaction_pending,
+            store: Arc::new(std::sync::Mutex::new(None)),
             started: Instant::now(),
             events_in: counter_vec(
                 &registry,
@@ -212,9 +235,21 @@ impl JobMetrics {
         self.started.elapsed()
     }
 
+    /// Reports the size and compaction backlog of `store` from now on.
+    pub fn observe_store(&self, store: Arc<RocksStore>) {
+        if let Ok(mut slot) = self.store.lock() {
+            *slot = Some(store);
+        }
+    }
+
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> String {
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        if let Some(store) = self.store.lock().ok().and_then(|s| s.clone()) {
+            self.state_bytes.set(store.live_data_bytes() as i64);
+            self.compaction_pending
+                .set(store.pending_compaction_bytes() as i64);
+        }
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {

@@ -43,7 +43,7 @@ use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
 use crate::record::{Batch, Data, Keyed, Record};
 use crate::sink::Sink;
 use crate::source::{Source, SourceStatus};
-use crate::state::MemoryBackend;
+use crate::state::{MemoryBackend, RocksBackend, RocksStore, StateBackend, StateConfig};
 use crate::time::{format_timestamp, Timestamp, Watermarks, END_WATERMARK, MIN_WATERMARK};
 
 /// How a job runs.
@@ -60,6 +60,8 @@ pub struct RunOptions {
     /// An input of a multi-input operator that delivers nothing for this long is idle and
     /// left out of the watermark minimum until it delivers again (default: never).
     pub idle_timeout: Option<Duration>,
+    /// Where keyed operators keep their state.
+    pub state: StateConfig,
 }
 
 impl Default for RunOptions {
@@ -70,6 +72,7 @@ impl Default for RunOptions {
             channel_capacity: 16,
             progress_interval: None,
             idle_timeout: None,
+            state: StateConfig::Memory,
         }
     }
 }
@@ -132,6 +135,7 @@ pub(crate) struct Build<'g> {
     next_producer: FxHashMap<NodeId, usize>,
     tasks: Vec<Task>,
     progress: Progress,
+    store: Option<Arc<RocksStore>>,
 }
 
 impl Build<'_> {
@@ -747,17 +751,37 @@ impl<F, KF> KeyedNode<F, KF> {
     }
 }
 
+/// One keyed operator instance with its input type erased from its backend.
+type KeyedInput<F> = Box<dyn Push<Keyed<<F as OperatorFactory>::Key, <F as OperatorFactory>::In>>>;
+
 impl<F, KF> KeyedNode<F, KF>
 where
     F: OperatorFactory,
     F::Key: StableHash,
 {
-    fn runner(
+    /// Creates instance `instance` over the job's state backend, wired to its downstream.
+    fn runner(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<KeyedInput<F>> {
+        match (&b.options.state, b.store.clone()) {
+            (StateConfig::RocksDb { cache_entries, .. }, Some(store)) => {
+                let backend = RocksBackend::new(store, &b.name(me), *cache_entries);
+                Ok(Box::new(self.runner_over(b, me, instance, backend)?))
+            }
+            _ => Ok(Box::new(self.runner_over(
+                b,
+                me,
+                instance,
+                MemoryBackend::new(),
+            )?)),
+        }
+    }
+
+    fn runner_over<S: StateBackend>(
         &self,
         b: &mut Build<'_>,
         me: NodeId,
         instance: usize,
-    ) -> Result<KeyedRunner<F::Operator<MemoryBackend>>> {
+        state: S,
+    ) -> Result<KeyedRunner<F::Operator<S>>> {
         let name = b.name(me);
         let parallelism = b.options.parallelism;
         let metrics = b.metrics.operator(&name, instance);
@@ -768,13 +792,13 @@ where
             key_groups: key_groups_of_worker(instance, parallelism),
             metrics: metrics.clone(),
         };
-        let operator = self
-            .factory
-            .create(&ctx, MemoryBackend::new())
-            .map_err(|source| EngineError::Operator {
-                name: name.clone(),
-                source,
-            })?;
+        let operator =
+            self.factory
+                .create(&ctx, state)
+                .map_err(|source| EngineError::Operator {
+                    name: name.clone(),
+                    source,
+                })?;
         let down = b.downstream::<F::Out>(me, instance)?;
         Ok(KeyedRunner {
             name,
@@ -798,6 +822,7 @@ where
             return Ok(erase(Box::new(KeyedChained {
                 key: self.key.clone(),
                 runner,
+                _types: PhantomData,
             })));
         }
         let workers = b.options.parallelism;
@@ -823,7 +848,7 @@ where
         let workers = b.options.parallelism;
         for instance in 0..workers {
             let runner = self.runner(b, me, instance)?;
-            b.spawn_receiver::<Keyed<F::Key, F::In>>(me, instance, workers, runner);
+            b.spawn_receiver::<Keyed<F::Key, F::In>>(me, instance, workers, BoxedPush(runner));
         }
         Ok(())
     }
@@ -871,18 +896,19 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
 }
 
 /// A keyed operator chained into its input's thread (P = 1): keys are computed in place.
-struct KeyedChained<KF, O: KeyedOperator> {
+struct KeyedChained<KF, K, T> {
     key: KF,
-    runner: KeyedRunner<O>,
+    runner: Box<dyn Push<Keyed<K, T>>>,
+    _types: PhantomData<fn() -> (K, T)>,
 }
 
-impl<KF, O> Push<O::In> for KeyedChained<KF, O>
+impl<KF, K, T> Push<T> for KeyedChained<KF, K, T>
 where
-    O: KeyedOperator,
-    O::Key: StableHash,
-    KF: Fn(&O::In) -> O::Key + Send,
+    K: Data + StableHash,
+    T: Data,
+    KF: Fn(&T) -> K + Send,
 {
-    fn push(&mut self, batch: Batch<O::In>) -> Result<()> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
         let records = batch
             .records
             .into_iter()
@@ -1065,6 +1091,17 @@ pub(crate) fn run(
         next_producer: FxHashMap::default(),
         tasks: Vec::new(),
         progress: Progress::default(),
+        store: match &options.state {
+            StateConfig::Memory => None,
+            StateConfig::RocksDb { dir, .. } => {
+                let store = RocksStore::open_fresh(dir).map_err(|e| EngineError::InvalidJob {
+                    job: job.to_string(),
+                    reason: e.to_string(),
+                })?;
+                metrics.observe_store(store.clone());
+                Some(store)
+            }
+        },
     };
     for id in 0..graph.nodes.len() {
         let imp = graph.nodes[id].imp.clone();

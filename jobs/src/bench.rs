@@ -20,6 +20,8 @@ pub struct BenchResult {
     pub events: u64,
     /// Workers per keyed operator.
     pub parallelism: usize,
+    /// `memory` or `rocksdb`.
+    pub state: String,
     /// Wall-clock seconds of the run.
     pub seconds: f64,
     /// CPU seconds of the process during the run.
@@ -42,10 +44,11 @@ impl BenchResult {
     /// The machine-readable `RESULT` line.
     pub fn result_line(&self) -> String {
         format!(
-            "RESULT job={} events={} parallelism={} seconds={:.3} events_per_sec={:.0} events_per_sec_per_core={:.0} cpu_seconds={:.3} peak_rss_mb={:.1}",
+            "RESULT job={} events={} parallelism={} state={} seconds={:.3} events_per_sec={:.0} events_per_sec_per_core={:.0} cpu_seconds={:.3} peak_rss_mb={:.1}",
             self.job,
             self.events,
             self.parallelism,
+            self.state,
             self.seconds,
             self.events_per_sec(),
             self.events_per_sec_per_core(),
@@ -66,13 +69,16 @@ pub fn run(spec: &JobSpec, opts: &JobOptions) -> anyhow::Result<BenchResult> {
     run_options.progress_interval = Some(Duration::from_secs(1));
     let cpu_before = process_cpu_seconds();
     let started = Instant::now();
-    let summary = job.run(&run_options)?;
+    let result = job.run(&run_options);
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds() - cpu_before;
+    opts.remove_temporary_state(&run_options);
+    let summary = result?;
     Ok(BenchResult {
         job: spec.name.clone(),
         events: summary.events_read,
         parallelism: opts.parallelism,
+        state: opts.state.clone(),
         seconds,
         cpu_seconds,
         peak_rss_mb: peak_rss_mb(),

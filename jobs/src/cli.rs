@@ -196,7 +196,9 @@ fn run(
     if !serve.quiet {
         run_options.progress_interval = Some(Duration::from_secs(1));
     }
-    let summary = job.run(&run_options)?;
+    let result = job.run(&run_options);
+    options.remove_temporary_state(&run_options);
+    let summary = result?;
     eprintln!("weir: {name} done: {}", summarize(&summary));
     if let Some(linger) = serve.linger {
         eprintln!("weir: serving metrics for {linger:?} more");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use weir_connectors::Format;
-use weir_engine::{parse_duration, RunOptions};
+use weir_engine::{parse_duration, RunOptions, StateConfig};
 use weir_operators::{Session, Sliding, Tumbling, WindowSpec};
 
 /// Options of `weir run`, `weir describe` and `weir bench`.
@@ -49,6 +49,16 @@ pub struct JobOptions {
     /// Write late events here (JSON lines) instead of only counting them.
     #[arg(long)]
     pub late_output: Option<PathBuf>,
+    /// Where keyed state lives: `rocksdb` (state larger than memory) or `memory`.
+    #[arg(long, default_value = "rocksdb", value_parser = ["rocksdb", "memory"])]
+    pub state: String,
+    /// Directory of the RocksDB state (replaced at start); default: a temporary directory
+    /// removed when the job ends.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Entries per state table kept decoded in memory in front of RocksDB.
+    #[arg(long, default_value_t = 65_536)]
+    pub state_cache_entries: usize,
     /// Workers per keyed operator (1 to 128).
     #[arg(long, default_value_t = 1)]
     pub parallelism: usize,
@@ -120,13 +130,35 @@ impl JobOptions {
 
     /// How the engine should run the job.
     pub fn run_options(&self) -> RunOptions {
+        let state = match self.state.as_str() {
+            "memory" => StateConfig::Memory,
+            _ => StateConfig::RocksDb {
+                dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+                cache_entries: self.state_cache_entries,
+            },
+        };
         RunOptions {
             parallelism: self.parallelism,
             batch_size: self.batch_size,
             idle_timeout: self.idle_timeout,
+            state,
             ..RunOptions::default()
         }
     }
+
+    /// Removes the state directory of `run` if it was a default temporary one.
+    pub fn remove_temporary_state(&self, run: &RunOptions) {
+        if let (None, StateConfig::RocksDb { dir, .. }) = (&self.state_dir, &run.state) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A fresh temporary state directory for this process.
+fn default_state_dir() -> PathBuf {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("weir-state-{}-{run}", std::process::id()))
 }
 
 fn parse_format(s: &str) -> anyhow::Result<Format> {

@@ -1,0 +1,114 @@
+//! Keyed state behind the [`StateBackend`] trait.
+//!
+//! Operators ask their backend for named, typed state tables ([`MapState`]) and never see
+//! how they are stored. [`memory`] keeps Rust values in hash maps; [`rocksdb`] keeps them in
+//! RocksDB, serialized with serde and bincode, which is why keys and values must be
+//! serializable even in memory. Which one a job uses is a run option ([`StateConfig`]);
+//! operators are generic over the backend and do not change.
+//!
+//! # Invariants
+//! - A backend instance belongs to one operator instance (one thread); no locking.
+//! - Entries are only visible through the table they were written to.
+
+pub mod memory;
+pub mod rocksdb;
+
+use std::hash::Hash;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::keys::StableHash;
+
+pub use self::memory::{MemoryBackend, MemoryMap};
+pub use self::rocksdb::{RocksBackend, RocksMap, RocksStore};
+
+/// Where a job keeps its keyed state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StateConfig {
+    /// In memory (fastest; lost when the process ends).
+    #[default]
+    Memory,
+    /// In a RocksDB database under `dir` (state larger than memory).
+    RocksDb {
+        /// Directory of the database; its contents are replaced when a run starts.
+        dir: PathBuf,
+        /// Entries per state table kept decoded in memory in front of RocksDB.
+        cache_entries: usize,
+    },
+}
+
+/// What can be a key of keyed state. The stable hash places it in its key group.
+pub trait StateKey:
+    Eq + Hash + Clone + Send + Serialize + DeserializeOwned + StableHash + 'static
+{
+}
+impl<T: Eq + Hash + Clone + Send + Serialize + DeserializeOwned + StableHash + 'static> StateKey
+    for T
+{
+}
+
+/// What can be a value of keyed state.
+pub trait StateValue: Clone + Send + Serialize + DeserializeOwned + 'static {}
+impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> StateValue for T {}
+
+/// A state access failed (a persistent backend's I/O or codec error).
+#[derive(Debug, thiserror::Error)]
+#[error("state table `{table}`: {message}")]
+pub struct StateError {
+    /// The table involved.
+    pub table: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Storage for the state of one operator instance.
+pub trait StateBackend: Send + 'static {
+    /// The map table type of this backend.
+    type Map<K: StateKey, V: StateValue>: MapState<K, V>;
+
+    /// Opens (or creates) the map table `name`.
+    fn map_state<K: StateKey, V: StateValue>(
+        &mut self,
+        name: &str,
+    ) -> Result<Self::Map<K, V>, StateError>;
+}
+
+/// A typed key-value table.
+pub trait MapState<K, V>: Send + 'static {
+    /// A copy of the value under `key`.
+    fn get(&self, key: &K) -> Result<Option<V>, StateError>;
+
+    /// Calls `f` with a reference to the value under `key`, without copying it out.
+    fn read<R>(&self, key: &K, f: impl FnOnce(Option<&V>) -> R) -> Result<R, StateError>;
+
+    /// Changes the value under `key` in place if it exists; returns `None` if it does not.
+    fn modify<R>(
+        &mut self,
+        key: &K,
+        change: impl FnOnce(&mut V) -> R,
+    ) -> Result<Option<R>, StateError>;
+
+    /// Changes the value under `key` in place, creating it with `init` first if absent.
+    fn update<R>(
+        &mut self,
+        key: &K,
+        init: impl FnOnce() -> V,
+        change: impl FnOnce(&mut V) -> R,
+    ) -> Result<R, StateError>;
+
+    /// Stores `value` under `key`.
+    fn put(&mut self, key: K, value: V) -> Result<(), StateError>;
+
+    /// Removes and returns the value under `key`.
+    fn take(&mut self, key: &K) -> Result<Option<V>, StateError>;
+
+    /// Number of entries.
+    fn len(&self) -> usize;
+
+    /// True if the table has no entries.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

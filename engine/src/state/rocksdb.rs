@@ -1,0 +1,378 @@
+//! The RocksDB state backend: state larger than memory.
+//!
+//! # Layout
+//! One database per job run ([`RocksStore`]), one column family per operator state table
+//! (`<operator>/<table>`). A key is stored as its key group (2 bytes, big endian) followed by
+//! its bincode encoding, so one key group's state is one contiguous key range: it can be
+//! scanned, snapshotted, dropped or moved on its own. Values are bincode (no JSON here).
+//!
+//! # Cache
+//! Each table keeps up to `cache_entries` decoded entries in memory in front of RocksDB,
+//! written back in one `WriteBatch` when the cache is full (and then emptied). Hot keys are
+//! therefore read and changed at memory speed, while the total state is bounded only by
+//! disk. The write-ahead log is off: durability comes from checkpoints (a later step), not
+//! from logging every write.
+//!
+//! # Invariants
+//! - A cached entry is the truth for its key; RocksDB holds what was last written back.
+//! - `Deleted` is only cached for keys that may exist in RocksDB (a tombstone to write back).
+//! - Workers share the database but own disjoint key groups, so they never touch the same key.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BoundColumnFamily, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteOptions,
+};
+use rustc_hash::FxHashMap;
+
+use super::{MapState, StateBackend, StateError, StateKey, StateValue};
+use crate::keys::key_group_of;
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+/// The RocksDB database of one job run.
+pub struct RocksStore {
+    db: Db,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rocks_error(table: &str, what: &str, e: impl std::fmt::Display) -> StateError {
+    StateError {
+        table: table.to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+impl RocksStore {
+    /// Opens a fresh database at `path`, replacing whatever was there (state is rebuilt
+    /// from the input on every run until checkpoints can restore it).
+    pub fn open_fresh(path: &Path) -> Result<Arc<Self>, StateError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| StateError {
+            table: "<database>".into(),
+            message: format!("{what} {}: {e} (check --state-dir)", path.display()),
+        };
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|e| fail("cannot clear", &e))?;
+        }
+        std::fs::create_dir_all(path).map_err(|e| fail("cannot create", &e))?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.increase_parallelism(2);
+        let db = Db::open(&options, path).map_err(|e| fail("cannot open RocksDB at", &e))?;
+        Ok(Arc::new(RocksStore {
+            db,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn column_family(&self, name: &str) -> Result<Arc<BoundColumnFamily<'_>>, StateError> {
+        if let Some(cf) = self.db.cf_handle(name) {
+            return Ok(cf);
+        }
+        // Two workers of one operator may race to create the table: the loser finds it.
+        if let Err(e) = self.db.create_cf(name, &Options::default()) {
+            if self.db.cf_handle(name).is_none() {
+                return Err(rocks_error(name, "cannot create column family", e));
+            }
+        }
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| rocks_error(name, "column family vanished", "after creation"))
+    }
+
+    /// RocksDB's estimate of bytes waiting for compaction.
+    pub fn pending_compaction_bytes(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.estimate-pending-compaction-bytes")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// RocksDB's estimate of the live data size in bytes.
+    pub fn live_data_bytes(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.estimate-live-data-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+/// The state of one operator instance in a shared [`RocksStore`].
+#[derive(Debug, Clone)]
+pub struct RocksBackend {
+    store: Arc<RocksStore>,
+    operator: String,
+    cache_entries: usize,
+}
+
+impl RocksBackend {
+    /// Tables of `operator` in `store`, each caching up to `cache_entries` entries.
+    pub fn new(store: Arc<RocksStore>, operator: &str, cache_entries: usize) -> Self {
+        RocksBackend {
+            store,
+            operator: operator.to_string(),
+            cache_entries: cache_entries.max(1),
+        }
+    }
+}
+
+impl StateBackend for RocksBackend {
+    type Map<K: StateKey, V: StateValue> = RocksMap<K, V>;
+
+    fn map_state<K: StateKey, V: StateValue>(
+        &mut self,
+        name: &str,
+    ) -> Result<RocksMap<K, V>, StateError> {
+        let table = format!("{}/{name}", self.operator);
+        self.store.column_family(&table)?;
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        Ok(RocksMap {
+            store: self.store.clone(),
+            table,
+            cache: FxHashMap::default(),
+            capacity: self.cache_entries,
+            entries: 0,
+            write_options,
+            _value: PhantomData,
+        })
+    }
+}
+
+enum Slot<V> {
+    Live { value: V, dirty: bool },
+    Deleted,
+}
+
+/// A [`MapState`] in RocksDB with a write-back cache.
+pub struct RocksMap<K, V> {
+    store: Arc<RocksStore>,
+    table: String,
+    cache: FxHashMap<K, Slot<V>>,
+    capacity: usize,
+    entries: usize,
+    write_options: WriteOptions,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<K, V> std::fmt::Debug for RocksMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksMap")
+            .field("table", &self.table)
+            .field("entries", &self.entries)
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Key group (big endian) then the bincode of the key.
+fn encode_key<K: StateKey>(table: &str, key: &K) -> Result<Vec<u8>, StateError> {
+    let mut bytes = key_group_of(key).to_be_bytes().to_vec();
+    bincode::serialize_into(&mut bytes, key)
+        .map_err(|e| rocks_error(table, "cannot encode key", e))?;
+    Ok(bytes)
+}
+
+impl<K: StateKey, V: StateValue> RocksMap<K, V> {
+    fn load(&self, key: &K) -> Result<Option<V>, StateError> {
+        let cf = self.store.column_family(&self.table)?;
+        let bytes = self
+            .store
+            .db
+            .get_pinned_cf(&cf, encode_key(&self.table, key)?)
+            .map_err(|e| rocks_error(&self.table, "read failed", e))?;
+        bytes
+            .map(|b| {
+                bincode::deserialize(&b)
+                    .map_err(|e| rocks_error(&self.table, "cannot decode value", e))
+            })
+            .transpose()
+    }
+
+    /// Makes sure `key` is in the cache if it exists at all; writes back first if full.
+    fn ensure_cached(&mut self, key: &K) -> Result<(), StateError> {
+        if self.cache.contains_key(key) {
+            return Ok(());
+        }
+        if self.cache.len() >= self.capacity {
+            self.write_back()?;
+        }
+        if let Some(value) = self.load(key)? {
+            self.cache.insert(
+                key.clone(),
+                Slot::Live {
+                    value,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes changed entries and tombstones in one batch and empties the cache.
+    pub fn write_back(&mut self) -> Result<(), StateError> {
+        let cf = self.store.column_family(&self.table)?;
+        let mut batch = WriteBatch::default();
+        for (key, slot) in self.cache.drain() {
+            match slot {
+                Slot::Live { value, dirty: true } => {
+                    let bytes = bincode::serialize(&value)
+                        .map_err(|e| rocks_error(&self.table, "cannot encode value", e))?;
+                    batch.put_cf(&cf, encode_key(&self.table, &key)?, bytes);
+                }
+                Slot::Live { dirty: false, .. } => {}
+                Slot::Deleted => batch.delete_cf(&cf, encode_key(&self.table, &key)?),
+            }
+        }
+        self.store
+            .db
+            .write_opt(batch, &self.write_options)
+            .map_err(|e| rocks_error(&self.table, "write failed (is the disk full?)", e))
+    }
+}
+
+impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>, StateError> {
+        self.read(key, |v| v.cloned())
+    }
+
+    fn read<R>(&self, key: &K, f: impl FnOnce(Option<&V>) -> R) -> Result<R, StateError> {
+        match self.cache.get(key) {
+            Some(Slot::Live { value, .. }) => Ok(f(Some(value))),
+            Some(Slot::Deleted) => Ok(f(None)),
+            None => Ok(f(self.load(key)?.as_ref())),
+        }
+    }
+
+    fn modify<R>(
+        &mut self,
+        key: &K,
+        change: impl FnOnce(&mut V) -> R,
+    ) -> Result<Option<R>, StateError> {
+        self.ensure_cached(key)?;
+        Ok(match self.cache.get_mut(key) {
+            Some(Slot::Live { value, dirty }) => {
+                *dirty = true;
+                Some(change(value))
+            }
+            _ => None,
+        })
+    }
+
+    #[inline]
+    fn update<R>(
+        &mut self,
+        key: &K,
+        init: impl FnOnce() -> V,
+        change: impl FnOnce(&mut V) -> R,
+    ) -> Result<R, StateError> {
+        // The hot path: a cached key needs one hash lookup and no I/O.
+        if let Some(Slot::Live { value, dirty }) = self.cache.get_mut(key) {
+            *dirty = true;
+            return Ok(change(value));
+        }
+        self.ensure_cached(key)?;
+        if let Some(Slot::Live { value, dirty }) = self.cache.get_mut(key) {
+            *dirty = true;
+            return Ok(change(value));
+        }
+        let mut value = init();
+        let result = change(&mut value);
+        self.cache
+            .insert(key.clone(), Slot::Live { value, dirty: true });
+        self.entries += 1;
+        Ok(result)
+    }
+
+    fn put(&mut self, key: K, value: V) -> Result<(), StateError> {
+        self.ensure_cached(&key)?;
+        if !matches!(self.cache.get(&key), Some(Slot::Live { .. })) {
+            self.entries += 1;
+        }
+        self.cache.insert(key, Slot::Live { value, dirty: true });
+        Ok(())
+    }
+
+    fn take(&mut self, key: &K) -> Result<Option<V>, StateError> {
+        self.ensure_cached(key)?;
+        match self.cache.get_mut(key) {
+            Some(slot @ Slot::Live { .. }) => {
+                self.entries -= 1;
+                match std::mem::replace(slot, Slot::Deleted) {
+                    Slot::Live { value, .. } => Ok(Some(value)),
+                    Slot::Deleted => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_write_back_and_deletes_reach_rocksdb(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RocksStore::open_fresh(&dir.path().join("db"))?;
+        let mut backend = RocksBackend::new(store.clone(), "op", 2);
+        let mut table: RocksMap<String, Vec<i64>> = backend.map_state("t")?;
+        for i in 0..10 {
+            // A cache of 2 forces write-backs and reloads.
+            table.update(&format!("k{}", i % 5), Vec::new, |v| v.push(i))?;
+        }
+        assert_eq!(table.len(), 5);
+        assert_eq!(table.get(&"k3".to_string())?, Some(vec![3, 8]));
+        assert_eq!(table.take(&"k3".to_string())?, Some(vec![3, 8]));
+        assert_eq!(table.take(&"k3".to_string())?, None);
+        assert_eq!(table.modify(&"k4".to_string(), |v| v.len())?, Some(2));
+        assert_eq!(table.modify(&"nope".to_string(), |v| v.len())?, None);
+        table.write_back()?;
+        assert_eq!(
+            table.get(&"k3".to_string())?,
+            None,
+            "the delete was written back"
+        );
+        assert_eq!(
+            table.read(&"k1".to_string(), |v| v.cloned())?,
+            Some(vec![1, 6])
+        );
+        assert_eq!(table.len(), 4);
+        // Another table of the same operator is a separate column family.
+        let other: RocksMap<String, Vec<i64>> = backend.map_state("u")?;
+        assert_eq!(other.get(&"k1".to_string())?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn keys_start_with_their_key_group() -> Result<(), StateError> {
+        let key = "customer-17".to_string();
+        let bytes = encode_key("t", &key)?;
+        assert_eq!(u16::from_be_bytes([bytes[0], bytes[1]]), key_group_of(&key));
+        Ok(())
+    }
+}
