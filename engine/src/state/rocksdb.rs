@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    BoundColumnFamily, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, BoundColumnFamily, Cache, DBWithThreadMode, MultiThreaded, Options,
+    WriteBatch, WriteOptions,
 };
 use rustc_hash::FxHashMap;
 
@@ -32,10 +33,14 @@ use crate::keys::key_group_of;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
+/// Block cache shared by the state tables of one run.
+const STATE_BLOCK_CACHE_BYTES: usize = 64 << 20;
+
 /// The RocksDB database of one job run.
 pub struct RocksStore {
     db: Db,
     path: PathBuf,
+    table_options: Options,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -70,9 +75,18 @@ impl RocksStore {
         options.create_missing_column_families(true);
         options.increase_parallelism(2);
         let db = Db::open(&options, path).map_err(|e| fail("cannot open RocksDB at", &e))?;
+        // State tables are read mostly for keys that may not exist (a new key or window):
+        // bloom filters answer those without touching SST blocks.
+        let mut blocks = BlockBasedOptions::default();
+        blocks.set_bloom_filter(10.0, false);
+        blocks.set_block_cache(&Cache::new_lru_cache(STATE_BLOCK_CACHE_BYTES));
+        blocks.set_cache_index_and_filter_blocks(true);
+        let mut table_options = Options::default();
+        table_options.set_block_based_table_factory(&blocks);
         Ok(Arc::new(RocksStore {
             db,
             path: path.to_path_buf(),
+            table_options,
         }))
     }
 
@@ -86,7 +100,7 @@ impl RocksStore {
             return Ok(cf);
         }
         // Two workers of one operator may race to create the table: the loser finds it.
-        if let Err(e) = self.db.create_cf(name, &Options::default()) {
+        if let Err(e) = self.db.create_cf(name, &self.table_options) {
             if self.db.cf_handle(name).is_none() {
                 return Err(rocks_error(name, "cannot create column family", e));
             }
@@ -158,7 +172,12 @@ impl StateBackend for RocksBackend {
 }
 
 enum Slot<V> {
-    Live { value: V, dirty: bool },
+    /// `in_db`: RocksDB may hold an older version (so a delete needs a tombstone).
+    Live {
+        value: V,
+        dirty: bool,
+        in_db: bool,
+    },
     Deleted,
 }
 
@@ -221,6 +240,7 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
                 Slot::Live {
                     value,
                     dirty: false,
+                    in_db: true,
                 },
             );
         }
@@ -233,7 +253,9 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
         let mut batch = WriteBatch::default();
         for (key, slot) in self.cache.drain() {
             match slot {
-                Slot::Live { value, dirty: true } => {
+                Slot::Live {
+                    value, dirty: true, ..
+                } => {
                     let bytes = bincode::serialize(&value)
                         .map_err(|e| rocks_error(&self.table, "cannot encode value", e))?;
                     batch.put_cf(&cf, encode_key(&self.table, &key)?, bytes);
@@ -269,7 +291,7 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
     ) -> Result<Option<R>, StateError> {
         self.ensure_cached(key)?;
         Ok(match self.cache.get_mut(key) {
-            Some(Slot::Live { value, dirty }) => {
+            Some(Slot::Live { value, dirty, .. }) => {
                 *dirty = true;
                 Some(change(value))
             }
@@ -285,44 +307,74 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
         change: impl FnOnce(&mut V) -> R,
     ) -> Result<R, StateError> {
         // The hot path: a cached key needs one hash lookup and no I/O.
-        if let Some(Slot::Live { value, dirty }) = self.cache.get_mut(key) {
+        if let Some(Slot::Live { value, dirty, .. }) = self.cache.get_mut(key) {
             *dirty = true;
             return Ok(change(value));
         }
         self.ensure_cached(key)?;
-        if let Some(Slot::Live { value, dirty }) = self.cache.get_mut(key) {
-            *dirty = true;
-            return Ok(change(value));
-        }
+        let in_db = match self.cache.get_mut(key) {
+            Some(Slot::Live { value, dirty, .. }) => {
+                *dirty = true;
+                return Ok(change(value));
+            }
+            Some(Slot::Deleted) => true,
+            None => false,
+        };
         let mut value = init();
         let result = change(&mut value);
-        self.cache
-            .insert(key.clone(), Slot::Live { value, dirty: true });
+        self.cache.insert(
+            key.clone(),
+            Slot::Live {
+                value,
+                dirty: true,
+                in_db,
+            },
+        );
         self.entries += 1;
         Ok(result)
     }
 
     fn put(&mut self, key: K, value: V) -> Result<(), StateError> {
         self.ensure_cached(&key)?;
-        if !matches!(self.cache.get(&key), Some(Slot::Live { .. })) {
-            self.entries += 1;
-        }
-        self.cache.insert(key, Slot::Live { value, dirty: true });
+        let in_db = match self.cache.get(&key) {
+            Some(Slot::Live { in_db, .. }) => *in_db,
+            Some(Slot::Deleted) => {
+                self.entries += 1;
+                true
+            }
+            None => {
+                self.entries += 1;
+                false
+            }
+        };
+        self.cache.insert(
+            key,
+            Slot::Live {
+                value,
+                dirty: true,
+                in_db,
+            },
+        );
         Ok(())
     }
 
     fn take(&mut self, key: &K) -> Result<Option<V>, StateError> {
         self.ensure_cached(key)?;
-        match self.cache.get_mut(key) {
-            Some(slot @ Slot::Live { .. }) => {
-                self.entries -= 1;
-                match std::mem::replace(slot, Slot::Deleted) {
-                    Slot::Live { value, .. } => Ok(Some(value)),
-                    Slot::Deleted => Ok(None),
-                }
-            }
-            _ => Ok(None),
-        }
+        let in_db = match self.cache.get(key) {
+            Some(Slot::Live { in_db, .. }) => *in_db,
+            _ => return Ok(None),
+        };
+        self.entries -= 1;
+        // Only an entry RocksDB may hold needs a tombstone; a cache-only one just goes.
+        let slot = if in_db {
+            self.cache.insert(key.clone(), Slot::Deleted)
+        } else {
+            self.cache.remove(key)
+        };
+        Ok(match slot {
+            Some(Slot::Live { value, .. }) => Some(value),
+            _ => None,
+        })
     }
 
     fn len(&self) -> usize {
