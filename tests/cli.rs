@@ -153,3 +153,41 @@ fn csv_header_without_the_needed_column_fails_with_the_columns_named() -> TestRe
     );
     Ok(())
 }
+
+#[test]
+fn state_dir_keeps_everything_but_its_own_database() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("e.jsonl");
+    std::fs::write(&input, "{\"ts\":1,\"key\":\"a\",\"value\":2}\n")?;
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state)?;
+    std::fs::write(state.join("precious.txt"), "keep me")?;
+    for _ in 0..2 {
+        let out = weir(&[
+            "run",
+            "window-agg",
+            "--metrics-addr",
+            "off",
+            "--input",
+            input.to_str().ok_or("path")?,
+            "--output",
+            dir.path().join("o.jsonl").to_str().ok_or("path")?,
+            "--state-dir",
+            state.to_str().ok_or("path")?,
+        ])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(state.join("precious.txt"))?,
+        "keep me"
+    );
+    assert!(
+        state.join("window-agg/rocksdb/CURRENT").exists(),
+        "the database lives in its own subdirectory"
+    );
+    Ok(())
+}

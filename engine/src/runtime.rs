@@ -1094,10 +1094,13 @@ pub(crate) fn run(
         store: match &options.state {
             StateConfig::Memory => None,
             StateConfig::RocksDb { dir, .. } => {
-                let store = RocksStore::open_fresh(dir).map_err(|e| EngineError::InvalidJob {
-                    job: job.to_string(),
-                    reason: e.to_string(),
-                })?;
+                // Only weir's own subdirectory is replaced, never what else is in `dir`.
+                let db_dir = dir.join(job).join("rocksdb");
+                let store =
+                    RocksStore::open_fresh(&db_dir).map_err(|e| EngineError::InvalidJob {
+                        job: job.to_string(),
+                        reason: e.to_string(),
+                    })?;
                 metrics.observe_store(store.clone());
                 Some(store)
             }

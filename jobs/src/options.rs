@@ -52,8 +52,8 @@ pub struct JobOptions {
     /// Where keyed state lives: `rocksdb` (state larger than memory) or `memory`.
     #[arg(long, default_value = "rocksdb", value_parser = ["rocksdb", "memory"])]
     pub state: String,
-    /// Directory of the RocksDB state (replaced at start); default: a temporary directory
-    /// removed when the job ends.
+    /// State directory; the database is DIR/<job>/rocksdb, replaced at start. Default: a
+    /// temporary directory removed when the job ends.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Entries per state table kept decoded in memory in front of RocksDB.

@@ -32,7 +32,7 @@ pub enum StateConfig {
     Memory,
     /// In a RocksDB database under `dir` (state larger than memory).
     RocksDb {
-        /// Directory of the database; its contents are replaced when a run starts.
+        /// State directory; the database is `dir/<job>/rocksdb`, replaced when a run starts.
         dir: PathBuf,
         /// Entries per state table kept decoded in memory in front of RocksDB.
         cache_entries: usize,
