@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use weir_engine::metrics::Counter;
 
-use crate::error::ConnectorError;
+use crate::error::{create_file, ConnectorError};
 
 /// One rejected input record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,16 +56,7 @@ impl DeadLetters {
     pub fn open(&self) -> Result<(), ConnectorError> {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|source| ConnectorError::Open {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
-            }
-            let file = File::create(&self.path).map_err(|source| ConnectorError::Open {
-                path: self.path.clone(),
-                source,
-            })?;
+            let file = create_file(&self.path)?;
             *guard = Some(BufWriter::new(file));
         }
         Ok(())

@@ -52,3 +52,17 @@ pub enum ConnectorError {
         message: String,
     },
 }
+
+/// Creates (truncates) `path`, creating its parent directories first.
+pub(crate) fn create_file(path: &std::path::Path) -> Result<std::fs::File, ConnectorError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| ConnectorError::Open {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::File::create(path).map_err(|source| ConnectorError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -195,6 +195,16 @@ impl Build<'_> {
             .expect("a node's channels always carry its input type")
     }
 
+    /// A new producer's end of the single channel in front of node `me`.
+    fn forward_input<T: Data>(&mut self, me: NodeId) -> ForwardPush<T> {
+        let producer = self.next_producer(me);
+        ForwardPush {
+            name: self.name(me),
+            producer,
+            sender: self.channels::<T>(me, 1).senders[0].clone(),
+        }
+    }
+
     fn next_producer(&mut self, me: NodeId) -> usize {
         let n = self.next_producer.entry(me).or_insert(0);
         *n += 1;
@@ -949,13 +959,7 @@ impl<T> UnionNode<T> {
 
 impl<T: Data> NodeImpl for UnionNode<T> {
     fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
-        let producer = b.next_producer(me);
-        let sender = b.channels::<T>(me, 1).senders[0].clone();
-        Ok(erase::<T>(Box::new(ForwardPush {
-            name: b.name(me),
-            producer,
-            sender,
-        })))
+        Ok(erase::<T>(Box::new(b.forward_input::<T>(me))))
     }
 
     fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
@@ -1016,13 +1020,7 @@ impl<T: Data> NodeImpl for SinkNode<T> {
         if b.chained(me) {
             return Ok(erase::<T>(Box::new(self.take(b, me)?)));
         }
-        let producer = b.next_producer(me);
-        let sender = b.channels::<T>(me, 1).senders[0].clone();
-        Ok(erase::<T>(Box::new(ForwardPush {
-            name: b.name(me),
-            producer,
-            sender,
-        })))
+        Ok(erase::<T>(Box::new(b.forward_input::<T>(me))))
     }
 
     fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {

@@ -213,49 +213,35 @@ impl<T, N: Numeric, F: Fn(&T) -> N + Clone + Send + 'static> Aggregator<T> for S
     }
 }
 
-impl<T, N: Numeric, F: Fn(&T) -> N + Clone + Send + 'static> Aggregator<T> for Min<F> {
-    type Acc = Option<N>;
-    type Output = Option<N>;
-    fn create(&self) -> Option<N> {
-        None
-    }
-    #[inline]
-    fn add(&self, acc: &mut Option<N>, event: &T) -> Result<(), AggregateError> {
-        *acc = min_of(*acc, (self.0)(event));
-        Ok(())
-    }
-    fn merge(&self, acc: &mut Option<N>, other: &Option<N>) -> Result<(), AggregateError> {
-        if let Some(o) = *other {
-            *acc = min_of(*acc, o);
+/// Min and Max differ only in which of two values they keep.
+macro_rules! extremum_aggregate {
+    ($name:ident, $keep:ident) => {
+        impl<T, N: Numeric, F: Fn(&T) -> N + Clone + Send + 'static> Aggregator<T> for $name<F> {
+            type Acc = Option<N>;
+            type Output = Option<N>;
+            fn create(&self) -> Option<N> {
+                None
+            }
+            #[inline]
+            fn add(&self, acc: &mut Option<N>, event: &T) -> Result<(), AggregateError> {
+                *acc = $keep(*acc, (self.0)(event));
+                Ok(())
+            }
+            fn merge(&self, acc: &mut Option<N>, other: &Option<N>) -> Result<(), AggregateError> {
+                if let Some(o) = *other {
+                    *acc = $keep(*acc, o);
+                }
+                Ok(())
+            }
+            fn finish(&self, acc: &Option<N>) -> Option<N> {
+                *acc
+            }
         }
-        Ok(())
-    }
-    fn finish(&self, acc: &Option<N>) -> Option<N> {
-        *acc
-    }
+    };
 }
 
-impl<T, N: Numeric, F: Fn(&T) -> N + Clone + Send + 'static> Aggregator<T> for Max<F> {
-    type Acc = Option<N>;
-    type Output = Option<N>;
-    fn create(&self) -> Option<N> {
-        None
-    }
-    #[inline]
-    fn add(&self, acc: &mut Option<N>, event: &T) -> Result<(), AggregateError> {
-        *acc = max_of(*acc, (self.0)(event));
-        Ok(())
-    }
-    fn merge(&self, acc: &mut Option<N>, other: &Option<N>) -> Result<(), AggregateError> {
-        if let Some(o) = *other {
-            *acc = max_of(*acc, o);
-        }
-        Ok(())
-    }
-    fn finish(&self, acc: &Option<N>) -> Option<N> {
-        *acc
-    }
-}
+extremum_aggregate!(Min, min_of);
+extremum_aggregate!(Max, max_of);
 
 impl<T, N: Numeric, F: Fn(&T) -> N + Clone + Send + 'static> Aggregator<T> for Avg<F> {
     type Acc = (u64, N);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use weir_engine::{BoxError, Record, Sink};
 
-use crate::error::ConnectorError;
+use crate::error::{create_file, ConnectorError};
 
 /// Writes each result as one JSON line to a file.
 ///
@@ -40,16 +40,7 @@ impl<T> FileSink<T> {
 
     fn writer(&mut self) -> Result<&mut BufWriter<File>, ConnectorError> {
         if self.writer.is_none() {
-            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|source| ConnectorError::Open {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
-            }
-            let file = File::create(&self.path).map_err(|source| ConnectorError::Open {
-                path: self.path.clone(),
-                source,
-            })?;
+            let file = create_file(&self.path)?;
             self.writer = Some(BufWriter::with_capacity(1 << 20, file));
         }
         Ok(self.writer.as_mut().expect("writer was just created"))

@@ -18,7 +18,7 @@ use weir_engine::error::BoxError;
 use weir_engine::metrics::Counter as IntCounter;
 use weir_engine::{Keyed, MapState, Output, Record, StateBackend, StateKey, Timestamp};
 
-use super::{window_start, LateBuffer, Timers, Window, WindowResult};
+use super::{prune, window_start, LateBuffer, Timers, Window, WindowResult};
 use crate::aggregate::Aggregator;
 
 /// Pane accumulators of one key: `(pane start, accumulator)`, sorted by start.
@@ -191,19 +191,11 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             .cleanup
             .pop_due(|start| (start.saturating_add(size) - 1).saturating_add(lateness) <= w)
         {
+            let (slide, offset) = (self.slide, self.offset);
             for key in keys {
-                let (slide, offset) = (self.slide, self.offset);
-                let left = self.panes.modify(&key, |panes| {
-                    let before = panes.len();
-                    panes.retain(|(p, _)| window_start(*p, slide, offset) > last_start);
-                    (before - panes.len(), panes.is_empty())
+                self.pane_count -= prune(&mut self.panes, &key, |(p, _)| {
+                    window_start(*p, slide, offset) > last_start
                 })?;
-                if let Some((removed, empty)) = left {
-                    self.pane_count -= removed;
-                    if empty {
-                        self.panes.take(&key)?;
-                    }
-                }
             }
         }
         out.advance_watermark(w);

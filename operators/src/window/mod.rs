@@ -25,8 +25,8 @@ use weir_engine::keys::StableHash;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::time::duration_ms;
 use weir_engine::{
-    Data, KeyedOperator, KeyedStream, OperatorContext, Output, Record, Sink, StateBackend,
-    StateKey, Stream, Timestamp,
+    Data, KeyedOperator, KeyedStream, MapState, OperatorContext, Output, Record, Sink,
+    StateBackend, StateKey, Stream, Timestamp,
 };
 
 use crate::aggregate::Aggregator;
@@ -425,6 +425,27 @@ where
             WindowOperator::Session(w) => w.state_entries(),
         }
     }
+}
+
+/// Keeps the items of `key`'s list for which `keep` holds, dropping the key when none is
+/// left; returns how many items were removed.
+pub(crate) fn prune<K, V, M: MapState<K, Vec<V>>>(
+    table: &mut M,
+    key: &K,
+    keep: impl FnMut(&V) -> bool,
+) -> Result<usize, BoxError> {
+    let left = table.modify(key, |items| {
+        let before = items.len();
+        items.retain(keep);
+        (before - items.len(), items.is_empty())
+    })?;
+    let Some((removed, empty)) = left else {
+        return Ok(0);
+    };
+    if empty {
+        table.take(key)?;
+    }
+    Ok(removed)
 }
 
 /// Per-key timers ordered by time: which keys need attention when the watermark passes.

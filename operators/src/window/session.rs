@@ -19,7 +19,7 @@ use weir_engine::error::BoxError;
 use weir_engine::metrics::Counter as IntCounter;
 use weir_engine::{Keyed, MapState, Output, Record, StateBackend, StateKey, Timestamp};
 
-use super::{LateBuffer, Timers, Window, WindowResult};
+use super::{prune, LateBuffer, Timers, Window, WindowResult};
 use crate::aggregate::Aggregator;
 
 /// One session of a key.
@@ -196,17 +196,9 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             .pop_due(|end| (end - 1).saturating_add(lateness) <= w)
         {
             for key in keys {
-                let left = self.sessions.modify(&key, |sessions| {
-                    let before = sessions.len();
-                    sessions.retain(|s| s.pending || (s.end - 1).saturating_add(lateness) > w);
-                    (before - sessions.len(), sessions.is_empty())
+                self.session_count -= prune(&mut self.sessions, &key, |s| {
+                    s.pending || (s.end - 1).saturating_add(lateness) > w
                 })?;
-                if let Some((removed, empty)) = left {
-                    self.session_count -= removed;
-                    if empty {
-                        self.sessions.take(&key)?;
-                    }
-                }
             }
         }
         out.advance_watermark(w);
