@@ -33,13 +33,12 @@ pub struct Batch<T> {
     pub watermark: Timestamp,
 }
 
-/// An event paired with its key and key group, as produced by `key_by`.
+/// An event paired with its key, as produced by `key_by`. (Its key group is derived from
+/// the key where needed: for routing, and by state backends that lay state out by group.)
 #[derive(Debug, Clone, PartialEq)]
 pub struct Keyed<K, T> {
     /// The key the user function extracted.
     pub key: K,
-    /// The key's key group (see [`crate::keys`]).
-    pub key_group: u16,
     /// The event.
     pub value: T,
 }

@@ -578,13 +578,12 @@ impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for Exchange
         let workers = self.senders.len();
         for r in batch.records {
             let key = (self.key)(&r.value);
-            let key_group = key_group_of(&key);
-            self.buffers[worker_for_key_group(key_group, workers)].push(Record {
+            let worker = worker_for_key_group(key_group_of(&key), workers);
+            self.buffers[worker].push(Record {
                 ts: r.ts,
                 watermark: r.watermark,
                 value: Keyed {
                     key,
-                    key_group,
                     value: r.value,
                 },
             });
@@ -928,7 +927,6 @@ where
                     ts: r.ts,
                     watermark: r.watermark,
                     value: Keyed {
-                        key_group: key_group_of(&key),
                         key,
                         value: r.value,
                     },

@@ -518,7 +518,6 @@ mod tests {
                 watermark,
                 value: Keyed {
                     key: key.to_string(),
-                    key_group: 0,
                     value: (),
                 },
             };
