@@ -74,9 +74,6 @@ impl RocksStore {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.increase_parallelism(2);
-        // State is rebuilt on every run (until checkpoints restore it): closing the database
-        // need not flush memtables that nobody will read.
-        options.set_avoid_flush_during_shutdown(true);
         let db = Db::open(&options, path).map_err(|e| fail("cannot open RocksDB at", &e))?;
         // State tables are read mostly for keys that may not exist (a new key or window):
         // bloom filters answer those without touching SST blocks.
