@@ -159,6 +159,7 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
         "weir_channel_capacity",
         "weir_state_bytes",
         "weir_rocksdb_compaction_pending_bytes",
+        "weir_rocksdb_block_cache_hit_ratio",
     ] {
         assert!(
             body.contains(&format!("# TYPE {family} gauge")),

@@ -18,6 +18,7 @@
 //! | `weir_uptime_seconds` | gauge | seconds since the job started |
 //! | `weir_state_bytes` | gauge | RocksDB's estimate of live state data (RocksDB state only) |
 //! | `weir_rocksdb_compaction_pending_bytes` | gauge | bytes waiting for compaction (RocksDB state only) |
+//! | `weir_rocksdb_block_cache_hit_ratio` | gauge | share of block cache lookups that hit (RocksDB state only) |
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,6 +53,7 @@ pub struct JobMetrics {
     uptime: Gauge,
     state_bytes: IntGauge,
     compaction_pending: IntGauge,
+    block_cache_hit_ratio: Gauge,
     store: Arc<std::sync::Mutex<Option<Arc<RocksStore>>>>,
 }
 
@@ -113,10 +115,19 @@ impl JobMetrics {
                 .register(Box::new(gauge.clone()))
                 .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
         }
+        let block_cache_hit_ratio = Gauge::new(
+            "weir_rocksdb_block_cache_hit_ratio",
+            "Share of RocksDB block cache lookups that hit, since the job started",
+        )
+        .unwrap_or_else(|e| panic!("metric weir_rocksdb_block_cache_hit_ratio is malformed: {e}"));
+        registry
+            .register(Box::new(block_cache_hit_ratio.clone()))
+            .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
         JobMetrics {
             job: job.to_string(),
             state_bytes,
             compaction_pending,
+            block_cache_hit_ratio,
             store: Arc::new(std::sync::Mutex::new(None)),
             started: Instant::now(),
             events_in: counter_vec(
@@ -249,6 +260,11 @@ impl JobMetrics {
             self.state_bytes.set(store.live_data_bytes() as i64);
             self.compaction_pending
                 .set(store.pending_compaction_bytes() as i64);
+            let (hits, misses) = store.block_cache_hits_misses();
+            if hits + misses > 0 {
+                self.block_cache_hit_ratio
+                    .set(hits as f64 / (hits + misses) as f64);
+            }
         }
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();

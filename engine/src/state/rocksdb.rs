@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, BoundColumnFamily, Cache, DBWithThreadMode, MultiThreaded, Options,
-    WriteBatch, WriteOptions,
+    statistics::Ticker, BlockBasedOptions, BoundColumnFamily, Cache, DBWithThreadMode,
+    MultiThreaded, Options, WriteBatch, WriteOptions,
 };
 use rustc_hash::FxHashMap;
 
@@ -40,6 +40,7 @@ const STATE_BLOCK_CACHE_BYTES: usize = 64 << 20;
 pub struct RocksStore {
     db: Db,
     path: PathBuf,
+    db_options: Options,
     table_options: Options,
 }
 
@@ -74,6 +75,8 @@ impl RocksStore {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.increase_parallelism(2);
+        // Tickers (block cache hits and misses) for the metrics.
+        options.enable_statistics();
         let db = Db::open(&options, path).map_err(|e| fail("cannot open RocksDB at", &e))?;
         // State tables are read mostly for keys that may not exist (a new key or window):
         // bloom filters answer those without touching SST blocks.
@@ -86,6 +89,7 @@ impl RocksStore {
         Ok(Arc::new(RocksStore {
             db,
             path: path.to_path_buf(),
+            db_options: options,
             table_options,
         }))
     }
@@ -117,6 +121,14 @@ impl RocksStore {
             .ok()
             .flatten()
             .unwrap_or(0)
+    }
+
+    /// Block cache hits and misses so far.
+    pub fn block_cache_hits_misses(&self) -> (u64, u64) {
+        (
+            self.db_options.get_ticker_count(Ticker::BlockCacheHit),
+            self.db_options.get_ticker_count(Ticker::BlockCacheMiss),
+        )
     }
 
     /// RocksDB's estimate of the live data size in bytes.
