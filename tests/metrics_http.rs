@@ -153,6 +153,18 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
     let watermark = sample_sum(body, "weir_watermark_ms", &[r#"operator="timestamps""#]);
     assert_eq!(watermark, (4999 * 10 - 1) as f64);
     assert!(sample_sum(body, "weir_uptime_seconds", &[]) > 0.0);
+    // Sources, sinks and stateless operators export no late-event or state series.
+    for family in ["weir_late_events_total", "weir_state_entries"] {
+        for operator in ["input", "timestamps", "map", "output"] {
+            let series = format!("operator=\"{operator}\"");
+            assert!(
+                !body
+                    .lines()
+                    .any(|l| l.starts_with(family) && l.contains(&series)),
+                "{family} exported for {operator}"
+            );
+        }
+    }
     // State is in RocksDB by default, which reports its size and compaction backlog.
     for family in [
         "weir_channel_fill",

@@ -188,16 +188,39 @@ impl JobMetrics {
         &self.job
     }
 
-    /// Handles for instance `instance` of operator `operator`.
+    /// Handles for instance `instance` of a stateful (keyed) operator.
     pub fn operator(&self, operator: &str, instance: usize) -> OperatorMetrics {
+        self.handles(operator, instance, true)
+    }
+
+    /// Handles for a source, sink or stateless operator: it has no late events and no
+    /// state, so those two handles count privately and are not exported.
+    pub fn stateless_operator(&self, operator: &str, instance: usize) -> OperatorMetrics {
+        self.handles(operator, instance, false)
+    }
+
+    fn handles(&self, operator: &str, instance: usize, stateful: bool) -> OperatorMetrics {
         let instance = instance.to_string();
         let labels = [self.job.as_str(), operator, instance.as_str()];
+        let (late_events, state_entries) = if stateful {
+            (
+                self.late_events.with_label_values(&labels),
+                self.state_entries.with_label_values(&labels),
+            )
+        } else {
+            (
+                IntCounter::new("weir_unexported_late_events", "not exported")
+                    .unwrap_or_else(|e| panic!("private counter is malformed: {e}")),
+                IntGauge::new("weir_unexported_state_entries", "not exported")
+                    .unwrap_or_else(|e| panic!("private gauge is malformed: {e}")),
+            )
+        };
         OperatorMetrics {
             events_in: self.events_in.with_label_values(&labels),
             events_out: self.events_out.with_label_values(&labels),
-            late_events: self.late_events.with_label_values(&labels),
+            late_events,
             watermark: self.watermark.with_label_values(&labels),
-            state_entries: self.state_entries.with_label_values(&labels),
+            state_entries,
         }
     }
 

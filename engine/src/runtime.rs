@@ -298,7 +298,7 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                     ),
                 })?;
         let mut down = b.downstream::<S::Item>(me, 0)?;
-        let metrics = b.metrics.operator(&name, 0);
+        let metrics = b.metrics.stateless_operator(&name, 0);
         b.progress.sources.push(metrics.events_out.clone());
         let batch_size = b.options.batch_size.max(1);
         let task_name = name.clone();
@@ -362,7 +362,7 @@ impl<T, U> StatelessNode<T, U> {
 impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
     fn input(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<Box<dyn Any>> {
         let down = b.downstream::<U>(me, instance)?;
-        let metrics = b.metrics.operator(&b.name(me), instance);
+        let metrics = b.metrics.stateless_operator(&b.name(me), instance);
         if b.graph.nodes[me].name.starts_with("timestamps") {
             b.progress.watermarks.push(metrics.watermark.clone());
         }
@@ -1003,7 +1003,7 @@ impl<T: Data> SinkNode<T> {
                     "sink `{name}` was already used by an earlier run: build the job again"
                 ),
             })?;
-        let metrics = b.metrics.operator(&name, 0);
+        let metrics = b.metrics.stateless_operator(&name, 0);
         b.progress.sinks.push(metrics.events_in.clone());
         Ok(SinkPush {
             name,
