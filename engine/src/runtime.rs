@@ -136,6 +136,8 @@ pub(crate) struct Build<'g> {
     tasks: Vec<Task>,
     progress: Progress,
     store: Option<Arc<RocksStore>>,
+    /// Set by the first task that fails; sources stop when they see it.
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Build<'_> {
@@ -302,11 +304,17 @@ impl<S: Source> NodeImpl for SourceNode<S> {
         b.progress.sources.push(metrics.events_out.clone());
         let batch_size = b.options.batch_size.max(1);
         let task_name = name.clone();
+        let cancelled = b.cancelled.clone();
         b.tasks.push(Task {
             name,
             run: Box::new(move || {
                 let mut items = Vec::with_capacity(batch_size);
                 loop {
+                    // A source that is idle sends nothing, so it would never notice that
+                    // another task failed: it asks.
+                    if cancelled.load(Ordering::Relaxed) {
+                        return Err(EngineError::DownstreamGone { name: task_name });
+                    }
                     let status = source
                         .poll_batch(&mut items, batch_size)
                         .map_err(|source| EngineError::Source {
@@ -1079,7 +1087,9 @@ pub(crate) fn run(
             ),
         });
     }
+    let cancelled = Arc::new(AtomicBool::new(false));
     let mut build = Build {
+        cancelled: cancelled.clone(),
         graph,
         options,
         metrics,
@@ -1106,9 +1116,16 @@ pub(crate) fn run(
         let imp = graph.nodes[id].imp.clone();
         imp.start(&mut build, id)?;
     }
+    // Only the tasks and the progress handles live on. Dropping the rest now matters: the
+    // build holds the original end of every channel, and while it lives no receiver can see
+    // its producers disappear, so a failed task would leave its neighbours waiting forever.
     let Build {
-        tasks, progress, ..
-    } = build; // drops the build's channel ends
+        tasks,
+        progress,
+        channels,
+        ..
+    } = build;
+    drop(channels);
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(progress);
@@ -1118,16 +1135,35 @@ pub(crate) fn run(
     });
 
     let mut handles = Vec::with_capacity(tasks.len());
+    let mut spawn_error = None;
     for task in tasks {
+        if spawn_error.is_some() {
+            // Dropping the task drops its channel ends, so started tasks wind down.
+            continue;
+        }
         let name = task.name.clone();
-        let handle = std::thread::Builder::new()
+        let cancel = cancelled.clone();
+        let run = task.run;
+        let spawned = std::thread::Builder::new()
             .name(format!("weir-{name}"))
-            .spawn(task.run)
-            .map_err(|source| EngineError::Io {
-                path: format!("<thread {name}>").into(),
-                source,
-            })?;
-        handles.push((name, handle));
+            .spawn(move || {
+                let _on_panic = CancelOnPanic(cancel.clone());
+                let result = run();
+                if result.is_err() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                result
+            });
+        match spawned {
+            Ok(handle) => handles.push((name, handle)),
+            Err(source) => {
+                cancelled.store(true, Ordering::Relaxed);
+                spawn_error = Some(EngineError::Io {
+                    path: format!("<thread {name}>").into(),
+                    source,
+                });
+            }
+        }
     }
     let mut first_error: Option<EngineError> = None;
     for (name, handle) in handles {
@@ -1153,6 +1189,9 @@ pub(crate) fn run(
     if let Some(handle) = reporter {
         let _ = handle.join();
     }
+    if let Some(e) = spawn_error {
+        return Err(e);
+    }
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -1170,6 +1209,17 @@ pub(crate) fn run(
         elapsed: started.elapsed(),
         watermark,
     })
+}
+
+/// Sets the cancel flag if the task's thread unwinds from a panic.
+struct CancelOnPanic(Arc<AtomicBool>);
+
+impl Drop for CancelOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 fn report_progress(job: &str, progress: &Progress, done: &AtomicBool, every: Duration) {
@@ -1318,5 +1368,147 @@ mod tests {
             vec![1, 99]
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::job::Job;
+    use crate::operator::KeyedOperator;
+    use crate::state::StateBackend;
+    use crate::BoxError;
+
+    /// Emits `good` events, then fails, or (if `fail` is false) idles until `idle_for`.
+    struct Faulty {
+        good: Vec<i64>,
+        fail: bool,
+        idle_for: Duration,
+        started: Option<Instant>,
+    }
+
+    impl Source for Faulty {
+        type Item = i64;
+        fn poll_batch(&mut self, out: &mut Vec<i64>, _: usize) -> Result<SourceStatus, BoxError> {
+            let started = *self.started.get_or_insert_with(Instant::now);
+            if !self.good.is_empty() {
+                out.append(&mut self.good);
+                return Ok(SourceStatus::More);
+            }
+            if self.fail {
+                return Err("disk on fire".into());
+            }
+            if started.elapsed() > self.idle_for {
+                return Ok(SourceStatus::Exhausted);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(SourceStatus::Idle)
+        }
+        fn describe(&self) -> String {
+            "faulty".into()
+        }
+    }
+
+    /// Fails on the event 13, passes everything else through.
+    struct FailOn13;
+
+    impl KeyedOperator for FailOn13 {
+        type Key = i64;
+        type In = i64;
+        type Out = i64;
+        fn process(
+            &mut self,
+            records: Vec<Record<Keyed<i64, i64>>>,
+            out: &mut Output<i64>,
+        ) -> Result<(), BoxError> {
+            for r in records {
+                if r.value.value == 13 {
+                    return Err("unlucky event".into());
+                }
+                out.emit(r.ts, r.value.value);
+            }
+            Ok(())
+        }
+    }
+
+    struct FailOn13Factory;
+
+    impl OperatorFactory for FailOn13Factory {
+        type Key = i64;
+        type In = i64;
+        type Out = i64;
+        type Operator<S: StateBackend> = FailOn13;
+        fn create<S: StateBackend>(&self, _: &OperatorContext, _: S) -> Result<FailOn13, BoxError> {
+            Ok(FailOn13)
+        }
+    }
+
+    struct Discard;
+
+    impl Sink<i64> for Discard {
+        fn write(&mut self, _: &[Record<i64>]) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "discard".into()
+        }
+    }
+
+    /// Runs a source -> keyed (2 workers) -> sink job on another thread; the error it ends
+    /// with, or a panic if it does not end within 20 s (the bug this pins was a hang).
+    fn run_to_error(source: Faulty) -> String {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let job = Job::new("failing");
+            job.source("faulty", source)
+                .timestamps(|v| *v, Watermarks::ascending())
+                .key_by(|v: &i64| *v % 7)
+                .process("keyed", String::new(), FailOn13Factory)
+                .sink("out", Discard);
+            let options = RunOptions {
+                parallelism: 2,
+                ..RunOptions::default()
+            };
+            let _ = tx.send(job.run(&options).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => panic!("the job should have failed"),
+            Err(_) => panic!("the job hung after a task failed"),
+        }
+    }
+
+    #[test]
+    fn a_failing_source_stops_the_job_with_its_error() {
+        let error = run_to_error(Faulty {
+            good: (0..10).collect(),
+            fail: true,
+            idle_for: Duration::ZERO,
+            started: None,
+        });
+        assert!(error.contains("source `faulty` failed"), "{error}");
+    }
+
+    #[test]
+    fn a_failing_operator_stops_an_idle_source() {
+        // The source stays open (idle) for 60 s after its events; the operator fails on 13.
+        let started = Instant::now();
+        let error = run_to_error(Faulty {
+            good: (0..20).collect(),
+            fail: false,
+            idle_for: Duration::from_secs(60),
+            started: None,
+        });
+        assert!(error.contains("operator `keyed` failed"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 }
