@@ -263,23 +263,26 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
     pub fn write_back(&mut self) -> Result<(), StateError> {
         let cf = self.store.column_family(&self.table)?;
         let mut batch = WriteBatch::default();
-        for (key, slot) in self.cache.drain() {
+        // Borrow while building the batch: on any error the cache is still the truth.
+        for (key, slot) in &self.cache {
             match slot {
                 Slot::Live {
                     value, dirty: true, ..
                 } => {
-                    let bytes = bincode::serialize(&value)
+                    let bytes = bincode::serialize(value)
                         .map_err(|e| rocks_error(&self.table, "cannot encode value", e))?;
-                    batch.put_cf(&cf, encode_key(&self.table, &key)?, bytes);
+                    batch.put_cf(&cf, encode_key(&self.table, key)?, bytes);
                 }
                 Slot::Live { dirty: false, .. } => {}
-                Slot::Deleted => batch.delete_cf(&cf, encode_key(&self.table, &key)?),
+                Slot::Deleted => batch.delete_cf(&cf, encode_key(&self.table, key)?),
             }
         }
         self.store
             .db
             .write_opt(batch, &self.write_options)
-            .map_err(|e| rocks_error(&self.table, "write failed (is the disk full?)", e))
+            .map_err(|e| rocks_error(&self.table, "write failed (is the disk full?)", e))?;
+        self.cache.clear();
+        Ok(())
     }
 }
 
