@@ -369,7 +369,7 @@ impl<T: Data> Stream<T> {
         self.stateless(
             "timestamps",
             true,
-            StatelessNode::new(move |down| {
+            StatelessNode::assigning_time(move |down| {
                 Box::new(TimestampPush::new(ts.clone(), watermarks, down))
             }),
         )

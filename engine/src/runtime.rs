@@ -357,12 +357,25 @@ type Wrap<T, U> = dyn Fn(Box<dyn Push<U>>) -> Box<dyn Push<T>>;
 
 pub(crate) struct StatelessNode<T, U> {
     wrap: Box<Wrap<T, U>>,
+    /// This node assigns event times: its output watermark is the job's progress.
+    assigns_time: bool,
 }
 
 impl<T, U> StatelessNode<T, U> {
     pub(crate) fn new(wrap: impl Fn(Box<dyn Push<U>>) -> Box<dyn Push<T>> + 'static) -> Self {
         StatelessNode {
             wrap: Box::new(wrap),
+            assigns_time: false,
+        }
+    }
+
+    /// A node that assigns event times (see [`StatelessNode::assigns_time`]).
+    pub(crate) fn assigning_time(
+        wrap: impl Fn(Box<dyn Push<U>>) -> Box<dyn Push<T>> + 'static,
+    ) -> Self {
+        StatelessNode {
+            assigns_time: true,
+            ..StatelessNode::new(wrap)
         }
     }
 }
@@ -371,7 +384,7 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
     fn input(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<Box<dyn Any>> {
         let down = b.downstream::<U>(me, instance)?;
         let metrics = b.metrics.stateless_operator(&b.name(me), instance);
-        if b.graph.nodes[me].name.starts_with("timestamps") {
+        if self.assigns_time {
             b.progress.watermarks.push(metrics.watermark.clone());
         }
         let metered: Box<dyn Push<U>> = Box::new(Metered { down, metrics });
