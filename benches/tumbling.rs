@@ -14,7 +14,7 @@ const EVENTS: u64 = 1_000_000;
 fn run_window_agg(args: &[&str]) {
     let opts = JobOptions::from_args(args).expect("benchmark options parse");
     let job = window_agg::build(&opts).expect("job builds");
-    let run = opts.run_options();
+    let run = opts.run_options("window-agg").expect("run options");
     let summary = job.run(&run).expect("job runs");
     opts.remove_temporary_state(&run);
     assert_eq!(summary.events_read, EVENTS);

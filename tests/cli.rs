@@ -186,8 +186,8 @@ fn state_dir_keeps_everything_but_its_own_database() -> TestResult {
         "keep me"
     );
     assert!(
-        state.join("window-agg/rocksdb/CURRENT").exists(),
-        "the database lives in its own subdirectory"
+        state.join("window-agg/rocksdb/window-0/CURRENT").exists(),
+        "each keyed instance's database lives in the job's own subdirectory"
     );
     Ok(())
 }

@@ -81,6 +81,12 @@ pub enum EngineError {
         /// The task that noticed.
         name: String,
     },
+    /// Checkpointing failed in a way the job cannot go on from (the final checkpoint).
+    #[error("checkpointing failed: {reason}")]
+    Checkpoint {
+        /// What went wrong.
+        reason: String,
+    },
     /// A worker thread panicked: a bug in weir or in user code.
     #[error("task `{name}` panicked: {message}")]
     Panicked {

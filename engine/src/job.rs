@@ -369,8 +369,13 @@ impl<T: Data> Stream<T> {
         self.stateless(
             "timestamps",
             true,
-            StatelessNode::assigning_time(move |down| {
-                Box::new(TimestampPush::new(ts.clone(), watermarks, down))
+            StatelessNode::assigning_time(move |down, participant| {
+                Ok(Box::new(TimestampPush::new(
+                    ts.clone(),
+                    watermarks,
+                    down,
+                    participant,
+                )?))
             }),
         )
     }
@@ -384,7 +389,7 @@ impl<T: Data> Stream<T> {
         self.stateless(
             "map",
             timed,
-            StatelessNode::new(move |down| Box::new(MapPush::new(f.clone(), down))),
+            StatelessNode::new(move |down, _| Ok(Box::new(MapPush::new(f.clone(), down)))),
         )
     }
 
@@ -397,7 +402,7 @@ impl<T: Data> Stream<T> {
         self.stateless(
             "filter",
             timed,
-            StatelessNode::new(move |down| Box::new(FilterPush::new(f.clone(), down))),
+            StatelessNode::new(move |down, _| Ok(Box::new(FilterPush::new(f.clone(), down)))),
         )
     }
 
@@ -411,7 +416,7 @@ impl<T: Data> Stream<T> {
         self.stateless(
             "flat_map",
             timed,
-            StatelessNode::new(move |down| Box::new(FlatMapPush::new(f.clone(), down))),
+            StatelessNode::new(move |down, _| Ok(Box::new(FlatMapPush::new(f.clone(), down)))),
         )
     }
 

@@ -7,6 +7,7 @@
 //! - [`time`]: event time, watermark strategies and duration parsing;
 //! - [`source`], [`sink`], [`operator`]: the small traits at the seams;
 //! - [`state`]: keyed state behind the [`StateBackend`] trait;
+//! - [`checkpoint`]: barrier-aligned snapshots, restore, and what sinks may commit;
 //! - [`keys`]: stable key hashing and key groups;
 //! - [`job`]: the typed, fluent job API ([`Job`], [`Stream`], [`KeyedStream`]);
 //! - [`runtime`]: turning a job graph into threads and bounded channels, and running it;
@@ -25,6 +26,7 @@
 //! P workers fed by a hash exchange over 128 key groups, except at P = 1 with a single input,
 //! where it is chained too and the whole job may run on one thread.
 
+pub mod checkpoint;
 pub mod error;
 pub mod intern;
 pub mod job;
@@ -38,6 +40,7 @@ pub mod source;
 pub mod state;
 pub mod time;
 
+pub use checkpoint::{CheckpointConfig, CheckpointId};
 pub use error::{BoxError, EngineError, Result};
 pub use job::{Job, KeyedStream, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};

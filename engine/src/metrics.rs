@@ -19,6 +19,12 @@
 //! | `weir_state_bytes` | gauge | RocksDB's estimate of live state data (RocksDB state only) |
 //! | `weir_rocksdb_compaction_pending_bytes` | gauge | bytes waiting for compaction (RocksDB state only) |
 //! | `weir_rocksdb_block_cache_hit_ratio` | gauge | share of block cache lookups that hit (RocksDB state only) |
+//! | `weir_checkpoints_completed_total` | counter | checkpoints completed (with `--checkpoint-interval` only, as the rest) |
+//! | `weir_checkpoints_failed_total` | counter | checkpoints that failed (the job went on) |
+//! | `weir_checkpoint_duration_seconds` | gauge | trigger to manifest, last completed checkpoint |
+//! | `weir_checkpoint_size_bytes` | gauge | bytes of files in the last completed checkpoint (hard links counted in full) |
+//! | `weir_checkpoint_alignment_seconds` | gauge | longest barrier alignment of any task in the last completed checkpoint |
+//! | `weir_checkpoint_age_seconds` | gauge | seconds since the last checkpoint completed |
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -54,7 +60,63 @@ pub struct JobMetrics {
     state_bytes: IntGauge,
     compaction_pending: IntGauge,
     block_cache_hit_ratio: Gauge,
-    store: Arc<std::sync::Mutex<Option<Arc<RocksStore>>>>,
+    stores: Arc<std::sync::Mutex<Vec<Arc<RocksStore>>>>,
+    checkpoints: Arc<std::sync::Mutex<Option<CheckpointMetrics>>>,
+}
+
+/// Metrics of checkpointing, registered only for jobs that checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointMetrics {
+    /// Checkpoints completed.
+    pub completed: IntCounter,
+    /// Checkpoints that failed.
+    pub failed: IntCounter,
+    /// Duration of the last completed checkpoint.
+    pub last_duration_seconds: Gauge,
+    /// Size of the last completed checkpoint.
+    pub last_size_bytes: IntGauge,
+    /// Longest alignment in the last completed checkpoint.
+    pub last_alignment_seconds: Gauge,
+    age_seconds: Gauge,
+    last_completed: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl CheckpointMetrics {
+    /// A checkpoint completed just now.
+    pub fn mark_completed(&self) {
+        if let Ok(mut at) = self.last_completed.lock() {
+            *at = Some(Instant::now());
+        }
+    }
+
+    fn refresh_age(&self) {
+        if let Some(at) = self.last_completed.lock().ok().and_then(|at| *at) {
+            self.age_seconds.set(at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, name: &str, metric: C) -> C {
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(registry, name, g)
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(registry, name, g)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c =
+        IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(registry, name, c)
 }
 
 /// Metric handles of one operator instance.
@@ -128,7 +190,8 @@ impl JobMetrics {
             state_bytes,
             compaction_pending,
             block_cache_hit_ratio,
-            store: Arc::new(std::sync::Mutex::new(None)),
+            stores: Arc::new(std::sync::Mutex::new(Vec::new())),
+            checkpoints: Arc::new(std::sync::Mutex::new(None)),
             started: Instant::now(),
             events_in: counter_vec(
                 &registry,
@@ -269,25 +332,80 @@ impl JobMetrics {
         self.started.elapsed()
     }
 
-    /// Reports the size and compaction backlog of `store` from now on.
+    /// Adds `store` to the RocksDB databases whose size and compaction backlog are reported.
     pub fn observe_store(&self, store: Arc<RocksStore>) {
-        if let Ok(mut slot) = self.store.lock() {
-            *slot = Some(store);
+        if let Ok(mut stores) = self.stores.lock() {
+            stores.push(store);
         }
+    }
+
+    /// The checkpoint metrics, registered on first use.
+    pub fn checkpoints(&self) -> CheckpointMetrics {
+        let mut slot = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.get_or_insert_with(|| {
+            let r = &self.registry;
+            CheckpointMetrics {
+                completed: counter(
+                    r,
+                    "weir_checkpoints_completed_total",
+                    "Checkpoints completed",
+                ),
+                failed: counter(
+                    r,
+                    "weir_checkpoints_failed_total",
+                    "Checkpoints that failed (the job went on)",
+                ),
+                last_duration_seconds: gauge(
+                    r,
+                    "weir_checkpoint_duration_seconds",
+                    "Duration of the last completed checkpoint",
+                ),
+                last_size_bytes: int_gauge(
+                    r,
+                    "weir_checkpoint_size_bytes",
+                    "Bytes of files in the last completed checkpoint",
+                ),
+                last_alignment_seconds: gauge(
+                    r,
+                    "weir_checkpoint_alignment_seconds",
+                    "Longest barrier alignment in the last completed checkpoint",
+                ),
+                age_seconds: gauge(
+                    r,
+                    "weir_checkpoint_age_seconds",
+                    "Seconds since the last checkpoint completed",
+                ),
+                last_completed: Arc::new(std::sync::Mutex::new(None)),
+            }
+        })
+        .clone()
     }
 
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> String {
         self.uptime.set(self.started.elapsed().as_secs_f64());
-        if let Some(store) = self.store.lock().ok().and_then(|s| s.clone()) {
-            self.state_bytes.set(store.live_data_bytes() as i64);
-            self.compaction_pending
-                .set(store.pending_compaction_bytes() as i64);
-            let (hits, misses) = store.block_cache_hits_misses();
+        let stores = self.stores.lock().map(|s| s.clone()).unwrap_or_default();
+        if !stores.is_empty() {
+            let (mut bytes, mut pending, mut hits, mut misses) = (0, 0, 0, 0);
+            for store in &stores {
+                bytes += store.live_data_bytes();
+                pending += store.pending_compaction_bytes();
+                let (h, m) = store.block_cache_hits_misses();
+                hits += h;
+                misses += m;
+            }
+            self.state_bytes.set(bytes as i64);
+            self.compaction_pending.set(pending as i64);
             if hits + misses > 0 {
                 self.block_cache_hit_ratio
                     .set(hits as f64 / (hits + misses) as f64);
             }
+        }
+        if let Some(checkpoints) = self.checkpoints.lock().ok().and_then(|c| c.clone()) {
+            checkpoints.refresh_age();
         }
         let mut buf = Vec::new();
         let encoder = prometheus::TextEncoder::new();

@@ -122,6 +122,18 @@ pub trait KeyedOperator: Send + 'static {
     fn state_entries(&self) -> usize {
         0
     }
+
+    /// A checkpoint barrier arrived: makes all state durable in the backend
+    /// ([`crate::MapState::flush`]) and returns what else the instance needs to resume (for
+    /// example its watermark). Required, so no operator can forget to flush.
+    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError>;
+
+    /// Called once, right after creation, when the job resumes from a checkpoint. The
+    /// backend already holds the restored entries of this instance's key groups;
+    /// `snapshots` are what [`KeyedOperator::snapshot`] returned in the instances that held
+    /// them (several after a change of parallelism). In-memory structures derived from
+    /// state, such as timers, are rebuilt here.
+    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError>;
 }
 
 /// Creates operator instances, one per worker, over whichever state backend the job runs

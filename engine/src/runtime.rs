@@ -16,6 +16,13 @@
 //! A receiver with several producers tracks each producer's watermark; its watermark (and
 //! the watermark stamped on each record it forwards) is the minimum over producers.
 //!
+//! # Checkpoints
+//! With [`RunOptions::checkpoints`], barriers travel with the batches (see
+//! [`crate::checkpoint`]): a task with several producers aligns them in [`drain`], keyed
+//! operator instances snapshot in [`KeyedRunner`], sinks pre-commit in [`SinkPush`], and
+//! sources inject barriers between polls. Each keyed instance has a RocksDB database of its
+//! own under `<state-dir>/<job>/rocksdb/`.
+//!
 //! # Shutdown
 //! A source that is exhausted sends the end watermark (`i64::MAX`), which fires every
 //! window, then an end marker. A task that fails drops its channels; its neighbours notice
@@ -33,17 +40,21 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use prometheus::{IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 
+use crate::checkpoint::coordinator::{Checkpointing, Participant};
+use crate::checkpoint::{CheckpointConfig, CheckpointId};
 use crate::error::{EngineError, Result};
 use crate::job::{Graph, NodeId};
 use crate::keys::{
-    key_group_of, key_groups_of_worker, worker_for_key_group, StableHash, MAX_KEY_GROUPS,
+    key_group_of, key_groups_of_worker, worker_for_key_group, KeyGroup, StableHash, MAX_KEY_GROUPS,
 };
 use crate::metrics::{JobMetrics, MetricFamily, OperatorMetrics};
 use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
 use crate::record::{Batch, Data, Keyed, Record};
 use crate::sink::Sink;
 use crate::source::{Source, SourceStatus};
-use crate::state::{MemoryBackend, RocksBackend, RocksStore, StateBackend, StateConfig};
+use crate::state::{
+    shared_block_cache, MemoryBackend, RocksBackend, RocksStore, StateBackend, StateConfig,
+};
 use crate::time::{format_timestamp, Timestamp, Watermarks, END_WATERMARK, MIN_WATERMARK};
 
 /// How a job runs.
@@ -62,6 +73,8 @@ pub struct RunOptions {
     pub idle_timeout: Option<Duration>,
     /// Where keyed operators keep their state.
     pub state: StateConfig,
+    /// Periodic checkpoints, and resuming from the newest one (needs RocksDB state).
+    pub checkpoints: Option<CheckpointConfig>,
 }
 
 impl Default for RunOptions {
@@ -73,6 +86,7 @@ impl Default for RunOptions {
             progress_interval: None,
             idle_timeout: None,
             state: StateConfig::Memory,
+            checkpoints: None,
         }
     }
 }
@@ -97,12 +111,15 @@ pub struct RunSummary {
 /// Hands batches to the next operator, in the same thread or across a channel.
 pub(crate) trait Push<T>: Send {
     fn push(&mut self, batch: Batch<T>) -> Result<()>;
+    /// A checkpoint barrier: everything pushed before it belongs to checkpoint `id`.
+    fn barrier(&mut self, id: CheckpointId) -> Result<()>;
     fn finish(&mut self) -> Result<()>;
 }
 
-/// What travels over a channel: batches, then one end marker per producer.
+/// What travels over a channel: batches and barriers, then one end marker per producer.
 enum Message<T> {
     Batch(Batch<T>),
+    Barrier(CheckpointId),
     End,
 }
 
@@ -135,7 +152,9 @@ pub(crate) struct Build<'g> {
     next_producer: FxHashMap<NodeId, usize>,
     tasks: Vec<Task>,
     progress: Progress,
-    store: Option<Arc<RocksStore>>,
+    /// Directory of the keyed instances' RocksDB databases and their shared block cache.
+    rocksdb: Option<(std::path::PathBuf, rocksdb::Cache)>,
+    checkpointing: Option<Arc<Checkpointing>>,
     /// Set by the first task that fails; sources stop when they see it.
     cancelled: Arc<AtomicBool>,
 }
@@ -207,6 +226,11 @@ impl Build<'_> {
         }
     }
 
+    /// Registers a checkpoint participant called `key`, if the job checkpoints.
+    fn participant(&self, key: String) -> Option<Participant> {
+        self.checkpointing.as_ref().map(|c| c.register(key))
+    }
+
     fn next_producer(&mut self, me: NodeId) -> usize {
         let n = self.next_producer.entry(me).or_insert(0);
         *n += 1;
@@ -227,13 +251,21 @@ impl Build<'_> {
         let (fill, capacity) = self.metrics.channel(&self.name(me), instance);
         capacity.set(self.options.channel_capacity as i64);
         let idle_timeout = self.options.idle_timeout;
+        let checkpointing = self.checkpointing.clone();
         let task_name = name.clone();
         self.tasks.push(Task {
             name,
             run: Box::new(move || match receiver {
                 Some(rx) => {
                     let mut inputs = Inputs::new(producers, idle_timeout);
-                    drain(&task_name, &rx, &mut inputs, &fill, &mut down)
+                    drain(
+                        &task_name,
+                        &rx,
+                        &mut inputs,
+                        &fill,
+                        &mut down,
+                        checkpointing.as_deref(),
+                    )
                 }
                 None => Err(EngineError::InvalidJob {
                     job: task_name.clone(),
@@ -299,6 +331,29 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                         "source `{name}` was already used by an earlier run: build the job again"
                     ),
                 })?;
+        let source_err = |source| EngineError::Source {
+            name: name.clone(),
+            source,
+        };
+        let participant = b
+            .checkpointing
+            .as_ref()
+            .map(|c| c.register_source(format!("{name}#0")));
+        if let Some(p) = &participant {
+            if source.position().map_err(source_err)?.is_none() {
+                return Err(EngineError::InvalidJob {
+                    job: b.metrics.job().to_string(),
+                    reason: format!(
+                        "source `{name}` ({}) cannot be replayed, so the job cannot checkpoint: \
+                         run it without --checkpoint-interval",
+                        source.describe()
+                    ),
+                });
+            }
+            if let Some(position) = p.restored() {
+                source.seek(position).map_err(source_err)?;
+            }
+        }
         let mut down = b.downstream::<S::Item>(me, 0)?;
         let metrics = b.metrics.stateless_operator(&name, 0);
         b.progress.sources.push(metrics.events_out.clone());
@@ -308,19 +363,47 @@ impl<S: Source> NodeImpl for SourceNode<S> {
         b.tasks.push(Task {
             name,
             run: Box::new(move || {
+                let source_err = |source| EngineError::Source {
+                    name: task_name.clone(),
+                    source,
+                };
                 let mut items = Vec::with_capacity(batch_size);
+                let mut exhausted = false;
+                let mut last_barrier = participant
+                    .as_ref()
+                    .map_or(0, |p| p.checkpointing().restored_id());
                 loop {
                     // A source that is idle sends nothing, so it would never notice that
                     // another task failed: it asks.
                     if cancelled.load(Ordering::Relaxed) {
-                        return Err(EngineError::DownstreamGone { name: task_name });
+                        return Err(EngineError::DownstreamGone {
+                            name: task_name.clone(),
+                        });
+                    }
+                    if let Some(p) = &participant {
+                        let id = p.checkpointing().requested();
+                        if id > last_barrier {
+                            last_barrier = id;
+                            let position = match source.position() {
+                                Ok(Some(position)) => Ok(position),
+                                Ok(None) => Err("the source cannot be replayed".to_string()),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            p.ack(id, position);
+                            down.barrier(id)?;
+                            if p.checkpointing().is_final(id) {
+                                break;
+                            }
+                        }
+                    }
+                    if exhausted {
+                        // All read: only the final checkpoint is left to take part in.
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
                     }
                     let status = source
                         .poll_batch(&mut items, batch_size)
-                        .map_err(|source| EngineError::Source {
-                            name: task_name.clone(),
-                            source,
-                        })?;
+                        .map_err(source_err)?;
                     if !items.is_empty() {
                         metrics.events_out.inc_by(items.len() as u64);
                         let records = items
@@ -337,13 +420,17 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                         })?;
                     }
                     if status == SourceStatus::Exhausted {
-                        break;
+                        down.push(Batch {
+                            records: Vec::new(),
+                            watermark: END_WATERMARK,
+                        })?;
+                        exhausted = true;
+                        match &participant {
+                            Some(p) => p.checkpointing().source_exhausted(),
+                            None => break,
+                        }
                     }
                 }
-                down.push(Batch {
-                    records: Vec::new(),
-                    watermark: END_WATERMARK,
-                })?;
                 down.finish()
             }),
         });
@@ -353,7 +440,9 @@ impl<S: Source> NodeImpl for SourceNode<S> {
 
 // ---------------------------------------------------------------- stateless
 
-type Wrap<T, U> = dyn Fn(Box<dyn Push<U>>) -> Box<dyn Push<T>>;
+/// Wraps a downstream pusher into a node's pusher; a node that assigns event times gets a
+/// checkpoint participant to keep its watermark generator in checkpoints.
+type Wrap<T, U> = dyn Fn(Box<dyn Push<U>>, Option<Participant>) -> Result<Box<dyn Push<T>>>;
 
 pub(crate) struct StatelessNode<T, U> {
     wrap: Box<Wrap<T, U>>,
@@ -362,7 +451,9 @@ pub(crate) struct StatelessNode<T, U> {
 }
 
 impl<T, U> StatelessNode<T, U> {
-    pub(crate) fn new(wrap: impl Fn(Box<dyn Push<U>>) -> Box<dyn Push<T>> + 'static) -> Self {
+    pub(crate) fn new(
+        wrap: impl Fn(Box<dyn Push<U>>, Option<Participant>) -> Result<Box<dyn Push<T>>> + 'static,
+    ) -> Self {
         StatelessNode {
             wrap: Box::new(wrap),
             assigns_time: false,
@@ -371,7 +462,7 @@ impl<T, U> StatelessNode<T, U> {
 
     /// A node that assigns event times (see [`StatelessNode::assigns_time`]).
     pub(crate) fn assigning_time(
-        wrap: impl Fn(Box<dyn Push<U>>) -> Box<dyn Push<T>> + 'static,
+        wrap: impl Fn(Box<dyn Push<U>>, Option<Participant>) -> Result<Box<dyn Push<T>>> + 'static,
     ) -> Self {
         StatelessNode {
             assigns_time: true,
@@ -383,12 +474,16 @@ impl<T, U> StatelessNode<T, U> {
 impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
     fn input(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<Box<dyn Any>> {
         let down = b.downstream::<U>(me, instance)?;
-        let metrics = b.metrics.stateless_operator(&b.name(me), instance);
-        if self.assigns_time {
+        let name = b.name(me);
+        let metrics = b.metrics.stateless_operator(&name, instance);
+        let participant = if self.assigns_time {
             b.progress.watermarks.push(metrics.watermark.clone());
-        }
+            b.participant(format!("{name}#{instance}"))
+        } else {
+            None
+        };
         let metered: Box<dyn Push<U>> = Box::new(Metered { down, metrics });
-        Ok(erase((self.wrap)(metered)))
+        Ok(erase((self.wrap)(metered, participant)?))
     }
 }
 
@@ -406,6 +501,9 @@ impl<T: Data> Push<T> for Metered<T> {
         }
         self.down.push(batch)
     }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.down.barrier(id)
+    }
     fn finish(&mut self) -> Result<()> {
         self.down.finish()
     }
@@ -414,35 +512,74 @@ impl<T: Data> Push<T> for Metered<T> {
 pub(crate) struct TimestampPush<F, T> {
     ts: F,
     watermarks: Watermarks,
-    max_ts: Timestamp,
-    current: Timestamp,
+    generator: WatermarkGenerator,
+    participant: Option<Participant>,
     down: Box<dyn Push<T>>,
 }
 
+/// The state of a watermark generator, kept in checkpoints so that a restarted job decides
+/// lateness exactly as the uninterrupted one would.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct WatermarkGenerator {
+    max_ts: Timestamp,
+    current: Timestamp,
+}
+
 impl<F, T> TimestampPush<F, T> {
-    pub(crate) fn new(ts: F, watermarks: Watermarks, down: Box<dyn Push<T>>) -> Self {
-        TimestampPush {
+    pub(crate) fn new(
+        ts: F,
+        watermarks: Watermarks,
+        down: Box<dyn Push<T>>,
+        participant: Option<Participant>,
+    ) -> Result<Self> {
+        let restored = participant.as_ref().and_then(|p| p.restored());
+        let generator = match restored {
+            Some(value) => {
+                serde_json::from_value(value.clone()).map_err(|e| EngineError::InvalidJob {
+                    job: "<restore>".into(),
+                    reason: format!(
+                        "the checkpoint's watermark state {value} cannot be read ({e}): \
+                         was it written by another job?"
+                    ),
+                })?
+            }
+            None => WatermarkGenerator {
+                max_ts: MIN_WATERMARK,
+                current: MIN_WATERMARK,
+            },
+        };
+        Ok(TimestampPush {
             ts,
             watermarks,
-            max_ts: MIN_WATERMARK,
-            current: MIN_WATERMARK,
+            generator,
+            participant,
             down,
-        }
+        })
     }
 }
 
 impl<F: Fn(&T) -> i64 + Send, T: Data> Push<T> for TimestampPush<F, T> {
     fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
+        let g = &mut self.generator;
         for r in &mut batch.records {
             r.ts = (self.ts)(&r.value);
-            r.watermark = self.current;
-            if r.ts > self.max_ts {
-                self.max_ts = r.ts;
-                self.current = self.current.max(self.watermarks.watermark_for(r.ts));
+            r.watermark = g.current;
+            if r.ts > g.max_ts {
+                g.max_ts = r.ts;
+                g.current = g.current.max(self.watermarks.watermark_for(r.ts));
             }
         }
-        batch.watermark = batch.watermark.max(self.current);
+        batch.watermark = batch.watermark.max(g.current);
         self.down.push(batch)
+    }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        if let Some(p) = &self.participant {
+            p.ack(
+                id,
+                serde_json::to_value(self.generator).map_err(|e| e.to_string()),
+            );
+        }
+        self.down.barrier(id)
     }
     fn finish(&mut self) -> Result<()> {
         self.down.finish()
@@ -476,6 +613,9 @@ impl<T: Data, U: Data, F: Fn(T) -> U + Send> Push<T> for MapPush<F, U> {
             watermark: batch.watermark,
         })
     }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.down.barrier(id)
+    }
     fn finish(&mut self) -> Result<()> {
         self.down.finish()
     }
@@ -496,6 +636,9 @@ impl<T: Data, F: Fn(&T) -> bool + Send> Push<T> for FilterPush<F, T> {
     fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
         batch.records.retain(|r| (self.f)(&r.value));
         self.down.push(batch)
+    }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.down.barrier(id)
     }
     fn finish(&mut self) -> Result<()> {
         self.down.finish()
@@ -531,6 +674,9 @@ impl<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Send> Push<T>
             watermark: batch.watermark,
         })
     }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.down.barrier(id)
+    }
     fn finish(&mut self) -> Result<()> {
         self.down.finish()
     }
@@ -547,6 +693,12 @@ impl<T: Data> Push<T> for Fanout<T> {
                 p.push(batch.clone())?;
             }
             last.push(batch)?;
+        }
+        Ok(())
+    }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        for p in &mut self.pushes {
+            p.barrier(id)?;
         }
         Ok(())
     }
@@ -571,6 +723,13 @@ impl<T: Data> Push<T> for ForwardPush<T> {
     fn push(&mut self, batch: Batch<T>) -> Result<()> {
         self.sender
             .send((self.producer, Message::Batch(batch)))
+            .map_err(|_| EngineError::DownstreamGone {
+                name: self.name.clone(),
+            })
+    }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.sender
+            .send((self.producer, Message::Barrier(id)))
             .map_err(|_| EngineError::DownstreamGone {
                 name: self.name.clone(),
             })
@@ -630,9 +789,19 @@ impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for Exchange
         }
         Ok(())
     }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        // Buffers are empty between pushes, so the barrier follows everything routed so far.
+        self.broadcast(|| Message::Barrier(id))
+    }
     fn finish(&mut self) -> Result<()> {
+        self.broadcast(|| Message::End)
+    }
+}
+
+impl<K, T, KF> ExchangePush<K, T, KF> {
+    fn broadcast(&self, message: impl Fn() -> Message<Keyed<K, T>>) -> Result<()> {
         for s in &self.senders {
-            s.send((self.producer, Message::End))
+            s.send((self.producer, message()))
                 .map_err(|_| EngineError::DownstreamGone {
                     name: self.name.clone(),
                 })?;
@@ -724,35 +893,100 @@ impl Inputs {
     }
 }
 
-/// Receives from a channel until every producer ended, merging their watermarks.
+/// Barrier alignment of one receiving task (see [`crate::checkpoint`]): once a producer's
+/// barrier arrived, that producer's later messages are held until every producer that has
+/// not ended delivered the same barrier.
+struct Alignment<T> {
+    /// Producers whose barrier for the checkpoint being aligned arrived.
+    arrived: Vec<bool>,
+    ended: Vec<bool>,
+    aligning: Option<(CheckpointId, Instant)>,
+    held: std::collections::VecDeque<Envelope<T>>,
+    /// Held messages released by a completed alignment, delivered before new ones.
+    released: std::collections::VecDeque<Envelope<T>>,
+}
+
+impl<T> Alignment<T> {
+    fn new(producers: usize) -> Self {
+        Alignment {
+            arrived: vec![false; producers],
+            ended: vec![false; producers],
+            aligning: None,
+            held: Default::default(),
+            released: Default::default(),
+        }
+    }
+
+    /// The barrier id and alignment time, if the barrier has now arrived from every producer.
+    fn complete(&mut self) -> Option<(CheckpointId, Duration)> {
+        let (id, started) = self.aligning?;
+        let all = (0..self.arrived.len()).all(|p| self.arrived[p] || self.ended[p]);
+        if !all {
+            return None;
+        }
+        self.aligning = None;
+        self.arrived.iter_mut().for_each(|a| *a = false);
+        // Held messages come after anything their producers sent before, and only blocked
+        // producers have held messages, so putting them first keeps every producer's order.
+        let mut released = std::mem::take(&mut self.held);
+        released.append(&mut self.released);
+        self.released = released;
+        Some((id, started.elapsed()))
+    }
+}
+
+/// Receives from a channel until every producer ended, merging their watermarks and
+/// aligning checkpoint barriers.
 fn drain<T: Data>(
     name: &str,
     rx: &Receiver<Envelope<T>>,
     inputs: &mut Inputs,
     fill: &IntGauge,
     down: &mut dyn Push<T>,
+    checkpointing: Option<&Checkpointing>,
 ) -> Result<()> {
     let gone = || EngineError::UpstreamGone {
         name: name.to_string(),
     };
     let producers = inputs.watermarks.len();
+    let mut alignment = Alignment::new(producers);
     while inputs.ended < producers {
-        let received = match inputs.idle_timeout {
-            None => Some(rx.recv().map_err(|_| gone())?),
-            Some(timeout) => match rx.recv_timeout(timeout.min(Duration::from_millis(50))) {
-                Ok(envelope) => Some(envelope),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(gone()),
-            },
+        let received = if let Some(envelope) = alignment.released.pop_front() {
+            Some(envelope)
+        } else {
+            match inputs.idle_timeout {
+                None => Some(rx.recv().map_err(|_| gone())?),
+                Some(timeout) => match rx.recv_timeout(timeout.min(Duration::from_millis(50))) {
+                    Ok(envelope) => Some(envelope),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(gone()),
+                },
+            }
         };
         fill.set(rx.len() as i64);
         match received {
+            Some((producer, message)) if alignment.arrived[producer] => {
+                alignment.held.push_back((producer, message));
+            }
             Some((producer, Message::Batch(mut batch))) => {
                 inputs.on_batch(producer, &mut batch);
                 down.push(batch)?;
             }
-            Some((producer, Message::End)) => inputs.on_end(producer),
+            Some((producer, Message::Barrier(id))) => {
+                alignment.arrived[producer] = true;
+                alignment.aligning.get_or_insert((id, Instant::now()));
+            }
+            Some((producer, Message::End)) => {
+                inputs.on_end(producer);
+                alignment.ended[producer] = true;
+            }
             None => {}
+        }
+        if let Some((id, took)) = alignment.complete() {
+            if let Some(c) = checkpointing {
+                c.aligned(took);
+            }
+            down.barrier(id)?;
         }
         if let Some(watermark) = inputs.check_idle() {
             down.push(Batch {
@@ -791,16 +1025,36 @@ where
 {
     /// Creates instance `instance` over the job's state backend, wired to its downstream.
     fn runner(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<KeyedInput<F>> {
-        match (&b.options.state, b.store.clone()) {
-            (StateConfig::RocksDb { cache_entries, .. }, Some(store)) => {
-                let backend = RocksBackend::new(store, &b.name(me), *cache_entries);
-                Ok(Box::new(self.runner_over(b, me, instance, backend)?))
+        let name = b.name(me);
+        let invalid = |reason: String| EngineError::InvalidJob {
+            job: b.metrics.job().to_string(),
+            reason,
+        };
+        match (&b.options.state, b.rocksdb.clone()) {
+            (StateConfig::RocksDb { cache_entries, .. }, Some((root, cache))) => {
+                let store_name = store_name(&name, instance);
+                let store = RocksStore::open_fresh(&root.join(&store_name), &cache)
+                    .map_err(|e| invalid(e.to_string()))?;
+                b.metrics.observe_store(store.clone());
+                let backend = RocksBackend::new(store.clone(), &name, *cache_entries);
+                let keyed_store = KeyedStore {
+                    store,
+                    name: store_name,
+                };
+                Ok(Box::new(self.runner_over(
+                    b,
+                    me,
+                    instance,
+                    backend,
+                    Some(keyed_store),
+                )?))
             }
             _ => Ok(Box::new(self.runner_over(
                 b,
                 me,
                 instance,
                 MemoryBackend::new(),
+                None,
             )?)),
         }
     }
@@ -811,24 +1065,35 @@ where
         me: NodeId,
         instance: usize,
         state: S,
+        store: Option<KeyedStore>,
     ) -> Result<KeyedRunner<F::Operator<S>>> {
         let name = b.name(me);
         let parallelism = b.options.parallelism;
         let metrics = b.metrics.operator(&name, instance);
+        let key_groups = key_groups_of_worker(instance, parallelism);
         let ctx = OperatorContext {
             name: name.clone(),
             instance,
             parallelism,
-            key_groups: key_groups_of_worker(instance, parallelism),
+            key_groups: key_groups.clone(),
             metrics: metrics.clone(),
         };
-        let operator =
-            self.factory
-                .create(&ctx, state)
-                .map_err(|source| EngineError::Operator {
-                    name: name.clone(),
-                    source,
-                })?;
+        let op_err = |source| EngineError::Operator {
+            name: name.clone(),
+            source,
+        };
+        // Restored state goes into the database before the operator opens its tables.
+        let restored = match (&b.checkpointing, &store) {
+            (Some(c), Some(store)) => {
+                import_keyed_state(c, &name, &key_groups, &store.store).map_err(op_err)?
+            }
+            _ => None,
+        };
+        let mut operator = self.factory.create(&ctx, state).map_err(op_err)?;
+        if let Some(snapshots) = restored {
+            operator.restore(&snapshots).map_err(op_err)?;
+        }
+        let participant = b.participant(format!("{name}#{instance}"));
         let down = b.downstream::<F::Out>(me, instance)?;
         Ok(KeyedRunner {
             name,
@@ -836,8 +1101,87 @@ where
             out: Output::default(),
             down,
             metrics,
+            checkpoint: participant.map(|participant| KeyedCheckpoint {
+                participant,
+                key_groups,
+                store,
+            }),
         })
     }
+}
+
+/// The database directory of a keyed instance: its node name made file-safe, and instance.
+fn store_name(node: &str, instance: usize) -> String {
+    let safe: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}-{instance}")
+}
+
+/// What a keyed instance leaves in a checkpoint.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct KeyedSnapshot {
+    /// The key groups its database holds, `[start, end)`.
+    key_groups: (KeyGroup, KeyGroup),
+    /// Its RocksDB checkpoint, relative to the checkpoint directory.
+    store: String,
+    /// What the operator returned from `snapshot`.
+    operator: serde_json::Value,
+}
+
+/// Imports the key groups `groups` of operator `name` from the checkpoint being restored
+/// (from every old instance that held some of them); returns those instances' operator
+/// snapshots, or `None` on a fresh start.
+fn import_keyed_state(
+    checkpointing: &Checkpointing,
+    name: &str,
+    groups: &std::ops::Range<KeyGroup>,
+    store: &RocksStore,
+) -> std::result::Result<Option<Vec<serde_json::Value>>, crate::BoxError> {
+    let Some(manifest) = checkpointing.restored() else {
+        return Ok(None);
+    };
+    let prefix = format!("{name}#");
+    let mut snapshots = Vec::new();
+    for (key, value) in manifest.participants.range(prefix.clone()..) {
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let old: KeyedSnapshot = serde_json::from_value(value.clone()).map_err(|e| {
+            format!(
+                "checkpoint {}: the entry of {key} cannot be read: {e}",
+                manifest.id
+            )
+        })?;
+        let overlap = old.key_groups.0.max(groups.start)..old.key_groups.1.min(groups.end);
+        if overlap.is_empty() {
+            continue;
+        }
+        store.import_key_groups(&checkpointing.dir(manifest.id).join(&old.store), overlap)?;
+        snapshots.push(old.operator);
+    }
+    Ok(Some(snapshots))
+}
+
+/// The RocksDB database of one keyed instance.
+struct KeyedStore {
+    store: Arc<RocksStore>,
+    /// Its directory name, also used inside checkpoints.
+    name: String,
+}
+
+/// How a keyed instance takes part in checkpoints.
+struct KeyedCheckpoint {
+    participant: Participant,
+    key_groups: std::ops::Range<KeyGroup>,
+    store: Option<KeyedStore>,
 }
 
 impl<F, KF> NodeImpl for KeyedNode<F, KF>
@@ -891,6 +1235,28 @@ struct KeyedRunner<O: KeyedOperator> {
     out: Output<O::Out>,
     down: Box<dyn Push<O::Out>>,
     metrics: OperatorMetrics,
+    checkpoint: Option<KeyedCheckpoint>,
+}
+
+impl<O: KeyedOperator> KeyedRunner<O> {
+    /// Flushes the operator's state and checkpoints its database into checkpoint `id`.
+    fn snapshot(&mut self, id: CheckpointId) -> std::result::Result<serde_json::Value, String> {
+        let Some(c) = &self.checkpoint else {
+            return Err("internal: not a checkpoint participant".into());
+        };
+        let Some(store) = &c.store else {
+            return Err("checkpoints need RocksDB state (--state rocksdb)".into());
+        };
+        let operator = self.operator.snapshot().map_err(|e| e.to_string())?;
+        let dir = c.participant.checkpointing().dir(id).join(&store.name);
+        store.store.checkpoint_to(&dir).map_err(|e| e.to_string())?;
+        serde_json::to_value(KeyedSnapshot {
+            key_groups: (c.key_groups.start, c.key_groups.end),
+            store: store.name.clone(),
+            operator,
+        })
+        .map_err(|e| e.to_string())
+    }
 }
 
 impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
@@ -919,6 +1285,15 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
             records,
             watermark: self.out.watermark(),
         })
+    }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        // A failed snapshot fails only this checkpoint: the state is still intact in memory
+        // and the next checkpoint tries again.
+        let snapshot = self.snapshot(id);
+        if let Some(c) = &self.checkpoint {
+            c.participant.ack(id, snapshot);
+        }
+        self.down.barrier(id)
     }
     fn finish(&mut self) -> Result<()> {
         self.down.finish()
@@ -959,6 +1334,9 @@ where
             watermark: batch.watermark,
         })
     }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.runner.barrier(id)
+    }
     fn finish(&mut self) -> Result<()> {
         self.runner.finish()
     }
@@ -994,6 +1372,9 @@ impl<T: Data> Push<T> for BoxedPush<T> {
     fn push(&mut self, batch: Batch<T>) -> Result<()> {
         self.0.push(batch)
     }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.0.barrier(id)
+    }
     fn finish(&mut self) -> Result<()> {
         self.0.finish()
     }
@@ -1026,10 +1407,28 @@ impl<T: Data> SinkNode<T> {
             })?;
         let metrics = b.metrics.stateless_operator(&name, 0);
         b.progress.sinks.push(metrics.events_in.clone());
+        let participant = b.participant(format!("{name}#0"));
+        let mut sink = sink;
+        if let Some(p) = &participant {
+            let restored = p
+                .restored()
+                .map(|value| (p.checkpointing().restored_id(), value));
+            sink.begin_transactions(restored)
+                .map_err(|source| EngineError::Sink {
+                    name: name.clone(),
+                    source,
+                })?;
+        }
         Ok(SinkPush {
             name,
             sink,
             metrics,
+            transactions: participant.map(|participant| SinkTransactions {
+                committed: participant.checkpointing().restored_id(),
+                last_barrier: 0,
+                participant,
+                cancelled: b.cancelled.clone(),
+            }),
         })
     }
 }
@@ -1056,10 +1455,47 @@ struct SinkPush<T> {
     name: String,
     sink: Box<dyn Sink<T>>,
     metrics: OperatorMetrics,
+    transactions: Option<SinkTransactions>,
+}
+
+/// A sink's part in checkpoints: what it pre-committed and committed.
+struct SinkTransactions {
+    participant: Participant,
+    committed: CheckpointId,
+    last_barrier: CheckpointId,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl<T: Data> SinkPush<T> {
+    fn sink_error(&self, source: crate::BoxError) -> EngineError {
+        EngineError::Sink {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Commits up to the newest completed checkpoint, if that moved since the last commit.
+    fn commit_completed(&mut self) -> Result<()> {
+        let Some(t) = &mut self.transactions else {
+            return Ok(());
+        };
+        let completed = t.participant.checkpointing().completed();
+        if completed > t.committed {
+            t.committed = completed;
+            self.sink
+                .commit(completed)
+                .map_err(|source| EngineError::Sink {
+                    name: self.name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
 }
 
 impl<T: Data> Push<T> for SinkPush<T> {
     fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        self.commit_completed()?;
         if !batch.records.is_empty() {
             self.metrics.events_in.inc_by(batch.records.len() as u64);
             self.sink
@@ -1074,11 +1510,35 @@ impl<T: Data> Push<T> for SinkPush<T> {
         }
         Ok(())
     }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.commit_completed()?;
+        if let Some(t) = &mut self.transactions {
+            t.last_barrier = id;
+            let result = self.sink.pre_commit(id).map_err(|e| e.to_string());
+            t.participant.ack(id, result);
+        }
+        Ok(())
+    }
     fn finish(&mut self) -> Result<()> {
-        self.sink.finish().map_err(|source| EngineError::Sink {
-            name: self.name.clone(),
-            source,
-        })
+        if let Some(t) = &self.transactions {
+            // The last barrier was the final checkpoint's: its output becomes visible only
+            // once the checkpoint is complete.
+            if let Err(reason) = t
+                .participant
+                .checkpointing()
+                .wait_completed(t.last_barrier, &t.cancelled)
+            {
+                return Err(self.sink_error(
+                    format!(
+                        "the final checkpoint did not complete ({reason}); its output stays \
+                         uncommitted and is derived again when the job restarts"
+                    )
+                    .into(),
+                ));
+            }
+            self.commit_completed()?;
+        }
+        self.sink.finish().map_err(|source| self.sink_error(source))
     }
 }
 
@@ -1100,6 +1560,53 @@ pub(crate) fn run(
             ),
         });
     }
+    let invalid = |reason: String| EngineError::InvalidJob {
+        job: job.to_string(),
+        reason,
+    };
+    let rocksdb = match &options.state {
+        StateConfig::Memory => None,
+        StateConfig::RocksDb { dir, .. } => {
+            // Only weir's own subdirectory is replaced, never what else is in `dir`.
+            let root = dir.join(job).join("rocksdb");
+            if root.exists() {
+                std::fs::remove_dir_all(&root).map_err(|e| {
+                    invalid(format!(
+                        "cannot clear the state directory {}: {e} (check --state-dir)",
+                        root.display()
+                    ))
+                })?;
+            }
+            Some((root, shared_block_cache()))
+        }
+    };
+    let checkpointing = match &options.checkpoints {
+        None => None,
+        Some(_) if rocksdb.is_none() => {
+            return Err(invalid(
+                "checkpoints need RocksDB state: use --state rocksdb with --state-dir".into(),
+            ))
+        }
+        Some(config) => {
+            let c = Checkpointing::new(
+                config.clone(),
+                job,
+                options.parallelism,
+                metrics.checkpoints(),
+            )
+            .map_err(|e| invalid(format!("{e} (check --state-dir)")))?;
+            if let Some(m) = c.restored() {
+                eprintln!(
+                    "weir: resuming job `{job}` from checkpoint {} in {} (taken at parallelism {}, now {})",
+                    m.id,
+                    config.dir.display(),
+                    m.parallelism,
+                    options.parallelism
+                );
+            }
+            Some(c)
+        }
+    };
     let cancelled = Arc::new(AtomicBool::new(false));
     let mut build = Build {
         cancelled: cancelled.clone(),
@@ -1110,20 +1617,8 @@ pub(crate) fn run(
         next_producer: FxHashMap::default(),
         tasks: Vec::new(),
         progress: Progress::default(),
-        store: match &options.state {
-            StateConfig::Memory => None,
-            StateConfig::RocksDb { dir, .. } => {
-                // Only weir's own subdirectory is replaced, never what else is in `dir`.
-                let db_dir = dir.join(job).join("rocksdb");
-                let store =
-                    RocksStore::open_fresh(&db_dir).map_err(|e| EngineError::InvalidJob {
-                        job: job.to_string(),
-                        reason: e.to_string(),
-                    })?;
-                metrics.observe_store(store.clone());
-                Some(store)
-            }
-        },
+        rocksdb,
+        checkpointing: checkpointing.clone(),
     };
     for id in 0..graph.nodes.len() {
         let imp = graph.nodes[id].imp.clone();
@@ -1139,6 +1634,17 @@ pub(crate) fn run(
         ..
     } = build;
     drop(channels);
+    let mut tasks = tasks;
+    if let Some(c) = checkpointing {
+        let cancel = cancelled.clone();
+        tasks.push(Task {
+            name: "checkpoint-coordinator".into(),
+            run: Box::new(move || {
+                c.coordinate(&cancel)
+                    .map_err(|reason| EngineError::Checkpoint { reason })
+            }),
+        });
+    }
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(progress);
@@ -1442,6 +1948,12 @@ mod failure_tests {
                 }
                 out.emit(r.ts, r.value.value);
             }
+            Ok(())
+        }
+        fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
+            Ok(serde_json::Value::Null)
+        }
+        fn restore(&mut self, _: &[serde_json::Value]) -> Result<(), BoxError> {
             Ok(())
         }
     }

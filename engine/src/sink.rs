@@ -2,7 +2,17 @@
 //!
 //! A sink instance is driven by one task. It receives records in batches and is finished
 //! exactly once, after the last batch, when it must make everything durable (flush).
+//!
+//! # Transactions (jobs with checkpoints)
+//! A sink that can hold output back until a checkpoint covers it gives exactly-once results
+//! (two-phase commit, as Flink's `TwoPhaseCommitSinkFunction`): at a barrier it makes its
+//! output durable but invisible ([`Sink::pre_commit`]); when the checkpoint completed it
+//! makes it visible ([`Sink::commit`]); on a restart it commits what the restored
+//! checkpoint covered and discards the rest ([`Sink::begin_transactions`]). Sinks that
+//! keep the defaults write at once and repeat rows replayed after a restart
+//! (at-least-once).
 
+use crate::checkpoint::CheckpointId;
 use crate::error::BoxError;
 use crate::record::Record;
 
@@ -16,4 +26,29 @@ pub trait Sink<T>: Send + 'static {
 
     /// A one-line description for `weir describe` (e.g. the path or URI).
     fn describe(&self) -> String;
+
+    /// Jobs with checkpoints call this once, before the first write. `restored` is the
+    /// checkpoint the job resumes from and what [`Sink::pre_commit`] returned for it
+    /// (`None` on a fresh start).
+    fn begin_transactions(
+        &mut self,
+        restored: Option<(CheckpointId, &serde_json::Value)>,
+    ) -> Result<(), BoxError> {
+        let _ = restored;
+        Ok(())
+    }
+
+    /// A barrier of checkpoint `checkpoint` arrived: makes everything written so far
+    /// durable, to be made visible once the checkpoint completes. Returns what a restart
+    /// needs to commit it.
+    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
+        let _ = checkpoint;
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Checkpoint `checkpoint` completed: makes everything pre-committed up to it visible.
+    fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), BoxError> {
+        let _ = checkpoint;
+        Ok(())
+    }
 }

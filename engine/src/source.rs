@@ -4,6 +4,10 @@
 //! says whether more may come. Sources never block for long: a source that is waiting for
 //! data (a followed file, a socket) returns [`SourceStatus::Idle`] after a short wait, so
 //! the task can flush what it has and stay responsive.
+//!
+//! A *replayable* source (a file, a Kafka topic) can say where it stands and continue from
+//! there later ([`Source::position`], [`Source::seek`]); only jobs whose sources are all
+//! replayable can checkpoint.
 
 use crate::error::BoxError;
 use crate::record::Data;
@@ -33,4 +37,21 @@ pub trait Source: Send + 'static {
 
     /// A one-line description for `weir describe` (e.g. the path or URI).
     fn describe(&self) -> String;
+
+    /// Where this source stands after the items it returned so far, for a checkpoint.
+    /// `None` (the default) means it cannot be replayed, and a job reading it cannot
+    /// checkpoint. Called between polls only.
+    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+        Ok(None)
+    }
+
+    /// Continues from `position` (returned by [`Source::position`] in an earlier run)
+    /// instead of from the start. Called once, before the first poll.
+    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+        Err(format!(
+            "{} cannot be replayed, so it cannot resume from position {position}",
+            self.describe()
+        )
+        .into())
+    }
 }

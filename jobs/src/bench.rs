@@ -65,7 +65,7 @@ pub fn run(spec: &JobSpec, opts: &JobOptions) -> anyhow::Result<BenchResult> {
         opts.output = Some("null:".into());
     }
     let job = (spec.build)(&opts)?;
-    let mut run_options = opts.run_options();
+    let mut run_options = opts.run_options(&spec.name)?;
     run_options.progress_interval = Some(Duration::from_secs(1));
     let cpu_before = process_cpu_seconds();
     let started = Instant::now();

@@ -192,7 +192,7 @@ fn run(
         eprintln!("weir: metrics at http://{}/metrics", server.addr());
         Some(server)
     };
-    let mut run_options = options.run_options();
+    let mut run_options = options.run_options(name)?;
     if !serve.quiet {
         run_options.progress_interval = Some(Duration::from_secs(1));
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use weir_connectors::Format;
-use weir_engine::{parse_duration, RunOptions, StateConfig};
+use weir_engine::{parse_duration, CheckpointConfig, RunOptions, StateConfig};
 use weir_operators::{Session, Sliding, Tumbling, WindowSpec};
 
 /// Options of `weir run`, `weir describe` and `weir bench`.
@@ -52,10 +52,18 @@ pub struct JobOptions {
     /// Where keyed state lives: `rocksdb` (state larger than memory) or `memory`.
     #[arg(long, default_value = "rocksdb", value_parser = ["rocksdb", "memory"])]
     pub state: String,
-    /// State directory; the database is DIR/<job>/rocksdb, replaced at start. Default: a
-    /// temporary directory removed when the job ends.
+    /// State directory: databases in DIR/<job>/rocksdb (replaced at start), checkpoints in
+    /// DIR/<job>/checkpoints. Default: a temporary directory removed when the job ends.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Take a checkpoint this often (e.g. `10s`) and resume from the newest one when the job
+    /// is started again with the same --state-dir. `--output` is then a directory of part
+    /// files committed with each checkpoint (exactly-once). Default: no checkpoints.
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub checkpoint_interval: Option<Duration>,
+    /// Complete checkpoints to keep.
+    #[arg(long, default_value_t = 3)]
+    pub checkpoints_retained: usize,
     /// Entries per state table kept decoded in memory in front of RocksDB.
     #[arg(long, default_value_t = 65_536)]
     pub state_cache_entries: usize,
@@ -128,8 +136,8 @@ impl JobOptions {
             .map(|(_, v)| v.as_str())
     }
 
-    /// How the engine should run the job.
-    pub fn run_options(&self) -> RunOptions {
+    /// How the engine should run the job called `job`.
+    pub fn run_options(&self, job: &str) -> anyhow::Result<RunOptions> {
         let state = match self.state.as_str() {
             "memory" => StateConfig::Memory,
             _ => StateConfig::RocksDb {
@@ -137,13 +145,26 @@ impl JobOptions {
                 cache_entries: self.state_cache_entries,
             },
         };
-        RunOptions {
+        let checkpoints = match (self.checkpoint_interval, &self.state_dir) {
+            (None, _) => None,
+            (Some(_), None) => bail!(
+                "--checkpoint-interval needs --state-dir DIR: checkpoints must outlive the \
+                 process to be resumed from"
+            ),
+            (Some(interval), Some(dir)) => Some(CheckpointConfig {
+                dir: dir.join(job).join("checkpoints"),
+                interval,
+                retained: self.checkpoints_retained.max(1),
+            }),
+        };
+        Ok(RunOptions {
             parallelism: self.parallelism,
             batch_size: self.batch_size,
             idle_timeout: self.idle_timeout,
             state,
+            checkpoints,
             ..RunOptions::default()
-        }
+        })
     }
 
     /// Removes the state directory of `run` if it was a default temporary one.

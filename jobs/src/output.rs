@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use weir_connectors::{FileSink, StdoutSink};
-use weir_engine::{BoxError, Record, Sink};
+use weir_engine::{BoxError, CheckpointId, Record, Sink};
 
 /// A sink picked at run time from an `--output` value.
 #[derive(Debug)]
@@ -51,6 +51,31 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
             OutputSink::File(s) => s.describe(),
             OutputSink::Stdout(s) => s.describe(),
             OutputSink::Discard => "discard".into(),
+        }
+    }
+
+    // Only files are transactional; stdout repeats rows replayed after a restart.
+    fn begin_transactions(
+        &mut self,
+        restored: Option<(CheckpointId, &serde_json::Value)>,
+    ) -> Result<(), BoxError> {
+        match self {
+            OutputSink::File(s) => s.begin_transactions(restored),
+            _ => Ok(()),
+        }
+    }
+
+    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
+        match self {
+            OutputSink::File(s) => s.pre_commit(checkpoint),
+            _ => Ok(serde_json::Value::Null),
+        }
+    }
+
+    fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), BoxError> {
+        match self {
+            OutputSink::File(s) => s.commit(checkpoint),
+            _ => Ok(()),
         }
     }
 }

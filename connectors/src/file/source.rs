@@ -1,8 +1,9 @@
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use weir_engine::{BoxError, Source, SourceStatus};
 
 use crate::dead_letter::{DeadLetter, DeadLetters};
@@ -13,12 +14,26 @@ use crate::format::{Decoder, Format};
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
 const READ_BUFFER: usize = 256 * 1024;
 
+/// Where a [`FileSource`] stands, as kept in checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct FilePosition {
+    /// Byte offset just after the last complete line read.
+    offset: u64,
+    /// Number of that line (1-based; 0 before the first).
+    line: u64,
+    /// Length of the dead-letter file at this point.
+    dead_letter_bytes: u64,
+}
+
 /// Reads a file line by line and decodes each line with a [`Decoder`].
 ///
 /// Lines that fail to decode (or are not UTF-8) go to the [`DeadLetters`] with their line
 /// number; blank lines are skipped. Bounded by default: the source ends at the end of the
 /// file. With [`FileSource::follow`] it keeps reading lines appended later, like `tail -f`,
 /// and a last line without a line break is only read once it is complete.
+///
+/// Replayable: its position is the byte offset after the last line it returned (and the
+/// dead-letter file's length), and [`Source::seek`] continues from such a position.
 pub struct FileSource<D> {
     path: PathBuf,
     format: Format,
@@ -83,11 +98,15 @@ impl<D: Decoder> FileSource<D> {
     }
 
     fn open(&mut self) -> Result<(), ConnectorError> {
+        self.open_reader()?;
+        self.dead_letters.open()
+    }
+
+    fn open_reader(&mut self) -> Result<(), ConnectorError> {
         let file = File::open(&self.path).map_err(|source| ConnectorError::Open {
             path: self.path.clone(),
             source,
         })?;
-        self.dead_letters.open()?;
         self.reader = Some(BufReader::with_capacity(READ_BUFFER, file));
         Ok(())
     }
@@ -185,6 +204,59 @@ impl<D: Decoder> Source for FileSource<D> {
     fn describe(&self) -> String {
         let mode = if self.follow { ", follow" } else { "" };
         format!("file {} ({:?}{mode})", self.path.display(), self.format)
+    }
+
+    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+        let position = FilePosition {
+            offset: self.offset,
+            line: self.line_number,
+            dead_letter_bytes: self.dead_letters.position(),
+        };
+        Ok(Some(serde_json::to_value(position)?))
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+        let position: FilePosition = serde_json::from_value(position.clone())
+            .map_err(|e| format!("{position} is not a file position: {e}"))?;
+        // Not `open`: that would truncate the dead-letter file, which resumes instead.
+        self.dead_letters.resume_at(position.dead_letter_bytes)?;
+        self.open_reader()?;
+        let read_err = |source| ConnectorError::Read {
+            path: self.path.clone(),
+            line: position.line,
+            source,
+        };
+        let reader = self.reader.as_mut().ok_or("the file was just opened")?;
+        let len = reader.get_ref().metadata().map_err(read_err)?.len();
+        if position.offset > len {
+            return Err(format!(
+                "{} has {len} bytes but the checkpoint read up to byte {}: the input was \
+                 replaced or truncated; restore it or start afresh with a new --state-dir",
+                self.path.display(),
+                position.offset
+            )
+            .into());
+        }
+        if self.format == Format::Csv && position.offset > 0 {
+            // The decoder learns its columns from the header row again.
+            let mut header = Vec::new();
+            reader.read_until(b'\n', &mut header).map_err(read_err)?;
+            let text = String::from_utf8_lossy(&header);
+            self.decoder
+                .header(text.trim_end_matches(['\r', '\n']))
+                .map_err(|message| ConnectorError::Header {
+                    path: self.path.clone(),
+                    message,
+                })?;
+            self.header_read = true;
+        }
+        let reader = self.reader.as_mut().ok_or("the file was just opened")?;
+        reader
+            .seek(SeekFrom::Start(position.offset))
+            .map_err(read_err)?;
+        self.offset = position.offset;
+        self.line_number = position.line;
+        Ok(())
     }
 }
 

@@ -82,6 +82,17 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for MemoryMap<K, V> {
     fn len(&self) -> usize {
         self.entries.len()
     }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn scan(&mut self, mut f: impl FnMut(K, V)) -> Result<(), StateError> {
+        for (k, v) in &self.entries {
+            f(k.clone(), v.clone());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::keys::StableHash;
 
 pub use self::memory::{MemoryBackend, MemoryMap};
-pub use self::rocksdb::{RocksBackend, RocksMap, RocksStore};
+pub use self::rocksdb::{shared_block_cache, RocksBackend, RocksMap, RocksStore};
 
 /// Where a job keeps its keyed state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,6 +106,13 @@ pub trait MapState<K, V>: Send + 'static {
 
     /// Number of entries.
     fn len(&self) -> usize;
+
+    /// Makes every change so far durable in the backend (before a checkpoint).
+    fn flush(&mut self) -> Result<(), StateError>;
+
+    /// Calls `f` with every entry, in no particular order (to rebuild timers after a
+    /// restore; not for hot paths).
+    fn scan(&mut self, f: impl FnMut(K, V)) -> Result<(), StateError>;
 
     /// True if the table has no entries.
     fn is_empty(&self) -> bool {

@@ -1,8 +1,9 @@
 //! The RocksDB state backend: state larger than memory.
 //!
 //! # Layout
-//! One database per job run ([`RocksStore`]), one column family per operator state table
-//! (`<operator>/<table>`). A key is stored as its key group (2 bytes, big endian) followed by
+//! One database per keyed operator instance ([`RocksStore`]), so each instance can take a
+//! RocksDB checkpoint (hard links) of exactly its own state when its barrier passes; one
+//! column family per state table (`<operator>/<table>`). A key is stored as its key group (2 bytes, big endian) followed by
 //! its bincode encoding, so one key group's state is one contiguous key range: it can be
 //! scanned, snapshotted, dropped or moved on its own. Values are bincode (no JSON here).
 //!
@@ -10,33 +11,43 @@
 //! Each table keeps up to `cache_entries` decoded entries in memory in front of RocksDB,
 //! written back in one `WriteBatch` when the cache is full (and then emptied). Hot keys are
 //! therefore read and changed at memory speed, while the total state is bounded only by
-//! disk. The write-ahead log is off: durability comes from checkpoints (a later step), not
-//! from logging every write.
+//! disk. The write-ahead log is off: durability comes from checkpoints, not from logging
+//! every write ([`MapState::flush`] writes the cache back before a checkpoint).
 //!
 //! # Invariants
 //! - A cached entry is the truth for its key; RocksDB holds what was last written back.
 //! - `Deleted` is only cached for keys that may exist in RocksDB (a tombstone to write back).
-//! - Workers share the database but own disjoint key groups, so they never touch the same key.
+//! - A database holds only the key groups of its instance (restores import exactly those).
 
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    statistics::Ticker, BlockBasedOptions, BoundColumnFamily, Cache, DBWithThreadMode,
-    MultiThreaded, Options, WriteBatch, WriteOptions,
+    checkpoint::Checkpoint, statistics::Ticker, BlockBasedOptions, BoundColumnFamily, Cache,
+    DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch,
+    WriteOptions,
 };
 use rustc_hash::FxHashMap;
 
 use super::{MapState, StateBackend, StateError, StateKey, StateValue};
-use crate::keys::key_group_of;
+use crate::keys::{key_group_of, KeyGroup};
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
-/// Block cache shared by the state tables of one run.
+/// Block cache shared by all state databases of one run.
 const STATE_BLOCK_CACHE_BYTES: usize = 64 << 20;
 
-/// The RocksDB database of one job run.
+/// Entries per write batch when importing state from a checkpoint.
+const IMPORT_BATCH: usize = 16_384;
+
+/// The block cache the state databases of one run share.
+pub fn shared_block_cache() -> Cache {
+    Cache::new_lru_cache(STATE_BLOCK_CACHE_BYTES)
+}
+
+/// The RocksDB database of one keyed operator instance.
 pub struct RocksStore {
     db: Db,
     path: PathBuf,
@@ -60,9 +71,9 @@ fn rocks_error(table: &str, what: &str, e: impl std::fmt::Display) -> StateError
 }
 
 impl RocksStore {
-    /// Opens a fresh database at `path`, replacing whatever was there (state is rebuilt
-    /// from the input on every run until checkpoints can restore it).
-    pub fn open_fresh(path: &Path) -> Result<Arc<Self>, StateError> {
+    /// Opens a fresh database at `path`, replacing whatever was there (a run starts from
+    /// empty state or imports it from a checkpoint), with blocks cached in `block_cache`.
+    pub fn open_fresh(path: &Path, block_cache: &Cache) -> Result<Arc<Self>, StateError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| StateError {
             table: "<database>".into(),
             message: format!("{what} {}: {e} (check --state-dir)", path.display()),
@@ -82,7 +93,7 @@ impl RocksStore {
         // bloom filters answer those without touching SST blocks.
         let mut blocks = BlockBasedOptions::default();
         blocks.set_bloom_filter(10.0, false);
-        blocks.set_block_cache(&Cache::new_lru_cache(STATE_BLOCK_CACHE_BYTES));
+        blocks.set_block_cache(block_cache);
         blocks.set_cache_index_and_filter_blocks(true);
         let mut table_options = Options::default();
         table_options.set_block_based_table_factory(&blocks);
@@ -112,6 +123,71 @@ impl RocksStore {
         self.db
             .cf_handle(name)
             .ok_or_else(|| rocks_error(name, "column family vanished", "after creation"))
+    }
+
+    /// Writes a RocksDB checkpoint of this database to `dir` (which must not exist): memtables
+    /// are flushed and SST files hard-linked, so it costs a flush, not a copy.
+    pub fn checkpoint_to(&self, dir: &Path) -> Result<(), StateError> {
+        Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(|e| {
+                rocks_error(
+                    "<database>",
+                    &format!("cannot checkpoint into {}", dir.display()),
+                    e,
+                )
+            })
+    }
+
+    /// Copies the entries of key groups `groups` from the database (a checkpoint) at `from`
+    /// into this one, table by table; returns how many entries were copied.
+    pub fn import_key_groups(
+        &self,
+        from: &Path,
+        groups: Range<KeyGroup>,
+    ) -> Result<u64, StateError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| StateError {
+            table: "<database>".into(),
+            message: format!("{what} {}: {e}", from.display()),
+        };
+        let options = Options::default();
+        let tables = Db::list_cf(&options, from).map_err(|e| fail("cannot list tables of", &e))?;
+        let source = Db::open_cf_for_read_only(&options, from, &tables, false)
+            .map_err(|e| fail("cannot open checkpoint", &e))?;
+        let (start, end) = (groups.start.to_be_bytes(), groups.end.to_be_bytes());
+        let mut copied = 0;
+        for table in tables.iter().filter(|t| t.as_str() != "default") {
+            let from_cf = source
+                .cf_handle(table)
+                .ok_or_else(|| fail(&format!("table {table} vanished from"), &"listed"))?;
+            let to_cf = self.column_family(table)?;
+            let mut read = ReadOptions::default();
+            read.set_iterate_upper_bound(end.to_vec());
+            let mut batch = WriteBatch::default();
+            for entry in source.iterator_cf_opt(
+                &from_cf,
+                read,
+                IteratorMode::From(&start, Direction::Forward),
+            ) {
+                let (key, value) =
+                    entry.map_err(|e| rocks_error(table, "import read failed", e))?;
+                batch.put_cf(&to_cf, key, value);
+                copied += 1;
+                if batch.len() >= IMPORT_BATCH {
+                    self.write_import(std::mem::take(&mut batch), table)?;
+                }
+            }
+            self.write_import(batch, table)?;
+        }
+        Ok(copied)
+    }
+
+    fn write_import(&self, batch: WriteBatch, table: &str) -> Result<(), StateError> {
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| rocks_error(table, "import write failed (is the disk full?)", e))
     }
 
     /// RocksDB's estimate of bytes waiting for compaction.
@@ -395,6 +471,33 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
     fn len(&self) -> usize {
         self.entries
     }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        self.write_back()
+    }
+
+    fn scan(&mut self, mut f: impl FnMut(K, V)) -> Result<(), StateError> {
+        self.write_back()?;
+        let cf = self.store.column_family(&self.table)?;
+        let mut entries = 0;
+        for entry in self.store.db.iterator_cf(&cf, IteratorMode::Start) {
+            let (key, value) = entry.map_err(|e| rocks_error(&self.table, "scan failed", e))?;
+            let key = key
+                .get(2..)
+                .ok_or_else(|| rocks_error(&self.table, "cannot decode key", "too short"))
+                .and_then(|k| {
+                    bincode::deserialize(k)
+                        .map_err(|e| rocks_error(&self.table, "cannot decode key", e))
+                })?;
+            let value = bincode::deserialize(&value)
+                .map_err(|e| rocks_error(&self.table, "cannot decode value", e))?;
+            f(key, value);
+            entries += 1;
+        }
+        // After a restore the database is the only truth about how many entries exist.
+        self.entries = entries;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -405,7 +508,7 @@ mod tests {
     fn entries_survive_write_back_and_deletes_reach_rocksdb(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = RocksStore::open_fresh(&dir.path().join("db"))?;
+        let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;
         let mut backend = RocksBackend::new(store.clone(), "op", 2);
         let mut table: RocksMap<String, Vec<i64>> = backend.map_state("t")?;
         for i in 0..10 {

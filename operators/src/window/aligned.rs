@@ -99,6 +99,40 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         self.pane_count
     }
 
+    /// Writes the panes back to the backend; returns the watermark to checkpoint with them.
+    pub(crate) fn flush(&mut self) -> Result<Timestamp, BoxError> {
+        self.panes.flush()?;
+        Ok(self.watermark)
+    }
+
+    /// Rebuilds counts and timers from the restored panes (see the module invariants).
+    pub(crate) fn restore(&mut self, watermark: Timestamp) -> Result<(), BoxError> {
+        self.watermark = watermark;
+        let mut restored = Vec::new();
+        self.panes.scan(|key, panes| restored.push((key, panes)))?;
+        let (size, slide, offset) = (self.size, self.slide, self.offset);
+        let mut windows = std::collections::BTreeSet::new();
+        for (key, panes) in restored {
+            self.pane_count += panes.len();
+            windows.clear();
+            let mut last_starts = std::collections::BTreeSet::new();
+            for (pane_start, _) in &panes {
+                let last_start = window_start(*pane_start, slide, offset);
+                last_starts.insert(last_start);
+                windows.extend(windows_containing(*pane_start, last_start, size, slide));
+            }
+            for &start in &windows {
+                if self.end_of(start) - 1 > watermark {
+                    self.fire.register(start, key.clone());
+                }
+            }
+            for last_start in last_starts {
+                self.cleanup.register(last_start, key.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// End of the window starting at `start` (saturating: windows near `i64::MAX` end there).
     #[inline]
     fn end_of(&self, start: Timestamp) -> Timestamp {

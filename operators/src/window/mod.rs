@@ -425,6 +425,35 @@ where
             WindowOperator::Session(w) => w.state_entries(),
         }
     }
+
+    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
+        let watermark = match self {
+            WindowOperator::Aligned(w) => w.flush()?,
+            WindowOperator::Session(w) => w.flush()?,
+        };
+        Ok(serde_json::to_value(WindowSnapshot { watermark })?)
+    }
+
+    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
+        // Instances of one operator see the same watermarks at a barrier; the minimum is the
+        // safe choice should they differ (nothing fires that had not fired before).
+        let mut watermark = None;
+        for s in snapshots {
+            let s: WindowSnapshot = serde_json::from_value(s.clone())?;
+            watermark = Some(watermark.map_or(s.watermark, |w: Timestamp| w.min(s.watermark)));
+        }
+        let watermark = watermark.unwrap_or(i64::MIN);
+        match self {
+            WindowOperator::Aligned(w) => w.restore(watermark),
+            WindowOperator::Session(w) => w.restore(watermark),
+        }
+    }
+}
+
+/// What a window operator instance keeps in a checkpoint besides its state tables.
+#[derive(Debug, Serialize, Deserialize)]
+struct WindowSnapshot {
+    watermark: Timestamp,
 }
 
 /// Keeps the items of `key`'s list for which `keep` holds, dropping the key when none is

@@ -98,6 +98,30 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         self.session_count
     }
 
+    /// Writes the sessions back to the backend; returns the watermark to checkpoint with them.
+    pub(crate) fn flush(&mut self) -> Result<Timestamp, BoxError> {
+        self.sessions.flush()?;
+        Ok(self.watermark)
+    }
+
+    /// Rebuilds counts and timers from the restored sessions.
+    pub(crate) fn restore(&mut self, watermark: Timestamp) -> Result<(), BoxError> {
+        self.watermark = watermark;
+        let mut restored = Vec::new();
+        self.sessions
+            .scan(|key, sessions| restored.push((key, sessions)))?;
+        for (key, sessions) in restored {
+            self.session_count += sessions.len();
+            for s in sessions {
+                if s.pending {
+                    self.fire.register(s.end, key.clone());
+                }
+                self.cleanup.register(s.end, key.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Merges events into sessions in stream order, first firing what each event's
     /// watermark makes due.
     pub(crate) fn process(

@@ -1,0 +1,401 @@
+//! The checkpoint coordinator: triggers checkpoints, collects acknowledgements, completes
+//! checkpoints by writing their manifest, and tells sinks what they may commit.
+//!
+//! Tasks talk to it through [`Checkpointing`] (shared) and their own [`Participant`]
+//! handle. The coordinator runs as one more task of the job; it ends after the final
+//! checkpoint completed, or when the job is cancelled.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use serde_json::Value;
+
+use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest};
+use super::{CheckpointConfig, CheckpointError, CheckpointId};
+use crate::metrics::CheckpointMetrics;
+
+/// A checkpoint that is not complete this long after it started has failed.
+const MIN_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(60);
+
+enum Event {
+    Ack {
+        participant: usize,
+        id: CheckpointId,
+        result: Result<Value, String>,
+    },
+    SourceExhausted,
+}
+
+#[derive(Default)]
+struct Status {
+    completed: CheckpointId,
+    /// Set when the final checkpoint failed or the coordinator stopped early.
+    aborted: Option<String>,
+}
+
+/// Checkpointing state shared by the coordinator and the tasks of one run.
+pub(crate) struct Checkpointing {
+    config: CheckpointConfig,
+    job: String,
+    parallelism: usize,
+    restored: Option<Manifest>,
+    /// The newest checkpoint sources must put a barrier in for.
+    requested: AtomicU64,
+    /// The id of the final checkpoint, once it was triggered (0 before).
+    final_id: AtomicU64,
+    /// Longest barrier alignment of the checkpoint in flight, in microseconds.
+    alignment_micros: AtomicU64,
+    status: Mutex<Status>,
+    completed_changed: Condvar,
+    events: Sender<Event>,
+    receiver: Mutex<Option<Receiver<Event>>>,
+    participants: Mutex<Vec<String>>,
+    sources: AtomicU64,
+    metrics: CheckpointMetrics,
+}
+
+impl std::fmt::Debug for Checkpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointing")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One task's link to the coordinator: its name in the manifest, what it restores from,
+/// and where it acknowledges.
+#[derive(Debug, Clone)]
+pub(crate) struct Participant {
+    index: usize,
+    shared: Arc<Checkpointing>,
+}
+
+impl Participant {
+    /// The checkpointing this participant takes part in.
+    pub(crate) fn checkpointing(&self) -> &Arc<Checkpointing> {
+        &self.shared
+    }
+
+    /// The snapshot this participant (same key) left in the checkpoint being restored.
+    pub(crate) fn restored(&self) -> Option<&Value> {
+        let key = self.shared.participant_key(self.index);
+        self.shared.restored.as_ref()?.participants.get(&key)
+    }
+
+    /// Acknowledges checkpoint `id` with this participant's snapshot, or its failure.
+    pub(crate) fn ack(&self, id: CheckpointId, result: Result<Value, String>) {
+        // The coordinator outlives every task; if it is gone the job is ending anyway.
+        let _ = self.shared.events.send(Event::Ack {
+            participant: self.index,
+            id,
+            result,
+        });
+    }
+}
+
+impl Checkpointing {
+    /// Prepares checkpointing for a run; finds the checkpoint to resume from, if any.
+    pub(crate) fn new(
+        config: CheckpointConfig,
+        job: &str,
+        parallelism: usize,
+        metrics: CheckpointMetrics,
+    ) -> Result<Arc<Self>, CheckpointError> {
+        std::fs::create_dir_all(&config.dir).map_err(|source| CheckpointError::Io {
+            path: config.dir.clone(),
+            source,
+        })?;
+        let restored = manifest::latest_valid(&config.dir)?;
+        if let Some(m) = &restored {
+            // Attempts after the restored checkpoint never completed (or were unusable):
+            // their directories are garbage and their ids are reused.
+            for (id, dir) in manifest::list(&config.dir)? {
+                if id > m.id {
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|source| CheckpointError::Io { path: dir, source })?;
+                }
+            }
+        }
+        let (events, receiver) = unbounded();
+        Ok(Arc::new(Checkpointing {
+            config,
+            job: job.to_string(),
+            parallelism,
+            restored,
+            requested: AtomicU64::new(0),
+            final_id: AtomicU64::new(0),
+            alignment_micros: AtomicU64::new(0),
+            status: Mutex::new(Status::default()),
+            completed_changed: Condvar::new(),
+            events,
+            receiver: Mutex::new(Some(receiver)),
+            participants: Mutex::new(Vec::new()),
+            sources: AtomicU64::new(0),
+            metrics,
+        }))
+    }
+
+    /// The checkpoint this run resumes from.
+    pub(crate) fn restored(&self) -> Option<&Manifest> {
+        self.restored.as_ref()
+    }
+
+    /// Id of the restored checkpoint, 0 for a fresh start.
+    pub(crate) fn restored_id(&self) -> CheckpointId {
+        self.restored.as_ref().map_or(0, |m| m.id)
+    }
+
+    /// The directory of checkpoint `id`.
+    pub(crate) fn dir(&self, id: CheckpointId) -> PathBuf {
+        checkpoint_dir(&self.config.dir, id)
+    }
+
+    /// Adds a participant called `key` (unique in the job: node name and instance).
+    pub(crate) fn register(self: &Arc<Self>, key: String) -> Participant {
+        let mut participants = lock(&self.participants);
+        participants.push(key);
+        Participant {
+            index: participants.len() - 1,
+            shared: self.clone(),
+        }
+    }
+
+    /// Adds a source participant; the final checkpoint waits for all sources to end.
+    pub(crate) fn register_source(self: &Arc<Self>, key: String) -> Participant {
+        self.sources.fetch_add(1, Ordering::SeqCst);
+        self.register(key)
+    }
+
+    fn participant_key(&self, index: usize) -> String {
+        lock(&self.participants)
+            .get(index)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The newest checkpoint sources must put a barrier in for (0: none yet).
+    pub(crate) fn requested(&self) -> CheckpointId {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// True if `id` is the final checkpoint, after which sources end.
+    pub(crate) fn is_final(&self, id: CheckpointId) -> bool {
+        id != 0 && self.final_id.load(Ordering::SeqCst) == id
+    }
+
+    /// A source read all its input; it keeps answering checkpoints until the final one.
+    pub(crate) fn source_exhausted(&self) {
+        let _ = self.events.send(Event::SourceExhausted);
+    }
+
+    /// A task spent `took` aligning barriers for the checkpoint in flight.
+    pub(crate) fn aligned(&self, took: Duration) {
+        self.alignment_micros
+            .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The newest complete checkpoint (its outputs may be committed).
+    pub(crate) fn completed(&self) -> CheckpointId {
+        lock(&self.status).completed
+    }
+
+    /// Blocks until checkpoint `id` completed; fails if it cannot complete any more.
+    pub(crate) fn wait_completed(
+        &self,
+        id: CheckpointId,
+        cancelled: &AtomicBool,
+    ) -> Result<(), String> {
+        let mut status = lock(&self.status);
+        loop {
+            if status.completed >= id {
+                return Ok(());
+            }
+            if let Some(reason) = &status.aborted {
+                return Err(reason.clone());
+            }
+            if cancelled.load(Ordering::Relaxed) {
+                return Err("the job was cancelled".into());
+            }
+            status = self
+                .completed_changed
+                .wait_timeout(status, Duration::from_millis(100))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+    }
+
+    fn abort(&self, reason: String) {
+        lock(&self.status).aborted.get_or_insert(reason);
+        self.completed_changed.notify_all();
+    }
+
+    /// Runs the coordinator until the final checkpoint completed or `cancelled` is set.
+    /// Only the final checkpoint failing fails the job; other failures are counted and
+    /// retried after the interval.
+    pub(crate) fn coordinate(&self, cancelled: &AtomicBool) -> Result<(), String> {
+        let result = self.coordinate_until_final(cancelled);
+        if let Err(reason) = &result {
+            self.abort(reason.clone());
+        } else if cancelled.load(Ordering::Relaxed) {
+            self.abort("the job was cancelled".into());
+        }
+        result
+    }
+
+    fn coordinate_until_final(&self, cancelled: &AtomicBool) -> Result<(), String> {
+        let Some(events) = lock(&self.receiver).take() else {
+            return Err("internal: the checkpoint coordinator ran twice".into());
+        };
+        let participants = lock(&self.participants).len();
+        let sources = self.sources.load(Ordering::SeqCst);
+        let timeout = (self.config.interval * 10).max(MIN_CHECKPOINT_TIMEOUT);
+        let mut checksums = ChecksumCache::default();
+        let mut exhausted = 0;
+        let mut next_id = self.restored_id() + 1;
+        let mut next_due = Instant::now() + self.config.interval;
+        let mut in_flight: Option<InFlight> = None;
+        while !cancelled.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = match &in_flight {
+                Some(_) => Duration::from_millis(50),
+                None if exhausted >= sources => Duration::ZERO,
+                None => next_due
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(50)),
+            };
+            match events.recv_timeout(wait) {
+                Ok(Event::SourceExhausted) => exhausted += 1,
+                Ok(Event::Ack {
+                    participant,
+                    id,
+                    result,
+                }) => {
+                    if let Some(f) = in_flight.as_mut().filter(|f| f.id == id) {
+                        match result {
+                            Ok(value) => f.acks[participant] = Some(value),
+                            Err(reason) => {
+                                let who = self.participant_key(participant);
+                                f.failed.get_or_insert(format!("{who}: {reason}"));
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            if let Some(f) = &mut in_flight {
+                if f.failed.is_none() && f.started.elapsed() > timeout {
+                    f.failed = Some(format!("not acknowledged by all tasks within {timeout:?}"));
+                }
+                let acked = f.acks.iter().all(Option::is_some);
+                if acked || f.failed.is_some() {
+                    let flight = in_flight.take().expect("checked above");
+                    let (id, is_final) = (flight.id, flight.is_final);
+                    match self.complete(flight, &mut checksums) {
+                        Ok(()) if is_final => return Ok(()),
+                        Ok(()) => {}
+                        Err(reason) => {
+                            self.metrics.failed.inc();
+                            if is_final {
+                                return Err(format!("the final checkpoint {id} failed: {reason}"));
+                            }
+                            eprintln!(
+                                "weir: checkpoint {id} failed: {reason}; the job goes on and tries again in {:?}",
+                                self.config.interval
+                            );
+                        }
+                    }
+                    next_due = Instant::now() + self.config.interval;
+                }
+            }
+            if in_flight.is_none() && (exhausted >= sources || Instant::now() >= next_due) {
+                let id = next_id;
+                next_id += 1;
+                let is_final = exhausted >= sources;
+                let dir = self.dir(id);
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    self.metrics.failed.inc();
+                    let reason = format!("cannot create {}: {e}", dir.display());
+                    if is_final {
+                        return Err(format!("the final checkpoint {id} failed: {reason}"));
+                    }
+                    eprintln!("weir: checkpoint {id} failed: {reason}; the job goes on");
+                    next_due = Instant::now() + self.config.interval;
+                    continue;
+                }
+                if is_final {
+                    self.final_id.store(id, Ordering::SeqCst);
+                }
+                self.alignment_micros.store(0, Ordering::Relaxed);
+                self.requested.store(id, Ordering::SeqCst);
+                in_flight = Some(InFlight {
+                    id,
+                    is_final,
+                    started: Instant::now(),
+                    acks: vec![None; participants],
+                    failed: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the manifest of a fully acknowledged checkpoint (or reports its failure).
+    fn complete(&self, flight: InFlight, checksums: &mut ChecksumCache) -> Result<(), String> {
+        if let Some(reason) = flight.failed {
+            return Err(reason);
+        }
+        let dir = self.dir(flight.id);
+        let participants: BTreeMap<String, Value> = flight
+            .acks
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (self.participant_key(i), v.unwrap_or(Value::Null)))
+            .collect();
+        let files = checksums.files(&dir).map_err(|e| e.to_string())?;
+        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        Manifest::new(
+            flight.id,
+            &self.job,
+            self.parallelism,
+            flight.is_final,
+            participants,
+            files,
+        )
+        .write(&dir)
+        .map_err(|e| e.to_string())?;
+        {
+            let mut status = lock(&self.status);
+            status.completed = flight.id;
+        }
+        self.completed_changed.notify_all();
+        let m = &self.metrics;
+        m.completed.inc();
+        m.last_duration_seconds
+            .set(flight.started.elapsed().as_secs_f64());
+        m.last_size_bytes.set(bytes as i64);
+        m.last_alignment_seconds
+            .set(self.alignment_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        m.mark_completed();
+        if let Err(e) = manifest::retain(&self.config.dir, flight.id, self.config.retained) {
+            eprintln!("weir: cannot remove old checkpoints: {e}");
+        }
+        Ok(())
+    }
+}
+
+struct InFlight {
+    id: CheckpointId,
+    is_final: bool,
+    started: Instant,
+    acks: Vec<Option<Value>>,
+    failed: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,70 @@
+//! Checkpoints: consistent snapshots of a running job, from which a restarted job resumes
+//! with nothing lost and nothing duplicated.
+//!
+//! # How a checkpoint is taken (Chandy-Lamport with aligned barriers, as in Flink)
+//! 1. The [`coordinator`] picks the next id, creates its directory and asks the sources for
+//!    it. At most one checkpoint is in flight.
+//! 2. Each source, between two batches, records its position (for a file: byte offset and
+//!    line) and sends a barrier with the id downstream, behind everything it sent before.
+//! 3. A task with several producers *aligns*: once a producer's barrier arrived, that
+//!    producer's later batches are held back until the barrier arrived from all producers;
+//!    then the barrier moves on. Every operator therefore snapshots a state that reflects
+//!    exactly the input before the barriers.
+//! 4. Participants acknowledge with their snapshot: a keyed operator instance writes back
+//!    its state and takes a RocksDB checkpoint (hard links, no copy) into the checkpoint's
+//!    directory; a sink makes its output durable but not yet visible (pre-commit).
+//! 5. When every participant acknowledged, the coordinator writes the manifest (the
+//!    checkpoint is complete), and only then do sinks make the output visible (commit).
+//!
+//! The end of all input is a checkpoint too (the *final* one): sources that reach their end
+//! wait for it, so the job's last output is committed exactly like every other.
+//!
+//! # Restart
+//! A job started with checkpoints enabled resumes from the newest complete checkpoint that
+//! verifies (see [`manifest`]): sources seek to their positions, keyed state is imported
+//! key group by key group (so the parallelism may change), sinks commit what the checkpoint
+//! covered and discard what it did not.
+
+pub(crate) mod coordinator;
+pub mod manifest;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use manifest::Manifest;
+
+/// Checkpoint ids: 1, 2, 3, ... per job state directory.
+pub type CheckpointId = u64;
+
+/// How a job checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// Where checkpoints live (`<state-dir>/<job>/checkpoints`).
+    pub dir: PathBuf,
+    /// Time between the end of one checkpoint and the start of the next.
+    pub interval: Duration,
+    /// Complete checkpoints kept (older ones are removed).
+    pub retained: usize,
+}
+
+/// A checkpoint could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file or directory of a checkpoint could not be read or written.
+    #[error("checkpoint file {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint's contents do not match its manifest.
+    #[error("checkpoint {dir} is corrupt: {reason}")]
+    Corrupt {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+}
