@@ -1593,6 +1593,7 @@ pub(crate) fn run(
                 job,
                 options.parallelism,
                 metrics.checkpoints(),
+                options.progress_interval.is_some(),
             )
             .map_err(|e| invalid(format!("{e} (check --state-dir)")))?;
             if let Some(m) = c.restored() {

@@ -56,6 +56,8 @@ pub(crate) struct Checkpointing {
     participants: Mutex<Vec<String>>,
     sources: AtomicU64,
     metrics: CheckpointMetrics,
+    /// Report each completed checkpoint on stderr.
+    verbose: bool,
 }
 
 impl std::fmt::Debug for Checkpointing {
@@ -104,6 +106,7 @@ impl Checkpointing {
         job: &str,
         parallelism: usize,
         metrics: CheckpointMetrics,
+        verbose: bool,
     ) -> Result<Arc<Self>, CheckpointError> {
         std::fs::create_dir_all(&config.dir).map_err(|source| CheckpointError::Io {
             path: config.dir.clone(),
@@ -136,6 +139,7 @@ impl Checkpointing {
             participants: Mutex::new(Vec::new()),
             sources: AtomicU64::new(0),
             metrics,
+            verbose,
         }))
     }
 
@@ -373,14 +377,26 @@ impl Checkpointing {
             status.completed = flight.id;
         }
         self.completed_changed.notify_all();
+        let (took, alignment) = (
+            flight.started.elapsed(),
+            Duration::from_micros(self.alignment_micros.load(Ordering::Relaxed)),
+        );
         let m = &self.metrics;
         m.completed.inc();
-        m.last_duration_seconds
-            .set(flight.started.elapsed().as_secs_f64());
+        m.last_duration_seconds.set(took.as_secs_f64());
         m.last_size_bytes.set(bytes as i64);
-        m.last_alignment_seconds
-            .set(self.alignment_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        m.last_alignment_seconds.set(alignment.as_secs_f64());
         m.mark_completed();
+        if self.verbose {
+            eprintln!(
+                "weir: checkpoint {}{} complete in {} ms ({:.1} MB, longest alignment {} ms)",
+                flight.id,
+                if flight.is_final { " (final)" } else { "" },
+                took.as_millis(),
+                bytes as f64 / 1e6,
+                alignment.as_millis()
+            );
+        }
         if let Err(e) = manifest::retain(&self.config.dir, flight.id, self.config.retained) {
             eprintln!("weir: cannot remove old checkpoints: {e}");
         }

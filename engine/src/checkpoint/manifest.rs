@@ -242,7 +242,8 @@ pub fn list(root: &Path) -> Result<Vec<(CheckpointId, PathBuf)>, CheckpointError
             .to_str()
             .and_then(|n| n.strip_prefix("chk-"))
             .and_then(|n| n.parse::<CheckpointId>().ok());
-        if let Some(id) = id {
+        // Only directories are checkpoints; anything else of that name is left alone.
+        if let (Some(id), true) = (id, entry.path().is_dir()) {
             found.push((id, entry.path()));
         }
     }

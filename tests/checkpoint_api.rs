@@ -1,0 +1,290 @@
+//! Checkpoints through the public job API, in-process: a job with two file sources joined
+//! by a union (so barriers are aligned across producers) fails half-way, and a second run
+//! with the same state directory resumes from the last checkpoint. Its committed output
+//! must equal an uninterrupted run's, row for row. Also: a checkpoint that cannot be
+//! written fails alone (counted) while the job goes on.
+
+// Helpers here set up fixtures; a failing setup should panic the test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weir_engine::{
+    BoxError, CheckpointConfig, RunOptions, RunSummary, Source, SourceStatus, StateConfig,
+};
+use weir_jobs::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ev {
+    ts: i64,
+    key: String,
+    v: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    key: String,
+    start: i64,
+    count: u64,
+    sum: i64,
+}
+
+/// A file source that fails once it has returned `fail_after` events (a crash in the
+/// middle of the input), and is a little slow so that checkpoints happen on the way.
+struct Flaky {
+    inner: FileSource<Json<Ev>>,
+    returned: Arc<AtomicU64>,
+    fail_after: Option<u64>,
+}
+
+impl Source for Flaky {
+    type Item = Ev;
+
+    fn poll_batch(&mut self, out: &mut Vec<Ev>, max: usize) -> Result<SourceStatus, BoxError> {
+        std::thread::sleep(Duration::from_micros(300));
+        let before = out.len();
+        let status = self.inner.poll_batch(out, max.min(256))?;
+        let total = self
+            .returned
+            .fetch_add((out.len() - before) as u64, Ordering::SeqCst);
+        if self.fail_after.is_some_and(|n| total >= n) {
+            return Err("simulated crash".into());
+        }
+        Ok(status)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+        self.inner.position()
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+        self.inner.seek(position)
+    }
+}
+
+fn write_input(path: &Path, events: i64, salt: i64) {
+    let mut text = String::new();
+    for i in 0..events {
+        // Out of order by up to 400 ms, well within the watermark delay of 1 s.
+        let ts = 1_000_000 + i * 10 + ((i * 7919 + salt) % 400);
+        let line = serde_json::to_string(&Ev {
+            ts,
+            key: format!("k{}", (i + salt) % 97),
+            v: i % 13,
+        })
+        .unwrap();
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    inputs: [PathBuf; 2],
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = [dir.path().join("a.jsonl"), dir.path().join("b.jsonl")];
+        write_input(&inputs[0], 40_000, 0);
+        write_input(&inputs[1], 30_000, 5);
+        Setup { dir, inputs }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The job: both files, each with its own watermarks, unioned, counted per key in
+    /// tumbling 1 s windows. Source `a` crashes after `fail_after` events if given.
+    fn job(&self, output: &Path, fail_after: Option<u64>) -> Job {
+        let job = Job::new("union-counts");
+        let source = |name: &str, path: &Path, fail_after| {
+            let dead = DeadLetters::to_file(
+                self.dir.path().join(format!("{name}.dead.jsonl")),
+                job.metrics().dead_letters(name),
+            );
+            let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default(), dead);
+            let flaky = Flaky {
+                inner,
+                returned: Arc::new(AtomicU64::new(0)),
+                fail_after,
+            };
+            job.source(name, flaky)
+                .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))
+        };
+        let a = source("a", &self.inputs[0], fail_after);
+        let b = source("b", &self.inputs[1], None);
+        a.union(b)
+            .key_by(|e: &Ev| e.key.clone())
+            .window(Tumbling::of(Duration::from_secs(1)))
+            .aggregate(Count.and(Sum::of(|e: &Ev| e.v)))
+            .map(|r| Row {
+                key: r.key,
+                start: r.window.start,
+                count: r.value.0,
+                sum: r.value.1,
+            })
+            .sink("out", FileSink::new(output));
+        job
+    }
+
+    fn options(&self, parallelism: usize, interval: Option<Duration>) -> RunOptions {
+        RunOptions {
+            parallelism,
+            state: StateConfig::RocksDb {
+                dir: self.state_dir(),
+                cache_entries: 1024,
+            },
+            checkpoints: interval.map(|interval| CheckpointConfig {
+                dir: self.state_dir().join("union-counts/checkpoints"),
+                interval,
+                retained: 2,
+            }),
+            ..RunOptions::default()
+        }
+    }
+
+    /// Rows of an uninterrupted run without checkpoints, sorted.
+    fn reference(&self) -> Vec<String> {
+        let out = self.dir.path().join("reference.jsonl");
+        self.job(&out, None).run(&self.options(1, None)).unwrap();
+        sorted_lines(&std::fs::read_to_string(out).unwrap())
+    }
+}
+
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// The committed rows of a part-file directory (what a reader sees), sorted.
+fn committed_rows(dir: &Path) -> Vec<String> {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with("part-") {
+            text.push_str(&std::fs::read_to_string(dir.join(name)).unwrap());
+        }
+    }
+    sorted_lines(&text)
+}
+
+/// Files a finished job must not leave behind: uncommitted parts.
+fn in_progress_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".inprogress"))
+        .collect()
+}
+
+fn complete_checkpoints(setup: &Setup) -> usize {
+    let root = setup.state_dir().join("union-counts/checkpoints");
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().join("_manifest").is_file())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn crash_then_resume(first: usize, second: usize) {
+    let setup = Setup::new();
+    let expected = setup.reference();
+    let out = setup.dir.path().join("out");
+    let interval = Some(Duration::from_millis(5));
+
+    let crashed = setup
+        .job(&out, Some(25_000))
+        .run(&setup.options(first, interval));
+    let err = format!("{:#}", anyhow::Error::from(crashed.unwrap_err()));
+    assert!(err.contains("simulated crash"), "{err}");
+    assert!(
+        complete_checkpoints(&setup) > 0,
+        "the crash came before any checkpoint: the test would prove nothing"
+    );
+    let visible_after_crash = committed_rows(&out).len();
+
+    let resumed: RunSummary = setup
+        .job(&out, None)
+        .run(&setup.options(second, interval))
+        .unwrap();
+    assert!(
+        resumed.events_read < 70_000,
+        "the second run read {} events: it started over instead of resuming",
+        resumed.events_read
+    );
+    let rows = committed_rows(&out);
+    assert_eq!(in_progress_files(&out), Vec::<String>::new());
+    assert!(visible_after_crash < rows.len());
+    assert_eq!(rows.len(), expected.len(), "rows lost or duplicated");
+    assert_eq!(rows, expected);
+}
+
+#[test]
+fn a_crash_half_way_resumes_with_exactly_once_output() {
+    crash_then_resume(1, 1);
+}
+
+#[test]
+fn a_crash_at_parallelism_2_resumes_at_parallelism_1_and_back() {
+    crash_then_resume(2, 1);
+    crash_then_resume(1, 2);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_fails_alone() {
+    let setup = Setup::new();
+    let expected = setup.reference();
+    let out = setup.dir.path().join("out");
+    // A file where checkpoint 1's directory must go: that checkpoint cannot be written.
+    let root = setup.state_dir().join("union-counts/checkpoints");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("chk-000001"), "in the way").unwrap();
+
+    let job = setup.job(&out, None);
+    let metrics = job.metrics();
+    job.run(&setup.options(1, Some(Duration::from_millis(5))))
+        .unwrap();
+    let text = metrics.render();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    };
+    assert!(value("weir_checkpoints_failed_total") >= 1.0);
+    assert!(value("weir_checkpoints_completed_total") >= 1.0);
+    assert_eq!(committed_rows(&out), expected);
+}
+
+#[test]
+fn a_finished_job_started_again_changes_nothing() {
+    let setup = Setup::new();
+    let out = setup.dir.path().join("out");
+    let options = setup.options(1, Some(Duration::from_millis(50)));
+    setup.job(&out, None).run(&options).unwrap();
+    let first = committed_rows(&out);
+    let again = setup.job(&out, None).run(&options).unwrap();
+    assert_eq!(
+        again.events_read, 0,
+        "the final checkpoint says all was read"
+    );
+    assert_eq!(committed_rows(&out), first);
+    assert_eq!(first, setup.reference());
+}
