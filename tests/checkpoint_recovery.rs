@@ -1,0 +1,636 @@
+//! Exactly-once recovery of `weir run window-agg --checkpoint-interval ...`, through the real
+//! binary. With checkpoints, `--output OUT` is a directory: committed results are
+//! `OUT/part-NNNNNN.jsonl`, uncommitted ones hidden `.inprogress` files, and checkpoints are
+//! `STATE/window-agg/checkpoints/chk-NNNNNN/` (complete once they hold `_manifest`).
+//!
+//! Every test compares the committed rows with those of one uninterrupted run without
+//! checkpoints on the same input, as multisets, so a lost row and a duplicated row both fail.
+//! The tests prove that:
+//! - SIGKILL at random moments (before the first checkpoint, mid-run, maybe during a restore
+//!   or after the end), 10 times in a row at P = 1 and at P = 2, loses and duplicates nothing,
+//!   and a successful finish leaves no uncommitted file behind;
+//! - restarts really resume from a checkpoint (they say "resuming" on stderr), so the tests
+//!   cannot pass by quietly starting over;
+//! - state taken at one parallelism is restored at another (2 -> 1 and 1 -> 2);
+//! - restarting a job that already finished leaves its committed files byte for byte as they
+//!   were;
+//! - a corrupt newest checkpoint is reported as unusable and the job resumes from the one
+//!   before it.
+//!
+//! The input comes from `weir gen events`: one event per millisecond, up to 1 s out of order,
+//! 10,000 keys. The watermark delay (2 s) exceeds that, so no event is late and the results
+//! are a function of the input alone, whenever the job is killed. A small state cache keeps
+//! the state in RocksDB (so checkpoints carry it) and makes a run last long enough to be
+//! killed midway.
+
+// This whole file is test code, but clippy's `allow-unwrap-in-tests` only covers the
+// `#[test]` functions of an integration test, not its helpers (rust-clippy#11119).
+#![allow(clippy::unwrap_used)]
+// SIGKILL and exit signals are Unix notions.
+#![cfg(unix)]
+
+mod common;
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{SplitMix64, Summary};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+/// Distinct keys of the generated input.
+const KEYS: u64 = 10_000;
+/// How far the generator puts events behind the stream's clock, at most...
+const DISORDER_MS: u64 = 1_000;
+/// ...and the watermark waits longer than that: no event is late.
+const WATERMARK_DELAY: &str = "2s";
+const WINDOW: &str = "tumble:10s";
+/// Decoded state entries kept in memory per table (default 65,536): few, so the state lives
+/// in RocksDB and a run takes long enough to be killed midway.
+const STATE_CACHE_ENTRIES: &str = "64";
+/// Events of the kill tests (about 950,000 result rows).
+const BIG: u64 = 1_500_000;
+/// Events of the corrupt-checkpoint test.
+const MEDIUM: u64 = 1_000_000;
+/// Events of the finished-job test.
+const SMALL: u64 = 50_000;
+/// Runs killed per kill test (one at P = 1, one at P = 2).
+const KILLS: usize = 10;
+/// Longest a run may take before the test kills it and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+/// How often the tests look at a running process and its checkpoints.
+const POLL: Duration = Duration::from_millis(10);
+const SIGKILL: i32 = 9;
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn kill_9_at_random_moments_loses_and_duplicates_nothing_at_parallelism_1() {
+    kill_9_at_random_moments(1, 0x0C4E_C001);
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_and_duplicates_nothing_at_parallelism_2() {
+    kill_9_at_random_moments(2, 0x0C4E_C002);
+}
+
+/// Runs the job `KILLS` times, each SIGKILLed after a random 100-900 ms, then lets it finish.
+fn kill_9_at_random_moments(parallelism: usize, seed: u64) {
+    let fx = Fixture::new(BIG);
+    let (out, state) = (fx.path("out"), fx.path("state"));
+    let args = fx.checkpointed(&out, &state, "200ms", parallelism);
+    let mut rng = SplitMix64::new(seed);
+    let (mut kills, mut mid_run, mut resumed) = (0, 0, 0);
+    for run in 0..KILLS {
+        // The first kill comes before the first checkpoint (200 ms) can complete, the others
+        // anywhere. A run started after the job finished is a restart of a finished job, which
+        // must change nothing either.
+        let delay = if run == 0 {
+            100 + rng.below(80)
+        } else {
+            100 + rng.below(801)
+        };
+        let stderr = fx.path(&format!("run-{run}.stderr"));
+        let (ended, stderr) = run_and_kill(&args, stderr, Duration::from_millis(delay), &state, 0);
+        if ended == Ended::Killed {
+            kills += 1;
+            // Killed with a checkpoint to resume from (the first kill comes before any).
+            if !complete_checkpoints(&state).is_empty() {
+                mid_run += 1;
+            }
+        }
+        if says(&stderr, "resuming") {
+            assert!(run > 0, "the run on an empty state dir resumed:\n{stderr}");
+            resumed += 1;
+        }
+    }
+    let checkpointed = !complete_checkpoints(&state).is_empty();
+    let stderr = Running::start(&args, fx.path("last.stderr")).finish();
+    if checkpointed {
+        assert!(
+            says(&stderr, "resuming"),
+            "P={parallelism}: the last run did not resume from the checkpoints in {}:\n{stderr}",
+            state.display()
+        );
+        resumed += 1;
+    }
+    let tally = format!(
+        "P={parallelism}: {kills} of {KILLS} kills landed, {mid_run} after a checkpoint; \
+         {resumed} runs resumed"
+    );
+    assert!(
+        mid_run > 0 && resumed > 0,
+        "{tally}: the job was never killed midway, so this test proved nothing"
+    );
+    eprintln!("{tally}");
+    fx.assert_committed_equals_reference(&out, &format!("P={parallelism} after {kills} kills"));
+}
+
+#[test]
+fn restore_with_a_different_parallelism() {
+    let fx = Fixture::new(BIG);
+    let mut rng = SplitMix64::new(0x9A2A_11E1);
+    for (from, to) in [(2, 1), (1, 2)] {
+        let what = format!("P={from} -> P={to}");
+        let out = fx.path(&format!("out-{from}-{to}"));
+        let state = fx.path(&format!("state-{from}-{to}"));
+        // Killed after 400-700 ms, or later if no checkpoint is complete by then.
+        let delay = Duration::from_millis(400 + rng.below(301));
+        let (ended, stderr) = run_and_kill(
+            &fx.checkpointed(&out, &state, "200ms", from),
+            fx.path(&format!("killed-{from}-{to}.stderr")),
+            delay,
+            &state,
+            1,
+        );
+        assert_eq!(
+            ended,
+            Ended::Killed,
+            "{what}: the job finished before it could be killed after a checkpoint:\n{stderr}"
+        );
+        let stderr = Running::start(
+            &fx.checkpointed(&out, &state, "200ms", to),
+            fx.path(&format!("restart-{from}-{to}.stderr")),
+        )
+        .finish();
+        assert!(
+            says(&stderr, "resuming"),
+            "{what}: the restart did not resume:\n{stderr}"
+        );
+        fx.assert_committed_equals_reference(&out, &what);
+    }
+}
+
+#[test]
+fn a_finished_job_restarted_changes_nothing() {
+    let fx = Fixture::new(SMALL);
+    let (out, state) = (fx.path("out"), fx.path("state"));
+    let args = fx.checkpointed(&out, &state, "200ms", 2);
+    Running::start(&args, fx.path("first.stderr")).finish();
+    fx.assert_committed_equals_reference(&out, "the first run");
+    let (rows, files) = (committed_rows(&out), committed_files(&out));
+
+    let stderr = Running::start(&args, fx.path("again.stderr")).finish();
+    assert!(
+        says(&stderr, "resuming"),
+        "the restart did not resume from the final checkpoint:\n{stderr}"
+    );
+    assert_same_rows(
+        &committed_rows(&out),
+        &rows,
+        "after restarting the finished job",
+    );
+    let after = committed_files(&out);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        files.keys().collect::<Vec<_>>(),
+        "committed files after restarting the finished job"
+    );
+    for (name, bytes) in &files {
+        assert!(
+            after[name] == *bytes,
+            "restarting the finished job changed {name}"
+        );
+    }
+    let left = in_progress_files(&out);
+    assert!(
+        left.is_empty(),
+        "uncommitted files after the restart: {left:?}"
+    );
+}
+
+#[test]
+fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
+    let fx = Fixture::new(MEDIUM);
+    let (out, state) = (fx.path("out"), fx.path("state"));
+    let args = fx.checkpointed(&out, &state, "100ms", 2);
+    let (ended, stderr) = run_and_kill(&args, fx.path("killed.stderr"), Duration::ZERO, &state, 2);
+    assert_eq!(
+        ended,
+        Ended::Killed,
+        "the job finished before two checkpoints were complete:\n{stderr}"
+    );
+    let complete = complete_checkpoints(&state);
+    let [.., previous, newest] = complete.as_slice() else {
+        panic!("fewer than 2 complete checkpoints: {complete:?}");
+    };
+    let corrupted = flip_a_byte(newest);
+
+    let stderr = Running::start(&args, fx.path("restart.stderr")).finish();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| says(l, "unusable") && names_checkpoint(l, newest)),
+        "stderr should call checkpoint {} unusable (a byte of {} was flipped):\n{stderr}",
+        name(newest),
+        corrupted.display()
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| says(l, "resuming") && names_checkpoint(l, previous)),
+        "the restart should resume from the checkpoint before, {}:\n{stderr}",
+        name(previous)
+    );
+    fx.assert_committed_equals_reference(&out, "after falling back from a corrupt checkpoint");
+}
+
+// ------------------------------------------------------------------ the job
+
+/// A temporary directory with a generated input and the rows of one uninterrupted run of the
+/// job on it, without checkpoints.
+struct Fixture {
+    dir: TempDir,
+    input: PathBuf,
+    /// The rows of the uninterrupted run, as [`canonical_rows`].
+    reference: Vec<String>,
+}
+
+impl Fixture {
+    fn new(events: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("events.jsonl");
+        let gen_args: Vec<OsString> = vec![
+            "gen".into(),
+            "events".into(),
+            "--output".into(),
+            input.clone().into(),
+            "--events".into(),
+            events.to_string().into(),
+            "--keys".into(),
+            KEYS.to_string().into(),
+            "--disorder-ms".into(),
+            DISORDER_MS.to_string().into(),
+        ];
+        common::run_ok(WEIR, gen_args).unwrap();
+
+        let output = dir.path().join("reference.jsonl");
+        let stderr = Running::start(
+            &job_args(&input, &output, 1),
+            dir.path().join("reference.stderr"),
+        )
+        .finish();
+        let summary = Summary::from_stderr(&stderr).unwrap();
+        assert_eq!(
+            (
+                summary.events_read,
+                summary.late_events,
+                summary.dead_letters
+            ),
+            (events, 0, 0),
+            "reference run: events read, late events, dead letters"
+        );
+        let reference = canonical_rows([output]);
+        assert_eq!(
+            summary.results_written,
+            reference.len() as u64,
+            "reference run: rows"
+        );
+        Fixture {
+            dir,
+            input,
+            reference,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The job with a checkpoint every `interval`, committing to the directory `out`, with
+    /// its state and checkpoints in `state`.
+    fn checkpointed(
+        &self,
+        out: &Path,
+        state: &Path,
+        interval: &str,
+        parallelism: usize,
+    ) -> Vec<OsString> {
+        let mut args = job_args(&self.input, out, parallelism);
+        args.extend([
+            OsString::from("--state-dir"),
+            state.into(),
+            "--checkpoint-interval".into(),
+            interval.into(),
+        ]);
+        args
+    }
+
+    /// Checks that the job finished committing: no uncommitted file is left in `out`, and
+    /// its committed rows are the reference rows.
+    fn assert_committed_equals_reference(&self, out: &Path, what: &str) {
+        let left = in_progress_files(out);
+        assert!(
+            left.is_empty(),
+            "{what}: uncommitted files after a successful finish: {left:?}"
+        );
+        assert_same_rows(&committed_rows(out), &self.reference, what);
+    }
+}
+
+/// `weir run window-agg` on `input`, results to `output`, with the options all runs share.
+fn job_args(input: &Path, output: &Path, parallelism: usize) -> Vec<OsString> {
+    vec![
+        "run".into(),
+        "window-agg".into(),
+        "--input".into(),
+        input.into(),
+        "--output".into(),
+        output.into(),
+        "--window".into(),
+        WINDOW.into(),
+        "--watermark-delay".into(),
+        WATERMARK_DELAY.into(),
+        "--state-cache-entries".into(),
+        STATE_CACHE_ENTRIES.into(),
+        "--parallelism".into(),
+        parallelism.to_string().into(),
+        "--metrics-addr".into(),
+        "off".into(),
+        "--quiet".into(),
+    ]
+}
+
+// ------------------------------------------------------------------ processes
+
+/// A running `weir` whose stderr goes to a file. Dropping it kills and reaps the process,
+/// so a failing test leaves none behind.
+struct Running {
+    child: Child,
+    stderr: PathBuf,
+    started: Instant,
+}
+
+/// How a run the test meant to kill ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The SIGKILL landed.
+    Killed,
+    /// The job had already finished, successfully.
+    Finished,
+}
+
+impl Running {
+    fn start(args: &[OsString], stderr: PathBuf) -> Running {
+        let child = Command::new(WEIR)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            stderr,
+            started: Instant::now(),
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// What the process wrote to stderr so far.
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.stderr).unwrap()).into_owned()
+    }
+
+    /// SIGKILLs the process unless it exited already, and reaps it; a process that exited
+    /// by itself must have succeeded. Returns how it ended and its stderr.
+    fn kill(mut self) -> (Ended, String) {
+        // Signalling a process that exited but is not reaped yet does nothing, and the exit
+        // status tells which came first.
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        let stderr = self.stderr();
+        if status.signal() == Some(SIGKILL) {
+            return (Ended::Killed, stderr);
+        }
+        assert!(
+            status.success(),
+            "weir failed ({status}) before it was killed; stderr:\n{stderr}"
+        );
+        (Ended::Finished, stderr)
+    }
+
+    /// Waits for the process to end by itself (failing, and killing it, after `RUN_LIMIT`)
+    /// and checks that it succeeded. Returns its stderr.
+    fn finish(mut self) -> String {
+        while self.is_running() {
+            assert!(
+                self.started.elapsed() < RUN_LIMIT,
+                "weir did not finish within {RUN_LIMIT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            thread::sleep(POLL);
+        }
+        let status = self.child.wait().unwrap();
+        let stderr = self.stderr();
+        assert!(
+            status.success(),
+            "weir failed ({status}); stderr:\n{stderr}"
+        );
+        stderr
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Both do nothing once the process was reaped (std never signals a reaped pid).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `args` and SIGKILLs the process once `delay` has passed and `state` holds at least
+/// `checkpoints` complete checkpoints (failing after `RUN_LIMIT`), unless it ends first.
+fn run_and_kill(
+    args: &[OsString],
+    stderr: PathBuf,
+    delay: Duration,
+    state: &Path,
+    checkpoints: usize,
+) -> (Ended, String) {
+    let mut run = Running::start(args, stderr);
+    thread::sleep(delay);
+    while run.is_running() && complete_checkpoints(state).len() < checkpoints {
+        assert!(
+            run.started.elapsed() < RUN_LIMIT,
+            "fewer than {checkpoints} complete checkpoints after {RUN_LIMIT:?}; stderr:\n{}",
+            run.stderr()
+        );
+        thread::sleep(POLL);
+    }
+    run.kill()
+}
+
+/// True if `text` contains `word` (lower case), in any case.
+fn says(text: &str, word: &str) -> bool {
+    text.to_lowercase().contains(word)
+}
+
+// ------------------------------------------------------------------ files
+
+/// The paths in `dir`, sorted; none if it does not exist. Entries the job removes meanwhile
+/// (old checkpoints) are skipped.
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
+    paths.sort();
+    paths
+}
+
+fn name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
+/// The complete checkpoints (`chk-NNNNNN` directories with a `_manifest`) of the job whose
+/// state directory is `state`, oldest first.
+fn complete_checkpoints(state: &Path) -> Vec<PathBuf> {
+    entries(&state.join("window-agg").join("checkpoints"))
+        .into_iter()
+        .filter(|p| name(p).starts_with("chk-") && p.join("_manifest").is_file())
+        .collect()
+}
+
+/// True if `line` names the checkpoint in `dir` (`chk-000007`), by that name or its number.
+fn names_checkpoint(line: &str, dir: &Path) -> bool {
+    let id: u64 = name(dir).trim_start_matches("chk-").parse().unwrap();
+    line.contains(name(dir))
+        || line
+            .split(|c: char| !c.is_ascii_digit())
+            .any(|n| n.parse::<u64>() == Ok(id))
+}
+
+/// Flips a byte in the middle of one file of the checkpoint in `dir` (not `_manifest`; an
+/// `.sst` file if there is one) and returns the file. The file is replaced by a changed copy
+/// rather than changed in place: RocksDB checkpoints hard-link the files they share with the
+/// live database and with other checkpoints, which must stay intact.
+fn flip_a_byte(dir: &Path) -> PathBuf {
+    fn files_under(dir: &Path, files: &mut Vec<PathBuf>) {
+        for path in entries(dir) {
+            let kind = fs::symlink_metadata(&path).unwrap().file_type();
+            if kind.is_dir() {
+                files_under(&path, files);
+            } else if kind.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    files_under(dir, &mut files);
+    files.retain(|f| name(f) != "_manifest" && fs::metadata(f).unwrap().len() > 0);
+    // `.sst` files first (a stable sort: false < true).
+    files.sort_by_key(|f| !name(f).ends_with(".sst"));
+    let file = files
+        .first()
+        .unwrap_or_else(|| panic!("no file but _manifest in {}", dir.display()))
+        .clone();
+    let mut bytes = fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    fs::remove_file(&file).unwrap();
+    fs::write(&file, bytes).unwrap();
+    file
+}
+
+/// The committed part files (`part-*.jsonl`) of the output directory `out`.
+fn part_files(out: &Path) -> Vec<PathBuf> {
+    entries(out)
+        .into_iter()
+        .filter(|p| name(p).starts_with("part-") && name(p).ends_with(".jsonl"))
+        .collect()
+}
+
+/// The names of the uncommitted (`.inprogress`) files in `out`.
+fn in_progress_files(out: &Path) -> Vec<String> {
+    entries(out)
+        .iter()
+        .map(|p| name(p).to_string())
+        .filter(|n| n.ends_with(".inprogress"))
+        .collect()
+}
+
+/// The committed part files of `out` with their contents, by name.
+fn committed_files(out: &Path) -> BTreeMap<String, Vec<u8>> {
+    part_files(out)
+        .into_iter()
+        .map(|p| (name(&p).to_string(), fs::read(&p).unwrap()))
+        .collect()
+}
+
+/// The committed rows of `out`, as [`canonical_rows`]; uncommitted files are not read.
+fn committed_rows(out: &Path) -> Vec<String> {
+    canonical_rows(part_files(out))
+}
+
+// ------------------------------------------------------------------ rows
+
+/// Every line of `files` parsed and printed again by serde_json (fields in name order, one
+/// spelling per number), sorted: two outputs compare as multisets of rows.
+fn canonical_rows(files: impl IntoIterator<Item = PathBuf>) -> Vec<String> {
+    let mut rows = Vec::new();
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let row: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}:{}: `{line}`: {e}", file.display(), i + 1));
+            rows.push(row.to_string());
+        }
+    }
+    rows.sort_unstable();
+    rows
+}
+
+/// Checks that the sorted `actual` and `expected` hold the same rows; if not, says how many
+/// are missing and extra (duplicated or wrong) and shows the first ones.
+fn assert_same_rows(actual: &[String], expected: &[String], what: &str) {
+    if actual == expected {
+        return;
+    }
+    let (mut missing, mut extra) = (Vec::new(), Vec::new());
+    let (mut a, mut e) = (actual.iter().peekable(), expected.iter().peekable());
+    loop {
+        let order = match (a.peek(), e.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => x.cmp(y),
+        };
+        match order {
+            Ordering::Less => extra.extend(a.next()),
+            Ordering::Greater => missing.extend(e.next()),
+            Ordering::Equal => {
+                a.next();
+                e.next();
+            }
+        }
+    }
+    let first = |rows: &[&String]| -> String {
+        rows.iter().take(5).map(|r| format!("\n    {r}")).collect()
+    };
+    panic!(
+        "{what}: {} committed rows, {} expected: {} missing, {} extra (duplicated or wrong)\n  \
+         first missing:{}\n  first extra:{}",
+        actual.len(),
+        expected.len(),
+        missing.len(),
+        extra.len(),
+        first(&missing),
+        first(&extra)
+    );
+}
