@@ -82,6 +82,8 @@ fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
     let dir = tempfile::tempdir()?;
     let missing = dir.path().join("nope.jsonl");
     let missing = missing.to_str().ok_or("path")?;
+    let state = dir.path().join("state");
+    let state = state.to_str().ok_or("path")?;
     let cases: [(&[&str], &str); 5] = [
         (
             &["run", "window-agg", "--metrics-addr", "off"],
@@ -120,7 +122,27 @@ fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
             "parallelism 0 is out of range",
         ),
     ];
-    for (args, expected) in cases {
+    // Checkpoints that cannot work are refused before the input is opened.
+    let checkpointed = [
+        "run",
+        "window-agg",
+        "--input",
+        missing,
+        "--metrics-addr",
+        "off",
+        "--checkpoint-interval",
+        "1s",
+    ];
+    let memory = [
+        &checkpointed[..],
+        &["--state-dir", state, "--state", "memory"],
+    ]
+    .concat();
+    let checkpoint_cases: [(&[&str], &str); 2] = [
+        (&checkpointed, "--checkpoint-interval needs --state-dir DIR"),
+        (&memory, "checkpoints need RocksDB state"),
+    ];
+    for (args, expected) in cases.into_iter().chain(checkpoint_cases) {
         let out = weir(args)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");

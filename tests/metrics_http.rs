@@ -47,34 +47,13 @@ fn number_before(line: &str, suffix: &str) -> Option<u64> {
     head.rsplit([' ', ',']).next()?.parse().ok()
 }
 
-#[test]
-fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let input = dir.path().join("events.jsonl");
-    let output = dir.path().join("out.jsonl");
-    let mut lines = String::new();
-    let (mut good, mut late_expected) = (0u64, 0u64);
-    for i in 0..5000i64 {
-        if i % 1000 == 500 {
-            lines.push_str("{broken\n");
-            continue;
-        }
-        // Every 700th event is 60 s behind: with delay 0 it is late.
-        let ts = if i % 700 == 699 {
-            late_expected += 1;
-            i * 10 - 60_000
-        } else {
-            i * 10
-        };
-        lines.push_str(&format!(
-            "{{\"ts\":{ts},\"key\":\"k{}\",\"value\":{}}}\n",
-            i % 7,
-            i % 100
-        ));
-        good += 1;
-    }
-    std::fs::write(&input, lines)?;
-
+/// Runs `weir run window-agg` on `input` with `args` and a metrics endpoint kept alive
+/// after the run; returns one scrape of `/metrics` (body), the address, the summary line,
+/// and the running process (killed when dropped).
+fn run_and_scrape(
+    input: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> Result<(String, String, String, Running), Box<dyn std::error::Error>> {
     let child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([
             "run",
@@ -89,9 +68,8 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
             "2",
         ])
         .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
+        .arg(input)
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()?;
     let mut child = Running(child);
@@ -124,8 +102,42 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     let body = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
+        .map(|(_, b)| b.to_string())
         .ok_or("no body")?;
+    Ok((body, addr, done.unwrap_or_default(), child))
+}
+
+#[test]
+fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("events.jsonl");
+    let output = dir.path().join("out.jsonl");
+    let mut lines = String::new();
+    let (mut good, mut late_expected) = (0u64, 0u64);
+    for i in 0..5000i64 {
+        if i % 1000 == 500 {
+            lines.push_str("{broken\n");
+            continue;
+        }
+        // Every 700th event is 60 s behind: with delay 0 it is late.
+        let ts = if i % 700 == 699 {
+            late_expected += 1;
+            i * 10 - 60_000
+        } else {
+            i * 10
+        };
+        lines.push_str(&format!(
+            "{{\"ts\":{ts},\"key\":\"k{}\",\"value\":{}}}\n",
+            i % 7,
+            i % 100
+        ));
+        good += 1;
+    }
+    std::fs::write(&input, lines)?;
+
+    let (body, addr, done, _running) =
+        run_and_scrape(&input, &["--output".as_ref(), output.as_os_str()])?;
+    let body = body.as_str();
 
     let results = std::fs::read_to_string(&output)?.lines().count() as f64;
     let read = sample_sum(body, "weir_events_out_total", &[r#"operator="input""#]);
@@ -183,7 +195,6 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
     assert!(not_found.starts_with("HTTP/1.1 404"), "{not_found}");
 
     // The summary line agrees with the metrics.
-    let done = done.unwrap_or_default();
     assert_eq!(number_before(&done, " dead letters"), Some(5), "{done}");
     assert_eq!(
         number_before(&done, " late events"),
@@ -195,5 +206,55 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
         Some(results as u64),
         "{done}"
     );
+    Ok(())
+}
+
+#[test]
+fn checkpoint_metrics_are_scraped_over_http() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("events.jsonl");
+    let lines: String = (0..20_000i64)
+        .map(|i| format!("{{\"ts\":{},\"key\":\"k{}\",\"value\":1}}\n", i * 5, i % 11))
+        .collect();
+    std::fs::write(&input, lines)?;
+    let (output, state) = (dir.path().join("out"), dir.path().join("state"));
+    let (body, _, _, _running) = run_and_scrape(
+        &input,
+        &[
+            "--output".as_ref(),
+            output.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--checkpoint-interval".as_ref(),
+            "20ms".as_ref(),
+        ],
+    )?;
+    // At least the final checkpoint completed, and none failed.
+    assert!(sample_sum(&body, "weir_checkpoints_completed_total", &[]) >= 1.0);
+    assert_eq!(sample_sum(&body, "weir_checkpoints_failed_total", &[]), 0.0);
+    assert!(sample_sum(&body, "weir_checkpoint_duration_seconds", &[]) > 0.0);
+    assert!(sample_sum(&body, "weir_checkpoint_size_bytes", &[]) > 0.0);
+    for family in [
+        "weir_checkpoint_alignment_seconds",
+        "weir_checkpoint_age_seconds",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {family} gauge")),
+            "{family} missing"
+        );
+    }
+    // Everything the sink received is committed.
+    let mut committed = 0;
+    for entry in std::fs::read_dir(&output)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert!(name.starts_with("part-"), "{name} left in the output");
+        committed += std::fs::read_to_string(&path)?.lines().count();
+    }
+    assert_eq!(
+        sample_sum(&body, "weir_events_in_total", &[r#"operator="output""#]),
+        committed as f64
+    );
+    assert!(committed > 0);
     Ok(())
 }

@@ -117,7 +117,10 @@ impl JobOptions {
     /// The dead-letter file for this run: `<output>.dead.jsonl`, or next to the input.
     pub fn dead_letter_path(&self, job: &str) -> PathBuf {
         match self.output.as_deref() {
-            Some(out) if !out.ends_with(':') => PathBuf::from(format!("{out}.dead.jsonl")),
+            // `out/` (a part-file directory) gets `out.dead.jsonl` beside it, not inside.
+            Some(out) if !out.ends_with(':') => {
+                PathBuf::from(format!("{}.dead.jsonl", out.trim_end_matches('/')))
+            }
             _ => PathBuf::from(format!("{job}.dead.jsonl")),
         }
     }

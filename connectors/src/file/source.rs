@@ -331,6 +331,56 @@ mod tests {
         Ok(())
     }
 
+    /// A CSV decoder that needs the header row to find its column.
+    #[derive(Default)]
+    struct TsColumn(Option<usize>);
+
+    impl Decoder for TsColumn {
+        type Item = i64;
+        fn header(&mut self, line: &str) -> Result<(), String> {
+            self.0 = line.split(',').position(|c| c == "ts");
+            Ok(())
+        }
+        fn decode(&mut self, line: &str) -> Result<i64, String> {
+            let column = self.0.ok_or("no header seen")?;
+            let field = line.split(',').nth(column).ok_or("short row")?;
+            field.parse().map_err(|e| format!("bad ts: {e}"))
+        }
+    }
+
+    #[test]
+    fn seek_resumes_after_the_position_with_header_and_dead_letters() -> Result<(), BoxError> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("in.csv");
+        std::fs::write(&input, "key,ts\na,1\nb,x\nc,3\nd,y\ne,5\n")?;
+        let dead_path = dir.path().join("dead.jsonl");
+        let source = |dead_path: &Path| -> Result<FileSource<TsColumn>, BoxError> {
+            let dead = DeadLetters::to_file(dead_path, Counter::new("d", "d")?);
+            Ok(FileSource::new(
+                &input,
+                Format::Csv,
+                TsColumn::default(),
+                dead,
+            ))
+        };
+        let mut first = source(&dead_path)?;
+        let mut head = Vec::new();
+        first.poll_batch(&mut head, 2)?; // header, a, b (rejected), c
+        let position = first.position()?.ok_or("a file is replayable")?;
+        let rest_uninterrupted = drain(&mut first)?;
+        let dead_uninterrupted = std::fs::read_to_string(&dead_path)?;
+
+        // A restart from `position`: same rows after it, the dead letters after it once.
+        let mut resumed = source(&dead_path)?;
+        resumed.seek(&position)?;
+        assert_eq!(drain(&mut resumed)?, rest_uninterrupted);
+        assert_eq!(head, vec![1, 3]);
+        assert_eq!(rest_uninterrupted, vec![5]);
+        assert_eq!(std::fs::read_to_string(&dead_path)?, dead_uninterrupted);
+        assert_eq!(dead_uninterrupted.lines().count(), 2);
+        Ok(())
+    }
+
     #[test]
     fn follow_reads_appended_lines_and_waits_for_partial_ones() -> Result<(), BoxError> {
         let dir = tempfile::tempdir()?;
