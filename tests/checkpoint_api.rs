@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_engine::{
-    BoxError, CheckpointConfig, RunOptions, RunSummary, Source, SourceStatus, StateConfig,
+    BoxError, CheckpointConfig, Resume, RunOptions, RunSummary, Source, SourceStatus, StateConfig,
 };
 use weir_jobs::prelude::*;
 
@@ -150,6 +150,7 @@ impl Setup {
                 dir: self.state_dir().join("union-counts/checkpoints"),
                 interval,
                 retained: 2,
+                resume: Resume::Latest,
             }),
             ..RunOptions::default()
         }

@@ -15,7 +15,9 @@
 //! - restarting a job that already finished leaves its committed files byte for byte as they
 //!   were;
 //! - a corrupt newest checkpoint is reported as unusable and the job resumes from the one
-//!   before it.
+//!   before it;
+//! - a savepoint asked for over HTTP (`weir savepoint`) is a starting point
+//!   (`--from-savepoint`), and `--replay-from beginning|TIME` derives the state again.
 //!
 //! The input comes from `weir gen events`: one event per millisecond, up to 1 s out of order,
 //! 10,000 keys. The watermark delay (2 s) exceeds that, so no event is late and the results
@@ -205,6 +207,107 @@ fn a_finished_job_restarted_changes_nothing() {
     assert!(
         left.is_empty(),
         "uncommitted files after the restart: {left:?}"
+    );
+}
+
+#[test]
+fn a_savepoint_over_http_and_replays_derive_the_same_results() {
+    let fx = Fixture::new(MEDIUM);
+    let (out, state) = (fx.path("out"), fx.path("state"));
+    let args = fx.checkpointed(&out, &state, "200ms", 1);
+    // The same run with a metrics endpoint on a free port, for `weir savepoint`.
+    let mut served = args.clone();
+    let off = served.iter().position(|a| a == "off").unwrap();
+    served[off] = "127.0.0.1:0".into();
+    let run = Running::start(&served, fx.path("served.stderr"));
+    let addr = loop {
+        let stderr = run.stderr();
+        let addr = stderr.lines().find_map(|l| {
+            l.strip_prefix("weir: metrics at http://")?
+                .strip_suffix("/metrics")
+                .map(str::to_string)
+        });
+        if let Some(addr) = addr {
+            break addr;
+        }
+        assert!(
+            run.started.elapsed() < RUN_LIMIT,
+            "no metrics address:\n{stderr}"
+        );
+        thread::sleep(POLL);
+    };
+    let answer = Command::new(WEIR)
+        .args(["savepoint", "--metrics-addr", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        answer.status.success(),
+        "weir savepoint: {}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let savepoint = PathBuf::from(String::from_utf8(answer.stdout).unwrap().trim());
+    assert!(
+        savepoint.join("_manifest").is_file(),
+        "{}",
+        savepoint.display()
+    );
+    run.finish();
+    fx.assert_committed_equals_reference(&out, "the run that took a savepoint");
+
+    // Back to the savepoint: later parts are withdrawn and derived again.
+    let mut from_savepoint = args.clone();
+    from_savepoint.extend(["--from-savepoint".into(), savepoint.clone().into()]);
+    let stderr = Running::start(&from_savepoint, fx.path("restored.stderr")).finish();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| says(l, "resuming") && l.contains("savepoint-")),
+        "did not resume from the savepoint:\n{stderr}"
+    );
+    fx.assert_committed_equals_reference(&out, "after --from-savepoint");
+
+    // From the beginning: all input read again, the same rows.
+    let mut replay = args.clone();
+    replay.extend(["--replay-from".into(), "beginning".into()]);
+    let stderr = Running::start(&replay, fx.path("replay.stderr")).finish();
+    assert!(!says(&stderr, "resuming"), "{stderr}");
+    assert_eq!(Summary::from_stderr(&stderr).unwrap().events_read, MEDIUM);
+    fx.assert_committed_equals_reference(&out, "after --replay-from beginning");
+
+    // From a point in event time: the rows of a run over only the events from then on.
+    let from_ts = {
+        let text = fs::read_to_string(&fx.input).unwrap();
+        let middle = text.lines().nth(MEDIUM as usize / 2).unwrap();
+        serde_json::from_str::<Value>(middle).unwrap()["ts"]
+            .as_i64()
+            .unwrap()
+    };
+    let later_input = fx.path("later.jsonl");
+    let later: String = fs::read_to_string(&fx.input)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+                >= from_ts
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&later_input, later).unwrap();
+    let later_reference = fx.path("later-reference.jsonl");
+    Running::start(
+        &job_args(&later_input, &later_reference, 1),
+        fx.path("later-reference.stderr"),
+    )
+    .finish();
+    let mut replay_from_ts = args;
+    replay_from_ts.extend(["--replay-from".into(), from_ts.to_string().into()]);
+    Running::start(&replay_from_ts, fx.path("replay-ts.stderr")).finish();
+    assert_same_rows(
+        &committed_rows(&out),
+        &canonical_rows([later_reference]),
+        "after --replay-from an event time",
     );
 }
 

@@ -42,6 +42,7 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::checkpoint::JobControl;
 use crate::error::{EngineError, Result};
 use crate::keys::StableHash;
 use crate::metrics::JobMetrics;
@@ -150,6 +151,7 @@ struct JobInner {
     name: String,
     graph: RefCell<Graph>,
     metrics: Arc<JobMetrics>,
+    control: Arc<JobControl>,
 }
 
 /// A dataflow job under construction. Cloning gives another handle to the same job.
@@ -174,6 +176,7 @@ impl Job {
                 name: name.to_string(),
                 graph: RefCell::new(Graph::default()),
                 metrics: Arc::new(JobMetrics::new(name)),
+                control: Arc::new(JobControl::default()),
             }),
         }
     }
@@ -186,6 +189,11 @@ impl Job {
     /// The job's metrics, live while it runs.
     pub fn metrics(&self) -> Arc<JobMetrics> {
         self.inner.metrics.clone()
+    }
+
+    /// A handle to control the job while it runs (savepoints).
+    pub fn control(&self) -> Arc<JobControl> {
+        self.inner.control.clone()
     }
 
     /// Adds a source; its events enter the job without timestamps.
@@ -210,7 +218,15 @@ impl Job {
                 reason: first.clone(),
             });
         }
-        runtime::run(&self.inner.name, &graph, &self.inner.metrics, options)
+        let result = runtime::run(
+            &self.inner.name,
+            &graph,
+            &self.inner.metrics,
+            &self.inner.control,
+            options,
+        );
+        self.inner.control.attach(None);
+        result
     }
 
     /// The operator graph as text, one node per line, for `parallelism` workers.
@@ -369,12 +385,12 @@ impl<T: Data> Stream<T> {
         self.stateless(
             "timestamps",
             true,
-            StatelessNode::assigning_time(move |down, participant| {
+            StatelessNode::assigning_time(move |down, context| {
                 Ok(Box::new(TimestampPush::new(
                     ts.clone(),
                     watermarks,
                     down,
-                    participant,
+                    context,
                 )?))
             }),
         )

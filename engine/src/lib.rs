@@ -40,7 +40,7 @@ pub mod source;
 pub mod state;
 pub mod time;
 
-pub use checkpoint::{CheckpointConfig, CheckpointId};
+pub use checkpoint::{CheckpointConfig, CheckpointId, JobControl, Resume};
 pub use error::{BoxError, EngineError, Result};
 pub use job::{Job, KeyedStream, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};

@@ -36,6 +36,7 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::checkpoint::JobControl;
 use crate::error::EngineError;
 use crate::state::RocksStore;
 
@@ -439,6 +440,16 @@ impl MetricsServer {
     /// Binds `addr` (e.g. `127.0.0.1:9898`, port 0 picks a free port) and serves
     /// `GET /metrics` from a background thread.
     pub fn start(addr: &str, metrics: Arc<JobMetrics>) -> Result<Self, EngineError> {
+        Self::start_with_control(addr, metrics, None)
+    }
+
+    /// Like [`MetricsServer::start`], and with `control` also `POST /savepoint`, which takes
+    /// a savepoint and answers with its directory.
+    pub fn start_with_control(
+        addr: &str,
+        metrics: Arc<JobMetrics>,
+        control: Option<Arc<JobControl>>,
+    ) -> Result<Self, EngineError> {
         let listener = TcpListener::bind(addr).map_err(|source| EngineError::MetricsServer {
             addr: addr.to_string(),
             source,
@@ -454,7 +465,7 @@ impl MetricsServer {
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
                     // One scrape at a time is plenty; a stuck client times out.
-                    let _ = serve_one(stream, &metrics);
+                    let _ = serve_one(stream, &metrics, control.as_deref());
                 }
             })
             .map_err(|source| EngineError::MetricsServer {
@@ -470,7 +481,14 @@ impl MetricsServer {
     }
 }
 
-fn serve_one(mut stream: TcpStream, metrics: &JobMetrics) -> std::io::Result<()> {
+/// How long `POST /savepoint` waits for the savepoint.
+const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn serve_one(
+    mut stream: TcpStream,
+    metrics: &JobMetrics,
+    control: Option<&JobControl>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut request = Vec::with_capacity(1024);
@@ -488,11 +506,19 @@ fn serve_one(mut stream: TcpStream, metrics: &JobMetrics) -> std::io::Result<()>
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
-    let (status, content_type, body) = if method != b"GET" {
+    let (status, content_type, body) = if method == b"POST" && path == b"/savepoint" {
+        let answer = control
+            .ok_or_else(|| "this server has no job to take a savepoint of".to_string())
+            .and_then(|c| c.savepoint(SAVEPOINT_TIMEOUT));
+        match answer {
+            Ok(dir) => ("200 OK", "text/plain", format!("{}\n", dir.display())),
+            Err(reason) => ("409 Conflict", "text/plain", format!("{reason}\n")),
+        }
+    } else if method != b"GET" {
         (
             "405 Method Not Allowed",
             "text/plain",
-            "only GET is served\n".to_string(),
+            "only GET (and POST /savepoint) is served\n".to_string(),
         )
     } else if path == b"/metrics" {
         ("200 OK", "text/plain; version=0.0.4", metrics.render())

@@ -41,7 +41,7 @@ use prometheus::{IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 
 use crate::checkpoint::coordinator::{Checkpointing, Participant};
-use crate::checkpoint::{CheckpointConfig, CheckpointId};
+use crate::checkpoint::{CheckpointConfig, CheckpointId, JobControl};
 use crate::error::{EngineError, Result};
 use crate::job::{Graph, NodeId};
 use crate::keys::{
@@ -75,6 +75,8 @@ pub struct RunOptions {
     pub state: StateConfig,
     /// Periodic checkpoints, and resuming from the newest one (needs RocksDB state).
     pub checkpoints: Option<CheckpointConfig>,
+    /// Skip events whose event time is before this (a replay from a point in time).
+    pub replay_from: Option<Timestamp>,
 }
 
 impl Default for RunOptions {
@@ -87,6 +89,7 @@ impl Default for RunOptions {
             idle_timeout: None,
             state: StateConfig::Memory,
             checkpoints: None,
+            replay_from: None,
         }
     }
 }
@@ -440,9 +443,15 @@ impl<S: Source> NodeImpl for SourceNode<S> {
 
 // ---------------------------------------------------------------- stateless
 
-/// Wraps a downstream pusher into a node's pusher; a node that assigns event times gets a
-/// checkpoint participant to keep its watermark generator in checkpoints.
-type Wrap<T, U> = dyn Fn(Box<dyn Push<U>>, Option<Participant>) -> Result<Box<dyn Push<T>>>;
+/// Wraps a downstream pusher into a node's pusher.
+type Wrap<T, U> = dyn Fn(Box<dyn Push<U>>, NodeContext) -> Result<Box<dyn Push<T>>>;
+
+/// What a stateless node instance may need from the run: a node that assigns event times
+/// keeps its watermark generator in checkpoints and skips events before a replay point.
+pub(crate) struct NodeContext {
+    pub(crate) participant: Option<Participant>,
+    pub(crate) replay_from: Option<Timestamp>,
+}
 
 pub(crate) struct StatelessNode<T, U> {
     wrap: Box<Wrap<T, U>>,
@@ -452,7 +461,7 @@ pub(crate) struct StatelessNode<T, U> {
 
 impl<T, U> StatelessNode<T, U> {
     pub(crate) fn new(
-        wrap: impl Fn(Box<dyn Push<U>>, Option<Participant>) -> Result<Box<dyn Push<T>>> + 'static,
+        wrap: impl Fn(Box<dyn Push<U>>, NodeContext) -> Result<Box<dyn Push<T>>> + 'static,
     ) -> Self {
         StatelessNode {
             wrap: Box::new(wrap),
@@ -462,7 +471,7 @@ impl<T, U> StatelessNode<T, U> {
 
     /// A node that assigns event times (see [`StatelessNode::assigns_time`]).
     pub(crate) fn assigning_time(
-        wrap: impl Fn(Box<dyn Push<U>>, Option<Participant>) -> Result<Box<dyn Push<T>>> + 'static,
+        wrap: impl Fn(Box<dyn Push<U>>, NodeContext) -> Result<Box<dyn Push<T>>> + 'static,
     ) -> Self {
         StatelessNode {
             assigns_time: true,
@@ -483,7 +492,11 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
             None
         };
         let metered: Box<dyn Push<U>> = Box::new(Metered { down, metrics });
-        Ok(erase((self.wrap)(metered, participant)?))
+        let context = NodeContext {
+            participant,
+            replay_from: b.options.replay_from,
+        };
+        Ok(erase((self.wrap)(metered, context)?))
     }
 }
 
@@ -514,6 +527,7 @@ pub(crate) struct TimestampPush<F, T> {
     watermarks: Watermarks,
     generator: WatermarkGenerator,
     participant: Option<Participant>,
+    replay_from: Option<Timestamp>,
     down: Box<dyn Push<T>>,
 }
 
@@ -530,8 +544,12 @@ impl<F, T> TimestampPush<F, T> {
         ts: F,
         watermarks: Watermarks,
         down: Box<dyn Push<T>>,
-        participant: Option<Participant>,
+        context: NodeContext,
     ) -> Result<Self> {
+        let NodeContext {
+            participant,
+            replay_from,
+        } = context;
         let restored = participant.as_ref().and_then(|p| p.restored());
         let generator = match restored {
             Some(value) => {
@@ -553,6 +571,7 @@ impl<F, T> TimestampPush<F, T> {
             watermarks,
             generator,
             participant,
+            replay_from,
             down,
         })
     }
@@ -561,6 +580,10 @@ impl<F, T> TimestampPush<F, T> {
 impl<F: Fn(&T) -> i64 + Send, T: Data> Push<T> for TimestampPush<F, T> {
     fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
         let g = &mut self.generator;
+        if let Some(from) = self.replay_from {
+            // Events before the replay point are not part of this run's history.
+            batch.records.retain(|r| (self.ts)(&r.value) >= from);
+        }
         for r in &mut batch.records {
             r.ts = (self.ts)(&r.value);
             r.watermark = g.current;
@@ -1164,7 +1187,10 @@ fn import_keyed_state(
         if overlap.is_empty() {
             continue;
         }
-        store.import_key_groups(&checkpointing.dir(manifest.id).join(&old.store), overlap)?;
+        let dir = checkpointing
+            .restored_dir()
+            .ok_or("internal: a restored checkpoint without a directory")?;
+        store.import_key_groups(&dir.join(&old.store), overlap)?;
         snapshots.push(old.operator);
     }
     Ok(Some(snapshots))
@@ -1549,6 +1575,7 @@ pub(crate) fn run(
     job: &str,
     graph: &Graph,
     metrics: &Arc<JobMetrics>,
+    control: &JobControl,
     options: &RunOptions,
 ) -> Result<RunSummary> {
     if options.parallelism == 0 || options.parallelism > usize::from(MAX_KEY_GROUPS) {
@@ -1596,11 +1623,11 @@ pub(crate) fn run(
                 options.progress_interval.is_some(),
             )
             .map_err(|e| invalid(format!("{e} (check --state-dir)")))?;
-            if let Some(m) = c.restored() {
+            if let (Some(m), Some(dir)) = (c.restored(), c.restored_dir()) {
                 eprintln!(
-                    "weir: resuming job `{job}` from checkpoint {} in {} (taken at parallelism {}, now {})",
+                    "weir: resuming job `{job}` from checkpoint {} ({}; taken at parallelism {}, now {})",
                     m.id,
-                    config.dir.display(),
+                    dir.display(),
                     m.parallelism,
                     options.parallelism
                 );
@@ -1608,6 +1635,7 @@ pub(crate) fn run(
             Some(c)
         }
     };
+    control.attach(checkpointing.clone());
     let cancelled = Arc::new(AtomicBool::new(false));
     let mut build = Build {
         cancelled: cancelled.clone(),

@@ -1,4 +1,4 @@
-//! The `weir` command line: `jobs`, `describe`, `run`, `bench` and `gen`.
+//! The `weir` command line: `jobs`, `describe`, `run`, `bench`, `gen` and `savepoint`.
 //!
 //! [`main`] is the whole CLI for any [`Registry`], so a crate with its own jobs gets the same
 //! commands, metrics endpoint and progress output as the `weir` binary.
@@ -51,6 +51,13 @@ enum Command {
         job: String,
         #[command(flatten)]
         options: JobOptions,
+    },
+    /// Ask a running job (started with --checkpoint-interval) for a savepoint; prints its
+    /// directory, for `weir run ... --from-savepoint DIR`.
+    Savepoint {
+        /// The running job's --metrics-addr.
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        metrics_addr: String,
     },
     /// Write a deterministic synthetic stream as JSON lines.
     Gen {
@@ -137,6 +144,11 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             options,
             serve,
         } => run(registry, &job, &options, &serve),
+        Command::Savepoint { metrics_addr } => {
+            let dir = request_savepoint(&metrics_addr)?;
+            println!("{dir}");
+            Ok(())
+        }
         Command::Bench { job, options } => {
             let spec = registry.get(&job)?;
             let result = crate::bench::run(spec, &options)?;
@@ -188,7 +200,11 @@ fn run(
     let _server = if serve.metrics_addr == "off" {
         None
     } else {
-        let server = MetricsServer::start(&serve.metrics_addr, Arc::clone(&job.metrics()))?;
+        let server = MetricsServer::start_with_control(
+            &serve.metrics_addr,
+            Arc::clone(&job.metrics()),
+            Some(job.control()),
+        )?;
         eprintln!("weir: metrics at http://{}/metrics", server.addr());
         Some(server)
     };
@@ -205,6 +221,27 @@ fn run(
         std::thread::sleep(linger);
     }
     Ok(())
+}
+
+/// `POST /savepoint` to a running job's metrics server; returns the savepoint directory.
+fn request_savepoint(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).with_context(|| {
+        format!("no job answers at {addr}: pass the running job's --metrics-addr")
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(660)))?;
+    write!(
+        stream,
+        "POST /savepoint HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(body.trim().to_string())
+    } else {
+        anyhow::bail!("the job at {addr} took no savepoint: {}", body.trim())
+    }
 }
 
 fn summarize(s: &RunSummary) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use weir_connectors::Format;
-use weir_engine::{parse_duration, CheckpointConfig, RunOptions, StateConfig};
+use weir_engine::{parse_duration, CheckpointConfig, Resume, RunOptions, StateConfig};
 use weir_operators::{Session, Sliding, Tumbling, WindowSpec};
 
 /// Options of `weir run`, `weir describe` and `weir bench`.
@@ -64,6 +64,13 @@ pub struct JobOptions {
     /// Complete checkpoints to keep.
     #[arg(long, default_value_t = 3)]
     pub checkpoints_retained: usize,
+    /// Start from this savepoint (or checkpoint) directory instead of the newest checkpoint.
+    #[arg(long, conflicts_with = "replay_from")]
+    pub from_savepoint: Option<PathBuf>,
+    /// Derive the state again from the input: `beginning` discards all checkpoints; an
+    /// event time (epoch ms) does too and also skips events before it.
+    #[arg(long, value_parser = parse_replay_from)]
+    pub replay_from: Option<ReplayFrom>,
     /// Entries per state table kept decoded in memory in front of RocksDB.
     #[arg(long, default_value_t = 65_536)]
     pub state_cache_entries: usize,
@@ -79,6 +86,24 @@ pub struct JobOptions {
     /// Job-specific settings, `KEY=VALUE`, repeatable.
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
+}
+
+/// Where `--replay-from` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// The start of the input.
+    Beginning,
+    /// The first event at or after this event time (epoch ms).
+    Time(i64),
+}
+
+fn parse_replay_from(s: &str) -> anyhow::Result<ReplayFrom> {
+    if s == "beginning" {
+        return Ok(ReplayFrom::Beginning);
+    }
+    s.parse().map(ReplayFrom::Time).map_err(|_| {
+        anyhow!("--replay-from `{s}`: use `beginning` or an event time in epoch milliseconds")
+    })
 }
 
 /// Parses [`JobOptions`] on their own (for benchmarks, tests and embedding).
@@ -158,14 +183,26 @@ impl JobOptions {
                 dir: dir.join(job).join("checkpoints"),
                 interval,
                 retained: self.checkpoints_retained.max(1),
+                resume: match (&self.from_savepoint, self.replay_from) {
+                    (Some(savepoint), _) => Resume::From(savepoint.clone()),
+                    (None, Some(_)) => Resume::Beginning,
+                    (None, None) => Resume::Latest,
+                },
             }),
         };
+        if checkpoints.is_none() && self.from_savepoint.is_some() {
+            bail!("--from-savepoint needs --checkpoint-interval and --state-dir");
+        }
         Ok(RunOptions {
             parallelism: self.parallelism,
             batch_size: self.batch_size,
             idle_timeout: self.idle_timeout,
             state,
             checkpoints,
+            replay_from: match self.replay_from {
+                Some(ReplayFrom::Time(t)) => Some(t),
+                _ => None,
+            },
             ..RunOptions::default()
         })
     }

@@ -228,10 +228,16 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
 
     fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
         let Some(writer) = self.writer.take() else {
-            // Nothing written since the last checkpoint: no part file.
-            let pending = self.transactions.as_ref().map(|t| t.pending.clone());
+            // Nothing written since the last checkpoint: no part file. The next part still
+            // takes the next number, so a part numbered N only ever holds rows from after
+            // checkpoint N - 1 (restoring checkpoint S keeps exactly the parts up to S).
+            let t = self
+                .transactions
+                .as_mut()
+                .ok_or("pre_commit before begin_transactions")?;
+            t.part = checkpoint + 1;
             return Ok(serde_json::to_value(SinkSnapshot {
-                pending: pending.unwrap_or_default(),
+                pending: t.pending.clone(),
             })?);
         };
         let path = self.file_path();
@@ -340,6 +346,28 @@ mod tests {
         restarted.pre_commit(2).unwrap();
         restarted.commit(2).unwrap();
         assert_eq!(names(&out), vec!["part-000001.jsonl", "part-000002.jsonl"]);
+    }
+
+    #[test]
+    fn a_part_never_holds_rows_from_before_an_empty_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::<i64>::new(dir.path());
+        sink.begin_transactions(None).unwrap();
+        sink.write(&rows(&[1])).unwrap();
+        sink.pre_commit(1).unwrap();
+        let state_2 = sink.pre_commit(2).unwrap(); // nothing written in between
+        sink.write(&rows(&[3])).unwrap();
+        sink.pre_commit(3).unwrap();
+        sink.commit(3).unwrap();
+        assert_eq!(
+            names(dir.path()),
+            vec!["part-000001.jsonl", "part-000003.jsonl"]
+        );
+        // Going back to checkpoint 2 withdraws row 3, which came after it.
+        FileSink::<i64>::new(dir.path())
+            .begin_transactions(Some((2, &state_2)))
+            .unwrap();
+        assert_eq!(names(dir.path()), vec!["part-000001.jsonl"]);
     }
 
     #[test]

@@ -6,16 +6,16 @@
 //! checkpoint completed, or when the job is cancelled.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 
 use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest};
-use super::{CheckpointConfig, CheckpointError, CheckpointId};
+use super::{CheckpointConfig, CheckpointError, CheckpointId, Resume};
 use crate::metrics::CheckpointMetrics;
 
 /// A checkpoint that is not complete this long after it started has failed.
@@ -28,6 +28,8 @@ enum Event {
         result: Result<Value, String>,
     },
     SourceExhausted,
+    /// Take a checkpoint now and keep it; the reply is its savepoint directory.
+    Savepoint(Sender<Result<PathBuf, String>>),
 }
 
 #[derive(Default)]
@@ -42,7 +44,8 @@ pub(crate) struct Checkpointing {
     config: CheckpointConfig,
     job: String,
     parallelism: usize,
-    restored: Option<Manifest>,
+    /// The checkpoint (or savepoint) this run resumes from, and its directory.
+    restored: Option<(Manifest, PathBuf)>,
     /// The newest checkpoint sources must put a barrier in for.
     requested: AtomicU64,
     /// The id of the final checkpoint, once it was triggered (0 before).
@@ -85,7 +88,7 @@ impl Participant {
     /// The snapshot this participant (same key) left in the checkpoint being restored.
     pub(crate) fn restored(&self) -> Option<&Value> {
         let key = self.shared.participant_key(self.index);
-        self.shared.restored.as_ref()?.participants.get(&key)
+        self.shared.restored()?.participants.get(&key)
     }
 
     /// Acknowledges checkpoint `id` with this participant's snapshot, or its failure.
@@ -112,15 +115,19 @@ impl Checkpointing {
             path: config.dir.clone(),
             source,
         })?;
-        let restored = manifest::latest_valid(&config.dir)?;
-        if let Some(m) = &restored {
-            // Attempts after the restored checkpoint never completed (or were unusable):
-            // their directories are garbage and their ids are reused.
-            for (id, dir) in manifest::list(&config.dir)? {
-                if id > m.id {
-                    std::fs::remove_dir_all(&dir)
-                        .map_err(|source| CheckpointError::Io { path: dir, source })?;
-                }
+        let restored = match &config.resume {
+            Resume::Latest => manifest::latest_valid(&config.dir)?
+                .map(|m| (m.clone(), manifest::checkpoint_dir(&config.dir, m.id))),
+            Resume::From(dir) => Some((Manifest::read_verified(dir)?, dir.clone())),
+            Resume::Beginning => None,
+        };
+        // Checkpoints after the restored one (all of them when starting afresh) describe a
+        // future this run will not have: their directories go and their ids are reused.
+        let keep_up_to = restored.as_ref().map_or(0, |(m, _)| m.id);
+        for (id, dir) in manifest::list(&config.dir)? {
+            if id > keep_up_to {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|source| CheckpointError::Io { path: dir, source })?;
             }
         }
         let (events, receiver) = unbounded();
@@ -145,12 +152,28 @@ impl Checkpointing {
 
     /// The checkpoint this run resumes from.
     pub(crate) fn restored(&self) -> Option<&Manifest> {
-        self.restored.as_ref()
+        self.restored.as_ref().map(|(m, _)| m)
+    }
+
+    /// The directory of the checkpoint this run resumes from.
+    pub(crate) fn restored_dir(&self) -> Option<&Path> {
+        self.restored.as_ref().map(|(_, dir)| dir.as_path())
     }
 
     /// Id of the restored checkpoint, 0 for a fresh start.
     pub(crate) fn restored_id(&self) -> CheckpointId {
-        self.restored.as_ref().map_or(0, |m| m.id)
+        self.restored().map_or(0, |m| m.id)
+    }
+
+    /// Asks the coordinator for a savepoint and waits for it (see [`super::JobControl`]).
+    pub(crate) fn request_savepoint(&self, timeout: Duration) -> Result<PathBuf, String> {
+        let (reply, answer) = bounded(1);
+        self.events
+            .send(Event::Savepoint(reply))
+            .map_err(|_| "the job is ending".to_string())?;
+        answer
+            .recv_timeout(timeout)
+            .map_err(|_| format!("no savepoint within {timeout:?}; the job may be busy"))?
     }
 
     /// The directory of checkpoint `id`.
@@ -262,17 +285,19 @@ impl Checkpointing {
         let mut next_id = self.restored_id() + 1;
         let mut next_due = Instant::now() + self.config.interval;
         let mut in_flight: Option<InFlight> = None;
+        let mut savepoint_requests = Vec::new();
         while !cancelled.load(Ordering::Relaxed) {
             let now = Instant::now();
             let wait = match &in_flight {
                 Some(_) => Duration::from_millis(50),
-                None if exhausted >= sources => Duration::ZERO,
+                None if exhausted >= sources || !savepoint_requests.is_empty() => Duration::ZERO,
                 None => next_due
                     .saturating_duration_since(now)
                     .min(Duration::from_millis(50)),
             };
             match events.recv_timeout(wait) {
                 Ok(Event::SourceExhausted) => exhausted += 1,
+                Ok(Event::Savepoint(reply)) => savepoint_requests.push(reply),
                 Ok(Event::Ack {
                     participant,
                     id,
@@ -297,9 +322,17 @@ impl Checkpointing {
                 }
                 let acked = f.acks.iter().all(Option::is_some);
                 if acked || f.failed.is_some() {
-                    let flight = in_flight.take().expect("checked above");
+                    let mut flight = in_flight.take().expect("checked above");
                     let (id, is_final) = (flight.id, flight.is_final);
-                    match self.complete(flight, &mut checksums) {
+                    let savepoint_for = std::mem::take(&mut flight.savepoint_for);
+                    let completed = self.complete(flight, &mut checksums);
+                    if !savepoint_for.is_empty() {
+                        let answer = completed.clone().and_then(|()| self.keep_as_savepoint(id));
+                        for reply in savepoint_for {
+                            let _ = reply.send(answer.clone());
+                        }
+                    }
+                    match completed {
                         Ok(()) if is_final => return Ok(()),
                         Ok(()) => {}
                         Err(reason) => {
@@ -316,7 +349,9 @@ impl Checkpointing {
                     next_due = Instant::now() + self.config.interval;
                 }
             }
-            if in_flight.is_none() && (exhausted >= sources || Instant::now() >= next_due) {
+            let asked = !savepoint_requests.is_empty();
+            if in_flight.is_none() && (exhausted >= sources || asked || Instant::now() >= next_due)
+            {
                 let id = next_id;
                 next_id += 1;
                 let is_final = exhausted >= sources;
@@ -324,6 +359,9 @@ impl Checkpointing {
                 if let Err(e) = std::fs::create_dir_all(&dir) {
                     self.metrics.failed.inc();
                     let reason = format!("cannot create {}: {e}", dir.display());
+                    for reply in savepoint_requests.drain(..) {
+                        let _ = reply.send(Err(reason.clone()));
+                    }
                     if is_final {
                         return Err(format!("the final checkpoint {id} failed: {reason}"));
                     }
@@ -342,10 +380,24 @@ impl Checkpointing {
                     started: Instant::now(),
                     acks: vec![None; participants],
                     failed: None,
+                    savepoint_for: std::mem::take(&mut savepoint_requests),
                 });
             }
         }
         Ok(())
+    }
+
+    /// Keeps complete checkpoint `id` as `savepoints/savepoint-NNNNNN`, out of retention's
+    /// reach; returns its directory.
+    fn keep_as_savepoint(&self, id: CheckpointId) -> Result<PathBuf, String> {
+        let target = self
+            .config
+            .savepoints_dir()
+            .join(format!("savepoint-{id:06}"));
+        link_tree(&self.dir(id), &target)
+            .map_err(|e| format!("cannot write savepoint {}: {e}", target.display()))?;
+        eprintln!("weir: savepoint {id} written to {}", target.display());
+        Ok(target)
     }
 
     /// Writes the manifest of a fully acknowledged checkpoint (or reports its failure).
@@ -410,6 +462,24 @@ struct InFlight {
     started: Instant,
     acks: Vec<Option<Value>>,
     failed: Option<String>,
+    /// Who asked for this checkpoint to be kept as a savepoint.
+    savepoint_for: Vec<Sender<Result<PathBuf, String>>>,
+}
+
+/// Recreates the directory tree `from` at `to` with hard links (checkpoint files are never
+/// changed after they are written, so sharing them is safe and costs no copy).
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            link_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::hard_link(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -25,12 +25,14 @@
 //! key group by key group (so the parallelism may change), sinks commit what the checkpoint
 //! covered and discard what it did not.
 
+mod control;
 pub(crate) mod coordinator;
 pub mod manifest;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use control::JobControl;
 pub use manifest::Manifest;
 
 /// Checkpoint ids: 1, 2, 3, ... per job state directory.
@@ -39,12 +41,35 @@ pub type CheckpointId = u64;
 /// How a job checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointConfig {
-    /// Where checkpoints live (`<state-dir>/<job>/checkpoints`).
+    /// Where checkpoints live (`<state-dir>/<job>/checkpoints`); savepoints go to the
+    /// sibling directory `savepoints`.
     pub dir: PathBuf,
     /// Time between the end of one checkpoint and the start of the next.
     pub interval: Duration,
     /// Complete checkpoints kept (older ones are removed).
     pub retained: usize,
+    /// Where the run starts.
+    pub resume: Resume,
+}
+
+/// Where a run with checkpoints starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// From the newest complete checkpoint in [`CheckpointConfig::dir`], if there is one.
+    #[default]
+    Latest,
+    /// From this savepoint (or checkpoint) directory; newer checkpoints are discarded.
+    From(PathBuf),
+    /// From the beginning of the input: every checkpoint is discarded and the state is
+    /// derived again by replaying the input (outputs start afresh).
+    Beginning,
+}
+
+impl CheckpointConfig {
+    /// Where savepoints go: `savepoints` beside the checkpoint directory.
+    pub fn savepoints_dir(&self) -> PathBuf {
+        self.dir.with_file_name("savepoints")
+    }
 }
 
 /// A checkpoint could not be written or read.
