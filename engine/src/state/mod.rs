@@ -4,7 +4,8 @@
 //! how they are stored. [`memory`] keeps Rust values in hash maps; [`rocksdb`] keeps them in
 //! RocksDB, serialized with serde and bincode, which is why keys and values must be
 //! serializable even in memory. Which one a job uses is a run option ([`StateConfig`]);
-//! operators are generic over the backend and do not change.
+//! operators are generic over the backend and do not change. [`ttl`] adds expiring
+//! entries and list state on top of any backend.
 //!
 //! # Invariants
 //! - A backend instance belongs to one operator instance (one thread); no locking.
@@ -12,6 +13,7 @@
 
 pub mod memory;
 pub mod rocksdb;
+pub mod ttl;
 
 use std::hash::Hash;
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use crate::keys::StableHash;
 
 pub use self::memory::{MemoryBackend, MemoryMap};
 pub use self::rocksdb::{shared_block_cache, RocksBackend, RocksMap, RocksStore};
+pub use self::ttl::{Expiring, ListState, TtlMap};
 
 /// Where a job keeps its keyed state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +76,17 @@ pub trait StateBackend: Send + 'static {
         &mut self,
         name: &str,
     ) -> Result<Self::Map<K, V>, StateError>;
+
+    /// Opens (or creates) the map table `name` whose entries expire `ttl` after their last
+    /// write (see [`ttl`]). For list state, use a `Vec` value and [`ListState`].
+    #[allow(clippy::type_complexity)]
+    fn map_state_with_ttl<K: StateKey, V: StateValue>(
+        &mut self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<TtlMap<K, V, Self::Map<K, Expiring<V>>>, StateError> {
+        Ok(TtlMap::new(self.map_state(name)?, ttl))
+    }
 }
 
 /// A typed key-value table.

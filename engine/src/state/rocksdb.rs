@@ -528,6 +528,7 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::MAX_KEY_GROUPS;
 
     #[test]
     fn entries_survive_write_back_and_deletes_reach_rocksdb(
@@ -589,6 +590,43 @@ mod tests {
         table.flush()?;
         assert_eq!(fresh.get(&"k1".to_string())?, Some(100));
         assert_eq!(fresh.get(&"k2".to_string())?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_imports_key_group_ranges_exactly() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let cache = shared_block_cache();
+        let old = RocksStore::open_fresh(&dir.path().join("old"), &cache)?;
+        let mut table: RocksMap<String, u64> =
+            RocksBackend::new(old.clone(), "op", 8).map_state("t")?;
+        let keys: Vec<String> = (0..2000).map(|i| format!("key-{i}")).collect();
+        for (i, key) in keys.iter().enumerate() {
+            table.put(key.clone(), i as u64)?;
+        }
+        table.flush()?;
+        old.checkpoint_to(&dir.path().join("chk"))?;
+
+        // Two new instances split the key groups at 50, as parallelism 2 would at 128 / 2.
+        let mut seen = 0;
+        for (name, groups) in [("low", 0..50), ("high", 50..MAX_KEY_GROUPS)] {
+            let new = RocksStore::open_fresh(&dir.path().join(name), &cache)?;
+            let copied = new.import_key_groups(&dir.path().join("chk"), groups.clone())?;
+            let mut imported: RocksMap<String, u64> =
+                RocksBackend::new(new, "op", 8).map_state("t")?;
+            let mut entries = Vec::new();
+            imported.scan(|k, v| entries.push((k, v)))?;
+            assert_eq!(entries.len() as u64, copied);
+            for (key, value) in &entries {
+                assert!(
+                    groups.contains(&key_group_of(key)),
+                    "{key} is not in {groups:?}"
+                );
+                assert_eq!(keys[*value as usize], *key);
+            }
+            seen += entries.len();
+        }
+        assert_eq!(seen, keys.len(), "every key lands in exactly one range");
         Ok(())
     }
 

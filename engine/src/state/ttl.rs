@@ -1,0 +1,270 @@
+//! Time-to-live for keyed state, and list state.
+//!
+//! [`TtlMap`] wraps any backend's [`MapState`] and stamps every write with the table's
+//! current time. An entry whose `written + ttl <= now` is expired: it is invisible at once
+//! (reads see nothing, `update` starts afresh), and it is removed when touched or by a sweep
+//! that runs each time the clock has moved by the TTL (so the cost is amortized, and the
+//! table holds at most about two TTLs' worth of entries).
+//!
+//! # Which clock
+//! The owner of the table moves its clock ([`TtlMap::advance_time`]). weir's operators use
+//! event time (the watermark), as Flink's state TTL would with event time: a replay from a
+//! checkpoint then expires exactly the same entries, so results stay deterministic. Writes
+//! refresh the stamp; reads do not (Flink's `OnCreateAndWrite`).
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{MapState, StateError, StateKey, StateValue};
+use crate::time::{Timestamp, MIN_WATERMARK};
+
+/// A value with the time it was last written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expiring<V> {
+    /// When the value was last written (the table's clock then).
+    pub written: Timestamp,
+    /// The value.
+    pub value: V,
+}
+
+/// A [`MapState`] whose entries expire `ttl` after they were last written.
+#[derive(Debug)]
+pub struct TtlMap<K, V, M> {
+    inner: M,
+    ttl: i64,
+    now: Timestamp,
+    next_sweep: Timestamp,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
+    /// Wraps `inner`; entries live for `ttl` of the table's clock.
+    pub fn new(inner: M, ttl: Duration) -> Self {
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        TtlMap {
+            inner,
+            ttl,
+            now: MIN_WATERMARK,
+            next_sweep: MIN_WATERMARK,
+            _types: PhantomData,
+        }
+    }
+
+    /// The table's current time.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Moves the table's clock to `now` (it never goes back); sweeps expired entries out
+    /// once the clock has moved by the TTL since the last sweep. Returns how many entries
+    /// the sweep removed.
+    pub fn advance_time(&mut self, now: Timestamp) -> Result<usize, StateError> {
+        if now <= self.now {
+            return Ok(0);
+        }
+        self.now = now;
+        if self.next_sweep == MIN_WATERMARK {
+            self.next_sweep = now.saturating_add(self.ttl);
+            return Ok(0);
+        }
+        if now < self.next_sweep {
+            return Ok(0);
+        }
+        self.next_sweep = now.saturating_add(self.ttl);
+        self.sweep()
+    }
+
+    /// Removes every expired entry now.
+    pub fn sweep(&mut self) -> Result<usize, StateError> {
+        let mut expired = Vec::new();
+        let (ttl, now) = (self.ttl, self.now);
+        self.inner.scan(|key, e| {
+            if !alive(&e, ttl, now) {
+                expired.push(key);
+            }
+        })?;
+        for key in &expired {
+            self.inner.take(key)?;
+        }
+        Ok(expired.len())
+    }
+
+    fn stamp(&self, value: V) -> Expiring<V> {
+        Expiring {
+            written: self.now,
+            value,
+        }
+    }
+}
+
+#[inline]
+fn alive<V>(e: &Expiring<V>, ttl: i64, now: Timestamp) -> bool {
+    e.written.saturating_add(ttl) > now
+}
+
+impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> MapState<K, V> for TtlMap<K, V, M> {
+    fn get(&self, key: &K) -> Result<Option<V>, StateError> {
+        self.read(key, |v| v.cloned())
+    }
+
+    fn read<R>(&self, key: &K, f: impl FnOnce(Option<&V>) -> R) -> Result<R, StateError> {
+        let (ttl, now) = (self.ttl, self.now);
+        self.inner.read(key, |e| {
+            f(e.filter(|e| alive(e, ttl, now)).map(|e| &e.value))
+        })
+    }
+
+    fn modify<R>(
+        &mut self,
+        key: &K,
+        change: impl FnOnce(&mut V) -> R,
+    ) -> Result<Option<R>, StateError> {
+        if self.get(key)?.is_none() {
+            // Absent, or expired: an expired entry goes now that it was touched.
+            self.inner.take(key)?;
+            return Ok(None);
+        }
+        let now = self.now;
+        self.inner.modify(key, |e| {
+            e.written = now;
+            change(&mut e.value)
+        })
+    }
+
+    fn update<R>(
+        &mut self,
+        key: &K,
+        init: impl FnOnce() -> V,
+        change: impl FnOnce(&mut V) -> R,
+    ) -> Result<R, StateError> {
+        let (ttl, now) = (self.ttl, self.now);
+        // `init` runs only if the entry is new or expired; either closure may take it.
+        let init = std::cell::Cell::new(Some(init));
+        let fresh = || Expiring {
+            written: now,
+            value: init
+                .take()
+                .map_or_else(|| unreachable!("init runs once"), |f| f()),
+        };
+        self.inner.update(key, fresh, |e| {
+            if !alive(e, ttl, now) {
+                *e = fresh();
+            }
+            e.written = now;
+            change(&mut e.value)
+        })
+    }
+
+    fn put(&mut self, key: K, value: V) -> Result<(), StateError> {
+        let stamped = self.stamp(value);
+        self.inner.put(key, stamped)
+    }
+
+    fn take(&mut self, key: &K) -> Result<Option<V>, StateError> {
+        let (ttl, now) = (self.ttl, self.now);
+        Ok(self
+            .inner
+            .take(key)?
+            .filter(|e| alive(e, ttl, now))
+            .map(|e| e.value))
+    }
+
+    /// Entries held, including expired ones not swept yet.
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        self.inner.flush()
+    }
+
+    fn scan(&mut self, mut f: impl FnMut(K, V)) -> Result<(), StateError> {
+        let (ttl, now) = (self.ttl, self.now);
+        self.inner.scan(|k, e| {
+            if alive(&e, ttl, now) {
+                f(k, e.value);
+            }
+        })
+    }
+}
+
+/// List state: a list of values per key, over any map table of `Vec`s.
+pub trait ListState<K, V>: MapState<K, Vec<V>> {
+    /// Appends `value` to the list of `key`.
+    fn append(&mut self, key: &K, value: V) -> Result<(), StateError> {
+        self.update(key, Vec::new, |list| list.push(value))
+    }
+
+    /// The list of `key` (empty if none), consuming it.
+    fn take_list(&mut self, key: &K) -> Result<Vec<V>, StateError> {
+        Ok(self.take(key)?.unwrap_or_default())
+    }
+}
+
+impl<K, V, M: MapState<K, Vec<V>>> ListState<K, V> for M {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{shared_block_cache, MemoryBackend, RocksBackend, RocksStore, StateBackend};
+
+    /// Runs the same TTL story against a backend.
+    fn expiry_story<S: StateBackend>(mut backend: S) -> Result<(), StateError> {
+        let mut table: TtlMap<String, i64, _> =
+            TtlMap::new(backend.map_state("seen")?, Duration::from_millis(100));
+        let k = |s: &str| s.to_string();
+        table.advance_time(1_000)?;
+        table.put(k("a"), 1)?;
+        table.advance_time(1_050)?;
+        table.update(&k("b"), || 0, |v| *v += 2)?;
+        assert_eq!(table.get(&k("a"))?, Some(1));
+        // `a` was written at 1000: at 1100 it is gone, at once, for every kind of access.
+        table.advance_time(1_100)?;
+        assert_eq!(table.get(&k("a"))?, None);
+        assert_eq!(table.modify(&k("a"), |v| *v)?, None);
+        assert_eq!(table.get(&k("b"))?, Some(2));
+        // Writing refreshes: `b` lives until 1130 + 100.
+        table.advance_time(1_130)?;
+        table.update(&k("b"), || 0, |v| *v += 1)?;
+        table.advance_time(1_200)?;
+        assert_eq!(table.get(&k("b"))?, Some(3));
+        // An expired entry updated starts afresh.
+        table.put(k("c"), 7)?;
+        table.advance_time(1_400)?;
+        assert_eq!(table.update(&k("c"), || 0, |v| *v)?, 0);
+        // The sweep has removed `b` (expired at 1230): only `c` is held.
+        assert_eq!(table.len(), 1);
+        let mut live = Vec::new();
+        table.scan(|key, v| live.push((key, v)))?;
+        assert_eq!(live, vec![(k("c"), 0)]);
+        Ok(())
+    }
+
+    #[test]
+    fn entries_expire_at_once_and_are_swept_in_memory() -> Result<(), StateError> {
+        expiry_story(MemoryBackend::new())
+    }
+
+    #[test]
+    fn entries_expire_at_once_and_are_swept_in_rocksdb() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;
+        // A cache of 1 entry: everything goes through RocksDB.
+        Ok(expiry_story(RocksBackend::new(store, "op", 1))?)
+    }
+
+    #[test]
+    fn lists_append_and_are_taken_whole() -> Result<(), StateError> {
+        let mut lists = MemoryBackend::new().map_state::<u32, Vec<String>>("l")?;
+        let s = |text: &str| text.to_string();
+        lists.append(&1, s("placed"))?;
+        lists.append(&1, s("paid"))?;
+        lists.append(&2, s("placed"))?;
+        assert_eq!(lists.take_list(&1)?, vec![s("placed"), s("paid")]);
+        assert_eq!(lists.take_list(&1)?, Vec::<String>::new());
+        assert_eq!(lists.get(&2)?, Some(vec![s("placed")]));
+        Ok(())
+    }
+}
