@@ -40,12 +40,17 @@ fn cents(v: &Value) -> Option<i64> {
 type RegionRows = BTreeMap<(String, i64, i64), (u64, i64)>;
 type Alerts = BTreeMap<String, (String, i64)>;
 
-/// Reference: per region and minute, orders and revenue in cents; first order per customer
-/// that takes cumulative revenue above 10,000.00, in input order.
+/// Reference: orders counted once per order id; per region and minute, orders and revenue
+/// in cents; first order per customer that takes cumulative revenue above 10,000.00, in
+/// input order.
 fn reference(orders: &[Value]) -> Option<(RegionRows, Alerts)> {
     let (mut regions, mut alerts) = (RegionRows::new(), Alerts::new());
     let mut running: BTreeMap<String, i64> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
     for o in orders {
+        if !seen.insert(o["order_id"].as_str()?.to_string()) {
+            continue;
+        }
         let ts = o["ts"].as_i64()?;
         let start = ts - ts.rem_euclid(60_000);
         let total = cents(&o["total"])?;
@@ -123,10 +128,17 @@ fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
             _ => malformed.push(i as u64 + 1),
         }
     }
+    // Order 20,000 is malformed; 20 retried orders (500, 1500, ...) come before it.
+    const MALFORMED_LINE: u64 = 20_001 + 20;
     assert_eq!(
         malformed,
-        vec![20_001],
+        vec![MALFORMED_LINE],
         "the generator plants one malformed line"
+    );
+    assert_eq!(
+        orders.len(),
+        30_000 - 1 + 30,
+        "30 orders are delivered twice"
     );
     let (ref_regions, ref_alerts) = reference(&orders).ok_or("bad reference input")?;
     assert!(!ref_alerts.is_empty(), "the sample must produce alerts");
@@ -160,7 +172,7 @@ fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
         );
         let dead = read_json_lines(&d.join(format!("{out}.dead.jsonl")))?;
         assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0]["line"], 20_001);
+        assert_eq!(dead[0]["line"], MALFORMED_LINE);
     }
     Ok(())
 }
@@ -172,9 +184,9 @@ fn embedded_default_runs_without_arguments() -> TestResult {
         &["run", "order-analytics", "--metrics-addr", "127.0.0.1:0"],
         dir.path(),
     )?;
-    // 60,000 sample lines, two of them malformed on purpose.
+    // 60,000 sample orders, two of them malformed and 60 delivered twice, on purpose.
     assert!(
-        stderr.contains("order-analytics done: 59998 events read"),
+        stderr.contains("order-analytics done: 60058 events read"),
         "{stderr}"
     );
     assert!(stderr.contains(" 2 dead letters"), "{stderr}");

@@ -766,3 +766,83 @@ fn a_bad_window_is_rejected_with_a_message() -> TestResult {
     }
     Ok(())
 }
+
+/// One line of `window-agg --top N`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopRow {
+    window_start: i64,
+    window_end: i64,
+    rank: u32,
+    key: String,
+    count: u64,
+    sum: i64,
+    min: i64,
+    max: i64,
+    avg: f64,
+}
+
+/// SEMANTICS.md: "Top-N per window ranks by the metric descending, ties broken by key
+/// ascending; rank starts at 1." Checked at P = 1 and P = 2 against a ranking of the
+/// reference's window rows.
+#[test]
+fn top_n_per_window_ranks_the_reference_rows() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = generate(EVENTS, SEED);
+    let input = dir.path().join("events.jsonl");
+    write_lines(&input, &json_lines(&events))?;
+    let (rows, _) = reference(&events, TUMBLE, DELAY_MS);
+    let mut windows: BTreeMap<(i64, i64), Vec<Row>> = BTreeMap::new();
+    for r in rows {
+        windows
+            .entry((r.window_start, r.window_end))
+            .or_default()
+            .push(r);
+    }
+    let mut expected = Vec::new();
+    for ((start, end), mut ranking) in windows {
+        ranking.sort_by(|a, b| b.sum.cmp(&a.sum).then_with(|| a.key.cmp(&b.key)));
+        for (place, r) in ranking.into_iter().take(3).enumerate() {
+            expected.push((start, end, place as u32 + 1, r.key, r.sum, r.count));
+        }
+    }
+    assert!(expected.len() > 30, "enough windows to rank");
+
+    for p in ["1", "2"] {
+        let output = dir.path().join(format!("top-p{p}.jsonl"));
+        let args: [&OsStr; 16] = [
+            "run".as_ref(),
+            "window-agg".as_ref(),
+            "--input".as_ref(),
+            input.as_os_str(),
+            "--output".as_ref(),
+            output.as_os_str(),
+            "--window".as_ref(),
+            OsStr::new("tumble:10s"),
+            "--watermark-delay".as_ref(),
+            "2s".as_ref(),
+            "--top".as_ref(),
+            "3".as_ref(),
+            "--by".as_ref(),
+            "sum".as_ref(),
+            "--parallelism".as_ref(),
+            OsStr::new(p),
+        ];
+        let quiet: [&OsStr; 3] = [
+            "--quiet".as_ref(),
+            "--metrics-addr".as_ref(),
+            "off".as_ref(),
+        ];
+        common::run_ok(WEIR, args.iter().chain(&quiet))?;
+        let mut actual: Vec<_> = fs::read_to_string(&output)?
+            .lines()
+            .map(|l| serde_json::from_str::<TopRow>(l).map_err(|e| failure(format!("`{l}`: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(|r| (r.window_start, r.window_end, r.rank, r.key, r.sum, r.count))
+            .collect();
+        actual.sort();
+        assert_eq!(actual, expected, "--top 3 --by sum at P={p}");
+    }
+    Ok(())
+}

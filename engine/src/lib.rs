@@ -50,5 +50,7 @@ pub use record::{Batch, Data, Keyed, Record};
 pub use runtime::{RunOptions, RunSummary};
 pub use sink::Sink;
 pub use source::{Source, SourceStatus};
-pub use state::{MapState, MemoryBackend, StateBackend, StateConfig, StateKey, StateValue};
+pub use state::{
+    MapState, MemoryBackend, Namespaced, StateBackend, StateConfig, StateKey, StateValue,
+};
 pub use time::{parse_duration, Timestamp, Watermarks};

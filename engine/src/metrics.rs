@@ -11,6 +11,7 @@
 //! | `weir_events_out_total` | counter | records an operator emitted (sources: events read) |
 //! | `weir_late_events_total` | counter | events dropped from windows as late |
 //! | `weir_dead_letter_records_total` | counter | input records sent to the dead-letter output |
+//! | `weir_duplicates_dropped_total` | counter | events a dedup operator dropped as repeats |
 //! | `weir_watermark_ms` | gauge | current watermark of an operator instance (epoch ms) |
 //! | `weir_state_entries` | gauge | state entries (e.g. open window panes) of an instance |
 //! | `weir_channel_fill` | gauge | batches queued in front of an instance (backpressure) |
@@ -53,6 +54,7 @@ pub struct JobMetrics {
     events_out: IntCounterVec,
     late_events: IntCounterVec,
     dead_letters: IntCounterVec,
+    duplicates: IntCounterVec,
     watermark: IntGaugeVec,
     state_entries: IntGaugeVec,
     channel_fill: IntGaugeVec,
@@ -218,6 +220,12 @@ impl JobMetrics {
                 "Input records sent to the dead-letter output",
                 &["job", "operator"],
             ),
+            duplicates: counter_vec(
+                &registry,
+                "weir_duplicates_dropped_total",
+                "Events a dedup operator dropped as repeats",
+                INSTANCE_LABELS,
+            ),
             watermark: gauge_vec(
                 &registry,
                 "weir_watermark_ms",
@@ -292,6 +300,13 @@ impl JobMetrics {
     pub fn dead_letters(&self, operator: &str) -> IntCounter {
         self.dead_letters
             .with_label_values(&[self.job.as_str(), operator])
+    }
+
+    /// The counter of repeats dropped by instance `instance` of the dedup operator `operator`.
+    pub fn duplicates(&self, operator: &str, instance: usize) -> IntCounter {
+        let instance = instance.to_string();
+        self.duplicates
+            .with_label_values(&[self.job.as_str(), operator, instance.as_str()])
     }
 
     /// Queue gauges (fill, capacity) in front of an operator instance.

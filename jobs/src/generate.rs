@@ -138,15 +138,22 @@ pub fn write_events(path: &Path, spec: EventStreamSpec) -> std::io::Result<()> {
 const REGIONS: [&str; 5] = ["eu-west", "eu-north", "us-east", "us-west", "ap-south"];
 
 /// Writes `orders` order events as JSON lines: 500 customers, 5 regions, about 7 orders a
-/// second of event time, up to 3 s out of order. Every 20,000th line is malformed on purpose,
-/// to show the dead-letter output.
+/// second of event time, up to 3 s out of order. Every 20,000th order is malformed on purpose,
+/// to show the dead-letter output, and order 500 of every 1000 is delivered a second time
+/// three orders later, to show deduplication.
 pub fn write_orders(path: &Path, orders: u64) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
     let mut w = BufWriter::new(File::create(path)?);
     let mut rng = SplitMix64::new(7);
+    let mut retry: Option<(u64, String)> = None;
     for i in 0..orders {
+        // An at-least-once producer: order 500 of every 1000 is delivered again, three
+        // orders later (the consumer deduplicates by order id).
+        if let Some((_, line)) = retry.take_if(|(at, _)| *at == i) {
+            w.write_all(line.as_bytes())?;
+        }
         if i > 0 && i % 20_000 == 0 {
             writeln!(w, r#"{{"order_id":"o{i}","customer_id":"c1","total":"#)?;
             continue;
@@ -160,12 +167,15 @@ pub fn write_orders(path: &Path, orders: u64) -> std::io::Result<()> {
         } else {
             500 + rng.below(20_000)
         };
-        writeln!(
-            w,
-            r#"{{"order_id":"o{i}","customer_id":"c{customer}","region":"{region}","total":{}.{:02},"ts":{ts}}}"#,
+        let line = format!(
+            "{{\"order_id\":\"o{i}\",\"customer_id\":\"c{customer}\",\"region\":\"{region}\",\"total\":{}.{:02},\"ts\":{ts}}}\n",
             cents / 100,
             cents % 100
-        )?;
+        );
+        w.write_all(line.as_bytes())?;
+        if i % 1000 == 500 {
+            retry = Some((i + 3, line));
+        }
     }
     w.flush()
 }

@@ -46,6 +46,12 @@ pub struct JobOptions {
     /// How long fired windows accept late events as updates.
     #[arg(long, default_value = "0s", value_parser = parse_duration_arg)]
     pub allowed_lateness: Duration,
+    /// Emit only the N keys with the largest `--by` metric per window, ranked (window-agg).
+    #[arg(long)]
+    pub top: Option<usize>,
+    /// The metric `--top` ranks by: count, sum, min, max or avg.
+    #[arg(long, default_value = "sum", value_parser = ["count", "sum", "min", "max", "avg"])]
+    pub by: String,
     /// Write late events here (JSON lines) instead of only counting them.
     #[arg(long)]
     pub late_output: Option<PathBuf>,

@@ -1,11 +1,15 @@
 //! The bundled `order-analytics` job: revenue per region and minute, and an alert the first
-//! time a customer's cumulative revenue exceeds 10,000.
+//! time a customer's cumulative revenue exceeds 10,000. Orders delivered more than once
+//! (same `order_id` within an hour of event time) count once.
 //!
 //! ```text
-//!                         ┌ key_by(region) -> tumble 1m -> count + sum(total) ┐
-//! orders -> timestamps ───┤                                                   ├ union -> output
-//!                         └ key_by(customer) -> running revenue -> alert once ┘
+//!                                                  ┌ key_by(region) -> tumble 1m -> count + sum ┐
+//! orders -> timestamps -> key_by(customer) ->     ─┤                                            ├ union -> output
+//!                         dedup(order_id)          └ key_by(customer) -> revenue -> alert once  ┘
 //! ```
+//!
+//! The dedup is partitioned by customer (an order belongs to one customer), so each
+//! customer's orders reach the alert in input order at any parallelism.
 //!
 //! Output lines are tagged by `type`:
 //! `{"type":"region_revenue","region":"eu-west","window_start":..,"window_end":..,"orders":12,"revenue":1503.2}`
@@ -125,7 +129,9 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         .timestamps(
             |o: &Order| o.ts,
             Watermarks::bounded(opts.watermark_delay_or(Duration::from_secs(5))),
-        );
+        )
+        .key_by(|o: &Order| o.customer_id.clone())
+        .dedup_by(|o: &Order| o.order_id.clone(), Duration::from_secs(3600));
 
     let regions = orders
         .clone()

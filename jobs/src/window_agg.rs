@@ -24,6 +24,7 @@ use weir_connectors::{CsvHeader, DeadLetters, Decoder, FileSink, FileSource};
 use weir_engine::intern::Interner;
 use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
+use weir_operators::StatsOutput;
 
 use crate::generate::{EventStreamSpec, GeneratedEvents};
 use crate::options::JobOptions;
@@ -67,6 +68,47 @@ pub struct WindowAggRow {
     pub update: bool,
 }
 
+/// One result line of `window-agg --top N`: a place in a window's ranking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopRow {
+    /// Window start, epoch ms (inclusive).
+    pub window_start: i64,
+    /// Window end, epoch ms (exclusive).
+    pub window_end: i64,
+    /// 1 for the largest `--by` metric; ties go to the smaller key.
+    pub rank: u32,
+    /// The key.
+    pub key: String,
+    /// Number of events.
+    pub count: u64,
+    /// Sum of values.
+    pub sum: i64,
+    /// Smallest value.
+    pub min: i64,
+    /// Largest value.
+    pub max: i64,
+    /// Mean value.
+    pub avg: f64,
+}
+
+/// A `--by` metric: integers compare exactly (no rounding through `f64`).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+enum Metric {
+    Int(i128),
+    Float(f64),
+}
+
+fn metric_of(by: &str) -> anyhow::Result<fn(&StatsOutput<i64>) -> Metric> {
+    Ok(match by {
+        "count" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.count)),
+        "sum" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.sum)),
+        "min" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.min)),
+        "max" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.max)),
+        "avg" => |s: &StatsOutput<i64>| Metric::Float(s.avg),
+        other => anyhow::bail!("--by {other}: use count, sum, min, max or avg"),
+    })
+}
+
 /// Builds `window-agg` from options.
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("window-agg");
@@ -91,12 +133,17 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             )
         }
     };
-    aggregate_windows(events, opts);
+    aggregate_windows(events, opts)?;
     Ok(job)
 }
 
 /// The dataflow after the source: shared by file input, the generator and benchmarks.
-pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) {
+pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Result<()> {
+    if opts.top.is_some() && !opts.allowed_lateness.is_zero() {
+        anyhow::bail!(
+            "--top ranks each window once, when it is final: it cannot take --allowed-lateness"
+        );
+    }
     let windowed = events
         .timestamps(
             |e| e.ts,
@@ -109,8 +156,25 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) {
         Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
         None => windowed,
     };
-    windowed
-        .aggregate(Stats::of(|e: &Event| e.value))
+    let results = windowed.aggregate(Stats::of(|e: &Event| e.value));
+    if let Some(n) = opts.top {
+        results
+            .top_n(n, metric_of(&opts.by)?)
+            .map(|r| TopRow {
+                window_start: r.window.start,
+                window_end: r.window.end,
+                rank: r.rank,
+                key: r.key.to_string(),
+                count: r.value.count,
+                sum: r.value.sum,
+                min: r.value.min,
+                max: r.value.max,
+                avg: r.value.avg,
+            })
+            .sink("output", OutputSink::from_spec(opts.output.as_deref()));
+        return Ok(());
+    }
+    results
         .map(|r| WindowAggRow {
             key: r.key.to_string(),
             window_start: r.window.start,
@@ -123,6 +187,7 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) {
             update: r.is_update,
         })
         .sink("output", OutputSink::from_spec(opts.output.as_deref()));
+    Ok(())
 }
 
 /// Decodes [`Event`]s from JSON lines or CSV by configurable field names.

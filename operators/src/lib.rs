@@ -42,14 +42,18 @@
 //! ```
 
 pub mod aggregate;
+pub mod dedup;
 pub mod process;
+pub mod topn;
 pub mod window;
 
 pub use aggregate::{
     AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
     Sum,
 };
+pub use dedup::{DedupExt, KeyedDedupExt};
 pub use process::ProcessExt;
+pub use topn::{Ranked, TopNExt};
 pub use window::{
     LateOutput, Session, Sliding, Tumbling, Window, WindowExt, WindowResult, WindowSpec,
     WindowedStream,
@@ -58,6 +62,8 @@ pub use window::{
 /// Everything a job definition usually needs.
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
+    pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::process::ProcessExt;
+    pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec};
 }

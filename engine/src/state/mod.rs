@@ -42,7 +42,10 @@ pub enum StateConfig {
     },
 }
 
-/// What can be a key of keyed state. The stable hash places it in its key group.
+/// What can be a key of keyed state. The stable hash places it in its key group, which must
+/// be the key group of the stream key the entry belongs to (the key the operator is
+/// partitioned by): that is how state follows its keys to another worker on a restore with
+/// a different parallelism. The stream key itself qualifies; so does [`Namespaced`].
 pub trait StateKey:
     Eq + Hash + Clone + Send + Serialize + DeserializeOwned + StableHash + 'static
 {
@@ -50,6 +53,23 @@ pub trait StateKey:
 impl<T: Eq + Hash + Clone + Send + Serialize + DeserializeOwned + StableHash + 'static> StateKey
     for T
 {
+}
+
+/// A state key under a stream key (Flink's key and namespace): it hashes like `key` alone,
+/// so it lives in `key`'s key group and moves with it when key groups are redistributed.
+/// Use it when an operator partitioned by `key` keeps several entries per key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Namespaced<K, N> {
+    /// The stream key the entry belongs to.
+    pub key: K,
+    /// Which of the key's entries.
+    pub namespace: N,
+}
+
+impl<K: StableHash, N> StableHash for Namespaced<K, N> {
+    fn stable_hash(&self) -> u64 {
+        self.key.stable_hash()
+    }
 }
 
 /// What can be a value of keyed state.

@@ -91,6 +91,12 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
         Ok(expired.len())
     }
 
+    /// Stores `value` under `key` as if written at `written` (for example the event's own
+    /// time) rather than at the table's current time.
+    pub fn put_at(&mut self, key: K, value: V, written: Timestamp) -> Result<(), StateError> {
+        self.inner.put(key, Expiring { written, value })
+    }
+
     fn stamp(&self, value: V) -> Expiring<V> {
         Expiring {
             written: self.now,
