@@ -39,13 +39,24 @@ fn cents(v: &Value) -> Option<i64> {
 
 type RegionRows = BTreeMap<(String, i64, i64), (u64, i64)>;
 type Alerts = BTreeMap<String, (String, i64)>;
+/// Per window `(start, end)`: `(rank, customer, revenue in cents)`.
+type TopCustomers = BTreeMap<(i64, i64), Vec<(u32, String, i64)>>;
+
+/// What the job computes, in comparable form.
+#[derive(Debug, Default, PartialEq)]
+struct Results {
+    regions: RegionRows,
+    alerts: Alerts,
+    top: TopCustomers,
+}
 
 /// Reference: orders counted once per order id; per region and minute, orders and revenue
-/// in cents; first order per customer that takes cumulative revenue above 10,000.00, in
-/// input order.
-fn reference(orders: &[Value]) -> Option<(RegionRows, Alerts)> {
+/// in cents; per minute the 10 customers with the most revenue (ties: smaller id first);
+/// first order per customer that takes cumulative revenue above 10,000.00, in input order.
+fn reference(orders: &[Value]) -> Option<Results> {
     let (mut regions, mut alerts) = (RegionRows::new(), Alerts::new());
     let mut running: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_window: BTreeMap<(i64, i64), BTreeMap<String, i64>> = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
     for o in orders {
         if !seen.insert(o["order_id"].as_str()?.to_string()) {
@@ -60,17 +71,38 @@ fn reference(orders: &[Value]) -> Option<(RegionRows, Alerts)> {
         row.0 += 1;
         row.1 += total;
         let customer = o["customer_id"].as_str()?.to_string();
+        *per_window
+            .entry((start, start + 60_000))
+            .or_default()
+            .entry(customer.clone())
+            .or_default() += total;
         let sum = running.entry(customer.clone()).or_default();
         *sum += total;
         if *sum > 1_000_000 && !alerts.contains_key(&customer) {
             alerts.insert(customer, (o["order_id"].as_str()?.to_string(), *sum));
         }
     }
-    Some((regions, alerts))
+    let mut top = TopCustomers::new();
+    for (window, customers) in per_window {
+        let mut ranking: Vec<(String, i64)> = customers.into_iter().collect();
+        ranking.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let ranked = ranking
+            .into_iter()
+            .take(10)
+            .enumerate()
+            .map(|(i, (customer, cents))| (i as u32 + 1, customer, cents));
+        top.insert(window, ranked.collect());
+    }
+    Some(Results {
+        regions,
+        alerts,
+        top,
+    })
 }
 
-fn job_results(rows: &[Value]) -> Option<(RegionRows, Alerts)> {
+fn job_results(rows: &[Value]) -> Option<Results> {
     let (mut regions, mut alerts) = (RegionRows::new(), Alerts::new());
+    let mut top = TopCustomers::new();
     for r in rows {
         match r["type"].as_str()? {
             "region_revenue" => {
@@ -98,10 +130,25 @@ fn job_results(rows: &[Value]) -> Option<(RegionRows, Alerts)> {
                 );
                 assert!(previous.is_none(), "a customer was announced twice: {r}");
             }
+            "top_customer" => {
+                let window = (r["window_start"].as_i64()?, r["window_end"].as_i64()?);
+                top.entry(window).or_default().push((
+                    u32::try_from(r["rank"].as_u64()?).ok()?,
+                    r["customer_id"].as_str()?.to_string(),
+                    (r["revenue"].as_f64()? * 100.0).round() as i64,
+                ));
+            }
             other => panic!("unexpected output type {other}"),
         }
     }
-    Some((regions, alerts))
+    for ranking in top.values_mut() {
+        ranking.sort();
+    }
+    Some(Results {
+        regions,
+        alerts,
+        top,
+    })
 }
 
 #[test]
@@ -121,27 +168,37 @@ fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
     )?;
     let raw = std::fs::read_to_string(d.join("orders.jsonl"))?;
     let mut orders = Vec::new();
-    let mut malformed = Vec::new();
+    let mut rejected = Vec::new();
     for (i, line) in raw.lines().enumerate() {
         match serde_json::from_str::<Value>(line) {
-            Ok(v) if v.get("region").is_some() => orders.push(v),
-            _ => malformed.push(i as u64 + 1),
+            // Version 1 (none) and 2 are read; anything else is rejected.
+            Ok(v) if v.get("region").is_some() && v["version"].as_u64().unwrap_or(1) <= 2 => {
+                orders.push(v)
+            }
+            _ => rejected.push(i as u64 + 1),
         }
     }
-    // Order 20,000 is malformed; 20 retried orders (500, 1500, ...) come before it.
-    const MALFORMED_LINE: u64 = 20_001 + 20;
+    // Order 10,000 has an unknown version and order 20,000 is malformed; 10 and 20 retried
+    // orders (500, 1500, ...) come before them.
+    let expected_rejects = vec![10_001 + 10, 20_001 + 20];
     assert_eq!(
-        malformed,
-        vec![MALFORMED_LINE],
-        "the generator plants one malformed line"
+        rejected, expected_rejects,
+        "the generator plants a version 3 and a malformed line"
     );
     assert_eq!(
         orders.len(),
-        30_000 - 1 + 30,
+        30_000 - 2 + 30,
         "30 orders are delivered twice"
     );
-    let (ref_regions, ref_alerts) = reference(&orders).ok_or("bad reference input")?;
-    assert!(!ref_alerts.is_empty(), "the sample must produce alerts");
+    assert!(
+        orders.iter().any(|o| o.get("version").is_none()),
+        "version 1 orders are in the sample"
+    );
+    let expected = reference(&orders).ok_or("bad reference input")?;
+    assert!(
+        !expected.alerts.is_empty(),
+        "the sample must produce alerts"
+    );
 
     for p in ["1", "2"] {
         let out = format!("out-{p}.jsonl");
@@ -162,17 +219,27 @@ fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
             d,
         )?;
         assert!(stderr.contains(" 0 late events"), "{stderr}");
-        assert!(stderr.contains(" 1 dead letters"), "{stderr}");
-        let (regions, alerts) =
-            job_results(&read_json_lines(&d.join(&out))?).ok_or("malformed output")?;
-        assert_eq!(regions, ref_regions, "region revenue at parallelism {p}");
+        assert!(stderr.contains(" 2 dead letters"), "{stderr}");
+        let actual = job_results(&read_json_lines(&d.join(&out))?).ok_or("malformed output")?;
         assert_eq!(
-            alerts, ref_alerts,
+            actual.regions, expected.regions,
+            "region revenue at parallelism {p}"
+        );
+        assert_eq!(
+            actual.alerts, expected.alerts,
             "high-value customers at parallelism {p}"
         );
+        assert_eq!(actual.top, expected.top, "top customers at parallelism {p}");
         let dead = read_json_lines(&d.join(format!("{out}.dead.jsonl")))?;
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0]["line"], MALFORMED_LINE);
+        let lines: Vec<u64> = dead.iter().filter_map(|l| l["line"].as_u64()).collect();
+        assert_eq!(lines, expected_rejects);
+        assert!(
+            dead[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unknown schema version 3")),
+            "{}",
+            dead[0]
+        );
     }
     Ok(())
 }
@@ -184,18 +251,19 @@ fn embedded_default_runs_without_arguments() -> TestResult {
         &["run", "order-analytics", "--metrics-addr", "127.0.0.1:0"],
         dir.path(),
     )?;
-    // 60,000 sample orders, two of them malformed and 60 delivered twice, on purpose.
+    // 60,000 sample orders; on purpose two malformed, three of an unknown version, and 60
+    // delivered twice.
     assert!(
-        stderr.contains("order-analytics done: 60058 events read"),
+        stderr.contains("order-analytics done: 60055 events read"),
         "{stderr}"
     );
-    assert!(stderr.contains(" 2 dead letters"), "{stderr}");
+    assert!(stderr.contains(" 5 dead letters"), "{stderr}");
     let rows = read_json_lines(&dir.path().join("weir-data/order-analytics.jsonl"))?;
     let kinds: std::collections::BTreeSet<&str> =
         rows.iter().filter_map(|r| r["type"].as_str()).collect();
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
-        ["high_value_customer", "region_revenue"]
+        ["high_value_customer", "region_revenue", "top_customer"]
     );
     // A second run reuses the sample and gives the same results.
     weir(

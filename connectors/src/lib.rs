@@ -3,7 +3,8 @@
 //! - [`file`]: a file source (JSON lines or CSV with a header row, bounded or followed like
 //!   `tail -f`) and a JSON-lines file sink;
 //! - [`stdout`]: a JSON-lines sink on standard output;
-//! - [`dead_letter`]: where records that cannot be decoded go, with their source position.
+//! - [`dead_letter`]: where records that cannot be decoded go, with their source position;
+//! - [`schema`]: versioned events lifted to the current schema by upcasters.
 //!
 //! Connectors do no I/O until the job runs, so a job can be described without its files.
 
@@ -11,10 +12,12 @@ pub mod dead_letter;
 pub mod error;
 pub mod file;
 pub mod format;
+pub mod schema;
 pub mod stdout;
 
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::ConnectorError;
 pub use file::{FileSink, FileSource};
 pub use format::{CsvHeader, Decoder, Format, Json};
+pub use schema::Upcasting;
 pub use stdout::StdoutSink;

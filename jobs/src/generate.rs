@@ -140,7 +140,9 @@ const REGIONS: [&str; 5] = ["eu-west", "eu-north", "us-east", "us-west", "ap-sou
 /// Writes `orders` order events as JSON lines: 500 customers, 5 regions, about 7 orders a
 /// second of event time, up to 3 s out of order. Every 20,000th order is malformed on purpose,
 /// to show the dead-letter output, and order 500 of every 1000 is delivered a second time
-/// three orders later, to show deduplication.
+/// three orders later, to show deduplication. Every 10th order is of schema version 1 (no
+/// `version`, no `currency`) and order 10,000 of every 20,000 of an unknown version 3, to
+/// show upcasting and its dead letters.
 pub fn write_orders(path: &Path, orders: u64) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
@@ -167,8 +169,16 @@ pub fn write_orders(path: &Path, orders: u64) -> std::io::Result<()> {
         } else {
             500 + rng.below(20_000)
         };
+        // Schema versions: most orders are version 2 (with a currency), every 10th is an old
+        // version 1 order (no version, no currency), and order 10,000 of every 20,000 claims
+        // a version 3 no consumer knows yet.
+        let version = match i {
+            _ if i % 20_000 == 10_000 => r#""version":3,"currency":"USD","#,
+            _ if i % 10 == 3 => "",
+            _ => r#""version":2,"currency":"USD","#,
+        };
         let line = format!(
-            "{{\"order_id\":\"o{i}\",\"customer_id\":\"c{customer}\",\"region\":\"{region}\",\"total\":{}.{:02},\"ts\":{ts}}}\n",
+            "{{{version}\"order_id\":\"o{i}\",\"customer_id\":\"c{customer}\",\"region\":\"{region}\",\"total\":{}.{:02},\"ts\":{ts}}}\n",
             cents / 100,
             cents % 100
         );

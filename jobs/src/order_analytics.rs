@@ -1,11 +1,15 @@
-//! The bundled `order-analytics` job: revenue per region and minute, and an alert the first
-//! time a customer's cumulative revenue exceeds 10,000. Orders delivered more than once
-//! (same `order_id` within an hour of event time) count once.
+//! The bundled `order-analytics` job: revenue per region and minute, the top 10 customers
+//! by revenue per minute, and an alert the first time a customer's cumulative revenue
+//! exceeds 10,000. Orders delivered more than once (same `order_id` within an hour of event
+//! time) count once; version 1 orders (no `version`, no `currency`) are upcast to version 2
+//! (`currency: "USD"`); an order of an unknown version goes to the dead letters.
 //!
 //! ```text
-//!                                                  ┌ key_by(region) -> tumble 1m -> count + sum ┐
-//! orders -> timestamps -> key_by(customer) ->     ─┤                                            ├ union -> output
-//!                         dedup(order_id)          └ key_by(customer) -> revenue -> alert once  ┘
+//!                               ┌ key_by(region) -> tumble 1m -> count + sum ────────────┐
+//! orders (upcast) -> timestamps │                                                         │
+//!   -> key_by(customer)        ─┼ key_by(customer) -> tumble 1m -> sum -> top 10/window ──┼ union -> output
+//!   -> dedup(order_id)          │                                                         │
+//!                               └ key_by(customer) -> revenue -> alert once ──────────────┘
 //! ```
 //!
 //! The dedup is partitioned by customer (an order belongs to one customer), so each
@@ -13,7 +17,8 @@
 //!
 //! Output lines are tagged by `type`:
 //! `{"type":"region_revenue","region":"eu-west","window_start":..,"window_end":..,"orders":12,"revenue":1503.2}`
-//! and `{"type":"high_value_customer","customer_id":"c7","revenue":10012.5,"order_id":"o991","ts":..}`.
+//! and `{"type":"high_value_customer","customer_id":"c7","revenue":10012.5,"order_id":"o991","ts":..}`
+//! and `{"type":"top_customer","window_start":..,"window_end":..,"rank":1,"customer_id":"c7","revenue":812.3}`.
 //! Cumulative revenue follows arrival order (the order of the input), so which order
 //! crosses the threshold is deterministic for a given input.
 //!
@@ -25,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use weir_connectors::{DeadLetters, FileSource, Json};
+use weir_connectors::{DeadLetters, FileSource, Upcasting};
 use weir_engine::{Job, Watermarks};
 use weir_operators::prelude::*;
 
@@ -33,7 +38,7 @@ use crate::options::JobOptions;
 use crate::output::OutputSink;
 
 /// One line of `weir jobs`.
-pub const ABOUT: &str = "revenue per region and minute, plus high-value customer alerts (runs on a sample without --input)";
+pub const ABOUT: &str = "revenue per region and minute, top 10 customers per minute, high-value customer alerts (runs on a sample without --input)";
 
 /// Cumulative revenue above which a customer is announced as high-value.
 pub const HIGH_VALUE_THRESHOLD: f64 = 10_000.0;
@@ -55,6 +60,8 @@ pub struct Order {
     pub region: String,
     /// Order total in currency units.
     pub total: f64,
+    /// The currency of `total` (since version 2; version 1 orders were all in USD).
+    pub currency: String,
     /// Event time, epoch milliseconds.
     pub ts: i64,
 }
@@ -74,6 +81,19 @@ pub enum OrderAnalytics {
         /// Number of orders.
         orders: u64,
         /// Sum of order totals, rounded to cents.
+        revenue: f64,
+    },
+    /// A customer among the 10 with the most revenue in one minute.
+    TopCustomer {
+        /// Window start, epoch ms.
+        window_start: i64,
+        /// Window end, epoch ms (exclusive).
+        window_end: i64,
+        /// 1 for the most revenue; ties go to the smaller customer id.
+        rank: u32,
+        /// The customer.
+        customer_id: String,
+        /// Revenue in the window, rounded to cents.
         revenue: f64,
     },
     /// A customer's cumulative revenue first exceeded the threshold.
@@ -100,6 +120,16 @@ fn cents(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// Order schema: version 2 added `currency`; orders from before had no version field.
+pub fn order_decoder() -> Upcasting<Order> {
+    Upcasting::current(2)
+        .missing_version_is(1)
+        .upcast_from(1, |order| {
+            order.entry("currency").or_insert("USD".into());
+            Ok(())
+        })
+}
+
 /// Builds `order-analytics` from options.
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("order-analytics");
@@ -123,8 +153,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let orders = job
         .source(
             "orders",
-            FileSource::new(input, opts.input_format(), Json::<Order>::default(), dead)
-                .follow(opts.follow),
+            FileSource::new(input, opts.input_format(), order_decoder(), dead).follow(opts.follow),
         )
         .timestamps(
             |o: &Order| o.ts,
@@ -144,6 +173,20 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             window_end: r.window.end,
             orders: r.value.0,
             revenue: cents(r.value.1),
+        });
+
+    let top_customers = orders
+        .clone()
+        .key_by(|o: &Order| o.customer_id.clone())
+        .window(Tumbling::of(Duration::from_secs(60)))
+        .aggregate(Sum::of(|o: &Order| o.total))
+        .top_n(10, |revenue: &f64| *revenue)
+        .map(|r| OrderAnalytics::TopCustomer {
+            window_start: r.window.start,
+            window_end: r.window.end,
+            rank: r.rank,
+            customer_id: r.key,
+            revenue: cents(r.value),
         });
 
     let alerts = orders
@@ -169,6 +212,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         );
 
     regions
+        .union(top_customers)
         .union(alerts)
         .sink("output", OutputSink::from_spec(Some(&output)));
     Ok(job)
