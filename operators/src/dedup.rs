@@ -227,59 +227,23 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
-    use weir_engine::{Job, RunOptions, Sink, Source, SourceStatus, Watermarks};
+    use weir_engine::{Job, RunOptions, Watermarks};
 
     use super::*;
-
-    struct Events(Vec<(i64, u32)>);
-
-    impl Source for Events {
-        type Item = (i64, u32);
-        fn poll_batch(
-            &mut self,
-            out: &mut Vec<(i64, u32)>,
-            _: usize,
-        ) -> Result<SourceStatus, BoxError> {
-            out.append(&mut self.0);
-            Ok(SourceStatus::Exhausted)
-        }
-        fn describe(&self) -> String {
-            "events".into()
-        }
-    }
-
-    struct Collect(Arc<Mutex<Vec<(i64, u32)>>>);
-
-    impl Sink<(i64, u32)> for Collect {
-        fn write(&mut self, records: &[Record<(i64, u32)>]) -> Result<(), BoxError> {
-            let mut seen = self.0.lock().map_err(|_| "poisoned")?;
-            seen.extend(records.iter().map(|r| r.value));
-            Ok(())
-        }
-        fn finish(&mut self) -> Result<(), BoxError> {
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "collect".into()
-        }
-    }
+    use crate::test_support::{sorted, Collect, VecSource};
 
     fn dedup(events: Vec<(i64, u32)>, parallelism: usize) -> (Vec<(i64, u32)>, u64) {
         let job = Job::new("dedup");
-        let passed = Arc::new(Mutex::new(Vec::new()));
-        job.source("events", Events(events))
+        let (sink, passed) = Collect::new();
+        job.source("events", VecSource(events))
             .timestamps(|e| e.0, Watermarks::bounded(Duration::ZERO))
             .dedup_by(|e: &(i64, u32)| e.1, Duration::from_millis(100))
-            .sink("out", Collect(passed.clone()));
+            .sink("out", sink);
         let options = RunOptions {
             parallelism,
             ..RunOptions::default()
         };
         job.run(&options).expect("the job runs");
-        let mut passed = passed.lock().expect("not poisoned").clone();
-        passed.sort();
         let dropped = job
             .metrics()
             .render()
@@ -287,7 +251,7 @@ mod tests {
             .filter(|l| l.starts_with("weir_duplicates_dropped_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum();
-        (passed, dropped)
+        (sorted(&passed), dropped)
     }
 
     #[test]

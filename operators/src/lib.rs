@@ -43,7 +43,11 @@
 
 pub mod aggregate;
 pub mod dedup;
+pub mod join;
 pub mod process;
+mod snapshot;
+#[cfg(test)]
+mod test_support;
 pub mod topn;
 pub mod window;
 
@@ -52,6 +56,7 @@ pub use aggregate::{
     Sum,
 };
 pub use dedup::{DedupExt, KeyedDedupExt};
+pub use join::{JoinExt, Side, WindowPair};
 pub use process::ProcessExt;
 pub use topn::{Ranked, TopNExt};
 pub use window::{
@@ -63,6 +68,7 @@ pub use window::{
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
+    pub use crate::join::{JoinExt, WindowPair};
     pub use crate::process::ProcessExt;
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec};

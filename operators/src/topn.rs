@@ -22,6 +22,7 @@ use weir_engine::{
     StateValue, Stream, Timestamp,
 };
 
+use crate::snapshot::{restored_watermark, save_watermark};
 use crate::window::{Window, WindowResult};
 
 /// One place of a window's ranking.
@@ -123,12 +124,6 @@ impl<S: StateBackend, K: StateKey, V: StateValue, F> std::fmt::Debug for TopNOpe
             .field("open_windows", &self.due.len())
             .finish_non_exhaustive()
     }
-}
-
-/// What the operator keeps in a checkpoint besides its table.
-#[derive(Debug, Serialize, Deserialize)]
-struct TopNSnapshot {
-    watermark: Timestamp,
 }
 
 impl<S, K, V, M, F> TopNOperator<S, K, V, F>
@@ -250,20 +245,11 @@ where
 
     fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
         self.candidates.flush()?;
-        Ok(serde_json::to_value(TopNSnapshot {
-            watermark: self.watermark,
-        })?)
+        save_watermark(self.watermark)
     }
 
     fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        for s in snapshots {
-            let s: TopNSnapshot = serde_json::from_value(s.clone())?;
-            self.watermark = if self.watermark == Timestamp::MIN {
-                s.watermark
-            } else {
-                self.watermark.min(s.watermark)
-            };
-        }
+        self.watermark = restored_watermark(snapshots)?;
         let due = &mut self.due;
         self.candidates.scan(|(start, end), _| {
             due.insert((end, start));

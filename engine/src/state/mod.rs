@@ -58,7 +58,7 @@ impl<T: Eq + Hash + Clone + Send + Serialize + DeserializeOwned + StableHash + '
 /// A state key under a stream key (Flink's key and namespace): it hashes like `key` alone,
 /// so it lives in `key`'s key group and moves with it when key groups are redistributed.
 /// Use it when an operator partitioned by `key` keeps several entries per key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct Namespaced<K, N> {
     /// The stream key the entry belongs to.
     pub key: K,

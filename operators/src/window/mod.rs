@@ -30,6 +30,7 @@ use weir_engine::{
 };
 
 use crate::aggregate::Aggregator;
+use crate::snapshot::{restored_watermark, save_watermark};
 use aligned::AlignedWindows;
 use session::SessionWindows;
 
@@ -78,6 +79,16 @@ impl Tumbling {
             offset: duration_ms(offset) % self.size,
             ..self
         }
+    }
+
+    /// The window size in milliseconds.
+    pub fn size(&self) -> i64 {
+        self.size
+    }
+
+    /// The offset of window bounds in milliseconds.
+    pub fn offset(&self) -> i64 {
+        self.offset
     }
 }
 
@@ -431,29 +442,16 @@ where
             WindowOperator::Aligned(w) => w.flush()?,
             WindowOperator::Session(w) => w.flush()?,
         };
-        Ok(serde_json::to_value(WindowSnapshot { watermark })?)
+        save_watermark(watermark)
     }
 
     fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        // Instances of one operator see the same watermarks at a barrier; the minimum is the
-        // safe choice should they differ (nothing fires that had not fired before).
-        let mut watermark = None;
-        for s in snapshots {
-            let s: WindowSnapshot = serde_json::from_value(s.clone())?;
-            watermark = Some(watermark.map_or(s.watermark, |w: Timestamp| w.min(s.watermark)));
-        }
-        let watermark = watermark.unwrap_or(i64::MIN);
+        let watermark = restored_watermark(snapshots)?;
         match self {
             WindowOperator::Aligned(w) => w.restore(watermark),
             WindowOperator::Session(w) => w.restore(watermark),
         }
     }
-}
-
-/// What a window operator instance keeps in a checkpoint besides its state tables.
-#[derive(Debug, Serialize, Deserialize)]
-struct WindowSnapshot {
-    watermark: Timestamp,
 }
 
 /// Keeps the items of `key`'s list for which `keep` holds, dropping the key when none is
