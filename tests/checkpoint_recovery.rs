@@ -16,6 +16,8 @@
 //!   were;
 //! - a corrupt newest checkpoint is reported as unusable and the job resumes from the one
 //!   before it;
+//! - order-analytics (dedup with a TTL, windows, top-N, per-customer totals) survives kills
+//!   across parallelism changes too;
 //! - a savepoint asked for over HTTP (`weir savepoint`) is a starting point
 //!   (`--from-savepoint`), and `--replay-from beginning|TIME` derives the state again.
 //!
@@ -308,6 +310,80 @@ fn a_savepoint_over_http_and_replays_derive_the_same_results() {
         &committed_rows(&out),
         &canonical_rows([later_reference]),
         "after --replay-from an event time",
+    );
+}
+
+/// order-analytics holds every kind of state there is: dedup ids with a TTL, window panes,
+/// top-N candidates and per-customer running totals. Killed at random moments, at P = 1 and
+/// P = 2 alternately (so state is also redistributed), it must commit what an uninterrupted
+/// run writes.
+#[test]
+fn order_analytics_with_dedup_top_n_and_alerts_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let input = path("orders.jsonl");
+    let generate: [OsString; 6] = [
+        "gen".into(),
+        "orders".into(),
+        "--events".into(),
+        "1500000".into(),
+        "--output".into(),
+        input.clone().into(),
+    ];
+    common::run_ok(WEIR, generate).unwrap();
+    let args = |output: &Path, parallelism: usize| -> Vec<OsString> {
+        vec![
+            "run".into(),
+            "order-analytics".into(),
+            "--input".into(),
+            input.clone().into(),
+            "--output".into(),
+            output.into(),
+            "--parallelism".into(),
+            parallelism.to_string().into(),
+            "--metrics-addr".into(),
+            "off".into(),
+            "--quiet".into(),
+        ]
+    };
+    let reference = path("reference.jsonl");
+    Running::start(&args(&reference, 1), path("reference.stderr")).finish();
+
+    let (out, state) = (path("out"), path("state"));
+    let checkpointed = |parallelism: usize| {
+        let mut a = args(&out, parallelism);
+        a.extend([
+            "--state-dir".into(),
+            state.clone().into(),
+            "--checkpoint-interval".into(),
+            "200ms".into(),
+        ]);
+        a
+    };
+    let mut rng = SplitMix64::new(0x0DE5_0001);
+    let mut resumed = 0;
+    for run in 0..4 {
+        let run_args = checkpointed(run % 2 + 1);
+        let (_, stderr) = run_and_kill(
+            &run_args,
+            path(&format!("run-{run}.stderr")),
+            Duration::from_millis(300 + rng.below(900)),
+            &state,
+            0,
+        );
+        resumed += usize::from(says(&stderr, "resuming"));
+    }
+    let stderr = Running::start(&checkpointed(2), path("last.stderr")).finish();
+    resumed += usize::from(says(&stderr, "resuming"));
+    assert!(
+        resumed > 0,
+        "no run resumed from a checkpoint: the test proved nothing"
+    );
+    assert!(in_progress_files(&out).is_empty());
+    assert_same_rows(
+        &committed_rows(&out),
+        &canonical_rows([reference]),
+        "order-analytics after kills",
     );
 }
 
