@@ -14,7 +14,7 @@ use weir_engine::metrics::MetricsServer;
 use weir_engine::time::format_timestamp;
 use weir_engine::{parse_duration, RunSummary};
 
-use crate::generate::{write_events, write_orders, EventStreamSpec};
+use crate::generate::{write_events, write_orders, write_sagas, EventStreamSpec};
 use crate::options::JobOptions;
 use crate::registry::Registry;
 
@@ -85,6 +85,8 @@ enum GenStream {
     Events,
     /// Order events for `order-analytics`.
     Orders,
+    /// Order saga steps for `saga-monitor`.
+    Sagas,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +183,7 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
                     },
                 ),
                 GenStream::Orders => write_orders(&output, events),
+                GenStream::Sagas => write_sagas(&output, events),
             }
             .with_context(|| format!("cannot write {}", output.display()))?;
             eprintln!("weir: wrote {events} events to {}", output.display());

@@ -189,3 +189,46 @@ pub fn write_orders(path: &Path, orders: u64) -> std::io::Result<()> {
     }
     w.flush()
 }
+
+/// The steps of a saga, in order.
+pub const SAGA_STEPS: [&str; 3] = ["OrderPlaced", "InventoryReserved", "PaymentProcessed"];
+
+/// Writes the events of `orders` order sagas as JSON lines
+/// `{"order_id","type","ts"}`: a new order every 100 ms of event time, each reserved 0.2-3 s
+/// and paid 0.2-5 s after the step before; 5 % never reserved, 5 % of the rest never paid,
+/// 3 % paid only after 35 s. Lines are in event-time order up to 1 s.
+pub fn write_sagas(path: &Path, orders: u64) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut rng = SplitMix64::new(11);
+    let mut events: Vec<(i64, i64, u64, usize)> = Vec::with_capacity(orders as usize * 3);
+    for i in 0..orders {
+        let placed = START_TS + i as i64 * 100;
+        let mut steps = vec![placed];
+        if rng.below(100) >= 5 {
+            let reserved = placed + 200 + rng.below(2_800) as i64;
+            steps.push(reserved);
+            match rng.below(100) {
+                0..=4 => {}
+                5..=7 => steps.push(placed + 35_000),
+                _ => steps.push(reserved + 200 + rng.below(4_800) as i64),
+            }
+        }
+        for (step, ts) in steps.into_iter().enumerate() {
+            // Written in the order of a jittered clock: up to 1 s out of order.
+            let written = ts + rng.below(1_000) as i64;
+            events.push((written, ts, i, step));
+        }
+    }
+    events.sort_unstable();
+    let mut w = BufWriter::new(File::create(path)?);
+    for (_, ts, order, step) in events {
+        writeln!(
+            w,
+            r#"{{"order_id":"o{order}","type":"{}","ts":{ts}}}"#,
+            SAGA_STEPS[step]
+        )?;
+    }
+    w.flush()
+}

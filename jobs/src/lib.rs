@@ -30,6 +30,7 @@ pub mod options;
 pub mod order_analytics;
 pub mod output;
 pub mod registry;
+pub mod saga_monitor;
 pub mod window_agg;
 
 pub use weir_connectors as connectors;

@@ -43,6 +43,11 @@ impl Registry {
                 crate::order_analytics::ABOUT,
                 crate::order_analytics::build,
             )
+            .job(
+                "saga-monitor",
+                crate::saga_monitor::ABOUT,
+                crate::saga_monitor::build,
+            )
     }
 
     /// Adds a job.

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod cep;
 pub mod dedup;
 pub mod join;
 pub mod process;
@@ -55,6 +56,7 @@ pub use aggregate::{
     AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
     Sum,
 };
+pub use cep::{CepExt, CepOutput, Pattern};
 pub use dedup::{DedupExt, KeyedDedupExt};
 pub use join::{JoinExt, Side, WindowPair};
 pub use process::ProcessExt;
@@ -67,6 +69,7 @@ pub use window::{
 /// Everything a job definition usually needs.
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
+    pub use crate::cep::{CepExt, CepOutput, Pattern};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::join::{JoinExt, WindowPair};
     pub use crate::process::ProcessExt;

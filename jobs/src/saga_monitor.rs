@@ -1,0 +1,130 @@
+//! The bundled `saga-monitor` job: per order, `OrderPlaced -> InventoryReserved ->
+//! PaymentProcessed` within a deadline (CEP, relaxed contiguity). A completed saga emits
+//! `{"type":"saga_completed","order_id","placed_ts","latency_ms"}` (placed to paid); one that
+//! stalls emits `{"type":"saga_timed_out","order_id","placed_ts","missing","deadline"}`
+//! naming the step that did not come in time: the trigger for compensation.
+//!
+//! `--param deadline=30s` (default 30 s); events `{"order_id","type","ts"}` (`weir gen
+//! sagas`); malformed lines go to the dead letters.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use weir_connectors::{DeadLetters, FileSource, Json};
+use weir_engine::{parse_duration, Job, Watermarks};
+use weir_operators::prelude::*;
+
+use crate::generate::SAGA_STEPS;
+use crate::options::JobOptions;
+use crate::output::OutputSink;
+
+/// One line of `weir jobs`.
+pub const ABOUT: &str =
+    "per order, OrderPlaced -> InventoryReserved -> PaymentProcessed within --param deadline=30s";
+
+/// A step of an order's saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaEvent {
+    /// The order.
+    pub order_id: String,
+    /// `OrderPlaced`, `InventoryReserved` or `PaymentProcessed`.
+    #[serde(rename = "type")]
+    pub step: String,
+    /// Event time, epoch milliseconds.
+    pub ts: i64,
+}
+
+/// One result line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SagaOutcome {
+    /// All steps within the deadline.
+    SagaCompleted {
+        /// The order.
+        order_id: String,
+        /// When it was placed.
+        placed_ts: i64,
+        /// Placed to paid, in milliseconds.
+        latency_ms: i64,
+    },
+    /// A step did not come before the deadline.
+    SagaTimedOut {
+        /// The order.
+        order_id: String,
+        /// When it was placed.
+        placed_ts: i64,
+        /// The step that did not come in time.
+        missing: String,
+        /// Placed + deadline (exclusive).
+        deadline: i64,
+    },
+}
+
+/// Builds `saga-monitor` from options.
+pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
+    let deadline = match opts.param("deadline") {
+        Some(text) => parse_duration(text).context("--param deadline=..")?,
+        None => Duration::from_secs(30),
+    };
+    let job = Job::new("saga-monitor");
+    let input = opts.require_input("saga-monitor")?;
+    let dead = DeadLetters::to_file(
+        opts.dead_letter_path("saga-monitor"),
+        job.metrics().dead_letters("events"),
+    );
+    let [placed, reserved, paid] = SAGA_STEPS;
+    let pattern = Pattern::begin(placed)
+        .where_(move |e: &SagaEvent| e.step == placed)
+        .followed_by(reserved)
+        .where_(move |e: &SagaEvent| e.step == reserved)
+        .followed_by(paid)
+        .where_(move |e: &SagaEvent| e.step == paid)
+        .within(deadline);
+    job.source(
+        "events",
+        FileSource::new(
+            input,
+            opts.input_format(),
+            Json::<SagaEvent>::default(),
+            dead,
+        )
+        .follow(opts.follow),
+    )
+    .timestamps(
+        |e: &SagaEvent| e.ts,
+        Watermarks::bounded(opts.watermark_delay_or(Duration::from_secs(2))),
+    )
+    .key_by(|e: &SagaEvent| e.order_id.clone())
+    .pattern(pattern)
+    .flat_map(outcome)
+    .sink("output", OutputSink::from_spec(opts.output.as_deref()));
+    Ok(job)
+}
+
+/// The result line of a match or timeout.
+fn outcome(result: CepOutput<SagaEvent>) -> Option<SagaOutcome> {
+    Some(match result {
+        CepOutput::Matched { events } => {
+            let (first, last) = (events.first()?, events.last()?);
+            SagaOutcome::SagaCompleted {
+                order_id: first.2.order_id.clone(),
+                placed_ts: first.1,
+                latency_ms: last.1 - first.1,
+            }
+        }
+        CepOutput::TimedOut {
+            events,
+            missing,
+            deadline,
+        } => {
+            let first = events.first()?;
+            SagaOutcome::SagaTimedOut {
+                order_id: first.2.order_id.clone(),
+                placed_ts: first.1,
+                missing,
+                deadline,
+            }
+        }
+    })
+}
