@@ -16,8 +16,8 @@
 //!   were;
 //! - a corrupt newest checkpoint is reported as unusable and the job resumes from the one
 //!   before it;
-//! - order-analytics (dedup with a TTL, windows, top-N, per-customer totals) survives kills
-//!   across parallelism changes too;
+//! - order-analytics (dedup with a TTL, windows, top-N, per-customer totals) and
+//!   saga-monitor (CEP) survive kills across parallelism changes too;
 //! - a savepoint asked for over HTTP (`weir savepoint`) is a starting point
 //!   (`--from-savepoint`), and `--replay-from beginning|TIME` derives the state again.
 //!
@@ -313,20 +313,31 @@ fn a_savepoint_over_http_and_replays_derive_the_same_results() {
     );
 }
 
-/// order-analytics holds every kind of state there is: dedup ids with a TTL, window panes,
-/// top-N candidates and per-customer running totals. Killed at random moments, at P = 1 and
-/// P = 2 alternately (so state is also redistributed), it must commit what an uninterrupted
-/// run writes.
+/// order-analytics holds most kinds of state there are: dedup ids with a TTL, window panes,
+/// top-N candidates and per-customer running totals.
 #[test]
 fn order_analytics_with_dedup_top_n_and_alerts_survives_kill_9() {
+    bundled_job_survives_kill_9("order-analytics", "orders", 1_500_000, 0x0DE5_0001);
+}
+
+/// saga-monitor keeps CEP state: buffered events and partial matches with deadlines.
+#[test]
+fn saga_monitor_cep_survives_kill_9() {
+    bundled_job_survives_kill_9("saga-monitor", "sagas", 600_000, 0x5A6A_0001);
+}
+
+/// Runs `job` on `weir gen STREAM --events N`, killed at random moments at P = 1 and P = 2
+/// alternately (so state is also redistributed), then to the end: it must commit what an
+/// uninterrupted run writes.
+fn bundled_job_survives_kill_9(job: &str, stream: &str, events: u64, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
-    let input = path("orders.jsonl");
+    let input = path("input.jsonl");
     let generate: [OsString; 6] = [
         "gen".into(),
-        "orders".into(),
+        stream.into(),
         "--events".into(),
-        "1500000".into(),
+        events.to_string().into(),
         "--output".into(),
         input.clone().into(),
     ];
@@ -334,7 +345,7 @@ fn order_analytics_with_dedup_top_n_and_alerts_survives_kill_9() {
     let args = |output: &Path, parallelism: usize| -> Vec<OsString> {
         vec![
             "run".into(),
-            "order-analytics".into(),
+            job.into(),
             "--input".into(),
             input.clone().into(),
             "--output".into(),
@@ -360,12 +371,11 @@ fn order_analytics_with_dedup_top_n_and_alerts_survives_kill_9() {
         ]);
         a
     };
-    let mut rng = SplitMix64::new(0x0DE5_0001);
+    let mut rng = SplitMix64::new(seed);
     let mut resumed = 0;
     for run in 0..4 {
-        let run_args = checkpointed(run % 2 + 1);
         let (_, stderr) = run_and_kill(
-            &run_args,
+            &checkpointed(run % 2 + 1),
             path(&format!("run-{run}.stderr")),
             Duration::from_millis(300 + rng.below(900)),
             &state,
@@ -377,13 +387,13 @@ fn order_analytics_with_dedup_top_n_and_alerts_survives_kill_9() {
     resumed += usize::from(says(&stderr, "resuming"));
     assert!(
         resumed > 0,
-        "no run resumed from a checkpoint: the test proved nothing"
+        "{job}: no run resumed from a checkpoint: the test proved nothing"
     );
     assert!(in_progress_files(&out).is_empty());
     assert_same_rows(
         &committed_rows(&out),
         &canonical_rows([reference]),
-        "order-analytics after kills",
+        &format!("{job} after kills"),
     );
 }
 
