@@ -3,6 +3,7 @@
 //! - [`file`]: a file source (JSON lines or CSV with a header row, bounded or followed like
 //!   `tail -f`) and a JSON-lines file sink;
 //! - [`stdout`]: a JSON-lines sink on standard output;
+//! - [`tcp`]: a TCP server source for newline-delimited records from many clients;
 //! - [`dead_letter`]: where records that cannot be decoded go, with their source position;
 //! - [`schema`]: versioned events lifted to the current schema by upcasters.
 //!
@@ -14,6 +15,7 @@ pub mod file;
 pub mod format;
 pub mod schema;
 pub mod stdout;
+pub mod tcp;
 
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::ConnectorError;
@@ -21,3 +23,4 @@ pub use file::{FileSink, FileSource};
 pub use format::{CsvHeader, Decoder, Format, Json};
 pub use schema::Upcasting;
 pub use stdout::StdoutSink;
+pub use tcp::{TcpSource, TcpSpec};

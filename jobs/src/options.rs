@@ -12,7 +12,8 @@ use weir_operators::{Session, Sliding, Tumbling, WindowSpec};
 /// Options of `weir run`, `weir describe` and `weir bench`.
 #[derive(Debug, Clone, Args)]
 pub struct JobOptions {
-    /// Input file (JSON lines or CSV with a header row).
+    /// Input file (JSON lines or CSV with a header row), or for window-agg
+    /// `tcp://HOST:PORT[?until=disconnect]` to serve newline-delimited JSON to clients.
     #[arg(long)]
     pub input: Option<PathBuf>,
     /// Where results go: a file path, `stdout:` or `null:` (discard).

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use weir_connectors::format::split_csv;
-use weir_connectors::{CsvHeader, DeadLetters, Decoder, FileSink, FileSource};
+use weir_connectors::{CsvHeader, DeadLetters, Decoder, FileSink, FileSource, TcpSource, TcpSpec};
 use weir_engine::intern::Interner;
 use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
@@ -127,10 +127,16 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 job.metrics().dead_letters("input"),
             );
             let decoder = EventDecoder::new(&opts.ts_field, &opts.key_field, &opts.value_field);
-            job.source(
-                "input",
-                FileSource::new(input, opts.input_format(), decoder, dead).follow(opts.follow),
-            )
+            match input.to_str().and_then(TcpSpec::parse) {
+                Some(spec) => {
+                    let spec = spec.map_err(anyhow::Error::msg)?;
+                    job.source("input", TcpSource::new(spec, decoder, dead))
+                }
+                None => job.source(
+                    "input",
+                    FileSource::new(input, opts.input_format(), decoder, dead).follow(opts.follow),
+                ),
+            }
         }
     };
     aggregate_windows(events, opts)?;
