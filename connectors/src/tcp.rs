@@ -84,12 +84,33 @@ impl TcpSpec {
 
 /// Lines from one client, or the news that it left.
 enum Delivery {
-    Lines {
-        client: SocketAddr,
-        /// `(line number on the connection, line or the reason it was refused)`.
-        lines: Vec<(u64, Result<Vec<u8>, String>)>,
-    },
+    Lines(Lines),
     Gone,
+}
+
+/// Consecutive lines of one client in one buffer (one allocation per batch, not per line).
+struct Lines {
+    client: SocketAddr,
+    /// The connection's line number of the first line.
+    first: u64,
+    /// The lines, back to back, with their line breaks.
+    bytes: Vec<u8>,
+    /// Where each line ends in `bytes`; a refused line is empty there.
+    ends: Vec<usize>,
+    /// Lines refused while reading (over-long), by index in `ends`, with the reason.
+    refused: Vec<(usize, String)>,
+}
+
+impl Lines {
+    fn new(client: SocketAddr, first: u64) -> Self {
+        Lines {
+            client,
+            first,
+            bytes: Vec::with_capacity(64 * 1024),
+            ends: Vec::with_capacity(LINES_PER_BATCH),
+            refused: Vec::new(),
+        }
+    }
 }
 
 /// A TCP server source (see the module docs).
@@ -171,37 +192,37 @@ impl<D: Decoder> TcpSource<D> {
         Ok(())
     }
 
-    fn take(
-        &mut self,
-        client: SocketAddr,
-        number: u64,
-        line: Result<Vec<u8>, String>,
-        out: &mut Vec<D::Item>,
-    ) {
-        let reject = |error: String, raw: &[u8]| DeadLetter {
+    /// Decodes a batch of lines into `out`, rejects into the dead letters.
+    fn take(&mut self, lines: Lines, out: &mut Vec<D::Item>) {
+        let client = lines.client;
+        let reject = |number: u64, error: String, raw: &[u8]| DeadLetter {
             source: format!("tcp://{client}"),
             line: number,
             error,
             raw: String::from_utf8_lossy(raw).into_owned(),
         };
-        let letter = match line {
-            Err(reason) => Some(reject(reason, b"")),
-            Ok(bytes) => {
-                let text = std::str::from_utf8(&bytes).map(|t| t.trim_end_matches(['\r', '\n']));
-                match text {
-                    Err(e) => Some(reject(format!("line is not UTF-8: {e}"), &bytes)),
-                    Ok(t) if t.trim().is_empty() => None,
-                    Ok(t) => match self.decoder.decode(t) {
-                        Ok(item) => {
-                            out.push(item);
-                            None
-                        }
-                        Err(error) => Some(reject(error, t.as_bytes())),
-                    },
-                }
+        let mut refused = lines.refused.into_iter().peekable();
+        let mut start = 0;
+        for (i, &end) in lines.ends.iter().enumerate() {
+            let number = lines.first + i as u64;
+            let bytes = &lines.bytes[start..end];
+            start = end;
+            if let Some((_, reason)) = refused.next_if(|(at, _)| *at == i) {
+                self.rejected.push(reject(number, reason, b""));
+                continue;
             }
-        };
-        self.rejected.extend(letter);
+            match std::str::from_utf8(bytes).map(|t| t.trim_end_matches(['\r', '\n'])) {
+                Err(e) => {
+                    self.rejected
+                        .push(reject(number, format!("line is not UTF-8: {e}"), bytes))
+                }
+                Ok(t) if t.trim().is_empty() => {}
+                Ok(t) => match self.decoder.decode(t) {
+                    Ok(item) => out.push(item),
+                    Err(error) => self.rejected.push(reject(number, error, t.as_bytes())),
+                },
+            }
+        }
     }
 }
 
@@ -224,11 +245,7 @@ impl<D: Decoder> Source for TcpSource<D> {
                 Duration::ZERO
             };
             match started.deliveries.recv_timeout(wait) {
-                Ok(Delivery::Lines { client, lines }) => {
-                    for (number, line) in lines {
-                        self.take(client, number, line, out);
-                    }
-                }
+                Ok(Delivery::Lines(lines)) => self.take(lines, out),
                 Ok(Delivery::Gone) => started.left += 1,
                 Err(RecvTimeoutError::Timeout) => {
                     status = SourceStatus::Idle;
@@ -335,52 +352,49 @@ impl Reader {
     fn run(self, stream: TcpStream) {
         let _ = stream.set_nonblocking(false);
         let mut input = BufReader::with_capacity(64 * 1024, stream);
-        let mut batch = Vec::new();
-        let mut number = 0;
+        let mut number = 1;
+        let mut batch = Lines::new(self.client, number);
         loop {
-            let mut line = Vec::new();
+            let start = batch.bytes.len();
             let limit = self.max_line as u64 + 1;
-            match input.by_ref().take(limit).read_until(b'\n', &mut line) {
+            match input
+                .by_ref()
+                .take(limit)
+                .read_until(b'\n', &mut batch.bytes)
+            {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            number += 1;
-            if line.len() > self.max_line && line.last() != Some(&b'\n') {
+            let read = batch.bytes.len() - start;
+            if read > self.max_line && batch.bytes.last() != Some(&b'\n') {
                 // Over-long: keep its start for the dead letter, skip the rest of it.
+                let kept = String::from_utf8_lossy(
+                    &batch.bytes[start..start + KEPT_OF_LONG_LINE.min(read)],
+                )
+                .into_owned();
+                batch.bytes.truncate(start);
                 let mut rest = Vec::new();
                 let _ = input.read_until(b'\n', &mut rest);
-                let kept = String::from_utf8_lossy(&line[..KEPT_OF_LONG_LINE.min(line.len())])
-                    .into_owned();
-                batch.push((
-                    number,
-                    Err(format!(
+                batch.refused.push((
+                    batch.ends.len(),
+                    format!(
                         "line longer than {} bytes (max_line); it starts: {kept}",
                         self.max_line
-                    )),
+                    ),
                 ));
-            } else {
-                batch.push((number, Ok(line)));
             }
+            batch.ends.push(batch.bytes.len());
+            number += 1;
             // Hand over when the batch is full or nothing more is buffered right now.
-            if batch.len() >= LINES_PER_BATCH || input.buffer().is_empty() {
-                let lines = std::mem::take(&mut batch);
-                if self
-                    .deliveries
-                    .send(Delivery::Lines {
-                        client: self.client,
-                        lines,
-                    })
-                    .is_err()
-                {
+            if batch.ends.len() >= LINES_PER_BATCH || input.buffer().is_empty() {
+                let full = std::mem::replace(&mut batch, Lines::new(self.client, number));
+                if self.deliveries.send(Delivery::Lines(full)).is_err() {
                     break;
                 }
             }
         }
-        if !batch.is_empty() {
-            let _ = self.deliveries.send(Delivery::Lines {
-                client: self.client,
-                lines: batch,
-            });
+        if !batch.ends.is_empty() {
+            let _ = self.deliveries.send(Delivery::Lines(batch));
         }
         let _ = self.deliveries.send(Delivery::Gone);
         self.connected.fetch_sub(1, Ordering::SeqCst);
