@@ -17,7 +17,10 @@ fn jobs_lists_the_bundled_jobs() -> TestResult {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(names, ["window-agg", "order-analytics", "saga-monitor"]);
+    assert_eq!(
+        names,
+        ["window-agg", "order-analytics", "saga-monitor", "nexmark"]
+    );
     Ok(())
 }
 

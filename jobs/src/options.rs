@@ -90,6 +90,9 @@ pub struct JobOptions {
     /// Generate this many events in-process instead of reading `--input` (jobs that can).
     #[arg(long)]
     pub events: Option<u64>,
+    /// nexmark: the query to run (q0, q1, q2, q5, q7).
+    #[arg(long)]
+    pub query: Option<String>,
     /// Job-specific settings, `KEY=VALUE`, repeatable.
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, String)>,

@@ -48,6 +48,7 @@ impl Registry {
                 crate::saga_monitor::ABOUT,
                 crate::saga_monitor::build,
             )
+            .job("nexmark", crate::nexmark::ABOUT, crate::nexmark::build)
     }
 
     /// Adds a job.

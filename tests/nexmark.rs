@@ -1,0 +1,155 @@
+//! Nexmark queries through the binary against plain reference computations over the same
+//! generated events (the generator is deterministic), at parallelism 1 and 2.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::error::Error;
+
+use serde_json::{json, Value};
+use weir_jobs::nexmark::{average_sizes, Bid, NexmarkEvent, NexmarkGenerator};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+const EVENTS: u64 = 300_000;
+const SECOND: i64 = 1_000;
+
+fn bids() -> Vec<Bid> {
+    NexmarkGenerator::new(EVENTS)
+        .filter_map(|e| match e {
+            NexmarkEvent::Bid(b) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `--query` and returns its output rows, canonical and sorted.
+fn run_query(query: &str, parallelism: &str) -> Result<Vec<String>, Box<dyn Error>> {
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("out.jsonl");
+    common::run_ok(
+        WEIR,
+        [
+            "run",
+            "nexmark",
+            "--query",
+            query,
+            "--events",
+            &EVENTS.to_string(),
+            "--output",
+            output.to_str().ok_or("path")?,
+            "--parallelism",
+            parallelism,
+            "--metrics-addr",
+            "off",
+            "--quiet",
+        ],
+    )?;
+    let mut rows: Vec<String> = std::fs::read_to_string(&output)?
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).map(|v| v.to_string()))
+        .collect::<Result<_, _>>()?;
+    rows.sort();
+    Ok(rows)
+}
+
+fn canonical(rows: impl IntoIterator<Item = Value>) -> Vec<String> {
+    let mut rows: Vec<String> = rows.into_iter().map(|v| v.to_string()).collect();
+    rows.sort();
+    rows
+}
+
+fn check(query: &str, expected: Vec<String>) -> TestResult {
+    assert!(!expected.is_empty(), "{query}: the reference is empty");
+    for p in ["1", "2"] {
+        assert_eq!(run_query(query, p)?, expected, "{query} at P={p}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_generator_keeps_the_standard_proportions_and_sizes() {
+    let events: Vec<NexmarkEvent> = NexmarkGenerator::new(50_000).collect();
+    let count = |f: fn(&NexmarkEvent) -> bool| events.iter().filter(|e| f(e)).count();
+    assert_eq!(count(|e| matches!(e, NexmarkEvent::Person(_))), 1_000);
+    assert_eq!(count(|e| matches!(e, NexmarkEvent::Auction(_))), 3_000);
+    assert_eq!(count(|e| matches!(e, NexmarkEvent::Bid(_))), 46_000);
+    let [person, auction, bid] = average_sizes(50_000);
+    for (kind, size, standard) in [
+        ("person", person, 200.0),
+        ("auction", auction, 500.0),
+        ("bid", bid, 100.0),
+    ] {
+        assert!(
+            (size - standard).abs() / standard < 0.05,
+            "{kind}: {size:.0} bytes on average, the standard is {standard}"
+        );
+    }
+}
+
+#[test]
+fn q1_converts_every_bid_to_euros() -> TestResult {
+    let expected = bids().into_iter().map(|b| {
+        json!({"auction": b.auction, "bidder": b.bidder, "price": b.price * 908 / 1000, "date_time": b.date_time})
+    });
+    check("q1", canonical(expected))
+}
+
+#[test]
+fn q2_selects_bids_on_every_123rd_auction() -> TestResult {
+    let expected = bids()
+        .into_iter()
+        .filter(|b| b.auction % 123 == 0)
+        .map(|b| json!([b.auction, b.price]));
+    check("q2", canonical(expected))
+}
+
+#[test]
+fn q5_finds_the_hottest_auction_of_each_sliding_window() -> TestResult {
+    // Per window start (every 2 s, 10 s long): bids per auction.
+    let mut windows: BTreeMap<i64, BTreeMap<u64, u64>> = BTreeMap::new();
+    for b in bids() {
+        let last = b.date_time - b.date_time.rem_euclid(2 * SECOND);
+        let mut start = last;
+        while start > b.date_time - 10 * SECOND {
+            *windows
+                .entry(start)
+                .or_default()
+                .entry(b.auction)
+                .or_default() += 1;
+            start -= 2 * SECOND;
+        }
+    }
+    let expected = windows.into_iter().filter_map(|(start, counts)| {
+        // Most bids; ties to the smaller auction (BTreeMap order, strict comparison).
+        let (auction, bids) =
+            counts
+                .into_iter()
+                .fold(None, |best: Option<(u64, u64)>, (a, n)| match best {
+                    Some((_, m)) if m >= n => best,
+                    _ => Some((a, n)),
+                })?;
+        Some(json!({"window_start": start, "auction": auction, "bids": bids}))
+    });
+    check("q5", canonical(expected))
+}
+
+#[test]
+fn q7_finds_the_highest_bid_of_each_tumbling_window() -> TestResult {
+    let mut best: BTreeMap<i64, Bid> = BTreeMap::new();
+    for b in bids() {
+        let start = b.date_time - b.date_time.rem_euclid(10 * SECOND);
+        let beats = |cur: &Bid| {
+            (b.price, -b.date_time, std::cmp::Reverse(b.bidder))
+                > (cur.price, -cur.date_time, std::cmp::Reverse(cur.bidder))
+        };
+        if best.get(&start).is_none_or(beats) {
+            best.insert(start, b);
+        }
+    }
+    let expected = best
+        .into_iter()
+        .map(|(start, bid)| json!({"window_start": start, "bid": bid}));
+    check("q7", canonical(expected))
+}
