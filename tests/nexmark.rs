@@ -153,3 +153,26 @@ fn q7_finds_the_highest_bid_of_each_tumbling_window() -> TestResult {
         .map(|(start, bid)| json!({"window_start": start, "bid": bid}));
     check("q7", canonical(expected))
 }
+
+#[test]
+fn q8_finds_persons_who_opened_an_auction_in_the_window_they_registered() -> TestResult {
+    let window = |ts: i64| ts - ts.rem_euclid(10 * SECOND);
+    let mut persons: BTreeMap<(i64, u64), String> = BTreeMap::new();
+    let mut sellers = std::collections::BTreeSet::new();
+    for e in NexmarkGenerator::new(EVENTS) {
+        match e {
+            NexmarkEvent::Person(p) => {
+                persons.insert((window(p.date_time), p.id), p.name);
+            }
+            NexmarkEvent::Auction(a) => {
+                sellers.insert((window(a.date_time), a.seller));
+            }
+            NexmarkEvent::Bid(_) => {}
+        }
+    }
+    let expected = persons
+        .into_iter()
+        .filter(|(key, _)| sellers.contains(key))
+        .map(|((start, id), name)| json!({"window_start": start, "id": id, "name": name}));
+    check("q8", canonical(expected))
+}
