@@ -16,6 +16,8 @@ use crate::registry::JobSpec;
 pub struct BenchResult {
     /// The job.
     pub job: String,
+    /// The query (`--query`), for jobs that have several (nexmark).
+    pub query: Option<String>,
     /// Events read by the sources.
     pub events: u64,
     /// Workers per keyed operator.
@@ -41,10 +43,16 @@ impl BenchResult {
         self.events as f64 / self.cpu_seconds.max(1e-9)
     }
 
-    /// The machine-readable `RESULT` line.
+    /// The machine-readable `RESULT` line (latency percentiles are not measured yet, so
+    /// there is no `p99_ms` field rather than a made-up one).
     pub fn result_line(&self) -> String {
+        let query = self
+            .query
+            .as_ref()
+            .map(|q| format!(" query={q}"))
+            .unwrap_or_default();
         format!(
-            "RESULT job={} events={} parallelism={} state={} seconds={:.3} events_per_sec={:.0} events_per_sec_per_core={:.0} cpu_seconds={:.3} peak_rss_mb={:.1}",
+            "RESULT job={}{query} events={} parallelism={} state={} seconds={:.3} events_per_sec={:.0} events_per_sec_per_core={:.0} cpu_seconds={:.3} peak_rss_mb={:.1}",
             self.job,
             self.events,
             self.parallelism,
@@ -76,6 +84,7 @@ pub fn run(spec: &JobSpec, opts: &JobOptions) -> anyhow::Result<BenchResult> {
     let summary = result?;
     Ok(BenchResult {
         job: spec.name.clone(),
+        query: opts.query.clone(),
         events: summary.events_read,
         parallelism: opts.parallelism,
         state: opts.state.clone(),
