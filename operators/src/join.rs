@@ -19,6 +19,15 @@
 //! arrive unlate after that. The left-outer variant then emits each left element that
 //! matched nothing as `(a, None)`, with event time `a.ts + upper`.
 //!
+//! # Temporal (stream-table) join
+//! `events.temporal_join(changelog, ek, ck, value)` keeps the changelog as a versioned
+//! table per key (`value` returns `Some(v)` for an upsert, `None` for a delete, each valid
+//! from its record's event time) and joins each event with the version valid at the
+//! event's time: `(e, Some(v))`, or `(e, None)` if there was none (or it was deleted). As
+//! Flink's event-time temporal join does, an event waits until the watermark reaches it, so
+//! versions that arrive after it but are older still count; it is emitted then, with its
+//! own event time. Versions older than the watermark are compacted to the one still valid.
+//!
 //! # Window join
 //! `left.window_join(right, lk, rk, Tumbling::of(..))` pairs every `a` with every `b` of
 //! the same key in the same tumbling window, when the window fires (`end - 1` reached by
@@ -93,6 +102,23 @@ pub trait JoinExt<A> {
         LK: Fn(&A) -> K + Clone + Send + 'static,
         RK: Fn(&B) -> K + Clone + Send + 'static;
 
+    /// Temporal join with a changelog (see the module docs): `version` turns a changelog
+    /// record into `Some(value)` (upsert) or `None` (delete).
+    fn temporal_join<B, V, K, LK, RK, VF>(
+        self,
+        changelog: Stream<B>,
+        key: LK,
+        changelog_key: RK,
+        version: VF,
+    ) -> Stream<(A, Option<V>)>
+    where
+        B: StateValue + Data,
+        V: StateValue + Data,
+        K: StateKey + StableHash + Data,
+        LK: Fn(&A) -> K + Clone + Send + 'static,
+        RK: Fn(&B) -> K + Clone + Send + 'static,
+        VF: Fn(&B) -> Option<V> + Clone + Send + 'static;
+
     /// Window join over tumbling windows (see the module docs).
     fn window_join<B, K, LK, RK>(
         self,
@@ -161,6 +187,34 @@ impl<A: StateValue + Data> JoinExt<A> for Stream<A> {
         RK: Fn(&B) -> K + Clone + Send + 'static,
     {
         interval(self, right, left_key, right_key, lower, upper, true)
+    }
+
+    fn temporal_join<B, V, K, LK, RK, VF>(
+        self,
+        changelog: Stream<B>,
+        key: LK,
+        changelog_key: RK,
+        version: VF,
+    ) -> Stream<(A, Option<V>)>
+    where
+        B: StateValue + Data,
+        V: StateValue + Data,
+        K: StateKey + StableHash + Data,
+        LK: Fn(&A) -> K + Clone + Send + 'static,
+        RK: Fn(&B) -> K + Clone + Send + 'static,
+        VF: Fn(&B) -> Option<V> + Clone + Send + 'static,
+    {
+        // Each changelog record becomes its key and version before the union.
+        let versions = changelog.map(move |b| (changelog_key(&b), version(&b)));
+        tagged(self, versions)
+            .key_by(side_key(key, |(k, _): &(K, Option<V>)| k.clone()))
+            .process(
+                "temporal-join",
+                "events join the version valid at their time".into(),
+                TemporalJoinFactory {
+                    _types: PhantomData,
+                },
+            )
     }
 
     fn window_join<B, K, LK, RK>(
@@ -466,6 +520,191 @@ where
     }
 }
 
+// ---------------------------------------------------------------- temporal join
+
+struct TemporalJoinFactory<K, A, V> {
+    _types: PhantomData<fn(K, A) -> V>,
+}
+
+impl<K: StateKey + Data, A: StateValue + Data, V: StateValue + Data> OperatorFactory
+    for TemporalJoinFactory<K, A, V>
+{
+    type Key = K;
+    type In = Side<A, (K, Option<V>)>;
+    type Out = (A, Option<V>);
+    type Operator<S: StateBackend> = TemporalJoinOperator<S, K, A, V>;
+
+    fn create<S: StateBackend>(
+        &self,
+        ctx: &OperatorContext,
+        mut state: S,
+    ) -> Result<Self::Operator<S>, BoxError> {
+        Ok(TemporalJoinOperator {
+            keys: state.map_state("temporal-join")?,
+            timers: Timers::new(),
+            watermark: Timestamp::MIN,
+            late: ctx.metrics.late_events.clone(),
+        })
+    }
+}
+
+/// One key's versioned table row and the events waiting for the watermark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Versioned<A, V> {
+    /// `(valid from, value or deleted)`, by time (ties in arrival order).
+    versions: Vec<(Timestamp, Option<V>)>,
+    /// `(time, event)` by time (ties in arrival order).
+    pending: Vec<(Timestamp, A)>,
+}
+
+impl<A, V> Default for Versioned<A, V> {
+    fn default() -> Self {
+        Versioned {
+            versions: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// One worker of a temporal join.
+pub struct TemporalJoinOperator<S: StateBackend, K: StateKey, A: StateValue, V: StateValue> {
+    keys: S::Map<K, Versioned<A, V>>,
+    timers: Timers<K>,
+    watermark: Timestamp,
+    late: Counter,
+}
+
+impl<S: StateBackend, K: StateKey, A: StateValue, V: StateValue> std::fmt::Debug
+    for TemporalJoinOperator<S, K, A, V>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemporalJoinOperator")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, A, V> TemporalJoinOperator<S, K, A, V>
+where
+    S: StateBackend,
+    K: StateKey + Data,
+    A: StateValue + Data,
+    V: StateValue + Data,
+{
+    /// Joins every waiting event the watermark reached, then compacts the versions.
+    fn advance(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<(A, Option<V>)>,
+    ) -> Result<(), BoxError> {
+        self.watermark = self.watermark.max(watermark);
+        let w = self.watermark;
+        while let Some((_, keys)) = self.timers.pop_due(|t| t <= w) {
+            for key in keys {
+                let mut joined = Vec::new();
+                let next = self.keys.modify(&key, |row| {
+                    let ready = row.pending.partition_point(|(ts, _)| *ts <= w);
+                    for (ts, event) in row.pending.drain(..ready) {
+                        let valid = row.versions.partition_point(|(from, _)| *from <= ts);
+                        let value = valid.checked_sub(1).and_then(|i| row.versions[i].1.clone());
+                        joined.push((ts, event, value));
+                    }
+                    // Only the version valid at the watermark, and later ones, can be used.
+                    let valid = row.versions.partition_point(|(from, _)| *from <= w);
+                    row.versions.drain(..valid.saturating_sub(1));
+                    row.pending.first().map(|(ts, _)| *ts)
+                })?;
+                if let Some(Some(t)) = next {
+                    self.timers.register(t, key);
+                }
+                for (ts, event, value) in joined {
+                    out.emit(ts, (event, value));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S, K, A, V> KeyedOperator for TemporalJoinOperator<S, K, A, V>
+where
+    S: StateBackend,
+    K: StateKey + Data,
+    A: StateValue + Data,
+    V: StateValue + Data,
+{
+    type Key = K;
+    type In = Side<A, (K, Option<V>)>;
+    type Out = (A, Option<V>);
+
+    fn process(
+        &mut self,
+        records: Vec<Record<Keyed<K, Side<A, (K, Option<V>)>>>>,
+        out: &mut Output<(A, Option<V>)>,
+    ) -> Result<(), BoxError> {
+        let mut late = 0;
+        for r in records {
+            if r.watermark > self.watermark {
+                self.advance(r.watermark, out)?;
+            }
+            let ts = r.ts;
+            if ts <= self.watermark {
+                late += 1;
+                continue;
+            }
+            let Keyed { key, value } = r.value;
+            self.keys
+                .update(&key, Versioned::default, |row| match value {
+                    Side::Left(event) => {
+                        let at = row.pending.partition_point(|(t, _)| *t <= ts);
+                        row.pending.insert(at, (ts, event));
+                    }
+                    Side::Right((_, version)) => {
+                        let at = row.versions.partition_point(|(t, _)| *t <= ts);
+                        row.versions.insert(at, (ts, version));
+                    }
+                })?;
+            // Events are joined at this time; versions are compacted then.
+            self.timers.register(ts, key);
+        }
+        self.late.inc_by(late);
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<(A, Option<V>)>,
+    ) -> Result<(), BoxError> {
+        self.advance(watermark, out)?;
+        out.advance_watermark(watermark);
+        Ok(())
+    }
+
+    fn state_entries(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
+        self.keys.flush()?;
+        save_watermark(self.watermark)
+    }
+
+    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
+        self.watermark = restored_watermark(snapshots)?;
+        let mut due = Vec::new();
+        self.keys.scan(|key, row| {
+            if let Some((ts, _)) = row.pending.first() {
+                due.push((*ts, key));
+            }
+        })?;
+        for (ts, key) in due {
+            self.timers.register(ts, key);
+        }
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------- window join
 
 struct WindowJoinFactory<K, A, B> {
@@ -751,6 +990,38 @@ mod tests {
         for (p, rocksdb) in SETUPS {
             let actual = run(
                 |l, r| l.interval_left_join(r, |a: &Ev| a.1, |b: &Ev| b.1, 0, 10),
+                p,
+                rocksdb,
+            );
+            assert_eq!(actual, expected, "P={p} rocksdb={rocksdb}");
+        }
+    }
+
+    #[test]
+    fn temporal_join_uses_the_version_valid_at_each_event() {
+        let changes = events(500, 2);
+        // Every 7th change deletes its key.
+        let version = |c: &Ev| (!c.2.is_multiple_of(7)).then_some(c.2);
+        let mut expected: Vec<(Ev, Option<u32>)> = events(600, 1)
+            .into_iter()
+            .map(|e| {
+                let valid = changes
+                    .iter()
+                    .filter(|c| c.1 == e.1 && c.0 <= e.0)
+                    // The latest by time; among equal times the last to arrive.
+                    .fold(None, |best: Option<&Ev>, c| match best {
+                        Some(b) if b.0 > c.0 => Some(b),
+                        _ => Some(c),
+                    });
+                (e, valid.and_then(version))
+            })
+            .collect();
+        expected.sort();
+        assert!(expected.iter().any(|(_, v)| v.is_none()));
+        assert!(expected.iter().filter(|(_, v)| v.is_some()).count() > 300);
+        for (p, rocksdb) in SETUPS {
+            let actual = run(
+                |l, r| l.temporal_join(r, |e: &Ev| e.1, |c: &Ev| c.1, version),
                 p,
                 rocksdb,
             );
