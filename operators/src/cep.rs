@@ -41,6 +41,7 @@ use weir_engine::{
 };
 
 use crate::snapshot::{restored_watermark, save_watermark};
+use crate::time_order::{insert_by_time, take_due, TimeOrdered};
 use crate::window::Timers;
 
 type Condition<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
@@ -250,8 +251,8 @@ impl<T> Partial<T> {
 /// The state of one key: events waiting for the watermark, and matches in progress.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyState<T> {
-    /// `(time, event)` in time order (ties in arrival order).
-    pending: Vec<(Timestamp, T)>,
+    /// Events waiting for the watermark.
+    pending: TimeOrdered<T>,
     partials: Vec<Partial<T>>,
 }
 
@@ -395,8 +396,7 @@ where
             let Some(mut state) = self.keys.take(&key)? else {
                 continue;
             };
-            let ready = state.pending.partition_point(|(ts, _)| *ts <= w);
-            for (ts, event) in state.pending.drain(..ready) {
+            for (ts, event) in take_due(&mut state.pending, w) {
                 self.pattern
                     .feed(&mut state.partials, ts, &event, &mut emitted);
             }
@@ -449,8 +449,7 @@ where
             }
             let Keyed { key, value } = r.value;
             self.keys.update(&key, KeyState::default, |state| {
-                let at = state.pending.partition_point(|(t, _)| *t <= ts);
-                state.pending.insert(at, (ts, value));
+                insert_by_time(&mut state.pending, ts, value);
             })?;
             self.timers.register(ts, key);
         }

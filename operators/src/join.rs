@@ -47,6 +47,7 @@ use weir_engine::{
 };
 
 use crate::snapshot::{restored_watermark, save_watermark};
+use crate::time_order::{insert_by_time, take_due, upto, TimeOrdered};
 use crate::window::{window_start, Timers, Tumbling, Window};
 
 /// An element of one of the two inputs of a join.
@@ -551,10 +552,10 @@ impl<K: StateKey + Data, A: StateValue + Data, V: StateValue + Data> OperatorFac
 /// One key's versioned table row and the events waiting for the watermark.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Versioned<A, V> {
-    /// `(valid from, value or deleted)`, by time (ties in arrival order).
-    versions: Vec<(Timestamp, Option<V>)>,
-    /// `(time, event)` by time (ties in arrival order).
-    pending: Vec<(Timestamp, A)>,
+    /// Versions by the time they are valid from: a value, or deleted.
+    versions: TimeOrdered<Option<V>>,
+    /// Events waiting for the watermark.
+    pending: TimeOrdered<A>,
 }
 
 impl<A, V> Default for Versioned<A, V> {
@@ -603,14 +604,13 @@ where
             for key in keys {
                 let mut joined = Vec::new();
                 let next = self.keys.modify(&key, |row| {
-                    let ready = row.pending.partition_point(|(ts, _)| *ts <= w);
-                    for (ts, event) in row.pending.drain(..ready) {
-                        let valid = row.versions.partition_point(|(from, _)| *from <= ts);
+                    for (ts, event) in take_due(&mut row.pending, w) {
+                        let valid = upto(&row.versions, ts);
                         let value = valid.checked_sub(1).and_then(|i| row.versions[i].1.clone());
                         joined.push((ts, event, value));
                     }
                     // Only the version valid at the watermark, and later ones, can be used.
-                    let valid = row.versions.partition_point(|(from, _)| *from <= w);
+                    let valid = upto(&row.versions, w);
                     row.versions.drain(..valid.saturating_sub(1));
                     row.pending.first().map(|(ts, _)| *ts)
                 })?;
@@ -656,12 +656,10 @@ where
             self.keys
                 .update(&key, Versioned::default, |row| match value {
                     Side::Left(event) => {
-                        let at = row.pending.partition_point(|(t, _)| *t <= ts);
-                        row.pending.insert(at, (ts, event));
+                        insert_by_time(&mut row.pending, ts, event);
                     }
                     Side::Right((_, version)) => {
-                        let at = row.versions.partition_point(|(t, _)| *t <= ts);
-                        row.versions.insert(at, (ts, version));
+                        insert_by_time(&mut row.versions, ts, version);
                     }
                 })?;
             // Events are joined at this time; versions are compacted then.

@@ -49,6 +49,7 @@ pub mod process;
 mod snapshot;
 #[cfg(test)]
 mod test_support;
+mod time_order;
 pub mod topn;
 pub mod window;
 
