@@ -108,7 +108,9 @@ pub trait KeyedOperator: Send + 'static {
         out: &mut Output<Self::Out>,
     ) -> Result<(), BoxError>;
 
-    /// The input watermark advanced to `watermark` (after the records of a batch).
+    /// The input watermark advanced to `watermark` (after the records of a batch): fire what
+    /// it made due. The runtime forwards the watermark to the output right after, so results
+    /// emitted here carry the previous one.
     fn on_watermark(
         &mut self,
         watermark: Timestamp,

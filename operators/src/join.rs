@@ -481,9 +481,8 @@ where
         watermark: Timestamp,
         out: &mut Output<(A, Option<B>)>,
     ) -> Result<(), BoxError> {
-        self.advance(watermark, out)?;
-        out.advance_watermark(watermark);
-        Ok(())
+        // The runner forwards the watermark after this.
+        self.advance(watermark, out)
     }
 
     fn state_entries(&self) -> usize {
@@ -674,9 +673,8 @@ where
         watermark: Timestamp,
         out: &mut Output<(A, Option<V>)>,
     ) -> Result<(), BoxError> {
-        self.advance(watermark, out)?;
-        out.advance_watermark(watermark);
-        Ok(())
+        // The runner forwards the watermark after this.
+        self.advance(watermark, out)
     }
 
     fn state_entries(&self) -> usize {
@@ -853,9 +851,8 @@ where
         watermark: Timestamp,
         out: &mut Output<WindowPair<A, B>>,
     ) -> Result<(), BoxError> {
-        self.advance(watermark, out)?;
-        out.advance_watermark(watermark);
-        Ok(())
+        // The runner forwards the watermark after this.
+        self.advance(watermark, out)
     }
 
     fn state_entries(&self) -> usize {

@@ -234,9 +234,8 @@ where
         watermark: Timestamp,
         out: &mut Output<Ranked<K, V>>,
     ) -> Result<(), BoxError> {
-        self.advance(watermark, out)?;
-        out.advance_watermark(watermark);
-        Ok(())
+        // The runner forwards the watermark after this.
+        self.advance(watermark, out)
     }
 
     fn state_entries(&self) -> usize {
