@@ -539,6 +539,18 @@ struct WatermarkGenerator {
     current: Timestamp,
 }
 
+impl WatermarkGenerator {
+    /// Gives `r` (its time already set) the watermark before it, then advances past it.
+    #[inline]
+    fn stamp<T>(&mut self, r: &mut Record<T>, watermarks: &Watermarks) {
+        r.watermark = self.current;
+        if r.ts > self.max_ts {
+            self.max_ts = r.ts;
+            self.current = self.current.max(watermarks.watermark_for(r.ts));
+        }
+    }
+}
+
 impl<F, T> TimestampPush<F, T> {
     pub(crate) fn new(
         ts: F,
@@ -579,18 +591,23 @@ impl<F, T> TimestampPush<F, T> {
 
 impl<F: Fn(&T) -> i64 + Send, T: Data> Push<T> for TimestampPush<F, T> {
     fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
-        let g = &mut self.generator;
-        if let Some(from) = self.replay_from {
-            // Events before the replay point are not part of this run's history.
-            batch.records.retain(|r| (self.ts)(&r.value) >= from);
-        }
-        for r in &mut batch.records {
-            r.ts = (self.ts)(&r.value);
-            r.watermark = g.current;
-            if r.ts > g.max_ts {
-                g.max_ts = r.ts;
-                g.current = g.current.max(self.watermarks.watermark_for(r.ts));
+        let (g, ts, watermarks) = (&mut self.generator, &self.ts, &self.watermarks);
+        match self.replay_from {
+            None => {
+                for r in &mut batch.records {
+                    r.ts = ts(&r.value);
+                    g.stamp(r, watermarks);
+                }
             }
+            // Events before the replay point are not part of this run's history.
+            Some(from) => batch.records.retain_mut(|r| {
+                r.ts = ts(&r.value);
+                let kept = r.ts >= from;
+                if kept {
+                    g.stamp(r, watermarks);
+                }
+                kept
+            }),
         }
         batch.watermark = batch.watermark.max(g.current);
         self.down.push(batch)
