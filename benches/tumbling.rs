@@ -5,7 +5,7 @@
 //! per second of wall time; `weir bench` reports the per-core figure (see BENCHMARKS.md).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use weir_jobs::generate::{write_events, EventStreamSpec};
+use weir_jobs::generate::{create_file, write_events, EventStreamSpec};
 use weir_jobs::options::JobOptions;
 use weir_jobs::window_agg;
 
@@ -24,7 +24,7 @@ fn tumbling(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("events.jsonl");
     write_events(
-        &input,
+        create_file(&input).expect("create input"),
         EventStreamSpec {
             events: EVENTS,
             ..EventStreamSpec::default()

@@ -4,6 +4,7 @@
 //!   `tail -f`) and a JSON-lines file sink;
 //! - [`stdout`]: a JSON-lines sink on standard output;
 //! - [`tcp`]: a TCP server source for newline-delimited records from many clients;
+//! - [`kafka`]: a consumer-group source and a producer sink, by `kafka://` URI;
 //! - [`dead_letter`]: where records that cannot be decoded go, with their source position;
 //! - [`schema`]: versioned events lifted to the current schema by upcasters.
 //!
@@ -13,6 +14,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod file;
 pub mod format;
+pub mod kafka;
 pub mod schema;
 pub mod stdout;
 pub mod tcp;
@@ -21,6 +23,7 @@ pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::ConnectorError;
 pub use file::{FileSink, FileSource};
 pub use format::{CsvHeader, Decoder, Format, Json};
+pub use kafka::{KafkaSink, KafkaSource, KafkaSpec};
 pub use schema::Upcasting;
 pub use stdout::StdoutSink;
 pub use tcp::{TcpSource, TcpSpec};

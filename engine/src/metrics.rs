@@ -26,6 +26,13 @@
 //! | `weir_checkpoint_size_bytes` | gauge | bytes of files in the last completed checkpoint (hard links counted in full) |
 //! | `weir_checkpoint_alignment_seconds` | gauge | longest barrier alignment of any task in the last completed checkpoint |
 //! | `weir_checkpoint_age_seconds` | gauge | seconds since the last checkpoint completed |
+//! | `weir_kafka_records_in_total` | counter | records read from a topic (labels `job`, `topic`; Kafka jobs only, as the rest) |
+//! | `weir_kafka_bytes_in_total` | counter | payload bytes read from a topic |
+//! | `weir_kafka_records_out_total` | counter | records a topic acknowledged |
+//! | `weir_kafka_consumer_lag` | gauge | records behind the partition's end (labels `topic`, `partition`), from librdkafka statistics |
+//! | `weir_kafka_rebalances_total` | counter | partition assignments and revocations received |
+//! | `weir_kafka_produce_errors_total` | counter | records the brokers did not acknowledge |
+//! | `weir_kafka_broker_errors_total` | counter | errors reaching the brokers (each is retried with backoff) |
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -65,6 +72,50 @@ pub struct JobMetrics {
     block_cache_hit_ratio: Gauge,
     stores: Arc<std::sync::Mutex<Vec<Arc<RocksStore>>>>,
     checkpoints: Arc<std::sync::Mutex<Option<CheckpointMetrics>>>,
+    kafka: Arc<std::sync::Mutex<Option<KafkaMetrics>>>,
+}
+
+/// Metrics of Kafka sources and sinks, registered only for jobs that use Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaMetrics {
+    job: String,
+    records_in: IntCounterVec,
+    bytes_in: IntCounterVec,
+    records_out: IntCounterVec,
+    consumer_lag: IntGaugeVec,
+    /// Partition assignments and revocations the consumer group made.
+    pub rebalances: IntCounter,
+    /// Records the brokers did not acknowledge.
+    pub produce_errors: IntCounter,
+    /// Errors reaching the brokers; the client retries each with backoff.
+    pub broker_errors: IntCounter,
+}
+
+impl KafkaMetrics {
+    /// Records read from `topic`.
+    pub fn records_in(&self, topic: &str) -> IntCounter {
+        self.records_in
+            .with_label_values(&[self.job.as_str(), topic])
+    }
+
+    /// Payload bytes read from `topic`.
+    pub fn bytes_in(&self, topic: &str) -> IntCounter {
+        self.bytes_in.with_label_values(&[self.job.as_str(), topic])
+    }
+
+    /// Records `topic` acknowledged.
+    pub fn records_out(&self, topic: &str) -> IntCounter {
+        self.records_out
+            .with_label_values(&[self.job.as_str(), topic])
+    }
+
+    /// How many records the consumer is behind the end of `topic`'s `partition`.
+    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        let partition = partition.to_string();
+        self.consumer_lag
+            .with_label_values(&[self.job.as_str(), topic, partition.as_str()])
+            .set(lag);
+    }
 }
 
 /// Metrics of checkpointing, registered only for jobs that checkpoint.
@@ -195,6 +246,7 @@ impl JobMetrics {
             block_cache_hit_ratio,
             stores: Arc::new(std::sync::Mutex::new(Vec::new())),
             checkpoints: Arc::new(std::sync::Mutex::new(None)),
+            kafka: Arc::new(std::sync::Mutex::new(None)),
             started: Instant::now(),
             events_in: counter_vec(
                 &registry,
@@ -395,6 +447,61 @@ impl JobMetrics {
                     "Seconds since the last checkpoint completed",
                 ),
                 last_completed: Arc::new(std::sync::Mutex::new(None)),
+            }
+        })
+        .clone()
+    }
+
+    /// The Kafka metrics, registered on first use.
+    pub fn kafka(&self) -> KafkaMetrics {
+        let mut slot = self
+            .kafka
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.get_or_insert_with(|| {
+            let r = &self.registry;
+            let by_topic = &["job", "topic"];
+            KafkaMetrics {
+                job: self.job.clone(),
+                records_in: counter_vec(
+                    r,
+                    "weir_kafka_records_in_total",
+                    "Records read from a Kafka topic",
+                    by_topic,
+                ),
+                bytes_in: counter_vec(
+                    r,
+                    "weir_kafka_bytes_in_total",
+                    "Payload bytes read from a Kafka topic",
+                    by_topic,
+                ),
+                records_out: counter_vec(
+                    r,
+                    "weir_kafka_records_out_total",
+                    "Records a Kafka topic acknowledged",
+                    by_topic,
+                ),
+                consumer_lag: gauge_vec(
+                    r,
+                    "weir_kafka_consumer_lag",
+                    "Records the consumer is behind the end of a partition",
+                    &["job", "topic", "partition"],
+                ),
+                rebalances: counter(
+                    r,
+                    "weir_kafka_rebalances_total",
+                    "Partition assignments and revocations received from the consumer group",
+                ),
+                produce_errors: counter(
+                    r,
+                    "weir_kafka_produce_errors_total",
+                    "Records the Kafka brokers did not acknowledge",
+                ),
+                broker_errors: counter(
+                    r,
+                    "weir_kafka_broker_errors_total",
+                    "Errors reaching the Kafka brokers (retried with backoff)",
+                ),
             }
         })
         .clone()

@@ -31,6 +31,31 @@ pub struct Batch<T> {
     pub records: Vec<Record<T>>,
     /// The stream's watermark after the last record.
     pub watermark: Timestamp,
+    /// The source split (e.g. a Kafka partition) all records came from, for sources whose
+    /// input is several independently ordered splits: event time is then tracked per split.
+    /// Kept by per-record operators (map, filter, flat_map), dropped where streams merge.
+    pub split: Option<Split>,
+}
+
+/// The split a batch came from, and the splits its source reads now (for watermarks that
+/// are the minimum over the splits; a split not listed no longer holds the watermark back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The split's id.
+    pub id: u32,
+    /// All splits the source reads now; the same `Arc` until the set changes.
+    pub active: std::sync::Arc<[u32]>,
+}
+
+impl<T> Batch<T> {
+    /// A batch that belongs to no source split.
+    pub fn new(records: Vec<Record<T>>, watermark: Timestamp) -> Self {
+        Batch {
+            records,
+            watermark,
+            split: None,
+        }
+    }
 }
 
 /// An event paired with its key, as produced by `key_by`. (Its key group is derived from

@@ -31,6 +31,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,7 +50,7 @@ use crate::keys::{
 };
 use crate::metrics::{JobMetrics, MetricFamily, OperatorMetrics};
 use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
-use crate::record::{Batch, Data, Keyed, Record};
+use crate::record::{Batch, Data, Keyed, Record, Split};
 use crate::sink::Sink;
 use crate::source::{Source, SourceStatus};
 use crate::state::{
@@ -375,6 +376,9 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                 let mut last_barrier = participant
                     .as_ref()
                     .map_or(0, |p| p.checkpointing().restored_id());
+                // Positions acked for checkpoints not known complete yet, oldest first.
+                let mut pending_positions: VecDeque<(CheckpointId, serde_json::Value)> =
+                    VecDeque::new();
                 loop {
                     // A source that is idle sends nothing, so it would never notice that
                     // another task failed: it asks.
@@ -384,17 +388,31 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                         });
                     }
                     if let Some(p) = &participant {
+                        notify_completed(
+                            &mut source,
+                            &mut pending_positions,
+                            p.checkpointing().completed(),
+                        )
+                        .map_err(source_err)?;
                         let id = p.checkpointing().requested();
                         if id > last_barrier {
                             last_barrier = id;
                             let position = match source.position() {
-                                Ok(Some(position)) => Ok(position),
+                                Ok(Some(position)) => {
+                                    pending_positions.push_back((id, position.clone()));
+                                    Ok(position)
+                                }
                                 Ok(None) => Err("the source cannot be replayed".to_string()),
                                 Err(e) => Err(e.to_string()),
                             };
                             p.ack(id, position);
                             down.barrier(id)?;
                             if p.checkpointing().is_final(id) {
+                                // The final checkpoint's position is told too, if it completes.
+                                if p.checkpointing().wait_completed(id, &cancelled).is_ok() {
+                                    notify_completed(&mut source, &mut pending_positions, id)
+                                        .map_err(source_err)?;
+                                }
                                 break;
                             }
                         }
@@ -420,13 +438,11 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                         down.push(Batch {
                             records,
                             watermark: MIN_WATERMARK,
+                            split: source.split_of_batch(),
                         })?;
                     }
                     if status == SourceStatus::Exhausted {
-                        down.push(Batch {
-                            records: Vec::new(),
-                            watermark: END_WATERMARK,
-                        })?;
+                        down.push(Batch::new(Vec::new(), END_WATERMARK))?;
                         exhausted = true;
                         match &participant {
                             Some(p) => p.checkpointing().source_exhausted(),
@@ -441,6 +457,23 @@ impl<S: Source> NodeImpl for SourceNode<S> {
     }
 }
 
+/// Tells `source` the newest of its positions whose checkpoint (at most `completed`) is
+/// complete, and forgets those.
+fn notify_completed<S: Source>(
+    source: &mut S,
+    pending: &mut VecDeque<(CheckpointId, serde_json::Value)>,
+    completed: CheckpointId,
+) -> std::result::Result<(), crate::BoxError> {
+    let mut newest = None;
+    while pending.front().is_some_and(|(id, _)| *id <= completed) {
+        newest = pending.pop_front();
+    }
+    match newest {
+        Some((_, position)) => source.checkpoint_completed(&position),
+        None => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------- stateless
 
 /// Wraps a downstream pusher into a node's pusher.
@@ -451,6 +484,8 @@ type Wrap<T, U> = dyn Fn(Box<dyn Push<U>>, NodeContext) -> Result<Box<dyn Push<T
 pub(crate) struct NodeContext {
     pub(crate) participant: Option<Participant>,
     pub(crate) replay_from: Option<Timestamp>,
+    /// Splits of a source that delivered nothing for this long stop holding time back.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 pub(crate) struct StatelessNode<T, U> {
@@ -495,6 +530,7 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
         let context = NodeContext {
             participant,
             replay_from: b.options.replay_from,
+            idle_timeout: b.options.idle_timeout,
         };
         Ok(erase((self.wrap)(metered, context)?))
     }
@@ -525,7 +561,11 @@ impl<T: Data> Push<T> for Metered<T> {
 pub(crate) struct TimestampPush<F, T> {
     ts: F,
     watermarks: Watermarks,
-    generator: WatermarkGenerator,
+    clock: EventClock,
+    /// The splits of the source as last announced, and when each last delivered.
+    active: Option<Arc<[u32]>>,
+    last_seen: BTreeMap<u32, Instant>,
+    idle_timeout: Option<Duration>,
     participant: Option<Participant>,
     replay_from: Option<Timestamp>,
     down: Box<dyn Push<T>>,
@@ -540,15 +580,30 @@ struct WatermarkGenerator {
 }
 
 impl WatermarkGenerator {
-    /// Gives `r` (its time already set) the watermark before it, then advances past it.
+    const START: WatermarkGenerator = WatermarkGenerator {
+        max_ts: MIN_WATERMARK,
+        current: MIN_WATERMARK,
+    };
+
+    /// Advances past an event at `ts`.
     #[inline]
-    fn stamp<T>(&mut self, r: &mut Record<T>, watermarks: &Watermarks) {
-        r.watermark = self.current;
-        if r.ts > self.max_ts {
-            self.max_ts = r.ts;
-            self.current = self.current.max(watermarks.watermark_for(r.ts));
+    fn observe(&mut self, ts: Timestamp, watermarks: &Watermarks) {
+        if ts > self.max_ts {
+            self.max_ts = ts;
+            self.current = self.current.max(watermarks.watermark_for(ts));
         }
     }
+}
+
+/// Event time of a stream: its watermark generator and, for a source with splits, one
+/// generator per split. The stream's watermark is then the minimum over the splits that are
+/// active and not idle, and never goes back.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct EventClock {
+    #[serde(flatten)]
+    stream: WatermarkGenerator,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    splits: BTreeMap<u32, WatermarkGenerator>,
 }
 
 impl<F, T> TimestampPush<F, T> {
@@ -561,9 +616,10 @@ impl<F, T> TimestampPush<F, T> {
         let NodeContext {
             participant,
             replay_from,
+            idle_timeout,
         } = context;
         let restored = participant.as_ref().and_then(|p| p.restored());
-        let generator = match restored {
+        let clock = match restored {
             Some(value) => {
                 serde_json::from_value(value.clone()).map_err(|e| EngineError::InvalidJob {
                     job: "<restore>".into(),
@@ -573,30 +629,90 @@ impl<F, T> TimestampPush<F, T> {
                     ),
                 })?
             }
-            None => WatermarkGenerator {
-                max_ts: MIN_WATERMARK,
-                current: MIN_WATERMARK,
+            None => EventClock {
+                stream: WatermarkGenerator::START,
+                splits: BTreeMap::new(),
             },
         };
         Ok(TimestampPush {
             ts,
             watermarks,
-            generator,
+            clock,
+            active: None,
+            last_seen: BTreeMap::new(),
+            idle_timeout,
             participant,
             replay_from,
             down,
         })
     }
+
+    /// Takes note that `split` delivered a batch; returns the smallest watermark of the
+    /// other splits that hold event time back (`Timestamp::MAX` if none do).
+    fn others_watermark(&mut self, split: &Split) -> Timestamp {
+        let now = Instant::now();
+        if !self
+            .active
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, &split.active))
+        {
+            // The source's splits changed: new ones start at the beginning of time (they
+            // hold the watermark back until they deliver or go idle), gone ones stop counting.
+            let clock = &mut self.clock;
+            clock.splits.retain(|id, _| split.active.contains(id));
+            for &id in split.active.iter() {
+                clock.splits.entry(id).or_insert(WatermarkGenerator::START);
+                self.last_seen.entry(id).or_insert(now);
+            }
+            self.last_seen.retain(|id, _| split.active.contains(id));
+            self.active = Some(split.active.clone());
+        }
+        self.last_seen.insert(split.id, now);
+        let idle = |id: &u32| match (self.idle_timeout, self.last_seen.get(id)) {
+            (Some(timeout), Some(seen)) => now.duration_since(*seen) >= timeout,
+            _ => false,
+        };
+        self.clock
+            .splits
+            .iter()
+            .filter(|(id, _)| **id != split.id && !idle(id))
+            .map(|(_, g)| g.current)
+            .min()
+            .unwrap_or(Timestamp::MAX)
+    }
 }
 
 impl<F: Fn(&T) -> i64 + Send, T: Data> Push<T> for TimestampPush<F, T> {
     fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
-        let (g, ts, watermarks) = (&mut self.generator, &self.ts, &self.watermarks);
+        let others = batch.split.as_ref().map(|split| {
+            let others = self.others_watermark(split);
+            (split.id, others)
+        });
+        let clock = &mut self.clock;
+        let stream = &mut clock.stream;
+        // The generator that sees these events: the stream's, or their split's (then the
+        // stream's watermark follows the minimum over the splits).
+        let mut own = others.map(|(id, others)| {
+            let split = clock.splits.entry(id).or_insert(WatermarkGenerator::START);
+            (split, others)
+        });
+        let (ts, watermarks) = (&self.ts, &self.watermarks);
+        let mut stamp = |r: &mut Record<T>| {
+            r.watermark = stream.current;
+            match &mut own {
+                None => stream.observe(r.ts, watermarks),
+                Some((split, others)) => {
+                    split.observe(r.ts, watermarks);
+                    stream.max_ts = stream.max_ts.max(r.ts);
+                    stream.current = stream.current.max(split.current.min(*others));
+                }
+            }
+        };
         match self.replay_from {
             None => {
                 for r in &mut batch.records {
                     r.ts = ts(&r.value);
-                    g.stamp(r, watermarks);
+                    stamp(r);
                 }
             }
             // Events before the replay point are not part of this run's history.
@@ -604,19 +720,19 @@ impl<F: Fn(&T) -> i64 + Send, T: Data> Push<T> for TimestampPush<F, T> {
                 r.ts = ts(&r.value);
                 let kept = r.ts >= from;
                 if kept {
-                    g.stamp(r, watermarks);
+                    stamp(r);
                 }
                 kept
             }),
         }
-        batch.watermark = batch.watermark.max(g.current);
+        batch.watermark = batch.watermark.max(self.clock.stream.current);
         self.down.push(batch)
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
         if let Some(p) = &self.participant {
             p.ack(
                 id,
-                serde_json::to_value(self.generator).map_err(|e| e.to_string()),
+                serde_json::to_value(&self.clock).map_err(|e| e.to_string()),
             );
         }
         self.down.barrier(id)
@@ -651,6 +767,7 @@ impl<T: Data, U: Data, F: Fn(T) -> U + Send> Push<T> for MapPush<F, U> {
         self.down.push(Batch {
             records,
             watermark: batch.watermark,
+            split: batch.split,
         })
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
@@ -712,6 +829,7 @@ impl<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Send> Push<T>
         self.down.push(Batch {
             records,
             watermark: batch.watermark,
+            split: batch.split,
         })
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
@@ -818,10 +936,7 @@ impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for Exchange
             self.senders[w]
                 .send((
                     self.producer,
-                    Message::Batch(Batch {
-                        records,
-                        watermark: batch.watermark,
-                    }),
+                    Message::Batch(Batch::new(records, batch.watermark)),
                 ))
                 .map_err(|_| EngineError::DownstreamGone {
                     name: self.name.clone(),
@@ -941,9 +1056,9 @@ struct Alignment<T> {
     arrived: Vec<bool>,
     ended: Vec<bool>,
     aligning: Option<(CheckpointId, Instant)>,
-    held: std::collections::VecDeque<Envelope<T>>,
+    held: VecDeque<Envelope<T>>,
     /// Held messages released by a completed alignment, delivered before new ones.
-    released: std::collections::VecDeque<Envelope<T>>,
+    released: VecDeque<Envelope<T>>,
 }
 
 impl<T> Alignment<T> {
@@ -1029,16 +1144,10 @@ fn drain<T: Data>(
             down.barrier(id)?;
         }
         if let Some(watermark) = inputs.check_idle() {
-            down.push(Batch {
-                records: Vec::new(),
-                watermark,
-            })?;
+            down.push(Batch::new(Vec::new(), watermark))?;
         }
     }
-    down.push(Batch {
-        records: Vec::new(),
-        watermark: END_WATERMARK,
-    })?;
+    down.push(Batch::new(Vec::new(), END_WATERMARK))?;
     down.finish()
 }
 
@@ -1324,10 +1433,7 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         self.metrics
             .state_entries
             .set(self.operator.state_entries() as i64);
-        self.down.push(Batch {
-            records,
-            watermark: self.out.watermark(),
-        })
+        self.down.push(Batch::new(records, self.out.watermark()))
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
         // A failed snapshot fails only this checkpoint: the state is still intact in memory
@@ -1372,10 +1478,7 @@ where
                 }
             })
             .collect();
-        self.runner.push(Batch {
-            records,
-            watermark: batch.watermark,
-        })
+        self.runner.push(Batch::new(records, batch.watermark))
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
         self.runner.barrier(id)
@@ -1452,6 +1555,10 @@ impl<T: Data> SinkNode<T> {
         b.progress.sinks.push(metrics.events_in.clone());
         let participant = b.participant(format!("{name}#0"));
         let mut sink = sink;
+        sink.open(b.metrics).map_err(|source| EngineError::Sink {
+            name: name.clone(),
+            source,
+        })?;
         if let Some(p) = &participant {
             let restored = p
                 .restored()

@@ -14,10 +14,18 @@
 
 use crate::checkpoint::CheckpointId;
 use crate::error::BoxError;
+use crate::metrics::JobMetrics;
 use crate::record::Record;
 
 /// A consumer of results.
 pub trait Sink<T>: Send + 'static {
+    /// Called once when the job starts, before anything else: a sink that exports metrics of
+    /// its own registers them here. The default does nothing.
+    fn open(&mut self, metrics: &JobMetrics) -> Result<(), BoxError> {
+        let _ = metrics;
+        Ok(())
+    }
+
     /// Writes a batch of records, in stream order.
     fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError>;
 

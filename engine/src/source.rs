@@ -8,9 +8,16 @@
 //! A *replayable* source (a file, a Kafka topic) can say where it stands and continue from
 //! there later ([`Source::position`], [`Source::seek`]); only jobs whose sources are all
 //! replayable can checkpoint.
+//!
+//! A source with splits ([`Source::split_of_batch`]) gets one watermark per split: one slow
+//! or late-starting partition then holds event time back instead of making the others'
+//! events late. A source that also tells an external system how far it got
+//! (a Kafka consumer group's committed offsets) does so in [`Source::checkpoint_completed`],
+//! once the checkpoint that holds the position is durable: the checkpoint stays the source
+//! of truth, the external copy is for lag tools.
 
 use crate::error::BoxError;
-use crate::record::Data;
+use crate::record::{Data, Split};
 
 /// What a poll found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +45,15 @@ pub trait Source: Send + 'static {
     /// A one-line description for `weir describe` (e.g. the path or URI).
     fn describe(&self) -> String;
 
+    /// For a source whose input is several independently ordered splits (the partitions of
+    /// a Kafka topic): the split every item of the last batch came from, and the splits it
+    /// reads now. Such a source fills each batch from one split, so that event time and
+    /// watermarks are tracked per split and merged by minimum (as Flink's per-partition
+    /// watermarks). `None` (the default): the source is one ordered stream.
+    fn split_of_batch(&self) -> Option<Split> {
+        None
+    }
+
     /// Where this source stands after the items it returned so far, for a checkpoint.
     /// `None` (the default) means it cannot be replayed, and a job reading it cannot
     /// checkpoint. Called between polls only.
@@ -53,5 +69,12 @@ pub trait Source: Send + 'static {
             self.describe()
         )
         .into())
+    }
+
+    /// The checkpoint that recorded `position` (an earlier result of [`Source::position`])
+    /// is complete. The default does nothing. Called between polls only.
+    fn checkpoint_completed(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+        let _ = position;
+        Ok(())
     }
 }

@@ -3,18 +3,22 @@
 //! [`main`] is the whole CLI for any [`Registry`], so a crate with its own jobs gets the same
 //! commands, metrics endpoint and progress output as the `weir` binary.
 
-use std::path::PathBuf;
+use std::io::{BufWriter, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use weir_connectors::kafka::KafkaLineWriter;
+use weir_connectors::KafkaSpec;
 use weir_engine::metrics::MetricsServer;
 use weir_engine::time::format_timestamp;
 use weir_engine::{parse_duration, RunSummary};
 
-use crate::generate::{write_events, write_orders, write_sagas, EventStreamSpec};
+use crate::generate::{create_file, write_events, write_orders, write_sagas, EventStreamSpec};
 use crate::options::JobOptions;
 use crate::registry::Registry;
 
@@ -64,9 +68,10 @@ enum Command {
         /// Which stream.
         #[arg(value_enum)]
         stream: GenStream,
-        /// File to write.
+        /// Where to write: a file path, `tcp://HOST:PORT` (connects and sends lines), or
+        /// `kafka://BROKER:PORT/TOPIC` (one record per line; the topic must exist).
         #[arg(long)]
-        output: PathBuf,
+        output: String,
         /// Number of events.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
@@ -173,23 +178,44 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             keys,
             disorder_ms,
         } => {
+            let w = open_gen_output(&output)?;
             match stream {
                 GenStream::Events => write_events(
-                    &output,
+                    w,
                     EventStreamSpec {
                         events,
                         keys,
                         disorder_ms,
                     },
                 ),
-                GenStream::Orders => write_orders(&output, events),
-                GenStream::Sagas => write_sagas(&output, events),
+                GenStream::Orders => write_orders(w, events),
+                GenStream::Sagas => write_sagas(w, events),
             }
-            .with_context(|| format!("cannot write {}", output.display()))?;
-            eprintln!("weir: wrote {events} events to {}", output.display());
+            .with_context(|| format!("cannot write {output}"))?;
+            eprintln!("weir: wrote {events} events to {output}");
             Ok(())
         }
     }
+}
+
+/// Where `weir gen` writes: a file, a TCP server, or a Kafka topic.
+fn open_gen_output(output: &str) -> anyhow::Result<Box<dyn Write>> {
+    if let Some(addr) = output.strip_prefix("tcp://") {
+        let stream = TcpStream::connect(addr).with_context(|| {
+            format!("cannot connect to {output}: start the job that listens there first")
+        })?;
+        return Ok(Box::new(BufWriter::with_capacity(1 << 20, stream)));
+    }
+    if let Some(spec) = KafkaSpec::parse(output) {
+        let spec = spec.map_err(|e| anyhow!("--output {e}"))?;
+        let metrics = weir_engine::JobMetrics::new("gen").kafka();
+        let writer = KafkaLineWriter::connect(&spec, &metrics)?;
+        return Ok(Box::new(BufWriter::with_capacity(1 << 20, writer)));
+    }
+    let path = Path::new(output.strip_prefix("file://").unwrap_or(output));
+    Ok(Box::new(create_file(path).with_context(|| {
+        format!("cannot create {}", path.display())
+    })?))
 }
 
 fn run(

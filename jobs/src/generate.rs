@@ -121,9 +121,16 @@ impl Source for GeneratedEvents {
     }
 }
 
-/// Writes the `ts/key/value` stream as JSON lines.
-pub fn write_events(path: &Path, spec: EventStreamSpec) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+/// Creates (truncates) `path` for writing a stream, with its parent directories.
+pub fn create_file(path: &Path) -> std::io::Result<BufWriter<File>> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    Ok(BufWriter::with_capacity(1 << 20, File::create(path)?))
+}
+
+/// Writes the `ts/key/value` stream as JSON lines to `w` (buffer it: one write per line).
+pub fn write_events(mut w: impl Write, spec: EventStreamSpec) -> std::io::Result<()> {
     let mut events = GeneratedEvents::new(spec);
     while let Some(e) = events.next_event() {
         writeln!(
@@ -143,11 +150,7 @@ const REGIONS: [&str; 5] = ["eu-west", "eu-north", "us-east", "us-west", "ap-sou
 /// three orders later, to show deduplication. Every 10th order is of schema version 1 (no
 /// `version`, no `currency`) and order 10,000 of every 20,000 of an unknown version 3, to
 /// show upcasting and its dead letters.
-pub fn write_orders(path: &Path, orders: u64) -> std::io::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut w = BufWriter::new(File::create(path)?);
+pub fn write_orders(mut w: impl Write, orders: u64) -> std::io::Result<()> {
     let mut rng = SplitMix64::new(7);
     let mut retry: Option<(u64, String)> = None;
     for i in 0..orders {
@@ -197,10 +200,7 @@ pub const SAGA_STEPS: [&str; 3] = ["OrderPlaced", "InventoryReserved", "PaymentP
 /// `{"order_id","type","ts"}`: a new order every 100 ms of event time, each reserved 0.2-3 s
 /// and paid 0.2-5 s after the step before; 5 % never reserved, 5 % of the rest never paid,
 /// 3 % paid only after 35 s. Lines are in event-time order up to 1 s.
-pub fn write_sagas(path: &Path, orders: u64) -> std::io::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
+pub fn write_sagas(mut w: impl Write, orders: u64) -> std::io::Result<()> {
     let mut rng = SplitMix64::new(11);
     let mut events: Vec<(i64, i64, u64, usize)> = Vec::with_capacity(orders as usize * 3);
     for i in 0..orders {
@@ -222,7 +222,6 @@ pub fn write_sagas(path: &Path, orders: u64) -> std::io::Result<()> {
         }
     }
     events.sort_unstable();
-    let mut w = BufWriter::new(File::create(path)?);
     for (_, ts, order, step) in events {
         writeln!(
             w,

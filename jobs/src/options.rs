@@ -13,10 +13,12 @@ use weir_operators::{Session, Sliding, Tumbling, WindowSpec};
 #[derive(Debug, Clone, Args)]
 pub struct JobOptions {
     /// Input file (JSON lines or CSV with a header row), or for window-agg
-    /// `tcp://HOST:PORT[?until=disconnect]` to serve newline-delimited JSON to clients.
+    /// `tcp://HOST:PORT[?until=disconnect]` to serve newline-delimited JSON to clients, or
+    /// `kafka://BROKER:PORT/TOPIC[?group=G&start=earliest&until=end]` to read a topic.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// Where results go: a file path, `stdout:` or `null:` (discard).
+    /// Where results go: a file path, `stdout:`, `kafka://BROKER:PORT/TOPIC` (JSON values,
+    /// keyed by the result's key where it has one) or `null:` (discard).
     #[arg(long)]
     pub output: Option<String>,
     /// Input format; by default taken from the file extension (`.csv` or JSON lines).

@@ -138,7 +138,8 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         None => {
             let path = PathBuf::from(DEFAULT_DIR).join("orders-sample.jsonl");
             if !path.exists() {
-                crate::generate::write_orders(&path, SAMPLE_ORDERS)
+                crate::generate::create_file(&path)
+                    .and_then(|w| crate::generate::write_orders(w, SAMPLE_ORDERS))
                     .with_context(|| format!("cannot write the sample input {}", path.display()))?;
             }
             path

@@ -1,9 +1,10 @@
-//! Sinks chosen by `--output`: a file path, `stdout:`, or `null:` (count and discard,
-//! for benchmarks).
+//! Sinks chosen by `--output`: a file path, `stdout:`, `kafka://BROKER/TOPIC`, or `null:`
+//! (count and discard, for benchmarks).
 
 use serde::Serialize;
-use weir_connectors::{FileSink, StdoutSink};
-use weir_engine::{BoxError, CheckpointId, Record, Sink};
+use weir_connectors::kafka::KeyOf;
+use weir_connectors::{FileSink, KafkaSink, KafkaSpec, StdoutSink};
+use weir_engine::{BoxError, CheckpointId, JobMetrics, Record, Sink};
 
 /// A sink picked at run time from an `--output` value.
 #[derive(Debug)]
@@ -12,29 +13,56 @@ pub enum OutputSink<T> {
     File(FileSink<T>),
     /// JSON lines to standard output.
     Stdout(StdoutSink<T>),
+    /// JSON values to a Kafka topic.
+    Kafka(Box<KafkaSink<T>>),
     /// Nothing is written.
     Discard,
+    /// `--output` could not be used; the job fails with this message when it starts.
+    Unusable(String),
 }
 
 impl<T> OutputSink<T> {
-    /// `stdout:` (also when `spec` is `None`), `null:`, or a file path.
+    /// `stdout:` (also when `spec` is `None`), `null:`, `kafka://...`, or a file path.
     pub fn from_spec(spec: Option<&str>) -> Self {
         match spec {
             None | Some("stdout:") | Some("-") => OutputSink::Stdout(StdoutSink::default()),
             Some("null:") => OutputSink::Discard,
+            Some(uri) if uri.starts_with("kafka://") => match KafkaSpec::parse(uri) {
+                Some(Ok(spec)) => OutputSink::Kafka(Box::new(KafkaSink::new(spec, None))),
+                Some(Err(reason)) => OutputSink::Unusable(format!("--output {reason}")),
+                None => OutputSink::Unusable(format!("--output {uri}: not a Kafka URI")),
+            },
             Some(path) => {
                 OutputSink::File(FileSink::new(path.strip_prefix("file://").unwrap_or(path)))
             }
         }
     }
+
+    /// Keys Kafka records by `key`, so that results stay partitioned by it (other outputs
+    /// have no keys).
+    pub fn keyed_by(mut self, key: KeyOf<T>) -> Self {
+        if let OutputSink::Kafka(sink) = &mut self {
+            sink.set_key(key);
+        }
+        self
+    }
 }
 
 impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
+    fn open(&mut self, metrics: &JobMetrics) -> Result<(), BoxError> {
+        match self {
+            OutputSink::Kafka(s) => s.open(metrics),
+            OutputSink::Unusable(reason) => Err(reason.clone().into()),
+            _ => Ok(()),
+        }
+    }
+
     fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError> {
         match self {
             OutputSink::File(s) => s.write(records),
             OutputSink::Stdout(s) => s.write(records),
-            OutputSink::Discard => Ok(()),
+            OutputSink::Kafka(s) => s.write(records),
+            OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
     }
 
@@ -42,7 +70,8 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         match self {
             OutputSink::File(s) => s.finish(),
             OutputSink::Stdout(s) => s.finish(),
-            OutputSink::Discard => Ok(()),
+            OutputSink::Kafka(s) => s.finish(),
+            OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
     }
 
@@ -50,11 +79,14 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         match self {
             OutputSink::File(s) => s.describe(),
             OutputSink::Stdout(s) => s.describe(),
+            OutputSink::Kafka(s) => s.describe(),
             OutputSink::Discard => "discard".into(),
+            OutputSink::Unusable(reason) => reason.clone(),
         }
     }
 
-    // Only files are transactional; stdout repeats rows replayed after a restart.
+    // Files are transactional; Kafka waits for acknowledgements at each barrier
+    // (at-least-once); stdout repeats rows replayed after a restart.
     fn begin_transactions(
         &mut self,
         restored: Option<(CheckpointId, &serde_json::Value)>,
@@ -68,6 +100,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
     fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
         match self {
             OutputSink::File(s) => s.pre_commit(checkpoint),
+            OutputSink::Kafka(s) => s.pre_commit(checkpoint),
             _ => Ok(serde_json::Value::Null),
         }
     }

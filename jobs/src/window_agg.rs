@@ -20,7 +20,10 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use weir_connectors::format::split_csv;
-use weir_connectors::{CsvHeader, DeadLetters, Decoder, FileSink, FileSource, TcpSource, TcpSpec};
+use weir_connectors::{
+    CsvHeader, DeadLetters, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec, TcpSource,
+    TcpSpec,
+};
 use weir_engine::intern::Interner;
 use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
@@ -127,15 +130,19 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 job.metrics().dead_letters("input"),
             );
             let decoder = EventDecoder::new(&opts.ts_field, &opts.key_field, &opts.value_field);
-            match input.to_str().and_then(TcpSpec::parse) {
-                Some(spec) => {
-                    let spec = spec.map_err(anyhow::Error::msg)?;
-                    job.source("input", TcpSource::new(spec, decoder, dead))
-                }
-                None => job.source(
+            let uri = input.to_str().unwrap_or_default();
+            if let Some(spec) = TcpSpec::parse(uri) {
+                let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
+                job.source("input", TcpSource::new(spec, decoder, dead))
+            } else if let Some(spec) = KafkaSpec::parse(uri) {
+                let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
+                let metrics = job.metrics().kafka();
+                job.source("input", KafkaSource::new(spec, decoder, dead, metrics))
+            } else {
+                job.source(
                     "input",
                     FileSource::new(input, opts.input_format(), decoder, dead).follow(opts.follow),
-                ),
+                )
             }
         }
     };
@@ -177,7 +184,10 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
                 max: r.value.max,
                 avg: r.value.avg,
             })
-            .sink("output", OutputSink::from_spec(opts.output.as_deref()));
+            .sink(
+                "output",
+                OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &TopRow| &r.key),
+            );
         return Ok(());
     }
     results
@@ -192,7 +202,10 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
             avg: r.value.avg,
             update: r.is_update,
         })
-        .sink("output", OutputSink::from_spec(opts.output.as_deref()));
+        .sink(
+            "output",
+            OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &WindowAggRow| &r.key),
+        );
     Ok(())
 }
 

@@ -1,0 +1,253 @@
+//! Kafka: a consumer-group source and a producer sink, on librdkafka (the `rdkafka` crate,
+//! built from source).
+//!
+//! Both are chosen by URI, `kafka://BROKER[,BROKER..]/TOPIC[,TOPIC..]?PARAMS`:
+//!
+//! | parameter | meaning |
+//! |---|---|
+//! | `group=G` | consumer group (default `weir`); processes with the same group split the partitions |
+//! | `start=earliest\|latest\|committed\|MS` | where partitions without a checkpointed offset start: their first record, their end, the group's committed offset (else the first record), or the first record at or after event time `MS` (epoch ms); default `committed` |
+//! | `until=end` | bounded: stop once every assigned partition has reached its end (one topic only) |
+//! | `NAME=VALUE` with a `.` in `NAME` | handed to librdkafka as is, e.g. `session.timeout.ms=6000` |
+//!
+//! # Invariants
+//! - The source's position is the next offset of every partition it has read; it lives in
+//!   weir's checkpoints, which are the source of truth. After a checkpoint completes the
+//!   same offsets are committed to the group (asynchronously), so lag tools see them. A
+//!   restart assigns each partition at its checkpointed offset, whatever the group says.
+//! - The sink produces with the idempotent producer and waits for every record to be
+//!   acknowledged at each checkpoint barrier and at the end: results are at-least-once
+//!   (after a restart, rows derived since the restored checkpoint are produced again). It is
+//!   not transactional yet.
+//! - The brokers going away never fails a job by itself: librdkafka reconnects with
+//!   backoff; weir says so on stderr and counts it in `weir_kafka_broker_errors_total`. A
+//!   record the brokers did not acknowledge within librdkafka's `message.timeout.ms`
+//!   (default 5 minutes) fails the job, which can then restart from its checkpoint.
+
+mod sink;
+mod source;
+
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientConfig;
+use weir_engine::metrics::KafkaMetrics;
+
+pub use sink::{KafkaLineWriter, KafkaSink, KeyOf};
+pub use source::KafkaSource;
+
+/// Where partitions without a checkpointed offset start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The first record still in the partition.
+    Earliest,
+    /// The end of the partition: only records produced from now on.
+    Latest,
+    /// The group's committed offset, or the first record if there is none.
+    Committed,
+    /// The first record whose Kafka timestamp is at or after this time (epoch ms).
+    Timestamp(i64),
+}
+
+/// A Kafka endpoint parsed from `kafka://BROKERS/TOPICS?PARAMS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSpec {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topics read (a sink writes to the first).
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group: String,
+    /// Where partitions without a checkpointed offset start.
+    pub start: StartAt,
+    /// Stop at the end of each partition.
+    pub until_end: bool,
+    /// librdkafka properties given in the URI.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaSpec {
+    /// Parses `kafka://BROKERS/TOPICS?PARAMS`; `None` if `uri` is not a Kafka URI.
+    pub fn parse(uri: &str) -> Option<Result<KafkaSpec, String>> {
+        let rest = uri.strip_prefix("kafka://")?;
+        Some(Self::parse_rest(uri, rest))
+    }
+
+    fn parse_rest(uri: &str, rest: &str) -> Result<KafkaSpec, String> {
+        let usage = "use kafka://BROKER:PORT/TOPIC[?group=G&start=earliest&until=end]";
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (brokers, topics) = path
+            .split_once('/')
+            .ok_or_else(|| format!("`{uri}` names no topic: {usage}"))?;
+        let topics: Vec<String> = topics
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        if brokers.is_empty() || topics.is_empty() {
+            return Err(format!("`{uri}` needs a broker and a topic: {usage}"));
+        }
+        let mut spec = KafkaSpec {
+            brokers: brokers.to_string(),
+            topics,
+            group: "weir".into(),
+            start: StartAt::Committed,
+            until_end: false,
+            properties: Vec::new(),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{uri}`: `{pair}` is not NAME=VALUE"))?;
+            match k {
+                "group" => spec.group = v.to_string(),
+                "start" => {
+                    spec.start = match v {
+                        "earliest" => StartAt::Earliest,
+                        "latest" => StartAt::Latest,
+                        "committed" => StartAt::Committed,
+                        ms => StartAt::Timestamp(ms.parse().map_err(|_| {
+                            format!(
+                                "`{uri}`: start={ms}: use earliest, latest, committed or an \
+                                 event time in epoch milliseconds"
+                            )
+                        })?),
+                    }
+                }
+                "until" if v == "end" => spec.until_end = true,
+                "until" => return Err(format!("`{uri}`: until={v}: the only bound is until=end")),
+                _ if k.contains('.') => spec.properties.push((k.to_string(), v.to_string())),
+                _ => {
+                    return Err(format!(
+                        "`{uri}`: unknown parameter `{k}`: use group, start, until, or a \
+                         librdkafka property such as session.timeout.ms"
+                    ))
+                }
+            }
+        }
+        if spec.until_end && spec.topics.len() > 1 {
+            return Err(format!(
+                "`{uri}`: until=end reads one topic only (partition ends are reported by \
+                 partition number)"
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// The client configuration shared by consumers and producers.
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "weir");
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// `kafka://BROKERS/TOPICS`, for descriptions and dead letters.
+    pub fn describe(&self) -> String {
+        format!("kafka://{}/{}", self.brokers, self.topics.join(","))
+    }
+}
+
+/// What source and sink clients report the same way: broker errors on stderr and in
+/// metrics, consumer lag from librdkafka's statistics.
+struct Reporting {
+    endpoint: String,
+    metrics: KafkaMetrics,
+}
+
+impl Reporting {
+    fn error(&self, error: &rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        // The end of a partition is news for the bounded mode, not a problem.
+        if let KafkaError::Global(RDKafkaErrorCode::PartitionEOF) = error {
+            return;
+        }
+        self.metrics.broker_errors.inc();
+        eprintln!(
+            "weir: kafka {}: {reason} ({error}); retrying with backoff",
+            self.endpoint
+        );
+    }
+
+    fn stats(&self, statistics: &Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                // Partition -1 is librdkafka's internal "unassigned" queue; a lag of -1
+                // means unknown.
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .set_consumer_lag(topic, partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+/// A Kafka client could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kafka {endpoint}: cannot {action}: {source} (is the broker running and the topic created?)"
+)]
+pub struct KafkaError {
+    /// The endpoint, `kafka://BROKERS/TOPICS`.
+    pub endpoint: String,
+    /// What was being done.
+    pub action: &'static str,
+    /// librdkafka's error.
+    #[source]
+    pub source: rdkafka::error::KafkaError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_uri() {
+        let spec = KafkaSpec::parse(
+            "kafka://127.0.0.1:9092/orders?group=g1&start=earliest&until=end&session.timeout.ms=6000",
+        )
+        .and_then(Result::ok);
+        assert_eq!(
+            spec,
+            Some(KafkaSpec {
+                brokers: "127.0.0.1:9092".into(),
+                topics: vec!["orders".into()],
+                group: "g1".into(),
+                start: StartAt::Earliest,
+                until_end: true,
+                properties: vec![("session.timeout.ms".into(), "6000".into())],
+            })
+        );
+    }
+
+    #[test]
+    fn defaults_and_timestamps() {
+        let spec = KafkaSpec::parse("kafka://b:1/a,b?start=1700000000000").and_then(Result::ok);
+        let spec = spec.expect("valid");
+        assert_eq!(spec.group, "weir");
+        assert_eq!(spec.topics, ["a", "b"]);
+        assert_eq!(spec.start, StartAt::Timestamp(1_700_000_000_000));
+        assert!(!spec.until_end);
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_do_with_a_reason() {
+        assert!(KafkaSpec::parse("tcp://x:1").is_none());
+        for (uri, says) in [
+            ("kafka://b:1", "names no topic"),
+            ("kafka://b:1/t?start=soon", "start=soon"),
+            ("kafka://b:1/t?until=tomorrow", "until=tomorrow"),
+            ("kafka://b:1/t?colour=red", "unknown parameter `colour`"),
+            ("kafka://b:1/a,b?until=end", "one topic only"),
+        ] {
+            let err = KafkaSpec::parse(uri).and_then(Result::err);
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(says)),
+                "{uri}: {err:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The Kafka sink (one JSON value per result, keyed so results stay partitioned by key) and
+//! a line writer that turns newline-delimited text into records (for `weir gen`).
+//!
+//! Both produce with the idempotent producer (no duplicates from producer retries) and
+//! wait for every record to be acknowledged at each checkpoint barrier and at the end; a
+//! record the brokers refused fails the job there instead of being lost silently.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use serde::Serialize;
+use weir_engine::metrics::{JobMetrics, KafkaMetrics};
+use weir_engine::{BoxError, CheckpointId, Record, Sink};
+
+use super::{KafkaError, KafkaSpec, Reporting};
+
+/// How long one wait for acknowledgements lasts before weir says it is still waiting.
+const FLUSH_STEP: Duration = Duration::from_secs(5);
+/// How long a full local queue is waited on before trying again.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
+
+/// Picks a result's Kafka key.
+pub type KeyOf<T> = for<'a> fn(&'a T) -> &'a str;
+
+struct SinkContext {
+    reporting: Reporting,
+    acked: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: Statistics) {
+        self.reporting.stats(&statistics);
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        self.reporting.error(&error, reason);
+    }
+}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.reporting.metrics.produce_errors.inc();
+                let mut first = self
+                    .first_failure
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// A producer that knows when everything sent was acknowledged.
+struct Producing {
+    spec: KafkaSpec,
+    producer: BaseProducer<SinkContext>,
+    /// Acknowledged records already added to `weir_kafka_records_out_total`.
+    counted: u64,
+}
+
+impl Producing {
+    fn connect(spec: &KafkaSpec, metrics: &KafkaMetrics) -> Result<Producing, KafkaError> {
+        let mut config = spec.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("statistics.interval.ms", "0");
+        let context = SinkContext {
+            reporting: Reporting {
+                endpoint: spec.describe(),
+                metrics: metrics.clone(),
+            },
+            acked: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+        };
+        let producer = config
+            .create_with_context(context)
+            .map_err(|source| KafkaError {
+                endpoint: spec.describe(),
+                action: "create a producer",
+                source,
+            })?;
+        Ok(Producing {
+            spec: spec.clone(),
+            producer,
+            counted: 0,
+        })
+    }
+
+    /// Queues one record; waits while librdkafka's local queue is full (backpressure).
+    fn send(&self, key: Option<&str>, payload: &[u8]) -> Result<(), KafkaError> {
+        let topic = &self.spec.topics[0];
+        let mut record = BaseRecord::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(QUEUE_FULL_WAIT);
+                }
+                Err((source, _)) => {
+                    return Err(KafkaError {
+                        endpoint: self.spec.describe(),
+                        action: "queue a record",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Serves delivery reports without waiting.
+    fn poll(&mut self) {
+        self.producer.poll(Duration::ZERO);
+        self.count_acknowledged();
+    }
+
+    fn count_acknowledged(&mut self) {
+        let acked = self.producer.context().acked.load(Ordering::Relaxed);
+        self.producer
+            .context()
+            .reporting
+            .metrics
+            .records_out(&self.spec.topics[0])
+            .inc_by(acked - self.counted);
+        self.counted = acked;
+    }
+
+    /// Waits until every queued record is acknowledged, saying so while it waits; fails if
+    /// the brokers refused any record.
+    fn flush(&mut self) -> Result<(), BoxError> {
+        loop {
+            match self.producer.flush(FLUSH_STEP) {
+                Ok(()) => break,
+                Err(RdKafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => eprintln!(
+                    "weir: kafka {}: still waiting for {} records to be acknowledged",
+                    self.spec.describe(),
+                    self.producer.in_flight_count()
+                ),
+                Err(source) => {
+                    return Err(KafkaError {
+                        endpoint: self.spec.describe(),
+                        action: "flush",
+                        source,
+                    }
+                    .into())
+                }
+            }
+        }
+        self.count_acknowledged();
+        let failure = self
+            .producer
+            .context()
+            .first_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        match failure {
+            Some(reason) => Err(format!(
+                "kafka {}: the brokers did not acknowledge some records ({reason}); the job \\
+                 stops so they are not lost: restart it from its checkpoint",
+                self.spec.describe()
+            )
+            .into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes each result as a JSON value to the first topic of its spec, keyed by `key`.
+pub struct KafkaSink<T> {
+    spec: KafkaSpec,
+    key: Option<KeyOf<T>>,
+    /// Registered when the job opens the sink.
+    metrics: Option<KafkaMetrics>,
+    /// Created by the first write (connectors do no I/O until the job runs).
+    producing: Option<Producing>,
+    buf: Vec<u8>,
+}
+
+impl<T> std::fmt::Debug for KafkaSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> KafkaSink<T> {
+    /// Produces to `spec.topics[0]`; `key` picks each record's key (records without a key
+    /// are spread over the partitions).
+    pub fn new(spec: KafkaSpec, key: Option<KeyOf<T>>) -> Self {
+        KafkaSink {
+            spec,
+            key,
+            metrics: None,
+            producing: None,
+            buf: Vec::with_capacity(256),
+        }
+    }
+
+    /// Sets the function that picks each record's key.
+    pub fn set_key(&mut self, key: KeyOf<T>) {
+        self.key = Some(key);
+    }
+}
+
+impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
+    fn open(&mut self, metrics: &JobMetrics) -> Result<(), BoxError> {
+        self.metrics = Some(metrics.kafka());
+        Ok(())
+    }
+
+    fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError> {
+        let key = self.key;
+        let mut buf = std::mem::take(&mut self.buf);
+        let producing = match (&mut self.producing, &self.metrics) {
+            (Some(p), _) => p,
+            (None, Some(metrics)) => self
+                .producing
+                .insert(Producing::connect(&self.spec, metrics)?),
+            (None, None) => {
+                return Err(format!(
+                    "{}: the sink was not opened by a job (Sink::open)",
+                    self.spec.describe()
+                )
+                .into())
+            }
+        };
+        for record in records {
+            buf.clear();
+            serde_json::to_writer(&mut buf, &record.value)?;
+            producing.send(key.map(|k| k(&record.value)), &buf)?;
+        }
+        producing.poll();
+        self.buf = buf;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), BoxError> {
+        match &mut self.producing {
+            Some(p) => p.flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.spec.describe()
+    }
+
+    /// Not transactional: makes sure everything written so far was acknowledged, so a
+    /// checkpoint never covers results that could still be lost (at-least-once).
+    fn pre_commit(&mut self, _: CheckpointId) -> Result<serde_json::Value, BoxError> {
+        self.finish()?;
+        Ok(serde_json::Value::Null)
+    }
+}
+
+/// Newline-delimited text written to a topic, one record per line (without the newline and
+/// without a key): what `weir gen` uses to fill a topic.
+pub struct KafkaLineWriter {
+    producing: Producing,
+    pending: Vec<u8>,
+}
+
+impl std::fmt::Debug for KafkaLineWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLineWriter")
+            .field("spec", &self.producing.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaLineWriter {
+    /// Connects a producer to `spec`'s first topic.
+    pub fn connect(spec: &KafkaSpec, metrics: &KafkaMetrics) -> Result<Self, KafkaError> {
+        Ok(KafkaLineWriter {
+            producing: Producing::connect(spec, metrics)?,
+            pending: Vec::new(),
+        })
+    }
+}
+
+impl Write for KafkaLineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut rest = buf;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let line = if self.pending.is_empty() {
+                &rest[..end]
+            } else {
+                self.pending.extend_from_slice(&rest[..end]);
+                &self.pending[..]
+            };
+            self.producing
+                .send(None, line)
+                .map_err(std::io::Error::other)?;
+            self.pending.clear();
+            rest = &rest[end + 1..];
+        }
+        self.pending.extend_from_slice(rest);
+        self.producing.poll();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.producing
+                .send(None, &self.pending)
+                .map_err(std::io::Error::other)?;
+            self.pending.clear();
+        }
+        self.producing.flush().map_err(std::io::Error::other)
+    }
+}

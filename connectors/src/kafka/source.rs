@@ -1,0 +1,507 @@
+//! The Kafka source: a member of a consumer group reading JSON (or any [`Decoder`]) records.
+//!
+//! Positions are kept per partition as the next offset to read; a restored position is
+//! applied when the group assigns the partition (in the rebalance callback, before any
+//! fetch), so a restart neither skips nor repeats records. With `until=end` each partition
+//! is paused when it reports its end, and the source is exhausted once all assigned
+//! partitions have.
+//!
+//! Each batch holds records of one partition and names it as its split, so event time is
+//! tracked per partition: the stream's watermark is the minimum over the partitions being
+//! read (assigned and not at their end); with `--idle-timeout` a partition that delivers
+//! nothing for that long stops holding it back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde_json::json;
+use weir_engine::metrics::KafkaMetrics;
+use weir_engine::{BoxError, Source, SourceStatus, Split};
+
+use super::{KafkaError, KafkaSpec, Reporting, StartAt};
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::format::Decoder;
+
+/// How long a poll waits for the first record before saying the source is idle.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+/// How long broker requests made on the source's thread may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Next offset to read, per topic and partition.
+type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// What the rebalance callback and the polling thread share (the callback runs inside
+/// `poll`, on the same thread, so the lock is never contended).
+#[derive(Debug, Default)]
+struct Partitions {
+    next: Offsets,
+    assigned: BTreeSet<(String, i32)>,
+    at_end: BTreeSet<(String, i32)>,
+}
+
+struct SourceContext {
+    reporting: Reporting,
+    start: StartAt,
+    partitions: Mutex<Partitions>,
+}
+
+impl SourceContext {
+    fn partitions(&self) -> MutexGuard<'_, Partitions> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets where each newly assigned partition starts: its checkpointed (or already read)
+    /// offset, else the `start` rule.
+    fn choose_offsets(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let mut by_time = TopicPartitionList::new();
+        {
+            let mut parts = self.partitions();
+            let listed: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            for (topic, partition) in listed {
+                let known = parts
+                    .next
+                    .get(&topic)
+                    .and_then(|p| p.get(&partition))
+                    .copied();
+                let offset = match (known, self.start) {
+                    (Some(next), _) => Offset::Offset(next),
+                    (None, StartAt::Earliest) => Offset::Beginning,
+                    (None, StartAt::Latest) => Offset::End,
+                    (None, StartAt::Committed) => Offset::Stored,
+                    (None, StartAt::Timestamp(ms)) => {
+                        // Cannot fail: the partition is in `by_time` only once.
+                        let _ = by_time.add_partition_offset(&topic, partition, Offset::Offset(ms));
+                        continue;
+                    }
+                };
+                let _ = tpl.set_partition_offset(&topic, partition, offset);
+                parts.at_end.remove(&(topic.clone(), partition));
+                parts.assigned.insert((topic, partition));
+            }
+        }
+        if by_time.count() == 0 {
+            return;
+        }
+        let found = match consumer.offsets_for_times(by_time.clone(), REQUEST_TIMEOUT) {
+            Ok(found) => found,
+            Err(e) => {
+                self.reporting.error(
+                    &e,
+                    "cannot look up offsets by time; starting at the end instead",
+                );
+                by_time
+            }
+        };
+        let mut parts = self.partitions();
+        for elem in found.elements() {
+            let offset = match elem.offset() {
+                Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+                // No record at or after the time yet: the partition starts at its end.
+                _ => Offset::End,
+            };
+            let _ = tpl.set_partition_offset(elem.topic(), elem.partition(), offset);
+            parts
+                .assigned
+                .insert((elem.topic().to_string(), elem.partition()));
+        }
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        self.reporting.stats(&statistics);
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        self.reporting.error(&error, reason);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.reporting.metrics.rebalances.inc();
+        let endpoint = &self.reporting.endpoint;
+        let listed = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.choose_offsets(consumer, tpl);
+                eprintln!("weir: kafka {endpoint}: assigned {}", listed(tpl));
+                consumer.assign(tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                eprintln!("weir: kafka {endpoint}: revoked {}", listed(tpl));
+                self.partitions().assigned.clear();
+                consumer.unassign()
+            }
+            other => {
+                eprintln!("weir: kafka {endpoint}: rebalance failed: {other:?}; the group retries");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            self.reporting
+                .error(&e, "cannot apply the group's assignment");
+        }
+    }
+}
+
+/// A consumer-group member reading records of one or more topics and decoding them.
+pub struct KafkaSource<D: Decoder> {
+    spec: KafkaSpec,
+    decoder: D,
+    dead: DeadLetters,
+    metrics: KafkaMetrics,
+    /// Created by the first poll (connectors do no I/O until the job runs).
+    consumer: Option<BaseConsumer<SourceContext>>,
+    /// Offsets restored by [`Source::seek`], handed to the consumer when it is created.
+    restored: Offsets,
+    rejected: Vec<DeadLetter>,
+    carried: Option<Carried<D::Item>>,
+    /// The split of the last batch, and the partitions read now (assigned, not at their end).
+    split: Option<u32>,
+    active: Arc<[u32]>,
+}
+
+impl<D: Decoder> std::fmt::Debug for KafkaSource<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Decoder> KafkaSource<D> {
+    /// Reads `spec`'s topics with `decoder`; records it rejects go to `dead`. Counts records,
+    /// bytes, lag and rebalances in `metrics` (e.g. `job.metrics().kafka()`).
+    pub fn new(spec: KafkaSpec, decoder: D, dead: DeadLetters, metrics: KafkaMetrics) -> Self {
+        KafkaSource {
+            spec,
+            decoder,
+            dead,
+            metrics,
+            consumer: None,
+            restored: Offsets::new(),
+            rejected: Vec::new(),
+            carried: None,
+            split: None,
+            active: Arc::from(Vec::new()),
+        }
+    }
+
+    fn error(&self, action: &'static str, source: RdKafkaError) -> KafkaError {
+        KafkaError {
+            endpoint: self.spec.describe(),
+            action,
+            source,
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), BoxError> {
+        if self.consumer.is_some() {
+            return Ok(());
+        }
+        let mut config = self.spec.client_config();
+        config
+            .set("group.id", &self.spec.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if self.spec.start == StartAt::Latest {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            )
+            .set("enable.partition.eof", self.spec.until_end.to_string())
+            .set("statistics.interval.ms", "1000");
+        let context = SourceContext {
+            reporting: Reporting {
+                endpoint: self.spec.describe(),
+                metrics: self.metrics.clone(),
+            },
+            start: self.spec.start,
+            partitions: Mutex::new(Partitions {
+                next: std::mem::take(&mut self.restored),
+                ..Partitions::default()
+            }),
+        };
+        let consumer: BaseConsumer<SourceContext> = config
+            .create_with_context(context)
+            .map_err(|e| self.error("create a consumer", e))?;
+        let topics: Vec<&str> = self.spec.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| self.error("subscribe", e))?;
+        self.dead.open()?;
+        self.consumer = Some(consumer);
+        Ok(())
+    }
+}
+
+/// A record read but not yet handed out: it belongs to another partition than the batch
+/// being filled, so it opens the next batch.
+struct Carried<T> {
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    decoded: Result<T, DeadLetter>,
+}
+
+/// The split id of a partition: the topic's index in the URI above bit 20, the partition
+/// below.
+fn split_id(topic: usize, partition: i32) -> u32 {
+    ((topic as u32) << 20) | (partition as u32 & 0xF_FFFF)
+}
+
+/// Decodes one record's payload, or says why it goes to the dead letters.
+fn decode<D: Decoder>(
+    decoder: &mut D,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+) -> Result<D::Item, DeadLetter> {
+    std::str::from_utf8(payload)
+        .map_err(|e| format!("not UTF-8: {e}"))
+        .and_then(|text| decoder.decode(text))
+        .map_err(|error| DeadLetter {
+            source: format!("kafka://{topic}/{partition}"),
+            line: u64::try_from(offset).unwrap_or_default(),
+            error,
+            raw: String::from_utf8_lossy(payload).into_owned(),
+        })
+}
+
+impl<D: Decoder> KafkaSource<D> {
+    /// Adds what `poll_batch` read to the shared position, pauses partitions that reached
+    /// their end (bounded mode), and refreshes the active splits if they changed. Returns
+    /// whether every assigned partition is at its end.
+    fn settle(&mut self, read: Option<(usize, i32, i64)>, ended: &[i32]) -> Result<bool, BoxError> {
+        let Some(consumer) = &self.consumer else {
+            return Ok(false);
+        };
+        let topics = &self.spec.topics;
+        let mut parts = consumer.context().partitions();
+        if let Some((topic, partition, next)) = read {
+            parts
+                .next
+                .entry(topics[topic].clone())
+                .or_default()
+                .insert(partition, next);
+        }
+        // `until=end` reads one topic, so a partition number names the partition.
+        let mut pause = TopicPartitionList::new();
+        for &partition in ended {
+            if parts.at_end.insert((topics[0].clone(), partition)) {
+                pause.add_partition(&topics[0], partition);
+            }
+        }
+        let exhausted = self.spec.until_end
+            && !parts.assigned.is_empty()
+            && parts.assigned.is_subset(&parts.at_end);
+        let active: Vec<u32> = parts
+            .assigned
+            .difference(&parts.at_end)
+            .filter_map(|(t, p)| topics.iter().position(|x| x == t).map(|t| split_id(t, *p)))
+            .collect();
+        drop(parts);
+        if *self.active != active[..] {
+            self.active = active.into();
+        }
+        if pause.count() > 0 {
+            consumer.pause(&pause).map_err(|e| KafkaError {
+                endpoint: self.spec.describe(),
+                action: "pause a partition at its end",
+                source: e,
+            })?;
+        }
+        Ok(exhausted)
+    }
+}
+
+impl<D: Decoder> Source for KafkaSource<D> {
+    type Item = D::Item;
+
+    /// Fills the batch from one partition (see [`Source::split_of_batch`]).
+    fn poll_batch(&mut self, out: &mut Vec<D::Item>, max: usize) -> Result<SourceStatus, BoxError> {
+        self.connect()?;
+        // The partition of this batch and the next offset read in it.
+        let mut read: Option<(usize, i32, i64)> = None;
+        let mut bytes = 0u64;
+        let mut ended = Vec::new();
+        let mut wait = POLL_WAIT;
+        let mut polled = 0;
+        if let Some(c) = self.carried.take() {
+            read = Some((c.topic, c.partition, c.offset + 1));
+            polled += 1;
+            match c.decoded {
+                Ok(item) => out.push(item),
+                Err(letter) => self.rejected.push(letter),
+            }
+        }
+        while polled < max {
+            let Some(consumer) = &self.consumer else {
+                break;
+            };
+            let message = match consumer.poll(wait) {
+                None => break,
+                Some(Ok(message)) => message,
+                Some(Err(RdKafkaError::PartitionEOF(partition))) => {
+                    ended.push(partition);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    consumer.context().reporting.error(&e, "cannot fetch");
+                    break;
+                }
+            };
+            wait = Duration::ZERO;
+            let (partition, offset) = (message.partition(), message.offset());
+            // Only subscribed topics are assigned, so the search always finds one.
+            let topic = self
+                .spec
+                .topics
+                .iter()
+                .position(|t| t == message.topic())
+                .unwrap_or_default();
+            let payload = message.payload().unwrap_or_default();
+            let size = payload.len() as u64;
+            let decoded = decode(
+                &mut self.decoder,
+                &self.spec.topics[topic],
+                partition,
+                offset,
+                payload,
+            );
+            drop(message);
+            match &mut read {
+                Some((t, p, next)) if *t == topic && *p == partition => *next = offset + 1,
+                Some(_) => {
+                    self.carried = Some(Carried {
+                        topic,
+                        partition,
+                        offset,
+                        decoded,
+                    });
+                    break;
+                }
+                None => read = Some((topic, partition, offset + 1)),
+            }
+            polled += 1;
+            bytes += size;
+            match decoded {
+                Ok(item) => out.push(item),
+                Err(letter) => self.rejected.push(letter),
+            }
+        }
+        if let Some((topic, _, _)) = read {
+            let topic = &self.spec.topics[topic];
+            self.metrics.records_in(topic).inc_by(polled as u64);
+            self.metrics.bytes_in(topic).inc_by(bytes);
+        }
+        self.split = read.map(|(topic, partition, _)| split_id(topic, partition));
+        let exhausted = self.settle(read, &ended)? && self.carried.is_none();
+        self.dead.write(&self.rejected)?;
+        self.rejected.clear();
+        Ok(if exhausted {
+            SourceStatus::Exhausted
+        } else if polled == 0 {
+            SourceStatus::Idle
+        } else {
+            SourceStatus::More
+        })
+    }
+
+    fn split_of_batch(&self) -> Option<Split> {
+        self.split.map(|id| Split {
+            id,
+            active: self.active.clone(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (group {})", self.spec.describe(), self.spec.group)
+    }
+
+    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+        let offsets = match &self.consumer {
+            Some(consumer) => consumer.context().partitions().next.clone(),
+            None => self.restored.clone(),
+        };
+        Ok(Some(json!({
+            "offsets": offsets,
+            "dead_letter_bytes": self.dead.position(),
+        })))
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+        let offsets = position
+            .get("offsets")
+            .cloned()
+            .map(serde_json::from_value::<Offsets>)
+            .transpose()?
+            .ok_or_else(|| format!("{}: the checkpoint holds no Kafka offsets", self.describe()))?;
+        let dead_letter_bytes = position
+            .get("dead_letter_bytes")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        self.dead.resume_at(dead_letter_bytes)?;
+        self.restored = offsets;
+        Ok(())
+    }
+
+    fn checkpoint_completed(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        let Some(offsets) = position
+            .get("offsets")
+            .cloned()
+            .and_then(|o| serde_json::from_value::<Offsets>(o).ok())
+        else {
+            return Ok(());
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partitions) in &offsets {
+            for (&partition, &next) in partitions {
+                tpl.add_partition_offset(topic, partition, Offset::Offset(next))
+                    .map_err(|e| self.error("list offsets to commit", e))?;
+            }
+        }
+        if tpl.count() > 0 {
+            // Only for lag tools: a failed commit is reported by librdkafka and retried with
+            // the next checkpoint; the checkpoint itself holds the offsets.
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                consumer
+                    .context()
+                    .reporting
+                    .error(&e, "cannot commit the checkpoint's offsets to the group");
+            }
+        }
+        Ok(())
+    }
+}

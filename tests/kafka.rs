@@ -1,0 +1,428 @@
+//! End-to-end tests of the Kafka connectors through the real `weir` binary, against a real
+//! Kafka-compatible broker (Tansu, installed by `scripts/setup`; see `scripts/kafka-broker`)
+//! started on a free 127.0.0.1 port by each test.
+//!
+//! - A topic of 4 partitions filled by `weir gen` and read by `window-agg` (`until=end`)
+//!   gives the same rows as the same events read from a file, at P = 1 and P = 2: the
+//!   per-partition watermarks keep one partition's progress from making another's events
+//!   late. A garbage record goes to the dead letters with its topic, partition and offset.
+//! - `--output kafka://` writes every row once, as JSON, keyed by the row's key.
+//! - A checkpointed job killed with SIGKILL resumes from the offsets in its checkpoint: the
+//!   committed rows equal the reference (exactly-once with the file sink), and the group's
+//!   committed offsets end at the partitions' ends (for lag tools).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs::{self, File};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tempfile::TempDir;
+
+use common::Summary;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+const PARTITIONS: i32 = 4;
+/// Group settings that make the broker's group join take seconds, not tens of seconds.
+const GROUP_TIMING: &str = "session.timeout.ms=6000&heartbeat.interval.ms=1000";
+
+/// A broker process on a free loopback port; killed when dropped.
+struct Broker {
+    child: Child,
+    binary: PathBuf,
+    addr: String,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let binary = std::env::var_os("WEIR_KAFKA_BROKER")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir-kafka/bin/tansu"))
+            })
+            .filter(|b| b.exists())
+            .expect("the Kafka test broker is not installed: run ./scripts/setup (or scripts/kafka-broker install)");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("broker.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the broker did not listen on {addr} within 20 s"
+            );
+            sleep(Duration::from_millis(50));
+        }
+        Broker {
+            child,
+            binary,
+            addr,
+        }
+    }
+
+    fn create_topic(&self, name: &str, partitions: i32) {
+        let out = Command::new(&self.binary)
+            .args([
+                "topic",
+                "create",
+                name,
+                "--broker",
+                &format!("tcp://{}", self.addr),
+            ])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot create topic {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn uri(&self, topic: &str, query: &str) -> String {
+        format!("kafka://{}/{topic}?{query}", self.addr)
+    }
+
+    /// Every record of `topic` (all partitions, from the start to the current end) as
+    /// (partition, key, value).
+    fn read_all(&self, topic: &str) -> Vec<(i32, Option<String>, String)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", format!("reader-{topic}"))
+            .set("enable.partition.eof", "true")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let (mut records, mut ended) = (Vec::new(), 0);
+        let started = Instant::now();
+        while ended < PARTITIONS {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "reading {topic} took over 60 s"
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => records.push((
+                    m.partition(),
+                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                )),
+                Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        records
+    }
+
+    /// Produces `payload` without a key to `partition` of `topic`.
+    fn produce(&self, topic: &str, partition: i32, payload: &str) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .create()
+            .unwrap();
+        producer
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .partition(partition)
+                    .payload(payload),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// The group's committed offset of each partition of `topic`.
+    fn committed(&self, group: &str, topic: &str) -> Vec<Offset> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        committed.elements().iter().map(|e| e.offset()).collect()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `weir gen events` to `output` (a path or URI).
+fn gen_events(output: &str, events: u64) {
+    common::run_ok(
+        WEIR,
+        [
+            "gen",
+            "events",
+            "--output",
+            output,
+            "--events",
+            &events.to_string(),
+        ]
+        .iter()
+        .chain(&["--keys", "500", "--disorder-ms", "2000"]),
+    )
+    .unwrap();
+}
+
+/// `weir run window-agg` arguments shared by all runs.
+fn window_agg(input: &str, output: &Path, parallelism: usize) -> Vec<String> {
+    [
+        "run",
+        "window-agg",
+        "--input",
+        input,
+        "--output",
+        output.to_str().unwrap(),
+        "--window",
+        "tumble:10s",
+        "--watermark-delay",
+        "2s",
+        "--parallelism",
+        &parallelism.to_string(),
+        "--metrics-addr",
+        "off",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The lines of `files`, sorted (rows compare as multisets).
+fn sorted_lines(files: impl IntoIterator<Item = PathBuf>) -> Vec<String> {
+    let mut lines: Vec<String> = files
+        .into_iter()
+        .flat_map(|f| {
+            fs::read_to_string(&f)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// The rows of a file run of `events` generated events: the reference.
+fn reference_rows(dir: &TempDir, events: u64) -> Vec<String> {
+    let input = dir.path().join("events.jsonl");
+    gen_events(input.to_str().unwrap(), events);
+    let output = dir.path().join("reference.jsonl");
+    common::run_ok(WEIR, window_agg(input.to_str().unwrap(), &output, 1)).unwrap();
+    let rows = sorted_lines([output]);
+    assert!(
+        rows.len() > 1000,
+        "the reference has only {} rows",
+        rows.len()
+    );
+    rows
+}
+
+#[test]
+fn window_agg_reads_a_partitioned_topic_like_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("events", PARTITIONS);
+    gen_events(&broker.uri("events", ""), 200_000);
+    broker.produce("events", 2, "{not json");
+    let reference = reference_rows(&dir, 200_000);
+
+    for parallelism in [1, 2] {
+        let output = dir.path().join(format!("kafka-p{parallelism}.jsonl"));
+        let input = broker.uri(
+            "events",
+            &format!("group=read-p{parallelism}&start=earliest&until=end&{GROUP_TIMING}"),
+        );
+        let run = common::run_ok(WEIR, window_agg(&input, &output, parallelism)).unwrap();
+        let summary = Summary::from_stderr(&run.stderr).unwrap();
+        assert_eq!(
+            (
+                summary.events_read,
+                summary.late_events,
+                summary.dead_letters
+            ),
+            (200_000, 0, 1),
+            "P={parallelism}: events, late events, dead letters; stderr:\n{}",
+            run.stderr
+        );
+        assert!(
+            sorted_lines([output.clone()]) == reference,
+            "P={parallelism}: the rows from Kafka differ from the rows from the file"
+        );
+        let dead = fs::read_to_string(format!("{}.dead.jsonl", output.display())).unwrap();
+        let letter: serde_json::Value = serde_json::from_str(dead.trim()).unwrap();
+        assert_eq!(letter["source"], "kafka://events/2", "{dead}");
+        assert_eq!(letter["raw"], "{not json", "{dead}");
+        assert!(
+            letter["line"].as_u64().is_some(),
+            "the offset is missing: {dead}"
+        );
+    }
+}
+
+#[test]
+fn window_agg_writes_keyed_rows_to_a_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("results", PARTITIONS);
+    let reference = reference_rows(&dir, 100_000);
+    let input = dir.path().join("events.jsonl");
+    let mut args = window_agg(input.to_str().unwrap(), Path::new("-"), 2);
+    args[5] = broker.uri("results", "");
+    common::run_ok(WEIR, &args).unwrap();
+
+    let records = broker.read_all("results");
+    let mut rows: Vec<String> = records.iter().map(|(_, _, v)| v.clone()).collect();
+    rows.sort_unstable();
+    assert!(
+        rows == reference,
+        "the topic's rows differ from the file run's"
+    );
+    let mut partition_of_key = std::collections::HashMap::new();
+    for (partition, key, value) in &records {
+        let row: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert_eq!(key.as_deref(), row["key"].as_str(), "record key of {value}");
+        let first = partition_of_key.entry(key.clone()).or_insert(*partition);
+        assert_eq!(first, partition, "key {key:?} is in two partitions");
+    }
+}
+
+#[test]
+fn a_killed_checkpointed_job_resumes_from_its_offsets_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("orders", PARTITIONS);
+    let events = 600_000;
+    gen_events(&broker.uri("orders", ""), events);
+    let reference = reference_rows(&dir, events);
+
+    let out = dir.path().join("out");
+    let state = dir.path().join("state");
+    let input = broker.uri(
+        "orders",
+        &format!("group=resume&start=earliest&until=end&{GROUP_TIMING}"),
+    );
+    let mut args = window_agg(&input, &out, 2);
+    args.extend(
+        [
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--checkpoint-interval",
+            "200ms",
+        ]
+        .map(String::from),
+    );
+
+    // Killed once two checkpoints completed after the partitions were assigned (so the
+    // checkpoint holds offsets in the middle of the partitions).
+    let stderr_path = dir.path().join("killed.stderr");
+    let mut child = Command::new(WEIR)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let stderr = fs::read_to_string(&stderr_path).unwrap();
+        let after_assignment = stderr.split_once("assigned").map_or("", |(_, rest)| rest);
+        if after_assignment.matches("complete in").count() >= 2 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it could be killed mid-way; raise the event count:\n{stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint in 60 s:\n{stderr}"
+        );
+        sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        !killed.contains("done:"),
+        "the job finished before the kill:\n{killed}"
+    );
+
+    let run = common::run_ok(WEIR, &args).unwrap();
+    assert!(
+        run.stderr.contains("resum") || run.stderr.contains("restor"),
+        "the restart did not resume from a checkpoint:\n{}",
+        run.stderr
+    );
+    let summary = Summary::from_stderr(&run.stderr).unwrap();
+    assert!(
+        summary.events_read < events,
+        "the restart read all {events} events again: it did not resume from the offsets"
+    );
+    let parts = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("part-")
+        });
+    assert!(
+        sorted_lines(parts) == reference,
+        "the committed rows differ from the reference"
+    );
+
+    // The offsets of the final checkpoint were committed to the group too.
+    let committed = broker.committed("resume", "orders");
+    let total: i64 = committed
+        .iter()
+        .map(|o| match o {
+            Offset::Offset(n) => *n,
+            other => panic!("partition without a committed offset: {other:?}"),
+        })
+        .sum();
+    assert_eq!(total, events as i64, "committed offsets {committed:?}");
+}
