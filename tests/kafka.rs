@@ -303,6 +303,44 @@ fn window_agg_reads_a_partitioned_topic_like_the_file() {
 }
 
 #[test]
+fn kafka_metrics_are_scraped_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("events", PARTITIONS);
+    // Enough events to read for a few seconds: librdkafka reports the lag once a second.
+    gen_events(&broker.uri("events", ""), 400_000);
+    broker.produce("events", 1, "garbage");
+    let input = broker.uri(
+        "events",
+        &format!("group=metrics&start=earliest&until=end&{GROUP_TIMING}"),
+    );
+    let mut args = window_agg(&input, &dir.path().join("out.jsonl"), 1);
+    args.truncate(args.len() - 2); // without `--metrics-addr off`
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let (body, _, done, _running) = common::run_and_scrape_metrics(WEIR, &args).unwrap();
+    let topic = r#"topic="events""#;
+    assert_eq!(
+        common::sample_sum(&body, "weir_kafka_records_in_total", &[topic]),
+        400_001.0,
+        "{done}\n{body}"
+    );
+    assert!(common::sample_sum(&body, "weir_kafka_bytes_in_total", &[topic]) > 400_000.0);
+    assert!(common::sample_sum(&body, "weir_kafka_rebalances_total", &[]) >= 1.0);
+    assert_eq!(
+        common::sample_sum(&body, "weir_dead_letter_records_total", &[]),
+        1.0
+    );
+    assert!(
+        body.contains("weir_kafka_consumer_lag{"),
+        "no consumer lag from librdkafka's statistics:\n{body}"
+    );
+    assert_eq!(
+        common::sample_sum(&body, "weir_kafka_broker_errors_total", &[]),
+        0.0
+    );
+}
+
+#[test]
 fn window_agg_writes_keyed_rows_to_a_topic() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());

@@ -1,45 +1,11 @@
 //! `/metrics` is served over real HTTP while `weir run` works, and its counters equal what
 //! the job processed.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{http_get, run_and_scrape_metrics, sample_sum, KillOnDrop};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// Kills the child when the test ends, whatever happens.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> Result<String, Box<dyn std::error::Error>> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
-}
-
-/// Sums samples of `name` whose labels contain every `key="value"` in `labels`.
-fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// The number just before `suffix` in `line` ("3 late events" -> 3).
 fn number_before(line: &str, suffix: &str) -> Option<u64> {
@@ -53,58 +19,22 @@ fn number_before(line: &str, suffix: &str) -> Option<u64> {
 fn run_and_scrape(
     input: &std::path::Path,
     args: &[&std::ffi::OsStr],
-) -> Result<(String, String, String, Running), Box<dyn std::error::Error>> {
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "run",
-            "window-agg",
-            "--window",
-            "tumble:1s",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--linger",
-            "60s",
-            "--parallelism",
-            "2",
-        ])
-        .arg("--input")
-        .arg(input)
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut child = Running(child);
-    let stderr = child.0.stderr.take().ok_or("no stderr")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (mut addr, mut done) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .map_err(|_| "weir did not finish within 60 s")?;
-        if let Some(rest) = line.strip_prefix("weir: metrics at http://") {
-            addr = rest.strip_suffix("/metrics").map(str::to_string);
-        }
-        if line.contains(" done: ") {
-            done = Some(line);
-        }
-    }
-    let addr = addr.ok_or("weir did not print its metrics address")?;
-
-    let response = http_get(&addr, "/metrics")?;
-    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .ok_or("no body")?;
-    Ok((body, addr, done.unwrap_or_default(), child))
+) -> Result<(String, String, String, KillOnDrop), Box<dyn std::error::Error>> {
+    let mut all: Vec<&std::ffi::OsStr> = [
+        "run",
+        "window-agg",
+        "--window",
+        "tumble:1s",
+        "--parallelism",
+        "2",
+        "--input",
+    ]
+    .iter()
+    .map(|a| a.as_ref())
+    .collect();
+    all.push(input.as_os_str());
+    all.extend_from_slice(args);
+    run_and_scrape_metrics(env!("CARGO_BIN_EXE_weir"), &all)
 }
 
 #[test]

@@ -29,7 +29,7 @@
 //! | `weir_kafka_records_in_total` | counter | records read from a topic (labels `job`, `topic`; Kafka jobs only, as the rest) |
 //! | `weir_kafka_bytes_in_total` | counter | payload bytes read from a topic |
 //! | `weir_kafka_records_out_total` | counter | records a topic acknowledged |
-//! | `weir_kafka_consumer_lag` | gauge | records behind the partition's end (labels `topic`, `partition`), from librdkafka statistics |
+//! | `weir_kafka_consumer_lag` | gauge | records behind the partition's end, counted from what the job has read (labels `topic`, `partition`; from librdkafka's statistics, once a second) |
 //! | `weir_kafka_rebalances_total` | counter | partition assignments and revocations received |
 //! | `weir_kafka_produce_errors_total` | counter | records the brokers did not acknowledge |
 //! | `weir_kafka_broker_errors_total` | counter | errors reaching the brokers (each is retried with backoff) |

@@ -137,3 +137,89 @@ impl Summary {
         })
     }
 }
+
+// ------------------------------------------------------------------ metrics over HTTP
+
+/// Kills the child when the test ends, whatever happens.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One HTTP/1.1 GET; the whole response, headers included.
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<String, Box<dyn Error>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// Sums samples of `name` whose labels contain every `key="value"` in `labels`.
+pub(crate) fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs `bin` with `args` plus a metrics endpoint on a free port kept alive after the run;
+/// once the summary line appears, scrapes `/metrics`. Returns the body, the address, the
+/// summary line, and the process (killed when dropped).
+pub(crate) fn run_and_scrape_metrics(
+    bin: &str,
+    args: &[&OsStr],
+) -> Result<(String, String, String, KillOnDrop), Box<dyn Error>> {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let child = Command::new(bin)
+        .args(args)
+        .args(["--metrics-addr", "127.0.0.1:0", "--linger", "60s"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut addr, mut done) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| "weir did not finish within 60 s")?;
+        if let Some(rest) = line.strip_prefix("weir: metrics at http://") {
+            addr = rest.strip_suffix("/metrics").map(str::to_string);
+        }
+        if line.contains(" done: ") {
+            done = Some(line);
+        }
+    }
+    let addr = addr.ok_or("weir did not print its metrics address")?;
+    let response = http_get(&addr, "/metrics")?;
+    if !response.starts_with("HTTP/1.1 200 OK") {
+        return Err(failure(format!("/metrics answered: {response}")));
+    }
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .ok_or("no body")?;
+    Ok((body, addr, done.unwrap_or_default(), child))
+}

@@ -174,11 +174,13 @@ impl Reporting {
     fn stats(&self, statistics: &Statistics) {
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
-                // Partition -1 is librdkafka's internal "unassigned" queue; a lag of -1
-                // means unknown.
-                if partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics
-                        .set_consumer_lag(topic, partition, p.consumer_lag);
+                // Partition -1 is librdkafka's internal "unassigned" queue; negative offsets
+                // mean unknown. The lag is counted from what weir has read (librdkafka's own
+                // `consumer_lag` counts from the committed offset, which trails by a
+                // checkpoint).
+                if partition >= 0 && p.hi_offset >= 0 && p.app_offset >= 0 {
+                    let lag = (p.hi_offset - p.app_offset).max(0);
+                    self.metrics.set_consumer_lag(topic, partition, lag);
                 }
             }
         }
