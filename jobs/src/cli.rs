@@ -18,7 +18,9 @@ use weir_engine::metrics::MetricsServer;
 use weir_engine::time::format_timestamp;
 use weir_engine::{parse_duration, RunSummary};
 
-use crate::generate::{create_file, write_events, write_orders, write_sagas, EventStreamSpec};
+use crate::generate::{
+    create_file, write_events, write_orders, write_sagas, EventStreamSpec, RateLimited,
+};
 use crate::options::JobOptions;
 use crate::registry::Registry;
 
@@ -81,6 +83,9 @@ enum Command {
         /// Maximum out-of-orderness in milliseconds (`events` stream).
         #[arg(long, default_value_t = 1000)]
         disorder_ms: u64,
+        /// Lines per second at most (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
     },
 }
 
@@ -177,8 +182,9 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             events,
             keys,
             disorder_ms,
+            rate,
         } => {
-            let w = open_gen_output(&output)?;
+            let w = RateLimited::new(open_gen_output(&output)?, rate);
             match stream {
                 GenStream::Events => write_events(
                     w,

@@ -121,6 +121,52 @@ impl Source for GeneratedEvents {
     }
 }
 
+/// A writer that lets at most `rate` lines a second through (all at once if `None`), for
+/// `weir gen --rate`. Wrap the buffered writer, so that each line is counted as it is written.
+#[derive(Debug)]
+pub struct RateLimited<W> {
+    inner: W,
+    rate: Option<u64>,
+    lines: u64,
+    started: std::time::Instant,
+}
+
+impl<W: Write> RateLimited<W> {
+    /// Limits `inner` to `rate` lines a second.
+    pub fn new(inner: W, rate: Option<u64>) -> Self {
+        RateLimited {
+            inner,
+            rate: rate.filter(|r| *r > 0),
+            lines: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl<W: Write> Write for RateLimited<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(rate) = self.rate {
+            let before = self.lines;
+            self.lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+            // Checked every 100 lines: sleeping per line would cost more than it paces.
+            if self.lines / 100 != before / 100 {
+                let due = std::time::Duration::from_secs_f64(self.lines as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+                    // What is written so far goes out before the pause.
+                    self.inner.flush()?;
+                    std::thread::sleep(ahead);
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Creates (truncates) `path` for writing a stream, with its parent directories.
 pub fn create_file(path: &Path) -> std::io::Result<BufWriter<File>> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -230,4 +276,22 @@ pub fn write_sagas(mut w: impl Write, orders: u64) -> std::io::Result<()> {
         )?;
     }
     w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_paces_lines_and_passes_them_all() {
+        let mut out = RateLimited::new(Vec::new(), Some(10_000));
+        let started = std::time::Instant::now();
+        for i in 0..2_000 {
+            writeln!(out, "line {i}").unwrap();
+        }
+        out.flush().unwrap();
+        // 2,000 lines at 10,000 a second cannot take less than about 0.2 s.
+        assert!(started.elapsed() >= std::time::Duration::from_millis(180));
+        assert_eq!(out.inner.iter().filter(|&&b| b == b'\n').count(), 2_000);
+    }
 }
