@@ -1,7 +1,8 @@
 //! `weir run window-agg --input tcp://127.0.0.1:0?until=disconnect`: several clients at
 //! once over real sockets, one of them sending garbage and an over-long line. The results
 //! must equal a run over a file holding the same good events, and every bad line must be a
-//! dead letter naming its client; the other clients are not disturbed.
+//! dead letter naming its client; the other clients are not disturbed. And `--output
+//! tcp://` to a slow reader: the job waits with bounded memory and every row arrives.
 
 mod common;
 
@@ -168,5 +169,104 @@ fn many_clients_one_sending_garbage_give_the_file_results() -> TestResult {
     assert!(dead.iter().any(|d| d["error"]
         .as_str()
         .is_some_and(|e| e.contains("longer than 4096 bytes"))));
+    Ok(())
+}
+
+/// Peak resident memory of process `pid` so far, in MiB (`VmHWM`), if it still runs.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// `--output tcp://` to a server that reads 10x slower than the job produces for a while:
+/// the job waits (TCP flow control reaches back through the bounded queues to the file
+/// source), its memory stays flat, and once the reader speeds up every row arrives.
+#[test]
+fn a_slow_tcp_reader_holds_the_job_back_with_bounded_memory() -> TestResult {
+    use std::io::Read;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("events.jsonl");
+    let input = input.to_str().ok_or("temp path is not UTF-8")?;
+    let events = "2000000";
+    common::run_ok(
+        WEIR,
+        [
+            "gen", "events", "--output", input, "--events", events, "--keys", "100000",
+        ],
+    )?;
+    let job = |output: &str| {
+        let args = [
+            "run",
+            "window-agg",
+            "--input",
+            input,
+            "--window",
+            "tumble:1s",
+        ];
+        let mut command = Command::new(WEIR);
+        command
+            .args(args)
+            .args(["--output", output, "--metrics-addr", "off", "--quiet"])
+            .stderr(Stdio::null());
+        command
+    };
+    let reference = dir.path().join("reference.jsonl");
+    let status = job(reference.to_str().ok_or("temp path is not UTF-8")?).status()?;
+    assert!(status.success());
+    let expected = std::fs::read_to_string(&reference)?;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut child = common::KillOnDrop(job(&format!("tcp://{addr}")).spawn()?);
+    let pid = child.0.id();
+    let (mut conn, _) = listener.accept()?;
+    let mut received = Vec::with_capacity(expected.len());
+    let mut chunk = vec![0u8; 16 * 1024];
+    // Slow phase: 16 KiB every 10 ms, about 1.6 MB/s, a tenth of what the job produces.
+    let slow_until = Instant::now() + Duration::from_secs(3);
+    let mut peak = 0.0f64;
+    while Instant::now() < slow_until {
+        let n = conn.read(&mut chunk)?;
+        received.extend_from_slice(&chunk[..n]);
+        peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        child.0.try_wait()?.is_none(),
+        "the job finished while its reader was slow: the test did not exercise backpressure"
+    );
+    assert!(
+        received.len() < expected.len() / 2,
+        "the slow reader got {} of {} bytes",
+        received.len(),
+        expected.len()
+    );
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    loop {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+        peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
+    }
+    assert!(child.0.wait()?.success());
+    assert!(
+        peak > 0.0 && peak < 200.0,
+        "peak RSS {peak:.1} MiB with a slow reader (limit 200 MiB)"
+    );
+    let received = String::from_utf8(received)?;
+    let (mut got, mut want): (Vec<&str>, Vec<&str>) =
+        (received.lines().collect(), expected.lines().collect());
+    got.sort_unstable();
+    want.sort_unstable();
+    assert!(
+        got == want,
+        "{} rows over TCP, {} in the file run",
+        got.len(),
+        want.len()
+    );
     Ok(())
 }

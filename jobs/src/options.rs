@@ -17,8 +17,9 @@ pub struct JobOptions {
     /// `kafka://BROKER:PORT/TOPIC[?group=G&start=earliest&until=end]` to read a topic.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// Where results go: a file path, `stdout:`, `kafka://BROKER:PORT/TOPIC` (JSON values,
-    /// keyed by the result's key where it has one) or `null:` (discard).
+    /// Where results go: a file path, `stdout:`, `tcp://HOST:PORT` (JSON lines sent to a
+    /// server), `kafka://BROKER:PORT/TOPIC` (JSON values, keyed by the result's key where it
+    /// has one) or `null:` (discard).
     #[arg(long)]
     pub output: Option<String>,
     /// Input format; by default taken from the file extension (`.csv` or JSON lines).

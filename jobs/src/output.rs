@@ -1,9 +1,9 @@
-//! Sinks chosen by `--output`: a file path, `stdout:`, `kafka://BROKER/TOPIC`, or `null:`
-//! (count and discard, for benchmarks).
+//! Sinks chosen by `--output`: a file path, `stdout:`, `tcp://HOST:PORT` (a server to send
+//! JSON lines to), `kafka://BROKER/TOPIC`, or `null:` (count and discard, for benchmarks).
 
 use serde::Serialize;
 use weir_connectors::kafka::KeyOf;
-use weir_connectors::{FileSink, KafkaSink, KafkaSpec, StdoutSink};
+use weir_connectors::{FileSink, KafkaSink, KafkaSpec, StdoutSink, TcpSink};
 use weir_engine::{BoxError, CheckpointId, JobMetrics, Record, Sink};
 
 /// A sink picked at run time from an `--output` value.
@@ -13,6 +13,8 @@ pub enum OutputSink<T> {
     File(FileSink<T>),
     /// JSON lines to standard output.
     Stdout(StdoutSink<T>),
+    /// JSON lines to a TCP server.
+    Tcp(TcpSink<T>),
     /// JSON values to a Kafka topic.
     Kafka(Box<KafkaSink<T>>),
     /// Nothing is written.
@@ -22,11 +24,15 @@ pub enum OutputSink<T> {
 }
 
 impl<T> OutputSink<T> {
-    /// `stdout:` (also when `spec` is `None`), `null:`, `kafka://...`, or a file path.
+    /// `stdout:` (also when `spec` is `None`), `null:`, `tcp://...`, `kafka://...`, or a file
+    /// path.
     pub fn from_spec(spec: Option<&str>) -> Self {
         match spec {
             None | Some("stdout:") | Some("-") => OutputSink::Stdout(StdoutSink::default()),
             Some("null:") => OutputSink::Discard,
+            Some(uri) if uri.starts_with("tcp://") => {
+                OutputSink::Tcp(TcpSink::new(uri.trim_start_matches("tcp://")))
+            }
             Some(uri) if uri.starts_with("kafka://") => match KafkaSpec::parse(uri) {
                 Some(Ok(spec)) => OutputSink::Kafka(Box::new(KafkaSink::new(spec, None))),
                 Some(Err(reason)) => OutputSink::Unusable(format!("--output {reason}")),
@@ -61,6 +67,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         match self {
             OutputSink::File(s) => s.write(records),
             OutputSink::Stdout(s) => s.write(records),
+            OutputSink::Tcp(s) => s.write(records),
             OutputSink::Kafka(s) => s.write(records),
             OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
@@ -70,6 +77,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         match self {
             OutputSink::File(s) => s.finish(),
             OutputSink::Stdout(s) => s.finish(),
+            OutputSink::Tcp(s) => s.finish(),
             OutputSink::Kafka(s) => s.finish(),
             OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
@@ -79,6 +87,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         match self {
             OutputSink::File(s) => s.describe(),
             OutputSink::Stdout(s) => s.describe(),
+            OutputSink::Tcp(s) => s.describe(),
             OutputSink::Kafka(s) => s.describe(),
             OutputSink::Discard => "discard".into(),
             OutputSink::Unusable(reason) => reason.clone(),
