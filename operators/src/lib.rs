@@ -59,7 +59,7 @@ pub use aggregate::{
 };
 pub use cep::{CepExt, CepOutput, Pattern};
 pub use dedup::{DedupExt, KeyedDedupExt};
-pub use join::{JoinExt, Side, WindowPair};
+pub use join::{CoGrouped, JoinExt, Side, WindowPair};
 pub use process::ProcessExt;
 pub use topn::{Ranked, TopNExt};
 pub use window::{
@@ -72,7 +72,7 @@ pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
     pub use crate::cep::{CepExt, CepOutput, Pattern};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
-    pub use crate::join::{JoinExt, WindowPair};
+    pub use crate::join::{CoGrouped, JoinExt, WindowPair};
     pub use crate::process::ProcessExt;
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec};

@@ -269,7 +269,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 WindowResult {
                     key: key.clone(),
                     window: Window { start, end },
-                    value: self.aggregator.finish(&acc),
+                    value: self.aggregator.finish_owned(acc),
                     is_update,
                 },
             );

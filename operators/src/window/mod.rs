@@ -318,12 +318,27 @@ where
     }
 }
 
-struct WindowFactory<K, T, A> {
+pub(crate) struct WindowFactory<K, T, A> {
     spec: WindowSpec,
     allowed_lateness: i64,
     aggregator: A,
     late: Option<LateOutput<T>>,
     _types: std::marker::PhantomData<fn() -> K>,
+}
+
+#[cfg(test)]
+impl<K, T, A> WindowFactory<K, T, A> {
+    /// Windows of `spec` without lateness or late-data output, for unit tests of operators
+    /// built on windows (the window join).
+    pub(crate) fn plain(spec: WindowSpec, aggregator: A) -> Self {
+        WindowFactory {
+            spec,
+            allowed_lateness: 0,
+            aggregator,
+            late: None,
+            _types: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<K, T, A> OperatorFactory for WindowFactory<K, T, A>
