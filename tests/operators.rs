@@ -283,3 +283,76 @@ fn session_window_join_matches_nested_loops_and_survives_a_crash() {
         &expected,
     );
 }
+
+// ---------------------------------------------------------------- CEP
+
+/// The kind of an event for the CEP test: 0 starts, 1 is the looped stage, 2 ends, 3 is
+/// noise.
+fn kind(e: &Ev) -> u64 {
+    e.id % 4
+}
+
+/// `x -> y{2} -> z within 2 s` with skip-till-next-match, decided per start event: the
+/// first two `y` after it (event time order, ties in input order), then the first `z`
+/// after those; a match if all came less than 2 s after `x`, else a timeout naming the
+/// first stage that did not.
+fn cep_reference(events: &[Ev]) -> Vec<Value> {
+    let keys: BTreeSet<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    let mut rows = Vec::new();
+    for key in keys {
+        let mut mine: Vec<&Ev> = events.iter().filter(|e| e.key == key).collect();
+        mine.sort_by_key(|e| e.ts); // stable: ties keep input order
+        for (i, x) in mine.iter().enumerate().filter(|(_, e)| kind(e) == 0) {
+            let deadline = x.ts + 2000;
+            let mut taken = vec![x.id];
+            let mut missing = None;
+            let mut rest = mine[i + 1..].iter().filter(|e| e.ts < deadline);
+            for (stage, wanted) in [("y", 1), ("y", 1), ("z", 2)] {
+                match rest.find(|e| kind(e) == wanted) {
+                    Some(e) => taken.push(e.id),
+                    None => {
+                        missing = Some(stage);
+                        break;
+                    }
+                }
+            }
+            rows.push(match missing {
+                None => json!({"match": taken}),
+                Some(stage) => json!({"timeout": taken, "missing": stage}),
+            });
+        }
+    }
+    rows
+}
+
+#[test]
+fn cep_with_a_counted_loop_and_timeouts_matches_a_reference_and_survives_a_crash() {
+    let setup = Setup::new(events(8000, 40, 5), events(10, 1, 6));
+    let expected = cep_reference(&setup.left);
+    assert!(expected.iter().any(|r| r.get("match").is_some()));
+    assert!(expected.iter().any(|r| r.get("timeout").is_some()));
+    setup.check(
+        |l, r| {
+            let pattern = Pattern::begin("x")
+                .where_(|e: &Ev| kind(e) == 0)
+                .followed_by("y")
+                .where_(|e: &Ev| kind(e) == 1)
+                .times(2)
+                .followed_by("z")
+                .where_(|e: &Ev| kind(e) == 2)
+                .within(Duration::from_secs(2));
+            // Only the left input is matched (the right one joins the union empty).
+            let (matches, timeouts) = l
+                .union(r.filter(|_| false))
+                .key_by(|e: &Ev| e.key.clone())
+                .pattern_with_timeouts(pattern);
+            let ids = |events: Vec<(String, i64, Ev)>| -> Vec<u64> {
+                events.into_iter().map(|(_, _, e)| e.id).collect()
+            };
+            matches.map(move |m| json!({"match": ids(m.events)})).union(
+                timeouts.map(move |t| json!({"timeout": ids(t.events), "missing": t.missing})),
+            )
+        },
+        &expected,
+    );
+}

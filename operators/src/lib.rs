@@ -57,7 +57,7 @@ pub use aggregate::{
     AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
     Sum,
 };
-pub use cep::{CepExt, CepOutput, Pattern};
+pub use cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
 pub use dedup::{DedupExt, KeyedDedupExt};
 pub use join::{CoGrouped, JoinExt, Side, WindowPair};
 pub use process::ProcessExt;
@@ -70,7 +70,7 @@ pub use window::{
 /// Everything a job definition usually needs.
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
-    pub use crate::cep::{CepExt, CepOutput, Pattern};
+    pub use crate::cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::join::{CoGrouped, JoinExt, WindowPair};
     pub use crate::process::ProcessExt;
