@@ -356,3 +356,62 @@ fn cep_with_a_counted_loop_and_timeouts_matches_a_reference_and_survives_a_crash
         &expected,
     );
 }
+
+// ---------------------------------------------------------------- continuous top-N
+
+/// The value an event adds to its key's running sum: -3..=3, so sums also fall.
+fn points(e: &Ev) -> i64 {
+    (e.id % 7) as i64 - 3
+}
+
+/// The changelog of the top 3 keys by running sum, by brute force: after each distinct
+/// event time, every key's sum from scratch, all keys sorted, places compared.
+fn top_n_reference(events: &[Ev]) -> Vec<Value> {
+    let mut times: Vec<i64> = events.iter().map(|e| e.ts).collect();
+    times.sort();
+    times.dedup();
+    let mut rows = Vec::new();
+    let mut before: Vec<(String, i64)> = Vec::new();
+    for t in times {
+        let mut sums: std::collections::BTreeMap<&str, i64> = Default::default();
+        for e in events.iter().filter(|e| e.ts <= t) {
+            *sums.entry(&e.key).or_default() += points(e);
+        }
+        let mut ranking: Vec<(String, i64)> =
+            sums.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        ranking.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranking.truncate(3);
+        for (place, now) in ranking.iter().enumerate() {
+            let row = |op: &str, (key, sum): &(String, i64)| json!({"op": op, "rank": place + 1, "key": key, "sum": sum, "at": t});
+            match before.get(place) {
+                None => rows.push(row("+I", now)),
+                Some(old) if old == now => {}
+                Some(old) => {
+                    rows.push(row("-U", old));
+                    rows.push(row("+U", now));
+                }
+            }
+        }
+        before = ranking;
+    }
+    rows
+}
+
+#[test]
+fn continuous_top_n_changelog_matches_brute_force_and_survives_a_crash() {
+    let setup = Setup::new(events(8000, 40, 7), events(10, 1, 8));
+    let expected = top_n_reference(&setup.left);
+    assert!(expected.iter().any(|r| r["op"] == "-U"));
+    setup.check(
+        |l, r| {
+            l.union(r.filter(|_| false))
+                .key_by(|e: &Ev| e.key.clone())
+                .continuous_top_n(3, Sum::of(points), |sum: &i64| *sum)
+                .map(|c| {
+                    let op = serde_json::to_value(c.op).unwrap();
+                    json!({"op": op, "rank": c.rank, "key": c.key, "sum": c.value, "at": c.at})
+                })
+        },
+        &expected,
+    );
+}

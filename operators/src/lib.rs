@@ -43,6 +43,7 @@
 
 pub mod aggregate;
 pub mod cep;
+pub mod continuous_topn;
 pub mod dedup;
 pub mod join;
 pub mod process;
@@ -58,6 +59,7 @@ pub use aggregate::{
     Sum,
 };
 pub use cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
+pub use continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
 pub use dedup::{DedupExt, KeyedDedupExt};
 pub use join::{CoGrouped, JoinExt, Side, WindowPair};
 pub use process::ProcessExt;
@@ -71,6 +73,7 @@ pub use window::{
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
     pub use crate::cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
+    pub use crate::continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::join::{CoGrouped, JoinExt, WindowPair};
     pub use crate::process::ProcessExt;
