@@ -415,3 +415,36 @@ fn continuous_top_n_changelog_matches_brute_force_and_survives_a_crash() {
         &expected,
     );
 }
+
+// ---------------------------------------------------------------- the benchmark job
+
+/// `weir run operators` (the benchmark job) through the binary: its queries compute what
+/// their generator implies.
+#[test]
+fn the_operators_benchmark_job_computes_what_its_generator_implies() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |query: &str, events: &str| -> Vec<Value> {
+        let out = dir.path().join(format!("{query}.jsonl"));
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "operators", "--query", query, "--events", events])
+            .args(["--state", "memory", "--metrics-addr", "off", "--output"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{query}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Every id twice: each passes once.
+    let ids: Vec<u64> = run("dedup", "1000")
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (0..500).collect::<Vec<_>>());
+    // 3000 saga steps over 1000 keys, each a -> b -> c within 2 s: 1000 matches of 3.
+    let matches = run("cep", "3000");
+    assert_eq!(matches.len(), 1000);
+    assert!(matches.iter().all(|m| m == &json!(3)));
+}

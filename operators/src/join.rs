@@ -744,7 +744,8 @@ pub struct CoGrouped<K, A, B> {
     pub key: K,
     /// The window.
     pub window: Window,
-    /// The left elements in the window (pane by pane, each pane in arrival order).
+    /// The left elements in the window; their order is not specified (aligned windows:
+    /// pane by pane, each in arrival order; sessions: in the order sessions merged).
     pub left: Vec<A>,
     /// The right elements in the window.
     pub right: Vec<B>,
@@ -1115,7 +1116,12 @@ mod tests {
         timed("left", lefts)
             .window_cogroup(timed("right", rights), |a: &Ev| a.1, |b: &Ev| b.1, spec)
             .map(|g| {
-                let ids = |side: &[Ev]| side.iter().map(|e| e.2).collect::<Vec<_>>();
+                // The order within a side is not specified (merged sessions): sort.
+                let ids = |side: &[Ev]| {
+                    let mut ids: Vec<u32> = side.iter().map(|e| e.2).collect();
+                    ids.sort();
+                    ids
+                };
                 (g.window.start, g.window.end, ids(&g.left), ids(&g.right))
             })
             .sink("out", sink);

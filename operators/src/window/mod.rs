@@ -476,11 +476,36 @@ pub(crate) fn prune<K, V, M: MapState<K, Vec<V>>>(
     key: &K,
     keep: impl FnMut(&V) -> bool,
 ) -> Result<usize, BoxError> {
-    let left = table.modify(key, |items| {
+    shrink(table, key, |items| {
         let before = items.len();
         items.retain(keep);
-        (before - items.len(), items.is_empty())
-    })?;
+        before - items.len()
+    })
+}
+
+/// Removes the leading items of `key`'s list for which `drop` holds (the list must be
+/// ordered so that they form a prefix), dropping the key when none is left; returns how
+/// many items were removed. Bisection instead of a scan: cheap however long the list.
+pub(crate) fn prune_prefix<K, V, M: MapState<K, Vec<V>>>(
+    table: &mut M,
+    key: &K,
+    drop: impl Fn(&V) -> bool,
+) -> Result<usize, BoxError> {
+    shrink(table, key, |items| {
+        let removed = items.partition_point(drop);
+        items.drain(..removed);
+        removed
+    })
+}
+
+/// Applies `remove` (returning how many items it removed) to `key`'s list, dropping the
+/// key when the list is empty.
+fn shrink<K, V, M: MapState<K, Vec<V>>>(
+    table: &mut M,
+    key: &K,
+    remove: impl FnOnce(&mut Vec<V>) -> usize,
+) -> Result<usize, BoxError> {
+    let left = table.modify(key, |items| (remove(items), items.is_empty()))?;
     let Some((removed, empty)) = left else {
         return Ok(0);
     };
