@@ -414,7 +414,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use weir_engine::{JobMetrics, MemoryBackend};
+    use weir_engine::MemoryBackend;
 
     use super::*;
     use crate::aggregate::Sum;
@@ -426,14 +426,7 @@ mod tests {
     /// Feeds `(ts, watermark before it, key, value)` to a top-`n` by sum and returns the
     /// changelog as `(op, rank, key, sum, at)` in emission order, and the late count.
     fn changelog(n: usize, input: &[(i64, i64, &str, i64)]) -> (Vec<Row>, u64) {
-        let metrics = JobMetrics::new("test");
-        let ctx = OperatorContext {
-            name: "continuous-top-n".into(),
-            instance: 0,
-            parallelism: 1,
-            key_groups: 0..128,
-            metrics: metrics.operator("continuous-top-n", 0),
-        };
+        let ctx = crate::test_support::operator_context("continuous-top-n");
         let sum = Sum::of(|e: &(String, i64)| e.1);
         let factory = ContinuousTopNFactory::<String, (String, i64), _, _> {
             n,

@@ -1162,15 +1162,8 @@ mod tests {
     /// Feeds `(ts, watermark before it, side)` to one window-join operator instance and
     /// returns `(start, end, left ids, right ids)` per fired window and the late count.
     fn join_operator(spec: WindowSpec, input: &[(i64, i64, Side<u32, u32>)]) -> (Vec<Fired>, u64) {
-        use weir_engine::{JobMetrics, MemoryBackend};
-        let metrics = JobMetrics::new("test");
-        let ctx = OperatorContext {
-            name: "window".into(),
-            instance: 0,
-            parallelism: 1,
-            key_groups: 0..128,
-            metrics: metrics.operator("window", 0),
-        };
+        use weir_engine::MemoryBackend;
+        let ctx = crate::test_support::operator_context("window");
         let factory = crate::window::WindowFactory::<u8, Side<u32, u32>, _>::plain(
             spec,
             BothSides(PhantomData),

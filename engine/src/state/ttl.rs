@@ -18,7 +18,7 @@
 //! checkpoint then expires exactly the same entries, so results stay deterministic. Writes
 //! refresh the stamp; reads do not (Flink's `OnCreateAndWrite`).
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -43,9 +43,9 @@ pub struct TtlMap<K, V, M> {
     ttl: i64,
     now: Timestamp,
     next_sweep: Timestamp,
-    /// Keys by the times they were written (a key may be listed at several times; only
-    /// the entry's own stamp counts).
-    writes: BTreeMap<Timestamp, Vec<K>>,
+    /// `(time written, key)` in time order (a key may be listed at several times; only the
+    /// entry's own stamp counts). Writes at the table's clock come in order: appended.
+    writes: VecDeque<(Timestamp, K)>,
     /// Whether entries written before this instance are in `writes` (after a first sweep).
     indexed: bool,
     _types: PhantomData<fn() -> (K, V)>,
@@ -60,7 +60,7 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
             ttl,
             now: MIN_WATERMARK,
             next_sweep: MIN_WATERMARK,
-            writes: BTreeMap::new(),
+            writes: VecDeque::new(),
             indexed: false,
             _types: PhantomData,
         }
@@ -112,19 +112,20 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
             self.indexed = true;
             removed += expired.len();
         }
-        while let Some(written) = self.writes.first_entry() {
-            if written.key().saturating_add(ttl) > now {
+        while let Some((written, _)) = self.writes.front() {
+            if written.saturating_add(ttl) > now {
                 break;
             }
-            for key in written.remove() {
-                // Still expired? (It may have been written again, or removed.)
-                let expired = self
-                    .inner
-                    .read(&key, |e| e.is_some_and(|e| !alive(e, ttl, now)))?;
-                if expired {
-                    self.inner.take(&key)?;
-                    removed += 1;
-                }
+            let Some((_, key)) = self.writes.pop_front() else {
+                break;
+            };
+            // Still expired? (It may have been written again, or removed.)
+            let expired = self
+                .inner
+                .read(&key, |e| e.is_some_and(|e| !alive(e, ttl, now)))?;
+            if expired {
+                self.inner.take(&key)?;
+                removed += 1;
             }
         }
         Ok(removed)
@@ -132,7 +133,13 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
 
     /// Records that `key` was written at `written`.
     fn note(&mut self, key: K, written: Timestamp) {
-        self.writes.entry(written).or_default().push(key);
+        if self.writes.back().is_none_or(|(last, _)| *last <= written) {
+            self.writes.push_back((written, key));
+        } else {
+            // An explicit stamp in the past (`put_at`): keep the order.
+            let at = self.writes.partition_point(|(t, _)| *t <= written);
+            self.writes.insert(at, (written, key));
+        }
     }
 
     /// Stores `value` under `key` as if written at `written` (for example the event's own

@@ -548,7 +548,7 @@ impl<K> Timers<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_engine::{JobMetrics, Keyed, MemoryBackend};
+    use weir_engine::{Keyed, MemoryBackend};
 
     use crate::aggregate::Count;
 
@@ -562,14 +562,7 @@ mod tests {
         events: &[(i64, i64, &'static str)],
         end_watermark: i64,
     ) -> (Vec<Row>, u64, usize) {
-        let metrics = JobMetrics::new("test");
-        let ctx = OperatorContext {
-            name: "window".into(),
-            instance: 0,
-            parallelism: 1,
-            key_groups: 0..128,
-            metrics: metrics.operator("window", 0),
-        };
+        let ctx = crate::test_support::operator_context("window");
         let factory = WindowFactory::<String, (), Count> {
             spec: spec.into(),
             allowed_lateness: lateness,
