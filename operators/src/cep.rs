@@ -476,9 +476,13 @@ fn after_take<T>(stages: &[Stage<T>], stage: usize, count: u32) -> Option<(usize
 
 impl<T: Clone> Pattern<T> {
     fn named(&self, events: &[(usize, Timestamp, T)]) -> Vec<(String, Timestamp, T)> {
+        self.named_owned(events.to_vec())
+    }
+
+    fn named_owned(&self, events: Vec<(usize, Timestamp, T)>) -> Vec<(String, Timestamp, T)> {
         events
-            .iter()
-            .map(|(s, ts, e)| (self.stages[*s].name.clone(), *ts, e.clone()))
+            .into_iter()
+            .map(|(s, ts, e)| (self.stages[s].name.clone(), ts, e))
             .collect()
     }
 
@@ -532,10 +536,12 @@ impl<T: Clone> Pattern<T> {
         self.expire(partials, ts.saturating_sub(1), report, out);
         let stages = &self.stages;
         let mut kept = Vec::with_capacity(partials.len() + 1);
-        let mut step = |events: &[(usize, Timestamp, T)],
+        let mut step = |events: Vec<(usize, Timestamp, T)>,
                         stage: usize,
                         count: u32,
                         kept: &mut Vec<Partial<T>>| {
+            let started = !events.is_empty();
+            let mut takes = Vec::new();
             let mut survivor = None;
             for q in closure(stages, stage, count) {
                 let Some((s, c)) = q else { break };
@@ -545,46 +551,57 @@ impl<T: Clone> Pattern<T> {
                     continue;
                 }
                 if (st.condition)(event) {
-                    let mut taken = events.to_vec();
-                    taken.push((s, ts, event.clone()));
-                    let next = after_take(stages, s, c + 1);
-                    let done = next.is_none_or(|(s2, c2)| complete(stages, s2, c2));
-                    if done {
-                        out.push((
-                            ts,
-                            CepOutput::Matched(Match {
-                                events: self.named(&taken),
-                            }),
-                        ));
+                    takes.push((s, c));
+                } else if survivor.is_none() && st.skips(c) == Contiguity::Relaxed && started {
+                    survivor = Some((s, c));
+                }
+            }
+            // The events are copied only for a take that is not the last use of them.
+            let mut events = Some(events);
+            let last = takes.len();
+            for (i, (s, c)) in takes.into_iter().enumerate() {
+                let mut taken = match events.take() {
+                    Some(e) if i + 1 == last && survivor.is_none() => e,
+                    Some(e) => {
+                        let copy = e.clone();
+                        events = Some(e);
+                        copy
                     }
-                    if let Some((s2, c2)) = next {
+                    None => Vec::new(),
+                };
+                taken.push((s, ts, event.clone()));
+                match after_take(stages, s, c + 1) {
+                    Some((s2, c2)) => {
+                        if complete(stages, s2, c2) {
+                            let events = self.named(&taken);
+                            out.push((ts, CepOutput::Matched(Match { events })));
+                        }
                         kept.push(Partial {
                             stage: s2,
                             count: c2,
                             events: taken,
                         });
                     }
-                } else if survivor.is_none()
-                    && st.skips(c) == Contiguity::Relaxed
-                    && !events.is_empty()
-                {
-                    survivor = Some((s, c));
+                    None => {
+                        let events = self.named_owned(taken);
+                        out.push((ts, CepOutput::Matched(Match { events })));
+                    }
                 }
             }
-            survivor
-        };
-        for p in partials.drain(..) {
-            if let Some((stage, count)) = step(&p.events, p.stage, p.count, &mut kept) {
+            if let (Some((stage, count)), Some(events)) = (survivor, events) {
                 kept.push(Partial {
                     stage,
                     count,
-                    events: p.events,
+                    events,
                 });
             }
+        };
+        for p in partials.drain(..) {
+            step(p.events, p.stage, p.count, &mut kept);
         }
         // Every event fitting the first stage (or, past optional first stages, a later
         // one) starts a partial match.
-        step(&[], 0, 0, &mut kept);
+        step(Vec::new(), 0, 0, &mut kept);
         *partials = kept;
     }
 }
