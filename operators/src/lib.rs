@@ -4,7 +4,11 @@
 //!   and the [`Aggregator`] trait for your own;
 //! - [`window`]: event-time windows (tumbling, sliding, session). **Windows fire in
 //!   [`window::aligned`] and [`window::session`]**, when the watermark reaches `end - 1`;
-//! - [`process`]: a keyed function with per-key state, for logic that is not a window.
+//! - [`process`]: a keyed function with per-key state, for logic that is not a window;
+//! - [`join`]: interval, temporal and window joins (tumbling, sliding, session; co-group);
+//! - [`cep`]: sequence patterns per key with a timeout output;
+//! - [`topn`] and [`continuous_topn`]: top-N per window, and over running aggregates as a
+//!   changelog; [`dedup`]: drop repeated ids within a TTL.
 //!
 //! Each family adds an extension trait to the engine's [`weir_engine::KeyedStream`], so a
 //! job reads as one chain:
