@@ -7,15 +7,14 @@
 // Helpers here set up fixtures; a failing setup should panic the test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::checkpointed::{self, committed_rows, in_progress_files, sorted_lines, Flaky};
 use serde::{Deserialize, Serialize};
-use weir_engine::{
-    BoxError, CheckpointConfig, Resume, RunOptions, RunSummary, Source, SourceStatus, StateConfig,
-};
+use weir_engine::{CheckpointConfig, Resume, RunOptions, RunSummary, StateConfig};
 use weir_jobs::prelude::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,43 +30,6 @@ struct Row {
     start: i64,
     count: u64,
     sum: i64,
-}
-
-/// A file source that fails once it has returned `fail_after` events (a crash in the
-/// middle of the input), and is a little slow so that checkpoints happen on the way.
-struct Flaky {
-    inner: FileSource<Json<Ev>>,
-    returned: Arc<AtomicU64>,
-    fail_after: Option<u64>,
-}
-
-impl Source for Flaky {
-    type Item = Ev;
-
-    fn poll_batch(&mut self, out: &mut Vec<Ev>, max: usize) -> Result<SourceStatus, BoxError> {
-        std::thread::sleep(Duration::from_micros(300));
-        let before = out.len();
-        let status = self.inner.poll_batch(out, max.min(256))?;
-        let total = self
-            .returned
-            .fetch_add((out.len() - before) as u64, Ordering::SeqCst);
-        if self.fail_after.is_some_and(|n| total >= n) {
-            return Err("simulated crash".into());
-        }
-        Ok(status)
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
-        self.inner.position()
-    }
-
-    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
-        self.inner.seek(position)
-    }
 }
 
 fn write_input(path: &Path, events: i64, salt: i64) {
@@ -115,11 +77,7 @@ impl Setup {
                 job.metrics().dead_letters(name),
             );
             let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default(), dead);
-            let flaky = Flaky {
-                inner,
-                returned: Arc::new(AtomicU64::new(0)),
-                fail_after,
-            };
+            let flaky = Flaky::new(inner, fail_after);
             job.source(name, flaky)
                 .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))
         };
@@ -164,45 +122,8 @@ impl Setup {
     }
 }
 
-fn sorted_lines(text: &str) -> Vec<String> {
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
-
-/// The committed rows of a part-file directory (what a reader sees), sorted.
-fn committed_rows(dir: &Path) -> Vec<String> {
-    let mut text = String::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        if name.starts_with("part-") {
-            text.push_str(&std::fs::read_to_string(dir.join(name)).unwrap());
-        }
-    }
-    sorted_lines(&text)
-}
-
-/// Files a finished job must not leave behind: uncommitted parts.
-fn in_progress_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".inprogress"))
-        .collect()
-}
-
 fn complete_checkpoints(setup: &Setup) -> usize {
-    let root = setup.state_dir().join("union-counts/checkpoints");
-    std::fs::read_dir(root)
-        .map(|entries| {
-            entries
-                .filter(|e| {
-                    e.as_ref()
-                        .is_ok_and(|e| e.path().join("_manifest").is_file())
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    checkpointed::complete_checkpoints(&setup.state_dir().join("union-counts/checkpoints"))
 }
 
 fn crash_then_resume(first: usize, second: usize) {

@@ -19,7 +19,13 @@ fn jobs_lists_the_bundled_jobs() -> TestResult {
         .collect();
     assert_eq!(
         names,
-        ["window-agg", "order-analytics", "saga-monitor", "nexmark"]
+        [
+            "window-agg",
+            "order-analytics",
+            "saga-monitor",
+            "nexmark",
+            "operators"
+        ]
     );
     Ok(())
 }

@@ -501,6 +501,11 @@ where
         &self.stream
     }
 
+    /// The key function (for operators that re-key the stream themselves).
+    pub fn key_fn(&self) -> KF {
+        self.key.clone()
+    }
+
     /// Applies a keyed operator made by `factory`, one instance per worker. Its results
     /// keep the event time the operator gives them.
     pub fn process<F>(self, name: &str, detail: String, factory: F) -> Stream<F::Out>

@@ -27,6 +27,7 @@ pub mod bench;
 pub mod cli;
 pub mod generate;
 pub mod nexmark;
+pub mod operator_bench;
 pub mod options;
 pub mod order_analytics;
 pub mod output;

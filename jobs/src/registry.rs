@@ -49,6 +49,11 @@ impl Registry {
                 crate::saga_monitor::build,
             )
             .job("nexmark", crate::nexmark::ABOUT, crate::nexmark::build)
+            .job(
+                "operators",
+                crate::operator_bench::ABOUT,
+                crate::operator_bench::build,
+            )
     }
 
     /// Adds a job.

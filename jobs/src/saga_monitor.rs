@@ -81,50 +81,48 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         .followed_by(paid)
         .where_(move |e: &SagaEvent| e.step == paid)
         .within(deadline);
-    job.source(
-        "events",
-        FileSource::new(
-            input,
-            opts.input_format(),
-            Json::<SagaEvent>::default(),
-            dead,
+    let (completed, timed_out) = job
+        .source(
+            "events",
+            FileSource::new(
+                input,
+                opts.input_format(),
+                Json::<SagaEvent>::default(),
+                dead,
+            )
+            .follow(opts.follow),
         )
-        .follow(opts.follow),
-    )
-    .timestamps(
-        |e: &SagaEvent| e.ts,
-        Watermarks::bounded(opts.watermark_delay_or(Duration::from_secs(2))),
-    )
-    .key_by(|e: &SagaEvent| e.order_id.clone())
-    .pattern(pattern)
-    .flat_map(outcome)
-    .sink("output", OutputSink::from_spec(opts.output.as_deref()));
+        .timestamps(
+            |e: &SagaEvent| e.ts,
+            Watermarks::bounded(opts.watermark_delay_or(Duration::from_secs(2))),
+        )
+        .key_by(|e: &SagaEvent| e.order_id.clone())
+        .pattern_with_timeouts(pattern);
+    // Completed sagas and timeouts (CEP's timeout output) go to the same file.
+    completed
+        .flat_map(completed_saga)
+        .union(timed_out.flat_map(timed_out_saga))
+        .sink("output", OutputSink::from_spec(opts.output.as_deref()));
     Ok(job)
 }
 
-/// The result line of a match or timeout.
-fn outcome(result: CepOutput<SagaEvent>) -> Option<SagaOutcome> {
-    Some(match result {
-        CepOutput::Matched { events } => {
-            let (first, last) = (events.first()?, events.last()?);
-            SagaOutcome::SagaCompleted {
-                order_id: first.2.order_id.clone(),
-                placed_ts: first.1,
-                latency_ms: last.1 - first.1,
-            }
-        }
-        CepOutput::TimedOut {
-            events,
-            missing,
-            deadline,
-        } => {
-            let first = events.first()?;
-            SagaOutcome::SagaTimedOut {
-                order_id: first.2.order_id.clone(),
-                placed_ts: first.1,
-                missing,
-                deadline,
-            }
-        }
+/// The result line of a match.
+fn completed_saga(m: Match<SagaEvent>) -> Option<SagaOutcome> {
+    let (first, last) = (m.events.first()?, m.events.last()?);
+    Some(SagaOutcome::SagaCompleted {
+        order_id: first.2.order_id.clone(),
+        placed_ts: first.1,
+        latency_ms: last.1 - first.1,
+    })
+}
+
+/// The result line of a timeout.
+fn timed_out_saga(t: TimedOut<SagaEvent>) -> Option<SagaOutcome> {
+    let first = t.events.first()?;
+    Some(SagaOutcome::SagaTimedOut {
+        order_id: first.2.order_id.clone(),
+        placed_ts: first.1,
+        missing: t.missing,
+        deadline: t.deadline,
     })
 }

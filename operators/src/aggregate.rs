@@ -38,6 +38,11 @@ pub trait Aggregator<T>: Clone + Send + 'static {
     fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) -> Result<(), AggregateError>;
     /// The result of an accumulator.
     fn finish(&self, acc: &Self::Acc) -> Self::Output;
+    /// The result of an accumulator that is not needed afterwards (a window merged from
+    /// panes): aggregates that collect events override it to move them instead of copying.
+    fn finish_owned(&self, acc: Self::Acc) -> Self::Output {
+        self.finish(&acc)
+    }
 }
 
 /// Combinators on aggregators.

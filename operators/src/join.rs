@@ -1,6 +1,6 @@
 //! Joins of two streams by key. **This is where joined pairs are emitted**:
-//! [`IntervalJoinOperator::process`] (interval join, as records arrive) and
-//! [`WindowJoinOperator::advance`] (window join, when a window fires).
+//! [`IntervalJoinOperator::process`] (interval join, as records arrive) and, for window
+//! joins, where windows fire ([`crate::window::aligned`], [`crate::window::session`]).
 //!
 //! Both inputs are tagged ([`Side`]), unioned and keyed, so one keyed operator sees both
 //! sides of a key in one place; its watermark is the minimum of the two inputs' (the
@@ -29,11 +29,19 @@
 //! own event time. Versions older than the watermark are compacted to the one still valid.
 //!
 //! # Window join
-//! `left.window_join(right, lk, rk, Tumbling::of(..))` pairs every `a` with every `b` of
-//! the same key in the same tumbling window, when the window fires (`end - 1` reached by
-//! the watermark), with event time `end - 1`.
+//! `left.window_join(right, lk, rk, spec)` pairs every `a` with every `b` of the same key
+//! in the same window, when the window fires (`end - 1` reached by the watermark), with
+//! event time `end - 1`; `window_cogroup` hands both sides' contents of the window to a
+//! user function instead. `spec` is [`Tumbling`](crate::Tumbling), [`Sliding`](crate::Sliding) or
+//! [`Session`](crate::Session): the join *is* the window operator (its assigners, panes,
+//! session merging, firing and state) with an aggregate that collects both sides
+//! ([`BothSides`]), so it has exactly the windows' semantics: a sliding window holds an
+//! element once per pane, not once per window; a session of a key is formed by the
+//! elements of **both** sides (a left element can bridge two right ones), and fires when
+//! the merged session's `end - 1` is reached. Lateness is the windows' (allowed lateness
+//! 0): an element is late, dropped and counted in `weir_late_events_total` when every
+//! window it belongs to has fired (session: its merged session would already be due).
 
-use std::collections::BTreeSet;
 use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
@@ -42,13 +50,14 @@ use weir_engine::keys::StableHash;
 use weir_engine::metrics::Counter;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::{
-    Data, Keyed, KeyedOperator, MapState, Namespaced, OperatorContext, Output, Record,
-    StateBackend, StateKey, StateValue, Stream, Timestamp,
+    Data, Keyed, KeyedOperator, MapState, OperatorContext, Output, Record, StateBackend, StateKey,
+    StateValue, Stream, Timestamp,
 };
 
+use crate::aggregate::{AggregateError, Aggregator};
 use crate::snapshot::{restored_watermark, save_watermark};
 use crate::time_order::{insert_by_time, take_due, upto, TimeOrdered};
-use crate::window::{window_start, Timers, Tumbling, Window};
+use crate::window::{Timers, Window, WindowExt, WindowSpec};
 
 /// An element of one of the two inputs of a join.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,17 +129,34 @@ pub trait JoinExt<A> {
         RK: Fn(&B) -> K + Clone + Send + 'static,
         VF: Fn(&B) -> Option<V> + Clone + Send + 'static;
 
-    /// Window join over tumbling windows (see the module docs).
+    /// Window join over tumbling, sliding or session windows (see the module docs): every
+    /// left element paired with every right element of the same key and window.
     fn window_join<B, K, LK, RK>(
         self,
         right: Stream<B>,
         left_key: LK,
         right_key: RK,
-        window: Tumbling,
+        window: impl Into<WindowSpec>,
     ) -> Stream<WindowPair<A, B>>
     where
         B: StateValue + Data,
-        K: StateKey + StableHash + Data + Ord,
+        K: StateKey + StableHash + Data,
+        LK: Fn(&A) -> K + Clone + Send + 'static,
+        RK: Fn(&B) -> K + Clone + Send + 'static;
+
+    /// Both sides' contents of each key and window when it fires, for a user function over
+    /// them (`.map(..)` / `.flat_map(..)` on the result); a window with elements on only one
+    /// side comes too, with the other side empty.
+    fn window_cogroup<B, K, LK, RK>(
+        self,
+        right: Stream<B>,
+        left_key: LK,
+        right_key: RK,
+        window: impl Into<WindowSpec>,
+    ) -> Stream<CoGrouped<K, A, B>>
+    where
+        B: StateValue + Data,
+        K: StateKey + StableHash + Data,
         LK: Fn(&A) -> K + Clone + Send + 'static,
         RK: Fn(&B) -> K + Clone + Send + 'static;
 }
@@ -223,24 +249,31 @@ impl<A: StateValue + Data> JoinExt<A> for Stream<A> {
         right: Stream<B>,
         left_key: LK,
         right_key: RK,
-        window: Tumbling,
+        window: impl Into<WindowSpec>,
     ) -> Stream<WindowPair<A, B>>
     where
         B: StateValue + Data,
-        K: StateKey + StableHash + Data + Ord,
+        K: StateKey + StableHash + Data,
         LK: Fn(&A) -> K + Clone + Send + 'static,
         RK: Fn(&B) -> K + Clone + Send + 'static,
     {
-        tagged(self, right)
-            .key_by(side_key(left_key, right_key))
-            .process(
-                "window-join",
-                format!("tumbling {} ms", window.size()),
-                WindowJoinFactory {
-                    window,
-                    _types: PhantomData,
-                },
-            )
+        cogroup(self, right, left_key, right_key, window.into()).flat_map(CoGrouped::pairs)
+    }
+
+    fn window_cogroup<B, K, LK, RK>(
+        self,
+        right: Stream<B>,
+        left_key: LK,
+        right_key: RK,
+        window: impl Into<WindowSpec>,
+    ) -> Stream<CoGrouped<K, A, B>>
+    where
+        B: StateValue + Data,
+        K: StateKey + StableHash + Data,
+        LK: Fn(&A) -> K + Clone + Send + 'static,
+        RK: Fn(&B) -> K + Clone + Send + 'static,
+    {
+        cogroup(self, right, left_key, right_key, window.into())
     }
 }
 
@@ -703,185 +736,118 @@ where
 
 // ---------------------------------------------------------------- window join
 
-struct WindowJoinFactory<K, A, B> {
-    window: Tumbling,
-    _types: PhantomData<fn(K, A) -> B>,
+/// The contents of one key's window on both sides, when the window fired (a window join's
+/// co-group): what a user function over both sides receives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoGrouped<K, A, B> {
+    /// The key.
+    pub key: K,
+    /// The window.
+    pub window: Window,
+    /// The left elements in the window; their order is not specified (aligned windows:
+    /// pane by pane, each in arrival order; sessions: in the order sessions merged).
+    pub left: Vec<A>,
+    /// The right elements in the window.
+    pub right: Vec<B>,
 }
 
-impl<K: StateKey + Data + Ord, A: StateValue + Data, B: StateValue + Data> OperatorFactory
-    for WindowJoinFactory<K, A, B>
-{
-    type Key = K;
-    type In = Side<A, B>;
-    type Out = WindowPair<A, B>;
-    type Operator<S: StateBackend> = WindowJoinOperator<S, K, A, B>;
+impl<K, A: Clone, B: Clone> CoGrouped<K, A, B> {
+    /// Every left element paired with every right element (none if a side is empty).
+    pub fn pairs(self) -> Vec<WindowPair<A, B>> {
+        let window = self.window;
+        let mut pairs = Vec::with_capacity(self.left.len() * self.right.len());
+        for a in &self.left {
+            for b in &self.right {
+                pairs.push(WindowPair {
+                    window,
+                    left: a.clone(),
+                    right: b.clone(),
+                });
+            }
+        }
+        pairs
+    }
+}
 
-    fn create<S: StateBackend>(
-        &self,
-        ctx: &OperatorContext,
-        mut state: S,
-    ) -> Result<Self::Operator<S>, BoxError> {
-        Ok(WindowJoinOperator {
-            size: self.window.size(),
-            offset: self.window.offset(),
-            contents: state.map_state("window-join-contents")?,
-            due: BTreeSet::new(),
-            watermark: Timestamp::MIN,
-            late: ctx.metrics.late_events.clone(),
+/// The "aggregate" of a window join: collects each side's elements. Panes and merged
+/// sessions concatenate, so the window operator's assigners, merging, firing, lateness and
+/// state handling apply to joins unchanged.
+struct BothSides<A, B>(PhantomData<fn() -> (A, B)>);
+
+impl<A, B> Clone for BothSides<A, B> {
+    fn clone(&self) -> Self {
+        BothSides(PhantomData)
+    }
+}
+
+impl<A: StateValue + Data, B: StateValue + Data> Aggregator<Side<A, B>> for BothSides<A, B> {
+    type Acc = (Vec<A>, Vec<B>);
+    type Output = (Vec<A>, Vec<B>);
+
+    fn create(&self) -> Self::Acc {
+        (Vec::new(), Vec::new())
+    }
+
+    fn add(&self, acc: &mut Self::Acc, event: &Side<A, B>) -> Result<(), AggregateError> {
+        match event {
+            Side::Left(a) => acc.0.push(a.clone()),
+            Side::Right(b) => acc.1.push(b.clone()),
+        }
+        Ok(())
+    }
+
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) -> Result<(), AggregateError> {
+        acc.0.extend_from_slice(&other.0);
+        acc.1.extend_from_slice(&other.1);
+        Ok(())
+    }
+
+    fn finish(&self, acc: &Self::Acc) -> Self::Output {
+        acc.clone()
+    }
+
+    fn finish_owned(&self, acc: Self::Acc) -> Self::Output {
+        acc
+    }
+}
+
+fn cogroup<A, B, K, LK, RK>(
+    left: Stream<A>,
+    right: Stream<B>,
+    left_key: LK,
+    right_key: RK,
+    window: WindowSpec,
+) -> Stream<CoGrouped<K, A, B>>
+where
+    A: StateValue + Data,
+    B: StateValue + Data,
+    K: StateKey + StableHash + Data,
+    LK: Fn(&A) -> K + Clone + Send + 'static,
+    RK: Fn(&B) -> K + Clone + Send + 'static,
+{
+    tagged(left, right)
+        .key_by(side_key(left_key, right_key))
+        .window(window)
+        .aggregate(BothSides(PhantomData))
+        .map(|r| CoGrouped {
+            key: r.key,
+            window: r.window,
+            left: r.value.0,
+            right: r.value.1,
         })
-    }
-}
-
-/// The elements of one key in one window, by side.
-type WindowContents<A, B> = (Vec<A>, Vec<B>);
-
-/// One worker of a window join.
-pub struct WindowJoinOperator<S: StateBackend, K: StateKey, A: StateValue, B: StateValue> {
-    size: i64,
-    offset: i64,
-    contents: S::Map<Namespaced<K, Timestamp>, WindowContents<A, B>>,
-    /// Open windows by `(start, key)`; all windows have the same size.
-    due: BTreeSet<(Timestamp, Namespaced<K, Timestamp>)>,
-    watermark: Timestamp,
-    late: Counter,
-}
-
-impl<S: StateBackend, K: StateKey, A: StateValue, B: StateValue> std::fmt::Debug
-    for WindowJoinOperator<S, K, A, B>
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WindowJoinOperator")
-            .field("size", &self.size)
-            .field("open", &self.due.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, K, A, B> WindowJoinOperator<S, K, A, B>
-where
-    S: StateBackend,
-    K: StateKey + Data + Ord,
-    A: StateValue + Data,
-    B: StateValue + Data,
-{
-    /// Fires every window with `end - 1 <= watermark`: all pairs of its two sides.
-    fn advance(
-        &mut self,
-        watermark: Timestamp,
-        out: &mut Output<WindowPair<A, B>>,
-    ) -> Result<(), BoxError> {
-        self.watermark = self.watermark.max(watermark);
-        while let Some((start, _)) = self.due.first() {
-            let end = start.saturating_add(self.size);
-            if end - 1 > self.watermark {
-                break;
-            }
-            let Some((_, slot)) = self.due.pop_first() else {
-                break;
-            };
-            let Some((lefts, rights)) = self.contents.take(&slot)? else {
-                continue;
-            };
-            let window = Window {
-                start: slot.namespace,
-                end,
-            };
-            for a in &lefts {
-                for b in &rights {
-                    out.emit(
-                        end - 1,
-                        WindowPair {
-                            window,
-                            left: a.clone(),
-                            right: b.clone(),
-                        },
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<S, K, A, B> KeyedOperator for WindowJoinOperator<S, K, A, B>
-where
-    S: StateBackend,
-    K: StateKey + Data + Ord,
-    A: StateValue + Data,
-    B: StateValue + Data,
-{
-    type Key = K;
-    type In = Side<A, B>;
-    type Out = WindowPair<A, B>;
-
-    fn process(
-        &mut self,
-        records: Vec<Record<Keyed<K, Side<A, B>>>>,
-        out: &mut Output<WindowPair<A, B>>,
-    ) -> Result<(), BoxError> {
-        let mut late = 0;
-        for r in records {
-            if r.watermark > self.watermark {
-                self.advance(r.watermark, out)?;
-            }
-            let start = window_start(r.ts, self.size, self.offset);
-            if start.saturating_add(self.size) - 1 <= self.watermark {
-                late += 1;
-                continue;
-            }
-            let slot = Namespaced {
-                key: r.value.key,
-                namespace: start,
-            };
-            self.contents
-                .update(&slot, WindowContents::default, |(lefts, rights)| {
-                    match r.value.value {
-                        Side::Left(a) => lefts.push(a),
-                        Side::Right(b) => rights.push(b),
-                    }
-                })?;
-            self.due.insert((start, slot));
-        }
-        self.late.inc_by(late);
-        Ok(())
-    }
-
-    fn on_watermark(
-        &mut self,
-        watermark: Timestamp,
-        out: &mut Output<WindowPair<A, B>>,
-    ) -> Result<(), BoxError> {
-        // The runner forwards the watermark after this.
-        self.advance(watermark, out)
-    }
-
-    fn state_entries(&self) -> usize {
-        self.due.len()
-    }
-
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        self.contents.flush()?;
-        save_watermark(self.watermark)
-    }
-
-    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        self.watermark = restored_watermark(snapshots)?;
-        let due = &mut self.due;
-        self.contents.scan(|slot, _| {
-            due.insert((slot.namespace, slot));
-        })?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use std::collections::BTreeSet;
+
     use weir_engine::{Job, RunOptions, StateConfig, Watermarks};
 
     use super::*;
     use crate::test_support::{sorted, Collect, VecSource};
+    use crate::window::{Session, Sliding, Tumbling};
 
     /// `(ts, key, id)`.
     type Ev = (i64, u32, u32);
@@ -1024,34 +990,260 @@ mod tests {
         }
     }
 
-    #[test]
-    fn window_join_pairs_the_elements_of_a_key_in_the_same_window() {
+    /// Pairs `(window start, a, b)` of the same key whose windows, given by `windows` for
+    /// the key's elements of both sides, contain both.
+    fn window_pairs(windows: impl Fn(&[i64]) -> Vec<(i64, i64)>) -> Vec<(i64, Ev, Ev)> {
         let (lefts, rights) = (events(600, 1), events(500, 2));
-        let window = |ts: i64| ts - ts.rem_euclid(100);
         let mut expected = Vec::new();
-        for a in &lefts {
-            for b in &rights {
-                if a.1 == b.1 && window(a.0) == window(b.0) {
-                    expected.push((window(a.0), *a, *b));
+        for key in 0..5 {
+            let times: Vec<i64> = lefts
+                .iter()
+                .chain(&rights)
+                .filter(|e| e.1 == key)
+                .map(|e| e.0)
+                .collect();
+            for (start, end) in windows(&times) {
+                let inside = |e: &&Ev| e.1 == key && start <= e.0 && e.0 < end;
+                for a in lefts.iter().filter(inside) {
+                    for b in rights.iter().filter(inside) {
+                        expected.push((start, *a, *b));
+                    }
                 }
             }
         }
         expected.sort();
-        for (p, rocksdb) in SETUPS {
-            let actual = run(
-                |l, r| {
-                    l.window_join(
-                        r,
-                        |a: &Ev| a.1,
-                        |b: &Ev| b.1,
-                        Tumbling::of(Duration::from_millis(100)),
-                    )
+        expected
+    }
+
+    fn run_window_join(spec: WindowSpec, p: usize, rocksdb: bool) -> Vec<(i64, Ev, Ev)> {
+        run(
+            |l, r| {
+                l.window_join(r, |a: &Ev| a.1, |b: &Ev| b.1, spec)
                     .map(|pair| (pair.window.start, pair.left, pair.right))
-                },
-                p,
-                rocksdb,
+            },
+            p,
+            rocksdb,
+        )
+    }
+
+    #[test]
+    fn tumbling_window_join_pairs_the_elements_of_a_key_in_the_same_window() {
+        let expected = window_pairs(|times| {
+            let starts: BTreeSet<i64> = times.iter().map(|t| t - t.rem_euclid(100)).collect();
+            starts.into_iter().map(|s| (s, s + 100)).collect()
+        });
+        assert!(expected.len() > 200, "{} pairs", expected.len());
+        for (p, rocksdb) in SETUPS {
+            let spec = Tumbling::of(Duration::from_millis(100)).into();
+            assert_eq!(
+                run_window_join(spec, p, rocksdb),
+                expected,
+                "P={p} rocksdb={rocksdb}"
             );
-            assert_eq!(actual, expected, "P={p} rocksdb={rocksdb}");
         }
+    }
+
+    #[test]
+    fn sliding_window_join_pairs_per_window_each_window_a_pair_is_in() {
+        // Size 100, slide 40: windows start at multiples of 40 (not a divisor of 100, so
+        // panes are 20 ms); a pair is emitted once for every window holding both elements.
+        let expected = window_pairs(|times| {
+            let mut windows = BTreeSet::new();
+            for t in times {
+                let mut s = t - t.rem_euclid(40);
+                while s + 100 > *t {
+                    windows.insert((s, s + 100));
+                    s -= 40;
+                }
+            }
+            windows.into_iter().collect()
+        });
+        let tumbling_pairs = window_pairs(|times| {
+            let starts: BTreeSet<i64> = times.iter().map(|t| t - t.rem_euclid(100)).collect();
+            starts.into_iter().map(|s| (s, s + 100)).collect()
+        });
+        assert!(expected.len() > 2 * tumbling_pairs.len());
+        for (p, rocksdb) in SETUPS {
+            let spec = Sliding::of(Duration::from_millis(100), Duration::from_millis(40)).into();
+            assert_eq!(
+                run_window_join(spec, p, rocksdb),
+                expected,
+                "P={p} rocksdb={rocksdb}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_window_join_forms_sessions_from_both_sides() {
+        // Gap 15: a key's elements of either side closer than (or exactly) 15 ms apart are
+        // in one session [first, last + 15).
+        let expected = window_pairs(|times| {
+            let mut sorted = times.to_vec();
+            sorted.sort();
+            let mut sessions: Vec<(i64, i64)> = Vec::new();
+            for t in sorted {
+                match sessions.last_mut() {
+                    Some(last) if t <= last.1 => last.1 = last.1.max(t + 15),
+                    _ => sessions.push((t, t + 15)),
+                }
+            }
+            sessions
+        });
+        assert!(expected.len() > 200, "{} pairs", expected.len());
+        for (p, rocksdb) in SETUPS {
+            let spec = Session::with_gap(Duration::from_millis(15)).into();
+            assert_eq!(
+                run_window_join(spec, p, rocksdb),
+                expected,
+                "P={p} rocksdb={rocksdb}"
+            );
+        }
+    }
+
+    /// A fired window: `(start, end, left ids, right ids)`.
+    type Fired = (i64, i64, Vec<u32>, Vec<u32>);
+
+    /// Runs a cogroup of `lefts` and `rights` (each its own source, in time order, so
+    /// nothing is late however the inputs interleave) at P = 1; returns `(start, end, left
+    /// ids, right ids)` per fired window.
+    fn cogroup_once(spec: WindowSpec, lefts: Vec<Ev>, rights: Vec<Ev>) -> Vec<Fired> {
+        let job = Job::new("cogroup");
+        let timed = |name: &str, evs: Vec<Ev>| {
+            job.source(name, VecSource(evs))
+                .timestamps(|e| e.0, Watermarks::bounded(Duration::from_millis(10)))
+        };
+        let (sink, seen) = Collect::new();
+        timed("left", lefts)
+            .window_cogroup(timed("right", rights), |a: &Ev| a.1, |b: &Ev| b.1, spec)
+            .map(|g| {
+                // The order within a side is not specified (merged sessions): sort.
+                let ids = |side: &[Ev]| {
+                    let mut ids: Vec<u32> = side.iter().map(|e| e.2).collect();
+                    ids.sort();
+                    ids
+                };
+                (g.window.start, g.window.end, ids(&g.left), ids(&g.right))
+            })
+            .sink("out", sink);
+        job.run(&RunOptions::default()).expect("the job runs");
+        sorted(&seen)
+    }
+
+    #[test]
+    fn cogroup_hands_over_one_sided_windows_and_sessions_span_both_sides() {
+        // Left 1 and right 2 share [0,100); left 3 is alone in [200,300) (an empty right
+        // side, so a join would emit nothing for it).
+        let tumbling = Tumbling::of(Duration::from_millis(100)).into();
+        let lefts = vec![(10, 0, 1), (250, 0, 3), (300, 0, 6)];
+        let rights = vec![(20, 0, 2), (400, 0, 5)];
+        assert_eq!(
+            cogroup_once(tumbling, lefts, rights),
+            vec![
+                (0, 100, vec![1], vec![2]),
+                (200, 300, vec![3], vec![]),
+                (300, 400, vec![6], vec![]),
+                (400, 500, vec![], vec![5]),
+            ]
+        );
+        // A session joins across sides: left 1 at 0 and left 3 at 40 (gap 25) are bridged
+        // by right 2 at 20, so all three share one session [0, 65).
+        let session = Session::with_gap(Duration::from_millis(25)).into();
+        assert_eq!(
+            cogroup_once(session, vec![(0, 0, 1), (40, 0, 3)], vec![(20, 0, 2)]),
+            vec![(0, 65, vec![1, 3], vec![2])]
+        );
+        // Without the bridge they are two sessions, each one-sided.
+        assert_eq!(
+            cogroup_once(session, vec![(0, 0, 1), (40, 0, 3)], vec![]),
+            vec![(0, 25, vec![1], vec![]), (40, 65, vec![3], vec![])]
+        );
+    }
+
+    /// Feeds `(ts, watermark before it, side)` to one window-join operator instance and
+    /// returns `(start, end, left ids, right ids)` per fired window and the late count.
+    fn join_operator(spec: WindowSpec, input: &[(i64, i64, Side<u32, u32>)]) -> (Vec<Fired>, u64) {
+        use weir_engine::MemoryBackend;
+        let ctx = crate::test_support::operator_context("window");
+        let factory = crate::window::WindowFactory::<u8, Side<u32, u32>, _>::plain(
+            spec,
+            BothSides(PhantomData),
+        );
+        let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+        let mut out = Output::default();
+        for (ts, watermark, side) in input {
+            let value = Keyed {
+                key: 0,
+                value: side.clone(),
+            };
+            let record = Record {
+                ts: *ts,
+                watermark: *watermark,
+                value,
+            };
+            op.process(vec![record], &mut out).expect("process");
+        }
+        op.on_watermark(i64::MAX, &mut out).expect("watermark");
+        let mut rows: Vec<_> = out
+            .take()
+            .into_iter()
+            .map(|r| {
+                let (l, r2) = r.value.value;
+                (r.value.window.start, r.value.window.end, l, r2)
+            })
+            .collect();
+        rows.sort();
+        (rows, ctx.metrics.late_events.get())
+    }
+
+    #[test]
+    fn window_join_drops_and_counts_elements_of_fired_windows() {
+        const MIN: i64 = i64::MIN;
+        // Watermark 150 fired [0,100): right 4 at ts 5 is late; right 7 at 150 is not.
+        let (rows, late) = join_operator(
+            Tumbling::of(Duration::from_millis(100)).into(),
+            &[
+                (10, MIN, Side::Left(1)),
+                (20, MIN, Side::Right(2)),
+                (400, 0, Side::Right(5)),
+                (5, 150, Side::Right(4)),
+                (150, 150, Side::Right(7)),
+            ],
+        );
+        assert_eq!(
+            rows,
+            vec![
+                (0, 100, vec![1], vec![2]),
+                (100, 200, vec![], vec![7]),
+                (400, 500, vec![], vec![5]),
+            ]
+        );
+        assert_eq!(late, 1);
+        // Sliding 100/50: at watermark 120, ts 60 is late for [0,100) but still joins
+        // [50,150); ts 40 (windows [-50,50) and [0,100), both fired) is late.
+        let (rows, late) = join_operator(
+            Sliding::of(Duration::from_millis(100), Duration::from_millis(50)).into(),
+            &[
+                (70, MIN, Side::Left(1)),
+                (60, 120, Side::Right(2)),
+                (40, 120, Side::Right(3)),
+            ],
+        );
+        assert_eq!(
+            rows,
+            vec![(0, 100, vec![1], vec![]), (50, 150, vec![1], vec![2])]
+        );
+        assert_eq!(late, 1);
+        // Session gap 10 at watermark 30: right 2 at 15 touches the open session of left 1
+        // at 25 ([25,35)), so it joins it; right 3 at 2 ([2,12), due) touches nothing open.
+        let (rows, late) = join_operator(
+            Session::with_gap(Duration::from_millis(10)).into(),
+            &[
+                (25, MIN, Side::Left(1)),
+                (15, 30, Side::Right(2)),
+                (2, 30, Side::Right(3)),
+            ],
+        );
+        assert_eq!(rows, vec![(15, 35, vec![1], vec![2])]);
+        assert_eq!(late, 1);
     }
 }

@@ -4,7 +4,11 @@
 //!   and the [`Aggregator`] trait for your own;
 //! - [`window`]: event-time windows (tumbling, sliding, session). **Windows fire in
 //!   [`window::aligned`] and [`window::session`]**, when the watermark reaches `end - 1`;
-//! - [`process`]: a keyed function with per-key state, for logic that is not a window.
+//! - [`process`]: a keyed function with per-key state, for logic that is not a window;
+//! - [`join`]: interval, temporal and window joins (tumbling, sliding, session; co-group);
+//! - [`cep`]: sequence patterns per key with a timeout output;
+//! - [`topn`] and [`continuous_topn`]: top-N per window, and over running aggregates as a
+//!   changelog; [`dedup`]: drop repeated ids within a TTL.
 //!
 //! Each family adds an extension trait to the engine's [`weir_engine::KeyedStream`], so a
 //! job reads as one chain:
@@ -43,6 +47,7 @@
 
 pub mod aggregate;
 pub mod cep;
+pub mod continuous_topn;
 pub mod dedup;
 pub mod join;
 pub mod process;
@@ -57,9 +62,10 @@ pub use aggregate::{
     AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
     Sum,
 };
-pub use cep::{CepExt, CepOutput, Pattern};
+pub use cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
+pub use continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
 pub use dedup::{DedupExt, KeyedDedupExt};
-pub use join::{JoinExt, Side, WindowPair};
+pub use join::{CoGrouped, JoinExt, Side, WindowPair};
 pub use process::ProcessExt;
 pub use topn::{Ranked, TopNExt};
 pub use window::{
@@ -70,9 +76,10 @@ pub use window::{
 /// Everything a job definition usually needs.
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
-    pub use crate::cep::{CepExt, CepOutput, Pattern};
+    pub use crate::cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
+    pub use crate::continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
-    pub use crate::join::{JoinExt, WindowPair};
+    pub use crate::join::{CoGrouped, JoinExt, WindowPair};
     pub use crate::process::ProcessExt;
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec};

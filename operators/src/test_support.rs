@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use weir_engine::{BoxError, Data, Record, Sink, Source, SourceStatus};
+use weir_engine::{
+    BoxError, Data, JobMetrics, OperatorContext, Record, Sink, Source, SourceStatus,
+};
 
 /// Emits its items in one batch, then ends.
 pub(crate) struct VecSource<T>(pub(crate) Vec<T>);
@@ -48,4 +50,16 @@ pub(crate) fn sorted<T: Ord + Clone>(seen: &Arc<Mutex<Vec<T>>>) -> Vec<T> {
     let mut items = seen.lock().expect("not poisoned").clone();
     items.sort();
     items
+}
+
+/// The context of the only instance (P = 1, every key group) of an operator `name`, for
+/// tests that drive an operator directly; its metrics (late events) are live.
+pub(crate) fn operator_context(name: &str) -> OperatorContext {
+    OperatorContext {
+        name: name.into(),
+        instance: 0,
+        parallelism: 1,
+        key_groups: 0..128,
+        metrics: JobMetrics::new("test").operator(name, 0),
+    }
 }

@@ -164,7 +164,7 @@ where
 }
 
 /// Inserts `(key, value)` into `ranking` (best first, at most `n`) if it belongs there.
-fn insert_ranked<K: Ord, V, M: PartialOrd>(
+pub(crate) fn insert_ranked<K: Ord, V, M: PartialOrd>(
     ranking: &mut Vec<(K, V)>,
     n: usize,
     key: K,

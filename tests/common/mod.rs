@@ -6,6 +6,10 @@
 
 // Each test file uses only some of these helpers.
 #![allow(dead_code)]
+// Helpers here set up fixtures; a failing setup should panic the test.
+#![allow(clippy::unwrap_used)]
+
+pub(crate) mod checkpointed;
 
 use std::error::Error;
 use std::ffi::OsStr;

@@ -6,12 +6,19 @@
 //! that runs each time the clock has moved by the TTL (so the cost is amortized, and the
 //! table holds at most about two TTLs' worth of entries).
 //!
+//! A sweep visits only the keys written a TTL ago or earlier, found in an in-memory index
+//! of write times (bounded like the table: an entry per key and write time within about two
+//! TTLs); it never scans the table, whose deleted entries RocksDB would otherwise walk over
+//! again on every sweep until compaction. Entries the table held before this instance
+//! existed (restored from a checkpoint) are indexed by one full scan at the first sweep.
+//!
 //! # Which clock
 //! The owner of the table moves its clock ([`TtlMap::advance_time`]). weir's operators use
 //! event time (the watermark), as Flink's state TTL would with event time: a replay from a
 //! checkpoint then expires exactly the same entries, so results stay deterministic. Writes
 //! refresh the stamp; reads do not (Flink's `OnCreateAndWrite`).
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -36,6 +43,11 @@ pub struct TtlMap<K, V, M> {
     ttl: i64,
     now: Timestamp,
     next_sweep: Timestamp,
+    /// `(time written, key)` in time order (a key may be listed at several times; only the
+    /// entry's own stamp counts). Writes at the table's clock come in order: appended.
+    writes: VecDeque<(Timestamp, K)>,
+    /// Whether entries written before this instance are in `writes` (after a first sweep).
+    indexed: bool,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -48,6 +60,8 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
             ttl,
             now: MIN_WATERMARK,
             next_sweep: MIN_WATERMARK,
+            writes: VecDeque::new(),
+            indexed: false,
             _types: PhantomData,
         }
     }
@@ -78,22 +92,60 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
 
     /// Removes every expired entry now.
     pub fn sweep(&mut self) -> Result<usize, StateError> {
-        let mut expired = Vec::new();
         let (ttl, now) = (self.ttl, self.now);
-        self.inner.scan(|key, e| {
-            if !alive(&e, ttl, now) {
-                expired.push(key);
+        let mut removed = 0;
+        if !self.indexed {
+            let (mut expired, mut live) = (Vec::new(), Vec::new());
+            self.inner.scan(|key, e| {
+                if alive(&e, ttl, now) {
+                    live.push((e.written, key));
+                } else {
+                    expired.push(key);
+                }
+            })?;
+            for (written, key) in live {
+                self.note(key, written);
             }
-        })?;
-        for key in &expired {
-            self.inner.take(key)?;
+            for key in &expired {
+                self.inner.take(key)?;
+            }
+            self.indexed = true;
+            removed += expired.len();
         }
-        Ok(expired.len())
+        while let Some((written, _)) = self.writes.front() {
+            if written.saturating_add(ttl) > now {
+                break;
+            }
+            let Some((_, key)) = self.writes.pop_front() else {
+                break;
+            };
+            // Still expired? (It may have been written again, or removed.)
+            let expired = self
+                .inner
+                .read(&key, |e| e.is_some_and(|e| !alive(e, ttl, now)))?;
+            if expired {
+                self.inner.take(&key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Records that `key` was written at `written`.
+    fn note(&mut self, key: K, written: Timestamp) {
+        if self.writes.back().is_none_or(|(last, _)| *last <= written) {
+            self.writes.push_back((written, key));
+        } else {
+            // An explicit stamp in the past (`put_at`): keep the order.
+            let at = self.writes.partition_point(|(t, _)| *t <= written);
+            self.writes.insert(at, (written, key));
+        }
     }
 
     /// Stores `value` under `key` as if written at `written` (for example the event's own
     /// time) rather than at the table's current time.
     pub fn put_at(&mut self, key: K, value: V, written: Timestamp) -> Result<(), StateError> {
+        self.note(key.clone(), written);
         self.inner.put(key, Expiring { written, value })
     }
 
@@ -133,10 +185,16 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> MapState<K, V> for
             return Ok(None);
         }
         let now = self.now;
-        self.inner.modify(key, |e| {
-            e.written = now;
-            change(&mut e.value)
-        })
+        let (stamped, result) = self
+            .inner
+            .modify(key, |e| {
+                (std::mem::replace(&mut e.written, now), change(&mut e.value))
+            })?
+            .unzip();
+        if stamped.is_some_and(|before| before != now) {
+            self.note(key.clone(), now);
+        }
+        Ok(result)
     }
 
     fn update<R>(
@@ -154,17 +212,28 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> MapState<K, V> for
                 .take()
                 .map_or_else(|| unreachable!("init runs once"), |f| f()),
         };
-        self.inner.update(key, fresh, |e| {
+        // Whether a live entry already had this stamp (then it is indexed at it already).
+        let stamped_now = std::cell::Cell::new(false);
+        let result = self.inner.update(key, fresh, |e| {
             if !alive(e, ttl, now) {
                 *e = fresh();
+            } else {
+                stamped_now.set(e.written == now);
             }
             e.written = now;
             change(&mut e.value)
-        })
+        })?;
+        // `init` was used (a new or expired entry), or the stamp moved: a write to index.
+        let created = init.take().is_none();
+        if created || !stamped_now.get() {
+            self.note(key.clone(), now);
+        }
+        Ok(result)
     }
 
     fn put(&mut self, key: K, value: V) -> Result<(), StateError> {
         let stamped = self.stamp(value);
+        self.note(key.clone(), stamped.written);
         self.inner.put(key, stamped)
     }
 
@@ -236,6 +305,8 @@ mod tests {
         table.update(&k("b"), || 0, |v| *v += 1)?;
         table.advance_time(1_200)?;
         assert_eq!(table.get(&k("b"))?, Some(3));
+        // Entries created by `update` are swept too (the sweep finds them by write time).
+        table.update(&k("d"), || 5, |_| ())?;
         // An expired entry updated starts afresh.
         table.put(k("c"), 7)?;
         table.advance_time(1_400)?;

@@ -18,7 +18,7 @@ use weir_engine::error::BoxError;
 use weir_engine::metrics::Counter as IntCounter;
 use weir_engine::{Keyed, MapState, Output, Record, StateBackend, StateKey, Timestamp};
 
-use super::{prune, window_start, LateBuffer, Timers, Window, WindowResult};
+use super::{prune_prefix, window_start, LateBuffer, Timers, Window, WindowResult};
 use crate::aggregate::Aggregator;
 
 /// Pane accumulators of one key: `(pane start, accumulator)`, sorted by start.
@@ -227,8 +227,9 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         {
             let (slide, offset) = (self.slide, self.offset);
             for key in keys {
-                self.pane_count -= prune(&mut self.panes, &key, |(p, _)| {
-                    window_start(*p, slide, offset) > last_start
+                // The panes to drop are a prefix (sorted starts; `window_start` is monotonic).
+                self.pane_count -= prune_prefix(&mut self.panes, &key, |(p, _)| {
+                    window_start(*p, slide, offset) <= last_start
                 })?;
             }
         }
@@ -253,11 +254,12 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             .panes
             .read(key, |panes| -> Result<Option<A::Acc>, BoxError> {
                 let mut merged = None;
-                for (_, acc) in panes
-                    .into_iter()
-                    .flatten()
-                    .filter(|pane| pane.0 >= start && pane.0 < end)
-                {
+                let panes = panes.map_or(&[][..], Vec::as_slice);
+                // Panes are sorted by start: the window's are one run, found by bisection
+                // (a key may hold many panes while an input lags behind the other).
+                let first = panes.partition_point(|pane| pane.0 < start);
+                let last = panes.partition_point(|pane| pane.0 < end);
+                for (_, acc) in &panes[first..last] {
                     let m = merged.get_or_insert_with(|| aggregator.create());
                     aggregator.merge(m, acc)?;
                 }
@@ -269,7 +271,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 WindowResult {
                     key: key.clone(),
                     window: Window { start, end },
-                    value: self.aggregator.finish(&acc),
+                    value: self.aggregator.finish_owned(acc),
                     is_update,
                 },
             );

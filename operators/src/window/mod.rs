@@ -318,12 +318,27 @@ where
     }
 }
 
-struct WindowFactory<K, T, A> {
+pub(crate) struct WindowFactory<K, T, A> {
     spec: WindowSpec,
     allowed_lateness: i64,
     aggregator: A,
     late: Option<LateOutput<T>>,
     _types: std::marker::PhantomData<fn() -> K>,
+}
+
+#[cfg(test)]
+impl<K, T, A> WindowFactory<K, T, A> {
+    /// Windows of `spec` without lateness or late-data output, for unit tests of operators
+    /// built on windows (the window join).
+    pub(crate) fn plain(spec: WindowSpec, aggregator: A) -> Self {
+        WindowFactory {
+            spec,
+            allowed_lateness: 0,
+            aggregator,
+            late: None,
+            _types: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<K, T, A> OperatorFactory for WindowFactory<K, T, A>
@@ -461,11 +476,36 @@ pub(crate) fn prune<K, V, M: MapState<K, Vec<V>>>(
     key: &K,
     keep: impl FnMut(&V) -> bool,
 ) -> Result<usize, BoxError> {
-    let left = table.modify(key, |items| {
+    shrink(table, key, |items| {
         let before = items.len();
         items.retain(keep);
-        (before - items.len(), items.is_empty())
-    })?;
+        before - items.len()
+    })
+}
+
+/// Removes the leading items of `key`'s list for which `drop` holds (the list must be
+/// ordered so that they form a prefix), dropping the key when none is left; returns how
+/// many items were removed. Bisection instead of a scan: cheap however long the list.
+pub(crate) fn prune_prefix<K, V, M: MapState<K, Vec<V>>>(
+    table: &mut M,
+    key: &K,
+    drop: impl Fn(&V) -> bool,
+) -> Result<usize, BoxError> {
+    shrink(table, key, |items| {
+        let removed = items.partition_point(drop);
+        items.drain(..removed);
+        removed
+    })
+}
+
+/// Applies `remove` (returning how many items it removed) to `key`'s list, dropping the
+/// key when the list is empty.
+fn shrink<K, V, M: MapState<K, Vec<V>>>(
+    table: &mut M,
+    key: &K,
+    remove: impl FnOnce(&mut Vec<V>) -> usize,
+) -> Result<usize, BoxError> {
+    let left = table.modify(key, |items| (remove(items), items.is_empty()))?;
     let Some((removed, empty)) = left else {
         return Ok(0);
     };
@@ -508,7 +548,7 @@ impl<K> Timers<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_engine::{JobMetrics, Keyed, MemoryBackend};
+    use weir_engine::{Keyed, MemoryBackend};
 
     use crate::aggregate::Count;
 
@@ -522,14 +562,7 @@ mod tests {
         events: &[(i64, i64, &'static str)],
         end_watermark: i64,
     ) -> (Vec<Row>, u64, usize) {
-        let metrics = JobMetrics::new("test");
-        let ctx = OperatorContext {
-            name: "window".into(),
-            instance: 0,
-            parallelism: 1,
-            key_groups: 0..128,
-            metrics: metrics.operator("window", 0),
-        };
+        let ctx = crate::test_support::operator_context("window");
         let factory = WindowFactory::<String, (), Count> {
             spec: spec.into(),
             allowed_lateness: lateness,

@@ -1,0 +1,115 @@
+//! Helpers for in-process checkpoint tests through the public job API: a source that
+//! crashes half-way, and readers of a part-file output directory and a checkpoint root.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_engine::{BoxError, Source, SourceStatus};
+
+/// Wraps a replayable source: fails once it has returned `fail_after` events (a crash in
+/// the middle of the input), and is a little slow so that checkpoints happen on the way.
+pub(crate) struct Flaky<S> {
+    inner: S,
+    returned: Arc<AtomicU64>,
+    fail_after: Option<u64>,
+    checkpoints: Option<PathBuf>,
+}
+
+impl<S> Flaky<S> {
+    pub(crate) fn new(inner: S, fail_after: Option<u64>) -> Self {
+        Flaky {
+            inner,
+            returned: Arc::new(AtomicU64::new(0)),
+            fail_after,
+            checkpoints: None,
+        }
+    }
+
+    /// Crashes only once a checkpoint under `root` is complete too (so the crash always
+    /// leaves something to resume from, however fast the input is read).
+    pub(crate) fn after_a_checkpoint_in(mut self, root: PathBuf) -> Self {
+        self.checkpoints = Some(root);
+        self
+    }
+}
+
+impl<S: Source> Source for Flaky<S> {
+    type Item = S::Item;
+
+    fn poll_batch(&mut self, out: &mut Vec<S::Item>, max: usize) -> Result<SourceStatus, BoxError> {
+        std::thread::sleep(Duration::from_micros(300));
+        let before = out.len();
+        let status = self.inner.poll_batch(out, max.min(256))?;
+        let total = self
+            .returned
+            .fetch_add((out.len() - before) as u64, Ordering::SeqCst);
+        let checkpointed = self
+            .checkpoints
+            .as_ref()
+            .is_none_or(|root| complete_checkpoints(root) > 0);
+        if self.fail_after.is_some_and(|n| total >= n) {
+            if checkpointed {
+                return Err("simulated crash".into());
+            }
+            // Slow down until a checkpoint completes (bounded: the input ends).
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(status)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+        self.inner.position()
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+        self.inner.seek(position)
+    }
+}
+
+/// The lines of `text`, sorted.
+pub(crate) fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// The committed rows of a part-file directory (what a reader sees), sorted.
+pub(crate) fn committed_rows(dir: &Path) -> Vec<String> {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with("part-") {
+            text.push_str(&std::fs::read_to_string(dir.join(name)).unwrap());
+        }
+    }
+    sorted_lines(&text)
+}
+
+/// Files a finished job must not leave behind: uncommitted parts.
+pub(crate) fn in_progress_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".inprogress"))
+        .collect()
+}
+
+/// How many complete checkpoints (with a manifest) `root` holds.
+pub(crate) fn complete_checkpoints(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().join("_manifest").is_file())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
