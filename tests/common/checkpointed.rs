@@ -15,6 +15,8 @@ pub(crate) struct Flaky<S> {
     returned: Arc<AtomicU64>,
     fail_after: Option<u64>,
     checkpoints: Option<PathBuf>,
+    /// The newest complete checkpoint when `fail_after` was reached.
+    latest_at_threshold: Option<u64>,
 }
 
 impl<S> Flaky<S> {
@@ -24,11 +26,13 @@ impl<S> Flaky<S> {
             returned: Arc::new(AtomicU64::new(0)),
             fail_after,
             checkpoints: None,
+            latest_at_threshold: None,
         }
     }
 
-    /// Crashes only once a checkpoint under `root` is complete too (so the crash always
-    /// leaves something to resume from, however fast the input is read).
+    /// Crashes only once a checkpoint under `root` that began after `fail_after` events
+    /// is complete (so the crash always leaves a checkpoint past the start of the input to
+    /// resume from, however fast the input is read).
     pub(crate) fn after_a_checkpoint_in(mut self, root: PathBuf) -> Self {
         self.checkpoints = Some(root);
         self
@@ -45,16 +49,19 @@ impl<S: Source> Source for Flaky<S> {
         let total = self
             .returned
             .fetch_add((out.len() - before) as u64, Ordering::SeqCst);
-        let checkpointed = self
-            .checkpoints
-            .as_ref()
-            .is_none_or(|root| complete_checkpoints(root) > 0);
         if self.fail_after.is_some_and(|n| total >= n) {
-            if checkpointed {
+            let Some(root) = &self.checkpoints else {
+                return Err("simulated crash".into());
+            };
+            // A checkpoint begun after the threshold: at most one is in flight, so the
+            // second to complete after it (numbers are consecutive) began after it.
+            let latest = latest_checkpoint(root);
+            let first = *self.latest_at_threshold.get_or_insert(latest);
+            if latest >= first + 2 {
                 return Err("simulated crash".into());
             }
-            // Slow down until a checkpoint completes (bounded: the input ends).
-            std::thread::sleep(Duration::from_millis(5));
+            // Slow down until that checkpoint completes (bounded: the input ends).
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(status)
     }
@@ -110,6 +117,24 @@ pub(crate) fn complete_checkpoints(root: &Path) -> usize {
                         .is_ok_and(|e| e.path().join("_manifest").is_file())
                 })
                 .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The number of the newest complete checkpoint (`chk-NNNNNN` with a manifest) under
+/// `root`, 0 if none.
+pub(crate) fn latest_checkpoint(root: &Path) -> u64 {
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let n = name.strip_prefix("chk-")?.parse().ok()?;
+                    e.path().join("_manifest").is_file().then_some(n)
+                })
+                .max()
+                .unwrap_or(0)
         })
         .unwrap_or(0)
 }
