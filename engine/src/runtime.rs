@@ -682,48 +682,62 @@ impl<F, T> TimestampPush<F, T> {
     }
 }
 
+/// Sets each record's event time with `ts` and hands it to `stamp`; with a replay point,
+/// drops the records before it first (they are not part of this run's history).
+#[inline]
+fn assign_times<T>(
+    records: &mut Vec<Record<T>>,
+    ts: &impl Fn(&T) -> i64,
+    replay_from: Option<Timestamp>,
+    mut stamp: impl FnMut(&mut Record<T>),
+) {
+    match replay_from {
+        None => {
+            for r in records.iter_mut() {
+                r.ts = ts(&r.value);
+                stamp(r);
+            }
+        }
+        Some(from) => records.retain_mut(|r| {
+            r.ts = ts(&r.value);
+            let kept = r.ts >= from;
+            if kept {
+                stamp(r);
+            }
+            kept
+        }),
+    }
+}
+
 impl<F: Fn(&T) -> i64 + Send, T: Data> Push<T> for TimestampPush<F, T> {
     fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
-        let others = batch.split.as_ref().map(|split| {
-            let others = self.others_watermark(split);
-            (split.id, others)
-        });
-        let clock = &mut self.clock;
-        let stream = &mut clock.stream;
-        // The generator that sees these events: the stream's, or their split's (then the
-        // stream's watermark follows the minimum over the splits).
-        let mut own = others.map(|(id, others)| {
-            let split = clock.splits.entry(id).or_insert(WatermarkGenerator::START);
-            (split, others)
-        });
-        let (ts, watermarks) = (&self.ts, &self.watermarks);
-        let mut stamp = |r: &mut Record<T>| {
-            r.watermark = stream.current;
-            match &mut own {
-                None => stream.observe(r.ts, watermarks),
-                Some((split, others)) => {
+        let split = batch
+            .split
+            .as_ref()
+            .map(|s| (s.id, self.others_watermark(s)));
+        let (ts, watermarks, from) = (&self.ts, &self.watermarks, self.replay_from);
+        // One loop per case, so that a stream without splits pays nothing per record for them.
+        match split {
+            None => {
+                let stream = &mut self.clock.stream;
+                assign_times(&mut batch.records, ts, from, |r| {
+                    r.watermark = stream.current;
+                    stream.observe(r.ts, watermarks);
+                });
+            }
+            // The split's generator sees the events; the stream's watermark follows the
+            // minimum over the splits.
+            Some((id, others)) => {
+                let clock = &mut self.clock;
+                let stream = &mut clock.stream;
+                let split = clock.splits.entry(id).or_insert(WatermarkGenerator::START);
+                assign_times(&mut batch.records, ts, from, |r| {
+                    r.watermark = stream.current;
                     split.observe(r.ts, watermarks);
                     stream.max_ts = stream.max_ts.max(r.ts);
-                    stream.current = stream.current.max(split.current.min(*others));
-                }
+                    stream.current = stream.current.max(split.current.min(others));
+                });
             }
-        };
-        match self.replay_from {
-            None => {
-                for r in &mut batch.records {
-                    r.ts = ts(&r.value);
-                    stamp(r);
-                }
-            }
-            // Events before the replay point are not part of this run's history.
-            Some(from) => batch.records.retain_mut(|r| {
-                r.ts = ts(&r.value);
-                let kept = r.ts >= from;
-                if kept {
-                    stamp(r);
-                }
-                kept
-            }),
         }
         batch.watermark = batch.watermark.max(self.clock.stream.current);
         self.down.push(batch)
