@@ -176,3 +176,78 @@ fn q8_finds_persons_who_opened_an_auction_in_the_window_they_registered() -> Tes
         .map(|((start, id), name)| json!({"window_start": start, "id": id, "name": name}));
     check("q8", canonical(expected))
 }
+
+#[test]
+fn q3_joins_category_10_auctions_with_their_local_sellers() -> TestResult {
+    let mut local: BTreeMap<u64, (String, String, String)> = BTreeMap::new();
+    let mut auctions = Vec::new();
+    for e in NexmarkGenerator::new(EVENTS) {
+        match e {
+            NexmarkEvent::Person(p) if ["OR", "ID", "CA"].contains(&p.state.as_str()) => {
+                local.insert(p.id, (p.name, p.city, p.state));
+            }
+            NexmarkEvent::Auction(a) if a.category == 10 => auctions.push((a.id, a.seller)),
+            _ => {}
+        }
+    }
+    let expected = auctions.into_iter().filter_map(|(auction, seller)| {
+        let (name, city, state) = local.get(&seller)?;
+        Some(json!({"name": name, "city": city, "state": state, "auction": auction}))
+    });
+    check("q3", canonical(expected))
+}
+
+#[test]
+fn q4_averages_the_closing_prices_per_category() -> TestResult {
+    // Each auction's highest bid made between its opening and its expiry.
+    let mut auctions: BTreeMap<u64, (u64, i64, i64)> = BTreeMap::new();
+    let mut highest: BTreeMap<u64, u64> = BTreeMap::new();
+    for e in NexmarkGenerator::new(EVENTS) {
+        match e {
+            NexmarkEvent::Auction(a) => {
+                auctions.insert(a.id, (a.category, a.date_time, a.expires));
+            }
+            NexmarkEvent::Bid(b) => {
+                let Some(&(_, open, expires)) = auctions.get(&b.auction) else {
+                    continue;
+                };
+                if (open..=expires).contains(&b.date_time) {
+                    let best = highest.entry(b.auction).or_default();
+                    *best = (*best).max(b.price);
+                }
+            }
+            NexmarkEvent::Person(_) => {}
+        }
+    }
+    let mut per_category: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for (auction, price) in &highest {
+        let total = per_category.entry(auctions[auction].0).or_default();
+        total.0 += price;
+        total.1 += 1;
+    }
+    for p in ["1", "2"] {
+        let rows = run_query("q4", p)?;
+        // One update per closed auction; the last (largest count) per category is the answer.
+        assert_eq!(
+            rows.len(),
+            highest.len(),
+            "q4 at P={p}: one row per closed auction"
+        );
+        let mut last: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for row in &rows {
+            let row: Value = serde_json::from_str(row)?;
+            let field = |name: &str| row[name].as_u64().ok_or(format!("{name} in {row}"));
+            let entry = last.entry(field("category")?).or_default();
+            if field("auctions")? > entry.1 {
+                *entry = (field("average_price")?, field("auctions")?);
+            }
+        }
+        let expected: BTreeMap<u64, (u64, u64)> = per_category
+            .iter()
+            .map(|(&c, &(sum, n))| (c, (sum / n, n)))
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(last, expected, "q4 at P={p}");
+    }
+    Ok(())
+}

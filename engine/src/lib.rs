@@ -11,7 +11,8 @@
 //! - [`keys`]: stable key hashing and key groups;
 //! - [`job`]: the typed, fluent job API ([`Job`], [`Stream`], [`KeyedStream`]);
 //! - [`runtime`]: turning a job graph into threads and bounded channels, and running it;
-//! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint;
+//! - [`latency`]: end-to-end latency from source to sink, in processing time.
 //!
 //! ```text
 //!  source thread                      keyed workers (P)             sink thread
@@ -31,6 +32,7 @@ pub mod error;
 pub mod intern;
 pub mod job;
 pub mod keys;
+pub mod latency;
 pub mod metrics;
 pub mod operator;
 pub mod record;
@@ -44,6 +46,7 @@ pub use checkpoint::{CheckpointConfig, CheckpointId, JobControl, Resume};
 pub use error::{BoxError, EngineError, Result};
 pub use job::{Job, KeyedStream, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};
+pub use latency::LatencySummary;
 pub use metrics::JobMetrics;
 pub use operator::{KeyedOperator, OperatorContext, Output};
 pub use record::{Batch, Data, Keyed, Record, Split};

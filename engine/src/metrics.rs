@@ -17,6 +17,7 @@
 //! | `weir_channel_fill` | gauge | batches queued in front of an instance (backpressure) |
 //! | `weir_channel_capacity` | gauge | capacity of that queue, in batches |
 //! | `weir_uptime_seconds` | gauge | seconds since the job started |
+//! | `weir_end_to_end_latency_seconds` | summary | processing time from a source reading events to a sink receiving the results they made due (quantiles 0.5, 0.9, 0.99, 0.999; see [`crate::latency`]) |
 //! | `weir_state_bytes` | gauge | RocksDB's estimate of live state data (RocksDB state only) |
 //! | `weir_rocksdb_compaction_pending_bytes` | gauge | bytes waiting for compaction (RocksDB state only) |
 //! | `weir_rocksdb_block_cache_hit_ratio` | gauge | share of block cache lookups that hit (RocksDB state only) |
@@ -46,6 +47,7 @@ use prometheus::{
 
 use crate::checkpoint::JobControl;
 use crate::error::EngineError;
+use crate::latency::{LatencyCollector, LatencyHistogram};
 use crate::state::RocksStore;
 
 /// Counter handle type, re-exported so operators need no direct prometheus dependency.
@@ -73,6 +75,7 @@ pub struct JobMetrics {
     stores: Arc<std::sync::Mutex<Vec<Arc<RocksStore>>>>,
     checkpoints: Arc<std::sync::Mutex<Option<CheckpointMetrics>>>,
     kafka: Arc<std::sync::Mutex<Option<KafkaMetrics>>>,
+    latency: Arc<LatencyHistogram>,
 }
 
 /// Metrics of Kafka sources and sinks, registered only for jobs that use Kafka.
@@ -239,7 +242,14 @@ impl JobMetrics {
         registry
             .register(Box::new(block_cache_hit_ratio.clone()))
             .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
+        let latency = Arc::new(LatencyHistogram::default());
+        let collector = LatencyCollector::new(latency.clone(), job)
+            .unwrap_or_else(|e| panic!("metric weir_end_to_end_latency_seconds is malformed: {e}"));
+        registry
+            .register(Box::new(collector))
+            .unwrap_or_else(|e| panic!("latency metric registered twice: {e}"));
         JobMetrics {
+            latency,
             job: job.to_string(),
             state_bytes,
             compaction_pending,
@@ -305,6 +315,11 @@ impl JobMetrics {
             uptime,
             registry,
         }
+    }
+
+    /// The histogram of end-to-end latencies that sinks record into.
+    pub fn latency(&self) -> Arc<LatencyHistogram> {
+        self.latency.clone()
     }
 
     /// The job's name.

@@ -35,6 +35,9 @@ pub struct Batch<T> {
     /// input is several independently ordered splits: event time is then tracked per split.
     /// Kept by per-record operators (map, filter, flat_map), dropped where streams merge.
     pub split: Option<Split>,
+    /// When the source read the events this batch derives from (see [`crate::latency`]);
+    /// `None` where no input batch made it (end of input, idle watermarks).
+    pub ingested: Option<std::time::Instant>,
 }
 
 /// The split a batch came from, and the splits its source reads now (for watermarks that
@@ -48,13 +51,20 @@ pub struct Split {
 }
 
 impl<T> Batch<T> {
-    /// A batch that belongs to no source split.
+    /// A batch that belongs to no source split and has no ingestion time.
     pub fn new(records: Vec<Record<T>>, watermark: Timestamp) -> Self {
         Batch {
             records,
             watermark,
             split: None,
+            ingested: None,
         }
+    }
+
+    /// The same batch, stamped as derived from events read at `ingested`.
+    pub fn ingested_at(mut self, ingested: Option<std::time::Instant>) -> Self {
+        self.ingested = ingested;
+        self
     }
 }
 

@@ -48,6 +48,7 @@ use crate::job::{Graph, NodeId};
 use crate::keys::{
     key_group_of, key_groups_of_worker, worker_for_key_group, KeyGroup, StableHash, MAX_KEY_GROUPS,
 };
+use crate::latency::{LatencyHistogram, LatencySummary};
 use crate::metrics::{JobMetrics, MetricFamily, OperatorMetrics};
 use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
 use crate::record::{Batch, Data, Keyed, Record, Split};
@@ -110,6 +111,8 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// The last event-time watermark before the end of input, if any events had times.
     pub watermark: Option<Timestamp>,
+    /// End-to-end latency of the results the sinks received (see [`crate::latency`]).
+    pub latency: Option<LatencySummary>,
 }
 
 /// Hands batches to the next operator, in the same thread or across a channel.
@@ -439,6 +442,7 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                             records,
                             watermark: MIN_WATERMARK,
                             split: source.split_of_batch(),
+                            ingested: Some(Instant::now()),
                         })?;
                     }
                     if status == SourceStatus::Exhausted {
@@ -782,6 +786,7 @@ impl<T: Data, U: Data, F: Fn(T) -> U + Send> Push<T> for MapPush<F, U> {
             records,
             watermark: batch.watermark,
             split: batch.split,
+            ingested: batch.ingested,
         })
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
@@ -844,6 +849,7 @@ impl<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Send> Push<T>
             records,
             watermark: batch.watermark,
             split: batch.split,
+            ingested: batch.ingested,
         })
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
@@ -950,7 +956,9 @@ impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for Exchange
             self.senders[w]
                 .send((
                     self.producer,
-                    Message::Batch(Batch::new(records, batch.watermark)),
+                    Message::Batch(
+                        Batch::new(records, batch.watermark).ingested_at(batch.ingested),
+                    ),
                 ))
                 .map_err(|_| EngineError::DownstreamGone {
                     name: self.name.clone(),
@@ -1432,6 +1440,9 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
             source,
         };
         self.metrics.events_in.inc_by(batch.records.len() as u64);
+        // Results are due because of this batch (its records or its watermark): they are
+        // timed from its ingestion.
+        let ingested = batch.ingested;
         self.operator
             .process(batch.records, &mut self.out)
             .map_err(op_err)?;
@@ -1447,7 +1458,8 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         self.metrics
             .state_entries
             .set(self.operator.state_entries() as i64);
-        self.down.push(Batch::new(records, self.out.watermark()))
+        self.down
+            .push(Batch::new(records, self.out.watermark()).ingested_at(ingested))
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
         // A failed snapshot fails only this checkpoint: the state is still intact in memory
@@ -1492,7 +1504,8 @@ where
                 }
             })
             .collect();
-        self.runner.push(Batch::new(records, batch.watermark))
+        self.runner
+            .push(Batch::new(records, batch.watermark).ingested_at(batch.ingested))
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
         self.runner.barrier(id)
@@ -1587,6 +1600,7 @@ impl<T: Data> SinkNode<T> {
             name,
             sink,
             metrics,
+            latency: b.metrics.latency(),
             transactions: participant.map(|participant| SinkTransactions {
                 committed: participant.checkpointing().restored_id(),
                 last_barrier: 0,
@@ -1619,6 +1633,7 @@ struct SinkPush<T> {
     name: String,
     sink: Box<dyn Sink<T>>,
     metrics: OperatorMetrics,
+    latency: Arc<LatencyHistogram>,
     transactions: Option<SinkTransactions>,
 }
 
@@ -1668,6 +1683,10 @@ impl<T: Data> Push<T> for SinkPush<T> {
                     name: self.name.clone(),
                     source,
                 })?;
+            if let Some(ingested) = batch.ingested {
+                self.latency
+                    .record(ingested.elapsed(), batch.records.len() as u64);
+            }
         }
         if batch.watermark != END_WATERMARK {
             self.metrics.watermark.set(batch.watermark);
@@ -1894,6 +1913,7 @@ pub(crate) fn run(
         results_written: progress.sinks.iter().map(|c| c.get()).sum(),
         elapsed: started.elapsed(),
         watermark,
+        latency: metrics.latency().summary(),
     })
 }
 

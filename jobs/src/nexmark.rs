@@ -13,6 +13,15 @@
 //! - `q0`: pass-through of all events.
 //! - `q1`: bids with the price converted from dollars to euros (x 0.908).
 //! - `q2`: bids on auctions whose id is a multiple of 123: `(auction, price)`.
+//! - `q3`: local item suggestion: auctions of category 10 by sellers in OR, ID or CA, with
+//!   the seller's name, city and state. An incremental (regular) join keyed by person id:
+//!   each row is emitted as soon as both sides are there, and persons stay in state for the
+//!   whole run, as in Flink's regular join without state TTL.
+//! - `q4`: average closing price per category: an auction closes at `expires` with its
+//!   highest bid made in `[date_time, expires]` (auctions without such a bid do not close
+//!   with a price); every closing updates its category's running average (integer division,
+//!   as SQL `AVG` over `BIGINT`), emitted as `{category, average_price, auctions}`. The
+//!   last row per category is the final answer.
 //! - `q5`: hot items: per sliding window of 10 s every 2 s, the auction with the most bids
 //!   (ties to the smaller id; the standard query returns all tied auctions).
 //! - `q7`: highest bid per tumbling 10 s window (ties to the earlier, then smaller bidder).
@@ -20,8 +29,9 @@
 //!   registered (a window join of persons and auctions on `person.id = auction.seller`),
 //!   one row per person and window.
 //!
-//! Not yet: q3 and q4 (an unbounded incremental join, and a join with an aggregate), output
-//! to a file or Kafka by `weir gen nexmark`, and latency percentiles.
+//! Every query reads only the fields it needs right after the source (a projection, as a
+//! SQL planner pushes it down), so strings that a query never reads do not cross an
+//! exchange.
 
 use std::time::Duration;
 
@@ -37,7 +47,10 @@ use crate::output::OutputSink;
 
 /// One line of `weir jobs`.
 pub const ABOUT: &str =
-    "Nexmark queries q0 q1 q2 q5 q7 q8 on the in-process generator (--query, --events)";
+    "Nexmark queries q0-q5 q7 q8 on the in-process generator (--query, --events, --rate)";
+
+/// The queries `--query` accepts, in the order `--all` runs them.
+pub const QUERIES: [&str; 8] = ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8"];
 
 /// A person (a seller or bidder).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +181,31 @@ const US_CITIES: [&str; 10] = [
     "Cheyenne",
 ];
 const CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+/// Each channel's bid URL up to the auction id (lower-cased once, not per bid).
+const CHANNEL_URLS: [&str; 4] = [
+    "https://www.nexmark.com/google/item.htm?query=",
+    "https://www.nexmark.com/facebook/item.htm?query=",
+    "https://www.nexmark.com/baidu/item.htm?query=",
+    "https://www.nexmark.com/apple/item.htm?query=",
+];
+
+/// Appends the decimal digits of `n` (what `write!` does, without the formatting machinery
+/// that shows in the generator's profile).
+fn push_decimal(s: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(char::from(d));
+    }
+}
 
 /// The deterministic Nexmark event stream, as a source.
 #[derive(Debug)]
@@ -187,10 +225,11 @@ impl NexmarkGenerator {
         }
     }
 
+    /// `extra` padding: one random letter repeated up to the standard size.
     fn pad(&mut self, current: usize, target: usize) -> String {
-        let len = target.saturating_sub(current);
-        let c = b'a' + (self.rng.below(26) as u8);
-        String::from_utf8(vec![c; len]).unwrap_or_default()
+        const LETTERS: &str = "abcdefghijklmnopqrstuvwxyz";
+        let at = self.rng.below(26) as usize;
+        LETTERS[at..=at].repeat(target.saturating_sub(current))
     }
 
     fn pick<'a>(&mut self, options: &[&'a str]) -> &'a str {
@@ -237,7 +276,9 @@ impl NexmarkGenerator {
             }
             1..=3 => {
                 let id = epoch * 3 + offset - 1;
-                let item_name = format!("item-{id}");
+                let mut item_name = String::with_capacity(24);
+                item_name.push_str("item-");
+                push_decimal(&mut item_name, id);
                 let description = format!("{} {}", self.pick(&FIRST_NAMES), self.pick(&CHANNELS));
                 let initial_bid = 100 + self.rng.below(10_000);
                 let size = 7 * 8 + item_name.len() + description.len();
@@ -267,11 +308,11 @@ impl NexmarkGenerator {
                 } else {
                     newest_person.saturating_sub(self.rng.below(newest_person.min(1_000) + 1))
                 };
-                let channel = self.pick(&CHANNELS).to_string();
-                let url = format!(
-                    "https://www.nexmark.com/{}/item.htm?query={auction}",
-                    channel.to_lowercase()
-                );
+                let which = self.rng.below(CHANNELS.len() as u64) as usize;
+                let channel = CHANNELS[which].to_string();
+                let mut url = String::with_capacity(CHANNEL_URLS[which].len() + 20);
+                url.push_str(CHANNEL_URLS[which]);
+                push_decimal(&mut url, auction);
                 let size = 4 * 8 + url.len() + channel.len();
                 NexmarkEvent::Bid(Bid {
                     auction,
@@ -333,6 +374,252 @@ pub struct EuroBid {
     pub price: u64,
     /// Event time.
     pub date_time: i64,
+}
+
+/// q3 output: an auction of category 10 by a seller in OR, ID or CA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalItem {
+    /// The seller's name.
+    pub name: String,
+    /// The seller's city.
+    pub city: String,
+    /// The seller's state.
+    pub state: String,
+    /// The auction.
+    pub auction: u64,
+}
+
+/// q3 input, keyed by the person id: a person, or an auction of category 10.
+#[derive(Debug, Clone)]
+enum SellerEvent {
+    Person {
+        id: u64,
+        /// Name, city and state, if the person lives in one of q3's states.
+        local: Option<(String, String, String)>,
+    },
+    Auction {
+        id: u64,
+        seller: u64,
+    },
+}
+
+impl SellerEvent {
+    fn from_event(e: NexmarkEvent) -> Option<SellerEvent> {
+        match e {
+            NexmarkEvent::Person(p) => Some(SellerEvent::Person {
+                id: p.id,
+                local: matches!(p.state.as_str(), "OR" | "ID" | "CA")
+                    .then_some((p.name, p.city, p.state)),
+            }),
+            NexmarkEvent::Auction(a) if a.category == 10 => Some(SellerEvent::Auction {
+                id: a.id,
+                seller: a.seller,
+            }),
+            _ => None,
+        }
+    }
+
+    fn person(&self) -> u64 {
+        match self {
+            SellerEvent::Person { id, .. } => *id,
+            SellerEvent::Auction { seller, .. } => *seller,
+        }
+    }
+}
+
+/// q3 state per person.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Seller {
+    /// `None` until the person arrives; then their name, city and state if local.
+    person: Option<Option<(String, String, String)>>,
+    /// Auctions that arrived before their seller.
+    waiting: Vec<u64>,
+}
+
+fn q3_join(_: &u64, seller: &mut Seller, _: i64, event: &SellerEvent, out: &mut Vec<LocalItem>) {
+    let row = |(name, city, state): &(String, String, String), auction| LocalItem {
+        name: name.clone(),
+        city: city.clone(),
+        state: state.clone(),
+        auction,
+    };
+    match event {
+        SellerEvent::Person { local, .. } => {
+            if let Some(local) = local {
+                out.extend(seller.waiting.iter().map(|&a| row(local, a)));
+            }
+            seller.waiting = Vec::new();
+            seller.person = Some(local.clone());
+        }
+        SellerEvent::Auction { id, .. } => match &seller.person {
+            Some(Some(local)) => out.push(row(local, *id)),
+            Some(None) => {}
+            None => seller.waiting.push(*id),
+        },
+    }
+}
+
+/// q4 input, keyed by the auction id: an auction or a bid, with only the fields q4 reads.
+#[derive(Debug, Clone)]
+enum AuctionEvent {
+    Auction {
+        id: u64,
+        category: u64,
+        date_time: i64,
+        expires: i64,
+    },
+    Bid {
+        auction: u64,
+        price: u64,
+        date_time: i64,
+    },
+}
+
+impl AuctionEvent {
+    fn from_event(e: NexmarkEvent) -> Option<AuctionEvent> {
+        match e {
+            NexmarkEvent::Auction(a) => Some(AuctionEvent::Auction {
+                id: a.id,
+                category: a.category,
+                date_time: a.date_time,
+                expires: a.expires,
+            }),
+            NexmarkEvent::Bid(b) => Some(AuctionEvent::Bid {
+                auction: b.auction,
+                price: b.price,
+                date_time: b.date_time,
+            }),
+            NexmarkEvent::Person(_) => None,
+        }
+    }
+
+    fn auction(&self) -> u64 {
+        match self {
+            AuctionEvent::Auction { id, .. } => *id,
+            AuctionEvent::Bid { auction, .. } => *auction,
+        }
+    }
+}
+
+/// q4 state per auction.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct OpenAuction {
+    /// `(category, date_time, expires)` once the auction arrived.
+    auction: Option<(u64, i64, i64)>,
+    /// The highest bid price in `[date_time, expires]` so far.
+    highest: Option<u64>,
+    /// `(date_time, price)` of bids that arrived before their auction.
+    early: Vec<(i64, u64)>,
+}
+
+/// An auction closed with its highest bid (q4's inner query).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ClosedAuction {
+    category: u64,
+    price: u64,
+}
+
+/// q4's inner query: the winning bid of each auction, when it expires.
+#[derive(Debug, Clone, Copy)]
+struct WinningBid;
+
+impl TimerFunction<u64, AuctionEvent> for WinningBid {
+    type State = OpenAuction;
+    type Out = ClosedAuction;
+
+    fn on_event(
+        &self,
+        _: &u64,
+        open: &mut OpenAuction,
+        _: i64,
+        event: &AuctionEvent,
+        ctx: &mut TimerContext<ClosedAuction>,
+    ) {
+        let in_time = |(_, start, end): (u64, i64, i64), at: i64| (start..=end).contains(&at);
+        match *event {
+            AuctionEvent::Auction {
+                category,
+                date_time,
+                expires,
+                ..
+            } => {
+                let auction = (category, date_time, expires);
+                open.auction = Some(auction);
+                for (at, price) in std::mem::take(&mut open.early) {
+                    if in_time(auction, at) {
+                        open.highest = open.highest.max(Some(price));
+                    }
+                }
+                ctx.register_timer(expires);
+            }
+            AuctionEvent::Bid {
+                price, date_time, ..
+            } => match open.auction {
+                Some(auction) if in_time(auction, date_time) => {
+                    open.highest = open.highest.max(Some(price));
+                }
+                Some(_) => {}
+                None => {
+                    // An auction that arrives after the watermark passed the bid's time would
+                    // be late (and its bids before it invalid), so the bid waits until then.
+                    open.early.push((date_time, price));
+                    ctx.register_timer(date_time);
+                }
+            },
+        }
+    }
+
+    fn on_timer(
+        &self,
+        _: &u64,
+        open: &mut OpenAuction,
+        time: i64,
+        ctx: &mut TimerContext<ClosedAuction>,
+    ) {
+        match open.auction {
+            Some((category, _, expires)) if time == expires => {
+                if let Some(price) = open.highest {
+                    ctx.emit(ClosedAuction { category, price });
+                }
+                ctx.clear_state();
+            }
+            Some(_) => {}
+            None => {
+                open.early.retain(|&(at, _)| at > time);
+                if open.early.is_empty() {
+                    ctx.clear_state();
+                }
+            }
+        }
+    }
+}
+
+/// q4 output: a category's average closing price after one more auction closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoryAverage {
+    /// The category.
+    pub category: u64,
+    /// Average closing price of its closed auctions (integer division).
+    pub average_price: u64,
+    /// How many of its auctions closed with a price.
+    pub auctions: u64,
+}
+
+/// q4's outer query: the running average per category, as `(sum, count)`.
+fn q4_average(
+    category: &u64,
+    total: &mut (u64, u64),
+    _: i64,
+    closed: &ClosedAuction,
+    out: &mut Vec<CategoryAverage>,
+) {
+    total.0 += closed.price;
+    total.1 += 1;
+    out.push(CategoryAverage {
+        category: *category,
+        average_price: total.0 / total.1,
+        auctions: total.1,
+    });
 }
 
 /// q5 output.
@@ -430,8 +717,22 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             .filter(|b| b.auction % 123 == 0)
             .map(|b| (b.auction, b.price))
             .sink("output", OutputSink::from_spec(opts.output.as_deref())),
-        "q5" => bids(events)
-            .key_by(|b: &Bid| b.auction)
+        "q3" => events
+            .flat_map(SellerEvent::from_event)
+            .key_by(SellerEvent::person)
+            .process_with_state("q3-join", q3_join)
+            .sink("output", OutputSink::from_spec(opts.output.as_deref())),
+        "q4" => events
+            .flat_map(AuctionEvent::from_event)
+            .key_by(AuctionEvent::auction)
+            .process_with_timers("q4-winning-bid", WinningBid)
+            .key_by(|c: &ClosedAuction| c.category)
+            .process_with_state("q4-average", q4_average)
+            .sink("output", OutputSink::from_spec(opts.output.as_deref())),
+        "q5" => events
+            // Only the auction id is read: the bid's strings do not cross the exchange.
+            .flat_map(|e| e.bid().map(|b| b.auction))
+            .key_by(|auction: &u64| *auction)
             .window(Sliding::of(Duration::from_secs(10), Duration::from_secs(2)))
             .aggregate(Count)
             .top_n(1, |bids: &u64| *bids)
@@ -475,7 +776,10 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 )
                 .sink("output", OutputSink::from_spec(opts.output.as_deref()))
         }
-        other => bail!("unknown Nexmark query `{other}`: use q0, q1, q2, q5, q7 or q8"),
+        other => bail!(
+            "unknown Nexmark query `{other}`: use one of {}",
+            QUERIES.join(", ")
+        ),
     }
     Ok(job)
 }
@@ -515,4 +819,18 @@ pub fn average_sizes(n: u64) -> [f64; 3] {
         totals[kind].1 += 1;
     }
     totals.map(|(bytes, count)| bytes as f64 / count.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_written_like_display() {
+        for n in [0, 7, 10, 99, 100, 123_456_789, u64::MAX] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
+    }
 }

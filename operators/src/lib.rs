@@ -4,7 +4,8 @@
 //!   and the [`Aggregator`] trait for your own;
 //! - [`window`]: event-time windows (tumbling, sliding, session). **Windows fire in
 //!   [`window::aligned`] and [`window::session`]**, when the watermark reaches `end - 1`;
-//! - [`process`]: a keyed function with per-key state, for logic that is not a window;
+//! - [`process`]: a keyed function with per-key state (and event-time timers), for logic
+//!   that is not a window;
 //! - [`join`]: interval, temporal and window joins (tumbling, sliding, session; co-group);
 //! - [`cep`]: sequence patterns per key with a timeout output;
 //! - [`topn`] and [`continuous_topn`]: top-N per window, and over running aggregates as a
@@ -66,7 +67,7 @@ pub use cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
 pub use continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
 pub use dedup::{DedupExt, KeyedDedupExt};
 pub use join::{CoGrouped, JoinExt, Side, WindowPair};
-pub use process::ProcessExt;
+pub use process::{ProcessExt, TimerContext, TimerFunction};
 pub use topn::{Ranked, TopNExt};
 pub use window::{
     LateOutput, Session, Sliding, Tumbling, Window, WindowExt, WindowResult, WindowSpec,
@@ -80,7 +81,7 @@ pub mod prelude {
     pub use crate::continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::join::{CoGrouped, JoinExt, WindowPair};
-    pub use crate::process::ProcessExt;
+    pub use crate::process::{ProcessExt, TimerContext, TimerFunction};
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec};
 }

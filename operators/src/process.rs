@@ -1,18 +1,33 @@
 //! Keyed processing with per-key state, for logic that is not a window (alerts,
-//! running totals, "first time X happens" events).
+//! running totals, "first time X happens" events, joins that close on a deadline).
 //!
-//! The function sees each event with its key's state (created with `Default` on first use)
-//! and may emit any number of results, which carry the event's time.
+//! - [`ProcessExt::process_with_state`]: a function sees each event with its key's state
+//!   (created with `Default` on first use) and may emit any number of results, which carry
+//!   the event's time.
+//! - [`ProcessExt::process_with_timers`]: a [`TimerFunction`], Flink's
+//!   `KeyedProcessFunction`: besides events it gets event-time timers, which fire once the
+//!   watermark reaches their time, in time order, before any later record is handled.
+//!
+//! # Invariants (timers)
+//! - A key's pending timers are kept with its state, so they survive a checkpoint and are
+//!   rebuilt on restore, and at most one timer exists per key and time.
+//! - Clearing a key's state also cancels its timers.
+//! - Events are not dropped as late here: a function that cares compares the event's time
+//!   with [`TimerContext::watermark`].
 
 use std::marker::PhantomData;
 
+use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::keys::StableHash;
 use weir_engine::operator::OperatorFactory;
+use weir_engine::time::MIN_WATERMARK;
 use weir_engine::{
     Data, Keyed, KeyedOperator, KeyedStream, MapState, OperatorContext, Output, Record,
     StateBackend, StateKey, StateValue, Stream, Timestamp,
 };
+
+use crate::window::Timers;
 
 /// Adds `process_with_state` to keyed streams.
 pub trait ProcessExt<K, T> {
@@ -22,6 +37,12 @@ pub trait ProcessExt<K, T> {
         S: StateValue + Default,
         O: Data,
         F: Fn(&K, &mut S, Timestamp, &T, &mut Vec<O>) + Clone + Send + 'static;
+
+    /// Runs `f` for every event, in stream order per key, and for every timer it registered
+    /// once the watermark reaches the timer's time.
+    fn process_with_timers<F>(self, name: &str, f: F) -> Stream<F::Out>
+    where
+        F: TimerFunction<K, T>;
 }
 
 impl<K, T, KF> ProcessExt<K, T> for KeyedStream<K, T, KF>
@@ -42,6 +63,20 @@ where
             ProcessFactory {
                 f,
                 _types: Types::<K, T, S, O>::default(),
+            },
+        )
+    }
+
+    fn process_with_timers<F>(self, name: &str, f: F) -> Stream<F::Out>
+    where
+        F: TimerFunction<K, T>,
+    {
+        self.process(
+            name,
+            "per-key state and event-time timers".into(),
+            TimerProcessFactory {
+                f,
+                _types: PhantomData,
             },
         )
     }
@@ -143,5 +178,347 @@ where
     fn restore(&mut self, _snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
         // No timers to rebuild; the scan recounts the restored entries for the metrics.
         Ok(self.state.scan(|_, _| {})?)
+    }
+}
+
+/// A keyed function with state and event-time timers (Flink's `KeyedProcessFunction`).
+pub trait TimerFunction<K, T>: Clone + Send + 'static {
+    /// Per-key state, created with `Default` on a key's first event.
+    type State: StateValue + Default;
+    /// What it emits.
+    type Out: Data;
+
+    /// Handles one event of `key` with event time `ts`; results emitted carry `ts`.
+    fn on_event(
+        &self,
+        key: &K,
+        state: &mut Self::State,
+        ts: Timestamp,
+        event: &T,
+        ctx: &mut TimerContext<Self::Out>,
+    );
+
+    /// A timer of `key` registered for `time` fired (the watermark reached `time`); results
+    /// emitted carry `time`.
+    fn on_timer(
+        &self,
+        key: &K,
+        state: &mut Self::State,
+        time: Timestamp,
+        ctx: &mut TimerContext<Self::Out>,
+    );
+}
+
+/// What a [`TimerFunction`] can do besides changing its state.
+#[derive(Debug)]
+pub struct TimerContext<O> {
+    emitted: Vec<O>,
+    timers: Vec<Timestamp>,
+    clear: bool,
+    watermark: Timestamp,
+}
+
+impl<O> TimerContext<O> {
+    /// Emits a result.
+    pub fn emit(&mut self, value: O) {
+        self.emitted.push(value);
+    }
+
+    /// Asks for [`TimerFunction::on_timer`] with `time` once the watermark reaches it (at
+    /// once, if it already has). Registering the same time twice gives one timer.
+    pub fn register_timer(&mut self, time: Timestamp) {
+        self.timers.push(time);
+    }
+
+    /// Removes the key's state and cancels its timers, after this call returns.
+    pub fn clear_state(&mut self) {
+        self.clear = true;
+    }
+
+    /// The watermark before the current event (for an event: is it late?).
+    pub fn watermark(&self) -> Timestamp {
+        self.watermark
+    }
+}
+
+/// A key's state with its pending timers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct WithTimers<S> {
+    state: S,
+    timers: Vec<Timestamp>,
+}
+
+struct TimerProcessFactory<F, K, T> {
+    f: F,
+    _types: PhantomData<fn() -> (K, T)>,
+}
+
+impl<F, K, T> OperatorFactory for TimerProcessFactory<F, K, T>
+where
+    K: StateKey + Data,
+    T: Data,
+    F: TimerFunction<K, T>,
+{
+    type Key = K;
+    type In = T;
+    type Out = F::Out;
+    type Operator<B: StateBackend> = TimerProcessOperator<B, F, K, T>;
+
+    fn create<B: StateBackend>(
+        &self,
+        _ctx: &OperatorContext,
+        mut state: B,
+    ) -> Result<Self::Operator<B>, BoxError> {
+        Ok(TimerProcessOperator {
+            f: self.f.clone(),
+            state: state.map_state("process-state")?,
+            timers: Timers::new(),
+            ctx: TimerContext {
+                emitted: Vec::new(),
+                timers: Vec::new(),
+                clear: false,
+                watermark: MIN_WATERMARK,
+            },
+            _types: PhantomData,
+        })
+    }
+}
+
+/// The operator behind [`ProcessExt::process_with_timers`].
+pub struct TimerProcessOperator<B: StateBackend, F: TimerFunction<K, T>, K: StateKey, T> {
+    f: F,
+    state: B::Map<K, WithTimers<F::State>>,
+    timers: Timers<K>,
+    ctx: TimerContext<F::Out>,
+    _types: PhantomData<fn(T)>,
+}
+
+impl<B: StateBackend, F: TimerFunction<K, T>, K: StateKey, T> std::fmt::Debug
+    for TimerProcessOperator<B, F, K, T>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimerProcessOperator")
+            .field("keys", &self.state.len())
+            .finish()
+    }
+}
+
+impl<B, F, K, T> TimerProcessOperator<B, F, K, T>
+where
+    B: StateBackend,
+    K: StateKey + Data,
+    T: Data,
+    F: TimerFunction<K, T>,
+{
+    /// Applies what the last call asked for (new timers, clearing) to `key`'s entry and
+    /// emits its results at `ts`.
+    fn settle(&mut self, key: &K, ts: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
+        if std::mem::take(&mut self.ctx.clear) {
+            self.state.take(key)?;
+            self.ctx.timers.clear();
+        }
+        if !self.ctx.timers.is_empty() {
+            let (requested, timers) = (&mut self.ctx.timers, &mut self.timers);
+            self.state.modify(key, |entry| {
+                for time in requested.drain(..) {
+                    if !entry.timers.contains(&time) {
+                        entry.timers.push(time);
+                        timers.register(time, key.clone());
+                    }
+                }
+            })?;
+            // A cleared key has no entry to hold timers: they were cancelled with it.
+            self.ctx.timers.clear();
+        }
+        for value in self.ctx.emitted.drain(..) {
+            out.emit(ts, value);
+        }
+        Ok(())
+    }
+
+    /// Fires every timer at or before `watermark`, in time order.
+    fn fire(&mut self, watermark: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
+        while let Some((time, keys)) = self.timers.pop_due(|t| t <= watermark) {
+            for key in keys {
+                let (f, ctx) = (&self.f, &mut self.ctx);
+                let fired = self.state.modify(&key, |entry| {
+                    // Timers of a cleared (and maybe recreated) key are stale.
+                    let Some(at) = entry.timers.iter().position(|&t| t == time) else {
+                        return false;
+                    };
+                    entry.timers.swap_remove(at);
+                    f.on_timer(&key, &mut entry.state, time, ctx);
+                    true
+                })?;
+                if fired == Some(true) {
+                    self.settle(&key, time, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B, F, K, T> KeyedOperator for TimerProcessOperator<B, F, K, T>
+where
+    B: StateBackend,
+    K: StateKey + Data,
+    T: Data,
+    F: TimerFunction<K, T>,
+{
+    type Key = K;
+    type In = T;
+    type Out = F::Out;
+
+    fn process(
+        &mut self,
+        records: Vec<Record<Keyed<K, T>>>,
+        out: &mut Output<F::Out>,
+    ) -> Result<(), BoxError> {
+        for r in records {
+            self.fire(r.watermark, out)?;
+            out.advance_watermark(r.watermark);
+            self.ctx.watermark = r.watermark;
+            let (f, ctx) = (&self.f, &mut self.ctx);
+            self.state
+                .update(&r.value.key, WithTimers::default, |entry| {
+                    f.on_event(&r.value.key, &mut entry.state, r.ts, &r.value.value, ctx)
+                })?;
+            self.settle(&r.value.key, r.ts, out)?;
+        }
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<F::Out>,
+    ) -> Result<(), BoxError> {
+        self.fire(watermark, out)
+    }
+
+    fn state_entries(&self) -> usize {
+        self.state.len()
+    }
+
+    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
+        self.state.flush()?;
+        Ok(serde_json::Value::Null)
+    }
+
+    fn restore(&mut self, _snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
+        let timers = &mut self.timers;
+        Ok(self.state.scan(|key, entry| {
+            for time in entry.timers {
+                timers.register(time, key.clone());
+            }
+        })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_engine::MemoryBackend;
+
+    /// Sums values per key and emits the sum at a deadline 10 ms after the key's first
+    /// event, then forgets the key.
+    #[derive(Clone)]
+    struct SumUntilDeadline;
+
+    impl TimerFunction<String, u64> for SumUntilDeadline {
+        type State = Option<u64>;
+        type Out = (String, u64);
+        fn on_event(
+            &self,
+            _: &String,
+            sum: &mut Option<u64>,
+            ts: Timestamp,
+            value: &u64,
+            ctx: &mut TimerContext<Self::Out>,
+        ) {
+            if sum.is_none() {
+                ctx.register_timer(ts + 10);
+            }
+            *sum = Some(sum.unwrap_or(0) + value);
+        }
+        fn on_timer(
+            &self,
+            key: &String,
+            sum: &mut Option<u64>,
+            _: Timestamp,
+            ctx: &mut TimerContext<Self::Out>,
+        ) {
+            ctx.emit((key.clone(), sum.unwrap_or(0)));
+            ctx.clear_state();
+        }
+    }
+
+    fn record(ts: i64, watermark: i64, key: &str, value: u64) -> Record<Keyed<String, u64>> {
+        Record {
+            ts,
+            watermark,
+            value: Keyed {
+                key: key.to_string(),
+                value,
+            },
+        }
+    }
+
+    fn fired(out: &mut Output<(String, u64)>) -> Vec<(i64, (&'static str, u64))> {
+        out.take()
+            .into_iter()
+            .map(|r| (r.ts, (if r.value.0 == "a" { "a" } else { "b" }, r.value.1)))
+            .collect()
+    }
+
+    #[test]
+    fn timers_fire_in_time_order_when_the_watermark_reaches_them_and_clearing_forgets_the_key() {
+        let ctx = crate::test_support::operator_context("deadline");
+        let factory = TimerProcessFactory::<_, String, u64> {
+            f: SumUntilDeadline,
+            _types: PhantomData,
+        };
+        let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+        let mut out = Output::default();
+        op.process(
+            vec![
+                record(0, i64::MIN, "a", 1),
+                record(5, 0, "b", 2),
+                record(9, 5, "a", 3),
+                // Watermark 10 fires a's deadline (10) before this record is handled.
+                record(11, 10, "a", 4),
+            ],
+            &mut out,
+        )
+        .expect("process");
+        assert_eq!(fired(&mut out), vec![(10, ("a", 4))]);
+        // a started again at 11 (deadline 21); b's deadline is 15.
+        assert_eq!(op.state_entries(), 2);
+        op.on_watermark(30, &mut out).expect("watermark");
+        assert_eq!(fired(&mut out), vec![(15, ("b", 2)), (21, ("a", 4))]);
+        assert_eq!(op.state_entries(), 0);
+    }
+
+    #[test]
+    fn timers_survive_a_snapshot_and_restore() -> Result<(), BoxError> {
+        use weir_engine::state::{shared_block_cache, RocksBackend, RocksStore};
+        let ctx = crate::test_support::operator_context("deadline");
+        let factory = TimerProcessFactory::<_, String, u64> {
+            f: SumUntilDeadline,
+            _types: PhantomData,
+        };
+        let dir = tempfile::tempdir()?;
+        let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;
+        let mut op = factory.create(&ctx, RocksBackend::new(store.clone(), "op", 1))?;
+        let mut out = Output::default();
+        op.process(vec![record(0, i64::MIN, "a", 7)], &mut out)?;
+        op.snapshot()?;
+        // A new instance over the same database rebuilds the timer from the state.
+        let mut restored = factory.create(&ctx, RocksBackend::new(store, "op", 1))?;
+        restored.restore(&[])?;
+        restored.on_watermark(10, &mut out)?;
+        assert_eq!(fired(&mut out), vec![(10, ("a", 7))]);
+        Ok(())
     }
 }
