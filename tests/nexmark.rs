@@ -251,3 +251,93 @@ fn q4_averages_the_closing_prices_per_category() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn weir_gen_nexmark_writes_the_generators_events_as_json_lines() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("nexmark.jsonl");
+    common::run_ok(
+        WEIR,
+        [
+            "gen",
+            "nexmark",
+            "--events",
+            "5000",
+            "--output",
+            path.to_str().ok_or("path")?,
+        ],
+    )?;
+    let written: Vec<NexmarkEvent> = std::fs::read_to_string(&path)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let generated: Vec<NexmarkEvent> = NexmarkGenerator::new(5000).collect();
+    assert_eq!(written, generated);
+    Ok(())
+}
+
+/// The value of `field=` in a `RESULT` line.
+fn result_field<'a>(line: &'a str, field: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+}
+
+#[test]
+fn bench_all_runs_every_query_and_reports_latency_percentiles() -> TestResult {
+    let run = common::run_ok(
+        WEIR,
+        [
+            "bench", "nexmark", "--all", "--events", "200000", "--state", "memory",
+        ],
+    )?;
+    let results: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("RESULT "))
+        .collect();
+    let queries: Vec<&str> = results
+        .iter()
+        .filter_map(|l| result_field(l, "query"))
+        .collect();
+    assert_eq!(queries, ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8"]);
+    for line in &results {
+        assert_eq!(result_field(line, "events"), Some("200000"), "{line}");
+        let p50: f64 = result_field(line, "p50_ms").ok_or("p50_ms")?.parse()?;
+        let p99: f64 = result_field(line, "p99_ms").ok_or("p99_ms")?.parse()?;
+        assert!(0.0 <= p50 && p50 <= p99, "{line}");
+    }
+    // The closing table has a row per query.
+    let rows = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("| q") && !l.starts_with("| query"))
+        .count();
+    assert_eq!(rows, 8, "{}", run.stdout);
+    Ok(())
+}
+
+#[test]
+fn a_paced_run_keeps_its_rate_and_serves_the_latency_summary() -> TestResult {
+    use std::ffi::OsStr;
+    let started = std::time::Instant::now();
+    let (metrics, _, done, _child) = common::run_and_scrape_metrics(
+        WEIR,
+        &[
+            "run", "nexmark", "--query", "q1", "--events", "50000", "--rate", "100000", "--output",
+            "null:",
+        ]
+        .map(OsStr::new),
+    )?;
+    // 50,000 events at 100,000 a second cannot take less than half a second.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "{done}"
+    );
+    let count = common::sample_sum(&metrics, "weir_end_to_end_latency_seconds_count", &[]);
+    assert!(count > 40_000.0, "results timed: {count}\n{metrics}");
+    assert!(
+        metrics.contains("weir_end_to_end_latency_seconds{job=\"nexmark\",quantile=\"0.99\"}"),
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -1832,11 +1832,13 @@ pub(crate) fn run(
         });
     }
     let started = Instant::now();
-    let done = Arc::new(AtomicBool::new(false));
+    // Dropping `done` ends the reporter at once (a sleeping reporter would add its tick to
+    // every run's wall time).
+    let (done, ended) = crossbeam_channel::bounded::<()>(0);
     let progress = Arc::new(progress);
     let reporter = options.progress_interval.map(|every| {
-        let (progress, done, job) = (progress.clone(), done.clone(), job.to_string());
-        std::thread::spawn(move || report_progress(&job, &progress, &done, every))
+        let (progress, job) = (progress.clone(), job.to_string());
+        std::thread::spawn(move || report_progress(&job, &progress, &ended, every))
     });
 
     let mut handles = Vec::with_capacity(tasks.len());
@@ -1890,7 +1892,7 @@ pub(crate) fn run(
             }
         }
     }
-    done.store(true, Ordering::Relaxed);
+    drop(done);
     if let Some(handle) = reporter {
         let _ = handle.join();
     }
@@ -1928,11 +1930,10 @@ impl Drop for CancelOnPanic {
     }
 }
 
-fn report_progress(job: &str, progress: &Progress, done: &AtomicBool, every: Duration) {
+fn report_progress(job: &str, progress: &Progress, ended: &Receiver<()>, every: Duration) {
     let mut last = (Instant::now(), 0u64);
     let tick = Duration::from_millis(50).min(every);
-    while !done.load(Ordering::Relaxed) {
-        std::thread::sleep(tick);
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = ended.recv_timeout(tick) {
         let now = Instant::now();
         if now.duration_since(last.0) < every {
             continue;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir_connectors::kafka::KafkaLineWriter;
 use weir_connectors::KafkaSpec;
@@ -55,6 +55,9 @@ enum Command {
     Bench {
         /// The job.
         job: String,
+        /// Run every query of the job (nexmark) one after another and end with a table.
+        #[arg(long, conflicts_with = "query")]
+        all: bool,
         #[command(flatten)]
         options: JobOptions,
     },
@@ -97,6 +100,9 @@ enum GenStream {
     Orders,
     /// Order saga steps for `saga-monitor`.
     Sagas,
+    /// Nexmark persons, auctions and bids (the `nexmark` job's generator), one JSON object
+    /// per line: `{"person":{..}}`, `{"auction":{..}}` or `{"bid":{..}}`.
+    Nexmark,
 }
 
 #[derive(Debug, Args)]
@@ -161,19 +167,24 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             println!("{dir}");
             Ok(())
         }
-        Command::Bench { job, options } => {
+        Command::Bench { job, all, options } => {
             let spec = registry.get(&job)?;
-            let result = crate::bench::run(spec, &options)?;
-            eprintln!(
-                "weir bench: {} events in {:.3}s = {:.0} events/s, {:.0} events/s per core ({:.3} CPU s), peak RSS {:.1} MiB",
-                result.events,
-                result.seconds,
-                result.events_per_sec(),
-                result.events_per_sec_per_core(),
-                result.cpu_seconds,
-                result.peak_rss_mb
-            );
-            println!("{}", result.result_line());
+            if !all {
+                bench_once(spec, &options)?;
+                return Ok(());
+            }
+            if spec.queries.is_empty() {
+                bail!("--all runs every query of a job that has several (nexmark); `{job}` has none: drop --all");
+            }
+            let mut results = Vec::new();
+            for query in spec.queries {
+                let options = JobOptions {
+                    query: Some(query.to_string()),
+                    ..options.clone()
+                };
+                results.push(bench_once(spec, &options)?);
+            }
+            println!("\n{}", crate::bench::markdown_table(&results));
             Ok(())
         }
         Command::Gen {
@@ -196,12 +207,41 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 ),
                 GenStream::Orders => write_orders(w, events),
                 GenStream::Sagas => write_sagas(w, events),
+                GenStream::Nexmark => crate::nexmark::write_events(w, events),
             }
             .with_context(|| format!("cannot write {output}"))?;
             eprintln!("weir: wrote {events} events to {output}");
             Ok(())
         }
     }
+}
+
+/// Runs one benchmark, prints its summary on stderr and its `RESULT` line on stdout.
+fn bench_once(
+    spec: &crate::registry::JobSpec,
+    options: &JobOptions,
+) -> anyhow::Result<crate::bench::BenchResult> {
+    let result = crate::bench::run(spec, options)?;
+    let latency = result.latency.map_or(String::new(), |l| {
+        format!(
+            ", latency p50 {:.3} ms p99 {:.3} ms",
+            l.p50.as_secs_f64() * 1e3,
+            l.p99.as_secs_f64() * 1e3
+        )
+    });
+    eprintln!(
+        "weir bench: {} events in {:.3}s = {:.0} events/s, {} events/s per core ({:.3} CPU s), peak RSS {:.1} MiB{latency}",
+        result.events,
+        result.seconds,
+        result.events_per_sec(),
+        result
+            .events_per_sec_per_core()
+            .map_or("NA (too little CPU time to tell)".into(), |v| format!("{v:.0}")),
+        result.cpu_seconds,
+        result.peak_rss_mb
+    );
+    println!("{}", result.result_line());
+    Ok(result)
 }
 
 /// Where `weir gen` writes: a file, a TCP server, or a Kafka topic.

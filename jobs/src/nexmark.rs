@@ -213,6 +213,22 @@ pub struct NexmarkGenerator {
     events: u64,
     next: u64,
     rng: SplitMix64,
+    pace: Option<Pace>,
+}
+
+/// Paces a source to a number of events per second of processing time.
+#[derive(Debug)]
+struct Pace {
+    per_second: u64,
+    started: Option<std::time::Instant>,
+}
+
+impl Pace {
+    /// How many events are due by now (the clock starts at the first call).
+    fn due(&mut self) -> u64 {
+        let started = *self.started.get_or_insert_with(std::time::Instant::now);
+        (started.elapsed().as_secs_f64() * self.per_second as f64) as u64
+    }
 }
 
 impl NexmarkGenerator {
@@ -222,7 +238,17 @@ impl NexmarkGenerator {
             events,
             next: 0,
             rng: SplitMix64::new(2026),
+            pace: None,
         }
+    }
+
+    /// The same stream, handed to the engine at most `per_second` events a second.
+    pub fn paced(mut self, per_second: u64) -> Self {
+        self.pace = (per_second > 0).then_some(Pace {
+            per_second,
+            started: None,
+        });
+        self
     }
 
     /// `extra` padding: one random letter repeated up to the standard size.
@@ -349,6 +375,18 @@ impl Source for NexmarkGenerator {
         out: &mut Vec<NexmarkEvent>,
         max: usize,
     ) -> Result<SourceStatus, BoxError> {
+        let mut max = max as u64;
+        if let Some(pace) = &mut self.pace {
+            let due = pace.due().min(self.events);
+            if due <= self.next && self.next < self.events {
+                // Nothing due yet: wait a millisecond (or until the next event, if later)
+                // rather than spin; events due meanwhile go out as one batch.
+                let wait = (1.0 / pace.per_second as f64).max(0.001);
+                std::thread::sleep(Duration::from_secs_f64(wait));
+                return Ok(SourceStatus::More);
+            }
+            max = max.min(due - self.next.min(due)).max(1);
+        }
         for _ in 0..max {
             match self.next() {
                 Some(e) => out.push(e),
@@ -359,8 +397,24 @@ impl Source for NexmarkGenerator {
     }
 
     fn describe(&self) -> String {
-        format!("nexmark generator: {} events", self.events)
+        match &self.pace {
+            Some(pace) => format!(
+                "nexmark generator: {} events at {} events/s",
+                self.events, pace.per_second
+            ),
+            None => format!("nexmark generator: {} events", self.events),
+        }
     }
+}
+
+/// Writes the first `events` events as JSON lines (`weir gen nexmark`), each the same
+/// event the in-process generator produces.
+pub fn write_events(mut w: impl std::io::Write, events: u64) -> std::io::Result<()> {
+    for event in NexmarkGenerator::new(events) {
+        serde_json::to_writer(&mut w, &event)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()
 }
 
 /// q1 output: a bid with its price in euros.
@@ -698,7 +752,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let events = job
         .source(
             "nexmark",
-            NexmarkGenerator::new(opts.events.unwrap_or(1_000_000)),
+            NexmarkGenerator::new(opts.events.unwrap_or(1_000_000)).paced(opts.rate.unwrap_or(0)),
         )
         .timestamps(NexmarkEvent::date_time, Watermarks::bounded(Duration::ZERO));
     let query = opts.query.as_deref().unwrap_or("q0");

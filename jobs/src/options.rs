@@ -93,9 +93,13 @@ pub struct JobOptions {
     /// Generate this many events in-process instead of reading `--input` (jobs that can).
     #[arg(long)]
     pub events: Option<u64>,
-    /// nexmark: the query to run (q0, q1, q2, q5, q7).
+    /// nexmark: the query to run (q0, q1, q2, q3, q4, q5, q7, q8).
     #[arg(long)]
     pub query: Option<String>,
+    /// nexmark: generate at most this many events per second of processing time (default:
+    /// as fast as possible), e.g. to measure latency at a given load.
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// Job-specific settings, `KEY=VALUE`, repeatable.
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, String)>,

@@ -16,6 +16,8 @@ pub struct JobSpec {
     pub about: String,
     /// Its builder.
     pub build: BuildFn,
+    /// The queries `--query` selects, for jobs that bundle several (what `--all` runs).
+    pub queries: &'static [&'static str],
 }
 
 /// The jobs a binary offers.
@@ -48,7 +50,12 @@ impl Registry {
                 crate::saga_monitor::ABOUT,
                 crate::saga_monitor::build,
             )
-            .job("nexmark", crate::nexmark::ABOUT, crate::nexmark::build)
+            .job_with_queries(
+                "nexmark",
+                crate::nexmark::ABOUT,
+                crate::nexmark::build,
+                &crate::nexmark::QUERIES,
+            )
             .job(
                 "operators",
                 crate::operator_bench::ABOUT,
@@ -57,11 +64,23 @@ impl Registry {
     }
 
     /// Adds a job.
-    pub fn job(mut self, name: &str, about: &str, build: BuildFn) -> Self {
+    pub fn job(self, name: &str, about: &str, build: BuildFn) -> Self {
+        self.job_with_queries(name, about, build, &[])
+    }
+
+    /// Adds a job that bundles several queries, chosen with `--query`.
+    pub fn job_with_queries(
+        mut self,
+        name: &str,
+        about: &str,
+        build: BuildFn,
+        queries: &'static [&'static str],
+    ) -> Self {
         self.jobs.push(JobSpec {
             name: name.to_string(),
             about: about.to_string(),
             build,
+            queries,
         });
         self
     }
