@@ -229,6 +229,19 @@ impl EventDecoder {
         }
     }
 
+    /// The general JSON path (serde), which also words every error.
+    fn decode_json(&mut self, line: &str) -> Result<Event, String> {
+        let mut de = serde_json::Deserializer::from_str(line);
+        let event = EventSeed {
+            names: &self.names,
+            keys: &mut self.keys,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+        de.end().map_err(|e| e.to_string())?;
+        Ok(event)
+    }
+
     fn decode_csv(&mut self, line: &str, columns: [usize; 3]) -> Result<Event, String> {
         let (mut ts, mut key, mut value) = (None, None, None);
         let mut column = 0;
@@ -291,17 +304,126 @@ impl Decoder for EventDecoder {
         match self.columns {
             Some(columns) => self.decode_csv(line, columns),
             None => {
-                let mut de = serde_json::Deserializer::from_str(line);
-                let event = EventSeed {
-                    names: &self.names,
-                    keys: &mut self.keys,
+                if let Some(event) = decode_flat_json(line, &self.names, &mut self.keys) {
+                    return Ok(event);
                 }
-                .deserialize(&mut de)
-                .map_err(|e| e.to_string())?;
-                de.end().map_err(|e| e.to_string())?;
-                Ok(event)
+                self.decode_json(line)
             }
         }
+    }
+}
+
+/// The common case without serde: one flat object whose values are all integers or strings
+/// without escapes (`{"ts":1,"key":"k","value":2}`). Anything else (nesting, fractions,
+/// escapes, literals, a missing field, trailing text) returns `None` and takes the serde
+/// path, which decides and words the error; where both accept a line they agree (tested).
+/// On 46-byte lines serde's visitor was about 30 % of the JSONL window job's profile.
+fn decode_flat_json(line: &str, names: &[String; 3], keys: &mut Interner) -> Option<Event> {
+    let mut cursor = FlatJson {
+        line,
+        bytes: line.as_bytes(),
+        at: 0,
+    };
+    cursor.expect(b'{')?;
+    let (mut ts, mut key, mut value) = (None, None, None);
+    loop {
+        let name = cursor.string()?;
+        cursor.expect(b':')?;
+        let field = names.iter().position(|n| n == name);
+        cursor.skip_space();
+        if cursor.bytes.get(cursor.at) == Some(&b'"') {
+            let text = cursor.string()?;
+            match field {
+                Some(1) => key = Some(text),
+                Some(_) => return None,
+                None => {}
+            }
+        } else {
+            let (number, text) = cursor.integer()?;
+            match field {
+                Some(0) => ts = Some(number),
+                Some(1) => key = Some(text),
+                Some(_) => value = Some(number),
+                None => {}
+            }
+        }
+        cursor.skip_space();
+        match cursor.bytes.get(cursor.at)? {
+            b',' => cursor.at += 1,
+            b'}' => {
+                cursor.at += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    cursor.skip_space();
+    if cursor.at != cursor.bytes.len() {
+        return None;
+    }
+    Some(Event {
+        ts: ts?,
+        key: keys.intern(key?),
+        value: value?,
+    })
+}
+
+/// A position in a line for [`decode_flat_json`].
+struct FlatJson<'a> {
+    line: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> FlatJson<'a> {
+    fn skip_space(&mut self) {
+        while matches!(self.bytes.get(self.at), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+            self.at += 1;
+        }
+    }
+
+    /// Skips spaces, then `byte`.
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        self.skip_space();
+        (self.bytes.get(self.at) == Some(&byte)).then(|| self.at += 1)
+    }
+
+    /// Skips spaces, then a string without escapes or control characters; its content.
+    fn string(&mut self) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        let len = self.bytes[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        self.at = start + len;
+        self.expect(b'"')?;
+        self.line.get(start..start + len)
+    }
+
+    /// An integer of at most 18 digits, as JSON writes it (no leading zero, no `-0`), not
+    /// followed by a fraction or exponent; its value and its text.
+    fn integer(&mut self) -> Option<(i64, &'a str)> {
+        let start = self.at;
+        let negative = self.bytes.get(self.at) == Some(&b'-');
+        if negative {
+            self.at += 1;
+        }
+        let digits = self.bytes[self.at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let first = self.at;
+        self.at += digits;
+        let leading_zero = digits > 1 && self.bytes[first] == b'0';
+        let minus_zero = negative && digits == 1 && self.bytes[first] == b'0';
+        if digits == 0 || digits > 18 || leading_zero || minus_zero {
+            return None;
+        }
+        if matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let text = self.line.get(start..self.at)?;
+        Some((text.parse().ok()?, text))
     }
 }
 
@@ -464,6 +586,42 @@ mod tests {
             .is_err());
         assert!(d.decode("[1,2,3]").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn the_flat_json_path_agrees_with_serde_wherever_it_decides() {
+        let names = ["time".to_string(), "user".to_string(), "ms".to_string()];
+        let lines = [
+            (r#"{"time":1767225600000,"user":"k123","ms":42}"#, true),
+            (r#" { "ms" : -5 , "user" : 17 , "time" : 0 } "#, true),
+            (r#"{"time":1,"user":"a","ms":2,"other":"x","n":-3}"#, true),
+            (r#"{"time":1,"user":"a","ms":2,"time":9}"#, true),
+            (r#"{"time":1,"user":"a b","ms":2}"#, true),
+            (r#"{"time":1,"user":"a"b","ms":2}"#, false),
+            (r#"{"time":1,"user":"a","ms":2.0}"#, false),
+            (r#"{"time":1,"user":"a","ms":2e3}"#, false),
+            (r#"{"time":01,"user":"a","ms":2}"#, false),
+            (r#"{"time":1,"user":-0,"ms":2}"#, false),
+            (r#"{"time":1,"user":"a","ms":"2"}"#, false),
+            (r#"{"time":1,"user":"a"}"#, false),
+            (r#"{"time":1,"user":"a","ms":2} x"#, false),
+            (r#"{"time":1,"user":"a","ms":2,}"#, false),
+            (r#"{"time":1,"user":"a","ms":null}"#, false),
+            (r#"{"time":1,"user":"a","ms":2,"x":{"y":1}}"#, false),
+            (r#"{"time":1234567890123456789,"user":"a","ms":2}"#, false),
+            ("", false),
+            ("{", false),
+            (r#"{"time":1,"user":"a","ms":-}"#, false),
+        ];
+        for (line, fast) in lines {
+            let mut keys = Interner::default();
+            let flat = decode_flat_json(line, &names, &mut keys);
+            assert_eq!(flat.is_some(), fast, "{line}");
+            let serde = EventDecoder::new("time", "user", "ms").decode_json(line);
+            if let Some(event) = flat {
+                assert_eq!(serde, Ok(event), "{line}");
+            }
+        }
     }
 
     #[test]

@@ -60,9 +60,12 @@ where
         self.process(
             name,
             "per-key state".into(),
-            ProcessFactory {
-                f,
-                _types: Types::<K, T, S, O>::default(),
+            TimerProcessFactory {
+                f: Stateful {
+                    f,
+                    _types: PhantomData,
+                },
+                _types: PhantomData,
             },
         )
     }
@@ -82,103 +85,34 @@ where
     }
 }
 
-/// The types a [`ProcessFactory`] is generic over, as a zero-sized marker.
-type Types<K, T, S, O> = PhantomData<fn() -> (K, T, S, O)>;
-
-struct ProcessFactory<F, K, T, S, O> {
+/// A [`ProcessExt::process_with_state`] function: a [`TimerFunction`] that sets no timers.
+#[derive(Clone)]
+struct Stateful<F, S, O> {
     f: F,
-    _types: Types<K, T, S, O>,
+    _types: PhantomData<fn() -> (S, O)>,
 }
 
-impl<F, K, T, S, O> OperatorFactory for ProcessFactory<F, K, T, S, O>
+impl<K, T, S, O, F> TimerFunction<K, T> for Stateful<F, S, O>
 where
-    K: StateKey + Data,
-    T: Data,
     S: StateValue + Default,
     O: Data,
     F: Fn(&K, &mut S, Timestamp, &T, &mut Vec<O>) + Clone + Send + 'static,
 {
-    type Key = K;
-    type In = T;
+    type State = S;
     type Out = O;
-    type Operator<B: StateBackend> = ProcessOperator<B, F, K, T, S, O>;
 
-    fn create<B: StateBackend>(
+    fn on_event(
         &self,
-        _ctx: &OperatorContext,
-        mut state: B,
-    ) -> Result<Self::Operator<B>, BoxError> {
-        Ok(ProcessOperator {
-            f: self.f.clone(),
-            state: state.map_state("process-state")?,
-            emitted: Vec::new(),
-            _types: PhantomData,
-        })
-    }
-}
-
-/// The operator behind [`ProcessExt::process_with_state`].
-pub struct ProcessOperator<B: StateBackend, F, K: StateKey, T, S: StateValue, O> {
-    f: F,
-    state: B::Map<K, S>,
-    emitted: Vec<O>,
-    _types: PhantomData<fn(T)>,
-}
-
-impl<B: StateBackend, F, K: StateKey, T, S: StateValue, O> std::fmt::Debug
-    for ProcessOperator<B, F, K, T, S, O>
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessOperator")
-            .field("keys", &self.state.len())
-            .finish()
-    }
-}
-
-impl<B, F, K, T, S, O> KeyedOperator for ProcessOperator<B, F, K, T, S, O>
-where
-    B: StateBackend,
-    K: StateKey + Data,
-    T: Data,
-    S: StateValue + Default,
-    O: Data,
-    F: Fn(&K, &mut S, Timestamp, &T, &mut Vec<O>) + Send + 'static,
-{
-    type Key = K;
-    type In = T;
-    type Out = O;
-
-    fn process(
-        &mut self,
-        records: Vec<Record<Keyed<K, T>>>,
-        out: &mut Output<O>,
-    ) -> Result<(), BoxError> {
-        for r in records {
-            out.advance_watermark(r.watermark);
-            let (f, emitted) = (&self.f, &mut self.emitted);
-            self.state.update(&r.value.key, S::default, |s| {
-                f(&r.value.key, s, r.ts, &r.value.value, emitted)
-            })?;
-            for o in self.emitted.drain(..) {
-                out.emit(r.ts, o);
-            }
-        }
-        Ok(())
+        key: &K,
+        state: &mut S,
+        ts: Timestamp,
+        event: &T,
+        ctx: &mut TimerContext<O>,
+    ) {
+        (self.f)(key, state, ts, event, &mut ctx.emitted)
     }
 
-    fn state_entries(&self) -> usize {
-        self.state.len()
-    }
-
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        self.state.flush()?;
-        Ok(serde_json::Value::Null)
-    }
-
-    fn restore(&mut self, _snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        // No timers to rebuild; the scan recounts the restored entries for the metrics.
-        Ok(self.state.scan(|_, _| {})?)
-    }
+    fn on_timer(&self, _: &K, _: &mut S, _: Timestamp, _: &mut TimerContext<O>) {}
 }
 
 /// A keyed function with state and event-time timers (Flink's `KeyedProcessFunction`).
