@@ -7,6 +7,8 @@
 //!   per-partition watermarks keep one partition's progress from making another's events
 //!   late. A garbage record goes to the dead letters with its topic, partition and offset.
 //! - `--output kafka://` writes every row once, as JSON, keyed by the row's key.
+//! - With `timestamp=kafka` the windows follow the records' Kafka timestamps, not the
+//!   payload's (wrong or missing) `ts`.
 //! - A checkpointed job killed with SIGKILL resumes from the offsets in its checkpoint: the
 //!   committed rows equal the reference (exactly-once with the file sink), and the group's
 //!   committed offsets end at the partitions' ends (for lag tools).
@@ -463,4 +465,69 @@ fn a_killed_checkpointed_job_resumes_from_its_offsets_exactly_once() {
         })
         .sum();
     assert_eq!(total, events as i64, "committed offsets {committed:?}");
+}
+
+#[test]
+fn timestamp_kafka_takes_event_time_from_the_record_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("stamped", PARTITIONS);
+    let events = 100_000;
+    let reference = reference_rows(&dir, events);
+
+    // Each event's time goes into the record's timestamp; its payload says another time
+    // (every other one says none at all), so only the record timestamps give the reference.
+    let lines = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    for (i, line) in lines.lines().enumerate() {
+        let mut event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ts = event["ts"].as_i64().unwrap();
+        if i % 2 == 0 {
+            event["ts"] = (ts / 3 + 5_000_000).into();
+        } else {
+            event.as_object_mut().unwrap().remove("ts");
+        }
+        let payload = event.to_string();
+        let mut record = BaseRecord::<(), str>::to("stamped")
+            .partition(i as i32 % PARTITIONS)
+            .payload(&payload)
+            .timestamp(ts);
+        while let Err((e, back)) = producer.send(record) {
+            assert!(
+                matches!(
+                    e,
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                ),
+                "{e}"
+            );
+            record = back;
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+
+    let output = dir.path().join("stamped.jsonl");
+    let input = broker.uri(
+        "stamped",
+        &format!("group=stamped&start=earliest&until=end&timestamp=kafka&{GROUP_TIMING}"),
+    );
+    let run = common::run_ok(WEIR, window_agg(&input, &output, 2)).unwrap();
+    let summary = Summary::from_stderr(&run.stderr).unwrap();
+    assert_eq!(
+        (
+            summary.events_read,
+            summary.late_events,
+            summary.dead_letters
+        ),
+        (events, 0, 0),
+        "events, late events, dead letters; stderr:\n{}",
+        run.stderr
+    );
+    assert!(
+        sorted_lines([output]) == reference,
+        "the windows do not follow the Kafka record timestamps"
+    );
 }

@@ -8,6 +8,7 @@
 //! | `group=G` | consumer group (default `weir`); processes with the same group split the partitions |
 //! | `start=earliest\|latest\|committed\|MS` | where partitions without a checkpointed offset start: their first record, their end, the group's committed offset (else the first record), or the first record at or after event time `MS` (epoch ms); default `committed` |
 //! | `until=end` | bounded: stop once every assigned partition has reached its end (one topic only) |
+//! | `timestamp=kafka\|payload` | where a record's event time comes from: its Kafka timestamp (CreateTime, or LogAppendTime if the topic is configured so), or the payload (the job's own timestamp field); default `payload` |
 //! | `NAME=VALUE` with a `.` in `NAME` | handed to librdkafka as is, e.g. `session.timeout.ms=6000` |
 //!
 //! # Invariants
@@ -32,7 +33,7 @@ use rdkafka::ClientConfig;
 use weir_engine::metrics::KafkaMetrics;
 
 pub use sink::{KafkaLineWriter, KafkaSink, KeyOf};
-pub use source::KafkaSource;
+pub use source::{KafkaSource, SetEventTime};
 
 /// Where partitions without a checkpointed offset start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,16 @@ pub enum StartAt {
     Committed,
     /// The first record whose Kafka timestamp is at or after this time (epoch ms).
     Timestamp(i64),
+}
+
+/// Where the source takes each record's event time from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTime {
+    /// The decoded payload: the job's `.timestamps(..)` reads its own field.
+    Payload,
+    /// The record's Kafka timestamp, written into the decoded event by the setter the job
+    /// gives [`KafkaSource::with_record_time`].
+    Kafka,
 }
 
 /// A Kafka endpoint parsed from `kafka://BROKERS/TOPICS?PARAMS`.
@@ -60,6 +71,8 @@ pub struct KafkaSpec {
     pub start: StartAt,
     /// Stop at the end of each partition.
     pub until_end: bool,
+    /// Where event time comes from.
+    pub event_time: EventTime,
     /// librdkafka properties given in the URI.
     pub properties: Vec<(String, String)>,
 }
@@ -72,7 +85,8 @@ impl KafkaSpec {
     }
 
     fn parse_rest(uri: &str, rest: &str) -> Result<KafkaSpec, String> {
-        let usage = "use kafka://BROKER:PORT/TOPIC[?group=G&start=earliest&until=end]";
+        let usage =
+            "use kafka://BROKER:PORT/TOPIC[?group=G&start=earliest&until=end&timestamp=kafka]";
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (brokers, topics) = path
             .split_once('/')
@@ -91,6 +105,7 @@ impl KafkaSpec {
             group: "weir".into(),
             start: StartAt::Committed,
             until_end: false,
+            event_time: EventTime::Payload,
             properties: Vec::new(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -114,11 +129,23 @@ impl KafkaSpec {
                 }
                 "until" if v == "end" => spec.until_end = true,
                 "until" => return Err(format!("`{uri}`: until={v}: the only bound is until=end")),
+                "timestamp" => {
+                    spec.event_time = match v {
+                        "kafka" => EventTime::Kafka,
+                        "payload" => EventTime::Payload,
+                        _ => {
+                            return Err(format!(
+                                "`{uri}`: timestamp={v}: use kafka (the record's timestamp) or \
+                                 payload (the job's timestamp field)"
+                            ))
+                        }
+                    }
+                }
                 _ if k.contains('.') => spec.properties.push((k.to_string(), v.to_string())),
                 _ => {
                     return Err(format!(
-                        "`{uri}`: unknown parameter `{k}`: use group, start, until, or a \
-                         librdkafka property such as session.timeout.ms"
+                        "`{uri}`: unknown parameter `{k}`: use group, start, until, \
+                         timestamp, or a librdkafka property such as session.timeout.ms"
                     ))
                 }
             }
@@ -209,7 +236,7 @@ mod tests {
     #[test]
     fn parses_a_full_uri() {
         let spec = KafkaSpec::parse(
-            "kafka://127.0.0.1:9092/orders?group=g1&start=earliest&until=end&session.timeout.ms=6000",
+            "kafka://127.0.0.1:9092/orders?group=g1&start=earliest&until=end&timestamp=kafka&session.timeout.ms=6000",
         )
         .and_then(Result::ok);
         assert_eq!(
@@ -220,6 +247,7 @@ mod tests {
                 group: "g1".into(),
                 start: StartAt::Earliest,
                 until_end: true,
+                event_time: EventTime::Kafka,
                 properties: vec![("session.timeout.ms".into(), "6000".into())],
             })
         );
@@ -233,6 +261,7 @@ mod tests {
         assert_eq!(spec.topics, ["a", "b"]);
         assert_eq!(spec.start, StartAt::Timestamp(1_700_000_000_000));
         assert!(!spec.until_end);
+        assert_eq!(spec.event_time, EventTime::Payload);
     }
 
     #[test]
@@ -243,6 +272,7 @@ mod tests {
             ("kafka://b:1/t?start=soon", "start=soon"),
             ("kafka://b:1/t?until=tomorrow", "until=tomorrow"),
             ("kafka://b:1/t?colour=red", "unknown parameter `colour`"),
+            ("kafka://b:1/t?timestamp=wall", "timestamp=wall"),
             ("kafka://b:1/a,b?until=end", "one topic only"),
         ] {
             let err = KafkaSpec::parse(uri).and_then(Result::err);
