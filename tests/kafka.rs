@@ -184,6 +184,17 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Sends `signal` (`STOP`, `CONT`) to the broker process.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} the broker failed");
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -529,5 +540,81 @@ fn timestamp_kafka_takes_event_time_from_the_record_timestamps() {
     assert!(
         sorted_lines([output]) == reference,
         "the windows do not follow the Kafka record timestamps"
+    );
+}
+
+#[test]
+fn a_frozen_broker_stalls_the_job_which_resumes_without_loss_or_duplicates() {
+    // Tansu's memory storage empties on a restart, so "the broker stopped and came back" is
+    // tested by freezing its process (SIGSTOP/SIGCONT): connections stay open and every
+    // request goes unanswered, as with a hung or partitioned broker.
+    const FROZEN: Duration = Duration::from_secs(15);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("in", PARTITIONS);
+    broker.create_topic("out", PARTITIONS);
+    let events = 400_000;
+    gen_events(&broker.uri("in", ""), events);
+    let reference = reference_rows(&dir, events);
+
+    let input = broker.uri(
+        "in",
+        &format!("group=frozen&start=earliest&until=end&{GROUP_TIMING}"),
+    );
+    let mut args = window_agg(&input, Path::new("-"), 1);
+    args[5] = broker.uri("out", "");
+    args.truncate(args.len() - 2); // a metrics endpoint instead of `--metrics-addr off`
+    args.extend(["--metrics-addr", "127.0.0.1:0", "--linger", "60s"].map(String::from));
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let mut job = common::Running::spawn(WEIR, &args).unwrap();
+    job.wait_for_line(Duration::from_secs(60), |l| l.contains("assigned"))
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    broker.signal("STOP");
+    sleep(FROZEN);
+    let still_running = job.child.0.try_wait().unwrap().is_none();
+    broker.signal("CONT");
+    assert!(
+        still_running,
+        "the job ended while the broker was frozen:\n{}",
+        job.stderr()
+    );
+    let done = job
+        .wait_for_line(Duration::from_secs(180), |l| l.contains(" done: "))
+        .unwrap();
+    let stderr = job.stderr();
+    let summary = Summary::from_stderr(&done).unwrap();
+    assert_eq!(
+        (
+            summary.events_read,
+            summary.late_events,
+            summary.dead_letters
+        ),
+        (events, 0, 0),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("retrying with backoff"),
+        "the job did not say it was waiting for the broker:\n{stderr}"
+    );
+    let metrics = job.scrape().unwrap();
+    assert!(
+        common::sample_sum(&metrics, "weir_kafka_broker_errors_total", &[]) >= 1.0,
+        "the broker's absence was not counted:\n{metrics}"
+    );
+    let mut rows: Vec<String> = broker
+        .read_all("out")
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    rows.sort_unstable();
+    assert_eq!(
+        rows.len(),
+        reference.len(),
+        "rows lost or repeated:\n{stderr}"
+    );
+    assert!(
+        rows == reference,
+        "the topic's rows differ from the file run's"
     );
 }

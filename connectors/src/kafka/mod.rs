@@ -21,13 +21,16 @@
 //!   (after a restart, rows derived since the restored checkpoint are produced again). It is
 //!   not transactional yet.
 //! - The brokers going away never fails a job by itself: librdkafka reconnects with
-//!   backoff; weir says so on stderr and counts it in `weir_kafka_broker_errors_total`. A
+//!   backoff; weir says so on stderr and counts it in `weir_kafka_broker_errors_total`,
+//!   including a broker that is connected but silent (request timeouts, which librdkafka
+//!   reports only as log lines; `socket.timeout.ms` is 10 s unless the URI says otherwise). A
 //!   record the brokers did not acknowledge within librdkafka's `message.timeout.ms`
 //!   (default 5 minutes) fails the job, which can then restart from its checkpoint.
 
 mod sink;
 mod source;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientConfig;
 use weir_engine::metrics::KafkaMetrics;
@@ -164,7 +167,13 @@ impl KafkaSpec {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", "weir");
+            .set("client.id", "weir")
+            // A broker that stops answering (hung, frozen, cut off) is noticed, reported and
+            // reconnected to after 10 s instead of librdkafka's 60 s; the URI may override it.
+            .set("socket.timeout.ms", "10000")
+            // Warnings carry the request timeouts (see `Reporting::log`); the rdkafka crate
+            // would set Error, as weir installs no `log` logger.
+            .set_log_level(RDKafkaLogLevel::Warning);
         for (k, v) in &self.properties {
             config.set(k, v);
         }
@@ -196,6 +205,19 @@ impl Reporting {
             "weir: kafka {}: {reason} ({error}); retrying with backoff",
             self.endpoint
         );
+    }
+
+    /// librdkafka's log lines. It reports a broker that stops answering (requests timed
+    /// out after `socket.timeout.ms`) only here, as a warning, then reconnects: that is a
+    /// broker error for weir too. The rest has no logger to go to (weir has none).
+    fn log(&self, facility: &str, message: &str) {
+        if facility == "REQTMOUT" {
+            self.metrics.broker_errors.inc();
+            eprintln!(
+                "weir: kafka {}: the broker does not answer ({message}); retrying with backoff",
+                self.endpoint
+            );
+        }
     }
 
     fn stats(&self, statistics: &Statistics) {

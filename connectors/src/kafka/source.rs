@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::statistics::Statistics;
@@ -92,7 +93,6 @@ impl SourceContext {
                     }
                 };
                 let _ = tpl.set_partition_offset(&topic, partition, offset);
-                parts.at_end.remove(&(topic.clone(), partition));
                 parts.assigned.insert((topic, partition));
             }
         }
@@ -124,6 +124,34 @@ impl SourceContext {
     }
 }
 
+impl SourceContext {
+    /// Pauses the partitions of `tpl` that reached their end before (bounded mode): they
+    /// stay at their end across a rebalance. librdkafka reports a partition's end only once
+    /// per end offset, so one handed back at its end would never report it again.
+    fn pause_ended(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> Result<(), RdKafkaError> {
+        let mut ended = TopicPartitionList::new();
+        {
+            let parts = self.partitions();
+            for e in tpl.elements() {
+                if parts
+                    .at_end
+                    .contains(&(e.topic().to_string(), e.partition()))
+                {
+                    ended.add_partition(e.topic(), e.partition());
+                }
+            }
+        }
+        if ended.count() == 0 {
+            return Ok(());
+        }
+        consumer.pause(&ended)
+    }
+}
+
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         self.reporting.stats(&statistics);
@@ -131,6 +159,10 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: RdKafkaError, reason: &str) {
         self.reporting.error(&error, reason);
+    }
+
+    fn log(&self, _: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.reporting.log(facility, message);
     }
 }
 
@@ -154,7 +186,9 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.choose_offsets(consumer, tpl);
                 eprintln!("weir: kafka {endpoint}: assigned {}", listed(tpl));
-                consumer.assign(tpl)
+                consumer
+                    .assign(tpl)
+                    .and_then(|()| self.pause_ended(consumer, tpl))
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 eprintln!("weir: kafka {endpoint}: revoked {}", listed(tpl));
