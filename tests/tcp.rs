@@ -1,8 +1,11 @@
 //! `weir run window-agg --input tcp://127.0.0.1:0?until=disconnect`: several clients at
 //! once over real sockets, one of them sending garbage and an over-long line. The results
 //! must equal a run over a file holding the same good events, and every bad line must be a
-//! dead letter naming its client; the other clients are not disturbed. And `--output
-//! tcp://` to a slow reader: the job waits with bounded memory and every row arrives.
+//! dead letter naming its client; the other clients are not disturbed. `--input
+//! tcp://..?mode=connect` reads from a server that cuts the connection mid-line and is
+//! unreachable for a while: weir reconnects and the results equal the file run's. And
+//! `--output tcp://` to a slow reader: the job waits with bounded memory and every row
+//! arrives.
 
 mod common;
 
@@ -268,5 +271,94 @@ fn a_slow_tcp_reader_holds_the_job_back_with_bounded_memory() -> TestResult {
         got.len(),
         want.len()
     );
+    Ok(())
+}
+
+/// The client source (`mode=connect`) against a server in the test that cuts the first
+/// connection in the middle of a line, is unreachable for half a second, then serves the
+/// rest from that line on: every event is read once, the cut line is not a dead letter, a
+/// garbage line is, and the job ends when the server closes the second connection.
+#[test]
+fn the_client_source_reconnects_and_reads_every_line_once() -> TestResult {
+    const EVENTS: usize = 50_000;
+    const CUT_AT: usize = 20_000;
+    let dir = tempfile::tempdir()?;
+    let mut lines: Vec<String> = (0..EVENTS).map(|i| event_line(1, i)).collect();
+    lines.insert(100, "{garbage\n".into());
+    let good: String = lines
+        .iter()
+        .filter(|l| !l.starts_with("{garbage"))
+        .cloned()
+        .collect();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut first, _) = listener.accept()?;
+        drop(listener);
+        for line in &lines[..CUT_AT] {
+            first.write_all(line.as_bytes())?;
+        }
+        let cut = &lines[CUT_AT];
+        first.write_all(&cut.as_bytes()[..cut.len() / 2])?;
+        drop(first);
+        std::thread::sleep(Duration::from_millis(500));
+        let listener = std::net::TcpListener::bind(addr)?;
+        let (mut second, _) = listener.accept()?;
+        for line in &lines[CUT_AT..] {
+            second.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    });
+
+    let output = dir.path().join("client.jsonl");
+    let input = format!("tcp://{addr}?mode=connect&until=disconnect");
+    let common_args = [
+        "--window",
+        "tumble:1m",
+        "--watermark-delay",
+        "2h",
+        "--metrics-addr",
+        "off",
+    ];
+    let mut args = vec!["run", "window-agg", "--input", &input, "--output"];
+    args.push(output.to_str().ok_or("path")?);
+    args.extend(common_args);
+    let run = common::run_ok(WEIR, &args)?;
+    server.join().map_err(|_| "server panicked")??;
+    let summary = common::Summary::from_stderr(&run.stderr)?;
+    assert_eq!(
+        (summary.events_read, summary.dead_letters),
+        (EVENTS as u64, 1),
+        "events read, dead letters; stderr:\n{}",
+        run.stderr
+    );
+    for says in ["middle of a line", "cannot connect", "connecting again"] {
+        assert!(
+            run.stderr.contains(says),
+            "no `{says}` on stderr:\n{}",
+            run.stderr
+        );
+    }
+    let dead = std::fs::read_to_string(dir.path().join("client.jsonl.dead.jsonl"))?;
+    let letter: Value = serde_json::from_str(dead.trim())?;
+    assert_eq!(letter["source"], format!("tcp://{addr}"), "{dead}");
+    assert_eq!(letter["line"], 101, "{dead}");
+
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, good)?;
+    let file_output = dir.path().join("file.jsonl");
+    let mut args = vec![
+        "run",
+        "window-agg",
+        "--input",
+        input.to_str().ok_or("path")?,
+    ];
+    args.extend(["--output", file_output.to_str().ok_or("path")?]);
+    args.extend(common_args);
+    common::run_ok(WEIR, &args)?;
+    let expected = sorted_rows(&std::fs::read_to_string(&file_output)?);
+    assert!(expected.len() > 100, "{} rows", expected.len());
+    assert!(sorted_rows(&std::fs::read_to_string(&output)?) == expected);
     Ok(())
 }
