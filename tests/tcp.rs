@@ -3,9 +3,10 @@
 //! must equal a run over a file holding the same good events, and every bad line must be a
 //! dead letter naming its client; the other clients are not disturbed. `--input
 //! tcp://..?mode=connect` reads from a server that cuts the connection mid-line and is
-//! unreachable for a while: weir reconnects and the results equal the file run's. And
+//! unreachable for a while: weir reconnects and the results equal the file run's.
 //! `--output tcp://` to a slow reader: the job waits with bounded memory and every row
-//! arrives.
+//! arrives. `--output tcp://..?mode=listen` serves every subscriber all rows, and
+//! disconnects one that does not read instead of waiting for it.
 
 mod common;
 
@@ -360,5 +361,99 @@ fn the_client_source_reconnects_and_reads_every_line_once() -> TestResult {
     let expected = sorted_rows(&std::fs::read_to_string(&file_output)?);
     assert!(expected.len() > 100, "{} rows", expected.len());
     assert!(sorted_rows(&std::fs::read_to_string(&output)?) == expected);
+    Ok(())
+}
+
+/// `--output tcp://127.0.0.1:0?mode=listen&subscribers=3`: two subscribers that read get
+/// every row of the file run; a third that never reads is disconnected (a stderr line and
+/// `weir_tcp_subscribers_dropped_total`) instead of holding back the job or the others, and
+/// memory stays bounded.
+#[test]
+fn the_server_sink_serves_all_rows_and_drops_a_subscriber_that_does_not_read() -> TestResult {
+    use std::io::Read;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("events.jsonl");
+    let input = input.to_str().ok_or("temp path is not UTF-8")?;
+    common::run_ok(
+        WEIR,
+        [
+            "gen", "events", "--output", input, "--events", "500000", "--keys", "100000",
+        ],
+    )?;
+    let job = [
+        "run",
+        "window-agg",
+        "--input",
+        input,
+        "--window",
+        "tumble:1s",
+    ];
+    let reference = dir.path().join("reference.jsonl");
+    let reference_arg = reference.to_str().ok_or("temp path is not UTF-8")?;
+    let mut args = job.to_vec();
+    args.extend(["--output", reference_arg, "--metrics-addr", "off"]);
+    common::run_ok(WEIR, &args)?;
+    let mut expected: Vec<String> = std::fs::read_to_string(&reference)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    expected.sort_unstable();
+
+    let mut args = job.to_vec();
+    args.extend(["--output", "tcp://127.0.0.1:0?mode=listen&subscribers=3"]);
+    args.extend(["--metrics-addr", "127.0.0.1:0", "--linger", "60s"]);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let mut running = common::Running::spawn(WEIR, &args)?;
+    let serving = running.wait_for_line(Duration::from_secs(30), |l| {
+        l.starts_with("weir: serving results on tcp://")
+    })?;
+    let addr = serving
+        .trim_start_matches("weir: serving results on tcp://")
+        .to_string();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut socket = TcpStream::connect(&addr)?;
+            socket.set_read_timeout(Some(Duration::from_secs(60)))?;
+            Ok(std::thread::spawn(move || -> std::io::Result<String> {
+                let mut text = String::new();
+                socket.read_to_string(&mut text)?;
+                Ok(text)
+            }))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let mut idle = TcpStream::connect(&addr)?;
+    let done = running.wait_for_line(Duration::from_secs(120), |l| l.contains(" done: "))?;
+    let peak = peak_rss_mib(running.child.0.id()).unwrap_or(0.0);
+    let stderr = running.stderr();
+    for reader in readers {
+        let text = reader.join().map_err(|_| "reader panicked")??;
+        let mut got: Vec<&str> = text.lines().collect();
+        got.sort_unstable();
+        assert!(
+            got == expected,
+            "a subscriber got {} rows, the file run has {}; {done}\n{stderr}",
+            got.len(),
+            expected.len()
+        );
+    }
+    assert!(stderr.contains("fell behind"), "{stderr}");
+    let metrics = running.scrape()?;
+    assert_eq!(
+        common::sample_sum(&metrics, "weir_tcp_subscribers_dropped_total", &[]),
+        1.0,
+        "{metrics}"
+    );
+    idle.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut cut_off = Vec::new();
+    let _ = idle.read_to_end(&mut cut_off);
+    assert!(
+        cut_off.len() < std::fs::metadata(&reference)?.len() as usize / 2,
+        "the subscriber that did not read still got {} bytes",
+        cut_off.len()
+    );
+    assert!(
+        peak > 0.0 && peak < 200.0,
+        "peak RSS {peak:.1} MiB (limit 200 MiB)"
+    );
     Ok(())
 }
