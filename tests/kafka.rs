@@ -7,6 +7,8 @@
 //!   per-partition watermarks keep one partition's progress from making another's events
 //!   late. A garbage record goes to the dead letters with its topic, partition and offset.
 //! - `--output kafka://` writes every row once, as JSON, keyed by the row's key.
+//! - With `timestamp=kafka` the windows follow the records' Kafka timestamps, not the
+//!   payload's (wrong or missing) `ts`.
 //! - A checkpointed job killed with SIGKILL resumes from the offsets in its checkpoint: the
 //!   committed rows equal the reference (exactly-once with the file sink), and the group's
 //!   committed offsets end at the partitions' ends (for lag tools).
@@ -179,6 +181,17 @@ impl Broker {
             .committed_offsets(tpl, Duration::from_secs(10))
             .unwrap();
         committed.elements().iter().map(|e| e.offset()).collect()
+    }
+}
+
+impl Broker {
+    /// Sends `signal` (`STOP`, `CONT`) to the broker process.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} the broker failed");
     }
 }
 
@@ -463,4 +476,145 @@ fn a_killed_checkpointed_job_resumes_from_its_offsets_exactly_once() {
         })
         .sum();
     assert_eq!(total, events as i64, "committed offsets {committed:?}");
+}
+
+#[test]
+fn timestamp_kafka_takes_event_time_from_the_record_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("stamped", PARTITIONS);
+    let events = 100_000;
+    let reference = reference_rows(&dir, events);
+
+    // Each event's time goes into the record's timestamp; its payload says another time
+    // (every other one says none at all), so only the record timestamps give the reference.
+    let lines = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    for (i, line) in lines.lines().enumerate() {
+        let mut event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ts = event["ts"].as_i64().unwrap();
+        if i % 2 == 0 {
+            event["ts"] = (ts / 3 + 5_000_000).into();
+        } else {
+            event.as_object_mut().unwrap().remove("ts");
+        }
+        let payload = event.to_string();
+        let mut record = BaseRecord::<(), str>::to("stamped")
+            .partition(i as i32 % PARTITIONS)
+            .payload(&payload)
+            .timestamp(ts);
+        while let Err((e, back)) = producer.send(record) {
+            assert!(
+                matches!(
+                    e,
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                ),
+                "{e}"
+            );
+            record = back;
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+
+    let output = dir.path().join("stamped.jsonl");
+    let input = broker.uri(
+        "stamped",
+        &format!("group=stamped&start=earliest&until=end&timestamp=kafka&{GROUP_TIMING}"),
+    );
+    let run = common::run_ok(WEIR, window_agg(&input, &output, 2)).unwrap();
+    let summary = Summary::from_stderr(&run.stderr).unwrap();
+    assert_eq!(
+        (
+            summary.events_read,
+            summary.late_events,
+            summary.dead_letters
+        ),
+        (events, 0, 0),
+        "events, late events, dead letters; stderr:\n{}",
+        run.stderr
+    );
+    assert!(
+        sorted_lines([output]) == reference,
+        "the windows do not follow the Kafka record timestamps"
+    );
+}
+
+#[test]
+fn a_frozen_broker_stalls_the_job_which_resumes_without_loss_or_duplicates() {
+    // Tansu's memory storage empties on a restart, so "the broker stopped and came back" is
+    // tested by freezing its process (SIGSTOP/SIGCONT): connections stay open and every
+    // request goes unanswered, as with a hung or partitioned broker.
+    const FROZEN: Duration = Duration::from_secs(15);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("in", PARTITIONS);
+    broker.create_topic("out", PARTITIONS);
+    let events = 400_000;
+    gen_events(&broker.uri("in", ""), events);
+    let reference = reference_rows(&dir, events);
+
+    let input = broker.uri(
+        "in",
+        &format!("group=frozen&start=earliest&until=end&{GROUP_TIMING}"),
+    );
+    let mut args = window_agg(&input, Path::new("-"), 1);
+    args[5] = broker.uri("out", "");
+    args.truncate(args.len() - 2); // a metrics endpoint instead of `--metrics-addr off`
+    args.extend(["--metrics-addr", "127.0.0.1:0", "--linger", "60s"].map(String::from));
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let mut job = common::Running::spawn(WEIR, &args).unwrap();
+    job.wait_for_line(Duration::from_secs(60), |l| l.contains("assigned"))
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    broker.signal("STOP");
+    sleep(FROZEN);
+    let still_running = job.child.0.try_wait().unwrap().is_none();
+    broker.signal("CONT");
+    assert!(
+        still_running,
+        "the job ended while the broker was frozen:\n{}",
+        job.stderr()
+    );
+    let done = job
+        .wait_for_line(Duration::from_secs(180), |l| l.contains(" done: "))
+        .unwrap();
+    let stderr = job.stderr();
+    let summary = Summary::from_stderr(&done).unwrap();
+    assert_eq!(
+        (
+            summary.events_read,
+            summary.late_events,
+            summary.dead_letters
+        ),
+        (events, 0, 0),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("retrying with backoff"),
+        "the job did not say it was waiting for the broker:\n{stderr}"
+    );
+    let metrics = job.scrape().unwrap();
+    assert!(
+        common::sample_sum(&metrics, "weir_kafka_broker_errors_total", &[]) >= 1.0,
+        "the broker's absence was not counted:\n{metrics}"
+    );
+    let mut rows: Vec<String> = broker
+        .read_all("out")
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    rows.sort_unstable();
+    assert_eq!(
+        rows.len(),
+        reference.len(),
+        "rows lost or repeated:\n{stderr}"
+    );
+    assert!(
+        rows == reference,
+        "the topic's rows differ from the file run's"
+    );
 }

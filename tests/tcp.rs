@@ -1,8 +1,12 @@
 //! `weir run window-agg --input tcp://127.0.0.1:0?until=disconnect`: several clients at
 //! once over real sockets, one of them sending garbage and an over-long line. The results
 //! must equal a run over a file holding the same good events, and every bad line must be a
-//! dead letter naming its client; the other clients are not disturbed. And `--output
-//! tcp://` to a slow reader: the job waits with bounded memory and every row arrives.
+//! dead letter naming its client; the other clients are not disturbed. `--input
+//! tcp://..?mode=connect` reads from a server that cuts the connection mid-line and is
+//! unreachable for a while: weir reconnects and the results equal the file run's.
+//! `--output tcp://` to a slow reader: the job waits with bounded memory and every row
+//! arrives. `--output tcp://..?mode=listen` serves every subscriber all rows, and
+//! disconnects one that does not read instead of waiting for it.
 
 mod common;
 
@@ -267,6 +271,189 @@ fn a_slow_tcp_reader_holds_the_job_back_with_bounded_memory() -> TestResult {
         "{} rows over TCP, {} in the file run",
         got.len(),
         want.len()
+    );
+    Ok(())
+}
+
+/// The client source (`mode=connect`) against a server in the test that cuts the first
+/// connection in the middle of a line, is unreachable for half a second, then serves the
+/// rest from that line on: every event is read once, the cut line is not a dead letter, a
+/// garbage line is, and the job ends when the server closes the second connection.
+#[test]
+fn the_client_source_reconnects_and_reads_every_line_once() -> TestResult {
+    const EVENTS: usize = 50_000;
+    const CUT_AT: usize = 20_000;
+    let dir = tempfile::tempdir()?;
+    let mut lines: Vec<String> = (0..EVENTS).map(|i| event_line(1, i)).collect();
+    lines.insert(100, "{garbage\n".into());
+    let good: String = lines
+        .iter()
+        .filter(|l| !l.starts_with("{garbage"))
+        .cloned()
+        .collect();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut first, _) = listener.accept()?;
+        drop(listener);
+        for line in &lines[..CUT_AT] {
+            first.write_all(line.as_bytes())?;
+        }
+        let cut = &lines[CUT_AT];
+        first.write_all(&cut.as_bytes()[..cut.len() / 2])?;
+        drop(first);
+        std::thread::sleep(Duration::from_millis(500));
+        let listener = std::net::TcpListener::bind(addr)?;
+        let (mut second, _) = listener.accept()?;
+        for line in &lines[CUT_AT..] {
+            second.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    });
+
+    let output = dir.path().join("client.jsonl");
+    let input = format!("tcp://{addr}?mode=connect&until=disconnect");
+    let common_args = [
+        "--window",
+        "tumble:1m",
+        "--watermark-delay",
+        "2h",
+        "--metrics-addr",
+        "off",
+    ];
+    let mut args = vec!["run", "window-agg", "--input", &input, "--output"];
+    args.push(output.to_str().ok_or("path")?);
+    args.extend(common_args);
+    let run = common::run_ok(WEIR, &args)?;
+    server.join().map_err(|_| "server panicked")??;
+    let summary = common::Summary::from_stderr(&run.stderr)?;
+    assert_eq!(
+        (summary.events_read, summary.dead_letters),
+        (EVENTS as u64, 1),
+        "events read, dead letters; stderr:\n{}",
+        run.stderr
+    );
+    for says in ["middle of a line", "cannot connect", "connecting again"] {
+        assert!(
+            run.stderr.contains(says),
+            "no `{says}` on stderr:\n{}",
+            run.stderr
+        );
+    }
+    let dead = std::fs::read_to_string(dir.path().join("client.jsonl.dead.jsonl"))?;
+    let letter: Value = serde_json::from_str(dead.trim())?;
+    assert_eq!(letter["source"], format!("tcp://{addr}"), "{dead}");
+    assert_eq!(letter["line"], 101, "{dead}");
+
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, good)?;
+    let file_output = dir.path().join("file.jsonl");
+    let mut args = vec![
+        "run",
+        "window-agg",
+        "--input",
+        input.to_str().ok_or("path")?,
+    ];
+    args.extend(["--output", file_output.to_str().ok_or("path")?]);
+    args.extend(common_args);
+    common::run_ok(WEIR, &args)?;
+    let expected = sorted_rows(&std::fs::read_to_string(&file_output)?);
+    assert!(expected.len() > 100, "{} rows", expected.len());
+    assert!(sorted_rows(&std::fs::read_to_string(&output)?) == expected);
+    Ok(())
+}
+
+/// `--output tcp://127.0.0.1:0?mode=listen&subscribers=3`: two subscribers that read get
+/// every row of the file run; a third that never reads is disconnected (a stderr line and
+/// `weir_tcp_subscribers_dropped_total`) instead of holding back the job or the others, and
+/// memory stays bounded.
+#[test]
+fn the_server_sink_serves_all_rows_and_drops_a_subscriber_that_does_not_read() -> TestResult {
+    use std::io::Read;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("events.jsonl");
+    let input = input.to_str().ok_or("temp path is not UTF-8")?;
+    common::run_ok(
+        WEIR,
+        [
+            "gen", "events", "--output", input, "--events", "500000", "--keys", "100000",
+        ],
+    )?;
+    let job = [
+        "run",
+        "window-agg",
+        "--input",
+        input,
+        "--window",
+        "tumble:1s",
+    ];
+    let reference = dir.path().join("reference.jsonl");
+    let reference_arg = reference.to_str().ok_or("temp path is not UTF-8")?;
+    let mut args = job.to_vec();
+    args.extend(["--output", reference_arg, "--metrics-addr", "off"]);
+    common::run_ok(WEIR, &args)?;
+    let mut expected: Vec<String> = std::fs::read_to_string(&reference)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    expected.sort_unstable();
+
+    let mut args = job.to_vec();
+    args.extend(["--output", "tcp://127.0.0.1:0?mode=listen&subscribers=3"]);
+    args.extend(["--metrics-addr", "127.0.0.1:0", "--linger", "60s"]);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let mut running = common::Running::spawn(WEIR, &args)?;
+    let serving = running.wait_for_line(Duration::from_secs(30), |l| {
+        l.starts_with("weir: serving results on tcp://")
+    })?;
+    let addr = serving
+        .trim_start_matches("weir: serving results on tcp://")
+        .to_string();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut socket = TcpStream::connect(&addr)?;
+            socket.set_read_timeout(Some(Duration::from_secs(60)))?;
+            Ok(std::thread::spawn(move || -> std::io::Result<String> {
+                let mut text = String::new();
+                socket.read_to_string(&mut text)?;
+                Ok(text)
+            }))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let mut idle = TcpStream::connect(&addr)?;
+    let done = running.wait_for_line(Duration::from_secs(120), |l| l.contains(" done: "))?;
+    let peak = peak_rss_mib(running.child.0.id()).unwrap_or(0.0);
+    let stderr = running.stderr();
+    for reader in readers {
+        let text = reader.join().map_err(|_| "reader panicked")??;
+        let mut got: Vec<&str> = text.lines().collect();
+        got.sort_unstable();
+        assert!(
+            got == expected,
+            "a subscriber got {} rows, the file run has {}; {done}\n{stderr}",
+            got.len(),
+            expected.len()
+        );
+    }
+    assert!(stderr.contains("fell behind"), "{stderr}");
+    let metrics = running.scrape()?;
+    assert_eq!(
+        common::sample_sum(&metrics, "weir_tcp_subscribers_dropped_total", &[]),
+        1.0,
+        "{metrics}"
+    );
+    idle.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut cut_off = Vec::new();
+    let _ = idle.read_to_end(&mut cut_off);
+    assert!(
+        cut_off.len() < std::fs::metadata(&reference)?.len() as usize / 2,
+        "the subscriber that did not read still got {} bytes",
+        cut_off.len()
+    );
+    assert!(
+        peak > 0.0 && peak < 200.0,
+        "peak RSS {peak:.1} MiB (limit 200 MiB)"
     );
     Ok(())
 }

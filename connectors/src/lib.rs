@@ -3,8 +3,9 @@
 //! - [`file`]: a file source (JSON lines or CSV with a header row, bounded or followed like
 //!   `tail -f`) and a JSON-lines file sink;
 //! - [`stdout`]: a JSON-lines sink on standard output;
-//! - [`tcp`]: a TCP server source for newline-delimited records from many clients, and a TCP
-//!   client sink;
+//! - [`tcp`]: a TCP source for newline-delimited records, as a server for many clients or
+//!   as a reconnecting client of one server; a TCP client sink and a server sink for
+//!   subscribers;
 //! - [`kafka`]: a consumer-group source and a producer sink, by `kafka://` URI;
 //! - [`dead_letter`]: where records that cannot be decoded go, with their source position;
 //! - [`schema`]: versioned events lifted to the current schema by upcasters.
@@ -27,4 +28,4 @@ pub use format::{CsvHeader, Decoder, Format, Json};
 pub use kafka::{KafkaSink, KafkaSource, KafkaSpec};
 pub use schema::Upcasting;
 pub use stdout::StdoutSink;
-pub use tcp::{TcpSink, TcpSource, TcpSpec};
+pub use tcp::{TcpMode, TcpOutput, TcpServerSink, TcpSink, TcpSource, TcpSpec};

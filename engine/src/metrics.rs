@@ -34,6 +34,8 @@
 //! | `weir_kafka_rebalances_total` | counter | partition assignments and revocations received |
 //! | `weir_kafka_produce_errors_total` | counter | records the brokers did not acknowledge |
 //! | `weir_kafka_broker_errors_total` | counter | errors reaching the brokers (each is retried with backoff) |
+//! | `weir_tcp_subscribers` | gauge | subscribers connected to a TCP server sink (`--output tcp://..?mode=listen`; such jobs only, as the next) |
+//! | `weir_tcp_subscribers_dropped_total` | counter | subscribers a TCP server sink disconnected for falling behind |
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -76,6 +78,7 @@ pub struct JobMetrics {
     checkpoints: Arc<std::sync::Mutex<Option<CheckpointMetrics>>>,
     kafka: Arc<std::sync::Mutex<Option<KafkaMetrics>>>,
     latency: Arc<LatencyHistogram>,
+    tcp_server: Arc<std::sync::Mutex<Option<TcpServerMetrics>>>,
 }
 
 /// Metrics of Kafka sources and sinks, registered only for jobs that use Kafka.
@@ -119,6 +122,15 @@ impl KafkaMetrics {
             .with_label_values(&[self.job.as_str(), topic, partition.as_str()])
             .set(lag);
     }
+}
+
+/// Metrics of TCP server sinks, registered only for jobs that have one.
+#[derive(Debug, Clone)]
+pub struct TcpServerMetrics {
+    /// Subscribers connected now.
+    pub subscribers: IntGauge,
+    /// Subscribers disconnected because they fell behind.
+    pub dropped: IntCounter,
 }
 
 /// Metrics of checkpointing, registered only for jobs that checkpoint.
@@ -257,6 +269,7 @@ impl JobMetrics {
             stores: Arc::new(std::sync::Mutex::new(Vec::new())),
             checkpoints: Arc::new(std::sync::Mutex::new(None)),
             kafka: Arc::new(std::sync::Mutex::new(None)),
+            tcp_server: Arc::new(std::sync::Mutex::new(None)),
             started: Instant::now(),
             events_in: counter_vec(
                 &registry,
@@ -518,6 +531,27 @@ impl JobMetrics {
                     "Errors reaching the Kafka brokers (retried with backoff)",
                 ),
             }
+        })
+        .clone()
+    }
+
+    /// The TCP server sink metrics, registered on first use.
+    pub fn tcp_server(&self) -> TcpServerMetrics {
+        let mut slot = self
+            .tcp_server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.get_or_insert_with(|| TcpServerMetrics {
+            subscribers: int_gauge(
+                &self.registry,
+                "weir_tcp_subscribers",
+                "Subscribers connected to a TCP server sink",
+            ),
+            dropped: counter(
+                &self.registry,
+                "weir_tcp_subscribers_dropped_total",
+                "Subscribers a TCP server sink disconnected for falling behind",
+            ),
         })
         .clone()
     }

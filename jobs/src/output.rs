@@ -1,9 +1,12 @@
 //! Sinks chosen by `--output`: a file path, `stdout:`, `tcp://HOST:PORT` (a server to send
-//! JSON lines to), `kafka://BROKER/TOPIC`, or `null:` (count and discard, for benchmarks).
+//! JSON lines to; with `?mode=listen`, served to subscribers), `kafka://BROKER/TOPIC`, or
+//! `null:` (count and discard, for benchmarks).
 
 use serde::Serialize;
 use weir_connectors::kafka::KeyOf;
-use weir_connectors::{FileSink, KafkaSink, KafkaSpec, StdoutSink, TcpSink};
+use weir_connectors::{
+    FileSink, KafkaSink, KafkaSpec, StdoutSink, TcpOutput, TcpServerSink, TcpSink,
+};
 use weir_engine::{BoxError, CheckpointId, JobMetrics, Record, Sink};
 
 /// A sink picked at run time from an `--output` value.
@@ -15,6 +18,8 @@ pub enum OutputSink<T> {
     Stdout(StdoutSink<T>),
     /// JSON lines to a TCP server.
     Tcp(TcpSink<T>),
+    /// JSON lines served to TCP subscribers.
+    TcpServer(TcpServerSink<T>),
     /// JSON values to a Kafka topic.
     Kafka(Box<KafkaSink<T>>),
     /// Nothing is written.
@@ -30,9 +35,14 @@ impl<T> OutputSink<T> {
         match spec {
             None | Some("stdout:") | Some("-") => OutputSink::Stdout(StdoutSink::default()),
             Some("null:") => OutputSink::Discard,
-            Some(uri) if uri.starts_with("tcp://") => {
-                OutputSink::Tcp(TcpSink::new(uri.trim_start_matches("tcp://")))
-            }
+            Some(uri) if uri.starts_with("tcp://") => match TcpOutput::parse(uri) {
+                Some(Ok(TcpOutput::Connect(addr))) => OutputSink::Tcp(TcpSink::new(addr)),
+                Some(Ok(TcpOutput::Listen { addr, subscribers })) => {
+                    OutputSink::TcpServer(TcpServerSink::new(addr, subscribers))
+                }
+                Some(Err(reason)) => OutputSink::Unusable(format!("--output {reason}")),
+                None => OutputSink::Unusable(format!("--output {uri}: not a TCP URI")),
+            },
             Some(uri) if uri.starts_with("kafka://") => match KafkaSpec::parse(uri) {
                 Some(Ok(spec)) => OutputSink::Kafka(Box::new(KafkaSink::new(spec, None))),
                 Some(Err(reason)) => OutputSink::Unusable(format!("--output {reason}")),
@@ -58,6 +68,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
     fn open(&mut self, metrics: &JobMetrics) -> Result<(), BoxError> {
         match self {
             OutputSink::Kafka(s) => s.open(metrics),
+            OutputSink::TcpServer(s) => s.open(metrics),
             OutputSink::Unusable(reason) => Err(reason.clone().into()),
             _ => Ok(()),
         }
@@ -68,6 +79,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
             OutputSink::File(s) => s.write(records),
             OutputSink::Stdout(s) => s.write(records),
             OutputSink::Tcp(s) => s.write(records),
+            OutputSink::TcpServer(s) => s.write(records),
             OutputSink::Kafka(s) => s.write(records),
             OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
@@ -78,6 +90,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
             OutputSink::File(s) => s.finish(),
             OutputSink::Stdout(s) => s.finish(),
             OutputSink::Tcp(s) => s.finish(),
+            OutputSink::TcpServer(s) => s.finish(),
             OutputSink::Kafka(s) => s.finish(),
             OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
@@ -88,6 +101,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
             OutputSink::File(s) => s.describe(),
             OutputSink::Stdout(s) => s.describe(),
             OutputSink::Tcp(s) => s.describe(),
+            OutputSink::TcpServer(s) => s.describe(),
             OutputSink::Kafka(s) => s.describe(),
             OutputSink::Discard => "discard".into(),
             OutputSink::Unusable(reason) => reason.clone(),

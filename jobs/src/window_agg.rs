@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use weir_connectors::format::split_csv;
+use weir_connectors::kafka::EventTime;
 use weir_connectors::{
     CsvHeader, DeadLetters, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec, TcpSource,
     TcpSpec,
@@ -136,8 +137,16 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 job.source("input", TcpSource::new(spec, decoder, dead))
             } else if let Some(spec) = KafkaSpec::parse(uri) {
                 let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
+                let decoder = match spec.event_time {
+                    EventTime::Kafka => decoder.without_time_field(),
+                    EventTime::Payload => decoder,
+                };
                 let metrics = job.metrics().kafka();
-                job.source("input", KafkaSource::new(spec, decoder, dead, metrics))
+                job.source(
+                    "input",
+                    KafkaSource::new(spec, decoder, dead, metrics)
+                        .with_record_time(|e: &mut Event, ms| e.ts = ms),
+                )
             } else {
                 job.source(
                     "input",
@@ -213,6 +222,8 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
 #[derive(Debug, Clone)]
 pub struct EventDecoder {
     names: [String; 3],
+    /// False when the source sets event time itself (Kafka record timestamps).
+    read_ts: bool,
     columns: Option<[usize; 3]>,
     width: usize,
     keys: Interner,
@@ -223,10 +234,18 @@ impl EventDecoder {
     pub fn new(ts: &str, key: &str, value: &str) -> Self {
         EventDecoder {
             names: [ts.to_string(), key.to_string(), value.to_string()],
+            read_ts: true,
             columns: None,
             width: 0,
             keys: Interner::default(),
         }
+    }
+
+    /// For a source that sets each event's time itself (`timestamp=kafka`): the time field
+    /// is neither read nor required, and `ts` is 0 until the source sets it.
+    pub fn without_time_field(mut self) -> Self {
+        self.read_ts = false;
+        self
     }
 
     /// The general JSON path (serde), which also words every error.
@@ -234,6 +253,7 @@ impl EventDecoder {
         let mut de = serde_json::Deserializer::from_str(line);
         let event = EventSeed {
             names: &self.names,
+            read_ts: self.read_ts,
             keys: &mut self.keys,
         }
         .deserialize(&mut de)
@@ -269,6 +289,7 @@ impl EventDecoder {
         Ok(Event {
             ts: ts
                 .and_then(Result::ok)
+                .or((!self.read_ts).then_some(0))
                 .ok_or_else(|| missing(&self.names[0]))?,
             key: key.ok_or_else(|| missing(&self.names[1]))?,
             value: value
@@ -291,7 +312,10 @@ impl Decoder for EventDecoder {
     fn header(&mut self, line: &str) -> Result<(), String> {
         let header = CsvHeader::parse(line)?;
         self.columns = Some([
-            header.position(&self.names[0])?,
+            match self.read_ts {
+                true => header.position(&self.names[0])?,
+                false => usize::MAX,
+            },
             header.position(&self.names[1])?,
             header.position(&self.names[2])?,
         ]);
@@ -304,7 +328,9 @@ impl Decoder for EventDecoder {
         match self.columns {
             Some(columns) => self.decode_csv(line, columns),
             None => {
-                if let Some(event) = decode_flat_json(line, &self.names, &mut self.keys) {
+                if let Some(event) =
+                    decode_flat_json(line, &self.names, self.read_ts, &mut self.keys)
+                {
                     return Ok(event);
                 }
                 self.decode_json(line)
@@ -318,7 +344,12 @@ impl Decoder for EventDecoder {
 /// escapes, literals, a missing field, trailing text) returns `None` and takes the serde
 /// path, which decides and words the error; where both accept a line they agree (tested).
 /// On 46-byte lines serde's visitor was about 30 % of the JSONL window job's profile.
-fn decode_flat_json(line: &str, names: &[String; 3], keys: &mut Interner) -> Option<Event> {
+fn decode_flat_json(
+    line: &str,
+    names: &[String; 3],
+    read_ts: bool,
+    keys: &mut Interner,
+) -> Option<Event> {
     let mut cursor = FlatJson {
         line,
         bytes: line.as_bytes(),
@@ -329,7 +360,10 @@ fn decode_flat_json(line: &str, names: &[String; 3], keys: &mut Interner) -> Opt
     loop {
         let name = cursor.string()?;
         cursor.expect(b':')?;
-        let field = names.iter().position(|n| n == name);
+        let field = names
+            .iter()
+            .position(|n| n == name)
+            .filter(|&f| f != 0 || read_ts);
         cursor.skip_space();
         if cursor.bytes.get(cursor.at) == Some(&b'"') {
             let text = cursor.string()?;
@@ -362,7 +396,7 @@ fn decode_flat_json(line: &str, names: &[String; 3], keys: &mut Interner) -> Opt
         return None;
     }
     Some(Event {
-        ts: ts?,
+        ts: if read_ts { ts? } else { 0 },
         key: keys.intern(key?),
         value: value?,
     })
@@ -430,6 +464,7 @@ impl<'a> FlatJson<'a> {
 /// Reads one JSON object, keeping only the three named fields.
 struct EventSeed<'a> {
     names: &'a [String; 3],
+    read_ts: bool,
     keys: &'a mut Interner,
 }
 
@@ -451,7 +486,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         let (mut ts, mut key, mut value) = (None, None, None);
         while let Some(field) = map.next_key_seed(FieldSeed { names: self.names })? {
             match field {
-                0 => ts = Some(map.next_value_seed(IntSeed)?),
+                0 if self.read_ts => ts = Some(map.next_value_seed(IntSeed)?),
                 1 => {
                     key = Some(map.next_value_seed(KeySeed {
                         keys: &mut *self.keys,
@@ -465,7 +500,9 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         }
         let missing = |i: usize| de::Error::custom(format!("missing field `{}`", self.names[i]));
         Ok(Event {
-            ts: ts.ok_or_else(|| missing(0))?,
+            ts: ts
+                .or((!self.read_ts).then_some(0))
+                .ok_or_else(|| missing(0))?,
             key: key.ok_or_else(|| missing(1))?,
             value: value.ok_or_else(|| missing(2))?,
         })
@@ -585,6 +622,9 @@ mod tests {
             .decode(r#"{"user":"u1","ms":5,"time":1} trailing"#)
             .is_err());
         assert!(d.decode("[1,2,3]").is_err());
+        let mut d = EventDecoder::new("time", "user", "ms").without_time_field();
+        assert_eq!(d.decode(r#"{"user":"u1","ms":5}"#)?.ts, 0);
+        assert_eq!(d.decode(r#"{"user":"u1","ms":5,"time":"not read"}"#)?.ts, 0);
         Ok(())
     }
 
@@ -615,11 +655,18 @@ mod tests {
         ];
         for (line, fast) in lines {
             let mut keys = Interner::default();
-            let flat = decode_flat_json(line, &names, &mut keys);
+            let flat = decode_flat_json(line, &names, true, &mut keys);
             assert_eq!(flat.is_some(), fast, "{line}");
             let serde = EventDecoder::new("time", "user", "ms").decode_json(line);
             if let Some(event) = flat {
                 assert_eq!(serde, Ok(event), "{line}");
+            }
+            // Without a time field (the source sets event time), the same holds.
+            if let Some(event) = decode_flat_json(line, &names, false, &mut keys) {
+                let serde = EventDecoder::new("time", "user", "ms")
+                    .without_time_field()
+                    .decode_json(line);
+                assert_eq!(serde, Ok(event), "{line} without the time field");
             }
         }
     }

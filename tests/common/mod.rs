@@ -178,6 +178,90 @@ pub(crate) fn sample_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// A running binary whose stderr lines are collected as they come.
+pub(crate) struct Running {
+    pub(crate) child: KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `bin` with `args`, stderr piped.
+    pub(crate) fn spawn(bin: &str, args: &[&OsStr]) -> Result<Running, Box<dyn Error>> {
+        use std::io::{BufRead, BufReader};
+        let child = Command::new(bin)
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut child = KillOnDrop(child);
+        let stderr = child.0.stderr.take().ok_or("no stderr")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Waits at most `timeout` for a stderr line that `wanted` accepts, and returns it.
+    pub(crate) fn wait_for_line(
+        &mut self,
+        timeout: std::time::Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<String, Box<dyn Error>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).map_err(|_| {
+                failure(format!(
+                    "no awaited line within {timeout:?}; stderr so far:\n{}",
+                    self.stderr()
+                ))
+            })?;
+            self.seen.push(line.clone());
+            if wanted(&line) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// The stderr lines seen so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// The metrics endpoint's address, once `weir: metrics at http://ADDR/metrics` was seen.
+    pub(crate) fn metrics_addr(&self) -> Option<String> {
+        self.seen.iter().find_map(|l| {
+            l.strip_prefix("weir: metrics at http://")?
+                .strip_suffix("/metrics")
+                .map(str::to_string)
+        })
+    }
+
+    /// `GET /metrics`: the body.
+    pub(crate) fn scrape(&self) -> Result<String, Box<dyn Error>> {
+        let addr = self
+            .metrics_addr()
+            .ok_or("weir did not print its metrics address")?;
+        let response = http_get(&addr, "/metrics")?;
+        if !response.starts_with("HTTP/1.1 200 OK") {
+            return Err(failure(format!("/metrics answered: {response}")));
+        }
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .ok_or_else(|| "no body".into())
+    }
+}
+
 /// Runs `bin` with `args` plus a metrics endpoint on a free port kept alive after the run;
 /// once the summary line appears, scrapes `/metrics`. Returns the body, the address, the
 /// summary line, and the process (killed when dropped).
@@ -185,45 +269,18 @@ pub(crate) fn run_and_scrape_metrics(
     bin: &str,
     args: &[&OsStr],
 ) -> Result<(String, String, String, KillOnDrop), Box<dyn Error>> {
-    use std::io::{BufRead, BufReader};
-    use std::time::{Duration, Instant};
-    let child = Command::new(bin)
-        .args(args)
-        .args(["--metrics-addr", "127.0.0.1:0", "--linger", "60s"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut child = KillOnDrop(child);
-    let stderr = child.0.stderr.take().ok_or("no stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (mut addr, mut done) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .map_err(|_| "weir did not finish within 60 s")?;
-        if let Some(rest) = line.strip_prefix("weir: metrics at http://") {
-            addr = rest.strip_suffix("/metrics").map(str::to_string);
-        }
-        if line.contains(" done: ") {
-            done = Some(line);
-        }
-    }
-    let addr = addr.ok_or("weir did not print its metrics address")?;
-    let response = http_get(&addr, "/metrics")?;
-    if !response.starts_with("HTTP/1.1 200 OK") {
-        return Err(failure(format!("/metrics answered: {response}")));
-    }
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .ok_or("no body")?;
-    Ok((body, addr, done.unwrap_or_default(), child))
+    let metrics: [&OsStr; 4] = [
+        "--metrics-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--linger".as_ref(),
+        "60s".as_ref(),
+    ];
+    let all: Vec<&OsStr> = args.iter().copied().chain(metrics).collect();
+    let mut running = Running::spawn(bin, &all)?;
+    let done = running.wait_for_line(std::time::Duration::from_secs(60), |l| {
+        l.contains(" done: ")
+    })?;
+    let body = running.scrape()?;
+    let addr = running.metrics_addr().unwrap_or_default();
+    Ok((body, addr, done, running.child))
 }

@@ -8,6 +8,7 @@
 //! | `group=G` | consumer group (default `weir`); processes with the same group split the partitions |
 //! | `start=earliest\|latest\|committed\|MS` | where partitions without a checkpointed offset start: their first record, their end, the group's committed offset (else the first record), or the first record at or after event time `MS` (epoch ms); default `committed` |
 //! | `until=end` | bounded: stop once every assigned partition has reached its end (one topic only) |
+//! | `timestamp=kafka\|payload` | where a record's event time comes from: its Kafka timestamp (CreateTime, or LogAppendTime if the topic is configured so), or the payload (the job's own timestamp field); default `payload` |
 //! | `NAME=VALUE` with a `.` in `NAME` | handed to librdkafka as is, e.g. `session.timeout.ms=6000` |
 //!
 //! # Invariants
@@ -20,19 +21,22 @@
 //!   (after a restart, rows derived since the restored checkpoint are produced again). It is
 //!   not transactional yet.
 //! - The brokers going away never fails a job by itself: librdkafka reconnects with
-//!   backoff; weir says so on stderr and counts it in `weir_kafka_broker_errors_total`. A
+//!   backoff; weir says so on stderr and counts it in `weir_kafka_broker_errors_total`,
+//!   including a broker that is connected but silent (request timeouts, which librdkafka
+//!   reports only as log lines; `socket.timeout.ms` is 10 s unless the URI says otherwise). A
 //!   record the brokers did not acknowledge within librdkafka's `message.timeout.ms`
 //!   (default 5 minutes) fails the job, which can then restart from its checkpoint.
 
 mod sink;
 mod source;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientConfig;
 use weir_engine::metrics::KafkaMetrics;
 
 pub use sink::{KafkaLineWriter, KafkaSink, KeyOf};
-pub use source::KafkaSource;
+pub use source::{KafkaSource, SetEventTime};
 
 /// Where partitions without a checkpointed offset start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,16 @@ pub enum StartAt {
     Committed,
     /// The first record whose Kafka timestamp is at or after this time (epoch ms).
     Timestamp(i64),
+}
+
+/// Where the source takes each record's event time from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTime {
+    /// The decoded payload: the job's `.timestamps(..)` reads its own field.
+    Payload,
+    /// The record's Kafka timestamp, written into the decoded event by the setter the job
+    /// gives [`KafkaSource::with_record_time`].
+    Kafka,
 }
 
 /// A Kafka endpoint parsed from `kafka://BROKERS/TOPICS?PARAMS`.
@@ -60,6 +74,8 @@ pub struct KafkaSpec {
     pub start: StartAt,
     /// Stop at the end of each partition.
     pub until_end: bool,
+    /// Where event time comes from.
+    pub event_time: EventTime,
     /// librdkafka properties given in the URI.
     pub properties: Vec<(String, String)>,
 }
@@ -72,7 +88,8 @@ impl KafkaSpec {
     }
 
     fn parse_rest(uri: &str, rest: &str) -> Result<KafkaSpec, String> {
-        let usage = "use kafka://BROKER:PORT/TOPIC[?group=G&start=earliest&until=end]";
+        let usage =
+            "use kafka://BROKER:PORT/TOPIC[?group=G&start=earliest&until=end&timestamp=kafka]";
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (brokers, topics) = path
             .split_once('/')
@@ -91,6 +108,7 @@ impl KafkaSpec {
             group: "weir".into(),
             start: StartAt::Committed,
             until_end: false,
+            event_time: EventTime::Payload,
             properties: Vec::new(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -114,11 +132,23 @@ impl KafkaSpec {
                 }
                 "until" if v == "end" => spec.until_end = true,
                 "until" => return Err(format!("`{uri}`: until={v}: the only bound is until=end")),
+                "timestamp" => {
+                    spec.event_time = match v {
+                        "kafka" => EventTime::Kafka,
+                        "payload" => EventTime::Payload,
+                        _ => {
+                            return Err(format!(
+                                "`{uri}`: timestamp={v}: use kafka (the record's timestamp) or \
+                                 payload (the job's timestamp field)"
+                            ))
+                        }
+                    }
+                }
                 _ if k.contains('.') => spec.properties.push((k.to_string(), v.to_string())),
                 _ => {
                     return Err(format!(
-                        "`{uri}`: unknown parameter `{k}`: use group, start, until, or a \
-                         librdkafka property such as session.timeout.ms"
+                        "`{uri}`: unknown parameter `{k}`: use group, start, until, \
+                         timestamp, or a librdkafka property such as session.timeout.ms"
                     ))
                 }
             }
@@ -137,7 +167,13 @@ impl KafkaSpec {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", "weir");
+            .set("client.id", "weir")
+            // A broker that stops answering (hung, frozen, cut off) is noticed, reported and
+            // reconnected to after 10 s instead of librdkafka's 60 s; the URI may override it.
+            .set("socket.timeout.ms", "10000")
+            // Warnings carry the request timeouts (see `Reporting::log`); the rdkafka crate
+            // would set Error, as weir installs no `log` logger.
+            .set_log_level(RDKafkaLogLevel::Warning);
         for (k, v) in &self.properties {
             config.set(k, v);
         }
@@ -169,6 +205,19 @@ impl Reporting {
             "weir: kafka {}: {reason} ({error}); retrying with backoff",
             self.endpoint
         );
+    }
+
+    /// librdkafka's log lines. It reports a broker that stops answering (requests timed
+    /// out after `socket.timeout.ms`) only here, as a warning, then reconnects: that is a
+    /// broker error for weir too. The rest has no logger to go to (weir has none).
+    fn log(&self, facility: &str, message: &str) {
+        if facility == "REQTMOUT" {
+            self.metrics.broker_errors.inc();
+            eprintln!(
+                "weir: kafka {}: the broker does not answer ({message}); retrying with backoff",
+                self.endpoint
+            );
+        }
     }
 
     fn stats(&self, statistics: &Statistics) {
@@ -209,7 +258,7 @@ mod tests {
     #[test]
     fn parses_a_full_uri() {
         let spec = KafkaSpec::parse(
-            "kafka://127.0.0.1:9092/orders?group=g1&start=earliest&until=end&session.timeout.ms=6000",
+            "kafka://127.0.0.1:9092/orders?group=g1&start=earliest&until=end&timestamp=kafka&session.timeout.ms=6000",
         )
         .and_then(Result::ok);
         assert_eq!(
@@ -220,6 +269,7 @@ mod tests {
                 group: "g1".into(),
                 start: StartAt::Earliest,
                 until_end: true,
+                event_time: EventTime::Kafka,
                 properties: vec![("session.timeout.ms".into(), "6000".into())],
             })
         );
@@ -233,6 +283,7 @@ mod tests {
         assert_eq!(spec.topics, ["a", "b"]);
         assert_eq!(spec.start, StartAt::Timestamp(1_700_000_000_000));
         assert!(!spec.until_end);
+        assert_eq!(spec.event_time, EventTime::Payload);
     }
 
     #[test]
@@ -243,6 +294,7 @@ mod tests {
             ("kafka://b:1/t?start=soon", "start=soon"),
             ("kafka://b:1/t?until=tomorrow", "until=tomorrow"),
             ("kafka://b:1/t?colour=red", "unknown parameter `colour`"),
+            ("kafka://b:1/t?timestamp=wall", "timestamp=wall"),
             ("kafka://b:1/a,b?until=end", "one topic only"),
         ] {
             let err = KafkaSpec::parse(uri).and_then(Result::err);

@@ -10,11 +10,17 @@
 //! tracked per partition: the stream's watermark is the minimum over the partitions being
 //! read (assigned and not at their end); with `--idle-timeout` a partition that delivers
 //! nothing for that long stops holding it back.
+//!
+//! With `timestamp=kafka` each decoded event gets its record's Kafka timestamp through the
+//! setter the job gave ([`KafkaSource::with_record_time`]): a plain function writing one
+//! field, so the job's `.timestamps(..)` stage reads it like any payload time and nothing is
+//! allocated per record. A record without a timestamp is a dead letter then.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::statistics::Statistics;
@@ -24,7 +30,7 @@ use serde_json::json;
 use weir_engine::metrics::KafkaMetrics;
 use weir_engine::{BoxError, Source, SourceStatus, Split};
 
-use super::{KafkaError, KafkaSpec, Reporting, StartAt};
+use super::{EventTime, KafkaError, KafkaSpec, Reporting, StartAt};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::format::Decoder;
 
@@ -87,7 +93,6 @@ impl SourceContext {
                     }
                 };
                 let _ = tpl.set_partition_offset(&topic, partition, offset);
-                parts.at_end.remove(&(topic.clone(), partition));
                 parts.assigned.insert((topic, partition));
             }
         }
@@ -119,6 +124,34 @@ impl SourceContext {
     }
 }
 
+impl SourceContext {
+    /// Pauses the partitions of `tpl` that reached their end before (bounded mode): they
+    /// stay at their end across a rebalance. librdkafka reports a partition's end only once
+    /// per end offset, so one handed back at its end would never report it again.
+    fn pause_ended(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> Result<(), RdKafkaError> {
+        let mut ended = TopicPartitionList::new();
+        {
+            let parts = self.partitions();
+            for e in tpl.elements() {
+                if parts
+                    .at_end
+                    .contains(&(e.topic().to_string(), e.partition()))
+                {
+                    ended.add_partition(e.topic(), e.partition());
+                }
+            }
+        }
+        if ended.count() == 0 {
+            return Ok(());
+        }
+        consumer.pause(&ended)
+    }
+}
+
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         self.reporting.stats(&statistics);
@@ -126,6 +159,10 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: RdKafkaError, reason: &str) {
         self.reporting.error(&error, reason);
+    }
+
+    fn log(&self, _: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.reporting.log(facility, message);
     }
 }
 
@@ -149,7 +186,9 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.choose_offsets(consumer, tpl);
                 eprintln!("weir: kafka {endpoint}: assigned {}", listed(tpl));
-                consumer.assign(tpl)
+                consumer
+                    .assign(tpl)
+                    .and_then(|()| self.pause_ended(consumer, tpl))
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 eprintln!("weir: kafka {endpoint}: revoked {}", listed(tpl));
@@ -168,12 +207,17 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// Writes a record's Kafka timestamp (epoch ms) into its decoded event.
+pub type SetEventTime<T> = fn(&mut T, i64);
+
 /// A consumer-group member reading records of one or more topics and decoding them.
 pub struct KafkaSource<D: Decoder> {
     spec: KafkaSpec,
     decoder: D,
     dead: DeadLetters,
     metrics: KafkaMetrics,
+    /// Where `timestamp=kafka` puts a record's timestamp; set by the job.
+    record_time: Option<SetEventTime<D::Item>>,
     /// Created by the first poll (connectors do no I/O until the job runs).
     consumer: Option<BaseConsumer<SourceContext>>,
     /// Offsets restored by [`Source::seek`], handed to the consumer when it is created.
@@ -202,12 +246,35 @@ impl<D: Decoder> KafkaSource<D> {
             decoder,
             dead,
             metrics,
+            record_time: None,
             consumer: None,
             restored: Offsets::new(),
             rejected: Vec::new(),
             carried: None,
             split: None,
             active: Arc::from(Vec::new()),
+        }
+    }
+
+    /// How to write a record's Kafka timestamp into a decoded event, for URIs with
+    /// `timestamp=kafka` (without it, such a URI fails the job at start: nothing would use
+    /// the timestamps).
+    pub fn with_record_time(mut self, set: SetEventTime<D::Item>) -> Self {
+        self.record_time = Some(set);
+        self
+    }
+
+    /// The setter to apply to each record: `None` unless the URI says `timestamp=kafka`.
+    fn stamp(&self) -> Result<Option<SetEventTime<D::Item>>, BoxError> {
+        match (self.spec.event_time, self.record_time) {
+            (EventTime::Payload, _) => Ok(None),
+            (EventTime::Kafka, Some(set)) => Ok(Some(set)),
+            (EventTime::Kafka, None) => Err(format!(
+                "{}: timestamp=kafka: this job cannot take event time from Kafka record \
+                 timestamps (its source was built without KafkaSource::with_record_time)",
+                self.spec.describe()
+            )
+            .into()),
         }
     }
 
@@ -277,23 +344,38 @@ fn split_id(topic: usize, partition: i32) -> u32 {
     ((topic as u32) << 20) | (partition as u32 & 0xF_FFFF)
 }
 
-/// Decodes one record's payload, or says why it goes to the dead letters.
-fn decode<D: Decoder>(
-    decoder: &mut D,
-    topic: &str,
+/// One record as read, for [`decode`].
+struct Fetched<'a> {
+    topic: &'a str,
     partition: i32,
     offset: i64,
-    payload: &[u8],
+    timestamp: Option<i64>,
+    payload: &'a [u8],
+}
+
+/// Decodes one record's payload and, with `stamp`, gives it the record's timestamp; or
+/// says why it goes to the dead letters.
+fn decode<D: Decoder>(
+    decoder: &mut D,
+    stamp: Option<SetEventTime<D::Item>>,
+    record: Fetched<'_>,
 ) -> Result<D::Item, DeadLetter> {
-    std::str::from_utf8(payload)
-        .map_err(|e| format!("not UTF-8: {e}"))
-        .and_then(|text| decoder.decode(text))
-        .map_err(|error| DeadLetter {
-            source: format!("kafka://{topic}/{partition}"),
-            line: u64::try_from(offset).unwrap_or_default(),
-            error,
-            raw: String::from_utf8_lossy(payload).into_owned(),
-        })
+    let letter = |error: String| DeadLetter {
+        source: format!("kafka://{}/{}", record.topic, record.partition),
+        line: u64::try_from(record.offset).unwrap_or_default(),
+        error,
+        raw: String::from_utf8_lossy(record.payload).into_owned(),
+    };
+    let text =
+        std::str::from_utf8(record.payload).map_err(|e| letter(format!("not UTF-8: {e}")))?;
+    let mut item = decoder.decode(text).map_err(letter)?;
+    if let Some(set) = stamp {
+        let ms = record.timestamp.ok_or_else(|| {
+            letter("the record has no Kafka timestamp (the URI says timestamp=kafka)".into())
+        })?;
+        set(&mut item, ms);
+    }
+    Ok(item)
 }
 
 impl<D: Decoder> KafkaSource<D> {
@@ -348,6 +430,7 @@ impl<D: Decoder> Source for KafkaSource<D> {
 
     /// Fills the batch from one partition (see [`Source::split_of_batch`]).
     fn poll_batch(&mut self, out: &mut Vec<D::Item>, max: usize) -> Result<SourceStatus, BoxError> {
+        let stamp = self.stamp()?;
         self.connect()?;
         // The partition of this batch and the next offset read in it.
         let mut read: Option<(usize, i32, i64)> = None;
@@ -392,10 +475,14 @@ impl<D: Decoder> Source for KafkaSource<D> {
             let size = payload.len() as u64;
             let decoded = decode(
                 &mut self.decoder,
-                &self.spec.topics[topic],
-                partition,
-                offset,
-                payload,
+                stamp,
+                Fetched {
+                    topic: &self.spec.topics[topic],
+                    partition,
+                    offset,
+                    timestamp: message.timestamp().to_millis(),
+                    payload,
+                },
             );
             drop(message);
             match &mut read {

@@ -12,15 +12,11 @@
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
 
 use serde::Serialize;
 use weir_engine::{BoxError, Record, Sink};
 
-/// First wait before connecting again.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+use super::Backoff;
 
 /// Sends results as JSON lines to a TCP server.
 #[derive(Debug)]
@@ -44,7 +40,7 @@ impl<T> TcpSink<T> {
 
     /// Writes `self.buf` whole, connecting (again) as often as needed.
     fn send_buffer(&mut self) {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new();
         loop {
             let result = match &mut self.stream {
                 Some(stream) => stream.write_all(&self.buf),
@@ -67,11 +63,10 @@ impl<T> TcpSink<T> {
                     eprintln!(
                         "weir: tcp sink {}: {what} ({e}); trying again in {:.1} s",
                         self.addr,
-                        backoff.as_secs_f64()
+                        backoff.next_secs()
                     );
                     self.stream = None;
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff.sleep();
                 }
             }
         }
@@ -109,6 +104,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for TcpSink<T> {
 mod tests {
     use std::io::Read;
     use std::net::TcpListener;
+    use std::time::Duration;
 
     use weir_engine::Record;
 

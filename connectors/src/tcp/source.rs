@@ -1,16 +1,25 @@
-//! The TCP source: a server on `tcp://HOST:PORT` (127.0.0.1 unless told otherwise) that
-//! accepts many clients, each sending newline-delimited records.
+//! The TCP source: newline-delimited records over TCP, either as a server on
+//! `tcp://HOST:PORT` (127.0.0.1 unless told otherwise) accepting many clients, or, with
+//! `?mode=connect`, as a client of one server that reconnects when the connection drops.
 //!
 //! # Behaviour
-//! - Each client has a reader thread that hands lines over in batches through one bounded
-//!   channel. When the job falls behind the channel fills, readers block, stop reading their
-//!   sockets, and TCP flow control slows the clients down: memory stays bounded.
-//! - A line that does not decode goes to the dead letters as `tcp://CLIENT` with its line
-//!   number on that connection; the client and everyone else go on. A line longer than the
-//!   maximum is rejected the same way (its first KiB kept) and skipped to its end.
-//! - Connections beyond the maximum are told why in one line and closed.
-//! - `?until=disconnect` makes the source end once every client that connected has
+//! - Each connection has a reader thread that hands lines over in batches through one
+//!   bounded channel. When the job falls behind the channel fills, readers block, stop
+//!   reading their sockets, and TCP flow control slows the peers down: memory stays bounded.
+//! - A line that does not decode goes to the dead letters as `tcp://PEER` with its line
+//!   number on that connection; the connection and everyone else go on. A line longer than
+//!   the maximum is rejected the same way (its first KiB kept) and skipped to its end.
+//! - Server: connections beyond the maximum are told why in one line and closed.
+//!   `?until=disconnect` makes the source end once every client that connected has
 //!   disconnected (for batch runs and tests); by default it serves until the job is stopped.
+//! - Client (`mode=connect`): a refused, broken or closed connection is reported on stderr
+//!   and made again after a backoff (0.1 s doubling to 5 s, reset by a connection that
+//!   works). A line cut off by the connection's end (no line break) is discarded, not
+//!   decoded: it may be incomplete, and a server that resumes sends it again. With
+//!   `?until=disconnect` the source ends when the server closes the connection cleanly
+//!   (after a line break); otherwise it reconnects until the job is stopped. What the
+//!   server sent is read at most once, but TCP cannot tell which lines reached weir before
+//!   a connection broke: resuming at the right line is the server's business.
 //! - TCP cannot be replayed, so a job reading it cannot checkpoint (it says so at start).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +31,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use weir_engine::{BoxError, Source, SourceStatus};
 
+use super::Backoff;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::format::Decoder;
 
@@ -34,12 +44,25 @@ const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How much of an over-long line the dead letter keeps.
 const KEPT_OF_LONG_LINE: usize = 1024;
 
-/// Where and how a [`TcpSource`] listens, parsed from `tcp://HOST:PORT[?until=disconnect]`.
+/// Whether a [`TcpSource`] waits for connections or makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpMode {
+    /// A server: clients connect and send (`mode=listen`, the default).
+    Listen,
+    /// A client of one server that sends (`mode=connect`).
+    Connect,
+}
+
+/// Where and how a [`TcpSource`] reads, parsed from
+/// `tcp://HOST:PORT[?mode=listen|connect&until=disconnect&max_line=N&max_connections=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpSpec {
-    /// Address to listen on (port 0 picks a free one).
+    /// Address to listen on (port 0 picks a free one), or the server to connect to.
     pub addr: String,
-    /// End once all clients that connected have disconnected.
+    /// Server or client.
+    pub mode: TcpMode,
+    /// Server: end once all clients that connected have disconnected. Client: end when the
+    /// server closes the connection cleanly.
     pub until_disconnect: bool,
     /// Longest line accepted, in bytes.
     pub max_line: usize,
@@ -48,12 +71,13 @@ pub struct TcpSpec {
 }
 
 impl TcpSpec {
-    /// Parses `tcp://HOST:PORT[?until=disconnect]`; `None` if `uri` is not a TCP URI.
+    /// Parses a `tcp://` URI (see [`TcpSpec`]); `None` if `uri` is not a TCP URI.
     pub fn parse(uri: &str) -> Option<Result<TcpSpec, String>> {
         let rest = uri.strip_prefix("tcp://")?;
         let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut spec = TcpSpec {
             addr: addr.to_string(),
+            mode: TcpMode::Listen,
             until_disconnect: false,
             max_line: 1 << 20,
             max_connections: 64,
@@ -61,6 +85,8 @@ impl TcpSpec {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("until", "disconnect")) => spec.until_disconnect = true,
+                Some(("mode", "listen")) => spec.mode = TcpMode::Listen,
+                Some(("mode", "connect")) => spec.mode = TcpMode::Connect,
                 Some(("max_line", n)) => match n.parse() {
                     Ok(n) => spec.max_line = n,
                     Err(_) => return Some(Err(format!("{uri}: max_line={n} is not a number"))),
@@ -73,7 +99,7 @@ impl TcpSpec {
                 },
                 _ => {
                     return Some(Err(format!(
-                        "{uri}: unknown option `{pair}` (known: until=disconnect, max_line=N, max_connections=N)"
+                        "{uri}: unknown option `{pair}` (known: mode=listen|connect, until=disconnect, max_line=N, max_connections=N)"
                     )))
                 }
             }
@@ -102,6 +128,15 @@ struct Lines {
 }
 
 impl Lines {
+    /// Forgets the last line (cut off by the end of the connection).
+    fn drop_last_line(&mut self) {
+        if self.ends.pop().is_some() {
+            let at = self.ends.len();
+            self.refused.retain(|(i, _)| *i != at);
+            self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+    }
+
     fn new(client: SocketAddr, first: u64) -> Self {
         Lines {
             client,
@@ -159,14 +194,19 @@ impl<D: Decoder> TcpSource<D> {
     }
 
     fn start(&mut self) -> Result<(), BoxError> {
-        let listener = TcpListener::bind(&self.spec.addr).map_err(|e| {
-            format!(
-                "cannot listen on tcp://{}: {e} (pick another port, or 0 for any)",
-                self.spec.addr
-            )
-        })?;
-        let bound = listener.local_addr()?;
-        eprintln!("weir: listening on tcp://{bound}");
+        let listener = match self.spec.mode {
+            TcpMode::Listen => {
+                let listener = TcpListener::bind(&self.spec.addr).map_err(|e| {
+                    format!(
+                        "cannot listen on tcp://{}: {e} (pick another port, or 0 for any)",
+                        self.spec.addr
+                    )
+                })?;
+                eprintln!("weir: listening on tcp://{}", listener.local_addr()?);
+                Some(listener)
+            }
+            TcpMode::Connect => None,
+        };
         self.dead_letters.open()?;
         let (tx, rx) = bounded(QUEUED_BATCHES);
         let started = Started {
@@ -176,18 +216,36 @@ impl<D: Decoder> TcpSource<D> {
             stop: Arc::new(AtomicBool::new(false)),
             left: 0,
         };
-        let accept = Acceptor {
-            listener,
+        let reader = Reader {
             deliveries: tx,
             connected: started.connected.clone(),
-            ever_connected: started.ever_connected.clone(),
-            stop: started.stop.clone(),
             max_line: self.spec.max_line,
-            max_connections: self.spec.max_connections,
         };
-        std::thread::Builder::new()
-            .name("weir-tcp-accept".into())
-            .spawn(move || accept.run())?;
+        if let Some(listener) = listener {
+            let accept = Acceptor {
+                listener,
+                reader,
+                ever_connected: started.ever_connected.clone(),
+                stop: started.stop.clone(),
+                max_connections: self.spec.max_connections,
+            };
+            std::thread::Builder::new()
+                .name("weir-tcp-accept".into())
+                .spawn(move || accept.run())?;
+        } else {
+            // The client counts as one connection until it ends (with `until=disconnect`).
+            started.connected.fetch_add(1, Ordering::SeqCst);
+            started.ever_connected.store(true, Ordering::SeqCst);
+            let connect = Connector {
+                addr: self.spec.addr.clone(),
+                reader,
+                until_disconnect: self.spec.until_disconnect,
+                stop: started.stop.clone(),
+            };
+            std::thread::Builder::new()
+                .name("weir-tcp-connect".into())
+                .spawn(move || connect.run())?;
+        }
         self.started = Some(started);
         Ok(())
     }
@@ -251,6 +309,13 @@ impl<D: Decoder> Source for TcpSource<D> {
                     status = SourceStatus::Idle;
                     break;
                 }
+                // The client source's thread ends after the end it waited for.
+                Err(RecvTimeoutError::Disconnected)
+                    if started.connected.load(Ordering::SeqCst) == 0 =>
+                {
+                    status = SourceStatus::Idle;
+                    break;
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err("the TCP listener stopped".into());
                 }
@@ -272,23 +337,27 @@ impl<D: Decoder> Source for TcpSource<D> {
     }
 
     fn describe(&self) -> String {
-        let until = if self.spec.until_disconnect {
-            ", until all clients disconnect"
-        } else {
-            ""
-        };
-        format!("tcp server {}{until}", self.spec.addr)
+        match (self.spec.mode, self.spec.until_disconnect) {
+            (TcpMode::Listen, false) => format!("tcp server {}", self.spec.addr),
+            (TcpMode::Listen, true) => format!(
+                "tcp server {}, until all clients disconnect",
+                self.spec.addr
+            ),
+            (TcpMode::Connect, false) => format!("tcp client of {}", self.spec.addr),
+            (TcpMode::Connect, true) => format!(
+                "tcp client of {}, until the server closes the connection",
+                self.spec.addr
+            ),
+        }
     }
 }
 
 /// Accepts clients and starts a reader for each.
 struct Acceptor {
     listener: TcpListener,
-    deliveries: Sender<Delivery>,
-    connected: Arc<AtomicUsize>,
+    reader: Reader,
     ever_connected: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    max_line: usize,
     max_connections: usize,
 }
 
@@ -298,6 +367,7 @@ impl Acceptor {
         if self.listener.set_nonblocking(true).is_err() {
             return;
         }
+        let connected = &self.reader.connected;
         while !self.stop.load(Ordering::Relaxed) {
             let mut stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
@@ -310,7 +380,7 @@ impl Acceptor {
             let Ok(client) = stream.peer_addr() else {
                 continue;
             };
-            if self.connected.load(Ordering::SeqCst) >= self.max_connections {
+            if connected.load(Ordering::SeqCst) >= self.max_connections {
                 let _ = writeln!(
                     stream,
                     "weir: too many connections (at most {}); try again later",
@@ -322,38 +392,126 @@ impl Acceptor {
                 );
                 continue;
             }
-            self.connected.fetch_add(1, Ordering::SeqCst);
+            connected.fetch_add(1, Ordering::SeqCst);
             self.ever_connected.store(true, Ordering::SeqCst);
-            let reader = Reader {
-                client,
-                deliveries: self.deliveries.clone(),
-                connected: self.connected.clone(),
-                max_line: self.max_line,
-            };
+            let reader = self.reader.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("weir-tcp-{client}"))
-                .spawn(move || reader.run(stream));
+                .spawn(move || reader.serve(stream, client));
             if spawned.is_err() {
-                self.connected.fetch_sub(1, Ordering::SeqCst);
+                connected.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
 }
 
-/// Reads one client's lines and hands them over in batches.
+/// Connects to one server, reads its lines, and connects again when the connection ends
+/// (see the module docs).
+struct Connector {
+    addr: String,
+    reader: Reader,
+    until_disconnect: bool,
+    stop: Arc<AtomicBool>,
+}
+
+impl Connector {
+    fn run(self) {
+        let mut backoff = Backoff::new();
+        let peer = format!("tcp source tcp://{}", self.addr);
+        while !self.stop.load(Ordering::Relaxed) {
+            let connected = TcpStream::connect(&self.addr).and_then(|s| Ok((s.peer_addr()?, s)));
+            let (server, stream) = match connected {
+                Ok(connection) => connection,
+                Err(e) => {
+                    eprintln!(
+                        "weir: {peer}: cannot connect ({e}); trying again in {:.1} s",
+                        backoff.next_secs()
+                    );
+                    backoff.sleep();
+                    continue;
+                }
+            };
+            backoff.reset();
+            let (mut batch, end) = self.reader.read(stream, server);
+            let why = match end {
+                End::Stopped => break,
+                End::Clean if self.until_disconnect => {
+                    self.reader.hand_over_last(batch);
+                    break;
+                }
+                End::Clean => "the server closed the connection".to_string(),
+                End::Unterminated => {
+                    batch.drop_last_line();
+                    "the connection ended in the middle of a line (discarded)".to_string()
+                }
+                End::Failed(e) => format!("the connection broke ({e})"),
+            };
+            if !batch.ends.is_empty()
+                && self.reader.deliveries.send(Delivery::Lines(batch)).is_err()
+            {
+                break;
+            }
+            eprintln!(
+                "weir: {peer}: {why}; connecting again in {:.1} s",
+                backoff.next_secs()
+            );
+            backoff.sleep();
+        }
+        self.reader.gone();
+    }
+}
+
+/// How a connection's stream of lines ended.
+enum End {
+    /// End of stream after a line break (or before any byte).
+    Clean,
+    /// End of stream in the middle of a line.
+    Unterminated,
+    /// A read failed (reset, timeout).
+    Failed(std::io::Error),
+    /// The job no longer takes lines.
+    Stopped,
+}
+
+/// Reads connections' lines and hands them over in batches.
+#[derive(Clone)]
 struct Reader {
-    client: SocketAddr,
     deliveries: Sender<Delivery>,
     connected: Arc<AtomicUsize>,
     max_line: usize,
 }
 
 impl Reader {
-    fn run(self, stream: TcpStream) {
+    /// Serves one client of the server until it leaves.
+    fn serve(self, stream: TcpStream, client: SocketAddr) {
+        // A client's last line counts even without a line break: the client decides what
+        // it sent.
+        let (batch, _) = self.read(stream, client);
+        self.hand_over_last(batch);
+        self.gone();
+    }
+
+    /// Hands over the last lines of a connection, if any.
+    fn hand_over_last(&self, batch: Lines) {
+        if !batch.ends.is_empty() {
+            let _ = self.deliveries.send(Delivery::Lines(batch));
+        }
+    }
+
+    /// Says a connection (or the client source) is gone for good.
+    fn gone(&self) {
+        let _ = self.deliveries.send(Delivery::Gone);
+        self.connected.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Reads `stream` to its end, handing over every batch but the last, which it returns
+    /// with how the stream ended.
+    fn read(&self, stream: TcpStream, peer: SocketAddr) -> (Lines, End) {
         let _ = stream.set_nonblocking(false);
         let mut input = BufReader::with_capacity(64 * 1024, stream);
         let mut number = 1;
-        let mut batch = Lines::new(self.client, number);
+        let mut batch = Lines::new(peer, number);
+        let mut terminated = true;
         loop {
             let start = batch.bytes.len();
             let limit = self.max_line as u64 + 1;
@@ -362,11 +520,14 @@ impl Reader {
                 .take(limit)
                 .read_until(b'\n', &mut batch.bytes)
             {
-                Ok(0) | Err(_) => break,
+                Ok(0) if terminated => return (batch, End::Clean),
+                Ok(0) => return (batch, End::Unterminated),
+                Err(e) => return (batch, End::Failed(e)),
                 Ok(_) => {}
             }
             let read = batch.bytes.len() - start;
-            if read > self.max_line && batch.bytes.last() != Some(&b'\n') {
+            terminated = batch.bytes.last() == Some(&b'\n');
+            if read > self.max_line && !terminated {
                 // Over-long: keep its start for the dead letter, skip the rest of it.
                 let kept = String::from_utf8_lossy(
                     &batch.bytes[start..start + KEPT_OF_LONG_LINE.min(read)],
@@ -375,6 +536,7 @@ impl Reader {
                 batch.bytes.truncate(start);
                 let mut rest = Vec::new();
                 let _ = input.read_until(b'\n', &mut rest);
+                terminated = rest.last() == Some(&b'\n');
                 batch.refused.push((
                     batch.ends.len(),
                     format!(
@@ -385,19 +547,15 @@ impl Reader {
             }
             batch.ends.push(batch.bytes.len());
             number += 1;
-            // Hand over when the batch is full or nothing more is buffered right now.
-            if batch.ends.len() >= LINES_PER_BATCH || input.buffer().is_empty() {
-                let full = std::mem::replace(&mut batch, Lines::new(self.client, number));
+            // Hand over when the batch is full or nothing more is buffered right now; a line
+            // without its line break stays: the end of the stream decides about it.
+            if terminated && (batch.ends.len() >= LINES_PER_BATCH || input.buffer().is_empty()) {
+                let full = std::mem::replace(&mut batch, Lines::new(peer, number));
                 if self.deliveries.send(Delivery::Lines(full)).is_err() {
-                    break;
+                    return (batch, End::Stopped);
                 }
             }
         }
-        if !batch.ends.is_empty() {
-            let _ = self.deliveries.send(Delivery::Lines(batch));
-        }
-        let _ = self.deliveries.send(Delivery::Gone);
-        self.connected.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -413,6 +571,11 @@ mod tests {
         assert_eq!(spec.addr, "127.0.0.1:0");
         assert!(spec.until_disconnect);
         assert_eq!(spec.max_line, 10);
+        assert_eq!(spec.mode, TcpMode::Listen);
+        let spec = TcpSpec::parse("tcp://127.0.0.1:9?mode=connect")
+            .unwrap()
+            .unwrap();
+        assert_eq!(spec.mode, TcpMode::Connect);
         assert!(TcpSpec::parse("/tmp/file.jsonl").is_none());
         let err = TcpSpec::parse("tcp://127.0.0.1:1?speed=fast")
             .unwrap()
