@@ -112,14 +112,15 @@ impl Broker {
         format!("kafka://{}/{topic}?{query}", self.addr)
     }
 
-    /// Every record of `topic` (all partitions, from the start to the current end) as
-    /// (partition, key, value).
+    /// Every committed record of `topic` (all partitions, from the start to the current end,
+    /// read_committed) as (partition, key, value).
     fn read_all(&self, topic: &str) -> Vec<(i32, Option<String>, String)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .set("group.id", format!("reader-{topic}"))
             .set("enable.partition.eof", "true")
             .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -242,6 +243,12 @@ fn window_agg(input: &str, output: &Path, parallelism: usize) -> Vec<String> {
     .to_vec()
 }
 
+/// Adds checkpoints every 200 ms into `state` to window-agg arguments.
+fn checkpoint_into(args: &mut Vec<String>, state: &Path) {
+    let state = state.to_str().unwrap();
+    args.extend(["--state-dir", state, "--checkpoint-interval", "200ms"].map(String::from));
+}
+
 /// The lines of `files`, sorted (rows compare as multisets).
 fn sorted_lines(files: impl IntoIterator<Item = PathBuf>) -> Vec<String> {
     let mut lines: Vec<String> = files
@@ -270,6 +277,28 @@ fn reference_rows(dir: &TempDir, events: u64) -> Vec<String> {
         "the reference has only {} rows",
         rows.len()
     );
+    rows
+}
+
+/// A broker with topic `in` holding `events` generated events and an empty topic `out`,
+/// and the rows of the file run over the same events.
+fn in_and_out_topics(dir: &TempDir, events: u64) -> (Broker, Vec<String>) {
+    let broker = Broker::start(dir.path());
+    broker.create_topic("in", PARTITIONS);
+    broker.create_topic("out", PARTITIONS);
+    gen_events(&broker.uri("in", ""), events);
+    let reference = reference_rows(dir, events);
+    (broker, reference)
+}
+
+/// The values of every committed record of `topic`, sorted.
+fn sorted_values(broker: &Broker, topic: &str) -> Vec<String> {
+    let mut rows: Vec<String> = broker
+        .read_all(topic)
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    rows.sort_unstable();
     rows
 }
 
@@ -396,15 +425,7 @@ fn a_killed_checkpointed_job_resumes_from_its_offsets_exactly_once() {
         &format!("group=resume&start=earliest&until=end&{GROUP_TIMING}"),
     );
     let mut args = window_agg(&input, &out, 2);
-    args.extend(
-        [
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--checkpoint-interval",
-            "200ms",
-        ]
-        .map(String::from),
-    );
+    checkpoint_into(&mut args, &state);
 
     // Killed once two checkpoints completed after the partitions were assigned (so the
     // checkpoint holds offsets in the middle of the partitions).
@@ -550,12 +571,8 @@ fn a_frozen_broker_stalls_the_job_which_resumes_without_loss_or_duplicates() {
     // request goes unanswered, as with a hung or partitioned broker.
     const FROZEN: Duration = Duration::from_secs(15);
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path());
-    broker.create_topic("in", PARTITIONS);
-    broker.create_topic("out", PARTITIONS);
     let events = 400_000;
-    gen_events(&broker.uri("in", ""), events);
-    let reference = reference_rows(&dir, events);
+    let (broker, reference) = in_and_out_topics(&dir, events);
 
     let input = broker.uri(
         "in",
@@ -602,12 +619,7 @@ fn a_frozen_broker_stalls_the_job_which_resumes_without_loss_or_duplicates() {
         common::sample_sum(&metrics, "weir_kafka_broker_errors_total", &[]) >= 1.0,
         "the broker's absence was not counted:\n{metrics}"
     );
-    let mut rows: Vec<String> = broker
-        .read_all("out")
-        .into_iter()
-        .map(|(_, _, v)| v)
-        .collect();
-    rows.sort_unstable();
+    let rows = sorted_values(&broker, "out");
     assert_eq!(
         rows.len(),
         reference.len(),

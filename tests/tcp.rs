@@ -24,6 +24,17 @@ type TestResult = Result<(), Box<dyn Error>>;
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const CLIENTS: usize = 4;
 const EVENTS_PER_CLIENT: usize = 20_000;
+/// window-agg settings of the runs compared with a file run.
+const WINDOW_ARGS: [&str; 7] = [
+    "--window",
+    "tumble:1m",
+    // No event is late whatever the interleaving of clients: results do not depend on it.
+    "--watermark-delay",
+    "2h",
+    "--metrics-addr",
+    "off",
+    "--quiet",
+];
 
 fn event_line(client: usize, i: usize) -> String {
     // Every client's events are spread over the same hour, keys shared between clients.
@@ -49,16 +60,7 @@ fn sorted_rows(text: &str) -> Vec<String> {
 fn many_clients_one_sending_garbage_give_the_file_results() -> TestResult {
     let dir = tempfile::tempdir()?;
     let output = dir.path().join("tcp.jsonl");
-    let common_args = [
-        "--window",
-        "tumble:1m",
-        // No event is late whatever the interleaving of clients: results do not depend on it.
-        "--watermark-delay",
-        "2h",
-        "--metrics-addr",
-        "off",
-        "--quiet",
-    ];
+    let common_args = WINDOW_ARGS;
     let mut child = Command::new(WEIR)
         .args([
             "run",
@@ -176,6 +178,31 @@ fn many_clients_one_sending_garbage_give_the_file_results() -> TestResult {
     Ok(())
 }
 
+/// `weir gen events` (100 K keys) into `events.jsonl` in `dir`; returns its path.
+fn generate_events(dir: &std::path::Path, events: &str) -> Result<String, Box<dyn Error>> {
+    let path = dir.join("events.jsonl");
+    let path = path.to_str().ok_or("temp path is not UTF-8")?.to_string();
+    common::run_ok(
+        WEIR,
+        [
+            "gen", "events", "--output", &path, "--events", events, "--keys", "100000",
+        ],
+    )?;
+    Ok(path)
+}
+
+/// `weir run window-agg` over `input` in tumbling 1 s windows.
+fn tumble_1s(input: &str) -> [&str; 6] {
+    [
+        "run",
+        "window-agg",
+        "--input",
+        input,
+        "--window",
+        "tumble:1s",
+    ]
+}
+
 /// Peak resident memory of process `pid` so far, in MiB (`VmHWM`), if it still runs.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -191,24 +218,10 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 fn a_slow_tcp_reader_holds_the_job_back_with_bounded_memory() -> TestResult {
     use std::io::Read;
     let dir = tempfile::tempdir()?;
-    let input = dir.path().join("events.jsonl");
-    let input = input.to_str().ok_or("temp path is not UTF-8")?;
-    let events = "2000000";
-    common::run_ok(
-        WEIR,
-        [
-            "gen", "events", "--output", input, "--events", events, "--keys", "100000",
-        ],
-    )?;
+    let input = generate_events(dir.path(), "2000000")?;
+    let input = input.as_str();
     let job = |output: &str| {
-        let args = [
-            "run",
-            "window-agg",
-            "--input",
-            input,
-            "--window",
-            "tumble:1s",
-        ];
+        let args = tumble_1s(input);
         let mut command = Command::new(WEIR);
         command
             .args(args)
@@ -314,14 +327,7 @@ fn the_client_source_reconnects_and_reads_every_line_once() -> TestResult {
 
     let output = dir.path().join("client.jsonl");
     let input = format!("tcp://{addr}?mode=connect&until=disconnect");
-    let common_args = [
-        "--window",
-        "tumble:1m",
-        "--watermark-delay",
-        "2h",
-        "--metrics-addr",
-        "off",
-    ];
+    let common_args = WINDOW_ARGS;
     let mut args = vec!["run", "window-agg", "--input", &input, "--output"];
     args.push(output.to_str().ok_or("path")?);
     args.extend(common_args);
@@ -372,22 +378,8 @@ fn the_client_source_reconnects_and_reads_every_line_once() -> TestResult {
 fn the_server_sink_serves_all_rows_and_drops_a_subscriber_that_does_not_read() -> TestResult {
     use std::io::Read;
     let dir = tempfile::tempdir()?;
-    let input = dir.path().join("events.jsonl");
-    let input = input.to_str().ok_or("temp path is not UTF-8")?;
-    common::run_ok(
-        WEIR,
-        [
-            "gen", "events", "--output", input, "--events", "500000", "--keys", "100000",
-        ],
-    )?;
-    let job = [
-        "run",
-        "window-agg",
-        "--input",
-        input,
-        "--window",
-        "tumble:1s",
-    ];
+    let input = generate_events(dir.path(), "500000")?;
+    let job = tumble_1s(&input);
     let reference = dir.path().join("reference.jsonl");
     let reference_arg = reference.to_str().ok_or("temp path is not UTF-8")?;
     let mut args = job.to_vec();
