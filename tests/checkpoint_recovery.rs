@@ -8,10 +8,12 @@
 //! The tests prove that:
 //! - SIGKILL at random moments (before the first checkpoint, mid-run, maybe during a restore
 //!   or after the end), 10 times in a row at P = 1 and at P = 2, loses and duplicates nothing,
-//!   and a successful finish leaves no uncommitted file behind;
+//!   and a successful finish leaves no uncommitted file behind; the same holds with memory
+//!   state (its snapshots are full copies) and for late events sent to `--late-output`;
 //! - restarts really resume from a checkpoint (they say "resuming" on stderr), so the tests
 //!   cannot pass by quietly starting over;
-//! - state taken at one parallelism is restored at another (2 -> 1 and 1 -> 2);
+//! - state taken at one parallelism is restored at another (2 -> 1 and 1 -> 2, and with
+//!   memory state 2 -> 1);
 //! - restarting a job that already finished leaves its committed files byte for byte as they
 //!   were;
 //! - a corrupt newest checkpoint is reported as unusable and the job resumes from the one
@@ -23,7 +25,9 @@
 //!
 //! The input comes from `weir gen events`: one event per millisecond, up to 1 s out of order,
 //! 10,000 keys. The watermark delay (2 s) exceeds that, so no event is late and the results
-//! are a function of the input alone, whenever the job is killed. A small state cache keeps
+//! are a function of the input alone, whenever the job is killed. The late-output fixture
+//! waits only 300 ms, so some events are late; which ones is a function of the input too
+//! (the watermark generator's state is checkpointed). A small state cache keeps
 //! the state in RocksDB (so checkpoints carry it) and makes a run last long enough to be
 //! killed midway.
 
@@ -55,8 +59,10 @@ const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const KEYS: u64 = 10_000;
 /// How far the generator puts events behind the stream's clock, at most...
 const DISORDER_MS: u64 = 1_000;
-/// ...and the watermark waits longer than that: no event is late.
+/// ...and the watermark waits longer than that: no event is late...
 const WATERMARK_DELAY: &str = "2s";
+/// ...except with this delay, which the late-output tests use.
+const SHORT_WATERMARK_DELAY: &str = "300ms";
 const WINDOW: &str = "tumble:10s";
 /// Decoded state entries kept in memory per table (default 65,536): few, so the state lives
 /// in RocksDB and a run takes long enough to be killed midway.
@@ -79,19 +85,24 @@ const SIGKILL: i32 = 9;
 
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing_at_parallelism_1() {
-    kill_9_at_random_moments(1, 0x0C4E_C001);
+    kill_9_at_random_moments(&Fixture::new(BIG), 1, 0x0C4E_C001, "rocksdb");
 }
 
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing_at_parallelism_2() {
-    kill_9_at_random_moments(2, 0x0C4E_C002);
+    kill_9_at_random_moments(&Fixture::new(BIG), 2, 0x0C4E_C002, "rocksdb");
+}
+
+#[test]
+fn kill_9_with_memory_state_and_late_output_loses_and_duplicates_nothing() {
+    kill_9_at_random_moments(&Fixture::with_late_events(BIG), 2, 0x0C4E_C003, "memory");
 }
 
 /// Runs the job `KILLS` times, each SIGKILLed after a random 100-900 ms, then lets it finish.
-fn kill_9_at_random_moments(parallelism: usize, seed: u64) {
-    let fx = Fixture::new(BIG);
+fn kill_9_at_random_moments(fx: &Fixture, parallelism: usize, seed: u64, state_backend: &str) {
     let (out, state) = (fx.path("out"), fx.path("state"));
-    let args = fx.checkpointed(&out, &state, "200ms", parallelism);
+    let mut args = fx.checkpointed(&out, &state, "200ms", parallelism);
+    args.extend(["--state".into(), state_backend.into()]);
     let mut rng = SplitMix64::new(seed);
     let (mut kills, mut mid_run, mut resumed) = (0, 0, 0);
     for run in 0..KILLS {
@@ -128,30 +139,38 @@ fn kill_9_at_random_moments(parallelism: usize, seed: u64) {
         resumed += 1;
     }
     let tally = format!(
-        "P={parallelism}: {kills} of {KILLS} kills landed, {mid_run} after a checkpoint; \
-         {resumed} runs resumed"
+        "P={parallelism}, {state_backend} state: {kills} of {KILLS} kills landed, {mid_run} \
+         after a checkpoint; {resumed} runs resumed"
     );
     assert!(
         mid_run > 0 && resumed > 0,
         "{tally}: the job was never killed midway, so this test proved nothing"
     );
     eprintln!("{tally}");
-    fx.assert_committed_equals_reference(&out, &format!("P={parallelism} after {kills} kills"));
+    fx.assert_committed_equals_reference(
+        &out,
+        &format!("P={parallelism}, {state_backend} state, after {kills} kills"),
+    );
 }
 
 #[test]
 fn restore_with_a_different_parallelism() {
     let fx = Fixture::new(BIG);
     let mut rng = SplitMix64::new(0x9A2A_11E1);
-    for (from, to) in [(2, 1), (1, 2)] {
-        let what = format!("P={from} -> P={to}");
-        let out = fx.path(&format!("out-{from}-{to}"));
-        let state = fx.path(&format!("state-{from}-{to}"));
+    for (from, to, backend) in [(2, 1, "rocksdb"), (1, 2, "rocksdb"), (2, 1, "memory")] {
+        let what = format!("P={from} -> P={to}, {backend} state");
+        let out = fx.path(&format!("out-{from}-{to}-{backend}"));
+        let state = fx.path(&format!("state-{from}-{to}-{backend}"));
+        let args = |parallelism| {
+            let mut args = fx.checkpointed(&out, &state, "200ms", parallelism);
+            args.extend(["--state".into(), backend.into()]);
+            args
+        };
         // Killed after 400-700 ms, or later if no checkpoint is complete by then.
         let delay = Duration::from_millis(400 + rng.below(301));
         let (ended, stderr) = run_and_kill(
-            &fx.checkpointed(&out, &state, "200ms", from),
-            fx.path(&format!("killed-{from}-{to}.stderr")),
+            &args(from),
+            fx.path(&format!("killed-{from}-{to}-{backend}.stderr")),
             delay,
             &state,
             1,
@@ -162,8 +181,8 @@ fn restore_with_a_different_parallelism() {
             "{what}: the job finished before it could be killed after a checkpoint:\n{stderr}"
         );
         let stderr = Running::start(
-            &fx.checkpointed(&out, &state, "200ms", to),
-            fx.path(&format!("restart-{from}-{to}.stderr")),
+            &args(to),
+            fx.path(&format!("restart-{from}-{to}-{backend}.stderr")),
         )
         .finish();
         assert!(
@@ -442,10 +461,22 @@ struct Fixture {
     input: PathBuf,
     /// The rows of the uninterrupted run, as [`canonical_rows`].
     reference: Vec<String>,
+    /// With late events: the late events of the uninterrupted run, as [`canonical_rows`].
+    late_reference: Option<Vec<String>>,
 }
 
 impl Fixture {
+    /// Input in which no event is late.
     fn new(events: u64) -> Fixture {
+        Fixture::build(events, false)
+    }
+
+    /// Input in which some events are late, with the jobs sending them to `--late-output`.
+    fn with_late_events(events: u64) -> Fixture {
+        Fixture::build(events, true)
+    }
+
+    fn build(events: u64, late: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("events.jsonl");
         let gen_args: Vec<OsString> = vec![
@@ -463,20 +494,17 @@ impl Fixture {
         common::run_ok(WEIR, gen_args).unwrap();
 
         let output = dir.path().join("reference.jsonl");
-        let stderr = Running::start(
-            &job_args(&input, &output, 1),
-            dir.path().join("reference.stderr"),
-        )
-        .finish();
+        let late_output = dir.path().join("reference-late.jsonl");
+        let mut args = job_args(&input, &output, 1);
+        if late {
+            with_late_output(&mut args, &late_output);
+        }
+        let stderr = Running::start(&args, dir.path().join("reference.stderr")).finish();
         let summary = Summary::from_stderr(&stderr).unwrap();
         assert_eq!(
-            (
-                summary.events_read,
-                summary.late_events,
-                summary.dead_letters
-            ),
-            (events, 0, 0),
-            "reference run: events read, late events, dead letters"
+            (summary.events_read, summary.dead_letters),
+            (events, 0),
+            "reference run: events read, dead letters"
         );
         let reference = canonical_rows([output]);
         assert_eq!(
@@ -484,11 +512,21 @@ impl Fixture {
             reference.len() as u64,
             "reference run: rows"
         );
+        let late_reference = late.then(|| canonical_rows([late_output]));
+        let late_rows = late_reference.as_ref().map_or(0, Vec::len) as u64;
+        assert_eq!(summary.late_events, late_rows, "reference run: late events");
+        assert_eq!(late, late_rows > 0, "reference run: late events");
         Fixture {
             dir,
             input,
             reference,
+            late_reference,
         }
+    }
+
+    /// Where the checkpointed runs writing results to `out` put late events.
+    fn late_dir(out: &Path) -> PathBuf {
+        out.with_extension("late")
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -505,6 +543,9 @@ impl Fixture {
         parallelism: usize,
     ) -> Vec<OsString> {
         let mut args = job_args(&self.input, out, parallelism);
+        if self.late_reference.is_some() {
+            with_late_output(&mut args, &Fixture::late_dir(out));
+        }
         args.extend([
             OsString::from("--state-dir"),
             state.into(),
@@ -523,6 +564,19 @@ impl Fixture {
             "{what}: uncommitted files after a successful finish: {left:?}"
         );
         assert_same_rows(&committed_rows(out), &self.reference, what);
+        if let Some(late) = &self.late_reference {
+            let late_dir = Fixture::late_dir(out);
+            let left = in_progress_files(&late_dir);
+            assert!(
+                left.is_empty(),
+                "{what}: uncommitted late-output files after a successful finish: {left:?}"
+            );
+            assert_same_rows(
+                &committed_rows(&late_dir),
+                late,
+                &format!("{what}, late output"),
+            );
+        }
     }
 }
 
@@ -547,6 +601,18 @@ fn job_args(input: &Path, output: &Path, parallelism: usize) -> Vec<OsString> {
         "off".into(),
         "--quiet".into(),
     ]
+}
+
+/// Makes `args` (from [`job_args`]) wait only [`SHORT_WATERMARK_DELAY`], so that some
+/// events are late, and send those to `late_output`.
+fn with_late_output(args: &mut Vec<OsString>, late_output: &Path) {
+    let delay = args
+        .iter()
+        .position(|a| a == "--watermark-delay")
+        .expect("job_args sets a watermark delay")
+        + 1;
+    args[delay] = SHORT_WATERMARK_DELAY.into();
+    args.extend(["--late-output".into(), late_output.into()]);
 }
 
 // ------------------------------------------------------------------ processes

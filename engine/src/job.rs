@@ -464,13 +464,24 @@ impl<T: Data> Stream<T> {
 
     /// Sends the stream to a sink.
     pub fn sink<S: Sink<T>>(self, name: &str, sink: S) {
+        self.add_sink(name, sink, true);
+    }
+
+    /// Sends a side output (late events, say) to a sink: as [`Stream::sink`], with the
+    /// same checkpoints and transactions, but its records are not counted as the job's
+    /// results in the run summary nor timed as results.
+    pub fn side_output_sink<S: Sink<T>>(self, name: &str, sink: S) {
+        self.add_sink(name, sink, false);
+    }
+
+    fn add_sink<S: Sink<T>>(self, name: &str, sink: S, results: bool) {
         let detail = sink.describe();
         self.job.add(
             name,
             NodeKind::Sink,
             detail,
             &[self.node],
-            Rc::new(SinkNode::new(sink)),
+            Rc::new(SinkNode::new(sink, results)),
         );
     }
 }

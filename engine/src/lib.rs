@@ -55,5 +55,6 @@ pub use sink::Sink;
 pub use source::{Source, SourceStatus};
 pub use state::{
     MapState, MemoryBackend, Namespaced, StateBackend, StateConfig, StateKey, StateValue,
+    TimerQueue,
 };
 pub use time::{parse_duration, Timestamp, Watermarks};

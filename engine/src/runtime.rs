@@ -55,7 +55,8 @@ use crate::record::{Batch, Data, Keyed, Record, Split};
 use crate::sink::Sink;
 use crate::source::{Source, SourceStatus};
 use crate::state::{
-    shared_block_cache, MemoryBackend, RocksBackend, RocksStore, StateBackend, StateConfig,
+    read_key_groups, shared_block_cache, write_snapshot, MemoryBackend, MemorySnapshots,
+    RocksBackend, RocksStore, StateBackend, StateConfig,
 };
 use crate::time::{format_timestamp, Timestamp, Watermarks, END_WATERMARK, MIN_WATERMARK};
 
@@ -75,7 +76,7 @@ pub struct RunOptions {
     pub idle_timeout: Option<Duration>,
     /// Where keyed operators keep their state.
     pub state: StateConfig,
-    /// Periodic checkpoints, and resuming from the newest one (needs RocksDB state).
+    /// Periodic checkpoints, and resuming from the newest one (with either state backend).
     pub checkpoints: Option<CheckpointConfig>,
     /// Skip events whose event time is before this (a replay from a point in time).
     pub replay_from: Option<Timestamp>,
@@ -105,7 +106,7 @@ pub struct RunSummary {
     pub dead_letters: u64,
     /// Events dropped from windows as late.
     pub late_events: u64,
-    /// Records received by all sinks.
+    /// Records received by the sinks of results (not by side outputs' sinks).
     pub results_written: u64,
     /// Wall-clock duration of the run.
     pub elapsed: Duration,
@@ -1203,22 +1204,19 @@ where
         };
         match (&b.options.state, b.rocksdb.clone()) {
             (StateConfig::RocksDb { cache_entries, .. }, Some((root, cache))) => {
-                let store_name = store_name(&name, instance);
-                let store = RocksStore::open_fresh(&root.join(&store_name), &cache)
-                    .map_err(|e| invalid(e.to_string()))?;
+                let dir = root.join(store_name(&name, instance));
+                let store =
+                    RocksStore::open_fresh(&dir, &cache).map_err(|e| invalid(e.to_string()))?;
                 b.metrics.observe_store(store.clone());
                 let backend = RocksBackend::new(store.clone(), &name, *cache_entries);
-                let keyed_store = KeyedStore {
-                    store,
-                    name: store_name,
-                };
-                Ok(Box::new(self.runner_over(
-                    b,
-                    me,
-                    instance,
-                    backend,
-                    Some(keyed_store),
-                )?))
+                let state = Some(InstanceState::Rocks(store));
+                Ok(Box::new(self.runner_over(b, me, instance, backend, state)?))
+            }
+            _ if b.checkpointing.is_some() => {
+                let snapshots = Arc::new(MemorySnapshots::default());
+                let backend = MemoryBackend::checkpointed(snapshots.clone(), &name);
+                let state = Some(InstanceState::Memory(snapshots));
+                Ok(Box::new(self.runner_over(b, me, instance, backend, state)?))
             }
             _ => Ok(Box::new(self.runner_over(
                 b,
@@ -1230,15 +1228,21 @@ where
         }
     }
 
+    /// The instance over `state`; `checkpointed` is how its state is snapshotted, if the
+    /// job takes checkpoints.
     fn runner_over<S: StateBackend>(
         &self,
         b: &mut Build<'_>,
         me: NodeId,
         instance: usize,
         state: S,
-        store: Option<KeyedStore>,
+        checkpointed: Option<InstanceState>,
     ) -> Result<KeyedRunner<F::Operator<S>>> {
         let name = b.name(me);
+        let store = checkpointed.map(|state| KeyedStore {
+            state,
+            name: store_name(&name, instance),
+        });
         let parallelism = b.options.parallelism;
         let metrics = b.metrics.operator(&name, instance);
         let key_groups = key_groups_of_worker(instance, parallelism);
@@ -1256,7 +1260,7 @@ where
         // Restored state goes into the database before the operator opens its tables.
         let restored = match (&b.checkpointing, &store) {
             (Some(c), Some(store)) => {
-                import_keyed_state(c, &name, &key_groups, &store.store).map_err(op_err)?
+                import_keyed_state(c, &name, &key_groups, &store.state).map_err(op_err)?
             }
             _ => None,
         };
@@ -1301,7 +1305,8 @@ fn store_name(node: &str, instance: usize) -> String {
 struct KeyedSnapshot {
     /// The key groups its database holds, `[start, end)`.
     key_groups: (KeyGroup, KeyGroup),
-    /// Its RocksDB checkpoint, relative to the checkpoint directory.
+    /// Its state: a RocksDB database (a RocksDB checkpoint, or a memory backend's full
+    /// copy in the same layout), relative to the checkpoint directory.
     store: String,
     /// What the operator returned from `snapshot`.
     operator: serde_json::Value,
@@ -1314,7 +1319,7 @@ fn import_keyed_state(
     checkpointing: &Checkpointing,
     name: &str,
     groups: &std::ops::Range<KeyGroup>,
-    store: &RocksStore,
+    state: &InstanceState,
 ) -> std::result::Result<Option<Vec<serde_json::Value>>, crate::BoxError> {
     let Some(manifest) = checkpointing.restored() else {
         return Ok(None);
@@ -1338,17 +1343,36 @@ fn import_keyed_state(
         let dir = checkpointing
             .restored_dir()
             .ok_or("internal: a restored checkpoint without a directory")?;
-        store.import_key_groups(&dir.join(&old.store), overlap)?;
+        let from = dir.join(&old.store);
+        match state {
+            InstanceState::Rocks(store) => {
+                store.import_key_groups(&from, overlap)?;
+            }
+            InstanceState::Memory(tables) => {
+                read_key_groups(&from, overlap, |table, key, value| {
+                    tables.restore_entry(table, key, value);
+                    Ok(())
+                })?;
+            }
+        }
         snapshots.push(old.operator);
     }
     Ok(Some(snapshots))
 }
 
-/// The RocksDB database of one keyed instance.
+/// The checkpointed state of one keyed instance.
 struct KeyedStore {
-    store: Arc<RocksStore>,
+    state: InstanceState,
     /// Its directory name, also used inside checkpoints.
     name: String,
+}
+
+/// Where a keyed instance's state lives, which decides how it is snapshotted and restored.
+enum InstanceState {
+    /// A RocksDB database: snapshotted as a RocksDB checkpoint (hard links).
+    Rocks(Arc<RocksStore>),
+    /// Memory tables: snapshotted as a full copy, written as a RocksDB database.
+    Memory(Arc<MemorySnapshots>),
 }
 
 /// How a keyed instance takes part in checkpoints.
@@ -1419,11 +1443,25 @@ impl<O: KeyedOperator> KeyedRunner<O> {
             return Err("internal: not a checkpoint participant".into());
         };
         let Some(store) = &c.store else {
-            return Err("checkpoints need RocksDB state (--state rocksdb)".into());
+            return Err("internal: a checkpoint participant without state".into());
         };
-        let operator = self.operator.snapshot().map_err(|e| e.to_string())?;
         let dir = c.participant.checkpointing().dir(id).join(&store.name);
-        store.store.checkpoint_to(&dir).map_err(|e| e.to_string())?;
+        let operator = match &store.state {
+            InstanceState::Rocks(db) => {
+                let operator = self.operator.snapshot().map_err(|e| e.to_string())?;
+                db.checkpoint_to(&dir).map_err(|e| e.to_string())?;
+                operator
+            }
+            InstanceState::Memory(tables) => {
+                // The operator's flushes hand the tables over while the snapshot is open.
+                tables.begin();
+                let operator = self.operator.snapshot();
+                let taken = tables.take();
+                let operator = operator.map_err(|e| e.to_string())?;
+                write_snapshot(&dir, taken).map_err(|e| e.to_string())?;
+                operator
+            }
+        };
         serde_json::to_value(KeyedSnapshot {
             key_groups: (c.key_groups.start, c.key_groups.end),
             store: store.name.clone(),
@@ -1555,12 +1593,16 @@ impl<T: Data> Push<T> for BoxedPush<T> {
 
 pub(crate) struct SinkNode<T> {
     sink: RefCell<Option<Box<dyn Sink<T>>>>,
+    /// Whether what it receives are the job's results (counted in the run summary and timed
+    /// in the latency histogram), not a side output such as late events.
+    results: bool,
 }
 
 impl<T> SinkNode<T> {
-    pub(crate) fn new<S: Sink<T>>(sink: S) -> Self {
+    pub(crate) fn new<S: Sink<T>>(sink: S, results: bool) -> Self {
         SinkNode {
             sink: RefCell::new(Some(Box::new(sink))),
+            results,
         }
     }
 }
@@ -1579,7 +1621,9 @@ impl<T: Data> SinkNode<T> {
                 ),
             })?;
         let metrics = b.metrics.stateless_operator(&name, 0);
-        b.progress.sinks.push(metrics.events_in.clone());
+        if self.results {
+            b.progress.sinks.push(metrics.events_in.clone());
+        }
         let participant = b.participant(format!("{name}#0"));
         let mut sink = sink;
         sink.open(b.metrics).map_err(|source| EngineError::Sink {
@@ -1600,7 +1644,7 @@ impl<T: Data> SinkNode<T> {
             name,
             sink,
             metrics,
-            latency: b.metrics.latency(),
+            latency: self.results.then(|| b.metrics.latency()),
             transactions: participant.map(|participant| SinkTransactions {
                 committed: participant.checkpointing().restored_id(),
                 last_barrier: 0,
@@ -1633,7 +1677,8 @@ struct SinkPush<T> {
     name: String,
     sink: Box<dyn Sink<T>>,
     metrics: OperatorMetrics,
-    latency: Arc<LatencyHistogram>,
+    /// `None` for a side output's sink.
+    latency: Option<Arc<LatencyHistogram>>,
     transactions: Option<SinkTransactions>,
 }
 
@@ -1683,9 +1728,8 @@ impl<T: Data> Push<T> for SinkPush<T> {
                     name: self.name.clone(),
                     source,
                 })?;
-            if let Some(ingested) = batch.ingested {
-                self.latency
-                    .record(ingested.elapsed(), batch.records.len() as u64);
+            if let (Some(latency), Some(ingested)) = (&self.latency, batch.ingested) {
+                latency.record(ingested.elapsed(), batch.records.len() as u64);
             }
         }
         if batch.watermark != END_WATERMARK {
@@ -1766,11 +1810,6 @@ pub(crate) fn run(
     };
     let checkpointing = match &options.checkpoints {
         None => None,
-        Some(_) if rocksdb.is_none() => {
-            return Err(invalid(
-                "checkpoints need RocksDB state: use --state rocksdb with --state-dir".into(),
-            ))
-        }
         Some(config) => {
             let c = Checkpointing::new(
                 config.clone(),

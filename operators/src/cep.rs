@@ -56,12 +56,11 @@ use weir_engine::operator::OperatorFactory;
 use weir_engine::time::duration_ms;
 use weir_engine::{
     Data, Keyed, KeyedOperator, KeyedStream, MapState, OperatorContext, Output, Record,
-    StateBackend, StateKey, StateValue, Stream, Timestamp,
+    StateBackend, StateKey, StateValue, Stream, TimerQueue, Timestamp,
 };
 
 use crate::snapshot::{restored_watermark, save_watermark};
 use crate::time_order::{insert_by_time, take_due, TimeOrdered};
-use crate::window::Timers;
 
 type Condition<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
 
@@ -378,7 +377,7 @@ impl<K: StateKey + Data, T: StateValue + Data> OperatorFactory for CepFactory<K,
             pattern: self.pattern.clone(),
             timeouts: self.timeouts,
             keys: state.map_state("cep-keys")?,
-            timers: Timers::new(),
+            timers: state.timer_queue("timers")?,
             watermark: Timestamp::MIN,
             late: ctx.metrics.late_events.clone(),
         })
@@ -424,7 +423,7 @@ pub struct CepOperator<S: StateBackend, K: StateKey, T: StateValue> {
     pattern: Pattern<T>,
     timeouts: bool,
     keys: S::Map<K, KeyState<T>>,
-    timers: Timers<K>,
+    timers: S::Timers<K>,
     watermark: Timestamp,
     late: Counter,
 }
@@ -634,7 +633,7 @@ where
         self.watermark = self.watermark.max(watermark);
         let w = self.watermark;
         let mut due = FxHashSet::default();
-        while let Some((_, keys)) = self.timers.pop_due(|t| t <= w) {
+        while let Some((_, keys)) = self.timers.pop_due(|t| t <= w)? {
             due.extend(keys);
         }
         let mut emitted = Vec::new();
@@ -649,7 +648,7 @@ where
             self.pattern
                 .expire(&mut state.partials, w, self.timeouts, &mut emitted);
             if let Some(t) = self.next_timer(&state) {
-                self.timers.register(t, key.clone());
+                self.timers.register(t, key.clone())?;
                 self.keys.put(key, state)?;
             }
             for (ts, result) in emitted.drain(..) {
@@ -689,7 +688,7 @@ where
             self.keys.update(&key, KeyState::default, |state| {
                 insert_by_time(&mut state.pending, ts, value);
             })?;
-            self.timers.register(ts, key);
+            self.timers.register(ts, key)?;
         }
         self.late.inc_by(late);
         Ok(())
@@ -719,7 +718,7 @@ where
         self.keys.scan(|key, state| restored.push((key, state)))?;
         for (key, state) in restored {
             if let Some(t) = self.next_timer(&state) {
-                self.timers.register(t, key);
+                self.timers.register(t, key)?;
             }
         }
         Ok(())

@@ -51,13 +51,13 @@ use weir_engine::metrics::Counter;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::{
     Data, Keyed, KeyedOperator, MapState, OperatorContext, Output, Record, StateBackend, StateKey,
-    StateValue, Stream, Timestamp,
+    StateValue, Stream, TimerQueue, Timestamp,
 };
 
 use crate::aggregate::{AggregateError, Aggregator};
 use crate::snapshot::{restored_watermark, save_watermark};
 use crate::time_order::{insert_by_time, take_due, upto, TimeOrdered};
-use crate::window::{Timers, Window, WindowExt, WindowSpec};
+use crate::window::{Window, WindowExt, WindowSpec};
 
 /// An element of one of the two inputs of a join.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,7 +342,7 @@ impl<K: StateKey + Data, A: StateValue + Data, B: StateValue + Data> OperatorFac
             upper: self.upper,
             outer: self.outer,
             buffers: state.map_state("interval-join-buffers")?,
-            cleanup: Timers::new(),
+            cleanup: state.timer_queue("cleanup")?,
             watermark: Timestamp::MIN,
             late: ctx.metrics.late_events.clone(),
         })
@@ -373,7 +373,7 @@ pub struct IntervalJoinOperator<S: StateBackend, K: StateKey, A: StateValue, B: 
     upper: i64,
     outer: bool,
     buffers: S::Map<K, Buffers<A, B>>,
-    cleanup: Timers<K>,
+    cleanup: S::Timers<K>,
     watermark: Timestamp,
     late: Counter,
 }
@@ -416,7 +416,7 @@ where
         self.watermark = self.watermark.max(watermark);
         let w = self.watermark;
         let (lower, upper, outer) = (self.lower, self.upper, self.outer);
-        while let Some((_, keys)) = self.cleanup.pop_due(|t| t <= w) {
+        while let Some((_, keys)) = self.cleanup.pop_due(|t| t <= w)? {
             for key in keys {
                 let mut unmatched = Vec::new();
                 let empty = self.buffers.modify(&key, |b| {
@@ -500,7 +500,7 @@ where
                     self.right_expiry(ts)
                 }
             };
-            self.cleanup.register(expiry, key);
+            self.cleanup.register(expiry, key)?;
             for (at, a, b) in pairs {
                 out.emit(at, (a, Some(b)));
             }
@@ -547,7 +547,7 @@ where
             }
         })?;
         for (t, key) in expiries {
-            self.cleanup.register(t, key);
+            self.cleanup.register(t, key)?;
         }
         Ok(())
     }
@@ -574,7 +574,7 @@ impl<K: StateKey + Data, A: StateValue + Data, V: StateValue + Data> OperatorFac
     ) -> Result<Self::Operator<S>, BoxError> {
         Ok(TemporalJoinOperator {
             keys: state.map_state("temporal-join")?,
-            timers: Timers::new(),
+            timers: state.timer_queue("timers")?,
             watermark: Timestamp::MIN,
             late: ctx.metrics.late_events.clone(),
         })
@@ -602,7 +602,7 @@ impl<A, V> Default for Versioned<A, V> {
 /// One worker of a temporal join.
 pub struct TemporalJoinOperator<S: StateBackend, K: StateKey, A: StateValue, V: StateValue> {
     keys: S::Map<K, Versioned<A, V>>,
-    timers: Timers<K>,
+    timers: S::Timers<K>,
     watermark: Timestamp,
     late: Counter,
 }
@@ -632,7 +632,7 @@ where
     ) -> Result<(), BoxError> {
         self.watermark = self.watermark.max(watermark);
         let w = self.watermark;
-        while let Some((_, keys)) = self.timers.pop_due(|t| t <= w) {
+        while let Some((_, keys)) = self.timers.pop_due(|t| t <= w)? {
             for key in keys {
                 let mut joined = Vec::new();
                 let next = self.keys.modify(&key, |row| {
@@ -647,7 +647,7 @@ where
                     row.pending.first().map(|(ts, _)| *ts)
                 })?;
                 if let Some(Some(t)) = next {
-                    self.timers.register(t, key);
+                    self.timers.register(t, key)?;
                 }
                 for (ts, event, value) in joined {
                     out.emit(ts, (event, value));
@@ -695,7 +695,7 @@ where
                     }
                 })?;
             // Events are joined at this time; versions are compacted then.
-            self.timers.register(ts, key);
+            self.timers.register(ts, key)?;
         }
         self.late.inc_by(late);
         Ok(())
@@ -728,7 +728,7 @@ where
             }
         })?;
         for (ts, key) in due {
-            self.timers.register(ts, key);
+            self.timers.register(ts, key)?;
         }
         Ok(())
     }
@@ -1186,9 +1186,12 @@ mod tests {
         let mut rows: Vec<_> = out
             .take()
             .into_iter()
-            .map(|r| {
-                let (l, r2) = r.value.value;
-                (r.value.window.start, r.value.window.end, l, r2)
+            .filter_map(|r| match r.value {
+                crate::window::WindowEvent::Result(w) => {
+                    let (l, r2) = w.value;
+                    Some((w.window.start, w.window.end, l, r2))
+                }
+                crate::window::WindowEvent::Late(_) => None,
             })
             .collect();
         rows.sort();

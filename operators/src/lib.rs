@@ -70,7 +70,7 @@ pub use join::{CoGrouped, JoinExt, Side, WindowPair};
 pub use process::{ProcessExt, TimerContext, TimerFunction};
 pub use topn::{Ranked, TopNExt};
 pub use window::{
-    LateOutput, Session, Sliding, Tumbling, Window, WindowExt, WindowResult, WindowSpec,
+    Session, Sliding, Tumbling, Window, WindowEvent, WindowExt, WindowResult, WindowSpec,
     WindowedStream,
 };
 

@@ -24,10 +24,8 @@ use weir_engine::operator::OperatorFactory;
 use weir_engine::time::MIN_WATERMARK;
 use weir_engine::{
     Data, Keyed, KeyedOperator, KeyedStream, MapState, OperatorContext, Output, Record,
-    StateBackend, StateKey, StateValue, Stream, Timestamp,
+    StateBackend, StateKey, StateValue, Stream, TimerQueue, Timestamp,
 };
-
-use crate::window::Timers;
 
 /// Adds `process_with_state` to keyed streams.
 pub trait ProcessExt<K, T> {
@@ -206,7 +204,7 @@ where
         Ok(TimerProcessOperator {
             f: self.f.clone(),
             state: state.map_state("process-state")?,
-            timers: Timers::new(),
+            timers: state.timer_queue("timers")?,
             ctx: TimerContext {
                 emitted: Vec::new(),
                 timers: Vec::new(),
@@ -222,7 +220,7 @@ where
 pub struct TimerProcessOperator<B: StateBackend, F: TimerFunction<K, T>, K: StateKey, T> {
     f: F,
     state: B::Map<K, WithTimers<F::State>>,
-    timers: Timers<K>,
+    timers: B::Timers<K>,
     ctx: TimerContext<F::Out>,
     _types: PhantomData<fn(T)>,
 }
@@ -252,16 +250,23 @@ where
             self.ctx.timers.clear();
         }
         if !self.ctx.timers.is_empty() {
-            let (requested, timers) = (&mut self.ctx.timers, &mut self.timers);
-            self.state.modify(key, |entry| {
-                for time in requested.drain(..) {
-                    if !entry.timers.contains(&time) {
-                        entry.timers.push(time);
-                        timers.register(time, key.clone());
+            let requested = &mut self.ctx.timers;
+            let kept = self.state.modify(key, |entry| {
+                // Only times the key does not wait for yet become timers.
+                requested.retain(|time| {
+                    let new = !entry.timers.contains(time);
+                    if new {
+                        entry.timers.push(*time);
                     }
-                }
+                    new
+                });
             })?;
             // A cleared key has no entry to hold timers: they were cancelled with it.
+            if kept.is_some() {
+                for &time in &self.ctx.timers {
+                    self.timers.register(time, key.clone())?;
+                }
+            }
             self.ctx.timers.clear();
         }
         for value in self.ctx.emitted.drain(..) {
@@ -272,7 +277,7 @@ where
 
     /// Fires every timer at or before `watermark`, in time order.
     fn fire(&mut self, watermark: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
-        while let Some((time, keys)) = self.timers.pop_due(|t| t <= watermark) {
+        while let Some((time, keys)) = self.timers.pop_due(|t| t <= watermark)? {
             for key in keys {
                 let (f, ctx) = (&self.f, &mut self.ctx);
                 let fired = self.state.modify(&key, |entry| {
@@ -341,12 +346,14 @@ where
     }
 
     fn restore(&mut self, _snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        let timers = &mut self.timers;
-        Ok(self.state.scan(|key, entry| {
-            for time in entry.timers {
-                timers.register(time, key.clone());
-            }
-        })?)
+        let mut restored = Vec::new();
+        self.state.scan(|key, entry| {
+            restored.extend(entry.timers.into_iter().map(|time| (time, key.clone())));
+        })?;
+        for (time, key) in restored {
+            self.timers.register(time, key)?;
+        }
+        Ok(())
     }
 }
 

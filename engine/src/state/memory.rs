@@ -1,13 +1,29 @@
-//! The in-memory state backend: Rust values in hash maps, no serialization.
+//! The in-memory state backend: Rust values in hash maps, no serialization on the hot path.
+//!
+//! # Checkpoints
+//! A backend made with [`MemoryBackend::checkpointed`] takes part in checkpoints through a
+//! shared [`MemorySnapshots`]: while a snapshot is being taken, each table encodes all its
+//! entries (in the layout of [`super::codec`]) when the operator flushes it, and the runtime
+//! writes them into the checkpoint (a full copy, as Flink's heap state backend does). On a
+//! restore, each table decodes the entries restored for it when the operator opens it.
+//!
+//! # Invariants
+//! - A table's name is `<operator>/<table>`, as in the RocksDB backend, so checkpoints of
+//!   either backend restore into the other.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustc_hash::FxHashMap;
 
+use super::codec::{decode_key, decode_value, encode_key, encode_value};
+use super::rocksdb::{EncodedEntry, EncodedTable};
+use super::timers::MemoryTimers;
 use super::{MapState, StateBackend, StateError, StateKey, StateValue};
 
-/// Keeps state as Rust values in memory; lost when the process ends.
+/// Keeps state as Rust values in memory; lost when the process ends unless checkpointed.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
-    _private: (),
+    checkpoints: Option<(Arc<MemorySnapshots>, String)>,
 }
 
 impl MemoryBackend {
@@ -15,17 +31,89 @@ impl MemoryBackend {
     pub fn new() -> Self {
         MemoryBackend::default()
     }
+
+    /// A backend for the tables of `operator` whose snapshots and restored entries go
+    /// through `snapshots`.
+    pub fn checkpointed(snapshots: Arc<MemorySnapshots>, operator: &str) -> Self {
+        MemoryBackend {
+            checkpoints: Some((snapshots, operator.to_string())),
+        }
+    }
+}
+
+/// The checkpoint side of the memory tables of one operator instance.
+#[derive(Debug, Default)]
+pub struct MemorySnapshots {
+    inner: Mutex<Snapshots>,
+}
+
+#[derive(Debug, Default)]
+struct Snapshots {
+    /// A snapshot is being taken: flushed tables hand their entries over.
+    taking: bool,
+    taken: Vec<EncodedTable>,
+    /// Entries restored from a checkpoint, by table, until the table is opened.
+    restored: FxHashMap<String, Vec<EncodedEntry>>,
+}
+
+impl MemorySnapshots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshots> {
+        // The data is plain vectors: a panic elsewhere leaves nothing half-changed in them.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a snapshot: tables flushed from now on hand over their entries.
+    pub fn begin(&self) {
+        let mut s = self.lock();
+        s.taking = true;
+        s.taken.clear();
+    }
+
+    /// Ends the snapshot and returns the tables handed over since [`MemorySnapshots::begin`].
+    pub fn take(&self) -> Vec<EncodedTable> {
+        let mut s = self.lock();
+        s.taking = false;
+        std::mem::take(&mut s.taken)
+    }
+
+    /// Adds a restored entry of `table` (its encoded key and value).
+    pub fn restore_entry(&self, table: &str, key: &[u8], value: &[u8]) {
+        self.lock()
+            .restored
+            .entry(table.to_string())
+            .or_default()
+            .push((key.to_vec(), value.to_vec()));
+    }
 }
 
 impl StateBackend for MemoryBackend {
     type Map<K: StateKey, V: StateValue> = MemoryMap<K, V>;
+    type Timers<K: StateKey> = MemoryTimers<K>;
+
+    fn timer_queue<K: StateKey>(&mut self, _name: &str) -> Result<MemoryTimers<K>, StateError> {
+        Ok(MemoryTimers::default())
+    }
 
     fn map_state<K: StateKey, V: StateValue>(
         &mut self,
-        _name: &str,
+        name: &str,
     ) -> Result<MemoryMap<K, V>, StateError> {
+        let Some((snapshots, operator)) = &self.checkpoints else {
+            return Ok(MemoryMap {
+                entries: FxHashMap::default(),
+                checkpoints: None,
+            });
+        };
+        let table = format!("{operator}/{name}");
+        let restored = snapshots.lock().restored.remove(&table).unwrap_or_default();
+        let mut entries = FxHashMap::default();
+        entries.reserve(restored.len());
+        for (key, value) in restored {
+            entries.insert(decode_key(&table, &key)?, decode_value(&table, &value)?);
+        }
         Ok(MemoryMap {
-            entries: FxHashMap::default(),
+            entries,
+            checkpoints: Some((snapshots.clone(), table)),
         })
     }
 }
@@ -34,6 +122,8 @@ impl StateBackend for MemoryBackend {
 #[derive(Debug)]
 pub struct MemoryMap<K, V> {
     entries: FxHashMap<K, V>,
+    /// Where a flush during a snapshot hands the entries, and this table's name.
+    checkpoints: Option<(Arc<MemorySnapshots>, String)>,
 }
 
 impl<K: StateKey, V: StateValue> MapState<K, V> for MemoryMap<K, V> {
@@ -84,6 +174,20 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for MemoryMap<K, V> {
     }
 
     fn flush(&mut self) -> Result<(), StateError> {
+        let Some((snapshots, table)) = &self.checkpoints else {
+            return Ok(());
+        };
+        if !snapshots.lock().taking {
+            return Ok(());
+        }
+        let mut encoded = Vec::with_capacity(self.entries.len());
+        for (key, value) in &self.entries {
+            encoded.push((encode_key(table, key)?, encode_value(table, value)?));
+        }
+        let mut s = snapshots.lock();
+        // A table flushed twice in one snapshot hands over its latest entries only.
+        s.taken.retain(|(name, _)| name != table);
+        s.taken.push((table.clone(), encoded));
         Ok(())
     }
 
@@ -98,7 +202,65 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for MemoryMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::MapState;
+    use crate::keys::{key_group_of, MAX_KEY_GROUPS};
+    use crate::state::rocksdb::{read_key_groups, write_snapshot};
+    use crate::state::{shared_block_cache, MapState, RocksBackend, RocksStore};
+
+    #[test]
+    fn a_snapshot_restores_its_key_groups_into_memory_or_rocksdb(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let snapshots = Arc::new(MemorySnapshots::default());
+        let mut backend = MemoryBackend::checkpointed(snapshots.clone(), "op");
+        let mut table: MemoryMap<String, i64> = backend.map_state("sums")?;
+        for i in 0..200 {
+            table.put(format!("k{i}"), i)?;
+        }
+        table.flush()?;
+        assert!(
+            snapshots.take().is_empty(),
+            "a flush outside a snapshot hands nothing"
+        );
+        snapshots.begin();
+        table.flush()?;
+        table.put("after".into(), -1)?;
+        let tables = snapshots.take();
+        assert_eq!(tables.len(), 1);
+        let dir = tempfile::tempdir()?;
+        let snapshot = dir.path().join("snapshot");
+        write_snapshot(&snapshot, tables)?;
+
+        // Half the key groups into a memory backend, as a restore at parallelism 2 does.
+        let half = 0..MAX_KEY_GROUPS / 2;
+        let restored = Arc::new(MemorySnapshots::default());
+        let read = read_key_groups(&snapshot, half.clone(), |t, k, v| {
+            restored.restore_entry(t, k, v);
+            Ok(())
+        })?;
+        let mut memory: MemoryMap<String, i64> =
+            MemoryBackend::checkpointed(restored, "op").map_state("sums")?;
+        // All key groups into a RocksDB backend: the layouts are the same.
+        let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;
+        assert_eq!(store.import_key_groups(&snapshot, 0..MAX_KEY_GROUPS)?, 200);
+        let rocks: crate::state::RocksMap<String, i64> =
+            RocksBackend::new(store, "op", 16).map_state("sums")?;
+        assert!(
+            read > 0 && read < 200,
+            "{read} of 200 keys in half the key groups"
+        );
+        assert_eq!(memory.len() as u64, read);
+        for i in 0..200 {
+            let key = format!("k{i}");
+            let in_half = half.contains(&key_group_of(&key));
+            assert_eq!(memory.get(&key)?, in_half.then_some(i), "{key} in memory");
+            assert_eq!(rocks.get(&key)?, Some(i), "{key} in RocksDB");
+        }
+        assert_eq!(
+            memory.take(&"after".to_string())?,
+            None,
+            "written after the snapshot"
+        );
+        Ok(())
+    }
 
     #[test]
     fn memory_map_update_put_take() -> Result<(), StateError> {

@@ -5,14 +5,17 @@
 //! RocksDB, serialized with serde and bincode, which is why keys and values must be
 //! serializable even in memory. Which one a job uses is a run option ([`StateConfig`]);
 //! operators are generic over the backend and do not change. [`ttl`] adds expiring
-//! entries and list state on top of any backend.
+//! entries and list state on top of any backend; [`timers`] are the event-time timer
+//! queues each backend provides.
 //!
 //! # Invariants
 //! - A backend instance belongs to one operator instance (one thread); no locking.
 //! - Entries are only visible through the table they were written to.
 
+mod codec;
 pub mod memory;
 pub mod rocksdb;
+pub mod timers;
 pub mod ttl;
 
 use std::hash::Hash;
@@ -23,8 +26,12 @@ use serde::Serialize;
 
 use crate::keys::StableHash;
 
-pub use self::memory::{MemoryBackend, MemoryMap};
-pub use self::rocksdb::{shared_block_cache, RocksBackend, RocksMap, RocksStore};
+pub use self::memory::{MemoryBackend, MemoryMap, MemorySnapshots};
+pub use self::rocksdb::{
+    read_key_groups, shared_block_cache, write_snapshot, EncodedTable, RocksBackend, RocksMap,
+    RocksStore, RocksTimers,
+};
+pub use self::timers::{MemoryTimers, TimerQueue};
 pub use self::ttl::{Expiring, ListState, TtlMap};
 
 /// Where a job keeps its keyed state.
@@ -90,6 +97,12 @@ pub struct StateError {
 pub trait StateBackend: Send + 'static {
     /// The map table type of this backend.
     type Map<K: StateKey, V: StateValue>: MapState<K, V>;
+
+    /// The timer queue type of this backend.
+    type Timers<K: StateKey>: TimerQueue<K>;
+
+    /// Opens an empty timer queue `name` (timers are rebuilt from state on a restore).
+    fn timer_queue<K: StateKey>(&mut self, name: &str) -> Result<Self::Timers<K>, StateError>;
 
     /// Opens (or creates) the map table `name`.
     fn map_state<K: StateKey, V: StateValue>(

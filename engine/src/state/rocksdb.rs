@@ -14,6 +14,14 @@
 //! disk. The write-ahead log is off: durability comes from checkpoints, not from logging
 //! every write ([`MapState::flush`] writes the cache back before a checkpoint).
 //!
+//! # Timers
+//! Timer queues ([`RocksTimers`]) are column families of a second database beside the
+//! state's (`<dir>.timers`), which checkpoints leave out: timers are derived from the
+//! state tables, and operators rebuild them on a restore. A timer is keyed by the due time (8 bytes, big endian, sign bit flipped so that byte order is time
+//! order) followed by the bincode of the key, with empty values. Registrations are buffered
+//! in memory up to `cache_entries` and then written in one batch; due timers are read in key
+//! order, a chunk at a time, and removed with point deletes.
+//!
 //! # Invariants
 //! - A cached entry is the truth for its key; RocksDB holds what was last written back.
 //! - `Deleted` is only cached for keys that may exist in RocksDB (a tombstone to write back).
@@ -32,8 +40,11 @@ use rocksdb::{
 };
 use rustc_hash::FxHashMap;
 
+use super::codec::{decode_key, decode_value, encode_key, encode_value};
+use super::timers::{MemoryTimers, TimerQueue};
 use super::{MapState, StateBackend, StateError, StateKey, StateValue};
-use crate::keys::{key_group_of, KeyGroup};
+use crate::keys::KeyGroup;
+use crate::time::Timestamp;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -51,6 +62,9 @@ pub fn shared_block_cache() -> Cache {
 /// The RocksDB database of one keyed operator instance.
 pub struct RocksStore {
     db: Db,
+    /// Timer queues: a second database beside `db`, never checkpointed (timers are rebuilt
+    /// from state on a restore), so they cost checkpoints nothing.
+    timers: Db,
     path: PathBuf,
     db_options: Options,
     table_options: Options,
@@ -79,10 +93,13 @@ impl RocksStore {
             table: "<database>".into(),
             message: format!("{what} {}: {e} (check --state-dir)", path.display()),
         };
-        if path.exists() {
-            std::fs::remove_dir_all(path).map_err(|e| fail("cannot clear", &e))?;
+        let timers_path = Self::timers_path(path);
+        for dir in [path, &timers_path] {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).map_err(|e| fail("cannot clear", &e))?;
+            }
+            std::fs::create_dir_all(dir).map_err(|e| fail("cannot create", &e))?;
         }
-        std::fs::create_dir_all(path).map_err(|e| fail("cannot create", &e))?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -92,6 +109,8 @@ impl RocksStore {
         options.enable_statistics();
         options.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
         let db = Db::open(&options, path).map_err(|e| fail("cannot open RocksDB at", &e))?;
+        let timers =
+            Db::open(&options, &timers_path).map_err(|e| fail("cannot open RocksDB at", &e))?;
         // State tables are read mostly for keys that may not exist (a new key or window):
         // bloom filters answer those without touching SST blocks.
         let mut blocks = BlockBasedOptions::default();
@@ -102,6 +121,7 @@ impl RocksStore {
         table_options.set_block_based_table_factory(&blocks);
         Ok(Arc::new(RocksStore {
             db,
+            timers,
             path: path.to_path_buf(),
             db_options: options,
             table_options,
@@ -113,18 +133,32 @@ impl RocksStore {
         &self.path
     }
 
+    /// The directory of the timer database beside the one at `path`.
+    fn timers_path(path: &Path) -> PathBuf {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".timers");
+        path.with_file_name(name)
+    }
+
     fn column_family(&self, name: &str) -> Result<Arc<BoundColumnFamily<'_>>, StateError> {
-        if let Some(cf) = self.db.cf_handle(name) {
+        self.column_family_in(&self.db, name)
+    }
+
+    fn column_family_in<'a>(
+        &self,
+        db: &'a Db,
+        name: &str,
+    ) -> Result<Arc<BoundColumnFamily<'a>>, StateError> {
+        if let Some(cf) = db.cf_handle(name) {
             return Ok(cf);
         }
         // Two workers of one operator may race to create the table: the loser finds it.
-        if let Err(e) = self.db.create_cf(name, &self.table_options) {
-            if self.db.cf_handle(name).is_none() {
+        if let Err(e) = db.create_cf(name, &self.table_options) {
+            if db.cf_handle(name).is_none() {
                 return Err(rocks_error(name, "cannot create column family", e));
             }
         }
-        self.db
-            .cf_handle(name)
+        db.cf_handle(name)
             .ok_or_else(|| rocks_error(name, "column family vanished", "after creation"))
     }
 
@@ -149,39 +183,20 @@ impl RocksStore {
         from: &Path,
         groups: Range<KeyGroup>,
     ) -> Result<u64, StateError> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| StateError {
-            table: "<database>".into(),
-            message: format!("{what} {}: {e}", from.display()),
-        };
-        let options = Options::default();
-        let tables = Db::list_cf(&options, from).map_err(|e| fail("cannot list tables of", &e))?;
-        let source = Db::open_cf_for_read_only(&options, from, &tables, false)
-            .map_err(|e| fail("cannot open checkpoint", &e))?;
-        let (start, end) = (groups.start.to_be_bytes(), groups.end.to_be_bytes());
-        let mut copied = 0;
-        for table in tables.iter().filter(|t| t.as_str() != "default") {
-            let from_cf = source
-                .cf_handle(table)
-                .ok_or_else(|| fail(&format!("table {table} vanished from"), &"listed"))?;
-            let to_cf = self.column_family(table)?;
-            let mut read = ReadOptions::default();
-            read.set_iterate_upper_bound(end.to_vec());
-            let mut batch = WriteBatch::default();
-            for entry in source.iterator_cf_opt(
-                &from_cf,
-                read,
-                IteratorMode::From(&start, Direction::Forward),
-            ) {
-                let (key, value) =
-                    entry.map_err(|e| rocks_error(table, "import read failed", e))?;
-                batch.put_cf(&to_cf, key, value);
-                copied += 1;
-                if batch.len() >= IMPORT_BATCH {
-                    self.write_import(std::mem::take(&mut batch), table)?;
-                }
+        let mut batch = WriteBatch::default();
+        let mut batch_table = String::new();
+        let copied = read_key_groups(from, groups, |table, key, value| {
+            if table != batch_table {
+                self.write_import(std::mem::take(&mut batch), &batch_table)?;
+                batch_table = table.to_string();
             }
-            self.write_import(batch, table)?;
-        }
+            batch.put_cf(&self.column_family(table)?, key, value);
+            if batch.len() >= IMPORT_BATCH {
+                self.write_import(std::mem::take(&mut batch), table)?;
+            }
+            Ok(())
+        })?;
+        self.write_import(batch, &batch_table)?;
         Ok(copied)
     }
 
@@ -220,6 +235,85 @@ impl RocksStore {
     }
 }
 
+/// Calls `f(table, key, value)` with every entry of key groups `groups` in the database (a
+/// checkpoint) at `from`, table by table; returns how many entries there were.
+pub fn read_key_groups(
+    from: &Path,
+    groups: Range<KeyGroup>,
+    mut f: impl FnMut(&str, &[u8], &[u8]) -> Result<(), StateError>,
+) -> Result<u64, StateError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| StateError {
+        table: "<database>".into(),
+        message: format!("{what} {}: {e}", from.display()),
+    };
+    let options = Options::default();
+    let tables = Db::list_cf(&options, from).map_err(|e| fail("cannot list tables of", &e))?;
+    let source = Db::open_cf_for_read_only(&options, from, &tables, false)
+        .map_err(|e| fail("cannot open checkpoint", &e))?;
+    let (start, end) = (groups.start.to_be_bytes(), groups.end.to_be_bytes());
+    let mut entries = 0;
+    for table in tables.iter().filter(|t| t.as_str() != "default") {
+        let cf = source
+            .cf_handle(table)
+            .ok_or_else(|| fail(&format!("table {table} vanished from"), &"listed"))?;
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(end.to_vec());
+        for entry in
+            source.iterator_cf_opt(&cf, read, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) =
+                entry.map_err(|e| rocks_error(table, "checkpoint read failed", e))?;
+            f(table, &key, &value)?;
+            entries += 1;
+        }
+    }
+    Ok(entries)
+}
+
+/// Writes `tables` (name, encoded entries) as a new RocksDB database at `dir`, in the layout
+/// of the RocksDB backend's own checkpoints, so both restore the same way. For state that
+/// does not live in RocksDB (a full copy, as Flink's snapshots of heap state).
+pub fn write_snapshot(dir: &Path, tables: Vec<EncodedTable>) -> Result<(), StateError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| StateError {
+        table: "<snapshot>".into(),
+        message: format!("{what} {}: {e} (is the disk full?)", dir.display()),
+    };
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.set_error_if_exists(true);
+    let db = Db::open(&options, dir).map_err(|e| fail("cannot create", &e))?;
+    let mut write = WriteOptions::default();
+    write.disable_wal(true);
+    for (table, mut entries) in tables {
+        db.create_cf(&table, &Options::default())
+            .map_err(|e| fail(&format!("cannot create table {table} in"), &e))?;
+        let cf = db
+            .cf_handle(&table)
+            .ok_or_else(|| fail(&format!("table {table} vanished from"), &"created"))?;
+        // Sorted, as the memtable takes ascending keys fastest.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for chunk in entries.chunks(IMPORT_BATCH) {
+            let mut batch = WriteBatch::default();
+            for (key, value) in chunk {
+                batch.put_cf(&cf, key, value);
+            }
+            db.write_opt(batch, &write)
+                .map_err(|e| fail(&format!("cannot write table {table} to"), &e))?;
+        }
+        // Without a write-ahead log, only flushed tables outlive the database.
+        db.flush_cf(&cf).map_err(|e| fail("cannot flush", &e))?;
+    }
+    // Dropping closes the database, so every file is complete before the manifest lists it.
+    drop(db);
+    Ok(())
+}
+
+/// A state table's name and its entries, encoded as in [`super::codec`].
+pub type EncodedTable = (String, Vec<EncodedEntry>);
+
+/// An encoded key and value.
+pub type EncodedEntry = (Vec<u8>, Vec<u8>);
+
 /// The state of one operator instance in a shared [`RocksStore`].
 #[derive(Debug, Clone)]
 pub struct RocksBackend {
@@ -241,6 +335,23 @@ impl RocksBackend {
 
 impl StateBackend for RocksBackend {
     type Map<K: StateKey, V: StateValue> = RocksMap<K, V>;
+    type Timers<K: StateKey> = RocksTimers<K>;
+
+    fn timer_queue<K: StateKey>(&mut self, name: &str) -> Result<RocksTimers<K>, StateError> {
+        let table = format!("{}/{name}", self.operator);
+        self.store.column_family_in(&self.store.timers, &table)?;
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        Ok(RocksTimers {
+            store: self.store.clone(),
+            table,
+            pending: MemoryTimers::default(),
+            pending_len: 0,
+            capacity: self.cache_entries,
+            head: None,
+            write_options,
+        })
+    }
 
     fn map_state<K: StateKey, V: StateValue>(
         &mut self,
@@ -293,14 +404,6 @@ impl<K, V> std::fmt::Debug for RocksMap<K, V> {
     }
 }
 
-/// Key group (big endian) then the bincode of the key.
-fn encode_key<K: StateKey>(table: &str, key: &K) -> Result<Vec<u8>, StateError> {
-    let mut bytes = key_group_of(key).to_be_bytes().to_vec();
-    bincode::serialize_into(&mut bytes, key)
-        .map_err(|e| rocks_error(table, "cannot encode key", e))?;
-    Ok(bytes)
-}
-
 impl<K: StateKey, V: StateValue> RocksMap<K, V> {
     fn load(&self, key: &K) -> Result<Option<V>, StateError> {
         let cf = self.store.column_family(&self.table)?;
@@ -309,12 +412,7 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
             .db
             .get_pinned_cf(&cf, encode_key(&self.table, key)?)
             .map_err(|e| rocks_error(&self.table, "read failed", e))?;
-        bytes
-            .map(|b| {
-                bincode::deserialize(&b)
-                    .map_err(|e| rocks_error(&self.table, "cannot decode value", e))
-            })
-            .transpose()
+        bytes.map(|b| decode_value(&self.table, &b)).transpose()
     }
 
     /// Makes sure `key` is in the cache if it exists at all; writes back first if full.
@@ -361,30 +459,56 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
     }
 
     fn write_changes(&self) -> Result<(), StateError> {
-        let cf = self.store.column_family(&self.table)?;
-        let mut batch = WriteBatch::default();
         // Borrow while building the batch: on any error the cache is still the truth.
+        let mut changes = Vec::new();
         for (key, slot) in &self.cache {
             match slot {
                 Slot::Live {
                     value, dirty: true, ..
                 } => {
-                    let bytes = bincode::serialize(value)
-                        .map_err(|e| rocks_error(&self.table, "cannot encode value", e))?;
-                    batch.put_cf(&cf, encode_key(&self.table, key)?, bytes);
+                    changes.push((
+                        encode_key(&self.table, key)?,
+                        Some(encode_value(&self.table, value)?),
+                    ));
                 }
                 Slot::Live { dirty: false, .. } => {}
-                Slot::Deleted => batch.delete_cf(&cf, encode_key(&self.table, key)?),
+                Slot::Deleted => changes.push((encode_key(&self.table, key)?, None)),
             }
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.store
-            .db
-            .write_opt(batch, &self.write_options)
-            .map_err(|e| rocks_error(&self.table, "write failed (is the disk full?)", e))
+        write_sorted(
+            &self.store,
+            &self.store.db,
+            &self.table,
+            changes,
+            &self.write_options,
+        )
     }
+}
+
+/// Writes `changes` (a value, or `None` for a delete) in one batch, in key order: the
+/// memtable's skip list inserts a run of ascending keys from where the previous one went
+/// instead of searching from the top for each (the cache hands them over in hash order).
+fn write_sorted(
+    store: &RocksStore,
+    db: &Db,
+    table: &str,
+    mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    options: &WriteOptions,
+) -> Result<(), StateError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let cf = store.column_family_in(db, table)?;
+    let mut batch = WriteBatch::default();
+    for (key, value) in changes {
+        match value {
+            Some(value) => batch.put_cf(&cf, key, value),
+            None => batch.delete_cf(&cf, key),
+        }
+    }
+    db.write_opt(batch, options)
+        .map_err(|e| rocks_error(table, "write failed (is the disk full?)", e))
 }
 
 impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
@@ -507,16 +631,10 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
         let mut entries = 0;
         for entry in self.store.db.iterator_cf(&cf, IteratorMode::Start) {
             let (key, value) = entry.map_err(|e| rocks_error(&self.table, "scan failed", e))?;
-            let key = key
-                .get(2..)
-                .ok_or_else(|| rocks_error(&self.table, "cannot decode key", "too short"))
-                .and_then(|k| {
-                    bincode::deserialize(k)
-                        .map_err(|e| rocks_error(&self.table, "cannot decode key", e))
-                })?;
-            let value = bincode::deserialize(&value)
-                .map_err(|e| rocks_error(&self.table, "cannot decode value", e))?;
-            f(key, value);
+            f(
+                decode_key(&self.table, &key)?,
+                decode_value(&self.table, &value)?,
+            );
             entries += 1;
         }
         // After a restore the database is the only truth about how many entries exist.
@@ -525,10 +643,148 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
     }
 }
 
+/// A [`TimerQueue`] in a RocksDB column family, with registrations buffered in memory.
+pub struct RocksTimers<K> {
+    store: Arc<RocksStore>,
+    table: String,
+    /// Registrations not written to RocksDB yet.
+    pending: MemoryTimers<K>,
+    pending_len: usize,
+    /// Registrations buffered before a write, and keys read per chunk.
+    capacity: usize,
+    /// The earliest timer in RocksDB (its encoded key), or `None` if it holds none. Always
+    /// known, so that asking whether a timer is due never costs a seek.
+    head: Option<Vec<u8>>,
+    write_options: WriteOptions,
+}
+
+impl<K> std::fmt::Debug for RocksTimers<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksTimers")
+            .field("table", &self.table)
+            .field("pending", &self.pending_len)
+            .field("head", &self.head.as_deref().and_then(time_of_key))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A time as 8 bytes whose byte order is time order.
+fn time_prefix(time: Timestamp) -> [u8; 8] {
+    ((time as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The due time of an encoded timer.
+fn time_of_key(bytes: &[u8]) -> Option<Timestamp> {
+    let prefix: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(prefix) ^ (1 << 63)) as Timestamp)
+}
+
+impl<K: StateKey> RocksTimers<K> {
+    /// Writes the buffered registrations to RocksDB in one batch.
+    fn spill(&mut self) -> Result<(), StateError> {
+        let mut changes = Vec::with_capacity(self.pending_len);
+        for (time, keys) in self.pending.drain() {
+            for key in keys {
+                let mut bytes = time_prefix(time).to_vec();
+                bincode::serialize_into(&mut bytes, &key)
+                    .map_err(|e| rocks_error(&self.table, "cannot encode timer key", e))?;
+                changes.push((bytes, Some(Vec::new())));
+            }
+        }
+        self.pending_len = 0;
+        let Some(first) = changes.iter().map(|(key, _)| key).min().cloned() else {
+            return Ok(());
+        };
+        write_sorted(
+            &self.store,
+            &self.store.timers,
+            &self.table,
+            changes,
+            &self.write_options,
+        )?;
+        if self.head.as_ref().is_none_or(|head| first < *head) {
+            self.head = Some(first);
+        }
+        Ok(())
+    }
+
+    /// Reads and removes up to `capacity` timers due at `time`, the time of the head, from
+    /// RocksDB into `keys`; the entry after them is the new head.
+    fn pop_from_db(&mut self, time: Timestamp, keys: &mut Vec<K>) -> Result<(), StateError> {
+        let Some(from) = self.head.take() else {
+            return Ok(());
+        };
+        let prefix = time_prefix(time);
+        let cf = self
+            .store
+            .column_family_in(&self.store.timers, &self.table)?;
+        let mut batch = WriteBatch::default();
+        // Popped timers get point deletes, which a later seek (from the new head, past
+        // them) never visits; range deletes would be re-read by every new iterator.
+        for entry in self
+            .store
+            .timers
+            .iterator_cf(&cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, _) = entry.map_err(|e| rocks_error(&self.table, "timer read failed", e))?;
+            if !key.starts_with(&prefix) || keys.len() >= self.capacity {
+                self.head = Some(key.into_vec());
+                break;
+            }
+            keys.push(
+                bincode::deserialize(&key[8..])
+                    .map_err(|e| rocks_error(&self.table, "cannot decode timer key", e))?,
+            );
+            batch.delete_cf(&cf, key);
+        }
+        self.store
+            .timers
+            .write_opt(batch, &self.write_options)
+            .map_err(|e| rocks_error(&self.table, "timer delete failed", e))
+    }
+}
+
+impl<K: StateKey> TimerQueue<K> for RocksTimers<K> {
+    #[inline]
+    fn register(&mut self, time: Timestamp, key: K) -> Result<(), StateError> {
+        self.pending.insert(time, key);
+        self.pending_len += 1;
+        if self.pending_len >= self.capacity {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn pop_due(
+        &mut self,
+        due: impl Fn(Timestamp) -> bool,
+    ) -> Result<Option<(Timestamp, Vec<K>)>, StateError> {
+        let in_memory = self.pending.first_time();
+        let in_db = self.head.as_deref().and_then(time_of_key);
+        let time = match (in_memory, in_db) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => return Ok(None),
+        };
+        if !due(time) {
+            return Ok(None);
+        }
+        let mut keys = Vec::new();
+        if in_memory == Some(time) {
+            keys = self.pending.remove(time);
+            self.pending_len -= keys.len();
+        }
+        if in_db == Some(time) {
+            self.pop_from_db(time, &mut keys)?;
+        }
+        Ok(Some((time, keys)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::MAX_KEY_GROUPS;
+    use crate::keys::{key_group_of, MAX_KEY_GROUPS};
 
     #[test]
     fn entries_survive_write_back_and_deletes_reach_rocksdb(
@@ -627,6 +883,80 @@ mod tests {
             seen += entries.len();
         }
         assert_eq!(seen, keys.len(), "every key lands in exactly one range");
+        Ok(())
+    }
+
+    /// Pops everything due at or before `upto`, as `(time, key)` pairs in pop order.
+    fn pop_all(
+        timers: &mut RocksTimers<String>,
+        upto: Timestamp,
+    ) -> Result<Vec<(Timestamp, String)>, StateError> {
+        let mut popped = Vec::new();
+        while let Some((time, keys)) = timers.pop_due(|t| t <= upto)? {
+            popped.extend(keys.into_iter().map(|k| (time, k)));
+        }
+        Ok(popped)
+    }
+
+    #[test]
+    fn timers_spill_to_rocksdb_and_pop_in_time_order() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;
+        // A capacity of 4 makes most timers go through RocksDB and pops come in chunks.
+        let mut timers: RocksTimers<String> =
+            RocksBackend::new(store.clone(), "op", 4).timer_queue("fire")?;
+        let mut expected = Vec::new();
+        for i in 0..50i64 {
+            // Negative and positive times, out of order, many keys per time.
+            let time = (i * 7919) % 13 - 6;
+            timers.register(time, format!("k{i:02}"))?;
+            expected.push((time, format!("k{i:02}")));
+        }
+        assert_eq!(timers.pop_due(|t| t < -6)?, None, "nothing is due yet");
+        let first = pop_all(&mut timers, 0)?;
+        // Timers registered below what was popped (a late event) still come out; five of
+        // them make the buffer spill below the popped range.
+        for i in 0..5 {
+            timers.register(-100, format!("late{i}"))?;
+            expected.push((-100, format!("late{i}")));
+        }
+        let second = pop_all(&mut timers, Timestamp::MAX)?;
+        assert_eq!(
+            timers.pop_due(|_| true)?,
+            None,
+            "everything was popped once"
+        );
+        for popped in [&first, &second] {
+            let times: Vec<Timestamp> = popped.iter().map(|(t, _)| *t).collect();
+            assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        }
+        assert!(first.iter().all(|(t, _)| *t <= 0) && first.len() > 4);
+        let mut popped = [first, second].concat();
+        popped.sort();
+        expected.sort();
+        assert_eq!(popped, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn timers_are_not_imported_from_a_checkpoint() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let cache = shared_block_cache();
+        let old = RocksStore::open_fresh(&dir.path().join("old"), &cache)?;
+        let mut backend = RocksBackend::new(old.clone(), "op", 1);
+        let mut timers: RocksTimers<String> = backend.timer_queue("fire")?;
+        timers.register(5, "a".to_string())?;
+        let mut table: RocksMap<String, u64> = backend.map_state("t")?;
+        table.put("a".to_string(), 1)?;
+        table.flush()?;
+        old.checkpoint_to(&dir.path().join("chk"))?;
+
+        let new = RocksStore::open_fresh(&dir.path().join("new"), &cache)?;
+        let copied = new.import_key_groups(&dir.path().join("chk"), 0..MAX_KEY_GROUPS)?;
+        assert_eq!(copied, 1, "the table entry, not the timer");
+        let mut restored: RocksTimers<String> =
+            RocksBackend::new(new, "op", 1).timer_queue("fire")?;
+        assert_eq!(restored.pop_due(|_| true)?, None);
         Ok(())
     }
 

@@ -7,18 +7,22 @@
 //!
 //! # Invariants
 //! - A key's panes are sorted by start and unique.
-//! - A window `[s, e)` has a fire timer at `e` iff the key has a pane in it and
-//!   `e - 1 > watermark` when the pane was created; a pane has a cleanup timer at the end of
-//!   the last window containing it, and is removed when `end - 1 + lateness <= watermark`.
+//! - A window `[s, e)` has a fire timer at `s` iff the key has a pane in it and
+//!   `e - 1 > watermark` when the pane was created. A pane is removed when
+//!   `end - 1 + lateness <= watermark` for the last window containing it: by a cleanup timer
+//!   at that window's start if lateness > 0, else when that window fires (which is then
+//!   due at the same watermark and always has a fire timer: a pane whose last window is
+//!   already due belongs to a late event).
 //! - Timers are derived from panes, so they can be rebuilt from state alone.
 
 use std::marker::PhantomData;
 
 use weir_engine::error::BoxError;
-use weir_engine::metrics::Counter as IntCounter;
-use weir_engine::{Keyed, MapState, Output, Record, StateBackend, StateKey, Timestamp};
+use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
 
-use super::{prune_prefix, window_start, LateBuffer, Timers, Window, WindowResult};
+use super::{
+    prune_prefix, window_start, LateEvents, Window, WindowEvent, WindowOutput, WindowResult,
+};
 use crate::aggregate::Aggregator;
 
 /// Pane accumulators of one key: `(pane start, accumulator)`, sorted by start.
@@ -33,12 +37,11 @@ pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     lateness: i64,
     aggregator: A,
     panes: S::Map<K, Panes<A::Acc>>,
-    fire: Timers<K>,
-    cleanup: Timers<K>,
+    fire: S::Timers<K>,
+    cleanup: S::Timers<K>,
     pane_count: usize,
     watermark: Timestamp,
-    late: LateBuffer<T>,
-    late_events: IntCounter,
+    late: LateEvents,
     new_windows: Vec<Timestamp>,
     _input: PhantomData<fn(T)>,
 }
@@ -73,8 +76,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         offset: i64,
         lateness: i64,
         aggregator: A,
-        late: LateBuffer<T>,
-        late_events: IntCounter,
+        late: LateEvents,
     ) -> Result<Self, BoxError> {
         Ok(AlignedWindows {
             size,
@@ -84,12 +86,11 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             lateness,
             aggregator,
             panes: state.map_state("window-panes")?,
-            fire: Timers::new(),
-            cleanup: Timers::new(),
+            fire: state.timer_queue("fire")?,
+            cleanup: state.timer_queue("cleanup")?,
             pane_count: 0,
             watermark: i64::MIN,
             late,
-            late_events,
             new_windows: Vec::new(),
             _input: PhantomData,
         })
@@ -123,11 +124,13 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             }
             for &start in &windows {
                 if self.end_of(start) - 1 > watermark {
-                    self.fire.register(start, key.clone());
+                    self.fire.register(start, key.clone())?;
                 }
             }
-            for last_start in last_starts {
-                self.cleanup.register(last_start, key.clone());
+            if self.lateness > 0 {
+                for last_start in last_starts {
+                    self.cleanup.register(last_start, key.clone())?;
+                }
             }
         }
         Ok(())
@@ -143,9 +146,8 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
     pub(crate) fn process(
         &mut self,
         records: Vec<Record<Keyed<K, T>>>,
-        out: &mut Output<WindowResult<K, A::Output>>,
+        out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
-        let mut late = 0;
         for r in records {
             if r.watermark > self.watermark {
                 self.advance(r.watermark, out)?;
@@ -155,8 +157,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             let Keyed { key, value, .. } = r.value;
             let last_start = window_start(ts, self.slide, self.offset);
             if (self.end_of(last_start) - 1).saturating_add(self.lateness) <= watermark {
-                late += 1;
-                self.late.push(ts, r.watermark, value);
+                self.late.drop_or_route(ts, value, out);
                 continue;
             }
             let pane_start = window_start(ts, self.pane, self.offset);
@@ -180,10 +181,12 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             })??;
             if created {
                 self.pane_count += 1;
-                self.cleanup.register(last_start, key.clone());
+                if self.lateness > 0 {
+                    self.cleanup.register(last_start, key.clone())?;
+                }
                 for &start in &self.new_windows {
                     if self.end_of(start) - 1 > watermark {
-                        self.fire.register(start, key.clone());
+                        self.fire.register(start, key.clone())?;
                     }
                 }
             }
@@ -200,8 +203,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 }
             }
         }
-        self.late_events.inc_by(late);
-        self.late.flush()
+        Ok(())
     }
 
     /// Fires every window with `end - 1 <= watermark`, then drops panes whose last window
@@ -209,13 +211,13 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
     pub(crate) fn advance(
         &mut self,
         watermark: Timestamp,
-        out: &mut Output<WindowResult<K, A::Output>>,
+        out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
         self.watermark = self.watermark.max(watermark);
         let (w, size, lateness) = (self.watermark, self.size, self.lateness);
         while let Some((start, keys)) = self
             .fire
-            .pop_due(|start| start.saturating_add(size) - 1 <= w)
+            .pop_due(|start| start.saturating_add(size) - 1 <= w)?
         {
             for key in keys {
                 self.emit(&key, start, false, out)?;
@@ -223,7 +225,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         }
         while let Some((last_start, keys)) = self
             .cleanup
-            .pop_due(|start| (start.saturating_add(size) - 1).saturating_add(lateness) <= w)
+            .pop_due(|start| (start.saturating_add(size) - 1).saturating_add(lateness) <= w)?
         {
             let (slide, offset) = (self.slide, self.offset);
             for key in keys {
@@ -234,27 +236,26 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             }
         }
         out.advance_watermark(w);
-        if w == i64::MAX {
-            self.late.flush()?;
-        }
         Ok(())
     }
 
-    /// Emits the window of `key` starting at `start`, merged from its panes.
+    /// Emits the window of `key` starting at `start`, merged from its panes. Without
+    /// allowed lateness, the panes whose last window this is go in the same step (their
+    /// cleanup would be due at the same watermark): one state access per key and window.
     fn emit(
         &mut self,
         key: &K,
         start: Timestamp,
         is_update: bool,
-        out: &mut Output<WindowResult<K, A::Output>>,
+        out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
         let end = self.end_of(start);
-        let aggregator = &self.aggregator;
-        let merged = self
+        let (aggregator, slide, offset) = (&self.aggregator, self.slide, self.offset);
+        let done_with_panes = self.lateness == 0;
+        let fired = self
             .panes
-            .read(key, |panes| -> Result<Option<A::Acc>, BoxError> {
+            .modify(key, |panes| -> Result<_, BoxError> {
                 let mut merged = None;
-                let panes = panes.map_or(&[][..], Vec::as_slice);
                 // Panes are sorted by start: the window's are one run, found by bisection
                 // (a key may hold many panes while an input lags behind the other).
                 let first = panes.partition_point(|pane| pane.0 < start);
@@ -263,17 +264,31 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                     let m = merged.get_or_insert_with(|| aggregator.create());
                     aggregator.merge(m, acc)?;
                 }
-                Ok(merged)
-            })??;
+                let mut dropped = 0;
+                if done_with_panes {
+                    dropped =
+                        panes.partition_point(|(p, _)| window_start(*p, slide, offset) <= start);
+                    panes.drain(..dropped);
+                }
+                Ok((merged, dropped, panes.is_empty()))
+            })?
+            .transpose()?;
+        let Some((merged, dropped, empty)) = fired else {
+            return Ok(());
+        };
+        self.pane_count -= dropped;
+        if empty {
+            self.panes.take(key)?;
+        }
         if let Some(acc) = merged {
             out.emit(
                 end - 1,
-                WindowResult {
+                WindowEvent::Result(WindowResult {
                     key: key.clone(),
                     window: Window { start, end },
                     value: self.aggregator.finish_owned(acc),
                     is_update,
-                },
+                }),
             );
         }
         Ok(())

@@ -16,12 +16,12 @@
 pub mod aligned;
 pub mod session;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::keys::StableHash;
+use weir_engine::metrics::Counter;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::time::duration_ms;
 use weir_engine::{
@@ -178,77 +178,65 @@ pub fn window_start(ts: Timestamp, size: i64, offset: i64) -> Timestamp {
     }
 }
 
-/// Where late events go.
-pub struct LateOutput<T> {
-    sink: Arc<Mutex<Box<dyn Sink<T>>>>,
+/// What a window operator emits: fired windows and, when the job routes them, late events
+/// (Flink's side output for late data). [`WindowedStream::aggregate`] splits the two into
+/// the result stream and the late-data sink, so late events travel through the dataflow
+/// like results: a late-data file sink takes part in checkpoints and is exactly-once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowEvent<K, R, T> {
+    /// The result of a fired window.
+    Result(WindowResult<K, R>),
+    /// An event too late for every window it belongs to.
+    Late(T),
 }
 
-impl<T> Clone for LateOutput<T> {
-    fn clone(&self) -> Self {
-        LateOutput {
-            sink: self.sink.clone(),
+impl<K, R, T> WindowEvent<K, R, T> {
+    fn into_result(self) -> Option<WindowResult<K, R>> {
+        match self {
+            WindowEvent::Result(result) => Some(result),
+            WindowEvent::Late(_) => None,
+        }
+    }
+
+    fn into_late(self) -> Option<T> {
+        match self {
+            WindowEvent::Late(event) => Some(event),
+            WindowEvent::Result(_) => None,
         }
     }
 }
 
-impl<T> std::fmt::Debug for LateOutput<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LateOutput")
-    }
+/// Where the window operators emit.
+pub(crate) type WindowOutput<K, R, T> = Output<WindowEvent<K, R, T>>;
+
+/// The late events of one window operator instance: always counted, and emitted as
+/// [`WindowEvent::Late`] when the job has a late-data output.
+pub(crate) struct LateEvents {
+    routed: bool,
+    counter: Counter,
 }
 
-impl<T: Data> LateOutput<T> {
-    /// Late events of every worker go to `sink` (shared; late data is the rare path).
-    pub fn new<S: Sink<T>>(sink: S) -> Self {
-        LateOutput {
-            sink: Arc::new(Mutex::new(Box::new(sink))),
-        }
-    }
-
-    fn write(&self, records: &[Record<T>]) -> Result<(), BoxError> {
-        let mut sink = self
-            .sink
-            .lock()
-            .map_err(|_| "late-data sink poisoned by a panic")?;
-        sink.write(records)?;
-        // Every worker may end at any time: keep the file complete after each write.
-        sink.finish()
-    }
-}
-
-/// Late events of one batch, written together.
-pub(crate) struct LateBuffer<T> {
-    output: Option<LateOutput<T>>,
-    pending: Vec<Record<T>>,
-}
-
-impl<T: Data> LateBuffer<T> {
-    pub(crate) fn new(output: Option<LateOutput<T>>) -> Self {
-        LateBuffer {
-            output,
-            pending: Vec::new(),
-        }
-    }
-
+impl LateEvents {
     #[inline]
-    pub(crate) fn push(&mut self, ts: Timestamp, watermark: Timestamp, value: T) {
-        if self.output.is_some() {
-            self.pending.push(Record {
-                ts,
-                watermark,
-                value,
-            });
+    pub(crate) fn drop_or_route<K, R, T>(
+        &self,
+        ts: Timestamp,
+        event: T,
+        out: &mut WindowOutput<K, R, T>,
+    ) {
+        self.counter.inc();
+        if self.routed {
+            out.emit(ts, WindowEvent::Late(event));
         }
     }
+}
 
-    pub(crate) fn flush(&mut self) -> Result<(), BoxError> {
-        if let Some(out) = &self.output {
-            if !self.pending.is_empty() {
-                out.write(&self.pending)?;
-                self.pending.clear();
-            }
-        }
-        Ok(())
+/// Attaches the late-data sink to the late events of a window operator.
+struct LateSink<T>(Box<dyn FnOnce(Stream<T>)>);
+
+impl<T> std::fmt::Debug for LateSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LateSink")
     }
 }
 
@@ -275,7 +263,7 @@ pub struct WindowedStream<K, T, KF> {
     keyed: KeyedStream<K, T, KF>,
     spec: WindowSpec,
     allowed_lateness: i64,
-    late: Option<LateOutput<T>>,
+    late: Option<LateSink<T>>,
 }
 
 impl<K, T, KF> WindowedStream<K, T, KF>
@@ -290,9 +278,13 @@ where
         self
     }
 
-    /// Sends late events to `sink` instead of only counting them.
+    /// Sends late events to `sink` (as the sink node `late-data`) instead of only counting
+    /// them. They keep their event times; with checkpoints a file sink commits them
+    /// exactly once, like results.
     pub fn late_data<S: Sink<T>>(mut self, sink: S) -> Self {
-        self.late = Some(LateOutput::new(sink));
+        self.late = Some(LateSink(Box::new(move |late: Stream<T>| {
+            late.side_output_sink("late-data", sink)
+        })));
         self
     }
 
@@ -311,10 +303,14 @@ where
             spec: self.spec,
             allowed_lateness: self.allowed_lateness,
             aggregator,
-            late: self.late,
+            route_late: self.late.is_some(),
             _types: std::marker::PhantomData,
         };
-        self.keyed.process("window", detail, factory)
+        let events = self.keyed.process("window", detail, factory);
+        if let Some(LateSink(attach)) = self.late {
+            attach(events.clone().flat_map(WindowEvent::into_late));
+        }
+        events.flat_map(WindowEvent::into_result)
     }
 }
 
@@ -322,8 +318,9 @@ pub(crate) struct WindowFactory<K, T, A> {
     spec: WindowSpec,
     allowed_lateness: i64,
     aggregator: A,
-    late: Option<LateOutput<T>>,
-    _types: std::marker::PhantomData<fn() -> K>,
+    /// Whether late events are emitted (for the late-data sink) or only counted.
+    route_late: bool,
+    _types: std::marker::PhantomData<fn() -> (K, T)>,
 }
 
 #[cfg(test)]
@@ -335,7 +332,7 @@ impl<K, T, A> WindowFactory<K, T, A> {
             spec,
             allowed_lateness: 0,
             aggregator,
-            late: None,
+            route_late: false,
             _types: std::marker::PhantomData,
         }
     }
@@ -349,7 +346,7 @@ where
 {
     type Key = K;
     type In = T;
-    type Out = WindowResult<K, A::Output>;
+    type Out = WindowEvent<K, A::Output, T>;
     type Operator<S: StateBackend> = WindowOperator<S, K, T, A>;
 
     fn create<S: StateBackend>(
@@ -357,9 +354,11 @@ where
         ctx: &OperatorContext,
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
-        let late = LateBuffer::new(self.late.clone());
+        let late = || LateEvents {
+            routed: self.route_late,
+            counter: ctx.metrics.late_events.clone(),
+        };
         let agg = self.aggregator.clone();
-        let late_counter = ctx.metrics.late_events.clone();
         Ok(match self.spec {
             WindowSpec::Tumbling(t) => WindowOperator::Aligned(AlignedWindows::new(
                 &mut state,
@@ -368,8 +367,7 @@ where
                 t.offset,
                 self.allowed_lateness,
                 agg,
-                late,
-                late_counter,
+                late(),
             )?),
             WindowSpec::Sliding(s) => WindowOperator::Aligned(AlignedWindows::new(
                 &mut state,
@@ -378,16 +376,14 @@ where
                 s.offset,
                 self.allowed_lateness,
                 agg,
-                late,
-                late_counter,
+                late(),
             )?),
             WindowSpec::Session(s) => WindowOperator::Session(SessionWindows::new(
                 &mut state,
                 s.gap,
                 self.allowed_lateness,
                 agg,
-                late,
-                late_counter,
+                late(),
             )?),
         })
     }
@@ -421,7 +417,7 @@ where
 {
     type Key = K;
     type In = T;
-    type Out = WindowResult<K, A::Output>;
+    type Out = WindowEvent<K, A::Output, T>;
 
     fn process(
         &mut self,
@@ -515,36 +511,6 @@ fn shrink<K, V, M: MapState<K, Vec<V>>>(
     Ok(removed)
 }
 
-/// Per-key timers ordered by time: which keys need attention when the watermark passes.
-pub(crate) struct Timers<K> {
-    by_time: std::collections::BTreeMap<Timestamp, Vec<K>>,
-}
-
-impl<K> Timers<K> {
-    pub(crate) fn new() -> Self {
-        Timers {
-            by_time: std::collections::BTreeMap::new(),
-        }
-    }
-
-    pub(crate) fn register(&mut self, time: Timestamp, key: K) {
-        self.by_time.entry(time).or_default().push(key);
-    }
-
-    /// The earliest timers, if `due` says their time has come.
-    pub(crate) fn pop_due(
-        &mut self,
-        due: impl Fn(Timestamp) -> bool,
-    ) -> Option<(Timestamp, Vec<K>)> {
-        let (&time, _) = self.by_time.first_key_value()?;
-        if due(time) {
-            self.by_time.pop_first()
-        } else {
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,7 +533,7 @@ mod tests {
             spec: spec.into(),
             allowed_lateness: lateness,
             aggregator: Count,
-            late: None,
+            route_late: true,
             _types: std::marker::PhantomData,
         };
         let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
@@ -584,26 +550,44 @@ mod tests {
             op.process(vec![record], &mut out).expect("process");
         }
         op.on_watermark(end_watermark, &mut out).expect("watermark");
+        let mut routed_late = 0;
         let rows = out
             .take()
             .into_iter()
-            .map(|r| {
+            .filter_map(|r| {
+                let result = match r.value {
+                    WindowEvent::Result(result) => result,
+                    WindowEvent::Late(()) => {
+                        routed_late += 1;
+                        return None;
+                    }
+                };
+                let r = Record {
+                    ts: r.ts,
+                    watermark: r.watermark,
+                    value: result,
+                };
                 assert_eq!(r.ts, r.value.window.end - 1, "results carry time end - 1");
                 let key = events
                     .iter()
                     .map(|e| e.2)
                     .find(|k| *k == r.value.key)
                     .expect("known key");
-                (
+                Some((
                     key,
                     r.value.window.start,
                     r.value.window.end,
                     r.value.value,
                     r.value.is_update,
-                )
+                ))
             })
             .collect();
-        (rows, ctx.metrics.late_events.get(), op.state_entries())
+        let late = ctx.metrics.late_events.get();
+        assert_eq!(
+            routed_late, late,
+            "every late event counted is routed to the late output"
+        );
+        (rows, late, op.state_entries())
     }
 
     const MIN: i64 = i64::MIN;

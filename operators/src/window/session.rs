@@ -16,10 +16,9 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
-use weir_engine::metrics::Counter as IntCounter;
-use weir_engine::{Keyed, MapState, Output, Record, StateBackend, StateKey, Timestamp};
+use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
 
-use super::{prune, LateBuffer, Timers, Window, WindowResult};
+use super::{prune, LateEvents, Window, WindowEvent, WindowOutput, WindowResult};
 use crate::aggregate::Aggregator;
 
 /// One session of a key.
@@ -43,12 +42,11 @@ pub struct SessionWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     lateness: i64,
     aggregator: A,
     sessions: S::Map<K, Vec<SessionState<A::Acc>>>,
-    fire: Timers<K>,
-    cleanup: Timers<K>,
+    fire: S::Timers<K>,
+    cleanup: S::Timers<K>,
     session_count: usize,
     watermark: Timestamp,
-    late: LateBuffer<T>,
-    late_events: IntCounter,
+    late: LateEvents,
     _input: PhantomData<fn(T)>,
 }
 
@@ -76,20 +74,18 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         gap: i64,
         lateness: i64,
         aggregator: A,
-        late: LateBuffer<T>,
-        late_events: IntCounter,
+        late: LateEvents,
     ) -> Result<Self, BoxError> {
         Ok(SessionWindows {
             gap,
             lateness,
             aggregator,
             sessions: state.map_state("sessions")?,
-            fire: Timers::new(),
-            cleanup: Timers::new(),
+            fire: state.timer_queue("fire")?,
+            cleanup: state.timer_queue("cleanup")?,
             session_count: 0,
             watermark: i64::MIN,
             late,
-            late_events,
             _input: PhantomData,
         })
     }
@@ -114,9 +110,9 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             self.session_count += sessions.len();
             for s in sessions {
                 if s.pending {
-                    self.fire.register(s.end, key.clone());
+                    self.fire.register(s.end, key.clone())?;
                 }
-                self.cleanup.register(s.end, key.clone());
+                self.cleanup.register(s.end, key.clone())?;
             }
         }
         Ok(())
@@ -127,9 +123,8 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
     pub(crate) fn process(
         &mut self,
         records: Vec<Record<Keyed<K, T>>>,
-        out: &mut Output<WindowResult<K, A::Output>>,
+        out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
-        let mut late = 0;
         for r in records {
             if r.watermark > self.watermark {
                 self.advance(r.watermark, out)?;
@@ -146,8 +141,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                     .fold((start, end), |(a, b), s| (a.min(s.start), b.max(s.end)))
             })?;
             if (merged.1 - 1).saturating_add(self.lateness) <= watermark {
-                late += 1;
-                self.late.push(ts, r.watermark, value);
+                self.late.drop_or_route(ts, value, out);
                 continue;
             }
             let due = merged.1 - 1 <= watermark;
@@ -159,20 +153,19 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             if let Some((window, value, is_update)) = result {
                 out.emit(
                     window.end - 1,
-                    WindowResult {
+                    WindowEvent::Result(WindowResult {
                         key: key.clone(),
                         window,
                         value,
                         is_update,
-                    },
+                    }),
                 );
             } else {
-                self.fire.register(merged.1, key.clone());
+                self.fire.register(merged.1, key.clone())?;
             }
-            self.cleanup.register(merged.1, key);
+            self.cleanup.register(merged.1, key)?;
         }
-        self.late_events.inc_by(late);
-        self.late.flush()
+        Ok(())
     }
 
     /// Fires every session with `end - 1 <= watermark`, then drops fired sessions past their
@@ -180,11 +173,11 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
     pub(crate) fn advance(
         &mut self,
         watermark: Timestamp,
-        out: &mut Output<WindowResult<K, A::Output>>,
+        out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
         self.watermark = self.watermark.max(watermark);
         let w = self.watermark;
-        while let Some((end, keys)) = self.fire.pop_due(|end| end - 1 <= w) {
+        while let Some((end, keys)) = self.fire.pop_due(|end| end - 1 <= w)? {
             for key in keys {
                 let aggregator = &self.aggregator;
                 let fired = self.sessions.modify(&key, |sessions| {
@@ -204,12 +197,12 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 if let Some(Some((window, value, is_update))) = fired {
                     out.emit(
                         end - 1,
-                        WindowResult {
+                        WindowEvent::Result(WindowResult {
                             key,
                             window,
                             value,
                             is_update,
-                        },
+                        }),
                     );
                 }
             }
@@ -217,7 +210,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         let lateness = self.lateness;
         while let Some((_, keys)) = self
             .cleanup
-            .pop_due(|end| (end - 1).saturating_add(lateness) <= w)
+            .pop_due(|end| (end - 1).saturating_add(lateness) <= w)?
         {
             for key in keys {
                 self.session_count -= prune(&mut self.sessions, &key, |s| {
@@ -226,9 +219,6 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             }
         }
         out.advance_watermark(w);
-        if w == i64::MAX {
-            self.late.flush()?;
-        }
         Ok(())
     }
 }
