@@ -14,18 +14,46 @@
 
 use std::ops::Range;
 
-use crate::error::BoxError;
+use crate::error::{BoxError, EngineError};
 use crate::keys::KeyGroup;
 use crate::metrics::OperatorMetrics;
-use crate::record::{Data, Keyed, Record};
+use crate::record::{Batch, Data, Keyed, Record};
+use crate::runtime::Push;
 use crate::state::StateBackend;
 use crate::time::{Timestamp, MIN_WATERMARK};
 
 /// Where an operator writes its results.
-#[derive(Debug)]
+///
+/// In a running job the output is connected to the operator's downstream: every `chunk`
+/// results go on at once, while the operator is still emitting, so a watermark that fires
+/// millions of windows never holds all their results in memory. Unconnected (in unit tests)
+/// it keeps everything until [`Output::take`].
 pub struct Output<T> {
     records: Vec<Record<T>>,
     watermark: Timestamp,
+    downstream: Option<Downstream<T>>,
+}
+
+/// The runtime's side of a connected [`Output`].
+struct Downstream<T> {
+    push: Box<dyn Push<T>>,
+    chunk: usize,
+    /// When the input that made the current results due was read (see [`crate::latency`]).
+    ingested: Option<std::time::Instant>,
+    /// Records pushed since the last [`Output::forward`].
+    pushed: usize,
+    /// The first error of a push made from [`Output::emit`], reported by the next forward.
+    failed: Option<EngineError>,
+}
+
+impl<T> std::fmt::Debug for Output<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("records", &self.records.len())
+            .field("watermark", &self.watermark)
+            .field("connected", &self.downstream.is_some())
+            .finish()
+    }
 }
 
 impl<T> Default for Output<T> {
@@ -33,11 +61,72 @@ impl<T> Default for Output<T> {
         Output {
             records: Vec::new(),
             watermark: MIN_WATERMARK,
+            downstream: None,
         }
     }
 }
 
 impl<T> Output<T> {
+    /// An output that pushes every `chunk` results to `push`.
+    pub(crate) fn connected(push: Box<dyn Push<T>>, chunk: usize) -> Self {
+        Output {
+            downstream: Some(Downstream {
+                push,
+                chunk: chunk.max(1),
+                ingested: None,
+                pushed: 0,
+                failed: None,
+            }),
+            ..Output::default()
+        }
+    }
+
+    /// Results from now on are due because of input read at `ingested`.
+    pub(crate) fn set_ingested(&mut self, ingested: Option<std::time::Instant>) {
+        if let Some(d) = &mut self.downstream {
+            d.ingested = ingested;
+        }
+    }
+
+    /// Pushes what is left downstream with the output watermark (even if nothing is left:
+    /// the watermark moves on); returns how many records went downstream since the last
+    /// call.
+    pub(crate) fn forward(&mut self) -> crate::error::Result<usize> {
+        self.push_chunk();
+        let d = self
+            .downstream
+            .as_mut()
+            .expect("forward is only called on a connected output");
+        match d.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut d.pushed)),
+        }
+    }
+
+    /// The downstream, for barriers and the end of input.
+    pub(crate) fn downstream(&mut self) -> &mut dyn Push<T> {
+        self.downstream
+            .as_mut()
+            .expect("only connected outputs have a downstream")
+            .push
+            .as_mut()
+    }
+
+    #[cold]
+    fn push_chunk(&mut self) {
+        let Some(d) = &mut self.downstream else {
+            return;
+        };
+        let records = std::mem::take(&mut self.records);
+        d.pushed += records.len();
+        if d.failed.is_none() {
+            let batch = Batch::new(records, self.watermark).ingested_at(d.ingested);
+            if let Err(e) = d.push.push(batch) {
+                d.failed = Some(e);
+            }
+        }
+    }
+
     /// Emits a result with event time `ts`.
     #[inline]
     pub fn emit(&mut self, ts: Timestamp, value: T) {
@@ -46,6 +135,11 @@ impl<T> Output<T> {
             watermark: self.watermark,
             value,
         });
+        if let Some(d) = &self.downstream {
+            if self.records.len() >= d.chunk {
+                self.push_chunk();
+            }
+        }
     }
 
     /// The output watermark so far (what downstream has been told).

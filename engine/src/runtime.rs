@@ -1273,8 +1273,7 @@ where
         Ok(KeyedRunner {
             name,
             operator,
-            out: Output::default(),
-            down,
+            out: Output::connected(down, b.options.batch_size),
             metrics,
             checkpoint: participant.map(|participant| KeyedCheckpoint {
                 participant,
@@ -1430,8 +1429,8 @@ where
 struct KeyedRunner<O: KeyedOperator> {
     name: String,
     operator: O,
+    /// Connected to the downstream: results go on in chunks as they are emitted.
     out: Output<O::Out>,
-    down: Box<dyn Push<O::Out>>,
     metrics: OperatorMetrics,
     checkpoint: Option<KeyedCheckpoint>,
 }
@@ -1480,7 +1479,7 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         self.metrics.events_in.inc_by(batch.records.len() as u64);
         // Results are due because of this batch (its records or its watermark): they are
         // timed from its ingestion.
-        let ingested = batch.ingested;
+        self.out.set_ingested(batch.ingested);
         self.operator
             .process(batch.records, &mut self.out)
             .map_err(op_err)?;
@@ -1488,16 +1487,15 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
             .on_watermark(batch.watermark, &mut self.out)
             .map_err(op_err)?;
         self.out.advance_watermark(batch.watermark);
-        let records = self.out.take();
-        self.metrics.events_out.inc_by(records.len() as u64);
         if batch.watermark != END_WATERMARK {
             self.metrics.watermark.set(batch.watermark);
         }
         self.metrics
             .state_entries
             .set(self.operator.state_entries() as i64);
-        self.down
-            .push(Batch::new(records, self.out.watermark()).ingested_at(ingested))
+        let forwarded = self.out.forward()?;
+        self.metrics.events_out.inc_by(forwarded as u64);
+        Ok(())
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
         // A failed snapshot fails only this checkpoint: the state is still intact in memory
@@ -1506,10 +1504,10 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         if let Some(c) = &self.checkpoint {
             c.participant.ack(id, snapshot);
         }
-        self.down.barrier(id)
+        self.out.downstream().barrier(id)
     }
     fn finish(&mut self) -> Result<()> {
-        self.down.finish()
+        self.out.downstream().finish()
     }
 }
 

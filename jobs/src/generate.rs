@@ -63,11 +63,16 @@ impl Default for EventStreamSpec {
     }
 }
 
+/// Keys are made once, up front, up to this many; past it each event's key is made as it
+/// goes, so a stream of tens of millions of keys does not hold them all in memory.
+const PRECOMPUTED_KEYS: u64 = 1 << 20;
+
 /// The `ts/key/value` stream, one event per millisecond of event time, as a source.
 #[derive(Debug)]
 pub struct GeneratedEvents {
     spec: EventStreamSpec,
     next: u64,
+    /// `k0`, `k1`, ... up to [`PRECOMPUTED_KEYS`].
     keys: Vec<Arc<str>>,
     rng: SplitMix64,
 }
@@ -78,7 +83,7 @@ impl GeneratedEvents {
         GeneratedEvents {
             spec,
             next: 0,
-            keys: (0..spec.keys.max(1))
+            keys: (0..spec.keys.clamp(1, PRECOMPUTED_KEYS))
                 .map(|k| Arc::from(format!("k{k}")))
                 .collect(),
             rng: SplitMix64::new(42),
@@ -93,7 +98,11 @@ impl GeneratedEvents {
         }
         let r = self.rng.next_u64();
         let ts = START_TS + self.next as i64 - (r % (self.spec.disorder_ms + 1)) as i64;
-        let key = self.keys[((r >> 20) % self.keys.len() as u64) as usize].clone();
+        let k = (r >> 20) % self.spec.keys.max(1);
+        let key = match self.keys.get(k as usize) {
+            Some(key) => key.clone(),
+            None => Arc::from(format!("k{k}")),
+        };
         let value = ((r >> 40) % 1000) as i64;
         self.next += 1;
         Some(Event { ts, key, value })

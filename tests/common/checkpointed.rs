@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weir_engine::{BoxError, Source, SourceStatus};
 
@@ -15,9 +15,12 @@ pub(crate) struct Flaky<S> {
     returned: Arc<AtomicU64>,
     fail_after: Option<u64>,
     checkpoints: Option<PathBuf>,
-    /// The newest complete checkpoint when `fail_after` was reached.
-    latest_at_threshold: Option<u64>,
+    /// The newest complete checkpoint when `fail_after` was reached, and when.
+    latest_at_threshold: Option<(u64, Instant)>,
 }
+
+/// How long [`Flaky`] holds its input back at the crash point waiting for a checkpoint.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(60);
 
 impl<S> Flaky<S> {
     pub(crate) fn new(inner: S, fail_after: Option<u64>) -> Self {
@@ -32,7 +35,8 @@ impl<S> Flaky<S> {
 
     /// Crashes only once a checkpoint under `root` that began after `fail_after` events
     /// is complete (so the crash always leaves a checkpoint past the start of the input to
-    /// resume from, however fast the input is read).
+    /// resume from, however fast the input is read or slow the checkpoints are): from
+    /// the threshold on, it holds its input back until then.
     pub(crate) fn after_a_checkpoint_in(mut self, root: PathBuf) -> Self {
         self.checkpoints = Some(root);
         self
@@ -44,11 +48,7 @@ impl<S: Source> Source for Flaky<S> {
 
     fn poll_batch(&mut self, out: &mut Vec<S::Item>, max: usize) -> Result<SourceStatus, BoxError> {
         std::thread::sleep(Duration::from_micros(300));
-        let before = out.len();
-        let status = self.inner.poll_batch(out, max.min(256))?;
-        let total = self
-            .returned
-            .fetch_add((out.len() - before) as u64, Ordering::SeqCst);
+        let total = self.returned.load(Ordering::SeqCst);
         if self.fail_after.is_some_and(|n| total >= n) {
             let Some(root) = &self.checkpoints else {
                 return Err("simulated crash".into());
@@ -56,13 +56,25 @@ impl<S: Source> Source for Flaky<S> {
             // A checkpoint begun after the threshold: at most one is in flight, so the
             // second to complete after it (numbers are consecutive) began after it.
             let latest = latest_checkpoint(root);
-            let first = *self.latest_at_threshold.get_or_insert(latest);
+            let (first, since) = *self
+                .latest_at_threshold
+                .get_or_insert((latest, Instant::now()));
             if latest >= first + 2 {
                 return Err("simulated crash".into());
             }
-            // Slow down until that checkpoint completes (bounded: the input ends).
-            std::thread::sleep(Duration::from_millis(20));
+            if since.elapsed() > CHECKPOINT_WAIT {
+                return Err(format!(
+                    "no checkpoint completed in {CHECKPOINT_WAIT:?} at the crash point"
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            return Ok(SourceStatus::Idle);
         }
+        let before = out.len();
+        let status = self.inner.poll_batch(out, max.min(256))?;
+        self.returned
+            .fetch_add((out.len() - before) as u64, Ordering::SeqCst);
         Ok(status)
     }
 

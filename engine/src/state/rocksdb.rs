@@ -35,8 +35,8 @@ use std::sync::Arc;
 use rocksdb::{
     checkpoint::Checkpoint,
     statistics::{StatsLevel, Ticker},
-    BlockBasedOptions, BoundColumnFamily, Cache, DBWithThreadMode, Direction, IteratorMode,
-    MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, BoundColumnFamily, Cache, DBWithThreadMode, Direction,
+    IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 use rustc_hash::FxHashMap;
 
@@ -117,6 +117,14 @@ impl RocksStore {
         blocks.set_bloom_filter(10.0, false);
         blocks.set_block_cache(block_cache);
         blocks.set_cache_index_and_filter_blocks(true);
+        // Filters and indexes in 4 KiB partitions: a whole-file filter of a large SST is
+        // bigger than a block cache shard (64 MiB / 64 shards), so it never stayed cached
+        // and every get read and checksummed it from disk again (3 M keys: under 5 K
+        // gets/s). Partitions are cached like data blocks; the top level stays pinned.
+        blocks.set_partition_filters(true);
+        blocks.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        blocks.set_metadata_block_size(4096);
+        blocks.set_pin_top_level_index_and_filter(true);
         let mut table_options = Options::default();
         table_options.set_block_based_table_factory(&blocks);
         Ok(Arc::new(RocksStore {
