@@ -78,11 +78,15 @@ impl MemorySnapshots {
 
     /// Adds a restored entry of `table` (its encoded key and value).
     pub fn restore_entry(&self, table: &str, key: &[u8], value: &[u8]) {
-        self.lock()
-            .restored
-            .entry(table.to_string())
-            .or_default()
-            .push((key.to_vec(), value.to_vec()));
+        let entry = (key.to_vec(), value.to_vec());
+        let mut s = self.lock();
+        // Entries come table by table: the name is copied once per table, not per entry.
+        match s.restored.get_mut(table) {
+            Some(entries) => entries.push(entry),
+            None => {
+                s.restored.insert(table.to_string(), vec![entry]);
+            }
+        }
     }
 }
 

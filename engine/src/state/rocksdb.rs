@@ -192,19 +192,28 @@ impl RocksStore {
         groups: Range<KeyGroup>,
     ) -> Result<u64, StateError> {
         let mut batch = WriteBatch::default();
-        let mut batch_table = String::new();
+        // The table being copied and its column family here, looked up once per table.
+        let mut current: Option<(String, Arc<BoundColumnFamily<'_>>)> = None;
         let copied = read_key_groups(from, groups, |table, key, value| {
-            if table != batch_table {
-                self.write_import(std::mem::take(&mut batch), &batch_table)?;
-                batch_table = table.to_string();
-            }
-            batch.put_cf(&self.column_family(table)?, key, value);
+            let cf = match &current {
+                Some((name, cf)) if name == table => cf,
+                _ => {
+                    if let Some((name, _)) = &current {
+                        self.write_import(std::mem::take(&mut batch), name)?;
+                    }
+                    let cf = self.column_family(table)?;
+                    &current.insert((table.to_string(), cf)).1
+                }
+            };
+            batch.put_cf(cf, key, value);
             if batch.len() >= IMPORT_BATCH {
                 self.write_import(std::mem::take(&mut batch), table)?;
             }
             Ok(())
         })?;
-        self.write_import(batch, &batch_table)?;
+        if let Some((name, _)) = &current {
+            self.write_import(batch, name)?;
+        }
         Ok(copied)
     }
 
