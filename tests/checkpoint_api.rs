@@ -83,17 +83,31 @@ impl Setup {
         };
         let a = source("a", &self.inputs[0], fail_after);
         let b = source("b", &self.inputs[1], None);
-        a.union(b)
-            .key_by(|e: &Ev| e.key.clone())
-            .window(Tumbling::of(Duration::from_secs(1)))
-            .aggregate(Count.and(Sum::of(|e: &Ev| e.v)))
-            .map(|r| Row {
-                key: r.key,
-                start: r.window.start,
-                count: r.value.0,
-                sum: r.value.1,
+        count_per_key(a.union(b), output);
+        job
+    }
+
+    /// The same counts from one parallel source whose two instances read a file each
+    /// (so the job runs at parallelism 2 only); instance 0 crashes after `fail_after`.
+    fn split_job(&self, output: &Path, fail_after: Option<u64>) -> Job {
+        let job = Job::new("union-counts");
+        let (inputs, dir, metrics) = (
+            self.inputs.clone(),
+            self.dir.path().to_owned(),
+            job.metrics(),
+        );
+        let events = job
+            .parallel_source("in", move |instance, _| {
+                let dead = DeadLetters::to_file(
+                    dir.join(format!("in-{instance}.dead.jsonl")),
+                    metrics.dead_letters("in"),
+                );
+                let file = &inputs[instance % 2];
+                let inner = FileSource::new(file, Format::JsonLines, Json::<Ev>::default(), dead);
+                Flaky::new(inner, fail_after.filter(|_| instance == 0))
             })
-            .sink("out", FileSink::new(output));
+            .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)));
+        count_per_key(events, output);
         job
     }
 
@@ -120,6 +134,21 @@ impl Setup {
         self.job(&out, None).run(&self.options(1, None)).unwrap();
         sorted_lines(&std::fs::read_to_string(out).unwrap())
     }
+}
+
+/// Counts and sums `events` per key in tumbling 1 s windows into a file sink.
+fn count_per_key(events: Stream<Ev>, output: &Path) {
+    events
+        .key_by(|e: &Ev| e.key.clone())
+        .window(Tumbling::of(Duration::from_secs(1)))
+        .aggregate(Count.and(Sum::of(|e: &Ev| e.v)))
+        .map(|r| Row {
+            key: r.key,
+            start: r.window.start,
+            count: r.value.0,
+            sum: r.value.1,
+        })
+        .sink("out", FileSink::new(output));
 }
 
 fn complete_checkpoints(setup: &Setup) -> usize {
@@ -209,4 +238,42 @@ fn a_finished_job_started_again_changes_nothing() {
     );
     assert_eq!(committed_rows(&out), first);
     assert_eq!(first, setup.reference());
+}
+
+#[test]
+fn a_parallel_source_resumes_with_its_own_instances_only() {
+    let setup = Setup::new();
+    // Two instances reading a file each count what the union of two sources counts.
+    let expected = setup.reference();
+    let out = setup.dir.path().join("out");
+    let interval = Some(Duration::from_millis(5));
+
+    let crashed = setup
+        .split_job(&out, Some(25_000))
+        .run(&setup.options(2, interval));
+    let err = format!("{:#}", anyhow::Error::from(crashed.unwrap_err()));
+    assert!(err.contains("simulated crash"), "{err}");
+    assert!(
+        complete_checkpoints(&setup) > 0,
+        "no checkpoint before the crash"
+    );
+
+    // Its positions belong to the two instances' files: one instance cannot take them on.
+    let refused = setup
+        .split_job(&out, None)
+        .run(&setup.options(1, interval))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("source `in`") && refused.contains("--parallelism 2"),
+        "{refused}"
+    );
+
+    let resumed = setup
+        .split_job(&out, None)
+        .run(&setup.options(2, interval))
+        .unwrap();
+    assert!(resumed.events_read < 70_000, "it started over");
+    assert_eq!(in_progress_files(&out), Vec::<String>::new());
+    assert_eq!(committed_rows(&out), expected);
 }

@@ -63,6 +63,8 @@ pub(crate) type NodeId = usize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NodeKind {
     Source,
+    /// A source with one instance per worker, each reading its own share of the input.
+    ParallelSource,
     Stateless,
     Keyed,
     Union,
@@ -91,7 +93,7 @@ impl Graph {
     pub(crate) fn parallelism(&self, id: NodeId, parallelism: usize) -> usize {
         let node = &self.nodes[id];
         match node.kind {
-            NodeKind::Keyed => parallelism,
+            NodeKind::Keyed | NodeKind::ParallelSource => parallelism,
             NodeKind::Stateless => self.parallelism(node.inputs[0], parallelism),
             NodeKind::Source | NodeKind::Union | NodeKind::Sink => 1,
         }
@@ -110,7 +112,7 @@ impl Graph {
     /// reads from channels in threads of its own.
     pub(crate) fn is_chained(&self, id: NodeId, parallelism: usize) -> bool {
         match self.nodes[id].kind {
-            NodeKind::Source => false,
+            NodeKind::Source | NodeKind::ParallelSource => false,
             NodeKind::Stateless => true,
             NodeKind::Keyed => parallelism == 1 && self.producers(id, parallelism) == 1,
             NodeKind::Union | NodeKind::Sink => self.producers(id, parallelism) == 1,
@@ -209,6 +211,29 @@ impl Job {
         Stream::new(self.clone(), id, false)
     }
 
+    /// Adds a source that runs as one instance per worker (`--parallelism`), as Flink's
+    /// parallel sources: `make(instance, instances)` builds instance `instance` of
+    /// `instances`, and together they must read the whole input exactly once (split `i`
+    /// of `n` of a file, every `n`-th event of a generator). Each instance has its own
+    /// watermark; operators downstream take the minimum. A job restored from a checkpoint
+    /// must run with as many instances as the checkpoint was taken with, since the
+    /// positions belong to the instances' shares.
+    pub fn parallel_source<S, F>(&self, name: &str, make: F) -> Stream<S::Item>
+    where
+        S: Source,
+        F: Fn(usize, usize) -> S + 'static,
+    {
+        let detail = format!("{} (split over the workers)", make(0, 1).describe());
+        let id = self.add(
+            name,
+            NodeKind::ParallelSource,
+            detail,
+            &[],
+            Rc::new(SourceNode::split(make)),
+        );
+        Stream::new(self.clone(), id, false)
+    }
+
     /// Runs the job to completion (or failure) and reports what it did.
     pub fn run(&self, options: &RunOptions) -> Result<RunSummary> {
         let graph = self.inner.graph.borrow();
@@ -273,7 +298,7 @@ impl Job {
         let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", self.inner.name);
         for (id, node) in graph.nodes.iter().enumerate() {
             let shape = match node.kind {
-                NodeKind::Source => "invhouse",
+                NodeKind::Source | NodeKind::ParallelSource => "invhouse",
                 NodeKind::Sink => "house",
                 NodeKind::Keyed => "box3d",
                 NodeKind::Stateless | NodeKind::Union => "box",

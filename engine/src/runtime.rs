@@ -1,7 +1,10 @@
 //! Turning a job graph into threads and bounded channels, and running it.
 //!
 //! # Scheduling
-//! - Every source runs in a task (thread) of its own.
+//! - Every source instance runs in a task (thread) of its own: one per source, or one per
+//!   worker for a source added with [`crate::Job::parallel_source`], each instance with its
+//!   own chain of stateless operators after it. A checkpoint holds one position per
+//!   instance, so a parallel source resumes only with as many instances as it had.
 //! - Stateless operators are chained: they run as plain calls in the thread of their input.
 //! - A keyed operator runs as P workers. Its input is routed by key group through bounded
 //!   channels, except at P = 1 with a single upstream instance, where it is chained too.
@@ -308,13 +311,27 @@ fn erase<T: 'static>(push: Box<dyn Push<T>>) -> Box<dyn Any> {
 // ---------------------------------------------------------------- sources
 
 pub(crate) struct SourceNode<S> {
-    source: RefCell<Option<S>>,
+    instances: RefCell<SourceInstances<S>>,
+}
+
+/// Where a source node's instances come from.
+enum SourceInstances<S> {
+    /// The one instance, whatever the parallelism; taken by the first run.
+    One(Option<S>),
+    /// `make(instance, instances)`: one per worker, built for each run.
+    Split(Box<dyn Fn(usize, usize) -> S>),
 }
 
 impl<S> SourceNode<S> {
     pub(crate) fn new(source: S) -> Self {
         SourceNode {
-            source: RefCell::new(Some(source)),
+            instances: RefCell::new(SourceInstances::One(Some(source))),
+        }
+    }
+
+    pub(crate) fn split(make: impl Fn(usize, usize) -> S + 'static) -> Self {
+        SourceNode {
+            instances: RefCell::new(SourceInstances::Split(Box::new(make))),
         }
     }
 }
@@ -329,137 +346,187 @@ impl<S: Source> NodeImpl for SourceNode<S> {
 
     fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
         let name = b.name(me);
-        let mut source =
-            self.source
-                .borrow_mut()
-                .take()
-                .ok_or_else(|| EngineError::InvalidJob {
+        let count = b.graph.parallelism(me, b.options.parallelism);
+        let sources = match &mut *self.instances.borrow_mut() {
+            SourceInstances::One(source) => {
+                vec![source.take().ok_or_else(|| EngineError::InvalidJob {
                     job: b.metrics.job().to_string(),
                     reason: format!(
                         "source `{name}` was already used by an earlier run: build the job again"
                     ),
-                })?;
-        let source_err = |source| EngineError::Source {
-            name: name.clone(),
-            source,
+                })?]
+            }
+            SourceInstances::Split(make) => {
+                check_restored_instances(b, &name, count)?;
+                (0..count).map(|i| make(i, count)).collect()
+            }
         };
-        let participant = b
-            .checkpointing
-            .as_ref()
-            .map(|c| c.register_source(format!("{name}#0")));
-        if let Some(p) = &participant {
-            if source.position().map_err(source_err)?.is_none() {
-                return Err(EngineError::InvalidJob {
-                    job: b.metrics.job().to_string(),
-                    reason: format!(
-                        "source `{name}` ({}) cannot be replayed, so the job cannot checkpoint: \
-                         run it without --checkpoint-interval",
-                        source.describe()
-                    ),
-                });
-            }
-            if let Some(position) = p.restored() {
-                source.seek(position).map_err(source_err)?;
-            }
+        for (instance, source) in sources.into_iter().enumerate() {
+            start_source_instance(b, me, instance, count, source)?;
         }
-        let mut down = b.downstream::<S::Item>(me, 0)?;
-        let metrics = b.metrics.stateless_operator(&name, 0);
-        b.progress.sources.push(metrics.events_out.clone());
-        let batch_size = b.options.batch_size.max(1);
-        let task_name = name.clone();
-        let cancelled = b.cancelled.clone();
-        b.tasks.push(Task {
-            name,
-            run: Box::new(move || {
-                let source_err = |source| EngineError::Source {
-                    name: task_name.clone(),
-                    source,
-                };
-                let mut items = Vec::with_capacity(batch_size);
-                let mut exhausted = false;
-                let mut last_barrier = participant
-                    .as_ref()
-                    .map_or(0, |p| p.checkpointing().restored_id());
-                // Positions acked for checkpoints not known complete yet, oldest first.
-                let mut pending_positions: VecDeque<(CheckpointId, serde_json::Value)> =
-                    VecDeque::new();
-                loop {
-                    // A source that is idle sends nothing, so it would never notice that
-                    // another task failed: it asks.
-                    if cancelled.load(Ordering::Relaxed) {
-                        return Err(EngineError::DownstreamGone {
-                            name: task_name.clone(),
-                        });
-                    }
-                    if let Some(p) = &participant {
-                        notify_completed(
-                            &mut source,
-                            &mut pending_positions,
-                            p.checkpointing().completed(),
-                        )
-                        .map_err(source_err)?;
-                        let id = p.checkpointing().requested();
-                        if id > last_barrier {
-                            last_barrier = id;
-                            let position = match source.position() {
-                                Ok(Some(position)) => {
-                                    pending_positions.push_back((id, position.clone()));
-                                    Ok(position)
-                                }
-                                Ok(None) => Err("the source cannot be replayed".to_string()),
-                                Err(e) => Err(e.to_string()),
-                            };
-                            p.ack(id, position);
-                            down.barrier(id)?;
-                            if p.checkpointing().is_final(id) {
-                                // The final checkpoint's position is told too, if it completes.
-                                if p.checkpointing().wait_completed(id, &cancelled).is_ok() {
-                                    notify_completed(&mut source, &mut pending_positions, id)
-                                        .map_err(source_err)?;
-                                }
-                                break;
+        Ok(())
+    }
+}
+
+/// A split source's positions belong to its instances' shares of the input, so a restore
+/// needs as many instances as the checkpoint had.
+fn check_restored_instances(b: &Build<'_>, name: &str, count: usize) -> Result<()> {
+    let Some(manifest) = b.checkpointing.as_ref().and_then(|c| c.restored()) else {
+        return Ok(());
+    };
+    let prefix = format!("{name}#");
+    let checkpointed = manifest
+        .participants
+        .keys()
+        .filter(|k| k.starts_with(&prefix))
+        .count();
+    if checkpointed == count {
+        return Ok(());
+    }
+    Err(EngineError::InvalidJob {
+        job: b.metrics.job().to_string(),
+        reason: format!(
+            "source `{name}` reads its input split over the workers and checkpoint {} has \
+             {checkpointed} of its instances, not {count}: resume with --parallelism \
+             {checkpointed}, or start over with --replay-from beginning",
+            manifest.id
+        ),
+    })
+}
+
+/// Spawns the task that polls instance `instance` (of `count`) of source node `me`.
+fn start_source_instance<S: Source>(
+    b: &mut Build<'_>,
+    me: NodeId,
+    instance: usize,
+    count: usize,
+    mut source: S,
+) -> Result<()> {
+    let name = b.name(me);
+    let source_err = |source| EngineError::Source {
+        name: name.clone(),
+        source,
+    };
+    let participant = b
+        .checkpointing
+        .as_ref()
+        .map(|c| c.register_source(format!("{name}#{instance}")));
+    if let Some(p) = &participant {
+        if source.position().map_err(source_err)?.is_none() {
+            return Err(EngineError::InvalidJob {
+                job: b.metrics.job().to_string(),
+                reason: format!(
+                    "source `{name}` ({}) cannot be replayed, so the job cannot checkpoint: \
+                         run it without --checkpoint-interval",
+                    source.describe()
+                ),
+            });
+        }
+        if let Some(position) = p.restored() {
+            source.seek(position).map_err(source_err)?;
+        }
+    }
+    let mut down = b.downstream::<S::Item>(me, instance)?;
+    let metrics = b.metrics.stateless_operator(&name, instance);
+    b.progress.sources.push(metrics.events_out.clone());
+    let batch_size = b.options.batch_size.max(1);
+    let task_name = name.clone();
+    let cancelled = b.cancelled.clone();
+    b.tasks.push(Task {
+        name: if count > 1 {
+            format!("{name}#{instance}")
+        } else {
+            name
+        },
+        run: Box::new(move || {
+            let source_err = |source| EngineError::Source {
+                name: task_name.clone(),
+                source,
+            };
+            let mut items = Vec::with_capacity(batch_size);
+            let mut exhausted = false;
+            let mut last_barrier = participant
+                .as_ref()
+                .map_or(0, |p| p.checkpointing().restored_id());
+            // Positions acked for checkpoints not known complete yet, oldest first.
+            let mut pending_positions: VecDeque<(CheckpointId, serde_json::Value)> =
+                VecDeque::new();
+            loop {
+                // A source that is idle sends nothing, so it would never notice that
+                // another task failed: it asks.
+                if cancelled.load(Ordering::Relaxed) {
+                    return Err(EngineError::DownstreamGone {
+                        name: task_name.clone(),
+                    });
+                }
+                if let Some(p) = &participant {
+                    notify_completed(
+                        &mut source,
+                        &mut pending_positions,
+                        p.checkpointing().completed(),
+                    )
+                    .map_err(source_err)?;
+                    let id = p.checkpointing().requested();
+                    if id > last_barrier {
+                        last_barrier = id;
+                        let position = match source.position() {
+                            Ok(Some(position)) => {
+                                pending_positions.push_back((id, position.clone()));
+                                Ok(position)
                             }
-                        }
-                    }
-                    if exhausted {
-                        // All read: only the final checkpoint is left to take part in.
-                        std::thread::sleep(Duration::from_millis(2));
-                        continue;
-                    }
-                    let status = source
-                        .poll_batch(&mut items, batch_size)
-                        .map_err(source_err)?;
-                    if !items.is_empty() {
-                        metrics.events_out.inc_by(items.len() as u64);
-                        let records = items
-                            .drain(..)
-                            .map(|value| Record {
-                                ts: MIN_WATERMARK,
-                                watermark: MIN_WATERMARK,
-                                value,
-                            })
-                            .collect();
-                        down.push(Batch {
-                            records,
-                            watermark: MIN_WATERMARK,
-                            split: source.split_of_batch(),
-                            ingested: Some(Instant::now()),
-                        })?;
-                    }
-                    if status == SourceStatus::Exhausted {
-                        down.push(Batch::new(Vec::new(), END_WATERMARK))?;
-                        exhausted = true;
-                        match &participant {
-                            Some(p) => p.checkpointing().source_exhausted(),
-                            None => break,
+                            Ok(None) => Err("the source cannot be replayed".to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        p.ack(id, position);
+                        down.barrier(id)?;
+                        if p.checkpointing().is_final(id) {
+                            // The final checkpoint's position is told too, if it completes.
+                            if p.checkpointing().wait_completed(id, &cancelled).is_ok() {
+                                notify_completed(&mut source, &mut pending_positions, id)
+                                    .map_err(source_err)?;
+                            }
+                            break;
                         }
                     }
                 }
-                down.finish()
-            }),
-        });
-        Ok(())
-    }
+                if exhausted {
+                    // All read: only the final checkpoint is left to take part in.
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                let status = source
+                    .poll_batch(&mut items, batch_size)
+                    .map_err(source_err)?;
+                if !items.is_empty() {
+                    metrics.events_out.inc_by(items.len() as u64);
+                    let records = items
+                        .drain(..)
+                        .map(|value| Record {
+                            ts: MIN_WATERMARK,
+                            watermark: MIN_WATERMARK,
+                            value,
+                        })
+                        .collect();
+                    down.push(Batch {
+                        records,
+                        watermark: MIN_WATERMARK,
+                        split: source.split_of_batch(),
+                        ingested: Some(Instant::now()),
+                    })?;
+                }
+                if status == SourceStatus::Exhausted {
+                    down.push(Batch::new(Vec::new(), END_WATERMARK))?;
+                    exhausted = true;
+                    match &participant {
+                        Some(p) => p.checkpointing().source_exhausted(),
+                        None => break,
+                    }
+                }
+            }
+            down.finish()
+        }),
+    });
+    Ok(())
 }
 
 /// Tells `source` the newest of its positions whose checkpoint (at most `completed`) is

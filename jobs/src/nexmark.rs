@@ -8,6 +8,7 @@
 //! auctions; bidders likewise (hot 3 in 4, among the 1000 newest persons). Every field of
 //! every event is produced, strings included, padded (`extra`) to the standard average
 //! payload sizes (string bytes plus 8 per number): person 200 bytes, auction 500, bid 100.
+//! It is a parallel source: at parallelism P, instance `i` makes events `i, i + P, ..`.
 //!
 //! # Queries (`--query`)
 //! - `q0`: pass-through of all events.
@@ -26,8 +27,8 @@
 //!   (ties to the smaller id; the standard query returns all tied auctions).
 //! - `q7`: highest bid per tumbling 10 s window (ties to the earlier, then smaller bidder).
 //! - `q8`: new users: persons who opened an auction in the same tumbling 10 s window as they
-//!   registered (a window join of persons and auctions on `person.id = auction.seller`),
-//!   one row per person and window.
+//!   registered (a window co-group of persons `(id, name)` and auction sellers on
+//!   `person.id = auction.seller`), one row per person and window.
 //!
 //! Every query reads only the fields it needs right after the source (a projection, as a
 //! SQL planner pushes it down), so strings that a query never reads do not cross an
@@ -209,13 +210,26 @@ fn push_decimal(s: &mut String, mut n: u64) {
 }
 
 /// The deterministic Nexmark event stream, as a source.
+///
+/// Event `n` depends on `n` alone (its random numbers are draws `n * DRAWS_PER_EVENT..`
+/// of one sequence), so the stream can be split: instance `i` of `k` makes events
+/// `i, i + k, i + 2k, ..`, and the `k` instances together make exactly the events of one.
 #[derive(Debug)]
 pub struct NexmarkGenerator {
     events: u64,
     next: u64,
+    /// This instance's first event and the step to its next (0 and 1 unless split).
+    first: u64,
+    stride: u64,
+    /// Events this instance made so far.
+    made: u64,
     rng: SplitMix64,
     pace: Option<Pace>,
 }
+
+const SEED: u64 = 2026;
+/// Random numbers reserved per event; a person, the largest event, draws 10.
+const DRAWS_PER_EVENT: u64 = 16;
 
 /// Paces a source to a number of events per second of processing time.
 #[derive(Debug)]
@@ -238,18 +252,35 @@ impl NexmarkGenerator {
         NexmarkGenerator {
             events,
             next: 0,
-            rng: SplitMix64::new(2026),
+            first: 0,
+            stride: 1,
+            made: 0,
+            rng: SplitMix64::new(SEED),
             pace: None,
         }
     }
 
-    /// The same stream, handed to the engine at most `per_second` events a second.
+    /// Instance `instance` of `instances` of the stream (see the type's docs).
+    pub fn split(mut self, instance: usize, instances: usize) -> Self {
+        self.next = instance as u64;
+        self.first = self.next;
+        self.stride = instances.max(1) as u64;
+        self
+    }
+
+    /// The same stream, handed to the engine at most `per_second` events a second (all
+    /// instances together, if split).
     pub fn paced(mut self, per_second: u64) -> Self {
         self.pace = (per_second > 0).then_some(Pace {
             per_second,
             started: None,
         });
         self
+    }
+
+    /// How many of the first `events` events of the stream are this instance's.
+    fn own(&self, events: u64) -> u64 {
+        events.saturating_sub(self.first).div_ceil(self.stride)
     }
 
     /// `extra` padding: one random letter repeated up to the standard size.
@@ -265,6 +296,7 @@ impl NexmarkGenerator {
 
     /// Event number `n`.
     fn event(&mut self, n: u64) -> NexmarkEvent {
+        self.rng = SplitMix64::at(SEED, n.wrapping_mul(DRAWS_PER_EVENT));
         let date_time = START_TS + (n / 10) as i64;
         let (epoch, offset) = (n / 50, n % 50);
         // Ids of the newest person and auction created before event `n`.
@@ -363,7 +395,8 @@ impl Iterator for NexmarkGenerator {
             return None;
         }
         let event = self.event(self.next);
-        self.next += 1;
+        self.next += self.stride;
+        self.made += 1;
         Some(event)
     }
 }
@@ -377,16 +410,17 @@ impl Source for NexmarkGenerator {
         max: usize,
     ) -> Result<SourceStatus, BoxError> {
         let mut max = max as u64;
-        if let Some(pace) = &mut self.pace {
-            let due = pace.due().min(self.events);
-            if due <= self.next && self.next < self.events {
+        let share = self.own(self.events);
+        if let Some((due, per_second)) = self.pace.as_mut().map(|p| (p.due(), p.per_second)) {
+            let due = self.own(due).min(share);
+            if due <= self.made && self.made < share {
                 // Nothing due yet: wait a millisecond (or until the next event, if later)
                 // rather than spin; events due meanwhile go out as one batch.
-                let wait = (1.0 / pace.per_second as f64).max(0.001);
+                let wait = (self.stride as f64 / per_second as f64).max(0.001);
                 std::thread::sleep(Duration::from_secs_f64(wait));
                 return Ok(SourceStatus::More);
             }
-            max = max.min(due - self.next.min(due)).max(1);
+            max = max.min(due - self.made.min(due)).max(1);
         }
         for _ in 0..max {
             match self.next() {
@@ -750,11 +784,13 @@ impl Aggregator<Bid> for MaxBid {
 /// Builds the Nexmark query `--query` on `--events` generated events (default 1 M).
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("nexmark");
+    let (events, rate) = (opts.events.unwrap_or(1_000_000), opts.rate.unwrap_or(0));
     let events = job
-        .source(
-            "nexmark",
-            NexmarkGenerator::new(opts.events.unwrap_or(1_000_000)).paced(opts.rate.unwrap_or(0)),
-        )
+        .parallel_source("nexmark", move |instance, instances| {
+            NexmarkGenerator::new(events)
+                .split(instance, instances)
+                .paced(rate)
+        })
         .timestamps(NexmarkEvent::date_time, Watermarks::bounded(Duration::ZERO));
     let query = opts.query.as_deref().unwrap_or("q0");
     let bids = |events: Stream<NexmarkEvent>| events.flat_map(NexmarkEvent::bid);
@@ -808,27 +844,36 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             .sink("output", OutputSink::from_spec(opts.output.as_deref())),
         "q8" => {
             // Bids (92 % of events) are dropped before the stream is split in two, so the
-            // split copies only persons and auctions.
+            // split copies only persons and auctions; each side is cut down to what the
+            // result needs before it enters window state (as a SQL planner would project).
             let others = events.filter(|e| !matches!(e, NexmarkEvent::Bid(_)));
-            let persons = others.clone().flat_map(NexmarkEvent::person);
-            let auctions = others.flat_map(NexmarkEvent::auction);
+            let persons = others
+                .clone()
+                .flat_map(NexmarkEvent::person)
+                .map(|p| (p.id, p.name));
+            let sellers = others.flat_map(|e| e.auction().map(|a| a.seller));
+            // One row per person and window with at least one auction of theirs: the
+            // co-group of the window, not its pairs (which would repeat a person once per
+            // auction and need a dedup after).
             persons
-                .window_join(
-                    auctions,
-                    |p: &Person| p.id,
-                    |a: &Auction| a.seller,
+                .window_cogroup(
+                    sellers,
+                    |p: &(u64, String)| p.0,
+                    |seller: &u64| *seller,
                     Tumbling::of(Duration::from_secs(10)),
                 )
-                .map(|pair| NewUser {
-                    window_start: pair.window.start,
-                    id: pair.left.id,
-                    name: pair.left.name,
+                .flat_map(|group| {
+                    let (window_start, opened) = (group.window.start, !group.right.is_empty());
+                    group
+                        .left
+                        .into_iter()
+                        .filter(move |_| opened)
+                        .map(move |(id, name)| NewUser {
+                            window_start,
+                            id,
+                            name,
+                        })
                 })
-                // One row per person and window, however many auctions they opened.
-                .dedup_by(
-                    |u: &NewUser| (u.window_start, u.id),
-                    Duration::from_secs(10),
-                )
                 .sink("output", OutputSink::from_spec(opts.output.as_deref()))
         }
         other => bail!(
@@ -887,5 +932,43 @@ mod tests {
             push_decimal(&mut s, n);
             assert_eq!(s, format!("x{n}"));
         }
+    }
+
+    fn json(events: impl Iterator<Item = NexmarkEvent>) -> Vec<String> {
+        events
+            .map(|e| serde_json::to_string(&e).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn split_instances_together_make_the_whole_stream() {
+        let whole = json(NexmarkGenerator::new(1_001));
+        for instances in [2, 3] {
+            let parts: Vec<Vec<String>> = (0..instances)
+                .map(|i| json(NexmarkGenerator::new(1_001).split(i, instances)))
+                .collect();
+            let mut merged = vec![String::new(); whole.len()];
+            for (i, part) in parts.iter().enumerate() {
+                for (j, event) in part.iter().enumerate() {
+                    merged[i + j * instances] = event.clone();
+                }
+            }
+            assert_eq!(merged, whole, "{instances} instances");
+        }
+    }
+
+    #[test]
+    fn a_paced_split_instance_makes_its_share_only() {
+        let mut source = NexmarkGenerator::new(10).split(1, 3).paced(1_000_000);
+        let mut out = Vec::new();
+        while source.poll_batch(&mut out, 100).ok() == Some(SourceStatus::More) {}
+        assert_eq!(
+            json(out.into_iter()),
+            json(NexmarkGenerator::new(10))
+                .into_iter()
+                .skip(1)
+                .step_by(3)
+                .collect::<Vec<_>>()
+        );
     }
 }
