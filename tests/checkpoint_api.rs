@@ -67,23 +67,37 @@ impl Setup {
         self.dir.path().join("state")
     }
 
-    /// The job: both files, each with its own watermarks, unioned, counted per key in
-    /// tumbling 1 s windows. Source `a` crashes after `fail_after` events if given.
+    /// Source `name` reading `path` as JSON lines with its own watermarks; it crashes
+    /// after `fail_after` events if given.
+    fn source(&self, job: &Job, name: &str, path: &Path, fail_after: Option<u64>) -> Stream<Ev> {
+        let dead = DeadLetters::to_file(
+            self.dir.path().join(format!("{name}.dead.jsonl")),
+            job.metrics().dead_letters(name),
+        );
+        let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default(), dead);
+        job.source(name, Flaky::new(inner, fail_after))
+            .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))
+    }
+
+    /// The job: both files unioned, counted per key in tumbling 1 s windows. Source `a`
+    /// crashes after `fail_after` events if given.
     fn job(&self, output: &Path, fail_after: Option<u64>) -> Job {
         let job = Job::new("union-counts");
-        let source = |name: &str, path: &Path, fail_after| {
-            let dead = DeadLetters::to_file(
-                self.dir.path().join(format!("{name}.dead.jsonl")),
-                job.metrics().dead_letters(name),
-            );
-            let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default(), dead);
-            let flaky = Flaky::new(inner, fail_after);
-            job.source(name, flaky)
-                .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))
-        };
-        let a = source("a", &self.inputs[0], fail_after);
-        let b = source("b", &self.inputs[1], None);
+        let a = self.source(&job, "a", &self.inputs[0], fail_after);
+        let b = self.source(&job, "b", &self.inputs[1], None);
         count_per_key(a.union(b), output);
+        job
+    }
+
+    /// The same counts with source `a` split into two branches (even and odd values) that
+    /// a union joins again in their own thread, before the union with `b` across threads.
+    fn branched_job(&self, output: &Path, fail_after: Option<u64>) -> Job {
+        let job = Job::new("union-counts");
+        let a = self.source(&job, "a", &self.inputs[0], fail_after);
+        let b = self.source(&job, "b", &self.inputs[1], None);
+        let evens = a.clone().filter(|e| e.v % 2 == 0);
+        let odds = a.filter(|e| e.v % 2 != 0);
+        count_per_key(evens.union(odds).union(b), output);
         job
     }
 
@@ -155,15 +169,19 @@ fn complete_checkpoints(setup: &Setup) -> usize {
     checkpointed::complete_checkpoints(&setup.state_dir().join("union-counts/checkpoints"))
 }
 
+type BuildJob = fn(&Setup, &Path, Option<u64>) -> Job;
+
 fn crash_then_resume(first: usize, second: usize) {
+    crash_then_resume_job(Setup::job, first, second);
+}
+
+fn crash_then_resume_job(build: BuildJob, first: usize, second: usize) {
     let setup = Setup::new();
     let expected = setup.reference();
     let out = setup.dir.path().join("out");
     let interval = Some(Duration::from_millis(5));
 
-    let crashed = setup
-        .job(&out, Some(25_000))
-        .run(&setup.options(first, interval));
+    let crashed = build(&setup, &out, Some(25_000)).run(&setup.options(first, interval));
     let err = format!("{:#}", anyhow::Error::from(crashed.unwrap_err()));
     assert!(err.contains("simulated crash"), "{err}");
     assert!(
@@ -172,8 +190,7 @@ fn crash_then_resume(first: usize, second: usize) {
     );
     let visible_after_crash = committed_rows(&out).len();
 
-    let resumed: RunSummary = setup
-        .job(&out, None)
+    let resumed: RunSummary = build(&setup, &out, None)
         .run(&setup.options(second, interval))
         .unwrap();
     assert!(
@@ -191,6 +208,12 @@ fn crash_then_resume(first: usize, second: usize) {
 #[test]
 fn a_crash_half_way_resumes_with_exactly_once_output() {
     crash_then_resume(1, 1);
+}
+
+#[test]
+fn branches_of_one_source_unioned_in_its_thread_resume_exactly_once() {
+    crash_then_resume_job(Setup::branched_job, 1, 1);
+    crash_then_resume_job(Setup::branched_job, 2, 1);
 }
 
 #[test]

@@ -95,6 +95,9 @@ impl Graph {
         match node.kind {
             NodeKind::Keyed | NodeKind::ParallelSource => parallelism,
             NodeKind::Stateless => self.parallelism(node.inputs[0], parallelism),
+            NodeKind::Union if self.inputs_share_a_thread(id, parallelism) => {
+                self.parallelism(node.inputs[0], parallelism)
+            }
             NodeKind::Source | NodeKind::Union | NodeKind::Sink => 1,
         }
     }
@@ -115,8 +118,29 @@ impl Graph {
             NodeKind::Source | NodeKind::ParallelSource => false,
             NodeKind::Stateless => true,
             NodeKind::Keyed => parallelism == 1 && self.producers(id, parallelism) == 1,
-            NodeKind::Union | NodeKind::Sink => self.producers(id, parallelism) == 1,
+            NodeKind::Union => self.inputs_share_a_thread(id, parallelism),
+            NodeKind::Sink => self.producers(id, parallelism) == 1,
         }
+    }
+
+    /// The node whose thread (per instance) node `id` runs in.
+    fn thread_of(&self, id: NodeId, parallelism: usize) -> NodeId {
+        if self.is_chained(id, parallelism) {
+            self.thread_of(self.nodes[id].inputs[0], parallelism)
+        } else {
+            id
+        }
+    }
+
+    /// True if every input of node `id` runs in the same thread, instance by instance (the
+    /// branches of one stream split with `clone()`): a union of them needs no channel.
+    fn inputs_share_a_thread(&self, id: NodeId, parallelism: usize) -> bool {
+        let mut threads = self.nodes[id]
+            .inputs
+            .iter()
+            .map(|&i| self.thread_of(i, parallelism));
+        let first = threads.next();
+        first.is_some() && threads.all(|t| Some(t) == first)
     }
 
     fn add(

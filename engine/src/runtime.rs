@@ -8,8 +8,10 @@
 //! - Stateless operators are chained: they run as plain calls in the thread of their input.
 //! - A keyed operator runs as P workers. Its input is routed by key group through bounded
 //!   channels, except at P = 1 with a single upstream instance, where it is chained too.
-//! - Sinks and unions run where their single input runs, or in a task of their own fed by a
-//!   channel when several upstream instances deliver to them.
+//! - Sinks run where their single input runs, or in a task of their own fed by a channel
+//!   when several upstream instances deliver to them. A union of branches of one stream
+//!   (all its inputs in one thread, instance by instance) is chained into that thread
+//!   ([`UnionMerge`]); a union of streams from different threads has a task of its own.
 //!
 //! # Backpressure
 //! Channels hold at most [`RunOptions::channel_capacity`] batches. A full channel blocks the
@@ -37,7 +39,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -160,6 +162,9 @@ pub(crate) struct Build<'g> {
     options: &'g RunOptions,
     metrics: &'g Arc<JobMetrics>,
     channels: FxHashMap<NodeId, Box<dyn Any>>,
+    /// Chained unions by node and instance: the merge (an `Arc<Mutex<UnionMerge<T>>>`) and
+    /// how many of its inputs were handed out.
+    unions: FxHashMap<(NodeId, usize), (Box<dyn Any>, usize)>,
     next_producer: FxHashMap<NodeId, usize>,
     tasks: Vec<Task>,
     progress: Progress,
@@ -1631,14 +1636,91 @@ impl<T> UnionNode<T> {
 }
 
 impl<T: Data> NodeImpl for UnionNode<T> {
-    fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
-        Ok(erase::<T>(Box::new(b.forward_input::<T>(me))))
+    fn input(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<Box<dyn Any>> {
+        if !b.chained(me) {
+            return Ok(erase::<T>(Box::new(b.forward_input::<T>(me))));
+        }
+        let key = (me, instance);
+        if !b.unions.contains_key(&key) {
+            let inputs = b.graph.nodes[me].inputs.len();
+            let down = b.downstream::<T>(me, instance)?;
+            let merge = Arc::new(Mutex::new(UnionMerge {
+                down,
+                inputs: Inputs::new(inputs, None),
+                barriers: 0,
+            }));
+            b.unions.insert(key, (Box::new(merge), 0));
+        }
+        let (merge, next_input) = b.unions.get_mut(&key).expect("inserted above");
+        let input = *next_input;
+        *next_input += 1;
+        let merge = merge
+            .downcast_ref::<Arc<Mutex<UnionMerge<T>>>>()
+            .expect("a union's merge always carries its input type")
+            .clone();
+        Ok(erase::<T>(Box::new(UnionInput { input, merge })))
     }
 
     fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
+        if b.chained(me) {
+            return Ok(());
+        }
         let down = b.downstream::<T>(me, 0)?;
         b.spawn_receiver::<T>(me, 0, 1, BoxedPush(down));
         Ok(())
+    }
+}
+
+/// One instance of a union whose inputs all run in one thread (branches of one stream):
+/// their batches arrive one after another in that thread, so the union merges watermarks
+/// as a receiving task does ([`Inputs`]) but without a channel, and a barrier, which comes
+/// through every branch before anything after it, goes on once all branches passed it.
+struct UnionMerge<T> {
+    down: Box<dyn Push<T>>,
+    inputs: Inputs,
+    /// Branches that passed the barrier being aligned.
+    barriers: usize,
+}
+
+/// The pusher of branch `input` into a [`UnionMerge`].
+struct UnionInput<T> {
+    input: usize,
+    merge: Arc<Mutex<UnionMerge<T>>>,
+}
+
+impl<T> UnionInput<T> {
+    fn merge(&self) -> std::sync::MutexGuard<'_, UnionMerge<T>> {
+        // Only this thread locks it; a poisoned lock means a panic that is reported anyway.
+        self.merge
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<T: Data> Push<T> for UnionInput<T> {
+    fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
+        let mut merge = self.merge();
+        merge.inputs.on_batch(self.input, &mut batch);
+        merge.down.push(batch)
+    }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        let mut merge = self.merge();
+        merge.barriers += 1;
+        let open = merge.inputs.watermarks.len() - merge.inputs.ended;
+        if merge.barriers < open {
+            return Ok(());
+        }
+        merge.barriers = 0;
+        merge.down.barrier(id)
+    }
+    fn finish(&mut self) -> Result<()> {
+        let mut merge = self.merge();
+        merge.inputs.on_end(self.input);
+        if merge.inputs.ended < merge.inputs.watermarks.len() {
+            return Ok(());
+        }
+        merge.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
+        merge.down.finish()
     }
 }
 
@@ -1904,6 +1986,7 @@ pub(crate) fn run(
         options,
         metrics,
         channels: FxHashMap::default(),
+        unions: FxHashMap::default(),
         next_producer: FxHashMap::default(),
         tasks: Vec::new(),
         progress: Progress::default(),
@@ -1921,9 +2004,10 @@ pub(crate) fn run(
         tasks,
         progress,
         channels,
+        unions,
         ..
     } = build;
-    drop(channels);
+    drop((channels, unions));
     let mut tasks = tasks;
     if let Some(c) = checkpointing {
         let cancel = cancelled.clone();
