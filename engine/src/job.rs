@@ -241,7 +241,8 @@ impl Job {
     /// of `n` of a file, every `n`-th event of a generator). Each instance has its own
     /// watermark; operators downstream take the minimum. A job restored from a checkpoint
     /// must run with as many instances as the checkpoint was taken with, since the
-    /// positions belong to the instances' shares.
+    /// positions belong to the instances' shares. `make(0, 1)` is also called once here,
+    /// to describe the source (`weir describe`); sources open their inputs only when run.
     pub fn parallel_source<S, F>(&self, name: &str, make: F) -> Stream<S::Item>
     where
         S: Source,
