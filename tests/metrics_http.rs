@@ -120,6 +120,12 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
             "{family} missing"
         );
     }
+    // State bytes are per keyed operator instance.
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("weir_state_bytes{") && l.contains(r#"operator="window""#)),
+        "no weir_state_bytes series for the window operator"
+    );
 
     let not_found = http_get(&addr, "/nope")?;
     assert!(not_found.starts_with("HTTP/1.1 404"), "{not_found}");

@@ -18,7 +18,7 @@
 //! | `weir_channel_capacity` | gauge | capacity of that queue, in batches |
 //! | `weir_uptime_seconds` | gauge | seconds since the job started |
 //! | `weir_end_to_end_latency_seconds` | summary | processing time from a source reading events to a sink receiving the results they made due (quantiles 0.5, 0.9, 0.99, 0.999; see [`crate::latency`]) |
-//! | `weir_state_bytes` | gauge | RocksDB's estimate of live state data (RocksDB state only) |
+//! | `weir_state_bytes` | gauge | RocksDB's estimate of live state data of an instance (RocksDB state only) |
 //! | `weir_rocksdb_compaction_pending_bytes` | gauge | bytes waiting for compaction (RocksDB state only) |
 //! | `weir_rocksdb_block_cache_hit_ratio` | gauge | share of block cache lookups that hit (RocksDB state only) |
 //! | `weir_checkpoints_completed_total` | counter | checkpoints completed (with `--checkpoint-interval` only, as the rest) |
@@ -55,6 +55,9 @@ use crate::state::RocksStore;
 /// Counter handle type, re-exported so operators need no direct prometheus dependency.
 pub use prometheus::IntCounter as Counter;
 
+/// A keyed instance's RocksDB database, with its `weir_state_bytes` series.
+type ObservedStore = (IntGauge, Arc<RocksStore>);
+
 /// All metrics of one job.
 #[derive(Debug, Clone)]
 pub struct JobMetrics {
@@ -71,10 +74,10 @@ pub struct JobMetrics {
     channel_fill: IntGaugeVec,
     channel_capacity: IntGaugeVec,
     uptime: Gauge,
-    state_bytes: IntGauge,
+    state_bytes: IntGaugeVec,
     compaction_pending: IntGauge,
     block_cache_hit_ratio: Gauge,
-    stores: Arc<std::sync::Mutex<Vec<Arc<RocksStore>>>>,
+    stores: Arc<std::sync::Mutex<Vec<ObservedStore>>>,
     checkpoints: Arc<std::sync::Mutex<Option<CheckpointMetrics>>>,
     kafka: Arc<std::sync::Mutex<Option<KafkaMetrics>>>,
     latency: Arc<LatencyHistogram>,
@@ -232,8 +235,12 @@ impl JobMetrics {
         registry
             .register(Box::new(uptime.clone()))
             .unwrap_or_else(|e| panic!("metric weir_uptime_seconds registered twice: {e}"));
-        let state_bytes = IntGauge::new("weir_state_bytes", "RocksDB estimate of live state bytes")
-            .unwrap_or_else(|e| panic!("metric weir_state_bytes is malformed: {e}"));
+        let state_bytes = gauge_vec(
+            &registry,
+            "weir_state_bytes",
+            "RocksDB estimate of live state bytes of an operator instance",
+            INSTANCE_LABELS,
+        );
         let compaction_pending = IntGauge::new(
             "weir_rocksdb_compaction_pending_bytes",
             "RocksDB estimate of bytes waiting for compaction",
@@ -241,11 +248,9 @@ impl JobMetrics {
         .unwrap_or_else(|e| {
             panic!("metric weir_rocksdb_compaction_pending_bytes is malformed: {e}")
         });
-        for gauge in [&state_bytes, &compaction_pending] {
-            registry
-                .register(Box::new(gauge.clone()))
-                .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
-        }
+        registry
+            .register(Box::new(compaction_pending.clone()))
+            .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
         let block_cache_hit_ratio = Gauge::new(
             "weir_rocksdb_block_cache_hit_ratio",
             "Share of RocksDB block cache lookups that hit, since the job started",
@@ -428,10 +433,15 @@ impl JobMetrics {
         self.started.elapsed()
     }
 
-    /// Adds `store` to the RocksDB databases whose size and compaction backlog are reported.
-    pub fn observe_store(&self, store: Arc<RocksStore>) {
+    /// Adds `store`, the database of instance `instance` of `operator`, to those whose size
+    /// and compaction backlog are reported.
+    pub fn observe_store(&self, operator: &str, instance: usize, store: Arc<RocksStore>) {
+        let instance = instance.to_string();
+        let bytes =
+            self.state_bytes
+                .with_label_values(&[self.job.as_str(), operator, instance.as_str()]);
         if let Ok(mut stores) = self.stores.lock() {
-            stores.push(store);
+            stores.push((bytes, store));
         }
     }
 
@@ -561,15 +571,14 @@ impl JobMetrics {
         self.uptime.set(self.started.elapsed().as_secs_f64());
         let stores = self.stores.lock().map(|s| s.clone()).unwrap_or_default();
         if !stores.is_empty() {
-            let (mut bytes, mut pending, mut hits, mut misses) = (0, 0, 0, 0);
-            for store in &stores {
-                bytes += store.live_data_bytes();
+            let (mut pending, mut hits, mut misses) = (0, 0, 0);
+            for (bytes, store) in &stores {
+                bytes.set(store.live_data_bytes() as i64);
                 pending += store.pending_compaction_bytes();
                 let (h, m) = store.block_cache_hits_misses();
                 hits += h;
                 misses += m;
             }
-            self.state_bytes.set(bytes as i64);
             self.compaction_pending.set(pending as i64);
             if hits + misses > 0 {
                 self.block_cache_hit_ratio

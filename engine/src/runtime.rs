@@ -1279,7 +1279,7 @@ where
                 let dir = root.join(store_name(&name, instance));
                 let store =
                     RocksStore::open_fresh(&dir, &cache).map_err(|e| invalid(e.to_string()))?;
-                b.metrics.observe_store(store.clone());
+                b.metrics.observe_store(&name, instance, store.clone());
                 let backend = RocksBackend::new(store.clone(), &name, *cache_entries);
                 let state = Some(InstanceState::Rocks(store));
                 Ok(Box::new(self.runner_over(b, me, instance, backend, state)?))
