@@ -7,7 +7,7 @@
 //! checkpoints on the same input, as multisets, so a lost row and a duplicated row both fail.
 //! The tests prove that:
 //! - SIGKILL at random moments (before the first checkpoint, mid-run, maybe during a restore
-//!   or after the end), 10 times in a row at P = 1 and at P = 2, loses and duplicates nothing,
+//!   or after the end), 20 times in a row at P = 1 and at P = 2, loses and duplicates nothing,
 //!   and a successful finish leaves no uncommitted file behind; the same holds with memory
 //!   state (its snapshots are full copies) and for late events sent to `--late-output`;
 //! - restarts really resume from a checkpoint (they say "resuming" on stderr), so the tests
@@ -74,7 +74,7 @@ const MEDIUM: u64 = 1_000_000;
 /// Events of the finished-job test.
 const SMALL: u64 = 50_000;
 /// Runs killed per kill test (one at P = 1, one at P = 2).
-const KILLS: usize = 10;
+const KILLS: usize = 20;
 /// Longest a run may take before the test kills it and fails.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 /// How often the tests look at a running process and its checkpoints.
