@@ -225,14 +225,7 @@ impl Job {
     /// Adds a source; its events enter the job without timestamps.
     pub fn source<S: Source>(&self, name: &str, source: S) -> Stream<S::Item> {
         let detail = source.describe();
-        let id = self.add(
-            name,
-            NodeKind::Source,
-            detail,
-            &[],
-            Rc::new(SourceNode::new(source)),
-        );
-        Stream::new(self.clone(), id, false)
+        self.add_source(name, NodeKind::Source, detail, SourceNode::new(source))
     }
 
     /// Adds a source that runs as one instance per worker (`--parallelism`), as Flink's
@@ -249,13 +242,23 @@ impl Job {
         F: Fn(usize, usize) -> S + 'static,
     {
         let detail = format!("{} (split over the workers)", make(0, 1).describe());
-        let id = self.add(
+        self.add_source(
             name,
             NodeKind::ParallelSource,
             detail,
-            &[],
-            Rc::new(SourceNode::split(make)),
-        );
+            SourceNode::split(make),
+        )
+    }
+
+    /// Adds a source node; its events enter the job without timestamps.
+    fn add_source<S: Source>(
+        &self,
+        name: &str,
+        kind: NodeKind,
+        detail: String,
+        node: SourceNode<S>,
+    ) -> Stream<S::Item> {
+        let id = self.add(name, kind, detail, &[], Rc::new(node));
         Stream::new(self.clone(), id, false)
     }
 

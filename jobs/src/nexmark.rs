@@ -221,8 +221,6 @@ pub struct NexmarkGenerator {
     /// This instance's first event and the step to its next (0 and 1 unless split).
     first: u64,
     stride: u64,
-    /// Events this instance made so far.
-    made: u64,
     rng: SplitMix64,
     pace: Option<Pace>,
 }
@@ -254,7 +252,6 @@ impl NexmarkGenerator {
             next: 0,
             first: 0,
             stride: 1,
-            made: 0,
             rng: SplitMix64::new(SEED),
             pace: None,
         }
@@ -396,7 +393,6 @@ impl Iterator for NexmarkGenerator {
         }
         let event = self.event(self.next);
         self.next += self.stride;
-        self.made += 1;
         Some(event)
     }
 }
@@ -410,17 +406,17 @@ impl Source for NexmarkGenerator {
         max: usize,
     ) -> Result<SourceStatus, BoxError> {
         let mut max = max as u64;
-        let share = self.own(self.events);
+        let (share, made) = (self.own(self.events), self.own(self.next));
         if let Some((due, per_second)) = self.pace.as_mut().map(|p| (p.due(), p.per_second)) {
             let due = self.own(due).min(share);
-            if due <= self.made && self.made < share {
+            if due <= made && made < share {
                 // Nothing due yet: wait a millisecond (or until the next event, if later)
                 // rather than spin; events due meanwhile go out as one batch.
                 let wait = (self.stride as f64 / per_second as f64).max(0.001);
                 std::thread::sleep(Duration::from_secs_f64(wait));
                 return Ok(SourceStatus::More);
             }
-            max = max.min(due - self.made.min(due)).max(1);
+            max = max.min(due - made.min(due)).max(1);
         }
         for _ in 0..max {
             match self.next() {
