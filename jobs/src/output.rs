@@ -108,14 +108,15 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         }
     }
 
-    // Files are transactional; Kafka waits for acknowledgements at each barrier
-    // (at-least-once); stdout repeats rows replayed after a restart.
+    // Files and Kafka are transactional (Kafka unless its URI says at-least-once); the
+    // other outputs repeat rows replayed after a restart.
     fn begin_transactions(
         &mut self,
         restored: Option<(CheckpointId, &serde_json::Value)>,
     ) -> Result<(), BoxError> {
         match self {
             OutputSink::File(s) => s.begin_transactions(restored),
+            OutputSink::Kafka(s) => s.begin_transactions(restored),
             _ => Ok(()),
         }
     }
@@ -131,6 +132,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
     fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), BoxError> {
         match self {
             OutputSink::File(s) => s.commit(checkpoint),
+            OutputSink::Kafka(s) => s.commit(checkpoint),
             _ => Ok(()),
         }
     }

@@ -9,6 +9,8 @@
 //! | `start=earliest\|latest\|committed\|MS` | where partitions without a checkpointed offset start: their first record, their end, the group's committed offset (else the first record), or the first record at or after event time `MS` (epoch ms); default `committed` |
 //! | `until=end` | bounded: stop once every assigned partition has reached its end (one topic only) |
 //! | `timestamp=kafka\|payload` | where a record's event time comes from: its Kafka timestamp (CreateTime, or LogAppendTime if the topic is configured so), or the payload (the job's own timestamp field); default `payload` |
+//! | `delivery=exactly-once\|at-least-once` | sink in a job with checkpoints: results committed in Kafka transactions once their checkpoint completes (default), or produced at once and repeated after a restart |
+//! | `transactional.id=ID` | sink, exactly-once: the producer's transactional id (default `weir.GROUP.TOPIC`); one per sink of one job |
 //! | `NAME=VALUE` with a `.` in `NAME` | handed to librdkafka as is, e.g. `session.timeout.ms=6000` |
 //!
 //! # Invariants
@@ -16,10 +18,12 @@
 //!   weir's checkpoints, which are the source of truth. After a checkpoint completes the
 //!   same offsets are committed to the group (asynchronously), so lag tools see them. A
 //!   restart assigns each partition at its checkpointed offset, whatever the group says.
-//! - The sink produces with the idempotent producer and waits for every record to be
-//!   acknowledged at each checkpoint barrier and at the end: results are at-least-once
-//!   (after a restart, rows derived since the restored checkpoint are produced again). It is
-//!   not transactional yet.
+//! - In a job with checkpoints the sink is exactly-once: results are produced in one Kafka
+//!   transaction per completed checkpoint (see `transactions`), so `read_committed`
+//!   consumers see each result once, a checkpoint interval late. Without checkpoints, or
+//!   with `delivery=at-least-once`, it produces at once with the idempotent producer and
+//!   waits for every record to be acknowledged at each barrier and at the end (after a
+//!   restart, rows derived since the restored checkpoint are produced again).
 //! - The brokers going away never fails a job by itself: librdkafka reconnects with
 //!   backoff; weir says so on stderr and counts it in `weir_kafka_broker_errors_total`,
 //!   including a broker that is connected but silent (request timeouts, which librdkafka
@@ -29,6 +33,7 @@
 
 mod sink;
 mod source;
+mod transactions;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::statistics::Statistics;
@@ -61,6 +66,15 @@ pub enum EventTime {
     Kafka,
 }
 
+/// How the sink delivers results in a job with checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Kafka transactions committed with checkpoints.
+    ExactlyOnce,
+    /// Produced at once, acknowledged at each barrier; repeated after a restart.
+    AtLeastOnce,
+}
+
 /// A Kafka endpoint parsed from `kafka://BROKERS/TOPICS?PARAMS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSpec {
@@ -76,6 +90,8 @@ pub struct KafkaSpec {
     pub until_end: bool,
     /// Where event time comes from.
     pub event_time: EventTime,
+    /// How a sink delivers results in a job with checkpoints.
+    pub delivery: Delivery,
     /// librdkafka properties given in the URI.
     pub properties: Vec<(String, String)>,
 }
@@ -109,6 +125,7 @@ impl KafkaSpec {
             start: StartAt::Committed,
             until_end: false,
             event_time: EventTime::Payload,
+            delivery: Delivery::ExactlyOnce,
             properties: Vec::new(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -144,11 +161,23 @@ impl KafkaSpec {
                         }
                     }
                 }
+                "delivery" => {
+                    spec.delivery = match v {
+                        "exactly-once" => Delivery::ExactlyOnce,
+                        "at-least-once" => Delivery::AtLeastOnce,
+                        _ => {
+                            return Err(format!(
+                                "`{uri}`: delivery={v}: use exactly-once or at-least-once"
+                            ))
+                        }
+                    }
+                }
                 _ if k.contains('.') => spec.properties.push((k.to_string(), v.to_string())),
                 _ => {
                     return Err(format!(
                         "`{uri}`: unknown parameter `{k}`: use group, start, until, \
-                         timestamp, or a librdkafka property such as session.timeout.ms"
+                         timestamp, delivery, or a librdkafka property such as \
+                         session.timeout.ms"
                     ))
                 }
             }
@@ -174,10 +203,27 @@ impl KafkaSpec {
             // Warnings carry the request timeouts (see `Reporting::log`); the rdkafka crate
             // would set Error, as weir installs no `log` logger.
             .set_log_level(RDKafkaLogLevel::Warning);
-        for (k, v) in &self.properties {
+        // The transactional id is the exactly-once sink's alone (`transactional_id`).
+        for (k, v) in self
+            .properties
+            .iter()
+            .filter(|(k, _)| k != "transactional.id")
+        {
             config.set(k, v);
         }
         config
+    }
+
+    /// The exactly-once sink's transactional id: the URI's `transactional.id`, else
+    /// `weir.GROUP.TOPIC`.
+    fn transactional_id(&self) -> String {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == "transactional.id")
+            .map_or_else(
+                || format!("weir.{}.{}", self.group, self.topics[0]),
+                |(_, v)| v.clone(),
+            )
     }
 
     /// `kafka://BROKERS/TOPICS`, for descriptions and dead letters.
@@ -270,6 +316,7 @@ mod tests {
                 start: StartAt::Earliest,
                 until_end: true,
                 event_time: EventTime::Kafka,
+                delivery: Delivery::ExactlyOnce,
                 properties: vec![("session.timeout.ms".into(), "6000".into())],
             })
         );
@@ -296,6 +343,7 @@ mod tests {
             ("kafka://b:1/t?colour=red", "unknown parameter `colour`"),
             ("kafka://b:1/t?timestamp=wall", "timestamp=wall"),
             ("kafka://b:1/a,b?until=end", "one topic only"),
+            ("kafka://b:1/t?delivery=twice", "delivery=twice"),
         ] {
             let err = KafkaSpec::parse(uri).and_then(Result::err);
             assert!(

@@ -3,7 +3,9 @@
 //!
 //! Both produce with the idempotent producer (no duplicates from producer retries) and
 //! wait for every record to be acknowledged at each checkpoint barrier and at the end; a
-//! record the brokers refused fails the job there instead of being lost silently.
+//! record the brokers refused fails the job there instead of being lost silently. In a job
+//! with checkpoints the sink is exactly-once through Kafka transactions unless its URI says
+//! `delivery=at-least-once` (see `transactions`).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,8 @@ use serde::Serialize;
 use weir_engine::metrics::{JobMetrics, KafkaMetrics};
 use weir_engine::{BoxError, CheckpointId, Record, Sink};
 
-use super::{KafkaError, KafkaSpec, Reporting};
+use super::transactions::Transactional;
+use super::{Delivery, KafkaError, KafkaSpec, Reporting};
 
 /// How long one wait for acknowledgements lasts before weir says it is still waiting.
 const FLUSH_STEP: Duration = Duration::from_secs(5);
@@ -29,7 +32,7 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
 /// Picks a result's Kafka key.
 pub type KeyOf<T> = for<'a> fn(&'a T) -> &'a str;
 
-struct SinkContext {
+pub(super) struct SinkContext {
     reporting: Reporting,
     acked: AtomicU64,
     first_failure: Mutex<Option<String>>,
@@ -70,20 +73,28 @@ impl ProducerContext for SinkContext {
 }
 
 /// A producer that knows when everything sent was acknowledged.
-struct Producing {
-    spec: KafkaSpec,
-    producer: BaseProducer<SinkContext>,
+pub(super) struct Producing {
+    pub(super) spec: KafkaSpec,
+    pub(super) producer: BaseProducer<SinkContext>,
     /// Acknowledged records already added to `weir_kafka_records_out_total`.
     counted: u64,
 }
 
 impl Producing {
-    fn connect(spec: &KafkaSpec, metrics: &KafkaMetrics) -> Result<Producing, KafkaError> {
+    /// A producer for `spec`'s first topic; transactional if `transactional_id` is given.
+    pub(super) fn connect(
+        spec: &KafkaSpec,
+        metrics: &KafkaMetrics,
+        transactional_id: Option<&str>,
+    ) -> Result<Producing, KafkaError> {
         let mut config = spec.client_config();
         config
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("statistics.interval.ms", "0");
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
+        }
         let context = SinkContext {
             reporting: Reporting {
                 endpoint: spec.describe(),
@@ -107,7 +118,7 @@ impl Producing {
     }
 
     /// Queues one record; waits while librdkafka's local queue is full (backpressure).
-    fn send(&self, key: Option<&str>, payload: &[u8]) -> Result<(), KafkaError> {
+    pub(super) fn send(&self, key: Option<&str>, payload: &[u8]) -> Result<(), KafkaError> {
         let topic = &self.spec.topics[0];
         let mut record = BaseRecord::to(topic).payload(payload);
         if let Some(key) = key {
@@ -150,7 +161,7 @@ impl Producing {
 
     /// Waits until every queued record is acknowledged, saying so while it waits; fails if
     /// the brokers refused any record.
-    fn flush(&mut self) -> Result<(), BoxError> {
+    pub(super) fn flush(&mut self) -> Result<(), BoxError> {
         loop {
             match self.producer.flush(FLUSH_STEP) {
                 Ok(()) => break,
@@ -197,6 +208,8 @@ pub struct KafkaSink<T> {
     metrics: Option<KafkaMetrics>,
     /// Created by the first write (connectors do no I/O until the job runs).
     producing: Option<Producing>,
+    /// Exactly-once mode: created when a job with checkpoints begins transactions.
+    transactional: Option<Transactional>,
     buf: Vec<u8>,
 }
 
@@ -217,6 +230,7 @@ impl<T> KafkaSink<T> {
             key,
             metrics: None,
             producing: None,
+            transactional: None,
             buf: Vec::with_capacity(256),
         }
     }
@@ -236,17 +250,21 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
     fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError> {
         let key = self.key;
         let mut buf = std::mem::take(&mut self.buf);
-        let producing = match (&mut self.producing, &self.metrics) {
-            (Some(p), _) => p,
-            (None, Some(metrics)) => self
-                .producing
-                .insert(Producing::connect(&self.spec, metrics)?),
-            (None, None) => {
-                return Err(format!(
-                    "{}: the sink was not opened by a job (Sink::open)",
-                    self.spec.describe()
-                )
-                .into())
+        if let Some(t) = &mut self.transactional {
+            for record in records {
+                buf.clear();
+                serde_json::to_writer(&mut buf, &record.value)?;
+                t.write(key.map(|k| k(&record.value)), &buf)?;
+            }
+            self.buf = buf;
+            return Ok(());
+        }
+        let producing = match &mut self.producing {
+            Some(p) => p,
+            None => {
+                let metrics = self.opened()?;
+                self.producing
+                    .insert(Producing::connect(&self.spec, &metrics, None)?)
             }
         };
         for record in records {
@@ -260,6 +278,9 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
     }
 
     fn finish(&mut self) -> Result<(), BoxError> {
+        if let Some(t) = &mut self.transactional {
+            return t.finish();
+        }
         match &mut self.producing {
             Some(p) => p.flush(),
             None => Ok(()),
@@ -270,11 +291,48 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
         self.spec.describe()
     }
 
-    /// Not transactional: makes sure everything written so far was acknowledged, so a
-    /// checkpoint never covers results that could still be lost (at-least-once).
-    fn pre_commit(&mut self, _: CheckpointId) -> Result<serde_json::Value, BoxError> {
+    /// Exactly-once unless the URI says `delivery=at-least-once`: connects the
+    /// transactional producer and commits what the restored checkpoint left uncommitted.
+    fn begin_transactions(
+        &mut self,
+        restored: Option<(CheckpointId, &serde_json::Value)>,
+    ) -> Result<(), BoxError> {
+        if self.spec.delivery == Delivery::ExactlyOnce {
+            let metrics = self.opened()?;
+            self.transactional = Some(Transactional::begin(&self.spec, &metrics, restored)?);
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: the rows since the last barrier are kept for this checkpoint.
+    /// At-least-once: makes sure everything written so far was acknowledged, so a
+    /// checkpoint never covers results that could still be lost.
+    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
+        if let Some(t) = &mut self.transactional {
+            return t.pre_commit(checkpoint);
+        }
         self.finish()?;
         Ok(serde_json::Value::Null)
+    }
+
+    fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), BoxError> {
+        match &mut self.transactional {
+            Some(t) => t.commit(checkpoint),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<T> KafkaSink<T> {
+    /// The metrics [`Sink::open`] registered.
+    fn opened(&self) -> Result<KafkaMetrics, BoxError> {
+        self.metrics.clone().ok_or_else(|| {
+            format!(
+                "{}: the sink was not opened by a job (Sink::open)",
+                self.spec.describe()
+            )
+            .into()
+        })
     }
 }
 
@@ -297,7 +355,7 @@ impl KafkaLineWriter {
     /// Connects a producer to `spec`'s first topic.
     pub fn connect(spec: &KafkaSpec, metrics: &KafkaMetrics) -> Result<Self, KafkaError> {
         Ok(KafkaLineWriter {
-            producing: Producing::connect(spec, metrics)?,
+            producing: Producing::connect(spec, metrics, None)?,
             pending: Vec::new(),
         })
     }
