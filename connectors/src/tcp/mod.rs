@@ -12,6 +12,8 @@ mod serve;
 mod sink;
 mod source;
 
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 pub use serve::{TcpServerSink, MAX_QUEUED_BYTES, STALLED};
@@ -63,6 +65,30 @@ impl TcpOutput {
     }
 }
 
+/// How long a client waits for a server to accept a connection. Without a bound, an
+/// address that drops connection requests (a firewall, a host that is gone, a server whose
+/// accept queue is full) holds the attempt for the kernel's SYN retries, about two minutes
+/// on Linux, with nothing said; with it, the attempt fails, is reported and backed off.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `addr` (`HOST:PORT`), trying each address it resolves to for at most
+/// `timeout`.
+fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = None;
+    for candidate in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&candidate, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
 /// Waits between connection attempts: 0.1 s, doubling up to 5 s, back to 0.1 s once a
 /// connection worked.
 #[derive(Debug)]
@@ -94,7 +120,34 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
+    use std::time::Instant;
+
     use super::*;
+
+    #[test]
+    fn a_connection_to_a_server_that_drops_requests_times_out() {
+        // A listener that never accepts: once its accept queue is full, the kernel drops
+        // further connection requests, as a firewall or a vanished host does.
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        let short = Duration::from_millis(300);
+        let mut held = Vec::new();
+        let started = Instant::now();
+        let timed_out = loop {
+            assert!(held.len() < 10_000, "the accept queue never filled");
+            match connect(&addr, short) {
+                Ok(stream) => held.push(stream),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(timed_out.kind(), io::ErrorKind::TimedOut, "{timed_out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "connecting took {:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn output_uris() {

@@ -3,8 +3,9 @@
 //! # Behaviour
 //! - It connects when the first batch is written. Writes block while the peer reads slowly
 //!   (TCP flow control), which holds the job back: memory stays bounded.
-//! - When the connection cannot be made or breaks, it says so on stderr and tries again with
-//!   a backoff (0.1 s doubling to 5 s), for as long as it takes; the job waits. The batch
+//! - When the connection cannot be made (refused, or not accepted within 5 s) or breaks, it
+//!   says so on stderr and tries again with a backoff (0.1 s doubling to 5 s), for as long
+//!   as it takes; the job waits. The batch
 //!   being written is sent again whole on the new connection.
 //! - Delivery is at-least-once for the lines the sink knows failed, and best effort for the
 //!   rest: TCP has no acknowledgements, so lines the kernel had accepted when a connection
@@ -16,7 +17,7 @@ use std::net::{Shutdown, TcpStream};
 use serde::Serialize;
 use weir_engine::{BoxError, Record, Sink};
 
-use super::Backoff;
+use super::{connect, Backoff, CONNECT_TIMEOUT};
 
 /// Sends results as JSON lines to a TCP server.
 #[derive(Debug)]
@@ -44,7 +45,7 @@ impl<T> TcpSink<T> {
         loop {
             let result = match &mut self.stream {
                 Some(stream) => stream.write_all(&self.buf),
-                None => match TcpStream::connect(&self.addr) {
+                None => match connect(&self.addr, CONNECT_TIMEOUT) {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
                         self.stream.insert(stream).write_all(&self.buf)

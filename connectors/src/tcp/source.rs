@@ -12,7 +12,8 @@
 //! - Server: connections beyond the maximum are told why in one line and closed.
 //!   `?until=disconnect` makes the source end once every client that connected has
 //!   disconnected (for batch runs and tests); by default it serves until the job is stopped.
-//! - Client (`mode=connect`): a refused, broken or closed connection is reported on stderr
+//! - Client (`mode=connect`): a refused, broken or closed connection, or one not accepted
+//!   within 5 s, is reported on stderr
 //!   and made again after a backoff (0.1 s doubling to 5 s, reset by a connection that
 //!   works). A line cut off by the connection's end (no line break) is discarded, not
 //!   decoded: it may be incomplete, and a server that resumes sends it again. With
@@ -31,7 +32,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use weir_engine::{BoxError, Source, SourceStatus};
 
-use super::Backoff;
+use super::{connect, Backoff, CONNECT_TIMEOUT};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::format::Decoder;
 
@@ -419,7 +420,8 @@ impl Connector {
         let mut backoff = Backoff::new();
         let peer = format!("tcp source tcp://{}", self.addr);
         while !self.stop.load(Ordering::Relaxed) {
-            let connected = TcpStream::connect(&self.addr).and_then(|s| Ok((s.peer_addr()?, s)));
+            let connected =
+                connect(&self.addr, CONNECT_TIMEOUT).and_then(|s| Ok((s.peer_addr()?, s)));
             let (server, stream) = match connected {
                 Ok(connection) => connection,
                 Err(e) => {
