@@ -129,7 +129,8 @@ impl<D: Decoder> FileSource<D> {
         let line = std::mem::take(&mut self.line);
         let result = match std::str::from_utf8(&line[..end]) {
             Err(e) => Err(format!("line is not UTF-8: {e}")),
-            Ok(text) if text.trim().is_empty() => Ok(None),
+            // Stops at the first character that is not white space (the first, in JSON).
+            Ok(text) if text.chars().all(char::is_whitespace) => Ok(None),
             Ok(text) if self.format == Format::Csv && !self.header_read => {
                 self.header_read = true;
                 self.decoder
