@@ -14,7 +14,8 @@
 //!   committed offsets end at the partitions' ends (for lag tools).
 //! - The exactly-once Kafka sink, driven through its API: rows appear only once their
 //!   checkpoint is committed; a restart from a completed but uncommitted checkpoint commits
-//!   its rows, a second restart from it repeats nothing, a fresh start resets the marker.
+//!   its rows, a second restart from it repeats nothing, a restore from an older checkpoint
+//!   and a fresh start reset the marker.
 //! - `window-agg` Kafka -> Kafka with checkpoints, killed between two checkpoints and
 //!   restarted: every row in the topic once.
 
@@ -724,17 +725,30 @@ fn the_exactly_once_sink_commits_with_checkpoints_and_finishes_a_dead_runs_commi
     third.finish().unwrap();
     assert_eq!(committed(), (0..300).collect::<Vec<_>>());
 
+    // A restore from the older checkpoint 2 (a savepoint, say) while the marker says 3:
+    // its own checkpoint 3, completed but not committed when it died, is committed by its
+    // restart.
+    let mut older = sink();
+    older.begin_transactions(Some((2, &at_2))).unwrap();
+    older.write(&rows(300..320)).unwrap();
+    let at_3 = older.pre_commit(3).unwrap();
+    drop(older);
+    let mut restarted = sink();
+    restarted.begin_transactions(Some((3, &at_3))).unwrap();
+    drop(restarted);
+    assert_eq!(committed(), (0..320).collect::<Vec<_>>());
+
     // A fresh start resets the marker (left at 3 above): its checkpoint 1, completed but
     // not committed when it died, is committed by its restart.
     let mut fresh = sink();
     fresh.begin_transactions(None).unwrap();
-    fresh.write(&rows(300..310)).unwrap();
+    fresh.write(&rows(320..330)).unwrap();
     let at_1 = fresh.pre_commit(1).unwrap();
     drop(fresh);
     let mut restarted = sink();
     restarted.begin_transactions(Some((1, &at_1))).unwrap();
     restarted.finish().unwrap();
-    assert_eq!(committed(), (0..310).collect::<Vec<_>>());
+    assert_eq!(committed(), (0..330).collect::<Vec<_>>());
 }
 
 #[test]

@@ -18,7 +18,7 @@
 //!   and sets the marker to `C` in the same transaction: both land or neither does.
 //! - A fresh start sets the marker to 0. A restart from checkpoint `C` commits the rows of
 //!   the checkpoints in `C`'s sink state that are above the marker (the dead process did
-//!   not commit them) and drops the rest (it did).
+//!   not commit them), drops the rest (it did), and sets the marker to `C`.
 //! - Starting a producer with a transactional id fences every older producer with it: a
 //!   zombie process of the same job cannot commit any more. One transactional id belongs to
 //!   one sink of one job (default `weir.GROUP.TOPIC`; set `transactional.id=` in the URI to
@@ -125,8 +125,11 @@ impl Transactional {
                  previous run did not commit",
                 spec.describe()
             );
-            sink.commit_rows(undone, checkpoint)?;
         }
+        // The marker is set to the restored checkpoint even with nothing to commit: one
+        // left higher by a run that went further (before a restore from an older
+        // savepoint) would hide this run's next checkpoints from its restart.
+        sink.commit_rows(undone, checkpoint)?;
         Ok(sink)
     }
 
