@@ -249,16 +249,13 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
 
     fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError> {
         let key = self.key;
-        let mut buf = std::mem::take(&mut self.buf);
         if let Some(t) = &mut self.transactional {
             for record in records {
-                buf.clear();
-                serde_json::to_writer(&mut buf, &record.value)?;
-                t.write(key.map(|k| k(&record.value)), &buf)?;
+                t.write(key.map(|k| k(&record.value)), &record.value)?;
             }
-            self.buf = buf;
             return Ok(());
         }
+        let mut buf = std::mem::take(&mut self.buf);
         let producing = match &mut self.producing {
             Some(p) => p,
             None => {

@@ -101,7 +101,13 @@ impl Transactional {
             open: Vec::new(),
             pending: Vec::new(),
         };
-        sink.call("initialise transactions", |p, t| p.init_transactions(t))?;
+        sink.call("initialise transactions", |p, t| p.init_transactions(t))
+            .map_err(|e| {
+                format!(
+                    "{e}; a broker without transactions needs `delivery=at-least-once` in \
+                     the URI"
+                )
+            })?;
         let Some((checkpoint, state)) = restored else {
             sink.commit_rows(Vec::new(), 0)?;
             return Ok(sink);
@@ -133,12 +139,15 @@ impl Transactional {
         Ok(sink)
     }
 
-    /// Holds a row (`value` is compact JSON) back until the checkpoint after the next
-    /// barrier completes.
-    pub(super) fn write(&mut self, key: Option<&str>, value: &[u8]) -> Result<(), BoxError> {
+    /// Holds a row back until the checkpoint after the next barrier completes.
+    pub(super) fn write<T: Serialize>(
+        &mut self,
+        key: Option<&str>,
+        value: &T,
+    ) -> Result<(), BoxError> {
         serde_json::to_writer(&mut self.open, &key)?;
         self.open.push(b' ');
-        self.open.extend_from_slice(value);
+        serde_json::to_writer(&mut self.open, value)?;
         self.open.push(b'\n');
         Ok(())
     }
