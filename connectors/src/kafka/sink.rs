@@ -206,11 +206,19 @@ pub struct KafkaSink<T> {
     key: Option<KeyOf<T>>,
     /// Registered when the job opens the sink.
     metrics: Option<KafkaMetrics>,
-    /// Created by the first write (connectors do no I/O until the job runs).
-    producing: Option<Producing>,
-    /// Exactly-once mode: created when a job with checkpoints begins transactions.
-    transactional: Option<Transactional>,
+    delivering: Delivering,
     buf: Vec<u8>,
+}
+
+/// How a [`KafkaSink`] delivers; connectors do no I/O until the job runs.
+enum Delivering {
+    /// Not connected yet.
+    Unconnected,
+    /// At-least-once: produced at once; connected by the first write.
+    AtOnce(Producing),
+    /// Exactly-once: held until their checkpoint completes; connected when a job with
+    /// checkpoints begins transactions.
+    Transactions(Box<Transactional>),
 }
 
 impl<T> std::fmt::Debug for KafkaSink<T> {
@@ -229,8 +237,7 @@ impl<T> KafkaSink<T> {
             spec,
             key,
             metrics: None,
-            producing: None,
-            transactional: None,
+            delivering: Delivering::Unconnected,
             buf: Vec::with_capacity(256),
         }
     }
@@ -249,21 +256,21 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
 
     fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError> {
         let key = self.key;
-        if let Some(t) = &mut self.transactional {
-            for record in records {
-                t.write(key.map(|k| k(&record.value)), &record.value)?;
-            }
-            return Ok(());
+        if let Delivering::Unconnected = self.delivering {
+            let metrics = self.opened()?;
+            self.delivering = Delivering::AtOnce(Producing::connect(&self.spec, &metrics, None)?);
         }
-        let mut buf = std::mem::take(&mut self.buf);
-        let producing = match &mut self.producing {
-            Some(p) => p,
-            None => {
-                let metrics = self.opened()?;
-                self.producing
-                    .insert(Producing::connect(&self.spec, &metrics, None)?)
+        let producing = match &mut self.delivering {
+            Delivering::Transactions(t) => {
+                for record in records {
+                    t.write(key.map(|k| k(&record.value)), &record.value)?;
+                }
+                return Ok(());
             }
+            Delivering::AtOnce(p) => p,
+            Delivering::Unconnected => return Err("the Kafka producer did not connect".into()),
         };
+        let mut buf = std::mem::take(&mut self.buf);
         for record in records {
             buf.clear();
             serde_json::to_writer(&mut buf, &record.value)?;
@@ -275,12 +282,10 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
     }
 
     fn finish(&mut self) -> Result<(), BoxError> {
-        if let Some(t) = &mut self.transactional {
-            return t.finish();
-        }
-        match &mut self.producing {
-            Some(p) => p.flush(),
-            None => Ok(()),
+        match &mut self.delivering {
+            Delivering::Transactions(t) => t.finish(),
+            Delivering::AtOnce(p) => p.flush(),
+            Delivering::Unconnected => Ok(()),
         }
     }
 
@@ -296,7 +301,9 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
     ) -> Result<(), BoxError> {
         if self.spec.delivery == Delivery::ExactlyOnce {
             let metrics = self.opened()?;
-            self.transactional = Some(Transactional::begin(&self.spec, &metrics, restored)?);
+            self.delivering = Delivering::Transactions(Box::new(Transactional::begin(
+                &self.spec, &metrics, restored,
+            )?));
         }
         Ok(())
     }
@@ -305,7 +312,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
     /// At-least-once: makes sure everything written so far was acknowledged, so a
     /// checkpoint never covers results that could still be lost.
     fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
-        if let Some(t) = &mut self.transactional {
+        if let Delivering::Transactions(t) = &mut self.delivering {
             return t.pre_commit(checkpoint);
         }
         self.finish()?;
@@ -313,9 +320,9 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
     }
 
     fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), BoxError> {
-        match &mut self.transactional {
-            Some(t) => t.commit(checkpoint),
-            None => Ok(()),
+        match &mut self.delivering {
+            Delivering::Transactions(t) => t.commit(checkpoint),
+            _ => Ok(()),
         }
     }
 }
