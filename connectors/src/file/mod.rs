@@ -5,9 +5,10 @@
 //! letters name their line and checkpoints can later record where to resume.
 //!
 //! # Memory
-//! The source reads through a fixed-size buffer, one line at a time: a file of any size is
-//! never held in memory.
+//! The source reads in chunks of 256 KiB and decodes lines in place ([`lines`]): a file of
+//! any size is never held in memory (a single line is, however long).
 
+mod lines;
 mod sink;
 mod source;
 

@@ -1,18 +1,18 @@
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_engine::{BoxError, Source, SourceStatus};
 
+use super::lines::{Line, LineReader};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::ConnectorError;
 use crate::format::{Decoder, Format};
 
 /// How long a followed file is left alone when it has no new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
-const READ_BUFFER: usize = 256 * 1024;
 
 /// Where a [`FileSource`] stands, as kept in checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,15 +35,19 @@ struct FilePosition {
 /// Replayable: its position is the byte offset after the last line it returned (and the
 /// dead-letter file's length), and [`Source::seek`] continues from such a position.
 pub struct FileSource<D> {
+    dead_letters: DeadLetters,
+    follow: bool,
+    reader: Option<LineReader>,
+    lines: LineDecoding<D>,
+    offset: u64,
+}
+
+/// What turns the lines of one file into events: the decoder and where it stands.
+struct LineDecoding<D> {
     path: PathBuf,
     format: Format,
     decoder: D,
-    dead_letters: DeadLetters,
-    follow: bool,
-    reader: Option<BufReader<File>>,
-    line: Vec<u8>,
     line_number: u64,
-    offset: u64,
     header_read: bool,
     rejected: Vec<DeadLetter>,
 }
@@ -51,9 +55,9 @@ pub struct FileSource<D> {
 impl<D> std::fmt::Debug for FileSource<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileSource")
-            .field("path", &self.path)
-            .field("format", &self.format)
-            .field("line_number", &self.line_number)
+            .field("path", &self.lines.path)
+            .field("format", &self.lines.format)
+            .field("line_number", &self.lines.line_number)
             .finish_non_exhaustive()
     }
 }
@@ -67,17 +71,18 @@ impl<D: Decoder> FileSource<D> {
         dead_letters: DeadLetters,
     ) -> Self {
         FileSource {
-            path: path.into(),
-            format,
-            decoder,
             dead_letters,
             follow: false,
             reader: None,
-            line: Vec::with_capacity(256),
-            line_number: 0,
+            lines: LineDecoding {
+                path: path.into(),
+                format,
+                decoder,
+                line_number: 0,
+                header_read: false,
+                rejected: Vec::new(),
+            },
             offset: 0,
-            header_read: false,
-            rejected: Vec::new(),
         }
     }
 
@@ -89,7 +94,7 @@ impl<D: Decoder> FileSource<D> {
 
     /// The file being read.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.lines.path
     }
 
     /// Byte offset just after the last complete line read.
@@ -103,14 +108,16 @@ impl<D: Decoder> FileSource<D> {
     }
 
     fn open_reader(&mut self) -> Result<(), ConnectorError> {
-        let file = File::open(&self.path).map_err(|source| ConnectorError::Open {
-            path: self.path.clone(),
+        let file = File::open(&self.lines.path).map_err(|source| ConnectorError::Open {
+            path: self.lines.path.clone(),
             source,
         })?;
-        self.reader = Some(BufReader::with_capacity(READ_BUFFER, file));
+        self.reader = Some(LineReader::new(file));
         Ok(())
     }
+}
 
+impl<D: Decoder> LineDecoding<D> {
     fn reject(&mut self, error: String, raw: &[u8]) {
         self.rejected.push(DeadLetter {
             source: self.path.display().to_string(),
@@ -120,38 +127,48 @@ impl<D: Decoder> FileSource<D> {
         });
     }
 
-    /// Decodes the complete line in `self.line` into `out` (or the dead letters).
-    fn take_line(&mut self, out: &mut Vec<D::Item>) -> Result<(), ConnectorError> {
-        let mut end = self.line.len();
-        while end > 0 && matches!(self.line[end - 1], b'\n' | b'\r') {
-            end -= 1;
-        }
-        let line = std::mem::take(&mut self.line);
-        let result = match std::str::from_utf8(&line[..end]) {
-            Err(e) => Err(format!("line is not UTF-8: {e}")),
-            // Stops at the first character that is not white space (the first, in JSON).
-            Ok(text) if text.chars().all(char::is_whitespace) => Ok(None),
-            Ok(text) if self.format == Format::Csv && !self.header_read => {
-                self.header_read = true;
-                self.decoder
-                    .header(text)
-                    .map_err(|message| ConnectorError::Header {
-                        path: self.path.clone(),
-                        message,
-                    })?;
-                Ok(None)
+    /// Decodes the next line (with its line break, if any) into `out` or the dead letters.
+    fn take_line(&mut self, line: Line<'_>, out: &mut Vec<D::Item>) -> Result<(), ConnectorError> {
+        self.line_number += 1;
+        let text = match line {
+            Line::Text(text) => text.get(..without_break(text.as_bytes())).unwrap_or(text),
+            Line::NotUtf8(bytes, e) => {
+                self.reject(
+                    format!("line is not UTF-8: {e}"),
+                    &bytes[..without_break(&bytes)],
+                );
+                return Ok(());
             }
-            Ok(text) => self.decoder.decode(text).map(Some),
         };
-        match result {
-            Ok(Some(item)) => out.push(item),
-            Ok(None) => {}
-            Err(error) => self.reject(error, &line[..end]),
+        // Stops at the first character that is not white space (the first, in JSON).
+        if text.chars().all(char::is_whitespace) {
+            return Ok(());
         }
-        self.line = line;
-        self.line.clear();
+        if self.format == Format::Csv && !self.header_read {
+            self.header_read = true;
+            return self
+                .decoder
+                .header(text)
+                .map_err(|message| ConnectorError::Header {
+                    path: self.path.clone(),
+                    message,
+                });
+        }
+        match self.decoder.decode(text) {
+            Ok(item) => out.push(item),
+            Err(error) => self.reject(error, text.as_bytes()),
+        }
         Ok(())
     }
+}
+
+/// The length of `line` without its line break (`\n`, `\r\n` or more of them).
+fn without_break(line: &[u8]) -> usize {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    end
 }
 
 impl<D: Decoder> Source for FileSource<D> {
@@ -167,50 +184,51 @@ impl<D: Decoder> Source for FileSource<D> {
             let Some(reader) = self.reader.as_mut() else {
                 break;
             };
-            let read = reader.read_until(b'\n', &mut self.line).map_err(|source| {
-                ConnectorError::Read {
-                    path: self.path.clone(),
-                    line: self.line_number,
+            let read = reader
+                .next_line(!self.follow)
+                .map_err(|source| ConnectorError::Read {
+                    path: self.lines.path.clone(),
+                    line: self.lines.line_number,
                     source,
-                }
-            })?;
-            let complete = self.line.last() == Some(&b'\n');
-            if read == 0 || (!complete && self.follow) {
-                if !self.follow {
-                    if !self.line.is_empty() {
-                        self.line_number += 1;
-                        self.take_line(out)?;
-                    }
-                    status = SourceStatus::Exhausted;
-                } else {
-                    // Keep the partial line; the writer has not finished it yet.
+                })?;
+            let Some(line) = read else {
+                if self.follow {
+                    // A partial last line stays in the reader until its writer finishes it.
                     if out.len() == start {
                         std::thread::sleep(FOLLOW_POLL);
                     }
                     status = SourceStatus::Idle;
+                } else {
+                    status = SourceStatus::Exhausted;
                 }
                 break;
-            }
-            self.line_number += 1;
-            self.offset += self.line.len() as u64;
-            self.take_line(out)?;
+            };
+            self.offset += match &line {
+                Line::Text(text) => text.len(),
+                Line::NotUtf8(bytes, _) => bytes.len(),
+            } as u64;
+            self.lines.take_line(line, out)?;
         }
-        if !self.rejected.is_empty() {
-            self.dead_letters.write(&self.rejected)?;
-            self.rejected.clear();
+        if !self.lines.rejected.is_empty() {
+            self.dead_letters.write(&self.lines.rejected)?;
+            self.lines.rejected.clear();
         }
         Ok(status)
     }
 
     fn describe(&self) -> String {
         let mode = if self.follow { ", follow" } else { "" };
-        format!("file {} ({:?}{mode})", self.path.display(), self.format)
+        format!(
+            "file {} ({:?}{mode})",
+            self.lines.path.display(),
+            self.lines.format
+        )
     }
 
     fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
         let position = FilePosition {
             offset: self.offset,
-            line: self.line_number,
+            line: self.lines.line_number,
             dead_letter_bytes: self.dead_letters.position(),
         };
         Ok(Some(serde_json::to_value(position)?))
@@ -221,42 +239,38 @@ impl<D: Decoder> Source for FileSource<D> {
             .map_err(|e| format!("{position} is not a file position: {e}"))?;
         // Not `open`: that would truncate the dead-letter file, which resumes instead.
         self.dead_letters.resume_at(position.dead_letter_bytes)?;
-        self.open_reader()?;
+        let path = self.lines.path.clone();
         let read_err = |source| ConnectorError::Read {
-            path: self.path.clone(),
+            path: path.clone(),
             line: position.line,
             source,
         };
+        self.open_reader()?;
         let reader = self.reader.as_mut().ok_or("the file was just opened")?;
-        let len = reader.get_ref().metadata().map_err(read_err)?.len();
+        let len = reader.file_mut().metadata().map_err(read_err)?.len();
         if position.offset > len {
             return Err(format!(
                 "{} has {len} bytes but the checkpoint read up to byte {}: the input was \
                  replaced or truncated; restore it or start afresh with a new --state-dir",
-                self.path.display(),
+                path.display(),
                 position.offset
             )
             .into());
         }
-        if self.format == Format::Csv && position.offset > 0 {
+        if self.lines.format == Format::Csv && position.offset > 0 {
             // The decoder learns its columns from the header row again.
-            let mut header = Vec::new();
-            reader.read_until(b'\n', &mut header).map_err(read_err)?;
-            let text = String::from_utf8_lossy(&header);
-            self.decoder
-                .header(text.trim_end_matches(['\r', '\n']))
-                .map_err(|message| ConnectorError::Header {
-                    path: self.path.clone(),
-                    message,
-                })?;
-            self.header_read = true;
+            self.lines.header_read = false;
+            if let Some(header) = reader.next_line(true).map_err(read_err)? {
+                self.lines.take_line(header, &mut Vec::new())?;
+            }
         }
         let reader = self.reader.as_mut().ok_or("the file was just opened")?;
         reader
+            .file_mut()
             .seek(SeekFrom::Start(position.offset))
             .map_err(read_err)?;
         self.offset = position.offset;
-        self.line_number = position.line;
+        self.lines.line_number = position.line;
         Ok(())
     }
 }
