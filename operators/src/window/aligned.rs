@@ -21,7 +21,8 @@ use weir_engine::error::BoxError;
 use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
 
 use super::{
-    prune_prefix, window_start, LateEvents, Window, WindowEvent, WindowOutput, WindowResult,
+    prune_prefix, window_start, Alignment, LateEvents, Window, WindowEvent, WindowOutput,
+    WindowResult,
 };
 use crate::aggregate::Aggregator;
 
@@ -32,8 +33,10 @@ pub type Panes<Acc> = Vec<(Timestamp, Acc)>;
 pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     size: i64,
     slide: i64,
-    pane: i64,
     offset: i64,
+    /// Start of an event's last window (slide-aligned), and of its pane.
+    window_starts: Alignment,
+    pane_starts: Alignment,
     lateness: i64,
     aggregator: A,
     panes: S::Map<K, Panes<A::Acc>>,
@@ -81,8 +84,9 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         Ok(AlignedWindows {
             size,
             slide,
-            pane: gcd(size, slide),
             offset,
+            window_starts: Alignment::new(slide, offset),
+            pane_starts: Alignment::new(gcd(size, slide), offset),
             lateness,
             aggregator,
             panes: state.map_state("window-panes")?,
@@ -155,12 +159,12 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             let watermark = self.watermark;
             let ts = r.ts;
             let Keyed { key, value, .. } = r.value;
-            let last_start = window_start(ts, self.slide, self.offset);
+            let last_start = self.window_starts.start_of(ts);
             if (self.end_of(last_start) - 1).saturating_add(self.lateness) <= watermark {
                 self.late.drop_or_route(ts, value, out);
                 continue;
             }
-            let pane_start = window_start(ts, self.pane, self.offset);
+            let pane_start = self.pane_starts.start_of(ts);
             let (aggregator, size, slide, new_windows) = (
                 &self.aggregator,
                 self.size,
