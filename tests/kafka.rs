@@ -6,7 +6,8 @@
 //!   gives the same rows as the same events read from a file, at P = 1 and P = 2: the
 //!   per-partition watermarks keep one partition's progress from making another's events
 //!   late. A garbage record goes to the dead letters with its topic, partition and offset.
-//! - `--output kafka://` writes every row once, as JSON, keyed by the row's key.
+//! - `--output kafka://` writes every row once, as JSON, keyed by the row's key;
+//!   `weir gen --key-field key` keys its records, so each key lives in one partition.
 //! - With `timestamp=kafka` the windows follow the records' Kafka timestamps, not the
 //!   payload's (wrong or missing) `ts`.
 //! - A checkpointed job killed with SIGKILL resumes from the offsets in its checkpoint: the
@@ -424,6 +425,71 @@ fn kafka_metrics_are_scraped_over_http() {
     assert_eq!(
         common::sample_sum(&body, "weir_kafka_broker_errors_total", &[]),
         0.0
+    );
+}
+
+#[test]
+fn weir_gen_keys_records_by_a_field_so_each_key_lives_in_one_partition() {
+    let dir = TempDir::new().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("keyed", PARTITIONS);
+    common::run_ok(
+        WEIR,
+        [
+            "gen",
+            "events",
+            "--events",
+            "3000",
+            "--keys",
+            "50",
+            "--key-field",
+            "key",
+            "--output",
+        ]
+        .iter()
+        .chain(&[broker.uri("keyed", "").as_str()]),
+    )
+    .unwrap();
+    let records = broker.read_all("keyed");
+    assert_eq!(records.len(), 3000);
+    let mut partitions_of: std::collections::BTreeMap<String, std::collections::BTreeSet<i32>> =
+        Default::default();
+    for (partition, key, value) in &records {
+        let event: serde_json::Value = serde_json::from_str(value).unwrap();
+        let key = key.clone().expect("every record has a key");
+        assert_eq!(
+            event["key"],
+            key.as_str(),
+            "record key and the line's field differ"
+        );
+        partitions_of.entry(key).or_default().insert(*partition);
+    }
+    assert_eq!(partitions_of.len(), 50);
+    assert!(
+        partitions_of.values().all(|p| p.len() == 1),
+        "a key in several partitions: {partitions_of:?}"
+    );
+    let used: std::collections::BTreeSet<i32> = partitions_of.values().flatten().copied().collect();
+    assert!(used.len() > 1, "50 keys all in one partition: {used:?}");
+    // A file output has no record keys to set: said, not ignored.
+    let out = Command::new(WEIR)
+        .args([
+            "gen",
+            "events",
+            "--events",
+            "1",
+            "--key-field",
+            "key",
+            "--output",
+        ])
+        .arg(dir.path().join("ev.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a kafka:// URI"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

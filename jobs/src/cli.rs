@@ -89,6 +89,10 @@ enum Command {
         /// Lines per second at most (default: as fast as possible).
         #[arg(long)]
         rate: Option<u64>,
+        /// Kafka output only: key each record by this field of its line (e.g. `key`), so
+        /// all records of a key land in one partition. Without it records have no key.
+        #[arg(long)]
+        key_field: Option<String>,
     },
 }
 
@@ -194,8 +198,9 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             keys,
             disorder_ms,
             rate,
+            key_field,
         } => {
-            let w = RateLimited::new(open_gen_output(&output)?, rate);
+            let w = RateLimited::new(open_gen_output(&output, key_field.as_deref())?, rate);
             match stream {
                 GenStream::Events => write_events(
                     w,
@@ -244,18 +249,26 @@ fn bench_once(
     Ok(result)
 }
 
-/// Where `weir gen` writes: a file, a TCP server, or a Kafka topic.
-fn open_gen_output(output: &str) -> anyhow::Result<Box<dyn Write>> {
+/// Where `weir gen` writes: a file, a TCP server, or a Kafka topic (its records keyed by
+/// `key_field`, if given).
+fn open_gen_output(output: &str, key_field: Option<&str>) -> anyhow::Result<Box<dyn Write>> {
+    let kafka = KafkaSpec::parse(output);
+    if kafka.is_none() && key_field.is_some() {
+        bail!("--key-field keys Kafka records: --output {output} is not a kafka:// URI");
+    }
     if let Some(addr) = output.strip_prefix("tcp://") {
         let stream = TcpStream::connect(addr).with_context(|| {
             format!("cannot connect to {output}: start the job that listens there first")
         })?;
         return Ok(Box::new(BufWriter::with_capacity(1 << 20, stream)));
     }
-    if let Some(spec) = KafkaSpec::parse(output) {
+    if let Some(spec) = kafka {
         let spec = spec.map_err(|e| anyhow!("--output {e}"))?;
         let metrics = weir_engine::JobMetrics::new("gen").kafka();
-        let writer = KafkaLineWriter::connect(&spec, &metrics)?;
+        let mut writer = KafkaLineWriter::connect(&spec, &metrics)?;
+        if let Some(field) = key_field {
+            writer = writer.keyed_by(field);
+        }
         return Ok(Box::new(BufWriter::with_capacity(1 << 20, writer)));
     }
     let path = Path::new(output.strip_prefix("file://").unwrap_or(output));

@@ -340,11 +340,13 @@ impl<T> KafkaSink<T> {
     }
 }
 
-/// Newline-delimited text written to a topic, one record per line (without the newline and
-/// without a key): what `weir gen` uses to fill a topic.
+/// Newline-delimited text written to a topic, one record per line (without the newline),
+/// without a key or keyed by a field of each line's JSON object: what `weir gen` uses to
+/// fill a topic.
 pub struct KafkaLineWriter {
     producing: Producing,
     pending: Vec<u8>,
+    key_field: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaLineWriter {
@@ -361,7 +363,42 @@ impl KafkaLineWriter {
         Ok(KafkaLineWriter {
             producing: Producing::connect(spec, metrics, None)?,
             pending: Vec::new(),
+            key_field: None,
         })
+    }
+
+    /// Keys each record by the top-level field `field` of its line (a JSON object): the
+    /// string's content, or the JSON text of any other value. The partitioner then puts all
+    /// records of a key in one partition, as Kafka Streams expects of its input.
+    pub fn keyed_by(mut self, field: &str) -> Self {
+        self.key_field = Some(field.to_string());
+        self
+    }
+
+    fn send(&self, line: &[u8]) -> std::io::Result<()> {
+        let key = match &self.key_field {
+            None => None,
+            Some(field) => Some(key_of(line, field).map_err(std::io::Error::other)?),
+        };
+        self.producing
+            .send(key.as_deref(), line)
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// The text of field `field` of the JSON object `line`, as a record key.
+fn key_of(line: &[u8], field: &str) -> Result<String, String> {
+    let text = String::from_utf8_lossy(line);
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(line).map_err(|e| {
+            format!("cannot key the line `{text}` by `{field}`: not a JSON object: {e}")
+        })?;
+    match object.get(field) {
+        Some(serde_json::Value::String(key)) => Ok(key.clone()),
+        Some(other) => Ok(other.to_string()),
+        None => Err(format!(
+            "cannot key the line `{text}` by `{field}`: it has no such field"
+        )),
     }
 }
 
@@ -375,9 +412,7 @@ impl Write for KafkaLineWriter {
                 self.pending.extend_from_slice(&rest[..end]);
                 &self.pending[..]
             };
-            self.producing
-                .send(None, line)
-                .map_err(std::io::Error::other)?;
+            self.send(line)?;
             self.pending.clear();
             rest = &rest[end + 1..];
         }
@@ -388,11 +423,29 @@ impl Write for KafkaLineWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.pending.is_empty() {
-            self.producing
-                .send(None, &self.pending)
-                .map_err(std::io::Error::other)?;
+            self.send(&self.pending)?;
             self.pending.clear();
         }
         self.producing.flush().map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_of;
+
+    #[test]
+    fn a_line_is_keyed_by_its_field_as_text() {
+        let line = br#"{"ts":5,"key":"k7","n":12,"o":{"a":1}}"#;
+        assert_eq!(key_of(line, "key").as_deref(), Ok("k7"));
+        assert_eq!(key_of(line, "n").as_deref(), Ok("12"));
+        assert_eq!(key_of(line, "o").as_deref(), Ok(r#"{"a":1}"#));
+        let missing = key_of(line, "user").unwrap_err();
+        assert!(
+            missing.contains("no such field") && missing.contains("`user`"),
+            "{missing}"
+        );
+        let garbage = key_of(b"not json", "key").unwrap_err();
+        assert!(garbage.contains("not a JSON object"), "{garbage}");
     }
 }
