@@ -8,6 +8,8 @@
 //!   late. A garbage record goes to the dead letters with its topic, partition and offset.
 //! - `--output kafka://` writes every row once, as JSON, keyed by the row's key;
 //!   `weir gen --key-field key` keys its records, so each key lives in one partition.
+//! - A rebalance that moves partitions away from a running job is reported on stderr
+//!   (their keyed state does not move with them yet).
 //! - With `timestamp=kafka` the windows follow the records' Kafka timestamps, not the
 //!   payload's (wrong or missing) `ts`.
 //! - A checkpointed job killed with SIGKILL resumes from the offsets in its checkpoint: the
@@ -491,6 +493,63 @@ fn weir_gen_keys_records_by_a_field_so_each_key_lives_in_one_partition() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_rebalance_that_moves_partitions_away_mid_run_is_reported() {
+    let dir = TempDir::new().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("moving", PARTITIONS);
+    gen_events(&broker.uri("moving", ""), 2000);
+    let input = broker.uri(
+        "moving",
+        &format!("group=moving&start=earliest&{GROUP_TIMING}"),
+    );
+    let spawn = |name: &str| -> (Child, PathBuf) {
+        let stderr = dir.path().join(format!("{name}.stderr"));
+        let child = Command::new(WEIR)
+            .args(["run", "window-agg", "--input", &input, "--output"])
+            .arg(dir.path().join(format!("{name}.jsonl")))
+            .args(["--metrics-addr", "off", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        (child, stderr)
+    };
+    let wait_for = |stderr: &Path, text: &str| -> String {
+        let started = Instant::now();
+        loop {
+            let log = fs::read_to_string(stderr).unwrap();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no `{text}` in 60 s:\n{log}"
+            );
+            sleep(Duration::from_millis(50));
+        }
+    };
+    // The first process reads all four partitions; a second one joins the group later.
+    let (first, first_log) = spawn("first");
+    wait_for(&first_log, "assigned moving/0 moving/1 moving/2 moving/3");
+    let (second, second_log) = spawn("second");
+    let log = wait_for(&first_log, "warning: the group moved partitions");
+    wait_for(&second_log, "assigned");
+    for mut child in [first, second] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let warning = log
+        .lines()
+        .find(|l| l.contains("moved partitions"))
+        .unwrap();
+    assert!(
+        warning.contains("(away: moving/") && warning.contains("here: none)"),
+        "{warning}"
+    );
+    assert!(warning.contains("keyed state does not move"), "{warning}");
 }
 
 #[test]

@@ -48,6 +48,9 @@ type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 struct Partitions {
     next: Offsets,
     assigned: BTreeSet<(String, i32)>,
+    /// What the last assignment gave (kept across a revocation, to tell a move from a
+    /// start); `None` before the first.
+    last_assignment: Option<BTreeSet<(String, i32)>>,
     at_end: BTreeSet<(String, i32)>,
 }
 
@@ -152,6 +155,43 @@ impl SourceContext {
     }
 }
 
+impl SourceContext {
+    /// Says so when an assignment after the first one moves partitions to or from this
+    /// process: their keyed state does not move with them (README, Kafka), so the results of
+    /// windows open for their keys are partial or repeated.
+    fn warn_if_moved(&self, tpl: &TopicPartitionList) {
+        let mut parts = self.partitions();
+        let now: BTreeSet<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let Some(last) = parts.last_assignment.replace(now.clone()) else {
+            return;
+        };
+        if last == now {
+            return;
+        }
+        let named = |moved: std::collections::btree_set::Difference<'_, (String, i32)>| {
+            let names: Vec<String> = moved.map(|(t, p)| format!("{t}/{p}")).collect();
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(" ")
+            }
+        };
+        eprintln!(
+            "weir: kafka {}: warning: the group moved partitions while the job runs (away: {}; \
+             here: {}); keyed state does not move between processes yet, so windows open for \
+             their keys come out partial or twice; for exact results keep one process per \
+             group, or start all of a group's processes before they read",
+            self.reporting.endpoint,
+            named(last.difference(&now)),
+            named(now.difference(&last))
+        );
+    }
+}
+
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         self.reporting.stats(&statistics);
@@ -186,6 +226,7 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.choose_offsets(consumer, tpl);
                 eprintln!("weir: kafka {endpoint}: assigned {}", listed(tpl));
+                self.warn_if_moved(tpl);
                 consumer
                     .assign(tpl)
                     .and_then(|()| self.pause_ended(consumer, tpl))
