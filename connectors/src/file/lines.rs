@@ -3,13 +3,14 @@
 //! A chunk of complete lines is checked for UTF-8 once, as a whole, and becomes a `String`
 //! without a copy; each line is then a slice of it. Only the part of a line that a read cut
 //! off is copied, to the front of the next chunk. A chunk that is not UTF-8 is cut before
-//! its first bad line, which is handed out alone as bytes, and checking resumes after it.
+//! its first bad line; that line and the rest of the chunk are checked line by line.
 //!
 //! # Invariants
 //! - `chunk[at..]` is a sequence of lines each ending in `\n`, except the last line of a
 //!   file without a final line break, handed out only when the reader is told the file is
 //!   complete.
-//! - `rest` holds the bytes read after `chunk` and not checked yet, in file order.
+//! - Lines come from `chunk`, then `unchecked`, then `rest`: the bytes read after them and
+//!   not checked yet, in file order.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -34,8 +35,11 @@ pub(super) struct LineReader {
     file: File,
     chunk: String,
     at: usize,
+    /// Whole lines after a chunk's first line that is not UTF-8, checked one by one from
+    /// `unchecked_at` (a chunk with one bad line is not checked again as a whole).
+    unchecked: Vec<u8>,
+    unchecked_at: usize,
     rest: Vec<u8>,
-    bad: Option<(Vec<u8>, std::str::Utf8Error)>,
 }
 
 impl LineReader {
@@ -45,8 +49,9 @@ impl LineReader {
             file,
             chunk: String::new(),
             at: 0,
+            unchecked: Vec::new(),
+            unchecked_at: 0,
             rest: Vec::new(),
-            bad: None,
         }
     }
 
@@ -54,8 +59,9 @@ impl LineReader {
     pub(super) fn file_mut(&mut self) -> &mut File {
         self.chunk.clear();
         self.at = 0;
+        self.unchecked.clear();
+        self.unchecked_at = 0;
         self.rest.clear();
-        self.bad = None;
         &mut self.file
     }
 
@@ -63,22 +69,31 @@ impl LineReader {
     /// file has ended for good and a last line without a line break is a line too; without,
     /// it waits for its line break (the file is being written).
     pub(super) fn next_line(&mut self, complete: bool) -> io::Result<Option<Line<'_>>> {
-        while self.at == self.chunk.len() && self.bad.is_none() {
+        while self.at == self.chunk.len() && self.unchecked_at == self.unchecked.len() {
             if !self.refill(complete)? {
                 return Ok(None);
             }
         }
-        if let Some((bytes, error)) = self.bad.take() {
-            return Ok(Some(Line::NotUtf8(bytes, error)));
+        if self.at < self.chunk.len() {
+            let ahead = &self.chunk.as_bytes()[self.at..];
+            let len = memchr::memchr(b'\n', ahead).map_or(ahead.len(), |i| i + 1);
+            let line = &self.chunk[self.at..self.at + len];
+            self.at += len;
+            return Ok(Some(Line::Text(line)));
         }
-        let ahead = &self.chunk.as_bytes()[self.at..];
+        let ahead = &self.unchecked[self.unchecked_at..];
         let len = memchr::memchr(b'\n', ahead).map_or(ahead.len(), |i| i + 1);
-        let line = &self.chunk[self.at..self.at + len];
-        self.at += len;
-        Ok(Some(Line::Text(line)))
+        let start = self.unchecked_at;
+        self.unchecked_at += len;
+        let bytes = &self.unchecked[start..start + len];
+        Ok(Some(match std::str::from_utf8(bytes) {
+            Ok(text) => Line::Text(text),
+            Err(e) => Line::NotUtf8(bytes.to_vec(), e),
+        }))
     }
 
-    /// Reads until `chunk` (or `bad`) holds at least one line; false if the file has none.
+    /// Reads until `chunk` (or `unchecked`) holds at least one line; false if the file has
+    /// none.
     fn refill(&mut self, complete: bool) -> io::Result<bool> {
         // The chunk's allocation is reused, `rest` goes to its front, and spaces before it
         // put the read's destination on a cache line: the kernel copies to an unaligned
@@ -93,7 +108,6 @@ impl LineReader {
         bytes.append(&mut self.rest);
         let mut unsearched = pad;
         loop {
-            // Bytes left unchecked after a chunk was cut at a bad line may hold whole lines.
             if let Some(end) = memchr::memrchr(b'\n', &bytes[unsearched..]) {
                 let end = unsearched + end + 1;
                 self.rest.extend_from_slice(&bytes[end..]);
@@ -133,7 +147,7 @@ impl LineReader {
     }
 
     /// Makes `bytes[from..]` (whole lines) the chunk, or the part before its first line
-    /// that is not UTF-8, that line going to `bad` and what follows back in front of `rest`.
+    /// that is not UTF-8, that line and the ones after it going to `unchecked`.
     fn check(&mut self, bytes: Vec<u8>, from: usize) -> bool {
         let error = match String::from_utf8(bytes) {
             Ok(text) => {
@@ -146,20 +160,9 @@ impl LineReader {
         let valid = error.utf8_error().valid_up_to();
         let mut bytes = error.into_bytes();
         let bad_start = memchr::memrchr(b'\n', &bytes[from..valid]).map_or(from, |i| from + i + 1);
-        let after = if bad_start > from {
-            bad_start
-        } else {
-            memchr::memchr(b'\n', &bytes[valid..]).map_or(bytes.len(), |i| valid + i + 1)
-        };
-        let mut unchecked = bytes[after..].to_vec();
-        unchecked.append(&mut self.rest);
-        self.rest = unchecked;
-        bytes.truncate(after);
-        if bad_start == from {
-            let line = bytes.split_off(from);
-            let why = std::str::from_utf8(&line).err();
-            self.bad = why.map(|why| (line, why));
-        } else if let Ok(text) = String::from_utf8(bytes) {
+        self.unchecked = bytes.split_off(bad_start);
+        self.unchecked_at = 0;
+        if let Ok(text) = String::from_utf8(bytes) {
             // Cannot fail: the bytes end before the first invalid one.
             self.chunk = text;
             self.at = from;
@@ -218,6 +221,17 @@ mod tests {
                 "BAD \u{fffd}end (invalid utf-8 sequence of 1 bytes from index 0)"
             ]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_of_bad_lines_reads_each_once() -> Result<(), Box<dyn std::error::Error>> {
+        // Latin-1 text: every line is a bad one (this took minutes when each bad line
+        // sent the rest of its chunk back to be checked again).
+        let content = b"caf\xe9\n".repeat(200_000);
+        let lines = lines_of(&content)?;
+        assert_eq!(lines.len(), 200_000);
+        assert!(lines.iter().all(|l| l.starts_with("BAD caf\u{fffd}\n")));
         Ok(())
     }
 

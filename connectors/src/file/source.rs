@@ -259,10 +259,15 @@ impl<D: Decoder> Source for FileSource<D> {
         }
         if self.lines.format == Format::Csv && position.offset > 0 {
             // The decoder learns its columns from the header row again.
+            // Lines before the header (blank, or rejected then) are passed over again.
             self.lines.header_read = false;
-            if let Some(header) = reader.next_line(true).map_err(read_err)? {
-                self.lines.take_line(header, &mut Vec::new())?;
+            while !self.lines.header_read {
+                let Some(line) = reader.next_line(true).map_err(read_err)? else {
+                    break;
+                };
+                self.lines.take_line(line, &mut Vec::new())?;
             }
+            self.lines.rejected.clear();
         }
         let reader = self.reader.as_mut().ok_or("the file was just opened")?;
         reader
@@ -393,6 +398,34 @@ mod tests {
         assert_eq!(rest_uninterrupted, vec![5]);
         assert_eq!(std::fs::read_to_string(&dead_path)?, dead_uninterrupted);
         assert_eq!(dead_uninterrupted.lines().count(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn seek_finds_a_header_after_blank_and_bad_lines() -> Result<(), BoxError> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("in.csv");
+        std::fs::write(&input, b"\n\xff\nkey,ts\na,1\nb,2\n")?;
+        let dead_path = dir.path().join("dead.jsonl");
+        let source = || -> Result<FileSource<TsColumn>, BoxError> {
+            let dead = DeadLetters::to_file(&dead_path, Counter::new("d", "d")?);
+            Ok(FileSource::new(
+                &input,
+                Format::Csv,
+                TsColumn::default(),
+                dead,
+            ))
+        };
+        let mut first = source()?;
+        let mut head = Vec::new();
+        first.poll_batch(&mut head, 1)?;
+        assert_eq!(head, vec![1]);
+        let position = first.position()?.ok_or("a file is replayable")?;
+        let mut resumed = source()?;
+        resumed.seek(&position)?;
+        assert_eq!(drain(&mut resumed)?, vec![2]);
+        // The bad second line was a dead letter once, before the position.
+        assert_eq!(std::fs::read_to_string(&dead_path)?.lines().count(), 1);
         Ok(())
     }
 
