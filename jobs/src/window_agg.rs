@@ -364,9 +364,10 @@ fn decode_flat_json(
     for seen in 0.. {
         let name = cursor.string()?;
         cursor.expect(b':')?;
-        // Writers mostly keep one field order; the one of the names is tried first.
+        // Writers mostly keep one field order; the one of the names is tried first (and
+        // taken if no name before it is the same, as serde takes the first).
         let guess = seen % 3;
-        let field = if is(&names[guess], name) {
+        let field = if is(&names[guess], name) && !names[..guess].iter().any(|n| is(n, name)) {
             Some(guess)
         } else {
             names.iter().position(|n| is(n, name))
@@ -740,6 +741,16 @@ mod tests {
             ("{", false),
             (r#"{"time":1,"user":"a","ms":-}"#, false),
         ];
+        // Names that repeat: the first one counts, as in serde.
+        let twice = ["ts".to_string(), "id".to_string(), "id".to_string()];
+        let line = r#"{"ts":1,"id":5,"id":5}"#;
+        assert_eq!(
+            decode_flat_json(line, &twice, true, &mut Interner::default()),
+            None
+        );
+        assert!(EventDecoder::new("ts", "id", "id")
+            .decode_json(line)
+            .is_err());
         for (line, fast) in lines {
             let mut keys = Interner::default();
             let flat = decode_flat_json(line, &names, true, &mut keys);
