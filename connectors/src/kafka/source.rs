@@ -54,6 +54,13 @@ struct Partitions {
     at_end: BTreeSet<(String, i32)>,
 }
 
+/// The (topic, partition) pairs of a partition list.
+fn partitions_of(tpl: &TopicPartitionList) -> impl Iterator<Item = (String, i32)> + '_ {
+    tpl.elements()
+        .into_iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+}
+
 struct SourceContext {
     reporting: Reporting,
     start: StartAt,
@@ -73,11 +80,7 @@ impl SourceContext {
         let mut by_time = TopicPartitionList::new();
         {
             let mut parts = self.partitions();
-            let listed: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
+            let listed: Vec<(String, i32)> = partitions_of(tpl).collect();
             for (topic, partition) in listed {
                 let known = parts
                     .next
@@ -161,11 +164,7 @@ impl SourceContext {
     /// windows open for their keys are partial or repeated.
     fn warn_if_moved(&self, tpl: &TopicPartitionList) {
         let mut parts = self.partitions();
-        let now: BTreeSet<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
+        let now: BTreeSet<(String, i32)> = partitions_of(tpl).collect();
         let Some(last) = parts.last_assignment.replace(now.clone()) else {
             return;
         };
