@@ -9,7 +9,10 @@
 //! - `--output kafka://` writes every row once, as JSON, keyed by the row's key;
 //!   `weir gen --key-field key` keys its records, so each key lives in one partition.
 //! - A rebalance that moves partitions away from a running job is reported on stderr
-//!   (their keyed state does not move with them yet).
+//!   (their keyed state does not move with them when the job reads with the group).
+//! - With `tasks=per-partition` (one task per partition, state in a shared directory), two
+//!   processes in one group give the one-process rows; one of them killed with SIGKILL, the
+//!   other takes its partitions over from their checkpoints: every row once.
 //! - With `timestamp=kafka` the windows follow the records' Kafka timestamps, not the
 //!   payload's (wrong or missing) `ts`.
 //! - A checkpointed job killed with SIGKILL resumes from the offsets in its checkpoint: the
@@ -216,6 +219,11 @@ impl Drop for Broker {
 
 /// `weir gen events` to `output` (a path or URI).
 fn gen_events(output: &str, events: u64) {
+    gen_events_with(output, events, &[]);
+}
+
+/// `weir gen events` to `output` with `extra` arguments (the same events).
+fn gen_events_with(output: &str, events: u64, extra: &[&str]) {
     common::run_ok(
         WEIR,
         [
@@ -227,7 +235,8 @@ fn gen_events(output: &str, events: u64) {
             &events.to_string(),
         ]
         .iter()
-        .chain(&["--keys", "500", "--disorder-ms", "2000"]),
+        .chain(&["--keys", "500", "--disorder-ms", "2000"])
+        .chain(extra),
     )
     .unwrap();
 }
@@ -264,29 +273,14 @@ fn checkpoint_into(args: &mut Vec<String>, state: &Path, interval: &str) {
 /// completed once the partitions were assigned.
 fn kill_after_checkpoints(dir: &Path, args: &[String], checkpoints: usize, delay: Duration) {
     let stderr_path = dir.join("killed.stderr");
-    let mut child = Command::new(WEIR)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
+    let mut child = spawn_logged(args, &stderr_path);
+    wait_while_running(&mut child, || {
         let stderr = fs::read_to_string(&stderr_path).unwrap();
         let after_assignment = stderr.split_once("assigned").map_or("", |(_, rest)| rest);
-        if after_assignment.matches("complete in").count() >= checkpoints {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the job ended before it could be killed mid-way; raise the event count:\n{stderr}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no checkpoint in 60 s:\n{stderr}"
-        );
-        sleep(Duration::from_millis(20));
-    }
+        (after_assignment.matches("complete in").count() >= checkpoints)
+            .then_some(())
+            .ok_or(stderr)
+    });
     sleep(delay);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -612,18 +606,8 @@ fn a_killed_checkpointed_job_resumes_from_its_offsets_exactly_once() {
         summary.events_read < events,
         "the restart read all {events} events again: it did not resume from the offsets"
     );
-    let parts = fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("part-")
-        });
     assert!(
-        sorted_lines(parts) == reference,
+        sorted_lines(part_files(&out)) == reference,
         "the committed rows differ from the reference"
     );
 
@@ -921,5 +905,173 @@ fn a_killed_job_writing_kafka_resumes_with_every_row_committed_once() {
     assert!(
         rows == reference,
         "the topic's rows differ from the file run's"
+    );
+}
+
+/// `weir run window-agg` over keyed topic `topic` as one task per partition, writing into
+/// `out/partition-P/` with state and checkpoints (every 200 ms) in the shared `state`.
+fn partition_tasks(broker: &Broker, topic: &str, out: &Path, state: &Path) -> Vec<String> {
+    let input = broker.uri(
+        topic,
+        &format!("group={topic}&start=earliest&until=end&tasks=per-partition&{GROUP_TIMING}"),
+    );
+    let mut args = window_agg(&input, out, 1);
+    checkpoint_into(&mut args, state, "200ms");
+    args
+}
+
+/// Every committed row of a per-partition run: `out/partition-*/part-*`, sorted.
+fn partition_task_rows(out: &Path) -> Vec<String> {
+    let tasks = fs::read_dir(out).unwrap().map(|e| e.unwrap().path());
+    // Beside the task directories: their dead-letter files.
+    sorted_lines(tasks.filter(|t| t.is_dir()).flat_map(|t| part_files(&t)))
+}
+
+/// The committed part files of a checkpointed file output directory.
+fn part_files(dir: &Path) -> Vec<PathBuf> {
+    let paths = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path());
+    paths
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("part-")
+        })
+        .collect()
+}
+
+/// Polls `ready` every 20 ms until it gives a value; fails if `child` ends first (too few
+/// events to catch it mid-way) or after 60 s, showing what `ready` last saw.
+fn wait_while_running<T>(child: &mut Child, mut ready: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        let seen = match ready() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it could be caught mid-way; raise the event count:\n{seen}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not there in 60 s:\n{seen}"
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `weir args` with its stderr in `log`.
+fn spawn_logged(args: &[String], log: &Path) -> Child {
+    Command::new(WEIR)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// A broker with keyed topic `topic` (each key in one partition) of `events` events, and
+/// the rows of the file run over the same events.
+fn keyed_topic(dir: &TempDir, topic: &str, events: u64) -> (Broker, Vec<String>) {
+    let broker = Broker::start(dir.path());
+    broker.create_topic(topic, PARTITIONS);
+    gen_events_with(&broker.uri(topic, ""), events, &["--key-field", "key"]);
+    (broker, reference_rows(dir, events))
+}
+
+/// The partitions a process was last assigned, from its stderr.
+fn last_assignment(stderr: &str) -> Option<Vec<i32>> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("the group assigned"))?;
+    let list = line.rsplit_once('[')?.1.split_once(']')?.0;
+    Some(list.split(", ").filter_map(|p| p.parse().ok()).collect())
+}
+
+#[test]
+fn two_processes_with_partition_tasks_give_the_one_process_rows() {
+    let dir = TempDir::new().unwrap();
+    let (broker, reference) = keyed_topic(&dir, "split", 200_000);
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let args = partition_tasks(&broker, "split", &out, &state);
+    let spawn = |log: &str| spawn_logged(&args, &dir.path().join(log));
+    let (mut first, mut second) = (spawn("first.stderr"), spawn("second.stderr"));
+    for child in [&mut first, &mut second] {
+        assert!(child.wait().unwrap().success());
+    }
+    let logs =
+        ["first.stderr", "second.stderr"].map(|f| fs::read_to_string(dir.path().join(f)).unwrap());
+    // Both took part: each ran the tasks of some partitions.
+    for log in &logs {
+        assert!(log.contains("finished in this process"), "{log}");
+        assert!(
+            log.contains("weir: partition ") && log.contains(" finished"),
+            "a process ran no partition task:\n{log}"
+        );
+    }
+    assert!(
+        partition_task_rows(&out) == reference,
+        "the two processes' rows differ from the one-process run (stderr:\n{}\n{})",
+        logs[0],
+        logs[1]
+    );
+    for p in 0..PARTITIONS {
+        assert!(state.join(format!("partition-{p}/FINISHED")).exists());
+    }
+    // Started again, a finished job reads nothing and changes nothing.
+    let again = common::run_ok(WEIR, &args).unwrap();
+    assert!(
+        again.stderr.contains("finished in this process"),
+        "{}",
+        again.stderr
+    );
+    assert!(partition_task_rows(&out) == reference);
+}
+
+#[test]
+fn a_killed_process_s_partitions_are_taken_over_from_their_checkpoints_exactly_once() {
+    let dir = TempDir::new().unwrap();
+    let events = 600_000;
+    let (broker, reference) = keyed_topic(&dir, "takeover", events);
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let args = partition_tasks(&broker, "takeover", &out, &state);
+    let spawn = |log: &str| spawn_logged(&args, &dir.path().join(log));
+    let (mut victim, mut survivor) = (spawn("victim.stderr"), spawn("survivor.stderr"));
+    let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap();
+    // Killed once the group split the partitions and each of the victim's tasks completed
+    // a checkpoint since (so it dies with partitions half read and checkpointed).
+    let victims = wait_while_running(&mut victim, || {
+        let (log, other) = (read("victim.stderr"), read("survivor.stderr"));
+        let split = last_assignment(&log).filter(|p| !p.is_empty() && p.len() < 4);
+        let since = log.rsplit_once("the group assigned").map_or("", |(_, r)| r);
+        let checkpointed = |p: &i32| since.contains(&format!("partition {p}: checkpoint"));
+        let other_has_some = last_assignment(&other).is_some_and(|p| !p.is_empty());
+        split
+            .filter(|mine| mine.iter().all(checkpointed) && other_has_some)
+            .ok_or(format!("{log}\n(the other process:)\n{other}"))
+    });
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert!(
+        !read("victim.stderr").contains("finished in this process"),
+        "the victim finished before the kill"
+    );
+    assert!(survivor.wait().unwrap().success());
+    let log = read("survivor.stderr");
+    for p in &victims {
+        let resumed = log
+            .lines()
+            .any(|l| l.contains("resuming") && l.contains(&format!("partition-{p}/")));
+        assert!(
+            resumed,
+            "the survivor did not resume partition {p} from its checkpoint:\n{log}"
+        );
+    }
+    assert!(
+        partition_task_rows(&out) == reference,
+        "rows lost or repeated after the takeover (victim had {victims:?}):\n{log}"
     );
 }

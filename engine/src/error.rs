@@ -87,6 +87,12 @@ pub enum EngineError {
         /// What went wrong.
         reason: String,
     },
+    /// The job was stopped through [`crate::JobControl::cancel`] before its input ended.
+    #[error("job `{job}` was cancelled")]
+    Cancelled {
+        /// The job's name.
+        job: String,
+    },
     /// A worker thread panicked: a bug in weir or in user code.
     #[error("task `{name}` panicked: {message}")]
     Panicked {

@@ -568,6 +568,38 @@ impl JobMetrics {
 
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> String {
+        encode(&self.gather())
+    }
+
+    /// The metrics of several jobs (or tasks of one job) in one exposition, each sample
+    /// with its set's extra labels (e.g. `task="partition-3"`); families of the same name
+    /// are merged. A set's extra labels must not be labels its metrics already have.
+    pub fn render_all(sets: &[(&[(&str, &str)], &JobMetrics)]) -> String {
+        let mut merged: Vec<prometheus::proto::MetricFamily> = Vec::new();
+        for (labels, metrics) in sets {
+            for mut family in metrics.gather() {
+                for metric in family.mut_metric() {
+                    let mut pairs = metric.take_label();
+                    for (name, value) in labels.iter() {
+                        let mut pair = prometheus::proto::LabelPair::default();
+                        pair.set_name(name.to_string());
+                        pair.set_value(value.to_string());
+                        pairs.push(pair);
+                    }
+                    metric.set_label(pairs);
+                }
+                match merged.iter_mut().find(|f| f.name() == family.name()) {
+                    Some(same) => same.mut_metric().extend(family.take_metric()),
+                    None => merged.push(family),
+                }
+            }
+        }
+        encode(&merged)
+    }
+
+    /// Refreshes the metrics read on demand (uptime, RocksDB figures, checkpoint age) and
+    /// collects them all.
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.uptime.set(self.started.elapsed().as_secs_f64());
         let stores = self.stores.lock().map(|s| s.clone()).unwrap_or_default();
         if !stores.is_empty() {
@@ -588,13 +620,17 @@ impl JobMetrics {
         if let Some(checkpoints) = self.checkpoints.lock().ok().and_then(|c| c.clone()) {
             checkpoints.refresh_age();
         }
-        let mut buf = Vec::new();
-        let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
-            return format!("# weir: cannot encode metrics: {e}\n");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        self.registry.gather()
     }
+}
+
+/// Metric families in Prometheus text format.
+fn encode(families: &[prometheus::proto::MetricFamily]) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(families, &mut buf) {
+        return format!("# weir: cannot encode metrics: {e}\n");
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Counter families that [`JobMetrics::total`] can sum.
@@ -630,6 +666,16 @@ impl MetricsServer {
         metrics: Arc<JobMetrics>,
         control: Option<Arc<JobControl>>,
     ) -> Result<Self, EngineError> {
+        Self::serve(addr, move || metrics.render(), control)
+    }
+
+    /// Like [`MetricsServer::start_with_control`], serving what `render` returns at each
+    /// scrape (e.g. [`JobMetrics::render_all`] over the tasks a process runs now).
+    pub fn serve(
+        addr: &str,
+        render: impl Fn() -> String + Send + 'static,
+        control: Option<Arc<JobControl>>,
+    ) -> Result<Self, EngineError> {
         let listener = TcpListener::bind(addr).map_err(|source| EngineError::MetricsServer {
             addr: addr.to_string(),
             source,
@@ -645,7 +691,7 @@ impl MetricsServer {
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
                     // One scrape at a time is plenty; a stuck client times out.
-                    let _ = serve_one(stream, &metrics, control.as_deref());
+                    let _ = serve_one(stream, &render, control.as_deref());
                 }
             })
             .map_err(|source| EngineError::MetricsServer {
@@ -666,7 +712,7 @@ const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn serve_one(
     mut stream: TcpStream,
-    metrics: &JobMetrics,
+    render: &dyn Fn() -> String,
     control: Option<&JobControl>,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -701,7 +747,7 @@ fn serve_one(
             "only GET (and POST /savepoint) is served\n".to_string(),
         )
     } else if path == b"/metrics" {
-        ("200 OK", "text/plain; version=0.0.4", metrics.render())
+        ("200 OK", "text/plain; version=0.0.4", render())
     } else {
         (
             "404 Not Found",
@@ -715,4 +761,30 @@ fn serve_one(
         body.len()
     )?;
     stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_jobs_render_as_one_exposition_told_apart_by_their_labels() {
+        let (process, task) = (JobMetrics::new("j"), JobMetrics::new("j"));
+        process.kafka().rebalances.inc();
+        task.operator("window", 0).events_in.inc_by(5);
+        let text = JobMetrics::render_all(&[(&[], &process), (&[("task", "partition-2")], &task)]);
+        // One family header for both sets, and each sample with its own labels.
+        assert_eq!(text.matches("# TYPE weir_uptime_seconds gauge").count(), 1);
+        assert!(
+            text.contains(
+                r#"weir_events_in_total{instance="0",job="j",operator="window",task="partition-2"} 5"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("weir_kafka_rebalances_total 1"), "{text}");
+        assert!(
+            text.contains(r#"weir_uptime_seconds{task="partition-2"}"#),
+            "{text}"
+        );
+    }
 }

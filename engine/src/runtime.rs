@@ -85,6 +85,9 @@ pub struct RunOptions {
     pub checkpoints: Option<CheckpointConfig>,
     /// Skip events whose event time is before this (a replay from a point in time).
     pub replay_from: Option<Timestamp>,
+    /// Names this run in progress lines and messages when it is one of several tasks of a
+    /// job in one process (e.g. `partition 3`).
+    pub task: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -98,6 +101,7 @@ impl Default for RunOptions {
             state: StateConfig::Memory,
             checkpoints: None,
             replay_from: None,
+            task: None,
         }
     }
 }
@@ -1964,6 +1968,7 @@ pub(crate) fn run(
                 options.parallelism,
                 metrics.checkpoints(),
                 options.progress_interval.is_some(),
+                options.task.as_deref(),
             )
             .map_err(|e| invalid(format!("{e} (check --state-dir)")))?;
             if let (Some(m), Some(dir)) = (c.restored(), c.restored_dir()) {
@@ -1980,6 +1985,7 @@ pub(crate) fn run(
     };
     control.attach(checkpointing.clone());
     let cancelled = Arc::new(AtomicBool::new(false));
+    control.attach_stop_flag(cancelled.clone());
     let mut build = Build {
         cancelled: cancelled.clone(),
         graph,
@@ -2025,7 +2031,11 @@ pub(crate) fn run(
     let (done, ended) = crossbeam_channel::bounded::<()>(0);
     let progress = Arc::new(progress);
     let reporter = options.progress_interval.map(|every| {
-        let (progress, job) = (progress.clone(), job.to_string());
+        let progress = progress.clone();
+        let job = match &options.task {
+            Some(task) => format!("{job} {task}"),
+            None => job.to_string(),
+        };
         std::thread::spawn(move || report_progress(&job, &progress, &ended, every))
     });
 
@@ -2086,6 +2096,11 @@ pub(crate) fn run(
     }
     if let Some(e) = spawn_error {
         return Err(e);
+    }
+    if control.is_cancelled() {
+        return Err(EngineError::Cancelled {
+            job: job.to_string(),
+        });
     }
     if let Some(e) = first_error {
         return Err(e);

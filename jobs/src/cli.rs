@@ -284,6 +284,22 @@ fn run(
     serve: &ServeOptions,
 ) -> anyhow::Result<()> {
     let spec = registry.get(name)?;
+    if crate::partitioned::kafka_input(options).is_some() {
+        let serving = crate::partitioned::Serving {
+            metrics_addr: (serve.metrics_addr != "off").then(|| serve.metrics_addr.clone()),
+            quiet: serve.quiet,
+        };
+        let done = crate::partitioned::run(spec, options, &serving)?;
+        let what = done
+            .total
+            .as_ref()
+            .map_or("nothing left to read".into(), summarize);
+        eprintln!(
+            "weir: {name} done: partitions {:?} finished in this process: {what}",
+            done.partitions
+        );
+        return linger(serve);
+    }
     let job = (spec.build)(options)?;
     let _server = if serve.metrics_addr == "off" {
         None
@@ -304,6 +320,11 @@ fn run(
     options.remove_temporary_state(&run_options);
     let summary = result?;
     eprintln!("weir: {name} done: {}", summarize(&summary));
+    linger(serve)
+}
+
+/// Keeps the metrics endpoint up for `--linger` after the job ended.
+fn linger(serve: &ServeOptions) -> anyhow::Result<()> {
     if let Some(linger) = serve.linger {
         eprintln!("weir: serving metrics for {linger:?} more");
         std::thread::sleep(linger);

@@ -21,7 +21,8 @@
 //! Modules: [`cli`] (subcommands), [`registry`] (jobs by name), [`options`] (the flags
 //! every job can read), [`output`] (sinks chosen by `--output`), [`window_agg`] and
 //! [`order_analytics`] (bundled jobs), [`generate`] (deterministic test and bench streams),
-//! [`bench`] (the `weir bench` harness).
+//! [`bench`] (the `weir bench` harness), [`partitioned`] (a job run as one task per Kafka
+//! partition, for scale-out over a consumer group).
 
 pub mod bench;
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod operator_bench;
 pub mod options;
 pub mod order_analytics;
 pub mod output;
+pub mod partitioned;
 pub mod registry;
 pub mod saga_monitor;
 pub mod window_agg;

@@ -103,6 +103,10 @@ pub struct JobOptions {
     /// Job-specific settings, `KEY=VALUE`, repeatable.
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
+    /// The dead-letter file, where it is not derived from `--output` (set for each task of
+    /// a job run per Kafka partition, so that tasks never share one).
+    #[arg(skip)]
+    pub dead_letter_file: Option<PathBuf>,
 }
 
 /// Where `--replay-from` starts.
@@ -158,6 +162,9 @@ impl JobOptions {
 
     /// The dead-letter file for this run: `<output>.dead.jsonl`, or next to the input.
     pub fn dead_letter_path(&self, job: &str) -> PathBuf {
+        if let Some(file) = &self.dead_letter_file {
+            return file.clone();
+        }
         match self.output.as_deref() {
             // `out/` (a part-file directory) gets `out.dead.jsonl` beside it, not inside.
             Some(out) if !out.ends_with(':') => {

@@ -8,6 +8,8 @@
 //! | `group=G` | consumer group (default `weir`); processes with the same group split the partitions |
 //! | `start=earliest\|latest\|committed\|MS` | where partitions without a checkpointed offset start: their first record, their end, the group's committed offset (else the first record), or the first record at or after event time `MS` (epoch ms); default `committed` |
 //! | `until=end` | bounded: stop once every assigned partition has reached its end (one topic only) |
+//! | `partitions=0,2` | source: read these partitions (of one topic) without joining the group: no group assignment, no rebalances; offsets are still committed under `group` |
+//! | `tasks=per-partition` | source: run the job as one task per partition this process is assigned, each with its own state, checkpoints and output (see `weir_jobs::partitioned`; one topic only) |
 //! | `timestamp=kafka\|payload` | where a record's event time comes from: its Kafka timestamp (CreateTime, or LogAppendTime if the topic is configured so), or the payload (the job's own timestamp field); default `payload` |
 //! | `delivery=exactly-once\|at-least-once` | sink in a job with checkpoints: results committed in Kafka transactions once their checkpoint completes (default), or produced at once and repeated after a restart |
 //! | `transactional.id=ID` | sink, exactly-once: the producer's transactional id (default `weir.GROUP.TOPIC`); one per sink of one job |
@@ -31,15 +33,40 @@
 //!   record the brokers did not acknowledge within librdkafka's `message.timeout.ms`
 //!   (default 5 minutes) fails the job, which can then restart from its checkpoint.
 
+/// Implements librdkafka's client callbacks for a context with a `reporting` field: errors,
+/// request time-outs and statistics go to [`Reporting`].
+macro_rules! report_through_reporting {
+    ($context:ty) => {
+        impl rdkafka::ClientContext for $context {
+            fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+                self.reporting.stats(&statistics);
+            }
+
+            fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+                self.reporting.error(&error, reason);
+            }
+
+            fn log(&self, _: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+                self.reporting.log(facility, message);
+            }
+        }
+    };
+}
+
+mod group;
 mod sink;
 mod source;
 mod transactions;
 
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
-use rdkafka::ClientConfig;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, TopicPartitionList};
 use weir_engine::metrics::KafkaMetrics;
 
+pub use group::{GroupChange, GroupMember};
 pub use sink::{KafkaLineWriter, KafkaSink, KeyOf};
 pub use source::{KafkaSource, SetEventTime};
 
@@ -92,6 +119,11 @@ pub struct KafkaSpec {
     pub event_time: EventTime,
     /// How a sink delivers results in a job with checkpoints.
     pub delivery: Delivery,
+    /// Partitions to read without joining the group (`partitions=`); `None`: the group
+    /// assigns them.
+    pub partitions: Option<Vec<i32>>,
+    /// Run the job as one task per assigned partition (`tasks=per-partition`).
+    pub per_partition_tasks: bool,
     /// librdkafka properties given in the URI.
     pub properties: Vec<(String, String)>,
 }
@@ -126,6 +158,8 @@ impl KafkaSpec {
             until_end: false,
             event_time: EventTime::Payload,
             delivery: Delivery::ExactlyOnce,
+            partitions: None,
+            per_partition_tasks: false,
             properties: Vec::new(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -172,20 +206,52 @@ impl KafkaSpec {
                         }
                     }
                 }
+                "partitions" => {
+                    let listed: Result<Vec<i32>, _> = v.split(',').map(str::parse).collect();
+                    match listed {
+                        Ok(list) if !list.is_empty() && list.iter().all(|&p| p >= 0) => {
+                            spec.partitions = Some(list)
+                        }
+                        _ => {
+                            return Err(format!(
+                                "`{uri}`: partitions={v}: list partition numbers, e.g. \
+                                 partitions=0,2"
+                            ))
+                        }
+                    }
+                }
+                "tasks" if v == "per-partition" => spec.per_partition_tasks = true,
+                "tasks" => {
+                    return Err(format!(
+                        "`{uri}`: tasks={v}: the only value is tasks=per-partition"
+                    ))
+                }
                 _ if k.contains('.') => spec.properties.push((k.to_string(), v.to_string())),
                 _ => {
                     return Err(format!(
                         "`{uri}`: unknown parameter `{k}`: use group, start, until, \
-                         timestamp, delivery, or a librdkafka property such as \
-                         session.timeout.ms"
+                         timestamp, delivery, partitions, tasks, or a librdkafka property \
+                         such as session.timeout.ms"
                     ))
                 }
             }
         }
-        if spec.until_end && spec.topics.len() > 1 {
+        // Partition ends, fixed partitions and partition tasks name partitions by number.
+        for (given, what) in [
+            (spec.until_end, "until=end"),
+            (spec.partitions.is_some(), "partitions="),
+            (spec.per_partition_tasks, "tasks=per-partition"),
+        ] {
+            if given && spec.topics.len() > 1 {
+                return Err(format!(
+                    "`{uri}`: {what} reads one topic only (partitions are named by number)"
+                ));
+            }
+        }
+        if spec.per_partition_tasks && spec.partitions.is_some() {
             return Err(format!(
-                "`{uri}`: until=end reads one topic only (partition ends are reported by \
-                 partition number)"
+                "`{uri}`: tasks=per-partition takes its partitions from the group: drop \
+                 partitions="
             ));
         }
         Ok(spec)
@@ -216,7 +282,7 @@ impl KafkaSpec {
 
     /// The exactly-once sink's transactional id: the URI's `transactional.id`, else
     /// `weir.GROUP.TOPIC`.
-    fn transactional_id(&self) -> String {
+    pub fn transactional_id(&self) -> String {
         self.properties
             .iter()
             .find(|(k, _)| k == "transactional.id")
@@ -230,6 +296,14 @@ impl KafkaSpec {
     pub fn describe(&self) -> String {
         format!("kafka://{}/{}", self.brokers, self.topics.join(","))
     }
+}
+
+/// What a rebalance asks of a consumer.
+enum Rebalance<'a> {
+    /// Take these partitions (their start offsets may still be set).
+    Assign(&'a mut TopicPartitionList),
+    /// Give these partitions up.
+    Revoke(&'a TopicPartitionList),
 }
 
 /// What source and sink clients report the same way: broker errors on stderr and in
@@ -263,6 +337,34 @@ impl Reporting {
                 "weir: kafka {}: the broker does not answer ({message}); retrying with backoff",
                 self.endpoint
             );
+        }
+    }
+
+    /// Serves one rebalance callback of a consumer: counts it, hands an assignment or a
+    /// revocation to `apply` (which applies it to the consumer), gives the partitions up
+    /// when the rebalance failed (the group tries again), and reports what could not be
+    /// applied.
+    fn rebalance<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+        apply: impl FnOnce(Rebalance<'_>) -> KafkaResult<()>,
+    ) {
+        self.metrics.rebalances.inc();
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => apply(Rebalance::Assign(tpl)),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => apply(Rebalance::Revoke(tpl)),
+            other => {
+                eprintln!(
+                    "weir: kafka {}: rebalance failed: {other:?}; the group retries",
+                    self.endpoint
+                );
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            self.error(&e, "cannot apply the group's assignment");
         }
     }
 
@@ -317,9 +419,19 @@ mod tests {
                 until_end: true,
                 event_time: EventTime::Kafka,
                 delivery: Delivery::ExactlyOnce,
+                partitions: None,
+                per_partition_tasks: false,
                 properties: vec![("session.timeout.ms".into(), "6000".into())],
             })
         );
+    }
+
+    #[test]
+    fn parses_fixed_partitions_and_partition_tasks() {
+        let fixed = KafkaSpec::parse("kafka://b:1/t?partitions=0,3").and_then(Result::ok);
+        assert_eq!(fixed.and_then(|s| s.partitions), Some(vec![0, 3]));
+        let tasks = KafkaSpec::parse("kafka://b:1/t?tasks=per-partition").and_then(Result::ok);
+        assert!(tasks.is_some_and(|s| s.per_partition_tasks && s.partitions.is_none()));
     }
 
     #[test]
@@ -343,6 +455,14 @@ mod tests {
             ("kafka://b:1/t?colour=red", "unknown parameter `colour`"),
             ("kafka://b:1/t?timestamp=wall", "timestamp=wall"),
             ("kafka://b:1/a,b?until=end", "one topic only"),
+            ("kafka://b:1/a,b?tasks=per-partition", "one topic only"),
+            ("kafka://b:1/t?partitions=x", "partitions=x"),
+            ("kafka://b:1/t?partitions=-1", "partitions=-1"),
+            ("kafka://b:1/t?tasks=many", "tasks=many"),
+            (
+                "kafka://b:1/t?tasks=per-partition&partitions=1",
+                "drop partitions=",
+            ),
             ("kafka://b:1/t?delivery=twice", "delivery=twice"),
         ] {
             let err = KafkaSpec::parse(uri).and_then(Result::err);

@@ -12,11 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
 use serde::Serialize;
 use weir_engine::metrics::{JobMetrics, KafkaMetrics};
 use weir_engine::{BoxError, CheckpointId, Record, Sink};
@@ -38,19 +35,7 @@ pub(super) struct SinkContext {
     first_failure: Mutex<Option<String>>,
 }
 
-impl ClientContext for SinkContext {
-    fn stats(&self, statistics: Statistics) {
-        self.reporting.stats(&statistics);
-    }
-
-    fn error(&self, error: RdKafkaError, reason: &str) {
-        self.reporting.error(&error, reason);
-    }
-
-    fn log(&self, _: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.reporting.log(facility, message);
-    }
-}
+report_through_reporting!(SinkContext);
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();

@@ -2,7 +2,8 @@
 //!
 //! Positions are kept per partition as the next offset to read; a restored position is
 //! applied when the group assigns the partition (in the rebalance callback, before any
-//! fetch), so a restart neither skips nor repeats records. With `until=end` each partition
+//! fetch), or, with fixed partitions (`partitions=`), when the source assigns them itself,
+//! so a restart neither skips nor repeats records. With `until=end` each partition
 //! is paused when it reports its end, and the source is exhausted once all assigned
 //! partitions have.
 //!
@@ -20,17 +21,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 use weir_engine::metrics::KafkaMetrics;
 use weir_engine::{BoxError, Source, SourceStatus, Split};
 
-use super::{EventTime, KafkaError, KafkaSpec, Reporting, StartAt};
+use super::{EventTime, KafkaError, KafkaSpec, Rebalance, Reporting, StartAt};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::format::Decoder;
 
@@ -181,9 +180,10 @@ impl SourceContext {
         };
         eprintln!(
             "weir: kafka {}: warning: the group moved partitions while the job runs (away: {}; \
-             here: {}); keyed state does not move between processes yet, so windows open for \
-             their keys come out partial or twice; for exact results keep one process per \
-             group, or start all of a group's processes before they read",
+             here: {}); keyed state does not move with them when a job reads with the group, \
+             so windows open for their keys come out partial or twice; for exact results \
+             run the job with tasks=per-partition (each partition's state moves with it), \
+             or keep one process per group",
             self.reporting.endpoint,
             named(last.difference(&now)),
             named(now.difference(&last))
@@ -191,19 +191,7 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {
-    fn stats(&self, statistics: Statistics) {
-        self.reporting.stats(&statistics);
-    }
-
-    fn error(&self, error: RdKafkaError, reason: &str) {
-        self.reporting.error(&error, reason);
-    }
-
-    fn log(&self, _: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.reporting.log(facility, message);
-    }
-}
+report_through_reporting!(SourceContext);
 
 impl ConsumerContext for SourceContext {
     fn rebalance(
@@ -212,7 +200,6 @@ impl ConsumerContext for SourceContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        self.reporting.metrics.rebalances.inc();
         let endpoint = &self.reporting.endpoint;
         let listed = |tpl: &TopicPartitionList| {
             tpl.elements()
@@ -221,29 +208,22 @@ impl ConsumerContext for SourceContext {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        let result = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.choose_offsets(consumer, tpl);
-                eprintln!("weir: kafka {endpoint}: assigned {}", listed(tpl));
-                self.warn_if_moved(tpl);
-                consumer
-                    .assign(tpl)
-                    .and_then(|()| self.pause_ended(consumer, tpl))
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                eprintln!("weir: kafka {endpoint}: revoked {}", listed(tpl));
-                self.partitions().assigned.clear();
-                consumer.unassign()
-            }
-            other => {
-                eprintln!("weir: kafka {endpoint}: rebalance failed: {other:?}; the group retries");
-                consumer.unassign()
-            }
-        };
-        if let Err(e) = result {
-            self.reporting
-                .error(&e, "cannot apply the group's assignment");
-        }
+        self.reporting
+            .rebalance(consumer, err, tpl, |rebalance| match rebalance {
+                Rebalance::Assign(tpl) => {
+                    self.choose_offsets(consumer, tpl);
+                    eprintln!("weir: kafka {endpoint}: assigned {}", listed(tpl));
+                    self.warn_if_moved(tpl);
+                    consumer
+                        .assign(tpl)
+                        .and_then(|()| self.pause_ended(consumer, tpl))
+                }
+                Rebalance::Revoke(tpl) => {
+                    eprintln!("weir: kafka {endpoint}: revoked {}", listed(tpl));
+                    self.partitions().assigned.clear();
+                    consumer.unassign()
+                }
+            });
     }
 }
 
@@ -330,6 +310,15 @@ impl<D: Decoder> KafkaSource<D> {
         if self.consumer.is_some() {
             return Ok(());
         }
+        if self.spec.per_partition_tasks {
+            return Err(format!(
+                "{}: tasks=per-partition runs a job as one task per partition, which `weir \
+                 run` does; a job run otherwise reads with the group (drop tasks=) or fixed \
+                 partitions (partitions=0,1)",
+                self.spec.describe()
+            )
+            .into());
+        }
         let mut config = self.spec.client_config();
         config
             .set("group.id", &self.spec.group)
@@ -359,10 +348,29 @@ impl<D: Decoder> KafkaSource<D> {
         let consumer: BaseConsumer<SourceContext> = config
             .create_with_context(context)
             .map_err(|e| self.error("create a consumer", e))?;
-        let topics: Vec<&str> = self.spec.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| self.error("subscribe", e))?;
+        match &self.spec.partitions {
+            None => {
+                let topics: Vec<&str> = self.spec.topics.iter().map(String::as_str).collect();
+                consumer
+                    .subscribe(&topics)
+                    .map_err(|e| self.error("subscribe", e))?;
+            }
+            Some(partitions) => {
+                // Fixed partitions: assigned here, as the group's callback would.
+                let mut tpl = TopicPartitionList::new();
+                for &partition in partitions {
+                    tpl.add_partition(&self.spec.topics[0], partition);
+                }
+                consumer.context().choose_offsets(&consumer, &mut tpl);
+                eprintln!(
+                    "weir: kafka {}: reading partitions {partitions:?}",
+                    self.spec.describe()
+                );
+                consumer
+                    .assign(&tpl)
+                    .map_err(|e| self.error("assign the partitions", e))?;
+            }
+        }
         self.dead.open()?;
         self.consumer = Some(consumer);
         Ok(())
@@ -619,7 +627,11 @@ impl<D: Decoder> Source for KafkaSource<D> {
                     .map_err(|e| self.error("list offsets to commit", e))?;
             }
         }
-        if tpl.count() > 0 {
+        // A task of a job run per partition commits through its process's group member:
+        // the broker refuses commits from outside a group that has members.
+        let through_member =
+            || self.spec.partitions.is_some() && super::group::commit_for_group(&self.spec, &tpl);
+        if tpl.count() > 0 && !through_member() {
             // Only for lag tools: a failed commit is reported by librdkafka and retried with
             // the next checkpoint; the checkpoint itself holds the offsets.
             if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {

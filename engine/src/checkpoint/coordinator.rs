@@ -61,6 +61,8 @@ pub(crate) struct Checkpointing {
     metrics: CheckpointMetrics,
     /// Report each completed checkpoint on stderr.
     verbose: bool,
+    /// How its stderr lines start: `weir: `, or with the task's name (`weir: partition 3: `).
+    says: String,
 }
 
 impl std::fmt::Debug for Checkpointing {
@@ -110,6 +112,7 @@ impl Checkpointing {
         parallelism: usize,
         metrics: CheckpointMetrics,
         verbose: bool,
+        task: Option<&str>,
     ) -> Result<Arc<Self>, CheckpointError> {
         std::fs::create_dir_all(&config.dir).map_err(|source| CheckpointError::Io {
             path: config.dir.clone(),
@@ -147,6 +150,7 @@ impl Checkpointing {
             sources: AtomicU64::new(0),
             metrics,
             verbose,
+            says: task.map_or_else(|| "weir: ".to_string(), |t| format!("weir: {t}: ")),
         }))
     }
 
@@ -341,8 +345,8 @@ impl Checkpointing {
                                 return Err(format!("the final checkpoint {id} failed: {reason}"));
                             }
                             eprintln!(
-                                "weir: checkpoint {id} failed: {reason}; the job goes on and tries again in {:?}",
-                                self.config.interval
+                                "{}checkpoint {id} failed: {reason}; the job goes on and tries again in {:?}",
+                                self.says, self.config.interval
                             );
                         }
                     }
@@ -365,7 +369,10 @@ impl Checkpointing {
                     if is_final {
                         return Err(format!("the final checkpoint {id} failed: {reason}"));
                     }
-                    eprintln!("weir: checkpoint {id} failed: {reason}; the job goes on");
+                    eprintln!(
+                        "{}checkpoint {id} failed: {reason}; the job goes on",
+                        self.says
+                    );
                     next_due = Instant::now() + self.config.interval;
                     continue;
                 }
@@ -441,7 +448,8 @@ impl Checkpointing {
         m.mark_completed();
         if self.verbose {
             eprintln!(
-                "weir: checkpoint {}{} complete in {} ms ({:.1} MB, longest alignment {} ms)",
+                "{}checkpoint {}{} complete in {} ms ({:.1} MB, longest alignment {} ms)",
+                self.says,
                 flight.id,
                 if flight.is_final { " (final)" } else { "" },
                 took.as_millis(),

@@ -1,0 +1,523 @@
+//! Running a job as one task per Kafka partition (`--input kafka://..?tasks=per-partition`),
+//! so that several `weir` processes in one consumer group split a topic *with* their state,
+//! as Kafka Streams' stream tasks do.
+//!
+//! ```text
+//!  weir process                               shared --state-dir DIR
+//!  ┌──────────────────────────────────────┐    ┌───────────────────────────────┐
+//!  │ group member (assignment only)       │    │ partition-0/JOB/checkpoints   │
+//!  │  assigned 0 ─▶ task 0: the whole job │◀──▶│ partition-1/JOB/checkpoints   │
+//!  │  assigned 2 ─▶ task 2: the whole job │    │ ...                           │
+//!  └──────────────────────────────────────┘    └───────────────────────────────┘
+//! ```
+//!
+//! Each task is the job built for one partition alone (`partitions=P`), with its own
+//! state, checkpoints (`DIR/partition-P/`), watermark and output (a file output `OUT`
+//! becomes `OUT/partition-P/`; a Kafka output gets the transactional id `ID.P`). When the
+//! group assigns a partition, its task starts and restores the partition's newest
+//! checkpoint from `DIR` before it reads; when the group takes it away, the task is
+//! cancelled (like a crash: nothing after its last checkpoint is committed) and joined
+//! *before* the revocation returns, so the next owner resumes from exactly what it left.
+//!
+//! # Invariants
+//! - Results equal a one-process run only if every record of a key is in one partition
+//!   (records keyed by it: `weir gen --key-field`) and every stateful operator is keyed by
+//!   that key: a ranking over all keys (`--top`) is per partition here.
+//! - Each partition has its own watermark (Kafka Streams' stream time per task); an event
+//!   within its partition's out-of-orderness bound is never late.
+//! - With `until=end` a partition is finished once its task ended; a marker
+//!   `DIR/partition-P/FINISHED` says so, and a process ends once every partition of the
+//!   topic has one, so a survivor goes on with the partitions of a process that died.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use weir_connectors::kafka::{GroupChange, GroupMember};
+use weir_connectors::KafkaSpec;
+use weir_engine::metrics::MetricsServer;
+use weir_engine::{EngineError, JobControl, JobMetrics, RunSummary};
+
+use crate::options::JobOptions;
+use crate::registry::JobSpec;
+
+/// How often the process serves the group and looks for finished tasks.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A running task: one partition's job.
+struct Task {
+    control: Arc<JobControl>,
+    metrics: Arc<JobMetrics>,
+    handle: JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+/// The tasks of this process, shared by the group's callback and the main loop.
+#[derive(Default)]
+struct Tasks {
+    running: BTreeMap<i32, Task>,
+    /// The partitions whose tasks finished here, and what each did.
+    finished: Vec<(i32, RunSummary)>,
+    /// The first task failure (other than a cancel); it ends the process.
+    failed: Option<anyhow::Error>,
+}
+
+/// What one process of a job run per partition did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionedSummary {
+    /// The partitions whose tasks finished in this process.
+    pub partitions: Vec<i32>,
+    /// Their runs added up (`elapsed` is the longest, `watermark` the smallest).
+    pub total: Option<RunSummary>,
+}
+
+/// How the process shows itself.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// Prometheus endpoint, or `None` for none.
+    pub metrics_addr: Option<String>,
+    /// No progress lines.
+    pub quiet: bool,
+}
+
+/// Runs `spec` as one task per partition the group assigns this process, until every
+/// partition is finished (`until=end`) or for ever.
+pub fn run(
+    spec: &JobSpec,
+    options: &JobOptions,
+    serving: &Serving,
+) -> anyhow::Result<PartitionedSummary> {
+    let input = kafka_input(options).ok_or_else(|| anyhow!("no Kafka input"))?;
+    let state_dir = check_options(options)?;
+    let process_metrics = Arc::new(JobMetrics::new(&spec.name));
+    let tasks: Arc<Mutex<Tasks>> = Arc::default();
+    let starter = TaskStarter {
+        spec: spec.clone(),
+        options: options.clone(),
+        state_dir: state_dir.clone(),
+        until_end: input.until_end,
+        quiet: serving.quiet,
+    };
+    let on_change = {
+        let (tasks, starter) = (tasks.clone(), starter.clone());
+        move |change: GroupChange| match change {
+            GroupChange::Assigned(partitions) => {
+                for partition in partitions {
+                    if starter.until_end && finished_marker(&starter.state_dir, partition).exists()
+                    {
+                        continue;
+                    }
+                    match starter.start(partition) {
+                        Ok(task) => {
+                            lock(&tasks).running.insert(partition, task);
+                        }
+                        Err(e) => {
+                            lock(&tasks).failed.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            GroupChange::Revoked(partitions) => {
+                for partition in partitions {
+                    let task = lock(&tasks).running.remove(&partition);
+                    if let Some(task) = task {
+                        task.control.cancel();
+                        starter.settle(&tasks, partition, task.handle);
+                    }
+                }
+            }
+        }
+    };
+    let member = GroupMember::join(&input, process_metrics.kafka(), on_change)?;
+    let _server = match &serving.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let (process, tasks) = (process_metrics.clone(), tasks.clone());
+            let server = MetricsServer::serve(
+                addr,
+                move || {
+                    let running: Vec<(String, Arc<JobMetrics>)> = lock(&tasks)
+                        .running
+                        .iter()
+                        .map(|(p, t)| (format!("partition-{p}"), t.metrics.clone()))
+                        .collect();
+                    let labels: Vec<[(&str, &str); 1]> = running
+                        .iter()
+                        .map(|(t, _)| [("task", t.as_str())])
+                        .collect();
+                    let mut sets: Vec<(&[(&str, &str)], &JobMetrics)> = vec![(&[], &process)];
+                    sets.extend(
+                        labels
+                            .iter()
+                            .zip(&running)
+                            .map(|(l, (_, m))| (&l[..], &**m)),
+                    );
+                    JobMetrics::render_all(&sets)
+                },
+                None,
+            )?;
+            eprintln!("weir: metrics at http://{}/metrics", server.addr());
+            Some(server)
+        }
+    };
+    let outcome = serve_until_done(&member, &tasks, &starter);
+    // Leaving revokes what is still running (after a failure) through the callback.
+    member.leave();
+    outcome?;
+    let mut tasks = lock(&tasks);
+    if let Some(e) = tasks.failed.take() {
+        return Err(e);
+    }
+    Ok(summarize(&tasks.finished))
+}
+
+/// Serves the group and reaps finished tasks until every partition of the topic is
+/// finished (`until=end`) or a task failed.
+fn serve_until_done(
+    member: &GroupMember,
+    tasks: &Arc<Mutex<Tasks>>,
+    starter: &TaskStarter,
+) -> anyhow::Result<()> {
+    let mut partition_count = None;
+    loop {
+        member.poll(TICK);
+        let ended: Vec<(i32, Task)> = {
+            let mut tasks = lock(tasks);
+            let done: Vec<i32> = tasks
+                .running
+                .iter()
+                .filter(|(_, t)| t.handle.is_finished())
+                .map(|(&p, _)| p)
+                .collect();
+            done.into_iter()
+                .filter_map(|p| tasks.running.remove(&p).map(|t| (p, t)))
+                .collect()
+        };
+        for (partition, task) in ended {
+            starter.settle(tasks, partition, task.handle);
+        }
+        if lock(tasks).failed.is_some() {
+            return Ok(());
+        }
+        if !starter.until_end || !lock(tasks).running.is_empty() {
+            continue;
+        }
+        let count = match partition_count {
+            Some(n) => n,
+            None => {
+                let n = member.partition_count()?;
+                if n == 0 {
+                    bail!(
+                        "the input topic has no partitions (does it exist?): create it before \
+                         running the job"
+                    );
+                }
+                *partition_count.insert(n)
+            }
+        };
+        let all_finished = (0..count as i32)
+            .all(|partition| finished_marker(&starter.state_dir, partition).exists());
+        if all_finished {
+            return Ok(());
+        }
+    }
+}
+
+/// Builds and starts the task of one partition.
+#[derive(Clone)]
+struct TaskStarter {
+    spec: JobSpec,
+    options: JobOptions,
+    state_dir: PathBuf,
+    until_end: bool,
+    quiet: bool,
+}
+
+impl TaskStarter {
+    /// Starts partition `partition`'s task; it restores the partition's newest checkpoint
+    /// before reading.
+    fn start(&self, partition: i32) -> anyhow::Result<Task> {
+        let options = task_options(&self.options, &self.state_dir, partition)?;
+        let mut run_options = options.run_options(&self.spec.name)?;
+        run_options.task = Some(format!("partition {partition}"));
+        if !self.quiet {
+            run_options.progress_interval = Some(Duration::from_secs(1));
+        }
+        let build = self.spec.build;
+        // A job is built on the thread that runs it (it is not `Send`); its handles come
+        // back once it is built.
+        let (built_tx, built_rx) = std::sync::mpsc::sync_channel(1);
+        let handle = std::thread::Builder::new()
+            .name(format!("weir-partition-{partition}"))
+            .spawn(move || {
+                let job = match build(&options) {
+                    Ok(job) => job,
+                    Err(e) => {
+                        let _ = built_tx.send(None);
+                        return Err(e);
+                    }
+                };
+                let _ = built_tx.send(Some((job.control(), job.metrics())));
+                Ok(job.run(&run_options)?)
+            })
+            .context("cannot start a partition task's thread")?;
+        match built_rx.recv().ok().flatten() {
+            Some((control, metrics)) => Ok(Task {
+                control,
+                metrics,
+                handle,
+            }),
+            None => Err(join(handle)
+                .err()
+                .unwrap_or_else(|| anyhow!("the task of partition {partition} did not start"))
+                .context(format!("cannot build the task of partition {partition}"))),
+        }
+    }
+
+    /// Waits for a task that ended or was cancelled and records how it ended.
+    fn settle(
+        &self,
+        tasks: &Mutex<Tasks>,
+        partition: i32,
+        handle: JoinHandle<anyhow::Result<RunSummary>>,
+    ) {
+        match join(handle) {
+            Ok(summary) => {
+                if self.until_end {
+                    let marker = finished_marker(&self.state_dir, partition);
+                    if let Err(e) = std::fs::write(&marker, b"") {
+                        lock(tasks).failed.get_or_insert(anyhow!(
+                            "cannot write {}: {e} (check --state-dir)",
+                            marker.display()
+                        ));
+                        return;
+                    }
+                }
+                eprintln!("weir: partition {partition} finished");
+                lock(tasks).finished.push((partition, summary));
+            }
+            Err(e) if is_cancel(&e) => eprintln!("weir: partition {partition} stopped here"),
+            Err(e) => {
+                lock(tasks)
+                    .failed
+                    .get_or_insert(e.context(format!("the task of partition {partition} failed")));
+            }
+        }
+    }
+}
+
+fn join(handle: JoinHandle<anyhow::Result<RunSummary>>) -> anyhow::Result<RunSummary> {
+    handle
+        .join()
+        .unwrap_or_else(|_| Err(anyhow!("a partition task panicked")))
+}
+
+fn is_cancel(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<EngineError>(),
+        Some(EngineError::Cancelled { .. })
+    )
+}
+
+fn lock(tasks: &Mutex<Tasks>) -> MutexGuard<'_, Tasks> {
+    tasks.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The Kafka input if it asks for one task per partition.
+pub fn kafka_input(options: &JobOptions) -> Option<KafkaSpec> {
+    let uri = options.input.as_deref()?.to_str()?;
+    KafkaSpec::parse(uri)?
+        .ok()
+        .filter(|spec| spec.per_partition_tasks)
+}
+
+/// The state directory; refuses what a job run per partition cannot do.
+fn check_options(options: &JobOptions) -> anyhow::Result<PathBuf> {
+    let (Some(dir), Some(_)) = (&options.state_dir, options.checkpoint_interval) else {
+        bail!(
+            "tasks=per-partition keeps each partition's state in checkpoints under a directory \
+             every process of the group can read: pass --state-dir DIR and \
+             --checkpoint-interval D"
+        );
+    };
+    if options.from_savepoint.is_some() || options.replay_from.is_some() {
+        bail!(
+            "tasks=per-partition resumes each partition from its own newest checkpoint: \
+             --from-savepoint and --replay-from are not supported with it"
+        );
+    }
+    Ok(dir.clone())
+}
+
+/// `DIR/partition-P/FINISHED`: partition `P`'s task read to the end (`until=end`).
+fn finished_marker(state_dir: &Path, partition: i32) -> PathBuf {
+    state_dir
+        .join(format!("partition-{partition}"))
+        .join("FINISHED")
+}
+
+/// The options of partition `partition`'s task: the input reads that partition alone,
+/// state and checkpoints live in `DIR/partition-P`, and outputs are the task's own.
+fn task_options(
+    options: &JobOptions,
+    state_dir: &Path,
+    partition: i32,
+) -> anyhow::Result<JobOptions> {
+    let own = format!("partition-{partition}");
+    let task_dir = state_dir.join(&own);
+    std::fs::create_dir_all(&task_dir)
+        .with_context(|| format!("cannot create {} (check --state-dir)", task_dir.display()))?;
+    let input = options
+        .input
+        .as_deref()
+        .and_then(Path::to_str)
+        .unwrap_or_default();
+    let input = with_param(
+        &with_param(input, "tasks", None),
+        "partitions",
+        Some(&partition.to_string()),
+    );
+    // Dead letters go beside a file output (as without tasks), else in the task's directory.
+    let elsewhere = Some(task_dir.join("dead-letters.jsonl"));
+    let (output, dead_letter_file) = match options.output.as_deref() {
+        None => (None, elsewhere),
+        Some(uri) if uri.ends_with(':') || uri.starts_with("tcp://") => {
+            (Some(uri.to_string()), elsewhere)
+        }
+        Some(uri) => match KafkaSpec::parse(uri) {
+            Some(spec) => {
+                let spec = spec.map_err(|e| anyhow!("--output {e}"))?;
+                let id = format!("{}.{partition}", spec.transactional_id());
+                (
+                    Some(with_param(uri, "transactional.id", Some(&id))),
+                    elsewhere,
+                )
+            }
+            None => {
+                let dir = Path::new(uri.strip_prefix("file://").unwrap_or(uri)).join(&own);
+                (Some(dir.to_string_lossy().into_owned()), None)
+            }
+        },
+    };
+    Ok(JobOptions {
+        input: Some(PathBuf::from(input)),
+        output,
+        state_dir: Some(task_dir),
+        late_output: options.late_output.as_ref().map(|p| p.join(&own)),
+        dead_letter_file,
+        ..options.clone()
+    })
+}
+
+/// `uri` with query parameter `key` set to `value` (replacing it), or removed (`None`).
+fn with_param(uri: &str, key: &str, value: Option<&str>) -> String {
+    let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let mut pairs: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some(key))
+        .map(str::to_string)
+        .collect();
+    if let Some(value) = value {
+        pairs.push(format!("{key}={value}"));
+    }
+    if pairs.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", pairs.join("&"))
+    }
+}
+
+/// The finished tasks' runs added up.
+fn summarize(finished: &[(i32, RunSummary)]) -> PartitionedSummary {
+    let mut partitions: Vec<i32> = finished.iter().map(|(p, _)| *p).collect();
+    partitions.sort_unstable();
+    let total = finished
+        .iter()
+        .map(|(_, s)| s.clone())
+        .reduce(|a, b| RunSummary {
+            events_read: a.events_read + b.events_read,
+            dead_letters: a.dead_letters + b.dead_letters,
+            late_events: a.late_events + b.late_events,
+            results_written: a.results_written + b.results_written,
+            elapsed: a.elapsed.max(b.elapsed),
+            watermark: a.watermark.min(b.watermark).or(a.watermark).or(b.watermark),
+            latency: None,
+        });
+    PartitionedSummary { partitions, total }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parameter_is_replaced_added_or_removed() {
+        let uri = "kafka://b:1/t?group=g&tasks=per-partition&until=end";
+        assert_eq!(
+            with_param(&with_param(uri, "tasks", None), "partitions", Some("3")),
+            "kafka://b:1/t?group=g&until=end&partitions=3"
+        );
+        assert_eq!(
+            with_param("kafka://b:1/t?tasks=x", "tasks", None),
+            "kafka://b:1/t"
+        );
+        assert_eq!(
+            with_param(
+                "kafka://b:1/o?transactional.id=a",
+                "transactional.id",
+                Some("a.2")
+            ),
+            "kafka://b:1/o?transactional.id=a.2"
+        );
+    }
+
+    #[test]
+    fn each_task_has_its_own_input_state_and_outputs() {
+        let options = JobOptions::from_args([
+            "--input",
+            "kafka://b:1/events?group=g&tasks=per-partition",
+            "--output",
+            "out",
+            "--late-output",
+            "late",
+            "--state-dir",
+            "/nonexistent-weir-test/st",
+            "--checkpoint-interval",
+            "1s",
+        ])
+        .expect("valid options");
+        let dir = std::env::temp_dir().join(format!("weir-task-options-{}", std::process::id()));
+        let task = task_options(&options, &dir, 2).expect("task options");
+        assert_eq!(
+            task.input.as_deref(),
+            Some(Path::new("kafka://b:1/events?group=g&partitions=2"))
+        );
+        assert_eq!(task.output.as_deref(), Some("out/partition-2"));
+        assert_eq!(
+            task.late_output.as_deref(),
+            Some(Path::new("late/partition-2"))
+        );
+        assert_eq!(task.state_dir, Some(dir.join("partition-2")));
+        assert_eq!(
+            task.dead_letter_path("j"),
+            PathBuf::from("out/partition-2.dead.jsonl")
+        );
+
+        let to_kafka = JobOptions {
+            output: Some("kafka://b:1/results".into()),
+            ..options
+        };
+        let task = task_options(&to_kafka, &dir, 3).expect("task options");
+        assert_eq!(
+            task.output.as_deref(),
+            Some("kafka://b:1/results?transactional.id=weir.weir.results.3")
+        );
+        assert_eq!(
+            task.dead_letter_path("j"),
+            dir.join("partition-3").join("dead-letters.jsonl")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
