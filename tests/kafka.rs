@@ -997,29 +997,47 @@ fn two_processes_with_partition_tasks_give_the_one_process_rows() {
     let (broker, reference) = keyed_topic(&dir, "split", 200_000);
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
     let args = partition_tasks(&broker, "split", &out, &state);
-    let spawn = |log: &str| spawn_logged(&args, &dir.path().join(log));
-    let (mut first, mut second) = (spawn("first.stderr"), spawn("second.stderr"));
-    for child in [&mut first, &mut second] {
-        assert!(child.wait().unwrap().success());
-    }
-    let logs =
-        ["first.stderr", "second.stderr"].map(|f| fs::read_to_string(dir.path().join(f)).unwrap());
-    // Both took part: each ran the tasks of some partitions.
-    for log in &logs {
-        assert!(log.contains("finished in this process"), "{log}");
+    let mut second = spawn_logged(&args, &dir.path().join("second.stderr"));
+    // The first serves its metrics (kept up after it ends) instead of `off`.
+    let served: Vec<&std::ffi::OsStr> = args
+        .iter()
+        .filter(|a| *a != "--metrics-addr" && *a != "off")
+        .map(|a| a.as_ref())
+        .collect();
+    let (metrics, _, first_done, first) = common::run_and_scrape_metrics(WEIR, &served).unwrap();
+    assert!(second.wait().unwrap().success());
+    drop(first);
+    let second_log = fs::read_to_string(dir.path().join("second.stderr")).unwrap();
+    let second_done = second_log
+        .lines()
+        .find(|l| l.contains(" done: "))
+        .unwrap_or_default();
+    // Both took part: each finished the tasks of some partitions.
+    for done in [first_done.as_str(), second_done] {
         assert!(
-            log.contains("weir: partition ") && log.contains(" finished"),
-            "a process ran no partition task:\n{log}"
+            done.contains("finished in this process") && !done.contains("partitions []"),
+            "a process ran no partition task: {done}\n{second_log}"
         );
     }
     assert!(
         partition_task_rows(&out) == reference,
-        "the two processes' rows differ from the one-process run (stderr:\n{}\n{})",
-        logs[0],
-        logs[1]
+        "the two processes' rows differ from the one-process run:\n{first_done}\n{second_log}"
+    );
+    // One endpoint for all its tasks, each sample labelled with its task.
+    let read_by_tasks = common::sample_sum(
+        &metrics,
+        "weir_kafka_records_in_total",
+        &["task=\"partition-"],
+    );
+    assert!(read_by_tasks > 0.0, "{metrics}");
+    assert!(
+        common::sample_sum(&metrics, "weir_kafka_rebalances_total", &[]) >= 1.0,
+        "{metrics}"
     );
     for p in 0..PARTITIONS {
-        assert!(state.join(format!("partition-{p}/FINISHED")).exists());
+        assert!(state
+            .join(format!("partition-{p}/window-agg/FINISHED"))
+            .exists());
     }
     // Started again, a finished job reads nothing and changes nothing.
     let again = common::run_ok(WEIR, &args).unwrap();

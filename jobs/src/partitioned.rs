@@ -26,14 +26,16 @@
 //! - Each partition has its own watermark (Kafka Streams' stream time per task); an event
 //!   within its partition's out-of-orderness bound is never late.
 //! - With `until=end` a partition is finished once its task ended; a marker
-//!   `DIR/partition-P/FINISHED` says so, and a process ends once every partition of the
-//!   topic has one, so a survivor goes on with the partitions of a process that died.
+//!   `DIR/partition-P/JOB/FINISHED` says so, and a process ends once every partition of
+//!   the topic has one, so a survivor goes on with the partitions of a process that died.
+//! - A task that fails (not cancelled) ends the process, as Kafka Streams' default
+//!   uncaught-exception handler does: its partitions then go to the other processes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use weir_connectors::kafka::{GroupChange, GroupMember};
@@ -54,12 +56,13 @@ struct Task {
     handle: JoinHandle<anyhow::Result<RunSummary>>,
 }
 
-/// The tasks of this process, shared by the group's callback and the main loop.
+/// The tasks of this process, shared by the group's callback, the main loop and the
+/// metrics endpoint.
 #[derive(Default)]
 struct Tasks {
     running: BTreeMap<i32, Task>,
-    /// The partitions whose tasks finished here, and what each did.
-    finished: Vec<(i32, RunSummary)>,
+    /// The tasks that finished here: partition, what it did, its metrics (still served).
+    finished: Vec<(i32, RunSummary, Arc<JobMetrics>)>,
     /// The first task failure (other than a cancel); it ends the process.
     failed: Option<anyhow::Error>,
 }
@@ -90,23 +93,31 @@ pub fn run(
     serving: &Serving,
 ) -> anyhow::Result<PartitionedSummary> {
     let input = kafka_input(options).ok_or_else(|| anyhow!("no Kafka input"))?;
-    let state_dir = check_options(options)?;
+    let state_dir = check_options(options, &input)?;
     let process_metrics = Arc::new(JobMetrics::new(&spec.name));
     let tasks: Arc<Mutex<Tasks>> = Arc::default();
     let starter = TaskStarter {
         spec: spec.clone(),
         options: options.clone(),
-        state_dir: state_dir.clone(),
+        state_dir,
         until_end: input.until_end,
         quiet: serving.quiet,
+    };
+    let _server = match &serving.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let (process, tasks) = (process_metrics.clone(), tasks.clone());
+            let server = MetricsServer::serve(addr, move || render(&process, &tasks), None)?;
+            eprintln!("weir: metrics at http://{}/metrics", server.addr());
+            Some(server)
+        }
     };
     let on_change = {
         let (tasks, starter) = (tasks.clone(), starter.clone());
         move |change: GroupChange| match change {
             GroupChange::Assigned(partitions) => {
                 for partition in partitions {
-                    if starter.until_end && finished_marker(&starter.state_dir, partition).exists()
-                    {
+                    if starter.is_finished(partition) {
                         continue;
                     }
                     match starter.start(partition) {
@@ -120,51 +131,29 @@ pub fn run(
                 }
             }
             GroupChange::Revoked(partitions) => {
-                for partition in partitions {
-                    let task = lock(&tasks).running.remove(&partition);
-                    if let Some(task) = task {
-                        task.control.cancel();
-                        starter.settle(&tasks, partition, task.handle);
-                    }
+                let stopping: Vec<(i32, Task)> = {
+                    let mut tasks = lock(&tasks);
+                    partitions
+                        .iter()
+                        .filter_map(|p| tasks.running.remove(p).map(|t| (*p, t)))
+                        .collect()
+                };
+                // All are told first, so they wind down together.
+                for (_, task) in &stopping {
+                    task.control.cancel();
+                }
+                for (partition, task) in stopping {
+                    starter.settle(&tasks, partition, task);
                 }
             }
         }
     };
     let member = GroupMember::join(&input, process_metrics.kafka(), on_change)?;
-    let _server = match &serving.metrics_addr {
-        None => None,
-        Some(addr) => {
-            let (process, tasks) = (process_metrics.clone(), tasks.clone());
-            let server = MetricsServer::serve(
-                addr,
-                move || {
-                    let running: Vec<(String, Arc<JobMetrics>)> = lock(&tasks)
-                        .running
-                        .iter()
-                        .map(|(p, t)| (format!("partition-{p}"), t.metrics.clone()))
-                        .collect();
-                    let labels: Vec<[(&str, &str); 1]> = running
-                        .iter()
-                        .map(|(t, _)| [("task", t.as_str())])
-                        .collect();
-                    let mut sets: Vec<(&[(&str, &str)], &JobMetrics)> = vec![(&[], &process)];
-                    sets.extend(
-                        labels
-                            .iter()
-                            .zip(&running)
-                            .map(|(l, (_, m))| (&l[..], &**m)),
-                    );
-                    JobMetrics::render_all(&sets)
-                },
-                None,
-            )?;
-            eprintln!("weir: metrics at http://{}/metrics", server.addr());
-            Some(server)
-        }
-    };
     let outcome = serve_until_done(&member, &tasks, &starter);
-    // Leaving revokes what is still running (after a failure) through the callback.
+    // Leaving revokes what is still running (after a failure) through the callback, which
+    // takes the tasks' lock: so the member goes before the lock is taken here.
     member.leave();
+    drop(member);
     outcome?;
     let mut tasks = lock(&tasks);
     if let Some(e) = tasks.failed.take() {
@@ -173,6 +162,27 @@ pub fn run(
     Ok(summarize(&tasks.finished))
 }
 
+/// The metrics of the process (its group member) and of every task it ran, each task's
+/// samples labelled `task="partition-P"`.
+fn render(process: &JobMetrics, tasks: &Mutex<Tasks>) -> String {
+    let all: Vec<(String, Arc<JobMetrics>)> = {
+        let tasks = lock(tasks);
+        let running = tasks.running.iter().map(|(p, t)| (*p, &t.metrics));
+        let finished = tasks.finished.iter().map(|(p, _, m)| (*p, m));
+        running
+            .chain(finished)
+            .map(|(p, m)| (format!("partition-{p}"), m.clone()))
+            .collect()
+    };
+    let labels: Vec<[(&str, &str); 1]> = all.iter().map(|(t, _)| [("task", t.as_str())]).collect();
+    let mut sets: Vec<(&[(&str, &str)], &JobMetrics)> = vec![(&[], process)];
+    sets.extend(labels.iter().zip(&all).map(|(l, (_, m))| (&l[..], &**m)));
+    JobMetrics::render_all(&sets)
+}
+
+/// How long the topic may show no partitions before the process gives up.
+const NO_PARTITIONS_FOR: Duration = Duration::from_secs(30);
+
 /// Serves the group and reaps finished tasks until every partition of the topic is
 /// finished (`until=end`) or a task failed.
 fn serve_until_done(
@@ -180,7 +190,8 @@ fn serve_until_done(
     tasks: &Arc<Mutex<Tasks>>,
     starter: &TaskStarter,
 ) -> anyhow::Result<()> {
-    let mut partition_count = None;
+    let mut partition_count = 0;
+    let started = Instant::now();
     loop {
         member.poll(TICK);
         let ended: Vec<(i32, Task)> = {
@@ -196,7 +207,7 @@ fn serve_until_done(
                 .collect()
         };
         for (partition, task) in ended {
-            starter.settle(tasks, partition, task.handle);
+            starter.settle(tasks, partition, task);
         }
         if lock(tasks).failed.is_some() {
             return Ok(());
@@ -204,22 +215,18 @@ fn serve_until_done(
         if !starter.until_end || !lock(tasks).running.is_empty() {
             continue;
         }
-        let count = match partition_count {
-            Some(n) => n,
-            None => {
-                let n = member.partition_count()?;
-                if n == 0 {
-                    bail!(
-                        "the input topic has no partitions (does it exist?): create it before \
-                         running the job"
-                    );
-                }
-                *partition_count.insert(n)
+        if partition_count == 0 {
+            // A metadata error is passing as often as not: asked again next time.
+            partition_count = member.partition_count().unwrap_or(0);
+            if partition_count == 0 && started.elapsed() > NO_PARTITIONS_FOR {
+                bail!(
+                    "the input topic showed no partitions for {NO_PARTITIONS_FOR:?} (does it \
+                     exist? is the broker up?): create it before running the job"
+                );
             }
-        };
-        let all_finished = (0..count as i32)
-            .all(|partition| finished_marker(&starter.state_dir, partition).exists());
-        if all_finished {
+        }
+        let count = i32::try_from(partition_count).unwrap_or(i32::MAX);
+        if count > 0 && (0..count).all(|partition| starter.is_finished(partition)) {
             return Ok(());
         }
     }
@@ -236,6 +243,19 @@ struct TaskStarter {
 }
 
 impl TaskStarter {
+    /// True if partition `partition` was read to its end (`until=end`), here or elsewhere.
+    fn is_finished(&self, partition: i32) -> bool {
+        self.until_end && self.finished_marker(partition).exists()
+    }
+
+    /// `DIR/partition-P/JOB/FINISHED`: partition `P`'s task read to the end (`until=end`);
+    /// beside the task's checkpoints, so it belongs to this job alone.
+    fn finished_marker(&self, partition: i32) -> PathBuf {
+        task_dir(&self.state_dir, partition)
+            .join(&self.spec.name)
+            .join("FINISHED")
+    }
+
     /// Starts partition `partition`'s task; it restores the partition's newest checkpoint
     /// before reading.
     fn start(&self, partition: i32) -> anyhow::Result<Task> {
@@ -277,16 +297,11 @@ impl TaskStarter {
     }
 
     /// Waits for a task that ended or was cancelled and records how it ended.
-    fn settle(
-        &self,
-        tasks: &Mutex<Tasks>,
-        partition: i32,
-        handle: JoinHandle<anyhow::Result<RunSummary>>,
-    ) {
-        match join(handle) {
+    fn settle(&self, tasks: &Mutex<Tasks>, partition: i32, task: Task) {
+        match join(task.handle) {
             Ok(summary) => {
                 if self.until_end {
-                    let marker = finished_marker(&self.state_dir, partition);
+                    let marker = self.finished_marker(partition);
                     if let Err(e) = std::fs::write(&marker, b"") {
                         lock(tasks).failed.get_or_insert(anyhow!(
                             "cannot write {}: {e} (check --state-dir)",
@@ -296,7 +311,9 @@ impl TaskStarter {
                     }
                 }
                 eprintln!("weir: partition {partition} finished");
-                lock(tasks).finished.push((partition, summary));
+                lock(tasks)
+                    .finished
+                    .push((partition, summary, task.metrics));
             }
             Err(e) if is_cancel(&e) => eprintln!("weir: partition {partition} stopped here"),
             Err(e) => {
@@ -334,7 +351,7 @@ pub fn kafka_input(options: &JobOptions) -> Option<KafkaSpec> {
 }
 
 /// The state directory; refuses what a job run per partition cannot do.
-fn check_options(options: &JobOptions) -> anyhow::Result<PathBuf> {
+fn check_options(options: &JobOptions, input: &KafkaSpec) -> anyhow::Result<PathBuf> {
     let (Some(dir), Some(_)) = (&options.state_dir, options.checkpoint_interval) else {
         bail!(
             "tasks=per-partition keeps each partition's state in checkpoints under a directory \
@@ -348,14 +365,36 @@ fn check_options(options: &JobOptions) -> anyhow::Result<PathBuf> {
              --from-savepoint and --replay-from are not supported with it"
         );
     }
+    if options
+        .output
+        .as_deref()
+        .is_some_and(|o| o.starts_with("tcp://") && o.contains("mode=listen"))
+    {
+        bail!(
+            "tasks=per-partition runs a sink per partition, and they cannot all listen on one \
+             address: use a file, Kafka or tcp:// client output"
+        );
+    }
+    // A revoked partition's task stops before the member gives the partition up only with
+    // the classic, eager protocol (see `GroupMember`).
+    let eager = input.properties.iter().all(|(k, v)| {
+        !(k == "partition.assignment.strategy" && v.contains("cooperative")
+            || k == "group.protocol" && v != "classic")
+    });
+    if !eager {
+        bail!(
+            "tasks=per-partition needs the classic group protocol with an eager assignor \
+             (range or roundrobin): drop group.protocol / the cooperative \
+             partition.assignment.strategy from --input"
+        );
+    }
     Ok(dir.clone())
 }
 
-/// `DIR/partition-P/FINISHED`: partition `P`'s task read to the end (`until=end`).
-fn finished_marker(state_dir: &Path, partition: i32) -> PathBuf {
-    state_dir
-        .join(format!("partition-{partition}"))
-        .join("FINISHED")
+/// `DIR/partition-P`: partition `P`'s state, checkpoints and (for non-file outputs) dead
+/// letters.
+fn task_dir(state_dir: &Path, partition: i32) -> PathBuf {
+    state_dir.join(format!("partition-{partition}"))
 }
 
 /// The options of partition `partition`'s task: the input reads that partition alone,
@@ -366,7 +405,7 @@ fn task_options(
     partition: i32,
 ) -> anyhow::Result<JobOptions> {
     let own = format!("partition-{partition}");
-    let task_dir = state_dir.join(&own);
+    let task_dir = task_dir(state_dir, partition);
     std::fs::create_dir_all(&task_dir)
         .with_context(|| format!("cannot create {} (check --state-dir)", task_dir.display()))?;
     let input = options
@@ -383,7 +422,7 @@ fn task_options(
     let elsewhere = Some(task_dir.join("dead-letters.jsonl"));
     let (output, dead_letter_file) = match options.output.as_deref() {
         None => (None, elsewhere),
-        Some(uri) if uri.ends_with(':') || uri.starts_with("tcp://") => {
+        Some(uri) if uri.ends_with(':') || uri == "-" || uri.starts_with("tcp://") => {
             (Some(uri.to_string()), elsewhere)
         }
         Some(uri) => match KafkaSpec::parse(uri) {
@@ -430,12 +469,12 @@ fn with_param(uri: &str, key: &str, value: Option<&str>) -> String {
 }
 
 /// The finished tasks' runs added up.
-fn summarize(finished: &[(i32, RunSummary)]) -> PartitionedSummary {
-    let mut partitions: Vec<i32> = finished.iter().map(|(p, _)| *p).collect();
+fn summarize(finished: &[(i32, RunSummary, Arc<JobMetrics>)]) -> PartitionedSummary {
+    let mut partitions: Vec<i32> = finished.iter().map(|(p, _, _)| *p).collect();
     partitions.sort_unstable();
     let total = finished
         .iter()
-        .map(|(_, s)| s.clone())
+        .map(|(_, s, _)| s.clone())
         .reduce(|a, b| RunSummary {
             events_read: a.events_read + b.events_read,
             dead_letters: a.dead_letters + b.dead_letters,
@@ -471,6 +510,49 @@ mod tests {
             ),
             "kafka://b:1/o?transactional.id=a.2"
         );
+    }
+
+    #[test]
+    fn refuses_what_partition_tasks_cannot_do_and_says_why() {
+        let input = "kafka://b:1/t?tasks=per-partition";
+        let state = ["--state-dir", "st", "--checkpoint-interval", "1s"];
+        for (args, says) in [
+            (vec!["--input", input], "pass --state-dir DIR"),
+            (
+                [
+                    &["--input", input][..],
+                    &state,
+                    &["--replay-from", "beginning"],
+                ]
+                .concat(),
+                "--replay-from are not supported",
+            ),
+            (
+                [
+                    &["--input", input][..],
+                    &state,
+                    &["--output", "tcp://127.0.0.1:1?mode=listen"],
+                ]
+                .concat(),
+                "cannot all listen",
+            ),
+            (
+                [
+                    &[
+                        "--input",
+                        &format!("{input}&partition.assignment.strategy=cooperative-sticky"),
+                    ][..],
+                    &state,
+                ]
+                .concat(),
+                "eager assignor",
+            ),
+        ] {
+            let options = JobOptions::from_args(&args).expect("parses");
+            let spec = kafka_input(&options).expect("a task input");
+            let err = check_options(&options, &spec).map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains(says), "{args:?}: {err}");
+        }
     }
 
     #[test]
