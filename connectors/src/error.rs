@@ -43,6 +43,16 @@ pub enum ConnectorError {
         #[source]
         source: serde_json::Error,
     },
+    /// An Arrow IPC file could not be read, or a record batch of it does not fit the job.
+    #[error("{path}: record batch {batch}: {message}")]
+    Arrow {
+        /// The file.
+        path: PathBuf,
+        /// The record batch (0-based) being read.
+        batch: usize,
+        /// What went wrong, and what to do.
+        message: String,
+    },
     /// A CSV file's header row does not fit the job.
     #[error("{path}: line 1: {message}")]
     Header {

@@ -1,5 +1,6 @@
 //! # weir-connectors: where events come from and results go
 //!
+//! - [`arrow`]: an Arrow IPC file source (record batches decoded row by row);
 //! - [`file`]: a file source (JSON lines or CSV with a header row, bounded or followed like
 //!   `tail -f`) and a JSON-lines file sink;
 //! - [`stdout`]: a JSON-lines sink on standard output;
@@ -12,6 +13,7 @@
 //!
 //! Connectors do no I/O until the job runs, so a job can be described without its files.
 
+pub mod arrow;
 pub mod dead_letter;
 pub mod error;
 pub mod file;
@@ -21,6 +23,7 @@ pub mod schema;
 pub mod stdout;
 pub mod tcp;
 
+pub use arrow::{ArrowFileSource, RowDecoder};
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::ConnectorError;
 pub use file::{FileSink, FileSource};

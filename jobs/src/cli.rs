@@ -200,16 +200,26 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             rate,
             key_field,
         } => {
+            let spec = EventStreamSpec {
+                events,
+                keys,
+                disorder_ms,
+            };
+            if crate::window_agg::is_arrow(Path::new(&output)) {
+                if !matches!(stream, GenStream::Events) || rate.is_some() || key_field.is_some() {
+                    bail!(
+                        "an Arrow IPC output (.arrow) takes the `events` stream, written as fast \
+                         as possible: drop --rate and --key-field, or write JSON lines"
+                    );
+                }
+                crate::arrow_events::write_events_arrow(Path::new(&output), spec)
+                    .with_context(|| format!("cannot write {output}"))?;
+                eprintln!("weir: wrote {events} events to {output} (Arrow IPC)");
+                return Ok(());
+            }
             let w = RateLimited::new(open_gen_output(&output, key_field.as_deref())?, rate);
             match stream {
-                GenStream::Events => write_events(
-                    w,
-                    EventStreamSpec {
-                        events,
-                        keys,
-                        disorder_ms,
-                    },
-                ),
+                GenStream::Events => write_events(w, spec),
                 GenStream::Orders => write_orders(w, events),
                 GenStream::Sagas => write_sagas(w, events),
                 GenStream::Nexmark => crate::nexmark::write_events(w, events),

@@ -102,6 +102,12 @@ impl GeneratedEvents {
     /// The next event, or `None` at the end.
     #[inline]
     pub fn next_event(&mut self) -> Option<Event> {
+        self.next_event_and_key_number().map(|(event, _)| event)
+    }
+
+    /// The next event and the number `n` of its key (`kn`), or `None` at the end.
+    #[inline]
+    pub fn next_event_and_key_number(&mut self) -> Option<(Event, u64)> {
         if self.next >= self.spec.events {
             return None;
         }
@@ -114,7 +120,7 @@ impl GeneratedEvents {
         };
         let value = ((r >> 40) % 1000) as i64;
         self.next += 1;
-        Some(Event { ts, key, value })
+        Some((Event { ts, key, value }, k))
     }
 }
 

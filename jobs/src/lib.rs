@@ -24,6 +24,7 @@
 //! [`bench`] (the `weir bench` harness), [`partitioned`] (a job run as one task per Kafka
 //! partition, for scale-out over a consumer group).
 
+pub mod arrow_events;
 pub mod bench;
 pub mod cli;
 pub mod generate;

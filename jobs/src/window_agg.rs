@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use weir_connectors::format::split_csv;
 use weir_connectors::kafka::EventTime;
 use weir_connectors::{
-    CsvHeader, DeadLetters, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec, TcpSource,
-    TcpSpec,
+    ArrowFileSource, CsvHeader, DeadLetters, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec,
+    TcpSource, TcpSpec,
 };
 use weir_engine::intern::Interner;
 use weir_engine::{Job, Stream, Watermarks};
@@ -147,6 +147,10 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                     KafkaSource::new(spec, decoder, dead, metrics)
                         .with_record_time(|e: &mut Event, ms| e.ts = ms),
                 )
+            } else if is_arrow(input) {
+                let [ts, key, value] = [&opts.ts_field, &opts.key_field, &opts.value_field];
+                let columns = crate::arrow_events::EventColumns::new(ts, key, value);
+                job.source("input", ArrowFileSource::new(input, columns, dead))
             } else {
                 job.source(
                     "input",
@@ -157,6 +161,12 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     };
     aggregate_windows(events, opts)?;
     Ok(job)
+}
+
+/// True for an Arrow IPC file (`.arrow`, `.arrows` is the stream format and not read).
+pub fn is_arrow(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("arrow") || e.eq_ignore_ascii_case("ipc"))
 }
 
 /// The dataflow after the source: shared by file input, the generator and benchmarks.

@@ -1,0 +1,321 @@
+//! Arrow IPC files: a source reading record batches and turning their rows into events.
+//!
+//! Columnar input is where Arrow pays in weir (BENCHMARKS.md, Arrow): the values are
+//! already binary, so nothing is parsed per event, and a dictionary-encoded string column
+//! (the usual encoding of keys) is looked at once per dictionary entry, not once per row.
+//! A [`RowDecoder`] binds to each batch's columns once, then decodes rows by index.
+//!
+//! # Invariants
+//! - The position is (record batch, row) of the next row to read, kept in checkpoints; a
+//!   restart opens the file at that batch (the IPC file footer indexes batches) and skips
+//!   the rows before it, so nothing is read twice or skipped.
+//! - A row the decoder rejects (a null where the job needs a value, say) goes to the dead
+//!   letters with its row number in the file (1-based, as a line number) and the batch it
+//!   is in; the rows around it go on. A batch whose columns do not fit the job (missing, or
+//!   of another type) stops the job with the reason: no row of it could be read.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::FileReader;
+use serde_json::json;
+use weir_engine::{BoxError, Data, Source, SourceStatus};
+
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::error::ConnectorError;
+
+/// Turns rows of record batches into events.
+pub trait RowDecoder: Send + 'static {
+    /// The decoded event.
+    type Item: Data;
+
+    /// Looks up the columns of a new batch; an error stops the job (the file does not fit
+    /// it).
+    fn bind(&mut self, batch: &RecordBatch) -> Result<(), String>;
+
+    /// Decodes row `row` of the batch last bound, or says what is wrong with it.
+    fn decode(&mut self, row: usize) -> Result<Self::Item, String>;
+}
+
+/// Reads an Arrow IPC file (the file format, with its footer) from start to end.
+pub struct ArrowFileSource<D: RowDecoder> {
+    path: PathBuf,
+    decoder: D,
+    dead: DeadLetters,
+    reader: Option<FileReader<BufReader<File>>>,
+    /// The batch being read and the index of its next row.
+    batch: Option<RecordBatch>,
+    row: usize,
+    /// The index of the batch being read (or of the next one, between batches).
+    batch_index: usize,
+    /// Rows in the batches before it, for row numbers.
+    rows_before: u64,
+    rejected: Vec<DeadLetter>,
+}
+
+impl<D: RowDecoder> std::fmt::Debug for ArrowFileSource<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrowFileSource")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: RowDecoder> ArrowFileSource<D> {
+    /// Reads `path` with `decoder`; rejected rows go to `dead`.
+    pub fn new(path: impl Into<PathBuf>, decoder: D, dead: DeadLetters) -> Self {
+        ArrowFileSource {
+            path: path.into(),
+            decoder,
+            dead,
+            reader: None,
+            batch: None,
+            row: 0,
+            batch_index: 0,
+            rows_before: 0,
+            rejected: Vec::new(),
+        }
+    }
+
+    fn read_error(&self, message: impl ToString) -> ConnectorError {
+        ConnectorError::Arrow {
+            path: self.path.clone(),
+            batch: self.batch_index,
+            message: message.to_string(),
+        }
+    }
+
+    /// Opens the file (once) at batch `self.batch_index`.
+    fn open(&mut self) -> Result<(), BoxError> {
+        if self.reader.is_some() {
+            return Ok(());
+        }
+        let file = File::open(&self.path).map_err(|source| ConnectorError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| {
+            self.read_error(format!(
+                "not an Arrow IPC file ({e}); write the IPC file format (with its footer), \
+                 not the stream format"
+            ))
+        })?;
+        if self.batch_index > 0 {
+            reader
+                .set_index(self.batch_index)
+                .map_err(|e| self.read_error(e))?;
+        }
+        self.dead.open()?;
+        self.reader = Some(reader);
+        Ok(())
+    }
+
+    /// The batch being read, reading (and binding) the next one if needed; `None` at the
+    /// end of the file.
+    fn current(&mut self) -> Result<Option<&RecordBatch>, BoxError> {
+        if self.batch.is_none() {
+            let next = match self.reader.as_mut().and_then(Iterator::next) {
+                None => return Ok(None),
+                Some(read) => read.map_err(|e| self.read_error(e))?,
+            };
+            self.decoder
+                .bind(&next)
+                .map_err(|reason| self.read_error(format!("does not fit the job: {reason}")))?;
+            self.batch = Some(next);
+        }
+        Ok(self.batch.as_ref())
+    }
+}
+
+impl<D: RowDecoder> Source for ArrowFileSource<D> {
+    type Item = D::Item;
+
+    fn poll_batch(&mut self, out: &mut Vec<D::Item>, max: usize) -> Result<SourceStatus, BoxError> {
+        self.open()?;
+        let mut status = SourceStatus::More;
+        let mut taken = 0;
+        while taken < max {
+            let Some(rows) = self.current()?.map(RecordBatch::num_rows) else {
+                status = SourceStatus::Exhausted;
+                break;
+            };
+            let end = rows.min(self.row + (max - taken));
+            for row in self.row..end {
+                match self.decoder.decode(row) {
+                    Ok(item) => out.push(item),
+                    Err(error) => self.rejected.push(DeadLetter {
+                        source: self.path.display().to_string(),
+                        line: self.rows_before + row as u64 + 1,
+                        error,
+                        raw: format!("row {row} of record batch {}", self.batch_index),
+                    }),
+                }
+            }
+            taken += end - self.row;
+            self.row = end;
+            if self.row == rows {
+                self.batch = None;
+                self.batch_index += 1;
+                self.rows_before += rows as u64;
+                self.row = 0;
+            }
+        }
+        self.dead.write(&self.rejected)?;
+        self.rejected.clear();
+        Ok(status)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (Arrow IPC)", self.path.display())
+    }
+
+    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+        Ok(Some(json!({
+            "batch": self.batch_index,
+            "row": self.row,
+            "rows_before": self.rows_before,
+            "dead_letter_bytes": self.dead.position(),
+        })))
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+        let described = self.describe();
+        let field = |name: &str| {
+            position
+                .get(name)
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| format!("{described}: the checkpoint holds no `{name}` position"))
+        };
+        let (batch, row) = (field("batch")?, field("row")?);
+        self.rows_before = field("rows_before")?;
+        self.dead.resume_at(field("dead_letter_bytes")?)?;
+        self.batch_index = usize::try_from(batch)?;
+        let row = usize::try_from(row)?;
+        self.open()?;
+        if row > 0 {
+            let rows = self.current()?.map_or(0, RecordBatch::num_rows);
+            if row > rows {
+                return Err(self
+                    .read_error(format!(
+                        "the checkpoint is at row {row} of a batch of {rows} rows: the file \
+                         changed since; start with a new --state-dir"
+                    ))
+                    .into());
+            }
+            self.row = row;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use arrow_array::{Array, Int64Array};
+    use arrow_ipc::writer::FileWriter;
+
+    use super::*;
+
+    /// Reads column `n`; a null is rejected.
+    struct Numbers(Option<Int64Array>);
+
+    impl RowDecoder for Numbers {
+        type Item = i64;
+
+        fn bind(&mut self, batch: &RecordBatch) -> Result<(), String> {
+            let column = batch.column_by_name("n").ok_or("no column `n`")?;
+            let ints = column
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or("not Int64")?;
+            self.0 = Some(ints.clone());
+            Ok(())
+        }
+
+        fn decode(&mut self, row: usize) -> Result<i64, String> {
+            let ints = self.0.as_ref().ok_or("unbound")?;
+            if ints.is_null(row) {
+                return Err("`n` is null".into());
+            }
+            Ok(ints.value(row))
+        }
+    }
+
+    /// An IPC file of batches holding `0..`, with a null as the 5th value of the 2nd.
+    fn write_batches(path: &std::path::Path, sizes: &[i64]) {
+        let batch = |start: i64, len: i64, batch: usize| {
+            let values = (start..start + len).map(|v| (batch != 1 || v != start + 4).then_some(v));
+            let column = Arc::new(Int64Array::from_iter(values)) as _;
+            RecordBatch::try_from_iter_with_nullable([("n", column, true)]).unwrap()
+        };
+        let first = batch(0, sizes[0], 0);
+        let mut writer = FileWriter::try_new(File::create(path).unwrap(), &first.schema()).unwrap();
+        let mut start = 0;
+        for (i, &len) in sizes.iter().enumerate() {
+            writer.write(&batch(start, len, i)).unwrap();
+            start += len;
+        }
+        writer.finish().unwrap();
+    }
+
+    fn source(dir: &std::path::Path) -> ArrowFileSource<Numbers> {
+        let counter = weir_engine::JobMetrics::new("t").dead_letters("input");
+        let dead = DeadLetters::to_file(dir.join("dead.jsonl"), counter);
+        ArrowFileSource::new(dir.join("n.arrow"), Numbers(None), dead)
+    }
+
+    #[test]
+    fn a_resumed_source_reads_every_row_once_and_nulls_are_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        write_batches(&dir.path().join("n.arrow"), &[7, 10, 3]);
+        // Read 12 rows (into the second batch), take the position, resume elsewhere.
+        let mut first = source(dir.path());
+        let mut read = Vec::new();
+        assert_eq!(first.poll_batch(&mut read, 12).unwrap(), SourceStatus::More);
+        let position = first.position().unwrap().unwrap();
+        let mut resumed = source(dir.path());
+        resumed.seek(&position).unwrap();
+        loop {
+            if resumed.poll_batch(&mut read, 4).unwrap() == SourceStatus::Exhausted {
+                break;
+            }
+        }
+        let expected: Vec<i64> = (0..20).filter(|&v| v != 11).collect();
+        assert_eq!(read, expected);
+        let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
+        assert_eq!(dead.lines().count(), 1, "{dead}");
+        assert!(
+            dead.contains(r#""line":12"#) && dead.contains("`n` is null"),
+            "{dead}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_arrow_or_does_not_fit_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("n.arrow"), "{\"n\":1}\n").unwrap();
+        let err = source(dir.path())
+            .poll_batch(&mut Vec::new(), 10)
+            .unwrap_err();
+        assert!(err.to_string().contains("not an Arrow IPC file"), "{err}");
+
+        let batch =
+            RecordBatch::try_from_iter([("m", Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
+        let mut writer = FileWriter::try_new(
+            File::create(dir.path().join("n.arrow")).unwrap(),
+            &batch.schema(),
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let err = source(dir.path())
+            .poll_batch(&mut Vec::new(), 10)
+            .unwrap_err();
+        assert!(err.to_string().contains("no column `n`"), "{err}");
+    }
+}
