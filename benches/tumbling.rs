@@ -1,10 +1,12 @@
 //! Criterion benchmark of the tumbling-window job (10 s windows, count/sum/min/max/avg per
-//! key, 1000 keys): events generated in-process, and the same events from a JSON-lines file.
+//! key, 1000 keys): events generated in-process, and the same events from a JSON-lines file
+//! and from an Arrow IPC file.
 //!
 //! `cargo bench -p weir-jobs --bench tumbling`. Throughput is reported in events (elements)
 //! per second of wall time; `weir bench` reports the per-core figure (see BENCHMARKS.md).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weir_jobs::arrow_events::write_events_arrow;
 use weir_jobs::generate::{create_file, write_events, EventStreamSpec};
 use weir_jobs::options::JobOptions;
 use weir_jobs::window_agg;
@@ -22,16 +24,15 @@ fn run_window_agg(args: &[&str]) {
 
 fn tumbling(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
+    let spec = EventStreamSpec {
+        events: EVENTS,
+        ..EventStreamSpec::default()
+    };
     let input = dir.path().join("events.jsonl");
-    write_events(
-        create_file(&input).expect("create input"),
-        EventStreamSpec {
-            events: EVENTS,
-            ..EventStreamSpec::default()
-        },
-    )
-    .expect("write input");
-    let input = input.to_str().expect("utf-8 temp path").to_string();
+    write_events(create_file(&input).expect("create input"), spec).expect("write input");
+    let arrow = dir.path().join("events.arrow");
+    write_events_arrow(&arrow, spec).expect("write the Arrow input");
+    let [input, arrow] = [input, arrow].map(|p| p.to_str().expect("utf-8 temp path").to_string());
 
     let mut group = c.benchmark_group("tumbling-10s");
     group.throughput(Throughput::Elements(EVENTS));
@@ -55,6 +56,9 @@ fn tumbling(c: &mut Criterion) {
         });
         group.bench_function(format!("jsonl/{state}/p{p}"), |b| {
             b.iter(|| run_window_agg(&[&common[..], &["--input", &input]].concat()))
+        });
+        group.bench_function(format!("arrow/{state}/p{p}"), |b| {
+            b.iter(|| run_window_agg(&[&common[..], &["--input", &arrow]].concat()))
         });
     }
     group.finish();

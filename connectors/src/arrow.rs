@@ -26,6 +26,13 @@ use weir_engine::{BoxError, Data, Source, SourceStatus};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::ConnectorError;
 
+/// True for a path naming an Arrow IPC file: `.arrow` or `.ipc` (`.arrows`, the stream
+/// format, is not read).
+pub fn is_arrow_file(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("arrow") || e.eq_ignore_ascii_case("ipc"))
+}
+
 /// Turns rows of record batches into events.
 pub trait RowDecoder: Send + 'static {
     /// The decoded event.
@@ -52,6 +59,8 @@ pub struct ArrowFileSource<D: RowDecoder> {
     batch_index: usize,
     /// Rows in the batches before it, for row numbers.
     rows_before: u64,
+    /// Every batch was read (a restore may land here: a checkpoint after the last batch).
+    at_end: bool,
     rejected: Vec<DeadLetter>,
 }
 
@@ -75,16 +84,21 @@ impl<D: RowDecoder> ArrowFileSource<D> {
             row: 0,
             batch_index: 0,
             rows_before: 0,
+            at_end: false,
             rejected: Vec::new(),
         }
     }
 
-    fn read_error(&self, message: impl ToString) -> ConnectorError {
+    fn error(&self, message: impl ToString) -> ConnectorError {
         ConnectorError::Arrow {
             path: self.path.clone(),
-            batch: self.batch_index,
             message: message.to_string(),
         }
+    }
+
+    /// An error in the batch being read.
+    fn batch_error(&self, message: impl std::fmt::Display) -> ConnectorError {
+        self.error(format!("record batch {}: {message}", self.batch_index))
     }
 
     /// Opens the file (once) at batch `self.batch_index`.
@@ -97,15 +111,27 @@ impl<D: RowDecoder> ArrowFileSource<D> {
             source,
         })?;
         let mut reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| {
-            self.read_error(format!(
+            self.error(format!(
                 "not an Arrow IPC file ({e}); write the IPC file format (with its footer), \
                  not the stream format"
             ))
         })?;
-        if self.batch_index > 0 {
+        let batches = reader.num_batches();
+        if self.batch_index > batches {
+            return Err(self
+                .error(format!(
+                    "the checkpoint is at record batch {} of a file of {batches}: the file \
+                     changed since; start with a new --state-dir",
+                    self.batch_index
+                ))
+                .into());
+        }
+        // A position after the last batch is the end of the file, not a batch to go to.
+        self.at_end = self.batch_index == batches;
+        if self.batch_index > 0 && !self.at_end {
             reader
                 .set_index(self.batch_index)
-                .map_err(|e| self.read_error(e))?;
+                .map_err(|e| self.batch_error(e))?;
         }
         self.dead.open()?;
         self.reader = Some(reader);
@@ -116,13 +142,18 @@ impl<D: RowDecoder> ArrowFileSource<D> {
     /// end of the file.
     fn current(&mut self) -> Result<Option<&RecordBatch>, BoxError> {
         if self.batch.is_none() {
-            let next = match self.reader.as_mut().and_then(Iterator::next) {
-                None => return Ok(None),
-                Some(read) => read.map_err(|e| self.read_error(e))?,
+            let next = match self.reader.as_mut().filter(|_| !self.at_end) {
+                None => None,
+                Some(reader) => reader.next(),
             };
+            let Some(next) = next else {
+                self.at_end = true;
+                return Ok(None);
+            };
+            let next = next.map_err(|e| self.batch_error(e))?;
             self.decoder
                 .bind(&next)
-                .map_err(|reason| self.read_error(format!("does not fit the job: {reason}")))?;
+                .map_err(|reason| self.batch_error(format!("does not fit the job: {reason}")))?;
             self.batch = Some(next);
         }
         Ok(self.batch.as_ref())
@@ -198,7 +229,7 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
             let rows = self.current()?.map_or(0, RecordBatch::num_rows);
             if row > rows {
                 return Err(self
-                    .read_error(format!(
+                    .batch_error(format!(
                         "the checkpoint is at row {row} of a batch of {rows} rows: the file \
                          changed since; start with a new --state-dir"
                     ))
@@ -269,24 +300,37 @@ mod tests {
         ArrowFileSource::new(dir.join("n.arrow"), Numbers(None), dead)
     }
 
+    /// Reads everything left, `chunk` rows a poll.
+    fn read_to_end(source: &mut ArrowFileSource<Numbers>, read: &mut Vec<i64>, chunk: usize) {
+        while source.poll_batch(read, chunk).unwrap() != SourceStatus::Exhausted {}
+    }
+
     #[test]
     fn a_resumed_source_reads_every_row_once_and_nulls_are_dead_letters() {
         let dir = tempfile::tempdir().unwrap();
         write_batches(&dir.path().join("n.arrow"), &[7, 10, 3]);
-        // Read 12 rows (into the second batch), take the position, resume elsewhere.
-        let mut first = source(dir.path());
-        let mut read = Vec::new();
-        assert_eq!(first.poll_batch(&mut read, 12).unwrap(), SourceStatus::More);
-        let position = first.position().unwrap().unwrap();
-        let mut resumed = source(dir.path());
-        resumed.seek(&position).unwrap();
-        loop {
-            if resumed.poll_batch(&mut read, 4).unwrap() == SourceStatus::Exhausted {
-                break;
-            }
-        }
         let expected: Vec<i64> = (0..20).filter(|&v| v != 11).collect();
-        assert_eq!(read, expected);
+        // Positions: the start, a batch boundary, mid-batch, the end of the file.
+        for first_rows in [0, 7, 12, 20] {
+            let mut first = source(dir.path());
+            let mut read = Vec::new();
+            if first_rows == 20 {
+                read_to_end(&mut first, &mut read, 5);
+            } else if first_rows > 0 {
+                assert_eq!(
+                    first.poll_batch(&mut read, first_rows).unwrap(),
+                    SourceStatus::More
+                );
+            }
+            let position = first.position().unwrap().unwrap();
+            let mut resumed = source(dir.path());
+            resumed.seek(&position).unwrap();
+            read_to_end(&mut resumed, &mut read, 4);
+            assert_eq!(
+                read, expected,
+                "resumed after {first_rows} rows at {position}"
+            );
+        }
         let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
         assert_eq!(dead.lines().count(), 1, "{dead}");
         assert!(

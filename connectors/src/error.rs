@@ -44,13 +44,11 @@ pub enum ConnectorError {
         source: serde_json::Error,
     },
     /// An Arrow IPC file could not be read, or a record batch of it does not fit the job.
-    #[error("{path}: record batch {batch}: {message}")]
+    #[error("{path}: {message}")]
     Arrow {
         /// The file.
         path: PathBuf,
-        /// The record batch (0-based) being read.
-        batch: usize,
-        /// What went wrong, and what to do.
+        /// What went wrong (and in which record batch), and what to do.
         message: String,
     },
     /// A CSV file's header row does not fit the job.

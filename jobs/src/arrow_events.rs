@@ -42,8 +42,9 @@ struct Bound {
 #[derive(Debug)]
 enum KeyColumn {
     Plain(StringArray),
-    /// Row -> dictionary index, and each dictionary entry interned (`None` for a null).
-    Dictionary(PrimitiveArray<Int32Type>, Vec<Option<Arc<str>>>),
+    /// Row -> dictionary index, and the dictionary with each entry interned (`None` for a
+    /// null).
+    Dictionary(PrimitiveArray<Int32Type>, ArrayRef, Vec<Option<Arc<str>>>),
 }
 
 impl EventColumns {
@@ -99,10 +100,25 @@ impl RowDecoder for EventColumns {
                     dictionary.values().data_type()
                 )
             })?;
-            let interned = (0..names.len())
-                .map(|i| names.is_valid(i).then(|| self.keys.intern(names.value(i))))
-                .collect();
-            KeyColumn::Dictionary(dictionary.keys().clone(), interned)
+            // The IPC file format has one dictionary for all batches: interned once.
+            let same = match self.bound.take().map(|b| b.key) {
+                Some(KeyColumn::Dictionary(_, values, interned))
+                    if Arc::ptr_eq(&values, dictionary.values()) =>
+                {
+                    Some(interned)
+                }
+                _ => None,
+            };
+            let interned = same.unwrap_or_else(|| {
+                (0..names.len())
+                    .map(|i| names.is_valid(i).then(|| self.keys.intern(names.value(i))))
+                    .collect()
+            });
+            KeyColumn::Dictionary(
+                dictionary.keys().clone(),
+                dictionary.values().clone(),
+                interned,
+            )
         } else {
             return Err(format!(
                 "column `{key}` is {}, not Utf8 (or a dictionary of Utf8 with Int32 keys)",
@@ -131,7 +147,7 @@ impl RowDecoder for EventColumns {
             KeyColumn::Plain(strings) => strings
                 .is_valid(row)
                 .then(|| self.keys.intern(strings.value(row))),
-            KeyColumn::Dictionary(indices, interned) => indices
+            KeyColumn::Dictionary(indices, _, interned) => indices
                 .is_valid(row)
                 .then(|| indices.value(row))
                 .and_then(|i| interned.get(usize::try_from(i).ok()?).cloned().flatten()),

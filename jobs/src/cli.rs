@@ -205,7 +205,7 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 keys,
                 disorder_ms,
             };
-            if crate::window_agg::is_arrow(Path::new(&output)) {
+            if weir_connectors::arrow::is_arrow_file(Path::new(&output)) {
                 if !matches!(stream, GenStream::Events) || rate.is_some() || key_field.is_some() {
                     bail!(
                         "an Arrow IPC output (.arrow) takes the `events` stream, written as fast \

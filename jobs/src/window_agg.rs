@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use weir_connectors::arrow::is_arrow_file;
 use weir_connectors::format::split_csv;
 use weir_connectors::kafka::EventTime;
 use weir_connectors::{
@@ -147,7 +148,13 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                     KafkaSource::new(spec, decoder, dead, metrics)
                         .with_record_time(|e: &mut Event, ms| e.ts = ms),
                 )
-            } else if is_arrow(input) {
+            } else if is_arrow_file(input) {
+                if opts.follow {
+                    anyhow::bail!(
+                        "--follow reads lines appended to a text file; an Arrow IPC file \
+                         ends with its footer: drop --follow"
+                    );
+                }
                 let [ts, key, value] = [&opts.ts_field, &opts.key_field, &opts.value_field];
                 let columns = crate::arrow_events::EventColumns::new(ts, key, value);
                 job.source("input", ArrowFileSource::new(input, columns, dead))
@@ -161,12 +168,6 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     };
     aggregate_windows(events, opts)?;
     Ok(job)
-}
-
-/// True for an Arrow IPC file (`.arrow`, `.arrows` is the stream format and not read).
-pub fn is_arrow(path: &std::path::Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("arrow") || e.eq_ignore_ascii_case("ipc"))
 }
 
 /// The dataflow after the source: shared by file input, the generator and benchmarks.
