@@ -12,7 +12,9 @@
 //!   (their keyed state does not move with them when the job reads with the group).
 //! - With `tasks=per-partition` (one task per partition, state in a shared directory), two
 //!   processes in one group give the one-process rows; one of them killed with SIGKILL, the
-//!   other takes its partitions over from their checkpoints: every row once.
+//!   other takes its partitions over from their checkpoints: every row once; a process
+//!   joining mid-run stops the first's running tasks and resumes their partitions from
+//!   their checkpoints: every row once.
 //! - With `timestamp=kafka` the windows follow the records' Kafka timestamps, not the
 //!   payload's (wrong or missing) `ts`.
 //! - A checkpointed job killed with SIGKILL resumes from the offsets in its checkpoint: the
@@ -1091,5 +1093,50 @@ fn a_killed_process_s_partitions_are_taken_over_from_their_checkpoints_exactly_o
     assert!(
         partition_task_rows(&out) == reference,
         "rows lost or repeated after the takeover (victim had {victims:?}):\n{log}"
+    );
+}
+
+#[test]
+fn a_process_joining_mid_run_takes_over_running_partitions_with_their_state() {
+    let dir = TempDir::new().unwrap();
+    let (broker, reference) = keyed_topic(&dir, "joining", 1_500_000);
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let args = partition_tasks(&broker, "joining", &out, &state);
+    let spawn = |log: &str| spawn_logged(&args, &dir.path().join(log));
+    let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap();
+    // The first reads all four partitions; once each task checkpointed, a second joins.
+    let mut first = spawn("first.stderr");
+    wait_while_running(&mut first, || {
+        let log = read("first.stderr");
+        let all = last_assignment(&log).is_some_and(|p| p.len() == 4);
+        let checkpointed =
+            (0..PARTITIONS).all(|p| log.contains(&format!("partition {p}: checkpoint")));
+        (all && checkpointed).then_some(()).ok_or(log)
+    });
+    let mut second = spawn("second.stderr");
+    for child in [&mut first, &mut second] {
+        assert!(child.wait().unwrap().success());
+    }
+    let (first_log, second_log) = (read("first.stderr"), read("second.stderr"));
+    // The first's running tasks were stopped by the rebalance (none had finished), and the
+    // second resumed its partitions from the first's checkpoints.
+    assert!(first_log.contains("stopped here"), "{first_log}");
+    let moved = last_assignment(&second_log).unwrap_or_default();
+    assert!(
+        !moved.is_empty(),
+        "the second process got no partition:\n{second_log}"
+    );
+    for p in &moved {
+        let resumed = second_log
+            .lines()
+            .any(|l| l.contains("resuming") && l.contains(&format!("partition-{p}/")));
+        assert!(
+            resumed || first_log.contains(&format!("partition {p} finished")),
+            "partition {p} moved without its state:\n{second_log}"
+        );
+    }
+    assert!(
+        partition_task_rows(&out) == reference,
+        "rows lost or repeated after partitions moved (to the second: {moved:?}):\n{first_log}\n{second_log}"
     );
 }
