@@ -4,8 +4,9 @@
 //! The columns are found by the job's field names (`--ts-field`, `--key-field`,
 //! `--value-field`): time and value are 64-bit integers (time may also be an Arrow
 //! millisecond timestamp), the key a string column, plain or dictionary-encoded. A
-//! dictionary's strings are interned once per batch, so a row's key costs one reference
-//! count, where a JSON line's costs a parse and a hash lookup.
+//! dictionary's strings are interned once (again only when a batch brings another
+//! dictionary), so a row's key costs one reference count, where a JSON line's costs a
+//! parse and a hash lookup.
 
 use std::path::Path;
 use std::sync::Arc;
