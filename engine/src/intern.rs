@@ -11,6 +11,50 @@ use std::sync::Arc;
 
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
+/// An interned string used as a key: equality compares the pointers first, so the copies an
+/// [`Interner`] hands out compare without reading their bytes. (`Arc<str>`'s own `==`
+/// always compares bytes: std's pointer shortcut is for sized types only.) Hashes, orders
+/// and serializes exactly as the string, so state and checkpoints do not change.
+#[derive(Debug, Clone, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SharedStr(pub Arc<str>);
+
+impl std::hash::Hash for SharedStr {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the text: equal text, equal hash, whatever the allocation.
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for SharedStr {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for SharedStr {}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl crate::keys::StableHash for SharedStr {
+    fn stable_hash(&self) -> u64 {
+        self.0.stable_hash()
+    }
+}
+
 /// A bounded set of shared strings.
 #[derive(Debug, Clone)]
 pub struct Interner {
@@ -78,6 +122,27 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_strings_equal_hash_and_serialize_as_their_text() {
+        use crate::keys::StableHash;
+        let (a, b) = (SharedStr(Arc::from("k1")), SharedStr(Arc::from("k1")));
+        assert_eq!(a, b, "equal text, other allocation");
+        assert_eq!(a, a.clone());
+        assert_ne!(a, SharedStr(Arc::from("k2")));
+        assert_eq!(a.stable_hash(), "k1".stable_hash());
+        let hash = |v: &dyn Fn(&mut rustc_hash::FxHasher)| {
+            let mut h = rustc_hash::FxHasher::default();
+            v(&mut h);
+            std::hash::Hasher::finish(&h)
+        };
+        use std::hash::Hash;
+        assert_eq!(
+            hash(&|h| a.hash(h)),
+            hash(&|h| Arc::<str>::from("k1").hash(h))
+        );
+        assert_eq!(serde_json::to_string(&a).ok().as_deref(), Some(r#""k1""#));
+    }
 
     #[test]
     fn interned_strings_share_storage_up_to_capacity() {

@@ -26,7 +26,7 @@ use weir_connectors::{
     ArrowFileSource, CsvHeader, DeadLetters, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec,
     TcpSource, TcpSpec,
 };
-use weir_engine::intern::Interner;
+use weir_engine::intern::{Interner, SharedStr};
 use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
 use weir_operators::StatsOutput;
@@ -182,7 +182,8 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
             |e| e.ts,
             Watermarks::bounded(opts.watermark_delay_or(Duration::ZERO)),
         )
-        .key_by(|e: &Event| e.key.clone())
+        // Interned keys compare by pointer in the window's state (SharedStr).
+        .key_by(|e: &Event| SharedStr(e.key.clone()))
         .window(opts.window)
         .allowed_lateness(opts.allowed_lateness);
     let windowed = match &opts.late_output {
