@@ -983,6 +983,14 @@ fn keyed_topic(dir: &TempDir, topic: &str, events: u64) -> (Broker, Vec<String>)
     (broker, reference_rows(dir, events))
 }
 
+/// True if a process's stderr says it resumed partition `p`'s task from a checkpoint.
+fn resumed_from_checkpoint(stderr: &str, p: i32) -> bool {
+    let dir = format!("partition-{p}/");
+    stderr
+        .lines()
+        .any(|l| l.contains("resuming") && l.contains(&dir))
+}
+
 /// The partitions a process was last assigned, from its stderr.
 fn last_assignment(stderr: &str) -> Option<Vec<i32>> {
     let line = stderr
@@ -1082,11 +1090,8 @@ fn a_killed_process_s_partitions_are_taken_over_from_their_checkpoints_exactly_o
     assert!(survivor.wait().unwrap().success());
     let log = read("survivor.stderr");
     for p in &victims {
-        let resumed = log
-            .lines()
-            .any(|l| l.contains("resuming") && l.contains(&format!("partition-{p}/")));
         assert!(
-            resumed,
+            resumed_from_checkpoint(&log, *p),
             "the survivor did not resume partition {p} from its checkpoint:\n{log}"
         );
     }
@@ -1127,11 +1132,9 @@ fn a_process_joining_mid_run_takes_over_running_partitions_with_their_state() {
         "the second process got no partition:\n{second_log}"
     );
     for p in &moved {
-        let resumed = second_log
-            .lines()
-            .any(|l| l.contains("resuming") && l.contains(&format!("partition-{p}/")));
         assert!(
-            resumed || first_log.contains(&format!("partition {p} finished")),
+            resumed_from_checkpoint(&second_log, *p)
+                || first_log.contains(&format!("partition {p} finished")),
             "partition {p} moved without its state:\n{second_log}"
         );
     }

@@ -481,7 +481,7 @@ fn summarize(finished: &[(i32, RunSummary, Arc<JobMetrics>)]) -> PartitionedSumm
             late_events: a.late_events + b.late_events,
             results_written: a.results_written + b.results_written,
             elapsed: a.elapsed.max(b.elapsed),
-            watermark: a.watermark.min(b.watermark).or(a.watermark).or(b.watermark),
+            watermark: a.watermark.into_iter().chain(b.watermark).min(),
             latency: None,
         });
     PartitionedSummary { partitions, total }
