@@ -1,9 +1,12 @@
 //! The [`Source`] trait: where events enter a job.
 //!
-//! A source is polled by its own task thread. It fills a batch with up to `max` items and
-//! says whether more may come. Sources never block for long: a source that is waiting for
-//! data (a followed file, a socket) returns [`SourceStatus::Idle`] after a short wait, so
-//! the task can flush what it has and stay responsive.
+//! A source is polled by a task thread of its own or, for the instances of a parallel source
+//! at parallelism > 1, by a worker thread it shares with keyed operators. It fills a batch
+//! with up to `max` items and says whether more may come. Sources never block for long: a
+//! source that is waiting for data (a followed file, a socket) returns
+//! [`SourceStatus::Idle`] after a short wait, so the task can flush what it has and stay
+//! responsive; a source that knows when its next item is due (a paced generator) returns
+//! [`SourceStatus::Pending`] at once and lets the runtime wait.
 //!
 //! A *replayable* source (a file, a Kafka topic) can say where it stands and continue from
 //! there later ([`Source::position`], [`Source::seek`]); only jobs whose sources are all
@@ -26,6 +29,10 @@ pub enum SourceStatus {
     More,
     /// Nothing is available right now; poll again later.
     Idle,
+    /// Nothing is due for about this long (a paced generator): the runtime polls again
+    /// after it, and a worker thread does its other work meanwhile instead of the source
+    /// sleeping in the poll.
+    Pending(std::time::Duration),
     /// The input is finished; items added in this call are the last.
     Exhausted,
 }

@@ -410,11 +410,10 @@ impl Source for NexmarkGenerator {
         if let Some((due, per_second)) = self.pace.as_mut().map(|p| (p.due(), p.per_second)) {
             let due = self.own(due).min(share);
             if due <= made && made < share {
-                // Nothing due yet: wait a millisecond (or until the next event, if later)
-                // rather than spin; events due meanwhile go out as one batch.
+                // Nothing due yet: poll again in a millisecond (or when the next event is
+                // due, if later) rather than spin; events due meanwhile go out as one batch.
                 let wait = (self.stride as f64 / per_second as f64).max(0.001);
-                std::thread::sleep(Duration::from_secs_f64(wait));
-                return Ok(SourceStatus::More);
+                return Ok(SourceStatus::Pending(Duration::from_secs_f64(wait)));
             }
             max = max.min(due - made.min(due)).max(1);
         }
@@ -957,7 +956,14 @@ mod tests {
     fn a_paced_split_instance_makes_its_share_only() {
         let mut source = NexmarkGenerator::new(10).split(1, 3).paced(1_000_000);
         let mut out = Vec::new();
-        while source.poll_batch(&mut out, 100).ok() == Some(SourceStatus::More) {}
+        // At most a few polls, each waiting as long as the source asks.
+        for _ in 0..1_000 {
+            match source.poll_batch(&mut out, 100).ok() {
+                Some(SourceStatus::Pending(wait)) => std::thread::sleep(wait),
+                Some(SourceStatus::More | SourceStatus::Idle) => {}
+                Some(SourceStatus::Exhausted) | None => break,
+            }
+        }
         assert_eq!(
             json(out.into_iter()),
             json(NexmarkGenerator::new(10))

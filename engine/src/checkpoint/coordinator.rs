@@ -242,14 +242,8 @@ impl Checkpointing {
     ) -> Result<(), String> {
         let mut status = lock(&self.status);
         loop {
-            if status.completed >= id {
-                return Ok(());
-            }
-            if let Some(reason) = &status.aborted {
-                return Err(reason.clone());
-            }
-            if cancelled.load(Ordering::Relaxed) {
-                return Err("the job was cancelled".into());
+            if let Some(outcome) = Self::outcome(&status, id, cancelled) {
+                return outcome;
             }
             status = self
                 .completed_changed
@@ -257,6 +251,33 @@ impl Checkpointing {
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|poisoned| poisoned.into_inner().0);
         }
+    }
+
+    /// Whether checkpoint `id` completed (`Some(Ok)`), cannot complete any more
+    /// (`Some(Err)`), or may still complete (`None`); never waits.
+    pub(crate) fn completion(
+        &self,
+        id: CheckpointId,
+        cancelled: &AtomicBool,
+    ) -> Option<Result<(), String>> {
+        Self::outcome(&lock(&self.status), id, cancelled)
+    }
+
+    fn outcome(
+        status: &Status,
+        id: CheckpointId,
+        cancelled: &AtomicBool,
+    ) -> Option<Result<(), String>> {
+        if status.completed >= id {
+            return Some(Ok(()));
+        }
+        if let Some(reason) = &status.aborted {
+            return Some(Err(reason.clone()));
+        }
+        if cancelled.load(Ordering::Relaxed) {
+            return Some(Err("the job was cancelled".into()));
+        }
+        None
     }
 
     fn abort(&self, reason: String) {

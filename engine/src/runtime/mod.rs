@@ -1,13 +1,17 @@
 //! Turning a job graph into threads and bounded channels, and running it.
 //!
 //! # Scheduling
-//! - Every source instance runs in a task (thread) of its own: one per source, or one per
-//!   worker for a source added with [`crate::Job::parallel_source`], each instance with its
-//!   own chain of stateless operators after it. A checkpoint holds one position per
+//! - At parallelism P > 1 the job runs P worker threads ([`worker`]): worker `w` runs
+//!   instance `w` of every source added with [`crate::Job::parallel_source`] and of every
+//!   keyed operator. Keyed input is routed by key group through channels; a record whose
+//!   key group belongs to the worker that made it never leaves that thread. The instances
+//!   of a parallel source move in step ([`Lockstep`]). A checkpoint holds one position per
 //!   instance, so a parallel source resumes only with as many instances as it had.
+//! - Any other source runs in a task (thread) of its own, as does a parallel source at
+//!   P = 1, each instance with its own chain of stateless operators after it.
 //! - Stateless operators are chained: they run as plain calls in the thread of their input.
-//! - A keyed operator runs as P workers. Its input is routed by key group through bounded
-//!   channels, except at P = 1 with a single upstream instance, where it is chained too.
+//! - At P = 1 a keyed operator is chained too when it has a single upstream instance, and
+//!   otherwise runs in a task of its own fed by a bounded channel.
 //! - Sinks run where their single input runs, or in a task of their own fed by a channel
 //!   when several upstream instances deliver to them. A union of branches of one stream
 //!   (all its inputs in one thread, instance by instance) is chained into that thread
@@ -15,7 +19,9 @@
 //!
 //! # Backpressure
 //! Channels hold at most [`RunOptions::channel_capacity`] batches. A full channel blocks the
-//! sender, so a slow sink slows the source instead of growing memory.
+//! sender, so a slow sink slows the source instead of growing memory. Channels into worker
+//! threads cannot block their senders (workers send to each other); sources stop polling
+//! while any of them holds that many messages instead ([`worker::Backlog`]).
 //!
 //! # Watermarks across channels
 //! A receiver with several producers tracks each producer's watermark; its watermark (and
@@ -38,18 +44,18 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
 use prometheus::{IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 
 use crate::checkpoint::coordinator::{Checkpointing, Participant};
 use crate::checkpoint::{CheckpointConfig, CheckpointId, JobControl};
 use crate::error::{EngineError, Result};
-use crate::job::{Graph, NodeId};
+use crate::job::{Graph, NodeId, NodeKind};
 use crate::keys::{
     key_group_of, key_groups_of_worker, worker_for_key_group, KeyGroup, StableHash, MAX_KEY_GROUPS,
 };
@@ -64,6 +70,10 @@ use crate::state::{
     RocksBackend, RocksStore, StateBackend, StateConfig,
 };
 use crate::time::{format_timestamp, Timestamp, Watermarks, END_WATERMARK, MIN_WATERMARK};
+
+mod worker;
+
+use worker::{Backlog, BacklogBuilder, Part, Step};
 
 /// How a job runs.
 #[derive(Debug, Clone)]
@@ -177,6 +187,10 @@ pub(crate) struct Build<'g> {
     checkpointing: Option<Arc<Checkpointing>>,
     /// Set by the first task that fails; sources stop when they see it.
     cancelled: Arc<AtomicBool>,
+    /// At parallelism > 1, what each worker thread runs (see [`worker`]).
+    workers: Vec<Vec<Box<dyn Part>>>,
+    /// The channels into workers, which sources keep from overfilling.
+    backlog: BacklogBuilder,
 }
 
 impl Build<'_> {
@@ -220,12 +234,35 @@ impl Build<'_> {
         }
     }
 
+    /// True if node `me`'s instances receive in the worker threads (keyed nodes at
+    /// parallelism > 1), not in tasks of their own.
+    fn colocated_receiver(&self, me: NodeId) -> bool {
+        self.options.parallelism > 1 && self.graph.nodes[me].kind == NodeKind::Keyed
+    }
+
+    /// True if node `me`'s instances run in the worker threads (parallel sources at
+    /// parallelism > 1), not in tasks of their own.
+    fn colocated_source(&self, me: NodeId) -> bool {
+        self.options.parallelism > 1 && self.graph.nodes[me].kind == NodeKind::ParallelSource
+    }
+
     fn channels<T: Data>(&mut self, me: NodeId, instances: usize) -> &mut ChannelSet<T> {
         let capacity = self.options.channel_capacity.max(1);
+        // A worker must never block on a send (it may be the receiver), so channels into
+        // workers are unbounded and sources stop polling while any holds `capacity`.
+        let colocated = self.colocated_receiver(me);
+        let backlog = &mut self.backlog;
         let entry = self.channels.entry(me).or_insert_with(|| {
             let (senders, receivers) = (0..instances)
                 .map(|_| {
-                    let (tx, rx) = bounded::<Envelope<T>>(capacity);
+                    let (tx, rx) = match colocated {
+                        true => {
+                            let (tx, rx) = unbounded::<Envelope<T>>();
+                            backlog.watch(rx.clone(), capacity);
+                            (tx, rx)
+                        }
+                        false => bounded::<Envelope<T>>(capacity),
+                    };
                     (tx, Some(rx))
                 })
                 .unzip();
@@ -257,42 +294,43 @@ impl Build<'_> {
         *n - 1
     }
 
-    /// Spawns the task that drains channel `instance` of node `me` into `down`.
+    /// Starts draining channel `instance` of node `me` into `down`: in a worker thread for
+    /// a keyed node's instance at parallelism > 1, else in a task of its own.
     fn spawn_receiver<T: Data>(
         &mut self,
         me: NodeId,
         instance: usize,
         instances: usize,
-        mut down: impl Push<T> + 'static,
-    ) {
+        down: Box<dyn Push<T>>,
+    ) -> Result<()> {
         let name = format!("{}#{instance}", self.name(me));
         let producers = self.graph.producers(me, self.options.parallelism);
-        let receiver = self.channels::<T>(me, instances).receivers[instance].take();
+        let rx = self.channels::<T>(me, instances).receivers[instance]
+            .take()
+            .ok_or_else(|| EngineError::InvalidJob {
+                job: name.clone(),
+                reason: "internal: channel drained twice".into(),
+            })?;
         let (fill, capacity) = self.metrics.channel(&self.name(me), instance);
         capacity.set(self.options.channel_capacity as i64);
-        let idle_timeout = self.options.idle_timeout;
-        let checkpointing = self.checkpointing.clone();
-        let task_name = name.clone();
-        self.tasks.push(Task {
-            name,
-            run: Box::new(move || match receiver {
-                Some(rx) => {
-                    let mut inputs = Inputs::new(producers, idle_timeout);
-                    drain(
-                        &task_name,
-                        &rx,
-                        &mut inputs,
-                        &fill,
-                        &mut down,
-                        checkpointing.as_deref(),
-                    )
-                }
-                None => Err(EngineError::InvalidJob {
-                    job: task_name.clone(),
-                    reason: "internal: channel drained twice".into(),
-                }),
-            }),
-        });
+        let inbox = Inbox {
+            name: name.clone(),
+            rx,
+            inputs: Inputs::new(producers, self.options.idle_timeout),
+            alignment: Alignment::new(producers),
+            fill,
+            down,
+            checkpointing: self.checkpointing.clone(),
+        };
+        if self.colocated_receiver(me) {
+            self.workers[instance].push(Box::new(inbox));
+        } else {
+            self.tasks.push(Task {
+                name,
+                run: Box::new(move || inbox.run()),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -370,8 +408,10 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                 (0..count).map(|i| make(i, count)).collect()
             }
         };
+        let lockstep = Lockstep::new(count, b.options.channel_capacity.max(1) as u64);
         for (instance, source) in sources.into_iter().enumerate() {
-            start_source_instance(b, me, instance, count, source)?;
+            let pace = (count > 1).then(|| lockstep.instance(instance));
+            start_source_instance(b, me, instance, count, source, pace)?;
         }
         Ok(())
     }
@@ -410,6 +450,7 @@ fn start_source_instance<S: Source>(
     instance: usize,
     count: usize,
     mut source: S,
+    lockstep: Option<Lockstep>,
 ) -> Result<()> {
     let name = b.name(me);
     let source_err = |source| EngineError::Source {
@@ -435,107 +476,247 @@ fn start_source_instance<S: Source>(
             source.seek(position).map_err(source_err)?;
         }
     }
-    let mut down = b.downstream::<S::Item>(me, instance)?;
+    let down = b.downstream::<S::Item>(me, instance)?;
     let metrics = b.metrics.stateless_operator(&name, instance);
     b.progress.sources.push(metrics.events_out.clone());
-    let batch_size = b.options.batch_size.max(1);
-    let task_name = name.clone();
-    let cancelled = b.cancelled.clone();
+    let last_barrier = participant
+        .as_ref()
+        .map_or(0, |p| p.checkpointing().restored_id());
+    let source_loop = SourceLoop {
+        name: name.clone(),
+        source,
+        down,
+        events_out: metrics.events_out,
+        batch_size: b.options.batch_size.max(1),
+        items: Vec::with_capacity(b.options.batch_size.max(1)),
+        participant,
+        last_barrier,
+        pending_positions: VecDeque::new(),
+        final_barrier: None,
+        exhausted: false,
+        cancelled: b.cancelled.clone(),
+        backlog: b.backlog.backlog(),
+        lockstep,
+        pending_until: None,
+    };
+    if b.colocated_source(me) {
+        b.workers[instance].push(Box::new(source_loop));
+        return Ok(());
+    }
     b.tasks.push(Task {
         name: if count > 1 {
             format!("{name}#{instance}")
         } else {
             name
         },
-        run: Box::new(move || {
-            let source_err = |source| EngineError::Source {
-                name: task_name.clone(),
-                source,
-            };
-            let mut items = Vec::with_capacity(batch_size);
-            let mut exhausted = false;
-            let mut last_barrier = participant
-                .as_ref()
-                .map_or(0, |p| p.checkpointing().restored_id());
-            // Positions acked for checkpoints not known complete yet, oldest first.
-            let mut pending_positions: VecDeque<(CheckpointId, serde_json::Value)> =
-                VecDeque::new();
-            loop {
-                // A source that is idle sends nothing, so it would never notice that
-                // another task failed: it asks.
-                if cancelled.load(Ordering::Relaxed) {
-                    return Err(EngineError::DownstreamGone {
-                        name: task_name.clone(),
-                    });
-                }
-                if let Some(p) = &participant {
-                    notify_completed(
-                        &mut source,
-                        &mut pending_positions,
-                        p.checkpointing().completed(),
-                    )
-                    .map_err(source_err)?;
-                    let id = p.checkpointing().requested();
-                    if id > last_barrier {
-                        last_barrier = id;
-                        let position = match source.position() {
-                            Ok(Some(position)) => {
-                                pending_positions.push_back((id, position.clone()));
-                                Ok(position)
-                            }
-                            Ok(None) => Err("the source cannot be replayed".to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        p.ack(id, position);
-                        down.barrier(id)?;
-                        if p.checkpointing().is_final(id) {
-                            // The final checkpoint's position is told too, if it completes.
-                            if p.checkpointing().wait_completed(id, &cancelled).is_ok() {
-                                notify_completed(&mut source, &mut pending_positions, id)
-                                    .map_err(source_err)?;
-                            }
-                            break;
-                        }
-                    }
-                }
-                if exhausted {
-                    // All read: only the final checkpoint is left to take part in.
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                }
-                let status = source
-                    .poll_batch(&mut items, batch_size)
-                    .map_err(source_err)?;
-                if !items.is_empty() {
-                    metrics.events_out.inc_by(items.len() as u64);
-                    let records = items
-                        .drain(..)
-                        .map(|value| Record {
-                            ts: MIN_WATERMARK,
-                            watermark: MIN_WATERMARK,
-                            value,
-                        })
-                        .collect();
-                    down.push(Batch {
-                        records,
-                        watermark: MIN_WATERMARK,
-                        split: source.split_of_batch(),
-                        ingested: Some(Instant::now()),
-                    })?;
-                }
-                if status == SourceStatus::Exhausted {
-                    down.push(Batch::new(Vec::new(), END_WATERMARK))?;
-                    exhausted = true;
-                    match &participant {
-                        Some(p) => p.checkpointing().source_exhausted(),
-                        None => break,
-                    }
-                }
-            }
-            down.finish()
-        }),
+        run: Box::new(move || source_loop.run()),
     });
     Ok(())
+}
+
+/// Polls one source instance into its chain and puts checkpoint barriers between polls.
+struct SourceLoop<S: Source> {
+    name: String,
+    source: S,
+    down: Box<dyn Push<S::Item>>,
+    events_out: IntCounter,
+    batch_size: usize,
+    items: Vec<S::Item>,
+    participant: Option<Participant>,
+    last_barrier: CheckpointId,
+    /// Positions acked for checkpoints not known complete yet, oldest first.
+    pending_positions: VecDeque<(CheckpointId, serde_json::Value)>,
+    /// The final checkpoint's barrier went out: the loop ends once it completed (or failed).
+    final_barrier: Option<CheckpointId>,
+    exhausted: bool,
+    cancelled: Arc<AtomicBool>,
+    backlog: Backlog,
+    /// For an instance of a parallel source: its place among its siblings.
+    lockstep: Option<Lockstep>,
+    /// The source said nothing is due before this ([`SourceStatus::Pending`]).
+    pending_until: Option<Instant>,
+}
+
+impl<S: Source> SourceLoop<S> {
+    fn source_err(&self, source: crate::BoxError) -> EngineError {
+        EngineError::Source {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Runs in a thread of its own until the source ended and its final checkpoint is done.
+    fn run(mut self) -> Result<()> {
+        loop {
+            match self.step()? {
+                Step::Worked => {}
+                Step::Idle => std::thread::sleep(self.wake_after().unwrap_or_default()),
+                Step::Done => return Ok(()),
+            }
+        }
+    }
+}
+
+impl<S: Source> Part for SourceLoop<S> {
+    fn step(&mut self) -> Result<Step> {
+        // A source that is idle sends nothing, so it would never notice that another task
+        // failed: it asks.
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(EngineError::DownstreamGone {
+                name: self.name.clone(),
+            });
+        }
+        if let Some(p) = &self.participant {
+            if let Some(id) = self.final_barrier {
+                // The final checkpoint's position is told too, if it completes.
+                match p.checkpointing().completion(id, &self.cancelled) {
+                    None => return Ok(Step::Idle),
+                    Some(Ok(())) => {
+                        notify_completed(&mut self.source, &mut self.pending_positions, id)
+                            .map_err(|e| self.source_err(e))?
+                    }
+                    Some(Err(_)) => {}
+                }
+                self.down.finish()?;
+                return Ok(Step::Done);
+            }
+            notify_completed(
+                &mut self.source,
+                &mut self.pending_positions,
+                p.checkpointing().completed(),
+            )
+            .map_err(|e| self.source_err(e))?;
+            let id = p.checkpointing().requested();
+            if id > self.last_barrier {
+                self.last_barrier = id;
+                let position = match self.source.position() {
+                    Ok(Some(position)) => {
+                        self.pending_positions.push_back((id, position.clone()));
+                        Ok(position)
+                    }
+                    Ok(None) => Err("the source cannot be replayed".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                p.ack(id, position);
+                self.down.barrier(id)?;
+                if p.checkpointing().is_final(id) {
+                    self.final_barrier = Some(id);
+                }
+                return Ok(Step::Worked);
+            }
+        }
+        if self
+            .pending_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Ok(Step::Idle);
+        }
+        self.pending_until = None;
+        if self.exhausted
+            || self.backlog.is_full()
+            || self.lockstep.as_ref().is_some_and(Lockstep::ahead)
+        {
+            return Ok(Step::Idle);
+        }
+        let status = self
+            .source
+            .poll_batch(&mut self.items, self.batch_size)
+            .map_err(|e| self.source_err(e))?;
+        if !self.items.is_empty() {
+            self.events_out.inc_by(self.items.len() as u64);
+            let records = self
+                .items
+                .drain(..)
+                .map(|value| Record {
+                    ts: MIN_WATERMARK,
+                    watermark: MIN_WATERMARK,
+                    value,
+                })
+                .collect();
+            self.down.push(Batch {
+                records,
+                watermark: MIN_WATERMARK,
+                split: self.source.split_of_batch(),
+                ingested: Some(Instant::now()),
+            })?;
+        }
+        if let Some(lockstep) = &self.lockstep {
+            lockstep.polled(status == SourceStatus::Exhausted);
+        }
+        if let SourceStatus::Pending(wait) = status {
+            self.pending_until = Some(Instant::now() + wait);
+        }
+        if status == SourceStatus::Exhausted {
+            self.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
+            self.exhausted = true;
+            match &self.participant {
+                Some(p) => p.checkpointing().source_exhausted(),
+                None => {
+                    self.down.finish()?;
+                    return Ok(Step::Done);
+                }
+            }
+        }
+        Ok(Step::Worked)
+    }
+
+    fn watch<'a>(&'a self, _select: &mut Select<'a>) {}
+
+    fn wake_after(&self) -> Option<Duration> {
+        Some(match self.pending_until {
+            Some(until) => until.saturating_duration_since(Instant::now()),
+            // Only the final checkpoint is left to take part in: no hurry.
+            None if self.exhausted => Duration::from_millis(2),
+            // Held back by the workers' backlog or a slower sibling.
+            None => Duration::from_micros(100),
+        })
+    }
+}
+
+/// Keeps the instances of a parallel source in step: one that polled more than `lead`
+/// batches past the slowest waits. Their shares interleave in event time, and a keyed
+/// operator's watermark is the minimum over them, so an instance running ahead only makes
+/// state pile up downstream until the others catch up (Flink's watermark alignment, counted
+/// in batches because the instances split one stream by position).
+#[derive(Clone)]
+struct Lockstep {
+    /// Batches polled per instance; `u64::MAX` once an instance is exhausted.
+    polled: Arc<[AtomicU64]>,
+    instance: usize,
+    lead: u64,
+}
+
+impl Lockstep {
+    fn new(instances: usize, lead: u64) -> Self {
+        Lockstep {
+            polled: (0..instances).map(|_| AtomicU64::new(0)).collect(),
+            instance: 0,
+            lead,
+        }
+    }
+
+    fn instance(&self, instance: usize) -> Self {
+        Lockstep {
+            instance,
+            ..self.clone()
+        }
+    }
+
+    fn ahead(&self) -> bool {
+        let mine = self.polled[self.instance].load(Ordering::Relaxed);
+        let slowest = self.polled.iter().map(|p| p.load(Ordering::Relaxed)).min();
+        slowest.is_some_and(|slowest| mine > slowest.saturating_add(self.lead))
+    }
+
+    fn polled(&self, exhausted: bool) {
+        let polled = &self.polled[self.instance];
+        match exhausted {
+            true => polled.store(u64::MAX, Ordering::Relaxed),
+            false => {
+                polled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Tells `source` the newest of its positions whose checkpoint (at most `completed`) is
@@ -1189,65 +1370,130 @@ impl<T> Alignment<T> {
     }
 }
 
-/// Receives from a channel until every producer ended, merging their watermarks and
-/// aligning checkpoint barriers.
-fn drain<T: Data>(
-    name: &str,
-    rx: &Receiver<Envelope<T>>,
-    inputs: &mut Inputs,
-    fill: &IntGauge,
-    down: &mut dyn Push<T>,
-    checkpointing: Option<&Checkpointing>,
-) -> Result<()> {
-    let gone = || EngineError::UpstreamGone {
-        name: name.to_string(),
-    };
-    let producers = inputs.watermarks.len();
-    let mut alignment = Alignment::new(producers);
-    while inputs.ended < producers {
-        let received = if let Some(envelope) = alignment.released.pop_front() {
-            Some(envelope)
-        } else {
-            match inputs.idle_timeout {
-                None => Some(rx.recv().map_err(|_| gone())?),
-                Some(timeout) => match rx.recv_timeout(timeout.min(Duration::from_millis(50))) {
-                    Ok(envelope) => Some(envelope),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(gone()),
-                },
-            }
-        };
-        fill.set(rx.len() as i64);
+/// The receiving end of a channel: merges its producers' watermarks and aligns checkpoint
+/// barriers, handing batches on to `down`, until every producer ended.
+struct Inbox<T> {
+    name: String,
+    rx: Receiver<Envelope<T>>,
+    inputs: Inputs,
+    alignment: Alignment<T>,
+    fill: IntGauge,
+    down: Box<dyn Push<T>>,
+    checkpointing: Option<Arc<Checkpointing>>,
+}
+
+impl<T: Data> Inbox<T> {
+    fn gone(&self) -> EngineError {
+        EngineError::UpstreamGone {
+            name: self.name.clone(),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.inputs.ended == self.inputs.watermarks.len()
+    }
+
+    /// Receives in a thread of its own until every producer ended.
+    fn run(mut self) -> Result<()> {
+        while !self.ended() {
+            let received = if let Some(envelope) = self.alignment.released.pop_front() {
+                Some(envelope)
+            } else {
+                match self.inputs.idle_timeout {
+                    None => Some(self.rx.recv().map_err(|_| self.gone())?),
+                    Some(timeout) => {
+                        match self.rx.recv_timeout(timeout.min(Duration::from_millis(50))) {
+                            Ok(envelope) => Some(envelope),
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                                return Err(self.gone())
+                            }
+                        }
+                    }
+                }
+            };
+            self.handle(received)?;
+        }
+        self.finish()
+    }
+
+    /// One message (or, with `None`, a look at idle producers).
+    fn handle(&mut self, received: Option<Envelope<T>>) -> Result<()> {
+        self.fill.set(self.rx.len() as i64);
         match received {
-            Some((producer, message)) if alignment.arrived[producer] => {
-                alignment.held.push_back((producer, message));
+            Some((producer, message)) if self.alignment.arrived[producer] => {
+                self.alignment.held.push_back((producer, message));
             }
             Some((producer, Message::Batch(mut batch))) => {
-                inputs.on_batch(producer, &mut batch);
-                down.push(batch)?;
+                self.inputs.on_batch(producer, &mut batch);
+                self.down.push(batch)?;
             }
             Some((producer, Message::Barrier(id))) => {
-                alignment.arrived[producer] = true;
-                alignment.aligning.get_or_insert((id, Instant::now()));
+                self.alignment.arrived[producer] = true;
+                self.alignment.aligning.get_or_insert((id, Instant::now()));
             }
             Some((producer, Message::End)) => {
-                inputs.on_end(producer);
-                alignment.ended[producer] = true;
+                self.inputs.on_end(producer);
+                self.alignment.ended[producer] = true;
             }
             None => {}
         }
-        if let Some((id, took)) = alignment.complete() {
-            if let Some(c) = checkpointing {
+        if let Some((id, took)) = self.alignment.complete() {
+            if let Some(c) = &self.checkpointing {
                 c.aligned(took);
             }
-            down.barrier(id)?;
+            self.down.barrier(id)?;
         }
-        if let Some(watermark) = inputs.check_idle() {
-            down.push(Batch::new(Vec::new(), watermark))?;
+        if let Some(watermark) = self.inputs.check_idle() {
+            self.down.push(Batch::new(Vec::new(), watermark))?;
         }
+        Ok(())
     }
-    down.push(Batch::new(Vec::new(), END_WATERMARK))?;
-    down.finish()
+
+    fn finish(&mut self) -> Result<()> {
+        self.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
+        self.down.finish()
+    }
+}
+
+impl<T: Data> Part for Inbox<T> {
+    fn step(&mut self) -> Result<Step> {
+        // A bounded share of the channel per step, so the worker's other parts get turns.
+        const MESSAGES_PER_STEP: usize = 64;
+        let mut worked = false;
+        for _ in 0..MESSAGES_PER_STEP {
+            if self.ended() {
+                break;
+            }
+            let envelope = match self.alignment.released.pop_front() {
+                Some(envelope) => envelope,
+                None => match self.rx.try_recv() {
+                    Ok(envelope) => envelope,
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(self.gone()),
+                },
+            };
+            self.handle(Some(envelope))?;
+            worked = true;
+        }
+        if self.ended() {
+            self.finish()?;
+            return Ok(Step::Done);
+        }
+        if !worked {
+            self.handle(None)?;
+            return Ok(Step::Idle);
+        }
+        Ok(Step::Worked)
+    }
+
+    fn watch<'a>(&'a self, select: &mut Select<'a>) {
+        select.recv(&self.rx);
+    }
+
+    fn wake_after(&self) -> Option<Duration> {
+        None
+    }
 }
 
 // ---------------------------------------------------------------- keyed operators
@@ -1495,7 +1741,7 @@ where
         let workers = b.options.parallelism;
         for instance in 0..workers {
             let runner = self.runner(b, me, instance)?;
-            b.spawn_receiver::<Keyed<F::Key, F::In>>(me, instance, workers, BoxedPush(runner));
+            b.spawn_receiver::<Keyed<F::Key, F::In>>(me, instance, workers, runner)?;
         }
         Ok(())
     }
@@ -1670,8 +1916,7 @@ impl<T: Data> NodeImpl for UnionNode<T> {
             return Ok(());
         }
         let down = b.downstream::<T>(me, 0)?;
-        b.spawn_receiver::<T>(me, 0, 1, BoxedPush(down));
-        Ok(())
+        b.spawn_receiver::<T>(me, 0, 1, down)
     }
 }
 
@@ -1725,20 +1970,6 @@ impl<T: Data> Push<T> for UnionInput<T> {
         }
         merge.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
         merge.down.finish()
-    }
-}
-
-struct BoxedPush<T>(Box<dyn Push<T>>);
-
-impl<T: Data> Push<T> for BoxedPush<T> {
-    fn push(&mut self, batch: Batch<T>) -> Result<()> {
-        self.0.push(batch)
-    }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.0.barrier(id)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.0.finish()
     }
 }
 
@@ -1819,8 +2050,7 @@ impl<T: Data> NodeImpl for SinkNode<T> {
             return Ok(());
         }
         let sink = self.take(b, me)?;
-        b.spawn_receiver::<T>(me, 0, 1, sink);
-        Ok(())
+        b.spawn_receiver::<T>(me, 0, 1, Box::new(sink))
     }
 }
 
@@ -1998,6 +2228,8 @@ pub(crate) fn run(
         progress: Progress::default(),
         rocksdb,
         checkpointing: checkpointing.clone(),
+        workers: (0..options.parallelism).map(|_| Vec::new()).collect(),
+        backlog: BacklogBuilder::default(),
     };
     for id in 0..graph.nodes.len() {
         let imp = graph.nodes[id].imp.clone();
@@ -2007,14 +2239,27 @@ pub(crate) fn run(
     // build holds the original end of every channel, and while it lives no receiver can see
     // its producers disappear, so a failed task would leave its neighbours waiting forever.
     let Build {
-        tasks,
+        mut tasks,
         progress,
         channels,
         unions,
+        workers,
+        backlog,
         ..
     } = build;
     drop((channels, unions));
-    let mut tasks = tasks;
+    backlog.seal();
+    for (w, parts) in workers.into_iter().enumerate() {
+        if parts.is_empty() {
+            continue;
+        }
+        let name = format!("worker-{w}");
+        let cancel = cancelled.clone();
+        tasks.push(Task {
+            name: name.clone(),
+            run: Box::new(move || worker::run(&name, parts, &cancel)),
+        });
+    }
     if let Some(c) = checkpointing {
         let cancel = cancelled.clone();
         tasks.push(Task {

@@ -1,0 +1,325 @@
+//! Worker threads: at parallelism P > 1 a job runs P workers, as Timely Dataflow does, and
+//! worker `w` runs instance `w` of every parallel source and of every keyed operator (with
+//! the stateless operators chained to them). A record crosses a channel only where its
+//! key moves it to another worker; the records that stay are handed over in the thread
+//! that made them, while they are still in its cache, and no thread sleeps or wakes for
+//! them.
+//!
+//! # Scheduling
+//! A worker steps its [`Part`]s in turn: a source polls one batch, an inbox handles a bounded
+//! number of messages. When no part did anything it waits for a message on any of its
+//! inboxes, or until a source wants polling again ([`crate::SourceStatus::Pending`], or a
+//! short while when a source is held back by the backlog or a slower sibling).
+//!
+//! # Invariants
+//! - A worker never blocks on a send to another worker: a worker can be the receiver of its
+//!   own sends, and two workers sending to each other would deadlock on bounded channels.
+//!   Channels into workers are unbounded instead, and [`Backlog`] bounds them: sources do
+//!   not poll while any of them holds a channel's capacity of messages. What one poll adds
+//!   on top of that is bounded by what a batch can make.
+//! - A part never waits for something another part of its worker must do (a source waits
+//!   for its final checkpoint between steps, not inside one). Sinks, which wait for the
+//!   final checkpoint to commit, never run in a worker: at P > 1 every sink has P
+//!   producers and a task of its own.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Select};
+
+use crate::error::{EngineError, Result};
+
+/// What one step of a part did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    Worked,
+    /// Nothing to do now.
+    Idle,
+    /// The part has finished (it ended its downstream).
+    Done,
+}
+
+/// A piece of a worker's work that advances in steps without blocking.
+pub(super) trait Part: Send {
+    fn step(&mut self) -> Result<Step>;
+    /// Registers the channel this part receives from, if any.
+    fn watch<'a>(&'a self, select: &mut Select<'a>);
+    /// For a part that can become ready without a message on its channel (a source): how
+    /// soon to step it again at the latest.
+    fn wake_after(&self) -> Option<Duration>;
+}
+
+/// How long an idle worker waits at most for a message (then checks cancellation).
+const POLL_MESSAGES: Duration = Duration::from_millis(10);
+
+/// Runs `parts` in the calling thread until all are done, or one fails, or the job is
+/// cancelled.
+pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicBool) -> Result<()> {
+    while !parts.is_empty() {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(EngineError::DownstreamGone {
+                name: name.to_string(),
+            });
+        }
+        let mut worked = false;
+        let mut i = 0;
+        while i < parts.len() {
+            match parts[i].step()? {
+                Step::Worked => {
+                    worked = true;
+                    i += 1;
+                }
+                Step::Idle => i += 1,
+                Step::Done => {
+                    parts.remove(i);
+                    worked = true;
+                }
+            }
+        }
+        if !worked && !parts.is_empty() {
+            let timeout = parts
+                .iter()
+                .filter_map(|p| p.wake_after())
+                .fold(POLL_MESSAGES, Duration::min);
+            let mut select = Select::new();
+            for part in &parts {
+                part.watch(&mut select);
+            }
+            // Which channel is ready does not matter: the next round steps every part.
+            let _ = select.ready_timeout(timeout);
+        }
+    }
+    Ok(())
+}
+
+type Probe = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// The channels into workers, as seen by sources: full if any holds its capacity.
+#[derive(Clone, Default)]
+pub(super) struct Backlog(Arc<OnceLock<Vec<Probe>>>);
+
+impl Backlog {
+    pub(super) fn is_full(&self) -> bool {
+        self.0
+            .get()
+            .is_some_and(|probes| probes.iter().any(|full| full()))
+    }
+}
+
+/// Collects the channels of a [`Backlog`] while a job is built.
+#[derive(Default)]
+pub(super) struct BacklogBuilder {
+    backlog: Backlog,
+    probes: Vec<Probe>,
+}
+
+impl BacklogBuilder {
+    /// The backlog sources check; it sees the channels once [`BacklogBuilder::seal`] ran.
+    pub(super) fn backlog(&self) -> Backlog {
+        self.backlog.clone()
+    }
+
+    pub(super) fn watch<T: Send + 'static>(&mut self, rx: Receiver<T>, capacity: usize) {
+        self.probes.push(Box::new(move || rx.len() >= capacity));
+    }
+
+    /// Freezes the set of channels (before any thread starts).
+    pub(super) fn seal(self) {
+        // Sealed once per run, on a backlog no other builder shares.
+        let _ = self.backlog.0.set(self.probes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::{mpsc, Mutex};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::job::Job;
+    use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
+    use crate::record::{Keyed, Record};
+    use crate::runtime::RunOptions;
+    use crate::sink::Sink;
+    use crate::source::{Source, SourceStatus};
+    use crate::state::StateBackend;
+    use crate::time::Watermarks;
+    use crate::BoxError;
+
+    /// Instance `instance` of `instances`: the numbers below `end` that are `instance`
+    /// modulo `instances`, `per_poll` at a time, sleeping `pause` before each poll; counts
+    /// its polls in `polled` and the most it ever led the other instances by in `lead`.
+    struct Numbers {
+        next: i64,
+        end: i64,
+        stride: i64,
+        per_poll: usize,
+        pause: Duration,
+        instance: usize,
+        polled: Arc<[AtomicU64]>,
+        lead: Arc<AtomicU64>,
+    }
+
+    impl Source for Numbers {
+        type Item = i64;
+        fn poll_batch(&mut self, out: &mut Vec<i64>, _: usize) -> Result<SourceStatus, BoxError> {
+            std::thread::sleep(self.pause);
+            let mine = self.polled[self.instance].fetch_add(1, Ordering::SeqCst);
+            let slowest = self.polled.iter().map(|p| p.load(Ordering::SeqCst)).min();
+            let lead = mine.saturating_sub(slowest.unwrap_or(mine));
+            self.lead.fetch_max(lead, Ordering::SeqCst);
+            for _ in 0..self.per_poll {
+                if self.next >= self.end {
+                    // Done: never the slowest any more.
+                    self.polled[self.instance].store(u64::MAX, Ordering::SeqCst);
+                    return Ok(SourceStatus::Exhausted);
+                }
+                out.push(self.next);
+                self.next += self.stride;
+            }
+            Ok(SourceStatus::More)
+        }
+        fn describe(&self) -> String {
+            "numbers".into()
+        }
+    }
+
+    /// Hands every event on unchanged.
+    struct PassOn;
+
+    impl KeyedOperator for PassOn {
+        type Key = i64;
+        type In = i64;
+        type Out = i64;
+        fn process(
+            &mut self,
+            records: Vec<Record<Keyed<i64, i64>>>,
+            out: &mut Output<i64>,
+        ) -> Result<(), BoxError> {
+            for r in records {
+                out.emit(r.ts, r.value.value);
+            }
+            Ok(())
+        }
+        fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
+            Ok(serde_json::Value::Null)
+        }
+        fn restore(&mut self, _: &[serde_json::Value]) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    struct PassOnFactory;
+
+    impl OperatorFactory for PassOnFactory {
+        type Key = i64;
+        type In = i64;
+        type Out = i64;
+        type Operator<S: StateBackend> = PassOn;
+        fn create<S: StateBackend>(&self, _: &OperatorContext, _: S) -> Result<PassOn, BoxError> {
+            Ok(PassOn)
+        }
+    }
+
+    struct Collect(Arc<Mutex<Vec<i64>>>);
+
+    impl Sink<i64> for Collect {
+        fn write(&mut self, records: &[Record<i64>]) -> Result<(), BoxError> {
+            let mut seen = self.0.lock().map_err(|_| "poisoned")?;
+            seen.extend(records.iter().map(|r| r.value));
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "collect".into()
+        }
+    }
+
+    /// Runs numbers 0..`events` from a parallel source through two keyed stages (keys that
+    /// send most records to another worker) at `options`; the values the sink got and the
+    /// largest lead of one source instance over the slowest, or a panic after 60 s.
+    fn run_two_stages(
+        events: i64,
+        slow_instance_pause: Duration,
+        options: RunOptions,
+    ) -> (Vec<i64>, u64) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let lead = Arc::new(AtomicU64::new(0));
+            let instances = options.parallelism;
+            let polled: Arc<[AtomicU64]> = (0..instances).map(|_| AtomicU64::new(0)).collect();
+            let job = Job::new("two-stages");
+            let source_lead = lead.clone();
+            job.parallel_source("numbers", move |instance, instances| Numbers {
+                next: instance as i64,
+                end: events,
+                stride: instances as i64,
+                per_poll: 8,
+                pause: if instance == 0 {
+                    slow_instance_pause
+                } else {
+                    Duration::ZERO
+                },
+                instance,
+                polled: polled.clone(),
+                lead: source_lead.clone(),
+            })
+            .timestamps(|v| *v, Watermarks::ascending())
+            .key_by(|v: &i64| v / 3)
+            .process("first", String::new(), PassOnFactory)
+            .key_by(|v: &i64| v / 7)
+            .process("second", String::new(), PassOnFactory)
+            .sink("out", Collect(seen.clone()));
+            let result = job.run(&options).map_err(|e| e.to_string());
+            let mut values = seen.lock().map(|v| v.clone()).unwrap_or_default();
+            values.sort_unstable();
+            let _ = tx.send(result.map(|_| (values, lead.load(Ordering::SeqCst))));
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => panic!("the job failed: {e}"),
+            Err(_) => panic!("the job hung (workers deadlocked?)"),
+        }
+    }
+
+    #[test]
+    fn workers_sending_to_each_other_through_tiny_channels_deliver_everything_once() {
+        for parallelism in [2, 3] {
+            let options = RunOptions {
+                parallelism,
+                batch_size: 8,
+                channel_capacity: 1,
+                ..RunOptions::default()
+            };
+            let started = Instant::now();
+            let (values, _) = run_two_stages(200_000, Duration::ZERO, options);
+            assert_eq!(
+                values,
+                (0..200_000).collect::<Vec<_>>(),
+                "P = {parallelism}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn a_fast_source_instance_waits_for_a_slow_one() {
+        let options = RunOptions {
+            parallelism: 2,
+            batch_size: 8,
+            channel_capacity: 4,
+            ..RunOptions::default()
+        };
+        // Instance 0 sleeps 1 ms per poll; instance 1 could finish its 250 polls at once.
+        let (values, lead) = run_two_stages(4_000, Duration::from_millis(1), options);
+        assert_eq!(values, (0..4_000).collect::<Vec<_>>());
+        // It may poll while at most `channel_capacity` polls ahead, so it leads by at most
+        // one more than that.
+        assert!(lead <= 5, "instance 1 ran {lead} polls ahead of instance 0");
+    }
+}
