@@ -236,6 +236,13 @@ impl Job {
     /// must run with as many instances as the checkpoint was taken with, since the
     /// positions belong to the instances' shares. `make(0, 1)` is also called once here,
     /// to describe the source (`weir describe`); sources open their inputs only when run.
+    ///
+    /// At parallelism > 1 each instance shares a worker thread with keyed operators, and
+    /// the instances move in step (none more than `channel_capacity` polls ahead of the
+    /// slowest). So an instance should not wait inside `poll_batch`: one with nothing due
+    /// returns [`crate::SourceStatus::Pending`] and lets the worker wait. A sleep in the
+    /// poll stalls the worker's operators, and an instance that stays quiet holds its
+    /// siblings back.
     pub fn parallel_source<S, F>(&self, name: &str, make: F) -> Stream<S::Item>
     where
         S: Source,

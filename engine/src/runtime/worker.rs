@@ -16,7 +16,12 @@
 //!   own sends, and two workers sending to each other would deadlock on bounded channels.
 //!   Channels into workers are unbounded instead, and [`Backlog`] bounds them: sources do
 //!   not poll while any of them holds a channel's capacity of messages. What one poll adds
-//!   on top of that is bounded by what a batch can make.
+//!   on top of that is what its batch makes, including every window it fires: a watermark
+//!   that fires a large state at once (the end of input) lands in the next stage's channel
+//!   whole, where bounded channels used to stream it. Firing in resumable chunks would
+//!   bound that too; not done.
+//! - The backlog's probes hold receivers, so a sender never sees a failed worker's channel
+//!   close: every part checks the job's cancel flag instead.
 //! - A part never waits for something another part of its worker must do (a source waits
 //!   for its final checkpoint between steps, not inside one). Sinks, which wait for the
 //!   final checkpoint to commit, never run in a worker: at P > 1 every sink has P
