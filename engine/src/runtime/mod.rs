@@ -29,7 +29,7 @@
 //!
 //! # Checkpoints
 //! With [`RunOptions::checkpoints`], barriers travel with the batches (see
-//! [`crate::checkpoint`]): a task with several producers aligns them in [`drain`], keyed
+//! [`crate::checkpoint`]): a receiver with several producers aligns them in [`Inbox`], keyed
 //! operator instances snapshot in [`KeyedRunner`], sinks pre-commit in [`SinkPush`], and
 //! sources inject barriers between polls. Each keyed instance has a RocksDB database of its
 //! own under `<state-dir>/<job>/rocksdb/`.
@@ -2398,10 +2398,88 @@ fn report_progress(job: &str, progress: &Progress, ended: &Receiver<()>, every: 
     }
 }
 
+/// Test operators and sinks shared by the runtime's test modules.
+#[cfg(test)]
+mod test_support {
+    use std::sync::{Arc, Mutex};
+
+    use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
+    use crate::record::{Keyed, Record};
+    use crate::sink::Sink;
+    use crate::state::StateBackend;
+    use crate::BoxError;
+
+    /// Passes every event on unchanged; fails on the value `fail_on`, if given.
+    pub(super) struct PassOn {
+        fail_on: Option<i64>,
+    }
+
+    impl KeyedOperator for PassOn {
+        type Key = i64;
+        type In = i64;
+        type Out = i64;
+        fn process(
+            &mut self,
+            records: Vec<Record<Keyed<i64, i64>>>,
+            out: &mut Output<i64>,
+        ) -> Result<(), BoxError> {
+            for r in records {
+                if Some(r.value.value) == self.fail_on {
+                    return Err("unlucky event".into());
+                }
+                out.emit(r.ts, r.value.value);
+            }
+            Ok(())
+        }
+        fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
+            Ok(serde_json::Value::Null)
+        }
+        fn restore(&mut self, _: &[serde_json::Value]) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    pub(super) struct PassOnFactory {
+        pub(super) fail_on: Option<i64>,
+    }
+
+    impl OperatorFactory for PassOnFactory {
+        type Key = i64;
+        type In = i64;
+        type Out = i64;
+        type Operator<S: StateBackend> = PassOn;
+        fn create<S: StateBackend>(&self, _: &OperatorContext, _: S) -> Result<PassOn, BoxError> {
+            Ok(PassOn {
+                fail_on: self.fail_on,
+            })
+        }
+    }
+
+    /// Keeps every record it receives.
+    pub(super) struct Collect(pub(super) Arc<Mutex<Vec<Record<i64>>>>);
+
+    impl Sink<i64> for Collect {
+        fn write(&mut self, records: &[Record<i64>]) -> Result<(), BoxError> {
+            self.0
+                .lock()
+                .map_err(|_| "poisoned")?
+                .extend_from_slice(records);
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "collect".into()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
 
+    use super::test_support::Collect;
     use super::*;
     use crate::job::Job;
     use crate::BoxError;
@@ -2451,25 +2529,6 @@ mod tests {
         }
         fn describe(&self) -> String {
             "scripted".into()
-        }
-    }
-
-    /// Keeps every record it receives.
-    struct Collect(Arc<Mutex<Vec<Record<i64>>>>);
-
-    impl Sink<i64> for Collect {
-        fn write(&mut self, records: &[Record<i64>]) -> Result<(), BoxError> {
-            self.0
-                .lock()
-                .map_err(|_| "poisoned")?
-                .extend_from_slice(records);
-            Ok(())
-        }
-        fn finish(&mut self) -> Result<(), BoxError> {
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "collect".into()
         }
     }
 
@@ -2530,10 +2589,9 @@ mod tests {
 mod failure_tests {
     use std::sync::mpsc;
 
+    use super::test_support::PassOnFactory;
     use super::*;
     use crate::job::Job;
-    use crate::operator::KeyedOperator;
-    use crate::state::StateBackend;
     use crate::BoxError;
 
     /// Emits `good` events, then fails, or (if `fail` is false) idles until `idle_for`.
@@ -2566,46 +2624,6 @@ mod failure_tests {
         }
     }
 
-    /// Fails on the event 13, passes everything else through.
-    struct FailOn13;
-
-    impl KeyedOperator for FailOn13 {
-        type Key = i64;
-        type In = i64;
-        type Out = i64;
-        fn process(
-            &mut self,
-            records: Vec<Record<Keyed<i64, i64>>>,
-            out: &mut Output<i64>,
-        ) -> Result<(), BoxError> {
-            for r in records {
-                if r.value.value == 13 {
-                    return Err("unlucky event".into());
-                }
-                out.emit(r.ts, r.value.value);
-            }
-            Ok(())
-        }
-        fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-            Ok(serde_json::Value::Null)
-        }
-        fn restore(&mut self, _: &[serde_json::Value]) -> Result<(), BoxError> {
-            Ok(())
-        }
-    }
-
-    struct FailOn13Factory;
-
-    impl OperatorFactory for FailOn13Factory {
-        type Key = i64;
-        type In = i64;
-        type Out = i64;
-        type Operator<S: StateBackend> = FailOn13;
-        fn create<S: StateBackend>(&self, _: &OperatorContext, _: S) -> Result<FailOn13, BoxError> {
-            Ok(FailOn13)
-        }
-    }
-
     struct Discard;
 
     impl Sink<i64> for Discard {
@@ -2629,7 +2647,7 @@ mod failure_tests {
             job.source("faulty", source)
                 .timestamps(|v| *v, Watermarks::ascending())
                 .key_by(|v: &i64| *v % 7)
-                .process("keyed", String::new(), FailOn13Factory)
+                .process("keyed", String::new(), PassOnFactory { fail_on: Some(13) })
                 .sink("out", Discard);
             let options = RunOptions {
                 parallelism: 2,

@@ -144,12 +144,9 @@ mod tests {
 
     use super::*;
     use crate::job::Job;
-    use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
-    use crate::record::{Keyed, Record};
+    use crate::runtime::test_support::{Collect, PassOnFactory};
     use crate::runtime::RunOptions;
-    use crate::sink::Sink;
     use crate::source::{Source, SourceStatus};
-    use crate::state::StateBackend;
     use crate::time::Watermarks;
     use crate::BoxError;
 
@@ -191,59 +188,6 @@ mod tests {
         }
     }
 
-    /// Hands every event on unchanged.
-    struct PassOn;
-
-    impl KeyedOperator for PassOn {
-        type Key = i64;
-        type In = i64;
-        type Out = i64;
-        fn process(
-            &mut self,
-            records: Vec<Record<Keyed<i64, i64>>>,
-            out: &mut Output<i64>,
-        ) -> Result<(), BoxError> {
-            for r in records {
-                out.emit(r.ts, r.value.value);
-            }
-            Ok(())
-        }
-        fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-            Ok(serde_json::Value::Null)
-        }
-        fn restore(&mut self, _: &[serde_json::Value]) -> Result<(), BoxError> {
-            Ok(())
-        }
-    }
-
-    struct PassOnFactory;
-
-    impl OperatorFactory for PassOnFactory {
-        type Key = i64;
-        type In = i64;
-        type Out = i64;
-        type Operator<S: StateBackend> = PassOn;
-        fn create<S: StateBackend>(&self, _: &OperatorContext, _: S) -> Result<PassOn, BoxError> {
-            Ok(PassOn)
-        }
-    }
-
-    struct Collect(Arc<Mutex<Vec<i64>>>);
-
-    impl Sink<i64> for Collect {
-        fn write(&mut self, records: &[Record<i64>]) -> Result<(), BoxError> {
-            let mut seen = self.0.lock().map_err(|_| "poisoned")?;
-            seen.extend(records.iter().map(|r| r.value));
-            Ok(())
-        }
-        fn finish(&mut self) -> Result<(), BoxError> {
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "collect".into()
-        }
-    }
-
     /// Runs numbers 0..`events` from a parallel source through two keyed stages (keys that
     /// send most records to another worker) at `options`; the values the sink got and the
     /// largest lead of one source instance over the slowest, or a panic after 60 s.
@@ -276,12 +220,15 @@ mod tests {
             })
             .timestamps(|v| *v, Watermarks::ascending())
             .key_by(|v: &i64| v / 3)
-            .process("first", String::new(), PassOnFactory)
+            .process("first", String::new(), PassOnFactory { fail_on: None })
             .key_by(|v: &i64| v / 7)
-            .process("second", String::new(), PassOnFactory)
+            .process("second", String::new(), PassOnFactory { fail_on: None })
             .sink("out", Collect(seen.clone()));
             let result = job.run(&options).map_err(|e| e.to_string());
-            let mut values = seen.lock().map(|v| v.clone()).unwrap_or_default();
+            let mut values: Vec<i64> = seen
+                .lock()
+                .map(|records| records.iter().map(|r| r.value).collect())
+                .unwrap_or_default();
             values.sort_unstable();
             let _ = tx.send(result.map(|_| (values, lead.load(Ordering::SeqCst))));
         });
