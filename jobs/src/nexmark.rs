@@ -646,8 +646,14 @@ impl TimerFunction<u64, AuctionEvent> for WinningBid {
                 None => {
                     // An auction that arrives after the watermark passed the bid's time would
                     // be late (and its bids before it invalid), so the bid waits until then.
+                    // One timer per key, at its earliest waiting bid: at P > 1 many bids
+                    // reach their auction's worker before it (the two generator instances
+                    // make alternate events), and a timer per bid made q4 run 8 % more
+                    // instructions at P = 2 than with this.
+                    if open.early.iter().all(|&(at, _)| at > date_time) {
+                        ctx.register_timer(date_time);
+                    }
                     open.early.push((date_time, price));
-                    ctx.register_timer(date_time);
                 }
             },
         }
@@ -670,8 +676,9 @@ impl TimerFunction<u64, AuctionEvent> for WinningBid {
             Some(_) => {}
             None => {
                 open.early.retain(|&(at, _)| at > time);
-                if open.early.is_empty() {
-                    ctx.clear_state();
+                match open.early.iter().map(|&(at, _)| at).min() {
+                    Some(earliest) => ctx.register_timer(earliest),
+                    None => ctx.clear_state(),
                 }
             }
         }
