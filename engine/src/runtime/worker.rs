@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Select};
 
+use super::Flush;
 use crate::error::{EngineError, Result};
 
 /// What one step of a part did.
@@ -53,6 +54,8 @@ pub(super) trait Part: Send {
     /// For a part that can become ready without a message on its channel (a source): how
     /// soon to step it again at the latest.
     fn wake_after(&self) -> Option<Duration>;
+    /// Sends on what this part's downstream holds back for a sink (see [`super::Push::flush`]).
+    fn flush(&mut self, what: Flush) -> Result<()>;
 }
 
 /// How long an idle worker waits at most for a message (then checks cancellation).
@@ -75,7 +78,12 @@ pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicB
                     worked = true;
                     i += 1;
                 }
-                Step::Idle => i += 1,
+                Step::Idle => {
+                    // Results of a part that went quiet wait no longer than their hold
+                    // time while the worker's other parts keep it busy.
+                    parts[i].flush(Flush::Due)?;
+                    i += 1;
+                }
                 Step::Done => {
                     parts.remove(i);
                     worked = true;
@@ -83,6 +91,9 @@ pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicB
             }
         }
         if !worked && !parts.is_empty() {
+            for part in &mut parts {
+                part.flush(Flush::All)?;
+            }
             let timeout = parts
                 .iter()
                 .filter_map(|p| p.wake_after())
@@ -237,6 +248,65 @@ mod tests {
             Ok(Err(e)) => panic!("the job failed: {e}"),
             Err(_) => panic!("the job hung (workers deadlocked?)"),
         }
+    }
+
+    /// Five values, then nothing (`Pending`) until `done`.
+    struct GoesQuiet {
+        values: Vec<i64>,
+        done: Arc<AtomicBool>,
+    }
+
+    impl Source for GoesQuiet {
+        type Item = i64;
+        fn poll_batch(&mut self, out: &mut Vec<i64>, _: usize) -> Result<SourceStatus, BoxError> {
+            if !self.values.is_empty() {
+                out.append(&mut self.values);
+                return Ok(SourceStatus::More);
+            }
+            Ok(match self.done.load(Ordering::SeqCst) {
+                true => SourceStatus::Exhausted,
+                false => SourceStatus::Pending(Duration::from_millis(5)),
+            })
+        }
+        fn describe(&self) -> String {
+            "goes quiet".into()
+        }
+    }
+
+    #[test]
+    fn results_held_for_the_sink_reach_it_while_the_sources_are_quiet() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let (job_seen, job_done) = (seen.clone(), done.clone());
+        let job = std::thread::spawn(move || {
+            let job = Job::new("goes-quiet");
+            job.parallel_source("quiet", move |instance, _| GoesQuiet {
+                values: (0..5).map(|v| instance as i64 * 100 + v).collect(),
+                done: job_done.clone(),
+            })
+            .timestamps(|v| *v, Watermarks::ascending())
+            .key_by(|v: &i64| *v)
+            .process("pass", String::new(), PassOnFactory { fail_on: None })
+            .sink("out", Collect(job_seen));
+            let options = RunOptions {
+                parallelism: 2,
+                ..RunOptions::default()
+            };
+            job.run(&options).map_err(|e| e.to_string())
+        });
+        let started = Instant::now();
+        let arrived = loop {
+            let arrived = seen.lock().map(|records| records.len()).unwrap_or(0);
+            if arrived == 10 || started.elapsed() > Duration::from_secs(10) {
+                break arrived;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        done.store(true, Ordering::SeqCst);
+        if let Err(e) = job.join().expect("the job's thread does not panic") {
+            panic!("the job failed: {e}");
+        }
+        assert_eq!(arrived, 10, "the results waited for the end of input");
     }
 
     #[test]
