@@ -17,8 +17,8 @@
 //!   (all its inputs in one thread, instance by instance) is chained into that thread
 //!   ([`UnionMerge`]); a union of streams from different threads has a task of its own.
 //! - What goes to a sink's own task is held back a little ([`Held`]): sent when a batch's
-//!   worth of results or 1 ms of them has gathered, and whenever the producing thread is
-//!   about to wait ([`Push::flush`]). The sink's task sleeps on a [`doorbell::Doorbell`],
+//!   worth of results or 1 ms of them has gathered, and whenever the producing thread
+//!   goes quiet ([`Push::flush`]; not when it only waits for a slower worker). The sink's task sleeps on a [`doorbell::Doorbell`],
 //!   not in the channel's spin-then-yield wait.
 //!
 //! # Backpressure
@@ -585,6 +585,10 @@ impl<S: Source> SourceLoop<S> {
                     self.down.flush(Flush::All)?;
                     std::thread::sleep(self.wake_after().unwrap_or_default());
                 }
+                Step::HeldBack => {
+                    self.down.flush(Flush::Due)?;
+                    std::thread::sleep(self.wake_after().unwrap_or_default());
+                }
                 Step::Done => return Ok(()),
             }
         }
@@ -646,11 +650,11 @@ impl<S: Source> Part for SourceLoop<S> {
             return Ok(Step::Idle);
         }
         self.pending_until = None;
-        if self.exhausted
-            || self.backlog.is_full()
-            || self.lockstep.as_ref().is_some_and(Lockstep::ahead)
-        {
+        if self.exhausted {
             return Ok(Step::Idle);
+        }
+        if self.backlog.is_full() || self.lockstep.as_ref().is_some_and(Lockstep::ahead) {
+            return Ok(Step::HeldBack);
         }
         let status = self
             .source
@@ -1282,11 +1286,11 @@ const WATERMARK_HOLD: Duration = Duration::from_millis(10);
 
 /// What a producer holds back on its way to a sink. A sink fed by several producers runs
 /// in a thread of its own, and a send per batch woke it thousands of times a second, each
-/// time taking a core from a worker (at P = 2, q3 and q4 ran 5-13 % faster with their
+/// time taking a core from a worker (at P = 2, q3 and q4 ran up to 13 % faster with their
 /// results dropped before the sink). As Flink's output buffers do, a producer sends when
 /// it holds a batch's worth of records or has held them for [`RESULTS_HOLD`], and always
-/// when its thread is about to wait ([`Flush::All`]): a stream that does not keep its
-/// workers busy gets every result at once.
+/// when its thread goes quiet ([`Flush::All`]): a stream that does not keep its workers
+/// busy gets every result at once.
 struct Held<T> {
     records: Vec<Record<T>>,
     watermark: Timestamp,

@@ -42,6 +42,9 @@ pub(super) enum Step {
     Worked,
     /// Nothing to do now.
     Idle,
+    /// Would work, but waits for other parts to catch up (backpressure, a slower sibling):
+    /// the worker is saturated, not quiet.
+    HeldBack,
     /// The part has finished (it ended its downstream).
     Done,
 }
@@ -70,17 +73,19 @@ pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicB
                 name: name.to_string(),
             });
         }
-        let mut worked = false;
+        let (mut worked, mut held_back) = (false, false);
         let mut i = 0;
         while i < parts.len() {
-            match parts[i].step()? {
+            let step = parts[i].step()?;
+            match step {
                 Step::Worked => {
                     worked = true;
                     i += 1;
                 }
-                Step::Idle => {
+                Step::Idle | Step::HeldBack => {
                     // Results of a part that went quiet wait no longer than their hold
                     // time while the worker's other parts keep it busy.
+                    held_back |= step == Step::HeldBack;
                     parts[i].flush(Flush::Due)?;
                     i += 1;
                 }
@@ -91,8 +96,14 @@ pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicB
             }
         }
         if !worked && !parts.is_empty() {
-            for part in &mut parts {
-                part.flush(Flush::All)?;
+            // A quiet worker sends every result on before it waits. One that only waits
+            // for the others to catch up goes on in a moment; flushing each time woke the
+            // sink's thread thousands of times a second (taking a core from a worker),
+            // so its results wait for their hold time.
+            if !held_back {
+                for part in &mut parts {
+                    part.flush(Flush::All)?;
+                }
             }
             let timeout = parts
                 .iter()
