@@ -8,7 +8,9 @@
 //! is timed from the event that closed the window, not from the window's first event, which
 //! is what a user waiting for the result sees). Sinks record `now - stamp` once per batch,
 //! weighted by the batch's record count. Batches without a stamp (end of input, idle
-//! watermarks) are not timed.
+//! watermarks) are not timed. Results that workers gather for a sink's thread (up to 1 ms
+//! of them while the workers are busy) are timed from the oldest stamp among them, so a
+//! percentile may overstate, never understate, what a result waited.
 //!
 //! # Invariants
 //! - Recording is one atomic add per batch, never per record; the histogram is lock-free.

@@ -16,10 +16,11 @@
 //!   when several upstream instances deliver to them. A union of branches of one stream
 //!   (all its inputs in one thread, instance by instance) is chained into that thread
 //!   ([`UnionMerge`]); a union of streams from different threads has a task of its own.
-//! - What goes to a sink's own task is held back a little ([`Held`]): sent when a batch's
-//!   worth of results or 1 ms of them has gathered, and whenever the producing thread
-//!   goes quiet ([`Push::flush`]; not when it only waits for a slower worker). The sink's task sleeps on a [`doorbell::Doorbell`],
-//!   not in the channel's spin-then-yield wait.
+//! - What goes to a sink's own task is held back a little ([`Held`]): results are sent
+//!   when a batch's worth or 1 ms of them has gathered, and whenever the producing thread
+//!   goes quiet ([`Push::flush`]; not when it only waits for a slower worker); a watermark
+//!   without results waits up to 10 ms. The sink's task sleeps on a
+//!   [`doorbell::Doorbell`], not in the channel's spin-then-yield wait.
 //!
 //! # Backpressure
 //! Channels hold at most [`RunOptions::channel_capacity`] batches. A full channel blocks the
@@ -661,8 +662,7 @@ impl<S: Source> Part for SourceLoop<S> {
             .poll_batch(&mut self.items, self.batch_size)
             .map_err(|e| self.source_err(e))?;
         if self.items.is_empty() {
-            // The source may have waited in its poll and may wait again: nothing held for
-            // a sink waits with it.
+            // The source may wait in its next poll: what is held for a sink goes now.
             self.down.flush(Flush::All)?;
         } else {
             self.events_out.inc_by(self.items.len() as u64);
@@ -1251,13 +1251,23 @@ impl<T: Data> ForwardPush<T> {
 
 impl<T: Data> Push<T> for ForwardPush<T> {
     fn push(&mut self, batch: Batch<T>) -> Result<()> {
-        let Some(sink) = &mut self.sink else {
-            return self.send(Message::Batch(batch));
+        let (end, fits) = match &self.sink {
+            None => return self.send(Message::Batch(batch)),
+            Some(sink) => (batch.watermark == END_WATERMARK, sink.held.can_take(&batch)),
         };
-        let end = batch.watermark == END_WATERMARK;
-        sink.held.add(batch);
-        if end || sink.held.due() {
+        // The end goes on its own (the sink's gauge skips the end watermark, not the one
+        // before it), and what is held goes first when the batch is timed differently.
+        if end || !fits {
             self.send_held()?;
+        }
+        if end {
+            return self.send(Message::Batch(batch));
+        }
+        if let Some(sink) = &mut self.sink {
+            sink.held.add(batch);
+            if sink.held.due() {
+                self.send_held()?;
+            }
         }
         Ok(())
     }
@@ -1290,7 +1300,7 @@ const WATERMARK_HOLD: Duration = Duration::from_millis(10);
 /// results dropped before the sink). As Flink's output buffers do, a producer sends when
 /// it holds a batch's worth of records or has held them for [`RESULTS_HOLD`], and always
 /// when its thread goes quiet ([`Flush::All`]): a stream that does not keep its workers
-/// busy gets every result at once.
+/// busy gets every result at once (a watermark alone waits for [`WATERMARK_HOLD`]).
 struct Held<T> {
     records: Vec<Record<T>>,
     watermark: Timestamp,
@@ -1310,6 +1320,15 @@ impl<T> Held<T> {
             since: None,
             max_records,
         }
+    }
+
+    /// Whether `batch`'s results can join those held without changing their latency:
+    /// timed results (with an ingestion stamp) and untimed ones (fired by the end of input
+    /// or an idle watermark) go in separate batches.
+    fn can_take(&self, batch: &Batch<T>) -> bool {
+        self.records.is_empty()
+            || batch.records.is_empty()
+            || self.ingested.is_some() == batch.ingested.is_some()
     }
 
     fn add(&mut self, mut batch: Batch<T>) {

@@ -77,16 +77,19 @@ pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicB
         let mut i = 0;
         while i < parts.len() {
             let step = parts[i].step()?;
+            if step != Step::Done {
+                // Held results wait no longer than their hold time, also while a part
+                // works without pushing (aligning a barrier) or others keep the worker
+                // busy.
+                parts[i].flush(Flush::Due)?;
+            }
             match step {
                 Step::Worked => {
                     worked = true;
                     i += 1;
                 }
                 Step::Idle | Step::HeldBack => {
-                    // Results of a part that went quiet wait no longer than their hold
-                    // time while the worker's other parts keep it busy.
                     held_back |= step == Step::HeldBack;
-                    parts[i].flush(Flush::Due)?;
                     i += 1;
                 }
                 Step::Done => {
