@@ -153,6 +153,22 @@ pub(crate) trait Push<T>: Send {
     fn flush(&mut self, what: Flush) -> Result<()>;
 }
 
+/// The `barrier`, `finish` and `flush` of a push that passes them on to `self.$down`
+/// unchanged (most of them).
+macro_rules! pass_on_control {
+    ($down:ident) => {
+        fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+            self.$down.barrier(id)
+        }
+        fn finish(&mut self) -> Result<()> {
+            self.$down.finish()
+        }
+        fn flush(&mut self, what: Flush) -> Result<()> {
+            self.$down.flush(what)
+        }
+    };
+}
+
 /// What [`Push::flush`] sends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flush {
@@ -858,15 +874,7 @@ impl<T: Data> Push<T> for Metered<T> {
         }
         self.down.push(batch)
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.down.barrier(id)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.down.finish()
-    }
-    fn flush(&mut self, what: Flush) -> Result<()> {
-        self.down.flush(what)
-    }
+    pass_on_control!(down);
 }
 
 pub(crate) struct TimestampPush<F, T> {
@@ -1099,15 +1107,7 @@ impl<T: Data, U: Data, F: Fn(T) -> U + Send> Push<T> for MapPush<F, U> {
             ingested: batch.ingested,
         })
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.down.barrier(id)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.down.finish()
-    }
-    fn flush(&mut self, what: Flush) -> Result<()> {
-        self.down.flush(what)
-    }
+    pass_on_control!(down);
 }
 
 pub(crate) struct FilterPush<F, T> {
@@ -1126,15 +1126,7 @@ impl<T: Data, F: Fn(&T) -> bool + Send> Push<T> for FilterPush<F, T> {
         batch.records.retain(|r| (self.f)(&r.value));
         self.down.push(batch)
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.down.barrier(id)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.down.finish()
-    }
-    fn flush(&mut self, what: Flush) -> Result<()> {
-        self.down.flush(what)
-    }
+    pass_on_control!(down);
 }
 
 pub(crate) struct FlatMapPush<F, U> {
@@ -1168,15 +1160,7 @@ impl<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Send> Push<T>
             ingested: batch.ingested,
         })
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.down.barrier(id)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.down.finish()
-    }
-    fn flush(&mut self, what: Flush) -> Result<()> {
-        self.down.flush(what)
-    }
+    pass_on_control!(down);
 }
 
 struct Fanout<T> {
@@ -2086,15 +2070,7 @@ where
         self.runner
             .push(Batch::new(records, batch.watermark).ingested_at(batch.ingested))
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.runner.barrier(id)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.runner.finish()
-    }
-    fn flush(&mut self, what: Flush) -> Result<()> {
-        self.runner.flush(what)
-    }
+    pass_on_control!(runner);
 }
 
 // ---------------------------------------------------------------- union and sinks
