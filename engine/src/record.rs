@@ -66,6 +66,17 @@ impl<T> Batch<T> {
         self.ingested = ingested;
         self
     }
+
+    /// The batch with its records replaced by `f(records)`; watermark, split and stamp kept
+    /// (what a per-record operator such as map or flat_map produces).
+    pub fn map_records<U>(self, f: impl FnOnce(Vec<Record<T>>) -> Vec<Record<U>>) -> Batch<U> {
+        Batch {
+            records: f(self.records),
+            watermark: self.watermark,
+            split: self.split,
+            ingested: self.ingested,
+        }
+    }
 }
 
 /// An event paired with its key, as produced by `key_by`. (Its key group is derived from

@@ -1091,21 +1091,17 @@ impl<F, U> MapPush<F, U> {
 
 impl<T: Data, U: Data, F: Fn(T) -> U + Send> Push<T> for MapPush<F, U> {
     fn push(&mut self, batch: Batch<T>) -> Result<()> {
-        let records = batch
-            .records
-            .into_iter()
-            .map(|r| Record {
-                ts: r.ts,
-                watermark: r.watermark,
-                value: (self.f)(r.value),
-            })
-            .collect();
-        self.down.push(Batch {
-            records,
-            watermark: batch.watermark,
-            split: batch.split,
-            ingested: batch.ingested,
-        })
+        let f = &self.f;
+        self.down.push(batch.map_records(|records| {
+            records
+                .into_iter()
+                .map(|r| Record {
+                    ts: r.ts,
+                    watermark: r.watermark,
+                    value: f(r.value),
+                })
+                .collect()
+        }))
     }
     pass_on_control!(down);
 }
@@ -1144,21 +1140,19 @@ impl<T: Data, U: Data, I: IntoIterator<Item = U>, F: Fn(T) -> I + Send> Push<T>
     for FlatMapPush<F, U>
 {
     fn push(&mut self, batch: Batch<T>) -> Result<()> {
-        let mut records = Vec::with_capacity(batch.records.len());
-        for r in batch.records {
-            let (ts, watermark) = (r.ts, r.watermark);
-            records.extend((self.f)(r.value).into_iter().map(|value| Record {
-                ts,
-                watermark,
-                value,
-            }));
-        }
-        self.down.push(Batch {
-            records,
-            watermark: batch.watermark,
-            split: batch.split,
-            ingested: batch.ingested,
-        })
+        let f = &self.f;
+        self.down.push(batch.map_records(|input| {
+            let mut records = Vec::with_capacity(input.len());
+            for r in input {
+                let (ts, watermark) = (r.ts, r.watermark);
+                records.extend(f(r.value).into_iter().map(|value| Record {
+                    ts,
+                    watermark,
+                    value,
+                }));
+            }
+            records
+        }))
     }
     pass_on_control!(down);
 }
