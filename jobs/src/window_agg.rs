@@ -10,8 +10,10 @@
 //! `{"key":"k1","window_start":0,"window_end":10000,"count":3,"sum":42,"min":1,"max":30,"avg":14.0}`
 //! with `"update":true` added when a late event (within `--allowed-lateness`) revised it.
 //!
-//! Decoding is the fast path of this job: JSON objects are read field by field with a
-//! `serde` visitor that only keeps the three configured fields (no generic JSON values).
+//! Decoding is the fast path of this job: flat JSON objects are matched against the layout
+//! of the line before and read without serde ([`flat_json`]); anything else is read field by
+//! field with a `serde` visitor that only keeps the three configured fields (no generic
+//! JSON values).
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,9 +33,12 @@ use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
 use weir_operators::StatsOutput;
 
+use self::flat_json::{decode_flat_json, LineShape};
 use crate::generate::{EventStreamSpec, GeneratedEvents};
 use crate::options::JobOptions;
 use crate::output::OutputSink;
+
+mod flat_json;
 
 /// One line of `weir jobs`.
 pub const ABOUT: &str = "count/sum/min/max/avg of --value-field per --key-field and --window";
@@ -239,6 +244,8 @@ pub struct EventDecoder {
     columns: Option<[usize; 3]>,
     width: usize,
     keys: Interner,
+    /// The layout of the last JSON line the fast path read.
+    shape: LineShape,
 }
 
 impl EventDecoder {
@@ -250,6 +257,7 @@ impl EventDecoder {
             columns: None,
             width: 0,
             keys: Interner::default(),
+            shape: LineShape::default(),
         }
     }
 
@@ -340,192 +348,18 @@ impl Decoder for EventDecoder {
         match self.columns {
             Some(columns) => self.decode_csv(line, columns),
             None => {
+                if let Some(event) = self.shape.decode(line, &mut self.keys) {
+                    return Ok(event);
+                }
+                let (names, keys) = (&self.names, &mut self.keys);
                 if let Some(event) =
-                    decode_flat_json(line, &self.names, self.read_ts, &mut self.keys)
+                    decode_flat_json(line, names, self.read_ts, keys, &mut self.shape)
                 {
                     return Ok(event);
                 }
                 self.decode_json(line)
             }
         }
-    }
-}
-
-/// The common case without serde: one flat object whose values are all integers or strings
-/// without escapes (`{"ts":1,"key":"k","value":2}`). Anything else (nesting, fractions,
-/// escapes, literals, a missing field, trailing text) returns `None` and takes the serde
-/// path, which decides and words the error; where both accept a line they agree (tested).
-/// On 46-byte lines serde's visitor was about 30 % of the JSONL window job's profile.
-fn decode_flat_json(
-    line: &str,
-    names: &[String; 3],
-    read_ts: bool,
-    keys: &mut Interner,
-) -> Option<Event> {
-    let mut cursor = FlatJson {
-        line,
-        bytes: line.as_bytes(),
-        at: 0,
-    };
-    cursor.expect(b'{')?;
-    let (mut ts, mut key, mut value) = (None, None, None);
-    // Byte by byte: the names are a few bytes long, shorter than a call to `memcmp`.
-    let is = |n: &String, name: &str| {
-        n.len() == name.len() && n.bytes().zip(name.bytes()).all(|(a, b)| a == b)
-    };
-    for seen in 0.. {
-        let name = cursor.string()?;
-        cursor.expect(b':')?;
-        // Writers mostly keep one field order; the one of the names is tried first (and
-        // taken if no name before it is the same, as serde takes the first).
-        let guess = seen % 3;
-        let field = if is(&names[guess], name) && !names[..guess].iter().any(|n| is(n, name)) {
-            Some(guess)
-        } else {
-            names.iter().position(|n| is(n, name))
-        }
-        .filter(|&f| f != 0 || read_ts);
-        cursor.skip_space();
-        if cursor.bytes.get(cursor.at) == Some(&b'"') {
-            let text = cursor.string()?;
-            match field {
-                Some(1) => key = Some(text),
-                Some(_) => return None,
-                None => {}
-            }
-        } else {
-            let (number, text) = cursor.integer()?;
-            match field {
-                Some(0) => ts = Some(number),
-                Some(1) => key = Some(text),
-                Some(_) => value = Some(number),
-                None => {}
-            }
-        }
-        cursor.skip_space();
-        match cursor.bytes.get(cursor.at)? {
-            b',' => cursor.at += 1,
-            b'}' => {
-                cursor.at += 1;
-                break;
-            }
-            _ => return None,
-        }
-    }
-    cursor.skip_space();
-    if cursor.at != cursor.bytes.len() {
-        return None;
-    }
-    Some(Event {
-        ts: if read_ts { ts? } else { 0 },
-        key: keys.intern(key?),
-        value: value?,
-    })
-}
-
-/// The bytes a string of the fast path ends at: its closing quote, or (to leave the line to
-/// serde) a backslash or a control character. One table load per byte instead of three tests.
-const ENDS_FAST_STRING: [bool; 256] = {
-    let mut ends = [false; 256];
-    let mut byte = 0;
-    while byte < 0x20 {
-        ends[byte] = true;
-        byte += 1;
-    }
-    ends[b'"' as usize] = true;
-    ends[b'\\' as usize] = true;
-    ends
-};
-
-/// The length of a fast-path string's content at the start of `bytes`: the index of the
-/// first byte in [`ENDS_FAST_STRING`]. Eight bytes at a time, because a loop's exit at the
-/// end of keys of varying length was mispredicted (half of the string scan's time).
-#[inline]
-fn fast_string_len(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // The high bit of each byte below `n` (exact for the lowest such byte, which is all
-    // that is read: a borrow only reaches the bytes above it).
-    let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGH;
-    let mut at = 0;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
-        let ends = below(word ^ (ONES * u64::from(b'"')), 1)
-            | below(word ^ (ONES * u64::from(b'\\')), 1)
-            | below(word, 0x20);
-        if ends != 0 {
-            return Some(at + (ends.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    let tail = bytes[at..]
-        .iter()
-        .position(|&b| ENDS_FAST_STRING[usize::from(b)])?;
-    Some(at + tail)
-}
-
-/// A position in a line for [`decode_flat_json`].
-struct FlatJson<'a> {
-    line: &'a str,
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> FlatJson<'a> {
-    fn skip_space(&mut self) {
-        while matches!(self.bytes.get(self.at), Some(b' ' | b'\t' | b'\r' | b'\n')) {
-            self.at += 1;
-        }
-    }
-
-    /// Skips spaces, then `byte`.
-    fn expect(&mut self, byte: u8) -> Option<()> {
-        self.skip_space();
-        (self.bytes.get(self.at) == Some(&byte)).then(|| self.at += 1)
-    }
-
-    /// Skips spaces, then a string without escapes or control characters; its content.
-    fn string(&mut self) -> Option<&'a str> {
-        self.expect(b'"')?;
-        let start = self.at;
-        let len = fast_string_len(&self.bytes[start..])?;
-        self.at = start + len;
-        (self.bytes[self.at] == b'"').then(|| self.at += 1)?;
-        self.line.get(start..start + len)
-    }
-
-    /// An integer of at most 18 digits, as JSON writes it (no leading zero, no `-0`), not
-    /// followed by a fraction or exponent; its value and its text.
-    fn integer(&mut self) -> Option<(i64, &'a str)> {
-        let start = self.at;
-        let negative = self.bytes.get(self.at) == Some(&b'-');
-        if negative {
-            self.at += 1;
-        }
-        let first = self.at;
-        // At most 18 digits fit an i64 whatever they are, so the value is summed as the
-        // digits are scanned, without a second pass to parse them.
-        let mut magnitude: i64 = 0;
-        while let Some(digit) = self.bytes.get(self.at).filter(|b| b.is_ascii_digit()) {
-            if self.at - first == 18 {
-                return None;
-            }
-            magnitude = magnitude * 10 + i64::from(digit - b'0');
-            self.at += 1;
-        }
-        let digits = self.at - first;
-        let leading_zero = digits > 1 && self.bytes[first] == b'0';
-        let minus_zero = negative && digits == 1 && self.bytes[first] == b'0';
-        if digits == 0 || leading_zero || minus_zero {
-            return None;
-        }
-        if matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E')) {
-            return None;
-        }
-        let text = self.line.get(start..self.at)?;
-        Some((if negative { -magnitude } else { magnitude }, text))
     }
 }
 
@@ -694,91 +528,6 @@ mod tests {
         assert_eq!(d.decode(r#"{"user":"u1","ms":5}"#)?.ts, 0);
         assert_eq!(d.decode(r#"{"user":"u1","ms":5,"time":"not read"}"#)?.ts, 0);
         Ok(())
-    }
-
-    #[test]
-    fn a_fast_string_ends_at_the_first_quote_backslash_or_control_byte() {
-        let mut state: u64 = 1;
-        let alphabet = [
-            b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xff, b'!', b']',
-        ];
-        for _ in 0..5_000 {
-            let mut bytes = Vec::new();
-            for _ in 0..(state >> 60) as usize + 3 {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1);
-                // Mostly plain letters, so ends fall at every position of a word.
-                let pick = (state >> 33) as usize % (alphabet.len() * 4);
-                bytes.push(alphabet.get(pick).copied().unwrap_or(b'k'));
-            }
-            for start in 0..bytes.len() {
-                let rest = &bytes[start..];
-                let expected = rest.iter().position(|&b| ENDS_FAST_STRING[usize::from(b)]);
-                assert_eq!(fast_string_len(rest), expected, "{rest:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn the_flat_json_path_agrees_with_serde_wherever_it_decides() {
-        let names = ["time".to_string(), "user".to_string(), "ms".to_string()];
-        let lines = [
-            (r#"{"time":1767225600000,"user":"k123","ms":42}"#, true),
-            (r#" { "ms" : -5 , "user" : 17 , "time" : 0 } "#, true),
-            (r#"{"time":1,"user":"a","ms":2,"other":"x","n":-3}"#, true),
-            (r#"{"time":1,"user":"a","ms":2,"time":9}"#, true),
-            (r#"{"time":1,"user":"a b","ms":2}"#, true),
-            (r#"{"ms":2,"time":1,"user":"b"}"#, true),
-            // A raw tab in a string is not JSON: serde says so.
-            ("{\"time\":1,\"user\":\"a\t\",\"ms\":2}", false),
-            ("{\"time\":1,\"user\t\":\"a\",\"ms\":2}", false),
-            (r#"{"time":1,"user":"a"b","ms":2}"#, false),
-            (r#"{"time":1,"user":"a","ms":2.0}"#, false),
-            (r#"{"time":1,"user":"a","ms":2e3}"#, false),
-            (r#"{"time":01,"user":"a","ms":2}"#, false),
-            (r#"{"time":1,"user":-0,"ms":2}"#, false),
-            (r#"{"time":1,"user":"a","ms":"2"}"#, false),
-            (r#"{"time":1,"user":"a"}"#, false),
-            (r#"{"time":1,"user":"a","ms":2} x"#, false),
-            (r#"{"time":1,"user":"a","ms":2,}"#, false),
-            (r#"{"time":1,"user":"a","ms":null}"#, false),
-            (r#"{"time":1,"user":"a","ms":2,"x":{"y":1}}"#, false),
-            (r#"{"time":1234567890123456789,"user":"a","ms":2}"#, false),
-            (
-                r#"{"time":999999999999999999,"user":"a","ms":-999999999999999999}"#,
-                true,
-            ),
-            ("", false),
-            ("{", false),
-            (r#"{"time":1,"user":"a","ms":-}"#, false),
-        ];
-        // Names that repeat: the first one counts, as in serde.
-        let twice = ["ts".to_string(), "id".to_string(), "id".to_string()];
-        let line = r#"{"ts":1,"id":5,"id":5}"#;
-        assert_eq!(
-            decode_flat_json(line, &twice, true, &mut Interner::default()),
-            None
-        );
-        assert!(EventDecoder::new("ts", "id", "id")
-            .decode_json(line)
-            .is_err());
-        for (line, fast) in lines {
-            let mut keys = Interner::default();
-            let flat = decode_flat_json(line, &names, true, &mut keys);
-            assert_eq!(flat.is_some(), fast, "{line}");
-            let serde = EventDecoder::new("time", "user", "ms").decode_json(line);
-            if let Some(event) = flat {
-                assert_eq!(serde, Ok(event), "{line}");
-            }
-            // Without a time field (the source sets event time), the same holds.
-            if let Some(event) = decode_flat_json(line, &names, false, &mut keys) {
-                let serde = EventDecoder::new("time", "user", "ms")
-                    .without_time_field()
-                    .decode_json(line);
-                assert_eq!(serde, Ok(event), "{line} without the time field");
-            }
-        }
     }
 
     #[test]
