@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
+use crate::bytes::{same_bytes, short_words};
+
 /// An interned string used as a key: equality compares the pointers first, so the copies an
 /// [`Interner`] hands out compare without reading their bytes. (`Arc<str>`'s own `==`
 /// always compares bytes: std's pointer shortcut is for sized types only.) Hashes, orders
@@ -108,52 +110,6 @@ impl Interner {
     }
 }
 
-/// Eight bytes from `bytes[at..]` as a little-endian word (the first byte lowest), if there
-/// are eight.
-#[inline]
-pub fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
-    let mut word = [0; 8];
-    word.copy_from_slice(bytes.get(at..at + 8)?);
-    Some(u64::from_le_bytes(word))
-}
-
-/// Up to 16 bytes as two words: for 8 or more the first and the last eight (overlapping when
-/// shorter than 16), for 4 to 7 the first and the last four, below 4 the first, middle and
-/// last byte. With the length, the words tell all such byte strings apart.
-#[inline]
-fn short_words(bytes: &[u8]) -> (u64, u64) {
-    let len = bytes.len();
-    let half = |at: usize| {
-        let mut half = [0; 4];
-        half.copy_from_slice(&bytes[at..at + 4]);
-        u64::from(u32::from_le_bytes(half))
-    };
-    match len {
-        0 => (0, 0),
-        1..4 => (
-            u64::from(bytes[0]) << 16 | u64::from(bytes[len / 2]) << 8 | u64::from(bytes[len - 1]),
-            0,
-        ),
-        4..8 => (half(0), half(len - 4)),
-        _ => (
-            word_at(bytes, 0).unwrap_or_default(),
-            word_at(bytes, len - 8).unwrap_or_default(),
-        ),
-    }
-}
-
-/// Byte equality without a library call for the short strings keys and JSON names mostly are:
-/// up to 16 bytes as two loads from each end.
-#[inline]
-pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && if a.len() <= 16 {
-            short_words(a) == short_words(b)
-        } else {
-            a == b
-        }
-}
-
 /// The interner's hash of a key: for up to 16 bytes, one folded multiply of its two words (as
 /// wyhash and foldhash do for short inputs) instead of Fx's loop over the bytes; longer keys
 /// take Fx. Only compared within one process, never stored.
@@ -173,23 +129,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_byte_strings_are_equal_exactly_when_their_bytes_are() {
-        let words: Vec<Vec<u8>> = (0..=20)
-            .flat_map(|len| {
-                let base: Vec<u8> = (0..len).map(|i| b'a' + i as u8).collect();
-                // The string, and the string with each one byte changed.
-                let mut all = vec![base.clone()];
-                for at in 0..len {
-                    let mut other = base.clone();
-                    other[at] = b'Z';
-                    all.push(other);
-                }
-                all
-            })
-            .collect();
+    fn equal_short_keys_hash_alike_and_are_shared() {
+        let words = crate::bytes::tests::short_strings_and_near_misses();
         for a in &words {
             for b in &words {
-                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
                 if a == b {
                     assert_eq!(short_hash(a), short_hash(b));
                 }
@@ -199,6 +142,7 @@ mod tests {
         let (k1, k2) = (keys.intern("k12"), keys.intern("k21"));
         assert_ne!(k1, k2);
         assert!(Arc::ptr_eq(&k1, &keys.intern("k12")));
+        assert!(!Arc::ptr_eq(&k2, &keys.intern("k12")));
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! P workers fed by a hash exchange over 128 key groups, except at P = 1 with a single input,
 //! where it is chained too and the whole job may run on one thread.
 
+pub mod bytes;
 pub mod checkpoint;
 pub mod error;
 pub mod intern;
