@@ -1,6 +1,9 @@
 //! Short byte strings (keys, JSON names and the text between JSON values) loaded, compared
 //! and told apart a word at a time, without a library call: `memcmp` and byte loops cost more
 //! than the few bytes they compare, and a loop's exit at varying lengths is mispredicted.
+//!
+//! Invariant: two byte strings of the same length up to 16 have equal [`short_words`] exactly
+//! when their bytes are equal (every byte lands in a word); beyond 16 the words say nothing.
 
 /// Eight bytes from `bytes[at..]` as a little-endian word (the first byte lowest), if there
 /// are eight.
@@ -17,6 +20,7 @@ pub fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
 #[inline]
 pub fn short_words(bytes: &[u8]) -> (u64, u64) {
     let len = bytes.len();
+    debug_assert!(len <= 16, "short_words of {len} bytes");
     let half = |at: usize| {
         let mut half = [0; 4];
         half.copy_from_slice(&bytes[at..at + 4]);
@@ -29,6 +33,7 @@ pub fn short_words(bytes: &[u8]) -> (u64, u64) {
             0,
         ),
         4..8 => (half(0), half(len - 4)),
+        // (8 bytes or more: both loads are in range.)
         _ => (
             word_at(bytes, 0).unwrap_or_default(),
             word_at(bytes, len - 8).unwrap_or_default(),
@@ -52,16 +57,28 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 pub(crate) mod tests {
     use super::*;
 
-    /// Byte strings of 0 to 20 bytes, each with every variant that has one byte changed.
+    /// Byte strings of 0 to 20 bytes, each with every variant that has one byte changed, two
+    /// bytes changed, or two neighbours swapped (bytes above 0x7f included).
     pub(crate) fn short_strings_and_near_misses() -> Vec<Vec<u8>> {
         (0..=20)
             .flat_map(|len| {
                 let base: Vec<u8> = (0..len).map(|i| b'a' + i as u8).collect();
                 let mut all = vec![base.clone()];
                 for at in 0..len {
-                    let mut other = base.clone();
-                    other[at] = b'Z';
-                    all.push(other);
+                    for (to, second) in [(b'Z', None), (0x80, None), (0xff, Some(0x80))] {
+                        let mut other = base.clone();
+                        other[at] = to;
+                        all.push(other.clone());
+                        if let (Some(second), Some(next)) = (second, (at + 1..len).last()) {
+                            other[next] = second;
+                            all.push(other);
+                        }
+                    }
+                    if at + 1 < len {
+                        let mut swapped = base.clone();
+                        swapped.swap(at, at + 1);
+                        all.push(swapped);
+                    }
                 }
                 all
             })
@@ -77,6 +94,26 @@ pub(crate) mod tests {
                 if a.len() == b.len() && a.len() <= 16 {
                     assert_eq!(short_words(a) == short_words(b), a == b, "{a:?} {b:?}");
                 }
+            }
+        }
+        // Every string of up to 3 bytes over four byte values, against every other.
+        let alphabet = [0u8, b'a', b'b', 0xff];
+        let tiny: Vec<Vec<u8>> = (0..=3u32)
+            .flat_map(|len| {
+                (0..4usize.pow(len)).map(move |mut n| {
+                    (0..len)
+                        .map(|_| {
+                            let byte = alphabet[n % 4];
+                            n /= 4;
+                            byte
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        for a in &tiny {
+            for b in tiny.iter().filter(|b| b.len() == a.len()) {
+                assert_eq!(short_words(a) == short_words(b), a == b, "{a:?} {b:?}");
             }
         }
     }

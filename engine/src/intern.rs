@@ -110,17 +110,29 @@ impl Interner {
     }
 }
 
-/// The interner's hash of a key: for up to 16 bytes, one folded multiply of its two words (as
-/// wyhash and foldhash do for short inputs) instead of Fx's loop over the bytes; longer keys
-/// take Fx. Only compared within one process, never stored.
+/// The interner's hash of a key: for up to 16 bytes, two folded multiplies of its two words
+/// (the short-input path of wyhash and foldhash) instead of Fx's loop over the bytes; longer
+/// keys take Fx. Only compared within one process, never stored. (One multiply of the two
+/// words, `a * b`, collided on keys like `k123`: different pairs of factors, one product.)
 #[inline]
 fn short_hash(bytes: &[u8]) -> u64 {
-    const SEED: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+    const SEED: [u64; 3] = [
+        0x243f_6a88_85a3_08d3,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+    ];
     if bytes.len() > 16 {
         return FxBuildHasher.hash_one(bytes);
     }
     let (a, b) = short_words(bytes);
-    let product = u128::from(a ^ SEED[0]) * u128::from(b ^ SEED[1] ^ bytes.len() as u64);
+    let first = folded_multiply(a ^ SEED[0], SEED[1] ^ bytes.len() as u64);
+    folded_multiply(first ^ b, SEED[2])
+}
+
+/// The 128-bit product of two words, its halves xor-ed together.
+#[inline]
+fn folded_multiply(x: u64, y: u64) -> u64 {
+    let product = u128::from(x) * u128::from(y);
     (product as u64) ^ (product >> 64) as u64
 }
 
@@ -138,6 +150,21 @@ mod tests {
                 }
             }
         }
+        // Distinct keys have distinct hashes (a key whose hash is taken is not remembered).
+        let mut keys = Interner::default();
+        let mut distinct = std::collections::HashSet::new();
+        for n in 0..20_000u64 {
+            let key = format!("{:x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (n % 64));
+            distinct.insert(key.clone());
+            keys.intern(&key);
+            keys.intern(&format!("k{n}"));
+            distinct.insert(format!("k{n}"));
+        }
+        assert_eq!(
+            keys.len(),
+            distinct.len(),
+            "short keys whose hashes collide"
+        );
         let mut keys = Interner::default();
         let (k1, k2) = (keys.intern("k12"), keys.intern("k21"));
         assert_ne!(k1, k2);

@@ -262,7 +262,8 @@ impl EventDecoder {
     }
 
     /// For a source that sets each event's time itself (`timestamp=kafka`): the time field
-    /// is neither read nor required, and `ts` is 0 until the source sets it.
+    /// is neither read nor required, and `ts` is 0 until the source sets it. A builder step:
+    /// call it before the first line is decoded (a learned line shape keeps its time slot).
     pub fn without_time_field(mut self) -> Self {
         self.read_ts = false;
         self

@@ -77,11 +77,7 @@ impl LineShape {
         if !self.learned {
             return None;
         }
-        let mut cursor = FlatJson {
-            line,
-            bytes: line.as_bytes(),
-            at: 0,
-        };
+        let mut cursor = FlatJson::new(line);
         let (mut ts, mut key, mut value) = (0, "", 0);
         for field in &self.fields {
             cursor.piece(&self.text, field.before)?;
@@ -149,11 +145,7 @@ pub(super) fn decode_flat_json(
     shape: &mut LineShape,
 ) -> Option<Event> {
     shape.start();
-    let mut cursor = FlatJson {
-        line,
-        bytes: line.as_bytes(),
-        at: 0,
-    };
+    let mut cursor = FlatJson::new(line);
     cursor.expect(b'{')?;
     let (mut ts, mut key, mut value) = (None, None, None);
     let is = |n: &String, name: &str| same_bytes(n.as_bytes(), name.as_bytes());
@@ -243,16 +235,12 @@ const ENDS_FAST_STRING: [bool; 256] = {
 /// end of keys of varying length was mispredicted (half of the string scan's time).
 #[inline]
 fn fast_string_len(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // The high bit of each byte below `n` (exact for the lowest such byte, which is all
     // that is read: a borrow only reaches the bytes above it).
     let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGH;
     let mut at = 0;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
+    while let Some(word) = word_at(bytes, at) {
         let ends = below(word ^ (ONES * u64::from(b'"')), 1)
             | below(word ^ (ONES * u64::from(b'\\')), 1)
             | below(word, 0x20);
@@ -317,6 +305,14 @@ struct FlatJson<'a> {
 }
 
 impl<'a> FlatJson<'a> {
+    fn new(line: &'a str) -> Self {
+        FlatJson {
+            line,
+            bytes: line.as_bytes(),
+            at: 0,
+        }
+    }
+
     fn skip_space(&mut self) {
         while matches!(self.bytes.get(self.at), Some(b' ' | b'\t' | b'\r' | b'\n')) {
             self.at += 1;
@@ -393,7 +389,8 @@ impl<'a> FlatJson<'a> {
                 self.at += 1;
             }
         }
-        let magnitude = i64::try_from(magnitude).ok()?;
+        // At most 18 digits: below 10^18, so the value fits an i64.
+        let magnitude = magnitude as i64;
         let digits = self.at - first;
         let leading_zero = digits > 1 && self.bytes[first] == b'0';
         let minus_zero = negative && digits == 1 && self.bytes[first] == b'0';
@@ -440,8 +437,13 @@ mod tests {
 
     /// Lines with (true) and without (false) a decision of the field-by-field reader, for
     /// names `time`, `user`, `ms`.
-    const CASES: [(&str, bool); 24] = [
+    const CASES: [(&str, bool); 25] = [
         (r#"{"time":1767225600000,"user":"k123","ms":42}"#, true),
+        // Text between values longer than 16 bytes (compared byte for byte in a shape).
+        (
+            r#"{"time":1,"user":"a","some_long_other_field":5,"ms":2}"#,
+            true,
+        ),
         (r#" { "ms" : -5 , "user" : 17 , "time" : 0 } "#, true),
         (r#"{"time":1,"user":"a","ms":2,"other":"x","n":-3}"#, true),
         (r#"{"time":1,"user":"a","ms":2,"time":9}"#, true),
@@ -516,9 +518,10 @@ mod tests {
     /// Each case with one byte deleted or replaced, for lines laid out almost as the cases.
     fn edits_of(line: &str) -> Vec<String> {
         let replacements = [
-            "0", "7", "-", "\"", "\\", " ", "a", ".", "e", "}", ",", ":", "\t", "é",
+            "0", "7", "-", "\"", "\\", " ", "a", ".", "e", "E", "}", ",", ":", "\t", "é", "00",
         ];
         let mut edits = vec![line.to_string()];
+        edits.extend(replacements.iter().map(|r| format!("{line}{r}")));
         for (at, _) in line.char_indices() {
             let (before, rest) = line.split_at(at);
             let after = &rest[rest.chars().next().map_or(0, char::len_utf8)..];
@@ -548,11 +551,7 @@ mod tests {
             let after = [",", "}", ".5", "e3", "x", ":", ""][(next() % 7) as usize];
             let padding = " ".repeat((next() % 9) as usize);
             let line = format!("{sign}{number}{after}{padding}");
-            let mut cursor = FlatJson {
-                line: &line,
-                bytes: line.as_bytes(),
-                at: 0,
-            };
+            let mut cursor = FlatJson::new(&line);
             let text = format!("{sign}{number}");
             let expected = match after {
                 ".5" | "e3" => None,
@@ -578,12 +577,19 @@ mod tests {
                 assert_eq!(learned.is_some(), *fast, "{learned_from}");
                 assert_eq!(shape.decode(learned_from, &mut keys), learned);
                 for line in &lines {
+                    let mut fresh = LineShape::default();
+                    let flat = decode_flat_json(line, &names, read_ts, &mut keys, &mut fresh);
+                    if let Some(event) = &flat {
+                        let mut serde = EventDecoder::new("time", "user", "ms");
+                        if !read_ts {
+                            serde = serde.without_time_field();
+                        }
+                        assert_eq!(serde.decode_json(line).as_ref(), Ok(event), "{line}");
+                    }
                     let Some(event) = shape.decode(line, &mut keys) else {
                         continue;
                     };
                     decided += 1;
-                    let mut fresh = LineShape::default();
-                    let flat = decode_flat_json(line, &names, read_ts, &mut keys, &mut fresh);
                     assert_eq!(
                         flat.as_ref(),
                         Some(&event),
