@@ -104,6 +104,13 @@ impl LineShape {
         })
     }
 
+    /// Appends `bytes` to the text as a piece.
+    fn piece(&mut self, bytes: &[u8]) -> Piece {
+        let start = self.text.len();
+        self.text.extend_from_slice(bytes);
+        Piece::of(&self.text, start)
+    }
+
     fn start(&mut self) {
         self.text.clear();
         self.fields.clear();
@@ -113,10 +120,9 @@ impl LineShape {
 
     /// Records the value at `line[start..end]` and the text before it.
     fn field(&mut self, line: &[u8], (start, end): (usize, usize), slot: Slot, string: bool) {
-        let piece_start = self.text.len();
-        self.text.extend_from_slice(&line[self.recorded_to..start]);
+        let before = self.piece(&line[self.recorded_to..start]);
         self.fields.push(ShapeField {
-            before: Piece::of(&self.text, piece_start),
+            before,
             slot,
             string,
         });
@@ -124,9 +130,7 @@ impl LineShape {
     }
 
     fn finish(&mut self, line: &[u8]) {
-        let piece_start = self.text.len();
-        self.text.extend_from_slice(&line[self.recorded_to..]);
-        self.after = Piece::of(&self.text, piece_start);
+        self.after = self.piece(&line[self.recorded_to..]);
         self.learned = true;
     }
 }
