@@ -54,12 +54,12 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// Byte strings of 0 to 20 bytes, each with every variant that has one byte changed, two
     /// bytes changed, or two neighbours swapped (bytes above 0x7f included).
-    pub(crate) fn short_strings_and_near_misses() -> Vec<Vec<u8>> {
+    fn short_strings_and_near_misses() -> Vec<Vec<u8>> {
         (0..=20)
             .flat_map(|len| {
                 let base: Vec<u8> = (0..len).map(|i| b'a' + i as u8).collect();
