@@ -174,11 +174,10 @@ pub(super) fn decode_flat_json(
         };
         let string = cursor.bytes.get(cursor.at) == Some(&b'"');
         let span = if string {
-            cursor.at += 1;
-            let start = cursor.at;
-            let text = cursor.string_content()?;
-            let span = (start, cursor.at);
-            (cursor.bytes.get(cursor.at) == Some(&b'"')).then(|| cursor.at += 1)?;
+            let text = cursor.string()?;
+            // The content, without its quotes (they belong to the shape's text).
+            let end = cursor.at - 1;
+            let span = (end - text.len(), end);
             match slot {
                 Slot::Key => key = Some(text),
                 Slot::Time | Slot::Value => return None,
