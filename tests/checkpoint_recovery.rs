@@ -162,12 +162,13 @@ fn restore_with_a_different_parallelism() {
         let out = fx.path(&format!("out-{from}-{to}-{backend}"));
         let state = fx.path(&format!("state-{from}-{to}-{backend}"));
         let args = |parallelism| {
-            let mut args = fx.checkpointed(&out, &state, "200ms", parallelism);
+            // Checkpoints every 100 ms: the fast JSON path reads this input in about 0.5 s.
+            let mut args = fx.checkpointed(&out, &state, "100ms", parallelism);
             args.extend(["--state".into(), backend.into()]);
             args
         };
-        // Killed after 400-700 ms, or later if no checkpoint is complete by then.
-        let delay = Duration::from_millis(400 + rng.below(301));
+        // Killed after 150-300 ms, or later if no checkpoint is complete by then.
+        let delay = Duration::from_millis(150 + rng.below(151));
         let (ended, stderr) = run_and_kill(
             &args(from),
             fx.path(&format!("killed-{from}-{to}-{backend}.stderr")),
