@@ -105,24 +105,34 @@ impl Setup {
     /// (so the job runs at parallelism 2 only); instance 0 crashes after `fail_after`.
     fn split_job(&self, output: &Path, fail_after: Option<u64>) -> Job {
         let job = Job::new("union-counts");
+        count_per_key(self.split_source(&job, fail_after), output);
+        job
+    }
+
+    /// [`Setup::split_job`] aggregating in two phases: each instance pre-aggregates its
+    /// file before the exchange.
+    fn two_phase_job(&self, output: &Path, fail_after: Option<u64>) -> Job {
+        let job = Job::new("union-counts");
+        count_per_key_in_two_phases(self.split_source(&job, fail_after), output);
+        job
+    }
+
+    fn split_source(&self, job: &Job, fail_after: Option<u64>) -> Stream<Ev> {
         let (inputs, dir, metrics) = (
             self.inputs.clone(),
             self.dir.path().to_owned(),
             job.metrics(),
         );
-        let events = job
-            .parallel_source("in", move |instance, _| {
-                let dead = DeadLetters::to_file(
-                    dir.join(format!("in-{instance}.dead.jsonl")),
-                    metrics.dead_letters("in"),
-                );
-                let file = &inputs[instance % 2];
-                let inner = FileSource::new(file, Format::JsonLines, Json::<Ev>::default(), dead);
-                Flaky::new(inner, fail_after.filter(|_| instance == 0))
-            })
-            .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)));
-        count_per_key(events, output);
-        job
+        job.parallel_source("in", move |instance, _| {
+            let dead = DeadLetters::to_file(
+                dir.join(format!("in-{instance}.dead.jsonl")),
+                metrics.dead_letters("in"),
+            );
+            let file = &inputs[instance % 2];
+            let inner = FileSource::new(file, Format::JsonLines, Json::<Ev>::default(), dead);
+            Flaky::new(inner, fail_after.filter(|_| instance == 0))
+        })
+        .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))
     }
 
     fn options(&self, parallelism: usize, interval: Option<Duration>) -> RunOptions {
@@ -152,10 +162,26 @@ impl Setup {
 
 /// Counts and sums `events` per key in tumbling 1 s windows into a file sink.
 fn count_per_key(events: Stream<Ev>, output: &Path) {
+    let counts = per_key_windows(events).aggregate(Count.and(Sum::of(|e: &Ev| e.v)));
+    write_rows(counts, output);
+}
+
+/// [`count_per_key`] with [`WindowedStream::aggregate_two_phase`].
+fn count_per_key_in_two_phases(events: Stream<Ev>, output: &Path) {
+    let counts = per_key_windows(events).aggregate_two_phase(Count.and(Sum::of(|e: &Ev| e.v)));
+    write_rows(counts, output);
+}
+
+type ByKey = fn(&Ev) -> String;
+
+fn per_key_windows(events: Stream<Ev>) -> WindowedStream<String, Ev, ByKey> {
     events
-        .key_by(|e: &Ev| e.key.clone())
+        .key_by((|e: &Ev| e.key.clone()) as ByKey)
         .window(Tumbling::of(Duration::from_secs(1)))
-        .aggregate(Count.and(Sum::of(|e: &Ev| e.v)))
+}
+
+fn write_rows(counts: Stream<WindowResult<String, (u64, i64)>>, output: &Path) {
+    counts
         .map(|r| Row {
             key: r.key,
             start: r.window.start,
@@ -214,6 +240,12 @@ fn a_crash_half_way_resumes_with_exactly_once_output() {
 fn branches_of_one_source_unioned_in_its_thread_resume_exactly_once() {
     crash_then_resume_job(Setup::branched_job, 1, 1);
     crash_then_resume_job(Setup::branched_job, 2, 1);
+}
+
+#[test]
+fn two_phase_aggregation_resumes_exactly_once() {
+    // The local phase keeps no state: what it holds goes on before each barrier.
+    crash_then_resume_job(Setup::two_phase_job, 2, 2);
 }
 
 #[test]

@@ -46,11 +46,11 @@ use crate::checkpoint::JobControl;
 use crate::error::{EngineError, Result};
 use crate::keys::StableHash;
 use crate::metrics::JobMetrics;
-use crate::operator::OperatorFactory;
+use crate::operator::{ChainedOperator, OperatorFactory};
 use crate::record::Data;
 use crate::runtime::{
-    self, FilterPush, FlatMapPush, KeyedNode, MapPush, NodeImpl, RunOptions, RunSummary, SinkNode,
-    SourceNode, StatelessNode, TimestampPush, UnionNode,
+    self, ChainedPush, FilterPush, FlatMapPush, KeyedNode, MapPush, NodeImpl, RunOptions,
+    RunSummary, SinkNode, SourceNode, StatelessNode, TimestampPush, UnionNode,
 };
 use crate::sink::Sink;
 use crate::source::Source;
@@ -493,6 +493,23 @@ impl<T: Data> Stream<T> {
             "flat_map",
             timed,
             StatelessNode::new(move |down, _| Ok(Box::new(FlatMapPush::new(f.clone(), down)))),
+        )
+    }
+
+    /// Runs an operator made by `make` in the thread of this stream's producer, one
+    /// instance per producer instance, before any exchange (see [`ChainedOperator`]).
+    pub fn chain<O, F>(self, name: &str, make: F) -> Stream<O::Out>
+    where
+        O: ChainedOperator<In = T>,
+        F: Fn() -> O + Clone + 'static,
+    {
+        let timed = self.timed;
+        self.stateless(
+            name,
+            timed,
+            StatelessNode::new(move |down, context| {
+                Ok(Box::new(ChainedPush::new(context.name, make(), down)))
+            }),
         )
     }
 

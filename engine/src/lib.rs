@@ -49,7 +49,7 @@ pub use job::{Job, KeyedStream, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};
 pub use latency::LatencySummary;
 pub use metrics::JobMetrics;
-pub use operator::{KeyedOperator, OperatorContext, Output};
+pub use operator::{ChainedOperator, KeyedOperator, OperatorContext, Output};
 pub use record::{Batch, Data, Keyed, Record, Split};
 pub use runtime::{RunOptions, RunSummary};
 pub use sink::Sink;

@@ -186,6 +186,40 @@ pub struct OperatorContext {
     pub metrics: OperatorMetrics,
 }
 
+/// An operator that runs in the thread of its input, before any exchange (see
+/// [`crate::Stream::chain`]): local pre-aggregation is one. Its state is its own and not in
+/// checkpoints, so it hands on everything it holds when a checkpoint barrier passes and at
+/// the end of input ([`ChainedOperator::drain`]); what it emits then is in the checkpoint
+/// of the operators after it.
+///
+/// It writes records, not values: each output record carries the watermark that preceded
+/// it downstream, which the operator chooses (at most its input's watermark), so operators
+/// after it judge lateness as they would have for the input.
+pub trait ChainedOperator: Send + 'static {
+    /// The input event type.
+    type In: Data;
+    /// The output event type.
+    type Out: Data;
+
+    /// Handles `records` in stream order, appending results to `out`.
+    fn process(
+        &mut self,
+        records: Vec<Record<Self::In>>,
+        out: &mut Vec<Record<Self::Out>>,
+    ) -> Result<(), BoxError>;
+
+    /// The input watermark advanced to `watermark` (after the records of a batch): appends
+    /// what it made due. The watermark goes downstream after them.
+    fn on_watermark(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Vec<Record<Self::Out>>,
+    ) -> Result<(), BoxError>;
+
+    /// Appends everything held, leaving the operator empty.
+    fn drain(&mut self, out: &mut Vec<Record<Self::Out>>) -> Result<(), BoxError>;
+}
+
 /// A stateful operator over a keyed stream.
 pub trait KeyedOperator: Send + 'static {
     /// The key type.

@@ -838,7 +838,9 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         "q7" => bids(events)
             .key_by(|_: &Bid| 0u8)
             .window(Tumbling::of(Duration::from_secs(10)))
-            .aggregate(MaxBid)
+            // One key: each worker takes the maximum of its own bids first, so only one
+            // partial per window and worker crosses the exchange.
+            .aggregate_two_phase(MaxBid)
             .flat_map(|r| {
                 let window_start = r.window.start;
                 r.value.map(|bid| HighestBid { window_start, bid })

@@ -83,5 +83,7 @@ pub mod prelude {
     pub use crate::join::{CoGrouped, JoinExt, WindowPair};
     pub use crate::process::{ProcessExt, TimerContext, TimerFunction};
     pub use crate::topn::{Ranked, TopNExt};
-    pub use crate::window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec};
+    pub use crate::window::{
+        Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec, WindowedStream,
+    };
 }

@@ -59,14 +59,14 @@ use rustc_hash::FxHashMap;
 
 use crate::checkpoint::coordinator::{Checkpointing, Participant};
 use crate::checkpoint::{CheckpointConfig, CheckpointId, JobControl};
-use crate::error::{EngineError, Result};
+use crate::error::{BoxError, EngineError, Result};
 use crate::job::{Graph, NodeId, NodeKind};
 use crate::keys::{
     key_group_of, key_groups_of_worker, worker_for_key_group, KeyGroup, StableHash, MAX_KEY_GROUPS,
 };
 use crate::latency::{LatencyHistogram, LatencySummary};
 use crate::metrics::{JobMetrics, MetricFamily, OperatorMetrics};
-use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
+use crate::operator::{ChainedOperator, KeyedOperator, OperatorContext, OperatorFactory, Output};
 use crate::record::{Batch, Data, Keyed, Record, Split};
 use crate::sink::Sink;
 use crate::source::{Source, SourceStatus};
@@ -806,6 +806,8 @@ type Wrap<T, U> = dyn Fn(Box<dyn Push<U>>, NodeContext) -> Result<Box<dyn Push<T
 /// What a stateless node instance may need from the run: a node that assigns event times
 /// keeps its watermark generator in checkpoints and skips events before a replay point.
 pub(crate) struct NodeContext {
+    /// The node's name in the job graph.
+    pub(crate) name: String,
     pub(crate) participant: Option<Participant>,
     pub(crate) replay_from: Option<Timestamp>,
     /// Splits of a source that delivered nothing for this long stop holding time back.
@@ -852,6 +854,7 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
         };
         let metered: Box<dyn Push<U>> = Box::new(Metered { down, metrics });
         let context = NodeContext {
+            name,
             participant,
             replay_from: b.options.replay_from,
             idle_timeout: b.options.idle_timeout,
@@ -936,6 +939,7 @@ impl<F, T> TimestampPush<F, T> {
             participant,
             replay_from,
             idle_timeout,
+            ..
         } = context;
         let restored = participant.as_ref().and_then(|p| p.restored());
         let clock = match restored {
@@ -1104,6 +1108,71 @@ impl<T: Data, U: Data, F: Fn(T) -> U + Send> Push<T> for MapPush<F, U> {
         }))
     }
     pass_on_control!(down);
+}
+
+/// Runs a [`ChainedOperator`] in its input's thread.
+pub(crate) struct ChainedPush<O: ChainedOperator> {
+    name: String,
+    operator: O,
+    /// The last watermark passed on: what drained records go with.
+    watermark: Timestamp,
+    down: Box<dyn Push<O::Out>>,
+}
+
+impl<O: ChainedOperator> ChainedPush<O> {
+    pub(crate) fn new(name: String, operator: O, down: Box<dyn Push<O::Out>>) -> Self {
+        ChainedPush {
+            name,
+            operator,
+            watermark: MIN_WATERMARK,
+            down,
+        }
+    }
+
+    fn failed(&self, source: BoxError) -> EngineError {
+        EngineError::Operator {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Sends on everything the operator holds.
+    fn drain(&mut self) -> Result<()> {
+        let mut out = Vec::new();
+        self.operator.drain(&mut out).map_err(|e| self.failed(e))?;
+        match out.is_empty() {
+            true => Ok(()),
+            false => self.down.push(Batch::new(out, self.watermark)),
+        }
+    }
+}
+
+impl<O: ChainedOperator> Push<O::In> for ChainedPush<O> {
+    fn push(&mut self, batch: Batch<O::In>) -> Result<()> {
+        let mut out = Vec::new();
+        self.operator
+            .process(batch.records, &mut out)
+            .map_err(|e| self.failed(e))?;
+        if batch.watermark > self.watermark {
+            self.operator
+                .on_watermark(batch.watermark, &mut out)
+                .map_err(|e| self.failed(e))?;
+            self.watermark = batch.watermark;
+        }
+        self.down
+            .push(Batch::new(out, batch.watermark).ingested_at(batch.ingested))
+    }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        self.drain()?;
+        self.down.barrier(id)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.drain()?;
+        self.down.finish()
+    }
+    fn flush(&mut self, what: Flush) -> Result<()> {
+        self.down.flush(what)
+    }
 }
 
 pub(crate) struct FilterPush<F, T> {

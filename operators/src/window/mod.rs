@@ -14,6 +14,7 @@
 //! it and the window fires again at once, with `is_update` set.
 
 pub mod aligned;
+pub mod local;
 pub mod session;
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ use weir_engine::{
 use crate::aggregate::Aggregator;
 use crate::snapshot::{restored_watermark, save_watermark};
 use aligned::AlignedWindows;
+use local::{LocalWindows, MergePartials, Partial};
 use session::SessionWindows;
 
 /// A window `[start, end)` in epoch milliseconds.
@@ -350,6 +352,49 @@ where
             attach(events.clone().flat_map(WindowEvent::into_late));
         }
         events.flat_map(WindowEvent::into_result)
+    }
+}
+
+impl<K, T, KF> WindowedStream<K, T, KF>
+where
+    K: StateKey + StableHash + Data,
+    T: Data,
+    KF: Fn(&T) -> K + Clone + Send + 'static,
+{
+    /// Aggregates each window in two phases, as Flink's local-global aggregation: every
+    /// instance of the input pre-aggregates its own events per key and window in its
+    /// thread, before the exchange, and the window operator merges those partials (see
+    /// [`local`]). The results are those of [`WindowedStream::aggregate`]; it pays where
+    /// few keys carry many events. Tumbling windows only, without a late-data sink.
+    pub fn aggregate_two_phase<A: Aggregator<T>>(
+        self,
+        aggregator: A,
+    ) -> Stream<WindowResult<K, A::Output>> {
+        let refuse = |reason: &str| {
+            self.keyed.stream().invalid(format!(
+                "two-phase aggregation {reason}: use .aggregate(..) instead"
+            ))
+        };
+        let WindowSpec::Tumbling(tumbling) = self.spec else {
+            refuse(&format!("needs tumbling windows, not {}", self.spec));
+            return self.aggregate(aggregator);
+        };
+        if self.late.is_some() {
+            refuse("cannot route late events to a sink (they would go as partial aggregates)");
+            return self.aggregate(aggregator);
+        }
+        let (key, local) = (self.keyed.key_fn(), aggregator.clone());
+        let (size, offset) = (tumbling.size(), tumbling.offset());
+        let partials = self.keyed.stream().clone().chain("local-window", move || {
+            LocalWindows::new(key.clone(), size, offset, local.clone())
+        });
+        WindowedStream {
+            keyed: partials.key_by(|p: &Partial<K, A::Acc>| p.key.clone()),
+            spec: self.spec,
+            allowed_lateness: self.allowed_lateness,
+            late: None,
+        }
+        .aggregate(MergePartials::new(aggregator))
     }
 }
 

@@ -1,0 +1,358 @@
+//! Two-phase window aggregation (Flink's local-global aggregation): each producer instance
+//! pre-aggregates its own events per key and window in its thread, before the exchange
+//! ([`LocalWindows`], a [`ChainedOperator`]), and the keyed window operator merges the
+//! partial aggregates ([`MergePartials`]). A window over one hot key (Nexmark q7 has a
+//! single key) then costs each worker its share of the events, and one partial per window,
+//! key and producer crosses the exchange instead of every event.
+//!
+//! # Invariants
+//! - Results, lateness and late counts are those of [`super::WindowedStream::aggregate`]:
+//!   a partial goes downstream with the watermark that preceded its events (the local one
+//!   before the advance that completed its window), so it is late only where its events
+//!   would have been; an event whose window the local watermark has completed goes on
+//!   alone, with its own watermark, and the window operator judges it (drops and counts
+//!   it, or updates the window within the allowed lateness).
+//! - Tumbling windows only: a partial's time must fall in its window and no other.
+//! - Nothing here is checkpointed: every partial goes on before a barrier passes.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+use rustc_hash::FxHashMap;
+use weir_engine::{BoxError, ChainedOperator, Data, Record, StateKey, Timestamp};
+
+use super::window_start;
+use crate::aggregate::{AggregateError, Aggregator};
+
+/// What a key's events of one window came to on one producer instance.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Partial<K, Acc> {
+    /// The key.
+    pub(crate) key: K,
+    /// The aggregate of those events.
+    pub(crate) acc: Acc,
+}
+
+/// The local phase: partial aggregates per window and key, handed on when the local
+/// watermark completes the window, before a barrier and at the end.
+pub(crate) struct LocalWindows<K, T, A: Aggregator<T>, KF> {
+    key: KF,
+    size: i64,
+    offset: i64,
+    aggregator: A,
+    /// Open windows by start.
+    open: BTreeMap<Timestamp, FxHashMap<K, A::Acc>>,
+    /// The input watermark so far; no open window has `end - 1 <= watermark`.
+    watermark: Timestamp,
+    _events: PhantomData<fn(T)>,
+}
+
+impl<K, T, A: Aggregator<T>, KF> LocalWindows<K, T, A, KF> {
+    pub(crate) fn new(key: KF, size: i64, offset: i64, aggregator: A) -> Self {
+        LocalWindows {
+            key,
+            size,
+            offset,
+            aggregator,
+            open: BTreeMap::new(),
+            watermark: Timestamp::MIN,
+            _events: PhantomData,
+        }
+    }
+}
+
+impl<K, T, A, KF> LocalWindows<K, T, A, KF>
+where
+    K: StateKey + Data,
+    A: Aggregator<T>,
+{
+    /// The watermark advances to `watermark`: appends the partials of the windows it
+    /// completes (`end - 1 <= watermark`), with the watermark before it, which did not.
+    fn advance(&mut self, watermark: Timestamp, out: &mut Vec<Record<Partial<K, A::Acc>>>) {
+        let first_open = watermark.saturating_sub(self.size).saturating_add(2);
+        let open = self.open.split_off(&first_open);
+        let completed = std::mem::replace(&mut self.open, open);
+        self.hand_on(completed, out);
+        self.watermark = watermark;
+    }
+
+    fn hand_on(
+        &self,
+        windows: BTreeMap<Timestamp, FxHashMap<K, A::Acc>>,
+        out: &mut Vec<Record<Partial<K, A::Acc>>>,
+    ) {
+        for (start, keys) in windows {
+            out.extend(keys.into_iter().map(|(key, acc)| Record {
+                ts: start,
+                watermark: self.watermark,
+                value: Partial { key, acc },
+            }));
+        }
+    }
+}
+
+impl<K, T, A, KF> ChainedOperator for LocalWindows<K, T, A, KF>
+where
+    K: StateKey + Data,
+    T: Data,
+    A: Aggregator<T>,
+    KF: Fn(&T) -> K + Send + 'static,
+{
+    type In = T;
+    type Out = Partial<K, A::Acc>;
+
+    fn process(
+        &mut self,
+        records: Vec<Record<T>>,
+        out: &mut Vec<Record<Self::Out>>,
+    ) -> Result<(), BoxError> {
+        for r in records {
+            // As the window operator does: what the record's watermark completes goes
+            // first, so partials never follow a watermark that would make them late.
+            if r.watermark > self.watermark {
+                self.advance(r.watermark, out);
+            }
+            let start = window_start(r.ts, self.size, self.offset);
+            let key = (self.key)(&r.value);
+            if start.saturating_add(self.size) - 1 <= r.watermark {
+                // Completed here already: the window operator decides what it is.
+                let mut acc = self.aggregator.create();
+                self.aggregator.add(&mut acc, &r.value)?;
+                out.push(Record {
+                    ts: r.ts,
+                    watermark: r.watermark,
+                    value: Partial { key, acc },
+                });
+                continue;
+            }
+            // Most events fall in the newest open window.
+            let keys = match self.open.last_entry() {
+                Some(newest) if *newest.key() == start => newest.into_mut(),
+                _ => self.open.entry(start).or_default(),
+            };
+            match keys.get_mut(&key) {
+                Some(acc) => self.aggregator.add(acc, &r.value)?,
+                None => {
+                    let mut acc = self.aggregator.create();
+                    self.aggregator.add(&mut acc, &r.value)?;
+                    keys.insert(key, acc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Vec<Record<Self::Out>>,
+    ) -> Result<(), BoxError> {
+        if watermark > self.watermark {
+            self.advance(watermark, out);
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, out: &mut Vec<Record<Self::Out>>) -> Result<(), BoxError> {
+        let open = std::mem::take(&mut self.open);
+        self.hand_on(open, out);
+        Ok(())
+    }
+}
+
+/// The global phase: merges partial aggregates as [`Aggregator::add`] would add their
+/// events.
+pub(crate) struct MergePartials<A, T> {
+    aggregator: A,
+    _events: PhantomData<fn(T)>,
+}
+
+impl<A: Clone, T> Clone for MergePartials<A, T> {
+    fn clone(&self) -> Self {
+        MergePartials::new(self.aggregator.clone())
+    }
+}
+
+impl<A, T> MergePartials<A, T> {
+    pub(crate) fn new(aggregator: A) -> Self {
+        MergePartials {
+            aggregator,
+            _events: PhantomData,
+        }
+    }
+}
+
+impl<K, T, A> Aggregator<Partial<K, A::Acc>> for MergePartials<A, T>
+where
+    T: 'static,
+    A: Aggregator<T>,
+{
+    type Acc = A::Acc;
+    type Output = A::Output;
+    fn create(&self) -> A::Acc {
+        self.aggregator.create()
+    }
+    fn add(&self, acc: &mut A::Acc, partial: &Partial<K, A::Acc>) -> Result<(), AggregateError> {
+        self.aggregator.merge(acc, &partial.acc)
+    }
+    fn merge(&self, acc: &mut A::Acc, other: &A::Acc) -> Result<(), AggregateError> {
+        self.aggregator.merge(acc, other)
+    }
+    fn finish(&self, acc: &A::Acc) -> A::Output {
+        self.aggregator.finish(acc)
+    }
+    fn finish_owned(&self, acc: A::Acc) -> A::Output {
+        self.aggregator.finish_owned(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weir_engine::{Job, RunOptions, Source, SourceStatus, Stream, Watermarks};
+
+    use super::*;
+    use crate::aggregate::Stats;
+    use crate::test_support::{sorted, Collect};
+    use crate::window::{Tumbling, WindowExt, WindowedStream};
+
+    /// `(ts, key, value)`.
+    type Ev = (i64, u32, i64);
+
+    /// Instance `instance` of `instances`: every `instances`-th event, three per poll, so
+    /// watermarks advance between and within batches.
+    struct Share {
+        events: Vec<Ev>,
+        at: usize,
+        step: usize,
+    }
+
+    impl Source for Share {
+        type Item = Ev;
+        fn poll_batch(&mut self, out: &mut Vec<Ev>, _: usize) -> Result<SourceStatus, BoxError> {
+            for _ in 0..3 {
+                match self.events.get(self.at) {
+                    Some(e) => out.push(*e),
+                    None => return Ok(SourceStatus::Exhausted),
+                }
+                self.at += self.step;
+            }
+            Ok(SourceStatus::More)
+        }
+        fn describe(&self) -> String {
+            "share".into()
+        }
+    }
+
+    /// Out of order by up to 1.5 s around 100 ms apart (within the 2 s bound, so never
+    /// late), and every 40th event from the 200th on 30 s behind: late at every
+    /// interleaving of the two instances (they stay within 16 polls of each other), and
+    /// alone in its window, so the updates an allowed lateness makes are the same at P = 1
+    /// and 2.
+    fn events() -> Vec<Ev> {
+        let mut x: u64 = 7;
+        (0..1_000)
+            .map(|i| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let jitter = (x >> 33) as i64 % 1_500;
+                let behind = if i % 40 == 0 && i >= 200 { 30_000 } else { 0 };
+                (
+                    i * 100 + jitter - behind,
+                    (x >> 40) as u32 % 3,
+                    (x >> 20) as i64 % 1_000,
+                )
+            })
+            .collect()
+    }
+
+    type Windowed = WindowedStream<u32, Ev, fn(&Ev) -> u32>;
+
+    /// Results (as text, sorted) and late events of one run.
+    fn run(
+        parallelism: usize,
+        lateness: Duration,
+        aggregate: fn(Windowed) -> Stream<String>,
+    ) -> (Vec<String>, u64) {
+        let job = Job::new("two-phase");
+        let all = events();
+        let windowed: Windowed = job
+            .parallel_source("events", move |instance, instances| Share {
+                events: all.clone(),
+                at: instance,
+                step: instances,
+            })
+            .timestamps(|e| e.0, Watermarks::bounded(Duration::from_secs(2)))
+            .key_by((|e: &Ev| e.1) as fn(&Ev) -> u32)
+            .window(Tumbling::of(Duration::from_secs(2)))
+            .allowed_lateness(lateness);
+        let (sink, seen) = Collect::new();
+        aggregate(windowed).sink("out", sink);
+        let options = RunOptions {
+            parallelism,
+            ..RunOptions::default()
+        };
+        let summary = job.run(&options).expect("the job runs");
+        (sorted(&seen), summary.late_events)
+    }
+
+    fn one_phase(w: Windowed) -> Stream<String> {
+        w.aggregate(Stats::of(|e: &Ev| e.2))
+            .map(|r| format!("{r:?}"))
+    }
+
+    fn two_phase(w: Windowed) -> Stream<String> {
+        w.aggregate_two_phase(Stats::of(|e: &Ev| e.2))
+            .map(|r| format!("{r:?}"))
+    }
+
+    fn updates(results: &[String]) -> usize {
+        results
+            .iter()
+            .filter(|r| r.contains("is_update: true"))
+            .count()
+    }
+
+    #[test]
+    fn two_phases_give_the_results_and_late_counts_of_one() {
+        for lateness in [Duration::ZERO, Duration::from_secs(40)] {
+            let (expected, late) = run(1, lateness, one_phase);
+            assert!(expected.len() > 100, "{} windows", expected.len());
+            match lateness.is_zero() {
+                true => assert_eq!(late, 20, "late events"),
+                // Most land in a window their key has already fired.
+                false => assert!(updates(&expected) >= 15, "{}", updates(&expected)),
+            }
+            assert_eq!(run(2, lateness, one_phase), (expected.clone(), late));
+            for parallelism in [1, 2] {
+                let (results, two_phase_late) = run(parallelism, lateness, two_phase);
+                assert_eq!(results, expected, "P={parallelism}, lateness {lateness:?}");
+                assert_eq!(
+                    two_phase_late, late,
+                    "P={parallelism}, lateness {lateness:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn two_phases_refuse_windows_that_are_not_tumbling() {
+        let job = Job::new("two-phase");
+        let (sink, _) = Collect::new();
+        job.parallel_source("events", |_, _| Share {
+            events: events(),
+            at: 0,
+            step: 1,
+        })
+        .timestamps(|e| e.0, Watermarks::bounded(Duration::from_secs(2)))
+        .key_by(|e: &Ev| e.1)
+        .window(crate::window::Sliding::of(
+            Duration::from_secs(4),
+            Duration::from_secs(2),
+        ))
+        .aggregate_two_phase(Stats::of(|e: &Ev| e.2))
+        .sink("out", sink);
+        let err = job.run(&RunOptions::default()).expect_err("refused");
+        assert!(err.to_string().contains("needs tumbling windows"), "{err}");
+    }
+}
