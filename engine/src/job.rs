@@ -508,7 +508,7 @@ impl<T: Data> Stream<T> {
             name,
             timed,
             StatelessNode::new(move |down, context| {
-                Ok(Box::new(ChainedPush::new(context.name, make(), down)))
+                Ok(Box::new(ChainedPush::new(make(), down, context)))
             }),
         )
     }

@@ -190,7 +190,9 @@ pub struct OperatorContext {
 /// [`crate::Stream::chain`]): local pre-aggregation is one. Its state is its own and not in
 /// checkpoints, so it hands on everything it holds when a checkpoint barrier passes and at
 /// the end of input ([`ChainedOperator::drain`]); what it emits then is in the checkpoint
-/// of the operators after it.
+/// of the operators after it. With idleness on (`RunOptions::idle_timeout`) it is drained
+/// after every batch: a receiver that leaves a quiet input out of its watermark cannot see
+/// what that input holds.
 ///
 /// It writes records, not values: each output record carries the watermark that preceded
 /// it downstream, which the operator chooses (at most its input's watermark), so operators

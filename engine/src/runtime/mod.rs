@@ -1116,15 +1116,20 @@ pub(crate) struct ChainedPush<O: ChainedOperator> {
     operator: O,
     /// The last watermark passed on: what drained records go with.
     watermark: Timestamp,
+    /// Drain after every batch. With idleness on, a receiver leaves an input that sent
+    /// nothing for a while out of its watermark; what the operator held would then arrive
+    /// behind the watermark, late, where its input records would have been on time.
+    hold_nothing: bool,
     down: Box<dyn Push<O::Out>>,
 }
 
 impl<O: ChainedOperator> ChainedPush<O> {
-    pub(crate) fn new(name: String, operator: O, down: Box<dyn Push<O::Out>>) -> Self {
+    pub(crate) fn new(operator: O, down: Box<dyn Push<O::Out>>, context: NodeContext) -> Self {
         ChainedPush {
-            name,
+            name: context.name,
             operator,
             watermark: MIN_WATERMARK,
+            hold_nothing: context.idle_timeout.is_some(),
             down,
         }
     }
@@ -1158,6 +1163,9 @@ impl<O: ChainedOperator> Push<O::In> for ChainedPush<O> {
                 .on_watermark(batch.watermark, &mut out)
                 .map_err(|e| self.failed(e))?;
             self.watermark = batch.watermark;
+        }
+        if self.hold_nothing {
+            self.operator.drain(&mut out).map_err(|e| self.failed(e))?;
         }
         self.down
             .push(Batch::new(out, batch.watermark).ingested_at(batch.ingested))

@@ -14,6 +14,9 @@
 //!   it, or updates the window within the allowed lateness).
 //! - Tumbling windows only: a partial's time must fall in its window and no other.
 //! - Nothing here is checkpointed: every partial goes on before a barrier passes.
+//! - With idleness on (`--idle-timeout`) partials go on after every batch: a receiver that
+//!   leaves a quiet input out of its watermark would otherwise fire a window without what
+//!   that input holds (see [`ChainedOperator`]).
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -69,9 +72,17 @@ where
     /// The watermark advances to `watermark`: appends the partials of the windows it
     /// completes (`end - 1 <= watermark`), with the watermark before it, which did not.
     fn advance(&mut self, watermark: Timestamp, out: &mut Vec<Record<Partial<K, A::Acc>>>) {
-        let first_open = watermark.saturating_sub(self.size).saturating_add(2);
-        let open = self.open.split_off(&first_open);
-        let completed = std::mem::replace(&mut self.open, open);
+        let completed = if watermark >= Timestamp::MAX - 1 {
+            // Every window is complete, including those whose end saturates at the maximum.
+            std::mem::take(&mut self.open)
+        } else {
+            // Complete: `start + size - 1 <= watermark`, so the first still open starts at
+            // `watermark - size + 2` (saturated near the minimum, which hands windows there
+            // on early: harmless, their partials merge).
+            let first_open = watermark.saturating_sub(self.size).saturating_add(2);
+            let open = self.open.split_off(&first_open);
+            std::mem::replace(&mut self.open, open)
+        };
         self.hand_on(completed, out);
         self.watermark = watermark;
     }
@@ -270,7 +281,7 @@ mod tests {
 
     /// Results (as text, sorted) and late events of one run.
     fn run(
-        parallelism: usize,
+        (parallelism, idle_timeout): (usize, Option<Duration>),
         lateness: Duration,
         aggregate: fn(Windowed) -> Stream<String>,
     ) -> (Vec<String>, u64) {
@@ -290,6 +301,7 @@ mod tests {
         aggregate(windowed).sink("out", sink);
         let options = RunOptions {
             parallelism,
+            idle_timeout,
             ..RunOptions::default()
         };
         let summary = job.run(&options).expect("the job runs");
@@ -316,23 +328,109 @@ mod tests {
     #[test]
     fn two_phases_give_the_results_and_late_counts_of_one() {
         for lateness in [Duration::ZERO, Duration::from_secs(40)] {
-            let (expected, late) = run(1, lateness, one_phase);
+            let (expected, late) = run((1, None), lateness, one_phase);
             assert!(expected.len() > 100, "{} windows", expected.len());
             match lateness.is_zero() {
                 true => assert_eq!(late, 20, "late events"),
                 // Most land in a window their key has already fired.
                 false => assert!(updates(&expected) >= 15, "{}", updates(&expected)),
             }
-            assert_eq!(run(2, lateness, one_phase), (expected.clone(), late));
-            for parallelism in [1, 2] {
-                let (results, two_phase_late) = run(parallelism, lateness, two_phase);
-                assert_eq!(results, expected, "P={parallelism}, lateness {lateness:?}");
-                assert_eq!(
-                    two_phase_late, late,
-                    "P={parallelism}, lateness {lateness:?}"
-                );
+            assert_eq!(
+                run((2, None), lateness, one_phase),
+                (expected.clone(), late)
+            );
+            // With idleness on, the local phase holds nothing from one batch to the next
+            // (no input goes quiet long enough here to be left out).
+            let idle = Some(Duration::from_secs(30));
+            for setup in [(1, None), (2, None), (2, idle)] {
+                let (results, two_phase_late) = run(setup, lateness, two_phase);
+                assert_eq!(results, expected, "{setup:?}, lateness {lateness:?}");
+                assert_eq!(two_phase_late, late, "{setup:?}, lateness {lateness:?}");
             }
         }
+    }
+
+    fn partial(ts: Timestamp, watermark: Timestamp, events: u64) -> Record<Partial<u32, u64>> {
+        Record {
+            ts,
+            watermark,
+            value: Partial {
+                key: 1,
+                acc: events,
+            },
+        }
+    }
+
+    /// Counts per key in windows of 10 ms at `offset`.
+    fn local(offset: i64) -> LocalWindows<u32, Ev, crate::aggregate::Count, fn(&Ev) -> u32> {
+        LocalWindows::new(
+            (|e: &Ev| e.1) as fn(&Ev) -> u32,
+            10,
+            offset,
+            crate::aggregate::Count,
+        )
+    }
+
+    fn event(ts: Timestamp, watermark: Timestamp) -> Record<Ev> {
+        Record {
+            ts,
+            watermark,
+            value: (ts, 1, 0),
+        }
+    }
+
+    #[test]
+    fn a_window_goes_on_when_the_watermark_reaches_its_end_minus_one() -> Result<(), BoxError> {
+        let mut op = local(0);
+        let mut out = Vec::new();
+        op.process(
+            vec![event(0, i64::MIN), event(5, 2), event(12, 3)],
+            &mut out,
+        )?;
+        op.on_watermark(8, &mut out)?;
+        assert_eq!(out, vec![], "[0, 10) is open until watermark 9");
+        op.on_watermark(9, &mut out)?;
+        assert_eq!(out, vec![partial(0, 8, 2)], "with the watermark before");
+        // Completed here: each goes alone, with its own watermark.
+        out.clear();
+        op.process(vec![event(3, 9), event(4, 9), event(15, 9)], &mut out)?;
+        assert_eq!(out, vec![partial(3, 9, 1), partial(4, 9, 1)]);
+        // The end of input completes everything, and nothing is left to drain.
+        out.clear();
+        op.on_watermark(i64::MAX, &mut out)?;
+        assert_eq!(out, vec![partial(10, 9, 2)]);
+        out.clear();
+        op.drain(&mut out)?;
+        assert_eq!(out, vec![]);
+        Ok(())
+    }
+
+    #[test]
+    fn windows_at_an_offset_and_at_the_ends_of_time_complete_on_time() -> Result<(), BoxError> {
+        // Offset 3: [-7, 3) holds -7 and 2; it completes at watermark 2.
+        let mut op = local(3);
+        let mut out = Vec::new();
+        op.process(vec![event(-7, i64::MIN), event(2, -10)], &mut out)?;
+        op.on_watermark(1, &mut out)?;
+        assert_eq!(out, vec![]);
+        op.on_watermark(2, &mut out)?;
+        assert_eq!(out, vec![partial(-7, 1, 2)]);
+        // A window whose end saturates at the maximum completes at the end of input.
+        let mut op = local(0);
+        out.clear();
+        let start = i64::MAX - i64::MAX.rem_euclid(10);
+        op.process(vec![event(i64::MAX - 1, 0)], &mut out)?;
+        op.on_watermark(i64::MAX - 2, &mut out)?;
+        assert_eq!(out, vec![]);
+        op.on_watermark(i64::MAX, &mut out)?;
+        assert_eq!(out, vec![partial(start, i64::MAX - 2, 1)]);
+        // Before a barrier: everything open, with the current watermark.
+        let mut op = local(0);
+        out.clear();
+        op.process(vec![event(20, 5), event(31, 6)], &mut out)?;
+        op.drain(&mut out)?;
+        assert_eq!(out, vec![partial(20, 6, 1), partial(30, 6, 1)]);
+        Ok(())
     }
 
     #[test]
@@ -354,5 +452,18 @@ mod tests {
         .sink("out", sink);
         let err = job.run(&RunOptions::default()).expect_err("refused");
         assert!(err.to_string().contains("needs tumbling windows"), "{err}");
+
+        let job = Job::new("two-phase");
+        let (sink, _) = Collect::new();
+        let (late_sink, _) = Collect::new();
+        job.source("events", crate::test_support::VecSource(events()))
+            .timestamps(|e| e.0, Watermarks::bounded(Duration::from_secs(2)))
+            .key_by(|e: &Ev| e.1)
+            .window(Tumbling::of(Duration::from_secs(2)))
+            .late_data(late_sink)
+            .aggregate_two_phase(Stats::of(|e: &Ev| e.2))
+            .sink("out", sink);
+        let err = job.run(&RunOptions::default()).expect_err("refused");
+        assert!(err.to_string().contains("late events to a sink"), "{err}");
     }
 }
