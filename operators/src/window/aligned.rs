@@ -49,7 +49,7 @@ pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     _input: PhantomData<fn(T)>,
 }
 
-fn gcd(a: i64, b: i64) -> i64 {
+pub(crate) fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 {
         a
     } else {

@@ -1,18 +1,24 @@
 //! Two-phase window aggregation (Flink's local-global aggregation): each producer instance
-//! pre-aggregates its own events per key and window in its thread, before the exchange
+//! pre-aggregates its own events per key and pane in its thread, before the exchange
 //! ([`LocalWindows`], a [`ChainedOperator`]), and the keyed window operator merges the
 //! partial aggregates ([`MergePartials`]). A window over one hot key (Nexmark q7 has a
-//! single key) then costs each worker its share of the events, and one partial per window,
+//! single key) then costs each worker its share of the events, and one partial per pane,
 //! key and producer crosses the exchange instead of every event.
+//!
+//! Panes are those of [`super::aligned`]: a tumbling window is one pane, a sliding window
+//! is made of panes of `gcd(size, slide)`. A pane lies whole in every window that contains
+//! its start, so a partial, timed at its pane's start, counts in exactly the windows its
+//! events belong to.
 //!
 //! # Invariants
 //! - Results, lateness and late counts are those of [`super::WindowedStream::aggregate`]:
 //!   a partial goes downstream with the watermark that preceded its events (the local one
 //!   before the advance that completed its window), so it is late only where its events
-//!   would have been; an event whose window the local watermark has completed goes on
-//!   alone, with its own watermark, and the window operator judges it (drops and counts
-//!   it, or updates the window within the allowed lateness).
-//! - Tumbling windows only: a partial's time must fall in its window and no other.
+//!   would have been (a pane ends no later than the first window holding it); an event
+//!   whose pane the local watermark has completed goes on alone, with its own watermark,
+//!   and the window operator judges it (drops and counts it, adds it to the windows still
+//!   open, or updates them within the allowed lateness).
+//! - Aligned windows only: a session has no panes.
 //! - Nothing here is checkpointed: every partial goes on before a barrier passes.
 //! - With idleness on (`--idle-timeout`) partials go on after every batch: a receiver that
 //!   leaves a quiet input out of its watermark would otherwise fire a window without what
@@ -40,7 +46,8 @@ pub(crate) struct Partial<K, Acc> {
 /// watermark completes the window, before a barrier and at the end.
 pub(crate) struct LocalWindows<K, T, A: Aggregator<T>, KF> {
     key: KF,
-    size: i64,
+    /// Panes: the windows themselves if tumbling, `gcd(size, slide)` if sliding.
+    pane: i64,
     offset: i64,
     aggregator: A,
     /// Open windows by start.
@@ -51,10 +58,10 @@ pub(crate) struct LocalWindows<K, T, A: Aggregator<T>, KF> {
 }
 
 impl<K, T, A: Aggregator<T>, KF> LocalWindows<K, T, A, KF> {
-    pub(crate) fn new(key: KF, size: i64, offset: i64, aggregator: A) -> Self {
+    pub(crate) fn new(key: KF, pane: i64, offset: i64, aggregator: A) -> Self {
         LocalWindows {
             key,
-            size,
+            pane,
             offset,
             aggregator,
             open: BTreeMap::new(),
@@ -76,10 +83,10 @@ where
             // Every window is complete, including those whose end saturates at the maximum.
             std::mem::take(&mut self.open)
         } else {
-            // Complete: `start + size - 1 <= watermark`, so the first still open starts at
-            // `watermark - size + 2` (saturated near the minimum, which hands windows there
+            // Complete: `start + pane - 1 <= watermark`, so the first still open starts at
+            // `watermark - pane + 2` (saturated near the minimum, which hands windows there
             // on early: harmless, their partials merge).
-            let first_open = watermark.saturating_sub(self.size).saturating_add(2);
+            let first_open = watermark.saturating_sub(self.pane).saturating_add(2);
             let open = self.open.split_off(&first_open);
             std::mem::replace(&mut self.open, open)
         };
@@ -123,9 +130,9 @@ where
             if r.watermark > self.watermark {
                 self.advance(r.watermark, out);
             }
-            let start = window_start(r.ts, self.size, self.offset);
+            let start = window_start(r.ts, self.pane, self.offset);
             let key = (self.key)(&r.value);
-            if start.saturating_add(self.size) - 1 <= r.watermark {
+            if start.saturating_add(self.pane) - 1 <= self.watermark {
                 // Completed here already: the window operator decides what it is.
                 let mut acc = self.aggregator.create();
                 self.aggregator.add(&mut acc, &r.value)?;
@@ -226,7 +233,7 @@ mod tests {
     use super::*;
     use crate::aggregate::Stats;
     use crate::test_support::{sorted, Collect};
-    use crate::window::{Tumbling, WindowExt, WindowedStream};
+    use crate::window::{Session, Sliding, Tumbling, WindowExt, WindowSpec, WindowedStream};
 
     /// `(ts, key, value)`.
     type Ev = (i64, u32, i64);
@@ -279,10 +286,11 @@ mod tests {
 
     type Windowed = WindowedStream<u32, Ev, fn(&Ev) -> u32>;
 
-    /// Results (as text, sorted) and late events of one run.
+    /// Results (as text, sorted) and late events of one run with `(spec, allowed
+    /// lateness)`.
     fn run(
         (parallelism, idle_timeout): (usize, Option<Duration>),
-        lateness: Duration,
+        (spec, lateness): (WindowSpec, Duration),
         aggregate: fn(Windowed) -> Stream<String>,
     ) -> (Vec<String>, u64) {
         let job = Job::new("two-phase");
@@ -295,7 +303,7 @@ mod tests {
             })
             .timestamps(|e| e.0, Watermarks::bounded(Duration::from_secs(2)))
             .key_by((|e: &Ev| e.1) as fn(&Ev) -> u32)
-            .window(Tumbling::of(Duration::from_secs(2)))
+            .window(spec)
             .allowed_lateness(lateness);
         let (sink, seen) = Collect::new();
         aggregate(windowed).sink("out", sink);
@@ -327,25 +335,28 @@ mod tests {
 
     #[test]
     fn two_phases_give_the_results_and_late_counts_of_one() {
-        for lateness in [Duration::ZERO, Duration::from_secs(40)] {
-            let (expected, late) = run((1, None), lateness, one_phase);
-            assert!(expected.len() > 100, "{} windows", expected.len());
-            match lateness.is_zero() {
-                true => assert_eq!(late, 20, "late events"),
-                // Most land in a window their key has already fired.
-                false => assert!(updates(&expected) >= 15, "{}", updates(&expected)),
-            }
-            assert_eq!(
-                run((2, None), lateness, one_phase),
-                (expected.clone(), late)
-            );
-            // With idleness on, the local phase holds nothing from one batch to the next
-            // (no input goes quiet long enough here to be left out).
-            let idle = Some(Duration::from_secs(30));
-            for setup in [(1, None), (2, None), (2, idle)] {
-                let (results, two_phase_late) = run(setup, lateness, two_phase);
-                assert_eq!(results, expected, "{setup:?}, lateness {lateness:?}");
-                assert_eq!(two_phase_late, late, "{setup:?}, lateness {lateness:?}");
+        let tumbling = WindowSpec::from(Tumbling::of(Duration::from_secs(2)));
+        // Panes of 1 s (the gcd), each in five windows.
+        let sliding = Sliding::of(Duration::from_secs(5), Duration::from_secs(2)).into();
+        for spec in [tumbling, sliding] {
+            for lateness in [Duration::ZERO, Duration::from_secs(40)] {
+                let windows = (spec, lateness);
+                let (expected, late) = run((1, None), windows, one_phase);
+                assert!(expected.len() > 100, "{} windows", expected.len());
+                match lateness.is_zero() {
+                    true => assert_eq!(late, 20, "late events"),
+                    // Most land in a window their key has already fired.
+                    false => assert!(updates(&expected) >= 15, "{}", updates(&expected)),
+                }
+                assert_eq!(run((2, None), windows, one_phase), (expected.clone(), late));
+                // With idleness on, the local phase holds nothing from one batch to the
+                // next (no input goes quiet long enough here to be left out).
+                let idle = Some(Duration::from_secs(30));
+                for setup in [(1, None), (2, None), (2, idle)] {
+                    let (results, two_phase_late) = run(setup, windows, two_phase);
+                    assert_eq!(results, expected, "{setup:?}, {windows:?}");
+                    assert_eq!(two_phase_late, late, "{setup:?}, {windows:?}");
+                }
             }
         }
     }
@@ -434,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn two_phases_refuse_windows_that_are_not_tumbling() {
+    fn two_phases_refuse_sessions_and_a_late_data_sink() {
         let job = Job::new("two-phase");
         let (sink, _) = Collect::new();
         job.parallel_source("events", |_, _| Share {
@@ -444,14 +455,15 @@ mod tests {
         })
         .timestamps(|e| e.0, Watermarks::bounded(Duration::from_secs(2)))
         .key_by(|e: &Ev| e.1)
-        .window(crate::window::Sliding::of(
-            Duration::from_secs(4),
-            Duration::from_secs(2),
-        ))
+        .window(Session::with_gap(Duration::from_secs(2)))
         .aggregate_two_phase(Stats::of(|e: &Ev| e.2))
         .sink("out", sink);
         let err = job.run(&RunOptions::default()).expect_err("refused");
-        assert!(err.to_string().contains("needs tumbling windows"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("needs tumbling or sliding windows"),
+            "{err}"
+        );
 
         let job = Job::new("two-phase");
         let (sink, _) = Collect::new();

@@ -365,7 +365,7 @@ where
     /// instance of the input pre-aggregates its own events per key and window in its
     /// thread, before the exchange, and the window operator merges those partials (see
     /// [`local`]). The results are those of [`WindowedStream::aggregate`]; it pays where
-    /// few keys carry many events. Tumbling windows only, without a late-data sink.
+    /// few keys carry many events. Tumbling or sliding windows, without a late-data sink.
     pub fn aggregate_two_phase<A: Aggregator<T>>(
         self,
         aggregator: A,
@@ -375,18 +375,24 @@ where
                 "two-phase aggregation {reason}: use .aggregate(..) instead"
             ))
         };
-        let WindowSpec::Tumbling(tumbling) = self.spec else {
-            refuse(&format!("needs tumbling windows, not {}", self.spec));
-            return self.aggregate(aggregator);
+        let (pane, offset) = match self.spec {
+            WindowSpec::Tumbling(t) => (t.size, t.offset),
+            WindowSpec::Sliding(s) => (aligned::gcd(s.size, s.slide), s.offset),
+            WindowSpec::Session(_) => {
+                refuse(&format!(
+                    "needs tumbling or sliding windows, not {}",
+                    self.spec
+                ));
+                return self.aggregate(aggregator);
+            }
         };
         if self.late.is_some() {
             refuse("cannot route late events to a sink (they would go as partial aggregates)");
             return self.aggregate(aggregator);
         }
         let (key, local) = (self.keyed.key_fn(), aggregator.clone());
-        let (size, offset) = (tumbling.size(), tumbling.offset());
         let partials = self.keyed.stream().clone().chain("local-window", move || {
-            LocalWindows::new(key.clone(), size, offset, local.clone())
+            LocalWindows::new(key.clone(), pane, offset, local.clone())
         });
         WindowedStream {
             keyed: partials.key_by(|p: &Partial<K, A::Acc>| p.key.clone()),
