@@ -33,7 +33,7 @@ use weir_engine::{BoxError, ChainedOperator, Data, Record, StateKey, Timestamp};
 use super::window_start;
 use crate::aggregate::{AggregateError, Aggregator};
 
-/// What a key's events of one window came to on one producer instance.
+/// What a key's events of one pane came to on one producer instance.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Partial<K, Acc> {
     /// The key.
@@ -42,17 +42,17 @@ pub(crate) struct Partial<K, Acc> {
     pub(crate) acc: Acc,
 }
 
-/// The local phase: partial aggregates per window and key, handed on when the local
-/// watermark completes the window, before a barrier and at the end.
+/// The local phase: partial aggregates per pane and key, handed on when the local
+/// watermark completes the pane, before a barrier and at the end.
 pub(crate) struct LocalWindows<K, T, A: Aggregator<T>, KF> {
     key: KF,
     /// Panes: the windows themselves if tumbling, `gcd(size, slide)` if sliding.
     pane: i64,
     offset: i64,
     aggregator: A,
-    /// Open windows by start.
+    /// Open panes by start.
     open: BTreeMap<Timestamp, FxHashMap<K, A::Acc>>,
-    /// The input watermark so far; no open window has `end - 1 <= watermark`.
+    /// The input watermark so far; no open pane has `end - 1 <= watermark`.
     watermark: Timestamp,
     _events: PhantomData<fn(T)>,
 }
@@ -76,15 +76,15 @@ where
     K: StateKey + Data,
     A: Aggregator<T>,
 {
-    /// The watermark advances to `watermark`: appends the partials of the windows it
+    /// The watermark advances to `watermark`: appends the partials of the panes it
     /// completes (`end - 1 <= watermark`), with the watermark before it, which did not.
     fn advance(&mut self, watermark: Timestamp, out: &mut Vec<Record<Partial<K, A::Acc>>>) {
         let completed = if watermark >= Timestamp::MAX - 1 {
-            // Every window is complete, including those whose end saturates at the maximum.
+            // Every pane is complete, including those whose end saturates at the maximum.
             std::mem::take(&mut self.open)
         } else {
             // Complete: `start + pane - 1 <= watermark`, so the first still open starts at
-            // `watermark - pane + 2` (saturated near the minimum, which hands windows there
+            // `watermark - pane + 2` (saturated near the minimum, which hands panes there
             // on early: harmless, their partials merge).
             let first_open = watermark.saturating_sub(self.pane).saturating_add(2);
             let open = self.open.split_off(&first_open);
@@ -96,10 +96,10 @@ where
 
     fn hand_on(
         &self,
-        windows: BTreeMap<Timestamp, FxHashMap<K, A::Acc>>,
+        panes: BTreeMap<Timestamp, FxHashMap<K, A::Acc>>,
         out: &mut Vec<Record<Partial<K, A::Acc>>>,
     ) {
-        for (start, keys) in windows {
+        for (start, keys) in panes {
             out.extend(keys.into_iter().map(|(key, acc)| Record {
                 ts: start,
                 watermark: self.watermark,
@@ -134,16 +134,17 @@ where
             let key = (self.key)(&r.value);
             if start.saturating_add(self.pane) - 1 <= self.watermark {
                 // Completed here already: the window operator decides what it is.
-                let mut acc = self.aggregator.create();
-                self.aggregator.add(&mut acc, &r.value)?;
                 out.push(Record {
                     ts: r.ts,
                     watermark: r.watermark,
-                    value: Partial { key, acc },
+                    value: Partial {
+                        key,
+                        acc: aggregate_of(&self.aggregator, &r.value)?,
+                    },
                 });
                 continue;
             }
-            // Most events fall in the newest open window.
+            // Most events fall in the newest open pane.
             let keys = match self.open.last_entry() {
                 Some(newest) if *newest.key() == start => newest.into_mut(),
                 _ => self.open.entry(start).or_default(),
@@ -151,9 +152,7 @@ where
             match keys.get_mut(&key) {
                 Some(acc) => self.aggregator.add(acc, &r.value)?,
                 None => {
-                    let mut acc = self.aggregator.create();
-                    self.aggregator.add(&mut acc, &r.value)?;
-                    keys.insert(key, acc);
+                    keys.insert(key, aggregate_of(&self.aggregator, &r.value)?);
                 }
             }
         }
@@ -176,6 +175,13 @@ where
         self.hand_on(open, out);
         Ok(())
     }
+}
+
+/// The aggregate of one event.
+fn aggregate_of<T, A: Aggregator<T>>(aggregator: &A, event: &T) -> Result<A::Acc, AggregateError> {
+    let mut acc = aggregator.create();
+    aggregator.add(&mut acc, event)?;
+    Ok(acc)
 }
 
 /// The global phase: merges partial aggregates as [`Aggregator::add`] would add their
