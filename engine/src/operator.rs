@@ -210,8 +210,9 @@ pub trait ChainedOperator: Send + 'static {
         out: &mut Vec<Record<Self::Out>>,
     ) -> Result<(), BoxError>;
 
-    /// The input watermark advanced to `watermark` (after the records of a batch): appends
-    /// what it made due. The watermark goes downstream after them.
+    /// The input watermark advanced to `watermark` (after the records of a batch; called
+    /// only when it moved forward): appends what it made due. The watermark goes downstream
+    /// after them.
     fn on_watermark(
         &mut self,
         watermark: Timestamp,

@@ -164,9 +164,8 @@ where
         watermark: Timestamp,
         out: &mut Vec<Record<Self::Out>>,
     ) -> Result<(), BoxError> {
-        if watermark > self.watermark {
-            self.advance(watermark, out);
-        }
+        // Called only when the watermark moved forward (the trait's contract).
+        self.advance(watermark, out);
         Ok(())
     }
 

@@ -362,8 +362,8 @@ where
     KF: Fn(&T) -> K + Clone + Send + 'static,
 {
     /// Aggregates each window in two phases, as Flink's local-global aggregation: every
-    /// instance of the input pre-aggregates its own events per key and window in its
-    /// thread, before the exchange, and the window operator merges those partials (see
+    /// instance of the input pre-aggregates its own events per key and pane (the window
+    /// if tumbling, `gcd(size, slide)` if sliding) in its thread, before the exchange, and the window operator merges those partials (see
     /// [`local`]). The results are those of [`WindowedStream::aggregate`]; it pays where
     /// few keys carry many events. Tumbling or sliding windows, without a late-data sink.
     pub fn aggregate_two_phase<A: Aggregator<T>>(
