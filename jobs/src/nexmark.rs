@@ -8,7 +8,9 @@
 //! auctions; bidders likewise (hot 3 in 4, among the 1000 newest persons). Every field of
 //! every event is produced, strings included, padded (`extra`) to the standard average
 //! payload sizes (string bytes plus 8 per number): person 200 bytes, auction 500, bid 100.
-//! It is a parallel source: at parallelism P, instance `i` makes events `i, i + P, ..`.
+//! It is a parallel source: at parallelism P, instance `i` makes the epochs of 50 events
+//! `i, i + P, ..` (events `50i..50i + 50`, then `50(i + P)..`), so every instance makes the
+//! same mix of persons, auctions and bids.
 //!
 //! # Queries (`--query`)
 //! - `q0`: pass-through of all events.
@@ -212,20 +214,25 @@ fn push_decimal(s: &mut String, mut n: u64) {
 /// The deterministic Nexmark event stream, as a source.
 ///
 /// Event `n` depends on `n` alone (its random numbers are draws `n * DRAWS_PER_EVENT..`
-/// of one sequence), so the stream can be split: instance `i` of `k` makes events
-/// `i, i + k, i + 2k, ..`, and the `k` instances together make exactly the events of one.
+/// of one sequence), so the stream can be split: instance `i` of `k` makes the epochs
+/// ([`EPOCH`] events) `i, i + k, i + 2k, ..`, and the `k` instances together make exactly
+/// the events of one. Whole epochs, not every `k`-th event: an epoch's one person costs
+/// more to make than its bids, and with every other event instance 0 of 2 made all persons,
+/// ran slower than instance 1 and held it back (lockstep) 5-10 % of the time.
 #[derive(Debug)]
 pub struct NexmarkGenerator {
     events: u64,
     next: u64,
-    /// This instance's first event and the step to its next (0 and 1 unless split).
-    first: u64,
-    stride: u64,
+    /// This is instance `instance` of `instances` (0 of 1 unless split).
+    instance: u64,
+    instances: u64,
     rng: SplitMix64,
     pace: Option<Pace>,
 }
 
 const SEED: u64 = 2026;
+/// Events per epoch of the model: 1 person, 3 auctions, 46 bids.
+const EPOCH: u64 = 50;
 /// Random numbers reserved per event; a person, the largest event, draws 10.
 const DRAWS_PER_EVENT: u64 = 16;
 
@@ -250,8 +257,8 @@ impl NexmarkGenerator {
         NexmarkGenerator {
             events,
             next: 0,
-            first: 0,
-            stride: 1,
+            instance: 0,
+            instances: 1,
             rng: SplitMix64::new(SEED),
             pace: None,
         }
@@ -259,9 +266,9 @@ impl NexmarkGenerator {
 
     /// Instance `instance` of `instances` of the stream (see the type's docs).
     pub fn split(mut self, instance: usize, instances: usize) -> Self {
-        self.next = instance as u64;
-        self.first = self.next;
-        self.stride = instances.max(1) as u64;
+        self.instance = instance as u64;
+        self.instances = instances.max(1) as u64;
+        self.next = self.instance * EPOCH;
         self
     }
 
@@ -277,7 +284,9 @@ impl NexmarkGenerator {
 
     /// How many of the first `events` events of the stream are this instance's.
     fn own(&self, events: u64) -> u64 {
-        events.saturating_sub(self.first).div_ceil(self.stride)
+        let cycle = EPOCH * self.instances;
+        let rest = (events % cycle).saturating_sub(self.instance * EPOCH);
+        events / cycle * EPOCH + rest.min(EPOCH)
     }
 
     /// `extra` padding: one random letter repeated up to the standard size.
@@ -295,7 +304,7 @@ impl NexmarkGenerator {
     fn event(&mut self, n: u64) -> NexmarkEvent {
         self.rng = SplitMix64::at(SEED, n.wrapping_mul(DRAWS_PER_EVENT));
         let date_time = START_TS + (n / 10) as i64;
-        let (epoch, offset) = (n / 50, n % 50);
+        let (epoch, offset) = (n / EPOCH, n % EPOCH);
         // Ids of the newest person and auction created before event `n`.
         let persons = epoch + 1;
         let auctions = epoch * 3 + offset.min(3);
@@ -392,7 +401,11 @@ impl Iterator for NexmarkGenerator {
             return None;
         }
         let event = self.event(self.next);
-        self.next += self.stride;
+        self.next += 1;
+        if self.next.is_multiple_of(EPOCH) {
+            // On to this instance's next epoch, past the other instances' ones.
+            self.next += (self.instances - 1) * EPOCH;
+        }
         Some(event)
     }
 }
@@ -412,7 +425,7 @@ impl Source for NexmarkGenerator {
             if due <= made && made < share {
                 // Nothing due yet: poll again in a millisecond (or when the next event is
                 // due, if later) rather than spin; events due meanwhile go out as one batch.
-                let wait = (self.stride as f64 / per_second as f64).max(0.001);
+                let wait = (self.instances as f64 / per_second as f64).max(0.001);
                 return Ok(SourceStatus::Pending(Duration::from_secs_f64(wait)));
             }
             max = max.min(due - made.min(due)).max(1);
@@ -648,7 +661,7 @@ impl TimerFunction<u64, AuctionEvent> for WinningBid {
                     // be late (and its bids before it invalid), so the bid waits until then.
                     // One timer per key, at its earliest waiting bid: at P > 1 many bids
                     // reach their auction's worker before it (the two generator instances
-                    // make alternate events), and a timer per bid made q4 run 8 % more
+                    // make alternate epochs at once), and a timer per bid made q4 run 8 % more
                     // instructions at P = 2 than with this.
                     if open.early.iter().all(|&(at, _)| at > date_time) {
                         ctx.register_timer(date_time);
@@ -951,19 +964,44 @@ mod tests {
             let parts: Vec<Vec<String>> = (0..instances)
                 .map(|i| json(NexmarkGenerator::new(1_001).split(i, instances)))
                 .collect();
+            let epoch = EPOCH as usize;
             let mut merged = vec![String::new(); whole.len()];
             for (i, part) in parts.iter().enumerate() {
                 for (j, event) in part.iter().enumerate() {
-                    merged[i + j * instances] = event.clone();
+                    merged[(j / epoch * instances + i) * epoch + j % epoch] = event.clone();
                 }
             }
             assert_eq!(merged, whole, "{instances} instances");
+            // Each instance makes the same mix: one person per epoch.
+            for part in &parts[..instances - 1] {
+                let persons = part.iter().filter(|e| e.contains("\"person\"")).count();
+                assert_eq!(persons, part.len().div_ceil(epoch), "{instances} instances");
+            }
+        }
+    }
+
+    #[test]
+    fn an_instance_counts_its_own_events_below_any_bound() {
+        for instances in [1, 2, 3] {
+            for events in [0, 1, 49, 50, 51, 99, 100, 149, 150, 151, 1_001] {
+                let owns: Vec<u64> = (0..instances)
+                    .map(|i| {
+                        NexmarkGenerator::new(events)
+                            .split(i, instances)
+                            .own(events)
+                    })
+                    .collect();
+                let made: Vec<u64> = (0..instances)
+                    .map(|i| NexmarkGenerator::new(events).split(i, instances).count() as u64)
+                    .collect();
+                assert_eq!(owns, made, "{events} events, {instances} instances");
+            }
         }
     }
 
     #[test]
     fn a_paced_split_instance_makes_its_share_only() {
-        let mut source = NexmarkGenerator::new(10).split(1, 3).paced(1_000_000);
+        let mut source = NexmarkGenerator::new(400).split(1, 3).paced(1_000_000);
         let mut out = Vec::new();
         // At most a few polls, each waiting as long as the source asks.
         for _ in 0..1_000 {
@@ -975,10 +1013,12 @@ mod tests {
         }
         assert_eq!(
             json(out.into_iter()),
-            json(NexmarkGenerator::new(10))
+            json(NexmarkGenerator::new(400))
                 .into_iter()
-                .skip(1)
-                .step_by(3)
+                .enumerate()
+                // Epochs 1, 4 and 7: events 50..100, 200..250, 350..400.
+                .filter(|(n, _)| n / 50 % 3 == 1)
+                .map(|(_, event)| event)
                 .collect::<Vec<_>>()
         );
     }
