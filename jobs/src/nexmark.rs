@@ -218,7 +218,7 @@ fn push_decimal(s: &mut String, mut n: u64) {
 /// ([`EPOCH`] events) `i, i + k, i + 2k, ..`, and the `k` instances together make exactly
 /// the events of one. Whole epochs, not every `k`-th event: an epoch's one person costs
 /// more to make than its bids, and with every other event instance 0 of 2 made all persons,
-/// ran slower than instance 1 and held it back (lockstep) 5-10 % of the time.
+/// ran slower than instance 1 and held it back (lockstep) about a tenth of a q2 run.
 #[derive(Debug)]
 pub struct NexmarkGenerator {
     events: u64,
@@ -423,8 +423,9 @@ impl Source for NexmarkGenerator {
         if let Some((due, per_second)) = self.pace.as_mut().map(|p| (p.due(), p.per_second)) {
             let due = self.own(due).min(share);
             if due <= made && made < share {
-                // Nothing due yet: poll again in a millisecond (or when the next event is
-                // due, if later) rather than spin; events due meanwhile go out as one batch.
+                // Nothing due yet: poll again in a millisecond (or after this instance's
+                // average spacing of events, if longer) rather than spin; events due
+                // meanwhile go out as one batch.
                 let wait = (self.instances as f64 / per_second as f64).max(0.001);
                 return Ok(SourceStatus::Pending(Duration::from_secs_f64(wait)));
             }
