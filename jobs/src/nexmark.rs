@@ -844,7 +844,8 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             .window(Sliding::of(Duration::from_secs(10), Duration::from_secs(2)))
             // Counted per 2 s pane in each worker first (Flink's local-global aggregation):
             // half the bids go to one hot auction, so the exchange carries a partial count
-            // per auction and pane, not every bid; P = 2 / P = 1 went from 1.50 to 1.68.
+            // per auction and pane, not every bid (P = 2 / P = 1 1.60 -> 1.71 in paired
+            // rounds, BENCHMARKS.md).
             .aggregate_two_phase(Count)
             .top_n(1, |bids: &u64| *bids)
             .map(|r| HotItem {
