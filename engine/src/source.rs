@@ -61,6 +61,17 @@ pub trait Source: Send + 'static {
         None
     }
 
+    /// For an instance of a parallel source ([`crate::Job::parallel_source`]): whether the
+    /// instances keep together in stream order by themselves, because they take their input
+    /// from one shared queue as they go (as Flink's FLIP-27 readers ask for the next split
+    /// when they need one) instead of each reading a fixed share. Then no instance can run
+    /// far ahead of a slow one, and the engine does not hold a fast one back to wait for the
+    /// others: it makes more of the stream instead. `false` (the default): the instances
+    /// move in step.
+    fn aligns_instances(&self) -> bool {
+        false
+    }
+
     /// Where this source stands after the items it returned so far, for a checkpoint.
     /// `None` (the default) means it cannot be replayed, and a job reading it cannot
     /// checkpoint. Called between polls only.

@@ -37,6 +37,9 @@
 //! SQL planner pushes it down), so strings that a query never reads do not cross an
 //! exchange.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -215,27 +218,43 @@ fn push_decimal(s: &mut String, mut n: u64) {
 /// The deterministic Nexmark event stream, as a source.
 ///
 /// Event `n` depends on `n` alone (its random numbers are draws `n * DRAWS_PER_EVENT..`
-/// of one sequence), so the stream can be split: instance `i` of `k` makes the epochs
-/// ([`EPOCH`] events) `i, i + k, i + 2k, ..`, and the `k` instances together make exactly
-/// the events of one. Whole epochs, not every `k`-th event: an epoch's one person costs
-/// more to make than its bids, and with every other event instance 0 of 2 made all persons,
-/// ran slower than instance 1 and held it back (lockstep) about a tenth of a q2 run.
+/// of one sequence), so several instances can make one stream together: each takes the
+/// next [`TAKE_EPOCHS`] epochs ([`EPOCH`] events each) that nobody has taken from a
+/// [`SharedEpochs`] counter whenever it has made the last ones, as Flink's FLIP-27 readers
+/// ask for the next split when they need one. Together they make exactly the events of
+/// one, each instance in stream order, and an instance that gets more CPU makes more of
+/// them instead of waiting for the others.
+///
+/// Why not fixed shares: with instance `i` of `k` making the epochs `i, i + k, ..`, the
+/// instances had to move in step (a slow one holds every keyed operator's watermark back),
+/// so the faster worker waited, and q4's bids reached their worker before their auction
+/// (made by the other instance at the same moment) 3-5 M times in 18 M, each kept and
+/// timed as an early bid. Runs of 1,000 events make both rare (BENCHMARKS.md).
 #[derive(Debug)]
 pub struct NexmarkGenerator {
     events: u64,
     next: u64,
-    /// This is instance `instance` of `instances` (0 of 1 unless split).
-    instance: u64,
-    instances: u64,
+    /// The end of the events this instance took last: at `next == taken_end` it takes more.
+    taken_end: u64,
+    /// Epochs taken at a time: [`TAKE_EPOCHS`], or one when paced.
+    take_epochs: u64,
+    epochs: SharedEpochs,
     rng: SplitMix64,
     pace: Option<Pace>,
 }
+
+/// The epochs the instances of one run have taken so far (see [`NexmarkGenerator`]).
+#[derive(Debug, Clone, Default)]
+pub struct SharedEpochs(Arc<AtomicU64>);
 
 const SEED: u64 = 2026;
 /// Events per epoch of the model: 1 person, 3 auctions, 46 bids.
 const EPOCH: u64 = 50;
 /// Random numbers reserved per event; a person, the largest event, draws 10.
 const DRAWS_PER_EVENT: u64 = 16;
+/// Epochs an instance takes at a time when not paced: 1,000 events, about one batch, so
+/// the shared counter is touched once per batch.
+const TAKE_EPOCHS: u64 = 20;
 
 /// Paces a source to a number of events per second of processing time.
 #[derive(Debug)]
@@ -258,36 +277,51 @@ impl NexmarkGenerator {
         NexmarkGenerator {
             events,
             next: 0,
-            instance: 0,
-            instances: 1,
+            taken_end: 0,
+            take_epochs: TAKE_EPOCHS,
+            epochs: SharedEpochs::default(),
             rng: SplitMix64::new(SEED),
             pace: None,
         }
     }
 
-    /// Instance `instance` of `instances` of the stream (see the type's docs).
-    pub fn split(mut self, instance: usize, instances: usize) -> Self {
-        self.instance = instance as u64;
-        self.instances = instances.max(1) as u64;
-        self.next = self.instance * EPOCH;
+    /// One of the instances that make the stream together, taking epochs from `epochs`
+    /// (see the type's docs).
+    pub fn sharing(mut self, epochs: &SharedEpochs) -> Self {
+        self.epochs = epochs.clone();
         self
     }
 
     /// The same stream, handed to the engine at most `per_second` events a second (all
-    /// instances together, if split).
+    /// instances together, if shared), give or take an epoch per instance.
     pub fn paced(mut self, per_second: u64) -> Self {
         self.pace = (per_second > 0).then_some(Pace {
             per_second,
             started: None,
         });
+        // One epoch at a time, so that an instance never holds much more than is due.
+        self.take_epochs = if self.pace.is_some() { 1 } else { TAKE_EPOCHS };
         self
     }
 
-    /// How many of the first `events` events of the stream are this instance's.
-    fn own(&self, events: u64) -> u64 {
-        let cycle = EPOCH * self.instances;
-        let rest = (events % cycle).saturating_sub(self.instance * EPOCH);
-        events / cycle * EPOCH + rest.min(EPOCH)
+    /// Takes the next epochs nobody has taken; `false` once the whole stream is taken.
+    fn take(&mut self) -> bool {
+        let first = self.epochs.0.fetch_add(self.take_epochs, Ordering::Relaxed);
+        let start = first.saturating_mul(EPOCH);
+        if start >= self.events {
+            return false;
+        }
+        self.next = start;
+        self.taken_end = start
+            .saturating_add(self.take_epochs * EPOCH)
+            .min(self.events);
+        true
+    }
+
+    /// How many events of the stream the instances have taken so far.
+    fn taken(&self) -> u64 {
+        let epochs = self.epochs.0.load(Ordering::Relaxed);
+        epochs.saturating_mul(EPOCH).min(self.events)
     }
 
     /// `extra` padding: one random letter repeated up to the standard size.
@@ -398,15 +432,11 @@ impl Iterator for NexmarkGenerator {
     type Item = NexmarkEvent;
 
     fn next(&mut self) -> Option<NexmarkEvent> {
-        if self.next >= self.events {
+        if self.next == self.taken_end && !self.take() {
             return None;
         }
         let event = self.event(self.next);
         self.next += 1;
-        if self.next.is_multiple_of(EPOCH) {
-            // On to this instance's next epoch, past the other instances' ones.
-            self.next += (self.instances - 1) * EPOCH;
-        }
         Some(event)
     }
 }
@@ -420,17 +450,17 @@ impl Source for NexmarkGenerator {
         max: usize,
     ) -> Result<SourceStatus, BoxError> {
         let mut max = max as u64;
-        let (share, made) = (self.own(self.events), self.own(self.next));
         if let Some((due, per_second)) = self.pace.as_mut().map(|p| (p.due(), p.per_second)) {
-            let due = self.own(due).min(share);
-            if due <= made && made < share {
-                // Nothing due yet: poll again in a millisecond (or after this instance's
-                // average spacing of events, if longer) rather than spin; events due
-                // meanwhile go out as one batch.
-                let wait = (self.instances as f64 / per_second as f64).max(0.001);
+            // What this instance holds goes out, and more is taken while the stream's
+            // taken events are fewer than those due.
+            let (held, taken) = (self.taken_end - self.next, self.taken());
+            if held == 0 && taken < self.events && taken >= due {
+                // Nothing due yet: poll again in a millisecond (or when the next epoch is
+                // due, if later) rather than spin; events due meanwhile go out as one batch.
+                let wait = (EPOCH as f64 / per_second as f64).max(0.001);
                 return Ok(SourceStatus::Pending(Duration::from_secs_f64(wait)));
             }
-            max = max.min(due - made.min(due)).max(1);
+            max = max.min(held + due.saturating_sub(taken)).max(1);
         }
         for _ in 0..max {
             match self.next() {
@@ -439,6 +469,10 @@ impl Source for NexmarkGenerator {
             }
         }
         Ok(SourceStatus::More)
+    }
+
+    fn aligns_instances(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {
@@ -661,10 +695,10 @@ impl TimerFunction<u64, AuctionEvent> for WinningBid {
                 None => {
                     // An auction that arrives after the watermark passed the bid's time would
                     // be late (and its bids before it invalid), so the bid waits until then.
-                    // One timer per key, at its earliest waiting bid: at P > 1 many bids
-                    // reach their auction's worker before it (the two generator instances
-                    // make alternate epochs at once), and a timer per bid made q4 run 8 % more
-                    // instructions at P = 2 than with this.
+                    // One timer per key, at its earliest waiting bid: at P > 1 some bids
+                    // reach their auction's worker before it (the generator instances make
+                    // neighbouring runs of events at once), and a timer per bid made q4 run
+                    // 8 % more instructions at P = 2 than with this.
                     if open.early.iter().all(|&(at, _)| at > date_time) {
                         ctx.register_timer(date_time);
                     }
@@ -802,10 +836,15 @@ impl Aggregator<Bid> for MaxBid {
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("nexmark");
     let (events, rate) = (opts.events.unwrap_or(1_000_000), opts.rate.unwrap_or(0));
+    // The epochs a run's instances share; the engine makes instance 0 of a run first.
+    let run_epochs = RefCell::new(SharedEpochs::default());
     let events = job
-        .parallel_source("nexmark", move |instance, instances| {
+        .parallel_source("nexmark", move |instance, _| {
+            if instance == 0 {
+                run_epochs.replace(SharedEpochs::default());
+            }
             NexmarkGenerator::new(events)
-                .split(instance, instances)
+                .sharing(&run_epochs.borrow())
                 .paced(rate)
         })
         .timestamps(NexmarkEvent::date_time, Watermarks::bounded(Duration::ZERO));
@@ -963,69 +1002,70 @@ mod tests {
             .collect()
     }
 
+    /// Polls `instances` sharing one stream of `events` in turn, `max` (varying) at a
+    /// time, sleeping as long as a paced one asks; what each instance made, in order.
+    fn made_by_sharing(events: u64, instances: usize, paced: u64) -> Vec<Vec<NexmarkEvent>> {
+        let epochs = SharedEpochs::default();
+        let mut sources: Vec<NexmarkGenerator> = (0..instances)
+            .map(|_| NexmarkGenerator::new(events).sharing(&epochs).paced(paced))
+            .collect();
+        let mut made = vec![Vec::new(); instances];
+        let mut done = vec![false; instances];
+        // Bounded: a few thousand polls at most, each waiting as long as the source asks.
+        for round in 0..20_000 {
+            if done.iter().all(|d| *d) {
+                break;
+            }
+            let i = (round * 7 / 3) % instances;
+            match sources[i].poll_batch(&mut made[i], 1 + round % 300) {
+                Ok(SourceStatus::Pending(wait)) => std::thread::sleep(wait),
+                Ok(SourceStatus::Exhausted) => done[i] = true,
+                Ok(_) => {}
+                Err(e) => panic!("the generator failed: {e}"),
+            }
+        }
+        assert!(done.iter().all(|d| *d), "the instances did not finish");
+        made
+    }
+
     #[test]
-    fn split_instances_together_make_the_whole_stream() {
-        let whole = json(NexmarkGenerator::new(1_001));
-        for instances in [2, 3] {
-            let parts: Vec<Vec<String>> = (0..instances)
-                .map(|i| json(NexmarkGenerator::new(1_001).split(i, instances)))
-                .collect();
-            let epoch = EPOCH as usize;
-            let mut merged = vec![String::new(); whole.len()];
-            for (i, part) in parts.iter().enumerate() {
-                for (j, event) in part.iter().enumerate() {
-                    merged[(j / epoch * instances + i) * epoch + j % epoch] = event.clone();
-                }
+    fn instances_sharing_epochs_together_make_the_whole_stream_each_in_order() {
+        for (events, instances, paced) in [(5_001, 2, 0), (5_001, 3, 0), (777, 2, 1_000_000)] {
+            let made = made_by_sharing(events, instances, paced);
+            for part in &made {
+                assert!(
+                    part.windows(2)
+                        .all(|w| w[0].date_time() <= w[1].date_time()),
+                    "an instance made its events out of stream order"
+                );
             }
-            assert_eq!(merged, whole, "{instances} instances");
-            // Each instance makes the same mix: one person per epoch.
-            for part in &parts[..instances - 1] {
-                let persons = part.iter().filter(|e| e.contains("\"person\"")).count();
-                assert_eq!(persons, part.len().div_ceil(epoch), "{instances} instances");
-            }
+            let mut merged = json(made.into_iter().flatten());
+            let mut whole = json(NexmarkGenerator::new(events));
+            merged.sort();
+            whole.sort();
+            assert_eq!(merged.len(), events as usize);
+            assert_eq!(merged, whole, "{instances} instances, paced {paced}");
         }
     }
 
     #[test]
-    fn an_instance_counts_its_own_events_below_any_bound() {
-        for instances in [1, 2, 3] {
-            for events in [0, 1, 49, 50, 51, 99, 100, 149, 150, 151, 1_001] {
-                let owns: Vec<u64> = (0..instances)
-                    .map(|i| {
-                        NexmarkGenerator::new(events)
-                            .split(i, instances)
-                            .own(events)
-                    })
-                    .collect();
-                let made: Vec<u64> = (0..instances)
-                    .map(|i| NexmarkGenerator::new(events).split(i, instances).count() as u64)
-                    .collect();
-                assert_eq!(owns, made, "{events} events, {instances} instances");
-            }
-        }
-    }
-
-    #[test]
-    fn a_paced_split_instance_makes_its_share_only() {
-        let mut source = NexmarkGenerator::new(400).split(1, 3).paced(1_000_000);
+    fn a_paced_instance_makes_at_most_an_epoch_more_than_is_due() {
+        let per_second = 1_000;
+        let mut source = NexmarkGenerator::new(1_000).paced(per_second);
         let mut out = Vec::new();
-        // At most a few polls, each waiting as long as the source asks.
-        for _ in 0..1_000 {
-            match source.poll_batch(&mut out, 100).ok() {
-                Some(SourceStatus::Pending(wait)) => std::thread::sleep(wait),
-                Some(SourceStatus::More | SourceStatus::Idle) => {}
-                Some(SourceStatus::Exhausted) | None => break,
-            }
-        }
-        assert_eq!(
-            json(out.into_iter()),
-            json(NexmarkGenerator::new(400))
-                .into_iter()
-                .enumerate()
-                // Epochs 1, 4 and 7: events 50..100, 200..250, 350..400.
-                .filter(|(n, _)| n / 50 % 3 == 1)
-                .map(|(_, event)| event)
-                .collect::<Vec<_>>()
+        let started = std::time::Instant::now();
+        // The clock starts at the first poll: nothing is due yet.
+        let first = source.poll_batch(&mut out, 1_000).ok();
+        assert!(matches!(first, Some(SourceStatus::Pending(_))), "{first:?}");
+        assert!(out.is_empty());
+        std::thread::sleep(Duration::from_millis(60));
+        let _ = source.poll_batch(&mut out, 1_000);
+        let due = started.elapsed().as_secs_f64() * per_second as f64;
+        assert!(!out.is_empty(), "nothing made {due} events after the start");
+        assert!(
+            out.len() as f64 <= due + EPOCH as f64,
+            "{} events made when {due} were due",
+            out.len()
         );
     }
 }

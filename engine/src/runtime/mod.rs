@@ -5,7 +5,8 @@
 //!   instance `w` of every source added with [`crate::Job::parallel_source`] and of every
 //!   keyed operator. Keyed input is routed by key group through channels; a record whose
 //!   key group belongs to the worker that made it never leaves that thread. The instances
-//!   of a parallel source move in step ([`Lockstep`]). A checkpoint holds one position per
+//!   of a parallel source move in step ([`Lockstep`]), unless they keep together by
+//!   themselves ([`crate::Source::aligns_instances`]). A checkpoint holds one position per
 //!   instance, so a parallel source resumes only with as many instances as it had.
 //! - Any other source runs in a task (thread) of its own, as does a parallel source at
 //!   P = 1, each instance with its own chain of stateless operators after it.
@@ -458,7 +459,8 @@ impl<S: Source> NodeImpl for SourceNode<S> {
         };
         let lockstep = Lockstep::new(count, b.options.channel_capacity.max(1) as u64);
         for (instance, source) in sources.into_iter().enumerate() {
-            let pace = (count > 1).then(|| lockstep.instance(instance));
+            let pace =
+                (count > 1 && !source.aligns_instances()).then(|| lockstep.instance(instance));
             start_source_instance(b, me, instance, count, source, pace)?;
         }
         Ok(())

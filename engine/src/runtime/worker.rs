@@ -343,6 +343,91 @@ mod tests {
         }
     }
 
+    /// Instance 1 makes `0..2_000`, 8 a poll; instance 0 waits (`Pending`) until instance 1
+    /// is done, then makes `2_000..2_008`. Both say they keep together by themselves.
+    struct WaitsForSibling {
+        instance: usize,
+        next: i64,
+        sibling_done: Arc<AtomicBool>,
+        polls_waited: u32,
+        gave_up: Arc<AtomicBool>,
+    }
+
+    impl Source for WaitsForSibling {
+        type Item = i64;
+        fn poll_batch(&mut self, out: &mut Vec<i64>, _: usize) -> Result<SourceStatus, BoxError> {
+            if self.instance == 1 {
+                out.extend(self.next..self.next + 8);
+                self.next += 8;
+                if self.next < 2_000 {
+                    return Ok(SourceStatus::More);
+                }
+                self.sibling_done.store(true, Ordering::SeqCst);
+                return Ok(SourceStatus::Exhausted);
+            }
+            if !self.sibling_done.load(Ordering::SeqCst) {
+                // Held in step, instance 1 could make only a few polls per poll of this one.
+                if self.polls_waited < 200 {
+                    self.polls_waited += 1;
+                    return Ok(SourceStatus::Pending(Duration::from_millis(5)));
+                }
+                self.gave_up.store(true, Ordering::SeqCst);
+            }
+            out.extend(2_000..2_008);
+            Ok(SourceStatus::Exhausted)
+        }
+        fn aligns_instances(&self) -> bool {
+            true
+        }
+        fn describe(&self) -> String {
+            "waits for its sibling".into()
+        }
+    }
+
+    #[test]
+    fn instances_that_keep_together_by_themselves_are_not_held_in_step() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (sibling_done, gave_up) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (job_seen, job_gave_up) = (seen.clone(), gave_up.clone());
+        let job = std::thread::spawn(move || {
+            let job = Job::new("keeps-together");
+            job.parallel_source("waits", move |instance, _| WaitsForSibling {
+                instance,
+                next: 0,
+                sibling_done: sibling_done.clone(),
+                polls_waited: 0,
+                gave_up: job_gave_up.clone(),
+            })
+            .timestamps(|v| *v, Watermarks::ascending())
+            .key_by(|v: &i64| *v)
+            .process("pass", String::new(), PassOnFactory { fail_on: None })
+            .sink("out", Collect(job_seen));
+            let options = RunOptions {
+                parallelism: 2,
+                batch_size: 8,
+                channel_capacity: 4,
+                ..RunOptions::default()
+            };
+            job.run(&options).map_err(|e| e.to_string())
+        });
+        if let Err(e) = job.join().expect("the job's thread does not panic") {
+            panic!("the job failed: {e}");
+        }
+        let mut values: Vec<i64> = seen
+            .lock()
+            .map(|records| records.iter().map(|r| r.value).collect())
+            .unwrap_or_default();
+        values.sort_unstable();
+        assert_eq!(values, (0..2_008).collect::<Vec<_>>());
+        assert!(
+            !gave_up.load(Ordering::SeqCst),
+            "instance 1 was held back while instance 0 waited for it"
+        );
+    }
+
     #[test]
     fn a_fast_source_instance_waits_for_a_slow_one() {
         let options = RunOptions {
