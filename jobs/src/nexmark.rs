@@ -227,9 +227,11 @@ fn push_decimal(s: &mut String, mut n: u64) {
 ///
 /// Why not fixed shares: with instance `i` of `k` making the epochs `i, i + k, ..`, the
 /// instances had to move in step (a slow one holds every keyed operator's watermark back),
-/// so the faster worker waited, and q4's bids reached their worker before their auction
-/// (made by the other instance at the same moment) 3-5 M times in 18 M, each kept and
-/// timed as an early bid. Runs of 1,000 events make both rare (BENCHMARKS.md).
+/// so the faster worker waited for the slower one, and 3.3-4.8 M of q4's 18.4 M bids (20 M
+/// events, P = 2) reached their worker before their auction, made by the other instance at
+/// the same moment, and were kept as early bids. With runs of 1,000 events taken as they
+/// go: no waiting, 2.1-2.3 M early bids, and P = 2 / P = 1 up from 1.62 to 1.80 on q4
+/// (BENCHMARKS.md).
 #[derive(Debug)]
 pub struct NexmarkGenerator {
     events: u64,
