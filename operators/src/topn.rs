@@ -116,12 +116,7 @@ impl<K, V, F> LocalTopN<K, V, F> {
         due: impl Fn(&Window) -> bool,
         out: &mut Vec<Record<WindowResult<K, V>>>,
     ) {
-        let mut kept = Vec::with_capacity(self.held.len());
-        for held in self.held.drain(..) {
-            if !due(&held.window) {
-                kept.push(held);
-                continue;
-            }
+        for held in self.held.extract_if(.., |held| due(&held.window)) {
             out.extend(held.best.into_iter().map(|(key, value)| Record {
                 ts: held.ts,
                 watermark: held.watermark,
@@ -133,7 +128,6 @@ impl<K, V, F> LocalTopN<K, V, F> {
                 },
             }));
         }
-        self.held = kept;
     }
 }
 

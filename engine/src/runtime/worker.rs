@@ -174,6 +174,7 @@ mod tests {
     use crate::source::{Source, SourceStatus};
     use crate::time::Watermarks;
     use crate::BoxError;
+    use crate::Record;
 
     /// Instance `instance` of `instances`: the numbers below `end` that are `instance`
     /// modulo `instances`, `per_poll` at a time, sleeping `pause` before each poll; counts
@@ -264,6 +265,24 @@ mod tests {
         }
     }
 
+    /// Runs, in a thread of its own, the parallel source `make` keyed by value through a
+    /// pass-through operator into `seen`, at `options`.
+    fn spawn_keyed_pass_through<S: Source<Item = i64>>(
+        seen: Arc<Mutex<Vec<Record<i64>>>>,
+        options: RunOptions,
+        make: impl Fn(usize, usize) -> S + Send + 'static,
+    ) -> std::thread::JoinHandle<std::result::Result<(), String>> {
+        std::thread::spawn(move || {
+            let job = Job::new("keyed-pass-through");
+            job.parallel_source("in", make)
+                .timestamps(|v| *v, Watermarks::ascending())
+                .key_by(|v: &i64| *v)
+                .process("pass", String::new(), PassOnFactory { fail_on: None })
+                .sink("out", Collect(seen));
+            job.run(&options).map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
+
     /// Five values, then nothing (`Pending`) until `done`.
     struct GoesQuiet {
         values: Vec<i64>,
@@ -292,21 +311,13 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let done = Arc::new(AtomicBool::new(false));
         let (job_seen, job_done) = (seen.clone(), done.clone());
-        let job = std::thread::spawn(move || {
-            let job = Job::new("goes-quiet");
-            job.parallel_source("quiet", move |instance, _| GoesQuiet {
-                values: (0..5).map(|v| instance as i64 * 100 + v).collect(),
-                done: job_done.clone(),
-            })
-            .timestamps(|v| *v, Watermarks::ascending())
-            .key_by(|v: &i64| *v)
-            .process("pass", String::new(), PassOnFactory { fail_on: None })
-            .sink("out", Collect(job_seen));
-            let options = RunOptions {
-                parallelism: 2,
-                ..RunOptions::default()
-            };
-            job.run(&options).map_err(|e| e.to_string())
+        let options = RunOptions {
+            parallelism: 2,
+            ..RunOptions::default()
+        };
+        let job = spawn_keyed_pass_through(job_seen, options, move |instance, _| GoesQuiet {
+            values: (0..5).map(|v| instance as i64 * 100 + v).collect(),
+            done: job_done.clone(),
         });
         let started = Instant::now();
         let arrived = loop {
@@ -392,26 +403,18 @@ mod tests {
             Arc::new(AtomicBool::new(false)),
         );
         let (job_seen, job_gave_up) = (seen.clone(), gave_up.clone());
-        let job = std::thread::spawn(move || {
-            let job = Job::new("keeps-together");
-            job.parallel_source("waits", move |instance, _| WaitsForSibling {
-                instance,
-                next: 0,
-                sibling_done: sibling_done.clone(),
-                polls_waited: 0,
-                gave_up: job_gave_up.clone(),
-            })
-            .timestamps(|v| *v, Watermarks::ascending())
-            .key_by(|v: &i64| *v)
-            .process("pass", String::new(), PassOnFactory { fail_on: None })
-            .sink("out", Collect(job_seen));
-            let options = RunOptions {
-                parallelism: 2,
-                batch_size: 8,
-                channel_capacity: 4,
-                ..RunOptions::default()
-            };
-            job.run(&options).map_err(|e| e.to_string())
+        let options = RunOptions {
+            parallelism: 2,
+            batch_size: 8,
+            channel_capacity: 4,
+            ..RunOptions::default()
+        };
+        let job = spawn_keyed_pass_through(job_seen, options, move |instance, _| WaitsForSibling {
+            instance,
+            next: 0,
+            sibling_done: sibling_done.clone(),
+            polls_waited: 0,
+            gave_up: job_gave_up.clone(),
         });
         if let Err(e) = job.join().expect("the job's thread does not panic") {
             panic!("the job failed: {e}");
