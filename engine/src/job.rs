@@ -233,20 +233,19 @@ impl Job {
     /// `instances`, and together they must read the whole input exactly once (split `i`
     /// of `n` of a file, every `n`-th event of a generator, or pieces taken from a shared
     /// queue as they go). Each run makes its instances in order, `make(0, n)` first, before
-    /// any of them is polled, so instance 0 may start what the run's instances share.
-    /// Each instance has its own
-    /// watermark; operators downstream take the minimum. A job restored from a checkpoint
-    /// must run with as many instances as the checkpoint was taken with, since the
-    /// positions belong to the instances' shares. `make(0, 1)` is also called once here,
-    /// to describe the source (`weir describe`); sources open their inputs only when run.
+    /// any of them is polled, so instance 0 may start what the run's instances share. Each
+    /// instance has its own watermark; operators downstream take the minimum. A job restored
+    /// from a checkpoint must run with as many instances as the checkpoint was taken with,
+    /// since the positions belong to the instances' shares. `make(0, 1)` is also called
+    /// once here, to describe the source (`weir describe`); sources open their inputs only
+    /// when run.
     ///
     /// At parallelism > 1 each instance shares a worker thread with keyed operators, and
     /// the instances move in step (none more than `channel_capacity` polls ahead of the
     /// slowest), unless they keep together by themselves ([`Source::aligns_instances`]).
-    /// So an instance should not wait inside `poll_batch`: one with nothing due
-    /// returns [`crate::SourceStatus::Pending`] and lets the worker wait. A sleep in the
-    /// poll stalls the worker's operators, and an instance that stays quiet holds its
-    /// siblings back.
+    /// So an instance should not wait inside `poll_batch`: one with nothing due returns
+    /// [`crate::SourceStatus::Pending`] and lets the worker wait. A sleep in the poll stalls
+    /// the worker's operators, and an instance that stays quiet holds its siblings back.
     pub fn parallel_source<S, F>(&self, name: &str, make: F) -> Stream<S::Item>
     where
         S: Source,

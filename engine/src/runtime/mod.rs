@@ -459,9 +459,9 @@ impl<S: Source> NodeImpl for SourceNode<S> {
         };
         let lockstep = Lockstep::new(count, b.options.channel_capacity.max(1) as u64);
         for (instance, source) in sources.into_iter().enumerate() {
-            let pace =
+            let in_step =
                 (count > 1 && !source.aligns_instances()).then(|| lockstep.instance(instance));
-            start_source_instance(b, me, instance, count, source, pace)?;
+            start_source_instance(b, me, instance, count, source, in_step)?;
         }
         Ok(())
     }
