@@ -76,7 +76,9 @@ impl Setup {
         );
         let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default(), dead);
         job.source(name, Flaky::new(inner, fail_after))
+            .uid(name)
             .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))
+            .uid(&format!("{name}-time"))
     }
 
     /// The job: both files unioned, counted per key in tumbling 1 s windows. Source `a`
@@ -180,7 +182,7 @@ fn per_key_windows(events: Stream<Ev>) -> WindowedStream<String, Ev, ByKey> {
         .window(Tumbling::of(Duration::from_secs(1)))
 }
 
-fn write_rows(counts: Stream<WindowResult<String, (u64, i64)>>, output: &Path) {
+fn write_rows(counts: Stream<WindowResult<String, (u64, i64)>>, output: &Path) -> SinkHandle {
     counts
         .map(|r| Row {
             key: r.key,
@@ -188,7 +190,7 @@ fn write_rows(counts: Stream<WindowResult<String, (u64, i64)>>, output: &Path) {
             count: r.value.0,
             sum: r.value.1,
         })
-        .sink("out", FileSink::new(output));
+        .sink("out", FileSink::new(output))
 }
 
 fn complete_checkpoints(setup: &Setup) -> usize {
@@ -331,4 +333,78 @@ fn a_parallel_source_resumes_with_its_own_instances_only() {
     assert!(resumed.events_read < 70_000, "it started over");
     assert_eq!(in_progress_files(&out), Vec::<String>::new());
     assert_eq!(committed_rows(&out), expected);
+}
+
+/// [`Setup::job`] as it may change between a crash and the restart: with `filtered`, a
+/// filter (passing every event) is added before the window; with `uids`, the window and
+/// the sink are named by uids (the sources always are, in [`Setup::source`]).
+fn changed_job(
+    setup: &Setup,
+    output: &Path,
+    fail_after: Option<u64>,
+    filtered: bool,
+    uids: bool,
+) -> Job {
+    let job = Job::new("union-counts");
+    let a = setup.source(&job, "a", &setup.inputs[0], fail_after);
+    let b = setup.source(&job, "b", &setup.inputs[1], None);
+    let events = a.union(b);
+    let events = if filtered {
+        events.filter(|e| e.v >= 0)
+    } else {
+        events
+    };
+    let counts = per_key_windows(events).aggregate(Count.and(Sum::of(|e: &Ev| e.v)));
+    let counts = if uids { counts.uid("counts") } else { counts };
+    let sink = write_rows(counts, output);
+    if uids {
+        sink.uid("out");
+    }
+    job
+}
+
+/// Crashes [`changed_job`] half-way, unchanged; returns the setup and the output.
+fn crash_before_a_change(uids: bool) -> (Setup, PathBuf) {
+    let setup = Setup::new();
+    let out = setup.dir.path().join("out");
+    let interval = Some(Duration::from_millis(5));
+    let crashed =
+        changed_job(&setup, &out, Some(25_000), false, uids).run(&setup.options(1, interval));
+    assert!(crashed.is_err(), "the first run should crash");
+    assert!(
+        complete_checkpoints(&setup) > 0,
+        "no checkpoint before the crash"
+    );
+    (setup, out)
+}
+
+#[test]
+fn an_operator_added_upstream_does_not_take_state_matched_by_position() {
+    let (setup, out) = crash_before_a_change(false);
+    let interval = Some(Duration::from_millis(5));
+    let err = changed_job(&setup, &out, None, true, false)
+        .run(&setup.options(1, interval))
+        .map(|_| ())
+        .unwrap_err();
+    let says = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        says.contains("has no operator in this job") && says.contains("window"),
+        "the window's state, under a uid derived from its old place, must be refused: {says}"
+    );
+}
+
+#[test]
+fn state_follows_its_uid_through_a_change_to_the_job() {
+    let (setup, out) = crash_before_a_change(true);
+    let expected = setup.reference();
+    let interval = Some(Duration::from_millis(5));
+    let resumed = changed_job(&setup, &out, None, true, true)
+        .run(&setup.options(1, interval))
+        .unwrap();
+    assert!(
+        resumed.events_read < 70_000,
+        "the changed job read {} events: it started over instead of resuming",
+        resumed.events_read
+    );
+    assert_eq!(committed_rows(&out), expected, "rows lost or duplicated");
 }

@@ -44,6 +44,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tempfile::TempDir;
 
+use common::checkpointed::complete_checkpoint_dirs;
 use common::Summary;
 use weir_connectors::{KafkaSink, KafkaSpec};
 use weir_engine::{JobMetrics, Record, Sink};
@@ -836,24 +837,26 @@ fn the_exactly_once_sink_commits_with_checkpoints_and_finishes_a_dead_runs_commi
     third.finish().unwrap();
     assert_eq!(committed(), (0..300).collect::<Vec<_>>());
 
-    // A restore from the older checkpoint 2 (a savepoint, say) while the marker says 3:
-    // its own checkpoint 3, completed but not committed when it died, is committed by its
-    // restart.
+    // A restore from the older checkpoint 2 (a savepoint, say) while the marker says 3 is
+    // refused: checkpoint 3's rows are in the topic and would be derived and committed
+    // again. Nothing is written.
     let mut older = sink();
-    older.begin_transactions(Some((2, &at_2))).unwrap();
-    older.write(&rows(300..320)).unwrap();
-    let at_3 = older.pre_commit(3).unwrap();
+    let refused = older
+        .begin_transactions(Some((2, &at_2)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("older checkpoint 2") && refused.contains("written a second time"),
+        "{refused}"
+    );
     drop(older);
-    let mut restarted = sink();
-    restarted.begin_transactions(Some((3, &at_3))).unwrap();
-    drop(restarted);
-    assert_eq!(committed(), (0..320).collect::<Vec<_>>());
+    assert_eq!(committed(), (0..300).collect::<Vec<_>>());
 
     // A fresh start resets the marker (left at 3 above): its checkpoint 1, completed but
     // not committed when it died, is committed by its restart.
     let mut fresh = sink();
     fresh.begin_transactions(None).unwrap();
-    fresh.write(&rows(320..330)).unwrap();
+    fresh.write(&rows(300..330)).unwrap();
     let at_1 = fresh.pre_commit(1).unwrap();
     drop(fresh);
     let mut restarted = sink();
@@ -1141,5 +1144,106 @@ fn a_process_joining_mid_run_takes_over_running_partitions_with_their_state() {
     assert!(
         partition_task_rows(&out) == reference,
         "rows lost or repeated after partitions moved (to the second: {moved:?}):\n{first_log}\n{second_log}"
+    );
+}
+
+/// Replaces one file of the checkpoint in `dir` (an `.sst` if there is one) by a copy with
+/// a byte flipped; the copy leaves the files it shares with other checkpoints intact.
+fn corrupt_checkpoint(dir: &Path) {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if !path.ends_with("_manifest") && fs::metadata(&path).unwrap().len() > 0 {
+                files.push(path);
+            }
+        }
+    }
+    files.sort_by_key(|f| !f.to_string_lossy().ends_with(".sst"));
+    let file = files.first().expect("a checkpoint with files");
+    let mut bytes = fs::read(file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    fs::remove_file(file).unwrap();
+    fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn resuming_kafka_output_from_a_checkpoint_older_than_its_commits_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, reference) = in_and_out_topics(&dir, 600_000);
+    let state = dir.path().join("state");
+    let input = broker.uri(
+        "in",
+        &format!("group=older&start=earliest&until=end&{GROUP_TIMING}"),
+    );
+    let mut args = window_agg(&input, Path::new("-"), 1);
+    args[5] = broker.uri("out", "transactional.id=older");
+    checkpoint_into(&mut args, &state, "300ms");
+    // Killed once rows are in the topic and two more checkpoints completed: rows come with
+    // every checkpoint by then, so the marker is past the oldest retained checkpoint.
+    let stderr_path = dir.path().join("killed.stderr");
+    let mut child = spawn_logged(&args, &stderr_path);
+    let checkpoints_done = || {
+        fs::read_to_string(&stderr_path)
+            .unwrap()
+            .matches("complete in")
+            .count()
+    };
+    let with_rows = wait_while_running(&mut child, || {
+        (!broker.read_all("out").is_empty())
+            .then(checkpoints_done)
+            .ok_or("no rows committed yet".to_string())
+    });
+    wait_while_running(&mut child, || {
+        (checkpoints_done() >= with_rows + 2)
+            .then_some(())
+            .ok_or("fewer than two checkpoints since the first commit".to_string())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let committed = sorted_values(&broker, "out");
+    let checkpoints = complete_checkpoint_dirs(&state.join("window-agg/checkpoints"));
+    assert!(checkpoints.len() >= 3, "checkpoints: {checkpoints:?}");
+    let oldest = checkpoints[0].to_str().unwrap().to_string();
+
+    // A savepoint (here: the oldest checkpoint) from before the last commit.
+    let mut from_older = args.clone();
+    from_older.extend(["--from-savepoint".to_string(), oldest]);
+    let run = common::run(WEIR, &from_older).unwrap();
+    assert!(
+        !run.status.success() && run.stderr.contains("would be written a second time"),
+        "resuming from an older savepoint must be refused:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        complete_checkpoint_dirs(&state.join("window-agg/checkpoints")),
+        checkpoints,
+        "a refused restart must keep the newer checkpoints"
+    );
+
+    // The newest checkpoints corrupt: the restart would fall back to the oldest one.
+    for newer in &checkpoints[1..] {
+        corrupt_checkpoint(newer);
+    }
+    let run = common::run(WEIR, &args).unwrap();
+    assert!(
+        !run.status.success() && run.stderr.contains("would be written a second time"),
+        "falling back past committed output must be refused:\n{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("unusable"), "{}", run.stderr);
+    let after = sorted_values(&broker, "out");
+    assert_eq!(after, committed, "a refused run wrote to the topic");
+    assert!(
+        after.iter().all(|row| reference.binary_search(row).is_ok()),
+        "the topic holds rows that are not in the reference"
+    );
+    assert!(
+        after.windows(2).all(|w| w[0] != w[1]),
+        "the topic holds a row twice"
     );
 }

@@ -81,6 +81,24 @@ pub enum EngineError {
         /// The task that noticed.
         name: String,
     },
+    /// The job cannot resume from its checkpoints (none verifies, or one cannot be read).
+    #[error("job `{job}` cannot resume from its checkpoints")]
+    Restore {
+        /// The job's name.
+        job: String,
+        /// What is wrong with them.
+        #[source]
+        source: crate::checkpoint::CheckpointError,
+    },
+    /// The job's state directory is in use by another run, or cannot be locked.
+    #[error("job `{job}` cannot use its state directory")]
+    StateDir {
+        /// The job's name.
+        job: String,
+        /// Why (the holder's pid, or the I/O error).
+        #[source]
+        source: crate::checkpoint::OwnershipError,
+    },
     /// Checkpointing failed in a way the job cannot go on from (the final checkpoint).
     #[error("checkpointing failed: {reason}")]
     Checkpoint {

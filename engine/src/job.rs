@@ -73,6 +73,11 @@ pub(crate) enum NodeKind {
 
 pub(crate) struct Node {
     pub(crate) name: String,
+    /// The name the node was added with, before `-2`, `-3`.. made it unique: what kind of
+    /// operator it is, for checking a restored checkpoint against the job.
+    pub(crate) base: String,
+    /// The uid set with [`Stream::uid`], if any.
+    pub(crate) uid: Option<String>,
     pub(crate) kind: NodeKind,
     pub(crate) detail: String,
     pub(crate) inputs: Vec<NodeId>,
@@ -163,6 +168,8 @@ impl Graph {
         }
         self.nodes.push(Node {
             name,
+            base: base.to_string(),
+            uid: None,
             kind,
             detail,
             inputs: inputs.to_vec(),
@@ -170,6 +177,80 @@ impl Graph {
             imp,
         });
         id
+    }
+}
+
+/// A node's uid: what its state is stored under in checkpoints and matched by on a
+/// restore (Flink's `uid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Uid {
+    pub(crate) value: String,
+    /// True if derived from the node's place in the graph (no [`Stream::uid`] was set).
+    pub(crate) derived: bool,
+}
+
+impl Graph {
+    /// Every node's uid, by node id. A derived uid is the node's name and a checksum of its
+    /// place in the graph: its index, the uids of its inputs and the names of its
+    /// consumers. So adding, removing or moving an operator upstream of a node, or changing
+    /// what consumes it, changes its derived uid, and its checkpointed state no longer
+    /// matches (a restore refuses it rather than loading it into another operator).
+    pub(crate) fn uids(&self) -> Vec<Uid> {
+        let mut uids: Vec<Uid> = Vec::with_capacity(self.nodes.len());
+        for (id, node) in self.nodes.iter().enumerate() {
+            let uid = match &node.uid {
+                Some(uid) => Uid {
+                    value: uid.clone(),
+                    derived: false,
+                },
+                None => {
+                    let inputs: Vec<&str> = node
+                        .inputs
+                        .iter()
+                        .map(|&i| uids[i].value.as_str())
+                        .collect();
+                    let consumers: Vec<&str> = node
+                        .consumers
+                        .iter()
+                        .map(|&c| self.nodes[c].name.as_str())
+                        .collect();
+                    let place = format!(
+                        "{id}|{}|{}|{}",
+                        node.name,
+                        inputs.join(","),
+                        consumers.join(",")
+                    );
+                    Uid {
+                        value: format!("{}-{:08x}", node.name, crc32fast::hash(place.as_bytes())),
+                        derived: true,
+                    }
+                }
+            };
+            uids.push(uid);
+        }
+        uids
+    }
+
+    /// Sets node `id`'s uid, or records why it cannot be.
+    fn set_uid(&mut self, id: NodeId, uid: &str) {
+        let problem = if uid.is_empty() || uid.contains('#') || uid.chars().any(char::is_control) {
+            Some(format!(
+                "uid `{uid}` of `{}`: a uid is a non-empty name without `#` or control \
+                 characters",
+                self.nodes[id].name
+            ))
+        } else if let Some(other) = self.nodes.iter().find(|n| n.uid.as_deref() == Some(uid)) {
+            Some(format!(
+                "uid `{uid}` is set on both `{}` and `{}`: each operator needs its own",
+                other.name, self.nodes[id].name
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(reason) => self.errors.push(reason),
+            None => self.nodes[id].uid = Some(uid.to_string()),
+        }
     }
 }
 
@@ -296,6 +377,7 @@ impl Job {
     pub fn describe(&self, parallelism: usize) -> String {
         let graph = self.inner.graph.borrow();
         let mut out = format!("job {} (parallelism {parallelism})\n", self.inner.name);
+        let uids = graph.uids();
         for (id, node) in graph.nodes.iter().enumerate() {
             let inputs: Vec<&str> = node
                 .inputs
@@ -311,12 +393,15 @@ impl Job {
             } else {
                 format!(" <- {} (channel)", inputs.join(", "))
             };
+            let uid = &uids[id];
             let _ = writeln!(
                 out,
-                "  [{id}] {} {:?} x{}{how}{}",
+                "  [{id}] {} {:?} x{} uid={}{}{how}{}",
                 node.name,
                 node.kind,
                 graph.parallelism(id, parallelism),
+                uid.value,
+                if uid.derived { " (derived)" } else { "" },
                 if node.detail.is_empty() {
                     String::new()
                 } else {
@@ -334,6 +419,7 @@ impl Job {
     pub fn to_dot(&self, parallelism: usize) -> String {
         let graph = self.inner.graph.borrow();
         let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", self.inner.name);
+        let uids = graph.uids();
         for (id, node) in graph.nodes.iter().enumerate() {
             let shape = match node.kind {
                 NodeKind::Source | NodeKind::ParallelSource => "invhouse",
@@ -341,8 +427,13 @@ impl Job {
                 NodeKind::Keyed => "box3d",
                 NodeKind::Stateless | NodeKind::Union => "box",
             };
-            let label = format!("{}\\nx{}", node.name, graph.parallelism(id, parallelism))
-                .replace('"', "'");
+            let label = format!(
+                "{}\\nx{}\\nuid {}",
+                node.name,
+                graph.parallelism(id, parallelism),
+                uids[id].value
+            )
+            .replace('"', "'");
             let _ = writeln!(out, "  n{id} [label=\"{label}\", shape={shape}];");
             for &i in &node.inputs {
                 let style = if graph.is_chained(id, parallelism) {
@@ -380,6 +471,9 @@ impl Job {
 pub struct Stream<T> {
     job: Job,
     node: NodeId,
+    /// The node [`Stream::uid`] names: `node`, or the stateful operator an operator API
+    /// ended with a stateless step (see [`Stream::uid_names`]).
+    uid_target: NodeId,
     timed: bool,
     _data: PhantomData<fn() -> T>,
 }
@@ -389,6 +483,7 @@ impl<T> Clone for Stream<T> {
         Stream {
             job: self.job.clone(),
             node: self.node,
+            uid_target: self.uid_target,
             timed: self.timed,
             _data: PhantomData,
         }
@@ -409,9 +504,19 @@ impl<T: Data> Stream<T> {
         Stream {
             job,
             node,
+            uid_target: node,
             timed,
             _data: PhantomData,
         }
+    }
+
+    /// Makes [`Stream::uid`] on this stream name the operator that made `origin`: for an
+    /// operator API whose stateful operator is followed by a stateless step (a window
+    /// operator's results picked out of its output), so that `.aggregate(..).uid("w")`
+    /// names the window, not the step.
+    pub fn uid_names<U>(mut self, origin: &Stream<U>) -> Self {
+        self.uid_target = origin.uid_target;
+        self
     }
 
     /// The job this stream belongs to.
@@ -542,27 +647,63 @@ impl<T: Data> Stream<T> {
         }
     }
 
+    /// Names the operator that made this stream (its source, keyed operator, ...) with a
+    /// uid, as Flink's `uid`: its state is stored under the uid in checkpoints and a
+    /// restore gives it the state stored under the same uid, wherever the operator now is
+    /// in the job. Set one on every operator that keeps state (sources, keyed operators,
+    /// sinks with transactions) before changing a job that has checkpoints; without it
+    /// the uid is derived from the operator's place in the graph, and any change upstream
+    /// or downstream of it makes a restore refuse its state. Uids must be unique in a job.
+    pub fn uid(self, uid: &str) -> Self {
+        self.job
+            .inner
+            .graph
+            .borrow_mut()
+            .set_uid(self.uid_target, uid);
+        self
+    }
+
     /// Sends the stream to a sink.
-    pub fn sink<S: Sink<T>>(self, name: &str, sink: S) {
-        self.add_sink(name, sink, true);
+    pub fn sink<S: Sink<T>>(self, name: &str, sink: S) -> SinkHandle {
+        self.add_sink(name, sink, true)
     }
 
     /// Sends a side output (late events, say) to a sink: as [`Stream::sink`], with the
     /// same checkpoints and transactions, but its records are not counted as the job's
     /// results in the run summary nor timed as results.
-    pub fn side_output_sink<S: Sink<T>>(self, name: &str, sink: S) {
-        self.add_sink(name, sink, false);
+    pub fn side_output_sink<S: Sink<T>>(self, name: &str, sink: S) -> SinkHandle {
+        self.add_sink(name, sink, false)
     }
 
-    fn add_sink<S: Sink<T>>(self, name: &str, sink: S, results: bool) {
+    fn add_sink<S: Sink<T>>(self, name: &str, sink: S, results: bool) -> SinkHandle {
         let detail = sink.describe();
-        self.job.add(
+        let node = self.job.add(
             name,
             NodeKind::Sink,
             detail,
             &[self.node],
             Rc::new(SinkNode::new(sink, results)),
         );
+        SinkHandle {
+            job: self.job,
+            node,
+        }
+    }
+}
+
+/// A sink added to a job, to give it a uid.
+#[derive(Debug)]
+pub struct SinkHandle {
+    job: Job,
+    node: NodeId,
+}
+
+impl SinkHandle {
+    /// The sink's uid (see [`Stream::uid`]): what its transactions are kept under in
+    /// checkpoints.
+    pub fn uid(self, uid: &str) -> Self {
+        self.job.inner.graph.borrow_mut().set_uid(self.node, uid);
+        self
     }
 }
 

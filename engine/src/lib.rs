@@ -45,7 +45,7 @@ pub mod time;
 
 pub use checkpoint::{CheckpointConfig, CheckpointId, JobControl, Resume};
 pub use error::{BoxError, EngineError, Result};
-pub use job::{Job, KeyedStream, Stream};
+pub use job::{Job, KeyedStream, SinkHandle, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};
 pub use latency::LatencySummary;
 pub use metrics::JobMetrics;

@@ -49,6 +49,6 @@ pub mod prelude {
     pub use crate::output::OutputSink;
     pub use crate::registry::Registry;
     pub use weir_connectors::{DeadLetters, FileSink, FileSource, Format, Json, StdoutSink};
-    pub use weir_engine::{Job, Stream, Watermarks};
+    pub use weir_engine::{Job, SinkHandle, Stream, Watermarks};
     pub use weir_operators::prelude::*;
 }

@@ -944,7 +944,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             "unknown Nexmark query `{other}`: use one of {}",
             QUERIES.join(", ")
         ),
-    }
+    };
     Ok(job)
 }
 

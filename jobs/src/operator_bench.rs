@@ -153,9 +153,11 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 .map(|(a, b)| (a.id, b.id))
                 .sink("output", OutputSink::from_spec(spec));
         }
-        "dedup" => ticks(&job, "ticks", n, keys, Shape::Pairs, 1)
-            .dedup_by(|t: &Tick| t.id, Duration::from_secs(10))
-            .sink("output", OutputSink::from_spec(spec)),
+        "dedup" => {
+            ticks(&job, "ticks", n, keys, Shape::Pairs, 1)
+                .dedup_by(|t: &Tick| t.id, Duration::from_secs(10))
+                .sink("output", OutputSink::from_spec(spec));
+        }
         "cep" => {
             let step = |s: u64| move |t: &Tick| t.id == s;
             let pattern = Pattern::begin("a")
@@ -171,10 +173,12 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 .map(|m| m.events.len())
                 .sink("output", OutputSink::from_spec(spec));
         }
-        "continuous-top-n" => ticks(&job, "ticks", n, keys, Shape::Uniform, 1)
-            .key_by(by_key)
-            .continuous_top_n(10, Sum::of(|t: &Tick| (t.id % 100) as i64), |s: &i64| *s)
-            .sink("output", OutputSink::from_spec(spec)),
+        "continuous-top-n" => {
+            ticks(&job, "ticks", n, keys, Shape::Uniform, 1)
+                .key_by(by_key)
+                .continuous_top_n(10, Sum::of(|t: &Tick| (t.id % 100) as i64), |s: &i64| *s)
+                .sink("output", OutputSink::from_spec(spec));
+        }
         other => anyhow::bail!(
             "--query {other}: use window-join, interval-join, dedup, cep or continuous-top-n"
         ),

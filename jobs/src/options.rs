@@ -81,6 +81,10 @@ pub struct JobOptions {
     /// event time (epoch ms) does too and also skips events before it.
     #[arg(long, value_parser = parse_replay_from)]
     pub replay_from: Option<ReplayFrom>,
+    /// Restore a checkpoint even if some of its state belongs to no operator of the job
+    /// (matched by uid, see `weir describe`): that state is dropped. Default: refuse.
+    #[arg(long)]
+    pub allow_non_restored_state: bool,
     /// Entries per state table kept decoded in memory in front of RocksDB.
     #[arg(long, default_value_t = 65_536)]
     pub state_cache_entries: usize,
@@ -227,6 +231,7 @@ impl JobOptions {
                 Some(ReplayFrom::Time(t)) => Some(t),
                 _ => None,
             },
+            allow_non_restored_state: self.allow_non_restored_state,
             ..RunOptions::default()
         })
     }

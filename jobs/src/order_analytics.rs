@@ -156,18 +156,22 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             "orders",
             FileSource::new(input, opts.input_format(), order_decoder(), dead).follow(opts.follow),
         )
+        .uid("orders")
         .timestamps(
             |o: &Order| o.ts,
             Watermarks::bounded(opts.watermark_delay_or(Duration::from_secs(5))),
         )
+        .uid("order-time")
         .key_by(|o: &Order| o.customer_id.clone())
-        .dedup_by(|o: &Order| o.order_id.clone(), Duration::from_secs(3600));
+        .dedup_by(|o: &Order| o.order_id.clone(), Duration::from_secs(3600))
+        .uid("dedup-orders");
 
     let regions = orders
         .clone()
         .key_by(|o: &Order| o.region.clone())
         .window(Tumbling::of(Duration::from_secs(60)))
         .aggregate(Count.and(Sum::of(|o: &Order| o.total)))
+        .uid("region-revenue")
         .map(|r| OrderAnalytics::RegionRevenue {
             region: r.key,
             window_start: r.window.start,
@@ -181,7 +185,9 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         .key_by(|o: &Order| o.customer_id.clone())
         .window(Tumbling::of(Duration::from_secs(60)))
         .aggregate(Sum::of(|o: &Order| o.total))
+        .uid("customer-revenue")
         .top_n(10, |revenue: &f64| *revenue)
+        .uid("top-customers")
         .map(|r| OrderAnalytics::TopCustomer {
             window_start: r.window.start,
             window_end: r.window.end,
@@ -210,11 +216,13 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                     });
                 }
             },
-        );
+        )
+        .uid("high-value-customers");
 
     regions
         .union(top_customers)
         .union(alerts)
-        .sink("output", OutputSink::from_spec(Some(&output)));
+        .sink("output", OutputSink::from_spec(Some(&output)))
+        .uid("output");
     Ok(job)
 }

@@ -180,6 +180,10 @@ fn render(process: &JobMetrics, tasks: &Mutex<Tasks>) -> String {
     JobMetrics::render_all(&sets)
 }
 
+/// How long a partition's task waits for the partition's state directory to be released
+/// by an earlier owner on this machine before it fails.
+const STATE_DIR_WAIT: Duration = Duration::from_secs(60);
+
 /// How long the topic may show no partitions before the process gives up.
 const NO_PARTITIONS_FOR: Duration = Duration::from_secs(30);
 
@@ -262,6 +266,9 @@ impl TaskStarter {
         let options = task_options(&self.options, &self.state_dir, partition)?;
         let mut run_options = options.run_options(&self.spec.name)?;
         run_options.task = Some(format!("partition {partition}"));
+        // The task this partition's last owner in this process ran may still be winding
+        // down (a revocation cancels it; a zombie expelled from the group notices late).
+        run_options.state_dir_wait = STATE_DIR_WAIT;
         if !self.quiet {
             run_options.progress_interval = Some(Duration::from_secs(1));
         }

@@ -92,17 +92,21 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             )
             .follow(opts.follow),
         )
+        .uid("events")
         .timestamps(
             |e: &SagaEvent| e.ts,
             Watermarks::bounded(opts.watermark_delay_or(Duration::from_secs(2))),
         )
+        .uid("event-time")
         .key_by(|e: &SagaEvent| e.order_id.clone())
         .pattern_with_timeouts(pattern);
+    let completed = completed.uid("saga-steps");
     // Completed sagas and timeouts (CEP's timeout output) go to the same file.
     completed
         .flat_map(completed_saga)
         .union(timed_out.flat_map(timed_out_saga))
-        .sink("output", OutputSink::from_spec(opts.output.as_deref()));
+        .sink("output", OutputSink::from_spec(opts.output.as_deref()))
+        .uid("output");
     Ok(job)
 }
 

@@ -171,7 +171,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             }
         }
     };
-    aggregate_windows(events, opts)?;
+    aggregate_windows(events.uid("input"), opts)?;
     Ok(job)
 }
 
@@ -187,6 +187,7 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
             |e| e.ts,
             Watermarks::bounded(opts.watermark_delay_or(Duration::ZERO)),
         )
+        .uid("event-time")
         // Interned keys compare by pointer in the window's state (SharedStr).
         .key_by(|e: &Event| SharedStr(e.key.clone()))
         .window(opts.window)
@@ -195,10 +196,13 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
         Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
         None => windowed,
     };
-    let results = windowed.aggregate(Stats::of(|e: &Event| e.value));
+    let results = windowed
+        .aggregate(Stats::of(|e: &Event| e.value))
+        .uid("window");
     if let Some(n) = opts.top {
         results
             .top_n(n, metric_of(&opts.by)?)
+            .uid("top-n")
             .map(|r| TopRow {
                 window_start: r.window.start,
                 window_end: r.window.end,
@@ -213,7 +217,8 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
             .sink(
                 "output",
                 OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &TopRow| &r.key),
-            );
+            )
+            .uid("output");
         return Ok(());
     }
     results
@@ -231,7 +236,8 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
         .sink(
             "output",
             OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &WindowAggRow| &r.key),
-        );
+        )
+        .uid("output");
     Ok(())
 }
 

@@ -309,10 +309,14 @@ where
     KF: Fn(&T) -> K + Clone + Send + 'static,
 {
     fn pattern(self, pattern: Pattern<T>) -> Stream<Match<T>> {
-        run_pattern(self, pattern, false).flat_map(|o| match o {
-            CepOutput::Matched(m) => Some(m),
-            CepOutput::TimedOut(_) => None,
-        })
+        let outputs = run_pattern(self, pattern, false);
+        outputs
+            .clone()
+            .flat_map(|o| match o {
+                CepOutput::Matched(m) => Some(m),
+                CepOutput::TimedOut(_) => None,
+            })
+            .uid_names(&outputs)
     }
 
     fn pattern_with_timeouts(self, pattern: Pattern<T>) -> (Stream<Match<T>>, Stream<TimedOut<T>>) {
@@ -321,11 +325,14 @@ where
             CepOutput::TimedOut(t) => Some(t),
             CepOutput::Matched(_) => None,
         });
-        let matches = both.flat_map(|o| match o {
-            CepOutput::Matched(m) => Some(m),
-            CepOutput::TimedOut(_) => None,
-        });
-        (matches, timeouts)
+        let matches = both
+            .clone()
+            .flat_map(|o| match o {
+                CepOutput::Matched(m) => Some(m),
+                CepOutput::TimedOut(_) => None,
+            })
+            .uid_names(&both);
+        (matches, timeouts.uid_names(&both))
     }
 }
 

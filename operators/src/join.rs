@@ -195,8 +195,11 @@ impl<A: StateValue + Data> JoinExt<A> for Stream<A> {
         LK: Fn(&A) -> K + Clone + Send + 'static,
         RK: Fn(&B) -> K + Clone + Send + 'static,
     {
-        interval(self, right, left_key, right_key, lower, upper, false)
+        let joined = interval(self, right, left_key, right_key, lower, upper, false);
+        joined
+            .clone()
             .flat_map(|(a, b)| b.map(|b| (a, b)))
+            .uid_names(&joined)
     }
 
     fn interval_left_join<B, K, LK, RK>(
@@ -257,7 +260,8 @@ impl<A: StateValue + Data> JoinExt<A> for Stream<A> {
         LK: Fn(&A) -> K + Clone + Send + 'static,
         RK: Fn(&B) -> K + Clone + Send + 'static,
     {
-        cogroup(self, right, left_key, right_key, window.into()).flat_map(CoGrouped::pairs)
+        let groups = cogroup(self, right, left_key, right_key, window.into());
+        groups.clone().flat_map(CoGrouped::pairs).uid_names(&groups)
     }
 
     fn window_cogroup<B, K, LK, RK>(

@@ -150,3 +150,19 @@ pub(crate) fn latest_checkpoint(root: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The complete checkpoint directories (`chk-NNNNNN` with a manifest) under `root`,
+/// oldest first.
+pub(crate) fn complete_checkpoint_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("chk-"))
+                && p.join("_manifest").is_file()
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}

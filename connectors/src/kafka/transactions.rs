@@ -19,6 +19,9 @@
 //! - A fresh start sets the marker to 0. A restart from checkpoint `C` commits the rows of
 //!   the checkpoints in `C`'s sink state that are above the marker (the dead process did
 //!   not commit them), drops the rest (it did), and sets the marker to `C`.
+//! - A restart from a checkpoint older than the marker (a fallback past a corrupt newest
+//!   checkpoint, or an older savepoint) is refused: the rows committed after it would be
+//!   derived and committed again.
 //! - Starting a producer with a transactional id fences every older producer with it: a
 //!   zombie process of the same job cannot commit any more. One transactional id belongs to
 //!   one sink of one job (default `weir.GROUP.TOPIC`; set `transactional.id=` in the URI to
@@ -120,6 +123,23 @@ impl Transactional {
             )
         })?;
         let committed = sink.marker.read(spec)?;
+        if let Some(newer) = committed.filter(|&c| c > checkpoint) {
+            // The rows of the checkpoints after the restored one are in the topic already,
+            // and this run derives them again with other checkpoint boundaries: nothing
+            // tells which of them to leave out, so resuming would write them twice.
+            return Err(format!(
+                "{}: the topic already holds the results committed with checkpoint {newer} \
+                 (transactional id `{}`), and this run resumes from the older checkpoint \
+                 {checkpoint}, so the results of checkpoints {}..{newer} would be written a \
+                 second time; resume from checkpoint {newer} or newer, or, to write them again \
+                 on purpose, give the output a new `transactional.id=` (or start over with \
+                 --replay-from beginning)",
+                spec.describe(),
+                sink.transactional_id,
+                checkpoint + 1,
+            )
+            .into());
+        }
         let undone: Vec<Pending> = pending
             .into_iter()
             .filter(|p| committed.is_none_or(|c| p.checkpoint > c))
@@ -132,9 +152,8 @@ impl Transactional {
                 spec.describe()
             );
         }
-        // The marker is set to the restored checkpoint even with nothing to commit: one
-        // left higher by a run that went further (before a restore from an older
-        // savepoint) would hide this run's next checkpoints from its restart.
+        // The marker is set to the restored checkpoint even with nothing to commit, so that
+        // it names this run's checkpoints from now on.
         sink.commit_rows(undone, checkpoint)?;
         Ok(sink)
     }

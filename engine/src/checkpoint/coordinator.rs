@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 
-use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest};
+use super::compatibility::match_restored_state;
+use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest, OperatorRecord};
+use super::ownership::Fence;
 use super::{CheckpointConfig, CheckpointError, CheckpointId, Resume};
 use crate::metrics::CheckpointMetrics;
 
@@ -44,6 +46,10 @@ pub(crate) struct Checkpointing {
     config: CheckpointConfig,
     job: String,
     parallelism: usize,
+    /// This run's claim on the state directory, checked before each checkpoint completes.
+    fence: Option<Fence>,
+    /// The job's operators by uid, recorded in every manifest.
+    operators: BTreeMap<String, OperatorRecord>,
     /// The checkpoint (or savepoint) this run resumes from, and its directory.
     restored: Option<(Manifest, PathBuf)>,
     /// The newest checkpoint sources must put a barrier in for.
@@ -104,12 +110,25 @@ impl Participant {
     }
 }
 
+/// What a run claims besides its configuration: its state directory, its operators, and
+/// whether a restore may leave state behind.
+#[derive(Debug)]
+pub(crate) struct RunClaims {
+    /// The run's claim on the state directory, checked before each checkpoint completes.
+    pub(crate) fence: Option<Fence>,
+    /// The job's operators by uid (recorded in every manifest, matched on a restore).
+    pub(crate) operators: BTreeMap<String, OperatorRecord>,
+    /// Drop restored state no operator takes instead of refusing the restore.
+    pub(crate) allow_non_restored_state: bool,
+}
+
 impl Checkpointing {
     /// Prepares checkpointing for a run; finds the checkpoint to resume from, if any.
     pub(crate) fn new(
         config: CheckpointConfig,
         job: &str,
         parallelism: usize,
+        claims: RunClaims,
         metrics: CheckpointMetrics,
         verbose: bool,
         task: Option<&str>,
@@ -118,26 +137,27 @@ impl Checkpointing {
             path: config.dir.clone(),
             source,
         })?;
-        let restored = match &config.resume {
+        let mut restored = match &config.resume {
             Resume::Latest => manifest::latest_valid(&config.dir)?
                 .map(|m| (m.clone(), manifest::checkpoint_dir(&config.dir, m.id))),
             Resume::From(dir) => Some((Manifest::read_verified(dir)?, dir.clone())),
             Resume::Beginning => None,
         };
-        // Checkpoints after the restored one (all of them when starting afresh) describe a
-        // future this run will not have: their directories go and their ids are reused.
-        let keep_up_to = restored.as_ref().map_or(0, |(m, _)| m.id);
-        for (id, dir) in manifest::list(&config.dir)? {
-            if id > keep_up_to {
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|source| CheckpointError::Io { path: dir, source })?;
-            }
+        let RunClaims {
+            fence,
+            operators,
+            allow_non_restored_state,
+        } = claims;
+        if let Some((manifest, _)) = &mut restored {
+            match_restored_state(manifest, &operators, allow_non_restored_state)?;
         }
         let (events, receiver) = unbounded();
         Ok(Arc::new(Checkpointing {
             config,
             job: job.to_string(),
             parallelism,
+            fence,
+            operators,
             restored,
             requested: AtomicU64::new(0),
             final_id: AtomicU64::new(0),
@@ -302,6 +322,8 @@ impl Checkpointing {
         let Some(events) = lock(&self.receiver).take() else {
             return Err("internal: the checkpoint coordinator ran twice".into());
         };
+        self.discard_later_checkpoints()
+            .map_err(|e| e.to_string())?;
         let participants = lock(&self.participants).len();
         let sources = self.sources.load(Ordering::SeqCst);
         let timeout = (self.config.interval * 10).max(MIN_CHECKPOINT_TIMEOUT);
@@ -347,6 +369,11 @@ impl Checkpointing {
                 }
                 let acked = f.acks.iter().all(Option::is_some);
                 if acked || f.failed.is_some() {
+                    if let Some(fence) = &self.fence {
+                        // A run that was taken over must not complete (and so let sinks
+                        // commit) anything more: the job ends instead of trying again.
+                        fence.check()?;
+                    }
                     let mut flight = in_flight.take().expect("checked above");
                     let (id, is_final) = (flight.id, flight.is_final);
                     let savepoint_for = std::mem::take(&mut flight.savepoint_for);
@@ -415,6 +442,21 @@ impl Checkpointing {
         Ok(())
     }
 
+    /// Removes the checkpoints after the restored one (all of them when starting afresh):
+    /// they describe a future this run will not have, and their ids are taken again. Done
+    /// once the job is built, so a run refused while building (a sink that cannot resume
+    /// from the restored checkpoint) leaves them in place.
+    fn discard_later_checkpoints(&self) -> Result<(), CheckpointError> {
+        let keep_up_to = self.restored_id();
+        for (id, dir) in manifest::list(&self.config.dir)? {
+            if id > keep_up_to {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|source| CheckpointError::Io { path: dir, source })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps complete checkpoint `id` as `savepoints/savepoint-NNNNNN`, out of retention's
     /// reach; returns its directory.
     fn keep_as_savepoint(&self, id: CheckpointId) -> Result<PathBuf, String> {
@@ -447,6 +489,7 @@ impl Checkpointing {
             &self.job,
             self.parallelism,
             flight.is_final,
+            self.operators.clone(),
             participants,
             files,
         )

@@ -21,7 +21,9 @@ use super::{CheckpointError, CheckpointId};
 
 const MANIFEST: &str = "_manifest";
 const MANIFEST_TMP: &str = "_manifest.tmp";
-const FORMAT_VERSION: u32 = 1;
+/// 2: participants are keyed by operator uid and the manifest records the job's operators
+/// (version 1 keyed them by node name and is refused: its state cannot be matched safely).
+const FORMAT_VERSION: u32 = 2;
 
 /// What a complete checkpoint contains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,10 +41,32 @@ pub struct Manifest {
     /// True for the checkpoint taken at the end of all input.
     #[serde(rename = "final")]
     pub is_final: bool,
-    /// Each participant's snapshot (source positions, operator metadata, sink commits).
+    /// The job's operators when it was taken, by uid.
+    pub operators: BTreeMap<String, OperatorRecord>,
+    /// Each participant's snapshot (source positions, operator metadata, sink commits),
+    /// keyed `UID#INSTANCE`.
     pub participants: BTreeMap<String, Value>,
     /// Every file of the checkpoint directory but the manifest.
     pub files: Vec<FileEntry>,
+}
+
+/// One operator of the job that took a checkpoint, under its uid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    /// Its node name (`weir describe`).
+    pub name: String,
+    /// What kind of operator it is (`Source`, `Keyed window`, `Sink`, ..): state is only
+    /// restored into an operator of the same kind.
+    pub kind: String,
+    /// What it does, as `weir describe` says (for messages).
+    pub detail: String,
+    /// True if its uid was derived from its place in the graph, not set with `.uid(..)`.
+    pub derived: bool,
+}
+
+/// The uid a participant key (`UID#INSTANCE`) belongs to.
+pub fn uid_of_participant(key: &str) -> &str {
+    key.rsplit_once('#').map_or(key, |(uid, _)| uid)
 }
 
 /// One file of a checkpoint, with what it must look like.
@@ -142,12 +166,13 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
 }
 
 impl Manifest {
-    /// A manifest of format version 1.
+    /// A manifest of the current format version.
     pub fn new(
         id: CheckpointId,
         job: &str,
         parallelism: usize,
         is_final: bool,
+        operators: BTreeMap<String, OperatorRecord>,
         participants: BTreeMap<String, Value>,
         files: Vec<FileEntry>,
     ) -> Self {
@@ -161,6 +186,7 @@ impl Manifest {
             completed_unix_ms,
             parallelism,
             is_final,
+            operators,
             participants,
             files,
         }
@@ -198,14 +224,22 @@ impl Manifest {
         if crc32fast::hash(json.as_bytes()) != expected {
             return Err(corrupt("the manifest does not match its checksum".into()));
         }
-        let manifest: Manifest = serde_json::from_str(json)
-            .map_err(|e| corrupt(format!("the manifest cannot be read: {e}")))?;
-        if manifest.version != FORMAT_VERSION {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let version = serde_json::from_str::<Versioned>(json)
+            .map_err(|e| corrupt(format!("the manifest cannot be read: {e}")))?
+            .version;
+        if version != FORMAT_VERSION {
             return Err(corrupt(format!(
-                "manifest version {} is not supported (this weir reads {FORMAT_VERSION})",
-                manifest.version
+                "its format (version {version}) is not the one this weir reads (version \
+                 {FORMAT_VERSION}; version 1 was written before operator uids): resume it with \
+                 the weir that wrote it, or start over"
             )));
         }
+        let manifest: Manifest = serde_json::from_str(json)
+            .map_err(|e| corrupt(format!("the manifest cannot be read: {e}")))?;
         for entry in &manifest.files {
             let file = dir.join(&entry.path);
             let (bytes, crc32) =
@@ -257,30 +291,50 @@ pub fn is_complete(dir: &Path) -> bool {
 }
 
 /// Finds the newest complete checkpoint that verifies, for a restart. Incomplete
-/// checkpoints are removed; a corrupt one is reported (one line on stderr), renamed to
-/// `corrupt-chk-NNNNNN` for inspection, and the one before it is tried.
+/// checkpoints are removed. Corrupt ones newer than the one found are reported (one line
+/// each on stderr) and renamed to `corrupt-chk-NNNNNN` for inspection (their ids are taken
+/// again by this run's checkpoints).
+///
+/// If there are complete checkpoints and none verifies, this fails
+/// ([`CheckpointError::NoneUsable`]) and leaves them all in place: starting from empty
+/// state instead would silently lose everything they held, so a run must say so itself
+/// (`--replay-from beginning`, or `--from-savepoint`).
 pub fn latest_valid(root: &Path) -> Result<Option<Manifest>, CheckpointError> {
+    let mut unusable: Vec<(CheckpointId, PathBuf, CheckpointError)> = Vec::new();
     for (id, dir) in list(root)?.into_iter().rev() {
         if !is_complete(&dir) {
             std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
             continue;
         }
         match Manifest::read_verified(&dir) {
-            Ok(manifest) => return Ok(Some(manifest)),
-            Err(e) => {
-                let aside = root.join(format!("corrupt-chk-{id:06}"));
-                eprintln!(
-                    "weir: checkpoint {id} is unusable ({e}); moved to {} and trying the one before",
-                    aside.display()
-                );
-                if aside.exists() {
-                    std::fs::remove_dir_all(&aside).map_err(|e| io_error(&aside, e))?;
+            Ok(manifest) => {
+                for (bad, bad_dir, e) in unusable {
+                    let aside = root.join(format!("corrupt-chk-{bad:06}"));
+                    eprintln!(
+                        "weir: checkpoint {bad} is unusable ({e}); moved to {} and resuming \
+                         from checkpoint {id}, the newest that verifies",
+                        aside.display()
+                    );
+                    if aside.exists() {
+                        std::fs::remove_dir_all(&aside).map_err(|e| io_error(&aside, e))?;
+                    }
+                    std::fs::rename(&bad_dir, &aside).map_err(|e| io_error(&bad_dir, e))?;
                 }
-                std::fs::rename(&dir, &aside).map_err(|e| io_error(&dir, e))?;
+                return Ok(Some(manifest));
             }
+            Err(e) => unusable.push((id, dir, e)),
         }
     }
-    Ok(None)
+    if unusable.is_empty() {
+        return Ok(None);
+    }
+    Err(CheckpointError::NoneUsable {
+        root: root.to_path_buf(),
+        reasons: unusable
+            .into_iter()
+            .map(|(id, _, e)| format!("checkpoint {id}: {}", e.reason()))
+            .collect(),
+    })
 }
 
 /// Keeps the newest `retained` complete checkpoints up to `newest` and removes older
@@ -309,7 +363,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("op")).unwrap();
         std::fs::write(dir.join("op/data.sst"), contents).unwrap();
         let files = ChecksumCache::default().files(&dir).unwrap();
-        Manifest::new(id, "job", 1, false, BTreeMap::new(), files)
+        Manifest::new(id, "job", 1, false, BTreeMap::new(), BTreeMap::new(), files)
             .write(&dir)
             .unwrap();
         dir
@@ -345,6 +399,34 @@ mod tests {
             "{err}"
         );
         assert_eq!(latest_valid(root.path()).unwrap().unwrap().id, 1);
+    }
+
+    #[test]
+    fn a_corrupt_file_shared_by_every_checkpoint_refuses_the_restart() {
+        let root = tempfile::tempdir().unwrap();
+        // As RocksDB checkpoints do, every checkpoint hard-links one file.
+        let first = checkpoint_with_file(root.path(), 1, b"shared options");
+        for id in 2..=3 {
+            let dir = checkpoint_dir(root.path(), id);
+            std::fs::create_dir_all(dir.join("op")).unwrap();
+            std::fs::hard_link(first.join("op/data.sst"), dir.join("op/data.sst")).unwrap();
+            let files = ChecksumCache::default().files(&dir).unwrap();
+            Manifest::new(id, "job", 1, false, BTreeMap::new(), BTreeMap::new(), files)
+                .write(&dir)
+                .unwrap();
+        }
+        std::fs::write(first.join("op/data.sst"), b"shared optionz").unwrap();
+        let err = latest_valid(root.path()).unwrap_err().to_string();
+        for id in 1..=3 {
+            assert!(
+                err.contains(&format!("checkpoint {id}: op/data.sst does not match")),
+                "{err}"
+            );
+        }
+        assert!(err.contains("--replay-from beginning"), "{err}");
+        // Nothing was moved aside: a second attempt is refused the same way.
+        assert_eq!(list(root.path()).unwrap().len(), 3);
+        assert!(latest_valid(root.path()).is_err());
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! 5. When every participant acknowledged, the coordinator writes the manifest (the
 //!    checkpoint is complete), and only then do sinks make the output visible (commit).
 //!
+//! A restore matches state to operators by uid ([`compatibility`]), never by position alone.
+//! Before any of this, a run locks its state directory ([`ownership`]): one writer per
+//! directory, and a run another one has taken over (fenced) completes no checkpoint.
+//!
 //! The end of all input is a checkpoint too (the *final* one): sources that reach their end
 //! wait for it, so the job's last output is committed exactly like every other.
 //!
@@ -25,15 +29,18 @@
 //! key group by key group (so the parallelism may change), sinks commit what the checkpoint
 //! covered and discard what it did not.
 
+mod compatibility;
 mod control;
 pub(crate) mod coordinator;
 pub mod manifest;
+pub mod ownership;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use control::JobControl;
-pub use manifest::Manifest;
+pub use manifest::{Manifest, OperatorRecord};
+pub use ownership::{Fence, OwnershipError, StateDirLock};
 
 /// Checkpoint ids: 1, 2, 3, ... per job state directory.
 pub type CheckpointId = u64;
@@ -92,4 +99,43 @@ pub enum CheckpointError {
         /// What does not match.
         reason: String,
     },
+    /// A checkpoint holds state the job has no operator for (by uid), or state of another
+    /// kind of operator than the one with its uid now.
+    #[error(
+        "checkpoint {id} holds state this job cannot take: {problems}; pass \
+         --allow-non-restored-state to drop that state and go on, or run the job as it was \
+         (set .uid(..) on operators so that their state follows them through changes)",
+        problems = problems.join("; ")
+    )]
+    Incompatible {
+        /// The checkpoint.
+        id: CheckpointId,
+        /// Each uid that does not fit, and why.
+        problems: Vec<String>,
+    },
+    /// There are checkpoints to resume from, and none of them verifies.
+    #[error(
+        "none of the checkpoints in {root} can be restored ({reasons}); weir does not start \
+         from empty state on its own: restore the files, start from a savepoint \
+         (--from-savepoint DIR), or derive the state again from the input \
+         (--replay-from beginning)",
+        root = root.display(),
+        reasons = reasons.join("; ")
+    )]
+    NoneUsable {
+        /// The checkpoint directory.
+        root: PathBuf,
+        /// Each checkpoint and why it cannot be used, newest first.
+        reasons: Vec<String>,
+    },
+}
+
+impl CheckpointError {
+    /// What is wrong, without the checkpoint's directory.
+    fn reason(&self) -> String {
+        match self {
+            CheckpointError::Corrupt { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
 }

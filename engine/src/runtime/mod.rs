@@ -50,6 +50,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,10 +59,10 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
 use prometheus::{IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 
-use crate::checkpoint::coordinator::{Checkpointing, Participant};
+use crate::checkpoint::coordinator::{Checkpointing, Participant, RunClaims};
 use crate::checkpoint::{CheckpointConfig, CheckpointId, JobControl};
 use crate::error::{BoxError, EngineError, Result};
-use crate::job::{Graph, NodeId, NodeKind};
+use crate::job::{Graph, NodeId, NodeKind, Uid};
 use crate::keys::{
     key_group_of, key_groups_of_worker, worker_for_key_group, KeyGroup, StableHash, MAX_KEY_GROUPS,
 };
@@ -76,8 +77,10 @@ use crate::state::{
     RocksBackend, RocksStore, StateBackend, StateConfig,
 };
 use crate::time::{format_timestamp, Timestamp, Watermarks, END_WATERMARK, MIN_WATERMARK};
+use state_dir::{lock_state_dirs, operator_records};
 
 mod doorbell;
+mod state_dir;
 mod worker;
 
 use doorbell::Doorbell;
@@ -106,6 +109,12 @@ pub struct RunOptions {
     /// Names this run in progress lines and messages when it is one of several tasks of a
     /// job in one process (e.g. `partition 3`).
     pub task: Option<String>,
+    /// How long to wait for another run to release the state directory before refusing to
+    /// start (default zero: refused at once, naming the holder).
+    pub state_dir_wait: Duration,
+    /// Restore a checkpoint even if some of its state has no operator (by uid) in the job,
+    /// dropping that state (Flink's `--allowNonRestoredState`). Default: refuse.
+    pub allow_non_restored_state: bool,
 }
 
 impl Default for RunOptions {
@@ -120,6 +129,8 @@ impl Default for RunOptions {
             checkpoints: None,
             replay_from: None,
             task: None,
+            state_dir_wait: Duration::ZERO,
+            allow_non_restored_state: false,
         }
     }
 }
@@ -219,7 +230,7 @@ pub(crate) struct Build<'g> {
     tasks: Vec<Task>,
     progress: Progress,
     /// Directory of the keyed instances' RocksDB databases and their shared block cache.
-    rocksdb: Option<(std::path::PathBuf, rocksdb::Cache)>,
+    rocksdb: Option<(PathBuf, rocksdb::Cache)>,
     checkpointing: Option<Arc<Checkpointing>>,
     /// Set by the first task that fails; sources stop when they see it.
     cancelled: Arc<AtomicBool>,
@@ -229,11 +240,18 @@ pub(crate) struct Build<'g> {
     backlog: BacklogBuilder,
     /// The wake-ups of sinks' threads, by node.
     doorbells: FxHashMap<NodeId, Arc<Doorbell>>,
+    /// Every node's uid, by node id.
+    uids: Vec<Uid>,
 }
 
 impl Build<'_> {
     fn name(&self, id: NodeId) -> String {
         self.graph.nodes[id].name.clone()
+    }
+
+    /// The uid node `id`'s state is checkpointed under.
+    fn uid(&self, id: NodeId) -> String {
+        self.uids[id].value.clone()
     }
 
     fn chained(&self, id: NodeId) -> bool {
@@ -453,7 +471,7 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                 })?]
             }
             SourceInstances::Split(make) => {
-                check_restored_instances(b, &name, count)?;
+                check_restored_instances(b, &name, &b.uid(me), count)?;
                 (0..count).map(|i| make(i, count)).collect()
             }
         };
@@ -469,11 +487,11 @@ impl<S: Source> NodeImpl for SourceNode<S> {
 
 /// A split source's positions belong to its instances' shares of the input, so a restore
 /// needs as many instances as the checkpoint had.
-fn check_restored_instances(b: &Build<'_>, name: &str, count: usize) -> Result<()> {
+fn check_restored_instances(b: &Build<'_>, name: &str, uid: &str, count: usize) -> Result<()> {
     let Some(manifest) = b.checkpointing.as_ref().and_then(|c| c.restored()) else {
         return Ok(());
     };
-    let prefix = format!("{name}#");
+    let prefix = format!("{uid}#");
     let checkpointed = manifest
         .participants
         .keys()
@@ -510,7 +528,7 @@ fn start_source_instance<S: Source>(
     let participant = b
         .checkpointing
         .as_ref()
-        .map(|c| c.register_source(format!("{name}#{instance}")));
+        .map(|c| c.register_source(format!("{}#{instance}", b.uid(me))));
     if let Some(p) = &participant {
         if source.position().map_err(source_err)?.is_none() {
             return Err(EngineError::InvalidJob {
@@ -850,7 +868,7 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
         let metrics = b.metrics.stateless_operator(&name, instance);
         let participant = if self.assigns_time {
             b.progress.watermarks.push(metrics.watermark.clone());
-            b.participant(format!("{name}#{instance}"))
+            b.participant(format!("{}#{instance}", b.uid(me)))
         } else {
             None
         };
@@ -1857,7 +1875,7 @@ where
         // Restored state goes into the database before the operator opens its tables.
         let restored = match (&b.checkpointing, &store) {
             (Some(c), Some(store)) => {
-                import_keyed_state(c, &name, &key_groups, &store.state).map_err(op_err)?
+                import_keyed_state(c, &b.uid(me), &key_groups, &store.state).map_err(op_err)?
             }
             _ => None,
         };
@@ -1865,7 +1883,7 @@ where
         if let Some(snapshots) = restored {
             operator.restore(&snapshots).map_err(op_err)?;
         }
-        let participant = b.participant(format!("{name}#{instance}"));
+        let participant = b.participant(format!("{}#{instance}", b.uid(me)));
         let down = b.downstream::<F::Out>(me, instance)?;
         Ok(KeyedRunner {
             name,
@@ -1908,19 +1926,19 @@ struct KeyedSnapshot {
     operator: serde_json::Value,
 }
 
-/// Imports the key groups `groups` of operator `name` from the checkpoint being restored
-/// (from every old instance that held some of them); returns those instances' operator
-/// snapshots, or `None` on a fresh start.
+/// Imports the key groups `groups` of the operator with uid `uid` from the checkpoint
+/// being restored (from every old instance that held some of them); returns those
+/// instances' operator snapshots, or `None` on a fresh start.
 fn import_keyed_state(
     checkpointing: &Checkpointing,
-    name: &str,
+    uid: &str,
     groups: &std::ops::Range<KeyGroup>,
     state: &InstanceState,
 ) -> std::result::Result<Option<Vec<serde_json::Value>>, crate::BoxError> {
     let Some(manifest) = checkpointing.restored() else {
         return Ok(None);
     };
-    let prefix = format!("{name}#");
+    let prefix = format!("{uid}#");
     let mut snapshots = Vec::new();
     for (key, value) in manifest.participants.range(prefix.clone()..) {
         if !key.starts_with(&prefix) {
@@ -2282,7 +2300,7 @@ impl<T: Data> SinkNode<T> {
         if self.results {
             b.progress.sinks.push(metrics.events_in.clone());
         }
-        let participant = b.participant(format!("{name}#0"));
+        let participant = b.participant(format!("{}#0", b.uid(me)));
         let mut sink = sink;
         sink.open(b.metrics).map_err(|source| EngineError::Sink {
             name: name.clone(),
@@ -2455,6 +2473,10 @@ pub(crate) fn run(
         job: job.to_string(),
         reason,
     };
+    let uids = graph.uids();
+    // Locked before anything in the state directory is read or replaced; held (in
+    // `_locks`) until the run ends.
+    let (_locks, fence) = lock_state_dirs(job, options, control)?;
     let rocksdb = match &options.state {
         StateConfig::Memory => None,
         StateConfig::RocksDb { dir, .. } => {
@@ -2478,11 +2500,19 @@ pub(crate) fn run(
                 config.clone(),
                 job,
                 options.parallelism,
+                RunClaims {
+                    fence,
+                    operators: operator_records(graph, &uids),
+                    allow_non_restored_state: options.allow_non_restored_state,
+                },
                 metrics.checkpoints(),
                 options.progress_interval.is_some(),
                 options.task.as_deref(),
             )
-            .map_err(|e| invalid(format!("{e} (check --state-dir)")))?;
+            .map_err(|source| EngineError::Restore {
+                job: job.to_string(),
+                source,
+            })?;
             if let (Some(m), Some(dir)) = (c.restored(), c.restored_dir()) {
                 eprintln!(
                     "weir: resuming job `{job}` from checkpoint {} ({}; taken at parallelism {}, now {})",
@@ -2513,6 +2543,7 @@ pub(crate) fn run(
         checkpointing: checkpointing.clone(),
         workers: (0..options.parallelism).map(|_| Vec::new()).collect(),
         backlog: BacklogBuilder::default(),
+        uids,
     };
     for id in 0..graph.nodes.len() {
         let imp = graph.nodes[id].imp.clone();

@@ -41,8 +41,11 @@ fn page_dwell(opts: &JobOptions) -> anyhow::Result<Job> {
         Json::<PageView>::default(),
         dead,
     );
+    // Uids name each operator's state in checkpoints, so that it survives changes to the job.
     job.source("views", views)
+        .uid("views")
         .timestamps(|v| v.ts, Watermarks::bounded(Duration::from_secs(1)))
+        .uid("view-time")
         .filter(|v| v.dwell_ms > 0)
         .key_by(|v: &PageView| v.page.clone())
         .window(Sliding::of(
@@ -50,13 +53,15 @@ fn page_dwell(opts: &JobOptions) -> anyhow::Result<Job> {
             Duration::from_secs(20),
         ))
         .aggregate(Count.and(Avg::of(|v: &PageView| v.dwell_ms)))
+        .uid("dwell-window")
         .map(|r| PageDwell {
             page: r.key,
             window_end: r.window.end,
             views: r.value.0,
             avg_dwell_ms: r.value.1,
         })
-        .sink("dwell", OutputSink::from_spec(opts.output.as_deref()));
+        .sink("dwell", OutputSink::from_spec(opts.output.as_deref()))
+        .uid("dwell");
     Ok(job)
 }
 

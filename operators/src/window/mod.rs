@@ -324,7 +324,7 @@ where
     /// exactly once, like results.
     pub fn late_data<S: Sink<T>>(mut self, sink: S) -> Self {
         self.late = Some(LateSink(Box::new(move |late: Stream<T>| {
-            late.side_output_sink("late-data", sink)
+            late.side_output_sink("late-data", sink);
         })));
         self
     }
@@ -351,7 +351,10 @@ where
         if let Some(LateSink(attach)) = self.late {
             attach(events.clone().flat_map(WindowEvent::into_late));
         }
-        events.flat_map(WindowEvent::into_result)
+        events
+            .clone()
+            .flat_map(WindowEvent::into_result)
+            .uid_names(&events)
     }
 }
 
