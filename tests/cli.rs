@@ -213,3 +213,144 @@ fn state_dir_keeps_everything_but_its_own_database() -> TestResult {
     );
     Ok(())
 }
+
+/// `weir run window-agg` in `dir` with `args`, metrics off.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "window-agg", "--metrics-addr", "off"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+}
+
+#[test]
+fn an_output_that_is_the_input_is_refused_before_anything_is_written() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = "{\"ts\":1,\"key\":\"a\",\"value\":2}\n";
+    std::fs::create_dir(dir.path().join("sub"))?;
+    std::fs::write(dir.path().join("in.jsonl"), input)?;
+    for (args, says) in [
+        (
+            &["--input", "in.jsonl", "--output", "./sub/../in.jsonl"][..],
+            "--output",
+        ),
+        (
+            &["--input", "in.jsonl", "--late-output", "in.jsonl"][..],
+            "--late-output",
+        ),
+        (
+            &[
+                "--input",
+                "in.jsonl",
+                "--output",
+                "out.jsonl",
+                "--late-output",
+                "out.jsonl",
+            ][..],
+            "--late-output and --output are the same file",
+        ),
+    ] {
+        let out = run_in(dir.path(), args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("in.jsonl"))?,
+            input,
+            "{args:?} touched the input"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_output_scheme_weir_does_not_know_is_refused_not_taken_as_a_path() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"ts\":1,\"key\":\"a\",\"value\":2}\n",
+    )?;
+    let out = run_in(
+        dir.path(),
+        &[
+            "--input",
+            "in.jsonl",
+            "--output",
+            "postgres://u@h:5432/db?table=t",
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("weir has no `postgres` output") && stderr.contains("kafka://"),
+        "{stderr}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    left.sort();
+    assert_eq!(left, ["in.jsonl"], "nothing may be created for it");
+    Ok(())
+}
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_file_is_not_a_dead_letter() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "\u{feff}{\"ts\":1,\"key\":\"a\",\"value\":2}\n{\"ts\":2,\"key\":\"a\",\"value\":3}\n",
+    )?;
+    let out = run_in(
+        dir.path(),
+        &["--input", "in.jsonl", "--output", "out.jsonl", "--quiet"],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("0 dead letters"), "{stderr}");
+    let rows = std::fs::read_to_string(dir.path().join("out.jsonl"))?;
+    assert!(rows.contains("\"count\":2,\"sum\":5"), "{rows}");
+    Ok(())
+}
+
+#[test]
+fn a_taken_default_metrics_port_falls_back_to_a_free_one() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"ts\":1,\"key\":\"a\",\"value\":2}\n",
+    )?;
+    // The default port, held by this test (waiting for another holder to let go).
+    let started = std::time::Instant::now();
+    let _held = loop {
+        match std::net::TcpListener::bind("127.0.0.1:9898") {
+            Ok(listener) => break listener,
+            Err(e) if started.elapsed() > std::time::Duration::from_secs(30) => {
+                return Err(e.into())
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "run",
+            "window-agg",
+            "--input",
+            "in.jsonl",
+            "--output",
+            "null:",
+        ])
+        .current_dir(dir.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:9898 is in use")
+            && stderr.contains("metrics at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("metrics at http://127.0.0.1:9898/"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -676,6 +676,21 @@ impl<T: Data> Stream<T> {
     }
 
     fn add_sink<S: Sink<T>>(self, name: &str, sink: S, results: bool) -> SinkHandle {
+        let taken = self
+            .job
+            .inner
+            .graph
+            .borrow()
+            .nodes
+            .iter()
+            .any(|n| n.kind == NodeKind::Sink && n.base == name);
+        if taken && results {
+            // Two result sinks of one name would share metrics and be told apart by a
+            // suffix nobody chose; a side output (late data) may repeat its fixed name.
+            self.job.invalid(format!(
+                "two sinks are named `{name}`: give each sink its own name"
+            ));
+        }
         let detail = sink.describe();
         let node = self.job.add(
             name,

@@ -16,7 +16,7 @@ use weir_connectors::kafka::KafkaLineWriter;
 use weir_connectors::KafkaSpec;
 use weir_engine::metrics::MetricsServer;
 use weir_engine::time::format_timestamp;
-use weir_engine::{parse_duration, RunSummary};
+use weir_engine::{parse_duration, EngineError, RunSummary};
 
 use crate::generate::{
     create_file, write_events, write_orders, write_sagas, EventStreamSpec, RateLimited,
@@ -112,8 +112,9 @@ enum GenStream {
 #[derive(Debug, Args)]
 struct ServeOptions {
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks one; `off` disables).
-    #[arg(long, default_value = "127.0.0.1:9898")]
-    metrics_addr: String,
+    /// Default: 127.0.0.1:9898, or a free port if another process has that one.
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Keep serving metrics this long after the job ends (e.g. `30s`), for a last scrape.
     #[arg(long, value_parser = |s: &str| parse_duration(s))]
     linger: Option<Duration>,
@@ -294,9 +295,10 @@ fn run(
     serve: &ServeOptions,
 ) -> anyhow::Result<()> {
     let spec = registry.get(name)?;
+    options.check_paths(name)?;
     if crate::partitioned::kafka_input(options).is_some() {
         let serving = crate::partitioned::Serving {
-            metrics_addr: (serve.metrics_addr != "off").then(|| serve.metrics_addr.clone()),
+            metrics_addr: serve.metrics_addr.clone(),
             quiet: serve.quiet,
         };
         let done = crate::partitioned::run(spec, options, &serving)?;
@@ -311,17 +313,9 @@ fn run(
         return linger(serve);
     }
     let job = (spec.build)(options)?;
-    let _server = if serve.metrics_addr == "off" {
-        None
-    } else {
-        let server = MetricsServer::start_with_control(
-            &serve.metrics_addr,
-            Arc::clone(&job.metrics()),
-            Some(job.control()),
-        )?;
-        eprintln!("weir: metrics at http://{}/metrics", server.addr());
-        Some(server)
-    };
+    let _server = serve_metrics(serve.metrics_addr.as_deref(), |addr| {
+        MetricsServer::start_with_control(addr, Arc::clone(&job.metrics()), Some(job.control()))
+    })?;
     let mut run_options = options.run_options(name)?;
     if !serve.quiet {
         run_options.progress_interval = Some(Duration::from_secs(1));
@@ -331,6 +325,37 @@ fn run(
     let summary = result?;
     eprintln!("weir: {name} done: {}", summarize(&summary));
     linger(serve)
+}
+
+/// Where metrics are served unless `--metrics-addr` says otherwise.
+const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9898";
+
+/// Starts the metrics endpoint at `--metrics-addr` (`requested`; `None` for the default,
+/// `off` for none) with `start`, and says where it is. When the default port is taken
+/// (another weir run on this machine), a free port is used instead of failing.
+pub(crate) fn serve_metrics(
+    requested: Option<&str>,
+    start: impl Fn(&str) -> Result<MetricsServer, EngineError>,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let server = match requested {
+        Some("off") => return Ok(None),
+        Some(addr) => start(addr)?,
+        None => match start(DEFAULT_METRICS_ADDR) {
+            Err(EngineError::MetricsServer { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                let server = start("127.0.0.1:0")?;
+                eprintln!(
+                    "weir: {DEFAULT_METRICS_ADDR} is in use (another weir run?), so metrics are \
+                     on a free port; pass --metrics-addr to choose one"
+                );
+                server
+            }
+            other => other?,
+        },
+    };
+    eprintln!("weir: metrics at http://{}/metrics", server.addr());
+    Ok(Some(server))
 }
 
 /// Keeps the metrics endpoint up for `--linger` after the job ended.

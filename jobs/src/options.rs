@@ -1,6 +1,6 @@
 //! The flags every job can read. Jobs take what they need and say clearly what is missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -178,6 +178,43 @@ impl JobOptions {
         }
     }
 
+    /// Refuses outputs that are the input file (or each other): writing them would
+    /// truncate what the job reads. Paths are compared canonically (`./a` is `a`, links
+    /// are followed); outputs that are not files are not compared.
+    pub fn check_paths(&self, job: &str) -> anyhow::Result<()> {
+        let file = |p: &Path| -> Option<PathBuf> {
+            let s = p.to_str()?;
+            let local = !(s.contains("://") || s.ends_with(':') || s == "-");
+            local.then(|| canonical(p))
+        };
+        let input = self.input.as_deref().and_then(file);
+        let output = self.output.as_deref().map(Path::new).and_then(file);
+        let late = self.late_output.as_deref().and_then(file);
+        let dead = file(&self.dead_letter_path(job));
+        let named = [
+            ("--output", output),
+            ("--late-output", late),
+            ("the dead-letter file", dead),
+        ];
+        for (i, (what, path)) in named.iter().enumerate() {
+            let Some(path) = path else { continue };
+            if input.as_ref() == Some(path) {
+                bail!(
+                    "{what} {} is the input file: writing it would destroy the input; choose \
+                     another path",
+                    path.display()
+                );
+            }
+            if let Some((other, _)) = named[..i].iter().find(|(_, p)| p.as_ref() == Some(path)) {
+                bail!(
+                    "{what} and {other} are the same file ({}): give each its own path",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// `--watermark-delay`, or `default` if it was not given.
     pub fn watermark_delay_or(&self, default: Duration) -> Duration {
         self.watermark_delay.unwrap_or(default)
@@ -241,6 +278,25 @@ impl JobOptions {
         if let (None, StateConfig::RocksDb { dir, .. }) = (&self.state_dir, &run.state) {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// `path` made absolute with links resolved, as far as it exists (an output file may not
+/// exist yet: its directory is resolved and its name kept).
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(full) = path.canonicalize() {
+        return full;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            canonical(parent).join(name)
+        }
+        _ => path.to_path_buf(),
     }
 }
 

@@ -48,6 +48,11 @@ impl<T> OutputSink<T> {
                 Some(Err(reason)) => OutputSink::Unusable(format!("--output {reason}")),
                 None => OutputSink::Unusable(format!("--output {uri}: not a Kafka URI")),
             },
+            Some(uri) if unknown_scheme(uri).is_some() => OutputSink::Unusable(format!(
+                "--output `{uri}`: weir has no `{}` output; use a file path (or file://PATH), \
+                 stdout:, null:, tcp://HOST:PORT or kafka://BROKER:PORT/TOPIC",
+                unknown_scheme(uri).unwrap_or_default()
+            )),
             Some(path) => {
                 OutputSink::File(FileSink::new(path.strip_prefix("file://").unwrap_or(path)))
             }
@@ -62,6 +67,16 @@ impl<T> OutputSink<T> {
         }
         self
     }
+}
+
+/// The scheme of a `SCHEME://..` output weir does not know (file paths have none).
+fn unknown_scheme(uri: &str) -> Option<&str> {
+    let (scheme, _) = uri.split_once("://")?;
+    let is_scheme = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    (is_scheme && !matches!(scheme, "file" | "tcp" | "kafka")).then_some(scheme)
 }
 
 impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {

@@ -79,7 +79,7 @@ pub struct PartitionedSummary {
 /// How the process shows itself.
 #[derive(Debug, Clone)]
 pub struct Serving {
-    /// Prometheus endpoint, or `None` for none.
+    /// `--metrics-addr` as given (`off`: none), or `None` for the default.
     pub metrics_addr: Option<String>,
     /// No progress lines.
     pub quiet: bool,
@@ -103,15 +103,10 @@ pub fn run(
         until_end: input.until_end,
         quiet: serving.quiet,
     };
-    let _server = match &serving.metrics_addr {
-        None => None,
-        Some(addr) => {
-            let (process, tasks) = (process_metrics.clone(), tasks.clone());
-            let server = MetricsServer::serve(addr, move || render(&process, &tasks), None)?;
-            eprintln!("weir: metrics at http://{}/metrics", server.addr());
-            Some(server)
-        }
-    };
+    let _server = crate::cli::serve_metrics(serving.metrics_addr.as_deref(), |addr| {
+        let (process, tasks) = (process_metrics.clone(), tasks.clone());
+        MetricsServer::serve(addr, move || render(&process, &tasks), None)
+    })?;
     let on_change = {
         let (tasks, starter) = (tasks.clone(), starter.clone());
         move |change: GroupChange| match change {

@@ -140,6 +140,12 @@ impl<D: Decoder> LineDecoding<D> {
                 return Ok(());
             }
         };
+        // A byte order mark, which some editors write at the start of a UTF-8 file, is not
+        // part of the first record.
+        let text = match self.line_number {
+            1 => text.strip_prefix('\u{feff}').unwrap_or(text),
+            _ => text,
+        };
         // Stops at the first character that is not white space (the first, in JSON).
         if text.chars().all(char::is_whitespace) {
             return Ok(());

@@ -2848,6 +2848,20 @@ mod tests {
 
     /// Runs `busy` ∪ `quiet` and returns the watermarks stamped on the busy source's late
     /// events (value >= 100).
+    #[test]
+    fn two_result_sinks_of_one_name_are_refused() {
+        let job = Job::new("twins");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let numbers = job.source(
+            "numbers",
+            Scripted::new(vec![1], vec![], Duration::ZERO, Duration::ZERO),
+        );
+        numbers.clone().sink("out", Collect(seen.clone()));
+        numbers.sink("out", Collect(seen));
+        let err = job.run(&RunOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("two sinks are named `out`"), "{err}");
+    }
+
     fn union_watermarks(idle_timeout: Option<Duration>) -> Result<Vec<i64>, EngineError> {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let job = Job::new("idle");
