@@ -151,6 +151,9 @@ struct Fetched {
     records: Vec<u8>,
 }
 
+/// A record's key and value as read (either may be null).
+type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A record batch (format v2) as read.
 struct Batch {
     base_offset: i64,
@@ -159,7 +162,7 @@ struct Batch {
     control: bool,
     producer_id: i64,
     /// Key and value of each record.
-    records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+    records: Vec<RawRecord>,
 }
 
 /// The records of one partition seen so far.
