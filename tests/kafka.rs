@@ -8,8 +8,9 @@
 //!   late. A garbage record goes to the dead letters with its topic, partition and offset.
 //! - `--output kafka://` writes every row once, as JSON, keyed by the row's key;
 //!   `weir gen --key-field key` keys its records, so each key lives in one partition.
-//! - A rebalance that moves partitions away from a running job is reported on stderr
-//!   (their keyed state does not move with them when the job reads with the group).
+//! - The source assigns itself every partition and never joins the group (no rebalances);
+//!   a group with members refuses its offset commits, which is said once and changes no
+//!   row. A topic that does not exist fails the job at start, saying so.
 //! - With `tasks=per-partition` (one task per partition, state in a shared directory), two
 //!   processes in one group give the one-process rows; one of them killed with SIGKILL, the
 //!   other takes its partitions over from their checkpoints: every row once; a process
@@ -25,16 +26,25 @@
 //!   its rows, a second restart from it repeats nothing, a restore from an older checkpoint
 //!   and a fresh start reset the marker.
 //! - `window-agg` Kafka -> Kafka with checkpoints, killed between two checkpoints and
-//!   restarted: every row in the topic once.
+//!   restarted: every row in the topic once; killed twice right after a checkpoint
+//!   (around a commit) and restarted at once each time, inside the group's session
+//!   timeout: every row once (issue 25, item 3).
+//! - With `tasks=per-partition`, a process killed and replaced at once (inside the session
+//!   timeout): every row once.
+//!
+//! Output topics are read with `kafka_log`, which applies the transaction markers itself:
+//! the test broker shows aborted records to librdkafka's `read_committed` consumers (a
+//! test says both).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod kafka_log;
 
 use std::fs::{self, File};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -273,9 +283,15 @@ fn checkpoint_into(args: &mut Vec<String>, state: &Path, interval: &str) {
 }
 
 /// Runs `weir args` and kills it (SIGKILL) `delay` after the `checkpoints`-th checkpoint
-/// completed once the partitions were assigned.
-fn kill_after_checkpoints(dir: &Path, args: &[String], checkpoints: usize, delay: Duration) {
-    let stderr_path = dir.join("killed.stderr");
+/// completed once the partitions were assigned; its stderr goes to `dir/log`.
+fn kill_after_checkpoints(
+    dir: &Path,
+    log: &str,
+    args: &[String],
+    checkpoints: usize,
+    delay: Duration,
+) {
+    let stderr_path = dir.join(log);
     let mut child = spawn_logged(args, &stderr_path);
     wait_while_running(&mut child, || {
         let stderr = fs::read_to_string(&stderr_path).unwrap();
@@ -336,10 +352,10 @@ fn in_and_out_topics(dir: &TempDir, events: u64) -> (Broker, Vec<String>) {
     (broker, reference)
 }
 
-/// The values of every committed record of `topic`, sorted.
+/// The values of every committed record of `topic`, sorted, with the transaction markers
+/// applied by the test itself (see `kafka_log`: the broker shows aborted records).
 fn sorted_values(broker: &Broker, topic: &str) -> Vec<String> {
-    let mut rows: Vec<String> = broker
-        .read_all(topic)
+    let mut rows: Vec<String> = kafka_log::read_committed(&broker.addr, topic, PARTITIONS)
         .into_iter()
         .map(|(_, _, v)| v)
         .collect();
@@ -412,7 +428,12 @@ fn kafka_metrics_are_scraped_over_http() {
         "{done}\n{body}"
     );
     assert!(common::sample_sum(&body, "weir_kafka_bytes_in_total", &[topic]) > 400_000.0);
-    assert!(common::sample_sum(&body, "weir_kafka_rebalances_total", &[]) >= 1.0);
+    // The source assigns itself every partition: the group never rebalances it.
+    assert_eq!(
+        common::sample_sum(&body, "weir_kafka_rebalances_total", &[]),
+        0.0,
+        "{body}"
+    );
     assert_eq!(
         common::sample_sum(&body, "weir_dead_letter_records_total", &[]),
         1.0
@@ -493,63 +514,6 @@ fn weir_gen_keys_records_by_a_field_so_each_key_lives_in_one_partition() {
 }
 
 #[test]
-fn a_rebalance_that_moves_partitions_away_mid_run_is_reported() {
-    let dir = TempDir::new().unwrap();
-    let broker = Broker::start(dir.path());
-    broker.create_topic("moving", PARTITIONS);
-    gen_events(&broker.uri("moving", ""), 2000);
-    let input = broker.uri(
-        "moving",
-        &format!("group=moving&start=earliest&{GROUP_TIMING}"),
-    );
-    let spawn = |name: &str| -> (Child, PathBuf) {
-        let stderr = dir.path().join(format!("{name}.stderr"));
-        let child = Command::new(WEIR)
-            .args(["run", "window-agg", "--input", &input, "--output"])
-            .arg(dir.path().join(format!("{name}.jsonl")))
-            .args(["--metrics-addr", "off", "--quiet"])
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        (child, stderr)
-    };
-    let wait_for = |stderr: &Path, text: &str| -> String {
-        let started = Instant::now();
-        loop {
-            let log = fs::read_to_string(stderr).unwrap();
-            if log.contains(text) {
-                return log;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no `{text}` in 60 s:\n{log}"
-            );
-            sleep(Duration::from_millis(50));
-        }
-    };
-    // The first process reads all four partitions; a second one joins the group later.
-    let (first, first_log) = spawn("first");
-    wait_for(&first_log, "assigned moving/0 moving/1 moving/2 moving/3");
-    let (second, second_log) = spawn("second");
-    let log = wait_for(&first_log, "warning: the group moved partitions");
-    wait_for(&second_log, "assigned");
-    for mut child in [first, second] {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-    let warning = log
-        .lines()
-        .find(|l| l.contains("moved partitions"))
-        .unwrap();
-    assert!(
-        warning.contains("(away: moving/") && warning.contains("here: none)"),
-        "{warning}"
-    );
-    assert!(warning.contains("keyed state does not move"), "{warning}");
-}
-
-#[test]
 fn window_agg_writes_keyed_rows_to_a_topic() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
@@ -596,7 +560,7 @@ fn a_killed_checkpointed_job_resumes_from_its_offsets_exactly_once() {
 
     // Killed once two checkpoints completed after the partitions were assigned (so the
     // checkpoint holds offsets in the middle of the partitions).
-    kill_after_checkpoints(dir.path(), &args, 2, Duration::ZERO);
+    kill_after_checkpoints(dir.path(), "killed.stderr", &args, 2, Duration::ZERO);
 
     let run = common::run_ok(WEIR, &args).unwrap();
     assert!(
@@ -870,21 +834,19 @@ fn a_killed_job_writing_kafka_resumes_with_every_row_committed_once() {
     let dir = tempfile::tempdir().unwrap();
     let events = 600_000;
     let (broker, reference) = in_and_out_topics(&dir, events);
-    let state = dir.path().join("state");
-    let input = broker.uri(
-        "in",
-        &format!("group=txn&start=earliest&until=end&{GROUP_TIMING}"),
-    );
-    let mut args = window_agg(&input, Path::new("-"), 2);
-    args[5] = broker.uri("out", "");
-    checkpoint_into(&mut args, &state, "1s");
+    let args = kafka_to_kafka(&broker, "txn", &dir.path().join("state"));
 
     // Half-way between two checkpoints: the sink has committed the last one with rows (the
     // marker says so) or holds the completed checkpoint's rows for its restart to commit,
-    // and rows of the next are held back. Not during a commit: the test broker shows the
-    // records of an aborted transaction to read_committed consumers (Apache Kafka does
-    // not), so a commit cut short would look like duplicates here.
-    kill_after_checkpoints(dir.path(), &args, 2, Duration::from_millis(500));
+    // and rows of the next are held back. (A kill in the middle of a commit is the next
+    // test's.)
+    kill_after_checkpoints(
+        dir.path(),
+        "killed.stderr",
+        &args,
+        2,
+        Duration::from_millis(500),
+    );
     let before = sorted_values(&broker, "out");
     assert!(
         before
@@ -911,6 +873,121 @@ fn a_killed_job_writing_kafka_resumes_with_every_row_committed_once() {
         rows == reference,
         "the topic's rows differ from the file run's"
     );
+}
+
+/// `weir run window-agg` from topic `in` (group `group`, `until=end`) to topic `out`,
+/// exactly-once, with checkpoints every second into `state`.
+fn kafka_to_kafka(broker: &Broker, group: &str, state: &Path) -> Vec<String> {
+    let input = broker.uri(
+        "in",
+        &format!("group={group}&start=earliest&until=end&{GROUP_TIMING}"),
+    );
+    let mut args = window_agg(&input, Path::new("-"), 2);
+    args[5] = broker.uri("out", "");
+    checkpoint_into(&mut args, state, "1s");
+    args
+}
+
+/// How `rows` differ from `reference` (both sorted), in counts: rows missing, rows extra.
+fn difference(rows: &[String], reference: &[String]) -> (usize, usize) {
+    let (mut missing, mut extra) = (0, 0);
+    let (mut i, mut j) = (0, 0);
+    while i < rows.len() || j < reference.len() {
+        match (rows.get(i), reference.get(j)) {
+            (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
+            (Some(a), Some(b)) if a < b => (extra, i) = (extra + 1, i + 1),
+            (Some(_), None) => (extra, i) = (extra + 1, i + 1),
+            _ => (missing, j) = (missing + 1, j + 1),
+        }
+    }
+    (missing, extra)
+}
+
+/// Issue 25, item 3. Killed twice within a few seconds and restarted at once, the killed
+/// runs' group members were still in the group (until their session timeout), so the
+/// restart was given 2 of the 4 partitions: its watermark ran ahead on them, and with
+/// `until=end` it ended having read half (15,213 of 30,438 rows). A job not run as
+/// partition tasks now assigns itself every partition, whatever the group holds.
+#[test]
+fn a_job_killed_twice_and_restarted_at_once_reads_every_partition_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = 600_000;
+    let (broker, reference) = in_and_out_topics(&dir, events);
+    let args = kafka_to_kafka(&broker, "twice", &dir.path().join("state"));
+    // Right after a checkpoint completed: around the sink's commit, which may be cut short;
+    // the next run's producer then aborts its transaction (the reader applies the markers).
+    kill_after_checkpoints(dir.path(), "first.stderr", &args, 2, Duration::ZERO);
+    kill_a_joining_run(dir.path(), &args);
+    let log = dir.path().join("third.stderr");
+    let third = finish(spawn_logged(&args, &log), &log, Duration::from_secs(60));
+    assert!(
+        third.contains("resuming"),
+        "the restart did not resume from a checkpoint:\n{third}"
+    );
+    let rows = sorted_values(&broker, "out");
+    let (missing, extra) = difference(&rows, &reference);
+    assert!(
+        rows == reference,
+        "{} rows committed, {} in the reference: {missing} missing, {extra} extra or \
+         repeated; the last run:\n{third}",
+        rows.len(),
+        reference.len()
+    );
+}
+
+/// Runs `weir args` (stderr in `dir/second.stderr`) and kills it (SIGKILL) once it
+/// completed a checkpoint since its partitions were assigned, or 4 s after it started if
+/// that is sooner. A group member started right after a killed one is not assigned
+/// anything for about that long (the broker holds a join for half the session timeout
+/// while the dead member does not rejoin): killed then, the group holds two members that
+/// never come back.
+fn kill_a_joining_run(dir: &Path, args: &[String]) {
+    let log = dir.join("second.stderr");
+    let mut second = spawn_logged(args, &log);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let stderr = fs::read_to_string(&log).unwrap();
+        let after_assignment = stderr.split_once("assigned").map_or("", |(_, rest)| rest);
+        if after_assignment.contains("complete in") {
+            break;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(
+        !log.contains(" done: "),
+        "the second run finished before the kill:\n{log}"
+    );
+}
+
+/// Waits up to `limit` for `child` (its stderr in `log`) to end, which it must do with
+/// success; returns its stderr.
+fn finish(child: Child, log: &Path, limit: Duration) -> String {
+    let (status, stderr) = exit_within(child, log, limit);
+    assert!(status.success(), "{status}:\n{stderr}");
+    stderr
+}
+
+/// Waits up to `limit` for `child` (its stderr in `log`) to end (killing it and failing
+/// the test if it does not); returns how it ended and its stderr.
+fn exit_within(mut child: Child, log: &Path, limit: Duration) -> (ExitStatus, String) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, fs::read_to_string(log).unwrap());
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "still running after {limit:?}:\n{}",
+                fs::read_to_string(log).unwrap()
+            );
+        }
+        sleep(Duration::from_millis(50));
+    }
 }
 
 /// `weir run window-agg` over keyed topic `topic` as one task per partition, writing into
@@ -1246,4 +1323,162 @@ fn resuming_kafka_output_from_a_checkpoint_older_than_its_commits_is_refused() {
         after.windows(2).all(|w| w[0] != w[1]),
         "the topic holds a row twice"
     );
+}
+
+/// With `tasks=per-partition` the group assigns the partitions: processes killed with
+/// SIGKILL stay members until their session timeout, and a process started at once gets
+/// their partitions only then. It waits for them (each partition has its own state and
+/// `FINISHED` marker), so the rows are exact, only later. Killed twice, as in issue 25's
+/// item 3.
+#[test]
+fn partition_tasks_restarted_inside_the_session_timeout_give_every_row_once() {
+    let dir = TempDir::new().unwrap();
+    let (broker, reference) = keyed_topic(&dir, "restart", 600_000);
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let args = partition_tasks(&broker, "restart", &out, &state);
+    let first_log = dir.path().join("first.stderr");
+    let mut first = spawn_logged(&args, &first_log);
+    // Killed once it holds all four partitions and each task completed a checkpoint.
+    wait_while_running(&mut first, || {
+        let log = fs::read_to_string(&first_log).unwrap();
+        let since = log.rsplit_once("the group assigned").map_or("", |(_, r)| r);
+        let all = last_assignment(&log).is_some_and(|p| p.len() == 4);
+        let checkpointed =
+            (0..PARTITIONS).all(|p| since.contains(&format!("partition {p}: checkpoint")));
+        (all && checkpointed).then_some(()).ok_or(log)
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = fs::read_to_string(&first_log).unwrap();
+    kill_a_joining_run(dir.path(), &args);
+    let log = dir.path().join("third.stderr");
+    let third = finish(spawn_logged(&args, &log), &log, Duration::from_secs(50));
+    for p in 0..PARTITIONS {
+        assert!(
+            killed.contains(&format!("partition {p} finished"))
+                || resumed_from_checkpoint(&third, p),
+            "partition {p} did not resume from its checkpoint:\n{third}"
+        );
+    }
+    let rows = partition_task_rows(&out);
+    let (missing, extra) = difference(&rows, &reference);
+    assert!(
+        rows == reference,
+        "{missing} rows missing, {extra} extra or repeated:\n{killed}\n(the last run:)\n{third}"
+    );
+}
+
+/// The source commits its checkpointed offsets to the group without joining it; a group
+/// with members (here a consumer of the test's own) refuses such commits. That is said
+/// once, and the job goes on to exact results. A topic that does not exist fails the job
+/// at start, saying so.
+#[test]
+fn refused_offset_commits_are_reported_once_and_a_missing_topic_fails_the_job() {
+    let dir = TempDir::new().unwrap();
+    let events = 200_000;
+    let (broker, reference) = keyed_topic(&dir, "busy", events);
+    let member: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "busy")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .unwrap();
+    member.subscribe(&["busy"]).unwrap();
+    let started = Instant::now();
+    while member.assignment().unwrap().count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the test's consumer did not join group `busy` in 30 s"
+        );
+        if let Some(Err(e)) = member.poll(Duration::from_millis(100)) {
+            panic!("the test's group member: {e}");
+        }
+    }
+    member.pause(&member.assignment().unwrap()).unwrap();
+
+    let out = dir.path().join("out");
+    let input = broker.uri(
+        "busy",
+        &format!("group=busy&start=earliest&until=end&{GROUP_TIMING}"),
+    );
+    let mut args = window_agg(&input, &out, 1);
+    checkpoint_into(&mut args, &dir.path().join("state"), "100ms");
+    let log = dir.path().join("busy.stderr");
+    let stderr = finish(spawn_logged(&args, &log), &log, Duration::from_secs(40));
+    let refusals = stderr.matches("refused the checkpointed offsets").count();
+    let checkpoints = stderr.matches("complete in").count();
+    assert!(
+        refusals == 1 && checkpoints > 1,
+        "{refusals} refusals said in {checkpoints} checkpoints:\n{stderr}"
+    );
+    assert!(
+        sorted_lines(part_files(&out)) == reference,
+        "the rows differ from the file run's"
+    );
+    drop(member);
+
+    let missing = broker.uri("no-such-topic", "until=end");
+    let args = window_agg(&missing, &dir.path().join("none.jsonl"), 1);
+    let log = dir.path().join("missing.stderr");
+    let (status, stderr) = exit_within(spawn_logged(&args, &log), &log, Duration::from_secs(30));
+    assert!(
+        !status.success() && stderr.contains("cannot find the partitions of topic `no-such-topic`"),
+        "{status}:\n{stderr}"
+    );
+}
+
+/// The reader the tests check output topics with applies the transaction markers: an
+/// aborted transaction's records are left out, a committed one's and plain records kept,
+/// where librdkafka's `read_committed` consumer shows all of them on the test broker.
+#[test]
+fn the_log_reader_leaves_out_aborted_transactions_which_librdkafka_shows() {
+    let dir = TempDir::new().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("marked", PARTITIONS);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("transactional.id", "marked")
+        .create()
+        .unwrap();
+    let timeout = Duration::from_secs(10);
+    producer.init_transactions(timeout).unwrap();
+    let send = |value: &str, partition: i32| {
+        producer
+            .send(
+                BaseRecord::<str, str>::to("marked")
+                    .partition(partition)
+                    .key(value)
+                    .payload(value),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    };
+    producer.begin_transaction().unwrap();
+    for (value, partition) in [("aborted-0", 0), ("aborted-1", 1), ("aborted-2", 0)] {
+        send(value, partition);
+    }
+    producer.flush(timeout).unwrap();
+    producer.abort_transaction(timeout).unwrap();
+    producer.begin_transaction().unwrap();
+    send("committed-0", 0);
+    send("committed-1", 1);
+    producer.commit_transaction(timeout).unwrap();
+    broker.produce("marked", 2, "plain");
+
+    let mut rows: Vec<String> = kafka_log::read_committed(&broker.addr, "marked", PARTITIONS)
+        .into_iter()
+        .map(|(_, key, value)| format!("{}={value}", key.unwrap_or_default()))
+        .collect();
+    rows.sort_unstable();
+    assert_eq!(
+        rows,
+        [
+            "=plain",
+            "committed-0=committed-0",
+            "committed-1=committed-1"
+        ]
+    );
+    // The broker's quirk the reader exists for (if this fails, librdkafka will do).
+    assert_eq!(broker.read_all("marked").len(), 6);
 }

@@ -7,7 +7,8 @@
 //! - [`tcp`]: a TCP source for newline-delimited records, as a server for many clients or
 //!   as a reconnecting client of one server; a TCP client sink and a server sink for
 //!   subscribers;
-//! - [`kafka`]: a consumer-group source and a producer sink, by `kafka://` URI;
+//! - [`kafka`]: a source of every partition of its topics and a producer sink, by
+//!   `kafka://` URI, and the consumer-group member of jobs run as one task per partition;
 //! - [`dead_letter`]: where records that cannot be decoded go, with their source position;
 //! - [`schema`]: versioned events lifted to the current schema by upcasters.
 //!

@@ -25,7 +25,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::TopicPartitionList;
 use weir_engine::metrics::KafkaMetrics;
 
-use super::{KafkaError, KafkaSpec, Rebalance, Reporting};
+use super::{topic_partitions, KafkaError, KafkaSpec, Rebalance, Reporting};
 
 /// How long metadata requests may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,10 +131,7 @@ impl GroupMember {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let context = MemberContext {
-            reporting: Reporting {
-                endpoint: spec.describe(),
-                metrics,
-            },
+            reporting: Reporting::new(spec.describe(), metrics),
             on_change: Mutex::new(Box::new(on_change)),
         };
         let consumer: BaseConsumer<MemberContext> = config
@@ -169,20 +166,13 @@ impl GroupMember {
 
     /// How many partitions the topic has.
     pub fn partition_count(&self) -> Result<usize, KafkaError> {
-        let topic = &self.spec.topics[0];
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        topic_partitions(&self.consumer, &self.spec.topics[0], METADATA_TIMEOUT)
+            .map(|partitions| partitions.len())
             .map_err(|e| KafkaError {
                 endpoint: self.spec.describe(),
                 action: "read the topic's metadata",
                 source: e,
-            })?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len()))
+            })
     }
 
     /// Leaves the group: the revocation of this member's partitions is reported (through
@@ -212,10 +202,11 @@ pub(super) fn commit_for_group(spec: &KafkaSpec, offsets: &TopicPartitionList) -
         return false;
     };
     if let Err(e) = member.consumer.commit(offsets, CommitMode::Async) {
-        member.consumer.context().reporting.error(
-            &e,
-            "cannot commit a task's checkpointed offsets to the group",
-        );
+        member
+            .consumer
+            .context()
+            .reporting
+            .commit_failed(&e.to_string());
     }
     true
 }

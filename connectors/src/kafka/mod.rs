@@ -1,25 +1,32 @@
-//! Kafka: a consumer-group source and a producer sink, on librdkafka (the `rdkafka` crate,
-//! built from source).
+//! Kafka: a source reading every partition of its topics (or the ones the URI names) and a
+//! producer sink, on librdkafka (the `rdkafka` crate, built from source).
 //!
 //! Both are chosen by URI, `kafka://BROKER[,BROKER..]/TOPIC[,TOPIC..]?PARAMS`:
 //!
 //! | parameter | meaning |
 //! |---|---|
-//! | `group=G` | consumer group (default `weir`); processes with the same group split the partitions |
+//! | `group=G` | consumer group (default `weir`): the source commits its checkpointed offsets to it, for lag tools, and reads its committed offsets with `start=committed`; with `tasks=per-partition`, the group that splits the partitions among processes |
 //! | `start=earliest\|latest\|committed\|MS` | where partitions without a checkpointed offset start: their first record, their end, the group's committed offset (else the first record), or the first record at or after event time `MS` (epoch ms); default `committed` |
-//! | `until=end` | bounded: stop once every assigned partition has reached its end (one topic only) |
-//! | `partitions=0,2` | source: read these partitions (of one topic) without joining the group: no group assignment, no rebalances; offsets are still committed under `group` |
-//! | `tasks=per-partition` | source: run the job as one task per partition this process is assigned, each with its own state, checkpoints and output (see `weir_jobs::partitioned`; one topic only) |
+//! | `until=end` | bounded: stop once every partition read (every partition of the topic unless `partitions=` names some) has reached its end (one topic only) |
+//! | `partitions=0,2` | source: read only these partitions (of one topic); without it the source reads every partition of every topic in the URI |
+//! | `tasks=per-partition` | source: run the job as one task per partition the group assigns this process, each with its own state, checkpoints and output (see `weir_jobs::partitioned`; one topic only) |
 //! | `timestamp=kafka\|payload` | where a record's event time comes from: its Kafka timestamp (CreateTime, or LogAppendTime if the topic is configured so), or the payload (the job's own timestamp field); default `payload` |
 //! | `delivery=exactly-once\|at-least-once` | sink in a job with checkpoints: results committed in Kafka transactions once their checkpoint completes (default), or produced at once and repeated after a restart |
 //! | `transactional.id=ID` | sink, exactly-once: the producer's transactional id (default `weir.GROUP.TOPIC`); one per sink of one job |
 //! | `NAME=VALUE` with a `.` in `NAME` | handed to librdkafka as is, e.g. `session.timeout.ms=6000` |
 //!
 //! # Invariants
+//! - Only `tasks=per-partition` lets the group coordinator choose partitions (its state is
+//!   per partition, so a partition moves with its state). Any other source assigns its
+//!   partitions itself, as Flink's `KafkaSource` does: its state (windows, the watermark)
+//!   covers all of them, so a subset handed out by the group (say while dead members of a
+//!   killed run still hold the rest) would make it finish early and its watermark run
+//!   ahead of the partitions it does not read.
 //! - The source's position is the next offset of every partition it has read; it lives in
 //!   weir's checkpoints, which are the source of truth. After a checkpoint completes the
-//!   same offsets are committed to the group (asynchronously), so lag tools see them. A
-//!   restart assigns each partition at its checkpointed offset, whatever the group says.
+//!   same offsets are committed to the group (asynchronously), so lag tools see them; a
+//!   refused commit is reported and never fails the job. A restart assigns each partition
+//!   at its checkpointed offset, whatever the group says.
 //! - In a job with checkpoints the sink is exactly-once: results are produced in one Kafka
 //!   transaction per completed checkpoint (see `transactions`), so `read_committed`
 //!   consumers see each result once, a checkpoint interval late. Without checkpoints, or
@@ -32,6 +39,8 @@
 //!   reports only as log lines; `socket.timeout.ms` is 10 s unless the URI says otherwise). A
 //!   record the brokers did not acknowledge within librdkafka's `message.timeout.ms`
 //!   (default 5 minutes) fails the job, which can then restart from its checkpoint.
+//!   (Finding the topics' partitions when a source starts is the exception: a topic the
+//!   brokers do not show within 10 s fails the job, saying what was wrong.)
 
 /// Implements librdkafka's client callbacks for a context with a `reporting` field: errors,
 /// request time-outs and statistics go to [`Reporting`].
@@ -58,9 +67,12 @@ mod sink;
 mod source;
 mod transactions;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError as RdKafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, TopicPartitionList};
@@ -113,14 +125,14 @@ pub struct KafkaSpec {
     pub group: String,
     /// Where partitions without a checkpointed offset start.
     pub start: StartAt,
-    /// Stop at the end of each partition.
+    /// Stop once every partition read is at its end.
     pub until_end: bool,
     /// Where event time comes from.
     pub event_time: EventTime,
     /// How a sink delivers results in a job with checkpoints.
     pub delivery: Delivery,
-    /// Partitions to read without joining the group (`partitions=`); `None`: the group
-    /// assigns them.
+    /// The partitions to read (`partitions=`); `None`: every partition of every topic
+    /// (with `tasks=per-partition`, the ones the group assigns the process).
     pub partitions: Option<Vec<i32>>,
     /// Run the job as one task per assigned partition (`tasks=per-partition`).
     pub per_partition_tasks: bool,
@@ -306,14 +318,67 @@ enum Rebalance<'a> {
     Revoke(&'a TopicPartitionList),
 }
 
+/// The partition numbers of `topic`, from one metadata request of `consumer` waiting up to
+/// `timeout`. A topic the brokers do not show (it does not exist, or not yet) is the
+/// error `MetadataFetch(UnknownTopicOrPartition)` or the one the brokers gave for it.
+fn topic_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> KafkaResult<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let shown = metadata.topics().iter().find(|t| t.name() == topic);
+    match shown {
+        Some(t) if t.error().is_some() => Err(RdKafkaError::MetadataFetch(
+            t.error()
+                .map_or(RDKafkaErrorCode::UnknownTopicOrPartition, Into::into),
+        )),
+        Some(t) if !t.partitions().is_empty() => {
+            Ok(t.partitions().iter().map(|p| p.id()).collect())
+        }
+        _ => Err(RdKafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        )),
+    }
+}
+
 /// What source and sink clients report the same way: broker errors on stderr and in
-/// metrics, consumer lag from librdkafka's statistics.
+/// metrics, consumer lag from librdkafka's statistics, refused offset commits on stderr.
 struct Reporting {
     endpoint: String,
     metrics: KafkaMetrics,
+    /// A commit of checkpointed offsets failed and was reported.
+    commits_refused: AtomicBool,
 }
 
 impl Reporting {
+    fn new(endpoint: String, metrics: KafkaMetrics) -> Self {
+        Reporting {
+            endpoint,
+            metrics,
+            commits_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Reports a commit of checkpointed offsets to the group that failed (`detail` says
+    /// how). The commit is for lag tools only (checkpoints hold the position), so it never
+    /// fails the job, and it is said once per client: a group that refuses one commit
+    /// refuses the next, one per checkpoint.
+    fn commit_failed(&self, detail: &str) {
+        if self.commits_refused.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        eprintln!(
+            "weir: kafka {}: the consumer group refused the checkpointed offsets ({detail}); \
+             the job goes on (its checkpoints hold its position, the group's offsets are for \
+             lag tools) and commits again after each checkpoint, not saying so again. A group \
+             refuses commits from a reader that is not its member while it has members: \
+             processes of another job with the same group=, or members of a killed process \
+             not expired yet (session.timeout.ms)",
+            self.endpoint
+        );
+    }
+
     fn error(&self, error: &rdkafka::error::KafkaError, reason: &str) {
         use rdkafka::error::{KafkaError, RDKafkaErrorCode};
         // The end of a partition is news for the bounded mode, not a problem.
@@ -329,9 +394,14 @@ impl Reporting {
 
     /// librdkafka's log lines. It reports a broker that stops answering (requests timed
     /// out after `socket.timeout.ms`) only here, as a warning, then reconnects: that is a
-    /// broker error for weir too. The rest has no logger to go to (weir has none).
+    /// broker error for weir too; and a refused commit. The rest has no logger to go to
+    /// (weir has none).
     fn log(&self, facility: &str, message: &str) {
-        if facility == "REQTMOUT" {
+        // librdkafka delivers no result of an asynchronous commit to the rdkafka crate's
+        // consumers (it has no offset_commit_cb); a failed one it logs, as COMMITFAIL.
+        if facility == "COMMITFAIL" {
+            self.commit_failed(message);
+        } else if facility == "REQTMOUT" {
             self.metrics.broker_errors.inc();
             eprintln!(
                 "weir: kafka {}: the broker does not answer ({message}); retrying with backoff",

@@ -81,10 +81,7 @@ impl Producing {
             config.set("transactional.id", id);
         }
         let context = SinkContext {
-            reporting: Reporting {
-                endpoint: spec.describe(),
-                metrics: metrics.clone(),
-            },
+            reporting: Reporting::new(spec.describe(), metrics.clone()),
             acked: AtomicU64::new(0),
             first_failure: Mutex::new(None),
         };

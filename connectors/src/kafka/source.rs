@@ -1,11 +1,28 @@
-//! The Kafka source: a member of a consumer group reading JSON (or any [`Decoder`]) records.
+//! The Kafka source: reads JSON (or any [`Decoder`]) records of every partition of its
+//! topics, or of the partitions the URI names (`partitions=`), and decodes them.
+//!
+//! The source assigns its partitions itself, as Flink's `KafkaSource` does: when it starts
+//! it asks the brokers for its topics' partitions (waiting up to [`TOPIC_WAIT`] for a topic
+//! they do not show yet, then failing the job) and assigns every one. It never joins the
+//! consumer group, which only gives the committed offsets (`start=committed`) and receives
+//! the checkpointed ones, for lag tools. The job's state (windows, the watermark) covers
+//! all partitions, so it must read all of them: a group would hand a process restarted at
+//! once a subset while dead members of the killed one still hold the rest, and the
+//! watermark of the subset would run ahead of the others, whose events would then be late.
+//! Processes that split a topic run one task per partition instead (`tasks=per-partition`,
+//! `weir_jobs::partitioned`), whose tasks use this source with `partitions=P`.
+//!
+//! Partitions are found once, when the source starts (no periodic discovery, unlike Flink's
+//! `partition.discovery.interval.ms`): one added to a topic while the job runs is read from
+//! the job's next start on, from where `start=` says (the restored checkpoint has no
+//! offset for it), with its watermark at the beginning of time as every new split's; the
+//! stream's watermark does not go back, so its events behind the restored watermark are
+//! late, as Flink's per-split watermarks have it.
 //!
 //! Positions are kept per partition as the next offset to read; a restored position is
-//! applied when the group assigns the partition (in the rebalance callback, before any
-//! fetch), or, with fixed partitions (`partitions=`), when the source assigns them itself,
-//! so a restart neither skips nor repeats records. With `until=end` each partition
-//! is paused when it reports its end, and the source is exhausted once all assigned
-//! partitions have.
+//! applied when the source assigns the partition, before any fetch, so a restart neither
+//! skips nor repeats records. With `until=end` each partition is paused when it reports its
+//! end, and the source is exhausted once all of them have.
 //!
 //! Each batch holds records of one partition and names it as its split, so event time is
 //! tracked per partition: the stream's watermark is the minimum over the partitions being
@@ -19,17 +36,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 use weir_engine::metrics::KafkaMetrics;
 use weir_engine::{BoxError, Source, SourceStatus, Split};
 
-use super::{EventTime, KafkaError, KafkaSpec, Rebalance, Reporting, StartAt};
+use super::{topic_partitions, EventTime, KafkaError, KafkaSpec, Reporting, StartAt};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::format::Decoder;
 
@@ -37,19 +53,21 @@ use crate::format::Decoder;
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How long broker requests made on the source's thread may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a starting source waits for the brokers to show each of its topics (one just
+/// created, brokers starting) before it fails the job.
+const TOPIC_WAIT: Duration = Duration::from_secs(10);
+/// How long it waits between two metadata requests for a topic not shown yet.
+const TOPIC_RETRY: Duration = Duration::from_millis(500);
 
 /// Next offset to read, per topic and partition.
 type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 
-/// What the rebalance callback and the polling thread share (the callback runs inside
-/// `poll`, on the same thread, so the lock is never contended).
+/// What the assignment (choosing start offsets) and the polling thread share; both run on
+/// the source's thread, so the lock is never contended.
 #[derive(Debug, Default)]
 struct Partitions {
     next: Offsets,
     assigned: BTreeSet<(String, i32)>,
-    /// What the last assignment gave (kept across a revocation, to tell a move from a
-    /// start); `None` before the first.
-    last_assignment: Option<BTreeSet<(String, i32)>>,
     at_end: BTreeSet<(String, i32)>,
 }
 
@@ -111,7 +129,10 @@ impl SourceContext {
                     &e,
                     "cannot look up offsets by time; starting at the end instead",
                 );
-                by_time
+                // The times in `by_time` are no offsets: each partition starts at its end.
+                let mut at_end = by_time;
+                let _ = at_end.set_all_offsets(Offset::End);
+                at_end
             }
         };
         let mut parts = self.partitions();
@@ -129,108 +150,16 @@ impl SourceContext {
     }
 }
 
-impl SourceContext {
-    /// Pauses the partitions of `tpl` that reached their end before (bounded mode): they
-    /// stay at their end across a rebalance. librdkafka reports a partition's end only once
-    /// per end offset, so one handed back at its end would never report it again.
-    fn pause_ended(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        tpl: &TopicPartitionList,
-    ) -> Result<(), RdKafkaError> {
-        let mut ended = TopicPartitionList::new();
-        {
-            let parts = self.partitions();
-            for e in tpl.elements() {
-                if parts
-                    .at_end
-                    .contains(&(e.topic().to_string(), e.partition()))
-                {
-                    ended.add_partition(e.topic(), e.partition());
-                }
-            }
-        }
-        if ended.count() == 0 {
-            return Ok(());
-        }
-        consumer.pause(&ended)
-    }
-}
-
-impl SourceContext {
-    /// Says so when an assignment after the first one moves partitions to or from this
-    /// process: their keyed state does not move with them (README, Kafka), so the results of
-    /// windows open for their keys are partial or repeated.
-    fn warn_if_moved(&self, tpl: &TopicPartitionList) {
-        let mut parts = self.partitions();
-        let now: BTreeSet<(String, i32)> = partitions_of(tpl).collect();
-        let Some(last) = parts.last_assignment.replace(now.clone()) else {
-            return;
-        };
-        if last == now {
-            return;
-        }
-        let named = |moved: std::collections::btree_set::Difference<'_, (String, i32)>| {
-            let names: Vec<String> = moved.map(|(t, p)| format!("{t}/{p}")).collect();
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(" ")
-            }
-        };
-        eprintln!(
-            "weir: kafka {}: warning: the group moved partitions while the job runs (away: {}; \
-             here: {}); keyed state does not move with them when a job reads with the group, \
-             so windows open for their keys come out partial or twice; for exact results \
-             run the job with tasks=per-partition (each partition's state moves with it), \
-             or keep one process per group",
-            self.reporting.endpoint,
-            named(last.difference(&now)),
-            named(now.difference(&last))
-        );
-    }
-}
-
 report_through_reporting!(SourceContext);
 
-impl ConsumerContext for SourceContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let endpoint = &self.reporting.endpoint;
-        let listed = |tpl: &TopicPartitionList| {
-            tpl.elements()
-                .iter()
-                .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        self.reporting
-            .rebalance(consumer, err, tpl, |rebalance| match rebalance {
-                Rebalance::Assign(tpl) => {
-                    self.choose_offsets(consumer, tpl);
-                    eprintln!("weir: kafka {endpoint}: assigned {}", listed(tpl));
-                    self.warn_if_moved(tpl);
-                    consumer
-                        .assign(tpl)
-                        .and_then(|()| self.pause_ended(consumer, tpl))
-                }
-                Rebalance::Revoke(tpl) => {
-                    eprintln!("weir: kafka {endpoint}: revoked {}", listed(tpl));
-                    self.partitions().assigned.clear();
-                    consumer.unassign()
-                }
-            });
-    }
-}
+// The source assigns its partitions itself, so no rebalance ever calls back.
+impl ConsumerContext for SourceContext {}
 
 /// Writes a record's Kafka timestamp (epoch ms) into its decoded event.
 pub type SetEventTime<T> = fn(&mut T, i64);
 
-/// A consumer-group member reading records of one or more topics and decoding them.
+/// A reader of every partition of one or more topics (or of the partitions the URI names),
+/// decoding their records.
 pub struct KafkaSource<D: Decoder> {
     spec: KafkaSpec,
     decoder: D,
@@ -259,7 +188,7 @@ impl<D: Decoder> std::fmt::Debug for KafkaSource<D> {
 
 impl<D: Decoder> KafkaSource<D> {
     /// Reads `spec`'s topics with `decoder`; records it rejects go to `dead`. Counts records,
-    /// bytes, lag and rebalances in `metrics` (e.g. `job.metrics().kafka()`).
+    /// bytes, lag and broker errors in `metrics` (e.g. `job.metrics().kafka()`).
     pub fn new(spec: KafkaSpec, decoder: D, dead: DeadLetters, metrics: KafkaMetrics) -> Self {
         KafkaSource {
             spec,
@@ -313,8 +242,8 @@ impl<D: Decoder> KafkaSource<D> {
         if self.spec.per_partition_tasks {
             return Err(format!(
                 "{}: tasks=per-partition runs a job as one task per partition, which `weir \
-                 run` does; a job run otherwise reads with the group (drop tasks=) or fixed \
-                 partitions (partitions=0,1)",
+                 run` does; a job run otherwise reads every partition (drop tasks=) or the \
+                 partitions it names (partitions=0,1)",
                 self.spec.describe()
             )
             .into());
@@ -335,10 +264,7 @@ impl<D: Decoder> KafkaSource<D> {
             .set("enable.partition.eof", self.spec.until_end.to_string())
             .set("statistics.interval.ms", "1000");
         let context = SourceContext {
-            reporting: Reporting {
-                endpoint: self.spec.describe(),
-                metrics: self.metrics.clone(),
-            },
+            reporting: Reporting::new(self.spec.describe(), self.metrics.clone()),
             start: self.spec.start,
             partitions: Mutex::new(Partitions {
                 next: std::mem::take(&mut self.restored),
@@ -348,32 +274,65 @@ impl<D: Decoder> KafkaSource<D> {
         let consumer: BaseConsumer<SourceContext> = config
             .create_with_context(context)
             .map_err(|e| self.error("create a consumer", e))?;
-        match &self.spec.partitions {
-            None => {
-                let topics: Vec<&str> = self.spec.topics.iter().map(String::as_str).collect();
-                consumer
-                    .subscribe(&topics)
-                    .map_err(|e| self.error("subscribe", e))?;
-            }
+        let (mut tpl, which) = match &self.spec.partitions {
             Some(partitions) => {
-                // Fixed partitions: assigned here, as the group's callback would.
                 let mut tpl = TopicPartitionList::new();
                 for &partition in partitions {
                     tpl.add_partition(&self.spec.topics[0], partition);
                 }
-                consumer.context().choose_offsets(&consumer, &mut tpl);
-                eprintln!(
-                    "weir: kafka {}: reading partitions {partitions:?}",
-                    self.spec.describe()
-                );
-                consumer
-                    .assign(&tpl)
-                    .map_err(|e| self.error("assign the partitions", e))?;
+                (tpl, "the partitions the URI names")
             }
-        }
+            None => (self.every_partition(&consumer)?, "every partition"),
+        };
+        consumer.context().choose_offsets(&consumer, &mut tpl);
+        let listed: Vec<String> = partitions_of(&tpl)
+            .map(|(topic, partition)| format!("{topic}/{partition}"))
+            .collect();
+        eprintln!(
+            "weir: kafka {}: assigned {} ({which}, by the source itself, not by group {})",
+            self.spec.describe(),
+            listed.join(" "),
+            self.spec.group
+        );
+        consumer
+            .assign(&tpl)
+            .map_err(|e| self.error("assign the partitions", e))?;
         self.dead.open()?;
         self.consumer = Some(consumer);
         Ok(())
+    }
+
+    /// Every partition of every topic of the URI, as the brokers show them. A topic they do
+    /// not show yet (just created, brokers starting) is asked for again until
+    /// [`TOPIC_WAIT`] has passed; then the job fails, saying why.
+    fn every_partition(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+    ) -> Result<TopicPartitionList, BoxError> {
+        let deadline = Instant::now() + TOPIC_WAIT;
+        let mut tpl = TopicPartitionList::new();
+        for topic in &self.spec.topics {
+            let partitions = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match topic_partitions(consumer, topic, left.max(TOPIC_RETRY)) {
+                    Ok(partitions) => break partitions,
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(format!(
+                            "{}: cannot find the partitions of topic `{topic}` within \
+                             {TOPIC_WAIT:?} ({e}): create the topic, or check the brokers and \
+                             the topic's name in the URI",
+                            self.spec.describe()
+                        )
+                        .into())
+                    }
+                    Err(_) => std::thread::sleep(TOPIC_RETRY),
+                }
+            };
+            for partition in partitions {
+                tpl.add_partition(topic, partition);
+            }
+        }
+        Ok(tpl)
     }
 }
 
@@ -512,7 +471,7 @@ impl<D: Decoder> Source for KafkaSource<D> {
             };
             wait = Duration::ZERO;
             let (partition, offset) = (message.partition(), message.offset());
-            // Only subscribed topics are assigned, so the search always finds one.
+            // Only the URI's topics are assigned, so the search always finds one.
             let topic = self
                 .spec
                 .topics
@@ -632,13 +591,11 @@ impl<D: Decoder> Source for KafkaSource<D> {
         let through_member =
             || self.spec.partitions.is_some() && super::group::commit_for_group(&self.spec, &tpl);
         if tpl.count() > 0 && !through_member() {
-            // Only for lag tools: a failed commit is reported by librdkafka and retried with
-            // the next checkpoint; the checkpoint itself holds the offsets.
+            // Only for lag tools: the checkpoint holds the offsets. A commit that fails is
+            // reported (by librdkafka's log, see `Reporting::log`, or here if it could not
+            // be sent), and the next checkpoint commits again.
             if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                consumer
-                    .context()
-                    .reporting
-                    .error(&e, "cannot commit the checkpoint's offsets to the group");
+                consumer.context().reporting.commit_failed(&e.to_string());
             }
         }
         Ok(())
