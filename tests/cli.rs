@@ -91,7 +91,7 @@ fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
     let dir = tempfile::tempdir()?;
     let missing = dir.path().join("nope.jsonl");
     let missing = missing.to_str().ok_or("path")?;
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["run", "window-agg", "--metrics-addr", "off"],
             "needs an input: pass --input FILE",
@@ -114,6 +114,10 @@ fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
         (
             &["run", "window-agg", "--window", "hop:10s"],
             "hop:SIZE/SLIDE",
+        ),
+        (
+            &["run", "window-agg", "--window", "tumble:1m30s"],
+            "invalid duration `1m30s`: expected a whole number with a unit",
         ),
         (
             &[

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use clap::Args;
 use weir_connectors::Format;
 use weir_engine::{parse_duration, CheckpointConfig, Resume, RunOptions, StateConfig};
@@ -324,31 +324,32 @@ fn parse_param(s: &str) -> anyhow::Result<(String, String)> {
 
 /// Parses `tumble:10s`, `hop:60s/10s` or `session:5s`.
 pub fn parse_window(s: &str) -> anyhow::Result<WindowSpec> {
+    const EXAMPLES: &str = "e.g. tumble:10s, hop:60s/10s or session:5s";
     let (kind, spec) = s.split_once(':').ok_or_else(|| {
-        anyhow!("window `{s}` needs a kind: tumble:SIZE, hop:SIZE/SLIDE or session:GAP")
+        anyhow!(
+            "window `{s}` needs a kind: tumble:SIZE, hop:SIZE/SLIDE or session:GAP ({EXAMPLES})"
+        )
     })?;
-    let nonzero = |d: &str| -> anyhow::Result<Duration> {
-        let d = parse_duration(d).with_context(|| format!("in window `{s}`"))?;
-        if d.is_zero() {
-            bail!("window `{s}`: sizes must be greater than zero");
-        }
-        Ok(d)
-    };
-    Ok(match kind {
-        "tumble" | "tumbling" => Tumbling::of(nonzero(spec)?).into(),
+    // The reason goes into the message itself: clap prints only its top line.
+    let duration =
+        |d: &str| parse_duration(d).map_err(|e| anyhow!("window `{s}`: {e} ({EXAMPLES})"));
+    let window: WindowSpec = match kind {
+        "tumble" | "tumbling" => Tumbling::of(duration(spec)?).into(),
         "hop" | "sliding" => {
             let (size, slide) = spec.split_once('/').ok_or_else(|| {
                 anyhow!("window `{s}`: a hop window is hop:SIZE/SLIDE, e.g. hop:60s/10s")
             })?;
-            let (size, slide) = (nonzero(size)?, nonzero(slide)?);
-            if slide > size {
-                bail!("window `{s}`: the slide may not exceed the size (events would fall between windows)");
-            }
-            Sliding::of(size, slide).into()
+            Sliding::of(duration(size)?, duration(slide)?).into()
         }
-        "session" => Session::with_gap(nonzero(spec)?).into(),
-        _ => bail!("unknown window kind `{kind}` in `{s}`: use tumble, hop or session"),
-    })
+        "session" => Session::with_gap(duration(spec)?).into(),
+        _ => {
+            bail!("unknown window kind `{kind}` in `{s}`: use tumble, hop or session ({EXAMPLES})")
+        }
+    };
+    window
+        .check()
+        .map_err(|reason| anyhow!("window `{s}`: {reason} ({EXAMPLES})"))?;
+    Ok(window)
 }
 
 #[cfg(test)]
@@ -390,6 +391,20 @@ mod tests {
         );
         assert!(parse_window("hop:10s/60s").is_err());
         assert!(parse_window("tumble:0s").is_err());
+        // Each refusal says why and shows a valid window.
+        for (bad, why) in [
+            ("tumble:10", "invalid duration `10`"),
+            ("tumble:-5s", "invalid duration `-5s`"),
+            ("tumble:1m30s", "invalid duration `1m30s`"),
+            ("tumble:0s", "at least 1 ms"),
+            ("hop:10s/60s", "the slide may not exceed the size"),
+        ] {
+            let err = parse_window(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains("tumble:10s"),
+                "{bad}: {err}"
+            );
+        }
         assert!(parse_window("weekly:1d").is_err());
         assert!(parse_window("10s").is_err());
         Ok(())

@@ -67,10 +67,10 @@ pub struct Tumbling {
 }
 
 impl Tumbling {
-    /// Windows of `size`.
+    /// Windows of `size` (greater than zero: [`WindowSpec::check`]).
     pub fn of(size: Duration) -> Self {
         Tumbling {
-            size: duration_ms(size).max(1),
+            size: duration_ms(size),
             offset: 0,
         }
     }
@@ -78,7 +78,7 @@ impl Tumbling {
     /// Shifts window bounds by `offset` (e.g. for time zones).
     pub fn with_offset(self, offset: Duration) -> Self {
         Tumbling {
-            offset: duration_ms(offset) % self.size,
+            offset: duration_ms(offset).checked_rem(self.size).unwrap_or(0),
             ..self
         }
     }
@@ -103,11 +103,12 @@ pub struct Sliding {
 }
 
 impl Sliding {
-    /// Windows of `size` starting every `slide`.
+    /// Windows of `size` starting every `slide` (both greater than zero, the slide not
+    /// greater than the size: [`WindowSpec::check`]).
     pub fn of(size: Duration, slide: Duration) -> Self {
         Sliding {
-            size: duration_ms(size).max(1),
-            slide: duration_ms(slide).max(1),
+            size: duration_ms(size),
+            slide: duration_ms(slide),
             offset: 0,
         }
     }
@@ -120,10 +121,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Sessions that close after `gap` without events.
+    /// Sessions that close after `gap` (greater than zero) without events.
     pub fn with_gap(gap: Duration) -> Self {
         Session {
-            gap: duration_ms(gap).max(1),
+            gap: duration_ms(gap),
         }
     }
 }
@@ -152,6 +153,32 @@ impl From<Sliding> for WindowSpec {
 impl From<Session> for WindowSpec {
     fn from(w: Session) -> Self {
         WindowSpec::Session(w)
+    }
+}
+
+impl WindowSpec {
+    /// Why this window cannot be used, if it cannot: the one check for windows built in
+    /// Rust (the job is refused when it runs) and on the command line (`--window`).
+    pub fn check(&self) -> Result<(), String> {
+        let sizes = match self {
+            WindowSpec::Tumbling(t) => vec![t.size],
+            WindowSpec::Sliding(s) => vec![s.size, s.slide],
+            WindowSpec::Session(s) => vec![s.gap],
+        };
+        if sizes.iter().any(|&ms| ms <= 0) {
+            return Err(format!(
+                "{self}: sizes, slides and gaps must be at least 1 ms"
+            ));
+        }
+        if let WindowSpec::Sliding(s) = self {
+            if s.slide > s.size {
+                return Err(format!(
+                    "{self}: the slide may not exceed the size (events would fall between \
+                     windows)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -289,9 +316,10 @@ pub trait WindowExt<K, T, KF> {
 
 impl<K, T, KF> WindowExt<K, T, KF> for KeyedStream<K, T, KF> {
     fn window(self, spec: impl Into<WindowSpec>) -> WindowedStream<K, T, KF> {
+        let spec = spec.into();
         WindowedStream {
             keyed: self,
-            spec: spec.into(),
+            spec,
             allowed_lateness: 0,
             late: None,
         }
@@ -335,6 +363,11 @@ where
             self.keyed.stream().invalid(
                 "a window needs event times: call .timestamps(..) before .key_by(..)".into(),
             );
+        }
+        if let Err(reason) = self.spec.check() {
+            self.keyed.stream().invalid(format!(
+                "window {reason}; for example Tumbling::of(Duration::from_secs(10))"
+            ));
         }
         let detail = format!(
             "{}, allowed lateness {}ms",
@@ -612,6 +645,25 @@ mod tests {
     use crate::aggregate::Count;
 
     type Row = (&'static str, i64, i64, u64, bool);
+
+    #[test]
+    fn windows_of_zero_size_or_a_slide_past_the_size_are_refused_as_on_the_command_line() {
+        let zero = Duration::ZERO;
+        let ten = Duration::from_secs(10);
+        for bad in [
+            WindowSpec::from(Tumbling::of(zero)),
+            Sliding::of(ten, zero).into(),
+            Sliding::of(Duration::from_secs(1), ten).into(),
+            Session::with_gap(Duration::from_micros(500)).into(),
+        ] {
+            assert!(bad.check().is_err(), "{bad} was accepted");
+        }
+        assert_eq!(Tumbling::of(ten).with_offset(ten).offset(), 0);
+        assert!(WindowSpec::from(Tumbling::of(zero).with_offset(ten))
+            .check()
+            .is_err());
+        assert!(WindowSpec::from(Sliding::of(ten, ten)).check().is_ok());
+    }
 
     #[test]
     fn the_remembered_alignment_agrees_with_window_start() {
