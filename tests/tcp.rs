@@ -449,3 +449,52 @@ fn the_server_sink_serves_all_rows_and_drops_a_subscriber_that_does_not_read() -
     );
     Ok(())
 }
+
+/// A client that sends one 512 MiB line (no line break until its end) and then a good one:
+/// the over-long line is a dead letter, the good line counts, and the server's memory
+/// stays bounded (it skips the rest of an over-long line instead of collecting it).
+#[test]
+fn an_endless_line_is_skipped_in_bounded_memory() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("out.jsonl");
+    let mut running = common::Running::spawn(
+        WEIR,
+        &[
+            "run",
+            "window-agg",
+            "--input",
+            "tcp://127.0.0.1:0?until=disconnect",
+            "--output",
+            output.to_str().ok_or("path")?,
+            "--metrics-addr",
+            "off",
+        ]
+        .map(std::ffi::OsStr::new),
+    )?;
+    let listening = running.wait_for_line(Duration::from_secs(30), |l| {
+        l.starts_with("weir: listening on tcp://")
+    })?;
+    let addr = listening
+        .trim_start_matches("weir: listening on tcp://")
+        .to_string();
+    let pid = running.child.0.id();
+    let mut socket = TcpStream::connect(&addr)?;
+    let chunk = vec![b'x'; 1 << 20];
+    socket.write_all(b"{\"key\":\"")?;
+    for _ in 0..512 {
+        socket.write_all(&chunk)?;
+    }
+    socket.write_all(b"\"}\n")?;
+    socket.write_all(event_line(0, 1).as_bytes())?;
+    socket.flush()?;
+    // Sent: the server has read all but what the socket buffers hold. Its peak so far:
+    let peak = peak_rss_mib(pid).ok_or("weir ended early")?;
+    drop(socket);
+    let done = running.wait_for_line(Duration::from_secs(60), |l| l.contains(" done: "))?;
+    assert!(
+        done.contains(" 1 events read") && done.contains(" 1 dead letters"),
+        "{done}"
+    );
+    assert!(peak < 200.0, "peak RSS {peak:.0} MiB for a 512 MiB line");
+    Ok(())
+}

@@ -536,9 +536,8 @@ impl Reader {
                 )
                 .into_owned();
                 batch.bytes.truncate(start);
-                let mut rest = Vec::new();
-                let _ = input.read_until(b'\n', &mut rest);
-                terminated = rest.last() == Some(&b'\n');
+                // A failed read shows again, as the stream's end, at the next read.
+                terminated = skip_rest_of_line(&mut input).unwrap_or(false);
                 batch.refused.push((
                     batch.ends.len(),
                     format!(
@@ -556,6 +555,27 @@ impl Reader {
                 if self.deliveries.send(Delivery::Lines(full)).is_err() {
                     return (batch, End::Stopped);
                 }
+            }
+        }
+    }
+}
+
+/// Reads past the rest of a line without keeping it (an over-long line may be of any
+/// length, or never end); true once its line break came, false at the end of the stream.
+fn skip_rest_of_line(input: &mut impl BufRead) -> std::io::Result<bool> {
+    loop {
+        let buffered = input.fill_buf()?;
+        if buffered.is_empty() {
+            return Ok(false);
+        }
+        match memchr::memchr(b'\n', buffered) {
+            Some(at) => {
+                input.consume(at + 1);
+                return Ok(true);
+            }
+            None => {
+                let all = buffered.len();
+                input.consume(all);
             }
         }
     }
