@@ -358,3 +358,37 @@ fn a_taken_default_metrics_port_falls_back_to_a_free_one() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_ends_the_run_quietly() -> TestResult {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("events.jsonl");
+    let gen = weir(&[
+        "gen",
+        "events",
+        "--events",
+        "200000",
+        "--output",
+        input.to_str().ok_or("path")?,
+    ])?;
+    assert!(gen.status.success());
+    // As `weir run .. 2>&1 | head -1`: both outputs into one pipe, closed after a line.
+    let (reader, writer) = std::io::pipe()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "window-agg", "--metrics-addr", "off", "--input"])
+        .arg(&input)
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufReader::new(reader).read_line(&mut first)?;
+    assert!(!first.is_empty());
+    let status = child.wait()?;
+    assert_eq!(
+        status.code(),
+        Some(141),
+        "a closed pipe must end weir quietly (128 + SIGPIPE), not panic (101) or fail (1)"
+    );
+    Ok(())
+}

@@ -123,16 +123,51 @@ struct ServeOptions {
     quiet: bool,
 }
 
+/// The exit code of a process whose output pipe was closed (`weir .. | head`): 128 +
+/// SIGPIPE, what a shell shows for any tool ended that way.
+const CLOSED_PIPE: u8 = 141;
+
 /// Runs the CLI with `registry`'s jobs; returns the process exit code.
 pub fn main(registry: Registry) -> ExitCode {
+    end_quietly_when_output_is_closed();
     let cli = Cli::parse();
     match execute(&registry, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_closed_pipe(&e) => ExitCode::from(CLOSED_PIPE),
         Err(e) => {
             eprintln!("weir: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// True if `e` comes from writing to a pipe whose reader left.
+fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A reader of stdout or stderr that went away (`weir .. 2>&1 | head`) makes the next
+/// print panic in whichever thread prints; the process then ends at once, silently, with
+/// [`CLOSED_PIPE`], as a Unix tool killed by SIGPIPE does. (SIGPIPE itself stays ignored:
+/// a TCP sink must see a broken connection as an error it can retry.)
+fn end_quietly_when_output_is_closed() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(i32::from(CLOSED_PIPE));
+        }
+        default(info);
+    }));
 }
 
 fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
