@@ -91,10 +91,13 @@ fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
     let dir = tempfile::tempdir()?;
     let missing = dir.path().join("nope.jsonl");
     let missing = missing.to_str().ok_or("path")?;
-    let cases: [(&[&str], &str); 6] = [
+    // Usage errors (how weir was called) exit with 2, as the option parser's own do;
+    // failures while running (an input that cannot be opened) with 1.
+    let cases: [(&[&str], &str, i32); 7] = [
         (
             &["run", "window-agg", "--metrics-addr", "off"],
             "needs an input: pass --input FILE",
+            2,
         ),
         (
             &[
@@ -106,18 +109,22 @@ fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
                 missing,
             ],
             "nope.jsonl",
+            1,
         ),
         (
             &["run", "no-such-job"],
             "the jobs are: window-agg, order-analytics",
+            2,
         ),
         (
             &["run", "window-agg", "--window", "hop:10s"],
             "hop:SIZE/SLIDE",
+            2,
         ),
         (
             &["run", "window-agg", "--window", "tumble:1m30s"],
             "invalid duration `1m30s`: expected a whole number with a unit",
+            2,
         ),
         (
             &[
@@ -131,25 +138,28 @@ fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
                 "off",
             ],
             "parallelism 0 is out of range",
+            2,
+        ),
+        // Checkpoints that cannot work are refused before the input is opened.
+        (
+            &[
+                "run",
+                "window-agg",
+                "--input",
+                missing,
+                "--metrics-addr",
+                "off",
+                "--checkpoint-interval",
+                "1s",
+            ],
+            "--checkpoint-interval needs --state-dir DIR",
+            2,
         ),
     ];
-    // Checkpoints that cannot work are refused before the input is opened.
-    let checkpointed = [
-        "run",
-        "window-agg",
-        "--input",
-        missing,
-        "--metrics-addr",
-        "off",
-        "--checkpoint-interval",
-        "1s",
-    ];
-    let checkpoint_cases: [(&[&str], &str); 1] =
-        [(&checkpointed, "--checkpoint-interval needs --state-dir DIR")];
-    for (args, expected) in cases.into_iter().chain(checkpoint_cases) {
+    for (args, expected, code) in cases {
         let out = weir(args)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} should fail");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(
             stderr.contains(expected),
             "{args:?}: expected `{expected}` in: {stderr}"

@@ -21,7 +21,7 @@ use weir_engine::{parse_duration, EngineError, RunSummary};
 use crate::generate::{
     create_file, write_events, write_orders, write_sagas, EventStreamSpec, RateLimited,
 };
-use crate::options::JobOptions;
+use crate::options::{JobOptions, UsageError};
 use crate::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -134,6 +134,11 @@ pub fn main(registry: Registry) -> ExitCode {
     match execute(&registry, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_closed_pipe(&e) => ExitCode::from(CLOSED_PIPE),
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("weir: error: {e:#}");
+            // As for the option parser's own errors.
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("weir: error: {e:#}");
             ExitCode::FAILURE

@@ -113,6 +113,27 @@ pub struct JobOptions {
     pub dead_letter_file: Option<PathBuf>,
 }
 
+/// A mistake in how weir was called (a missing or contradictory option), as opposed to a
+/// failure while running: the CLI exits with 2 for it, as for the option parser's own.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns early with a [`UsageError`] made by `format!`.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::options::UsageError(format!($($arg)*))))
+    };
+}
+pub(crate) use usage;
+
 /// Where `--replay-from` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayFrom {
@@ -152,9 +173,11 @@ impl JobOptions {
 
     /// The input path, or an error saying the job needs one.
     pub fn require_input(&self, job: &str) -> anyhow::Result<&PathBuf> {
-        self.input
-            .as_ref()
-            .ok_or_else(|| anyhow!("job `{job}` needs an input: pass --input FILE"))
+        self.input.as_ref().ok_or_else(|| {
+            anyhow::Error::new(UsageError(format!(
+                "job `{job}` needs an input: pass --input FILE"
+            )))
+        })
     }
 
     /// The input format: `--format`, else the input's extension.
@@ -199,14 +222,14 @@ impl JobOptions {
         for (i, (what, path)) in named.iter().enumerate() {
             let Some(path) = path else { continue };
             if input.as_ref() == Some(path) {
-                bail!(
+                usage!(
                     "{what} {} is the input file: writing it would destroy the input; choose \
                      another path",
                     path.display()
                 );
             }
             if let Some((other, _)) = named[..i].iter().find(|(_, p)| p.as_ref() == Some(path)) {
-                bail!(
+                usage!(
                     "{what} and {other} are the same file ({}): give each its own path",
                     path.display()
                 );
@@ -231,6 +254,14 @@ impl JobOptions {
 
     /// How the engine should run the job called `job`.
     pub fn run_options(&self, job: &str) -> anyhow::Result<RunOptions> {
+        let max = usize::from(weir_engine::MAX_KEY_GROUPS);
+        if !(1..=max).contains(&self.parallelism) {
+            usage!(
+                "--parallelism {}: parallelism {} is out of range: use 1 to {max}",
+                self.parallelism,
+                self.parallelism
+            );
+        }
         let state = match self.state.as_str() {
             "memory" => StateConfig::Memory,
             _ => StateConfig::RocksDb {
@@ -240,7 +271,7 @@ impl JobOptions {
         };
         let checkpoints = match (self.checkpoint_interval, &self.state_dir) {
             (None, _) => None,
-            (Some(_), None) => bail!(
+            (Some(_), None) => usage!(
                 "--checkpoint-interval needs --state-dir DIR: checkpoints must outlive the \
                  process to be resumed from"
             ),
@@ -256,7 +287,7 @@ impl JobOptions {
             }),
         };
         if checkpoints.is_none() && self.from_savepoint.is_some() {
-            bail!("--from-savepoint needs --checkpoint-interval and --state-dir");
+            usage!("--from-savepoint needs --checkpoint-interval and --state-dir");
         }
         Ok(RunOptions {
             parallelism: self.parallelism,

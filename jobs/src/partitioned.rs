@@ -43,7 +43,7 @@ use weir_connectors::KafkaSpec;
 use weir_engine::metrics::MetricsServer;
 use weir_engine::{EngineError, JobControl, JobMetrics, RunSummary};
 
-use crate::options::JobOptions;
+use crate::options::{usage, JobOptions};
 use crate::registry::JobSpec;
 
 /// How often the process serves the group and looks for finished tasks.
@@ -355,14 +355,14 @@ pub fn kafka_input(options: &JobOptions) -> Option<KafkaSpec> {
 /// The state directory; refuses what a job run per partition cannot do.
 fn check_options(options: &JobOptions, input: &KafkaSpec) -> anyhow::Result<PathBuf> {
     let (Some(dir), Some(_)) = (&options.state_dir, options.checkpoint_interval) else {
-        bail!(
+        usage!(
             "tasks=per-partition keeps each partition's state in checkpoints under a directory \
              every process of the group can read: pass --state-dir DIR and \
              --checkpoint-interval D"
         );
     };
     if options.from_savepoint.is_some() || options.replay_from.is_some() {
-        bail!(
+        usage!(
             "tasks=per-partition resumes each partition from its own newest checkpoint: \
              --from-savepoint and --replay-from are not supported with it"
         );
@@ -372,7 +372,7 @@ fn check_options(options: &JobOptions, input: &KafkaSpec) -> anyhow::Result<Path
         .as_deref()
         .is_some_and(|o| o.starts_with("tcp://") && o.contains("mode=listen"))
     {
-        bail!(
+        usage!(
             "tasks=per-partition runs a sink per partition, and they cannot all listen on one \
              address: use a file, Kafka or tcp:// client output"
         );
@@ -384,7 +384,7 @@ fn check_options(options: &JobOptions, input: &KafkaSpec) -> anyhow::Result<Path
             || k == "group.protocol" && v != "classic")
     });
     if !eager {
-        bail!(
+        usage!(
             "tasks=per-partition needs the classic group protocol with an eager assignor \
              (range or roundrobin): drop group.protocol / the cooperative \
              partition.assignment.strategy from --input"

@@ -94,10 +94,10 @@ impl Registry {
     pub fn get(&self, name: &str) -> anyhow::Result<&JobSpec> {
         self.jobs.iter().find(|j| j.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.jobs.iter().map(|j| j.name.as_str()).collect();
-            anyhow::anyhow!(
+            anyhow::Error::new(crate::options::UsageError(format!(
                 "no job called `{name}`; the jobs are: {} (see `weir jobs`)",
                 names.join(", ")
-            )
+            )))
         })
     }
 }

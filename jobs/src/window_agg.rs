@@ -35,7 +35,7 @@ use weir_operators::StatsOutput;
 
 use self::flat_json::{decode_flat_json, LineShape};
 use crate::generate::{EventStreamSpec, GeneratedEvents};
-use crate::options::JobOptions;
+use crate::options::{usage, JobOptions};
 use crate::output::OutputSink;
 
 mod flat_json;
@@ -115,7 +115,7 @@ fn metric_of(by: &str) -> anyhow::Result<fn(&StatsOutput<i64>) -> Metric> {
         "min" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.min)),
         "max" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.max)),
         "avg" => |s: &StatsOutput<i64>| Metric::Float(s.avg),
-        other => anyhow::bail!("--by {other}: use count, sum, min, max or avg"),
+        other => usage!("--by {other}: use count, sum, min, max or avg"),
     })
 }
 
@@ -155,7 +155,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 )
             } else if is_arrow_file(input) {
                 if opts.follow {
-                    anyhow::bail!(
+                    usage!(
                         "--follow reads lines appended to a text file; an Arrow IPC file \
                          ends with its footer: drop --follow"
                     );
@@ -178,9 +178,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
 /// The dataflow after the source: shared by file input, the generator and benchmarks.
 pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Result<()> {
     if opts.top.is_some() && !opts.allowed_lateness.is_zero() {
-        anyhow::bail!(
-            "--top ranks each window once, when it is final: it cannot take --allowed-lateness"
-        );
+        usage!("--top ranks each window once, when it is final: it cannot take --allowed-lateness");
     }
     let windowed = events
         .timestamps(
