@@ -846,3 +846,77 @@ fn top_n_per_window_ranks_the_reference_rows() -> TestResult {
     }
     Ok(())
 }
+
+/// Peak resident memory of process `pid` so far, in MiB (`VmHWM`), if it still runs.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Two 100 MiB lines among good ones: each is a dead letter keeping its first KiB and
+/// saying its length, the good lines count, and the job never holds such a line whole.
+#[test]
+fn lines_longer_than_max_line_are_dead_letters_in_bounded_memory() -> Result<(), Box<dyn Error>> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("long.jsonl");
+    let mut file = std::io::BufWriter::new(fs::File::create(&input)?);
+    let good = |ts: i64| format!("{{\"ts\":{ts},\"key\":\"k\",\"value\":1}}\n");
+    let long = vec![b'x'; 100 << 20];
+    for ts in [1, 2] {
+        file.write_all(good(ts).as_bytes())?;
+        file.write_all(&long)?;
+        file.write_all(b"\n")?;
+    }
+    file.write_all(good(3).as_bytes())?;
+    file.flush()?;
+    drop(file);
+    let output = dir.path().join("out.jsonl");
+    // Followed, so the process is still there to be measured once it read everything.
+    let child = std::process::Command::new(WEIR)
+        .args([
+            "run",
+            "window-agg",
+            "--metrics-addr",
+            "off",
+            "--quiet",
+            "--follow",
+        ])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut child = common::KillOnDrop(child);
+    let dead_path = dir.path().join("out.jsonl.dead.jsonl");
+    let started = std::time::Instant::now();
+    let dead = loop {
+        let dead = fs::read_to_string(&dead_path).unwrap_or_default();
+        if dead.lines().count() >= 2 {
+            break dead;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) || child.0.try_wait()?.is_some() {
+            return Err(failure(format!("no two dead letters in 60 s: {dead}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let peak = peak_rss_mib(child.0.id()).ok_or("weir ended")?;
+    let letters: Vec<serde_json::Value> = dead
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    for (letter, line) in letters.iter().zip([2, 4]) {
+        assert_eq!(letter["line"], line, "{letter}");
+        let error = letter["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("line of {} bytes", (100 << 20) + 1)),
+            "{error}"
+        );
+        assert_eq!(letter["raw"].as_str().map(str::len), Some(1024));
+    }
+    assert!(peak < 200.0, "peak RSS {peak:.0} MiB for two 100 MiB lines");
+    Ok(())
+}

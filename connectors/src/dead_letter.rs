@@ -17,6 +17,10 @@ use weir_engine::metrics::Counter;
 
 use crate::error::{create_file, ConnectorError};
 
+/// How much of an over-long line (past a source's line limit) its dead letter keeps: the
+/// line itself may be of any size, and is never held whole.
+pub const KEPT_OF_LONG_LINE: usize = 1024;
+
 /// One rejected input record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {

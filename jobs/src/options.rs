@@ -28,6 +28,10 @@ pub struct JobOptions {
     /// Keep reading lines appended to the input, like `tail -f`.
     #[arg(long)]
     pub follow: bool,
+    /// Longest input line (bytes) a file input decodes; a longer one is a dead letter
+    /// keeping its first KiB and its length, never held whole in memory.
+    #[arg(long, default_value_t = weir_connectors::file::DEFAULT_MAX_LINE)]
+    pub max_line: usize,
     /// Field holding the event time, in epoch milliseconds.
     #[arg(long, default_value = "ts")]
     pub ts_field: String,

@@ -154,7 +154,9 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let orders = job
         .source(
             "orders",
-            FileSource::new(input, opts.input_format(), order_decoder(), dead).follow(opts.follow),
+            FileSource::new(input, opts.input_format(), order_decoder(), dead)
+                .follow(opts.follow)
+                .max_line(opts.max_line),
         )
         .uid("orders")
         .timestamps(

@@ -90,7 +90,8 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 Json::<SagaEvent>::default(),
                 dead,
             )
-            .follow(opts.follow),
+            .follow(opts.follow)
+            .max_line(opts.max_line),
         )
         .uid("events")
         .timestamps(

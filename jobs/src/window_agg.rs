@@ -166,7 +166,9 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             } else {
                 job.source(
                     "input",
-                    FileSource::new(input, opts.input_format(), decoder, dead).follow(opts.follow),
+                    FileSource::new(input, opts.input_format(), decoder, dead)
+                        .follow(opts.follow)
+                        .max_line(opts.max_line),
                 )
             }
         }

@@ -5,6 +5,10 @@
 //! off is copied, to the front of the next chunk. A chunk that is not UTF-8 is cut before
 //! its first bad line; that line and the rest of the chunk are checked line by line.
 //!
+//! A line longer than the reader's limit is never held whole: its first bytes are kept
+//! and the rest is read past in chunk-sized pieces ([`Line::TooLong`]), so memory stays
+//! bounded whatever the file holds.
+//!
 //! # Invariants
 //! - `chunk[at..]` is a sequence of lines each ending in `\n`, except the last line of a
 //!   file without a final line break, handed out only when the reader is told the file is
@@ -14,6 +18,8 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+
+use crate::dead_letter::KEPT_OF_LONG_LINE;
 
 /// Bytes asked of the file per read.
 const CHUNK: usize = 256 * 1024;
@@ -27,6 +33,26 @@ pub(super) enum Line<'a> {
     Text(&'a str),
     /// A line that is not UTF-8, and why.
     NotUtf8(Vec<u8>, std::str::Utf8Error),
+    /// A line longer than the limit: its first bytes, and its length with its break.
+    TooLong(LongLine),
+}
+
+/// What is kept of a line longer than the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LongLine {
+    /// Its first [`KEPT_OF_LONG_LINE`] bytes.
+    pub(super) start: Vec<u8>,
+    /// Its length in bytes, line break included.
+    pub(super) bytes: u64,
+}
+
+impl LongLine {
+    fn of(line: &[u8], bytes: u64) -> Self {
+        LongLine {
+            start: line[..KEPT_OF_LONG_LINE.min(line.len())].to_vec(),
+            bytes,
+        }
+    }
 }
 
 /// Reads the lines of a file through a chunk buffer (see the module docs).
@@ -40,11 +66,18 @@ pub(super) struct LineReader {
     unchecked: Vec<u8>,
     unchecked_at: usize,
     rest: Vec<u8>,
+    /// Longest line (without its break) handed out whole.
+    max_line: usize,
+    /// An over-long line being read past (its end not read yet).
+    skipping: Option<LongLine>,
+    /// An over-long line read to its end, handed out before anything else.
+    skipped: Option<LongLine>,
 }
 
 impl LineReader {
-    /// Reads `file` from where it stands.
-    pub(super) fn new(file: File) -> Self {
+    /// Reads `file` from where it stands; lines longer than `max_line` bytes (without
+    /// their break) come as [`Line::TooLong`].
+    pub(super) fn new(file: File, max_line: usize) -> Self {
         LineReader {
             file,
             chunk: String::new(),
@@ -52,7 +85,19 @@ impl LineReader {
             unchecked: Vec::new(),
             unchecked_at: 0,
             rest: Vec::new(),
+            max_line,
+            skipping: None,
+            skipped: None,
         }
+    }
+
+    /// `line` (with its break, if any), or what is kept of it if it is over-long.
+    fn limited<'a>(&self, line: &'a [u8]) -> Result<&'a [u8], LongLine> {
+        let content = line.len() - usize::from(line.last() == Some(&b'\n'));
+        if content > self.max_line {
+            return Err(LongLine::of(line, line.len() as u64));
+        }
+        Ok(line)
     }
 
     /// The file, to seek it; buffered lines are dropped.
@@ -62,6 +107,8 @@ impl LineReader {
         self.unchecked.clear();
         self.unchecked_at = 0;
         self.rest.clear();
+        self.skipping = None;
+        self.skipped = None;
         &mut self.file
     }
 
@@ -70,6 +117,11 @@ impl LineReader {
     /// it waits for its line break (the file is being written).
     pub(super) fn next_line(&mut self, complete: bool) -> io::Result<Option<Line<'_>>> {
         while self.at == self.chunk.len() && self.unchecked_at == self.unchecked.len() {
+            // An over-long line just read past comes before the lines after it (a skip
+            // leaves the chunk empty).
+            if let Some(long) = self.skipped.take() {
+                return Ok(Some(Line::TooLong(long)));
+            }
             if !self.refill(complete)? {
                 return Ok(None);
             }
@@ -77,19 +129,62 @@ impl LineReader {
         if self.at < self.chunk.len() {
             let ahead = &self.chunk.as_bytes()[self.at..];
             let len = memchr::memchr(b'\n', ahead).map_or(ahead.len(), |i| i + 1);
-            let line = &self.chunk[self.at..self.at + len];
+            let start = self.at;
             self.at += len;
-            return Ok(Some(Line::Text(line)));
+            // The common case costs one comparison per line.
+            if len > self.max_line {
+                if let Err(long) = self.limited(&self.chunk.as_bytes()[start..start + len]) {
+                    return Ok(Some(Line::TooLong(long)));
+                }
+            }
+            return Ok(Some(Line::Text(&self.chunk[start..start + len])));
         }
         let ahead = &self.unchecked[self.unchecked_at..];
         let len = memchr::memchr(b'\n', ahead).map_or(ahead.len(), |i| i + 1);
         let start = self.unchecked_at;
         self.unchecked_at += len;
-        let bytes = &self.unchecked[start..start + len];
+        let bytes = match self.limited(&self.unchecked[start..start + len]) {
+            Ok(bytes) => bytes,
+            Err(long) => return Ok(Some(Line::TooLong(long))),
+        };
         Ok(Some(match std::str::from_utf8(bytes) {
             Ok(text) => Line::Text(text),
             Err(e) => Line::NotUtf8(bytes.to_vec(), e),
         }))
+    }
+
+    /// Reads past the rest of the over-long line in `skipping`, through `buffer` (a chunk's
+    /// allocation, used from `pad`): true once its break came (it is then in `skipped`,
+    /// and what follows it in `rest`) or the complete file ended; false if the file has
+    /// nothing more now (the skip goes on at the next refill).
+    fn skip(&mut self, mut buffer: Vec<u8>, pad: usize, complete: bool) -> io::Result<bool> {
+        loop {
+            buffer.resize(pad + CHUNK, 0);
+            let read = loop {
+                match self.file.read(&mut buffer[pad..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
+            let Some(long) = self.skipping.as_mut() else {
+                return Ok(false);
+            };
+            let got = &buffer[pad..pad + read];
+            if let Some(end) = memchr::memchr(b'\n', got) {
+                long.bytes += end as u64 + 1;
+                self.rest.extend_from_slice(&got[end + 1..]);
+                self.skipped = self.skipping.take();
+                return Ok(true);
+            }
+            long.bytes += read as u64;
+            if read == 0 {
+                if complete {
+                    // The file's last line, without a break.
+                    self.skipped = self.skipping.take();
+                }
+                return Ok(complete);
+            }
+        }
     }
 
     /// Reads until `chunk` (or `unchecked`) holds at least one line; false if the file has
@@ -105,6 +200,9 @@ impl LineReader {
         bytes.reserve(ALIGN + carried + CHUNK);
         let pad = (ALIGN - (bytes.as_ptr() as usize + carried) % ALIGN) % ALIGN;
         bytes.resize(pad, b' ');
+        if self.skipping.is_some() {
+            return self.skip(bytes, pad, complete);
+        }
         bytes.append(&mut self.rest);
         let mut unsearched = pad;
         loop {
@@ -115,6 +213,12 @@ impl LineReader {
                 return Ok(self.check(bytes, pad));
             }
             let len = bytes.len();
+            if len - pad > self.max_line {
+                // Past the limit without a break: keep its start, read past the rest.
+                self.skipping = Some(LongLine::of(&bytes[pad..], (len - pad) as u64));
+                bytes.truncate(pad);
+                return self.skip(bytes, pad, complete);
+            }
             unsearched = len;
             bytes.resize(len + CHUNK, 0);
             let read = loop {
@@ -178,10 +282,18 @@ mod tests {
     use super::*;
 
     fn lines_of(content: &[u8]) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        lines_within(content, usize::MAX)
+    }
+
+    /// The lines of a file of `content` read with a limit of `max_line` bytes.
+    fn lines_within(
+        content: &[u8],
+        max_line: usize,
+    ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("f");
         std::fs::write(&path, content)?;
-        let mut reader = LineReader::new(File::open(&path)?);
+        let mut reader = LineReader::new(File::open(&path)?, max_line);
         let mut seen = Vec::new();
         while let Some(line) = reader.next_line(true)? {
             seen.push(match line {
@@ -189,9 +301,62 @@ mod tests {
                 Line::NotUtf8(bytes, why) => {
                     format!("BAD {} ({why})", String::from_utf8_lossy(&bytes))
                 }
+                Line::TooLong(long) => format!(
+                    "LONG {} bytes, starts {}",
+                    long.bytes,
+                    String::from_utf8_lossy(&long.start[..long.start.len().min(3)])
+                ),
             });
         }
         Ok(seen)
+    }
+
+    #[test]
+    fn lines_past_the_limit_come_as_their_start_and_length(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        // Within a chunk, across chunks, at the end without a break, and not UTF-8.
+        let huge = "y".repeat(CHUNK * 3 + 5);
+        let content = format!(
+            "ok\nabcdefghij\n{huge}\nok2\n\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\nzzzzzzzzzzz"
+        );
+        let mut bytes = content.into_bytes();
+        bytes.extend_from_slice(
+            b"\n\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\nlast line without a break",
+        );
+        assert_eq!(
+            lines_within(&bytes, 10)?,
+            [
+                "ok\n".to_string(),
+                "abcdefghij\n".to_string(),
+                format!("LONG {} bytes, starts yyy", CHUNK * 3 + 6),
+                "ok2\n".to_string(),
+                "LONG 13 bytes, starts \u{e9}\u{fffd}".to_string(),
+                "LONG 12 bytes, starts zzz".to_string(),
+                "LONG 12 bytes, starts \u{fffd}\u{fffd}\u{fffd}".to_string(),
+                "LONG 25 bytes, starts las".to_string(),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_over_long_line_being_written_is_read_past_as_it_grows(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("f");
+        std::fs::write(&path, "a\n")?;
+        let mut reader = LineReader::new(File::open(&path)?, 4);
+        assert!(matches!(reader.next_line(false)?, Some(Line::Text("a\n"))));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+        f.write_all(&vec![b'x'; CHUNK + 7])?;
+        assert!(reader.next_line(false)?.is_none(), "the line has not ended");
+        f.write_all(b"xx\nb\n")?;
+        match reader.next_line(false)? {
+            Some(Line::TooLong(long)) => assert_eq!(long.bytes, CHUNK as u64 + 10),
+            other => panic!("expected the long line, got {other:?}"),
+        }
+        assert!(matches!(reader.next_line(false)?, Some(Line::Text("b\n"))));
+        Ok(())
     }
 
     #[test]
@@ -259,7 +424,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("f");
         std::fs::write(&path, "a\nb")?;
-        let mut reader = LineReader::new(File::open(&path)?);
+        let mut reader = LineReader::new(File::open(&path)?, usize::MAX);
         assert!(matches!(reader.next_line(false)?, Some(Line::Text("a\n"))));
         assert!(reader.next_line(false)?.is_none());
         let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;

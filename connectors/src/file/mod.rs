@@ -13,4 +13,4 @@ mod sink;
 mod source;
 
 pub use sink::FileSink;
-pub use source::FileSource;
+pub use source::{FileSource, DEFAULT_MAX_LINE};

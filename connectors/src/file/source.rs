@@ -11,6 +11,9 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::ConnectorError;
 use crate::format::{Decoder, Format};
 
+/// The longest line a [`FileSource`] decodes unless told otherwise: 1 MiB.
+pub const DEFAULT_MAX_LINE: usize = 1 << 20;
+
 /// How long a followed file is left alone when it has no new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
@@ -37,6 +40,8 @@ struct FilePosition {
 pub struct FileSource<D> {
     dead_letters: DeadLetters,
     follow: bool,
+    /// Longest line decoded; a longer one is a dead letter (its start and length).
+    max_line: usize,
     reader: Option<LineReader>,
     lines: LineDecoding<D>,
     offset: u64,
@@ -73,6 +78,7 @@ impl<D: Decoder> FileSource<D> {
         FileSource {
             dead_letters,
             follow: false,
+            max_line: DEFAULT_MAX_LINE,
             reader: None,
             lines: LineDecoding {
                 path: path.into(),
@@ -89,6 +95,14 @@ impl<D: Decoder> FileSource<D> {
     /// Keeps reading appended lines at the end of the file instead of ending.
     pub fn follow(mut self, follow: bool) -> Self {
         self.follow = follow;
+        self
+    }
+
+    /// Lines longer than `bytes` (without their break) are not decoded: each is a dead
+    /// letter keeping its first bytes and saying its length, and it is never held whole in
+    /// memory. Default [`DEFAULT_MAX_LINE`].
+    pub fn max_line(mut self, bytes: usize) -> Self {
+        self.max_line = bytes;
         self
     }
 
@@ -112,7 +126,7 @@ impl<D: Decoder> FileSource<D> {
             path: self.lines.path.clone(),
             source,
         })?;
-        self.reader = Some(LineReader::new(file));
+        self.reader = Some(LineReader::new(file, self.max_line));
         Ok(())
     }
 }
@@ -136,6 +150,18 @@ impl<D: Decoder> LineDecoding<D> {
                 self.reject(
                     format!("line is not UTF-8: {e}"),
                     &bytes[..without_break(&bytes)],
+                );
+                return Ok(());
+            }
+            Line::TooLong(long) => {
+                self.reject(
+                    format!(
+                        "line of {} bytes is longer than the limit (--max-line); its first {} \
+                         bytes are kept here",
+                        long.bytes,
+                        long.start.len()
+                    ),
+                    &long.start,
                 );
                 return Ok(());
             }
@@ -210,9 +236,10 @@ impl<D: Decoder> Source for FileSource<D> {
                 break;
             };
             self.offset += match &line {
-                Line::Text(text) => text.len(),
-                Line::NotUtf8(bytes, _) => bytes.len(),
-            } as u64;
+                Line::Text(text) => text.len() as u64,
+                Line::NotUtf8(bytes, _) => bytes.len() as u64,
+                Line::TooLong(long) => long.bytes,
+            };
             self.lines.take_line(line, out)?;
         }
         if !self.lines.rejected.is_empty() {

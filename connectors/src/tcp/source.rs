@@ -33,7 +33,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use weir_engine::{BoxError, Source, SourceStatus};
 
 use super::{connect, Backoff, CONNECT_TIMEOUT};
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetters, KEPT_OF_LONG_LINE};
 use crate::format::Decoder;
 
 /// Lines a reader hands over at once, at most.
@@ -42,8 +42,6 @@ const LINES_PER_BATCH: usize = 1024;
 const QUEUED_BATCHES: usize = 64;
 /// How long a poll waits for lines before saying the source is idle.
 const POLL_WAIT: Duration = Duration::from_millis(50);
-/// How much of an over-long line the dead letter keeps.
-const KEPT_OF_LONG_LINE: usize = 1024;
 
 /// Whether a [`TcpSource`] waits for connections or makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
