@@ -1248,6 +1248,15 @@ fn corrupt_checkpoint(dir: &Path) {
     fs::write(file, bytes).unwrap();
 }
 
+/// The number of the checkpoint in `dir` (`chk-000011` is 11).
+fn checkpoint_id(dir: &Path) -> u64 {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("chk-"))
+        .and_then(|n| n.parse().ok())
+        .expect("a checkpoint directory")
+}
+
 #[test]
 fn resuming_kafka_output_from_a_checkpoint_older_than_its_commits_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -1260,50 +1269,56 @@ fn resuming_kafka_output_from_a_checkpoint_older_than_its_commits_is_refused() {
     let mut args = window_agg(&input, Path::new("-"), 1);
     args[5] = broker.uri("out", "transactional.id=older");
     checkpoint_into(&mut args, &state, "300ms");
-    // Killed once rows are in the topic and two more checkpoints completed: rows come with
-    // every checkpoint by then, so the marker is past the oldest retained checkpoint.
-    let stderr_path = dir.path().join("killed.stderr");
-    let mut child = spawn_logged(&args, &stderr_path);
-    let checkpoints_done = || {
-        fs::read_to_string(&stderr_path)
-            .unwrap()
-            .matches("complete in")
-            .count()
+    // Killed once the marker (the newest checkpoint whose rows are in the topic) is past
+    // a checkpoint still retained: that one is then older than the topic's contents.
+    let checkpoints_root = state.join("window-agg/checkpoints");
+    let marker = || match broker.committed("weir-commits.older", "out").first() {
+        Some(Offset::Offset(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
     };
-    let with_rows = wait_while_running(&mut child, || {
-        (!broker.read_all("out").is_empty())
-            .then(checkpoints_done)
-            .ok_or("no rows committed yet".to_string())
-    });
+    let older_than_marker = |marker: u64| {
+        complete_checkpoint_dirs(&checkpoints_root)
+            .into_iter()
+            .filter(|dir| checkpoint_id(dir) < marker)
+            .next_back()
+    };
+    let mut child = spawn_logged(&args, &dir.path().join("killed.stderr"));
     wait_while_running(&mut child, || {
-        (checkpoints_done() >= with_rows + 2)
-            .then_some(())
-            .ok_or("fewer than two checkpoints since the first commit".to_string())
+        older_than_marker(marker())
+            .map(|_| ())
+            .ok_or("no retained checkpoint older than the marker yet".to_string())
     });
     child.kill().unwrap();
     child.wait().unwrap();
     let committed = sorted_values(&broker, "out");
-    let checkpoints = complete_checkpoint_dirs(&state.join("window-agg/checkpoints"));
-    assert!(checkpoints.len() >= 3, "checkpoints: {checkpoints:?}");
-    let oldest = checkpoints[0].to_str().unwrap().to_string();
+    let marker = marker();
+    let older = older_than_marker(marker).expect("a retained checkpoint older than the marker");
+    let checkpoints = complete_checkpoint_dirs(&checkpoints_root);
 
-    // A savepoint (here: the oldest checkpoint) from before the last commit.
+    // A savepoint (here: that checkpoint) from before the last commit.
     let mut from_older = args.clone();
-    from_older.extend(["--from-savepoint".to_string(), oldest]);
+    from_older.extend([
+        "--from-savepoint".to_string(),
+        older.to_str().unwrap().to_string(),
+    ]);
     let run = common::run(WEIR, &from_older).unwrap();
     assert!(
         !run.status.success() && run.stderr.contains("would be written a second time"),
-        "resuming from an older savepoint must be refused:\n{}",
+        "resuming from checkpoint {} under marker {marker} must be refused:\n{}",
+        checkpoint_id(&older),
         run.stderr
     );
     assert_eq!(
-        complete_checkpoint_dirs(&state.join("window-agg/checkpoints")),
+        complete_checkpoint_dirs(&checkpoints_root),
         checkpoints,
         "a refused restart must keep the newer checkpoints"
     );
 
-    // The newest checkpoints corrupt: the restart would fall back to the oldest one.
-    for newer in &checkpoints[1..] {
+    // The checkpoints after it corrupt: the restart would fall back to it.
+    for newer in checkpoints
+        .iter()
+        .filter(|d| checkpoint_id(d) > checkpoint_id(&older))
+    {
         corrupt_checkpoint(newer);
     }
     let run = common::run(WEIR, &args).unwrap();

@@ -203,14 +203,6 @@ fn tumble_1s(input: &str) -> [&str; 6] {
     ]
 }
 
-/// Peak resident memory of process `pid` so far, in MiB (`VmHWM`), if it still runs.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// `--output tcp://` to a server that reads 10x slower than the job produces for a while:
 /// the job waits (TCP flow control reaches back through the bounded queues to the file
 /// source), its memory stays flat, and once the reader speeds up every row arrives.
@@ -247,7 +239,7 @@ fn a_slow_tcp_reader_holds_the_job_back_with_bounded_memory() -> TestResult {
     while Instant::now() < slow_until {
         let n = conn.read(&mut chunk)?;
         received.extend_from_slice(&chunk[..n]);
-        peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
+        peak = peak.max(common::peak_rss_mib(pid).unwrap_or(0.0));
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
@@ -267,7 +259,7 @@ fn a_slow_tcp_reader_holds_the_job_back_with_bounded_memory() -> TestResult {
             break;
         }
         received.extend_from_slice(&chunk[..n]);
-        peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
+        peak = peak.max(common::peak_rss_mib(pid).unwrap_or(0.0));
     }
     assert!(child.0.wait()?.success());
     assert!(
@@ -415,7 +407,7 @@ fn the_server_sink_serves_all_rows_and_drops_a_subscriber_that_does_not_read() -
         .collect::<std::io::Result<_>>()?;
     let mut idle = TcpStream::connect(&addr)?;
     let done = running.wait_for_line(Duration::from_secs(120), |l| l.contains(" done: "))?;
-    let peak = peak_rss_mib(running.child.0.id()).unwrap_or(0.0);
+    let peak = common::peak_rss_mib(running.child.0.id()).unwrap_or(0.0);
     let stderr = running.stderr();
     for reader in readers {
         let text = reader.join().map_err(|_| "reader panicked")??;
@@ -488,7 +480,7 @@ fn an_endless_line_is_skipped_in_bounded_memory() -> TestResult {
     socket.write_all(event_line(0, 1).as_bytes())?;
     socket.flush()?;
     // Sent: the server has read all but what the socket buffers hold. Its peak so far:
-    let peak = peak_rss_mib(pid).ok_or("weir ended early")?;
+    let peak = common::peak_rss_mib(pid).ok_or("weir ended early")?;
     drop(socket);
     let done = running.wait_for_line(Duration::from_secs(60), |l| l.contains(" done: "))?;
     assert!(

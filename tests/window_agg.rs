@@ -847,14 +847,6 @@ fn top_n_per_window_ranks_the_reference_rows() -> TestResult {
     Ok(())
 }
 
-/// Peak resident memory of process `pid` so far, in MiB (`VmHWM`), if it still runs.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Two 100 MiB lines among good ones: each is a dead letter keeping its first KiB and
 /// saying its length, the good lines count, and the job never holds such a line whole.
 #[test]
@@ -903,7 +895,7 @@ fn lines_longer_than_max_line_are_dead_letters_in_bounded_memory() -> Result<(),
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let peak = peak_rss_mib(child.0.id()).ok_or("weir ended")?;
+    let peak = common::peak_rss_mib(child.0.id()).ok_or("weir ended")?;
     let letters: Vec<serde_json::Value> = dead
         .lines()
         .map(serde_json::from_str)

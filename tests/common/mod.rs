@@ -142,6 +142,14 @@ impl Summary {
     }
 }
 
+/// Peak resident memory of process `pid` so far, in MiB (`VmHWM`), if it still runs.
+pub(crate) fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 // ------------------------------------------------------------------ metrics over HTTP
 
 /// Kills the child when the test ends, whatever happens.
