@@ -1279,8 +1279,7 @@ fn resuming_kafka_output_from_a_checkpoint_older_than_its_commits_is_refused() {
     let older_than_marker = |marker: u64| {
         complete_checkpoint_dirs(&checkpoints_root)
             .into_iter()
-            .filter(|dir| checkpoint_id(dir) < marker)
-            .next_back()
+            .rfind(|dir| checkpoint_id(dir) < marker)
     };
     let mut child = spawn_logged(&args, &dir.path().join("killed.stderr"));
     wait_while_running(&mut child, || {
