@@ -18,163 +18,15 @@
 
 mod common;
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
-use common::checkpointed::{
-    committed_rows, complete_checkpoint_dirs, latest_checkpoint, sorted_lines,
-};
-use tempfile::TempDir;
+use common::checkpointed::{committed_rows, complete_checkpoint_dirs};
+use common::follow_run::{checkpoints_of, run, Fixture, Process};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
-/// Events of the input: a run reads them in well under a second.
-const EVENTS: u64 = 200_000;
-/// Longest the test waits for a process to reach a state.
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// A generated input and the rows of an uninterrupted run on it (without checkpoints).
-struct Fixture {
-    dir: TempDir,
-    input: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("events.jsonl");
-        let events = EVENTS.to_string();
-        common::run_ok(
-            WEIR,
-            [
-                "gen",
-                "events",
-                "--events",
-                &events,
-                "--keys",
-                "1000",
-                "--disorder-ms",
-                "1000",
-                "--output",
-            ]
-            .map(OsString::from)
-            .into_iter()
-            .chain([input.clone().into()]),
-        )
-        .unwrap();
-        Fixture { dir, input }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `weir run window-agg` on the input into `out`, with `extra` options.
-    fn args(&self, out: &Path, extra: &[&str]) -> Vec<OsString> {
-        let mut args: Vec<OsString> = ["run", "window-agg", "--input"].map(OsString::from).into();
-        args.push(self.input.clone().into());
-        args.push("--output".into());
-        args.push(out.into());
-        for a in [
-            "--watermark-delay",
-            "2s",
-            "--state-cache-entries",
-            "64",
-            "--metrics-addr",
-            "off",
-            "--quiet",
-        ]
-        .iter()
-        .chain(extra)
-        {
-            args.push(a.into());
-        }
-        args
-    }
-
-    /// [`Fixture::args`] with checkpoints every 100 ms in `state`.
-    fn checkpointed(&self, out: &Path, state: &Path, extra: &[&str]) -> Vec<OsString> {
-        let mut args = self.args(out, extra);
-        args.extend(["--state-dir".into(), state.into()]);
-        args.extend(["--checkpoint-interval".into(), "100ms".into()]);
-        args
-    }
-
-    /// The sorted rows of an uninterrupted run without checkpoints.
-    fn reference(&self, extra: &[&str]) -> Vec<String> {
-        let out = self.path("reference.jsonl");
-        common::run_ok(WEIR, self.args(&out, extra)).unwrap();
-        sorted_lines(&fs::read_to_string(out).unwrap())
-    }
-}
-
-/// A process whose stderr goes to a file; killed and reaped when dropped.
-struct Process {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Process {
-    fn start(args: &[OsString], stderr: PathBuf) -> Process {
-        let child = Command::new(WEIR)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        Process { child, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Waits until the job in `state` has a complete checkpoint newer than `after`
-    /// (failing if the process ends or `LIMIT` passes); returns its number.
-    fn wait_for_checkpoint_after(&mut self, checkpoints: &Path, after: u64) -> u64 {
-        let started = Instant::now();
-        loop {
-            let latest = latest_checkpoint(checkpoints);
-            if latest > after {
-                return latest;
-            }
-            assert!(
-                self.is_running() && started.elapsed() < LIMIT,
-                "no checkpoint after {after} (running: {}); stderr:\n{}",
-                self.is_running(),
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs the binary to its end; returns whether it succeeded and its stderr.
-fn run(args: &[OsString]) -> (bool, String) {
-    let run = common::run(WEIR, args).unwrap();
-    (run.status.success(), run.stderr)
-}
-
-fn checkpoints_of(state: &Path) -> PathBuf {
-    state.join("window-agg").join("checkpoints")
-}
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).unwrap() {
@@ -189,17 +41,18 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn a_second_run_on_a_state_dir_in_use_is_refused_and_the_first_goes_on() {
-    let fx = Fixture::new();
+    let fx = Fixture::new(WEIR);
     let reference = fx.reference(&[]);
     let (out, state) = (fx.path("out"), fx.path("state"));
     let checkpoints = checkpoints_of(&state);
     let mut first = Process::start(
+        WEIR,
         &fx.checkpointed(&out, &state, &["--follow"]),
         fx.path("first.stderr"),
     );
     let seen = first.wait_for_checkpoint_after(&checkpoints, 0);
 
-    let (ok, says) = run(&fx.checkpointed(&out, &state, &[]));
+    let (ok, says) = run(WEIR, &fx.checkpointed(&out, &state, &[]));
     assert!(!ok, "a second run on the same state dir succeeded:\n{says}");
     let pid = format!("pid {}", first.child.id());
     assert!(
@@ -215,7 +68,7 @@ fn a_second_run_on_a_state_dir_in_use_is_refused_and_the_first_goes_on() {
     first.wait_for_checkpoint_after(&checkpoints, seen);
     drop(first);
 
-    let (ok, says) = run(&fx.checkpointed(&out, &state, &[]));
+    let (ok, says) = run(WEIR, &fx.checkpointed(&out, &state, &[]));
     assert!(ok, "the resume after the first run died failed:\n{says}");
     assert!(says.contains("resuming"), "{says}");
     assert_eq!(committed_rows(&out), reference, "rows lost or duplicated");
@@ -223,10 +76,11 @@ fn a_second_run_on_a_state_dir_in_use_is_refused_and_the_first_goes_on() {
 
 #[test]
 fn a_job_changed_between_restarts_is_refused_unless_its_dropped_state_is_allowed() {
-    let fx = Fixture::new();
+    let fx = Fixture::new(WEIR);
     let (out, state) = (fx.path("out"), fx.path("state"));
     let checkpoints = checkpoints_of(&state);
     let mut ranked = Process::start(
+        WEIR,
         &fx.checkpointed(&out, &state, &["--top", "3", "--follow"]),
         fx.path("ranked.stderr"),
     );
@@ -234,7 +88,7 @@ fn a_job_changed_between_restarts_is_refused_unless_its_dropped_state_is_allowed
     drop(ranked);
     let before = complete_checkpoint_dirs(&checkpoints);
 
-    let (ok, says) = run(&fx.checkpointed(&out, &state, &[]));
+    let (ok, says) = run(WEIR, &fx.checkpointed(&out, &state, &[]));
     assert!(
         !ok,
         "the job without --top took the --top job's state:\n{says}"
@@ -249,7 +103,10 @@ fn a_job_changed_between_restarts_is_refused_unless_its_dropped_state_is_allowed
         "a refused restart must leave the checkpoints as they were"
     );
 
-    let (ok, says) = run(&fx.checkpointed(&out, &state, &["--allow-non-restored-state"]));
+    let (ok, says) = run(
+        WEIR,
+        &fx.checkpointed(&out, &state, &["--allow-non-restored-state"]),
+    );
     assert!(
         ok,
         "--allow-non-restored-state should start the job:\n{says}"
@@ -266,11 +123,12 @@ fn a_job_changed_between_restarts_is_refused_unless_its_dropped_state_is_allowed
 
 #[test]
 fn a_corrupt_file_in_every_checkpoint_refuses_the_restart_instead_of_starting_empty() {
-    let fx = Fixture::new();
+    let fx = Fixture::new(WEIR);
     let reference = fx.reference(&[]);
     let (out, state) = (fx.path("out"), fx.path("state"));
     let checkpoints = checkpoints_of(&state);
     let mut run1 = Process::start(
+        WEIR,
         &fx.checkpointed(&out, &state, &["--follow"]),
         fx.path("run1.stderr"),
     );
@@ -318,7 +176,7 @@ fn a_corrupt_file_in_every_checkpoint_refuses_the_restart_instead_of_starting_em
     drop(file);
     let name = shared.file_name().unwrap().to_string_lossy().into_owned();
 
-    let (ok, says) = run(&fx.checkpointed(&out, &state, &[]));
+    let (ok, says) = run(WEIR, &fx.checkpointed(&out, &state, &[]));
     assert!(!ok, "weir started although no checkpoint verifies:\n{says}");
     assert!(
         says.contains("none of the checkpoints")
@@ -331,13 +189,16 @@ fn a_corrupt_file_in_every_checkpoint_refuses_the_restart_instead_of_starting_em
         dirs,
         "the refused restart must leave every checkpoint in place"
     );
-    let (ok, says) = run(&fx.checkpointed(&out, &state, &[]));
+    let (ok, says) = run(WEIR, &fx.checkpointed(&out, &state, &[]));
     assert!(
         !ok,
         "a second attempt must be refused the same way:\n{says}"
     );
 
-    let (ok, says) = run(&fx.checkpointed(&out, &state, &["--replay-from", "beginning"]));
+    let (ok, says) = run(
+        WEIR,
+        &fx.checkpointed(&out, &state, &["--replay-from", "beginning"]),
+    );
     assert!(ok, "--replay-from beginning should start over:\n{says}");
     assert_eq!(committed_rows(&out), reference, "rows after the replay");
 }

@@ -32,6 +32,14 @@ pub trait Sink<T>: Send + 'static {
     /// Flushes and closes; called once after the last batch.
     fn finish(&mut self) -> Result<(), BoxError>;
 
+    /// Makes what was written so far visible to readers (e.g. hands a buffer to the OS).
+    /// Called when the job goes quiet, at least once a second while it writes, and before
+    /// a failing job ends, so results of a long-running job never wait in a buffer. Called
+    /// often: cheap when nothing is buffered. The default does nothing.
+    fn flush(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// A one-line description for `weir describe` (e.g. the path or URI).
     fn describe(&self) -> String;
 

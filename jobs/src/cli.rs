@@ -7,8 +7,9 @@ use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -16,13 +17,14 @@ use weir_connectors::kafka::KafkaLineWriter;
 use weir_connectors::KafkaSpec;
 use weir_engine::metrics::MetricsServer;
 use weir_engine::time::format_timestamp;
-use weir_engine::{parse_duration, EngineError, RunSummary};
+use weir_engine::{parse_duration, EngineError, RunOptions, RunSummary};
 
 use crate::generate::{
     create_file, write_events, write_orders, write_sagas, EventStreamSpec, RateLimited,
 };
 use crate::options::{JobOptions, UsageError};
 use crate::registry::Registry;
+use crate::stop_signal::StopSignal;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "weir: event-time stream processing", long_about = None)]
@@ -341,18 +343,28 @@ fn run(
             metrics_addr: serve.metrics_addr.clone(),
             quiet: serve.quiet,
         };
-        let done = crate::partitioned::run(spec, options, &serving)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let signal = StopSignal::listen({
+            let stop = stop.clone();
+            move || stop.store(true, Ordering::SeqCst)
+        })?;
+        let done = crate::partitioned::run(spec, options, &serving, &stop)?;
         let what = done
             .total
             .as_ref()
             .map_or("nothing left to read".into(), summarize);
+        let ended = if signal.received() { "stopped" } else { "done" };
         eprintln!(
-            "weir: {name} done: partitions {:?} finished in this process: {what}",
+            "weir: {name} {ended}: partitions {:?} finished in this process: {what}",
             done.partitions
         );
-        return linger(serve);
+        return linger(serve, &signal);
     }
     let job = (spec.build)(options)?;
+    let signal = StopSignal::listen({
+        let control = job.control();
+        move || control.stop()
+    })?;
     let _server = serve_metrics(serve.metrics_addr.as_deref(), |addr| {
         MetricsServer::start_with_control(addr, Arc::clone(&job.metrics()), Some(job.control()))
     })?;
@@ -363,8 +375,26 @@ fn run(
     let result = job.run(&run_options);
     options.remove_temporary_state(&run_options);
     let summary = result?;
-    eprintln!("weir: {name} done: {}", summarize(&summary));
-    linger(serve)
+    match summary.stopped {
+        true => eprintln!(
+            "weir: {name} stopped: {}{}",
+            summarize(&summary),
+            resume_hint(&run_options)
+        ),
+        false => eprintln!("weir: {name} done: {}", summarize(&summary)),
+    }
+    linger(serve, &signal)
+}
+
+/// What a stopped run leaves for the next one.
+fn resume_hint(run_options: &RunOptions) -> &'static str {
+    match &run_options.checkpoints {
+        Some(_) => "; a final checkpoint was taken: run the same command again to go on from here",
+        None => {
+            "; windows still open were not fired (without --checkpoint-interval and \
+             --state-dir a stopped run cannot be resumed)"
+        }
+    }
 }
 
 /// Where metrics are served unless `--metrics-addr` says otherwise.
@@ -398,11 +428,14 @@ pub(crate) fn serve_metrics(
     Ok(Some(server))
 }
 
-/// Keeps the metrics endpoint up for `--linger` after the job ended.
-fn linger(serve: &ServeOptions) -> anyhow::Result<()> {
+/// Keeps the metrics endpoint up for `--linger` after the job ended, or until a signal.
+fn linger(serve: &ServeOptions, signal: &StopSignal) -> anyhow::Result<()> {
     if let Some(linger) = serve.linger {
-        eprintln!("weir: serving metrics for {linger:?} more");
-        std::thread::sleep(linger);
+        eprintln!("weir: serving metrics for {linger:?} more (SIGINT/SIGTERM ends it)");
+        let until = Instant::now() + linger;
+        while !signal.received() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ pub mod output;
 pub mod partitioned;
 pub mod registry;
 pub mod saga_monitor;
+mod stop_signal;
 pub mod window_agg;
 
 pub use weir_connectors as connectors;

@@ -111,6 +111,17 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         }
     }
 
+    fn flush(&mut self) -> Result<(), BoxError> {
+        match self {
+            OutputSink::File(s) => s.flush(),
+            OutputSink::Stdout(s) => s.flush(),
+            OutputSink::Tcp(s) => s.flush(),
+            OutputSink::TcpServer(s) => s.flush(),
+            OutputSink::Kafka(s) => s.flush(),
+            OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             OutputSink::File(s) => s.describe(),

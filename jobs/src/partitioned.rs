@@ -33,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,11 +87,14 @@ pub struct Serving {
 }
 
 /// Runs `spec` as one task per partition the group assigns this process, until every
-/// partition is finished (`until=end`) or for ever.
+/// partition is finished (`until=end`), for ever, or until `stop` is set: then every task
+/// stops gracefully ([`JobControl::stop`]: a final checkpoint, no `FINISHED` marker, so the
+/// partition goes on from there in the next run) and the process leaves the group.
 pub fn run(
     spec: &JobSpec,
     options: &JobOptions,
     serving: &Serving,
+    stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<PartitionedSummary> {
     let input = kafka_input(options).ok_or_else(|| anyhow!("no Kafka input"))?;
     let state_dir = check_options(options, &input)?;
@@ -102,6 +106,7 @@ pub fn run(
         state_dir,
         until_end: input.until_end,
         quiet: serving.quiet,
+        stop: stop.clone(),
     };
     let _server = crate::cli::serve_metrics(serving.metrics_addr.as_deref(), |addr| {
         let (process, tasks) = (process_metrics.clone(), tasks.clone());
@@ -112,7 +117,7 @@ pub fn run(
         move |change: GroupChange| match change {
             GroupChange::Assigned(partitions) => {
                 for partition in partitions {
-                    if starter.is_finished(partition) {
+                    if starter.is_finished(partition) || starter.stopping() {
                         continue;
                     }
                     match starter.start(partition) {
@@ -183,7 +188,7 @@ const STATE_DIR_WAIT: Duration = Duration::from_secs(60);
 const NO_PARTITIONS_FOR: Duration = Duration::from_secs(30);
 
 /// Serves the group and reaps finished tasks until every partition of the topic is
-/// finished (`until=end`) or a task failed.
+/// finished (`until=end`), a task failed, or every task stopped after a stop request.
 fn serve_until_done(
     member: &GroupMember,
     tasks: &Arc<Mutex<Tasks>>,
@@ -191,8 +196,15 @@ fn serve_until_done(
 ) -> anyhow::Result<()> {
     let mut partition_count = 0;
     let started = Instant::now();
+    let mut stop_sent = false;
     loop {
         member.poll(TICK);
+        if starter.stopping() && !stop_sent {
+            stop_sent = true;
+            for task in lock(tasks).running.values() {
+                task.control.stop();
+            }
+        }
         let ended: Vec<(i32, Task)> = {
             let mut tasks = lock(tasks);
             let done: Vec<i32> = tasks
@@ -208,7 +220,7 @@ fn serve_until_done(
         for (partition, task) in ended {
             starter.settle(tasks, partition, task);
         }
-        if lock(tasks).failed.is_some() {
+        if lock(tasks).failed.is_some() || (stop_sent && lock(tasks).running.is_empty()) {
             return Ok(());
         }
         if !starter.until_end || !lock(tasks).running.is_empty() {
@@ -239,9 +251,15 @@ struct TaskStarter {
     state_dir: PathBuf,
     until_end: bool,
     quiet: bool,
+    /// Set when the process is asked to stop: no more tasks start.
+    stop: Arc<AtomicBool>,
 }
 
 impl TaskStarter {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
     /// True if partition `partition` was read to its end (`until=end`), here or elsewhere.
     fn is_finished(&self, partition: i32) -> bool {
         self.until_end && self.finished_marker(partition).exists()
@@ -301,6 +319,9 @@ impl TaskStarter {
     /// Waits for a task that ended or was cancelled and records how it ended.
     fn settle(&self, tasks: &Mutex<Tasks>, partition: i32, task: Task) {
         match join(task.handle) {
+            Ok(summary) if summary.stopped => {
+                eprintln!("weir: partition {partition} stopped (final checkpoint taken)");
+            }
             Ok(summary) => {
                 if self.until_end {
                     let marker = self.finished_marker(partition);
@@ -485,6 +506,7 @@ fn summarize(finished: &[(i32, RunSummary, Arc<JobMetrics>)]) -> PartitionedSumm
             elapsed: a.elapsed.max(b.elapsed),
             watermark: a.watermark.into_iter().chain(b.watermark).min(),
             latency: None,
+            stopped: a.stopped || b.stopped,
         });
     PartitionedSummary { partitions, total }
 }

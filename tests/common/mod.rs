@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub(crate) mod checkpointed;
+pub(crate) mod follow_run;
 
 use std::error::Error;
 use std::ffi::OsStr;

@@ -13,9 +13,10 @@ use crate::error::{create_file, ConnectorError};
 ///
 /// # Plain mode
 /// The file is created (truncated) at the first write or at the end of the job, whichever
-/// comes first. Each batch is flushed to the operating system as it is written, so the rows
-/// of a long-running (`--follow`) job are visible at once and survive the process being
-/// killed; the file is synced to disk when the job finishes.
+/// comes first. Rows are buffered and handed to the operating system whenever the job goes
+/// quiet and at least once a second ([`Sink::flush`]), so the rows of a long-running
+/// (`--follow`) job are visible within a second and survive the process being killed; the
+/// file is synced to disk when the job finishes.
 ///
 /// # Transactional mode (checkpoints; two-phase commit as Flink's `FileSink`)
 /// The path is a directory. Rows go to a hidden in-progress file
@@ -158,6 +159,19 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
         w.flush()
             .and_then(|()| w.get_ref().sync_all())
             .map_err(|source| ConnectorError::Write { path, source })?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), BoxError> {
+        // In transactional mode the in-progress file is not for readers before its commit.
+        if self.transactions.is_some() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        if let Some(w) = &mut self.writer {
+            w.flush()
+                .map_err(|source| ConnectorError::Write { path, source })?;
+        }
         Ok(())
     }
 

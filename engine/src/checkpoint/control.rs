@@ -1,6 +1,12 @@
 //! Controlling a running job from outside its threads: savepoints on demand (the metrics
-//! server's `POST /savepoint`, `weir savepoint`), and cancelling it (a partition task whose
-//! partition the Kafka group moved elsewhere).
+//! server's `POST /savepoint`, `weir savepoint`), stopping it gracefully (SIGINT/SIGTERM in
+//! the `weir` binary), and cancelling it (a partition task whose partition the Kafka group
+//! moved elsewhere).
+//!
+//! Stop and cancel differ as in Flink: a stop ends the sources where they are, lets what is
+//! in flight drain, takes a final checkpoint (with checkpoints on) and closes the sinks, so
+//! the run ends cleanly and a restart resumes exactly where it stopped; a cancel ends like a
+//! crash, committing nothing more.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,15 +19,40 @@ use super::coordinator::Checkpointing;
 #[derive(Debug, Default)]
 pub struct JobControl {
     checkpointing: Mutex<Option<Arc<Checkpointing>>>,
-    cancel: Mutex<Cancel>,
+    cancel: Mutex<Request>,
+    stop: Mutex<Request>,
 }
 
-/// Whether the job was asked to stop, and the running job's stop flag (which its tasks
-/// also set when one of them fails).
+/// Whether the job was asked to cancel (or stop), and the running job's flag for it. The
+/// cancel flag is also set by the job's tasks when one of them fails.
 #[derive(Debug, Default)]
-struct Cancel {
+struct Request {
     requested: bool,
     flag: Option<Arc<AtomicBool>>,
+}
+
+impl Request {
+    fn request(request: &Mutex<Request>) {
+        let mut request = request.lock().unwrap_or_else(|p| p.into_inner());
+        request.requested = true;
+        if let Some(flag) = &request.flag {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn requested(request: &Mutex<Request>) -> bool {
+        request.lock().unwrap_or_else(|p| p.into_inner()).requested
+    }
+
+    /// Gives the request the flag of the run starting now (set at once if the request came
+    /// first).
+    fn attach(request: &Mutex<Request>, flag: Arc<AtomicBool>) {
+        let mut request = request.lock().unwrap_or_else(|p| p.into_inner());
+        if request.requested {
+            flag.store(true, Ordering::SeqCst);
+        }
+        request.flag = Some(flag);
+    }
 }
 
 impl JobControl {
@@ -30,29 +61,34 @@ impl JobControl {
     /// A job with checkpoints resumes from its newest one when run again. Works before the
     /// run has started too (it then ends at once).
     pub fn cancel(&self) {
-        let mut cancel = self.cancel.lock().unwrap_or_else(|p| p.into_inner());
-        cancel.requested = true;
-        if let Some(flag) = &cancel.flag {
-            flag.store(true, Ordering::SeqCst);
-        }
+        Request::request(&self.cancel);
     }
 
     /// True once [`JobControl::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .requested
+        Request::requested(&self.cancel)
     }
 
-    /// Gives the control the stop flag of the run starting now (set at once if a cancel
-    /// came first).
-    pub(crate) fn attach_stop_flag(&self, flag: Arc<AtomicBool>) {
-        let mut cancel = self.cancel.lock().unwrap_or_else(|p| p.into_inner());
-        if cancel.requested {
-            flag.store(true, Ordering::SeqCst);
-        }
-        cancel.flag = Some(flag);
+    /// Stops the job gracefully, as Flink's `stop` (without `--drain`): every source ends
+    /// where it is, without the end-of-input watermark, so windows still open stay open in
+    /// state; what is in flight drains to the sinks; with checkpoints a final checkpoint is
+    /// taken and committed, so running the job again resumes exactly where it stopped; the
+    /// sinks are flushed and closed. [`crate::Job::run`] then returns normally with
+    /// [`crate::RunSummary::stopped`] set. Works before the run has started too.
+    pub fn stop(&self) {
+        Request::request(&self.stop);
+    }
+
+    /// True once [`JobControl::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        Request::requested(&self.stop)
+    }
+
+    /// Gives the control the cancel flag and the stop flag of the run starting now (set at
+    /// once if a cancel or stop came first).
+    pub(crate) fn attach_flags(&self, cancelled: Arc<AtomicBool>, stopping: Arc<AtomicBool>) {
+        Request::attach(&self.cancel, cancelled);
+        Request::attach(&self.stop, stopping);
     }
 
     pub(crate) fn attach(&self, checkpointing: Option<Arc<Checkpointing>>) {

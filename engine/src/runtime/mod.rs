@@ -42,7 +42,11 @@
 //!
 //! # Shutdown
 //! A source that is exhausted sends the end watermark (`i64::MAX`), which fires every
-//! window, then an end marker. A task that fails drops its channels; its neighbours notice
+//! window, then an end marker. A source of a job that is stopping ([`JobControl::stop`])
+//! sends only the end marker, so open windows stay open; with checkpoints, sources end only
+//! after the final checkpoint, which the coordinator takes once every source ended its
+//! input either way. Receivers pass the end on once all their producers ended, adding no
+//! watermark of their own. A task that fails drops its channels; its neighbours notice
 //! ([`EngineError::DownstreamGone`] / [`EngineError::UpstreamGone`]) and stop, and
 //! [`run`] reports the first real cause.
 
@@ -50,6 +54,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -152,6 +157,10 @@ pub struct RunSummary {
     pub watermark: Option<Timestamp>,
     /// End-to-end latency of the results the sinks received (see [`crate::latency`]).
     pub latency: Option<LatencySummary>,
+    /// The run ended because it was stopped ([`JobControl::stop`]), not at the end of its
+    /// input: windows still open were not fired (with checkpoints they are in the final
+    /// checkpoint, and the next run goes on from there).
+    pub stopped: bool,
 }
 
 /// Hands batches to the next operator, in the same thread or across a channel.
@@ -234,6 +243,8 @@ pub(crate) struct Build<'g> {
     checkpointing: Option<Arc<Checkpointing>>,
     /// Set by the first task that fails; sources stop when they see it.
     cancelled: Arc<AtomicBool>,
+    /// Set by [`JobControl::stop`]: sources end their input where they are.
+    stopping: Arc<AtomicBool>,
     /// At parallelism > 1, what each worker thread runs (see [`worker`]).
     workers: Vec<Vec<Box<dyn Part>>>,
     /// The channels into workers, which sources keep from overfilling.
@@ -563,6 +574,7 @@ fn start_source_instance<S: Source>(
         final_barrier: None,
         exhausted: false,
         cancelled: b.cancelled.clone(),
+        stopping: b.stopping.clone(),
         backlog: b.backlog.backlog(),
         lockstep,
         pending_until: None,
@@ -596,8 +608,11 @@ struct SourceLoop<S: Source> {
     pending_positions: VecDeque<(CheckpointId, serde_json::Value)>,
     /// The final checkpoint's barrier went out: the loop ends once it completed (or failed).
     final_barrier: Option<CheckpointId>,
+    /// The source read all its input, or stopped reading because the job is stopping.
     exhausted: bool,
     cancelled: Arc<AtomicBool>,
+    /// Set when the job is asked to stop ([`JobControl::stop`]).
+    stopping: Arc<AtomicBool>,
     backlog: Backlog,
     /// For an instance of a parallel source: its place among its siblings.
     lockstep: Option<Lockstep>,
@@ -610,6 +625,31 @@ impl<S: Source> SourceLoop<S> {
         EngineError::Source {
             name: self.name.clone(),
             source,
+        }
+    }
+
+    /// The source reads no more: at the end of its input (`reached_end`) the end watermark
+    /// fires every window; when the job stops, windows stay open (in the final checkpoint,
+    /// for the next run). With checkpoints the loop goes on until the final checkpoint.
+    fn end_input(&mut self, reached_end: bool) -> Result<Step> {
+        if reached_end {
+            self.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
+        }
+        self.exhausted = true;
+        self.pending_until = None;
+        if let Some(lockstep) = &self.lockstep {
+            // Siblings no longer wait for this instance.
+            lockstep.polled(true);
+        }
+        match &self.participant {
+            Some(p) => {
+                p.checkpointing().source_exhausted();
+                Ok(Step::Worked)
+            }
+            None => {
+                self.down.finish()?;
+                Ok(Step::Done)
+            }
         }
     }
 
@@ -680,6 +720,12 @@ impl<S: Source> Part for SourceLoop<S> {
                 return Ok(Step::Worked);
             }
         }
+        if self.exhausted {
+            return Ok(Step::Idle);
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return self.end_input(false);
+        }
         if self
             .pending_until
             .is_some_and(|until| Instant::now() < until)
@@ -687,9 +733,6 @@ impl<S: Source> Part for SourceLoop<S> {
             return Ok(Step::Idle);
         }
         self.pending_until = None;
-        if self.exhausted {
-            return Ok(Step::Idle);
-        }
         if self.backlog.is_full() || self.lockstep.as_ref().is_some_and(Lockstep::ahead) {
             return Ok(Step::HeldBack);
         }
@@ -718,22 +761,13 @@ impl<S: Source> Part for SourceLoop<S> {
                 ingested: Some(Instant::now()),
             })?;
         }
+        match status {
+            SourceStatus::Exhausted => return self.end_input(true),
+            SourceStatus::Pending(wait) => self.pending_until = Some(Instant::now() + wait),
+            SourceStatus::More | SourceStatus::Idle => {}
+        }
         if let Some(lockstep) = &self.lockstep {
-            lockstep.polled(status == SourceStatus::Exhausted);
-        }
-        if let SourceStatus::Pending(wait) = status {
-            self.pending_until = Some(Instant::now() + wait);
-        }
-        if status == SourceStatus::Exhausted {
-            self.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
-            self.exhausted = true;
-            match &self.participant {
-                Some(p) => p.checkpointing().source_exhausted(),
-                None => {
-                    self.down.finish()?;
-                    return Ok(Step::Done);
-                }
-            }
+            lockstep.polled(false);
         }
         Ok(Step::Worked)
     }
@@ -1739,8 +1773,10 @@ impl<T: Data> Inbox<T> {
         Ok(())
     }
 
+    /// Every producer ended. Each sent the end watermark first if its input ended, so it
+    /// has passed on already; producers that stopped ([`JobControl::stop`]) did not, and
+    /// their windows stay open.
     fn finish(&mut self) -> Result<()> {
-        self.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
         self.down.finish()
     }
 }
@@ -2095,12 +2131,26 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         // Results are due because of this batch (its records or its watermark): they are
         // timed from its ingestion.
         self.out.set_ingested(batch.ingested);
-        self.operator
-            .process(batch.records, &mut self.out)
-            .map_err(op_err)?;
-        self.operator
-            .on_watermark(batch.watermark, &mut self.out)
-            .map_err(op_err)?;
+        // User code runs in here (aggregates, process functions): a panic is caught so that
+        // it fails the job like an error does.
+        let (operator, out) = (&mut self.operator, &mut self.out);
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            operator.process(batch.records, out).map_err(op_err)?;
+            operator.on_watermark(batch.watermark, out).map_err(op_err)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(EngineError::Panicked {
+                name: self.name.clone(),
+                message: panic_message(payload.as_ref()),
+            })
+        });
+        if let Err(e) = ran {
+            // What the operator emitted before it failed (windows that fired) still reaches
+            // the sinks, which flush it before the job ends with the error.
+            self.out.forward()?;
+            self.out.downstream().flush(Flush::All)?;
+            return Err(e);
+        }
         self.out.advance_watermark(batch.watermark);
         if batch.watermark != END_WATERMARK {
             self.metrics.watermark.set(batch.watermark);
@@ -2259,7 +2309,7 @@ impl<T: Data> Push<T> for UnionInput<T> {
         if merge.inputs.ended < merge.inputs.watermarks.len() {
             return Ok(());
         }
-        merge.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
+        // As in `Inbox::finish`: the end watermark came with the inputs' last batches.
         merge.down.finish()
     }
     fn flush(&mut self, what: Flush) -> Result<()> {
@@ -2327,6 +2377,7 @@ impl<T: Data> SinkNode<T> {
                 participant,
                 cancelled: b.cancelled.clone(),
             }),
+            flushed_at: Instant::now(),
         })
     }
 }
@@ -2357,6 +2408,8 @@ struct SinkPush<T> {
     /// `None` for a side output's sink.
     latency: Option<Arc<LatencyHistogram>>,
     transactions: Option<SinkTransactions>,
+    /// When [`Sink::flush`] was last called.
+    flushed_at: Instant,
 }
 
 /// A sink's part in checkpoints: what it pre-committed and committed.
@@ -2408,6 +2461,7 @@ impl<T: Data> Push<T> for SinkPush<T> {
             if let (Some(latency), Some(ingested)) = (&self.latency, batch.ingested) {
                 latency.record(ingested.elapsed(), batch.records.len() as u64);
             }
+            self.flush(Flush::Due)?;
         }
         if batch.watermark != END_WATERMARK {
             self.metrics.watermark.set(batch.watermark);
@@ -2444,13 +2498,23 @@ impl<T: Data> Push<T> for SinkPush<T> {
         }
         self.sink.finish().map_err(|source| self.sink_error(source))
     }
-    fn flush(&mut self, _: Flush) -> Result<()> {
-        // A sink writes every batch it gets.
+    fn flush(&mut self, what: Flush) -> Result<()> {
+        // A sink writes every batch it gets; what it buffers becomes visible now if the
+        // thread is going quiet, and at least once a second while it keeps writing.
+        if what == Flush::All || self.flushed_at.elapsed() >= SINK_FLUSH_INTERVAL {
+            self.flushed_at = Instant::now();
+            self.sink
+                .flush()
+                .map_err(|source| self.sink_error(source))?;
+        }
         Ok(())
     }
 }
 
 // ---------------------------------------------------------------- running
+
+/// Longest a sink's written results wait for [`Sink::flush`] while its job keeps busy.
+const SINK_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Builds the tasks of `graph` and runs them to completion.
 pub(crate) fn run(
@@ -2527,9 +2591,11 @@ pub(crate) fn run(
     };
     control.attach(checkpointing.clone());
     let cancelled = Arc::new(AtomicBool::new(false));
-    control.attach_stop_flag(cancelled.clone());
+    let stopping = Arc::new(AtomicBool::new(false));
+    control.attach_flags(cancelled.clone(), stopping.clone());
     let mut build = Build {
         cancelled: cancelled.clone(),
+        stopping,
         graph,
         options,
         metrics,
@@ -2632,12 +2698,10 @@ pub(crate) fn run(
     let mut first_error: Option<EngineError> = None;
     for (name, handle) in handles {
         let result = handle.join().unwrap_or_else(|payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(EngineError::Panicked { name, message })
+            Err(EngineError::Panicked {
+                name,
+                message: panic_message(payload.as_ref()),
+            })
         });
         if let Err(e) = result {
             let replace = match &first_error {
@@ -2661,6 +2725,7 @@ pub(crate) fn run(
             job: job.to_string(),
         });
     }
+    let stopped = control.is_stopped();
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -2678,7 +2743,17 @@ pub(crate) fn run(
         elapsed: started.elapsed(),
         watermark,
         latency: metrics.latency().summary(),
+        stopped,
     })
+}
+
+/// The message of a panic, if it was a string.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Sets the cancel flag if the task's thread unwinds from a panic.

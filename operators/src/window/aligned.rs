@@ -21,10 +21,10 @@ use weir_engine::error::BoxError;
 use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
 
 use super::{
-    prune_prefix, window_start, Alignment, LateEvents, Window, WindowEvent, WindowOutput,
-    WindowResult,
+    prune_prefix, window_start, Alignment, LateEvents, Window, WindowAggregateError, WindowEvent,
+    WindowOutput, WindowResult,
 };
-use crate::aggregate::Aggregator;
+use crate::aggregate::{AggregateError, Aggregator};
 
 /// Pane accumulators of one key: `(pane start, accumulator)`, sorted by start.
 pub type Panes<Acc> = Vec<(Timestamp, Acc)>;
@@ -171,18 +171,27 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 self.slide,
                 &mut self.new_windows,
             );
-            let created = self.panes.update(&key, Vec::new, |panes| {
-                add_to_pane(
-                    aggregator,
-                    panes,
-                    pane_start,
-                    &value,
-                    last_start,
-                    size,
-                    slide,
-                    new_windows,
-                )
-            })??;
+            let created = self
+                .panes
+                .update(&key, Vec::new, |panes| {
+                    add_to_pane(
+                        aggregator,
+                        panes,
+                        pane_start,
+                        &value,
+                        last_start,
+                        size,
+                        slide,
+                        new_windows,
+                    )
+                })?
+                .map_err(|cause| {
+                    let window = Window {
+                        start: last_start,
+                        end: last_start.saturating_add(size),
+                    };
+                    WindowAggregateError::new(cause, &key, window, Some(ts))
+                })?;
             if created {
                 self.pane_count += 1;
                 if self.lateness > 0 {
@@ -258,7 +267,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         let done_with_panes = self.lateness == 0;
         let fired = self
             .panes
-            .modify(key, |panes| -> Result<_, BoxError> {
+            .modify(key, |panes| -> Result<_, AggregateError> {
                 let mut merged = None;
                 // Panes are sorted by start: the window's are one run, found by bisection
                 // (a key may hold many panes while an input lags behind the other).
@@ -276,7 +285,8 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 }
                 Ok((merged, dropped, panes.is_empty()))
             })?
-            .transpose()?;
+            .transpose()
+            .map_err(|cause| WindowAggregateError::new(cause, key, Window { start, end }, None))?;
         let Some((merged, dropped, empty)) = fired else {
             return Ok(());
         };
@@ -326,7 +336,7 @@ fn add_to_pane<T, A: Aggregator<T>>(
     size: i64,
     slide: i64,
     new_windows: &mut Vec<Timestamp>,
-) -> Result<bool, BoxError> {
+) -> Result<bool, AggregateError> {
     new_windows.clear();
     // Search from the back: events mostly land in the newest pane.
     let found = panes.iter().rposition(|(p, _)| *p <= pane_start);

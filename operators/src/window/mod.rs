@@ -30,7 +30,7 @@ use weir_engine::{
     StateBackend, StateKey, Stream, Timestamp,
 };
 
-use crate::aggregate::Aggregator;
+use crate::aggregate::{AggregateError, Aggregator};
 use crate::snapshot::{restored_watermark, save_watermark};
 use aligned::AlignedWindows;
 use local::{LocalWindows, MergePartials, Partial};
@@ -43,6 +43,44 @@ pub struct Window {
     pub start: Timestamp,
     /// First millisecond after the window.
     pub end: Timestamp,
+}
+
+/// An aggregate failed in a window (an integer sum overflowed): which key, which window,
+/// and the event time of the event being added (none when panes were merged as the window
+/// fired). The job fails with it; windows that fired before still reach the sinks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{cause} (key {key}, window [{start}, {end}){})",
+    event_ts.map_or_else(|| " as it fired".to_string(), |ts| format!(", event time {ts}"))
+)]
+pub struct WindowAggregateError {
+    /// The key, as JSON.
+    pub key: String,
+    /// The window's first millisecond.
+    pub start: Timestamp,
+    /// The first millisecond after the window.
+    pub end: Timestamp,
+    /// The event time of the event whose addition failed.
+    pub event_ts: Option<Timestamp>,
+    /// What failed (kept in the message, not as a separate cause, so it is said once).
+    pub cause: AggregateError,
+}
+
+impl WindowAggregateError {
+    pub(crate) fn new<K: Serialize>(
+        cause: AggregateError,
+        key: &K,
+        window: Window,
+        event_ts: Option<Timestamp>,
+    ) -> Self {
+        WindowAggregateError {
+            key: serde_json::to_string(key).unwrap_or_else(|e| format!("<unprintable: {e}>")),
+            start: window.start,
+            end: window.end,
+            event_ts,
+            cause,
+        }
+    }
 }
 
 /// The result of one window of one key.

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
 
-use super::{prune, LateEvents, Window, WindowEvent, WindowOutput, WindowResult};
-use crate::aggregate::Aggregator;
+use super::{
+    prune, LateEvents, Window, WindowAggregateError, WindowEvent, WindowOutput, WindowResult,
+};
+use crate::aggregate::{AggregateError, Aggregator};
 
 /// One session of a key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,9 +148,18 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             }
             let due = merged.1 - 1 <= watermark;
             let aggregator = &self.aggregator;
-            let (removed, result) = self.sessions.update(&key, Vec::new, |sessions| {
-                merge_event(aggregator, sessions, start, end, merged, &value, due)
-            })??;
+            let (removed, result) = self
+                .sessions
+                .update(&key, Vec::new, |sessions| {
+                    merge_event(aggregator, sessions, start, end, merged, &value, due)
+                })?
+                .map_err(|cause| {
+                    let window = Window {
+                        start: merged.0,
+                        end: merged.1,
+                    };
+                    WindowAggregateError::new(cause, &key, window, Some(ts))
+                })?;
             self.session_count = self.session_count + 1 - removed;
             if let Some((window, value, is_update)) = result {
                 out.emit(
@@ -237,7 +248,7 @@ fn merge_event<T, A: Aggregator<T>>(
     merged: (Timestamp, Timestamp),
     value: &T,
     due: bool,
-) -> Result<Merged<A::Output>, BoxError> {
+) -> Result<Merged<A::Output>, AggregateError> {
     let mut acc = aggregator.create();
     aggregator.add(&mut acc, value)?;
     let mut emitted = false;

@@ -1,0 +1,287 @@
+//! Stopping a running job, through the real binary: SIGINT/SIGTERM stop it as Flink's
+//! `stop` does (sources end, a final checkpoint, sinks flushed, temporary state removed,
+//! a summary, exit 0), a second signal exits at once, a followed job's results are
+//! visible while it runs, and a job that fails keeps what it computed before it failed.
+
+// This whole file is test code (clippy's allow-unwrap-in-tests misses helpers).
+#![allow(clippy::unwrap_used)]
+#![cfg(unix)]
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::checkpointed::{committed_rows, sorted_lines};
+use common::follow_run::{checkpoints_of, run, Fixture, Process, LIMIT};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// Sends `signal` (`TERM`, `INT`) to the process.
+fn send(process: &Process, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} failed");
+}
+
+/// Waits for the process to end (failing after `LIMIT`).
+fn wait_for_exit(process: &mut Process) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "still running {LIMIT:?} after the signal; stderr:\n{}",
+            process.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `path` has a whole line (failing after `within` or if the process ended).
+fn wait_for_a_row(process: &mut Process, path: &Path, within: Duration) {
+    let started = Instant::now();
+    while !fs::read_to_string(path).is_ok_and(|text| text.contains('\n')) {
+        assert!(
+            process.is_running(),
+            "the job ended early; stderr:\n{}",
+            process.stderr()
+        );
+        assert!(
+            started.elapsed() < within,
+            "no row in {} {within:?} after the job started; stderr:\n{}",
+            path.display(),
+            process.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `args` reading `input` instead of the fixture's input.
+fn reading(mut args: Vec<OsString>, input: &Path) -> Vec<OsString> {
+    let at = args.iter().position(|a| a == "--input").unwrap() + 1;
+    args[at] = input.into();
+    args
+}
+
+fn assert_every_line_is_json(text: &str, what: &str) {
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "a cut-off or broken line in {what}: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_takes_a_final_checkpoint_and_a_restart_resumes_exactly() {
+    let fx = Fixture::new(WEIR);
+    let reference = fx.reference(&[]);
+    // The job follows a file that holds the first 60 % of the input when it is stopped;
+    // the rest is appended before the restart.
+    let text = fs::read_to_string(&fx.input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines.len() * 6 / 10;
+    let growing = fx.path("growing.jsonl");
+    fs::write(&growing, lines[..cut].join("\n") + "\n").unwrap();
+    let (out, state) = (fx.path("out"), fx.path("state"));
+    let args = reading(fx.checkpointed(&out, &state, &[]), &growing);
+    let mut follow = args.clone();
+    follow.push("--follow".into());
+
+    let mut job = Process::start(WEIR, &follow, fx.path("stopped.stderr"));
+    job.wait_for_checkpoint_after(&checkpoints_of(&state), 0);
+    send(&job, "TERM");
+    let status = wait_for_exit(&mut job);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM should stop the job and exit 0; stderr:\n{}",
+        job.stderr()
+    );
+    assert!(
+        job.stderr().contains("window-agg stopped:"),
+        "no summary of the stopped run; stderr:\n{}",
+        job.stderr()
+    );
+    let stopped_rows = committed_rows(&out);
+    assert!(
+        !stopped_rows.is_empty(),
+        "the stopped run committed nothing"
+    );
+    assert_every_line_is_json(&stopped_rows.join("\n"), "the stopped run's output");
+
+    let mut rest = OpenOptions::new().append(true).open(&growing).unwrap();
+    rest.write_all((lines[cut..].join("\n") + "\n").as_bytes())
+        .unwrap();
+    drop(rest);
+    let (ok, says) = run(WEIR, &args);
+    assert!(ok, "the restart failed: {says}");
+    assert_eq!(
+        sorted_lines(&committed_rows(&out).join("\n")),
+        reference,
+        "a stop and a restart do not give the rows of an uninterrupted run"
+    );
+}
+
+#[test]
+fn a_stop_without_checkpoints_flushes_whole_rows_and_removes_temporary_state() {
+    let fx = Fixture::new(WEIR);
+    let out = fx.path("out.jsonl");
+    let tmp = fx.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let mut follow = fx.args(&out, &["--follow"]);
+    // RocksDB state in a temporary directory under TMPDIR (the default without --state-dir).
+    follow.extend(["--state".into(), "rocksdb".into()]);
+    let mut job = Process::start_with_env(
+        WEIR,
+        &follow,
+        fx.path("job.stderr"),
+        &[("TMPDIR", tmp.as_os_str())],
+    );
+    // Rows of a followed job are visible while it runs, not only at its end.
+    wait_for_a_row(&mut job, &out, Duration::from_secs(10));
+    send(&job, "INT");
+    let status = wait_for_exit(&mut job);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGINT should stop the job and exit 0; stderr:\n{}",
+        job.stderr()
+    );
+    let stderr = job.stderr();
+    assert!(
+        stderr.contains("window-agg stopped:") && stderr.contains("windows still open"),
+        "no summary saying what a stop without checkpoints leaves; stderr:\n{stderr}"
+    );
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(text.ends_with('\n'), "the output ends in a cut-off row");
+    assert_every_line_is_json(&text, "the output");
+    let left: Vec<_> = fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "temporary state left behind: {left:?}");
+}
+
+#[test]
+fn a_followed_job_shows_its_rows_within_two_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (
+        dir.path().join("events.jsonl"),
+        dir.path().join("out.jsonl"),
+    );
+    // A few kilobytes of results: far less than any write buffer.
+    common::run_ok(
+        WEIR,
+        [
+            "gen", "events", "--events", "2000", "--keys", "5", "--output",
+        ]
+        .map(OsString::from)
+        .into_iter()
+        .chain([input.clone().into()]),
+    )
+    .unwrap();
+    let args: Vec<OsString> = [
+        "run",
+        "window-agg",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--follow",
+        "--metrics-addr",
+        "off",
+        "--quiet",
+    ]
+    .map(OsString::from)
+    .into();
+    let mut job = Process::start(WEIR, &args, dir.path().join("job.stderr"));
+    wait_for_a_row(&mut job, &out, Duration::from_secs(2));
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let fx = Fixture::new(WEIR);
+    // Results go to a TCP address nobody listens on: the sink keeps retrying, so the job
+    // cannot drain and the first signal's stop does not end it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = format!("tcp://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let args = fx.args(Path::new(&output), &["--follow"]);
+    let mut job = Process::start(WEIR, &args, fx.path("job.stderr"));
+    let started = Instant::now();
+    while !job.stderr().contains("trying again") {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the sink never retried: {}",
+            job.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    send(&job, "TERM");
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        job.is_running(),
+        "the job could not drain, yet it ended: {}",
+        job.stderr()
+    );
+    send(&job, "TERM");
+    let status = wait_for_exit(&mut job);
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "the second SIGTERM should exit at once with 143; stderr:\n{}",
+        job.stderr()
+    );
+}
+
+#[test]
+fn an_overflowing_sum_keeps_the_rows_of_windows_that_fired_and_names_its_key_and_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let out = dir.path().join("out.jsonl");
+    let mut events: String = (0..10)
+        .map(|i| format!("{{\"ts\":{},\"key\":\"a\",\"value\":1}}\n", i * 10_000))
+        .collect();
+    events.push_str("{\"ts\":100000,\"key\":\"b\",\"value\":9223372036854775807}\n");
+    events.push_str("{\"ts\":100001,\"key\":\"b\",\"value\":1}\n");
+    fs::write(&input, events).unwrap();
+    let run = common::run(
+        WEIR,
+        [
+            "run".into(),
+            "window-agg".into(),
+            "--input".into(),
+            input.into_os_string(),
+            "--output".into(),
+            out.clone().into_os_string(),
+            "--watermark-delay".into(),
+            "0s".into(),
+            "--metrics-addr".into(),
+            OsString::from("off"),
+            "--quiet".into(),
+        ],
+    )
+    .unwrap();
+    assert!(!run.status.success(), "the overflow did not fail the job");
+    for what in ["overflowed", "key \"b\"", "window [100000, 110000)"] {
+        assert!(
+            run.stderr.contains(what),
+            "the error does not say {what:?}: {}",
+            run.stderr
+        );
+    }
+    let rows = fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(
+        rows.lines().count(),
+        10,
+        "the 10 windows of key a fired before the overflow; the output has:\n{rows}"
+    );
+}
