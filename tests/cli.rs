@@ -402,3 +402,90 @@ fn a_reader_that_closes_the_pipe_ends_the_run_quietly() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn an_output_below_a_file_is_refused_naming_the_file_not_the_source() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"ts\":1,\"key\":\"a\",\"value\":2}\n",
+    )?;
+    std::fs::write(dir.path().join("afile"), "x")?;
+    let out = run_in(
+        dir.path(),
+        &["--input", "in.jsonl", "--output", "afile/out.jsonl"],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("afile is a file, not a directory") && !stderr.contains("source"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn resuming_into_another_output_directory_says_so() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events: String = (0..200)
+        .map(|i| {
+            format!(
+                "{{\"ts\":{},\"key\":\"k{}\",\"value\":1}}\n",
+                i * 100,
+                i % 3
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), events)?;
+    let checkpointed = |output: &str| {
+        run_in(
+            dir.path(),
+            &[
+                "--input",
+                "in.jsonl",
+                "--output",
+                output,
+                "--state-dir",
+                "state",
+                "--checkpoint-interval",
+                "1s",
+                "--quiet",
+            ],
+        )
+    };
+    let first = checkpointed("out1")?;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = checkpointed("out2")?;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("out2 does not hold part")
+            && stderr.contains("resume with the --output of the run that took the checkpoint")
+            && !stderr.contains("disk is full")
+            && !stderr.contains("disk full"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn with_output_to_stdout_the_run_says_where_dead_letters_go() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"ts\":1,\"key\":\"a\",\"value\":2}\nnot json\n",
+    )?;
+    let out = run_in(dir.path(), &["--input", "in.jsonl", "--output", "stdout:"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("records that cannot be read go to window-agg.dead.jsonl"),
+        "{stderr}"
+    );
+    assert!(dir.path().join("window-agg.dead.jsonl").exists());
+    Ok(())
+}

@@ -69,7 +69,10 @@ impl DeadLetters {
     pub fn open(&self) -> Result<(), ConnectorError> {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            let file = create_file(&self.path)?;
+            let file = create_file(&self.path).map_err(|e| ConnectorError::DeadLetterFile {
+                path: self.path.clone(),
+                source: Box::new(e),
+            })?;
             *guard = Some(Writer {
                 out: BufWriter::new(file),
                 bytes: 0,

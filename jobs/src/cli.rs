@@ -361,6 +361,7 @@ fn run(
         return linger(serve, &signal);
     }
     let job = (spec.build)(options)?;
+    announce_dead_letters(name, options);
     let signal = StopSignal::listen({
         let control = job.control();
         move || control.stop()
@@ -384,6 +385,17 @@ fn run(
         false => eprintln!("weir: {name} done: {}", summarize(&summary)),
     }
     linger(serve, &signal)
+}
+
+/// Says where records that cannot be read go when that is not beside a file `--output`
+/// (with `stdout:`, a TCP or Kafka output it is a file in the working directory).
+fn announce_dead_letters(name: &str, options: &JobOptions) {
+    if options.input.is_some() && options.output_file().is_none() {
+        eprintln!(
+            "weir: records that cannot be read go to {}",
+            options.dead_letter_path(name).display()
+        );
+    }
 }
 
 /// What a stopped run leaves for the next one.

@@ -191,22 +191,31 @@ impl JobOptions {
             .unwrap_or(Format::JsonLines)
     }
 
-    /// The dead-letter file for this run: `<output>.dead.jsonl`, or next to the input.
+    /// The path of `--output` if it is a file (or a part-file directory), not `stdout:`,
+    /// `null:` or a `tcp://`/`kafka://` URI.
+    pub fn output_file(&self) -> Option<&str> {
+        let out = self.output.as_deref()?;
+        match out.strip_prefix("file://") {
+            Some(path) => Some(path),
+            None => (!out.ends_with(':') && !out.contains("://")).then_some(out),
+        }
+    }
+
+    /// The dead-letter file for this run: `<output>.dead.jsonl` beside a file output, else
+    /// `<job>.dead.jsonl` in the working directory.
     pub fn dead_letter_path(&self, job: &str) -> PathBuf {
         if let Some(file) = &self.dead_letter_file {
             return file.clone();
         }
-        match self.output.as_deref() {
+        match self.output_file() {
             // `out/` (a part-file directory) gets `out.dead.jsonl` beside it, not inside.
-            Some(out) if !out.ends_with(':') => {
-                PathBuf::from(format!("{}.dead.jsonl", out.trim_end_matches('/')))
-            }
-            _ => PathBuf::from(format!("{job}.dead.jsonl")),
+            Some(out) => PathBuf::from(format!("{}.dead.jsonl", out.trim_end_matches('/'))),
+            None => PathBuf::from(format!("{job}.dead.jsonl")),
         }
     }
 
     /// Refuses outputs that are the input file (or each other): writing them would
-    /// truncate what the job reads. Paths are compared canonically (`./a` is `a`, links
+    /// truncate what the job reads; and outputs below a file, which cannot be created. Paths are compared canonically (`./a` is `a`, links
     /// are followed); outputs that are not files are not compared.
     pub fn check_paths(&self, job: &str) -> anyhow::Result<()> {
         let file = |p: &Path| -> Option<PathBuf> {
@@ -225,6 +234,14 @@ impl JobOptions {
         ];
         for (i, (what, path)) in named.iter().enumerate() {
             let Some(path) = path else { continue };
+            if let Some(file) = path.ancestors().skip(1).find(|a| a.is_file()) {
+                usage!(
+                    "{what} {} cannot be written: {} is a file, not a directory; choose \
+                     another path",
+                    path.display(),
+                    file.display()
+                );
+            }
             if input.as_ref() == Some(path) {
                 usage!(
                     "{what} {} is the input file: writing it would destroy the input; choose \

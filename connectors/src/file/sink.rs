@@ -127,6 +127,14 @@ impl<T> FileSink<T> {
             Ok(()) => Ok(()),
             // Committed before a crash (the rename happened, the next checkpoint did not).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ConnectorError::MissingPart {
+                    dir: self.path.clone(),
+                    part,
+                    in_progress: in_progress_name(part),
+                    committed: committed_name(part),
+                })
+            }
             Err(source) => Err(ConnectorError::Write { path: from, source }),
         }
     }
@@ -137,9 +145,16 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
         let path = self.file_path();
         let w = self.writer()?;
         for r in records {
-            serde_json::to_writer(&mut *w, &r.value).map_err(|source| ConnectorError::Encode {
-                path: path.clone(),
-                source,
+            serde_json::to_writer(&mut *w, &r.value).map_err(|source| match source.is_io() {
+                // The writer failed (a full disk), not the encoding.
+                true => ConnectorError::Write {
+                    path: path.clone(),
+                    source: source.into(),
+                },
+                false => ConnectorError::Encode {
+                    path: path.clone(),
+                    source,
+                },
             })?;
             w.write_all(b"\n").map_err(|source| ConnectorError::Write {
                 path: path.clone(),
@@ -316,6 +331,24 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    /// `/dev/full` fails every write with ENOSPC, as a full disk does.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_full_disk_is_reported_as_one_not_as_an_encoding_error() {
+        let mut sink = FileSink::<i64>::new("/dev/full");
+        // More than the 1 MiB buffer, so the failing write happens inside the encoder.
+        let values: Vec<i64> = (1_000_000..1_200_000).collect();
+        let error = sink
+            .write(&rows(&values))
+            .and_then(|()| sink.flush())
+            .expect_err("/dev/full took the rows")
+            .to_string();
+        assert!(
+            error.contains("cannot write /dev/full (the disk is full") && !error.contains("JSON"),
+            "{error}"
+        );
     }
 
     #[test]
