@@ -13,7 +13,7 @@ fn number_before(line: &str, suffix: &str) -> Option<u64> {
     head.rsplit([' ', ',']).next()?.parse().ok()
 }
 
-/// Runs `weir run window-agg` on `input` with `args` and a metrics endpoint kept alive
+/// Runs `weir run window-agg --watermark-delay 0` on `input` with `args` and a metrics endpoint kept alive
 /// after the run; returns one scrape of `/metrics` (body), the address, the summary line,
 /// and the running process (killed when dropped).
 fn run_and_scrape(
@@ -27,6 +27,9 @@ fn run_and_scrape(
         "tumble:1s",
         "--parallelism",
         "2",
+        // The expected late events and watermark below are for delay 0.
+        "--watermark-delay",
+        "0",
         "--input",
     ]
     .iter()

@@ -36,6 +36,9 @@ const WINDOW_ARGS: [&str; 7] = [
     "--quiet",
 ];
 
+/// A line in Latin-1, not UTF-8, that client 0 sends.
+const NOT_UTF8: &[u8] = b"{\"ts\":1,\"key\":\"caf\xe9\",\"value\":1}";
+
 fn event_line(client: usize, i: usize) -> String {
     // Every client's events are spread over the same hour, keys shared between clients.
     let ts = 1_700_000_000_000 + (i * 97 % 3_600_000) as i64 + client as i64;
@@ -105,6 +108,8 @@ fn many_clients_one_sending_garbage_give_the_file_results() -> TestResult {
                     }
                 }
                 if client == 0 {
+                    socket.write_all(NOT_UTF8)?;
+                    socket.write_all(b"\n")?;
                     let long = format!("{{\"key\":\"{}\"}}\n", "x".repeat(10_000));
                     socket.write_all(long.as_bytes())?;
                     socket.write_all(event_line(client, EVENTS_PER_CLIENT).as_bytes())?;
@@ -135,7 +140,7 @@ fn many_clients_one_sending_garbage_give_the_file_results() -> TestResult {
         .ok_or("no summary line")?;
     let good = CLIENTS * EVENTS_PER_CLIENT + 1;
     assert!(done.contains(&format!(" {good} events read")), "{done}");
-    assert!(done.contains(" 5 dead letters"), "{done}");
+    assert!(done.contains(" 6 dead letters"), "{done}");
 
     // The same good events from a file.
     let mut lines = String::new();
@@ -168,13 +173,37 @@ fn many_clients_one_sending_garbage_give_the_file_results() -> TestResult {
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    assert_eq!(dead.len(), 5, "4 garbage lines and 1 over-long line");
+    assert_eq!(
+        dead.len(),
+        6,
+        "4 garbage lines, 1 not UTF-8 and 1 over-long line"
+    );
     assert!(dead.iter().all(|d| d["source"]
         .as_str()
         .is_some_and(|s| s.starts_with("tcp://127.0.0.1:"))));
-    assert!(dead.iter().any(|d| d["error"]
+    let long = dead
+        .iter()
+        .find(|d| {
+            d["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("longer than 4096 bytes"))
+        })
+        .ok_or("no dead letter for the over-long line")?;
+    let kept = long["raw"]
         .as_str()
-        .is_some_and(|e| e.contains("longer than 4096 bytes"))));
+        .ok_or("the over-long line keeps its start")?;
+    assert_eq!(kept.len(), 1024, "{long}");
+    assert!(kept.starts_with("{\"key\":\"xxx"), "{long}");
+    // A line that is not UTF-8 keeps its exact bytes, in base64.
+    use base64::Engine as _;
+    let binary = dead
+        .iter()
+        .find_map(|d| d["raw_base64"].as_str())
+        .ok_or("no dead letter with raw_base64")?;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(binary)?,
+        NOT_UTF8
+    );
     Ok(())
 }
 

@@ -912,3 +912,219 @@ fn lines_longer_than_max_line_are_dead_letters_in_bounded_memory() -> Result<(),
     assert!(peak < 200.0, "peak RSS {peak:.0} MiB for two 100 MiB lines");
     Ok(())
 }
+
+// ------------------------------------------------------------------ edges of the input (issue 27)
+
+/// The dead letters of a run, one JSON value each.
+fn dead_letters(path: &Path) -> Result<Vec<serde_json::Value>, Box<dyn Error>> {
+    fs::read_to_string(path)
+        .map_err(|e| failure(format!("{}: {e}", path.display())))?
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| failure(format!("dead letter `{l}`: {e}"))))
+        .collect()
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_a_dead_letter_keeping_its_exact_bytes() -> TestResult {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir()?;
+    let events = generate(2_000, SEED ^ 3);
+    let good = json_lines(&events);
+    // Latin-1 in a key, a lone continuation byte, and a character cut in half at the end.
+    let bad: [&[u8]; 3] = [
+        b"{\"ts\":1000,\"key\":\"caf\xe9\",\"value\":1}",
+        b"\x80 not even json \xff\xfe",
+        b"{\"ts\":1000,\"key\":\"\xe2\x82",
+    ];
+    let mut input = Vec::new();
+    let mut expected = Vec::new();
+    let mut line = 0u64;
+    for (i, text) in good.iter().enumerate() {
+        if i % 500 == 250 {
+            let raw = bad[(i / 500) % bad.len()];
+            input.extend_from_slice(raw);
+            // A CRLF break is not part of the record.
+            input.extend_from_slice(if i == 250 { b"\r\n" } else { b"\n" });
+            line += 1;
+            expected.push((line, raw.to_vec()));
+        }
+        input.extend_from_slice(text.as_bytes());
+        input.push(b'\n');
+        line += 1;
+    }
+    // A text line that does not parse keeps today's `raw`.
+    input.extend_from_slice(b"this is not json\n");
+    let path = dir.path().join("latin1.jsonl");
+    fs::write(&path, &input)?;
+
+    let out = dir.path().join("out.jsonl");
+    let run = run_window_agg(&path, &out, TUMBLE, 1, &[])?;
+    let (rows, _) = reference(&events, TUMBLE, DELAY_MS);
+    check_rows(&run.rows, &rows, 1e-9, "results of the good lines")?;
+    assert_eq!(run.summary.dead_letters, expected.len() as u64 + 1);
+
+    let dead = dead_letters(&dir.path().join("out.jsonl.dead.jsonl"))?;
+    assert_eq!(dead.len(), expected.len() + 1);
+    for (letter, (line, raw)) in dead.iter().zip(&expected) {
+        assert_eq!(letter["line"], *line, "{letter}");
+        assert!(letter.get("raw").is_none(), "no lossy `raw`: {letter}");
+        let encoded = letter["raw_base64"]
+            .as_str()
+            .ok_or_else(|| failure(format!("no raw_base64 in {letter}")))?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+        assert_eq!(&decoded, raw, "the bytes of line {line}");
+        assert!(
+            letter["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not UTF-8")),
+            "{letter}"
+        );
+    }
+    let text = &dead[expected.len()];
+    assert_eq!(text["raw"], "this is not json", "{text}");
+    assert!(text.get("raw_base64").is_none(), "{text}");
+    Ok(())
+}
+
+/// 9999-12-31T23:59:59Z.
+const YEAR_9999: i64 = 253_402_300_799_000;
+
+#[test]
+fn a_far_future_event_with_max_future_is_a_dead_letter_and_moves_no_watermark() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = generate(EVENTS / 4, SEED ^ 5);
+    let good = json_lines(&events);
+    let clean = dir.path().join("clean.jsonl");
+    write_lines(&clean, &good)?;
+    let at = good.len() / 3;
+    let bad = format!(r#"{{"ts":{YEAR_9999},"key":"k1","value":5}}"#);
+    let mut lines = good.clone();
+    lines.insert(at, bad.clone());
+    let dirty = dir.path().join("dirty.jsonl");
+    write_lines(&dirty, &lines)?;
+    let max_future = [OsStr::new("--max-future"), OsStr::new("1h")];
+
+    let expected = run_window_agg(&clean, &dir.path().join("clean-out.jsonl"), TUMBLE, 1, &[])?;
+    let (rows, late) = reference(&events, TUMBLE, DELAY_MS);
+    check_rows(&expected.rows, &rows, 1e-9, "the clean run")?;
+    let out = dir.path().join("out.jsonl");
+    let run = run_window_agg(&dirty, &out, TUMBLE, 1, &max_future)?;
+    check_rows(
+        &run.rows,
+        &rows,
+        1e-9,
+        "with the year-9999 line and --max-future 1h",
+    )?;
+    assert_eq!(run.summary.late_events, late.len() as u64, "late events");
+    assert_eq!(run.summary.events_read, events.len() as u64, "events read");
+    // The first event is accepted although nothing is known before it; only the bad one
+    // is refused.
+    assert_eq!(run.summary.dead_letters, 1, "dead letters");
+    let dead = dead_letters(&dir.path().join("out.jsonl.dead.jsonl"))?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["line"], at as u64 + 1, "{}", dead[0]);
+    assert_eq!(dead[0]["raw"], bad.as_str(), "{}", dead[0]);
+    let error = dead[0]["error"].as_str().unwrap_or_default();
+    for part in ["9999-12-31", "more than 1h ahead", "--max-future"] {
+        assert!(error.contains(part), "`{part}` in the error: {error}");
+    }
+
+    // Without --max-future the same input makes almost everything after the bad line late.
+    let run = run_window_agg(&dirty, &dir.path().join("off.jsonl"), TUMBLE, 1, &[])?;
+    assert_eq!(run.summary.dead_letters, 0);
+    assert!(
+        run.summary.late_events >= (events.len() - at) as u64 - 10,
+        "{:?}",
+        run.summary
+    );
+    Ok(())
+}
+
+/// `weir gen events --events N` into `dir/events.jsonl`, with `extra` arguments.
+fn gen_events(dir: &Path, events: usize, extra: &[&str]) -> Result<OsString, Box<dyn Error>> {
+    let path = dir.join("events.jsonl");
+    let mut args: Vec<OsString> = vec![
+        "gen".into(),
+        "events".into(),
+        "--output".into(),
+        path.clone().into(),
+        "--events".into(),
+        events.to_string().into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    common::run_ok(WEIR, &args)?;
+    Ok(path.into())
+}
+
+#[test]
+fn generated_events_run_with_the_defaults_are_not_late() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = gen_events(dir.path(), 200_000, &[])?;
+    let out = dir.path().join("out.jsonl");
+    let run = common::run_ok(
+        WEIR,
+        [
+            OsStr::new("run"),
+            OsStr::new("window-agg"),
+            OsStr::new("--input"),
+            &input,
+            OsStr::new("--output"),
+            out.as_os_str(),
+            OsStr::new("--metrics-addr"),
+            OsStr::new("off"),
+            OsStr::new("--quiet"),
+        ],
+    )?;
+    let summary = Summary::from_stderr(&run.stderr)?;
+    assert_eq!(summary.events_read, 200_000);
+    assert!(
+        summary.late_events * 100 <= summary.events_read,
+        "more than 1 % late with the defaults: {summary:?}"
+    );
+    assert!(!run.stderr.contains("hint"), "{}", run.stderr);
+    Ok(())
+}
+
+#[test]
+fn many_late_events_print_a_hint_to_raise_the_watermark_delay() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = gen_events(dir.path(), 100_000, &["--disorder-ms", "3000"])?;
+    let out = dir.path().join("out.jsonl");
+    let run = common::run_ok(
+        WEIR,
+        [
+            OsStr::new("run"),
+            OsStr::new("window-agg"),
+            OsStr::new("--input"),
+            &input,
+            OsStr::new("--output"),
+            out.as_os_str(),
+            OsStr::new("--watermark-delay"),
+            OsStr::new("0"),
+            OsStr::new("--metrics-addr"),
+            OsStr::new("off"),
+            OsStr::new("--quiet"),
+        ],
+    )?;
+    let summary = Summary::from_stderr(&run.stderr)?;
+    assert!(
+        summary.late_events * 100 > summary.events_read,
+        "{summary:?}"
+    );
+    let hints: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("weir: hint:"))
+        .collect();
+    assert_eq!(hints.len(), 1, "one hint line:\n{}", run.stderr);
+    let hint = hints[0];
+    assert!(
+        hint.contains(&format!(
+            "{} of {} events",
+            summary.late_events, summary.events_read
+        )),
+        "{hint}"
+    );
+    assert!(hint.contains("--watermark-delay"), "{hint}");
+    Ok(())
+}

@@ -17,14 +17,16 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::FileReader;
 use serde_json::json;
 use weir_engine::{BoxError, Data, Source, SourceStatus};
 
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::error::ConnectorError;
+use crate::max_future::{EventTimeOf, MaxFuture};
 
 /// True for a path naming an Arrow IPC file: `.arrow` or `.ipc` (`.arrows`, the stream
 /// format, is not read).
@@ -62,6 +64,8 @@ pub struct ArrowFileSource<D: RowDecoder> {
     /// Every batch was read (a restore may land here: a checkpoint after the last batch).
     at_end: bool,
     rejected: Vec<DeadLetter>,
+    /// Refuses events too far ahead of the file's time (`--max-future`).
+    future: Option<MaxFuture<D::Item>>,
 }
 
 impl<D: RowDecoder> std::fmt::Debug for ArrowFileSource<D> {
@@ -86,7 +90,16 @@ impl<D: RowDecoder> ArrowFileSource<D> {
             rows_before: 0,
             at_end: false,
             rejected: Vec::new(),
+            future: None,
         }
+    }
+
+    /// Rows whose event time (`time` of the decoded event) is more than `max_ahead` ahead
+    /// of the largest accepted so far are dead letters (see [`crate::max_future`]).
+    /// `None` (the default): all accepted.
+    pub fn max_future(mut self, time: EventTimeOf<D::Item>, max_ahead: Option<Duration>) -> Self {
+        self.future = max_ahead.map(|max_ahead| MaxFuture::new(time, max_ahead));
+        self
     }
 
     fn error(&self, message: impl ToString) -> ConnectorError {
@@ -174,13 +187,19 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
             };
             let end = rows.min(self.row + (max - taken));
             for row in self.row..end {
-                match self.decoder.decode(row) {
+                let decoded = self.decoder.decode(row).and_then(|item| {
+                    match self.future.as_mut().map(|f| f.admit(&item)) {
+                        Some(Err(error)) => Err(error),
+                        _ => Ok(item),
+                    }
+                });
+                match decoded {
                     Ok(item) => out.push(item),
                     Err(error) => self.rejected.push(DeadLetter {
                         source: self.path.display().to_string(),
                         line: self.rows_before + row as u64 + 1,
                         error,
-                        raw: format!("row {row} of record batch {}", self.batch_index),
+                        raw: Raw::Text(format!("row {row} of record batch {}", self.batch_index)),
                     }),
                 }
             }
@@ -203,12 +222,16 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
     }
 
     fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
-        Ok(Some(json!({
+        let mut position = json!({
             "batch": self.batch_index,
             "row": self.row,
             "rows_before": self.rows_before,
             "dead_letter_bytes": self.dead.position(),
-        })))
+        });
+        if let Some(highest) = self.future.as_ref().and_then(MaxFuture::highest) {
+            position["highest_event_time"] = json!(highest);
+        }
+        Ok(Some(position))
     }
 
     fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
@@ -222,6 +245,12 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
         let (batch, row) = (field("batch")?, field("row")?);
         self.rows_before = field("rows_before")?;
         self.dead.resume_at(field("dead_letter_bytes")?)?;
+        if let Some(future) = &mut self.future {
+            let highest = position
+                .get("highest_event_time")
+                .and_then(serde_json::Value::as_i64);
+            future.resume(highest);
+        }
         self.batch_index = usize::try_from(batch)?;
         let row = usize::try_from(row)?;
         self.open()?;

@@ -58,4 +58,4 @@ pub use state::{
     MapState, MemoryBackend, Namespaced, StateBackend, StateConfig, StateKey, StateValue,
     TimerQueue,
 };
-pub use time::{parse_duration, Timestamp, Watermarks};
+pub use time::{parse_duration, FutureGuard, Timestamp, TooFarAhead, Watermarks};

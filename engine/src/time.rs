@@ -3,6 +3,21 @@
 //! Timestamps are `i64` milliseconds since the Unix epoch; negative values are legal.
 //! The bounded-out-of-orderness strategy follows Flink:
 //! `watermark = max timestamp seen - delay - 1`, advanced after every event in input order.
+//!
+//! # Events far in the future
+//!
+//! One event stamped in year 9999 moves the watermark to 9999 and makes every later event
+//! late. A source given a [`FutureGuard`] (`--max-future D`, default off; Flink has no such
+//! check) refuses an event whose time is more than `D` ahead of the **largest event time it
+//! accepted so far** from the same stream (Kafka: partition), i.e. more than
+//! `D + delay + 1 ms` ahead of that stream's watermark. The refused event goes to the dead
+//! letters with its position and never reaches `.timestamps(..)`, so it moves no watermark.
+//! The reference is the accepted events, not the watermark, because it exists from the
+//! first event on: the first event is always accepted (nothing is known before it; a bad
+//! first event is not caught), and a stream whose time jumps forward by more than `D` for
+//! good (a gap in the data) has every later event refused, so `D` must exceed any real gap.
+//! Sources keep the reference in their checkpoint position, so a restarted job refuses
+//! exactly the events the uninterrupted one refuses.
 
 use std::time::Duration;
 
@@ -46,6 +61,76 @@ impl Watermarks {
     }
 }
 
+/// Refuses event times more than a bound ahead of the largest one accepted so far (see
+/// the module docs, `# Events far in the future`). One comparison per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FutureGuard {
+    max_ahead_ms: i64,
+    /// The largest event time accepted, `None` before the first.
+    highest: Option<Timestamp>,
+    /// `highest + max_ahead_ms`: larger event times are refused (`i64::MAX` before the
+    /// first event, so that it is always accepted).
+    limit: Timestamp,
+}
+
+/// An event time [`FutureGuard`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "event time {} ({ts}) is more than {} ahead of the latest event time accepted so far, \
+     {} ({highest}): --max-future",
+    format_timestamp(*.ts),
+    format_duration_ms(*.max_ahead_ms),
+    format_timestamp(*.highest)
+)]
+pub struct TooFarAhead {
+    /// The refused event time.
+    pub ts: Timestamp,
+    /// The largest event time accepted before it.
+    pub highest: Timestamp,
+    /// The bound, in milliseconds.
+    pub max_ahead_ms: i64,
+}
+
+impl FutureGuard {
+    /// Refuses event times more than `max_ahead` ahead of the largest accepted so far.
+    pub fn new(max_ahead: Duration) -> Self {
+        FutureGuard {
+            max_ahead_ms: duration_ms(max_ahead),
+            highest: None,
+            limit: Timestamp::MAX,
+        }
+    }
+
+    /// Accepts `ts` (and takes it as the reference if it is the largest so far) or refuses
+    /// it.
+    #[inline]
+    pub fn admit(&mut self, ts: Timestamp) -> Result<(), TooFarAhead> {
+        if ts > self.limit {
+            return Err(TooFarAhead {
+                ts,
+                highest: self.highest.unwrap_or(Timestamp::MIN),
+                max_ahead_ms: self.max_ahead_ms,
+            });
+        }
+        if self.highest.is_none_or(|h| ts > h) {
+            self.highest = Some(ts);
+            self.limit = ts.saturating_add(self.max_ahead_ms);
+        }
+        Ok(())
+    }
+
+    /// The largest event time accepted so far: what a checkpoint keeps.
+    pub fn highest(&self) -> Option<Timestamp> {
+        self.highest
+    }
+
+    /// Continues from a checkpoint's [`FutureGuard::highest`].
+    pub fn resume(&mut self, highest: Option<Timestamp>) {
+        self.highest = highest;
+        self.limit = highest.map_or(Timestamp::MAX, |h| h.saturating_add(self.max_ahead_ms));
+    }
+}
+
 /// Error from [`parse_duration`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -82,6 +167,21 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
 /// A duration as whole milliseconds, saturating at `i64::MAX`.
 pub fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Formats milliseconds in the largest unit of [`parse_duration`] that divides them
+/// (`1h`, `90s`, `250ms`), so that it reads as it was given.
+pub fn format_duration_ms(ms: i64) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    match UNITS.iter().find(|(unit, _)| ms != 0 && ms % unit == 0) {
+        Some((unit, name)) => format!("{}{name}", ms / unit),
+        None => format!("{ms}ms"),
+    }
 }
 
 /// Formats epoch milliseconds as UTC `YYYY-MM-DDTHH:MM:SS.mmmZ` for humans (progress lines).
@@ -129,6 +229,60 @@ mod tests {
         assert_eq!(w.watermark_for(10_000), 7_999);
         assert_eq!(Watermarks::ascending().watermark_for(5), 4);
         assert_eq!(w.watermark_for(i64::MIN), i64::MIN);
+    }
+
+    #[test]
+    fn the_first_event_is_accepted_and_then_nothing_far_ahead_of_the_largest() {
+        let mut guard = FutureGuard::new(Duration::from_secs(3600));
+        // Whatever the first event time, there is nothing to compare it with.
+        assert_eq!(guard.admit(1_000_000), Ok(()));
+        assert_eq!(guard.admit(1_000_000 + 3_600_000), Ok(()));
+        assert_eq!(guard.admit(500), Ok(()), "events behind are never refused");
+        let year_9999 = 253_402_300_799_000;
+        let refused = guard.admit(year_9999);
+        assert_eq!(
+            refused,
+            Err(TooFarAhead {
+                ts: year_9999,
+                highest: 4_600_000,
+                max_ahead_ms: 3_600_000
+            })
+        );
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.starts_with("event time 9999-12-31T23:59:59.000Z"),
+            "{message}"
+        );
+        assert!(message.contains("more than 1h ahead of"), "{message}");
+        assert!(message.contains("1970-01-01T01:16:40.000Z"), "{message}");
+        assert_eq!(
+            guard.highest(),
+            Some(4_600_000),
+            "a refused event moves nothing"
+        );
+        assert!(guard.admit(4_600_000 + 3_600_001).is_err());
+        let mut resumed = FutureGuard::new(Duration::from_secs(3600));
+        resumed.resume(guard.highest());
+        assert_eq!(resumed, guard);
+        let mut early = FutureGuard::new(Duration::ZERO);
+        assert_eq!(early.admit(i64::MIN + 1), Ok(()));
+        assert_eq!(
+            early.admit(i64::MAX),
+            Err(TooFarAhead {
+                ts: i64::MAX,
+                highest: i64::MIN + 1,
+                max_ahead_ms: 0
+            })
+        );
+    }
+
+    #[test]
+    fn durations_read_as_given() {
+        assert_eq!(format_duration_ms(3_600_000), "1h");
+        assert_eq!(format_duration_ms(90_000), "90s");
+        assert_eq!(format_duration_ms(250), "250ms");
+        assert_eq!(format_duration_ms(0), "0ms");
+        assert_eq!(format_duration_ms(2 * 86_400_000), "2d");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir_connectors::kafka::KafkaLineWriter;
 use weir_connectors::KafkaSpec;
 use weir_engine::metrics::MetricsServer;
-use weir_engine::time::format_timestamp;
+use weir_engine::time::{format_duration_ms, format_timestamp};
 use weir_engine::{parse_duration, EngineError, RunOptions, RunSummary};
 
 use crate::generate::{
@@ -86,7 +86,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         keys: u64,
         /// Maximum out-of-orderness in milliseconds (`events` stream).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = crate::generate::DEFAULT_DISORDER_MS)]
         disorder_ms: u64,
         /// Lines per second at most (default: as fast as possible).
         #[arg(long)]
@@ -358,6 +358,9 @@ fn run(
             "weir: {name} {ended}: partitions {:?} finished in this process: {what}",
             done.partitions
         );
+        if let Some(hint) = done.total.as_ref().and_then(|t| late_hint(t, options)) {
+            eprintln!("{hint}");
+        }
         return linger(serve, &signal);
     }
     let job = (spec.build)(options)?;
@@ -383,6 +386,9 @@ fn run(
             resume_hint(&run_options)
         ),
         false => eprintln!("weir: {name} done: {}", summarize(&summary)),
+    }
+    if let Some(hint) = late_hint(&summary, options) {
+        eprintln!("{hint}");
     }
     linger(serve, &signal)
 }
@@ -471,6 +477,28 @@ fn request_savepoint(addr: &str) -> anyhow::Result<String> {
     } else {
         anyhow::bail!("the job at {addr} took no savepoint: {}", body.trim())
     }
+}
+
+/// One line of advice when more than 1 % of the events read were late: the watermark
+/// delay is smaller than the input's out-of-orderness, and results are missing events.
+fn late_hint(s: &RunSummary, options: &JobOptions) -> Option<String> {
+    if s.late_events.saturating_mul(100) <= s.events_read {
+        return None;
+    }
+    let now = options
+        .watermark_delay
+        .map_or("the job's default".to_string(), |d| {
+            format_duration_ms(weir_engine::time::duration_ms(d))
+        });
+    Some(format!(
+        "weir: hint: {} of {} events ({:.1} %) were late and left out of their windows: the \
+         input is further out of order than --watermark-delay ({now}) allows; raise it to at \
+         least the input's out-of-orderness (for `weir gen events`, its --disorder-ms), or \
+         keep late events with --allowed-lateness or --late-output",
+        s.late_events,
+        s.events_read,
+        s.late_events as f64 * 100.0 / s.events_read as f64
+    ))
 }
 
 fn summarize(s: &RunSummary) -> String {

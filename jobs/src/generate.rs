@@ -62,12 +62,17 @@ pub struct EventStreamSpec {
     pub disorder_ms: u64,
 }
 
+/// How far out of order `weir gen events` makes events unless told otherwise (and the
+/// in-process generator always): 1 s. window-agg's default `--watermark-delay` is the same,
+/// so that the generator's output run with the defaults has no late events.
+pub const DEFAULT_DISORDER_MS: u64 = 1000;
+
 impl Default for EventStreamSpec {
     fn default() -> Self {
         EventStreamSpec {
             events: 1_000_000,
             keys: 1000,
-            disorder_ms: 1000,
+            disorder_ms: DEFAULT_DISORDER_MS,
         }
     }
 }

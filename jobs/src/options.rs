@@ -44,9 +44,15 @@ pub struct JobOptions {
     /// Window: `tumble:SIZE`, `hop:SIZE/SLIDE` or `session:GAP` (e.g. `tumble:10s`).
     #[arg(long, default_value = "tumble:10s", value_parser = parse_window)]
     pub window: WindowSpec,
-    /// Bounded out-of-orderness of event times (e.g. `2s`); default 0 (or the job's own).
+    /// Bounded out-of-orderness of event times (e.g. `2s`); default the job's own
+    /// (window-agg 1s, what `weir gen events` makes by default).
     #[arg(long, value_parser = parse_duration_arg)]
     pub watermark_delay: Option<Duration>,
+    /// An input event whose time is more than this ahead of the largest event time accepted
+    /// so far from its stream (file, TCP input, Kafka partition) goes to the dead letters
+    /// instead of moving the watermark (e.g. `1h`). Default: off.
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub max_future: Option<Duration>,
     /// Leave an input of a multi-input operator (union, several workers) out of the
     /// watermark after it delivered nothing for this long (default: never).
     #[arg(long, value_parser = parse_duration_arg)]

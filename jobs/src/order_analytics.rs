@@ -156,7 +156,8 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             "orders",
             FileSource::new(input, opts.input_format(), order_decoder(), dead)
                 .follow(opts.follow)
-                .max_line(opts.max_line),
+                .max_line(opts.max_line)
+                .max_future(|o: &Order| o.ts, opts.max_future),
         )
         .uid("orders")
         .timestamps(

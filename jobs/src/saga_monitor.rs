@@ -91,7 +91,8 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 dead,
             )
             .follow(opts.follow)
-            .max_line(opts.max_line),
+            .max_line(opts.max_line)
+            .max_future(|e: &SagaEvent| e.ts, opts.max_future),
         )
         .uid("events")
         .timestamps(

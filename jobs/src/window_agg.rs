@@ -119,6 +119,18 @@ fn metric_of(by: &str) -> anyhow::Result<fn(&StatsOutput<i64>) -> Metric> {
     })
 }
 
+/// `--watermark-delay` unless given: the out-of-orderness `weir gen events` makes by
+/// default ([`crate::generate::DEFAULT_DISORDER_MS`]), so that its output run with the
+/// defaults has no late events. (Flink has no default: a `WatermarkStrategy` names its
+/// bound; a job's default is the job's choice, as order-analytics' 5 s is.)
+pub const DEFAULT_WATERMARK_DELAY: Duration =
+    Duration::from_millis(crate::generate::DEFAULT_DISORDER_MS);
+
+/// An event's time, for `--max-future`.
+fn event_time(e: &Event) -> i64 {
+    e.ts
+}
+
 /// Builds `window-agg` from options.
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("window-agg");
@@ -140,7 +152,10 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             let uri = input.to_str().unwrap_or_default();
             if let Some(spec) = TcpSpec::parse(uri) {
                 let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
-                job.source("input", TcpSource::new(spec, decoder, dead))
+                job.source(
+                    "input",
+                    TcpSource::new(spec, decoder, dead).max_future(event_time, opts.max_future),
+                )
             } else if let Some(spec) = KafkaSpec::parse(uri) {
                 let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
                 let decoder = match spec.event_time {
@@ -151,7 +166,8 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 job.source(
                     "input",
                     KafkaSource::new(spec, decoder, dead, metrics)
-                        .with_record_time(|e: &mut Event, ms| e.ts = ms),
+                        .with_record_time(|e: &mut Event, ms| e.ts = ms)
+                        .max_future(event_time, opts.max_future),
                 )
             } else if is_arrow_file(input) {
                 if opts.follow {
@@ -162,13 +178,18 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 }
                 let [ts, key, value] = [&opts.ts_field, &opts.key_field, &opts.value_field];
                 let columns = crate::arrow_events::EventColumns::new(ts, key, value);
-                job.source("input", ArrowFileSource::new(input, columns, dead))
+                job.source(
+                    "input",
+                    ArrowFileSource::new(input, columns, dead)
+                        .max_future(event_time, opts.max_future),
+                )
             } else {
                 job.source(
                     "input",
                     FileSource::new(input, opts.input_format(), decoder, dead)
                         .follow(opts.follow)
-                        .max_line(opts.max_line),
+                        .max_line(opts.max_line)
+                        .max_future(event_time, opts.max_future),
                 )
             }
         }
@@ -185,7 +206,7 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
     let windowed = events
         .timestamps(
             |e| e.ts,
-            Watermarks::bounded(opts.watermark_delay_or(Duration::ZERO)),
+            Watermarks::bounded(opts.watermark_delay_or(DEFAULT_WATERMARK_DELAY)),
         )
         .uid("event-time")
         // Interned keys compare by pointer in the window's state (SharedStr).

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use weir_engine::{BoxError, Source, SourceStatus};
 
 use super::lines::{Line, LineReader};
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::error::ConnectorError;
 use crate::format::{Decoder, Format};
+use crate::max_future::{EventTimeOf, MaxFuture};
 
 /// The longest line a [`FileSource`] decodes unless told otherwise: 1 MiB.
 pub const DEFAULT_MAX_LINE: usize = 1 << 20;
@@ -26,6 +27,9 @@ struct FilePosition {
     line: u64,
     /// Length of the dead-letter file at this point.
     dead_letter_bytes: u64,
+    /// The largest event time accepted so far, with [`FileSource::max_future`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    highest_event_time: Option<i64>,
 }
 
 /// Reads a file line by line and decodes each line with a [`Decoder`].
@@ -37,7 +41,7 @@ struct FilePosition {
 ///
 /// Replayable: its position is the byte offset after the last line it returned (and the
 /// dead-letter file's length), and [`Source::seek`] continues from such a position.
-pub struct FileSource<D> {
+pub struct FileSource<D: Decoder> {
     dead_letters: DeadLetters,
     follow: bool,
     /// Longest line decoded; a longer one is a dead letter (its start and length).
@@ -48,16 +52,18 @@ pub struct FileSource<D> {
 }
 
 /// What turns the lines of one file into events: the decoder and where it stands.
-struct LineDecoding<D> {
+struct LineDecoding<D: Decoder> {
     path: PathBuf,
     format: Format,
     decoder: D,
     line_number: u64,
     header_read: bool,
     rejected: Vec<DeadLetter>,
+    /// Refuses events too far ahead of the file's time (`--max-future`).
+    future: Option<MaxFuture<D::Item>>,
 }
 
-impl<D> std::fmt::Debug for FileSource<D> {
+impl<D: Decoder> std::fmt::Debug for FileSource<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileSource")
             .field("path", &self.lines.path)
@@ -87,6 +93,7 @@ impl<D: Decoder> FileSource<D> {
                 line_number: 0,
                 header_read: false,
                 rejected: Vec::new(),
+                future: None,
             },
             offset: 0,
         }
@@ -103,6 +110,14 @@ impl<D: Decoder> FileSource<D> {
     /// memory. Default [`DEFAULT_MAX_LINE`].
     pub fn max_line(mut self, bytes: usize) -> Self {
         self.max_line = bytes;
+        self
+    }
+
+    /// Events whose `time` is more than `max_ahead` ahead of the largest event time
+    /// accepted so far from this file are dead letters (see [`crate::max_future`]).
+    /// `None` (the default): every event is accepted.
+    pub fn max_future(mut self, time: EventTimeOf<D::Item>, max_ahead: Option<Duration>) -> Self {
+        self.lines.future = max_ahead.map(|max_ahead| MaxFuture::new(time, max_ahead));
         self
     }
 
@@ -132,12 +147,12 @@ impl<D: Decoder> FileSource<D> {
 }
 
 impl<D: Decoder> LineDecoding<D> {
-    fn reject(&mut self, error: String, raw: &[u8]) {
+    fn reject(&mut self, error: String, raw: Raw) {
         self.rejected.push(DeadLetter {
             source: self.path.display().to_string(),
             line: self.line_number,
             error,
-            raw: String::from_utf8_lossy(raw).into_owned(),
+            raw,
         });
     }
 
@@ -149,19 +164,19 @@ impl<D: Decoder> LineDecoding<D> {
             Line::NotUtf8(bytes, e) => {
                 self.reject(
                     format!("line is not UTF-8: {e}"),
-                    &bytes[..without_break(&bytes)],
+                    Raw::of(&bytes[..without_break(&bytes)]),
                 );
                 return Ok(());
             }
             Line::TooLong(long) => {
+                let (raw, kept) = Raw::of_start(&long.start);
                 self.reject(
                     format!(
-                        "line of {} bytes is longer than the limit (--max-line); its first {} \
-                         bytes are kept here",
+                        "line of {} bytes is longer than the limit (--max-line); its first \
+                         {kept} bytes are kept here",
                         long.bytes,
-                        long.start.len()
                     ),
-                    &long.start,
+                    raw,
                 );
                 return Ok(());
             }
@@ -187,8 +202,16 @@ impl<D: Decoder> LineDecoding<D> {
                 });
         }
         match self.decoder.decode(text) {
-            Ok(item) => out.push(item),
-            Err(error) => self.reject(error, text.as_bytes()),
+            Ok(item) => {
+                if let Some(future) = &mut self.future {
+                    if let Err(error) = future.admit(&item) {
+                        self.reject(error, Raw::from(text));
+                        return Ok(());
+                    }
+                }
+                out.push(item)
+            }
+            Err(error) => self.reject(error, Raw::from(text)),
         }
         Ok(())
     }
@@ -263,6 +286,7 @@ impl<D: Decoder> Source for FileSource<D> {
             offset: self.offset,
             line: self.lines.line_number,
             dead_letter_bytes: self.dead_letters.position(),
+            highest_event_time: self.lines.future.as_ref().and_then(MaxFuture::highest),
         };
         Ok(Some(serde_json::to_value(position)?))
     }
@@ -309,6 +333,9 @@ impl<D: Decoder> Source for FileSource<D> {
             .map_err(read_err)?;
         self.offset = position.offset;
         self.lines.line_number = position.line;
+        if let Some(future) = &mut self.lines.future {
+            future.resume(position.highest_event_time);
+        }
         Ok(())
     }
 }
@@ -374,7 +401,7 @@ mod tests {
             letters.iter().map(|l| l.line).collect::<Vec<_>>(),
             vec![2, 4]
         );
-        assert_eq!(letters[0].raw, "not json");
+        assert_eq!(letters[0].raw, Raw::from("not json"));
         assert!(
             letters[1].error.contains("missing field `key`"),
             "{}",
@@ -431,6 +458,52 @@ mod tests {
         assert_eq!(rest_uninterrupted, vec![5]);
         assert_eq!(std::fs::read_to_string(&dead_path)?, dead_uninterrupted);
         assert_eq!(dead_uninterrupted.lines().count(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn max_future_refuses_a_far_event_and_a_resumed_source_still_does() -> Result<(), BoxError> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("in.csv");
+        // The first row is accepted whatever its time; 99999 is more than 100 ahead of 3.
+        std::fs::write(&input, "key,ts\na,1\nb,3\nc,99999\nd,103\ne,99999\nf,2\n")?;
+        let dead_path = dir.path().join("dead.jsonl");
+        let source = || -> Result<FileSource<TsColumn>, BoxError> {
+            let dead = DeadLetters::to_file(&dead_path, Counter::new("d", "d")?);
+            Ok(
+                FileSource::new(&input, Format::Csv, TsColumn::default(), dead)
+                    .max_future(|ts| *ts, Some(Duration::from_millis(100))),
+            )
+        };
+        let mut first = source()?;
+        let mut head = Vec::new();
+        first.poll_batch(&mut head, 2)?; // header, a, b
+        let position = first.position()?.ok_or("a file is replayable")?;
+        let rest = drain(&mut first)?;
+        assert_eq!((head, rest.clone()), (vec![1, 3], vec![103, 2]));
+        let dead = std::fs::read_to_string(&dead_path)?;
+        let lines: Vec<serde_json::Value> = dead
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(lines.len(), 2, "{dead}");
+        assert_eq!(lines[0]["line"], 4);
+        assert_eq!(lines[0]["raw"], "c,99999");
+        assert!(
+            lines[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("--max-future")),
+            "{dead}"
+        );
+
+        let mut resumed = source()?;
+        resumed.seek(&position)?;
+        assert_eq!(
+            drain(&mut resumed)?,
+            rest,
+            "the reference came back with the position"
+        );
+        assert_eq!(std::fs::read_to_string(&dead_path)?, dead);
         Ok(())
     }
 

@@ -46,8 +46,9 @@ use weir_engine::metrics::KafkaMetrics;
 use weir_engine::{BoxError, Source, SourceStatus, Split};
 
 use super::{topic_partitions, EventTime, KafkaError, KafkaSpec, Reporting, StartAt};
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::format::Decoder;
+use crate::max_future::{EventTimeOf, MaxFuture};
 
 /// How long a poll waits for the first record before saying the source is idle.
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -176,6 +177,10 @@ pub struct KafkaSource<D: Decoder> {
     /// The split of the last batch, and the partitions read now (assigned, not at their end).
     split: Option<u32>,
     active: Arc<[u32]>,
+    /// `--max-future`: the check as configured, and one per partition (by split id) that
+    /// delivered, each with its own reference, as each partition has its own watermark.
+    future: Option<MaxFuture<D::Item>>,
+    futures: BTreeMap<u32, MaxFuture<D::Item>>,
 }
 
 impl<D: Decoder> std::fmt::Debug for KafkaSource<D> {
@@ -202,7 +207,17 @@ impl<D: Decoder> KafkaSource<D> {
             carried: None,
             split: None,
             active: Arc::from(Vec::new()),
+            future: None,
+            futures: BTreeMap::new(),
         }
+    }
+
+    /// Records whose event time (`time` of the decoded event, after `timestamp=kafka` set
+    /// it) is more than `max_ahead` ahead of the largest accepted so far **from the same
+    /// partition** are dead letters (see [`crate::max_future`]). `None` (the default): all accepted.
+    pub fn max_future(mut self, time: EventTimeOf<D::Item>, max_ahead: Option<Duration>) -> Self {
+        self.future = max_ahead.map(|max_ahead| MaxFuture::new(time, max_ahead));
+        self
     }
 
     /// How to write a record's Kafka timestamp into a decoded event, for URIs with
@@ -360,18 +375,19 @@ struct Fetched<'a> {
     payload: &'a [u8],
 }
 
-/// Decodes one record's payload and, with `stamp`, gives it the record's timestamp; or
-/// says why it goes to the dead letters.
+/// Decodes one record's payload and, with `stamp`, gives it the record's timestamp, and
+/// with `future` checks its event time; or says why it goes to the dead letters.
 fn decode<D: Decoder>(
     decoder: &mut D,
     stamp: Option<SetEventTime<D::Item>>,
+    future: Option<&mut MaxFuture<D::Item>>,
     record: Fetched<'_>,
 ) -> Result<D::Item, DeadLetter> {
     let letter = |error: String| DeadLetter {
         source: format!("kafka://{}/{}", record.topic, record.partition),
         line: u64::try_from(record.offset).unwrap_or_default(),
         error,
-        raw: String::from_utf8_lossy(record.payload).into_owned(),
+        raw: Raw::of(record.payload),
     };
     let text =
         std::str::from_utf8(record.payload).map_err(|e| letter(format!("not UTF-8: {e}")))?;
@@ -381,6 +397,9 @@ fn decode<D: Decoder>(
             letter("the record has no Kafka timestamp (the URI says timestamp=kafka)".into())
         })?;
         set(&mut item, ms);
+    }
+    if let Some(future) = future {
+        future.admit(&item).map_err(letter)?;
     }
     Ok(item)
 }
@@ -480,9 +499,18 @@ impl<D: Decoder> Source for KafkaSource<D> {
                 .unwrap_or_default();
             let payload = message.payload().unwrap_or_default();
             let size = payload.len() as u64;
+            let future = match &self.future {
+                Some(configured) => Some(
+                    self.futures
+                        .entry(split_id(topic, partition))
+                        .or_insert_with(|| configured.fresh()),
+                ),
+                None => None,
+            };
             let decoded = decode(
                 &mut self.decoder,
                 stamp,
+                future,
                 Fetched {
                     topic: &self.spec.topics[topic],
                     partition,
@@ -546,10 +574,19 @@ impl<D: Decoder> Source for KafkaSource<D> {
             Some(consumer) => consumer.context().partitions().next.clone(),
             None => self.restored.clone(),
         };
-        Ok(Some(json!({
+        let mut position = json!({
             "offsets": offsets,
             "dead_letter_bytes": self.dead.position(),
-        })))
+        });
+        if self.future.is_some() {
+            let highest: BTreeMap<u32, Option<i64>> = self
+                .futures
+                .iter()
+                .map(|(&split, future)| (split, future.highest()))
+                .collect();
+            position["highest_event_time"] = json!(highest);
+        }
+        Ok(Some(position))
     }
 
     fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
@@ -565,6 +602,22 @@ impl<D: Decoder> Source for KafkaSource<D> {
             .unwrap_or(0);
         self.dead.resume_at(dead_letter_bytes)?;
         self.restored = offsets;
+        if let Some(configured) = &self.future {
+            let highest: BTreeMap<u32, Option<i64>> = position
+                .get("highest_event_time")
+                .cloned()
+                .map(serde_json::from_value)
+                .transpose()?
+                .unwrap_or_default();
+            self.futures = highest
+                .into_iter()
+                .map(|(split, highest)| {
+                    let mut future = configured.fresh();
+                    future.resume(highest);
+                    (split, future)
+                })
+                .collect();
+        }
         Ok(())
     }
 
@@ -599,5 +652,33 @@ impl<D: Decoder> Source for KafkaSource<D> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Json;
+
+    #[test]
+    fn a_payload_that_is_not_utf8_is_a_dead_letter_keeping_its_bytes() {
+        let payload: &[u8] = b"{\"n\":\"caf\xe9\"}";
+        let record = Fetched {
+            topic: "t",
+            partition: 2,
+            offset: 17,
+            timestamp: None,
+            payload,
+        };
+        let letter = decode(
+            &mut Json::<serde_json::Value>::default(),
+            None,
+            None,
+            record,
+        )
+        .expect_err("not UTF-8");
+        assert_eq!((letter.source.as_str(), letter.line), ("kafka://t/2", 17));
+        assert!(matches!(letter.raw, Raw::Base64(_)), "{letter:?}");
+        assert_eq!(letter.raw.bytes().ok().as_deref(), Some(payload));
     }
 }

@@ -33,8 +33,9 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use weir_engine::{BoxError, Source, SourceStatus};
 
 use super::{connect, Backoff, CONNECT_TIMEOUT};
-use crate::dead_letter::{DeadLetter, DeadLetters, KEPT_OF_LONG_LINE};
+use crate::dead_letter::{DeadLetter, DeadLetters, Raw, KEPT_OF_LONG_LINE};
 use crate::format::Decoder;
+use crate::max_future::{EventTimeOf, MaxFuture};
 
 /// Lines a reader hands over at once, at most.
 const LINES_PER_BATCH: usize = 1024;
@@ -122,8 +123,9 @@ struct Lines {
     bytes: Vec<u8>,
     /// Where each line ends in `bytes`; a refused line is empty there.
     ends: Vec<usize>,
-    /// Lines refused while reading (over-long), by index in `ends`, with the reason.
-    refused: Vec<(usize, String)>,
+    /// Lines refused while reading (over-long), by index in `ends`, with the reason and
+    /// what the dead letter keeps of them.
+    refused: Vec<(usize, String, Raw)>,
 }
 
 impl Lines {
@@ -131,7 +133,7 @@ impl Lines {
     fn drop_last_line(&mut self) {
         if self.ends.pop().is_some() {
             let at = self.ends.len();
-            self.refused.retain(|(i, _)| *i != at);
+            self.refused.retain(|(i, _, _)| *i != at);
             self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
         }
     }
@@ -148,12 +150,14 @@ impl Lines {
 }
 
 /// A TCP server source (see the module docs).
-pub struct TcpSource<D> {
+pub struct TcpSource<D: Decoder> {
     spec: TcpSpec,
     decoder: D,
     dead_letters: DeadLetters,
     started: Option<Started>,
     rejected: Vec<DeadLetter>,
+    /// Refuses events too far ahead of the input's time (`--max-future`).
+    future: Option<MaxFuture<D::Item>>,
 }
 
 struct Started {
@@ -164,7 +168,7 @@ struct Started {
     left: usize,
 }
 
-impl<D> std::fmt::Debug for TcpSource<D> {
+impl<D: Decoder> std::fmt::Debug for TcpSource<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpSource")
             .field("spec", &self.spec)
@@ -172,7 +176,7 @@ impl<D> std::fmt::Debug for TcpSource<D> {
     }
 }
 
-impl<D> Drop for TcpSource<D> {
+impl<D: Decoder> Drop for TcpSource<D> {
     fn drop(&mut self) {
         if let Some(s) = &self.started {
             s.stop.store(true, Ordering::Relaxed);
@@ -189,7 +193,16 @@ impl<D: Decoder> TcpSource<D> {
             dead_letters,
             started: None,
             rejected: Vec::new(),
+            future: None,
         }
+    }
+
+    /// Events whose `time` is more than `max_ahead` ahead of the largest event time
+    /// accepted so far from this input (all clients together: they make one stream with
+    /// one watermark) are dead letters (see [`crate::max_future`]). `None` (the default): all accepted.
+    pub fn max_future(mut self, time: EventTimeOf<D::Item>, max_ahead: Option<Duration>) -> Self {
+        self.future = max_ahead.map(|max_ahead| MaxFuture::new(time, max_ahead));
+        self
     }
 
     fn start(&mut self) -> Result<(), BoxError> {
@@ -252,11 +265,11 @@ impl<D: Decoder> TcpSource<D> {
     /// Decodes a batch of lines into `out`, rejects into the dead letters.
     fn take(&mut self, lines: Lines, out: &mut Vec<D::Item>) {
         let client = lines.client;
-        let reject = |number: u64, error: String, raw: &[u8]| DeadLetter {
+        let reject = |number: u64, error: String, raw: Raw| DeadLetter {
             source: format!("tcp://{client}"),
             line: number,
             error,
-            raw: String::from_utf8_lossy(raw).into_owned(),
+            raw,
         };
         let mut refused = lines.refused.into_iter().peekable();
         let mut start = 0;
@@ -264,19 +277,29 @@ impl<D: Decoder> TcpSource<D> {
             let number = lines.first + i as u64;
             let bytes = &lines.bytes[start..end];
             start = end;
-            if let Some((_, reason)) = refused.next_if(|(at, _)| *at == i) {
-                self.rejected.push(reject(number, reason, b""));
+            if let Some((_, reason, kept)) = refused.next_if(|(at, _, _)| *at == i) {
+                self.rejected.push(reject(number, reason, kept));
                 continue;
             }
             match std::str::from_utf8(bytes).map(|t| t.trim_end_matches(['\r', '\n'])) {
                 Err(e) => {
-                    self.rejected
-                        .push(reject(number, format!("line is not UTF-8: {e}"), bytes))
+                    let end = bytes
+                        .iter()
+                        .rposition(|b| !matches!(b, b'\r' | b'\n'))
+                        .map_or(0, |last| last + 1);
+                    self.rejected.push(reject(
+                        number,
+                        format!("line is not UTF-8: {e}"),
+                        Raw::of(&bytes[..end]),
+                    ))
                 }
                 Ok(t) if t.trim().is_empty() => {}
                 Ok(t) => match self.decoder.decode(t) {
-                    Ok(item) => out.push(item),
-                    Err(error) => self.rejected.push(reject(number, error, t.as_bytes())),
+                    Ok(item) => match self.future.as_mut().map(|f| f.admit(&item)) {
+                        Some(Err(error)) => self.rejected.push(reject(number, error, Raw::from(t))),
+                        _ => out.push(item),
+                    },
+                    Err(error) => self.rejected.push(reject(number, error, Raw::from(t))),
                 },
             }
         }
@@ -529,19 +552,19 @@ impl Reader {
             terminated = batch.bytes.last() == Some(&b'\n');
             if read > self.max_line && !terminated {
                 // Over-long: keep its start for the dead letter, skip the rest of it.
-                let kept = String::from_utf8_lossy(
-                    &batch.bytes[start..start + KEPT_OF_LONG_LINE.min(read)],
-                )
-                .into_owned();
+                let (raw, kept) =
+                    Raw::of_start(&batch.bytes[start..start + KEPT_OF_LONG_LINE.min(read)]);
                 batch.bytes.truncate(start);
                 // A failed read shows again, as the stream's end, at the next read.
                 terminated = skip_rest_of_line(&mut input).unwrap_or(false);
                 batch.refused.push((
                     batch.ends.len(),
                     format!(
-                        "line longer than {} bytes (max_line); it starts: {kept}",
+                        "line longer than {} bytes (max_line); its first {kept} bytes are kept \
+                         here",
                         self.max_line
                     ),
+                    raw,
                 ));
             }
             batch.ends.push(batch.bytes.len());
