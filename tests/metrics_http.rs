@@ -115,6 +115,8 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
         "weir_channel_fill",
         "weir_channel_capacity",
         "weir_state_bytes",
+        "weir_state_memory_bytes",
+        "weir_rocksdb_block_cache_bytes",
         "weir_rocksdb_compaction_pending_bytes",
         "weir_rocksdb_block_cache_hit_ratio",
     ] {
@@ -129,6 +131,12 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
             .any(|l| l.starts_with("weir_state_bytes{") && l.contains(r#"operator="window""#)),
         "no weir_state_bytes series for the window operator"
     );
+    // The window's state is in RocksDB's memtables or files, and the figures say so (they
+    // were read from RocksDB's default column family, which holds no table, and were 0).
+    let window = [r#"operator="window""#];
+    let held = sample_sum(body, "weir_state_memory_bytes", &window)
+        + sample_sum(body, "weir_state_bytes", &window);
+    assert!(held > 0.0, "the window's state shows as 0 bytes:\n{body}");
 
     let not_found = http_get(&addr, "/nope")?;
     assert!(not_found.starts_with("HTTP/1.1 404"), "{not_found}");

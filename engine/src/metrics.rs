@@ -18,7 +18,9 @@
 //! | `weir_channel_capacity` | gauge | capacity of that queue, in batches |
 //! | `weir_uptime_seconds` | gauge | seconds since the job started |
 //! | `weir_end_to_end_latency_seconds` | summary | processing time from a source reading events to a sink receiving the results they made due (quantiles 0.5, 0.9, 0.99, 0.999; see [`crate::latency`]) |
-//! | `weir_state_bytes` | gauge | RocksDB's estimate of live state data of an instance (RocksDB state only) |
+//! | `weir_state_bytes` | gauge | bytes of an instance's state files (RocksDB SST files of its tables, before compaction merged versions; RocksDB state only) |
+//! | `weir_state_memory_bytes` | gauge | memory RocksDB holds for an instance outside the block cache: memtables (state not yet in files; flushed at the write buffer size) and SST readers |
+//! | `weir_rocksdb_block_cache_bytes` | gauge | bytes in the block cache all state databases of the run share (at most 64 MiB) |
 //! | `weir_rocksdb_compaction_pending_bytes` | gauge | bytes waiting for compaction (RocksDB state only) |
 //! | `weir_rocksdb_block_cache_hit_ratio` | gauge | share of block cache lookups that hit (RocksDB state only) |
 //! | `weir_checkpoints_completed_total` | counter | checkpoints completed (with `--checkpoint-interval` only, as the rest) |
@@ -55,8 +57,14 @@ use crate::state::RocksStore;
 /// Counter handle type, re-exported so operators need no direct prometheus dependency.
 pub use prometheus::IntCounter as Counter;
 
-/// A keyed instance's RocksDB database, with its `weir_state_bytes` series.
-type ObservedStore = (IntGauge, Arc<RocksStore>);
+/// A keyed instance's RocksDB database, with its `weir_state_bytes` and
+/// `weir_state_memory_bytes` series.
+#[derive(Debug, Clone)]
+struct ObservedStore {
+    bytes: IntGauge,
+    memory: IntGauge,
+    store: Arc<RocksStore>,
+}
 
 /// All metrics of one job.
 #[derive(Debug, Clone)]
@@ -75,6 +83,8 @@ pub struct JobMetrics {
     channel_capacity: IntGaugeVec,
     uptime: Gauge,
     state_bytes: IntGaugeVec,
+    state_memory: IntGaugeVec,
+    block_cache_bytes: IntGauge,
     compaction_pending: IntGauge,
     block_cache_hit_ratio: Gauge,
     stores: Arc<std::sync::Mutex<Vec<ObservedStore>>>,
@@ -238,9 +248,23 @@ impl JobMetrics {
         let state_bytes = gauge_vec(
             &registry,
             "weir_state_bytes",
-            "RocksDB estimate of live state bytes of an operator instance",
+            "Bytes of the RocksDB SST files of an operator instance's state tables",
             INSTANCE_LABELS,
         );
+        let state_memory = gauge_vec(
+            &registry,
+            "weir_state_memory_bytes",
+            "Memory RocksDB holds for an operator instance: memtables and SST readers",
+            INSTANCE_LABELS,
+        );
+        let block_cache_bytes = IntGauge::new(
+            "weir_rocksdb_block_cache_bytes",
+            "Bytes in the RocksDB block cache the state databases of the run share",
+        )
+        .unwrap_or_else(|e| panic!("metric weir_rocksdb_block_cache_bytes is malformed: {e}"));
+        registry
+            .register(Box::new(block_cache_bytes.clone()))
+            .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
         let compaction_pending = IntGauge::new(
             "weir_rocksdb_compaction_pending_bytes",
             "RocksDB estimate of bytes waiting for compaction",
@@ -269,6 +293,8 @@ impl JobMetrics {
             latency,
             job: job.to_string(),
             state_bytes,
+            state_memory,
+            block_cache_bytes,
             compaction_pending,
             block_cache_hit_ratio,
             stores: Arc::new(std::sync::Mutex::new(Vec::new())),
@@ -437,11 +463,14 @@ impl JobMetrics {
     /// and compaction backlog are reported.
     pub fn observe_store(&self, operator: &str, instance: usize, store: Arc<RocksStore>) {
         let instance = instance.to_string();
-        let bytes =
-            self.state_bytes
-                .with_label_values(&[self.job.as_str(), operator, instance.as_str()]);
+        let labels = [self.job.as_str(), operator, instance.as_str()];
+        let observed = ObservedStore {
+            bytes: self.state_bytes.with_label_values(&labels),
+            memory: self.state_memory.with_label_values(&labels),
+            store,
+        };
         if let Ok(mut stores) = self.stores.lock() {
-            stores.push((bytes, store));
+            stores.push(observed);
         }
     }
 
@@ -604,8 +633,15 @@ impl JobMetrics {
         let stores = self.stores.lock().map(|s| s.clone()).unwrap_or_default();
         if !stores.is_empty() {
             let (mut pending, mut hits, mut misses) = (0, 0, 0);
-            for (bytes, store) in &stores {
-                bytes.set(store.live_data_bytes() as i64);
+            for ObservedStore {
+                bytes,
+                memory,
+                store,
+            } in &stores
+            {
+                bytes.set(store.file_bytes() as i64);
+                memory.set(store.memory_bytes() as i64);
+                self.block_cache_bytes.set(store.block_cache_bytes() as i64);
                 pending += store.pending_compaction_bytes();
                 let (h, m) = store.block_cache_hits_misses();
                 hits += h;

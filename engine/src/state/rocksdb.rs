@@ -30,7 +30,7 @@
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     checkpoint::Checkpoint,
@@ -68,6 +68,10 @@ pub struct RocksStore {
     path: PathBuf,
     db_options: Options,
     table_options: Options,
+    /// The column families (tables) of `db` and of `timers`, for the size properties,
+    /// which RocksDB reports per column family.
+    tables: Mutex<Vec<String>>,
+    timer_tables: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -133,6 +137,8 @@ impl RocksStore {
             path: path.to_path_buf(),
             db_options: options,
             table_options,
+            tables: Mutex::default(),
+            timer_tables: Mutex::default(),
         }))
     }
 
@@ -161,10 +167,21 @@ impl RocksStore {
             return Ok(cf);
         }
         // Two workers of one operator may race to create the table: the loser finds it.
-        if let Err(e) = db.create_cf(name, &self.table_options) {
-            if db.cf_handle(name).is_none() {
+        match db.create_cf(name, &self.table_options) {
+            Ok(()) => {
+                let tables = match std::ptr::eq(db, &self.timers) {
+                    true => &self.timer_tables,
+                    false => &self.tables,
+                };
+                tables
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(name.to_string());
+            }
+            Err(e) if db.cf_handle(name).is_none() => {
                 return Err(rocks_error(name, "cannot create column family", e));
             }
+            Err(_) => {}
         }
         db.cf_handle(name)
             .ok_or_else(|| rocks_error(name, "column family vanished", "after creation"))
@@ -227,11 +244,29 @@ impl RocksStore {
 
     /// RocksDB's estimate of bytes waiting for compaction.
     pub fn pending_compaction_bytes(&self) -> u64 {
-        self.db
-            .property_int_value("rocksdb.estimate-pending-compaction-bytes")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        self.sum_over_tables("rocksdb.estimate-pending-compaction-bytes", false)
+    }
+
+    /// `property` summed over the state tables (and the timer tables, with `timers`).
+    fn sum_over_tables(&self, property: &str, timers: bool) -> u64 {
+        let mut sum = 0;
+        let mut databases = vec![(&self.db, &self.tables)];
+        if timers {
+            databases.push((&self.timers, &self.timer_tables));
+        }
+        for (db, tables) in databases {
+            let tables = tables.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for table in tables {
+                if let Some(cf) = db.cf_handle(&table) {
+                    sum += db
+                        .property_int_value_cf(&cf, property)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0);
+                }
+            }
+        }
+        sum
     }
 
     /// Block cache hits and misses so far.
@@ -242,13 +277,27 @@ impl RocksStore {
         )
     }
 
-    /// RocksDB's estimate of the live data size in bytes.
-    pub fn live_data_bytes(&self) -> u64 {
+    /// Memory RocksDB holds for this database outside the shared block cache: the
+    /// memtables of the state and timer tables (state written, not yet flushed to files; each
+    /// grows to the write buffer size, then is flushed) and the readers of its SST files.
+    pub fn memory_bytes(&self) -> u64 {
+        self.sum_over_tables("rocksdb.cur-size-all-mem-tables", true)
+            + self.sum_over_tables("rocksdb.estimate-table-readers-mem", true)
+    }
+
+    /// Bytes in the block cache, which every database of the run shares.
+    pub fn block_cache_bytes(&self) -> u64 {
         self.db
-            .property_int_value("rocksdb.estimate-live-data-size")
+            .property_int_value("rocksdb.block-cache-usage")
             .ok()
             .flatten()
             .unwrap_or(0)
+    }
+
+    /// Bytes of the state tables' SST files (the current version; what compaction has not
+    /// merged yet included). State still in memtables is in [`RocksStore::memory_bytes`].
+    pub fn file_bytes(&self) -> u64 {
+        self.sum_over_tables("rocksdb.live-sst-files-size", false)
     }
 }
 
