@@ -32,6 +32,11 @@
 //! - With `tasks=per-partition`, a process killed and replaced at once (inside the session
 //!   timeout): every row once.
 //!
+//! - Edges (no broker needed): a bounded job whose broker cannot be reached fails after
+//!   `connect_timeout`, naming the broker, in a few stderr lines; a following one waits with
+//!   bounded output; a broker port that is not a number in 1..=65535 is a usage error
+//!   (exit code 2) naming the broker (issue 27).
+//!
 //! Output topics are read with `kafka_log`, which applies the transaction markers itself:
 //! the test broker shows aborted records to librdkafka's `read_committed` consumers (a
 //! test says both).
@@ -1495,4 +1500,93 @@ fn the_log_reader_leaves_out_aborted_transactions_which_librdkafka_shows() {
     );
     // The broker's quirk the reader exists for (if this fails, librdkafka will do).
     assert_eq!(broker.read_all("marked").len(), 6);
+}
+
+/// Nothing listens on port 1 of the loopback: a broker that cannot be reached.
+const UNREACHABLE: &str = "127.0.0.1:1";
+
+/// A bounded job (`until=end`) whose broker cannot be reached fails once `connect_timeout`
+/// has passed, naming the broker and the timeout, and says so in a few lines: the base
+/// printed ~40 lines a second for ever when the URI named its partitions, and without
+/// them failed after 10 s saying the topic could not be found (issue 27).
+#[test]
+fn an_unreachable_broker_fails_a_bounded_job_after_its_connect_timeout_in_a_few_lines() {
+    let dir = TempDir::new().unwrap();
+    for (i, query) in ["until=end", "until=end&partitions=0"].iter().enumerate() {
+        let input = format!("kafka://{UNREACHABLE}/t?{query}&connect_timeout=2s");
+        let args = window_agg(&input, &dir.path().join(format!("out-{i}.jsonl")), 1);
+        let log = dir.path().join(format!("unreachable-{i}.stderr"));
+        let started = Instant::now();
+        let (status, stderr) =
+            exit_within(spawn_logged(&args, &log), &log, Duration::from_secs(30));
+        let took = started.elapsed();
+        assert!(
+            !status.success()
+                && stderr.contains(&format!("cannot reach broker {UNREACHABLE}"))
+                && stderr.contains("within 2s"),
+            "{input}: {status}:\n{stderr}"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "{input}: took {took:?}:\n{stderr}"
+        );
+        let lines = stderr.lines().count();
+        assert!(lines < 20, "{input}: {lines} lines:\n{stderr}");
+    }
+}
+
+/// A following job (no `until=end`) whose broker cannot be reached waits for it, saying so
+/// a few times, not once per reconnection attempt (the base printed ~15 lines a second and
+/// failed after 10 s, saying the topic could not be found).
+#[test]
+fn an_unreachable_broker_keeps_a_following_job_waiting_with_bounded_output() {
+    let dir = TempDir::new().unwrap();
+    let input = format!("kafka://{UNREACHABLE}/t");
+    let args = window_agg(&input, &dir.path().join("out.jsonl"), 1);
+    let log = dir.path().join("follow.stderr");
+    let mut child = spawn_logged(&args, &log);
+    sleep(Duration::from_secs(12));
+    let ended = child.try_wait().unwrap();
+    if ended.is_none() {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let stderr = fs::read_to_string(&log).unwrap();
+    assert!(ended.is_none(), "the job ended: {ended:?}:\n{stderr}");
+    let kafka_lines = stderr.lines().filter(|l| l.contains("kafka")).count();
+    assert!(
+        stderr.contains(&format!("cannot reach broker {UNREACHABLE}")) && kafka_lines < 10,
+        "{kafka_lines} lines about Kafka in 12 s:\n{stderr}"
+    );
+}
+
+/// A broker whose port is not a number in 1..=65535 is a usage error (exit code 2) naming
+/// the broker, in `--input` and `--output` alike: the base took `:abc` as port 0 and
+/// `:99999` as 34463 and ran the job against them.
+#[test]
+fn a_broker_port_that_is_not_a_port_is_a_usage_error_naming_it() {
+    let dir = TempDir::new().unwrap();
+    let events = dir.path().join("in.jsonl");
+    fs::write(&events, "{\"ts\":1,\"key\":\"a\",\"value\":2}\n").unwrap();
+    let events = events.to_str().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let out = out.to_str().unwrap();
+    for (input, output, broker) in [
+        ("kafka://127.0.0.1:abc/t", out, "127.0.0.1:abc"),
+        ("kafka://127.0.0.1:99999/t", out, "127.0.0.1:99999"),
+        ("kafka://127.0.0.1:0/t", out, "127.0.0.1:0"),
+        ("kafka://127.0.0.1:9092,h:x/t", out, "h:x"),
+        (events, "kafka://127.0.0.1:99999/o", "127.0.0.1:99999"),
+    ] {
+        let args = window_agg(input, Path::new(output), 1);
+        let log = dir.path().join("bad-uri.stderr");
+        let (status, stderr) =
+            exit_within(spawn_logged(&args, &log), &log, Duration::from_secs(30));
+        assert!(
+            status.code() == Some(2)
+                && stderr.contains(&format!("broker `{broker}`"))
+                && stderr.contains("port"),
+            "{input} -> {output}: {status}:\n{stderr}"
+        );
+    }
 }

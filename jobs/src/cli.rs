@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir_connectors::kafka::KafkaLineWriter;
 use weir_connectors::KafkaSpec;
@@ -316,7 +316,7 @@ fn open_gen_output(output: &str, key_field: Option<&str>) -> anyhow::Result<Box<
         return Ok(Box::new(BufWriter::with_capacity(1 << 20, stream)));
     }
     if let Some(spec) = kafka {
-        let spec = spec.map_err(|e| anyhow!("--output {e}"))?;
+        let spec = spec.map_err(|e| anyhow::Error::new(UsageError(format!("--output {e}"))))?;
         let metrics = weir_engine::JobMetrics::new("gen").kafka();
         let mut writer = KafkaLineWriter::connect(&spec, &metrics)?;
         if let Some(field) = key_field {
@@ -338,6 +338,7 @@ fn run(
 ) -> anyhow::Result<()> {
     let spec = registry.get(name)?;
     options.check_paths(name)?;
+    options.check_kafka_uris()?;
     if crate::partitioned::kafka_input(options).is_some() {
         let serving = crate::partitioned::Serving {
             metrics_addr: serve.metrics_addr.clone(),

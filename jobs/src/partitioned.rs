@@ -39,7 +39,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use weir_connectors::kafka::{GroupChange, GroupMember};
+use weir_connectors::kafka::{encode_param_value, GroupChange, GroupMember};
 use weir_connectors::KafkaSpec;
 use weir_engine::metrics::MetricsServer;
 use weir_engine::{EngineError, JobControl, JobMetrics, RunSummary};
@@ -482,7 +482,9 @@ fn with_param(uri: &str, key: &str, value: Option<&str>) -> String {
         .map(str::to_string)
         .collect();
     if let Some(value) = value {
-        pairs.push(format!("{key}={value}"));
+        // The URI's parser percent-decodes values (a transactional id made of a group's
+        // name may hold any character).
+        pairs.push(format!("{key}={}", encode_param_value(value)));
     }
     if pairs.is_empty() {
         base.to_string()

@@ -157,7 +157,10 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                     TcpSource::new(spec, decoder, dead).max_future(event_time, opts.max_future),
                 )
             } else if let Some(spec) = KafkaSpec::parse(uri) {
-                let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
+                let spec = match spec {
+                    Ok(spec) => spec,
+                    Err(e) => usage!("--input {e}"),
+                };
                 let decoder = match spec.event_time {
                     EventTime::Kafka => decoder.without_time_field(),
                     EventTime::Payload => decoder,

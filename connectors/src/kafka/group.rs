@@ -131,7 +131,7 @@ impl GroupMember {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let context = MemberContext {
-            reporting: Reporting::new(spec.describe(), metrics),
+            reporting: Reporting::new(spec, metrics),
             on_change: Mutex::new(Box::new(on_change)),
         };
         let consumer: BaseConsumer<MemberContext> = config

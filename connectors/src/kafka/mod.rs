@@ -1,13 +1,16 @@
 //! Kafka: a source reading every partition of its topics (or the ones the URI names) and a
 //! producer sink, on librdkafka (the `rdkafka` crate, built from source).
 //!
-//! Both are chosen by URI, `kafka://BROKER[,BROKER..]/TOPIC[,TOPIC..]?PARAMS`:
+//! Both are chosen by URI, `kafka://BROKER[,BROKER..]/TOPIC[,TOPIC..]?PARAMS` (parsed in
+//! `uri`): each broker is `HOST:PORT` with a port from 1 to 65535 (`[::1]:9092` for IPv6);
+//! topic names and parameters are percent-decoded (`group=my%20group`).
 //!
 //! | parameter | meaning |
 //! |---|---|
 //! | `group=G` | consumer group (default `weir`): the source commits its checkpointed offsets to it, for lag tools, and reads its committed offsets with `start=committed`; with `tasks=per-partition`, the group that splits the partitions among processes |
 //! | `start=earliest\|latest\|committed\|MS` | where partitions without a checkpointed offset start: their first record, their end, the group's committed offset (else the first record), or the first record at or after event time `MS` (epoch ms); default `committed` |
 //! | `until=end` | bounded: stop once every partition read (every partition of the topic unless `partitions=` names some) has reached its end (one topic only) |
+//! | `connect_timeout=D` | source with `until=end`: how long it waits for a first answer from the brokers before it fails the job (default 30s; `D` as `500ms`, `10s`, `2m`) |
 //! | `partitions=0,2` | source: read only these partitions (of one topic); without it the source reads every partition of every topic in the URI |
 //! | `tasks=per-partition` | source: run the job as one task per partition the group assigns this process, each with its own state, checkpoints and output (see `weir_jobs::partitioned`; one topic only) |
 //! | `timestamp=kafka\|payload` | where a record's event time comes from: its Kafka timestamp (CreateTime, or LogAppendTime if the topic is configured so), or the payload (the job's own timestamp field); default `payload` |
@@ -41,6 +44,16 @@
 //!   (default 5 minutes) fails the job, which can then restart from its checkpoint.
 //!   (Finding the topics' partitions when a source starts is the exception: a topic the
 //!   brokers do not show within 10 s fails the job, saying what was wrong.)
+//! - Brokers that cannot be reached are said as such, with librdkafka's reason
+//!   (`cannot reach broker 127.0.0.1:1 (connection refused); retrying with backoff: check
+//!   ...`), and every recurring trouble is said at most once per step of a backoff of 1 s
+//!   doubling to 60 s, each line counting the reports it stands for (`throttle`); librdkafka
+//!   reports an unreachable broker ~40 times a second. Counting is not throttled.
+//! - A source starts reading only once a broker has answered. A following source waits for
+//!   that for ever (saying so, throttled); a bounded one (`until=end`) fails the job after
+//!   `connect_timeout` (default 30 s), naming the brokers and the timeout: a backfill
+//!   against a wrong address ends instead of waiting. Once a broker has answered, brokers
+//!   going away do not fail it (see above).
 
 /// Implements librdkafka's client callbacks for a context with a `reporting` field: errors,
 /// request time-outs and statistics go to [`Reporting`].
@@ -65,9 +78,12 @@ macro_rules! report_through_reporting {
 mod group;
 mod sink;
 mod source;
+mod throttle;
 mod transactions;
+mod uri;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
@@ -78,9 +94,12 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, TopicPartitionList};
 use weir_engine::metrics::KafkaMetrics;
 
+use throttle::Throttle;
+
 pub use group::{GroupChange, GroupMember};
 pub use sink::{KafkaLineWriter, KafkaSink, KeyOf};
-pub use source::{KafkaSource, SetEventTime};
+pub use source::{KafkaSource, SetEventTime, UnreachableBrokers};
+pub use uri::{encode_param_value, KafkaUriError, DEFAULT_CONNECT_TIMEOUT};
 
 /// Where partitions without a checkpointed offset start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +133,7 @@ pub enum Delivery {
     AtLeastOnce,
 }
 
-/// A Kafka endpoint parsed from `kafka://BROKERS/TOPICS?PARAMS`.
+/// A Kafka endpoint parsed from `kafka://BROKERS/TOPICS?PARAMS` (see [`KafkaSpec::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSpec {
     /// `bootstrap.servers`.
@@ -127,6 +146,9 @@ pub struct KafkaSpec {
     pub start: StartAt,
     /// Stop once every partition read is at its end.
     pub until_end: bool,
+    /// How long a bounded source (`until_end`) waits for a broker to answer when it starts
+    /// (`connect_timeout=`, default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
     /// Where event time comes from.
     pub event_time: EventTime,
     /// How a sink delivers results in a job with checkpoints.
@@ -141,134 +163,6 @@ pub struct KafkaSpec {
 }
 
 impl KafkaSpec {
-    /// Parses `kafka://BROKERS/TOPICS?PARAMS`; `None` if `uri` is not a Kafka URI.
-    pub fn parse(uri: &str) -> Option<Result<KafkaSpec, String>> {
-        let rest = uri.strip_prefix("kafka://")?;
-        Some(Self::parse_rest(uri, rest))
-    }
-
-    fn parse_rest(uri: &str, rest: &str) -> Result<KafkaSpec, String> {
-        let usage =
-            "use kafka://BROKER:PORT/TOPIC[?group=G&start=earliest&until=end&timestamp=kafka]";
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (brokers, topics) = path
-            .split_once('/')
-            .ok_or_else(|| format!("`{uri}` names no topic: {usage}"))?;
-        let topics: Vec<String> = topics
-            .split(',')
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect();
-        if brokers.is_empty() || topics.is_empty() {
-            return Err(format!("`{uri}` needs a broker and a topic: {usage}"));
-        }
-        let mut spec = KafkaSpec {
-            brokers: brokers.to_string(),
-            topics,
-            group: "weir".into(),
-            start: StartAt::Committed,
-            until_end: false,
-            event_time: EventTime::Payload,
-            delivery: Delivery::ExactlyOnce,
-            partitions: None,
-            per_partition_tasks: false,
-            properties: Vec::new(),
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("`{uri}`: `{pair}` is not NAME=VALUE"))?;
-            match k {
-                "group" => spec.group = v.to_string(),
-                "start" => {
-                    spec.start = match v {
-                        "earliest" => StartAt::Earliest,
-                        "latest" => StartAt::Latest,
-                        "committed" => StartAt::Committed,
-                        ms => StartAt::Timestamp(ms.parse().map_err(|_| {
-                            format!(
-                                "`{uri}`: start={ms}: use earliest, latest, committed or an \
-                                 event time in epoch milliseconds"
-                            )
-                        })?),
-                    }
-                }
-                "until" if v == "end" => spec.until_end = true,
-                "until" => return Err(format!("`{uri}`: until={v}: the only bound is until=end")),
-                "timestamp" => {
-                    spec.event_time = match v {
-                        "kafka" => EventTime::Kafka,
-                        "payload" => EventTime::Payload,
-                        _ => {
-                            return Err(format!(
-                                "`{uri}`: timestamp={v}: use kafka (the record's timestamp) or \
-                                 payload (the job's timestamp field)"
-                            ))
-                        }
-                    }
-                }
-                "delivery" => {
-                    spec.delivery = match v {
-                        "exactly-once" => Delivery::ExactlyOnce,
-                        "at-least-once" => Delivery::AtLeastOnce,
-                        _ => {
-                            return Err(format!(
-                                "`{uri}`: delivery={v}: use exactly-once or at-least-once"
-                            ))
-                        }
-                    }
-                }
-                "partitions" => {
-                    let listed: Result<Vec<i32>, _> = v.split(',').map(str::parse).collect();
-                    match listed {
-                        Ok(list) if !list.is_empty() && list.iter().all(|&p| p >= 0) => {
-                            spec.partitions = Some(list)
-                        }
-                        _ => {
-                            return Err(format!(
-                                "`{uri}`: partitions={v}: list partition numbers, e.g. \
-                                 partitions=0,2"
-                            ))
-                        }
-                    }
-                }
-                "tasks" if v == "per-partition" => spec.per_partition_tasks = true,
-                "tasks" => {
-                    return Err(format!(
-                        "`{uri}`: tasks={v}: the only value is tasks=per-partition"
-                    ))
-                }
-                _ if k.contains('.') => spec.properties.push((k.to_string(), v.to_string())),
-                _ => {
-                    return Err(format!(
-                        "`{uri}`: unknown parameter `{k}`: use group, start, until, \
-                         timestamp, delivery, partitions, tasks, or a librdkafka property \
-                         such as session.timeout.ms"
-                    ))
-                }
-            }
-        }
-        // Partition ends, fixed partitions and partition tasks name partitions by number.
-        for (given, what) in [
-            (spec.until_end, "until=end"),
-            (spec.partitions.is_some(), "partitions="),
-            (spec.per_partition_tasks, "tasks=per-partition"),
-        ] {
-            if given && spec.topics.len() > 1 {
-                return Err(format!(
-                    "`{uri}`: {what} reads one topic only (partitions are named by number)"
-                ));
-            }
-        }
-        if spec.per_partition_tasks && spec.partitions.is_some() {
-            return Err(format!(
-                "`{uri}`: tasks=per-partition takes its partitions from the group: drop \
-                 partitions="
-            ));
-        }
-        Ok(spec)
-    }
-
     /// The client configuration shared by consumers and producers.
     fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -344,20 +238,47 @@ fn topic_partitions<C: ConsumerContext>(
 
 /// What source and sink clients report the same way: broker errors on stderr and in
 /// metrics, consumer lag from librdkafka's statistics, refused offset commits on stderr.
+/// Recurring trouble is said on stderr once per step of a backoff (see `throttle`) and
+/// counted every time.
 struct Reporting {
     endpoint: String,
+    /// The URI's brokers, `HOST:PORT[,HOST:PORT..]`.
+    brokers: String,
     metrics: KafkaMetrics,
     /// A commit of checkpointed offsets failed and was reported.
     commits_refused: AtomicBool,
+    throttle: Throttle,
+    /// Why the brokers could not be reached, as last reported.
+    unreachable: Mutex<Option<String>>,
 }
 
+/// The throttle's kind for brokers that cannot be reached, whichever error said so.
+const UNREACHABLE: &str = "unreachable";
+
 impl Reporting {
-    fn new(endpoint: String, metrics: KafkaMetrics) -> Self {
+    fn new(spec: &KafkaSpec, metrics: KafkaMetrics) -> Self {
         Reporting {
-            endpoint,
+            endpoint: spec.describe(),
+            brokers: spec.brokers.clone(),
             metrics,
             commits_refused: AtomicBool::new(false),
+            throttle: Throttle::default(),
+            unreachable: Mutex::new(None),
         }
+    }
+
+    /// `broker HOST:PORT` or `brokers HOST:PORT,HOST:PORT`.
+    fn brokers_named(&self) -> String {
+        let plural = if self.brokers.contains(',') { "s" } else { "" };
+        format!("broker{plural} {}", self.brokers)
+    }
+
+    /// Why the brokers could not be reached, as last reported (`None` if never).
+    fn unreachable_because(&self) -> Option<String> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Reports a commit of checkpointed offsets to the group that failed (`detail` says
@@ -379,34 +300,78 @@ impl Reporting {
         );
     }
 
-    fn error(&self, error: &rdkafka::error::KafkaError, reason: &str) {
-        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    /// An error of librdkafka's error callback (`reason` is its text) or of a request weir
+    /// made (`reason` says which). Brokers that cannot be reached are said as such, with
+    /// what to check; any other error as it is.
+    fn error(&self, error: &RdKafkaError, reason: &str) {
         // The end of a partition is news for the bounded mode, not a problem.
-        if let KafkaError::Global(RDKafkaErrorCode::PartitionEOF) = error {
+        if let RdKafkaError::Global(RDKafkaErrorCode::PartitionEOF) = error {
             return;
         }
         self.metrics.broker_errors.inc();
-        eprintln!(
-            "weir: kafka {}: {reason} ({error}); retrying with backoff",
-            self.endpoint
-        );
+        if let Some(cause) = unreachable_detail(error, reason) {
+            self.cannot_reach(cause);
+            return;
+        }
+        if let Some(held) = self.throttle.admit(&error.to_string()) {
+            eprintln!(
+                "weir: kafka {}: {reason} ({error}); retrying with backoff{}",
+                self.endpoint,
+                held_back(held)
+            );
+        }
+    }
+
+    /// Reports that no broker could be reached; `cause` says why, in librdkafka's words
+    /// where it said them (`connection refused`) rather than an error code's (`broker
+    /// transport failure`), which are said only until it has.
+    fn cannot_reach(&self, cause: Cause) {
+        let cause = self.remember(cause);
+        if let Some(held) = self.throttle.admit(UNREACHABLE) {
+            eprintln!(
+                "weir: kafka {}: cannot reach {} ({cause}); retrying with backoff{}: check that \
+                 the broker runs and listens on that host and port",
+                self.endpoint,
+                self.brokers_named(),
+                held_back(held)
+            );
+        }
+    }
+
+    /// Keeps `cause` as why the brokers cannot be reached unless it is an error code's
+    /// text and librdkafka's words are known; returns the cause kept.
+    fn remember(&self, cause: Cause) -> String {
+        let mut known = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        match (cause, known.as_ref()) {
+            (Cause::Said(why), _) | (Cause::Code(why), None) => *known = Some(why),
+            (Cause::Code(_), Some(_)) => {}
+        }
+        known.clone().unwrap_or_default()
     }
 
     /// librdkafka's log lines. It reports a broker that stops answering (requests timed
     /// out after `socket.timeout.ms`) only here, as a warning, then reconnects: that is a
-    /// broker error for weir too; and a refused commit. The rest has no logger to go to
-    /// (weir has none).
+    /// broker error for weir too; and a refused commit. Why a connection failed
+    /// (`Connection refused`) it logs before its error callback or a request says so less
+    /// clearly (`Broker transport failure`), if at all: that is kept for saying why the
+    /// brokers cannot be reached. The rest has no logger to go to (weir has none).
     fn log(&self, facility: &str, message: &str) {
         // librdkafka delivers no result of an asynchronous commit to the rdkafka crate's
         // consumers (it has no offset_commit_cb); a failed one it logs, as COMMITFAIL.
         if facility == "COMMITFAIL" {
             self.commit_failed(message);
+        } else if facility == "FAIL" {
+            self.remember(Cause::Said(tidy(message)));
         } else if facility == "REQTMOUT" {
             self.metrics.broker_errors.inc();
-            eprintln!(
-                "weir: kafka {}: the broker does not answer ({message}); retrying with backoff",
-                self.endpoint
-            );
+            if let Some(held) = self.throttle.admit(facility) {
+                eprintln!(
+                    "weir: kafka {}: the broker does not answer ({message}); retrying with \
+                     backoff{}",
+                    self.endpoint,
+                    held_back(held)
+                );
+            }
         }
     }
 
@@ -454,6 +419,83 @@ impl Reporting {
     }
 }
 
+/// How a throttled line says the reports it stands for.
+fn held_back(held: u64) -> String {
+    match held {
+        0 => String::new(),
+        n => format!(" ({n} more reports of it since the last line)"),
+    }
+}
+
+/// Why no broker can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cause {
+    /// In the words librdkafka gave its error callback, tidied: `connection refused`.
+    Said(String),
+    /// An error code's text, for errors of weir's own requests: `broker transport failure`.
+    Code(String),
+}
+
+/// Why no broker can be reached, if that is what `error` says.
+fn unreachable_detail(error: &RdKafkaError, reason: &str) -> Option<Cause> {
+    use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure, OperationTimedOut, Resolve};
+    let (code, from_callback) = match error {
+        RdKafkaError::Global(code) => (*code, true),
+        RdKafkaError::MessageConsumption(code) | RdKafkaError::MetadataFetch(code) => {
+            (*code, false)
+        }
+        _ => return None,
+    };
+    match code {
+        // A connection attempt's outcome (`Connect to .. failed: Connection refused`,
+        // `Failed to resolve ..`) names the cause; `1/1 brokers are down` or
+        // `Broker transport failure` do not.
+        BrokerTransportFailure | AllBrokersDown | Resolve
+            if from_callback && reason.to_lowercase().contains("failed") =>
+        {
+            Some(Cause::Said(tidy(reason)))
+        }
+        BrokerTransportFailure | AllBrokersDown | Resolve if from_callback => {
+            Some(Cause::Code(tidy(reason)))
+        }
+        BrokerTransportFailure | AllBrokersDown | Resolve => {
+            // `BrokerTransportFailure (Local: Broker transport failure)`: the text in brackets.
+            let text = code.to_string();
+            let described = text
+                .split_once(" (")
+                .and_then(|(_, rest)| rest.strip_suffix(')'))
+                .unwrap_or(&text);
+            Some(Cause::Code(tidy(described)))
+        }
+        OperationTimedOut if !from_callback => Some(Cause::Code("no answer".into())),
+        _ => None,
+    }
+}
+
+/// librdkafka's `127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection
+/// refused (after 0ms in state CONNECT)` as `connection refused`; its `Local: All broker
+/// connections are down` as `all broker connections are down`; its log line
+/// `[thrd:h:9092/bootstrap]: h:9092/bootstrap: Failed to resolve 'h:9092': Name or service
+/// not known (after 1ms in state CONNECT)` as `failed to resolve 'h:9092': Name or service
+/// not known`.
+fn tidy(reason: &str) -> String {
+    let cause = reason
+        .rsplit_once("failed: ")
+        .map_or(reason, |(_, cause)| cause);
+    let mut cause = cause.split(" (after ").next().unwrap_or(cause);
+    // Leading `NAME: `s (`[thrd:127.0.0.1:1/bootstrap]: `, `Local: `) name no cause.
+    while let Some((name, rest)) = cause.split_once(": ") {
+        if name.contains([' ', '\'']) {
+            break;
+        }
+        cause = rest;
+    }
+    let mut chars = cause.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
+}
+
 /// A Kafka client could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -474,72 +516,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_a_full_uri() {
-        let spec = KafkaSpec::parse(
-            "kafka://127.0.0.1:9092/orders?group=g1&start=earliest&until=end&timestamp=kafka&session.timeout.ms=6000",
-        )
-        .and_then(Result::ok);
+    fn unreachable_brokers_are_told_by_their_cause() {
+        let refused = "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection \
+                       refused (after 0ms in state CONNECT, 1 identical error(s) suppressed)";
+        let global = RdKafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
         assert_eq!(
-            spec,
-            Some(KafkaSpec {
-                brokers: "127.0.0.1:9092".into(),
-                topics: vec!["orders".into()],
-                group: "g1".into(),
-                start: StartAt::Earliest,
-                until_end: true,
-                event_time: EventTime::Kafka,
-                delivery: Delivery::ExactlyOnce,
-                partitions: None,
-                per_partition_tasks: false,
-                properties: vec![("session.timeout.ms".into(), "6000".into())],
-            })
+            unreachable_detail(&global, refused),
+            Some(Cause::Said("connection refused".into()))
         );
+        let resolve = RdKafkaError::Global(RDKafkaErrorCode::Resolve);
+        let unknown = "nohost:9092/bootstrap: Failed to resolve 'nohost:9092': Name or service \
+                       not known (after 3ms in state CONNECT)";
+        assert_eq!(
+            unreachable_detail(&resolve, unknown),
+            Some(Cause::Said(
+                "failed to resolve 'nohost:9092': Name or service not known".into()
+            ))
+        );
+        let down = RdKafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        assert_eq!(
+            unreachable_detail(&down, "1/1 brokers are down"),
+            Some(Cause::Code("1/1 brokers are down".into()))
+        );
+        // weir's own requests: the reason is weir's, the code says the cause.
+        let fetch = RdKafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure);
+        assert_eq!(
+            unreachable_detail(&fetch, "cannot reach the brokers"),
+            Some(Cause::Code("broker transport failure".into()))
+        );
+        let other = RdKafkaError::Global(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert_eq!(unreachable_detail(&other, "denied"), None);
     }
 
     #[test]
-    fn parses_fixed_partitions_and_partition_tasks() {
-        let fixed = KafkaSpec::parse("kafka://b:1/t?partitions=0,3").and_then(Result::ok);
-        assert_eq!(fixed.and_then(|s| s.partitions), Some(vec![0, 3]));
-        let tasks = KafkaSpec::parse("kafka://b:1/t?tasks=per-partition").and_then(Result::ok);
-        assert!(tasks.is_some_and(|s| s.per_partition_tasks && s.partitions.is_none()));
-    }
-
-    #[test]
-    fn defaults_and_timestamps() {
-        let spec = KafkaSpec::parse("kafka://b:1/a,b?start=1700000000000").and_then(Result::ok);
-        let spec = spec.expect("valid");
-        assert_eq!(spec.group, "weir");
-        assert_eq!(spec.topics, ["a", "b"]);
-        assert_eq!(spec.start, StartAt::Timestamp(1_700_000_000_000));
-        assert!(!spec.until_end);
-        assert_eq!(spec.event_time, EventTime::Payload);
-    }
-
-    #[test]
-    fn rejects_what_it_cannot_do_with_a_reason() {
-        assert!(KafkaSpec::parse("tcp://x:1").is_none());
-        for (uri, says) in [
-            ("kafka://b:1", "names no topic"),
-            ("kafka://b:1/t?start=soon", "start=soon"),
-            ("kafka://b:1/t?until=tomorrow", "until=tomorrow"),
-            ("kafka://b:1/t?colour=red", "unknown parameter `colour`"),
-            ("kafka://b:1/t?timestamp=wall", "timestamp=wall"),
-            ("kafka://b:1/a,b?until=end", "one topic only"),
-            ("kafka://b:1/a,b?tasks=per-partition", "one topic only"),
-            ("kafka://b:1/t?partitions=x", "partitions=x"),
-            ("kafka://b:1/t?partitions=-1", "partitions=-1"),
-            ("kafka://b:1/t?tasks=many", "tasks=many"),
-            (
-                "kafka://b:1/t?tasks=per-partition&partitions=1",
-                "drop partitions=",
-            ),
-            ("kafka://b:1/t?delivery=twice", "delivery=twice"),
-        ] {
-            let err = KafkaSpec::parse(uri).and_then(Result::err);
-            assert!(
-                err.as_deref().is_some_and(|e| e.contains(says)),
-                "{uri}: {err:?}"
-            );
-        }
+    fn the_cause_in_librdkafka_s_words_is_kept_over_an_error_code() {
+        let spec = KafkaSpec::parse("kafka://127.0.0.1:1/t")
+            .and_then(Result::ok)
+            .expect("valid");
+        let reporting = Reporting::new(&spec, weir_engine::JobMetrics::new("t").kafka());
+        reporting.cannot_reach(Cause::Code("broker transport failure".into()));
+        assert_eq!(
+            reporting.unreachable_because().as_deref(),
+            Some("broker transport failure")
+        );
+        reporting.cannot_reach(Cause::Said("connection refused".into()));
+        reporting.cannot_reach(Cause::Code("all broker connections are down".into()));
+        assert_eq!(
+            reporting.unreachable_because().as_deref(),
+            Some("connection refused")
+        );
+        assert_eq!(reporting.brokers_named(), "broker 127.0.0.1:1");
+        reporting.log(
+            "FAIL",
+            "[thrd:h:9092/bootstrap]: h:9092/bootstrap: Failed to resolve 'h:9092': Name or \
+             service not known (after 1ms in state CONNECT)",
+        );
+        assert_eq!(
+            reporting.unreachable_because().as_deref(),
+            Some("failed to resolve 'h:9092': Name or service not known")
+        );
     }
 }

@@ -81,7 +81,7 @@ impl Producing {
             config.set("transactional.id", id);
         }
         let context = SinkContext {
-            reporting: Reporting::new(spec.describe(), metrics.clone()),
+            reporting: Reporting::new(spec, metrics.clone()),
             acked: AtomicU64::new(0),
             first_failure: Mutex::new(None),
         };

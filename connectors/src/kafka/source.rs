@@ -2,8 +2,10 @@
 //! topics, or of the partitions the URI names (`partitions=`), and decodes them.
 //!
 //! The source assigns its partitions itself, as Flink's `KafkaSource` does: when it starts
-//! it asks the brokers for its topics' partitions (waiting up to [`TOPIC_WAIT`] for a topic
-//! they do not show yet, then failing the job) and assigns every one. It never joins the
+//! it waits for a first answer from the brokers (asking every [`TOPIC_RETRY`] and returning
+//! idle meanwhile; with `until=end` for `connect_timeout` at most, then failing the job),
+//! asks them for its topics' partitions (waiting up to [`TOPIC_WAIT`] for a topic they do
+//! not show yet, then failing the job) and assigns every one. It never joins the
 //! consumer group, which only gives the committed offsets (`start=committed`) and receives
 //! the checkpointed ones, for lag tools. The job's state (windows, the watermark) covers
 //! all partitions, so it must read all of them: a group would hand a process restarted at
@@ -57,8 +59,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a starting source waits for the brokers to show each of its topics (one just
 /// created, brokers starting) before it fails the job.
 const TOPIC_WAIT: Duration = Duration::from_secs(10);
-/// How long it waits between two metadata requests for a topic not shown yet.
+/// How long it waits between two metadata requests for a topic not shown yet, or for a
+/// broker's first answer.
 const TOPIC_RETRY: Duration = Duration::from_millis(500);
+/// How long one request for a broker's first answer may take.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Next offset to read, per topic and partition.
 type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
@@ -168,8 +173,11 @@ pub struct KafkaSource<D: Decoder> {
     metrics: KafkaMetrics,
     /// Where `timestamp=kafka` puts a record's timestamp; set by the job.
     record_time: Option<SetEventTime<D::Item>>,
-    /// Created by the first poll (connectors do no I/O until the job runs).
+    /// The consumer with its partitions assigned, once a broker has answered.
     consumer: Option<BaseConsumer<SourceContext>>,
+    /// The consumer created by the first poll (connectors do no I/O until the job runs)
+    /// until a broker answers.
+    waiting: Option<Waiting>,
     /// Offsets restored by [`Source::seek`], handed to the consumer when it is created.
     restored: Offsets,
     rejected: Vec<DeadLetter>,
@@ -202,6 +210,7 @@ impl<D: Decoder> KafkaSource<D> {
             metrics,
             record_time: None,
             consumer: None,
+            waiting: None,
             restored: Offsets::new(),
             rejected: Vec::new(),
             carried: None,
@@ -250,10 +259,31 @@ impl<D: Decoder> KafkaSource<D> {
         }
     }
 
-    fn connect(&mut self) -> Result<(), BoxError> {
+    /// Creates the consumer and, once a broker has answered, assigns the partitions: true
+    /// once they are assigned. While no broker answers it asks again every
+    /// [`TOPIC_RETRY`], saying so (throttled, see `Reporting`); a bounded source
+    /// (`until=end`) gives up after `connect_timeout`, a following one waits for ever.
+    fn connect(&mut self) -> Result<bool, BoxError> {
         if self.consumer.is_some() {
-            return Ok(());
+            return Ok(true);
         }
+        let mut waiting = match self.waiting.take() {
+            Some(waiting) => waiting,
+            None => Waiting {
+                consumer: self.create_consumer()?,
+                since: Instant::now(),
+                next_probe: Instant::now(),
+            },
+        };
+        if !self.answered(&mut waiting)? {
+            self.waiting = Some(waiting);
+            return Ok(false);
+        }
+        self.assign(waiting.consumer)?;
+        Ok(true)
+    }
+
+    fn create_consumer(&mut self) -> Result<BaseConsumer<SourceContext>, BoxError> {
         if self.spec.per_partition_tasks {
             return Err(format!(
                 "{}: tasks=per-partition runs a job as one task per partition, which `weir \
@@ -279,16 +309,71 @@ impl<D: Decoder> KafkaSource<D> {
             .set("enable.partition.eof", self.spec.until_end.to_string())
             .set("statistics.interval.ms", "1000");
         let context = SourceContext {
-            reporting: Reporting::new(self.spec.describe(), self.metrics.clone()),
+            reporting: Reporting::new(&self.spec, self.metrics.clone()),
             start: self.spec.start,
             partitions: Mutex::new(Partitions {
                 next: std::mem::take(&mut self.restored),
                 ..Partitions::default()
             }),
         };
-        let consumer: BaseConsumer<SourceContext> = config
+        Ok(config
             .create_with_context(context)
-            .map_err(|e| self.error("create a consumer", e))?;
+            .map_err(|e| self.error("create a consumer", e))?)
+    }
+
+    /// Whether a broker answers `waiting`'s consumer: one metadata request, if it is time
+    /// for one (else a short sleep, as a poll that finds nothing). A bounded source whose
+    /// brokers gave no answer within `connect_timeout` fails.
+    fn answered(&self, waiting: &mut Waiting) -> Result<bool, BoxError> {
+        let now = Instant::now();
+        if now < waiting.next_probe {
+            std::thread::sleep(POLL_WAIT.min(waiting.next_probe - now));
+            return Ok(false);
+        }
+        let (timeout, waited) = (self.spec.connect_timeout, waiting.since.elapsed());
+        let wait = if self.spec.until_end {
+            PROBE_WAIT.min(timeout.saturating_sub(waited))
+        } else {
+            PROBE_WAIT
+        };
+        // Any answer will do, a topic the brokers do not show included (`every_partition`
+        // waits for that).
+        let topic = self.spec.topics[0].as_str();
+        let Err(e) = waiting.consumer.fetch_metadata(Some(topic), wait) else {
+            return Ok(true);
+        };
+        // What librdkafka queued meanwhile says why in its words (`connection refused`):
+        // reported before the request's error, which says `broker transport failure`.
+        for _ in 0..100 {
+            match waiting.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => waiting
+                    .consumer
+                    .context()
+                    .reporting
+                    .error(&e, "cannot fetch"),
+            }
+        }
+        let reporting = &waiting.consumer.context().reporting;
+        reporting.error(&e, "cannot reach the brokers");
+        if self.spec.until_end && waiting.since.elapsed() >= timeout {
+            return Err(UnreachableBrokers {
+                endpoint: self.spec.describe(),
+                brokers: reporting.brokers_named(),
+                timeout,
+                cause: reporting
+                    .unreachable_because()
+                    .unwrap_or_else(|| e.to_string()),
+            }
+            .into());
+        }
+        waiting.next_probe = Instant::now() + TOPIC_RETRY;
+        Ok(false)
+    }
+
+    /// Assigns `consumer` its partitions, each at its start offset.
+    fn assign(&mut self, consumer: BaseConsumer<SourceContext>) -> Result<(), BoxError> {
         let (mut tpl, which) = match &self.spec.partitions {
             Some(partitions) => {
                 let mut tpl = TopicPartitionList::new();
@@ -349,6 +434,33 @@ impl<D: Decoder> KafkaSource<D> {
         }
         Ok(tpl)
     }
+}
+
+/// A consumer created, no broker has answered yet.
+struct Waiting {
+    consumer: BaseConsumer<SourceContext>,
+    /// When the consumer was created.
+    since: Instant,
+    /// When to ask the brokers again.
+    next_probe: Instant,
+}
+
+/// A bounded source (`until=end`) had no answer from its brokers within `connect_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kafka {endpoint}: cannot reach {brokers} within {timeout:?} ({cause}): check that the \
+     broker runs and that the URI gives its host and port, or give it longer with \
+     connect_timeout= (with until=end the source waits that long for a first answer)"
+)]
+pub struct UnreachableBrokers {
+    /// The endpoint, `kafka://BROKERS/TOPICS`.
+    pub endpoint: String,
+    /// `broker HOST:PORT` or `brokers HOST:PORT,..`.
+    pub brokers: String,
+    /// How long the source waited.
+    pub timeout: Duration,
+    /// Why the brokers could not be reached, as librdkafka said last.
+    pub cause: String,
 }
 
 /// A record read but not yet handed out: it belongs to another partition than the batch
@@ -457,7 +569,9 @@ impl<D: Decoder> Source for KafkaSource<D> {
     /// Fills the batch from one partition (see [`Source::split_of_batch`]).
     fn poll_batch(&mut self, out: &mut Vec<D::Item>, max: usize) -> Result<SourceStatus, BoxError> {
         let stamp = self.stamp()?;
-        self.connect()?;
+        if !self.connect()? {
+            return Ok(SourceStatus::Idle);
+        }
         // The partition of this batch and the next offset read in it.
         let mut read: Option<(usize, i32, i64)> = None;
         let mut bytes = 0u64;
@@ -570,7 +684,12 @@ impl<D: Decoder> Source for KafkaSource<D> {
     }
 
     fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
-        let offsets = match &self.consumer {
+        // The consumer holds the restored offsets from its creation on.
+        let consumer = self
+            .consumer
+            .as_ref()
+            .or(self.waiting.as_ref().map(|w| &w.consumer));
+        let offsets = match consumer {
             Some(consumer) => consumer.context().partitions().next.clone(),
             None => self.restored.clone(),
         };
