@@ -47,6 +47,18 @@ fn wait_for_exit(process: &mut Process) -> ExitStatus {
     }
 }
 
+/// Sends `signal` and checks that the job stops by itself with exit code 0.
+fn stop_with(process: &mut Process, signal: &str) {
+    send(process, signal);
+    let status = wait_for_exit(process);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIG{signal} should stop the job and exit 0; stderr:\n{}",
+        process.stderr()
+    );
+}
+
 /// Waits until `path` has a whole line (failing after `within` or if the process ended).
 fn wait_for_a_row(process: &mut Process, path: &Path, within: Duration) {
     let started = Instant::now();
@@ -100,14 +112,7 @@ fn sigterm_takes_a_final_checkpoint_and_a_restart_resumes_exactly() {
 
     let mut job = Process::start(WEIR, &follow, fx.path("stopped.stderr"));
     job.wait_for_checkpoint_after(&checkpoints_of(&state), 0);
-    send(&job, "TERM");
-    let status = wait_for_exit(&mut job);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "SIGTERM should stop the job and exit 0; stderr:\n{}",
-        job.stderr()
-    );
+    stop_with(&mut job, "TERM");
     assert!(
         job.stderr().contains("window-agg stopped:"),
         "no summary of the stopped run; stderr:\n{}",
@@ -150,14 +155,7 @@ fn a_stop_without_checkpoints_flushes_whole_rows_and_removes_temporary_state() {
     );
     // Rows of a followed job are visible while it runs, not only at its end.
     wait_for_a_row(&mut job, &out, Duration::from_secs(10));
-    send(&job, "INT");
-    let status = wait_for_exit(&mut job);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "SIGINT should stop the job and exit 0; stderr:\n{}",
-        job.stderr()
-    );
+    stop_with(&mut job, "INT");
     let stderr = job.stderr();
     assert!(
         stderr.contains("window-agg stopped:") && stderr.contains("windows still open"),

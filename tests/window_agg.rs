@@ -1056,25 +1056,22 @@ fn gen_events(dir: &Path, events: usize, extra: &[&str]) -> Result<OsString, Box
     Ok(path.into())
 }
 
+/// `weir run window-agg` on `input` into `dir/out.jsonl`, with `extra` arguments.
+fn run_generated(dir: &Path, input: &OsStr, extra: &[&str]) -> Result<common::Run, Box<dyn Error>> {
+    let out = dir.join("out.jsonl");
+    let mut args: Vec<&OsStr> = ["run", "window-agg", "--input"].map(OsStr::new).into();
+    args.push(input);
+    args.extend([OsStr::new("--output"), out.as_os_str()]);
+    args.extend(["--metrics-addr", "off", "--quiet"].map(OsStr::new));
+    args.extend(extra.iter().map(OsStr::new));
+    common::run_ok(WEIR, &args)
+}
+
 #[test]
 fn generated_events_run_with_the_defaults_are_not_late() -> TestResult {
     let dir = tempfile::tempdir()?;
     let input = gen_events(dir.path(), 200_000, &[])?;
-    let out = dir.path().join("out.jsonl");
-    let run = common::run_ok(
-        WEIR,
-        [
-            OsStr::new("run"),
-            OsStr::new("window-agg"),
-            OsStr::new("--input"),
-            &input,
-            OsStr::new("--output"),
-            out.as_os_str(),
-            OsStr::new("--metrics-addr"),
-            OsStr::new("off"),
-            OsStr::new("--quiet"),
-        ],
-    )?;
+    let run = run_generated(dir.path(), &input, &[])?;
     let summary = Summary::from_stderr(&run.stderr)?;
     assert_eq!(summary.events_read, 200_000);
     assert!(
@@ -1089,23 +1086,7 @@ fn generated_events_run_with_the_defaults_are_not_late() -> TestResult {
 fn many_late_events_print_a_hint_to_raise_the_watermark_delay() -> TestResult {
     let dir = tempfile::tempdir()?;
     let input = gen_events(dir.path(), 100_000, &["--disorder-ms", "3000"])?;
-    let out = dir.path().join("out.jsonl");
-    let run = common::run_ok(
-        WEIR,
-        [
-            OsStr::new("run"),
-            OsStr::new("window-agg"),
-            OsStr::new("--input"),
-            &input,
-            OsStr::new("--output"),
-            out.as_os_str(),
-            OsStr::new("--watermark-delay"),
-            OsStr::new("0"),
-            OsStr::new("--metrics-addr"),
-            OsStr::new("off"),
-            OsStr::new("--quiet"),
-        ],
-    )?;
+    let run = run_generated(dir.path(), &input, &["--watermark-delay", "0"])?;
     let summary = Summary::from_stderr(&run.stderr)?;
     assert!(
         summary.late_events * 100 > summary.events_read,
