@@ -641,13 +641,15 @@ impl JobMetrics {
             {
                 bytes.set(store.file_bytes() as i64);
                 memory.set(store.memory_bytes() as i64);
-                self.block_cache_bytes.set(store.block_cache_bytes() as i64);
                 pending += store.pending_compaction_bytes();
                 let (h, m) = store.block_cache_hits_misses();
                 hits += h;
                 misses += m;
             }
             self.compaction_pending.set(pending as i64);
+            // One cache serves every database of the run: any of them reports its usage.
+            self.block_cache_bytes
+                .set(stores[0].store.block_cache_bytes() as i64);
             if hits + misses > 0 {
                 self.block_cache_hit_ratio
                     .set(hits as f64 / (hits + misses) as f64);
