@@ -152,10 +152,14 @@ pub(crate) fn latest_checkpoint(root: &Path) -> u64 {
 }
 
 /// The complete checkpoint directories (`chk-NNNNNN` with a manifest) under `root`,
-/// oldest first.
+/// oldest first; none while a starting job has not yet created `root`.
 pub(crate) fn complete_checkpoint_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap()
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("reading {}: {e}", root.display()),
+    };
+    let mut dirs: Vec<PathBuf> = entries
         .map(|e| e.unwrap().path())
         .filter(|p| {
             p.file_name()
