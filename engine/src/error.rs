@@ -50,15 +50,6 @@ pub enum EngineError {
         /// Why it cannot run, and what to change.
         reason: String,
     },
-    /// The metrics endpoint could not be started.
-    #[error("cannot serve metrics on {addr} (pick another --metrics-addr)")]
-    MetricsServer {
-        /// The address that was asked for.
-        addr: String,
-        /// The bind error.
-        #[source]
-        source: std::io::Error,
-    },
     /// An I/O error on a named file.
     #[error("{path}")]
     Io {

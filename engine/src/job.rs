@@ -47,6 +47,7 @@ use crate::error::{EngineError, Result};
 use crate::keys::StableHash;
 use crate::metrics::JobMetrics;
 use crate::operator::{ChainedOperator, OperatorFactory};
+use crate::plan::{Exchange, JobPlan, PlanEdge, PlanNode, PlanNodeKind};
 use crate::record::Data;
 use crate::runtime::{
     self, ChainedPush, FilterPush, FlatMapPush, KeyedNode, MapPush, NodeImpl, RunOptions,
@@ -83,6 +84,19 @@ pub(crate) struct Node {
     pub(crate) inputs: Vec<NodeId>,
     pub(crate) consumers: Vec<NodeId>,
     pub(crate) imp: Rc<dyn NodeImpl>,
+}
+
+impl From<NodeKind> for PlanNodeKind {
+    fn from(kind: NodeKind) -> Self {
+        match kind {
+            NodeKind::Source => PlanNodeKind::Source,
+            NodeKind::ParallelSource => PlanNodeKind::ParallelSource,
+            NodeKind::Stateless => PlanNodeKind::Stateless,
+            NodeKind::Keyed => PlanNodeKind::Keyed,
+            NodeKind::Union => PlanNodeKind::Union,
+            NodeKind::Sink => PlanNodeKind::Sink,
+        }
+    }
 }
 
 /// The dataflow graph of a job, in the order nodes were added (a topological order).
@@ -373,35 +387,75 @@ impl Job {
         result
     }
 
+    /// The operator graph as data, for `parallelism` workers (see [`JobPlan`]).
+    pub fn plan(&self, parallelism: usize) -> JobPlan {
+        let graph = self.inner.graph.borrow();
+        let uids = graph.uids();
+        let mut edges = Vec::new();
+        let nodes = graph
+            .nodes
+            .iter()
+            .zip(uids)
+            .enumerate()
+            .map(|(id, (node, uid))| {
+                let exchange = if graph.is_chained(id, parallelism) {
+                    Exchange::Forward
+                } else if node.kind == NodeKind::Keyed {
+                    Exchange::Hash
+                } else {
+                    Exchange::Channel
+                };
+                edges.extend(node.inputs.iter().map(|&from| PlanEdge {
+                    from,
+                    to: id,
+                    exchange,
+                }));
+                PlanNode {
+                    id,
+                    name: node.name.clone(),
+                    uid: uid.value,
+                    uid_derived: uid.derived,
+                    kind: node.kind.into(),
+                    parallelism: graph.parallelism(id, parallelism),
+                    detail: node.detail.clone(),
+                }
+            })
+            .collect();
+        JobPlan {
+            job: self.inner.name.clone(),
+            parallelism,
+            nodes,
+            edges,
+        }
+    }
+
     /// The operator graph as text, one node per line, for `parallelism` workers.
     pub fn describe(&self, parallelism: usize) -> String {
-        let graph = self.inner.graph.borrow();
-        let mut out = format!("job {} (parallelism {parallelism})\n", self.inner.name);
-        let uids = graph.uids();
-        for (id, node) in graph.nodes.iter().enumerate() {
-            let inputs: Vec<&str> = node
-                .inputs
+        let plan = self.plan(parallelism);
+        let mut out = format!("job {} (parallelism {parallelism})\n", plan.job);
+        for node in &plan.nodes {
+            let inputs: Vec<&PlanEdge> = plan.edges.iter().filter(|e| e.to == node.id).collect();
+            let names: Vec<&str> = inputs
                 .iter()
-                .map(|&i| graph.nodes[i].name.as_str())
+                .map(|e| plan.nodes[e.from].name.as_str())
                 .collect();
-            let how = if node.inputs.is_empty() {
-                String::new()
-            } else if graph.is_chained(id, parallelism) {
-                format!(" <- {} (chained)", inputs.join(", "))
-            } else if node.kind == NodeKind::Keyed {
-                format!(" <- {} (hash exchange over key groups)", inputs.join(", "))
-            } else {
-                format!(" <- {} (channel)", inputs.join(", "))
+            let how = match inputs.first().map(|e| e.exchange) {
+                None => String::new(),
+                Some(Exchange::Forward) => format!(" <- {} (chained)", names.join(", ")),
+                Some(Exchange::Hash) => {
+                    format!(" <- {} (hash exchange over key groups)", names.join(", "))
+                }
+                Some(Exchange::Channel) => format!(" <- {} (channel)", names.join(", ")),
             };
-            let uid = &uids[id];
             let _ = writeln!(
                 out,
-                "  [{id}] {} {:?} x{} uid={}{}{how}{}",
+                "  [{}] {} {:?} x{} uid={}{}{how}{}",
+                node.id,
                 node.name,
                 node.kind,
-                graph.parallelism(id, parallelism),
-                uid.value,
-                if uid.derived { " (derived)" } else { "" },
+                node.parallelism,
+                node.uid,
+                if node.uid_derived { " (derived)" } else { "" },
                 if node.detail.is_empty() {
                     String::new()
                 } else {
@@ -409,7 +463,7 @@ impl Job {
                 }
             );
         }
-        for e in &graph.errors {
+        for e in &self.inner.graph.borrow().errors {
             let _ = writeln!(out, "  error: {e}");
         }
         out
@@ -417,31 +471,24 @@ impl Job {
 
     /// The operator graph in Graphviz DOT.
     pub fn to_dot(&self, parallelism: usize) -> String {
-        let graph = self.inner.graph.borrow();
-        let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", self.inner.name);
-        let uids = graph.uids();
-        for (id, node) in graph.nodes.iter().enumerate() {
+        let plan = self.plan(parallelism);
+        let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", plan.job);
+        for node in &plan.nodes {
             let shape = match node.kind {
-                NodeKind::Source | NodeKind::ParallelSource => "invhouse",
-                NodeKind::Sink => "house",
-                NodeKind::Keyed => "box3d",
-                NodeKind::Stateless | NodeKind::Union => "box",
+                PlanNodeKind::Source | PlanNodeKind::ParallelSource => "invhouse",
+                PlanNodeKind::Sink => "house",
+                PlanNodeKind::Keyed => "box3d",
+                PlanNodeKind::Stateless | PlanNodeKind::Union => "box",
             };
-            let label = format!(
-                "{}\\nx{}\\nuid {}",
-                node.name,
-                graph.parallelism(id, parallelism),
-                uids[id].value
-            )
-            .replace('"', "'");
-            let _ = writeln!(out, "  n{id} [label=\"{label}\", shape={shape}];");
-            for &i in &node.inputs {
-                let style = if graph.is_chained(id, parallelism) {
-                    "solid"
-                } else {
-                    "bold"
+            let label = format!("{}\\nx{}\\nuid {}", node.name, node.parallelism, node.uid)
+                .replace('"', "'");
+            let _ = writeln!(out, "  n{} [label=\"{label}\", shape={shape}];", node.id);
+            for edge in plan.edges.iter().filter(|e| e.to == node.id) {
+                let style = match edge.exchange {
+                    Exchange::Forward => "solid",
+                    Exchange::Channel | Exchange::Hash => "bold",
                 };
-                let _ = writeln!(out, "  n{i} -> n{id} [style={style}];");
+                let _ = writeln!(out, "  n{} -> n{} [style={style}];", edge.from, node.id);
             }
         }
         out.push_str("}\n");

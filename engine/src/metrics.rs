@@ -1,4 +1,5 @@
-//! Prometheus metrics of a job, and the `/metrics` HTTP endpoint.
+//! Prometheus metrics of a job (served over HTTP by the `weir` binary, `weir-jobs`'s
+//! `http` module).
 //!
 //! One [`JobMetrics`] exists per job run; operators get per-instance handles
 //! ([`OperatorMetrics`]) when they are created and update them once per batch, never per
@@ -39,8 +40,6 @@
 //! | `weir_tcp_subscribers` | gauge | subscribers connected to a TCP server sink (`--output tcp://..?mode=listen`; such jobs only, as the next) |
 //! | `weir_tcp_subscribers_dropped_total` | counter | subscribers a TCP server sink disconnected for falling behind |
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,10 +48,12 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::checkpoint::JobControl;
-use crate::error::EngineError;
 use crate::latency::{LatencyCollector, LatencyHistogram};
 use crate::state::RocksStore;
+
+mod instances;
+
+pub use instances::InstanceSample;
 
 /// Counter handle type, re-exported so operators need no direct prometheus dependency.
 pub use prometheus::IntCounter as Counter;
@@ -682,123 +683,6 @@ pub enum MetricFamily {
     LateEvents,
     /// `weir_dead_letter_records_total`
     DeadLetters,
-}
-
-/// A running `/metrics` endpoint. It serves until the process exits.
-#[derive(Debug)]
-pub struct MetricsServer {
-    addr: SocketAddr,
-}
-
-impl MetricsServer {
-    /// Binds `addr` (e.g. `127.0.0.1:9898`, port 0 picks a free port) and serves
-    /// `GET /metrics` from a background thread.
-    pub fn start(addr: &str, metrics: Arc<JobMetrics>) -> Result<Self, EngineError> {
-        Self::start_with_control(addr, metrics, None)
-    }
-
-    /// Like [`MetricsServer::start`], and with `control` also `POST /savepoint`, which takes
-    /// a savepoint and answers with its directory.
-    pub fn start_with_control(
-        addr: &str,
-        metrics: Arc<JobMetrics>,
-        control: Option<Arc<JobControl>>,
-    ) -> Result<Self, EngineError> {
-        Self::serve(addr, move || metrics.render(), control)
-    }
-
-    /// Like [`MetricsServer::start_with_control`], serving what `render` returns at each
-    /// scrape (e.g. [`JobMetrics::render_all`] over the tasks a process runs now).
-    pub fn serve(
-        addr: &str,
-        render: impl Fn() -> String + Send + 'static,
-        control: Option<Arc<JobControl>>,
-    ) -> Result<Self, EngineError> {
-        let listener = TcpListener::bind(addr).map_err(|source| EngineError::MetricsServer {
-            addr: addr.to_string(),
-            source,
-        })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| EngineError::MetricsServer {
-                addr: addr.to_string(),
-                source,
-            })?;
-        std::thread::Builder::new()
-            .name("weir-metrics".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    // One scrape at a time is plenty; a stuck client times out.
-                    let _ = serve_one(stream, &render, control.as_deref());
-                }
-            })
-            .map_err(|source| EngineError::MetricsServer {
-                addr: addr.to_string(),
-                source,
-            })?;
-        Ok(MetricsServer { addr: bound })
-    }
-
-    /// The address actually bound.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-/// How long `POST /savepoint` waits for the savepoint.
-const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn serve_one(
-    mut stream: TcpStream,
-    render: &dyn Fn() -> String,
-    control: Option<&JobControl>,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&chunk[..n]);
-    }
-    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let (status, content_type, body) = if method == b"POST" && path == b"/savepoint" {
-        let answer = control
-            .ok_or_else(|| "this server has no job to take a savepoint of".to_string())
-            .and_then(|c| c.savepoint(SAVEPOINT_TIMEOUT));
-        match answer {
-            Ok(dir) => ("200 OK", "text/plain", format!("{}\n", dir.display())),
-            Err(reason) => ("409 Conflict", "text/plain", format!("{reason}\n")),
-        }
-    } else if method != b"GET" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET (and POST /savepoint) is served\n".to_string(),
-        )
-    } else if path == b"/metrics" {
-        ("200 OK", "text/plain; version=0.0.4", render())
-    } else {
-        (
-            "404 Not Found",
-            "text/plain",
-            "metrics are at /metrics\n".to_string(),
-        )
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
 }
 
 #[cfg(test)]

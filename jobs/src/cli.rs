@@ -1,7 +1,8 @@
-//! The `weir` command line: `jobs`, `describe`, `run`, `bench`, `gen` and `savepoint`.
+//! The `weir` command line: `jobs`, `describe`, `run`, `bench`, `gen`, `savepoint` and
+//! `stop`.
 //!
 //! [`main`] is the whole CLI for any [`Registry`], so a crate with its own jobs gets the same
-//! commands, metrics endpoint and progress output as the `weir` binary.
+//! commands, HTTP API (metrics, dashboard) and progress output as the `weir` binary.
 
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
@@ -15,13 +16,13 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir_connectors::kafka::KafkaLineWriter;
 use weir_connectors::KafkaSpec;
-use weir_engine::metrics::MetricsServer;
 use weir_engine::time::{format_duration_ms, format_timestamp};
-use weir_engine::{parse_duration, EngineError, RunOptions, RunSummary};
+use weir_engine::{parse_duration, RunOptions, RunSummary};
 
 use crate::generate::{
     create_file, write_events, write_orders, write_sagas, EventStreamSpec, RateLimited,
 };
+use crate::http::{ApiClient, HttpError, HttpServer, OneJob, Outcome, Serving};
 use crate::options::{JobOptions, UsageError};
 use crate::registry::Registry;
 use crate::stop_signal::StopSignal;
@@ -66,9 +67,17 @@ enum Command {
     /// Ask a running job (started with --checkpoint-interval) for a savepoint; prints its
     /// directory, for `weir run ... --from-savepoint DIR`.
     Savepoint {
-        /// The running job's --metrics-addr.
-        #[arg(long, default_value = "127.0.0.1:9898")]
-        metrics_addr: String,
+        #[command(flatten)]
+        api: ApiOptions,
+    },
+    /// Stop a running job gracefully, as SIGTERM does: sources end, what is in flight
+    /// drains, a final checkpoint is taken (with checkpoints on), sinks close.
+    Stop {
+        #[command(flatten)]
+        api: ApiOptions,
+        /// Keep the final checkpoint as a savepoint and print its directory.
+        #[arg(long)]
+        savepoint: bool,
     },
     /// Write a deterministic synthetic stream as JSON lines.
     Gen {
@@ -111,12 +120,28 @@ enum GenStream {
     Nexmark,
 }
 
+/// Where a running job's API is, for the verbs that talk to it.
+#[derive(Debug, Args)]
+struct ApiOptions {
+    /// The running job's --metrics-addr.
+    #[arg(long, default_value = "127.0.0.1:9898")]
+    metrics_addr: String,
+    /// The running job's --api-token, if it has one.
+    #[arg(long, env = "WEIR_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+}
+
 #[derive(Debug, Args)]
 struct ServeOptions {
-    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks one; `off` disables).
-    /// Default: 127.0.0.1:9898, or a free port if another process has that one.
+    /// Serve the HTTP API at ADDR: Prometheus metrics at /metrics, the dashboard at /, the
+    /// JSON API under /api/v1 (port 0 picks one; `off` disables). Default: 127.0.0.1:9898,
+    /// or a free port if another process has that one.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// A token that stop, savepoints and dead letters need (`Authorization: Bearer
+    /// TOKEN`); required to serve on an address other than loopback.
+    #[arg(long, env = "WEIR_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     /// Keep serving metrics this long after the job ends (e.g. `30s`), for a last scrape.
     #[arg(long, value_parser = |s: &str| parse_duration(s))]
     linger: Option<Duration>,
@@ -209,9 +234,21 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             options,
             serve,
         } => run(registry, &job, &options, &serve),
-        Command::Savepoint { metrics_addr } => {
-            let dir = request_savepoint(&metrics_addr)?;
-            println!("{dir}");
+        Command::Savepoint { api } => {
+            let dir = ApiClient::new(&api.metrics_addr, api.api_token).savepoint()?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Command::Stop { api, savepoint } => {
+            let client = ApiClient::new(&api.metrics_addr, api.api_token);
+            match client.stop(savepoint)? {
+                Some(dir) => println!("{}", dir.display()),
+                None => eprintln!(
+                    "weir: the job at {} is stopping (it drains, takes a final checkpoint if \
+                     it checkpoints, and exits)",
+                    api.metrics_addr
+                ),
+            }
             Ok(())
         }
         Command::Bench { job, all, options } => {
@@ -342,6 +379,7 @@ fn run(
     if crate::partitioned::kafka_input(options).is_some() {
         let serving = crate::partitioned::Serving {
             metrics_addr: serve.metrics_addr.clone(),
+            api_token: serve.api_token.clone(),
             quiet: serve.quiet,
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -370,15 +408,35 @@ fn run(
         let control = job.control();
         move || control.stop()
     })?;
-    let _server = serve_metrics(serve.metrics_addr.as_deref(), |addr| {
-        MetricsServer::start_with_control(addr, Arc::clone(&job.metrics()), Some(job.control()))
-    })?;
+    let served = OneJob {
+        metrics: job.metrics(),
+        control: job.control(),
+    };
+    let serving = Arc::new(Serving {
+        plan: Some(job.plan(options.parallelism)),
+        dead_letters: options
+            .input
+            .is_some()
+            .then(|| options.dead_letter_path(name)),
+        token: serve.api_token.clone(),
+        ..Serving::new(name, Arc::new(served))
+    });
+    let _server = serve_http(
+        serve.metrics_addr.as_deref(),
+        serve.api_token.as_deref(),
+        &serving,
+    )?;
     let mut run_options = options.run_options(name)?;
     if !serve.quiet {
         run_options.progress_interval = Some(Duration::from_secs(1));
     }
     let result = job.run(&run_options);
     options.remove_temporary_state(&run_options);
+    serving.ended(match &result {
+        Ok(_) => Outcome::Finished,
+        Err(e) => Outcome::Failed(e.to_string()),
+    });
+    serving.wait_for_owed_answers(Duration::from_secs(5));
     let summary = result?;
     match summary.stopped {
         true => eprintln!(
@@ -416,23 +474,27 @@ fn resume_hint(run_options: &RunOptions) -> &'static str {
     }
 }
 
-/// Where metrics are served unless `--metrics-addr` says otherwise.
+/// Where the HTTP API is served unless `--metrics-addr` says otherwise.
 const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9898";
 
-/// Starts the metrics endpoint at `--metrics-addr` (`requested`; `None` for the default,
-/// `off` for none) with `start`, and says where it is. When the default port is taken
-/// (another weir run on this machine), a free port is used instead of failing.
-pub(crate) fn serve_metrics(
+/// Starts the HTTP API at `--metrics-addr` (`requested`; `None` for the default, `off` for
+/// none) for `serving`, and says where it is. When the default port is taken (another weir
+/// run on this machine), a free port is used instead of failing. An address other than
+/// loopback needs a `token`.
+pub(crate) fn serve_http(
     requested: Option<&str>,
-    start: impl Fn(&str) -> Result<MetricsServer, EngineError>,
-) -> anyhow::Result<Option<MetricsServer>> {
+    token: Option<&str>,
+    serving: &Arc<Serving>,
+) -> anyhow::Result<Option<HttpServer>> {
+    let start = |addr: &str| HttpServer::start(addr, serving.clone());
     let server = match requested {
         Some("off") => return Ok(None),
-        Some(addr) => start(addr)?,
+        Some(addr) => {
+            refuse_open_address_without_token(addr, token)?;
+            start(addr)?
+        }
         None => match start(DEFAULT_METRICS_ADDR) {
-            Err(EngineError::MetricsServer { source, .. })
-                if source.kind() == std::io::ErrorKind::AddrInUse =>
-            {
+            Err(e) if e.is_addr_in_use() => {
                 let server = start("127.0.0.1:0")?;
                 eprintln!(
                     "weir: {DEFAULT_METRICS_ADDR} is in use (another weir run?), so metrics are \
@@ -444,7 +506,31 @@ pub(crate) fn serve_metrics(
         },
     };
     eprintln!("weir: metrics at http://{}/metrics", server.addr());
+    eprintln!("weir: dashboard at http://{}/", server.addr());
     Ok(Some(server))
+}
+
+/// The API can stop the job and show its data: on an address other than loopback it
+/// needs a token.
+fn refuse_open_address_without_token(addr: &str, token: Option<&str>) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let resolved: Vec<std::net::SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|source| HttpError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?
+        .collect();
+    let open = resolved.iter().any(|a| !a.ip().is_loopback());
+    if open && token.is_none_or(str::is_empty) {
+        return Err(UsageError(format!(
+            "--metrics-addr {addr} is reachable from other machines, and the API can stop the \
+             job and read its dead letters: pass --api-token TOKEN (or WEIR_API_TOKEN), or \
+             bind 127.0.0.1"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Keeps the metrics endpoint up for `--linger` after the job ended, or until a signal.
@@ -457,27 +543,6 @@ fn linger(serve: &ServeOptions, signal: &StopSignal) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `POST /savepoint` to a running job's metrics server; returns the savepoint directory.
-fn request_savepoint(addr: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).with_context(|| {
-        format!("no job answers at {addr}: pass the running job's --metrics-addr")
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(660)))?;
-    write!(
-        stream,
-        "POST /savepoint HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    if head.starts_with("HTTP/1.1 200") {
-        Ok(body.trim().to_string())
-    } else {
-        anyhow::bail!("the job at {addr} took no savepoint: {}", body.trim())
-    }
 }
 
 /// One line of advice when more than 1 % of the events read were late: the watermark

@@ -29,6 +29,7 @@ pub mod arrow_events;
 pub mod bench;
 pub mod cli;
 pub mod generate;
+mod http;
 pub mod nexmark;
 pub mod operator_bench;
 pub mod options;

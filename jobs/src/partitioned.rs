@@ -41,9 +41,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use weir_connectors::kafka::{encode_param_value, GroupChange, GroupMember};
 use weir_connectors::KafkaSpec;
-use weir_engine::metrics::MetricsServer;
-use weir_engine::{EngineError, JobControl, JobMetrics, RunSummary};
+use weir_engine::metrics::InstanceSample;
+use weir_engine::{EngineError, JobControl, JobMetrics, LatencySummary, RunSummary};
 
+use crate::http::{Outcome, ServedJob};
 use crate::options::{usage, JobOptions};
 use crate::registry::JobSpec;
 
@@ -82,6 +83,8 @@ pub struct PartitionedSummary {
 pub struct Serving {
     /// `--metrics-addr` as given (`off`: none), or `None` for the default.
     pub metrics_addr: Option<String>,
+    /// `--api-token`, if given.
+    pub api_token: Option<String>,
     /// No progress lines.
     pub quiet: bool,
 }
@@ -108,10 +111,24 @@ pub fn run(
         quiet: serving.quiet,
         stop: stop.clone(),
     };
-    let _server = crate::cli::serve_metrics(serving.metrics_addr.as_deref(), |addr| {
-        let (process, tasks) = (process_metrics.clone(), tasks.clone());
-        MetricsServer::serve(addr, move || render(&process, &tasks), None)
-    })?;
+    let served = PartitionTasks {
+        process: process_metrics.clone(),
+        tasks: tasks.clone(),
+        stop: stop.clone(),
+    };
+    let http = Arc::new(crate::http::Serving {
+        // The graph every task runs (building does no I/O).
+        plan: (spec.build)(options)
+            .ok()
+            .map(|job| job.plan(options.parallelism)),
+        token: serving.api_token.clone(),
+        ..crate::http::Serving::new(&spec.name, Arc::new(served))
+    });
+    let _server = crate::cli::serve_http(
+        serving.metrics_addr.as_deref(),
+        serving.api_token.as_deref(),
+        &http,
+    )?;
     let on_change = {
         let (tasks, starter) = (tasks.clone(), starter.clone());
         move |change: GroupChange| match change {
@@ -154,30 +171,98 @@ pub fn run(
     // takes the tasks' lock: so the member goes before the lock is taken here.
     member.leave();
     drop(member);
-    outcome?;
-    let mut tasks = lock(&tasks);
-    if let Some(e) = tasks.failed.take() {
-        return Err(e);
+    let failed = match outcome {
+        Ok(()) => lock(&tasks).failed.take(),
+        Err(e) => Some(e),
+    };
+    http.ended(match &failed {
+        None => Outcome::Finished,
+        Some(e) => Outcome::Failed(format!("{e:#}")),
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(summarize(&lock(&tasks).finished)),
     }
-    Ok(summarize(&tasks.finished))
 }
 
-/// The metrics of the process (its group member) and of every task it ran, each task's
-/// samples labelled `task="partition-P"`.
-fn render(process: &JobMetrics, tasks: &Mutex<Tasks>) -> String {
-    let all: Vec<(String, Arc<JobMetrics>)> = {
-        let tasks = lock(tasks);
+/// The partition tasks of this process, as the HTTP API shows them: one job whose
+/// figures are summed over the tasks (their watermarks: the lowest).
+struct PartitionTasks {
+    process: Arc<JobMetrics>,
+    tasks: Arc<Mutex<Tasks>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PartitionTasks {
+    /// The metrics of every task, running or finished here, by task name.
+    fn task_metrics(&self) -> Vec<(String, Arc<JobMetrics>)> {
+        let tasks = lock(&self.tasks);
         let running = tasks.running.iter().map(|(p, t)| (*p, &t.metrics));
         let finished = tasks.finished.iter().map(|(p, _, m)| (*p, m));
         running
             .chain(finished)
             .map(|(p, m)| (format!("partition-{p}"), m.clone()))
             .collect()
-    };
-    let labels: Vec<[(&str, &str); 1]> = all.iter().map(|(t, _)| [("task", t.as_str())]).collect();
-    let mut sets: Vec<(&[(&str, &str)], &JobMetrics)> = vec![(&[], process)];
-    sets.extend(labels.iter().zip(&all).map(|(l, (_, m))| (&l[..], &**m)));
-    JobMetrics::render_all(&sets)
+    }
+}
+
+impl ServedJob for PartitionTasks {
+    fn render_metrics(&self) -> String {
+        let all = self.task_metrics();
+        let labels: Vec<[(&str, &str); 1]> =
+            all.iter().map(|(t, _)| [("task", t.as_str())]).collect();
+        let mut sets: Vec<(&[(&str, &str)], &JobMetrics)> = vec![(&[], &*self.process)];
+        sets.extend(labels.iter().zip(&all).map(|(l, (_, m))| (&l[..], &**m)));
+        JobMetrics::render_all(&sets)
+    }
+
+    fn instances(&self) -> Vec<InstanceSample> {
+        let mut merged: BTreeMap<(String, usize), InstanceSample> = BTreeMap::new();
+        for (_, metrics) in self.task_metrics() {
+            for s in metrics.instance_samples() {
+                match merged.get_mut(&(s.operator.clone(), s.instance)) {
+                    None => {
+                        merged.insert((s.operator.clone(), s.instance), s);
+                    }
+                    Some(m) => {
+                        let both =
+                            |a: Option<i64>, b: Option<i64>, f: fn(i64, i64) -> i64| match (a, b) {
+                                (Some(a), Some(b)) => Some(f(a, b)),
+                                (a, b) => a.or(b),
+                            };
+                        let sum = |a, b| a + b;
+                        m.events_in += s.events_in;
+                        m.events_out += s.events_out;
+                        m.late_events += s.late_events;
+                        m.watermark_ms = both(m.watermark_ms, s.watermark_ms, i64::min);
+                        m.state_entries = both(m.state_entries, s.state_entries, sum);
+                        m.state_bytes = both(m.state_bytes, s.state_bytes, sum);
+                        m.queue_fill = both(m.queue_fill, s.queue_fill, sum);
+                        m.queue_capacity = both(m.queue_capacity, s.queue_capacity, sum);
+                    }
+                }
+            }
+        }
+        merged.into_values().collect()
+    }
+
+    fn latency(&self) -> Option<LatencySummary> {
+        // Each task times its own sinks; the process shows no single figure for them all
+        // (Prometheus has them per task).
+        None
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn control(&self) -> Option<&JobControl> {
+        None
+    }
 }
 
 /// How long a partition's task waits for the partition's state directory to be released

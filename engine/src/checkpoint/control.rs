@@ -13,12 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
+
 use super::coordinator::Checkpointing;
+use super::history::{CheckpointHistory, CheckpointsSnapshot};
 
 /// A handle on a job's checkpointing while it runs.
 #[derive(Debug, Default)]
 pub struct JobControl {
     checkpointing: Mutex<Option<Arc<Checkpointing>>>,
+    history: Arc<CheckpointHistory>,
     cancel: Mutex<Request>,
     stop: Mutex<Request>,
 }
@@ -98,18 +102,41 @@ impl JobControl {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = checkpointing;
     }
 
+    /// The checkpoints of the current (or last) run: counts and the newest ones.
+    pub fn checkpoints(&self) -> CheckpointsSnapshot {
+        self.history.snapshot()
+    }
+
+    pub(crate) fn history(&self) -> Arc<CheckpointHistory> {
+        self.history.clone()
+    }
+
+    /// Stops the job as [`JobControl::stop`] does, keeping its final checkpoint as a
+    /// savepoint (Flink's stop with savepoint). The receiver gets the savepoint's directory
+    /// once it is written, or why there is none; a closed channel means the run ended
+    /// without a final checkpoint (it failed or was cancelled). Refused, without stopping,
+    /// if the job is not running with checkpoints.
+    pub fn stop_with_savepoint(&self) -> Result<Receiver<Result<PathBuf, String>>, String> {
+        let answer = self.running_checkpointing()?.request_savepoint_at_end()?;
+        self.stop();
+        Ok(answer)
+    }
+
     /// Takes a checkpoint now and keeps it as a savepoint (not removed by retention);
     /// returns its directory, to pass to `--from-savepoint`. Waits up to `timeout`.
     pub fn savepoint(&self, timeout: Duration) -> Result<PathBuf, String> {
-        let checkpointing = self
-            .checkpointing
+        self.running_checkpointing()?.request_savepoint(timeout)
+    }
+
+    fn running_checkpointing(&self) -> Result<Arc<Checkpointing>, String> {
+        self.checkpointing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
-            .ok_or(
+            .ok_or_else(|| {
                 "this job is not running with checkpoints: start it with --checkpoint-interval \
-                 and --state-dir to take savepoints",
-            )?;
-        checkpointing.request_savepoint(timeout)
+                 and --state-dir to take savepoints"
+                    .to_string()
+            })
     }
 }

@@ -15,6 +15,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 
 use super::compatibility::match_restored_state;
+use super::history::CheckpointHistory;
 use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest, OperatorRecord};
 use super::ownership::Fence;
 use super::{CheckpointConfig, CheckpointError, CheckpointId, Resume};
@@ -32,6 +33,9 @@ enum Event {
     SourceExhausted,
     /// Take a checkpoint now and keep it; the reply is its savepoint directory.
     Savepoint(Sender<Result<PathBuf, String>>),
+    /// Keep the final checkpoint (the one a stop takes) as a savepoint; the reply is its
+    /// directory.
+    SavepointAtEnd(Sender<Result<PathBuf, String>>),
 }
 
 #[derive(Default)]
@@ -65,6 +69,7 @@ pub(crate) struct Checkpointing {
     participants: Mutex<Vec<String>>,
     sources: AtomicU64,
     metrics: CheckpointMetrics,
+    history: Arc<CheckpointHistory>,
     /// Report each completed checkpoint on stderr.
     verbose: bool,
     /// How its stderr lines start: `weir: `, or with the task's name (`weir: partition 3: `).
@@ -122,6 +127,17 @@ pub(crate) struct RunClaims {
     pub(crate) allow_non_restored_state: bool,
 }
 
+/// Where a run's checkpoints are reported as they complete or fail.
+#[derive(Debug)]
+pub(crate) struct Reporting {
+    /// The Prometheus series.
+    pub(crate) metrics: CheckpointMetrics,
+    /// The history the HTTP API shows.
+    pub(crate) history: Arc<CheckpointHistory>,
+    /// Print each completed checkpoint on stderr.
+    pub(crate) verbose: bool,
+}
+
 impl Checkpointing {
     /// Prepares checkpointing for a run; finds the checkpoint to resume from, if any.
     pub(crate) fn new(
@@ -129,8 +145,7 @@ impl Checkpointing {
         job: &str,
         parallelism: usize,
         claims: RunClaims,
-        metrics: CheckpointMetrics,
-        verbose: bool,
+        reporting: Reporting,
         task: Option<&str>,
     ) -> Result<Arc<Self>, CheckpointError> {
         std::fs::create_dir_all(&config.dir).map_err(|source| CheckpointError::Io {
@@ -168,8 +183,9 @@ impl Checkpointing {
             receiver: Mutex::new(Some(receiver)),
             participants: Mutex::new(Vec::new()),
             sources: AtomicU64::new(0),
-            metrics,
-            verbose,
+            metrics: reporting.metrics,
+            history: reporting.history,
+            verbose: reporting.verbose,
             says: task.map_or_else(|| "weir: ".to_string(), |t| format!("weir: {t}: ")),
         }))
     }
@@ -187,6 +203,18 @@ impl Checkpointing {
     /// Id of the restored checkpoint, 0 for a fresh start.
     pub(crate) fn restored_id(&self) -> CheckpointId {
         self.restored().map_or(0, |m| m.id)
+    }
+
+    /// Asks the coordinator to keep the final checkpoint as a savepoint; the answer comes
+    /// once it is written (an error, or a closed channel, if the run ends without one).
+    pub(crate) fn request_savepoint_at_end(
+        &self,
+    ) -> Result<Receiver<Result<PathBuf, String>>, String> {
+        let (reply, answer) = bounded(1);
+        self.events
+            .send(Event::SavepointAtEnd(reply))
+            .map_err(|_| "the job is ending".to_string())?;
+        Ok(answer)
     }
 
     /// Asks the coordinator for a savepoint and waits for it (see [`super::JobControl`]).
@@ -333,6 +361,7 @@ impl Checkpointing {
         let mut next_due = Instant::now() + self.config.interval;
         let mut in_flight: Option<InFlight> = None;
         let mut savepoint_requests = Vec::new();
+        let mut savepoints_at_end = Vec::new();
         while !cancelled.load(Ordering::Relaxed) {
             let now = Instant::now();
             let wait = match &in_flight {
@@ -345,6 +374,7 @@ impl Checkpointing {
             match events.recv_timeout(wait) {
                 Ok(Event::SourceExhausted) => exhausted += 1,
                 Ok(Event::Savepoint(reply)) => savepoint_requests.push(reply),
+                Ok(Event::SavepointAtEnd(reply)) => savepoints_at_end.push(reply),
                 Ok(Event::Ack {
                     participant,
                     id,
@@ -377,7 +407,11 @@ impl Checkpointing {
                     let mut flight = in_flight.take().expect("checked above");
                     let (id, is_final) = (flight.id, flight.is_final);
                     let savepoint_for = std::mem::take(&mut flight.savepoint_for);
+                    let started = flight.started;
                     let completed = self.complete(flight, &mut checksums);
+                    if let Err(reason) = &completed {
+                        self.history.failed(id, started.elapsed(), reason);
+                    }
                     if !savepoint_for.is_empty() {
                         let answer = completed.clone().and_then(|()| self.keep_as_savepoint(id));
                         for reply in savepoint_for {
@@ -424,9 +458,12 @@ impl Checkpointing {
                     next_due = Instant::now() + self.config.interval;
                     continue;
                 }
+                let mut savepoint_for = std::mem::take(&mut savepoint_requests);
                 if is_final {
                     self.final_id.store(id, Ordering::SeqCst);
+                    savepoint_for.append(&mut savepoints_at_end);
                 }
+                self.history.triggered(id, is_final, dir);
                 self.alignment_micros.store(0, Ordering::Relaxed);
                 self.requested.store(id, Ordering::SeqCst);
                 in_flight = Some(InFlight {
@@ -435,7 +472,7 @@ impl Checkpointing {
                     started: Instant::now(),
                     acks: vec![None; participants],
                     failed: None,
-                    savepoint_for: std::mem::take(&mut savepoint_requests),
+                    savepoint_for,
                 });
             }
         }
@@ -467,6 +504,7 @@ impl Checkpointing {
         link_tree(&self.dir(id), &target)
             .map_err(|e| format!("cannot write savepoint {}: {e}", target.display()))?;
         eprintln!("weir: savepoint {id} written to {}", target.display());
+        self.history.kept_as_savepoint(id, target.clone());
         Ok(target)
     }
 
@@ -510,6 +548,7 @@ impl Checkpointing {
         m.last_size_bytes.set(bytes as i64);
         m.last_alignment_seconds.set(alignment.as_secs_f64());
         m.mark_completed();
+        self.history.completed(flight.id, took, bytes, alignment);
         if self.verbose {
             eprintln!(
                 "{}checkpoint {}{} complete in {} ms ({:.1} MB, longest alignment {} ms)",

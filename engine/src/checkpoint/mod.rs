@@ -32,6 +32,7 @@
 mod compatibility;
 mod control;
 pub(crate) mod coordinator;
+pub mod history;
 pub mod manifest;
 pub mod ownership;
 
@@ -39,6 +40,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use control::JobControl;
+pub use history::{CheckpointHistory, CheckpointRecord, CheckpointStatus, CheckpointsSnapshot};
 pub use manifest::{Manifest, OperatorRecord};
 pub use ownership::{Fence, OwnershipError, StateDirLock};
 

@@ -64,7 +64,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
 use prometheus::{IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 
-use crate::checkpoint::coordinator::{Checkpointing, Participant, RunClaims};
+use crate::checkpoint::coordinator::{Checkpointing, Participant, Reporting, RunClaims};
 use crate::checkpoint::{CheckpointConfig, CheckpointId, JobControl};
 use crate::error::{BoxError, EngineError, Result};
 use crate::job::{Graph, NodeId, NodeKind, Uid};
@@ -2569,8 +2569,11 @@ pub(crate) fn run(
                     operators: operator_records(graph, &uids),
                     allow_non_restored_state: options.allow_non_restored_state,
                 },
-                metrics.checkpoints(),
-                options.progress_interval.is_some(),
+                Reporting {
+                    metrics: metrics.checkpoints(),
+                    history: control.history(),
+                    verbose: options.progress_interval.is_some(),
+                },
                 options.task.as_deref(),
             )
             .map_err(|source| EngineError::Restore {
