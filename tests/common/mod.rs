@@ -11,6 +11,7 @@
 
 pub(crate) mod checkpointed;
 pub(crate) mod follow_run;
+pub(crate) mod webdriver;
 
 use std::error::Error;
 use std::ffi::OsStr;
