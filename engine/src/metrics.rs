@@ -62,6 +62,8 @@ pub use prometheus::IntCounter as Counter;
 /// `weir_state_memory_bytes` series.
 #[derive(Debug, Clone)]
 struct ObservedStore {
+    operator: String,
+    instance: usize,
     bytes: IntGauge,
     memory: IntGauge,
     store: Arc<RocksStore>,
@@ -463,9 +465,11 @@ impl JobMetrics {
     /// Adds `store`, the database of instance `instance` of `operator`, to those whose size
     /// and compaction backlog are reported.
     pub fn observe_store(&self, operator: &str, instance: usize, store: Arc<RocksStore>) {
-        let instance = instance.to_string();
-        let labels = [self.job.as_str(), operator, instance.as_str()];
+        let index = instance.to_string();
+        let labels = [self.job.as_str(), operator, index.as_str()];
         let observed = ObservedStore {
+            operator: operator.to_string(),
+            instance,
             bytes: self.state_bytes.with_label_values(&labels),
             memory: self.state_memory.with_label_values(&labels),
             store,
@@ -638,6 +642,7 @@ impl JobMetrics {
                 bytes,
                 memory,
                 store,
+                ..
             } in &stores
             {
                 bytes.set(store.file_bytes() as i64);

@@ -34,6 +34,8 @@ pub struct InstanceSample {
     pub queue_fill: Option<i64>,
     /// Capacity of that queue, in batches.
     pub queue_capacity: Option<i64>,
+    /// The state tables it created (RocksDB state only).
+    pub state_tables: Vec<String>,
 }
 
 impl JobMetrics {
@@ -87,6 +89,13 @@ impl JobMetrics {
         read(&self.channel_capacity, |s, v| {
             s.queue_capacity = Some(v as i64)
         });
+        let stores = self.stores.lock().map(|s| s.clone()).unwrap_or_default();
+        for observed in stores {
+            let key = (observed.operator.clone(), observed.instance);
+            if let Some(sample) = by_instance.get_mut(&key) {
+                sample.state_tables = observed.store.table_names();
+            }
+        }
         by_instance.into_values().collect()
     }
 }

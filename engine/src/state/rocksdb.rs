@@ -299,6 +299,14 @@ impl RocksStore {
     pub fn file_bytes(&self) -> u64 {
         self.sum_over_tables("rocksdb.live-sst-files-size", false)
     }
+
+    /// The names of the state tables created so far (timer queues not included).
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Calls `f(table, key, value)` with every entry of key groups `groups` in the database (a

@@ -45,6 +45,8 @@ pub(crate) struct NodeView {
     pub(crate) watermark_lag_ms: Option<i64>,
     pub(crate) state_entries: Option<i64>,
     pub(crate) state_bytes: Option<i64>,
+    /// The names of its state tables (RocksDB state only).
+    pub(crate) state_tables: Vec<String>,
     /// How full the queues of the nodes it sends to are, 0 to 1 (the highest of them): a
     /// node whose consumers' queues are full is held back by them, as Flink's
     /// backpressure ratio shows.
@@ -159,6 +161,12 @@ fn node_view(node: &PlanNode, latest: &[InstanceSample], t: &Timeline, now_ms: u
             .sum::<f64>()
     };
     let watermark = instances.iter().filter_map(|i| i.sample.watermark_ms).min();
+    let mut state_tables: Vec<String> = instances
+        .iter()
+        .flat_map(|i| i.sample.state_tables.iter().cloned())
+        .collect();
+    state_tables.sort();
+    state_tables.dedup();
     NodeView {
         id: node.id,
         name: node.name.clone(),
@@ -176,6 +184,7 @@ fn node_view(node: &PlanNode, latest: &[InstanceSample], t: &Timeline, now_ms: u
         watermark_lag_ms: lag(watermark),
         state_entries: sum_some(|s| s.state_entries),
         state_bytes: sum_some(|s| s.state_bytes),
+        state_tables,
         backpressure: 0.0,
         instances,
     }
