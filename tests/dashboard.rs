@@ -143,7 +143,7 @@ fn the_dashboard_shows_a_live_job_and_its_stop_button_stops_it() {
             })
         },
     );
-    assert!(!rows.as_array().map_or(true, Vec::is_empty));
+    assert!(rows.as_array().is_some_and(|r| !r.is_empty()));
 
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG screenshot");
