@@ -1,0 +1,318 @@
+//! Keyed operators: the node that builds an operator instance per worker with its state
+//! backend, and [`KeyedRunner`], which drives one instance (records, watermarks, barriers).
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use super::build::{erase, Build, NodeImpl};
+use super::exchange::ExchangePush;
+use super::keyed_snapshot::{
+    import_keyed_state, store_name, InstanceState, KeyedCheckpoint, KeyedSnapshot, KeyedStore,
+};
+use super::push::{Flush, Push};
+use super::run::panic_message;
+use crate::checkpoint::CheckpointId;
+use crate::error::{EngineError, Result};
+use crate::job::NodeId;
+use crate::keys::{key_groups_of_worker, StableHash};
+use crate::metrics::OperatorMetrics;
+use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
+use crate::record::{Batch, Data, Keyed, Record};
+use crate::state::{
+    write_snapshot, MemoryBackend, MemorySnapshots, RocksBackend, RocksStore, StateBackend,
+    StateConfig,
+};
+use crate::time::{END_WATERMARK, MIN_WATERMARK};
+
+pub(crate) struct KeyedNode<F, KF> {
+    factory: F,
+    key: KF,
+}
+
+impl<F, KF> KeyedNode<F, KF> {
+    pub(crate) fn new(factory: F, key: KF) -> Self {
+        KeyedNode { factory, key }
+    }
+}
+
+/// One keyed operator instance with its input type erased from its backend.
+pub(super) type KeyedInput<F> =
+    Box<dyn Push<Keyed<<F as OperatorFactory>::Key, <F as OperatorFactory>::In>>>;
+
+impl<F, KF> KeyedNode<F, KF>
+where
+    F: OperatorFactory,
+    F::Key: StableHash,
+{
+    /// Creates instance `instance` over the job's state backend, wired to its downstream.
+    fn runner(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<KeyedInput<F>> {
+        let name = b.name(me);
+        let invalid = |reason: String| EngineError::InvalidJob {
+            job: b.metrics.job().to_string(),
+            reason,
+        };
+        match (&b.options.state, b.rocksdb.clone()) {
+            (StateConfig::RocksDb { cache_entries, .. }, Some((root, cache))) => {
+                let dir = root.join(store_name(&name, instance));
+                let store =
+                    RocksStore::open_fresh(&dir, &cache).map_err(|e| invalid(e.to_string()))?;
+                b.metrics.observe_store(&name, instance, store.clone());
+                let backend = RocksBackend::new(store.clone(), &name, *cache_entries);
+                let state = Some(InstanceState::Rocks(store));
+                Ok(Box::new(self.runner_over(b, me, instance, backend, state)?))
+            }
+            _ if b.checkpointing.is_some() => {
+                let snapshots = Arc::new(MemorySnapshots::default());
+                let backend = MemoryBackend::checkpointed(snapshots.clone(), &name);
+                let state = Some(InstanceState::Memory(snapshots));
+                Ok(Box::new(self.runner_over(b, me, instance, backend, state)?))
+            }
+            _ => Ok(Box::new(self.runner_over(
+                b,
+                me,
+                instance,
+                MemoryBackend::new(),
+                None,
+            )?)),
+        }
+    }
+
+    /// The instance over `state`; `checkpointed` is how its state is snapshotted, if the
+    /// job takes checkpoints.
+    fn runner_over<S: StateBackend>(
+        &self,
+        b: &mut Build<'_>,
+        me: NodeId,
+        instance: usize,
+        state: S,
+        checkpointed: Option<InstanceState>,
+    ) -> Result<KeyedRunner<F::Operator<S>>> {
+        let name = b.name(me);
+        let store = checkpointed.map(|state| KeyedStore {
+            state,
+            name: store_name(&name, instance),
+        });
+        let parallelism = b.options.parallelism;
+        let metrics = b.metrics.operator(&name, instance);
+        let key_groups = key_groups_of_worker(instance, parallelism);
+        let ctx = OperatorContext {
+            name: name.clone(),
+            instance,
+            parallelism,
+            key_groups: key_groups.clone(),
+            metrics: metrics.clone(),
+        };
+        let op_err = |source| EngineError::Operator {
+            name: name.clone(),
+            source,
+        };
+        // Restored state goes into the database before the operator opens its tables.
+        let restored = match (&b.checkpointing, &store) {
+            (Some(c), Some(store)) => {
+                import_keyed_state(c, &b.uid(me), &key_groups, &store.state).map_err(op_err)?
+            }
+            _ => None,
+        };
+        let mut operator = self.factory.create(&ctx, state).map_err(op_err)?;
+        if let Some(snapshots) = restored {
+            operator.restore(&snapshots).map_err(op_err)?;
+        }
+        let participant = b.participant(format!("{}#{instance}", b.uid(me)));
+        let down = b.downstream::<F::Out>(me, instance)?;
+        Ok(KeyedRunner {
+            name,
+            operator,
+            out: Output::connected(down, b.options.batch_size),
+            metrics,
+            checkpoint: participant.map(|participant| KeyedCheckpoint {
+                participant,
+                key_groups,
+                store,
+            }),
+        })
+    }
+}
+
+impl<F, KF> NodeImpl for KeyedNode<F, KF>
+where
+    F: OperatorFactory,
+    F::Key: StableHash,
+    KF: Fn(&F::In) -> F::Key + Clone + Send + 'static,
+{
+    fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
+        if b.chained(me) {
+            let runner = self.runner(b, me, 0)?;
+            return Ok(erase(Box::new(KeyedChained {
+                key: self.key.clone(),
+                runner,
+                _types: PhantomData,
+            })));
+        }
+        let workers = b.options.parallelism;
+        let producer = b.next_producer(me);
+        let senders = b
+            .channels::<Keyed<F::Key, F::In>>(me, workers)
+            .senders
+            .clone();
+        Ok(erase::<F::In>(Box::new(ExchangePush {
+            name: b.name(me),
+            key: self.key.clone(),
+            producer,
+            senders,
+            buffers: (0..workers).map(|_| Vec::new()).collect(),
+            sent_watermark: vec![MIN_WATERMARK; workers],
+        })))
+    }
+
+    fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
+        if b.chained(me) {
+            return Ok(());
+        }
+        let workers = b.options.parallelism;
+        for instance in 0..workers {
+            let runner = self.runner(b, me, instance)?;
+            b.spawn_receiver::<Keyed<F::Key, F::In>>(me, instance, workers, runner)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one keyed operator instance and forwards its output.
+pub(super) struct KeyedRunner<O: KeyedOperator> {
+    name: String,
+    operator: O,
+    /// Connected to the downstream: results go on in chunks as they are emitted.
+    out: Output<O::Out>,
+    metrics: OperatorMetrics,
+    checkpoint: Option<KeyedCheckpoint>,
+}
+
+impl<O: KeyedOperator> KeyedRunner<O> {
+    /// Flushes the operator's state and checkpoints its database into checkpoint `id`.
+    fn snapshot(&mut self, id: CheckpointId) -> std::result::Result<serde_json::Value, String> {
+        let Some(c) = &self.checkpoint else {
+            return Err("internal: not a checkpoint participant".into());
+        };
+        let Some(store) = &c.store else {
+            return Err("internal: a checkpoint participant without state".into());
+        };
+        let dir = c.participant.checkpointing().dir(id).join(&store.name);
+        let operator = match &store.state {
+            InstanceState::Rocks(db) => {
+                let operator = self.operator.snapshot().map_err(|e| e.to_string())?;
+                db.checkpoint_to(&dir).map_err(|e| e.to_string())?;
+                operator
+            }
+            InstanceState::Memory(tables) => {
+                // The operator's flushes hand the tables over while the snapshot is open.
+                tables.begin();
+                let operator = self.operator.snapshot();
+                let taken = tables.take();
+                let operator = operator.map_err(|e| e.to_string())?;
+                write_snapshot(&dir, taken).map_err(|e| e.to_string())?;
+                operator
+            }
+        };
+        serde_json::to_value(KeyedSnapshot {
+            key_groups: (c.key_groups.start, c.key_groups.end),
+            store: store.name.clone(),
+            operator,
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
+    fn push(&mut self, batch: Batch<Keyed<O::Key, O::In>>) -> Result<()> {
+        let op_err = |source| EngineError::Operator {
+            name: self.name.clone(),
+            source,
+        };
+        self.metrics.events_in.inc_by(batch.records.len() as u64);
+        // Results are due because of this batch (its records or its watermark): they are
+        // timed from its ingestion.
+        self.out.set_ingested(batch.ingested);
+        // User code runs in here (aggregates, process functions): a panic is caught so that
+        // it fails the job like an error does.
+        let (operator, out) = (&mut self.operator, &mut self.out);
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            operator.process(batch.records, out).map_err(op_err)?;
+            operator.on_watermark(batch.watermark, out).map_err(op_err)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(EngineError::Panicked {
+                name: self.name.clone(),
+                message: panic_message(payload.as_ref()),
+            })
+        });
+        if let Err(e) = ran {
+            // What the operator emitted before it failed (windows that fired) still reaches
+            // the sinks, which flush it before the job ends with the error.
+            self.out.forward()?;
+            self.out.downstream().flush(Flush::All)?;
+            return Err(e);
+        }
+        self.out.advance_watermark(batch.watermark);
+        if batch.watermark != END_WATERMARK {
+            self.metrics.watermark.set(batch.watermark);
+        }
+        self.metrics
+            .state_entries
+            .set(self.operator.state_entries() as i64);
+        let forwarded = self.out.forward()?;
+        self.metrics.events_out.inc_by(forwarded as u64);
+        Ok(())
+    }
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        // A failed snapshot fails only this checkpoint: the state is still intact in memory
+        // and the next checkpoint tries again.
+        let snapshot = self.snapshot(id);
+        if let Some(c) = &self.checkpoint {
+            c.participant.ack(id, snapshot);
+        }
+        self.out.downstream().barrier(id)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.out.downstream().finish()
+    }
+    fn flush(&mut self, what: Flush) -> Result<()> {
+        self.out.downstream().flush(what)
+    }
+}
+
+/// A keyed operator chained into its input's thread (P = 1): keys are computed in place.
+pub(super) struct KeyedChained<KF, K, T> {
+    key: KF,
+    runner: Box<dyn Push<Keyed<K, T>>>,
+    _types: PhantomData<fn() -> (K, T)>,
+}
+
+impl<KF, K, T> Push<T> for KeyedChained<KF, K, T>
+where
+    K: Data + StableHash,
+    T: Data,
+    KF: Fn(&T) -> K + Send,
+{
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        let records = batch
+            .records
+            .into_iter()
+            .map(|r| {
+                let key = (self.key)(&r.value);
+                Record {
+                    ts: r.ts,
+                    watermark: r.watermark,
+                    value: Keyed {
+                        key,
+                        value: r.value,
+                    },
+                }
+            })
+            .collect();
+        self.runner
+            .push(Batch::new(records, batch.watermark).ingested_at(batch.ingested))
+    }
+    pass_on_control!(runner);
+}

@@ -1,0 +1,105 @@
+//! The state of keyed operator instances in checkpoints: where an instance's database
+//! lives, what it snapshots, and how a restore imports key groups (so parallelism may change).
+
+use std::sync::Arc;
+
+use crate::checkpoint::coordinator::{Checkpointing, Participant};
+use crate::keys::KeyGroup;
+use crate::state::{read_key_groups, MemorySnapshots, RocksStore};
+
+/// The database directory of a keyed instance: its node name made file-safe, and instance.
+pub(super) fn store_name(node: &str, instance: usize) -> String {
+    let safe: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}-{instance}")
+}
+
+/// What a keyed instance leaves in a checkpoint.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct KeyedSnapshot {
+    /// The key groups its database holds, `[start, end)`.
+    pub(super) key_groups: (KeyGroup, KeyGroup),
+    /// Its state: a RocksDB database (a RocksDB checkpoint, or a memory backend's full
+    /// copy in the same layout), relative to the checkpoint directory.
+    pub(super) store: String,
+    /// What the operator returned from `snapshot`.
+    pub(super) operator: serde_json::Value,
+}
+
+/// Imports the key groups `groups` of the operator with uid `uid` from the checkpoint
+/// being restored (from every old instance that held some of them); returns those
+/// instances' operator snapshots, or `None` on a fresh start.
+pub(super) fn import_keyed_state(
+    checkpointing: &Checkpointing,
+    uid: &str,
+    groups: &std::ops::Range<KeyGroup>,
+    state: &InstanceState,
+) -> std::result::Result<Option<Vec<serde_json::Value>>, crate::BoxError> {
+    let Some(manifest) = checkpointing.restored() else {
+        return Ok(None);
+    };
+    let prefix = format!("{uid}#");
+    let mut snapshots = Vec::new();
+    for (key, value) in manifest.participants.range(prefix.clone()..) {
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let old: KeyedSnapshot = serde_json::from_value(value.clone()).map_err(|e| {
+            format!(
+                "checkpoint {}: the entry of {key} cannot be read: {e}",
+                manifest.id
+            )
+        })?;
+        let overlap = old.key_groups.0.max(groups.start)..old.key_groups.1.min(groups.end);
+        if overlap.is_empty() {
+            continue;
+        }
+        let dir = checkpointing
+            .restored_dir()
+            .ok_or("internal: a restored checkpoint without a directory")?;
+        let from = dir.join(&old.store);
+        match state {
+            InstanceState::Rocks(store) => {
+                store.import_key_groups(&from, overlap)?;
+            }
+            InstanceState::Memory(tables) => {
+                read_key_groups(&from, overlap, |table, key, value| {
+                    tables.restore_entry(table, key, value);
+                    Ok(())
+                })?;
+            }
+        }
+        snapshots.push(old.operator);
+    }
+    Ok(Some(snapshots))
+}
+
+/// The checkpointed state of one keyed instance.
+pub(super) struct KeyedStore {
+    pub(super) state: InstanceState,
+    /// Its directory name, also used inside checkpoints.
+    pub(super) name: String,
+}
+
+/// Where a keyed instance's state lives, which decides how it is snapshotted and restored.
+pub(super) enum InstanceState {
+    /// A RocksDB database: snapshotted as a RocksDB checkpoint (hard links).
+    Rocks(Arc<RocksStore>),
+    /// Memory tables: snapshotted as a full copy, written as a RocksDB database.
+    Memory(Arc<MemorySnapshots>),
+}
+
+/// How a keyed instance takes part in checkpoints.
+pub(super) struct KeyedCheckpoint {
+    pub(super) participant: Participant,
+    pub(super) key_groups: std::ops::Range<KeyGroup>,
+    pub(super) store: Option<KeyedStore>,
+}

@@ -1,0 +1,445 @@
+//! Sources: a source node's instances, the loop that polls one ([`SourceLoop`]), barrier
+//! injection between polls, and the lockstep of a parallel source's instances.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Select;
+use prometheus::IntCounter;
+
+use super::build::{Build, NodeImpl, Task};
+use super::push::{Flush, Push};
+use super::worker::{Backlog, Part, Step};
+use crate::checkpoint::coordinator::Participant;
+use crate::checkpoint::CheckpointId;
+use crate::error::{EngineError, Result};
+use crate::job::NodeId;
+use crate::record::{Batch, Record};
+use crate::source::{Source, SourceStatus};
+use crate::time::{END_WATERMARK, MIN_WATERMARK};
+
+pub(crate) struct SourceNode<S> {
+    instances: RefCell<SourceInstances<S>>,
+}
+
+/// Where a source node's instances come from.
+pub(super) enum SourceInstances<S> {
+    /// The one instance, whatever the parallelism; taken by the first run.
+    One(Option<S>),
+    /// `make(instance, instances)`: one per worker, built for each run.
+    Split(Box<dyn Fn(usize, usize) -> S>),
+}
+
+impl<S> SourceNode<S> {
+    pub(crate) fn new(source: S) -> Self {
+        SourceNode {
+            instances: RefCell::new(SourceInstances::One(Some(source))),
+        }
+    }
+
+    pub(crate) fn split(make: impl Fn(usize, usize) -> S + 'static) -> Self {
+        SourceNode {
+            instances: RefCell::new(SourceInstances::Split(Box::new(make))),
+        }
+    }
+}
+
+impl<S: Source> NodeImpl for SourceNode<S> {
+    fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
+        Err(EngineError::InvalidJob {
+            job: b.metrics.job().to_string(),
+            reason: format!("internal: source `{}` cannot have an input", b.name(me)),
+        })
+    }
+
+    fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
+        let name = b.name(me);
+        let count = b.graph.parallelism(me, b.options.parallelism);
+        let sources = match &mut *self.instances.borrow_mut() {
+            SourceInstances::One(source) => {
+                vec![source.take().ok_or_else(|| EngineError::InvalidJob {
+                    job: b.metrics.job().to_string(),
+                    reason: format!(
+                        "source `{name}` was already used by an earlier run: build the job again"
+                    ),
+                })?]
+            }
+            SourceInstances::Split(make) => {
+                check_restored_instances(b, &name, &b.uid(me), count)?;
+                (0..count).map(|i| make(i, count)).collect()
+            }
+        };
+        let lockstep = Lockstep::new(count, b.options.channel_capacity.max(1) as u64);
+        for (instance, source) in sources.into_iter().enumerate() {
+            let in_step =
+                (count > 1 && !source.aligns_instances()).then(|| lockstep.instance(instance));
+            start_source_instance(b, me, instance, count, source, in_step)?;
+        }
+        Ok(())
+    }
+}
+
+/// A split source's positions belong to its instances' shares of the input, so a restore
+/// needs as many instances as the checkpoint had.
+pub(super) fn check_restored_instances(
+    b: &Build<'_>,
+    name: &str,
+    uid: &str,
+    count: usize,
+) -> Result<()> {
+    let Some(manifest) = b.checkpointing.as_ref().and_then(|c| c.restored()) else {
+        return Ok(());
+    };
+    let prefix = format!("{uid}#");
+    let checkpointed = manifest
+        .participants
+        .keys()
+        .filter(|k| k.starts_with(&prefix))
+        .count();
+    if checkpointed == count {
+        return Ok(());
+    }
+    Err(EngineError::InvalidJob {
+        job: b.metrics.job().to_string(),
+        reason: format!(
+            "source `{name}` reads its input split over the workers and checkpoint {} has \
+             {checkpointed} of its instances, not {count}: resume with --parallelism \
+             {checkpointed}, or start over with --replay-from beginning",
+            manifest.id
+        ),
+    })
+}
+
+/// Spawns the task that polls instance `instance` (of `count`) of source node `me`.
+pub(super) fn start_source_instance<S: Source>(
+    b: &mut Build<'_>,
+    me: NodeId,
+    instance: usize,
+    count: usize,
+    mut source: S,
+    lockstep: Option<Lockstep>,
+) -> Result<()> {
+    let name = b.name(me);
+    let source_err = |source| EngineError::Source {
+        name: name.clone(),
+        source,
+    };
+    let participant = b
+        .checkpointing
+        .as_ref()
+        .map(|c| c.register_source(format!("{}#{instance}", b.uid(me))));
+    if let Some(p) = &participant {
+        if source.position().map_err(source_err)?.is_none() {
+            return Err(EngineError::InvalidJob {
+                job: b.metrics.job().to_string(),
+                reason: format!(
+                    "source `{name}` ({}) cannot be replayed, so the job cannot checkpoint: \
+                         run it without --checkpoint-interval",
+                    source.describe()
+                ),
+            });
+        }
+        if let Some(position) = p.restored() {
+            source.seek(position).map_err(source_err)?;
+        }
+    }
+    let down = b.downstream::<S::Item>(me, instance)?;
+    let metrics = b.metrics.stateless_operator(&name, instance);
+    b.progress.sources.push(metrics.events_out.clone());
+    let last_barrier = participant
+        .as_ref()
+        .map_or(0, |p| p.checkpointing().restored_id());
+    let source_loop = SourceLoop {
+        name: name.clone(),
+        source,
+        down,
+        events_out: metrics.events_out,
+        batch_size: b.options.batch_size.max(1),
+        items: Vec::with_capacity(b.options.batch_size.max(1)),
+        participant,
+        last_barrier,
+        pending_positions: VecDeque::new(),
+        final_barrier: None,
+        exhausted: false,
+        cancelled: b.cancelled.clone(),
+        stopping: b.stopping.clone(),
+        backlog: b.backlog.backlog(),
+        lockstep,
+        pending_until: None,
+    };
+    if b.colocated_source(me) {
+        b.workers[instance].push(Box::new(source_loop));
+        return Ok(());
+    }
+    b.tasks.push(Task {
+        name: if count > 1 {
+            format!("{name}#{instance}")
+        } else {
+            name
+        },
+        run: Box::new(move || source_loop.run()),
+    });
+    Ok(())
+}
+
+/// Polls one source instance into its chain and puts checkpoint barriers between polls.
+pub(super) struct SourceLoop<S: Source> {
+    name: String,
+    source: S,
+    down: Box<dyn Push<S::Item>>,
+    events_out: IntCounter,
+    batch_size: usize,
+    items: Vec<S::Item>,
+    participant: Option<Participant>,
+    last_barrier: CheckpointId,
+    /// Positions acked for checkpoints not known complete yet, oldest first.
+    pending_positions: VecDeque<(CheckpointId, serde_json::Value)>,
+    /// The final checkpoint's barrier went out: the loop ends once it completed (or failed).
+    final_barrier: Option<CheckpointId>,
+    /// The source read all its input, or stopped reading because the job is stopping.
+    exhausted: bool,
+    cancelled: Arc<AtomicBool>,
+    /// Set when the job is asked to stop ([`JobControl::stop`]).
+    stopping: Arc<AtomicBool>,
+    backlog: Backlog,
+    /// For an instance of a parallel source: its place among its siblings.
+    lockstep: Option<Lockstep>,
+    /// The source said nothing is due before this ([`SourceStatus::Pending`]).
+    pending_until: Option<Instant>,
+}
+
+impl<S: Source> SourceLoop<S> {
+    fn source_err(&self, source: crate::BoxError) -> EngineError {
+        EngineError::Source {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// The source reads no more: at the end of its input (`reached_end`) the end watermark
+    /// fires every window; when the job stops, windows stay open (in the final checkpoint,
+    /// for the next run). With checkpoints the loop goes on until the final checkpoint.
+    fn end_input(&mut self, reached_end: bool) -> Result<Step> {
+        if reached_end {
+            self.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
+        }
+        self.exhausted = true;
+        self.pending_until = None;
+        if let Some(lockstep) = &self.lockstep {
+            // Siblings no longer wait for this instance.
+            lockstep.polled(true);
+        }
+        match &self.participant {
+            Some(p) => {
+                p.checkpointing().source_exhausted();
+                Ok(Step::Worked)
+            }
+            None => {
+                self.down.finish()?;
+                Ok(Step::Done)
+            }
+        }
+    }
+
+    /// Runs in a thread of its own until the source ended and its final checkpoint is done.
+    fn run(mut self) -> Result<()> {
+        loop {
+            match self.step()? {
+                Step::Worked => {}
+                Step::Idle => {
+                    self.down.flush(Flush::All)?;
+                    std::thread::sleep(self.wake_after().unwrap_or_default());
+                }
+                Step::HeldBack => {
+                    self.down.flush(Flush::Due)?;
+                    std::thread::sleep(self.wake_after().unwrap_or_default());
+                }
+                Step::Done => return Ok(()),
+            }
+        }
+    }
+}
+
+impl<S: Source> Part for SourceLoop<S> {
+    fn step(&mut self) -> Result<Step> {
+        // A source that is idle sends nothing, so it would never notice that another task
+        // failed: it asks.
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(EngineError::DownstreamGone {
+                name: self.name.clone(),
+            });
+        }
+        if let Some(p) = &self.participant {
+            if let Some(id) = self.final_barrier {
+                // The final checkpoint's position is told too, if it completes.
+                match p.checkpointing().completion(id, &self.cancelled) {
+                    None => return Ok(Step::Idle),
+                    Some(Ok(())) => {
+                        notify_completed(&mut self.source, &mut self.pending_positions, id)
+                            .map_err(|e| self.source_err(e))?
+                    }
+                    Some(Err(_)) => {}
+                }
+                self.down.finish()?;
+                return Ok(Step::Done);
+            }
+            notify_completed(
+                &mut self.source,
+                &mut self.pending_positions,
+                p.checkpointing().completed(),
+            )
+            .map_err(|e| self.source_err(e))?;
+            let id = p.checkpointing().requested();
+            if id > self.last_barrier {
+                self.last_barrier = id;
+                let position = match self.source.position() {
+                    Ok(Some(position)) => {
+                        self.pending_positions.push_back((id, position.clone()));
+                        Ok(position)
+                    }
+                    Ok(None) => Err("the source cannot be replayed".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                p.ack(id, position);
+                self.down.barrier(id)?;
+                if p.checkpointing().is_final(id) {
+                    self.final_barrier = Some(id);
+                }
+                return Ok(Step::Worked);
+            }
+        }
+        if self.exhausted {
+            return Ok(Step::Idle);
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return self.end_input(false);
+        }
+        if self
+            .pending_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Ok(Step::Idle);
+        }
+        self.pending_until = None;
+        if self.backlog.is_full() || self.lockstep.as_ref().is_some_and(Lockstep::ahead) {
+            return Ok(Step::HeldBack);
+        }
+        let status = self
+            .source
+            .poll_batch(&mut self.items, self.batch_size)
+            .map_err(|e| self.source_err(e))?;
+        if self.items.is_empty() {
+            // The source may wait in its next poll: what is held for a sink goes now.
+            self.down.flush(Flush::All)?;
+        } else {
+            self.events_out.inc_by(self.items.len() as u64);
+            let records = self
+                .items
+                .drain(..)
+                .map(|value| Record {
+                    ts: MIN_WATERMARK,
+                    watermark: MIN_WATERMARK,
+                    value,
+                })
+                .collect();
+            self.down.push(Batch {
+                records,
+                watermark: MIN_WATERMARK,
+                split: self.source.split_of_batch(),
+                ingested: Some(Instant::now()),
+            })?;
+        }
+        match status {
+            SourceStatus::Exhausted => return self.end_input(true),
+            SourceStatus::Pending(wait) => self.pending_until = Some(Instant::now() + wait),
+            SourceStatus::More | SourceStatus::Idle => {}
+        }
+        if let Some(lockstep) = &self.lockstep {
+            lockstep.polled(false);
+        }
+        Ok(Step::Worked)
+    }
+
+    fn watch<'a>(&'a self, _select: &mut Select<'a>) {}
+
+    fn wake_after(&self) -> Option<Duration> {
+        Some(match self.pending_until {
+            Some(until) => until.saturating_duration_since(Instant::now()),
+            // Only the final checkpoint is left to take part in: no hurry.
+            None if self.exhausted => Duration::from_millis(2),
+            // Held back by the workers' backlog or a slower sibling.
+            None => Duration::from_micros(100),
+        })
+    }
+
+    fn flush(&mut self, what: Flush) -> Result<()> {
+        self.down.flush(what)
+    }
+}
+
+/// Keeps the instances of a parallel source in step: one that polled more than `lead`
+/// batches past the slowest waits. Their shares interleave in event time, and a keyed
+/// operator's watermark is the minimum over them, so an instance running ahead only makes
+/// state pile up downstream until the others catch up (Flink's watermark alignment, counted
+/// in batches because the instances split one stream by position).
+#[derive(Clone)]
+pub(super) struct Lockstep {
+    /// Batches polled per instance; `u64::MAX` once an instance is exhausted.
+    polled: Arc<[AtomicU64]>,
+    instance: usize,
+    lead: u64,
+}
+
+impl Lockstep {
+    fn new(instances: usize, lead: u64) -> Self {
+        Lockstep {
+            polled: (0..instances).map(|_| AtomicU64::new(0)).collect(),
+            instance: 0,
+            lead,
+        }
+    }
+
+    fn instance(&self, instance: usize) -> Self {
+        Lockstep {
+            instance,
+            ..self.clone()
+        }
+    }
+
+    fn ahead(&self) -> bool {
+        let mine = self.polled[self.instance].load(Ordering::Relaxed);
+        let slowest = self.polled.iter().map(|p| p.load(Ordering::Relaxed)).min();
+        slowest.is_some_and(|slowest| mine > slowest.saturating_add(self.lead))
+    }
+
+    fn polled(&self, exhausted: bool) {
+        let polled = &self.polled[self.instance];
+        match exhausted {
+            true => polled.store(u64::MAX, Ordering::Relaxed),
+            false => {
+                polled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Tells `source` the newest of its positions whose checkpoint (at most `completed`) is
+/// complete, and forgets those.
+pub(super) fn notify_completed<S: Source>(
+    source: &mut S,
+    pending: &mut VecDeque<(CheckpointId, serde_json::Value)>,
+    completed: CheckpointId,
+) -> std::result::Result<(), crate::BoxError> {
+    let mut newest = None;
+    while pending.front().is_some_and(|(id, _)| *id <= completed) {
+        newest = pending.pop_front();
+    }
+    match newest {
+        Some((_, position)) => source.checkpoint_completed(&position),
+        None => Ok(()),
+    }
+}
