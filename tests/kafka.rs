@@ -432,7 +432,7 @@ fn kafka_metrics_are_scraped_over_http() {
         400_001.0,
         "{done}\n{body}"
     );
-    assert!(common::sample_sum(&body, "weir_kafka_bytes_in_total", &[topic]) > 400_000.0);
+    assert!(common::sample_sum(&body, "weir_kafka_read_bytes_total", &[topic]) > 400_000.0);
     // The source assigns itself every partition: the group never rebalances it.
     assert_eq!(
         common::sample_sum(&body, "weir_kafka_rebalances_total", &[]),

@@ -2366,11 +2366,12 @@ impl<T: Data> SinkNode<T> {
                     source,
                 })?;
         }
+        let latency = self.results.then(|| b.metrics.latency(&name));
         Ok(SinkPush {
             name,
             sink,
             metrics,
-            latency: self.results.then(|| b.metrics.latency()),
+            latency,
             transactions: participant.map(|participant| SinkTransactions {
                 committed: participant.checkpointing().restored_id(),
                 last_barrier: 0,
@@ -2742,7 +2743,7 @@ pub(crate) fn run(
         results_written: progress.sinks.iter().map(|c| c.get()).sum(),
         elapsed: started.elapsed(),
         watermark,
-        latency: metrics.latency().summary(),
+        latency: metrics.latency_summary(),
         stopped,
     })
 }
