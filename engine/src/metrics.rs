@@ -8,8 +8,10 @@
 //! - Names start with `weir_` (`process_*` for the process); values are in base units
 //!   (seconds, bytes); counters end in `_total`; each family has help text.
 //! - Every series carries the label `job` (added when the metrics are gathered, so no
-//!   handle can miss it), and `operator` and `instance` where they apply. Scrape with
-//!   `honor_labels: true`, or Prometheus renames it `exported_job`.
+//!   handle can miss it), and `operator` and `subtask` (the worker index) where they
+//!   apply. Scrape with `honor_labels: true`, or Prometheus renames `job` to
+//!   `exported_job`. The worker index is not called `instance`: that is the label
+//!   Prometheus gives each scraped target, and with `honor_labels` it would be overwritten.
 //! - Handles keep their cheap integer form on the hot path; conversions to the exported
 //!   unit (the watermark's epoch milliseconds to seconds) happen at scrape time.
 //!
@@ -49,6 +51,7 @@
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_threads`, `process_start_time_seconds` | | the process, read from `/proc` at each scrape (Linux; the `prometheus` crate's collector, which counts CPU in whole seconds) |
 
 mod exposition;
+mod groups;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -62,6 +65,8 @@ use crate::checkpoint::JobControl;
 use crate::error::EngineError;
 use crate::latency::{LatencyCollector, LatencyHistogram, LatencySummary, SinkLatencies};
 use crate::state::RocksStore;
+use groups::{counter_vec, first_use, gauge, gauge_vec, int_gauge, register, valid};
+pub use groups::{CheckpointMetrics, KafkaMetrics, TcpServerMetrics};
 
 /// Counter handle type, re-exported so operators need no direct prometheus dependency.
 pub use prometheus::IntCounter as Counter;
@@ -105,125 +110,6 @@ pub struct JobMetrics {
     tcp_server: Arc<std::sync::Mutex<Option<TcpServerMetrics>>>,
 }
 
-/// Metrics of Kafka sources and sinks, registered only for jobs that use Kafka.
-#[derive(Debug, Clone)]
-pub struct KafkaMetrics {
-    records_in: IntCounterVec,
-    bytes_in: IntCounterVec,
-    records_out: IntCounterVec,
-    consumer_lag: IntGaugeVec,
-    /// Partition assignments and revocations the consumer group made.
-    pub rebalances: IntCounter,
-    /// Records the brokers did not acknowledge.
-    pub produce_errors: IntCounter,
-    /// Errors reaching the brokers; the client retries each with backoff.
-    pub broker_errors: IntCounter,
-}
-
-impl KafkaMetrics {
-    /// Records read from `topic`.
-    pub fn records_in(&self, topic: &str) -> IntCounter {
-        self.records_in.with_label_values(&[topic])
-    }
-
-    /// Payload bytes read from `topic`.
-    pub fn bytes_in(&self, topic: &str) -> IntCounter {
-        self.bytes_in.with_label_values(&[topic])
-    }
-
-    /// Records `topic` acknowledged.
-    pub fn records_out(&self, topic: &str) -> IntCounter {
-        self.records_out.with_label_values(&[topic])
-    }
-
-    /// How many records the consumer is behind the end of `topic`'s `partition`.
-    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
-        let partition = partition.to_string();
-        self.consumer_lag
-            .with_label_values(&[topic, partition.as_str()])
-            .set(lag);
-    }
-}
-
-/// Metrics of TCP server sinks, registered only for jobs that have one.
-#[derive(Debug, Clone)]
-pub struct TcpServerMetrics {
-    /// Subscribers connected now.
-    pub subscribers: IntGauge,
-    /// Subscribers disconnected because they fell behind.
-    pub dropped: IntCounter,
-}
-
-/// Metrics of checkpointing, registered only for jobs that checkpoint.
-#[derive(Debug, Clone)]
-pub struct CheckpointMetrics {
-    /// Checkpoints completed.
-    pub completed: IntCounter,
-    /// Checkpoints that failed.
-    pub failed: IntCounter,
-    /// Duration of the last completed checkpoint.
-    pub last_duration_seconds: Gauge,
-    /// Size of the last completed checkpoint.
-    pub last_size_bytes: IntGauge,
-    /// Longest alignment in the last completed checkpoint.
-    pub last_alignment_seconds: Gauge,
-    age_seconds: Gauge,
-    last_completed: Arc<std::sync::Mutex<Option<Instant>>>,
-}
-
-impl CheckpointMetrics {
-    /// A checkpoint completed just now.
-    pub fn mark_completed(&self) {
-        if let Ok(mut at) = self.last_completed.lock() {
-            *at = Some(Instant::now());
-        }
-    }
-
-    fn refresh_age(&self) {
-        if let Some(at) = self.last_completed.lock().ok().and_then(|at| *at) {
-            self.age_seconds.set(at.elapsed().as_secs_f64());
-        }
-    }
-}
-
-// Metric names and help texts are constants of this file, so a malformed or twice
-// registered one is a programming error, found by any test that makes a `JobMetrics`.
-
-/// Registers `metric` in `registry` and returns it.
-fn register<C: Collector + Clone + 'static>(registry: &Registry, name: &str, metric: C) -> C {
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
-    metric
-}
-
-/// `made`, or a panic naming the malformed metric `name`.
-fn valid<M>(name: &str, made: prometheus::Result<M>) -> M {
-    made.unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"))
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
-    register(registry, name, valid(name, Gauge::new(name, help)))
-}
-
-fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    register(registry, name, valid(name, IntGauge::new(name, help)))
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    register(registry, name, valid(name, IntCounter::new(name, help)))
-}
-
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let vec = valid(name, IntCounterVec::new(Opts::new(name, help), labels));
-    register(registry, name, vec)
-}
-
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let vec = valid(name, IntGaugeVec::new(Opts::new(name, help), labels));
-    register(registry, name, vec)
-}
-
 /// Metric handles of one operator instance.
 #[derive(Debug, Clone)]
 pub struct OperatorMetrics {
@@ -240,7 +126,7 @@ pub struct OperatorMetrics {
 }
 
 /// Labels of per-instance series (`job` is added to every series when gathering).
-const INSTANCE_LABELS: &[&str] = &["operator", "instance"];
+const INSTANCE_LABELS: &[&str] = &["operator", "subtask"];
 
 /// Name of the exported watermark family.
 const WATERMARK: &str = "weir_watermark_seconds";
@@ -474,122 +360,21 @@ impl JobMetrics {
 
     /// The checkpoint metrics, registered on first use.
     pub fn checkpoints(&self) -> CheckpointMetrics {
-        let mut slot = self
-            .checkpoints
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.get_or_insert_with(|| {
-            let r = &self.registry;
-            CheckpointMetrics {
-                completed: counter(
-                    r,
-                    "weir_checkpoints_completed_total",
-                    "Checkpoints completed",
-                ),
-                failed: counter(
-                    r,
-                    "weir_checkpoints_failed_total",
-                    "Checkpoints that failed (the job went on)",
-                ),
-                last_duration_seconds: gauge(
-                    r,
-                    "weir_checkpoint_duration_seconds",
-                    "Duration of the last completed checkpoint",
-                ),
-                last_size_bytes: int_gauge(
-                    r,
-                    "weir_checkpoint_size_bytes",
-                    "Bytes of files in the last completed checkpoint",
-                ),
-                last_alignment_seconds: gauge(
-                    r,
-                    "weir_checkpoint_alignment_seconds",
-                    "Longest barrier alignment in the last completed checkpoint",
-                ),
-                age_seconds: gauge(
-                    r,
-                    "weir_checkpoint_age_seconds",
-                    "Seconds since the last checkpoint completed",
-                ),
-                last_completed: Arc::new(std::sync::Mutex::new(None)),
-            }
+        first_use(&self.checkpoints, || {
+            CheckpointMetrics::register(&self.registry)
         })
-        .clone()
     }
 
     /// The Kafka metrics, registered on first use.
     pub fn kafka(&self) -> KafkaMetrics {
-        let mut slot = self
-            .kafka
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.get_or_insert_with(|| {
-            let r = &self.registry;
-            let by_topic = &["topic"];
-            KafkaMetrics {
-                records_in: counter_vec(
-                    r,
-                    "weir_kafka_records_in_total",
-                    "Records read from a Kafka topic",
-                    by_topic,
-                ),
-                bytes_in: counter_vec(
-                    r,
-                    "weir_kafka_read_bytes_total",
-                    "Payload bytes read from a Kafka topic",
-                    by_topic,
-                ),
-                records_out: counter_vec(
-                    r,
-                    "weir_kafka_records_out_total",
-                    "Records a Kafka topic acknowledged",
-                    by_topic,
-                ),
-                consumer_lag: gauge_vec(
-                    r,
-                    "weir_kafka_consumer_lag",
-                    "Records the consumer is behind the end of a partition",
-                    &["topic", "partition"],
-                ),
-                rebalances: counter(
-                    r,
-                    "weir_kafka_rebalances_total",
-                    "Partition assignments and revocations received from the consumer group",
-                ),
-                produce_errors: counter(
-                    r,
-                    "weir_kafka_produce_errors_total",
-                    "Records the Kafka brokers did not acknowledge",
-                ),
-                broker_errors: counter(
-                    r,
-                    "weir_kafka_broker_errors_total",
-                    "Errors reaching the Kafka brokers (retried with backoff)",
-                ),
-            }
-        })
-        .clone()
+        first_use(&self.kafka, || KafkaMetrics::register(&self.registry))
     }
 
     /// The TCP server sink metrics, registered on first use.
     pub fn tcp_server(&self) -> TcpServerMetrics {
-        let mut slot = self
-            .tcp_server
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.get_or_insert_with(|| TcpServerMetrics {
-            subscribers: int_gauge(
-                &self.registry,
-                "weir_tcp_subscribers",
-                "Subscribers connected to a TCP server sink",
-            ),
-            dropped: counter(
-                &self.registry,
-                "weir_tcp_subscribers_dropped_total",
-                "Subscribers a TCP server sink disconnected for falling behind",
-            ),
+        first_use(&self.tcp_server, || {
+            TcpServerMetrics::register(&self.registry)
         })
-        .clone()
     }
 
     /// The metrics in Prometheus text format, with those of the process.
@@ -810,7 +595,7 @@ mod tests {
         assert_eq!(text.matches("# TYPE weir_uptime_seconds gauge").count(), 1);
         assert!(
             text.contains(
-                r#"weir_events_in_total{instance="0",job="j",operator="window",task="partition-2"} 5"#
+                r#"weir_events_in_total{job="j",operator="window",subtask="0",task="partition-2"} 5"#
             ),
             "{text}"
         );
@@ -846,7 +631,7 @@ mod tests {
         let text = metrics.render();
         assert!(
             text.contains(
-                r#"weir_watermark_seconds{instance="1",job="demo",operator="window"} 1767225598.688"#
+                r#"weir_watermark_seconds{job="demo",operator="window",subtask="1"} 1767225598.688"#
             ),
             "{text}"
         );
