@@ -47,7 +47,6 @@ mod common;
 mod kafka_log;
 
 use std::fs::{self, File};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -59,6 +58,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tempfile::TempDir;
 
+use common::broker::Broker;
 use common::checkpointed::complete_checkpoint_dirs;
 use common::Summary;
 use weir_connectors::{KafkaSink, KafkaSpec};
@@ -69,81 +69,7 @@ const PARTITIONS: i32 = 4;
 /// Group settings that make the broker's group join take seconds, not tens of seconds.
 const GROUP_TIMING: &str = "session.timeout.ms=6000&heartbeat.interval.ms=1000";
 
-/// A broker process on a free loopback port; killed when dropped.
-struct Broker {
-    child: Child,
-    binary: PathBuf,
-    addr: String,
-}
-
 impl Broker {
-    fn start(dir: &Path) -> Broker {
-        let binary = std::env::var_os("WEIR_KAFKA_BROKER")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir-kafka/bin/tansu"))
-            })
-            .filter(|b| b.exists())
-            .expect("the Kafka test broker is not installed: run ./scripts/setup (or scripts/kafka-broker install)");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{addr}");
-        let child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join("broker.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the broker did not listen on {addr} within 20 s"
-            );
-            sleep(Duration::from_millis(50));
-        }
-        Broker {
-            child,
-            binary,
-            addr,
-        }
-    }
-
-    fn create_topic(&self, name: &str, partitions: i32) {
-        let out = Command::new(&self.binary)
-            .args([
-                "topic",
-                "create",
-                name,
-                "--broker",
-                &format!("tcp://{}", self.addr),
-            ])
-            .args(["--partitions", &partitions.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cannot create topic {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn uri(&self, topic: &str, query: &str) -> String {
-        format!("kafka://{}/{topic}?{query}", self.addr)
-    }
-
     /// Every committed record of `topic` (all partitions, from the start to the current end,
     /// read_committed) as (partition, key, value).
     fn read_all(&self, topic: &str) -> Vec<(i32, Option<String>, String)> {
@@ -225,13 +151,6 @@ impl Broker {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} the broker failed");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -432,7 +351,7 @@ fn kafka_metrics_are_scraped_over_http() {
         400_001.0,
         "{done}\n{body}"
     );
-    assert!(common::sample_sum(&body, "weir_kafka_bytes_in_total", &[topic]) > 400_000.0);
+    assert!(common::sample_sum(&body, "weir_kafka_read_bytes_total", &[topic]) > 400_000.0);
     // The source assigns itself every partition: the group never rebalances it.
     assert_eq!(
         common::sample_sum(&body, "weir_kafka_rebalances_total", &[]),

@@ -94,9 +94,14 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
         sample_sum(body, "weir_state_entries", &[r#"operator="window""#]),
         0.0
     );
-    // The watermark of the timestamp stage is the last one before the end of input.
-    let watermark = sample_sum(body, "weir_watermark_ms", &[r#"operator="timestamps""#]);
-    assert_eq!(watermark, (4999 * 10 - 1) as f64);
+    // The watermark of the timestamp stage is the last one before the end of input, in
+    // seconds.
+    let watermark = sample_sum(
+        body,
+        "weir_watermark_seconds",
+        &[r#"operator="timestamps""#],
+    );
+    assert_eq!(watermark, (4999 * 10 - 1) as f64 / 1000.0);
     assert!(sample_sum(body, "weir_uptime_seconds", &[]) > 0.0);
     // Sources, sinks and stateless operators export no late-event or state series.
     for family in ["weir_late_events_total", "weir_state_entries"] {

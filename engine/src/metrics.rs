@@ -3,8 +3,18 @@
 //!
 //! One [`JobMetrics`] exists per job run; operators get per-instance handles
 //! ([`OperatorMetrics`]) when they are created and update them once per batch, never per
-//! event. All metric names start with `weir_` and carry the labels `job`, `operator` and,
-//! where it applies, `instance`.
+//! event.
+//!
+//! # Conventions (checked by `promtool check metrics` in `tests/prometheus.rs`)
+//! - Names start with `weir_` (`process_*` for the process); values are in base units
+//!   (seconds, bytes); counters end in `_total`; each family has help text.
+//! - Every series carries the label `job` (added when the metrics are gathered, so no
+//!   handle can miss it), and `operator` and `subtask` (the worker index) where they
+//!   apply. Scrape with `honor_labels: true`, or Prometheus renames `job` to
+//!   `exported_job`. The worker index is not called `instance`: that is the label
+//!   Prometheus gives each scraped target, and with `honor_labels` it would be overwritten.
+//! - Handles keep their cheap integer form on the hot path; conversions to the exported
+//!   unit (the watermark's epoch milliseconds to seconds) happen at scrape time.
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
@@ -13,12 +23,12 @@
 //! | `weir_late_events_total` | counter | events dropped from windows as late |
 //! | `weir_dead_letter_records_total` | counter | input records sent to the dead-letter output |
 //! | `weir_duplicates_dropped_total` | counter | events a dedup operator dropped as repeats |
-//! | `weir_watermark_ms` | gauge | current watermark of an operator instance (epoch ms) |
+//! | `weir_watermark_seconds` | gauge | current watermark of an operator instance (seconds since the epoch, milliseconds as the fraction) |
 //! | `weir_state_entries` | gauge | state entries (e.g. open window panes) of an instance |
 //! | `weir_channel_fill` | gauge | batches queued in front of an instance (backpressure) |
 //! | `weir_channel_capacity` | gauge | capacity of that queue, in batches |
 //! | `weir_uptime_seconds` | gauge | seconds since the job started |
-//! | `weir_end_to_end_latency_seconds` | summary | processing time from a source reading events to a sink receiving the results they made due (quantiles 0.5, 0.9, 0.99, 0.999; see [`crate::latency`]) |
+//! | `weir_end_to_end_latency_seconds` | histogram | processing time from a source reading events to a sink receiving the results they made due, per result sink (label `sink`; buckets 100 µs to 60 s; see [`crate::latency`]) |
 //! | `weir_state_bytes` | gauge | bytes of an instance's state files (RocksDB SST files of its tables, before compaction merged versions; RocksDB state only) |
 //! | `weir_state_memory_bytes` | gauge | memory RocksDB holds for an instance outside the block cache: memtables (state not yet in files; flushed at the write buffer size) and SST readers |
 //! | `weir_rocksdb_block_cache_bytes` | gauge | bytes in the block cache all state databases of the run share (at most 64 MiB) |
@@ -30,8 +40,8 @@
 //! | `weir_checkpoint_size_bytes` | gauge | bytes of files in the last completed checkpoint (hard links counted in full) |
 //! | `weir_checkpoint_alignment_seconds` | gauge | longest barrier alignment of any task in the last completed checkpoint |
 //! | `weir_checkpoint_age_seconds` | gauge | seconds since the last checkpoint completed |
-//! | `weir_kafka_records_in_total` | counter | records read from a topic (labels `job`, `topic`; Kafka jobs only, as the rest) |
-//! | `weir_kafka_bytes_in_total` | counter | payload bytes read from a topic |
+//! | `weir_kafka_records_in_total` | counter | records read from a topic (label `topic`; Kafka jobs only, as the rest) |
+//! | `weir_kafka_read_bytes_total` | counter | payload bytes read from a topic |
 //! | `weir_kafka_records_out_total` | counter | records a topic acknowledged |
 //! | `weir_kafka_consumer_lag` | gauge | records behind the partition's end, counted from what the job has read (labels `topic`, `partition`; from librdkafka's statistics, once a second) |
 //! | `weir_kafka_rebalances_total` | counter | partition assignments and revocations received |
@@ -39,17 +49,21 @@
 //! | `weir_kafka_broker_errors_total` | counter | errors reaching the brokers (each is retried with backoff) |
 //! | `weir_tcp_subscribers` | gauge | subscribers connected to a TCP server sink (`--output tcp://..?mode=listen`; such jobs only, as the next) |
 //! | `weir_tcp_subscribers_dropped_total` | counter | subscribers a TCP server sink disconnected for falling behind |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_threads`, `process_start_time_seconds` | | the process, read from `/proc` at each scrape (Linux; the `prometheus` crate's collector, which counts CPU in whole seconds) |
+
+mod exposition;
+mod groups;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
-use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::latency::{LatencyCollector, LatencyHistogram};
+use crate::latency::{LatencyCollector, LatencyHistogram, LatencySummary, SinkLatencies};
 use crate::state::RocksStore;
+use groups::{counter_vec, first_use, gauge, gauge_vec, int_gauge, register, valid};
+pub use groups::{CheckpointMetrics, KafkaMetrics, TcpServerMetrics};
 
 mod instances;
 
@@ -80,7 +94,9 @@ pub struct JobMetrics {
     late_events: IntCounterVec,
     dead_letters: IntCounterVec,
     duplicates: IntCounterVec,
-    watermark: IntGaugeVec,
+    /// Epoch milliseconds, as the operators set them; not in `registry`: exported as
+    /// `weir_watermark_seconds` by [`JobMetrics::gather`].
+    watermark_ms: IntGaugeVec,
     state_entries: IntGaugeVec,
     channel_fill: IntGaugeVec,
     channel_capacity: IntGaugeVec,
@@ -93,115 +109,8 @@ pub struct JobMetrics {
     stores: Arc<std::sync::Mutex<Vec<ObservedStore>>>,
     checkpoints: Arc<std::sync::Mutex<Option<CheckpointMetrics>>>,
     kafka: Arc<std::sync::Mutex<Option<KafkaMetrics>>>,
-    latency: Arc<LatencyHistogram>,
+    latency: Arc<SinkLatencies>,
     tcp_server: Arc<std::sync::Mutex<Option<TcpServerMetrics>>>,
-}
-
-/// Metrics of Kafka sources and sinks, registered only for jobs that use Kafka.
-#[derive(Debug, Clone)]
-pub struct KafkaMetrics {
-    job: String,
-    records_in: IntCounterVec,
-    bytes_in: IntCounterVec,
-    records_out: IntCounterVec,
-    consumer_lag: IntGaugeVec,
-    /// Partition assignments and revocations the consumer group made.
-    pub rebalances: IntCounter,
-    /// Records the brokers did not acknowledge.
-    pub produce_errors: IntCounter,
-    /// Errors reaching the brokers; the client retries each with backoff.
-    pub broker_errors: IntCounter,
-}
-
-impl KafkaMetrics {
-    /// Records read from `topic`.
-    pub fn records_in(&self, topic: &str) -> IntCounter {
-        self.records_in
-            .with_label_values(&[self.job.as_str(), topic])
-    }
-
-    /// Payload bytes read from `topic`.
-    pub fn bytes_in(&self, topic: &str) -> IntCounter {
-        self.bytes_in.with_label_values(&[self.job.as_str(), topic])
-    }
-
-    /// Records `topic` acknowledged.
-    pub fn records_out(&self, topic: &str) -> IntCounter {
-        self.records_out
-            .with_label_values(&[self.job.as_str(), topic])
-    }
-
-    /// How many records the consumer is behind the end of `topic`'s `partition`.
-    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
-        let partition = partition.to_string();
-        self.consumer_lag
-            .with_label_values(&[self.job.as_str(), topic, partition.as_str()])
-            .set(lag);
-    }
-}
-
-/// Metrics of TCP server sinks, registered only for jobs that have one.
-#[derive(Debug, Clone)]
-pub struct TcpServerMetrics {
-    /// Subscribers connected now.
-    pub subscribers: IntGauge,
-    /// Subscribers disconnected because they fell behind.
-    pub dropped: IntCounter,
-}
-
-/// Metrics of checkpointing, registered only for jobs that checkpoint.
-#[derive(Debug, Clone)]
-pub struct CheckpointMetrics {
-    /// Checkpoints completed.
-    pub completed: IntCounter,
-    /// Checkpoints that failed.
-    pub failed: IntCounter,
-    /// Duration of the last completed checkpoint.
-    pub last_duration_seconds: Gauge,
-    /// Size of the last completed checkpoint.
-    pub last_size_bytes: IntGauge,
-    /// Longest alignment in the last completed checkpoint.
-    pub last_alignment_seconds: Gauge,
-    age_seconds: Gauge,
-    last_completed: Arc<std::sync::Mutex<Option<Instant>>>,
-}
-
-impl CheckpointMetrics {
-    /// A checkpoint completed just now.
-    pub fn mark_completed(&self) {
-        if let Ok(mut at) = self.last_completed.lock() {
-            *at = Some(Instant::now());
-        }
-    }
-
-    fn refresh_age(&self) {
-        if let Some(at) = self.last_completed.lock().ok().and_then(|at| *at) {
-            self.age_seconds.set(at.elapsed().as_secs_f64());
-        }
-    }
-}
-
-fn register<C: Collector + Clone + 'static>(registry: &Registry, name: &str, metric: C) -> C {
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
-    metric
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
-    let g = Gauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-    register(registry, name, g)
-}
-
-fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-    register(registry, name, g)
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c =
-        IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-    register(registry, name, c)
 }
 
 /// Metric handles of one operator instance.
@@ -213,160 +122,135 @@ pub struct OperatorMetrics {
     pub events_out: IntCounter,
     /// Late events dropped.
     pub late_events: IntCounter,
-    /// Current watermark.
+    /// Current watermark (epoch milliseconds; exported in seconds).
     pub watermark: IntGauge,
     /// State entries held.
     pub state_entries: IntGauge,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-    registry
-        .register(Box::new(vec.clone()))
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
-    vec
-}
+/// Labels of per-instance series (`job` is added to every series when gathering).
+const INSTANCE_LABELS: &[&str] = &["operator", "subtask"];
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let vec = IntGaugeVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-    registry
-        .register(Box::new(vec.clone()))
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
-    vec
-}
-
-const INSTANCE_LABELS: &[&str] = &["job", "operator", "instance"];
+/// Name of the exported watermark family.
+const WATERMARK: &str = "weir_watermark_seconds";
 
 impl JobMetrics {
     /// Fresh metrics for the job `job`.
     pub fn new(job: &str) -> Self {
         let registry = Registry::new();
-        let uptime = Gauge::new("weir_uptime_seconds", "Seconds since the job started")
-            .unwrap_or_else(|e| panic!("metric weir_uptime_seconds is malformed: {e}"));
-        registry
-            .register(Box::new(uptime.clone()))
-            .unwrap_or_else(|e| panic!("metric weir_uptime_seconds registered twice: {e}"));
-        let state_bytes = gauge_vec(
-            &registry,
-            "weir_state_bytes",
-            "Bytes of the RocksDB SST files of an operator instance's state tables",
-            INSTANCE_LABELS,
+        let r = &registry;
+        let latency = Arc::new(SinkLatencies::default());
+        let collector = valid(
+            "weir_end_to_end_latency_seconds",
+            LatencyCollector::new(latency.clone()),
         );
-        let state_memory = gauge_vec(
-            &registry,
-            "weir_state_memory_bytes",
-            "Memory RocksDB holds for an operator instance: memtables and SST readers",
-            INSTANCE_LABELS,
-        );
-        let block_cache_bytes = IntGauge::new(
-            "weir_rocksdb_block_cache_bytes",
-            "Bytes in the RocksDB block cache the state databases of the run share",
-        )
-        .unwrap_or_else(|e| panic!("metric weir_rocksdb_block_cache_bytes is malformed: {e}"));
-        registry
-            .register(Box::new(block_cache_bytes.clone()))
-            .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
-        let compaction_pending = IntGauge::new(
-            "weir_rocksdb_compaction_pending_bytes",
-            "RocksDB estimate of bytes waiting for compaction",
-        )
-        .unwrap_or_else(|e| {
-            panic!("metric weir_rocksdb_compaction_pending_bytes is malformed: {e}")
-        });
-        registry
-            .register(Box::new(compaction_pending.clone()))
-            .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
-        let block_cache_hit_ratio = Gauge::new(
-            "weir_rocksdb_block_cache_hit_ratio",
-            "Share of RocksDB block cache lookups that hit, since the job started",
-        )
-        .unwrap_or_else(|e| panic!("metric weir_rocksdb_block_cache_hit_ratio is malformed: {e}"));
-        registry
-            .register(Box::new(block_cache_hit_ratio.clone()))
-            .unwrap_or_else(|e| panic!("state metric registered twice: {e}"));
-        let latency = Arc::new(LatencyHistogram::default());
-        let collector = LatencyCollector::new(latency.clone(), job)
-            .unwrap_or_else(|e| panic!("metric weir_end_to_end_latency_seconds is malformed: {e}"));
-        registry
-            .register(Box::new(collector))
-            .unwrap_or_else(|e| panic!("latency metric registered twice: {e}"));
+        register(r, "weir_end_to_end_latency_seconds", collector);
         JobMetrics {
             latency,
             job: job.to_string(),
-            state_bytes,
-            state_memory,
-            block_cache_bytes,
-            compaction_pending,
-            block_cache_hit_ratio,
+            uptime: gauge(r, "weir_uptime_seconds", "Seconds since the job started"),
+            state_bytes: gauge_vec(
+                r,
+                "weir_state_bytes",
+                "Bytes of the RocksDB SST files of an operator instance's state tables",
+                INSTANCE_LABELS,
+            ),
+            state_memory: gauge_vec(
+                r,
+                "weir_state_memory_bytes",
+                "Memory RocksDB holds for an operator instance: memtables and SST readers",
+                INSTANCE_LABELS,
+            ),
+            block_cache_bytes: int_gauge(
+                r,
+                "weir_rocksdb_block_cache_bytes",
+                "Bytes in the RocksDB block cache the state databases of the run share",
+            ),
+            compaction_pending: int_gauge(
+                r,
+                "weir_rocksdb_compaction_pending_bytes",
+                "RocksDB estimate of bytes waiting for compaction",
+            ),
+            block_cache_hit_ratio: gauge(
+                r,
+                "weir_rocksdb_block_cache_hit_ratio",
+                "Share of RocksDB block cache lookups that hit, since the job started",
+            ),
             stores: Arc::new(std::sync::Mutex::new(Vec::new())),
             checkpoints: Arc::new(std::sync::Mutex::new(None)),
             kafka: Arc::new(std::sync::Mutex::new(None)),
             tcp_server: Arc::new(std::sync::Mutex::new(None)),
             started: Instant::now(),
             events_in: counter_vec(
-                &registry,
+                r,
                 "weir_events_in_total",
                 "Records an operator received",
                 INSTANCE_LABELS,
             ),
             events_out: counter_vec(
-                &registry,
+                r,
                 "weir_events_out_total",
                 "Records an operator emitted",
                 INSTANCE_LABELS,
             ),
             late_events: counter_vec(
-                &registry,
+                r,
                 "weir_late_events_total",
                 "Events dropped from windows as late",
                 INSTANCE_LABELS,
             ),
             dead_letters: counter_vec(
-                &registry,
+                r,
                 "weir_dead_letter_records_total",
                 "Input records sent to the dead-letter output",
-                &["job", "operator"],
+                &["operator"],
             ),
             duplicates: counter_vec(
-                &registry,
+                r,
                 "weir_duplicates_dropped_total",
                 "Events a dedup operator dropped as repeats",
                 INSTANCE_LABELS,
             ),
-            watermark: gauge_vec(
-                &registry,
-                "weir_watermark_ms",
-                "Current watermark (epoch ms)",
-                INSTANCE_LABELS,
+            watermark_ms: valid(
+                WATERMARK,
+                IntGaugeVec::new(
+                    Opts::new(
+                        WATERMARK,
+                        "Current watermark of an operator instance (seconds since the epoch)",
+                    ),
+                    INSTANCE_LABELS,
+                ),
             ),
             state_entries: gauge_vec(
-                &registry,
+                r,
                 "weir_state_entries",
                 "State entries held by an operator instance",
                 INSTANCE_LABELS,
             ),
             channel_fill: gauge_vec(
-                &registry,
+                r,
                 "weir_channel_fill",
                 "Batches queued in front of an operator instance",
                 INSTANCE_LABELS,
             ),
             channel_capacity: gauge_vec(
-                &registry,
+                r,
                 "weir_channel_capacity",
                 "Capacity of the queue in front of an operator instance, in batches",
                 INSTANCE_LABELS,
             ),
-            uptime,
             registry,
         }
     }
 
-    /// The histogram of end-to-end latencies that sinks record into.
-    pub fn latency(&self) -> Arc<LatencyHistogram> {
-        self.latency.clone()
+    /// The histogram of end-to-end latencies that the result sink `sink` records into.
+    pub fn latency(&self, sink: &str) -> Arc<LatencyHistogram> {
+        self.latency.sink(sink)
+    }
+
+    /// Latency percentiles over every result sink, or `None` if no result was timed.
+    pub fn latency_summary(&self) -> Option<LatencySummary> {
+        self.latency.summary()
     }
 
     /// The job's name.
@@ -387,7 +271,7 @@ impl JobMetrics {
 
     fn handles(&self, operator: &str, instance: usize, stateful: bool) -> OperatorMetrics {
         let instance = instance.to_string();
-        let labels = [self.job.as_str(), operator, instance.as_str()];
+        let labels = [operator, instance.as_str()];
         let (late_events, state_entries) = if stateful {
             (
                 self.late_events.with_label_values(&labels),
@@ -395,38 +279,38 @@ impl JobMetrics {
             )
         } else {
             (
-                IntCounter::new("weir_unexported_late_events", "not exported")
-                    .unwrap_or_else(|e| panic!("private counter is malformed: {e}")),
-                IntGauge::new("weir_unexported_state_entries", "not exported")
-                    .unwrap_or_else(|e| panic!("private gauge is malformed: {e}")),
+                valid(
+                    "private",
+                    IntCounter::new("weir_unexported", "not exported"),
+                ),
+                valid("private", IntGauge::new("weir_unexported", "not exported")),
             )
         };
         OperatorMetrics {
             events_in: self.events_in.with_label_values(&labels),
             events_out: self.events_out.with_label_values(&labels),
             late_events,
-            watermark: self.watermark.with_label_values(&labels),
+            watermark: self.watermark_ms.with_label_values(&labels),
             state_entries,
         }
     }
 
     /// The dead-letter counter of a source.
     pub fn dead_letters(&self, operator: &str) -> IntCounter {
-        self.dead_letters
-            .with_label_values(&[self.job.as_str(), operator])
+        self.dead_letters.with_label_values(&[operator])
     }
 
     /// The counter of repeats dropped by instance `instance` of the dedup operator `operator`.
     pub fn duplicates(&self, operator: &str, instance: usize) -> IntCounter {
         let instance = instance.to_string();
         self.duplicates
-            .with_label_values(&[self.job.as_str(), operator, instance.as_str()])
+            .with_label_values(&[operator, instance.as_str()])
     }
 
     /// Queue gauges (fill, capacity) in front of an operator instance.
     pub fn channel(&self, operator: &str, instance: usize) -> (IntGauge, IntGauge) {
         let instance = instance.to_string();
-        let labels = [self.job.as_str(), operator, instance.as_str()];
+        let labels = [operator, instance.as_str()];
         (
             self.channel_fill.with_label_values(&labels),
             self.channel_capacity.with_label_values(&labels),
@@ -466,7 +350,7 @@ impl JobMetrics {
     /// and compaction backlog are reported.
     pub fn observe_store(&self, operator: &str, instance: usize, store: Arc<RocksStore>) {
         let index = instance.to_string();
-        let labels = [self.job.as_str(), operator, index.as_str()];
+        let labels = [operator, index.as_str()];
         let observed = ObservedStore {
             operator: operator.to_string(),
             instance,
@@ -481,158 +365,54 @@ impl JobMetrics {
 
     /// The checkpoint metrics, registered on first use.
     pub fn checkpoints(&self) -> CheckpointMetrics {
-        let mut slot = self
-            .checkpoints
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.get_or_insert_with(|| {
-            let r = &self.registry;
-            CheckpointMetrics {
-                completed: counter(
-                    r,
-                    "weir_checkpoints_completed_total",
-                    "Checkpoints completed",
-                ),
-                failed: counter(
-                    r,
-                    "weir_checkpoints_failed_total",
-                    "Checkpoints that failed (the job went on)",
-                ),
-                last_duration_seconds: gauge(
-                    r,
-                    "weir_checkpoint_duration_seconds",
-                    "Duration of the last completed checkpoint",
-                ),
-                last_size_bytes: int_gauge(
-                    r,
-                    "weir_checkpoint_size_bytes",
-                    "Bytes of files in the last completed checkpoint",
-                ),
-                last_alignment_seconds: gauge(
-                    r,
-                    "weir_checkpoint_alignment_seconds",
-                    "Longest barrier alignment in the last completed checkpoint",
-                ),
-                age_seconds: gauge(
-                    r,
-                    "weir_checkpoint_age_seconds",
-                    "Seconds since the last checkpoint completed",
-                ),
-                last_completed: Arc::new(std::sync::Mutex::new(None)),
-            }
+        first_use(&self.checkpoints, || {
+            CheckpointMetrics::register(&self.registry)
         })
-        .clone()
     }
 
     /// The Kafka metrics, registered on first use.
     pub fn kafka(&self) -> KafkaMetrics {
-        let mut slot = self
-            .kafka
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.get_or_insert_with(|| {
-            let r = &self.registry;
-            let by_topic = &["job", "topic"];
-            KafkaMetrics {
-                job: self.job.clone(),
-                records_in: counter_vec(
-                    r,
-                    "weir_kafka_records_in_total",
-                    "Records read from a Kafka topic",
-                    by_topic,
-                ),
-                bytes_in: counter_vec(
-                    r,
-                    "weir_kafka_bytes_in_total",
-                    "Payload bytes read from a Kafka topic",
-                    by_topic,
-                ),
-                records_out: counter_vec(
-                    r,
-                    "weir_kafka_records_out_total",
-                    "Records a Kafka topic acknowledged",
-                    by_topic,
-                ),
-                consumer_lag: gauge_vec(
-                    r,
-                    "weir_kafka_consumer_lag",
-                    "Records the consumer is behind the end of a partition",
-                    &["job", "topic", "partition"],
-                ),
-                rebalances: counter(
-                    r,
-                    "weir_kafka_rebalances_total",
-                    "Partition assignments and revocations received from the consumer group",
-                ),
-                produce_errors: counter(
-                    r,
-                    "weir_kafka_produce_errors_total",
-                    "Records the Kafka brokers did not acknowledge",
-                ),
-                broker_errors: counter(
-                    r,
-                    "weir_kafka_broker_errors_total",
-                    "Errors reaching the Kafka brokers (retried with backoff)",
-                ),
-            }
-        })
-        .clone()
+        first_use(&self.kafka, || KafkaMetrics::register(&self.registry))
     }
 
     /// The TCP server sink metrics, registered on first use.
     pub fn tcp_server(&self) -> TcpServerMetrics {
-        let mut slot = self
-            .tcp_server
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.get_or_insert_with(|| TcpServerMetrics {
-            subscribers: int_gauge(
-                &self.registry,
-                "weir_tcp_subscribers",
-                "Subscribers connected to a TCP server sink",
-            ),
-            dropped: counter(
-                &self.registry,
-                "weir_tcp_subscribers_dropped_total",
-                "Subscribers a TCP server sink disconnected for falling behind",
-            ),
+        first_use(&self.tcp_server, || {
+            TcpServerMetrics::register(&self.registry)
         })
-        .clone()
     }
 
-    /// The metrics in Prometheus text format.
+    /// The metrics in Prometheus text format, with those of the process.
     pub fn render(&self) -> String {
-        encode(&self.gather())
+        let mut families = self.gather();
+        families.extend(exposition::process(&self.job));
+        exposition::encode(&families)
     }
 
     /// The metrics of several jobs (or tasks of one job) in one exposition, each sample
-    /// with its set's extra labels (e.g. `task="partition-3"`); families of the same name
-    /// are merged. A set's extra labels must not be labels its metrics already have.
+    /// with its set's extra labels (e.g. `task="partition-3"`), and the process metrics
+    /// once (labelled with the first set's job); families of the same name are merged. A
+    /// set's extra labels must not be labels its metrics already have.
     pub fn render_all(sets: &[(&[(&str, &str)], &JobMetrics)]) -> String {
         let mut merged: Vec<prometheus::proto::MetricFamily> = Vec::new();
         for (labels, metrics) in sets {
-            for mut family in metrics.gather() {
-                for metric in family.mut_metric() {
-                    let mut pairs = metric.take_label();
-                    for (name, value) in labels.iter() {
-                        let mut pair = prometheus::proto::LabelPair::default();
-                        pair.set_name(name.to_string());
-                        pair.set_value(value.to_string());
-                        pairs.push(pair);
-                    }
-                    metric.set_label(pairs);
-                }
+            let mut families = metrics.gather();
+            exposition::add_labels(&mut families, labels);
+            for mut family in families {
                 match merged.iter_mut().find(|f| f.name() == family.name()) {
                     Some(same) => same.mut_metric().extend(family.take_metric()),
                     None => merged.push(family),
                 }
             }
         }
-        encode(&merged)
+        if let Some((_, first)) = sets.first() {
+            merged.extend(exposition::process(&first.job));
+        }
+        exposition::encode(&merged)
     }
 
     /// Refreshes the metrics read on demand (uptime, RocksDB figures, checkpoint age) and
-    /// collects them all.
+    /// collects them all, each series labelled with the job.
     fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.uptime.set(self.started.elapsed().as_secs_f64());
         let stores = self.stores.lock().map(|s| s.clone()).unwrap_or_default();
@@ -664,17 +444,12 @@ impl JobMetrics {
         if let Some(checkpoints) = self.checkpoints.lock().ok().and_then(|c| c.clone()) {
             checkpoints.refresh_age();
         }
-        self.registry.gather()
+        let mut families = self.registry.gather();
+        families.extend(exposition::milliseconds_as_seconds(&self.watermark_ms));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        exposition::add_labels(&mut families, &[("job", self.job.as_str())]);
+        families
     }
-}
-
-/// Metric families in Prometheus text format.
-fn encode(families: &[prometheus::proto::MetricFamily]) -> String {
-    let mut buf = Vec::new();
-    if let Err(e) = prometheus::TextEncoder::new().encode(families, &mut buf) {
-        return format!("# weir: cannot encode metrics: {e}\n");
-    }
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Counter families that [`JobMetrics::total`] can sum.
@@ -694,6 +469,11 @@ pub enum MetricFamily {
 mod tests {
     use super::*;
 
+    /// The sample lines (not comments) of an exposition.
+    fn samples(text: &str) -> impl Iterator<Item = &str> {
+        text.lines().filter(|l| !l.starts_with('#'))
+    }
+
     #[test]
     fn several_jobs_render_as_one_exposition_told_apart_by_their_labels() {
         let (process, task) = (JobMetrics::new("j"), JobMetrics::new("j"));
@@ -704,14 +484,61 @@ mod tests {
         assert_eq!(text.matches("# TYPE weir_uptime_seconds gauge").count(), 1);
         assert!(
             text.contains(
-                r#"weir_events_in_total{instance="0",job="j",operator="window",task="partition-2"} 5"#
+                r#"weir_events_in_total{job="j",operator="window",subtask="0",task="partition-2"} 5"#
             ),
             "{text}"
         );
-        assert!(text.contains("weir_kafka_rebalances_total 1"), "{text}");
         assert!(
-            text.contains(r#"weir_uptime_seconds{task="partition-2"}"#),
+            text.contains(r#"weir_kafka_rebalances_total{job="j"} 1"#),
             "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_uptime_seconds{job="j",task="partition-2"}"#),
+            "{text}"
+        );
+        // The process is described once, not once per task.
+        if cfg!(target_os = "linux") {
+            let rss: Vec<&str> = samples(&text)
+                .filter(|l| l.starts_with("process_resident_memory_bytes"))
+                .collect();
+            assert_eq!(rss.len(), 1, "{text}");
+            assert!(rss[0].starts_with(r#"process_resident_memory_bytes{job="j"} "#));
+        }
+    }
+
+    #[test]
+    fn every_series_has_the_job_label_and_the_watermark_is_in_seconds() {
+        let metrics = JobMetrics::new("demo");
+        let window = metrics.operator("window", 1);
+        window.watermark.set(1_767_225_598_688);
+        metrics.checkpoints().completed.inc();
+        metrics.tcp_server().subscribers.set(2);
+        metrics.kafka().set_consumer_lag("events", 3, 40);
+        metrics
+            .latency("output")
+            .record(Duration::from_millis(3), 4);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"weir_watermark_seconds{job="demo",operator="window",subtask="1"} 1767225598.688"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE weir_watermark_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_end_to_end_latency_seconds_count{job="demo",sink="output"} 4"#),
+            "{text}"
+        );
+        for line in samples(&text) {
+            assert!(line.contains(r#"job="demo""#), "no job label: {line}");
+        }
+        assert_eq!(
+            metrics.latency_summary().map(|s| s.count),
+            Some(4),
+            "the run summary sees the sink's results"
         );
     }
 }

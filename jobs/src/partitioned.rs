@@ -220,9 +220,9 @@ impl ServedJob for PartitionTasks {
         let mut merged: BTreeMap<(String, usize), InstanceSample> = BTreeMap::new();
         for (_, metrics) in self.task_metrics() {
             for s in metrics.instance_samples() {
-                match merged.get_mut(&(s.operator.clone(), s.instance)) {
+                match merged.get_mut(&(s.operator.clone(), s.subtask)) {
                     None => {
-                        merged.insert((s.operator.clone(), s.instance), s);
+                        merged.insert((s.operator.clone(), s.subtask), s);
                     }
                     Some(m) => {
                         let both =

@@ -15,8 +15,8 @@ use super::JobMetrics;
 pub struct InstanceSample {
     /// The operator's name (the `operator` label).
     pub operator: String,
-    /// Which instance.
-    pub instance: usize,
+    /// Which of its parallel instances (the `subtask` label).
+    pub subtask: usize,
     /// Records received.
     pub events_in: u64,
     /// Records emitted (a source: events read).
@@ -54,9 +54,9 @@ impl JobMetrics {
                             .find(|l| l.name() == name)
                             .map(|l| l.value().to_string())
                     };
-                    let (Some(operator), Some(instance)) = (
+                    let (Some(operator), Some(subtask)) = (
                         label("operator"),
-                        label("instance").and_then(|i| i.parse().ok()),
+                        label("subtask").and_then(|i| i.parse().ok()),
                     ) else {
                         continue;
                     };
@@ -65,10 +65,10 @@ impl JobMetrics {
                         false => m.get_gauge().get_value(),
                     };
                     let sample = by_instance
-                        .entry((operator.clone(), instance))
+                        .entry((operator.clone(), subtask))
                         .or_insert_with(|| InstanceSample {
                             operator,
-                            instance,
+                            subtask,
                             ..InstanceSample::default()
                         });
                     put(sample, value);
@@ -78,7 +78,7 @@ impl JobMetrics {
         read(&self.events_in, |s, v| s.events_in = v as u64);
         read(&self.events_out, |s, v| s.events_out = v as u64);
         read(&self.late_events, |s, v| s.late_events = v as u64);
-        read(&self.watermark, |s, v| {
+        read(&self.watermark_ms, |s, v| {
             // The gauge holds 0 before the first watermark (and the minimum timestamp until
             // every input sent one): no watermark at or before the epoch is shown.
             s.watermark_ms = (v > 0.0).then_some(v as i64);
@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(input.watermark_ms, None, "no watermark yet");
         let w = &samples[1];
         assert_eq!(
-            (w.operator.as_str(), w.instance, w.events_in),
+            (w.operator.as_str(), w.subtask, w.events_in),
             ("window", 1, 7)
         );
         assert_eq!(

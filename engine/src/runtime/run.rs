@@ -255,7 +255,7 @@ pub(crate) fn run(
         results_written: progress.sinks.iter().map(|c| c.get()).sum(),
         elapsed: started.elapsed(),
         watermark,
-        latency: metrics.latency().summary(),
+        latency: metrics.latency_summary(),
         stopped,
     })
 }

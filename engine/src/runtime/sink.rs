@@ -69,11 +69,12 @@ impl<T: Data> SinkNode<T> {
                     source,
                 })?;
         }
+        let latency = self.results.then(|| b.metrics.latency(&name));
         Ok(SinkPush {
             name,
             sink,
             metrics,
-            latency: self.results.then(|| b.metrics.latency()),
+            latency,
             transactions: participant.map(|participant| SinkTransactions {
                 committed: participant.checkpointing().restored_id(),
                 last_barrier: 0,

@@ -179,7 +179,7 @@ impl ServedJob for OneJob {
     }
 
     fn latency(&self) -> Option<LatencySummary> {
-        self.metrics.latency().summary()
+        self.metrics.latency_summary()
     }
 
     fn stop(&self) {

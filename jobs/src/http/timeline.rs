@@ -150,7 +150,7 @@ impl Timeline {
         let find = |samples: &[InstanceSample]| {
             samples
                 .iter()
-                .find(|s| s.operator == operator && s.instance == instance)
+                .find(|s| s.operator == operator && s.subtask == instance)
                 .map(value)
                 .unwrap_or(0)
         };

@@ -133,8 +133,8 @@ fn node_view(node: &PlanNode, latest: &[InstanceSample], t: &Timeline, now_ms: u
         .iter()
         .filter(|s| s.operator == node.name)
         .map(|s| InstanceView {
-            events_out_per_second_1s: t.rate(&s.operator, s.instance, 1, |s| s.events_out),
-            events_out_per_second_10s: t.rate(&s.operator, s.instance, RATE_WINDOW_SECONDS, |s| {
+            events_out_per_second_1s: t.rate(&s.operator, s.subtask, 1, |s| s.events_out),
+            events_out_per_second_10s: t.rate(&s.operator, s.subtask, RATE_WINDOW_SECONDS, |s| {
                 s.events_out
             }),
             watermark_lag_ms: lag(s.watermark_ms),
@@ -157,7 +157,7 @@ fn node_view(node: &PlanNode, latest: &[InstanceSample], t: &Timeline, now_ms: u
     let rate_in = |seconds| {
         instances
             .iter()
-            .map(|i| t.rate(&node.name, i.sample.instance, seconds, |s| s.events_in))
+            .map(|i| t.rate(&node.name, i.sample.subtask, seconds, |s| s.events_in))
             .sum::<f64>()
     };
     let watermark = instances.iter().filter_map(|i| i.sample.watermark_ms).min();
