@@ -241,7 +241,7 @@ fn a_second_signal_exits_at_once() {
 }
 
 #[test]
-fn an_overflowing_sum_keeps_the_rows_of_windows_that_fired_and_names_its_key_and_window() {
+fn an_overflowing_sum_keeps_the_rows_of_windows_that_fired_and_names_its_key_window_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
     let out = dir.path().join("out.jsonl");
@@ -257,7 +257,7 @@ fn an_overflowing_sum_keeps_the_rows_of_windows_that_fired_and_names_its_key_and
             "run".into(),
             "window-agg".into(),
             "--input".into(),
-            input.into_os_string(),
+            input.clone().into_os_string(),
             "--output".into(),
             out.clone().into_os_string(),
             "--watermark-delay".into(),
@@ -269,7 +269,9 @@ fn an_overflowing_sum_keeps_the_rows_of_windows_that_fired_and_names_its_key_and
     )
     .unwrap();
     assert!(!run.status.success(), "the overflow did not fail the job");
-    for what in ["overflowed", "key \"b\"", "window [100000, 110000)"] {
+    // The record that overflowed is the 12th line of the input, as its dead letter would say.
+    let line = format!("input {} line 12)", input.display());
+    for what in ["overflowed", "key \"b\"", "window [100000, 110000)", &line] {
         assert!(
             run.stderr.contains(what),
             "the error does not say {what:?}: {}",

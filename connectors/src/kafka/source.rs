@@ -51,6 +51,7 @@ use super::{topic_partitions, EventTime, KafkaError, KafkaSpec, Reporting, Start
 use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::format::Decoder;
 use crate::max_future::{EventTimeOf, MaxFuture};
+use crate::origin::{Origin, OriginNames};
 
 /// How long a poll waits for the first record before saying the source is idle.
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -235,6 +236,14 @@ impl<D: Decoder> KafkaSource<D> {
     pub fn with_record_time(mut self, set: SetEventTime<D::Item>) -> Self {
         self.record_time = Some(set);
         self
+    }
+
+    /// The words for the origins this source gives its events (partition and offset,
+    /// through [`Decoder::set_origin`]).
+    pub fn origin_names(&self) -> OriginNames {
+        OriginNames::Kafka {
+            topics: self.spec.topics.clone(),
+        }
     }
 
     /// The setter to apply to each record: `None` unless the URI says `timestamp=kafka`.
@@ -481,6 +490,8 @@ fn split_id(topic: usize, partition: i32) -> u32 {
 /// One record as read, for [`decode`].
 struct Fetched<'a> {
     topic: &'a str,
+    /// The origin stream of its partition ([`Origin::kafka_stream`]).
+    stream: u32,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
@@ -488,7 +499,8 @@ struct Fetched<'a> {
 }
 
 /// Decodes one record's payload and, with `stamp`, gives it the record's timestamp, and
-/// with `future` checks its event time; or says why it goes to the dead letters.
+/// with `future` checks its event time; or says why it goes to the dead letters. The item
+/// gets its partition and offset as its origin.
 fn decode<D: Decoder>(
     decoder: &mut D,
     stamp: Option<SetEventTime<D::Item>>,
@@ -510,6 +522,8 @@ fn decode<D: Decoder>(
         })?;
         set(&mut item, ms);
     }
+    let offset = u64::try_from(record.offset).unwrap_or_default();
+    decoder.set_origin(&mut item, Origin::new(record.stream, offset));
     if let Some(future) = future {
         future.admit(&item).map_err(letter)?;
     }
@@ -627,6 +641,7 @@ impl<D: Decoder> Source for KafkaSource<D> {
                 future,
                 Fetched {
                     topic: &self.spec.topics[topic],
+                    stream: Origin::kafka_stream(topic, partition),
                     partition,
                     offset,
                     timestamp: message.timestamp().to_millis(),
@@ -784,6 +799,7 @@ mod tests {
         let payload: &[u8] = b"{\"n\":\"caf\xe9\"}";
         let record = Fetched {
             topic: "t",
+            stream: Origin::kafka_stream(0, 2),
             partition: 2,
             offset: 17,
             timestamp: None,
