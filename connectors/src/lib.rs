@@ -29,7 +29,7 @@ pub mod stdout;
 pub mod tcp;
 
 pub use arrow::{ArrowFileSource, RowDecoder};
-pub use dead_letter::{DeadLetter, DeadLetters, Raw};
+pub use dead_letter::{DeadLetter, DeadLetterSink, DeadLetters, Raw};
 pub use error::ConnectorError;
 pub use file::{FileSink, FileSource};
 pub use format::{CsvHeader, Decoder, Format, Json};

@@ -115,6 +115,28 @@ impl OriginNames {
         })
     }
 
+    /// Where a dead letter of the record at `origin` says it came from: its `source` and
+    /// `line`, as the source's own dead letters would (`None` if unknown).
+    pub fn dead_letter_place(&self, origin: Origin) -> Option<(String, u64)> {
+        if origin == Origin::default() {
+            return None;
+        }
+        let (stream, number) = (origin.stream(), origin.number());
+        let source = match self {
+            OriginNames::File { path, .. } => path.display().to_string(),
+            OriginNames::Kafka { topics } => {
+                let (topic, partition) = ((stream >> 16) as usize, stream & 0xFFFF);
+                let topic = topics.get(topic).map_or("?", String::as_str);
+                format!("kafka://{topic}/{partition}")
+            }
+            OriginNames::Tcp(peers) => match peers.peer(stream) {
+                Some(peer) => format!("tcp://{peer}"),
+                None => format!("tcp connection {stream}"),
+            },
+        };
+        Some((source, number))
+    }
+
     /// The names of a file's lines.
     pub fn file(path: &Path) -> Self {
         OriginNames::File {
@@ -180,6 +202,10 @@ mod tests {
             Some("input ev.jsonl line 2")
         );
         assert_eq!(file.describe(Origin::default()), None, "unknown");
+        assert_eq!(
+            file.dead_letter_place(line),
+            Some(("ev.jsonl".to_string(), 2))
+        );
         let kafka = OriginNames::Kafka {
             topics: vec!["a".into(), "b".into()],
         };
@@ -187,6 +213,11 @@ mod tests {
         assert_eq!(
             kafka.describe(record).as_deref(),
             Some("kafka topic b partition 3 offset 17")
+        );
+        assert_eq!(
+            kafka.dead_letter_place(record),
+            Some(("kafka://b/3".to_string(), 17)),
+            "as the Kafka source's dead letters say"
         );
         let peers = TcpPeers::default();
         let peer = |port| SocketAddr::from(([127, 0, 0, 1], port));

@@ -25,13 +25,13 @@ use weir_connectors::arrow::is_arrow_file;
 use weir_connectors::format::split_csv;
 use weir_connectors::kafka::EventTime;
 use weir_connectors::{
-    ArrowFileSource, CsvHeader, DeadLetters, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec,
-    Origin, OriginNames, TcpSource, TcpSpec,
+    ArrowFileSource, CsvHeader, DeadLetter, DeadLetterSink, DeadLetters, Decoder, FileSink,
+    FileSource, KafkaSource, KafkaSpec, Origin, OriginNames, Raw, TcpSource, TcpSpec,
 };
 use weir_engine::intern::{Interner, SharedStr};
 use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
-use weir_operators::StatsOutput;
+use weir_operators::{Rejected, StatsOutput};
 
 use self::flat_json::{decode_flat_json, LineShape};
 use crate::generate::{EventStreamSpec, GeneratedEvents};
@@ -149,6 +149,11 @@ fn event_time(e: &Event) -> i64 {
 /// Builds `window-agg` from options.
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("window-agg");
+    let dead = DeadLetters::to_file(
+        opts.dead_letter_path("window-agg"),
+        job.metrics().dead_letters("input"),
+    );
+    let rejects = dead.counted_by(job.metrics().dead_letters("window"));
     let (events, origins) = match (opts.events, &opts.input) {
         (Some(n), None) => {
             let spec = EventStreamSpec {
@@ -159,10 +164,6 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         }
         _ => {
             let input = opts.require_input("window-agg")?;
-            let dead = DeadLetters::to_file(
-                opts.dead_letter_path("window-agg"),
-                job.metrics().dead_letters("input"),
-            );
             let decoder = EventDecoder::new(&opts.ts_field, &opts.key_field, &opts.value_field);
             let uri = input.to_str().unwrap_or_default();
             if let Some(spec) = TcpSpec::parse(uri) {
@@ -209,17 +210,28 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             }
         }
     };
-    aggregate_windows(events.uid("input"), opts, origins)?;
+    aggregate_windows(events.uid("input"), opts, origins, rejects)?;
     Ok(job)
 }
 
 /// The dataflow after the source: shared by file input, the generator and benchmarks.
-/// `origins` words the input positions the source set in the events, for errors.
+/// `origins` words the input positions the source set in the events, for errors and the
+/// dead letters of events the aggregate cannot take (`--on-aggregate-error dead-letter`),
+/// which go to `rejects`.
 pub fn aggregate_windows(
     events: Stream<Event>,
     opts: &JobOptions,
     origins: Option<OriginNames>,
+    rejects: DeadLetters,
 ) -> anyhow::Result<()> {
+    let reject = opts.on_aggregate_error == "dead-letter";
+    if reject && opts.checkpoint_interval.is_some() {
+        usage!(
+            "--on-aggregate-error dead-letter writes dead letters at once, which a restart from \
+             a checkpoint could lose: drop --checkpoint-interval, or keep the default (fail) \
+             and remove or fix the record the error names"
+        );
+    }
     if opts.top.is_some() && !opts.allowed_lateness.is_zero() {
         usage!("--top ranks each window once, when it is final: it cannot take --allowed-lateness");
     }
@@ -233,9 +245,15 @@ pub fn aggregate_windows(
         .key_by(|e: &Event| SharedStr(e.key.clone()))
         .window(opts.window)
         .allowed_lateness(opts.allowed_lateness);
-    let windowed = match origins {
+    let windowed = match origins.clone() {
         Some(names) => windowed.origin(move |e: &Event| names.describe(e.origin)),
         None => windowed,
+    };
+    let windowed = match reject {
+        true => windowed.rejects(DeadLetterSink::new(rejects, move |r: &Rejected<Event>| {
+            reject_letter(r, origins.as_ref())
+        })),
+        false => windowed,
     };
     let windowed = match &opts.late_output {
         Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
@@ -284,6 +302,21 @@ pub fn aggregate_windows(
         )
         .uid("output");
     Ok(())
+}
+
+/// The dead letter of an event the aggregate could not take: its input position as the
+/// source's dead letters give it, the error, and the event as decoded (`{"ts","key",
+/// "value"}`: the line itself is not kept past decoding).
+fn reject_letter(rejected: &Rejected<Event>, origins: Option<&OriginNames>) -> DeadLetter {
+    let place = origins.and_then(|names| names.dead_letter_place(rejected.event.origin));
+    let (source, line) = place.unwrap_or_else(|| ("unknown input position".to_string(), 0));
+    let raw = serde_json::to_string(&rejected.event).unwrap_or_default();
+    DeadLetter {
+        source,
+        line,
+        error: rejected.error.to_string(),
+        raw: Raw::Text(raw),
+    }
 }
 
 /// Decodes [`Event`]s from JSON lines or CSV by configurable field names.

@@ -825,6 +825,77 @@ mod tests {
     }
 
     #[test]
+    fn an_event_the_aggregate_fails_on_is_rejected_with_its_origin_and_left_out() {
+        use crate::aggregate::Sum;
+        let ctx = crate::test_support::operator_context("window");
+        for spec in [
+            WindowSpec::from(Tumbling::of(ms(10))),
+            Sliding::of(ms(10), ms(5)).into(),
+            Session::with_gap(ms(10)).into(),
+        ] {
+            let factory = WindowFactory::<String, i64, _> {
+                route_rejects: true,
+                origin: Some(Arc::new(|v: &i64| Some(format!("value {v}")))),
+                ..WindowFactory::plain(spec, Sum::of(|v: &i64| *v))
+            };
+            let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+            let mut out = Output::default();
+            for (ts, value) in [(1, i64::MAX), (2, 1), (3, -5)] {
+                let value = Keyed {
+                    key: "k".to_string(),
+                    value,
+                };
+                let record = Record {
+                    ts,
+                    watermark: MIN,
+                    value,
+                };
+                op.process(vec![record], &mut out)
+                    .expect("routed, not failed");
+            }
+            op.on_watermark(END, &mut out).expect("watermark");
+            let (mut sums, mut rejected) = (Vec::new(), Vec::new());
+            for r in out.take() {
+                match r.value {
+                    WindowEvent::Result(w) => sums.push(w.value),
+                    WindowEvent::Rejected(r) => rejected.push(*r),
+                    WindowEvent::Late(_) => panic!("nothing is late"),
+                }
+            }
+            assert!(
+                sums.contains(&(i64::MAX - 5)),
+                "{spec}: the windows go on without the rejected event: {sums:?}"
+            );
+            assert_eq!(rejected.len(), 1, "{spec}: {rejected:?}");
+            assert_eq!(rejected[0].event, 1);
+            let error = rejected[0].error.to_string();
+            assert!(error.ends_with("event time 2, value 1)"), "{spec}: {error}");
+        }
+        // Without a rejects sink the same event fails the operator, naming it.
+        let factory = WindowFactory::<String, i64, _> {
+            origin: Some(Arc::new(|v: &i64| Some(format!("value {v}")))),
+            ..WindowFactory::plain(Tumbling::of(ms(10)).into(), Sum::of(|v: &i64| *v))
+        };
+        let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+        let mut out = Output::default();
+        let records = [(1, i64::MAX), (2, 1)].map(|(ts, value)| Record {
+            ts,
+            watermark: MIN,
+            value: Keyed {
+                key: "k".to_string(),
+                value,
+            },
+        });
+        let failed = op
+            .process(records.to_vec(), &mut out)
+            .expect_err("overflow");
+        assert!(
+            failed.to_string().ends_with("event time 2, value 1)"),
+            "{failed}"
+        );
+    }
+
+    #[test]
     fn the_remembered_alignment_agrees_with_window_start() {
         // Mostly ordered times with jumps back and forth, negative ones, and the edges.
         let mut times = vec![i64::MIN, i64::MIN + 1, i64::MIN + 2_999, i64::MIN + 4_000];
