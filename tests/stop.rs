@@ -240,6 +240,59 @@ fn a_second_signal_exits_at_once() {
     );
 }
 
+#[test]
+fn a_signal_while_the_sources_connect_stops_cleanly_without_temporary_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    // A broker nobody runs, and a connect timeout far longer than the test: the source is
+    // still connecting (RocksDB state already open) when the signal comes.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let input = format!(
+        "kafka://{}/t?until=end&connect_timeout=10m",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let out = dir.path().join("out.jsonl");
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "window-agg".into(),
+        "--input".into(),
+        input.into(),
+        "--output".into(),
+        out.into(),
+        "--state".into(),
+        "rocksdb".into(),
+        "--metrics-addr".into(),
+        "off".into(),
+        "--quiet".into(),
+    ];
+    let mut job = Process::start_with_env(
+        WEIR,
+        &args,
+        dir.path().join("job.stderr"),
+        &[("TMPDIR", tmp.as_os_str())],
+    );
+    let started = Instant::now();
+    while !job.stderr().contains("cannot reach broker") {
+        assert!(job.is_running(), "the job ended early: {}", job.stderr());
+        assert!(
+            started.elapsed() < LIMIT,
+            "the source never tried the broker: {}",
+            job.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop_with(&mut job, "TERM");
+    let stderr = job.stderr();
+    assert!(
+        stderr.contains("window-agg stopped: 0 events read"),
+        "no one-line summary of a run stopped before any input: {stderr}"
+    );
+    let left: Vec<_> = fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "temporary state left behind: {left:?}");
+}
+
 /// An input whose 12th (last) line makes key b's sum overflow `i64` in window
 /// [100000, 110000), after 10 windows of key a fired; and the run's output path.
 fn overflowing_input(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
