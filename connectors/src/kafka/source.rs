@@ -47,6 +47,7 @@ use serde_json::json;
 use weir_engine::metrics::KafkaMetrics;
 use weir_engine::{BoxError, Source, SourceStatus, Split};
 
+use super::reach::{UnreachableBrokers, PROBE_WAIT};
 use super::{topic_partitions, EventTime, KafkaError, KafkaSpec, Reporting, StartAt};
 use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::format::Decoder;
@@ -63,8 +64,6 @@ const TOPIC_WAIT: Duration = Duration::from_secs(10);
 /// How long it waits between two metadata requests for a topic not shown yet, or for a
 /// broker's first answer.
 const TOPIC_RETRY: Duration = Duration::from_millis(500);
-/// How long one request for a broker's first answer may take.
-const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Next offset to read, per topic and partition.
 type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
@@ -367,15 +366,8 @@ impl<D: Decoder> KafkaSource<D> {
         let reporting = &waiting.consumer.context().reporting;
         reporting.error(&e, "cannot reach the brokers");
         if self.spec.until_end && waiting.since.elapsed() >= timeout {
-            return Err(UnreachableBrokers {
-                endpoint: self.spec.describe(),
-                brokers: reporting.brokers_named(),
-                timeout,
-                cause: reporting
-                    .unreachable_because()
-                    .unwrap_or_else(|| e.to_string()),
-            }
-            .into());
+            let waiter = "with until=end the source";
+            return Err(UnreachableBrokers::new(&self.spec, reporting, waiter, &e).into());
         }
         waiting.next_probe = Instant::now() + TOPIC_RETRY;
         Ok(false)
@@ -452,24 +444,6 @@ struct Waiting {
     since: Instant,
     /// When to ask the brokers again.
     next_probe: Instant,
-}
-
-/// A bounded source (`until=end`) had no answer from its brokers within `connect_timeout`.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "kafka {endpoint}: cannot reach {brokers} within {timeout:?} ({cause}): check that the \
-     broker runs and that the URI gives its host and port, or give it longer with \
-     connect_timeout= (with until=end the source waits that long for a first answer)"
-)]
-pub struct UnreachableBrokers {
-    /// The endpoint, `kafka://BROKERS/TOPICS`.
-    pub endpoint: String,
-    /// `broker HOST:PORT` or `brokers HOST:PORT,..`.
-    pub brokers: String,
-    /// How long the source waited.
-    pub timeout: Duration,
-    /// Why the brokers could not be reached, as librdkafka said last.
-    pub cause: String,
 }
 
 /// A record read but not yet handed out: it belongs to another partition than the batch
