@@ -239,7 +239,7 @@ pub(crate) struct Build<'g> {
     tasks: Vec<Task>,
     progress: Progress,
     /// Directory of the keyed instances' RocksDB databases and their shared block cache.
-    rocksdb: Option<(PathBuf, rocksdb::Cache)>,
+    rocksdb: Option<(PathBuf, crate::state::SharedCache)>,
     checkpointing: Option<Arc<Checkpointing>>,
     /// Set by the first task that fails; sources stop when they see it.
     cancelled: Arc<AtomicBool>,
