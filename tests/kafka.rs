@@ -1535,6 +1535,31 @@ fn an_unreachable_broker_fails_a_bounded_job_after_its_connect_timeout_in_a_few_
     }
 }
 
+/// An aggregate that fails on a Kafka record names the record as its dead letter would:
+/// topic, partition and offset.
+#[test]
+fn an_overflow_names_the_kafka_record_that_caused_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("big", 1);
+    broker.produce(
+        "big",
+        0,
+        "{\"ts\":1,\"key\":\"k\",\"value\":9223372036854775807}",
+    );
+    broker.produce("big", 0, "{\"ts\":2,\"key\":\"k\",\"value\":1}");
+    let input = broker.uri("big", "group=overflow&start=earliest&until=end");
+    let args = window_agg(&input, &dir.path().join("out.jsonl"), 1);
+    let log = dir.path().join("overflow.stderr");
+    let (status, stderr) = exit_within(spawn_logged(&args, &log), &log, Duration::from_secs(60));
+    assert!(
+        status.code() == Some(1)
+            && stderr.contains("overflowed")
+            && stderr.contains("event time 2, kafka topic big partition 0 offset 1)"),
+        "{status}:\n{stderr}"
+    );
+}
+
 /// The same bound for the other Kafka clients of a job: the group member of a bounded run
 /// per partition (the base failed after 30 s saying only that the topic showed no
 /// partitions) and the sink (the base queued the results and waited ~5 minutes,
