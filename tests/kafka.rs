@@ -1101,7 +1101,10 @@ fn a_killed_process_s_partitions_are_taken_over_from_their_checkpoints_exactly_o
         .into_iter()
         .filter(|p| !victim_log.contains(&format!("partition {p} finished")))
         .collect();
-    assert!(!victims.is_empty(), "every partition of the victim finished before the kill");
+    assert!(
+        !victims.is_empty(),
+        "every partition of the victim finished before the kill"
+    );
     assert!(survivor.wait().unwrap().success());
     let log = read("survivor.stderr");
     for p in &victims {
@@ -1462,6 +1465,71 @@ fn an_unreachable_broker_fails_a_bounded_job_after_its_connect_timeout_in_a_few_
         );
         let lines = stderr.lines().count();
         assert!(lines < 20, "{input}: {lines} lines:\n{stderr}");
+    }
+}
+
+/// An aggregate that fails on a Kafka record names the record as its dead letter would:
+/// topic, partition and offset.
+#[test]
+fn an_overflow_names_the_kafka_record_that_caused_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("big", 1);
+    broker.produce(
+        "big",
+        0,
+        "{\"ts\":1,\"key\":\"k\",\"value\":9223372036854775807}",
+    );
+    broker.produce("big", 0, "{\"ts\":2,\"key\":\"k\",\"value\":1}");
+    let input = broker.uri("big", "group=overflow&start=earliest&until=end");
+    let args = window_agg(&input, &dir.path().join("out.jsonl"), 1);
+    let log = dir.path().join("overflow.stderr");
+    let (status, stderr) = exit_within(spawn_logged(&args, &log), &log, Duration::from_secs(60));
+    assert!(
+        status.code() == Some(1)
+            && stderr.contains("overflowed")
+            && stderr.contains("event time 2, kafka topic big partition 0 offset 1)"),
+        "{status}:\n{stderr}"
+    );
+}
+
+/// The same bound for the other Kafka clients of a job: the group member of a bounded run
+/// per partition (the base failed after 30 s saying only that the topic showed no
+/// partitions) and the sink (the base queued the results and waited ~5 minutes,
+/// librdkafka's message.timeout.ms, printing that it was still waiting).
+#[test]
+fn an_unreachable_broker_fails_the_group_member_and_the_sink_after_their_connect_timeout() {
+    let dir = TempDir::new().unwrap();
+    let events = dir.path().join("events.jsonl");
+    fs::write(&events, "{\"ts\":1,\"key\":\"a\",\"value\":2}\n").unwrap();
+    let member_input =
+        format!("kafka://{UNREACHABLE}/t?group=g&tasks=per-partition&until=end&connect_timeout=2s");
+    let mut member = window_agg(&member_input, &dir.path().join("parts"), 1);
+    checkpoint_into(&mut member, &dir.path().join("state"), "1s");
+    let mut sink = window_agg(events.to_str().unwrap(), Path::new("-"), 1);
+    sink[5] = format!("kafka://{UNREACHABLE}/out?connect_timeout=2s");
+    for (what, args, says) in [
+        ("group member", member, "the group member waits"),
+        ("sink", sink, "sink `output` failed"),
+    ] {
+        let log = dir.path().join(format!("{what}.stderr"));
+        let started = Instant::now();
+        let (status, stderr) =
+            exit_within(spawn_logged(&args, &log), &log, Duration::from_secs(30));
+        let took = started.elapsed();
+        assert!(
+            status.code() == Some(1)
+                && stderr.contains(&format!("cannot reach broker {UNREACHABLE} within 2s"))
+                && stderr.contains(says)
+                && stderr.contains("connect_timeout="),
+            "{what}: {status}:\n{stderr}"
+        );
+        assert!(
+            took < Duration::from_secs(15),
+            "{what}: took {took:?}:\n{stderr}"
+        );
+        let lines = stderr.lines().count();
+        assert!(lines < 20, "{what}: {lines} lines:\n{stderr}");
     }
 }
 

@@ -241,35 +241,98 @@ fn a_second_signal_exits_at_once() {
 }
 
 #[test]
-fn an_overflowing_sum_keeps_the_rows_of_windows_that_fired_and_names_its_key_and_window() {
+fn a_signal_while_the_sources_connect_stops_cleanly_without_temporary_state() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("events.jsonl");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    // A broker nobody runs, and a connect timeout far longer than the test: the source is
+    // still connecting (RocksDB state already open) when the signal comes.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let input = format!(
+        "kafka://{}/t?until=end&connect_timeout=10m",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
     let out = dir.path().join("out.jsonl");
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "window-agg".into(),
+        "--input".into(),
+        input.into(),
+        "--output".into(),
+        out.into(),
+        "--state".into(),
+        "rocksdb".into(),
+        "--metrics-addr".into(),
+        "off".into(),
+        "--quiet".into(),
+    ];
+    let mut job = Process::start_with_env(
+        WEIR,
+        &args,
+        dir.path().join("job.stderr"),
+        &[("TMPDIR", tmp.as_os_str())],
+    );
+    let started = Instant::now();
+    while !job.stderr().contains("cannot reach broker") {
+        assert!(job.is_running(), "the job ended early: {}", job.stderr());
+        assert!(
+            started.elapsed() < LIMIT,
+            "the source never tried the broker: {}",
+            job.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop_with(&mut job, "TERM");
+    let stderr = job.stderr();
+    assert!(
+        stderr.contains("window-agg stopped: 0 events read"),
+        "no one-line summary of a run stopped before any input: {stderr}"
+    );
+    let left: Vec<_> = fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "temporary state left behind: {left:?}");
+}
+
+/// An input whose 12th (last) line makes key b's sum overflow `i64` in window
+/// [100000, 110000), after 10 windows of key a fired; and the run's output path.
+fn overflowing_input(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let input = dir.join("events.jsonl");
     let mut events: String = (0..10)
         .map(|i| format!("{{\"ts\":{},\"key\":\"a\",\"value\":1}}\n", i * 10_000))
         .collect();
     events.push_str("{\"ts\":100000,\"key\":\"b\",\"value\":9223372036854775807}\n");
     events.push_str("{\"ts\":100001,\"key\":\"b\",\"value\":1}\n");
     fs::write(&input, events).unwrap();
-    let run = common::run(
-        WEIR,
-        [
-            "run".into(),
-            "window-agg".into(),
-            "--input".into(),
-            input.into_os_string(),
-            "--output".into(),
-            out.clone().into_os_string(),
-            "--watermark-delay".into(),
-            "0s".into(),
-            "--metrics-addr".into(),
-            OsString::from("off"),
-            "--quiet".into(),
-        ],
-    )
-    .unwrap();
+    (input, dir.join("out.jsonl"))
+}
+
+/// Runs window-agg on `input` into `out` with watermark delay 0 and `extra` options.
+fn run_window_agg(input: &Path, out: &Path, extra: &[&str]) -> common::Run {
+    let mut args: Vec<OsString> = vec![
+        "run".into(),
+        "window-agg".into(),
+        "--input".into(),
+        input.into(),
+        "--output".into(),
+        out.into(),
+        "--watermark-delay".into(),
+        "0s".into(),
+        "--metrics-addr".into(),
+        "off".into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    common::run(WEIR, args).unwrap()
+}
+
+#[test]
+fn an_overflowing_sum_keeps_the_rows_of_windows_that_fired_and_names_its_key_window_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = overflowing_input(dir.path());
+    let run = run_window_agg(&input, &out, &["--quiet"]);
     assert!(!run.status.success(), "the overflow did not fail the job");
-    for what in ["overflowed", "key \"b\"", "window [100000, 110000)"] {
+    // The record that overflowed is the 12th line of the input, as its dead letter would say.
+    let line = format!("input {} line 12)", input.display());
+    for what in ["overflowed", "key \"b\"", "window [100000, 110000)", &line] {
         assert!(
             run.stderr.contains(what),
             "the error does not say {what:?}: {}",
@@ -281,5 +344,72 @@ fn an_overflowing_sum_keeps_the_rows_of_windows_that_fired_and_names_its_key_and
         rows.lines().count(),
         10,
         "the 10 windows of key a fired before the overflow; the output has:\n{rows}"
+    );
+}
+
+#[test]
+fn on_aggregate_error_dead_letter_sends_the_overflowing_record_there_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = overflowing_input(dir.path());
+    let run = run_window_agg(&input, &out, &["--on-aggregate-error", "dead-letter"]);
+    assert!(
+        run.status.success(),
+        "the job should go on past the overflow: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("1 dead letters"),
+        "the rejected record is not counted: {}",
+        run.stderr
+    );
+    let rows = fs::read_to_string(&out).unwrap();
+    let b: Vec<serde_json::Value> = rows
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["key"] == "b")
+        .collect();
+    assert_eq!(rows.lines().count(), 11, "a's 10 windows and b's: {rows}");
+    assert_eq!(
+        (&b[0]["count"], &b[0]["sum"]),
+        (&serde_json::json!(1), &serde_json::json!(i64::MAX)),
+        "b's window without the record that would overflow it"
+    );
+    let dead = fs::read_to_string(dir.path().join("out.jsonl.dead.jsonl")).unwrap();
+    let letters: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "one dead letter: {dead}");
+    let letter = &letters[0];
+    assert_eq!(letter["source"], input.display().to_string());
+    assert_eq!(letter["line"], 12);
+    let error = letter["error"].as_str().unwrap();
+    assert!(
+        error.contains("overflowed") && error.contains("window [100000, 110000)"),
+        "{error}"
+    );
+    assert_eq!(
+        letter["raw"], r#"{"ts":100001,"key":"b","value":1}"#,
+        "the event as decoded"
+    );
+    // Not with checkpoints: a restart could lose such letters.
+    let state = dir.path().join("state");
+    let refused = run_window_agg(
+        &input,
+        &dir.path().join("parts"),
+        &[
+            "--on-aggregate-error",
+            "dead-letter",
+            "--checkpoint-interval",
+            "1s",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("drop --checkpoint-interval"),
+        "{}",
+        refused.stderr
     );
 }

@@ -27,6 +27,7 @@ use weir_engine::{BoxError, Data, Source, SourceStatus};
 use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::error::ConnectorError;
 use crate::max_future::{EventTimeOf, MaxFuture};
+use crate::origin::{Origin, OriginNames};
 
 /// True for a path naming an Arrow IPC file: `.arrow` or `.ipc` (`.arrows`, the stream
 /// format, is not read).
@@ -46,6 +47,12 @@ pub trait RowDecoder: Send + 'static {
 
     /// Decodes row `row` of the batch last bound, or says what is wrong with it.
     fn decode(&mut self, row: usize) -> Result<Self::Item, String>;
+
+    /// Stores where a decoded item was read (its row), as [`crate::Decoder::set_origin`].
+    #[inline]
+    fn set_origin(&self, item: &mut Self::Item, origin: Origin) {
+        let _ = (item, origin);
+    }
 }
 
 /// Reads an Arrow IPC file (the file format, with its footer) from start to end.
@@ -91,6 +98,15 @@ impl<D: RowDecoder> ArrowFileSource<D> {
             at_end: false,
             rejected: Vec::new(),
             future: None,
+        }
+    }
+
+    /// The words for the origins this source gives its events (their rows, 1-based,
+    /// through [`RowDecoder::set_origin`]).
+    pub fn origin_names(&self) -> OriginNames {
+        OriginNames::File {
+            path: self.path.clone(),
+            unit: "row",
         }
     }
 
@@ -194,7 +210,11 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
                     }
                 });
                 match decoded {
-                    Ok(item) => out.push(item),
+                    Ok(mut item) => {
+                        let number = self.rows_before + row as u64 + 1;
+                        self.decoder.set_origin(&mut item, Origin::line(number));
+                        out.push(item)
+                    }
                     Err(error) => self.rejected.push(DeadLetter {
                         source: self.path.display().to_string(),
                         line: self.rows_before + row as u64 + 1,

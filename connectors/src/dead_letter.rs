@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use weir_engine::metrics::Counter;
+use weir_engine::{BoxError, Record, Sink};
 
 use crate::error::{create_file, ConnectorError};
 
@@ -134,6 +135,15 @@ impl DeadLetters {
         }
     }
 
+    /// The same file, counted by `counter` (e.g. the letters of another operator).
+    pub fn counted_by(&self, counter: Counter) -> Self {
+        DeadLetters {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            counter,
+        }
+    }
+
     /// The dead-letter file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -223,6 +233,53 @@ impl DeadLetters {
         }
         self.counter.inc_by(letters.len() as u64);
         Ok(())
+    }
+}
+
+/// A sink writing records an operator refused (e.g. events an aggregate could not take,
+/// a window's rejects) into a job's dead letters, each made into a
+/// [`DeadLetter`] by `letter`. It writes at once, like the sources do: for jobs without
+/// checkpoints (a restart from a checkpoint cuts the dead-letter file back to the source's
+/// position, which may not cover refused records written after it).
+pub struct DeadLetterSink<T> {
+    dead: DeadLetters,
+    letter: Box<dyn Fn(&T) -> DeadLetter + Send>,
+    batch: Vec<DeadLetter>,
+}
+
+impl<T> std::fmt::Debug for DeadLetterSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterSink")
+            .field("path", &self.dead.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> DeadLetterSink<T> {
+    /// Writes into `dead` (its file and counter), each record made a letter by `letter`.
+    pub fn new(dead: DeadLetters, letter: impl Fn(&T) -> DeadLetter + Send + 'static) -> Self {
+        DeadLetterSink {
+            dead,
+            letter: Box::new(letter),
+            batch: Vec::new(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for DeadLetterSink<T> {
+    fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError> {
+        self.batch.clear();
+        self.batch
+            .extend(records.iter().map(|r| (self.letter)(&r.value)));
+        Ok(self.dead.write(&self.batch)?)
+    }
+
+    fn finish(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("dead letters {}", self.dead.path.display())
     }
 }
 

@@ -5,6 +5,7 @@
 //! handed to [`Decoder::header`] once. Quoted CSV fields (`"a,b"`, `""` for a quote) are
 //! supported; a field may not contain a line break.
 
+use crate::origin::Origin;
 use std::marker::PhantomData;
 use std::path::Path;
 
@@ -52,6 +53,14 @@ pub trait Decoder: Send + 'static {
 
     /// Decodes one line (without its line break), or says what is wrong with it.
     fn decode(&mut self, line: &str) -> Result<Self::Item, String>;
+
+    /// Stores where a decoded item was read, for items that carry it (see
+    /// [`crate::origin`]); sources call it on every item they keep. The default does
+    /// nothing (and costs nothing).
+    #[inline]
+    fn set_origin(&self, item: &mut Self::Item, origin: Origin) {
+        let _ = (item, origin);
+    }
 }
 
 /// Decodes JSON lines into any `serde` type.

@@ -10,6 +10,7 @@
 //! - [`kafka`]: a source of every partition of its topics and a producer sink, by
 //!   `kafka://` URI, and the consumer-group member of jobs run as one task per partition;
 //! - [`dead_letter`]: where records that cannot be decoded go, with their source position;
+//! - [`origin`]: where a record was read, carried with it for messages about it later;
 //! - [`max_future`]: `--max-future`, events too far ahead of their stream as dead letters;
 //! - [`schema`]: versioned events lifted to the current schema by upcasters.
 //!
@@ -22,17 +23,19 @@ pub mod file;
 pub mod format;
 pub mod kafka;
 pub mod max_future;
+pub mod origin;
 pub mod schema;
 pub mod stdout;
 pub mod tcp;
 
 pub use arrow::{ArrowFileSource, RowDecoder};
-pub use dead_letter::{DeadLetter, DeadLetters, Raw};
+pub use dead_letter::{DeadLetter, DeadLetterSink, DeadLetters, Raw};
 pub use error::ConnectorError;
 pub use file::{FileSink, FileSource};
 pub use format::{CsvHeader, Decoder, Format, Json};
 pub use kafka::{KafkaSink, KafkaSource, KafkaSpec};
 pub use max_future::MaxFuture;
+pub use origin::{Origin, OriginNames};
 pub use schema::Upcasting;
 pub use stdout::StdoutSink;
 pub use tcp::{TcpMode, TcpOutput, TcpServerSink, TcpSink, TcpSource, TcpSpec};

@@ -89,6 +89,11 @@ fn integers(array: &ArrayRef, name: &str) -> Result<PrimitiveArray<Int64Type>, S
 impl RowDecoder for EventColumns {
     type Item = Event;
 
+    #[inline]
+    fn set_origin(&self, item: &mut Event, origin: weir_connectors::Origin) {
+        item.origin = origin;
+    }
+
     fn bind(&mut self, batch: &RecordBatch) -> Result<(), String> {
         let [ts, key, value] = &self.names;
         let key_array = column(batch, key)?;
@@ -157,6 +162,7 @@ impl RowDecoder for EventColumns {
             ts: bound.ts.value(row),
             key: key.ok_or_else(|| null(&self.names[1]))?,
             value: bound.value.value(row),
+            origin: weir_connectors::Origin::default(),
         })
     }
 }

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir_connectors::kafka::KafkaLineWriter;
 use weir_connectors::KafkaSpec;
 use weir_engine::time::{format_duration_ms, format_timestamp};
-use weir_engine::{parse_duration, RunOptions, RunSummary};
+use weir_engine::{parse_duration, JobControl, RunOptions, RunSummary};
 
 use crate::generate::{
     create_file, write_events, write_orders, write_sagas, EventStreamSpec, RateLimited,
@@ -373,6 +373,20 @@ fn run(
     options: &JobOptions,
     serve: &ServeOptions,
 ) -> anyhow::Result<()> {
+    // Listening before anything is built: a signal while the job is built, its state
+    // restored or its sources connect stops it like any other (the default action would
+    // kill the process and leave temporary state behind).
+    let stop = Arc::new(AtomicBool::new(false));
+    let control: Arc<Mutex<Option<Arc<JobControl>>>> = Arc::default();
+    let signal = StopSignal::listen({
+        let (stop, control) = (stop.clone(), control.clone());
+        move || {
+            stop.store(true, Ordering::SeqCst);
+            if let Some(control) = control.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                control.stop();
+            }
+        }
+    })?;
     let spec = registry.get(name)?;
     options.check_paths(name)?;
     options.check_kafka_uris()?;
@@ -382,11 +396,6 @@ fn run(
             api_token: serve.api_token.clone(),
             quiet: serve.quiet,
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let signal = StopSignal::listen({
-            let stop = stop.clone();
-            move || stop.store(true, Ordering::SeqCst)
-        })?;
         let done = crate::partitioned::run(spec, options, &serving, &stop)?;
         let what = done
             .total
@@ -404,10 +413,12 @@ fn run(
     }
     let job = (spec.build)(options)?;
     announce_dead_letters(name, options);
-    let signal = StopSignal::listen({
-        let control = job.control();
-        move || control.stop()
-    })?;
+    *control.lock().unwrap_or_else(|p| p.into_inner()) = Some(job.control());
+    // A stop that came before the control was there (JobControl keeps a stop requested
+    // before its run starts: the run then ends at once, stopped).
+    if stop.load(Ordering::SeqCst) {
+        job.control().stop();
+    }
     let served = OneJob {
         metrics: job.metrics(),
         control: job.control(),

@@ -125,7 +125,7 @@ impl GeneratedEvents {
         };
         let value = ((r >> 40) % 1000) as i64;
         self.next += 1;
-        Some((Event { ts, key, value }, k))
+        Some((Event::new(ts, key, value), k))
     }
 }
 

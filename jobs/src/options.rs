@@ -66,6 +66,14 @@ pub struct JobOptions {
     /// The metric `--top` ranks by: count, sum, min, max or avg.
     #[arg(long, default_value = "sum", value_parser = ["count", "sum", "min", "max", "avg"])]
     pub by: String,
+    /// What window-agg does with an event its aggregate cannot take (an i64 sum would
+    /// overflow): `fail` the job (the error names the key, window, event time and input
+    /// position), or `dead-letter`: write the event to the dead letters with its input
+    /// position and the reason, count it (weir_dead_letters_total{operator="window"}) and go
+    /// on without it. `dead-letter` writes at once, so it does not go with
+    /// --checkpoint-interval.
+    #[arg(long, default_value = "fail", value_parser = ["fail", "dead-letter"])]
+    pub on_aggregate_error: String,
     /// Write late events here (JSON lines) instead of only counting them.
     #[arg(long)]
     pub late_output: Option<PathBuf>,

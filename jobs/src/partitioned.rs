@@ -166,7 +166,17 @@ pub fn run(
         }
     };
     let member = GroupMember::join(&input, process_metrics.kafka(), on_change)?;
-    let outcome = serve_until_done(&member, &tasks, &starter);
+    // A bounded run gives its brokers `connect_timeout` to answer, as a bounded source
+    // does; a following one waits for them for ever.
+    let reached = match input.until_end {
+        true => member.reach_brokers(|| starter.stopping()),
+        false => Ok(true),
+    };
+    let outcome = match reached {
+        Ok(true) => serve_until_done(&member, &tasks, &starter),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e.into()),
+    };
     // Leaving revokes what is still running (after a failure) through the callback, which
     // takes the tasks' lock: so the member goes before the lock is taken here.
     member.leave();

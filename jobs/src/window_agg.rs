@@ -25,13 +25,13 @@ use weir_connectors::arrow::is_arrow_file;
 use weir_connectors::format::split_csv;
 use weir_connectors::kafka::EventTime;
 use weir_connectors::{
-    ArrowFileSource, CsvHeader, DeadLetters, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec,
-    TcpSource, TcpSpec,
+    ArrowFileSource, CsvHeader, DeadLetter, DeadLetterSink, DeadLetters, Decoder, FileSink,
+    FileSource, KafkaSource, KafkaSpec, Origin, OriginNames, Raw, TcpSource, TcpSpec,
 };
 use weir_engine::intern::{Interner, SharedStr};
 use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
-use weir_operators::StatsOutput;
+use weir_operators::{Rejected, StatsOutput};
 
 use self::flat_json::{decode_flat_json, LineShape};
 use crate::generate::{EventStreamSpec, GeneratedEvents};
@@ -52,6 +52,21 @@ pub struct Event {
     pub key: Arc<str>,
     /// The value aggregated.
     pub value: i64,
+    /// Where it was read (set by the source; not written out): for errors about it.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+impl Event {
+    /// An event read from nowhere in particular (generated, or built in code).
+    pub fn new(ts: i64, key: Arc<str>, value: i64) -> Self {
+        Event {
+            ts,
+            key,
+            value,
+            origin: Origin::default(),
+        }
+    }
 }
 
 /// One result line of `window-agg`.
@@ -134,28 +149,29 @@ fn event_time(e: &Event) -> i64 {
 /// Builds `window-agg` from options.
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("window-agg");
-    let events = match (opts.events, &opts.input) {
-        (Some(n), None) => job.source(
-            "generator",
-            GeneratedEvents::new(EventStreamSpec {
+    let dead = DeadLetters::to_file(
+        opts.dead_letter_path("window-agg"),
+        job.metrics().dead_letters("input"),
+    );
+    let rejects = dead.counted_by(job.metrics().dead_letters("window"));
+    let (events, origins) = match (opts.events, &opts.input) {
+        (Some(n), None) => {
+            let spec = EventStreamSpec {
                 events: n,
                 ..EventStreamSpec::default()
-            }),
-        ),
+            };
+            (job.source("generator", GeneratedEvents::new(spec)), None)
+        }
         _ => {
             let input = opts.require_input("window-agg")?;
-            let dead = DeadLetters::to_file(
-                opts.dead_letter_path("window-agg"),
-                job.metrics().dead_letters("input"),
-            );
             let decoder = EventDecoder::new(&opts.ts_field, &opts.key_field, &opts.value_field);
             let uri = input.to_str().unwrap_or_default();
             if let Some(spec) = TcpSpec::parse(uri) {
                 let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
-                job.source(
-                    "input",
-                    TcpSource::new(spec, decoder, dead).max_future(event_time, opts.max_future),
-                )
+                let source =
+                    TcpSource::new(spec, decoder, dead).max_future(event_time, opts.max_future);
+                let origins = source.origin_names();
+                (job.source("input", source), Some(origins))
             } else if let Some(spec) = KafkaSpec::parse(uri) {
                 let spec = match spec {
                     Ok(spec) => spec,
@@ -166,12 +182,11 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                     EventTime::Payload => decoder,
                 };
                 let metrics = job.metrics().kafka();
-                job.source(
-                    "input",
-                    KafkaSource::new(spec, decoder, dead, metrics)
-                        .with_record_time(|e: &mut Event, ms| e.ts = ms)
-                        .max_future(event_time, opts.max_future),
-                )
+                let source = KafkaSource::new(spec, decoder, dead, metrics)
+                    .with_record_time(|e: &mut Event, ms| e.ts = ms)
+                    .max_future(event_time, opts.max_future);
+                let origins = source.origin_names();
+                (job.source("input", source), Some(origins))
             } else if is_arrow_file(input) {
                 if opts.follow {
                     usage!(
@@ -181,28 +196,42 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 }
                 let [ts, key, value] = [&opts.ts_field, &opts.key_field, &opts.value_field];
                 let columns = crate::arrow_events::EventColumns::new(ts, key, value);
-                job.source(
-                    "input",
-                    ArrowFileSource::new(input, columns, dead)
-                        .max_future(event_time, opts.max_future),
-                )
+                let source = ArrowFileSource::new(input, columns, dead)
+                    .max_future(event_time, opts.max_future);
+                let origins = source.origin_names();
+                (job.source("input", source), Some(origins))
             } else {
-                job.source(
-                    "input",
-                    FileSource::new(input, opts.input_format(), decoder, dead)
-                        .follow(opts.follow)
-                        .max_line(opts.max_line)
-                        .max_future(event_time, opts.max_future),
-                )
+                let source = FileSource::new(input, opts.input_format(), decoder, dead)
+                    .follow(opts.follow)
+                    .max_line(opts.max_line)
+                    .max_future(event_time, opts.max_future);
+                let origins = source.origin_names();
+                (job.source("input", source), Some(origins))
             }
         }
     };
-    aggregate_windows(events.uid("input"), opts)?;
+    aggregate_windows(events.uid("input"), opts, origins, rejects)?;
     Ok(job)
 }
 
 /// The dataflow after the source: shared by file input, the generator and benchmarks.
-pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Result<()> {
+/// `origins` words the input positions the source set in the events, for errors and the
+/// dead letters of events the aggregate cannot take (`--on-aggregate-error dead-letter`),
+/// which go to `rejects`.
+pub fn aggregate_windows(
+    events: Stream<Event>,
+    opts: &JobOptions,
+    origins: Option<OriginNames>,
+    rejects: DeadLetters,
+) -> anyhow::Result<()> {
+    let reject = opts.on_aggregate_error == "dead-letter";
+    if reject && opts.checkpoint_interval.is_some() {
+        usage!(
+            "--on-aggregate-error dead-letter writes dead letters at once, which a restart from \
+             a checkpoint could lose: drop --checkpoint-interval, or keep the default (fail) \
+             and remove or fix the record the error names"
+        );
+    }
     if opts.top.is_some() && !opts.allowed_lateness.is_zero() {
         usage!("--top ranks each window once, when it is final: it cannot take --allowed-lateness");
     }
@@ -216,6 +245,16 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
         .key_by(|e: &Event| SharedStr(e.key.clone()))
         .window(opts.window)
         .allowed_lateness(opts.allowed_lateness);
+    let windowed = match origins.clone() {
+        Some(names) => windowed.origin(move |e: &Event| names.describe(e.origin)),
+        None => windowed,
+    };
+    let windowed = match reject {
+        true => windowed.rejects(DeadLetterSink::new(rejects, move |r: &Rejected<Event>| {
+            reject_letter(r, origins.as_ref())
+        })),
+        false => windowed,
+    };
     let windowed = match &opts.late_output {
         Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
         None => windowed,
@@ -263,6 +302,21 @@ pub fn aggregate_windows(events: Stream<Event>, opts: &JobOptions) -> anyhow::Re
         )
         .uid("output");
     Ok(())
+}
+
+/// The dead letter of an event the aggregate could not take: its input position as the
+/// source's dead letters give it, the error, and the event as decoded (`{"ts","key",
+/// "value"}`: the line itself is not kept past decoding).
+fn reject_letter(rejected: &Rejected<Event>, origins: Option<&OriginNames>) -> DeadLetter {
+    let place = origins.and_then(|names| names.dead_letter_place(rejected.event.origin));
+    let (source, line) = place.unwrap_or_else(|| ("unknown input position".to_string(), 0));
+    let raw = serde_json::to_string(&rejected.event).unwrap_or_default();
+    DeadLetter {
+        source,
+        line,
+        error: rejected.error.to_string(),
+        raw: Raw::Text(raw),
+    }
 }
 
 /// Decodes [`Event`]s from JSON lines or CSV by configurable field names.
@@ -346,6 +400,7 @@ impl EventDecoder {
             value: value
                 .and_then(Result::ok)
                 .ok_or_else(|| missing(&self.names[2]))?,
+            origin: Origin::default(),
         })
     }
 }
@@ -372,6 +427,11 @@ impl Decoder for EventDecoder {
         ]);
         self.width = header.len();
         Ok(())
+    }
+
+    #[inline]
+    fn set_origin(&self, item: &mut Event, origin: Origin) {
+        item.origin = origin;
     }
 
     #[inline]
@@ -438,6 +498,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                 .ok_or_else(|| missing(0))?,
             key: key.ok_or_else(|| missing(1))?,
             value: value.ok_or_else(|| missing(2))?,
+            origin: Origin::default(),
         })
     }
 }
@@ -535,7 +596,8 @@ mod tests {
             Event {
                 ts: -20,
                 key: "u1".into(),
-                value: 5
+                value: 5,
+                origin: Origin::default(),
             }
         );
         assert_eq!(&*d.decode(r#"{"user":17,"ms":5.0,"time":1}"#)?.key, "17");
@@ -570,7 +632,8 @@ mod tests {
             Event {
                 ts: 100,
                 key: "a,b".into(),
-                value: 7
+                value: 7,
+                origin: Origin::default(),
             }
         );
         assert!(d.decode("7,a").unwrap_err().contains("missing field `ts`"));

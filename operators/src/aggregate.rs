@@ -32,7 +32,10 @@ pub trait Aggregator<T>: Clone + Send + 'static {
 
     /// An empty accumulator.
     fn create(&self) -> Self::Acc;
-    /// Adds one event.
+    /// Adds one event. When it fails, `acc` should be as before, so that a job routing
+    /// the event to its rejects ([`crate::window::WindowedStream::rejects`]) goes on
+    /// without it: the built-in aggregates check before they change anything (`and`
+    /// keeps its first half's addition if the second half fails).
     fn add(&self, acc: &mut Self::Acc, event: &T) -> Result<(), AggregateError>;
     /// Adds everything `other` has seen.
     fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) -> Result<(), AggregateError>;

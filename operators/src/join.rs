@@ -1187,17 +1187,18 @@ mod tests {
             op.process(vec![record], &mut out).expect("process");
         }
         op.on_watermark(i64::MAX, &mut out).expect("watermark");
-        let mut rows: Vec<_> = out
-            .take()
-            .into_iter()
-            .filter_map(|r| match r.value {
-                crate::window::WindowEvent::Result(w) => {
-                    let (l, r2) = w.value;
-                    Some((w.window.start, w.window.end, l, r2))
-                }
-                crate::window::WindowEvent::Late(_) => None,
-            })
-            .collect();
+        let mut rows: Vec<_> =
+            out.take()
+                .into_iter()
+                .filter_map(|r| match r.value {
+                    crate::window::WindowEvent::Result(w) => {
+                        let (l, r2) = w.value;
+                        Some((w.window.start, w.window.end, l, r2))
+                    }
+                    crate::window::WindowEvent::Late(_)
+                    | crate::window::WindowEvent::Rejected(_) => None,
+                })
+                .collect();
         rows.sort();
         (rows, ctx.metrics.late_events.get())
     }

@@ -70,8 +70,8 @@ pub use join::{CoGrouped, JoinExt, Side, WindowPair};
 pub use process::{ProcessExt, TimerContext, TimerFunction};
 pub use topn::{Ranked, TopNExt};
 pub use window::{
-    Session, Sliding, Tumbling, Window, WindowEvent, WindowExt, WindowResult, WindowSpec,
-    WindowedStream,
+    Rejected, Session, Sliding, Tumbling, Window, WindowAggregateError, WindowEvent, WindowExt,
+    WindowResult, WindowSpec, WindowedStream,
 };
 
 /// Everything a job definition usually needs.

@@ -11,6 +11,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::error::ConnectorError;
 use crate::format::{Decoder, Format};
 use crate::max_future::{EventTimeOf, MaxFuture};
+use crate::origin::{Origin, OriginNames};
 
 /// The longest line a [`FileSource`] decodes unless told otherwise: 1 MiB.
 pub const DEFAULT_MAX_LINE: usize = 1 << 20;
@@ -121,6 +122,12 @@ impl<D: Decoder> FileSource<D> {
         self
     }
 
+    /// The words for the origins this source gives its events (their line numbers,
+    /// through [`Decoder::set_origin`]).
+    pub fn origin_names(&self) -> OriginNames {
+        OriginNames::file(&self.lines.path)
+    }
+
     /// The file being read.
     pub fn path(&self) -> &Path {
         &self.lines.path
@@ -202,7 +209,9 @@ impl<D: Decoder> LineDecoding<D> {
                 });
         }
         match self.decoder.decode(text) {
-            Ok(item) => {
+            Ok(mut item) => {
+                self.decoder
+                    .set_origin(&mut item, Origin::line(self.line_number));
                 if let Some(future) = &mut self.future {
                     if let Err(error) = future.admit(&item) {
                         self.reject(error, Raw::from(text));

@@ -25,6 +25,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::TopicPartitionList;
 use weir_engine::metrics::KafkaMetrics;
 
+use super::reach::{wait_for_brokers, Reached, UnreachableBrokers};
 use super::{topic_partitions, KafkaError, KafkaSpec, Rebalance, Reporting};
 
 /// How long metadata requests may take.
@@ -162,6 +163,34 @@ impl GroupMember {
                 .reporting
                 .error(&e, "group membership"),
         }
+    }
+
+    /// Waits for a first answer from the brokers, `connect_timeout` at most, as a source
+    /// with `until=end` does (see `reach`): a bounded run per partition whose brokers
+    /// cannot be reached fails then, naming them. True if a broker answered, false if
+    /// `stopped` said so first.
+    pub fn reach_brokers(&self, stopped: impl Fn() -> bool) -> Result<bool, UnreachableBrokers> {
+        let reporting = &self.consumer.context().reporting;
+        let drain = || {
+            // Errors queued meanwhile say why; no record comes (nothing is assigned yet).
+            for _ in 0..100 {
+                match self.consumer.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => reporting.error(&e, "group membership"),
+                }
+            }
+        };
+        let waiter = "with until=end the group member";
+        let reached = wait_for_brokers(
+            self.consumer.client(),
+            reporting,
+            &self.spec,
+            waiter,
+            drain,
+            stopped,
+        )?;
+        Ok(reached == Reached::Yes)
     }
 
     /// How many partitions the topic has.

@@ -10,7 +10,7 @@
 //! | `group=G` | consumer group (default `weir`): the source commits its checkpointed offsets to it, for lag tools, and reads its committed offsets with `start=committed`; with `tasks=per-partition`, the group that splits the partitions among processes |
 //! | `start=earliest\|latest\|committed\|MS` | where partitions without a checkpointed offset start: their first record, their end, the group's committed offset (else the first record), or the first record at or after event time `MS` (epoch ms); default `committed` |
 //! | `until=end` | bounded: stop once every partition read (every partition of the topic unless `partitions=` names some) has reached its end (one topic only) |
-//! | `connect_timeout=D` | source with `until=end`: how long it waits for a first answer from the brokers before it fails the job (default 30s; `D` as `500ms`, `10s`, `2m`) |
+//! | `connect_timeout=D` | how long a source with `until=end`, the group member of a bounded run per partition, and a sink wait for a first answer from the brokers before they fail the job (default 30s; `D` as `500ms`, `10s`, `2m`; see `reach`) |
 //! | `partitions=0,2` | source: read only these partitions (of one topic); without it the source reads every partition of every topic in the URI |
 //! | `tasks=per-partition` | source: run the job as one task per partition the group assigns this process, each with its own state, checkpoints and output (see `weir_jobs::partitioned`; one topic only) |
 //! | `timestamp=kafka\|payload` | where a record's event time comes from: its Kafka timestamp (CreateTime, or LogAppendTime if the topic is configured so), or the payload (the job's own timestamp field); default `payload` |
@@ -53,7 +53,8 @@
 //!   that for ever (saying so, throttled); a bounded one (`until=end`) fails the job after
 //!   `connect_timeout` (default 30 s), naming the brokers and the timeout: a backfill
 //!   against a wrong address ends instead of waiting. Once a broker has answered, brokers
-//!   going away do not fail it (see above).
+//!   going away do not fail it (see above). The group member of a bounded run per
+//!   partition and every sink wait for a first answer the same way (`reach`).
 
 /// Implements librdkafka's client callbacks for a context with a `reporting` field: errors,
 /// request time-outs and statistics go to [`Reporting`].
@@ -76,6 +77,7 @@ macro_rules! report_through_reporting {
 }
 
 mod group;
+mod reach;
 mod sink;
 mod source;
 mod throttle;
@@ -97,8 +99,9 @@ use weir_engine::metrics::KafkaMetrics;
 use throttle::Throttle;
 
 pub use group::{GroupChange, GroupMember};
+pub use reach::UnreachableBrokers;
 pub use sink::{KafkaLineWriter, KafkaSink, KeyOf};
-pub use source::{KafkaSource, SetEventTime, UnreachableBrokers};
+pub use source::{KafkaSource, SetEventTime};
 pub use uri::{encode_param_value, KafkaUriError, DEFAULT_CONNECT_TIMEOUT};
 
 /// Where partitions without a checkpointed offset start.

@@ -18,6 +18,7 @@ use serde::Serialize;
 use weir_engine::metrics::{JobMetrics, KafkaMetrics};
 use weir_engine::{BoxError, CheckpointId, Record, Sink};
 
+use super::reach::{wait_for_brokers, UnreachableBrokers};
 use super::transactions::Transactional;
 use super::{Delivery, KafkaError, KafkaSpec, Reporting};
 
@@ -97,6 +98,25 @@ impl Producing {
             producer,
             counted: 0,
         })
+    }
+
+    /// Waits for a first answer from the brokers, `connect_timeout` at most (see `reach`):
+    /// a sink whose brokers cannot be reached fails the job then, saying so, instead of
+    /// queueing results until librdkafka gives up on them minutes later.
+    pub(super) fn reach_brokers(&self) -> Result<(), UnreachableBrokers> {
+        let reporting = &self.producer.context().reporting;
+        let drain = || {
+            self.producer.poll(Duration::ZERO);
+        };
+        wait_for_brokers(
+            self.producer.client(),
+            reporting,
+            &self.spec,
+            "the output",
+            drain,
+            || false,
+        )?;
+        Ok(())
     }
 
     /// Queues one record; waits while librdkafka's local queue is full (backpressure).
@@ -240,7 +260,9 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
         let key = self.key;
         if let Delivering::Unconnected = self.delivering {
             let metrics = self.opened()?;
-            self.delivering = Delivering::AtOnce(Producing::connect(&self.spec, &metrics, None)?);
+            let producing = Producing::connect(&self.spec, &metrics, None)?;
+            producing.reach_brokers()?;
+            self.delivering = Delivering::AtOnce(producing);
         }
         let producing = match &mut self.delivering {
             Delivering::Transactions(t) => {

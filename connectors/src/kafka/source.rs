@@ -47,10 +47,12 @@ use serde_json::json;
 use weir_engine::metrics::KafkaMetrics;
 use weir_engine::{BoxError, Source, SourceStatus, Split};
 
+use super::reach::{UnreachableBrokers, PROBE_WAIT};
 use super::{topic_partitions, EventTime, KafkaError, KafkaSpec, Reporting, StartAt};
 use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::format::Decoder;
 use crate::max_future::{EventTimeOf, MaxFuture};
+use crate::origin::{Origin, OriginNames};
 
 /// How long a poll waits for the first record before saying the source is idle.
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -62,8 +64,6 @@ const TOPIC_WAIT: Duration = Duration::from_secs(10);
 /// How long it waits between two metadata requests for a topic not shown yet, or for a
 /// broker's first answer.
 const TOPIC_RETRY: Duration = Duration::from_millis(500);
-/// How long one request for a broker's first answer may take.
-const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Next offset to read, per topic and partition.
 type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
@@ -237,6 +237,14 @@ impl<D: Decoder> KafkaSource<D> {
         self
     }
 
+    /// The words for the origins this source gives its events (partition and offset,
+    /// through [`Decoder::set_origin`]).
+    pub fn origin_names(&self) -> OriginNames {
+        OriginNames::Kafka {
+            topics: self.spec.topics.clone(),
+        }
+    }
+
     /// The setter to apply to each record: `None` unless the URI says `timestamp=kafka`.
     fn stamp(&self) -> Result<Option<SetEventTime<D::Item>>, BoxError> {
         match (self.spec.event_time, self.record_time) {
@@ -358,15 +366,8 @@ impl<D: Decoder> KafkaSource<D> {
         let reporting = &waiting.consumer.context().reporting;
         reporting.error(&e, "cannot reach the brokers");
         if self.spec.until_end && waiting.since.elapsed() >= timeout {
-            return Err(UnreachableBrokers {
-                endpoint: self.spec.describe(),
-                brokers: reporting.brokers_named(),
-                timeout,
-                cause: reporting
-                    .unreachable_because()
-                    .unwrap_or_else(|| e.to_string()),
-            }
-            .into());
+            let waiter = "with until=end the source";
+            return Err(UnreachableBrokers::new(&self.spec, reporting, waiter, &e).into());
         }
         waiting.next_probe = Instant::now() + TOPIC_RETRY;
         Ok(false)
@@ -445,24 +446,6 @@ struct Waiting {
     next_probe: Instant,
 }
 
-/// A bounded source (`until=end`) had no answer from its brokers within `connect_timeout`.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "kafka {endpoint}: cannot reach {brokers} within {timeout:?} ({cause}): check that the \
-     broker runs and that the URI gives its host and port, or give it longer with \
-     connect_timeout= (with until=end the source waits that long for a first answer)"
-)]
-pub struct UnreachableBrokers {
-    /// The endpoint, `kafka://BROKERS/TOPICS`.
-    pub endpoint: String,
-    /// `broker HOST:PORT` or `brokers HOST:PORT,..`.
-    pub brokers: String,
-    /// How long the source waited.
-    pub timeout: Duration,
-    /// Why the brokers could not be reached, as librdkafka said last.
-    pub cause: String,
-}
-
 /// A record read but not yet handed out: it belongs to another partition than the batch
 /// being filled, so it opens the next batch.
 struct Carried<T> {
@@ -481,6 +464,8 @@ fn split_id(topic: usize, partition: i32) -> u32 {
 /// One record as read, for [`decode`].
 struct Fetched<'a> {
     topic: &'a str,
+    /// The origin stream of its partition ([`Origin::kafka_stream`]).
+    stream: u32,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
@@ -488,7 +473,8 @@ struct Fetched<'a> {
 }
 
 /// Decodes one record's payload and, with `stamp`, gives it the record's timestamp, and
-/// with `future` checks its event time; or says why it goes to the dead letters.
+/// with `future` checks its event time; or says why it goes to the dead letters. The item
+/// gets its partition and offset as its origin.
 fn decode<D: Decoder>(
     decoder: &mut D,
     stamp: Option<SetEventTime<D::Item>>,
@@ -510,6 +496,8 @@ fn decode<D: Decoder>(
         })?;
         set(&mut item, ms);
     }
+    let offset = u64::try_from(record.offset).unwrap_or_default();
+    decoder.set_origin(&mut item, Origin::new(record.stream, offset));
     if let Some(future) = future {
         future.admit(&item).map_err(letter)?;
     }
@@ -627,6 +615,7 @@ impl<D: Decoder> Source for KafkaSource<D> {
                 future,
                 Fetched {
                     topic: &self.spec.topics[topic],
+                    stream: Origin::kafka_stream(topic, partition),
                     partition,
                     offset,
                     timestamp: message.timestamp().to_millis(),
@@ -784,6 +773,7 @@ mod tests {
         let payload: &[u8] = b"{\"n\":\"caf\xe9\"}";
         let record = Fetched {
             topic: "t",
+            stream: Origin::kafka_stream(0, 2),
             partition: 2,
             offset: 17,
             timestamp: None,

@@ -97,6 +97,7 @@ impl Transactional {
     ) -> Result<Self, BoxError> {
         let transactional_id = spec.transactional_id();
         let producing = Producing::connect(spec, metrics, Some(&transactional_id))?;
+        producing.reach_brokers()?;
         let mut sink = Transactional {
             marker: Marker::connect(spec, &transactional_id)?,
             producing,

@@ -36,6 +36,7 @@ use super::{connect, Backoff, CONNECT_TIMEOUT};
 use crate::dead_letter::{DeadLetter, DeadLetters, Raw, KEPT_OF_LONG_LINE};
 use crate::format::Decoder;
 use crate::max_future::{EventTimeOf, MaxFuture};
+use crate::origin::{Origin, OriginNames, TcpPeers};
 
 /// Lines a reader hands over at once, at most.
 const LINES_PER_BATCH: usize = 1024;
@@ -158,6 +159,8 @@ pub struct TcpSource<D: Decoder> {
     rejected: Vec<DeadLetter>,
     /// Refuses events too far ahead of the input's time (`--max-future`).
     future: Option<MaxFuture<D::Item>>,
+    /// The peers of connections, by the number in events' origins.
+    peers: TcpPeers,
 }
 
 struct Started {
@@ -194,7 +197,14 @@ impl<D: Decoder> TcpSource<D> {
             started: None,
             rejected: Vec::new(),
             future: None,
+            peers: TcpPeers::default(),
         }
+    }
+
+    /// The words for the origins this source gives its events (connection and line,
+    /// through [`Decoder::set_origin`]).
+    pub fn origin_names(&self) -> OriginNames {
+        OriginNames::Tcp(self.peers.clone())
     }
 
     /// Events whose `time` is more than `max_ahead` ahead of the largest event time
@@ -265,6 +275,7 @@ impl<D: Decoder> TcpSource<D> {
     /// Decodes a batch of lines into `out`, rejects into the dead letters.
     fn take(&mut self, lines: Lines, out: &mut Vec<D::Item>) {
         let client = lines.client;
+        let connection = self.peers.number_of(client);
         let reject = |number: u64, error: String, raw: Raw| DeadLetter {
             source: format!("tcp://{client}"),
             line: number,
@@ -295,9 +306,13 @@ impl<D: Decoder> TcpSource<D> {
                 }
                 Ok(t) if t.trim().is_empty() => {}
                 Ok(t) => match self.decoder.decode(t) {
-                    Ok(item) => match self.future.as_mut().map(|f| f.admit(&item)) {
+                    Ok(mut item) => match self.future.as_mut().map(|f| f.admit(&item)) {
                         Some(Err(error)) => self.rejected.push(reject(number, error, Raw::from(t))),
-                        _ => out.push(item),
+                        _ => {
+                            let origin = Origin::new(connection, number);
+                            self.decoder.set_origin(&mut item, origin);
+                            out.push(item)
+                        }
                     },
                     Err(error) => self.rejected.push(reject(number, error, Raw::from(t))),
                 },

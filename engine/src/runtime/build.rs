@@ -55,7 +55,7 @@ pub(crate) struct Build<'g> {
     pub(super) tasks: Vec<Task>,
     pub(super) progress: Progress,
     /// Directory of the keyed instances' RocksDB databases and their shared block cache.
-    pub(super) rocksdb: Option<(PathBuf, rocksdb::Cache)>,
+    pub(super) rocksdb: Option<(PathBuf, crate::state::SharedCache)>,
     pub(super) checkpointing: Option<Arc<Checkpointing>>,
     /// Set by the first task that fails; sources stop when they see it.
     pub(super) cancelled: Arc<AtomicBool>,

@@ -29,7 +29,7 @@ use crate::keys::StableHash;
 pub use self::memory::{MemoryBackend, MemoryMap, MemorySnapshots};
 pub use self::rocksdb::{
     read_key_groups, shared_block_cache, write_snapshot, EncodedTable, RocksBackend, RocksMap,
-    RocksStore, RocksTimers,
+    RocksStore, RocksTimers, SharedCache,
 };
 pub use self::timers::{MemoryTimers, TimerQueue};
 pub use self::ttl::{Expiring, ListState, TtlMap};

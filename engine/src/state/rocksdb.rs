@@ -36,7 +36,8 @@ use rocksdb::{
     checkpoint::Checkpoint,
     statistics::{StatsLevel, Ticker},
     BlockBasedIndexType, BlockBasedOptions, BoundColumnFamily, Cache, DBWithThreadMode, Direction,
-    IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+    IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteBufferManager,
+    WriteOptions,
 };
 use rustc_hash::FxHashMap;
 
@@ -51,12 +52,47 @@ type Db = DBWithThreadMode<MultiThreaded>;
 /// Block cache shared by all state databases of one run.
 const STATE_BLOCK_CACHE_BYTES: usize = 64 << 20;
 
+/// Memtable bytes all state databases of one run hold together before RocksDB flushes
+/// (its `WriteBufferManager`), charged to the shared block cache: without it every column
+/// family grew its own memtables to 64 MiB each (a sliding window fed by a TCP flood:
+/// 40-84 MB of memtables in 90 s, BENCHMARKS.md), so RocksDB's memory had no bound but the
+/// number of tables and instances.
+const STATE_WRITE_BUFFER_BYTES: usize = 32 << 20;
+
 /// Entries per write batch when importing state from a checkpoint.
 const IMPORT_BATCH: usize = 16_384;
 
-/// The block cache the state databases of one run share.
-pub fn shared_block_cache() -> Cache {
-    Cache::new_lru_cache(STATE_BLOCK_CACHE_BYTES)
+/// What the state databases of one run share: the block cache, and the memtable budget
+/// charged to it, so that RocksDB's memory (blocks and memtables, the SST readers aside)
+/// stays within the cache's capacity however many tables and instances the job has.
+#[derive(Clone)]
+pub struct SharedCache {
+    blocks: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl std::fmt::Debug for SharedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCache")
+            .field("write_buffer_bytes", &self.write_buffers.get_usage())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The block cache and memtable budget the state databases of one run share.
+pub fn shared_block_cache() -> SharedCache {
+    let blocks = Cache::new_lru_cache(STATE_BLOCK_CACHE_BYTES);
+    // No stall: a write over the budget makes RocksDB flush the largest memtable instead of
+    // waiting (a stalled worker would hold up barriers and the watermark).
+    let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+        STATE_WRITE_BUFFER_BYTES,
+        false,
+        blocks.clone(),
+    );
+    SharedCache {
+        blocks,
+        write_buffers,
+    }
 }
 
 /// The RocksDB database of one keyed operator instance.
@@ -72,6 +108,8 @@ pub struct RocksStore {
     /// which RocksDB reports per column family.
     tables: Mutex<Vec<String>>,
     timer_tables: Mutex<Vec<String>>,
+    /// The run's block cache and memtable budget.
+    shared: SharedCache,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -91,8 +129,9 @@ fn rocks_error(table: &str, what: &str, e: impl std::fmt::Display) -> StateError
 
 impl RocksStore {
     /// Opens a fresh database at `path`, replacing whatever was there (a run starts from
-    /// empty state or imports it from a checkpoint), with blocks cached in `block_cache`.
-    pub fn open_fresh(path: &Path, block_cache: &Cache) -> Result<Arc<Self>, StateError> {
+    /// empty state or imports it from a checkpoint), with blocks cached in `shared`'s
+    /// cache and memtables within its budget.
+    pub fn open_fresh(path: &Path, shared: &SharedCache) -> Result<Arc<Self>, StateError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| StateError {
             table: "<database>".into(),
             message: format!("{what} {}: {e} (check --state-dir)", path.display()),
@@ -112,6 +151,7 @@ impl RocksStore {
         // which cost a clock read per get.
         options.enable_statistics();
         options.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
+        options.set_write_buffer_manager(&shared.write_buffers);
         let db = Db::open(&options, path).map_err(|e| fail("cannot open RocksDB at", &e))?;
         let timers =
             Db::open(&options, &timers_path).map_err(|e| fail("cannot open RocksDB at", &e))?;
@@ -119,7 +159,7 @@ impl RocksStore {
         // bloom filters answer those without touching SST blocks.
         let mut blocks = BlockBasedOptions::default();
         blocks.set_bloom_filter(10.0, false);
-        blocks.set_block_cache(block_cache);
+        blocks.set_block_cache(&shared.blocks);
         blocks.set_cache_index_and_filter_blocks(true);
         // Filters and indexes in 4 KiB partitions: a whole-file filter of a large SST is
         // bigger than a block cache shard (64 MiB / 64 shards), so it never stayed cached
@@ -139,6 +179,7 @@ impl RocksStore {
             table_options,
             tables: Mutex::default(),
             timer_tables: Mutex::default(),
+            shared: shared.clone(),
         }))
     }
 
@@ -285,13 +326,11 @@ impl RocksStore {
             + self.sum_over_tables("rocksdb.estimate-table-readers-mem", true)
     }
 
-    /// Bytes in the block cache, which every database of the run shares.
+    /// Bytes in the block cache, which every database of the run shares: blocks, and what
+    /// the memtables of the run reserve in it. (Not the `block-cache-usage` property: that
+    /// is the default column family's own cache, which holds nothing of the state.)
     pub fn block_cache_bytes(&self) -> u64 {
-        self.db
-            .property_int_value("rocksdb.block-cache-usage")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        self.shared.blocks.get_usage() as u64
     }
 
     /// Bytes of the state tables' SST files (the current version; what compaction has not
@@ -859,6 +898,43 @@ impl<K: StateKey> TimerQueue<K> for RocksTimers<K> {
 mod tests {
     use super::*;
     use crate::keys::{key_group_of, MAX_KEY_GROUPS};
+
+    #[test]
+    fn memtables_of_a_run_stay_within_the_budget_charged_to_the_block_cache(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        // 64 MiB written through two databases of one run (two tables each): without the
+        // shared budget each table's memtable held everything written to it (up to 64 MiB
+        // before its first flush).
+        let dir = tempfile::tempdir()?;
+        let shared = shared_block_cache();
+        let value = "v".repeat(1024);
+        let mut stores = Vec::new();
+        for db in ["a", "b"] {
+            let store = RocksStore::open_fresh(&dir.path().join(db), &shared)?;
+            let mut backend = RocksBackend::new(store.clone(), "op", 64);
+            for name in ["t", "u"] {
+                let mut table: RocksMap<u64, String> = backend.map_state(name)?;
+                for key in 0..16_384u64 {
+                    table.put(key, value.clone())?;
+                }
+                table.flush()?;
+            }
+            stores.push(store);
+        }
+        let memtables: u64 = stores.iter().map(|s| s.memory_bytes()).sum();
+        let budget = STATE_WRITE_BUFFER_BYTES as u64;
+        assert!(
+            memtables <= budget + budget / 2,
+            "memtables {memtables} bytes, budget {budget}"
+        );
+        // What the memtables reserve is charged to the shared cache, so its gauge shows it.
+        assert!(
+            stores[0].block_cache_bytes() >= memtables / 2,
+            "block cache {} bytes, memtables {memtables}",
+            stores[0].block_cache_bytes()
+        );
+        Ok(())
+    }
 
     #[test]
     fn entries_survive_write_back_and_deletes_reach_rocksdb(

@@ -101,6 +101,7 @@ impl LineShape {
             ts,
             key: keys.intern(key),
             value,
+            origin: weir_connectors::Origin::default(),
         })
     }
 
@@ -214,6 +215,7 @@ pub(super) fn decode_flat_json(
         ts: if read_ts { ts? } else { 0 },
         key: keys.intern(key?),
         value: value?,
+        origin: weir_connectors::Origin::default(),
     };
     shape.finish(cursor.bytes);
     Some(event)
@@ -619,7 +621,8 @@ mod tests {
             Event {
                 ts: 3,
                 key: "b".into(),
-                value: 4
+                value: 4,
+                origin: weir_connectors::Origin::default(),
             }
         );
         assert_eq!(d.decode(r#"{"ms":5,"user":"c","time":6}"#)?.ts, 6);

@@ -21,8 +21,8 @@ use weir_engine::error::BoxError;
 use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
 
 use super::{
-    prune_prefix, window_start, Alignment, LateEvents, Window, WindowAggregateError, WindowEvent,
-    WindowOutput, WindowResult,
+    prune_prefix, window_start, Alignment, LateEvents, Rejections, Window, WindowAggregateError,
+    WindowEvent, WindowOutput, WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
 
@@ -45,6 +45,7 @@ pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     pane_count: usize,
     watermark: Timestamp,
     late: LateEvents,
+    rejections: Rejections<T>,
     new_windows: Vec<Timestamp>,
     _input: PhantomData<fn(T)>,
 }
@@ -80,6 +81,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         lateness: i64,
         aggregator: A,
         late: LateEvents,
+        rejections: Rejections<T>,
     ) -> Result<Self, BoxError> {
         Ok(AlignedWindows {
             size,
@@ -95,6 +97,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             pane_count: 0,
             watermark: i64::MIN,
             late,
+            rejections,
             new_windows: Vec::new(),
             _input: PhantomData,
         })
@@ -171,27 +174,30 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 self.slide,
                 &mut self.new_windows,
             );
-            let created = self
-                .panes
-                .update(&key, Vec::new, |panes| {
-                    add_to_pane(
-                        aggregator,
-                        panes,
-                        pane_start,
-                        &value,
-                        last_start,
-                        size,
-                        slide,
-                        new_windows,
-                    )
-                })?
-                .map_err(|cause| {
+            let created = self.panes.update(&key, Vec::new, |panes| {
+                add_to_pane(
+                    aggregator,
+                    panes,
+                    pane_start,
+                    &value,
+                    last_start,
+                    size,
+                    slide,
+                    new_windows,
+                )
+            })?;
+            let created = match created {
+                Ok(created) => created,
+                Err(cause) => {
                     let window = Window {
                         start: last_start,
                         end: last_start.saturating_add(size),
                     };
-                    WindowAggregateError::new(cause, &key, window, Some(ts))
-                })?;
+                    let error = WindowAggregateError::new(cause, &key, window, Some(ts));
+                    self.rejections.fail_or_route(error, ts, value, out)?;
+                    continue;
+                }
+            };
             if created {
                 self.pane_count += 1;
                 if self.lateness > 0 {

@@ -17,6 +17,7 @@ pub mod aligned;
 pub mod local;
 pub mod session;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -46,12 +47,14 @@ pub struct Window {
 }
 
 /// An aggregate failed in a window (an integer sum overflowed): which key, which window,
-/// and the event time of the event being added (none when panes were merged as the window
-/// fired). The job fails with it; windows that fired before still reach the sinks.
+/// and the event time and input position of the event being added (none when panes were
+/// merged as the window fired). The job fails with it, unless the job routes such events
+/// to a sink ([`WindowedStream::rejects`]); windows that fired before still reach the sinks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{cause} (key {key}, window [{start}, {end}){})",
-    event_ts.map_or_else(|| " as it fired".to_string(), |ts| format!(", event time {ts}"))
+    "{cause} (key {key}, window [{start}, {end}){}{})",
+    event_ts.map_or_else(|| " as it fired".to_string(), |ts| format!(", event time {ts}")),
+    origin.as_ref().map_or_else(String::new, |at| format!(", {at}"))
 )]
 pub struct WindowAggregateError {
     /// The key, as JSON.
@@ -62,6 +65,9 @@ pub struct WindowAggregateError {
     pub end: Timestamp,
     /// The event time of the event whose addition failed.
     pub event_ts: Option<Timestamp>,
+    /// Where that event was read (e.g. `input events.jsonl line 12`), when the job says
+    /// ([`WindowedStream::origin`]).
+    pub origin: Option<String>,
     /// What failed (kept in the message, not as a separate cause, so it is said once).
     pub cause: AggregateError,
 }
@@ -78,8 +84,51 @@ impl WindowAggregateError {
             start: window.start,
             end: window.end,
             event_ts,
+            origin: None,
             cause,
         }
+    }
+}
+
+/// An event an aggregate could not take, with the reason: what [`WindowedStream::rejects`]
+/// sends to its sink instead of failing the job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected<T> {
+    /// The event, as the window received it.
+    pub event: T,
+    /// Why, with the key, window, event time and input position.
+    pub error: WindowAggregateError,
+}
+
+/// Words for where an event was read (`None` if unknown): see [`WindowedStream::origin`].
+pub type OriginOf<T> = Arc<dyn Fn(&T) -> Option<String> + Send + Sync>;
+
+/// What a window operator does with an event its aggregate fails on: fail the job, or
+/// emit it as [`WindowEvent::Rejected`] for the rejects sink; either way the error names
+/// where the event was read. Only reached on failure, so it costs nothing per event.
+pub(crate) struct Rejections<T> {
+    routed: bool,
+    origin: Option<OriginOf<T>>,
+}
+
+impl<T> Rejections<T> {
+    /// Fails with `error` about `event`, or routes the two on when the job asked for it.
+    pub(crate) fn fail_or_route<K, R>(
+        &self,
+        mut error: WindowAggregateError,
+        ts: Timestamp,
+        event: T,
+        out: &mut WindowOutput<K, R, T>,
+    ) -> Result<(), WindowAggregateError> {
+        error.origin = self.origin.as_ref().and_then(|origin| origin(&event));
+        if !self.routed {
+            return Err(error);
+        }
+        out.emit(
+            ts,
+            WindowEvent::Rejected(Box::new(Rejected { event, error })),
+        );
+        Ok(())
     }
 }
 
@@ -294,20 +343,30 @@ pub enum WindowEvent<K, R, T> {
     Result(WindowResult<K, R>),
     /// An event too late for every window it belongs to.
     Late(T),
+    /// An event the aggregate could not take (see [`WindowedStream::rejects`]). Boxed:
+    /// rare, and its error would more than double the size of every result.
+    Rejected(Box<Rejected<T>>),
 }
 
 impl<K, R, T> WindowEvent<K, R, T> {
     fn into_result(self) -> Option<WindowResult<K, R>> {
         match self {
             WindowEvent::Result(result) => Some(result),
-            WindowEvent::Late(_) => None,
+            _ => None,
         }
     }
 
     fn into_late(self) -> Option<T> {
         match self {
             WindowEvent::Late(event) => Some(event),
-            WindowEvent::Result(_) => None,
+            _ => None,
+        }
+    }
+
+    fn into_rejected(self) -> Option<Rejected<T>> {
+        match self {
+            WindowEvent::Rejected(rejected) => Some(*rejected),
+            _ => None,
         }
     }
 }
@@ -337,12 +396,12 @@ impl LateEvents {
     }
 }
 
-/// Attaches the late-data sink to the late events of a window operator.
-struct LateSink<T>(Box<dyn FnOnce(Stream<T>)>);
+/// Attaches a side-output sink (late data, rejects) to the events of a window operator.
+struct SideSink<T>(Box<dyn FnOnce(Stream<T>)>);
 
-impl<T> std::fmt::Debug for LateSink<T> {
+impl<T> std::fmt::Debug for SideSink<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LateSink")
+        f.write_str("SideSink")
     }
 }
 
@@ -360,17 +419,32 @@ impl<K, T, KF> WindowExt<K, T, KF> for KeyedStream<K, T, KF> {
             spec,
             allowed_lateness: 0,
             late: None,
+            rejects: None,
+            origin: None,
         }
     }
 }
 
 /// A keyed stream with a window definition, waiting for its aggregate.
-#[derive(Debug)]
 pub struct WindowedStream<K, T, KF> {
     keyed: KeyedStream<K, T, KF>,
     spec: WindowSpec,
     allowed_lateness: i64,
-    late: Option<LateSink<T>>,
+    late: Option<SideSink<T>>,
+    rejects: Option<SideSink<Rejected<T>>>,
+    origin: Option<OriginOf<T>>,
+}
+
+impl<K, T, KF> std::fmt::Debug for WindowedStream<K, T, KF> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowedStream")
+            .field("spec", &self.spec)
+            .field("allowed_lateness", &self.allowed_lateness)
+            .field("late", &self.late)
+            .field("rejects", &self.rejects)
+            .field("origin", &self.origin.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K, T, KF> WindowedStream<K, T, KF>
@@ -389,8 +463,31 @@ where
     /// them. They keep their event times; with checkpoints a file sink commits them
     /// exactly once, like results.
     pub fn late_data<S: Sink<T>>(mut self, sink: S) -> Self {
-        self.late = Some(LateSink(Box::new(move |late: Stream<T>| {
+        self.late = Some(SideSink(Box::new(move |late: Stream<T>| {
             late.side_output_sink("late-data", sink);
+        })));
+        self
+    }
+
+    /// Says where each event was read, for errors about it: `origin` is called only when
+    /// the aggregate fails on an event, and its words (e.g. `input events.jsonl line 12`)
+    /// end the error. Sources that number their records set the numbers in the events
+    /// (e.g. `FileSource::with_origin` in weir-connectors), so nothing is looked up per
+    /// event.
+    pub fn origin(mut self, origin: impl Fn(&T) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.origin = Some(Arc::new(origin));
+        self
+    }
+
+    /// Sends events the aggregate cannot take (an `i64` sum would overflow) to `sink` (as
+    /// the sink node `rejected`), each with its error, and goes on without them, instead
+    /// of failing the job (Flink users send such records to a side output). The event is
+    /// left out of its windows: the built-in aggregates check before they change an
+    /// accumulator (see [`Aggregator::add`]). A window of sliding panes whose merged sum
+    /// overflows as it fires has no one event to blame, and still fails the job.
+    pub fn rejects<S: Sink<Rejected<T>>>(mut self, sink: S) -> Self {
+        self.rejects = Some(SideSink(Box::new(move |rejected: Stream<Rejected<T>>| {
+            rejected.side_output_sink("rejected", sink);
         })));
         self
     }
@@ -416,11 +513,16 @@ where
             allowed_lateness: self.allowed_lateness,
             aggregator,
             route_late: self.late.is_some(),
+            route_rejects: self.rejects.is_some(),
+            origin: self.origin,
             _types: std::marker::PhantomData,
         };
         let events = self.keyed.process("window", detail, factory);
-        if let Some(LateSink(attach)) = self.late {
+        if let Some(SideSink(attach)) = self.late {
             attach(events.clone().flat_map(WindowEvent::into_late));
+        }
+        if let Some(SideSink(attach)) = self.rejects {
+            attach(events.clone().flat_map(WindowEvent::into_rejected));
         }
         events
             .clone()
@@ -468,11 +570,17 @@ where
         let partials = self.keyed.stream().clone().chain("local-window", move || {
             LocalWindows::new(key.clone(), pane, offset, local.clone())
         });
+        if self.rejects.is_some() || self.origin.is_some() {
+            refuse("cannot name or reject single events (the window receives partials)");
+            return self.aggregate(aggregator);
+        }
         WindowedStream {
             keyed: partials.key_by(|p: &Partial<K, A::Acc>| p.key.clone()),
             spec: self.spec,
             allowed_lateness: self.allowed_lateness,
             late: None,
+            rejects: None,
+            origin: None,
         }
         .aggregate(MergePartials::new(aggregator))
     }
@@ -484,6 +592,10 @@ pub(crate) struct WindowFactory<K, T, A> {
     aggregator: A,
     /// Whether late events are emitted (for the late-data sink) or only counted.
     route_late: bool,
+    /// Whether events the aggregate fails on are emitted (for the rejects sink) or fail
+    /// the job; and the words for where they were read.
+    route_rejects: bool,
+    origin: Option<OriginOf<T>>,
     _types: std::marker::PhantomData<fn() -> (K, T)>,
 }
 
@@ -497,6 +609,8 @@ impl<K, T, A> WindowFactory<K, T, A> {
             allowed_lateness: 0,
             aggregator,
             route_late: false,
+            route_rejects: false,
+            origin: None,
             _types: std::marker::PhantomData,
         }
     }
@@ -522,6 +636,10 @@ where
             routed: self.route_late,
             counter: ctx.metrics.late_events.clone(),
         };
+        let rejections = || Rejections {
+            routed: self.route_rejects,
+            origin: self.origin.clone(),
+        };
         let agg = self.aggregator.clone();
         Ok(match self.spec {
             WindowSpec::Tumbling(t) => WindowOperator::Aligned(AlignedWindows::new(
@@ -532,6 +650,7 @@ where
                 self.allowed_lateness,
                 agg,
                 late(),
+                rejections(),
             )?),
             WindowSpec::Sliding(s) => WindowOperator::Aligned(AlignedWindows::new(
                 &mut state,
@@ -541,6 +660,7 @@ where
                 self.allowed_lateness,
                 agg,
                 late(),
+                rejections(),
             )?),
             WindowSpec::Session(s) => WindowOperator::Session(SessionWindows::new(
                 &mut state,
@@ -548,6 +668,7 @@ where
                 self.allowed_lateness,
                 agg,
                 late(),
+                rejections(),
             )?),
         })
     }
@@ -704,6 +825,77 @@ mod tests {
     }
 
     #[test]
+    fn an_event_the_aggregate_fails_on_is_rejected_with_its_origin_and_left_out() {
+        use crate::aggregate::Sum;
+        let ctx = crate::test_support::operator_context("window");
+        for spec in [
+            WindowSpec::from(Tumbling::of(ms(10))),
+            Sliding::of(ms(10), ms(5)).into(),
+            Session::with_gap(ms(10)).into(),
+        ] {
+            let factory = WindowFactory::<String, i64, _> {
+                route_rejects: true,
+                origin: Some(Arc::new(|v: &i64| Some(format!("value {v}")))),
+                ..WindowFactory::plain(spec, Sum::of(|v: &i64| *v))
+            };
+            let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+            let mut out = Output::default();
+            for (ts, value) in [(1, i64::MAX), (2, 1), (3, -5)] {
+                let value = Keyed {
+                    key: "k".to_string(),
+                    value,
+                };
+                let record = Record {
+                    ts,
+                    watermark: MIN,
+                    value,
+                };
+                op.process(vec![record], &mut out)
+                    .expect("routed, not failed");
+            }
+            op.on_watermark(END, &mut out).expect("watermark");
+            let (mut sums, mut rejected) = (Vec::new(), Vec::new());
+            for r in out.take() {
+                match r.value {
+                    WindowEvent::Result(w) => sums.push(w.value),
+                    WindowEvent::Rejected(r) => rejected.push(*r),
+                    WindowEvent::Late(_) => panic!("nothing is late"),
+                }
+            }
+            assert!(
+                sums.contains(&(i64::MAX - 5)),
+                "{spec}: the windows go on without the rejected event: {sums:?}"
+            );
+            assert_eq!(rejected.len(), 1, "{spec}: {rejected:?}");
+            assert_eq!(rejected[0].event, 1);
+            let error = rejected[0].error.to_string();
+            assert!(error.ends_with("event time 2, value 1)"), "{spec}: {error}");
+        }
+        // Without a rejects sink the same event fails the operator, naming it.
+        let factory = WindowFactory::<String, i64, _> {
+            origin: Some(Arc::new(|v: &i64| Some(format!("value {v}")))),
+            ..WindowFactory::plain(Tumbling::of(ms(10)).into(), Sum::of(|v: &i64| *v))
+        };
+        let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+        let mut out = Output::default();
+        let records = [(1, i64::MAX), (2, 1)].map(|(ts, value)| Record {
+            ts,
+            watermark: MIN,
+            value: Keyed {
+                key: "k".to_string(),
+                value,
+            },
+        });
+        let failed = op
+            .process(records.to_vec(), &mut out)
+            .expect_err("overflow");
+        assert!(
+            failed.to_string().ends_with("event time 2, value 1)"),
+            "{failed}"
+        );
+    }
+
+    #[test]
     fn the_remembered_alignment_agrees_with_window_start() {
         // Mostly ordered times with jumps back and forth, negative ones, and the edges.
         let mut times = vec![i64::MIN, i64::MIN + 1, i64::MIN + 2_999, i64::MIN + 4_000];
@@ -743,6 +935,8 @@ mod tests {
             allowed_lateness: lateness,
             aggregator: Count,
             route_late: true,
+            route_rejects: false,
+            origin: None,
             _types: std::marker::PhantomData,
         };
         let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
@@ -770,6 +964,7 @@ mod tests {
                         routed_late += 1;
                         return None;
                     }
+                    WindowEvent::Rejected(r) => panic!("Count never fails: {r:?}"),
                 };
                 let r = Record {
                     ts: r.ts,

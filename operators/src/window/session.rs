@@ -19,7 +19,8 @@ use weir_engine::error::BoxError;
 use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
 
 use super::{
-    prune, LateEvents, Window, WindowAggregateError, WindowEvent, WindowOutput, WindowResult,
+    prune, LateEvents, Rejections, Window, WindowAggregateError, WindowEvent, WindowOutput,
+    WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
 
@@ -49,6 +50,7 @@ pub struct SessionWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     session_count: usize,
     watermark: Timestamp,
     late: LateEvents,
+    rejections: Rejections<T>,
     _input: PhantomData<fn(T)>,
 }
 
@@ -77,6 +79,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         lateness: i64,
         aggregator: A,
         late: LateEvents,
+        rejections: Rejections<T>,
     ) -> Result<Self, BoxError> {
         Ok(SessionWindows {
             gap,
@@ -88,6 +91,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             session_count: 0,
             watermark: i64::MIN,
             late,
+            rejections,
             _input: PhantomData,
         })
     }
@@ -148,18 +152,21 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             }
             let due = merged.1 - 1 <= watermark;
             let aggregator = &self.aggregator;
-            let (removed, result) = self
-                .sessions
-                .update(&key, Vec::new, |sessions| {
-                    merge_event(aggregator, sessions, start, end, merged, &value, due)
-                })?
-                .map_err(|cause| {
+            let merged_event = self.sessions.update(&key, Vec::new, |sessions| {
+                merge_event(aggregator, sessions, start, end, merged, &value, due)
+            })?;
+            let (removed, result) = match merged_event {
+                Ok(merged_event) => merged_event,
+                Err(cause) => {
                     let window = Window {
                         start: merged.0,
                         end: merged.1,
                     };
-                    WindowAggregateError::new(cause, &key, window, Some(ts))
-                })?;
+                    let error = WindowAggregateError::new(cause, &key, window, Some(ts));
+                    self.rejections.fail_or_route(error, ts, value, out)?;
+                    continue;
+                }
+            };
             self.session_count = self.session_count + 1 - removed;
             if let Some((window, value, is_update)) = result {
                 out.emit(
@@ -249,21 +256,19 @@ fn merge_event<T, A: Aggregator<T>>(
     value: &T,
     due: bool,
 ) -> Result<Merged<A::Output>, AggregateError> {
+    // Everything that can fail comes before the sessions change: a failed event leaves
+    // them as they were (it may go to the rejected output and the job go on).
     let mut acc = aggregator.create();
     aggregator.add(&mut acc, value)?;
     let mut emitted = false;
-    let before = sessions.len();
-    let mut kept = Vec::with_capacity(before);
-    for s in sessions.drain(..) {
-        if touches(start, end, &s) {
-            aggregator.merge(&mut acc, &s.acc)?;
-            emitted |= s.emitted;
-        } else {
-            kept.push(s);
-        }
+    for s in sessions.iter().filter(|s| touches(start, end, s)) {
+        aggregator.merge(&mut acc, &s.acc)?;
+        emitted |= s.emitted;
     }
-    let removed = before - kept.len();
-    let at = kept.partition_point(|s| s.start < merged.0);
+    let before = sessions.len();
+    sessions.retain(|s| !touches(start, end, s));
+    let removed = before - sessions.len();
+    let at = sessions.partition_point(|s| s.start < merged.0);
     let result = due.then(|| {
         (
             Window {
@@ -274,7 +279,7 @@ fn merge_event<T, A: Aggregator<T>>(
             emitted,
         )
     });
-    kept.insert(
+    sessions.insert(
         at,
         SessionState {
             start: merged.0,
@@ -284,6 +289,5 @@ fn merge_event<T, A: Aggregator<T>>(
             pending: !due,
         },
     );
-    *sessions = kept;
     Ok((removed, result))
 }
