@@ -69,7 +69,7 @@ pub struct JobOptions {
     /// What window-agg does with an event its aggregate cannot take (an i64 sum would
     /// overflow): `fail` the job (the error names the key, window, event time and input
     /// position), or `dead-letter`: write the event to the dead letters with its input
-    /// position and the reason, count it (weir_dead_letters_total{operator="window"}) and go
+    /// position and the reason, count it (weir_dead_letter_records_total{operator="window"}) and go
     /// on without it. `dead-letter` writes at once, so it does not go with
     /// --checkpoint-interval.
     #[arg(long, default_value = "fail", value_parser = ["fail", "dead-letter"])]
