@@ -383,7 +383,7 @@ impl Job {
             &self.inner.control,
             options,
         );
-        self.inner.control.attach(None);
+        self.inner.control.detach();
         result
     }
 

@@ -10,21 +10,39 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
 use super::coordinator::Checkpointing;
 use super::history::{CheckpointHistory, CheckpointsSnapshot};
 
+/// How long a stop with a savepoint waits for a job still being built to start running.
+const SAVEPOINT_WAIT_FOR_RUN: Duration = Duration::from_secs(600);
+
 /// A handle on a job's checkpointing while it runs.
 #[derive(Debug, Default)]
 pub struct JobControl {
-    checkpointing: Mutex<Option<Arc<Checkpointing>>>,
+    checkpointing: Mutex<Attached>,
+    /// Signalled when a run attaches its checkpointing (or ends).
+    attached: Condvar,
     history: Arc<CheckpointHistory>,
     cancel: Mutex<Request>,
     stop: Mutex<Request>,
+}
+
+/// Where the job's run is, for savepoints: one asked for while the job is still being
+/// built waits for its run to start instead of failing.
+#[derive(Debug, Default)]
+enum Attached {
+    /// No run has started yet.
+    #[default]
+    NotYet,
+    /// A run is going, with its checkpointing if it checkpoints.
+    Running(Option<Arc<Checkpointing>>),
+    /// The run ended.
+    Ended,
 }
 
 /// Whether the job was asked to cancel (or stop), and the running job's flag for it. The
@@ -96,12 +114,21 @@ impl JobControl {
     }
 
     pub(crate) fn attach(&self, checkpointing: Option<Arc<Checkpointing>>) {
-        *self
-            .checkpointing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = checkpointing;
+        *self.lock() = Attached::Running(checkpointing);
+        self.attached.notify_all();
     }
 
+    /// The run ended: savepoints are refused from now on.
+    pub(crate) fn detach(&self) {
+        *self.lock() = Attached::Ended;
+        self.attached.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Attached> {
+        self.checkpointing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
     /// The checkpoints of the current (or last) run: counts and the newest ones.
     pub fn checkpoints(&self) -> CheckpointsSnapshot {
         self.history.snapshot()
@@ -117,7 +144,9 @@ impl JobControl {
     /// without a final checkpoint (it failed or was cancelled). Refused, without stopping,
     /// if the job is not running with checkpoints.
     pub fn stop_with_savepoint(&self) -> Result<Receiver<Result<PathBuf, String>>, String> {
-        let answer = self.running_checkpointing()?.request_savepoint_at_end()?;
+        let answer = self
+            .running_checkpointing(SAVEPOINT_WAIT_FOR_RUN)?
+            .request_savepoint_at_end()?;
         self.stop();
         Ok(answer)
     }
@@ -125,18 +154,57 @@ impl JobControl {
     /// Takes a checkpoint now and keeps it as a savepoint (not removed by retention);
     /// returns its directory, to pass to `--from-savepoint`. Waits up to `timeout`.
     pub fn savepoint(&self, timeout: Duration) -> Result<PathBuf, String> {
-        self.running_checkpointing()?.request_savepoint(timeout)
+        let started = Instant::now();
+        let checkpointing = self.running_checkpointing(timeout)?;
+        checkpointing.request_savepoint(timeout.saturating_sub(started.elapsed()))
     }
 
-    fn running_checkpointing(&self) -> Result<Arc<Checkpointing>, String> {
-        self.checkpointing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-            .ok_or_else(|| {
+    /// The running job's checkpointing; waits up to `wait` for a run that has not started
+    /// yet (the job is still being built, its state restored).
+    fn running_checkpointing(&self, wait: Duration) -> Result<Arc<Checkpointing>, String> {
+        let deadline = Instant::now() + wait;
+        let mut attached = self.lock();
+        while matches!(*attached, Attached::NotYet) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "the job did not start running within {wait:?}: no savepoint taken"
+                ));
+            }
+            attached = self
+                .attached
+                .wait_timeout(attached, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        match &*attached {
+            Attached::Running(Some(checkpointing)) => Ok(checkpointing.clone()),
+            Attached::Running(None) => Err(
                 "this job is not running with checkpoints: start it with --checkpoint-interval \
                  and --state-dir to take savepoints"
-                    .to_string()
-            })
+                    .to_string(),
+            ),
+            Attached::Ended | Attached::NotYet => {
+                Err("the job has ended: savepoints are taken of a running job".to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_savepoint_says_whether_the_run_has_not_started_takes_none_or_ended() {
+        let control = JobControl::default();
+        let reason = control.savepoint(Duration::ZERO).expect_err("refused");
+        assert!(reason.contains("did not start running"), "{reason}");
+        control.attach(None);
+        let reason = control.savepoint(Duration::ZERO).expect_err("refused");
+        assert!(reason.contains("not running with checkpoints"), "{reason}");
+        control.detach();
+        let reason = control.savepoint(Duration::ZERO).expect_err("refused");
+        assert!(reason.contains("has ended"), "{reason}");
     }
 }

@@ -11,6 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use weir_engine::JobControl;
 
 use super::dead_letters::{self, MAX_LIMIT};
 use super::served::{lock, JobState, SavepointStatus, Serving};
@@ -198,10 +199,20 @@ async fn stop(
         serving.job.stop();
         return Ok((StatusCode::ACCEPTED, Json(json!({ "state": "stopping" }))).into_response());
     }
-    let control = serving.job.control().ok_or_else(no_savepoints)?;
-    let answer = control
-        .stop_with_savepoint()
-        .map_err(|reason| ApiError::new(StatusCode::CONFLICT, reason))?;
+    if serving.job.control().is_none() {
+        return Err(no_savepoints());
+    }
+    // A job still being built is waited for: off the server's thread.
+    let asking = serving.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        asking.job.control().map_or_else(
+            || Err(no_savepoints().message),
+            JobControl::stop_with_savepoint,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|reason| ApiError::new(StatusCode::CONFLICT, reason))?;
     // The answer comes once the final checkpoint is kept, and the job ends right after:
     // the process waits for this answer before it exits.
     let _owed = serving.owe_answer();
