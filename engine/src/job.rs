@@ -47,7 +47,7 @@ use crate::error::{EngineError, Result};
 use crate::keys::StableHash;
 use crate::metrics::JobMetrics;
 use crate::operator::{ChainedOperator, OperatorFactory};
-use crate::plan::{Exchange, JobPlan, PlanEdge, PlanNode, PlanNodeKind};
+use crate::plan::{Exchange, JobPlan, PlanEdge, PlanNode};
 use crate::record::Data;
 use crate::runtime::{
     self, ChainedPush, FilterPush, FlatMapPush, KeyedNode, MapPush, NodeImpl, RunOptions,
@@ -60,17 +60,8 @@ use crate::time::Watermarks;
 
 pub(crate) type NodeId = usize;
 
-/// What a node does, which decides how it is scheduled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NodeKind {
-    Source,
-    /// A source with one instance per worker, each reading its own share of the input.
-    ParallelSource,
-    Stateless,
-    Keyed,
-    Union,
-    Sink,
-}
+/// What a node does, which decides how it is scheduled (the plan's kinds are the graph's).
+pub(crate) use crate::plan::PlanNodeKind as NodeKind;
 
 pub(crate) struct Node {
     pub(crate) name: String,
@@ -84,19 +75,6 @@ pub(crate) struct Node {
     pub(crate) inputs: Vec<NodeId>,
     pub(crate) consumers: Vec<NodeId>,
     pub(crate) imp: Rc<dyn NodeImpl>,
-}
-
-impl From<NodeKind> for PlanNodeKind {
-    fn from(kind: NodeKind) -> Self {
-        match kind {
-            NodeKind::Source => PlanNodeKind::Source,
-            NodeKind::ParallelSource => PlanNodeKind::ParallelSource,
-            NodeKind::Stateless => PlanNodeKind::Stateless,
-            NodeKind::Keyed => PlanNodeKind::Keyed,
-            NodeKind::Union => PlanNodeKind::Union,
-            NodeKind::Sink => PlanNodeKind::Sink,
-        }
-    }
 }
 
 /// The dataflow graph of a job, in the order nodes were added (a topological order).
@@ -415,7 +393,7 @@ impl Job {
                     name: node.name.clone(),
                     uid: uid.value,
                     uid_derived: uid.derived,
-                    kind: node.kind.into(),
+                    kind: node.kind,
                     parallelism: graph.parallelism(id, parallelism),
                     detail: node.detail.clone(),
                 }
@@ -475,10 +453,10 @@ impl Job {
         let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", plan.job);
         for node in &plan.nodes {
             let shape = match node.kind {
-                PlanNodeKind::Source | PlanNodeKind::ParallelSource => "invhouse",
-                PlanNodeKind::Sink => "house",
-                PlanNodeKind::Keyed => "box3d",
-                PlanNodeKind::Stateless | PlanNodeKind::Union => "box",
+                NodeKind::Source | NodeKind::ParallelSource => "invhouse",
+                NodeKind::Sink => "house",
+                NodeKind::Keyed => "box3d",
+                NodeKind::Stateless | NodeKind::Union => "box",
             };
             let label = format!("{}\\nx{}\\nuid {}", node.name, node.parallelism, node.uid)
                 .replace('"', "'");

@@ -173,9 +173,7 @@ async fn savepoint(State(serving): Shared, Path(id): Path<String>) -> Result<Res
         .get(&id)
         .cloned()
         .ok_or_else(bad)?;
-    let mut body = serde_json::to_value(status).unwrap_or_default();
-    body["id"] = json!(id);
-    Ok(Json(body).into_response())
+    Ok(Json(savepoint_body(status, "id", id)).into_response())
 }
 
 async fn stop(
@@ -226,9 +224,7 @@ async fn stop(
         },
     };
     lock(&serving.savepoints).insert(id, status.clone());
-    let mut body = serde_json::to_value(status).unwrap_or_default();
-    body["savepoint"] = json!(id);
-    Ok(Json(body).into_response())
+    Ok(Json(savepoint_body(status, "savepoint", id)).into_response())
 }
 
 async fn dead_letters(
@@ -271,6 +267,13 @@ fn no_savepoints() -> ApiError {
         "this run takes no savepoints: run a job in one process with --checkpoint-interval and \
          --state-dir (a Kafka-partitioned run checkpoints each partition on its own)",
     )
+}
+
+/// A savepoint's status as JSON, with its id under `key`.
+fn savepoint_body(status: SavepointStatus, key: &str, id: u64) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    body[key] = json!(id);
+    body
 }
 
 /// Savepoints whose status is kept; older ones are forgotten.
