@@ -1,0 +1,252 @@
+//! The interval join: each left element meets the right elements of its key whose event
+//! time lies within a bound of its own ([`super::JoinExt::interval_join`]).
+
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
+use weir_engine::error::BoxError;
+use weir_engine::metrics::Counter;
+use weir_engine::operator::OperatorFactory;
+use weir_engine::{
+    Data, Keyed, KeyedOperator, MapState, OperatorContext, Output, Record, StateBackend, StateKey,
+    StateValue, TimerQueue, Timestamp,
+};
+
+use super::Side;
+use crate::snapshot::{restored_watermark, save_watermark};
+
+pub(super) struct IntervalJoinFactory<K, A, B> {
+    pub(super) lower: i64,
+    pub(super) upper: i64,
+    pub(super) outer: bool,
+    pub(super) _types: PhantomData<fn(K, A) -> B>,
+}
+
+impl<K: StateKey + Data, A: StateValue + Data, B: StateValue + Data> OperatorFactory
+    for IntervalJoinFactory<K, A, B>
+{
+    type Key = K;
+    type In = Side<A, B>;
+    type Out = (A, Option<B>);
+    type Operator<S: StateBackend> = IntervalJoinOperator<S, K, A, B>;
+
+    fn create<S: StateBackend>(
+        &self,
+        ctx: &OperatorContext,
+        mut state: S,
+    ) -> Result<Self::Operator<S>, BoxError> {
+        Ok(IntervalJoinOperator {
+            lower: self.lower,
+            upper: self.upper,
+            outer: self.outer,
+            buffers: state.map_state("interval-join-buffers")?,
+            cleanup: state.timer_queue("cleanup")?,
+            watermark: Timestamp::MIN,
+            late: ctx.metrics.late_events.clone(),
+        })
+    }
+}
+
+/// The elements of one key that may still find partners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Buffers<A, B> {
+    /// Left elements: time, element, whether it matched anything yet.
+    lefts: Vec<(Timestamp, A, bool)>,
+    /// Right elements: time, element.
+    rights: Vec<(Timestamp, B)>,
+}
+
+impl<A, B> Default for Buffers<A, B> {
+    fn default() -> Self {
+        Buffers {
+            lefts: Vec::new(),
+            rights: Vec::new(),
+        }
+    }
+}
+
+/// One worker of an interval join.
+pub struct IntervalJoinOperator<S: StateBackend, K: StateKey, A: StateValue, B: StateValue> {
+    lower: i64,
+    upper: i64,
+    outer: bool,
+    buffers: S::Map<K, Buffers<A, B>>,
+    cleanup: S::Timers<K>,
+    watermark: Timestamp,
+    late: Counter,
+}
+
+impl<S: StateBackend, K: StateKey, A: StateValue, B: StateValue> std::fmt::Debug
+    for IntervalJoinOperator<S, K, A, B>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntervalJoinOperator")
+            .field("lower", &self.lower)
+            .field("upper", &self.upper)
+            .field("keys", &self.buffers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, A, B> IntervalJoinOperator<S, K, A, B>
+where
+    S: StateBackend,
+    K: StateKey + Data,
+    A: StateValue + Data,
+    B: StateValue + Data,
+{
+    /// When a left element at `ts` can no longer match: the watermark passed `ts + upper`.
+    fn left_expiry(&self, ts: Timestamp) -> Timestamp {
+        ts.saturating_add(self.upper).saturating_add(1)
+    }
+
+    /// When a right element at `ts` can no longer match: the watermark passed `ts - lower`.
+    fn right_expiry(&self, ts: Timestamp) -> Timestamp {
+        ts.saturating_sub(self.lower).saturating_add(1)
+    }
+
+    /// Drops the elements the watermark made useless (emitting unmatched lefts if outer).
+    fn advance(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<(A, Option<B>)>,
+    ) -> Result<(), BoxError> {
+        self.watermark = self.watermark.max(watermark);
+        let w = self.watermark;
+        let (lower, upper, outer) = (self.lower, self.upper, self.outer);
+        while let Some((_, keys)) = self.cleanup.pop_due(|t| t <= w)? {
+            for key in keys {
+                let mut unmatched = Vec::new();
+                let empty = self.buffers.modify(&key, |b| {
+                    b.lefts.retain(|(ts, a, matched)| {
+                        let keep = ts.saturating_add(upper) >= w;
+                        if !keep && outer && !matched {
+                            unmatched.push((*ts, a.clone()));
+                        }
+                        keep
+                    });
+                    b.rights.retain(|(ts, _)| ts.saturating_sub(lower) >= w);
+                    b.lefts.is_empty() && b.rights.is_empty()
+                })?;
+                if empty == Some(true) {
+                    self.buffers.take(&key)?;
+                }
+                for (ts, a) in unmatched {
+                    out.emit(ts.saturating_add(upper), (a, None));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S, K, A, B> KeyedOperator for IntervalJoinOperator<S, K, A, B>
+where
+    S: StateBackend,
+    K: StateKey + Data,
+    A: StateValue + Data,
+    B: StateValue + Data,
+{
+    type Key = K;
+    type In = Side<A, B>;
+    type Out = (A, Option<B>);
+
+    fn process(
+        &mut self,
+        records: Vec<Record<Keyed<K, Side<A, B>>>>,
+        out: &mut Output<(A, Option<B>)>,
+    ) -> Result<(), BoxError> {
+        let mut late = 0;
+        for r in records {
+            if r.watermark > self.watermark {
+                self.advance(r.watermark, out)?;
+            }
+            let ts = r.ts;
+            if ts < self.watermark {
+                late += 1;
+                continue;
+            }
+            let Keyed { key, value } = r.value;
+            let (lower, upper) = (self.lower, self.upper);
+            let mut pairs = Vec::new();
+            let expiry = match value {
+                Side::Left(a) => {
+                    self.buffers.update(&key, Buffers::default, |b| {
+                        let (from, to) = (ts.saturating_add(lower), ts.saturating_add(upper));
+                        let mut matched = false;
+                        for (bts, bv) in b.rights.iter().filter(|(t, _)| (from..=to).contains(t)) {
+                            pairs.push((ts.max(*bts), a.clone(), bv.clone()));
+                            matched = true;
+                        }
+                        b.lefts.push((ts, a, matched));
+                    })?;
+                    self.left_expiry(ts)
+                }
+                Side::Right(bv) => {
+                    self.buffers.update(&key, Buffers::default, |b| {
+                        let (from, to) = (ts.saturating_sub(upper), ts.saturating_sub(lower));
+                        for (ats, a, matched) in b
+                            .lefts
+                            .iter_mut()
+                            .filter(|(t, _, _)| (from..=to).contains(t))
+                        {
+                            pairs.push((ts.max(*ats), a.clone(), bv.clone()));
+                            *matched = true;
+                        }
+                        b.rights.push((ts, bv));
+                    })?;
+                    self.right_expiry(ts)
+                }
+            };
+            self.cleanup.register(expiry, key)?;
+            for (at, a, b) in pairs {
+                out.emit(at, (a, Some(b)));
+            }
+        }
+        self.late.inc_by(late);
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<(A, Option<B>)>,
+    ) -> Result<(), BoxError> {
+        // The runner forwards the watermark after this.
+        self.advance(watermark, out)
+    }
+
+    fn state_entries(&self) -> usize {
+        self.buffers.len()
+    }
+
+    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
+        self.buffers.flush()?;
+        save_watermark(self.watermark)
+    }
+
+    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
+        self.watermark = restored_watermark(snapshots)?;
+        let mut expiries = Vec::new();
+        let (lower, upper) = (self.lower, self.upper);
+        self.buffers.scan(|key, b| {
+            let first = b
+                .lefts
+                .iter()
+                .map(|(ts, _, _)| ts.saturating_add(upper).saturating_add(1))
+                .chain(
+                    b.rights
+                        .iter()
+                        .map(|(ts, _)| ts.saturating_sub(lower).saturating_add(1)),
+                )
+                .min();
+            if let Some(t) = first {
+                expiries.push((t, key));
+            }
+        })?;
+        for (t, key) in expiries {
+            self.cleanup.register(t, key)?;
+        }
+        Ok(())
+    }
+}

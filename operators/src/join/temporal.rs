@@ -1,0 +1,196 @@
+//! The temporal (versioned) join: each left element meets the version of the right side
+//! that was valid at its event time.
+
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
+use weir_engine::error::BoxError;
+use weir_engine::metrics::Counter;
+use weir_engine::operator::OperatorFactory;
+use weir_engine::{
+    Data, Keyed, KeyedOperator, MapState, OperatorContext, Output, Record, StateBackend, StateKey,
+    StateValue, TimerQueue, Timestamp,
+};
+
+use super::Side;
+use crate::snapshot::{restored_watermark, save_watermark};
+use crate::time_order::{insert_by_time, take_due, upto, TimeOrdered};
+
+pub(super) struct TemporalJoinFactory<K, A, V> {
+    pub(super) _types: PhantomData<fn(K, A) -> V>,
+}
+
+impl<K: StateKey + Data, A: StateValue + Data, V: StateValue + Data> OperatorFactory
+    for TemporalJoinFactory<K, A, V>
+{
+    type Key = K;
+    type In = Side<A, (K, Option<V>)>;
+    type Out = (A, Option<V>);
+    type Operator<S: StateBackend> = TemporalJoinOperator<S, K, A, V>;
+
+    fn create<S: StateBackend>(
+        &self,
+        ctx: &OperatorContext,
+        mut state: S,
+    ) -> Result<Self::Operator<S>, BoxError> {
+        Ok(TemporalJoinOperator {
+            keys: state.map_state("temporal-join")?,
+            timers: state.timer_queue("timers")?,
+            watermark: Timestamp::MIN,
+            late: ctx.metrics.late_events.clone(),
+        })
+    }
+}
+
+/// One key's versioned table row and the events waiting for the watermark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Versioned<A, V> {
+    /// Versions by the time they are valid from: a value, or deleted.
+    versions: TimeOrdered<Option<V>>,
+    /// Events waiting for the watermark.
+    pending: TimeOrdered<A>,
+}
+
+impl<A, V> Default for Versioned<A, V> {
+    fn default() -> Self {
+        Versioned {
+            versions: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// One worker of a temporal join.
+pub struct TemporalJoinOperator<S: StateBackend, K: StateKey, A: StateValue, V: StateValue> {
+    keys: S::Map<K, Versioned<A, V>>,
+    timers: S::Timers<K>,
+    watermark: Timestamp,
+    late: Counter,
+}
+
+impl<S: StateBackend, K: StateKey, A: StateValue, V: StateValue> std::fmt::Debug
+    for TemporalJoinOperator<S, K, A, V>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemporalJoinOperator")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, A, V> TemporalJoinOperator<S, K, A, V>
+where
+    S: StateBackend,
+    K: StateKey + Data,
+    A: StateValue + Data,
+    V: StateValue + Data,
+{
+    /// Joins every waiting event the watermark reached, then compacts the versions.
+    fn advance(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<(A, Option<V>)>,
+    ) -> Result<(), BoxError> {
+        self.watermark = self.watermark.max(watermark);
+        let w = self.watermark;
+        while let Some((_, keys)) = self.timers.pop_due(|t| t <= w)? {
+            for key in keys {
+                let mut joined = Vec::new();
+                let next = self.keys.modify(&key, |row| {
+                    for (ts, event) in take_due(&mut row.pending, w) {
+                        let valid = upto(&row.versions, ts);
+                        let value = valid.checked_sub(1).and_then(|i| row.versions[i].1.clone());
+                        joined.push((ts, event, value));
+                    }
+                    // Only the version valid at the watermark, and later ones, can be used.
+                    let valid = upto(&row.versions, w);
+                    row.versions.drain(..valid.saturating_sub(1));
+                    row.pending.first().map(|(ts, _)| *ts)
+                })?;
+                if let Some(Some(t)) = next {
+                    self.timers.register(t, key)?;
+                }
+                for (ts, event, value) in joined {
+                    out.emit(ts, (event, value));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S, K, A, V> KeyedOperator for TemporalJoinOperator<S, K, A, V>
+where
+    S: StateBackend,
+    K: StateKey + Data,
+    A: StateValue + Data,
+    V: StateValue + Data,
+{
+    type Key = K;
+    type In = Side<A, (K, Option<V>)>;
+    type Out = (A, Option<V>);
+
+    fn process(
+        &mut self,
+        records: Vec<Record<Keyed<K, Side<A, (K, Option<V>)>>>>,
+        out: &mut Output<(A, Option<V>)>,
+    ) -> Result<(), BoxError> {
+        let mut late = 0;
+        for r in records {
+            if r.watermark > self.watermark {
+                self.advance(r.watermark, out)?;
+            }
+            let ts = r.ts;
+            if ts <= self.watermark {
+                late += 1;
+                continue;
+            }
+            let Keyed { key, value } = r.value;
+            self.keys
+                .update(&key, Versioned::default, |row| match value {
+                    Side::Left(event) => {
+                        insert_by_time(&mut row.pending, ts, event);
+                    }
+                    Side::Right((_, version)) => {
+                        insert_by_time(&mut row.versions, ts, version);
+                    }
+                })?;
+            // Events are joined at this time; versions are compacted then.
+            self.timers.register(ts, key)?;
+        }
+        self.late.inc_by(late);
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<(A, Option<V>)>,
+    ) -> Result<(), BoxError> {
+        // The runner forwards the watermark after this.
+        self.advance(watermark, out)
+    }
+
+    fn state_entries(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
+        self.keys.flush()?;
+        save_watermark(self.watermark)
+    }
+
+    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
+        self.watermark = restored_watermark(snapshots)?;
+        let mut due = Vec::new();
+        self.keys.scan(|key, row| {
+            if let Some((ts, _)) = row.pending.first() {
+                due.push((*ts, key));
+            }
+        })?;
+        for (ts, key) in due {
+            self.timers.register(ts, key)?;
+        }
+        Ok(())
+    }
+}
