@@ -411,9 +411,18 @@ impl JobMetrics {
         exposition::encode(&merged)
     }
 
-    /// Refreshes the metrics read on demand (uptime, RocksDB figures, checkpoint age) and
-    /// collects them all, each series labelled with the job.
+    /// Collects every metric, refreshed, each series labelled with the job.
     fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.refresh();
+        let mut families = self.registry.gather();
+        families.extend(exposition::milliseconds_as_seconds(&self.watermark_ms));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        exposition::add_labels(&mut families, &[("job", self.job.as_str())]);
+        families
+    }
+
+    /// Refreshes the metrics read on demand (uptime, RocksDB figures, checkpoint age).
+    fn refresh(&self) {
         self.uptime.set(self.started.elapsed().as_secs_f64());
         let stores = self.stores.lock().map(|s| s.clone()).unwrap_or_default();
         if !stores.is_empty() {
@@ -444,11 +453,6 @@ impl JobMetrics {
         if let Some(checkpoints) = self.checkpoints.lock().ok().and_then(|c| c.clone()) {
             checkpoints.refresh_age();
         }
-        let mut families = self.registry.gather();
-        families.extend(exposition::milliseconds_as_seconds(&self.watermark_ms));
-        families.sort_by(|a, b| a.name().cmp(b.name()));
-        exposition::add_labels(&mut families, &[("job", self.job.as_str())]);
-        families
     }
 }
 

@@ -41,8 +41,8 @@ pub struct InstanceSample {
 impl JobMetrics {
     /// Every operator instance's current values, ordered by operator name and instance.
     pub fn instance_samples(&self) -> Vec<InstanceSample> {
-        // Refreshes what is read on demand (state bytes).
-        let _ = self.gather();
+        // State bytes are read from RocksDB on demand.
+        self.refresh();
         let mut by_instance: BTreeMap<(String, usize), InstanceSample> = BTreeMap::new();
         let mut read = |collector: &dyn Collector, put: fn(&mut InstanceSample, f64)| {
             for family in collector.collect() {

@@ -132,11 +132,11 @@ impl Timeline {
     }
 
     /// Per second over the last `seconds` (or as far back as there are samples) of
-    /// `value` of instance `instance` of `operator`; 0 with fewer than two samples.
+    /// `value` of instance `subtask` of `operator`; 0 with fewer than two samples.
     pub(crate) fn rate(
         &self,
         operator: &str,
-        instance: usize,
+        subtask: usize,
         seconds: u64,
         value: fn(&InstanceSample) -> u64,
     ) -> f64 {
@@ -150,7 +150,7 @@ impl Timeline {
         let find = |samples: &[InstanceSample]| {
             samples
                 .iter()
-                .find(|s| s.operator == operator && s.subtask == instance)
+                .find(|s| s.operator == operator && s.subtask == subtask)
                 .map(value)
                 .unwrap_or(0)
         };
