@@ -50,14 +50,17 @@ pub use job::{Job, KeyedStream, SinkHandle, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};
 pub use latency::LatencySummary;
 pub use metrics::JobMetrics;
-pub use operator::{ChainedOperator, KeyedOperator, OperatorContext, Output};
+pub use operator::{
+    ChainedOperator, EventTime, EventTimeOperator, Handled, KeyedOperator, Lateness,
+    OperatorContext, Output,
+};
 pub use plan::JobPlan;
 pub use record::{Batch, Data, Keyed, Record, Split};
 pub use runtime::{RunOptions, RunSummary};
 pub use sink::Sink;
 pub use source::{Source, SourceStatus};
 pub use state::{
-    MapState, MemoryBackend, Namespaced, StateBackend, StateConfig, StateKey, StateValue,
-    TimerQueue,
+    MapState, MemoryBackend, Namespaced, StateBackend, StateConfig, StateKey, StateTable,
+    StateValue, TimerQueue,
 };
 pub use time::{parse_duration, FutureGuard, Timestamp, TooFarAhead, Watermarks};

@@ -51,15 +51,14 @@ use std::time::Duration;
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
-use weir_engine::metrics::Counter;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::time::duration_ms;
 use weir_engine::{
-    Data, Keyed, KeyedOperator, KeyedStream, MapState, OperatorContext, Output, Record,
-    StateBackend, StateKey, StateValue, Stream, TimerQueue, Timestamp,
+    Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
+    OperatorContext, Output, StateBackend, StateKey, StateTable, StateValue, Stream, TimerQueue,
+    Timestamp,
 };
 
-use crate::snapshot::{restored_watermark, save_watermark};
 use crate::time_order::{insert_by_time, take_due, TimeOrdered};
 
 type Condition<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
@@ -373,21 +372,20 @@ impl<K: StateKey + Data, T: StateValue + Data> OperatorFactory for CepFactory<K,
     type Key = K;
     type In = T;
     type Out = CepOutput<T>;
-    type Operator<S: StateBackend> = CepOperator<S, K, T>;
+    type Operator<S: StateBackend> = EventTime<CepOperator<S, K, T>>;
 
     fn create<S: StateBackend>(
         &self,
         ctx: &OperatorContext,
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
-        Ok(CepOperator {
+        let operator = CepOperator {
             pattern: self.pattern.clone(),
             timeouts: self.timeouts,
             keys: state.map_state("cep-keys")?,
             timers: state.timer_queue("timers")?,
-            watermark: Timestamp::MIN,
-            late: ctx.metrics.late_events.clone(),
-        })
+        };
+        Ok(EventTime::new(operator, ctx))
     }
 }
 
@@ -431,8 +429,6 @@ pub struct CepOperator<S: StateBackend, K: StateKey, T: StateValue> {
     timeouts: bool,
     keys: S::Map<K, KeyState<T>>,
     timers: S::Timers<K>,
-    watermark: Timestamp,
-    late: Counter,
 }
 
 impl<S: StateBackend, K: StateKey, T: StateValue> std::fmt::Debug for CepOperator<S, K, T> {
@@ -637,8 +633,7 @@ where
         watermark: Timestamp,
         out: &mut Output<CepOutput<T>>,
     ) -> Result<(), BoxError> {
-        self.watermark = self.watermark.max(watermark);
-        let w = self.watermark;
+        let w = watermark;
         let mut due = FxHashSet::default();
         while let Some((_, keys)) = self.timers.pop_due(|t| t <= w)? {
             due.extend(keys);
@@ -666,7 +661,7 @@ where
     }
 }
 
-impl<S, K, T> KeyedOperator for CepOperator<S, K, T>
+impl<S, K, T> EventTimeOperator for CepOperator<S, K, T>
 where
     S: StateBackend,
     K: StateKey + Data,
@@ -676,29 +671,23 @@ where
     type In = T;
     type Out = CepOutput<T>;
 
-    fn process(
+    /// Events wait for the watermark to pass them; one at or before it comes too late to
+    /// take its place in time order.
+    const LATENESS: Lateness = Lateness::AtOrBeforeWatermark;
+
+    fn on_event(
         &mut self,
-        records: Vec<Record<Keyed<K, T>>>,
-        out: &mut Output<CepOutput<T>>,
-    ) -> Result<(), BoxError> {
-        let mut late = 0;
-        for r in records {
-            if r.watermark > self.watermark {
-                self.advance(r.watermark, out)?;
-            }
-            let ts = r.ts;
-            if ts <= self.watermark {
-                late += 1;
-                continue;
-            }
-            let Keyed { key, value } = r.value;
-            self.keys.update(&key, KeyState::default, |state| {
-                insert_by_time(&mut state.pending, ts, value);
-            })?;
-            self.timers.register(ts, key)?;
-        }
-        self.late.inc_by(late);
-        Ok(())
+        ts: Timestamp,
+        event: Keyed<K, T>,
+        _watermark: Timestamp,
+        _out: &mut Output<CepOutput<T>>,
+    ) -> Result<Handled, BoxError> {
+        let Keyed { key, value } = event;
+        self.keys.update(&key, KeyState::default, |state| {
+            insert_by_time(&mut state.pending, ts, value);
+        })?;
+        self.timers.register(ts, key)?;
+        Ok(Handled::Taken)
     }
 
     fn on_watermark(
@@ -706,21 +695,18 @@ where
         watermark: Timestamp,
         out: &mut Output<CepOutput<T>>,
     ) -> Result<(), BoxError> {
-        // The runner forwards the watermark after this.
         self.advance(watermark, out)
+    }
+
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.keys]
     }
 
     fn state_entries(&self) -> usize {
         self.keys.len()
     }
 
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        self.keys.flush()?;
-        save_watermark(self.watermark)
-    }
-
-    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        self.watermark = restored_watermark(snapshots)?;
+    fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
         let mut restored = Vec::new();
         self.keys.scan(|key, state| restored.push((key, state)))?;
         for (key, state) in restored {

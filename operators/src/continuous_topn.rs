@@ -31,15 +31,14 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
-use weir_engine::metrics::Counter;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::{
-    Data, Keyed, KeyedOperator, KeyedStream, MapState, OperatorContext, Output, Record, StableHash,
-    StateBackend, StateKey, StateValue, Stream, Timestamp,
+    Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
+    OperatorContext, Output, StableHash, StateBackend, StateKey, StateTable, StateValue, Stream,
+    Timestamp,
 };
 
 use crate::aggregate::Aggregator;
-use crate::snapshot::{restored_watermark, save_watermark};
 use crate::time_order::{insert_by_time, take_due, TimeOrdered};
 use crate::topn::insert_ranked;
 
@@ -153,22 +152,21 @@ where
     type Key = u8;
     type In = (K, T);
     type Out = RankChange<K, A::Output>;
-    type Operator<S: StateBackend> = ContinuousTopNOperator<S, K, T, A, F>;
+    type Operator<S: StateBackend> = EventTime<ContinuousTopNOperator<S, K, T, A, F>>;
 
     fn create<S: StateBackend>(
         &self,
         ctx: &OperatorContext,
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
-        Ok(ContinuousTopNOperator {
+        let operator = ContinuousTopNOperator {
             n: self.n,
             aggregator: self.aggregator.clone(),
             metric: self.metric.clone(),
             table: state.map_state("continuous-top-n")?,
             next_due: None,
-            watermark: Timestamp::MIN,
-            late: ctx.metrics.late_events.clone(),
-        })
+        };
+        Ok(EventTime::new(operator, ctx))
     }
 }
 
@@ -212,8 +210,6 @@ pub struct ContinuousTopNOperator<
     table: S::Map<u8, RankingOf<K, T, A>>,
     /// The earliest pending event time, if any (derived from state).
     next_due: Option<Timestamp>,
-    watermark: Timestamp,
-    late: Counter,
 }
 
 impl<S: StateBackend, K: StateKey + Ord, T: StateValue, A: Aggregator<T>, F> std::fmt::Debug
@@ -224,7 +220,6 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContinuousTopNOperator")
             .field("n", &self.n)
-            .field("watermark", &self.watermark)
             .finish_non_exhaustive()
     }
 }
@@ -246,8 +241,7 @@ where
         watermark: Timestamp,
         out: &mut Output<RankChange<K, A::Output>>,
     ) -> Result<(), BoxError> {
-        self.watermark = self.watermark.max(watermark);
-        let w = self.watermark;
+        let w = watermark;
         if self.next_due.is_none_or(|t| t > w) {
             return Ok(());
         }
@@ -345,7 +339,7 @@ fn diff<K: Clone + PartialEq, V: Clone + PartialEq>(
     }
 }
 
-impl<S, K, T, A, M, F> KeyedOperator for ContinuousTopNOperator<S, K, T, A, F>
+impl<S, K, T, A, M, F> EventTimeOperator for ContinuousTopNOperator<S, K, T, A, F>
 where
     S: StateBackend,
     K: StateKey + Data + Ord,
@@ -359,28 +353,22 @@ where
     type In = (K, T);
     type Out = RankChange<K, A::Output>;
 
-    fn process(
+    /// Events wait for the watermark and apply in time order; one at or before it would
+    /// change a ranking already emitted.
+    const LATENESS: Lateness = Lateness::AtOrBeforeWatermark;
+
+    fn on_event(
         &mut self,
-        records: Vec<Record<Keyed<u8, (K, T)>>>,
-        out: &mut Output<RankChange<K, A::Output>>,
-    ) -> Result<(), BoxError> {
-        let mut late = 0;
-        for r in records {
-            if r.watermark > self.watermark {
-                self.advance(r.watermark, out)?;
-            }
-            let ts = r.ts;
-            if ts <= self.watermark {
-                late += 1;
-                continue;
-            }
-            self.table.update(&0, Ranking::default, |ranking| {
-                insert_by_time(&mut ranking.pending, ts, r.value.value);
-            })?;
-            self.next_due = Some(self.next_due.map_or(ts, |t| t.min(ts)));
-        }
-        self.late.inc_by(late);
-        Ok(())
+        ts: Timestamp,
+        event: Keyed<u8, (K, T)>,
+        _watermark: Timestamp,
+        _out: &mut Output<RankChange<K, A::Output>>,
+    ) -> Result<Handled, BoxError> {
+        self.table.update(&0, Ranking::default, |ranking| {
+            insert_by_time(&mut ranking.pending, ts, event.value);
+        })?;
+        self.next_due = Some(self.next_due.map_or(ts, |t| t.min(ts)));
+        Ok(Handled::Taken)
     }
 
     fn on_watermark(
@@ -388,21 +376,18 @@ where
         watermark: Timestamp,
         out: &mut Output<RankChange<K, A::Output>>,
     ) -> Result<(), BoxError> {
-        // The runner forwards the watermark after this.
         self.advance(watermark, out)
+    }
+
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.table]
     }
 
     fn state_entries(&self) -> usize {
         self.table.len()
     }
 
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        self.table.flush()?;
-        save_watermark(self.watermark)
-    }
-
-    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        self.watermark = restored_watermark(snapshots)?;
+    fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
         let mut next = None;
         self.table.scan(|_, ranking| {
             next = ranking.pending.first().map(|(t, _)| *t);
@@ -415,6 +400,7 @@ where
 #[cfg(test)]
 mod tests {
     use weir_engine::MemoryBackend;
+    use weir_engine::{KeyedOperator, Record};
 
     use super::*;
     use crate::aggregate::Sum;

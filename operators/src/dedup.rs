@@ -24,7 +24,7 @@ use weir_engine::operator::OperatorFactory;
 use weir_engine::state::{Expiring, TtlMap};
 use weir_engine::{
     Data, JobMetrics, Keyed, KeyedOperator, KeyedStream, MapState, Namespaced, OperatorContext,
-    Output, Record, StateBackend, StateKey, Stream, Timestamp,
+    Output, Record, StateBackend, StateKey, StateTable, Stream, Timestamp,
 };
 
 /// Adds [`DedupExt::dedup_by`] to streams: partitioned by the id.

@@ -52,7 +52,6 @@ pub mod continuous_topn;
 pub mod dedup;
 pub mod join;
 pub mod process;
-mod snapshot;
 #[cfg(test)]
 mod test_support;
 mod time_order;

@@ -23,8 +23,9 @@ use weir_engine::keys::StableHash;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::time::MIN_WATERMARK;
 use weir_engine::{
-    Data, Keyed, KeyedOperator, KeyedStream, MapState, OperatorContext, Output, Record,
-    StateBackend, StateKey, StateValue, Stream, TimerQueue, Timestamp,
+    Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
+    OperatorContext, Output, StateBackend, StateKey, StateTable, StateValue, Stream, TimerQueue,
+    Timestamp,
 };
 
 /// Adds `process_with_state` to keyed streams.
@@ -194,14 +195,14 @@ where
     type Key = K;
     type In = T;
     type Out = F::Out;
-    type Operator<B: StateBackend> = TimerProcessOperator<B, F, K, T>;
+    type Operator<B: StateBackend> = EventTime<TimerProcessOperator<B, F, K, T>>;
 
     fn create<B: StateBackend>(
         &self,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         mut state: B,
     ) -> Result<Self::Operator<B>, BoxError> {
-        Ok(TimerProcessOperator {
+        let operator = TimerProcessOperator {
             f: self.f.clone(),
             state: state.map_state("process-state")?,
             timers: state.timer_queue("timers")?,
@@ -212,7 +213,8 @@ where
                 watermark: MIN_WATERMARK,
             },
             _types: PhantomData,
-        })
+        };
+        Ok(EventTime::new(operator, ctx))
     }
 }
 
@@ -298,7 +300,7 @@ where
     }
 }
 
-impl<B, F, K, T> KeyedOperator for TimerProcessOperator<B, F, K, T>
+impl<B, F, K, T> EventTimeOperator for TimerProcessOperator<B, F, K, T>
 where
     B: StateBackend,
     K: StateKey + Data,
@@ -309,23 +311,31 @@ where
     type In = T;
     type Out = F::Out;
 
-    fn process(
+    /// The function sees every event and judges lateness itself
+    /// ([`TimerContext::watermark`]).
+    const LATENESS: Lateness = Lateness::Never;
+
+    fn on_event(
         &mut self,
-        records: Vec<Record<Keyed<K, T>>>,
+        ts: Timestamp,
+        event: Keyed<K, T>,
+        watermark: Timestamp,
         out: &mut Output<F::Out>,
-    ) -> Result<(), BoxError> {
-        for r in records {
-            self.fire(r.watermark, out)?;
-            out.advance_watermark(r.watermark);
-            self.ctx.watermark = r.watermark;
-            let (f, ctx) = (&self.f, &mut self.ctx);
-            self.state
-                .update(&r.value.key, WithTimers::default, |entry| {
-                    f.on_event(&r.value.key, &mut entry.state, r.ts, &r.value.value, ctx)
-                })?;
-            self.settle(&r.value.key, r.ts, out)?;
+    ) -> Result<Handled, BoxError> {
+        self.ctx.watermark = watermark;
+        let (f, ctx) = (&self.f, &mut self.ctx);
+        let at_once = self
+            .state
+            .update(&event.key, WithTimers::default, |entry| {
+                f.on_event(&event.key, &mut entry.state, ts, &event.value, ctx);
+                ctx.timers.iter().any(|&time| time <= watermark)
+            })?;
+        self.settle(&event.key, ts, out)?;
+        if at_once {
+            // A timer at or before the watermark fires at once, before the next event.
+            self.fire(watermark, out)?;
         }
-        Ok(())
+        Ok(Handled::Taken)
     }
 
     fn on_watermark(
@@ -333,19 +343,19 @@ where
         watermark: Timestamp,
         out: &mut Output<F::Out>,
     ) -> Result<(), BoxError> {
+        self.ctx.watermark = watermark;
         self.fire(watermark, out)
+    }
+
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.state]
     }
 
     fn state_entries(&self) -> usize {
         self.state.len()
     }
 
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        self.state.flush()?;
-        Ok(serde_json::Value::Null)
-    }
-
-    fn restore(&mut self, _snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
+    fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
         let mut restored = Vec::new();
         self.state.scan(|key, entry| {
             restored.extend(entry.timers.into_iter().map(|time| (time, key.clone())));
@@ -361,6 +371,7 @@ where
 mod tests {
     use super::*;
     use weir_engine::MemoryBackend;
+    use weir_engine::{KeyedOperator, Record};
 
     /// Sums values per key and emits the sum at a deadline 10 ms after the key's first
     /// event, then forgets the key.

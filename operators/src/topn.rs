@@ -27,11 +27,11 @@ use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::{
-    ChainedOperator, Data, Keyed, KeyedOperator, MapState, OperatorContext, Output, Record,
-    StateBackend, StateKey, StateValue, Stream, Timestamp,
+    ChainedOperator, Data, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState,
+    OperatorContext, Output, Record, StateBackend, StateKey, StateTable, StateValue, Stream,
+    Timestamp,
 };
 
-use crate::snapshot::{restored_watermark, save_watermark};
 use crate::window::{Window, WindowResult};
 
 /// One place of a window's ranking.
@@ -210,20 +210,20 @@ where
     type Key = (Timestamp, Timestamp);
     type In = WindowResult<K, V>;
     type Out = Ranked<K, V>;
-    type Operator<S: StateBackend> = TopNOperator<S, K, V, F>;
+    type Operator<S: StateBackend> = EventTime<TopNOperator<S, K, V, F>>;
 
     fn create<S: StateBackend>(
         &self,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
-        Ok(TopNOperator {
+        let operator = TopNOperator {
             n: self.n,
             metric: self.metric.clone(),
             candidates: state.map_state("top-n-candidates")?,
             due: BTreeSet::new(),
-            watermark: Timestamp::MIN,
-        })
+        };
+        Ok(EventTime::new(operator, ctx))
     }
 }
 
@@ -235,7 +235,6 @@ pub struct TopNOperator<S: StateBackend, K: StateKey, V: StateValue, F> {
     candidates: S::Map<(Timestamp, Timestamp), Vec<(K, V)>>,
     /// Open windows by `(end, start)`: the order they are due in.
     due: BTreeSet<(Timestamp, Timestamp)>,
-    watermark: Timestamp,
 }
 
 impl<S: StateBackend, K: StateKey, V: StateValue, F> std::fmt::Debug for TopNOperator<S, K, V, F> {
@@ -261,9 +260,8 @@ where
         watermark: Timestamp,
         out: &mut Output<Ranked<K, V>>,
     ) -> Result<(), BoxError> {
-        self.watermark = self.watermark.max(watermark);
         while let Some(&(end, start)) = self.due.first() {
-            if end - 1 > self.watermark {
+            if end - 1 > watermark {
                 break;
             }
             self.due.pop_first();
@@ -308,7 +306,7 @@ pub(crate) fn insert_ranked<K: Ord, V, M: PartialOrd>(
     }
 }
 
-impl<S, K, V, M, F> KeyedOperator for TopNOperator<S, K, V, F>
+impl<S, K, V, M, F> EventTimeOperator for TopNOperator<S, K, V, F>
 where
     S: StateBackend,
     K: StateKey + Data + Ord,
@@ -320,34 +318,34 @@ where
     type In = WindowResult<K, V>;
     type Out = Ranked<K, V>;
 
-    fn process(
+    /// Its input are window results, which come before the watermark that fired them.
+    const LATENESS: Lateness = Lateness::Never;
+
+    fn on_event(
         &mut self,
-        records: Vec<Record<Keyed<(Timestamp, Timestamp), WindowResult<K, V>>>>,
-        out: &mut Output<Ranked<K, V>>,
-    ) -> Result<(), BoxError> {
-        for r in records {
-            if r.watermark > self.watermark {
-                self.advance(r.watermark, out)?;
-            }
-            let window = r.value.key;
-            let result = r.value.value;
-            if result.is_update {
-                return Err(format!(
-                    "top-N got an update of window [{}, {}) for key {:?}: rankings are final \
-                     when emitted, so run top-N without allowed lateness",
-                    window.0,
-                    window.1,
-                    serde_json::to_string(&result.key).unwrap_or_default()
-                )
-                .into());
-            }
-            let (n, metric) = (self.n, &self.metric);
-            self.candidates.update(&window, Vec::new, |ranking| {
-                insert_ranked(ranking, n, result.key, result.value, metric)
-            })?;
-            self.due.insert((window.1, window.0));
+        _ts: Timestamp,
+        event: Keyed<(Timestamp, Timestamp), WindowResult<K, V>>,
+        _watermark: Timestamp,
+        _out: &mut Output<Ranked<K, V>>,
+    ) -> Result<Handled, BoxError> {
+        let window = event.key;
+        let result = event.value;
+        if result.is_update {
+            return Err(format!(
+                "top-N got an update of window [{}, {}) for key {:?}: rankings are final \
+                 when emitted, so run top-N without allowed lateness",
+                window.0,
+                window.1,
+                serde_json::to_string(&result.key).unwrap_or_default()
+            )
+            .into());
         }
-        Ok(())
+        let (n, metric) = (self.n, &self.metric);
+        self.candidates.update(&window, Vec::new, |ranking| {
+            insert_ranked(ranking, n, result.key, result.value, metric)
+        })?;
+        self.due.insert((window.1, window.0));
+        Ok(Handled::Taken)
     }
 
     fn on_watermark(
@@ -355,21 +353,18 @@ where
         watermark: Timestamp,
         out: &mut Output<Ranked<K, V>>,
     ) -> Result<(), BoxError> {
-        // The runner forwards the watermark after this.
         self.advance(watermark, out)
+    }
+
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.candidates]
     }
 
     fn state_entries(&self) -> usize {
         self.due.len()
     }
 
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        self.candidates.flush()?;
-        save_watermark(self.watermark)
-    }
-
-    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        self.watermark = restored_watermark(snapshots)?;
+    fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
         let due = &mut self.due;
         self.candidates.scan(|(start, end), _| {
             due.insert((end, start));

@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use super::codec::{decode_key, decode_value, encode_key, encode_value};
 use super::rocksdb::{EncodedEntry, EncodedTable};
 use super::timers::MemoryTimers;
-use super::{MapState, StateBackend, StateError, StateKey, StateValue};
+use super::{MapState, StateBackend, StateError, StateKey, StateTable, StateValue};
 
 /// Keeps state as Rust values in memory; lost when the process ends unless checkpointed.
 #[derive(Debug, Default)]
@@ -104,6 +104,7 @@ impl StateBackend for MemoryBackend {
     ) -> Result<MemoryMap<K, V>, StateError> {
         let Some((snapshots, operator)) = &self.checkpoints else {
             return Ok(MemoryMap {
+                name: name.to_string(),
                 entries: FxHashMap::default(),
                 checkpoints: None,
             });
@@ -116,6 +117,7 @@ impl StateBackend for MemoryBackend {
             entries.insert(decode_key(&table, &key)?, decode_value(&table, &value)?);
         }
         Ok(MemoryMap {
+            name: name.to_string(),
             entries,
             checkpoints: Some((snapshots.clone(), table)),
         })
@@ -125,9 +127,38 @@ impl StateBackend for MemoryBackend {
 /// An in-memory [`MapState`].
 #[derive(Debug)]
 pub struct MemoryMap<K, V> {
+    name: String,
     entries: FxHashMap<K, V>,
     /// Where a flush during a snapshot hands the entries, and this table's name.
     checkpoints: Option<(Arc<MemorySnapshots>, String)>,
+}
+
+impl<K: StateKey, V: StateValue> StateTable for MemoryMap<K, V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        let Some((snapshots, table)) = &self.checkpoints else {
+            return Ok(());
+        };
+        if !snapshots.lock().taking {
+            return Ok(());
+        }
+        let mut encoded = Vec::with_capacity(self.entries.len());
+        for (key, value) in &self.entries {
+            encoded.push((encode_key(table, key)?, encode_value(table, value)?));
+        }
+        let mut s = snapshots.lock();
+        // A table flushed twice in one snapshot hands over its latest entries only.
+        s.taken.retain(|(name, _)| name != table);
+        s.taken.push((table.clone(), encoded));
+        Ok(())
+    }
 }
 
 impl<K: StateKey, V: StateValue> MapState<K, V> for MemoryMap<K, V> {
@@ -171,28 +202,6 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for MemoryMap<K, V> {
 
     fn take(&mut self, key: &K) -> Result<Option<V>, StateError> {
         Ok(self.entries.remove(key))
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn flush(&mut self) -> Result<(), StateError> {
-        let Some((snapshots, table)) = &self.checkpoints else {
-            return Ok(());
-        };
-        if !snapshots.lock().taking {
-            return Ok(());
-        }
-        let mut encoded = Vec::with_capacity(self.entries.len());
-        for (key, value) in &self.entries {
-            encoded.push((encode_key(table, key)?, encode_value(table, value)?));
-        }
-        let mut s = snapshots.lock();
-        // A table flushed twice in one snapshot hands over its latest entries only.
-        s.taken.retain(|(name, _)| name != table);
-        s.taken.push((table.clone(), encoded));
-        Ok(())
     }
 
     fn scan(&mut self, mut f: impl FnMut(K, V)) -> Result<(), StateError> {

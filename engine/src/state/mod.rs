@@ -122,8 +122,29 @@ pub trait StateBackend: Send + 'static {
     }
 }
 
+/// What the engine needs of any state table, whatever its key and value types: its name,
+/// its size, and making it durable. Object safe, so an operator hands its tables to the
+/// engine as `&mut dyn StateTable` (see [`crate::operator::EventTimeOperator::tables`]): the
+/// engine flushes them at a checkpoint and shows them in metrics, and no operator can forget
+/// one.
+pub trait StateTable: Send {
+    /// The table's name within its operator (as given to [`StateBackend::map_state`]).
+    fn name(&self) -> &str;
+
+    /// Number of entries.
+    fn len(&self) -> usize;
+
+    /// Makes every change so far durable in the backend (before a checkpoint).
+    fn flush(&mut self) -> Result<(), StateError>;
+
+    /// True if the table has no entries.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A typed key-value table.
-pub trait MapState<K, V>: Send + 'static {
+pub trait MapState<K, V>: StateTable + 'static {
     /// A copy of the value under `key`.
     fn get(&self, key: &K) -> Result<Option<V>, StateError>;
 
@@ -151,18 +172,7 @@ pub trait MapState<K, V>: Send + 'static {
     /// Removes and returns the value under `key`.
     fn take(&mut self, key: &K) -> Result<Option<V>, StateError>;
 
-    /// Number of entries.
-    fn len(&self) -> usize;
-
-    /// Makes every change so far durable in the backend (before a checkpoint).
-    fn flush(&mut self) -> Result<(), StateError>;
-
     /// Calls `f` with every entry, in no particular order (to rebuild timers after a
     /// restore; not for hot paths).
     fn scan(&mut self, f: impl FnMut(K, V)) -> Result<(), StateError>;
-
-    /// True if the table has no entries.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

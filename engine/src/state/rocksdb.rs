@@ -43,7 +43,7 @@ use rustc_hash::FxHashMap;
 
 use super::codec::{decode_key, decode_value, encode_key, encode_value};
 use super::timers::{MemoryTimers, TimerQueue};
-use super::{MapState, StateBackend, StateError, StateKey, StateValue};
+use super::{MapState, StateBackend, StateError, StateKey, StateTable, StateValue};
 use crate::keys::KeyGroup;
 use crate::time::Timestamp;
 
@@ -624,6 +624,21 @@ fn write_sorted(
         .map_err(|e| rocks_error(table, "write failed (is the disk full?)", e))
 }
 
+impl<K: StateKey, V: StateValue> StateTable for RocksMap<K, V> {
+    fn name(&self) -> &str {
+        // The column family is `<operator>/<table>`.
+        self.table.rsplit('/').next().unwrap_or(&self.table)
+    }
+
+    fn len(&self) -> usize {
+        self.entries
+    }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        self.write_clean()
+    }
+}
+
 impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
     fn get(&self, key: &K) -> Result<Option<V>, StateError> {
         self.read(key, |v| v.cloned())
@@ -728,14 +743,6 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
             Some(Slot::Live { value, .. }) => Some(value),
             _ => None,
         })
-    }
-
-    fn len(&self) -> usize {
-        self.entries
-    }
-
-    fn flush(&mut self) -> Result<(), StateError> {
-        self.write_clean()
     }
 
     fn scan(&mut self, mut f: impl FnMut(K, V)) -> Result<(), StateError> {

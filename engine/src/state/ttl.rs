@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MapState, StateError, StateKey, StateValue};
+use super::{MapState, StateError, StateKey, StateTable, StateValue};
 use crate::time::{Timestamp, MIN_WATERMARK};
 
 /// A value with the time it was last written.
@@ -162,6 +162,21 @@ fn alive<V>(e: &Expiring<V>, ttl: i64, now: Timestamp) -> bool {
     e.written.saturating_add(ttl) > now
 }
 
+impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> StateTable for TtlMap<K, V, M> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Entries held, including expired ones not swept yet.
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        self.inner.flush()
+    }
+}
+
 impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> MapState<K, V> for TtlMap<K, V, M> {
     fn get(&self, key: &K) -> Result<Option<V>, StateError> {
         self.read(key, |v| v.cloned())
@@ -244,15 +259,6 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> MapState<K, V> for
             .take(key)?
             .filter(|e| alive(e, ttl, now))
             .map(|e| e.value))
-    }
-
-    /// Entries held, including expired ones not swept yet.
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-
-    fn flush(&mut self) -> Result<(), StateError> {
-        self.inner.flush()
     }
 
     fn scan(&mut self, mut f: impl FnMut(K, V)) -> Result<(), StateError> {

@@ -5,15 +5,13 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
-use weir_engine::metrics::Counter;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::{
-    Data, Keyed, KeyedOperator, MapState, OperatorContext, Output, Record, StateBackend, StateKey,
-    StateValue, TimerQueue, Timestamp,
+    Data, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState, OperatorContext,
+    Output, StateBackend, StateKey, StateTable, StateValue, TimerQueue, Timestamp,
 };
 
 use super::Side;
-use crate::snapshot::{restored_watermark, save_watermark};
 
 pub(super) struct IntervalJoinFactory<K, A, B> {
     pub(super) lower: i64,
@@ -28,22 +26,21 @@ impl<K: StateKey + Data, A: StateValue + Data, B: StateValue + Data> OperatorFac
     type Key = K;
     type In = Side<A, B>;
     type Out = (A, Option<B>);
-    type Operator<S: StateBackend> = IntervalJoinOperator<S, K, A, B>;
+    type Operator<S: StateBackend> = EventTime<IntervalJoinOperator<S, K, A, B>>;
 
     fn create<S: StateBackend>(
         &self,
         ctx: &OperatorContext,
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
-        Ok(IntervalJoinOperator {
+        let operator = IntervalJoinOperator {
             lower: self.lower,
             upper: self.upper,
             outer: self.outer,
             buffers: state.map_state("interval-join-buffers")?,
             cleanup: state.timer_queue("cleanup")?,
-            watermark: Timestamp::MIN,
-            late: ctx.metrics.late_events.clone(),
-        })
+        };
+        Ok(EventTime::new(operator, ctx))
     }
 }
 
@@ -72,8 +69,6 @@ pub struct IntervalJoinOperator<S: StateBackend, K: StateKey, A: StateValue, B: 
     outer: bool,
     buffers: S::Map<K, Buffers<A, B>>,
     cleanup: S::Timers<K>,
-    watermark: Timestamp,
-    late: Counter,
 }
 
 impl<S: StateBackend, K: StateKey, A: StateValue, B: StateValue> std::fmt::Debug
@@ -111,8 +106,7 @@ where
         watermark: Timestamp,
         out: &mut Output<(A, Option<B>)>,
     ) -> Result<(), BoxError> {
-        self.watermark = self.watermark.max(watermark);
-        let w = self.watermark;
+        let w = watermark;
         let (lower, upper, outer) = (self.lower, self.upper, self.outer);
         while let Some((_, keys)) = self.cleanup.pop_due(|t| t <= w)? {
             for key in keys {
@@ -140,7 +134,7 @@ where
     }
 }
 
-impl<S, K, A, B> KeyedOperator for IntervalJoinOperator<S, K, A, B>
+impl<S, K, A, B> EventTimeOperator for IntervalJoinOperator<S, K, A, B>
 where
     S: StateBackend,
     K: StateKey + Data,
@@ -151,60 +145,54 @@ where
     type In = Side<A, B>;
     type Out = (A, Option<B>);
 
-    fn process(
+    /// An element exactly at the watermark may still match (its partners up to the
+    /// watermark are not expired yet).
+    const LATENESS: Lateness = Lateness::BeforeWatermark;
+
+    fn on_event(
         &mut self,
-        records: Vec<Record<Keyed<K, Side<A, B>>>>,
+        ts: Timestamp,
+        event: Keyed<K, Side<A, B>>,
+        _watermark: Timestamp,
         out: &mut Output<(A, Option<B>)>,
-    ) -> Result<(), BoxError> {
-        let mut late = 0;
-        for r in records {
-            if r.watermark > self.watermark {
-                self.advance(r.watermark, out)?;
+    ) -> Result<Handled, BoxError> {
+        let Keyed { key, value } = event;
+        let (lower, upper) = (self.lower, self.upper);
+        let mut pairs = Vec::new();
+        let expiry = match value {
+            Side::Left(a) => {
+                self.buffers.update(&key, Buffers::default, |b| {
+                    let (from, to) = (ts.saturating_add(lower), ts.saturating_add(upper));
+                    let mut matched = false;
+                    for (bts, bv) in b.rights.iter().filter(|(t, _)| (from..=to).contains(t)) {
+                        pairs.push((ts.max(*bts), a.clone(), bv.clone()));
+                        matched = true;
+                    }
+                    b.lefts.push((ts, a, matched));
+                })?;
+                self.left_expiry(ts)
             }
-            let ts = r.ts;
-            if ts < self.watermark {
-                late += 1;
-                continue;
+            Side::Right(bv) => {
+                self.buffers.update(&key, Buffers::default, |b| {
+                    let (from, to) = (ts.saturating_sub(upper), ts.saturating_sub(lower));
+                    for (ats, a, matched) in b
+                        .lefts
+                        .iter_mut()
+                        .filter(|(t, _, _)| (from..=to).contains(t))
+                    {
+                        pairs.push((ts.max(*ats), a.clone(), bv.clone()));
+                        *matched = true;
+                    }
+                    b.rights.push((ts, bv));
+                })?;
+                self.right_expiry(ts)
             }
-            let Keyed { key, value } = r.value;
-            let (lower, upper) = (self.lower, self.upper);
-            let mut pairs = Vec::new();
-            let expiry = match value {
-                Side::Left(a) => {
-                    self.buffers.update(&key, Buffers::default, |b| {
-                        let (from, to) = (ts.saturating_add(lower), ts.saturating_add(upper));
-                        let mut matched = false;
-                        for (bts, bv) in b.rights.iter().filter(|(t, _)| (from..=to).contains(t)) {
-                            pairs.push((ts.max(*bts), a.clone(), bv.clone()));
-                            matched = true;
-                        }
-                        b.lefts.push((ts, a, matched));
-                    })?;
-                    self.left_expiry(ts)
-                }
-                Side::Right(bv) => {
-                    self.buffers.update(&key, Buffers::default, |b| {
-                        let (from, to) = (ts.saturating_sub(upper), ts.saturating_sub(lower));
-                        for (ats, a, matched) in b
-                            .lefts
-                            .iter_mut()
-                            .filter(|(t, _, _)| (from..=to).contains(t))
-                        {
-                            pairs.push((ts.max(*ats), a.clone(), bv.clone()));
-                            *matched = true;
-                        }
-                        b.rights.push((ts, bv));
-                    })?;
-                    self.right_expiry(ts)
-                }
-            };
-            self.cleanup.register(expiry, key)?;
-            for (at, a, b) in pairs {
-                out.emit(at, (a, Some(b)));
-            }
+        };
+        self.cleanup.register(expiry, key)?;
+        for (at, a, b) in pairs {
+            out.emit(at, (a, Some(b)));
         }
-        self.late.inc_by(late);
-        Ok(())
+        Ok(Handled::Taken)
     }
 
     fn on_watermark(
@@ -212,7 +200,6 @@ where
         watermark: Timestamp,
         out: &mut Output<(A, Option<B>)>,
     ) -> Result<(), BoxError> {
-        // The runner forwards the watermark after this.
         self.advance(watermark, out)
     }
 
@@ -220,13 +207,11 @@ where
         self.buffers.len()
     }
 
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        self.buffers.flush()?;
-        save_watermark(self.watermark)
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.buffers]
     }
 
-    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        self.watermark = restored_watermark(snapshots)?;
+    fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
         let mut expiries = Vec::new();
         let (lower, upper) = (self.lower, self.upper);
         self.buffers.scan(|key, b| {

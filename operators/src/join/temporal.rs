@@ -5,15 +5,13 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
-use weir_engine::metrics::Counter;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::{
-    Data, Keyed, KeyedOperator, MapState, OperatorContext, Output, Record, StateBackend, StateKey,
-    StateValue, TimerQueue, Timestamp,
+    Data, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState, OperatorContext,
+    Output, StateBackend, StateKey, StateTable, StateValue, TimerQueue, Timestamp,
 };
 
 use super::Side;
-use crate::snapshot::{restored_watermark, save_watermark};
 use crate::time_order::{insert_by_time, take_due, upto, TimeOrdered};
 
 pub(super) struct TemporalJoinFactory<K, A, V> {
@@ -26,19 +24,18 @@ impl<K: StateKey + Data, A: StateValue + Data, V: StateValue + Data> OperatorFac
     type Key = K;
     type In = Side<A, (K, Option<V>)>;
     type Out = (A, Option<V>);
-    type Operator<S: StateBackend> = TemporalJoinOperator<S, K, A, V>;
+    type Operator<S: StateBackend> = EventTime<TemporalJoinOperator<S, K, A, V>>;
 
     fn create<S: StateBackend>(
         &self,
         ctx: &OperatorContext,
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
-        Ok(TemporalJoinOperator {
+        let operator = TemporalJoinOperator {
             keys: state.map_state("temporal-join")?,
             timers: state.timer_queue("timers")?,
-            watermark: Timestamp::MIN,
-            late: ctx.metrics.late_events.clone(),
-        })
+        };
+        Ok(EventTime::new(operator, ctx))
     }
 }
 
@@ -64,8 +61,6 @@ impl<A, V> Default for Versioned<A, V> {
 pub struct TemporalJoinOperator<S: StateBackend, K: StateKey, A: StateValue, V: StateValue> {
     keys: S::Map<K, Versioned<A, V>>,
     timers: S::Timers<K>,
-    watermark: Timestamp,
-    late: Counter,
 }
 
 impl<S: StateBackend, K: StateKey, A: StateValue, V: StateValue> std::fmt::Debug
@@ -91,8 +86,7 @@ where
         watermark: Timestamp,
         out: &mut Output<(A, Option<V>)>,
     ) -> Result<(), BoxError> {
-        self.watermark = self.watermark.max(watermark);
-        let w = self.watermark;
+        let w = watermark;
         while let Some((_, keys)) = self.timers.pop_due(|t| t <= w)? {
             for key in keys {
                 let mut joined = Vec::new();
@@ -119,7 +113,7 @@ where
     }
 }
 
-impl<S, K, A, V> KeyedOperator for TemporalJoinOperator<S, K, A, V>
+impl<S, K, A, V> EventTimeOperator for TemporalJoinOperator<S, K, A, V>
 where
     S: StateBackend,
     K: StateKey + Data,
@@ -130,36 +124,30 @@ where
     type In = Side<A, (K, Option<V>)>;
     type Out = (A, Option<V>);
 
-    fn process(
+    /// Events wait for the watermark and join the version valid at their time; one at or
+    /// before the watermark comes after its versions were compacted.
+    const LATENESS: Lateness = Lateness::AtOrBeforeWatermark;
+
+    fn on_event(
         &mut self,
-        records: Vec<Record<Keyed<K, Side<A, (K, Option<V>)>>>>,
-        out: &mut Output<(A, Option<V>)>,
-    ) -> Result<(), BoxError> {
-        let mut late = 0;
-        for r in records {
-            if r.watermark > self.watermark {
-                self.advance(r.watermark, out)?;
-            }
-            let ts = r.ts;
-            if ts <= self.watermark {
-                late += 1;
-                continue;
-            }
-            let Keyed { key, value } = r.value;
-            self.keys
-                .update(&key, Versioned::default, |row| match value {
-                    Side::Left(event) => {
-                        insert_by_time(&mut row.pending, ts, event);
-                    }
-                    Side::Right((_, version)) => {
-                        insert_by_time(&mut row.versions, ts, version);
-                    }
-                })?;
-            // Events are joined at this time; versions are compacted then.
-            self.timers.register(ts, key)?;
-        }
-        self.late.inc_by(late);
-        Ok(())
+        ts: Timestamp,
+        event: Keyed<K, Side<A, (K, Option<V>)>>,
+        _watermark: Timestamp,
+        _out: &mut Output<(A, Option<V>)>,
+    ) -> Result<Handled, BoxError> {
+        let Keyed { key, value } = event;
+        self.keys
+            .update(&key, Versioned::default, |row| match value {
+                Side::Left(event) => {
+                    insert_by_time(&mut row.pending, ts, event);
+                }
+                Side::Right((_, version)) => {
+                    insert_by_time(&mut row.versions, ts, version);
+                }
+            })?;
+        // Events are joined at this time; versions are compacted then.
+        self.timers.register(ts, key)?;
+        Ok(Handled::Taken)
     }
 
     fn on_watermark(
@@ -167,7 +155,6 @@ where
         watermark: Timestamp,
         out: &mut Output<(A, Option<V>)>,
     ) -> Result<(), BoxError> {
-        // The runner forwards the watermark after this.
         self.advance(watermark, out)
     }
 
@@ -175,13 +162,11 @@ where
         self.keys.len()
     }
 
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        self.keys.flush()?;
-        save_watermark(self.watermark)
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.keys]
     }
 
-    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        self.watermark = restored_watermark(snapshots)?;
+    fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
         let mut due = Vec::new();
         self.keys.scan(|key, row| {
             if let Some((ts, _)) = row.pending.first() {

@@ -18,10 +18,12 @@
 use std::marker::PhantomData;
 
 use weir_engine::error::BoxError;
-use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
+use weir_engine::{
+    Handled, Keyed, MapState, StateBackend, StateKey, StateTable, TimerQueue, Timestamp,
+};
 
 use super::{
-    prune_prefix, window_start, Alignment, LateEvents, Rejections, Window, WindowAggregateError,
+    prune_prefix, window_start, Alignment, LateData, Rejections, Window, WindowAggregateError,
     WindowEvent, WindowOutput, WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
@@ -43,8 +45,7 @@ pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     fire: S::Timers<K>,
     cleanup: S::Timers<K>,
     pane_count: usize,
-    watermark: Timestamp,
-    late: LateEvents,
+    late: LateData,
     rejections: Rejections<T>,
     new_windows: Vec<Timestamp>,
     _input: PhantomData<fn(T)>,
@@ -64,7 +65,6 @@ impl<S: StateBackend, K: StateKey, T, A: Aggregator<T>> std::fmt::Debug
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AlignedWindows")
             .field("pane_count", &self.pane_count)
-            .field("watermark", &self.watermark)
             .finish_non_exhaustive()
     }
 }
@@ -80,7 +80,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         offset: i64,
         lateness: i64,
         aggregator: A,
-        late: LateEvents,
+        late: LateData,
         rejections: Rejections<T>,
     ) -> Result<Self, BoxError> {
         Ok(AlignedWindows {
@@ -95,7 +95,6 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             fire: state.timer_queue("fire")?,
             cleanup: state.timer_queue("cleanup")?,
             pane_count: 0,
-            watermark: i64::MIN,
             late,
             rejections,
             new_windows: Vec::new(),
@@ -107,15 +106,13 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         self.pane_count
     }
 
-    /// Writes the panes back to the backend; returns the watermark to checkpoint with them.
-    pub(crate) fn flush(&mut self) -> Result<Timestamp, BoxError> {
-        self.panes.flush()?;
-        Ok(self.watermark)
+    /// The state tables.
+    pub(crate) fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.panes]
     }
 
     /// Rebuilds counts and timers from the restored panes (see the module invariants).
     pub(crate) fn restore(&mut self, watermark: Timestamp) -> Result<(), BoxError> {
-        self.watermark = watermark;
         let mut restored = Vec::new();
         self.panes.scan(|key, panes| restored.push((key, panes)))?;
         let (size, slide, offset) = (self.size, self.slide, self.offset);
@@ -149,80 +146,76 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         start.saturating_add(self.size)
     }
 
-    /// Adds events in stream order, first firing what each event's watermark makes due.
-    pub(crate) fn process(
+    /// Adds an event at `ts` (`watermark` preceded it) to its pane; late if every window it
+    /// belongs to is past its allowed lateness.
+    #[inline]
+    pub(crate) fn on_event(
         &mut self,
-        records: Vec<Record<Keyed<K, T>>>,
+        ts: Timestamp,
+        event: Keyed<K, T>,
+        watermark: Timestamp,
         out: &mut WindowOutput<K, A::Output, T>,
-    ) -> Result<(), BoxError> {
-        for r in records {
-            if r.watermark > self.watermark {
-                self.advance(r.watermark, out)?;
+    ) -> Result<Handled, BoxError> {
+        let last_start = self.window_starts.start_of(ts);
+        if (self.end_of(last_start) - 1).saturating_add(self.lateness) <= watermark {
+            return Ok(self.late.route(ts, event.value, out));
+        }
+        let Keyed { key, value, .. } = event;
+        let pane_start = self.pane_starts.start_of(ts);
+        let (aggregator, size, slide, new_windows) = (
+            &self.aggregator,
+            self.size,
+            self.slide,
+            &mut self.new_windows,
+        );
+        let created = self.panes.update(&key, Vec::new, |panes| {
+            add_to_pane(
+                aggregator,
+                panes,
+                pane_start,
+                &value,
+                last_start,
+                size,
+                slide,
+                new_windows,
+            )
+        })?;
+        let created = match created {
+            Ok(created) => created,
+            Err(cause) => {
+                let window = Window {
+                    start: last_start,
+                    end: last_start.saturating_add(size),
+                };
+                let error = WindowAggregateError::new(cause, &key, window, Some(ts));
+                self.rejections.fail_or_route(error, ts, value, out)?;
+                return Ok(Handled::Taken);
             }
-            let watermark = self.watermark;
-            let ts = r.ts;
-            let Keyed { key, value, .. } = r.value;
-            let last_start = self.window_starts.start_of(ts);
-            if (self.end_of(last_start) - 1).saturating_add(self.lateness) <= watermark {
-                self.late.drop_or_route(ts, value, out);
-                continue;
-            }
-            let pane_start = self.pane_starts.start_of(ts);
-            let (aggregator, size, slide, new_windows) = (
-                &self.aggregator,
-                self.size,
-                self.slide,
-                &mut self.new_windows,
-            );
-            let created = self.panes.update(&key, Vec::new, |panes| {
-                add_to_pane(
-                    aggregator,
-                    panes,
-                    pane_start,
-                    &value,
-                    last_start,
-                    size,
-                    slide,
-                    new_windows,
-                )
-            })?;
-            let created = match created {
-                Ok(created) => created,
-                Err(cause) => {
-                    let window = Window {
-                        start: last_start,
-                        end: last_start.saturating_add(size),
-                    };
-                    let error = WindowAggregateError::new(cause, &key, window, Some(ts));
-                    self.rejections.fail_or_route(error, ts, value, out)?;
-                    continue;
-                }
-            };
-            if created {
-                self.pane_count += 1;
-                if self.lateness > 0 {
-                    self.cleanup.register(last_start, key.clone())?;
-                }
-                for &start in &self.new_windows {
-                    if self.end_of(start) - 1 > watermark {
-                        self.fire.register(start, key.clone())?;
-                    }
-                }
-            }
+        };
+        if created {
+            self.pane_count += 1;
             if self.lateness > 0 {
-                // Windows already due but still kept fire again at once with the event in
-                // them; a window that had no pane before this event fires for the first time.
-                for start in windows_containing(ts, last_start, self.size, self.slide) {
-                    let end_inclusive = self.end_of(start) - 1;
-                    let kept = end_inclusive.saturating_add(self.lateness) > watermark;
-                    if end_inclusive <= watermark && kept {
-                        let first = created && self.new_windows.contains(&start);
-                        self.emit(&key, start, !first, out)?;
-                    }
+                self.cleanup.register(last_start, key.clone())?;
+            }
+            for &start in &self.new_windows {
+                if self.end_of(start) - 1 > watermark {
+                    self.fire.register(start, key.clone())?;
                 }
             }
         }
-        Ok(())
+        if self.lateness > 0 {
+            // Windows already due but still kept fire again at once with the event in
+            // them; a window that had no pane before this event fires for the first time.
+            for start in windows_containing(ts, last_start, self.size, self.slide) {
+                let end_inclusive = self.end_of(start) - 1;
+                let kept = end_inclusive.saturating_add(self.lateness) > watermark;
+                if end_inclusive <= watermark && kept {
+                    let first = created && self.new_windows.contains(&start);
+                    self.emit(&key, start, !first, out)?;
+                }
+            }
+        }
+        Ok(Handled::Taken)
     }
 
     /// Fires every window with `end - 1 <= watermark`, then drops panes whose last window
@@ -232,8 +225,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         watermark: Timestamp,
         out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
-        self.watermark = self.watermark.max(watermark);
-        let (w, size, lateness) = (self.watermark, self.size, self.lateness);
+        let (w, size, lateness) = (watermark, self.size, self.lateness);
         while let Some((start, keys)) = self
             .fire
             .pop_due(|start| start.saturating_add(size) - 1 <= w)?
@@ -254,7 +246,6 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 })?;
             }
         }
-        out.advance_watermark(w);
         Ok(())
     }
 

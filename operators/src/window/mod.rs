@@ -23,16 +23,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::keys::StableHash;
-use weir_engine::metrics::Counter;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::time::duration_ms;
 use weir_engine::{
-    Data, KeyedOperator, KeyedStream, MapState, OperatorContext, Output, Record, Sink,
-    StateBackend, StateKey, Stream, Timestamp,
+    Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
+    OperatorContext, Output, Sink, StateBackend, StateKey, StateTable, Stream, Timestamp,
 };
 
 use crate::aggregate::{AggregateError, Aggregator};
-use crate::snapshot::{restored_watermark, save_watermark};
 use aligned::AlignedWindows;
 use local::{LocalWindows, MergePartials, Partial};
 use session::SessionWindows;
@@ -374,25 +372,27 @@ impl<K, R, T> WindowEvent<K, R, T> {
 /// Where the window operators emit.
 pub(crate) type WindowOutput<K, R, T> = Output<WindowEvent<K, R, T>>;
 
-/// The late events of one window operator instance: always counted, and emitted as
-/// [`WindowEvent::Late`] when the job has a late-data output.
-pub(crate) struct LateEvents {
-    routed: bool,
-    counter: Counter,
+/// The late events of one window operator instance (counted by the engine's harness):
+/// emitted as [`WindowEvent::Late`] when the job has a late-data output, else dropped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LateData {
+    pub(crate) routed: bool,
 }
 
-impl LateEvents {
+impl LateData {
+    /// Hands on a late event at `ts` if the job routes late data; tells the harness it was
+    /// late either way.
     #[inline]
-    pub(crate) fn drop_or_route<K, R, T>(
-        &self,
+    pub(crate) fn route<K, R, T>(
+        self,
         ts: Timestamp,
         event: T,
         out: &mut WindowOutput<K, R, T>,
-    ) {
-        self.counter.inc();
+    ) -> Handled {
         if self.routed {
             out.emit(ts, WindowEvent::Late(event));
         }
+        Handled::Late
     }
 }
 
@@ -625,75 +625,81 @@ where
     type Key = K;
     type In = T;
     type Out = WindowEvent<K, A::Output, T>;
-    type Operator<S: StateBackend> = WindowOperator<S, K, T, A>;
+    type Operator<S: StateBackend> = EventTime<WindowOperator<S, K, T, A>>;
 
     fn create<S: StateBackend>(
         &self,
         ctx: &OperatorContext,
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
-        let late = || LateEvents {
+        let late = LateData {
             routed: self.route_late,
-            counter: ctx.metrics.late_events.clone(),
         };
         let rejections = || Rejections {
             routed: self.route_rejects,
             origin: self.origin.clone(),
         };
         let agg = self.aggregator.clone();
-        Ok(match self.spec {
-            WindowSpec::Tumbling(t) => WindowOperator::Aligned(AlignedWindows::new(
+        let windows = match self.spec {
+            WindowSpec::Tumbling(t) => Windows::Aligned(AlignedWindows::new(
                 &mut state,
                 t.size,
                 t.size,
                 t.offset,
                 self.allowed_lateness,
                 agg,
-                late(),
+                late,
                 rejections(),
             )?),
-            WindowSpec::Sliding(s) => WindowOperator::Aligned(AlignedWindows::new(
+            WindowSpec::Sliding(s) => Windows::Aligned(AlignedWindows::new(
                 &mut state,
                 s.size,
                 s.slide,
                 s.offset,
                 self.allowed_lateness,
                 agg,
-                late(),
+                late,
                 rejections(),
             )?),
-            WindowSpec::Session(s) => WindowOperator::Session(SessionWindows::new(
+            WindowSpec::Session(s) => Windows::Session(SessionWindows::new(
                 &mut state,
                 s.gap,
                 self.allowed_lateness,
                 agg,
-                late(),
+                late,
                 rejections(),
             )?),
-        })
+        };
+        let operator = WindowOperator { windows };
+        Ok(EventTime::new(operator, ctx))
     }
 }
 
-/// The window operator for any [`WindowSpec`]; the kind is matched once per batch.
-pub enum WindowOperator<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
+/// The windows of one kind; the kind is matched once per event.
+enum Windows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     /// Tumbling or sliding.
     Aligned(AlignedWindows<S, K, T, A>),
     /// Session.
     Session(SessionWindows<S, K, T, A>),
 }
 
+/// The window operator for any [`WindowSpec`], run by the engine's [`EventTime`] harness.
+pub struct WindowOperator<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
+    windows: Windows<S, K, T, A>,
+}
+
 impl<S: StateBackend, K: StateKey, T, A: Aggregator<T>> std::fmt::Debug
     for WindowOperator<S, K, T, A>
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            WindowOperator::Aligned(_) => "WindowOperator::Aligned",
-            WindowOperator::Session(_) => "WindowOperator::Session",
+        f.write_str(match self.windows {
+            Windows::Aligned(_) => "WindowOperator::Aligned",
+            Windows::Session(_) => "WindowOperator::Session",
         })
     }
 }
 
-impl<S, K, T, A> KeyedOperator for WindowOperator<S, K, T, A>
+impl<S, K, T, A> EventTimeOperator for WindowOperator<S, K, T, A>
 where
     S: StateBackend,
     K: StateKey + Data,
@@ -704,14 +710,21 @@ where
     type In = T;
     type Out = WindowEvent<K, A::Output, T>;
 
-    fn process(
+    /// Late when every window of the event is past its allowed lateness (for sessions:
+    /// the session it would merge into).
+    const LATENESS: Lateness = Lateness::Decided;
+
+    #[inline]
+    fn on_event(
         &mut self,
-        records: Vec<Record<weir_engine::Keyed<K, T>>>,
+        ts: Timestamp,
+        event: Keyed<K, T>,
+        watermark: Timestamp,
         out: &mut Output<Self::Out>,
-    ) -> Result<(), BoxError> {
-        match self {
-            WindowOperator::Aligned(w) => w.process(records, out),
-            WindowOperator::Session(w) => w.process(records, out),
+    ) -> Result<Handled, BoxError> {
+        match &mut self.windows {
+            Windows::Aligned(w) => w.on_event(ts, event, watermark, out),
+            Windows::Session(w) => w.on_event(ts, event, watermark, out),
         }
     }
 
@@ -720,32 +733,30 @@ where
         watermark: Timestamp,
         out: &mut Output<Self::Out>,
     ) -> Result<(), BoxError> {
-        match self {
-            WindowOperator::Aligned(w) => w.advance(watermark, out),
-            WindowOperator::Session(w) => w.advance(watermark, out),
+        match &mut self.windows {
+            Windows::Aligned(w) => w.advance(watermark, out),
+            Windows::Session(w) => w.advance(watermark, out),
+        }
+    }
+
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        match &mut self.windows {
+            Windows::Aligned(w) => w.tables(),
+            Windows::Session(w) => w.tables(),
         }
     }
 
     fn state_entries(&self) -> usize {
-        match self {
-            WindowOperator::Aligned(w) => w.state_entries(),
-            WindowOperator::Session(w) => w.state_entries(),
+        match &self.windows {
+            Windows::Aligned(w) => w.state_entries(),
+            Windows::Session(w) => w.state_entries(),
         }
     }
 
-    fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
-        let watermark = match self {
-            WindowOperator::Aligned(w) => w.flush()?,
-            WindowOperator::Session(w) => w.flush()?,
-        };
-        save_watermark(watermark)
-    }
-
-    fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
-        let watermark = restored_watermark(snapshots)?;
-        match self {
-            WindowOperator::Aligned(w) => w.restore(watermark),
-            WindowOperator::Session(w) => w.restore(watermark),
+    fn restore(&mut self, watermark: Timestamp) -> Result<(), BoxError> {
+        match &mut self.windows {
+            Windows::Aligned(w) => w.restore(watermark),
+            Windows::Session(w) => w.restore(),
         }
     }
 }
@@ -800,6 +811,7 @@ fn shrink<K, V, M: MapState<K, Vec<V>>>(
 mod tests {
     use super::*;
     use weir_engine::{Keyed, MemoryBackend};
+    use weir_engine::{KeyedOperator, Record};
 
     use crate::aggregate::Count;
 

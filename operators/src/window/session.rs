@@ -16,10 +16,12 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
-use weir_engine::{Keyed, MapState, Record, StateBackend, StateKey, TimerQueue, Timestamp};
+use weir_engine::{
+    Handled, Keyed, MapState, StateBackend, StateKey, StateTable, TimerQueue, Timestamp,
+};
 
 use super::{
-    prune, LateEvents, Rejections, Window, WindowAggregateError, WindowEvent, WindowOutput,
+    prune, LateData, Rejections, Window, WindowAggregateError, WindowEvent, WindowOutput,
     WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
@@ -48,8 +50,7 @@ pub struct SessionWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     fire: S::Timers<K>,
     cleanup: S::Timers<K>,
     session_count: usize,
-    watermark: Timestamp,
-    late: LateEvents,
+    late: LateData,
     rejections: Rejections<T>,
     _input: PhantomData<fn(T)>,
 }
@@ -65,7 +66,6 @@ impl<S: StateBackend, K: StateKey, T, A: Aggregator<T>> std::fmt::Debug
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionWindows")
             .field("session_count", &self.session_count)
-            .field("watermark", &self.watermark)
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +78,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         gap: i64,
         lateness: i64,
         aggregator: A,
-        late: LateEvents,
+        late: LateData,
         rejections: Rejections<T>,
     ) -> Result<Self, BoxError> {
         Ok(SessionWindows {
@@ -89,7 +89,6 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             fire: state.timer_queue("fire")?,
             cleanup: state.timer_queue("cleanup")?,
             session_count: 0,
-            watermark: i64::MIN,
             late,
             rejections,
             _input: PhantomData,
@@ -100,15 +99,13 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         self.session_count
     }
 
-    /// Writes the sessions back to the backend; returns the watermark to checkpoint with them.
-    pub(crate) fn flush(&mut self) -> Result<Timestamp, BoxError> {
-        self.sessions.flush()?;
-        Ok(self.watermark)
+    /// The state tables.
+    pub(crate) fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.sessions]
     }
 
     /// Rebuilds counts and timers from the restored sessions.
-    pub(crate) fn restore(&mut self, watermark: Timestamp) -> Result<(), BoxError> {
-        self.watermark = watermark;
+    pub(crate) fn restore(&mut self) -> Result<(), BoxError> {
         let mut restored = Vec::new();
         self.sessions
             .scan(|key, sessions| restored.push((key, sessions)))?;
@@ -124,66 +121,62 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         Ok(())
     }
 
-    /// Merges events into sessions in stream order, first firing what each event's
-    /// watermark makes due.
-    pub(crate) fn process(
+    /// Merges an event at `ts` (`watermark` preceded it) into its key's sessions; late if the
+    /// merged session is past its allowed lateness.
+    #[inline]
+    pub(crate) fn on_event(
         &mut self,
-        records: Vec<Record<Keyed<K, T>>>,
+        ts: Timestamp,
+        event: Keyed<K, T>,
+        watermark: Timestamp,
         out: &mut WindowOutput<K, A::Output, T>,
-    ) -> Result<(), BoxError> {
-        for r in records {
-            if r.watermark > self.watermark {
-                self.advance(r.watermark, out)?;
-            }
-            let watermark = self.watermark;
-            let ts = r.ts;
-            let Keyed { key, value, .. } = r.value;
-            let (start, end) = (ts, ts.saturating_add(self.gap));
-            let merged = self.sessions.read(&key, |sessions| {
-                sessions
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| touches(start, end, s))
-                    .fold((start, end), |(a, b), s| (a.min(s.start), b.max(s.end)))
-            })?;
-            if (merged.1 - 1).saturating_add(self.lateness) <= watermark {
-                self.late.drop_or_route(ts, value, out);
-                continue;
-            }
-            let due = merged.1 - 1 <= watermark;
-            let aggregator = &self.aggregator;
-            let merged_event = self.sessions.update(&key, Vec::new, |sessions| {
-                merge_event(aggregator, sessions, start, end, merged, &value, due)
-            })?;
-            let (removed, result) = match merged_event {
-                Ok(merged_event) => merged_event,
-                Err(cause) => {
-                    let window = Window {
-                        start: merged.0,
-                        end: merged.1,
-                    };
-                    let error = WindowAggregateError::new(cause, &key, window, Some(ts));
-                    self.rejections.fail_or_route(error, ts, value, out)?;
-                    continue;
-                }
-            };
-            self.session_count = self.session_count + 1 - removed;
-            if let Some((window, value, is_update)) = result {
-                out.emit(
-                    window.end - 1,
-                    WindowEvent::Result(WindowResult {
-                        key: key.clone(),
-                        window,
-                        value,
-                        is_update,
-                    }),
-                );
-            } else {
-                self.fire.register(merged.1, key.clone())?;
-            }
-            self.cleanup.register(merged.1, key)?;
+    ) -> Result<Handled, BoxError> {
+        let key = &event.key;
+        let (start, end) = (ts, ts.saturating_add(self.gap));
+        let merged = self.sessions.read(key, |sessions| {
+            sessions
+                .into_iter()
+                .flatten()
+                .filter(|s| touches(start, end, s))
+                .fold((start, end), |(a, b), s| (a.min(s.start), b.max(s.end)))
+        })?;
+        if (merged.1 - 1).saturating_add(self.lateness) <= watermark {
+            return Ok(self.late.route(ts, event.value, out));
         }
-        Ok(())
+        let Keyed { key, value, .. } = event;
+        let due = merged.1 - 1 <= watermark;
+        let aggregator = &self.aggregator;
+        let merged_event = self.sessions.update(&key, Vec::new, |sessions| {
+            merge_event(aggregator, sessions, start, end, merged, &value, due)
+        })?;
+        let (removed, result) = match merged_event {
+            Ok(merged_event) => merged_event,
+            Err(cause) => {
+                let window = Window {
+                    start: merged.0,
+                    end: merged.1,
+                };
+                let error = WindowAggregateError::new(cause, &key, window, Some(ts));
+                self.rejections.fail_or_route(error, ts, value, out)?;
+                return Ok(Handled::Taken);
+            }
+        };
+        self.session_count = self.session_count + 1 - removed;
+        if let Some((window, value, is_update)) = result {
+            out.emit(
+                window.end - 1,
+                WindowEvent::Result(WindowResult {
+                    key: key.clone(),
+                    window,
+                    value,
+                    is_update,
+                }),
+            );
+        } else {
+            self.fire.register(merged.1, key.clone())?;
+        }
+        self.cleanup.register(merged.1, key)?;
+        Ok(Handled::Taken)
     }
 
     /// Fires every session with `end - 1 <= watermark`, then drops fired sessions past their
@@ -193,8 +186,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         watermark: Timestamp,
         out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
-        self.watermark = self.watermark.max(watermark);
-        let w = self.watermark;
+        let w = watermark;
         while let Some((end, keys)) = self.fire.pop_due(|end| end - 1 <= w)? {
             for key in keys {
                 let aggregator = &self.aggregator;
@@ -236,7 +228,6 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 })?;
             }
         }
-        out.advance_watermark(w);
         Ok(())
     }
 }

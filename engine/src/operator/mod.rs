@@ -5,12 +5,19 @@
 //! end of input. Operators never talk to channels or threads: they write results to an
 //! [`Output`], and the runtime moves them on.
 //!
+//! Operators on event time implement [`EventTimeOperator`] instead, and [`EventTime`] runs
+//! them: it owns their watermark, lateness and checkpoint protocol (see [`event_time`]).
+//!
 //! # Watermarks in operators
 //! Each input record carries the watermark that preceded it. An operator that fires timers
 //! (windows) first advances to `record.watermark`, then handles the record, so lateness and
 //! firing positions are identical for every batch size and parallelism. Results emitted while
 //! firing carry the operator's *previous* output watermark, exactly like Flink emits window
 //! results before forwarding the watermark that fired them.
+
+pub mod event_time;
+
+pub use event_time::{EventTime, EventTimeOperator, Handled, KeyedEvent, Lateness};
 
 use std::ops::Range;
 
