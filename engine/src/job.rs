@@ -50,8 +50,9 @@ use crate::operator::{ChainedOperator, OperatorFactory};
 use crate::plan::{Exchange, JobPlan, PlanEdge, PlanNode};
 use crate::record::Data;
 use crate::runtime::{
-    self, ChainedPush, FilterPush, FlatMapPush, KeyedNode, MapPush, NodeImpl, RunOptions,
-    RunSummary, SinkNode, SourceNode, StatelessNode, TimestampPush, UnionNode,
+    self, ChainedPush, FilterPush, FlatMapPush, KeyedNode, MapPush, NodeImpl, PortNode, Routed,
+    RunOptions, RunSummary, SinkNode, SourceNode, SplitNode, StatelessNode, TimestampPush,
+    UnionNode,
 };
 use crate::sink::Sink;
 use crate::source::Source;
@@ -626,6 +627,42 @@ impl<T: Data> Stream<T> {
             "flat_map",
             timed,
             StatelessNode::new(move |down, _| Ok(Box::new(FlatMapPush::new(f.clone(), down)))),
+        )
+    }
+
+    /// Splits the stream in two without copying events (Flink's side outputs): `route`
+    /// sends each event to the main output, to the side output, or nowhere
+    /// ([`Routed`]). Both outputs keep the stream's event times and watermarks. The graph
+    /// shows a `split` node with two ports named `main` and `side`.
+    ///
+    /// Use it where one operator emits two kinds of results (matches and timeouts, window
+    /// results and late events): two `flat_map`s over one stream would clone every event
+    /// once per consumer.
+    pub fn split<A: Data, B: Data, F>(self, name: &str, route: F) -> (Stream<A>, Stream<B>)
+    where
+        F: Fn(T) -> Routed<A, B> + Clone + Send + 'static,
+    {
+        let split = self.job.add(
+            name,
+            NodeKind::Stateless,
+            String::new(),
+            &[self.node],
+            Rc::new(SplitNode::new(route)),
+        );
+        let port = |port: &str| {
+            self.job.add(
+                &format!("{name}.{port}"),
+                NodeKind::Stateless,
+                String::new(),
+                &[split],
+                Rc::new(PortNode),
+            )
+        };
+        let (main, side) = (port("main"), port("side"));
+        // `.uid(..)` on an output names the operator whose output was split.
+        (
+            Stream::new(self.job.clone(), main, self.timed).uid_names(&self),
+            Stream::new(self.job.clone(), side, self.timed).uid_names(&self),
         )
     }
 

@@ -56,7 +56,7 @@ pub use operator::{
 };
 pub use plan::JobPlan;
 pub use record::{Batch, Data, Keyed, Record, Split};
-pub use runtime::{RunOptions, RunSummary};
+pub use runtime::{Routed, RunOptions, RunSummary};
 pub use sink::Sink;
 pub use source::{Source, SourceStatus};
 pub use state::{

@@ -55,8 +55,8 @@ use weir_engine::operator::OperatorFactory;
 use weir_engine::time::duration_ms;
 use weir_engine::{
     Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
-    OperatorContext, Output, StateBackend, StateKey, StateTable, StateValue, Stream, TimerQueue,
-    Timestamp,
+    OperatorContext, Output, Routed, StateBackend, StateKey, StateTable, StateValue, Stream,
+    TimerQueue, Timestamp,
 };
 
 use crate::time_order::{insert_by_time, take_due, TimeOrdered};
@@ -319,19 +319,11 @@ where
     }
 
     fn pattern_with_timeouts(self, pattern: Pattern<T>) -> (Stream<Match<T>>, Stream<TimedOut<T>>) {
-        let both = run_pattern(self, pattern, true);
-        let timeouts = both.clone().flat_map(|o| match o {
-            CepOutput::TimedOut(t) => Some(t),
-            CepOutput::Matched(_) => None,
-        });
-        let matches = both
-            .clone()
-            .flat_map(|o| match o {
-                CepOutput::Matched(m) => Some(m),
-                CepOutput::TimedOut(_) => None,
-            })
-            .uid_names(&both);
-        (matches, timeouts.uid_names(&both))
+        // The timeouts are a side output of the pattern: routed, not cloned.
+        run_pattern(self, pattern, true).split("timeouts", |o| match o {
+            CepOutput::Matched(m) => Routed::Main(m),
+            CepOutput::TimedOut(t) => Routed::Side(t),
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use super::doorbell::Doorbell;
 use super::exchange::{ForwardPush, Held, SinkFeed};
 use super::inbox::{Inbox, Inputs};
 use super::push::{Envelope, Push};
-use super::stateless::Fanout;
+use super::stateless::{Fanout, Metered};
 use super::worker::{BacklogBuilder, Part};
 use super::RunOptions;
 use crate::checkpoint::coordinator::{Checkpointing, Participant};
@@ -83,6 +83,18 @@ impl Build<'_> {
 
     pub(super) fn chained(&self, id: NodeId) -> bool {
         self.graph.is_chained(id, self.options.parallelism)
+    }
+
+    /// What instance `instance` of a split delivers to its port `port`: the port's
+    /// downstream, counted in the port's metrics (see [`super::split`]).
+    pub(super) fn port<T: Data>(
+        &mut self,
+        port: NodeId,
+        instance: usize,
+    ) -> Result<Box<dyn Push<T>>> {
+        let down = self.downstream(port, instance)?;
+        let metrics = self.metrics.stateless_operator(&self.name(port), instance);
+        Ok(Box::new(Metered::new(down, metrics)))
     }
 
     /// The pusher instance `instance` of node `me` delivers its output to.

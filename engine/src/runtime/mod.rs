@@ -8,6 +8,7 @@
 //! | `source.rs` | polling a source, injecting barriers, the lockstep of parallel instances |
 //! | `event_time.rs` | timestamps and watermark generation |
 //! | `stateless.rs` | chained map, filter, flat_map and user operators; fan-out |
+//! | `split.rs` | side outputs: one operator's output routed to two streams without copies |
 //! | `exchange.rs` | how a record crosses threads: one channel, or by key group to a worker |
 //! | `inbox.rs` | the receiving end of a channel: watermark minimum over producers, idleness |
 //! | `alignment.rs` | where a checkpoint barrier is aligned |
@@ -176,6 +177,7 @@ mod push;
 mod run;
 mod sink;
 mod source;
+mod split;
 mod stateless;
 mod union;
 
@@ -186,6 +188,8 @@ pub(crate) use push::{Flush, Push};
 pub(crate) use run::run;
 pub(crate) use sink::SinkNode;
 pub(crate) use source::SourceNode;
+pub use split::Routed;
+pub(crate) use split::{PortNode, SplitNode};
 pub(crate) use stateless::{ChainedPush, FilterPush, FlatMapPush, MapPush, StatelessNode};
 pub(crate) use union::UnionNode;
 

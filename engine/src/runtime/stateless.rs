@@ -1,5 +1,6 @@
 //! Stateless operators, chained into the thread of their input: map, filter, flat_map,
-//! user chained operators, the metered node wrapper and the fan-out to several consumers.
+//! user chained operators, the metered node wrapper and the fan-out to several consumers
+//! (which clones each batch per consumer; [`super::split`] routes without copies).
 
 use std::any::Any;
 use std::time::Duration;
@@ -67,7 +68,7 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
         } else {
             None
         };
-        let metered: Box<dyn Push<U>> = Box::new(Metered { down, metrics });
+        let metered: Box<dyn Push<U>> = Box::new(Metered::new(down, metrics));
         let context = NodeContext {
             name,
             participant,
@@ -82,6 +83,12 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
 pub(super) struct Metered<T> {
     down: Box<dyn Push<T>>,
     metrics: OperatorMetrics,
+}
+
+impl<T> Metered<T> {
+    pub(super) fn new(down: Box<dyn Push<T>>, metrics: OperatorMetrics) -> Self {
+        Metered { down, metrics }
+    }
 }
 
 impl<T: Data> Push<T> for Metered<T> {

@@ -27,7 +27,7 @@ use weir_engine::operator::OperatorFactory;
 use weir_engine::time::duration_ms;
 use weir_engine::{
     Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
-    OperatorContext, Output, Sink, StateBackend, StateKey, StateTable, Stream, Timestamp,
+    OperatorContext, Output, Routed, Sink, StateBackend, StateKey, StateTable, Stream, Timestamp,
 };
 
 use crate::aggregate::{AggregateError, Aggregator};
@@ -518,16 +518,32 @@ where
             _types: std::marker::PhantomData,
         };
         let events = self.keyed.process("window", detail, factory);
-        if let Some(SideSink(attach)) = self.late {
-            attach(events.clone().flat_map(WindowEvent::into_late));
+        if self.late.is_none() && self.rejects.is_none() {
+            return events
+                .clone()
+                .flat_map(WindowEvent::into_result)
+                .uid_names(&events);
         }
-        if let Some(SideSink(attach)) = self.rejects {
-            attach(events.clone().flat_map(WindowEvent::into_rejected));
+        // Late and rejected events are side outputs of the window: routed, not cloned.
+        let (results, side) = events.split("side-outputs", |e| match e {
+            WindowEvent::Result(r) => Routed::Main(r),
+            other => Routed::Side(other),
+        });
+        match (self.late, self.rejects) {
+            (Some(SideSink(late)), Some(SideSink(rejects))) => {
+                let (late_events, rejected) = side.split("late-or-rejected", |e| match e {
+                    WindowEvent::Late(event) => Routed::Main(event),
+                    WindowEvent::Rejected(r) => Routed::Side(*r),
+                    WindowEvent::Result(_) => Routed::Dropped,
+                });
+                late(late_events);
+                rejects(rejected);
+            }
+            (Some(SideSink(late)), None) => late(side.flat_map(WindowEvent::into_late)),
+            (None, Some(SideSink(rejects))) => rejects(side.flat_map(WindowEvent::into_rejected)),
+            (None, None) => {}
         }
-        events
-            .clone()
-            .flat_map(WindowEvent::into_result)
-            .uid_names(&events)
+        results
     }
 }
 
