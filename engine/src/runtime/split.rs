@@ -126,14 +126,16 @@ where
                 Routed::Dropped => {}
             }
         }
-        self.main.push(Batch {
-            records: main,
+        // The side output first: where both outputs meet again (a union into one file),
+        // records come in the order the fan-out of two filters gave them.
+        self.side.push(Batch {
+            records: side,
             watermark,
             split: split.clone(),
             ingested,
         })?;
-        self.side.push(Batch {
-            records: side,
+        self.main.push(Batch {
+            records: main,
             watermark,
             split,
             ingested,
@@ -141,18 +143,18 @@ where
     }
 
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.main.barrier(id)?;
-        self.side.barrier(id)
+        self.side.barrier(id)?;
+        self.main.barrier(id)
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.main.finish()?;
-        self.side.finish()
+        self.side.finish()?;
+        self.main.finish()
     }
 
     fn flush(&mut self, what: Flush) -> Result<()> {
-        self.main.flush(what)?;
-        self.side.flush(what)
+        self.side.flush(what)?;
+        self.main.flush(what)
     }
 }
 
