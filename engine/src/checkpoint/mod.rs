@@ -28,6 +28,18 @@
 //! verifies (see [`manifest`]): sources seek to their positions, keyed state is imported
 //! key group by key group (so the parallelism may change), sinks commit what the checkpoint
 //! covered and discard what it did not.
+//!
+//! # Where each step lives in the runtime
+//! | step | type | file |
+//! |---|---|---|
+//! | injecting barriers, recording source positions | `SourceLoop`, `Lockstep` | `runtime/source.rs` |
+//! | watermark generator state in checkpoints | `TimestampPush` | `runtime/event_time.rs` |
+//! | barrier alignment over several producers | `Alignment` | `runtime/alignment.rs` |
+//! | barriers across threads, held results | `ForwardPush`, `Held`, `SinkFeed` | `runtime/exchange.rs` |
+//! | keyed state snapshot and import by key group | `KeyedRunner`, `KeyedSnapshot` | `runtime/keyed.rs`, `runtime/keyed_snapshot.rs` |
+//! | an event-time operator's tables and watermark | [`crate::operator::EventTime`] | `operator/event_time.rs` |
+//! | pre-commit at the barrier, commit on completion | `SinkPush`, `SinkTransactions` | `runtime/sink.rs` |
+//! | the checkpoint coordinator, acks, the manifest | [`coordinator`], [`manifest`] | `checkpoint/` |
 
 mod compatibility;
 mod control;
