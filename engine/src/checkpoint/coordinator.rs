@@ -12,13 +12,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
-use serde_json::Value;
 
 use super::compatibility::match_restored_state;
 use super::history::CheckpointHistory;
 use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest, OperatorRecord};
 use super::ownership::Fence;
+use super::state::ParticipantState;
 use super::{CheckpointConfig, CheckpointError, CheckpointId, Resume};
+use crate::error::EngineError;
 use crate::metrics::CheckpointMetrics;
 
 /// A checkpoint that is not complete this long after it started has failed.
@@ -28,7 +29,7 @@ enum Event {
     Ack {
         participant: usize,
         id: CheckpointId,
-        result: Result<Value, String>,
+        result: Result<ParticipantState, String>,
     },
     SourceExhausted,
     /// Take a checkpoint now and keep it; the reply is its savepoint directory.
@@ -98,14 +99,41 @@ impl Participant {
         &self.shared
     }
 
-    /// The snapshot this participant (same key) left in the checkpoint being restored.
-    pub(crate) fn restored(&self) -> Option<&Value> {
+    /// The state this participant (same key) left in the checkpoint being restored.
+    pub(crate) fn restored(&self) -> Option<&ParticipantState> {
         let key = self.shared.participant_key(self.index);
         self.shared.restored()?.participants.get(&key)
     }
 
-    /// Acknowledges checkpoint `id` with this participant's snapshot, or its failure.
-    pub(crate) fn ack(&self, id: CheckpointId, result: Result<Value, String>) {
+    /// A restore error of this participant (called `name` in the job): its restored state
+    /// does not fit it, for `reason`.
+    pub(crate) fn restore_error(&self, name: &str, reason: impl std::fmt::Display) -> EngineError {
+        EngineError::RestoreState {
+            checkpoint: self.shared.restored_id(),
+            participant: format!("{name} ({})", self.shared.participant_key(self.index)),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The restore error of a participant that expected `expected` and found `found`.
+    pub(crate) fn unexpected_state(
+        &self,
+        name: &str,
+        expected: &str,
+        found: &ParticipantState,
+    ) -> EngineError {
+        self.restore_error(
+            name,
+            format!(
+                "it holds {}, where {expected} was expected: the job changed under the same \
+                 uid; run it as it was, or start over with --replay-from beginning",
+                found.describe()
+            ),
+        )
+    }
+
+    /// Acknowledges checkpoint `id` with this participant's state, or its failure.
+    pub(crate) fn ack(&self, id: CheckpointId, result: Result<ParticipantState, String>) {
         // The coordinator outlives every task; if it is gone the job is ending anyway.
         let _ = self.shared.events.send(Event::Ack {
             participant: self.index,
@@ -514,12 +542,18 @@ impl Checkpointing {
             return Err(reason);
         }
         let dir = self.dir(flight.id);
-        let participants: BTreeMap<String, Value> = flight
+        let participants = flight
             .acks
             .into_iter()
             .enumerate()
-            .map(|(i, v)| (self.participant_key(i), v.unwrap_or(Value::Null)))
-            .collect();
+            .map(|(i, state)| {
+                let key = self.participant_key(i);
+                match state {
+                    Some(state) => Ok((key, state)),
+                    None => Err(format!("internal: completing without the state of {key}")),
+                }
+            })
+            .collect::<Result<BTreeMap<_, _>, String>>()?;
         let files = checksums.files(&dir).map_err(|e| e.to_string())?;
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
         Manifest::new(
@@ -571,7 +605,7 @@ struct InFlight {
     id: CheckpointId,
     is_final: bool,
     started: Instant,
-    acks: Vec<Option<Value>>,
+    acks: Vec<Option<ParticipantState>>,
     failed: Option<String>,
     /// Who asked for this checkpoint to be kept as a savepoint.
     savepoint_for: Vec<Sender<Result<PathBuf, String>>>,
