@@ -15,6 +15,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::compatibility::match_restored_state;
 use super::history::CheckpointHistory;
+use super::in_flight::InFlight;
 use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest, OperatorRecord};
 use super::ownership::Fence;
 use super::state::ParticipantState;
@@ -408,25 +409,17 @@ impl Checkpointing {
                     id,
                     result,
                 }) => {
-                    if let Some(f) = in_flight.as_mut().filter(|f| f.id == id) {
-                        match result {
-                            Ok(value) => f.acks[participant] = Some(value),
-                            Err(reason) => {
-                                let who = self.participant_key(participant);
-                                f.failed.get_or_insert(format!("{who}: {reason}"));
-                            }
-                        }
+                    if let Some(f) = in_flight.as_mut() {
+                        f.ack(participant, id, result, || {
+                            self.participant_key(participant)
+                        });
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             if let Some(f) = &mut in_flight {
-                if f.failed.is_none() && f.started.elapsed() > timeout {
-                    f.failed = Some(format!("not acknowledged by all tasks within {timeout:?}"));
-                }
-                let acked = f.acks.iter().all(Option::is_some);
-                if acked || f.failed.is_some() {
+                if f.decided(Instant::now(), timeout) {
                     if let Some(fence) = &self.fence {
                         // A run that was taken over must not complete (and so let sinks
                         // commit) anything more: the job ends instead of trying again.
@@ -601,16 +594,6 @@ impl Checkpointing {
     }
 }
 
-struct InFlight {
-    id: CheckpointId,
-    is_final: bool,
-    started: Instant,
-    acks: Vec<Option<ParticipantState>>,
-    failed: Option<String>,
-    /// Who asked for this checkpoint to be kept as a savepoint.
-    savepoint_for: Vec<Sender<Result<PathBuf, String>>>,
-}
-
 /// Recreates the directory tree `from` at `to` with hard links (checkpoint files are never
 /// changed after they are written, so sharing them is safe and costs no copy).
 fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -630,3 +613,7 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

@@ -36,6 +36,7 @@ mod compatibility;
 mod control;
 pub(crate) mod coordinator;
 pub mod history;
+mod in_flight;
 pub mod manifest;
 pub mod ownership;
 pub mod state;
