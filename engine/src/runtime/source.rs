@@ -102,13 +102,13 @@ pub(super) fn check_restored_instances(
     if checkpointed == count {
         return Ok(());
     }
-    Err(EngineError::InvalidJob {
-        job: b.metrics.job().to_string(),
+    Err(EngineError::RestoreState {
+        checkpoint: manifest.id,
+        participant: format!("{uid}#*"),
         reason: format!(
-            "source `{name}` reads its input split over the workers and checkpoint {} has \
+            "source `{name}` reads its input split over the workers and the checkpoint has \
              {checkpointed} of its instances, not {count}: resume with --parallelism \
-             {checkpointed}, or start over with --replay-from beginning",
-            manifest.id
+             {checkpointed}, or start over with --replay-from beginning"
         ),
     })
 }
