@@ -2,7 +2,8 @@
 //! by a union (so barriers are aligned across producers) fails half-way, and a second run
 //! with the same state directory resumes from the last checkpoint. Its committed output
 //! must equal an uninterrupted run's, row for row. Also: a checkpoint that cannot be
-//! written fails alone (counted) while the job goes on.
+//! written fails alone (counted) while the job goes on, and a source given another kind
+//! of source's position (an input replaced under its uid) is refused, naming both.
 
 // Helpers here set up fixtures; a failing setup should panic the test.
 #![allow(clippy::unwrap_used)]
@@ -14,7 +15,10 @@ use std::time::Duration;
 
 use common::checkpointed::{self, committed_rows, in_progress_files, sorted_lines, Flaky};
 use serde::{Deserialize, Serialize};
-use weir_engine::{CheckpointConfig, Resume, RunOptions, RunSummary, StateConfig};
+use weir_engine::{
+    BoxError, CheckpointConfig, ConnectorState, ConnectorStateType, EngineError, Resume,
+    RunOptions, RunSummary, Source, SourceStatus, StateConfig,
+};
 use weir_jobs::prelude::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -409,4 +413,85 @@ fn state_follows_its_uid_through_a_change_to_the_job() {
         resumed.events_read
     );
     assert_eq!(committed_rows(&out), expected, "rows lost or duplicated");
+}
+
+/// A replayable source of events whose position is its own type, not a file position.
+struct Numbers {
+    next: i64,
+    end: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NumbersPosition {
+    next: i64,
+}
+
+impl ConnectorStateType for NumbersPosition {
+    const KIND: &'static str = "numbers source";
+    const VERSION: u32 = 1;
+}
+
+impl Source for Numbers {
+    type Item = Ev;
+
+    fn poll_batch(&mut self, out: &mut Vec<Ev>, max: usize) -> Result<SourceStatus, BoxError> {
+        while self.next < self.end && out.len() < max {
+            let (ts, key, v) = (1_000_000 + self.next * 10, "k".to_string(), 1);
+            out.push(Ev { ts, key, v });
+            self.next += 1;
+        }
+        Ok(match self.next < self.end {
+            true => SourceStatus::More,
+            false => SourceStatus::Exhausted,
+        })
+    }
+
+    fn describe(&self) -> String {
+        "numbers".into()
+    }
+
+    fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
+        let position = NumbersPosition { next: self.next };
+        Ok(Some(ConnectorState::encode(&position)?))
+    }
+
+    fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
+        self.next = position.decode::<NumbersPosition>()?.next;
+        Ok(())
+    }
+}
+
+#[test]
+fn an_input_replaced_under_its_uid_is_refused_naming_the_checkpoint_the_source_and_both_kinds() {
+    let (setup, out) = crash_before_a_change(true);
+    // Source `a` was a file; the restarted job reads other input under the same uid.
+    let job = Job::new("union-counts");
+    let a = job
+        .source(
+            "a",
+            Numbers {
+                next: 0,
+                end: 1_000,
+            },
+        )
+        .uid("a")
+        .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))
+        .uid("a-time");
+    let b = setup.source(&job, "b", &setup.inputs[1], None);
+    let counts = per_key_windows(a.union(b))
+        .aggregate(Count.and(Sum::of(|e: &Ev| e.v)))
+        .uid("counts");
+    write_rows(counts, &out).uid("out");
+    let err = job
+        .run(&setup.options(1, Some(Duration::from_millis(5))))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, EngineError::RestoreState { .. }), "{err:?}");
+    let says = err.to_string();
+    assert!(
+        says.starts_with("checkpoint ")
+            && says.contains("the state of `a (a#0)` cannot be restored")
+            && says.contains("the state of a file source, not of a numbers source"),
+        "{says}"
+    );
 }

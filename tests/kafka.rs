@@ -712,13 +712,13 @@ fn the_exactly_once_sink_commits_with_checkpoints_and_finishes_a_dead_runs_commi
 
     // The restart from checkpoint 2 commits what the dead run did not.
     let mut second = sink();
-    second.begin_transactions(Some((2, &at_2))).unwrap();
+    second.begin_transactions(Some((2, at_2.as_ref()))).unwrap();
     assert_eq!(committed(), (0..250).collect::<Vec<_>>());
     drop(second);
 
     // Dying again right after that and restarting from checkpoint 2 again repeats nothing.
     let mut third = sink();
-    third.begin_transactions(Some((2, &at_2))).unwrap();
+    third.begin_transactions(Some((2, at_2.as_ref()))).unwrap();
     third.write(&rows(250..300)).unwrap();
     third.pre_commit(3).unwrap();
     third.commit(3).unwrap();
@@ -730,7 +730,7 @@ fn the_exactly_once_sink_commits_with_checkpoints_and_finishes_a_dead_runs_commi
     // again. Nothing is written.
     let mut older = sink();
     let refused = older
-        .begin_transactions(Some((2, &at_2)))
+        .begin_transactions(Some((2, at_2.as_ref())))
         .unwrap_err()
         .to_string();
     assert!(
@@ -748,7 +748,9 @@ fn the_exactly_once_sink_commits_with_checkpoints_and_finishes_a_dead_runs_commi
     let at_1 = fresh.pre_commit(1).unwrap();
     drop(fresh);
     let mut restarted = sink();
-    restarted.begin_transactions(Some((1, &at_1))).unwrap();
+    restarted
+        .begin_transactions(Some((1, at_1.as_ref())))
+        .unwrap();
     restarted.finish().unwrap();
     assert_eq!(committed(), (0..330).collect::<Vec<_>>());
 }

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::FileReader;
-use serde_json::json;
-use weir_engine::{BoxError, Data, Source, SourceStatus};
+use serde::{Deserialize, Serialize};
+use weir_engine::{BoxError, ConnectorState, ConnectorStateType, Data, Source, SourceStatus};
 
 use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
 use crate::error::ConnectorError;
@@ -53,6 +53,27 @@ pub trait RowDecoder: Send + 'static {
     fn set_origin(&self, item: &mut Self::Item, origin: Origin) {
         let _ = (item, origin);
     }
+}
+
+/// Where an [`ArrowFileSource`] stands, as kept in checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ArrowPosition {
+    /// The record batch it reads.
+    batch: u64,
+    /// The next row of that batch.
+    row: u64,
+    /// Rows in the batches before it.
+    rows_before: u64,
+    /// Length of the dead-letter file at this point.
+    dead_letter_bytes: u64,
+    /// The largest event time accepted so far, with a future guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    highest_event_time: Option<i64>,
+}
+
+impl ConnectorStateType for ArrowPosition {
+    const KIND: &'static str = "arrow source";
+    const VERSION: u32 = 1;
 }
 
 /// Reads an Arrow IPC file (the file format, with its footer) from start to end.
@@ -241,38 +262,26 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
         format!("{} (Arrow IPC)", self.path.display())
     }
 
-    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
-        let mut position = json!({
-            "batch": self.batch_index,
-            "row": self.row,
-            "rows_before": self.rows_before,
-            "dead_letter_bytes": self.dead.position(),
-        });
-        if let Some(highest) = self.future.as_ref().and_then(MaxFuture::highest) {
-            position["highest_event_time"] = json!(highest);
-        }
-        Ok(Some(position))
+    fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
+        let position = ArrowPosition {
+            batch: self.batch_index as u64,
+            row: self.row as u64,
+            rows_before: self.rows_before,
+            dead_letter_bytes: self.dead.position(),
+            highest_event_time: self.future.as_ref().and_then(MaxFuture::highest),
+        };
+        Ok(Some(ConnectorState::encode(&position)?))
     }
 
-    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
-        let described = self.describe();
-        let field = |name: &str| {
-            position
-                .get(name)
-                .and_then(serde_json::Value::as_u64)
-                .ok_or_else(|| format!("{described}: the checkpoint holds no `{name}` position"))
-        };
-        let (batch, row) = (field("batch")?, field("row")?);
-        self.rows_before = field("rows_before")?;
-        self.dead.resume_at(field("dead_letter_bytes")?)?;
+    fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
+        let position: ArrowPosition = position.decode()?;
+        self.rows_before = position.rows_before;
+        self.dead.resume_at(position.dead_letter_bytes)?;
         if let Some(future) = &mut self.future {
-            let highest = position
-                .get("highest_event_time")
-                .and_then(serde_json::Value::as_i64);
-            future.resume(highest);
+            future.resume(position.highest_event_time);
         }
-        self.batch_index = usize::try_from(batch)?;
-        let row = usize::try_from(row)?;
+        self.batch_index = usize::try_from(position.batch)?;
+        let row = usize::try_from(position.row)?;
         self.open()?;
         if row > 0 {
             let rows = self.current()?.map_or(0, RecordBatch::num_rows);
@@ -377,7 +386,7 @@ mod tests {
             read_to_end(&mut resumed, &mut read, 4);
             assert_eq!(
                 read, expected,
-                "resumed after {first_rows} rows at {position}"
+                "resumed after {first_rows} rows at {position:?}"
             );
         }
         let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();

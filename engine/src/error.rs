@@ -81,6 +81,23 @@ pub enum EngineError {
         #[source]
         source: crate::checkpoint::CheckpointError,
     },
+    /// A participant's state in the checkpoint being restored does not fit it (another
+    /// kind of state, a newer version, fields that do not match).
+    #[error("checkpoint {checkpoint}: the state of `{participant}` cannot be restored: {reason}")]
+    RestoreState {
+        /// The checkpoint being restored.
+        checkpoint: crate::checkpoint::CheckpointId,
+        /// The participant (`UID#INSTANCE`, with its node name).
+        participant: String,
+        /// What did not match, and what to do.
+        reason: String,
+    },
+    /// An invariant of weir itself broke: a bug in weir, not in the job or its input.
+    #[error("internal error (a bug in weir, please report it): {reason}")]
+    Internal {
+        /// Which invariant broke, and where.
+        reason: String,
+    },
     /// The job's state directory is in use by another run, or cannot be locked.
     #[error("job `{job}` cannot use its state directory")]
     StateDir {

@@ -44,7 +44,10 @@ pub mod source;
 pub mod state;
 pub mod time;
 
-pub use checkpoint::{CheckpointConfig, CheckpointId, JobControl, Resume};
+pub use checkpoint::{
+    CheckpointConfig, CheckpointId, ConnectorState, ConnectorStateType, JobControl, Resume,
+    StateMismatch,
+};
 pub use error::{BoxError, EngineError, Result};
 pub use job::{Job, KeyedStream, SinkHandle, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};

@@ -10,9 +10,11 @@
 //! makes it visible ([`Sink::commit`]); on a restart it commits what the restored
 //! checkpoint covered and discards the rest ([`Sink::begin_transactions`]). Sinks that
 //! keep the defaults write at once and repeat rows replayed after a restart
-//! (at-least-once).
+//! (at-least-once). What a sink pre-commits is its own type
+//! ([`ConnectorStateType`](crate::ConnectorStateType)), stored with its kind and version
+//! as a [`ConnectorState`].
 
-use crate::checkpoint::CheckpointId;
+use crate::checkpoint::{CheckpointId, ConnectorState};
 use crate::error::BoxError;
 use crate::metrics::JobMetrics;
 use crate::record::Record;
@@ -45,10 +47,10 @@ pub trait Sink<T>: Send + 'static {
 
     /// Jobs with checkpoints call this once, before the first write. `restored` is the
     /// checkpoint the job resumes from and what [`Sink::pre_commit`] returned for it
-    /// (`None` on a fresh start).
+    /// (`None` on a fresh start; `Some((id, None))` if the sink pre-committed nothing).
     fn begin_transactions(
         &mut self,
-        restored: Option<(CheckpointId, &serde_json::Value)>,
+        restored: Option<(CheckpointId, Option<&ConnectorState>)>,
     ) -> Result<(), BoxError> {
         let _ = restored;
         Ok(())
@@ -56,10 +58,10 @@ pub trait Sink<T>: Send + 'static {
 
     /// A barrier of checkpoint `checkpoint` arrived: makes everything written so far
     /// durable, to be made visible once the checkpoint completes. Returns what a restart
-    /// needs to commit it.
-    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
+    /// needs to commit it (`None`, the default: nothing).
+    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<Option<ConnectorState>, BoxError> {
         let _ = checkpoint;
-        Ok(serde_json::Value::Null)
+        Ok(None)
     }
 
     /// Checkpoint `checkpoint` completed: makes everything pre-committed up to it visible.

@@ -10,7 +10,10 @@
 //!
 //! A *replayable* source (a file, a Kafka topic) can say where it stands and continue from
 //! there later ([`Source::position`], [`Source::seek`]); only jobs whose sources are all
-//! replayable can checkpoint.
+//! replayable can checkpoint. A position is the source's own type
+//! ([`ConnectorStateType`](crate::ConnectorStateType)), stored with its kind and version
+//! as a [`ConnectorState`]: a source decodes it with [`ConnectorState::decode`], which
+//! refuses another source's position or a newer version.
 //!
 //! A source with splits ([`Source::split_of_batch`]) gets one watermark per split: one slow
 //! or late-starting partition then holds event time back instead of making the others'
@@ -19,6 +22,7 @@
 //! once the checkpoint that holds the position is durable: the checkpoint stays the source
 //! of truth, the external copy is for lag tools.
 
+use crate::checkpoint::ConnectorState;
 use crate::error::BoxError;
 use crate::record::{Data, Split};
 
@@ -75,23 +79,24 @@ pub trait Source: Send + 'static {
     /// Where this source stands after the items it returned so far, for a checkpoint.
     /// `None` (the default) means it cannot be replayed, and a job reading it cannot
     /// checkpoint. Called between polls only.
-    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+    fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
         Ok(None)
     }
 
     /// Continues from `position` (returned by [`Source::position`] in an earlier run)
     /// instead of from the start. Called once, before the first poll.
-    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+    fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         Err(format!(
-            "{} cannot be replayed, so it cannot resume from position {position}",
-            self.describe()
+            "{} cannot be replayed, so it cannot resume from the {} position in the checkpoint",
+            self.describe(),
+            position.kind()
         )
         .into())
     }
 
     /// The checkpoint that recorded `position` (an earlier result of [`Source::position`])
     /// is complete. The default does nothing. Called between polls only.
-    fn checkpoint_completed(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+    fn checkpoint_completed(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         let _ = position;
         Ok(())
     }

@@ -7,7 +7,7 @@ use weir_connectors::kafka::KeyOf;
 use weir_connectors::{
     FileSink, KafkaSink, KafkaSpec, StdoutSink, TcpOutput, TcpServerSink, TcpSink,
 };
-use weir_engine::{BoxError, CheckpointId, JobMetrics, Record, Sink};
+use weir_engine::{BoxError, CheckpointId, ConnectorState, JobMetrics, Record, Sink};
 
 /// A sink picked at run time from an `--output` value.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
     // other outputs repeat rows replayed after a restart.
     fn begin_transactions(
         &mut self,
-        restored: Option<(CheckpointId, &serde_json::Value)>,
+        restored: Option<(CheckpointId, Option<&ConnectorState>)>,
     ) -> Result<(), BoxError> {
         match self {
             OutputSink::File(s) => s.begin_transactions(restored),
@@ -147,11 +147,11 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         }
     }
 
-    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
+    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<Option<ConnectorState>, BoxError> {
         match self {
             OutputSink::File(s) => s.pre_commit(checkpoint),
             OutputSink::Kafka(s) => s.pre_commit(checkpoint),
-            _ => Ok(serde_json::Value::Null),
+            _ => Ok(None),
         }
     }
 

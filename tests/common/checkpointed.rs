@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir_engine::{BoxError, Source, SourceStatus};
+use weir_engine::{BoxError, ConnectorState, Source, SourceStatus};
 
 /// Wraps a replayable source: fails once it has returned `fail_after` events (a crash in
 /// the middle of the input), and is a little slow so that checkpoints happen on the way.
@@ -82,11 +82,11 @@ impl<S: Source> Source for Flaky<S> {
         self.inner.describe()
     }
 
-    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+    fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
         self.inner.position()
     }
 
-    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+    fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         self.inner.seek(position)
     }
 }

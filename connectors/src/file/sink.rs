@@ -4,7 +4,9 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use weir_engine::{BoxError, CheckpointId, Record, Sink};
+use weir_engine::{
+    BoxError, CheckpointId, ConnectorState, ConnectorStateType, Record, Sink, StateMismatch,
+};
 
 use crate::error::{create_file, ConnectorError};
 
@@ -52,6 +54,11 @@ struct PendingPart {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct SinkSnapshot {
     pending: Vec<PendingPart>,
+}
+
+impl ConnectorStateType for SinkSnapshot {
+    const KIND: &'static str = "file sink";
+    const VERSION: u32 = 1;
 }
 
 impl<T> std::fmt::Debug for FileSink<T> {
@@ -196,7 +203,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
 
     fn begin_transactions(
         &mut self,
-        restored: Option<(CheckpointId, &serde_json::Value)>,
+        restored: Option<(CheckpointId, Option<&ConnectorState>)>,
     ) -> Result<(), BoxError> {
         let dir = self.path.clone();
         if dir.is_file() {
@@ -212,12 +219,13 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
             source,
         })?;
         let (restored_id, snapshot) = match restored {
-            Some((id, value)) => (
-                id,
-                serde_json::from_value::<SinkSnapshot>(value.clone()).map_err(|e| {
-                    format!("the checkpoint's sink state {value} is unreadable: {e}")
-                })?,
-            ),
+            Some((id, Some(state))) => (id, state.decode::<SinkSnapshot>()?),
+            Some((_, None)) => {
+                return Err(StateMismatch::Missing {
+                    kind: SinkSnapshot::KIND,
+                }
+                .into())
+            }
             None => (0, SinkSnapshot::default()),
         };
         let transactions = Transactions {
@@ -255,7 +263,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
         Ok(())
     }
 
-    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
+    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<Option<ConnectorState>, BoxError> {
         let Some(writer) = self.writer.take() else {
             // Nothing written since the last checkpoint: no part file. The next part still
             // takes the next number, so a part numbered N only ever holds rows from after
@@ -265,9 +273,9 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
                 .as_mut()
                 .ok_or("pre_commit before begin_transactions")?;
             t.part = checkpoint + 1;
-            return Ok(serde_json::to_value(SinkSnapshot {
+            return Ok(Some(ConnectorState::encode(&SinkSnapshot {
                 pending: t.pending.clone(),
-            })?);
+            })?));
         };
         let path = self.file_path();
         let file = writer.into_inner().map_err(|e| ConnectorError::Write {
@@ -286,9 +294,9 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
             part: t.part,
         });
         t.part = checkpoint + 1;
-        Ok(serde_json::to_value(SinkSnapshot {
+        Ok(Some(ConnectorState::encode(&SinkSnapshot {
             pending: t.pending.clone(),
-        })?)
+        })?))
     }
 
     fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), BoxError> {
@@ -387,7 +395,9 @@ mod tests {
         std::fs::write(out.join(".part-000002.jsonl.inprogress"), "3\n").unwrap();
         std::fs::write(out.join("part-000007.jsonl"), "from a later checkpoint\n").unwrap();
         let mut restarted = FileSink::<i64>::new(&out);
-        restarted.begin_transactions(Some((1, &state))).unwrap();
+        restarted
+            .begin_transactions(Some((1, state.as_ref())))
+            .unwrap();
         assert_eq!(names(&out), vec!["part-000001.jsonl"]);
         restarted.write(&rows(&[3])).unwrap();
         restarted.pre_commit(2).unwrap();
@@ -412,7 +422,7 @@ mod tests {
         );
         // Going back to checkpoint 2 withdraws row 3, which came after it.
         FileSink::<i64>::new(dir.path())
-            .begin_transactions(Some((2, &state_2)))
+            .begin_transactions(Some((2, state_2.as_ref())))
             .unwrap();
         assert_eq!(names(dir.path()), vec!["part-000001.jsonl"]);
     }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use weir_engine::{BoxError, Source, SourceStatus};
+use weir_engine::{BoxError, ConnectorState, ConnectorStateType, Source, SourceStatus};
 
 use super::lines::{Line, LineReader};
 use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
@@ -31,6 +31,11 @@ struct FilePosition {
     /// The largest event time accepted so far, with [`FileSource::max_future`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     highest_event_time: Option<i64>,
+}
+
+impl ConnectorStateType for FilePosition {
+    const KIND: &'static str = "file source";
+    const VERSION: u32 = 1;
 }
 
 /// Reads a file line by line and decodes each line with a [`Decoder`].
@@ -290,19 +295,18 @@ impl<D: Decoder> Source for FileSource<D> {
         )
     }
 
-    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+    fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
         let position = FilePosition {
             offset: self.offset,
             line: self.lines.line_number,
             dead_letter_bytes: self.dead_letters.position(),
             highest_event_time: self.lines.future.as_ref().and_then(MaxFuture::highest),
         };
-        Ok(Some(serde_json::to_value(position)?))
+        Ok(Some(ConnectorState::encode(&position)?))
     }
 
-    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
-        let position: FilePosition = serde_json::from_value(position.clone())
-            .map_err(|e| format!("{position} is not a file position: {e}"))?;
+    fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
+        let position: FilePosition = position.decode()?;
         // Not `open`: that would truncate the dead-letter file, which resumes instead.
         self.dead_letters.resume_at(position.dead_letter_bytes)?;
         let path = self.lines.path.clone();

@@ -16,7 +16,7 @@ use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::Serialize;
 use weir_engine::metrics::{JobMetrics, KafkaMetrics};
-use weir_engine::{BoxError, CheckpointId, Record, Sink};
+use weir_engine::{BoxError, CheckpointId, ConnectorState, Record, Sink};
 
 use super::reach::{wait_for_brokers, UnreachableBrokers};
 use super::transactions::Transactional;
@@ -301,7 +301,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
     /// transactional producer and commits what the restored checkpoint left uncommitted.
     fn begin_transactions(
         &mut self,
-        restored: Option<(CheckpointId, &serde_json::Value)>,
+        restored: Option<(CheckpointId, Option<&ConnectorState>)>,
     ) -> Result<(), BoxError> {
         if self.spec.delivery == Delivery::ExactlyOnce {
             let metrics = self.opened()?;
@@ -315,12 +315,12 @@ impl<T: Serialize + Send + 'static> Sink<T> for KafkaSink<T> {
     /// Exactly-once: the rows since the last barrier are kept for this checkpoint.
     /// At-least-once: makes sure everything written so far was acknowledged, so a
     /// checkpoint never covers results that could still be lost.
-    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<serde_json::Value, BoxError> {
+    fn pre_commit(&mut self, checkpoint: CheckpointId) -> Result<Option<ConnectorState>, BoxError> {
         if let Delivering::Transactions(t) = &mut self.delivering {
             return t.pre_commit(checkpoint);
         }
         self.finish()?;
-        Ok(serde_json::Value::Null)
+        Ok(None)
     }
 
     fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), BoxError> {

@@ -43,9 +43,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use weir_engine::metrics::KafkaMetrics;
-use weir_engine::{BoxError, Source, SourceStatus, Split};
+use weir_engine::{BoxError, ConnectorState, ConnectorStateType, Source, SourceStatus, Split};
 
 use super::reach::{UnreachableBrokers, PROBE_WAIT};
 use super::{topic_partitions, EventTime, KafkaError, KafkaSpec, Reporting, StartAt};
@@ -67,6 +67,24 @@ const TOPIC_RETRY: Duration = Duration::from_millis(500);
 
 /// Next offset to read, per topic and partition.
 type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// Where a [`KafkaSource`] stands, as kept in checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct KafkaPosition {
+    /// The next offset to read of every partition it was assigned.
+    offsets: Offsets,
+    /// Length of the dead-letter file at this point.
+    #[serde(default)]
+    dead_letter_bytes: u64,
+    /// With a future guard: the largest event time accepted so far, per split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    highest_event_time: Option<BTreeMap<u32, Option<i64>>>,
+}
+
+impl ConnectorStateType for KafkaPosition {
+    const KIND: &'static str = "kafka source";
+    const VERSION: u32 = 1;
+}
 
 /// What the assignment (choosing start offsets) and the polling thread share; both run on
 /// the source's thread, so the lock is never contended.
@@ -672,7 +690,7 @@ impl<D: Decoder> Source for KafkaSource<D> {
         format!("{} (group {})", self.spec.describe(), self.spec.group)
     }
 
-    fn position(&mut self) -> Result<Option<serde_json::Value>, BoxError> {
+    fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
         // The consumer holds the restored offsets from its creation on.
         let consumer = self
             .consumer
@@ -682,42 +700,28 @@ impl<D: Decoder> Source for KafkaSource<D> {
             Some(consumer) => consumer.context().partitions().next.clone(),
             None => self.restored.clone(),
         };
-        let mut position = json!({
-            "offsets": offsets,
-            "dead_letter_bytes": self.dead.position(),
-        });
-        if self.future.is_some() {
-            let highest: BTreeMap<u32, Option<i64>> = self
-                .futures
+        let highest_event_time = self.future.is_some().then(|| {
+            self.futures
                 .iter()
                 .map(|(&split, future)| (split, future.highest()))
-                .collect();
-            position["highest_event_time"] = json!(highest);
-        }
-        Ok(Some(position))
+                .collect()
+        });
+        let position = KafkaPosition {
+            offsets,
+            dead_letter_bytes: self.dead.position(),
+            highest_event_time,
+        };
+        Ok(Some(ConnectorState::encode(&position)?))
     }
 
-    fn seek(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
-        let offsets = position
-            .get("offsets")
-            .cloned()
-            .map(serde_json::from_value::<Offsets>)
-            .transpose()?
-            .ok_or_else(|| format!("{}: the checkpoint holds no Kafka offsets", self.describe()))?;
-        let dead_letter_bytes = position
-            .get("dead_letter_bytes")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
-        self.dead.resume_at(dead_letter_bytes)?;
-        self.restored = offsets;
+    fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
+        let position: KafkaPosition = position.decode()?;
+        self.dead.resume_at(position.dead_letter_bytes)?;
+        self.restored = position.offsets;
         if let Some(configured) = &self.future {
-            let highest: BTreeMap<u32, Option<i64>> = position
-                .get("highest_event_time")
-                .cloned()
-                .map(serde_json::from_value)
-                .transpose()?
-                .unwrap_or_default();
-            self.futures = highest
+            self.futures = position
+                .highest_event_time
+                .unwrap_or_default()
                 .into_iter()
                 .map(|(split, highest)| {
                     let mut future = configured.fresh();
@@ -729,19 +733,15 @@ impl<D: Decoder> Source for KafkaSource<D> {
         Ok(())
     }
 
-    fn checkpoint_completed(&mut self, position: &serde_json::Value) -> Result<(), BoxError> {
+    fn checkpoint_completed(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
-        let Some(offsets) = position
-            .get("offsets")
-            .cloned()
-            .and_then(|o| serde_json::from_value::<Offsets>(o).ok())
-        else {
-            return Ok(());
-        };
+        // Its own position, from `position`: one that does not decode is a bug, not
+        // something to skip.
+        let position: KafkaPosition = position.decode()?;
         let mut tpl = TopicPartitionList::new();
-        for (topic, partitions) in &offsets {
+        for (topic, partitions) in &position.offsets {
             for (&partition, &next) in partitions {
                 tpl.add_partition_offset(topic, partition, Offset::Offset(next))
                     .map_err(|e| self.error("list offsets to commit", e))?;

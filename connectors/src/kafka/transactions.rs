@@ -27,6 +27,7 @@
 //!   one sink of one job (default `weir.GROUP.TOPIC`; set `transactional.id=` in the URI to
 //!   give two jobs writing one topic their own).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
@@ -35,7 +36,7 @@ use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use weir_engine::metrics::KafkaMetrics;
-use weir_engine::{BoxError, CheckpointId};
+use weir_engine::{BoxError, CheckpointId, ConnectorState, ConnectorStateType, StateMismatch};
 
 use super::sink::Producing;
 use super::{KafkaError, KafkaSpec};
@@ -51,6 +52,17 @@ const CALL_STEP: Duration = Duration::from_secs(5);
 struct Pending {
     checkpoint: CheckpointId,
     rows: String,
+}
+
+/// What the sink keeps in a checkpoint: every row not committed yet, by checkpoint.
+/// Borrowed when written, so that the rows are not copied before they are encoded.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Uncommitted<'a>(Cow<'a, [Pending]>);
+
+impl ConnectorStateType for Uncommitted<'_> {
+    const KIND: &'static str = "kafka sink";
+    const VERSION: u32 = 1;
 }
 
 impl Pending {
@@ -93,7 +105,7 @@ impl Transactional {
     pub(super) fn begin(
         spec: &KafkaSpec,
         metrics: &KafkaMetrics,
-        restored: Option<(CheckpointId, &serde_json::Value)>,
+        restored: Option<(CheckpointId, Option<&ConnectorState>)>,
     ) -> Result<Self, BoxError> {
         let transactional_id = spec.transactional_id();
         let producing = Producing::connect(spec, metrics, Some(&transactional_id))?;
@@ -116,13 +128,10 @@ impl Transactional {
             sink.commit_rows(Vec::new(), 0)?;
             return Ok(sink);
         };
-        let pending: Vec<Pending> = serde_json::from_value(state.clone()).map_err(|e| {
-            format!(
-                "{}: the checkpoint's Kafka sink state is unreadable ({e}); restore a \
-                 checkpoint written by this version of weir",
-                spec.describe()
-            )
+        let state = state.ok_or(StateMismatch::Missing {
+            kind: Uncommitted::KIND,
         })?;
+        let pending = state.decode::<Uncommitted>()?.0.into_owned();
         let committed = sink.marker.read(spec)?;
         if let Some(newer) = committed.filter(|&c| c > checkpoint) {
             // The rows of the checkpoints after the restored one are in the topic already,
@@ -177,13 +186,15 @@ impl Transactional {
     pub(super) fn pre_commit(
         &mut self,
         checkpoint: CheckpointId,
-    ) -> Result<serde_json::Value, BoxError> {
+    ) -> Result<Option<ConnectorState>, BoxError> {
         if !self.open.is_empty() {
             let rows = String::from_utf8(std::mem::take(&mut self.open))
                 .map_err(|e| format!("a result is not UTF-8 JSON: {e}"))?;
             self.pending.push(Pending { checkpoint, rows });
         }
-        Ok(serde_json::to_value(&self.pending)?)
+        Ok(Some(ConnectorState::encode(&Uncommitted(Cow::Borrowed(
+            &self.pending,
+        )))?))
     }
 
     /// `checkpoint` completed: its rows and those of every earlier one are committed.

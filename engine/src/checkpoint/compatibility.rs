@@ -74,7 +74,7 @@ pub(crate) fn match_restored_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::checkpoint::ParticipantState;
 
     fn record(kind: &str, derived: bool) -> OperatorRecord {
         OperatorRecord {
@@ -97,7 +97,12 @@ mod tests {
                 .collect(),
             operators
                 .iter()
-                .map(|(uid, _)| (format!("{uid}#0"), json!({})))
+                .map(|(uid, _)| {
+                    (
+                        format!("{uid}#0"),
+                        ParticipantState::Sink { pre_commit: None },
+                    )
+                })
                 .collect(),
             Vec::new(),
         );

@@ -12,13 +12,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
-use serde_json::Value;
 
 use super::compatibility::match_restored_state;
 use super::history::CheckpointHistory;
+use super::in_flight::InFlight;
 use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest, OperatorRecord};
 use super::ownership::Fence;
+use super::state::ParticipantState;
 use super::{CheckpointConfig, CheckpointError, CheckpointId, Resume};
+use crate::error::EngineError;
 use crate::metrics::CheckpointMetrics;
 
 /// A checkpoint that is not complete this long after it started has failed.
@@ -28,7 +30,7 @@ enum Event {
     Ack {
         participant: usize,
         id: CheckpointId,
-        result: Result<Value, String>,
+        result: Result<ParticipantState, String>,
     },
     SourceExhausted,
     /// Take a checkpoint now and keep it; the reply is its savepoint directory.
@@ -98,14 +100,41 @@ impl Participant {
         &self.shared
     }
 
-    /// The snapshot this participant (same key) left in the checkpoint being restored.
-    pub(crate) fn restored(&self) -> Option<&Value> {
+    /// The state this participant (same key) left in the checkpoint being restored.
+    pub(crate) fn restored(&self) -> Option<&ParticipantState> {
         let key = self.shared.participant_key(self.index);
         self.shared.restored()?.participants.get(&key)
     }
 
-    /// Acknowledges checkpoint `id` with this participant's snapshot, or its failure.
-    pub(crate) fn ack(&self, id: CheckpointId, result: Result<Value, String>) {
+    /// A restore error of this participant (called `name` in the job): its restored state
+    /// does not fit it, for `reason`.
+    pub(crate) fn restore_error(&self, name: &str, reason: impl std::fmt::Display) -> EngineError {
+        EngineError::RestoreState {
+            checkpoint: self.shared.restored_id(),
+            participant: format!("{name} ({})", self.shared.participant_key(self.index)),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The restore error of a participant that expected `expected` and found `found`.
+    pub(crate) fn unexpected_state(
+        &self,
+        name: &str,
+        expected: &str,
+        found: &ParticipantState,
+    ) -> EngineError {
+        self.restore_error(
+            name,
+            format!(
+                "it holds {}, where {expected} was expected: the job changed under the same \
+                 uid; run it as it was, or start over with --replay-from beginning",
+                found.describe()
+            ),
+        )
+    }
+
+    /// Acknowledges checkpoint `id` with this participant's state, or its failure.
+    pub(crate) fn ack(&self, id: CheckpointId, result: Result<ParticipantState, String>) {
         // The coordinator outlives every task; if it is gone the job is ending anyway.
         let _ = self.shared.events.send(Event::Ack {
             participant: self.index,
@@ -380,25 +409,17 @@ impl Checkpointing {
                     id,
                     result,
                 }) => {
-                    if let Some(f) = in_flight.as_mut().filter(|f| f.id == id) {
-                        match result {
-                            Ok(value) => f.acks[participant] = Some(value),
-                            Err(reason) => {
-                                let who = self.participant_key(participant);
-                                f.failed.get_or_insert(format!("{who}: {reason}"));
-                            }
-                        }
+                    if let Some(f) = in_flight.as_mut() {
+                        f.ack(participant, id, result, || {
+                            self.participant_key(participant)
+                        });
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             if let Some(f) = &mut in_flight {
-                if f.failed.is_none() && f.started.elapsed() > timeout {
-                    f.failed = Some(format!("not acknowledged by all tasks within {timeout:?}"));
-                }
-                let acked = f.acks.iter().all(Option::is_some);
-                if acked || f.failed.is_some() {
+                if f.decided(Instant::now(), timeout) {
                     if let Some(fence) = &self.fence {
                         // A run that was taken over must not complete (and so let sinks
                         // commit) anything more: the job ends instead of trying again.
@@ -514,12 +535,18 @@ impl Checkpointing {
             return Err(reason);
         }
         let dir = self.dir(flight.id);
-        let participants: BTreeMap<String, Value> = flight
+        let participants = flight
             .acks
             .into_iter()
             .enumerate()
-            .map(|(i, v)| (self.participant_key(i), v.unwrap_or(Value::Null)))
-            .collect();
+            .map(|(i, state)| {
+                let key = self.participant_key(i);
+                match state {
+                    Some(state) => Ok((key, state)),
+                    None => Err(format!("internal: completing without the state of {key}")),
+                }
+            })
+            .collect::<Result<BTreeMap<_, _>, String>>()?;
         let files = checksums.files(&dir).map_err(|e| e.to_string())?;
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
         Manifest::new(
@@ -567,16 +594,6 @@ impl Checkpointing {
     }
 }
 
-struct InFlight {
-    id: CheckpointId,
-    is_final: bool,
-    started: Instant,
-    acks: Vec<Option<Value>>,
-    failed: Option<String>,
-    /// Who asked for this checkpoint to be kept as a savepoint.
-    savepoint_for: Vec<Sender<Result<PathBuf, String>>>,
-}
-
 /// Recreates the directory tree `from` at `to` with hard links (checkpoint files are never
 /// changed after they are written, so sharing them is safe and costs no copy).
 fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -596,3 +613,7 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

@@ -17,13 +17,18 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::state::{ConnectorState, ParticipantState};
 use super::{CheckpointError, CheckpointId};
 
 const MANIFEST: &str = "_manifest";
 const MANIFEST_TMP: &str = "_manifest.tmp";
-/// 2: participants are keyed by operator uid and the manifest records the job's operators
-/// (version 1 keyed them by node name and is refused: its state cannot be matched safely).
-const FORMAT_VERSION: u32 = 2;
+/// 3: each participant's state is typed ([`ParticipantState`]) and a connector's state
+/// carries its kind and version. Version 2 (participants keyed by operator uid, their state
+/// untyped) is read and upgraded ([`upgrade_v2`]); version 1 (keyed by node name) is
+/// refused: its state cannot be matched safely.
+const FORMAT_VERSION: u32 = 3;
+/// The untyped version before [`FORMAT_VERSION`], still read.
+const UNTYPED_VERSION: u32 = 2;
 
 /// What a complete checkpoint contains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +50,7 @@ pub struct Manifest {
     pub operators: BTreeMap<String, OperatorRecord>,
     /// Each participant's snapshot (source positions, operator metadata, sink commits),
     /// keyed `UID#INSTANCE`.
-    pub participants: BTreeMap<String, Value>,
+    pub participants: BTreeMap<String, ParticipantState>,
     /// Every file of the checkpoint directory but the manifest.
     pub files: Vec<FileEntry>,
 }
@@ -173,7 +178,7 @@ impl Manifest {
         parallelism: usize,
         is_final: bool,
         operators: BTreeMap<String, OperatorRecord>,
-        participants: BTreeMap<String, Value>,
+        participants: BTreeMap<String, ParticipantState>,
         files: Vec<FileEntry>,
     ) -> Self {
         let completed_unix_ms = std::time::SystemTime::now()
@@ -231,15 +236,20 @@ impl Manifest {
         let version = serde_json::from_str::<Versioned>(json)
             .map_err(|e| corrupt(format!("the manifest cannot be read: {e}")))?
             .version;
-        if version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "its format (version {version}) is not the one this weir reads (version \
-                 {FORMAT_VERSION}; version 1 was written before operator uids): resume it with \
-                 the weir that wrote it, or start over"
-            )));
-        }
-        let manifest: Manifest = serde_json::from_str(json)
-            .map_err(|e| corrupt(format!("the manifest cannot be read: {e}")))?;
+        let manifest = match version {
+            FORMAT_VERSION => serde_json::from_str::<Manifest>(json)
+                .map_err(|e| corrupt(format!("the manifest cannot be read: {e}")))?,
+            UNTYPED_VERSION => serde_json::from_str::<ManifestV2>(json)
+                .map_err(|e| corrupt(format!("the manifest cannot be read: {e}")))
+                .and_then(|v2| upgrade_v2(v2).map_err(corrupt))?,
+            _ => {
+                return Err(corrupt(format!(
+                    "its format (version {version}) is not one this weir reads (versions \
+                     {UNTYPED_VERSION} and {FORMAT_VERSION}; version 1 was written before \
+                     operator uids): resume it with the weir that wrote it, or start over"
+                )))
+            }
+        };
         for entry in &manifest.files {
             let file = dir.join(&entry.path);
             let (bytes, crc32) =
@@ -259,6 +269,64 @@ impl Manifest {
         }
         Ok(manifest)
     }
+}
+
+/// A manifest of format version 2: the same fields, each participant's state untyped.
+#[derive(Deserialize)]
+struct ManifestV2 {
+    id: CheckpointId,
+    job: String,
+    completed_unix_ms: u64,
+    parallelism: usize,
+    #[serde(rename = "final")]
+    is_final: bool,
+    operators: BTreeMap<String, OperatorRecord>,
+    participants: BTreeMap<String, Value>,
+    files: Vec<FileEntry>,
+}
+
+/// Reads a version 2 manifest as the current version. Its participants' state has the
+/// layout of today's, untagged: the kind of operator recorded under the participant's uid
+/// says which state it is. A connector's state becomes [`ConnectorState::unversioned`].
+fn upgrade_v2(v2: ManifestV2) -> Result<Manifest, String> {
+    let mut participants = BTreeMap::new();
+    for (key, value) in v2.participants {
+        let uid = uid_of_participant(&key);
+        let kind = v2.operators.get(uid).map_or("", |o| o.kind.as_str());
+        let unreadable = |e: serde_json::Error| {
+            format!("the version 2 state of {key} ({kind}) cannot be read: {e}")
+        };
+        let state = match kind.split(' ').next().unwrap_or("") {
+            "Source" | "ParallelSource" => ParticipantState::Source {
+                position: ConnectorState::unversioned(value),
+            },
+            "Stateless" => {
+                ParticipantState::EventTime(serde_json::from_value(value).map_err(unreadable)?)
+            }
+            "Keyed" => ParticipantState::Keyed(serde_json::from_value(value).map_err(unreadable)?),
+            "Sink" => ParticipantState::Sink {
+                pre_commit: (!value.is_null()).then(|| ConnectorState::unversioned(value)),
+            },
+            _ => {
+                return Err(format!(
+                    "the version 2 state of {key} belongs to no operator it records \
+                     (kind `{kind}`)"
+                ))
+            }
+        };
+        participants.insert(key, state);
+    }
+    Ok(Manifest {
+        version: FORMAT_VERSION,
+        id: v2.id,
+        job: v2.job,
+        completed_unix_ms: v2.completed_unix_ms,
+        parallelism: v2.parallelism,
+        is_final: v2.is_final,
+        operators: v2.operators,
+        participants,
+        files: v2.files,
+    })
 }
 
 /// Checkpoint directories under `root`, by id ascending.
@@ -437,6 +505,72 @@ mod tests {
         std::fs::write(dir.join(MANIFEST), text.replacen("\"job\"", "\"jab\"", 1)).unwrap();
         let err = Manifest::read_verified(&dir).unwrap_err().to_string();
         assert!(err.contains("does not match its checksum"), "{err}");
+    }
+
+    /// Writes `json` as the manifest of checkpoint `id`, as weir writes it.
+    fn manifest_text(root: &Path, id: CheckpointId, json: &str) -> PathBuf {
+        let dir = checkpoint_dir(root, id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!("{json}\n{:08x}\n", crc32fast::hash(json.as_bytes()));
+        std::fs::write(dir.join(MANIFEST), text).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_release_before_typed_state_still_loads() {
+        // As weir 0.1 (manifest version 2) wrote it: one participant of each kind.
+        let root = tempfile::tempdir().unwrap();
+        let op =
+            |kind: &str| format!(r#"{{"name":"n","kind":"{kind}","detail":"","derived":false}}"#);
+        let json = format!(
+            r#"{{"version":2,"id":4,"job":"j","completed_unix_ms":1,"parallelism":1,"final":false,
+            "operators":{{"in":{},"ts":{},"win":{},"out":{}}},
+            "participants":{{"in#0":{{"offset":10,"line":2,"dead_letter_bytes":0}},
+            "ts#0":{{"max_ts":5,"current":4,"splits":{{"0":{{"max_ts":5,"current":4}}}}}},
+            "win#0":{{"key_groups":[0,128],"store":"win-0","operator":null}},
+            "out#0":{{"pending":[]}}}},"files":[]}}"#,
+            op("Source"),
+            op("Stateless timestamps"),
+            op("Keyed window"),
+            op("Sink")
+        )
+        .replace('\n', "");
+        let dir = manifest_text(root.path(), 4, &json);
+        let manifest = Manifest::read_verified(&dir).unwrap();
+        assert_eq!(manifest.version, FORMAT_VERSION);
+        let state = |key: &str| &manifest.participants[key];
+        assert!(matches!(state("in#0"), ParticipantState::Source { .. }));
+        match state("ts#0") {
+            ParticipantState::EventTime(clock) => {
+                assert_eq!((clock.stream.current, clock.splits.len()), (4, 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        match state("win#0") {
+            ParticipantState::Keyed(keyed) => assert_eq!(keyed.store, "win-0"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            state("out#0"),
+            ParticipantState::Sink {
+                pre_commit: Some(_)
+            }
+        ));
+    }
+
+    #[test]
+    fn a_manifest_of_an_unknown_format_is_refused_in_one_line_naming_the_versions() {
+        let root = tempfile::tempdir().unwrap();
+        for version in [1, 4] {
+            let dir = manifest_text(root.path(), version, &format!(r#"{{"version":{version}}}"#));
+            let err = Manifest::read_verified(&dir).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "its format (version {version}) is not one this weir reads (versions 2 and 3"
+                )) && !err.contains('\n'),
+                "{err}"
+            );
+        }
     }
 
     #[test]

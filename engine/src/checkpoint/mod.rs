@@ -16,6 +16,9 @@
 //! 5. When every participant acknowledged, the coordinator writes the manifest (the
 //!    checkpoint is complete), and only then do sinks make the output visible (commit).
 //!
+//! What each participant acknowledges is typed ([`state`]): a source position, watermark
+//! state, a keyed instance's snapshot or a sink's pre-commit.
+//!
 //! A restore matches state to operators by uid ([`compatibility`]), never by position alone.
 //! Before any of this, a run locks its state directory ([`ownership`]): one writer per
 //! directory, and a run another one has taken over (fenced) completes no checkpoint.
@@ -45,8 +48,10 @@ mod compatibility;
 mod control;
 pub(crate) mod coordinator;
 pub mod history;
+mod in_flight;
 pub mod manifest;
 pub mod ownership;
+pub mod state;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +60,7 @@ pub use control::JobControl;
 pub use history::{CheckpointHistory, CheckpointRecord, CheckpointStatus, CheckpointsSnapshot};
 pub use manifest::{Manifest, OperatorRecord};
 pub use ownership::{Fence, OwnershipError, StateDirLock};
+pub use state::{ConnectorState, ConnectorStateType, ParticipantState, StateMismatch};
 
 /// Checkpoint ids: 1, 2, 3, ... per job state directory.
 pub type CheckpointId = u64;

@@ -108,16 +108,11 @@ impl Build<'_> {
         for c in consumers {
             let imp = self.graph.nodes[c].imp.clone();
             let input = imp.input(self, c, instance)?;
-            let push =
-                input
-                    .downcast::<Box<dyn Push<T>>>()
-                    .map_err(|_| EngineError::InvalidJob {
-                        job: self.metrics.job().to_string(),
-                        reason: format!(
-                            "internal: `{}` got an input of the wrong type",
-                            self.name(c)
-                        ),
-                    })?;
+            let push = input
+                .downcast::<Box<dyn Push<T>>>()
+                .map_err(|_| EngineError::Internal {
+                    reason: format!("`{}` got an input of the wrong type", self.name(c)),
+                })?;
             pushes.push(*push);
         }
         match pushes.len() {
@@ -216,9 +211,8 @@ impl Build<'_> {
         let producers = self.graph.producers(me, self.options.parallelism);
         let rx = self.channels::<T>(me, instances).receivers[instance]
             .take()
-            .ok_or_else(|| EngineError::InvalidJob {
-                job: name.clone(),
-                reason: "internal: channel drained twice".into(),
+            .ok_or_else(|| EngineError::Internal {
+                reason: format!("the input channel of `{name}` was taken twice"),
             })?;
         let (fill, capacity) = self.metrics.channel(&self.name(me), instance);
         capacity.set(self.options.channel_capacity as i64);

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use super::push::{Flush, Push};
 use super::stateless::NodeContext;
 use crate::checkpoint::coordinator::Participant;
-use crate::checkpoint::CheckpointId;
-use crate::error::{EngineError, Result};
+use crate::checkpoint::state::{EventClock, WatermarkGenerator};
+use crate::checkpoint::{CheckpointId, ParticipantState};
+use crate::error::Result;
 use crate::record::{Batch, Data, Record, Split};
 use crate::time::{Timestamp, Watermarks, MIN_WATERMARK};
 
@@ -24,14 +25,6 @@ pub(crate) struct TimestampPush<F, T> {
     participant: Option<Participant>,
     replay_from: Option<Timestamp>,
     down: Box<dyn Push<T>>,
-}
-
-/// The state of a watermark generator, kept in checkpoints so that a restarted job decides
-/// lateness exactly as the uninterrupted one would.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub(super) struct WatermarkGenerator {
-    max_ts: Timestamp,
-    current: Timestamp,
 }
 
 impl WatermarkGenerator {
@@ -50,17 +43,6 @@ impl WatermarkGenerator {
     }
 }
 
-/// Event time of a stream: its watermark generator and, for a source with splits, one
-/// generator per split. The stream's watermark is then the minimum over the splits that are
-/// active and not idle, and never goes back.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(super) struct EventClock {
-    #[serde(flatten)]
-    stream: WatermarkGenerator,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    splits: BTreeMap<u32, WatermarkGenerator>,
-}
-
 impl<F, T> TimestampPush<F, T> {
     pub(crate) fn new(
         ts: F,
@@ -69,22 +51,15 @@ impl<F, T> TimestampPush<F, T> {
         context: NodeContext,
     ) -> Result<Self> {
         let NodeContext {
+            name,
             participant,
             replay_from,
             idle_timeout,
-            ..
         } = context;
-        let restored = participant.as_ref().and_then(|p| p.restored());
+        let restored = participant.as_ref().and_then(|p| Some((p, p.restored()?)));
         let clock = match restored {
-            Some(value) => {
-                serde_json::from_value(value.clone()).map_err(|e| EngineError::InvalidJob {
-                    job: "<restore>".into(),
-                    reason: format!(
-                        "the checkpoint's watermark state {value} cannot be read ({e}): \
-                         was it written by another job?"
-                    ),
-                })?
-            }
+            Some((_, ParticipantState::EventTime(clock))) => clock.clone(),
+            Some((p, other)) => return Err(p.unexpected_state(&name, "watermark state", other)),
             None => EventClock {
                 stream: WatermarkGenerator::START,
                 splits: BTreeMap::new(),
@@ -200,10 +175,7 @@ impl<F: Fn(&T) -> i64 + Send, T: Data> Push<T> for TimestampPush<F, T> {
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
         if let Some(p) = &self.participant {
-            p.ack(
-                id,
-                serde_json::to_value(&self.clock).map_err(|e| e.to_string()),
-            );
+            p.ack(id, Ok(ParticipantState::EventTime(self.clock.clone())));
         }
         self.down.barrier(id)
     }

@@ -67,8 +67,9 @@ impl<T: Data> Push<T> for ForwardPush<T> {
             return self.send(Message::Batch(batch));
         }
         if let Some(sink) = &mut self.sink {
-            sink.held.add(batch);
-            if sink.held.due() {
+            let now = Instant::now();
+            sink.held.add(batch, now);
+            if sink.held.due(now) {
                 self.send_held()?;
             }
         }
@@ -84,7 +85,9 @@ impl<T: Data> Push<T> for ForwardPush<T> {
     }
     fn flush(&mut self, what: Flush) -> Result<()> {
         match self.sink.as_ref().map(|sink| &sink.held) {
-            Some(held) if held.due() || (what == Flush::All && !held.records.is_empty()) => {
+            Some(held)
+                if held.due(Instant::now()) || (what == Flush::All && !held.records.is_empty()) =>
+            {
                 self.send_held()
             }
             _ => Ok(()),
@@ -134,8 +137,9 @@ impl<T> Held<T> {
             || self.ingested.is_some() == batch.ingested.is_some()
     }
 
-    fn add(&mut self, mut batch: Batch<T>) {
-        self.since.get_or_insert_with(Instant::now);
+    /// Holds `batch`, arrived at `now`.
+    fn add(&mut self, mut batch: Batch<T>, now: Instant) {
+        self.since.get_or_insert(now);
         self.watermark = self.watermark.max(batch.watermark);
         if batch.records.is_empty() {
             // Latency is that of results: a watermark's ingestion time does not count.
@@ -152,13 +156,15 @@ impl<T> Held<T> {
         }
     }
 
-    fn due(&self) -> bool {
+    /// Whether what is held is to be sent at `now`.
+    fn due(&self, now: Instant) -> bool {
         let hold = match self.records.is_empty() {
             true => WATERMARK_HOLD,
             false if self.records.len() >= self.max_records => return true,
             false => RESULTS_HOLD,
         };
-        self.since.is_some_and(|since| since.elapsed() >= hold)
+        self.since
+            .is_some_and(|since| now.saturating_duration_since(since) >= hold)
     }
 
     /// Everything held as one batch, if anything is.
@@ -236,5 +242,82 @@ impl<K, T, KF> ExchangePush<K, T, KF> {
                 })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(values: &[i64], ingested: Option<Instant>) -> Batch<i64> {
+        let records = values
+            .iter()
+            .map(|&value| Record {
+                ts: value,
+                watermark: value,
+                value,
+            })
+            .collect();
+        Batch::new(records, values.last().copied().unwrap_or(0)).ingested_at(ingested)
+    }
+
+    #[test]
+    fn results_wait_for_the_results_hold_at_most() {
+        let mut held = Held::new(100);
+        let start = Instant::now();
+        held.add(results(&[1], Some(start)), start);
+        assert!(!held.due(start));
+        assert!(held.due(start + RESULTS_HOLD));
+    }
+
+    #[test]
+    fn a_batchs_worth_of_results_goes_at_once() {
+        let mut held = Held::new(3);
+        let start = Instant::now();
+        held.add(results(&[1, 2], Some(start)), start);
+        assert!(!held.due(start));
+        held.add(results(&[3], Some(start)), start);
+        assert!(held.due(start));
+    }
+
+    #[test]
+    fn a_watermark_without_results_waits_for_the_watermark_hold() {
+        let mut held = Held::<i64>::new(100);
+        let start = Instant::now();
+        held.add(Batch::new(Vec::new(), 50), start);
+        assert!(!held.due(start + RESULTS_HOLD));
+        assert!(held.due(start + WATERMARK_HOLD));
+        let sent = held.take().expect("the watermark is held");
+        assert_eq!((sent.records.len(), sent.watermark), (0, 50));
+    }
+
+    #[test]
+    fn what_is_held_goes_as_one_batch_once_with_its_oldest_ingestion_time() {
+        let mut held = Held::new(100);
+        let start = Instant::now();
+        let later = start + Duration::from_millis(5);
+        held.add(results(&[1, 2], Some(later)), start);
+        held.add(results(&[3], Some(start)), later);
+        let sent = held.take().expect("results are held");
+        let values: Vec<i64> = sent.records.iter().map(|r| r.value).collect();
+        assert_eq!(values, [1, 2, 3]);
+        assert_eq!((sent.watermark, sent.ingested), (3, Some(start)));
+        assert!(held.take().is_none(), "sent once");
+        assert!(
+            !held.due(later + WATERMARK_HOLD),
+            "nothing is held any more"
+        );
+    }
+
+    #[test]
+    fn timed_and_untimed_results_are_not_held_together() {
+        let mut held = Held::new(100);
+        let start = Instant::now();
+        held.add(results(&[1], Some(start)), start);
+        // Results fired by the end of input or an idle watermark have no ingestion time:
+        // held with timed ones they would skew the latency histogram.
+        assert!(!held.can_take(&results(&[2], None)));
+        assert!(held.can_take(&results(&[2], Some(start))));
+        assert!(held.can_take(&Batch::new(Vec::new(), 9)));
     }
 }

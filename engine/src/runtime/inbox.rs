@@ -51,10 +51,10 @@ impl Inputs {
             .min()
     }
 
-    /// Producer `p` delivered a batch: stamps its records and the batch with combined
-    /// watermarks.
-    pub(super) fn on_batch<T>(&mut self, p: usize, batch: &mut Batch<T>) {
-        self.last_seen[p] = Instant::now();
+    /// Producer `p` delivered a batch at `now`: stamps its records and the batch with
+    /// combined watermarks.
+    pub(super) fn on_batch<T>(&mut self, p: usize, batch: &mut Batch<T>, now: Instant) {
+        self.last_seen[p] = now;
         self.idle[p] = false;
         if self.watermarks.len() == 1 {
             self.combined = self.combined.max(batch.watermark);
@@ -75,11 +75,10 @@ impl Inputs {
         self.idle[p] = false;
     }
 
-    /// Marks producers idle that delivered nothing for the idle timeout; returns the new
-    /// combined watermark if that moved it forward.
-    fn check_idle(&mut self) -> Option<Timestamp> {
+    /// Marks producers idle that delivered nothing for the idle timeout up to `now`;
+    /// returns the new combined watermark if that moved it forward.
+    fn check_idle(&mut self, now: Instant) -> Option<Timestamp> {
         let timeout = self.idle_timeout?;
-        let now = Instant::now();
         let mut changed = false;
         for p in 0..self.watermarks.len() {
             let quiet = now.duration_since(self.last_seen[p]) >= timeout;
@@ -173,23 +172,15 @@ impl<T: Data> Inbox<T> {
     /// One message (or, with `None`, a look at idle producers).
     fn handle(&mut self, received: Option<Envelope<T>>) -> Result<()> {
         self.fill.set(self.rx.len() as i64);
-        match received {
-            Some((producer, message)) if self.alignment.arrived[producer] => {
-                self.alignment.held.push_back((producer, message));
+        if let Some((producer, message)) = received {
+            match self.alignment.admit(producer, message) {
+                Some(Message::Batch(mut batch)) => {
+                    self.inputs.on_batch(producer, &mut batch, Instant::now());
+                    self.down.push(batch)?;
+                }
+                Some(Message::End) => self.inputs.on_end(producer),
+                Some(Message::Barrier(_)) | None => {}
             }
-            Some((producer, Message::Batch(mut batch))) => {
-                self.inputs.on_batch(producer, &mut batch);
-                self.down.push(batch)?;
-            }
-            Some((producer, Message::Barrier(id))) => {
-                self.alignment.arrived[producer] = true;
-                self.alignment.aligning.get_or_insert((id, Instant::now()));
-            }
-            Some((producer, Message::End)) => {
-                self.inputs.on_end(producer);
-                self.alignment.ended[producer] = true;
-            }
-            None => {}
         }
         if let Some((id, took)) = self.alignment.complete() {
             if let Some(c) = &self.checkpointing {
@@ -197,7 +188,7 @@ impl<T: Data> Inbox<T> {
             }
             self.down.barrier(id)?;
         }
-        if let Some(watermark) = self.inputs.check_idle() {
+        if let Some(watermark) = self.inputs.check_idle(Instant::now()) {
             self.down.push(Batch::new(Vec::new(), watermark))?;
         }
         Ok(())
@@ -252,5 +243,67 @@ impl<T: Data> Part for Inbox<T> {
 
     fn flush(&mut self, what: Flush) -> Result<()> {
         self.down.flush(what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Record;
+
+    /// A batch of one record at `watermark`, as producer `p` sends it.
+    fn deliver(inputs: &mut Inputs, p: usize, watermark: Timestamp, at: Instant) -> Batch<()> {
+        let record = Record {
+            ts: watermark,
+            watermark,
+            value: (),
+        };
+        let mut batch = Batch::new(vec![record], watermark);
+        inputs.on_batch(p, &mut batch, at);
+        batch
+    }
+
+    #[test]
+    fn the_watermark_is_the_minimum_over_the_producers() {
+        let mut inputs = Inputs::new(2, None);
+        let now = Instant::now();
+        assert_eq!(deliver(&mut inputs, 0, 10, now).watermark, MIN_WATERMARK);
+        assert_eq!(deliver(&mut inputs, 1, 5, now).watermark, 5);
+        assert_eq!(deliver(&mut inputs, 1, 20, now).watermark, 10);
+    }
+
+    #[test]
+    fn an_ended_producer_does_not_hold_the_watermark_back() {
+        let mut inputs = Inputs::new(2, None);
+        inputs.on_end(1);
+        assert_eq!(deliver(&mut inputs, 0, 7, Instant::now()).watermark, 7);
+    }
+
+    #[test]
+    fn an_idle_producer_is_skipped_and_the_watermark_never_goes_back_when_it_wakes() {
+        let timeout = Duration::from_secs(1);
+        let mut inputs = Inputs::new(2, Some(timeout));
+        let start = Instant::now();
+        deliver(&mut inputs, 0, 10, start + Duration::from_millis(1500));
+        // Producer 1 sent nothing since the start: idle after the timeout, not before.
+        assert_eq!(inputs.check_idle(start + Duration::from_millis(900)), None);
+        assert_eq!(inputs.check_idle(start + Duration::from_secs(2)), Some(10));
+        // It wakes up behind: its records and the batch keep the combined watermark.
+        let late = deliver(&mut inputs, 1, 3, start + Duration::from_secs(3));
+        assert_eq!(late.watermark, 10);
+        assert!(late.records.iter().all(|r| r.watermark >= 10));
+        // And it counts again: producer 0 moving on is held back by it.
+        assert_eq!(
+            deliver(&mut inputs, 0, 30, start + Duration::from_secs(3)).watermark,
+            10
+        );
+    }
+
+    #[test]
+    fn a_single_producer_has_no_idleness_to_wait_for() {
+        let mut inputs = Inputs::new(1, Some(Duration::from_millis(1)));
+        let now = Instant::now();
+        assert_eq!(deliver(&mut inputs, 0, 4, now).watermark, 4);
+        assert_eq!(inputs.check_idle(now + Duration::from_secs(60)), None);
     }
 }

@@ -13,7 +13,7 @@ use super::keyed_snapshot::{
 };
 use super::push::{Flush, Push};
 use super::run::panic_message;
-use crate::checkpoint::CheckpointId;
+use crate::checkpoint::{CheckpointId, ParticipantState};
 use crate::error::{EngineError, Result};
 use crate::job::NodeId;
 use crate::keys::{key_groups_of_worker, StableHash};
@@ -110,9 +110,7 @@ where
         };
         // Restored state goes into the database before the operator opens its tables.
         let restored = match (&b.checkpointing, &store) {
-            (Some(c), Some(store)) => {
-                import_keyed_state(c, &b.uid(me), &key_groups, &store.state).map_err(op_err)?
-            }
+            (Some(c), Some(store)) => import_keyed_state(c, &b.uid(me), &key_groups, &store.state)?,
             _ => None,
         };
         let mut operator = self.factory.create(&ctx, state).map_err(op_err)?;
@@ -191,7 +189,7 @@ pub(super) struct KeyedRunner<O: KeyedOperator> {
 
 impl<O: KeyedOperator> KeyedRunner<O> {
     /// Flushes the operator's state and checkpoints its database into checkpoint `id`.
-    fn snapshot(&mut self, id: CheckpointId) -> std::result::Result<serde_json::Value, String> {
+    fn snapshot(&mut self, id: CheckpointId) -> std::result::Result<ParticipantState, String> {
         let Some(c) = &self.checkpoint else {
             return Err("internal: not a checkpoint participant".into());
         };
@@ -215,12 +213,11 @@ impl<O: KeyedOperator> KeyedRunner<O> {
                 operator
             }
         };
-        serde_json::to_value(KeyedSnapshot {
+        Ok(ParticipantState::Keyed(KeyedSnapshot {
             key_groups: (c.key_groups.start, c.key_groups.end),
             store: store.name.clone(),
             operator,
-        })
-        .map_err(|e| e.to_string())
+        }))
     }
 }
 

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
+pub(super) use crate::checkpoint::state::KeyedSnapshot;
+
 use crate::checkpoint::coordinator::{Checkpointing, Participant};
+use crate::checkpoint::ParticipantState;
+use crate::error::{EngineError, Result};
 use crate::keys::KeyGroup;
 use crate::state::{read_key_groups, MemorySnapshots, RocksStore};
 
@@ -22,18 +26,6 @@ pub(super) fn store_name(node: &str, instance: usize) -> String {
     format!("{safe}-{instance}")
 }
 
-/// What a keyed instance leaves in a checkpoint.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(super) struct KeyedSnapshot {
-    /// The key groups its database holds, `[start, end)`.
-    pub(super) key_groups: (KeyGroup, KeyGroup),
-    /// Its state: a RocksDB database (a RocksDB checkpoint, or a memory backend's full
-    /// copy in the same layout), relative to the checkpoint directory.
-    pub(super) store: String,
-    /// What the operator returned from `snapshot`.
-    pub(super) operator: serde_json::Value,
-}
-
 /// Imports the key groups `groups` of the operator with uid `uid` from the checkpoint
 /// being restored (from every old instance that held some of them); returns those
 /// instances' operator snapshots, or `None` on a fresh start.
@@ -42,8 +34,9 @@ pub(super) fn import_keyed_state(
     uid: &str,
     groups: &std::ops::Range<KeyGroup>,
     state: &InstanceState,
-) -> std::result::Result<Option<Vec<serde_json::Value>>, crate::BoxError> {
-    let Some(manifest) = checkpointing.restored() else {
+) -> Result<Option<Vec<serde_json::Value>>> {
+    let (Some(manifest), Some(dir)) = (checkpointing.restored(), checkpointing.restored_dir())
+    else {
         return Ok(None);
     };
     let prefix = format!("{uid}#");
@@ -52,32 +45,41 @@ pub(super) fn import_keyed_state(
         if !key.starts_with(&prefix) {
             break;
         }
-        let old: KeyedSnapshot = serde_json::from_value(value.clone()).map_err(|e| {
-            format!(
-                "checkpoint {}: the entry of {key} cannot be read: {e}",
-                manifest.id
-            )
-        })?;
+        let unfit = |reason: String| EngineError::RestoreState {
+            checkpoint: manifest.id,
+            participant: key.clone(),
+            reason,
+        };
+        let old = match value {
+            ParticipantState::Keyed(old) => old,
+            other => {
+                return Err(unfit(format!(
+                    "it holds {}, where keyed operator state was expected",
+                    other.describe()
+                )))
+            }
+        };
         let overlap = old.key_groups.0.max(groups.start)..old.key_groups.1.min(groups.end);
         if overlap.is_empty() {
             continue;
         }
-        let dir = checkpointing
-            .restored_dir()
-            .ok_or("internal: a restored checkpoint without a directory")?;
         let from = dir.join(&old.store);
-        match state {
-            InstanceState::Rocks(store) => {
-                store.import_key_groups(&from, overlap)?;
-            }
+        let imported = match state {
+            InstanceState::Rocks(store) => store.import_key_groups(&from, overlap.clone()),
             InstanceState::Memory(tables) => {
-                read_key_groups(&from, overlap, |table, key, value| {
+                read_key_groups(&from, overlap.clone(), |table, key, value| {
                     tables.restore_entry(table, key, value);
                     Ok(())
-                })?;
+                })
             }
-        }
-        snapshots.push(old.operator);
+        };
+        imported.map_err(|e| {
+            unfit(format!(
+                "key groups {overlap:?} cannot be imported from {}: {e}",
+                from.display()
+            ))
+        })?;
+        snapshots.push(old.operator.clone());
     }
     Ok(Some(snapshots))
 }

@@ -11,7 +11,7 @@ use super::build::{erase, Build, NodeImpl};
 use super::push::{Flush, Push};
 use super::run::SINK_FLUSH_INTERVAL;
 use crate::checkpoint::coordinator::Participant;
-use crate::checkpoint::CheckpointId;
+use crate::checkpoint::{CheckpointId, ParticipantState, StateMismatch};
 use crate::error::{EngineError, Result};
 use crate::job::NodeId;
 use crate::latency::LatencyHistogram;
@@ -60,14 +60,22 @@ impl<T: Data> SinkNode<T> {
             source,
         })?;
         if let Some(p) = &participant {
-            let restored = p
-                .restored()
-                .map(|value| (p.checkpointing().restored_id(), value));
-            sink.begin_transactions(restored)
-                .map_err(|source| EngineError::Sink {
-                    name: name.clone(),
-                    source,
-                })?;
+            let restored = match p.restored() {
+                Some(ParticipantState::Sink { pre_commit }) => {
+                    Some((p.checkpointing().restored_id(), pre_commit.as_ref()))
+                }
+                Some(other) => return Err(p.unexpected_state(&name, "a sink's pre-commit", other)),
+                None => None,
+            };
+            sink.begin_transactions(restored).map_err(|source| {
+                match source.downcast::<StateMismatch>() {
+                    Ok(mismatch) => p.restore_error(&name, mismatch),
+                    Err(source) => EngineError::Sink {
+                        name: name.clone(),
+                        source,
+                    },
+                }
+            })?;
         }
         let latency = self.results.then(|| b.metrics.latency(&name));
         Ok(SinkPush {
@@ -177,7 +185,8 @@ impl<T: Data> Push<T> for SinkPush<T> {
         if let Some(t) = &mut self.transactions {
             t.last_barrier = id;
             let result = self.sink.pre_commit(id).map_err(|e| e.to_string());
-            t.participant.ack(id, result);
+            let state = result.map(|pre_commit| ParticipantState::Sink { pre_commit });
+            t.participant.ack(id, state);
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use super::build::{Build, NodeImpl, Task};
 use super::push::{Flush, Push};
 use super::worker::{Backlog, Part, Step};
 use crate::checkpoint::coordinator::Participant;
-use crate::checkpoint::CheckpointId;
+use crate::checkpoint::{CheckpointId, ConnectorState, ParticipantState, StateMismatch};
 use crate::error::{EngineError, Result};
 use crate::job::NodeId;
 use crate::record::{Batch, Record};
@@ -50,9 +50,8 @@ impl<S> SourceNode<S> {
 
 impl<S: Source> NodeImpl for SourceNode<S> {
     fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
-        Err(EngineError::InvalidJob {
-            job: b.metrics.job().to_string(),
-            reason: format!("internal: source `{}` cannot have an input", b.name(me)),
+        Err(EngineError::Internal {
+            reason: format!("source `{}` was given an input", b.name(me)),
         })
     }
 
@@ -103,13 +102,13 @@ pub(super) fn check_restored_instances(
     if checkpointed == count {
         return Ok(());
     }
-    Err(EngineError::InvalidJob {
-        job: b.metrics.job().to_string(),
+    Err(EngineError::RestoreState {
+        checkpoint: manifest.id,
+        participant: format!("{uid}#*"),
         reason: format!(
-            "source `{name}` reads its input split over the workers and checkpoint {} has \
+            "source `{name}` reads its input split over the workers and the checkpoint has \
              {checkpointed} of its instances, not {count}: resume with --parallelism \
-             {checkpointed}, or start over with --replay-from beginning",
-            manifest.id
+             {checkpointed}, or start over with --replay-from beginning"
         ),
     })
 }
@@ -143,8 +142,17 @@ pub(super) fn start_source_instance<S: Source>(
                 ),
             });
         }
-        if let Some(position) = p.restored() {
-            source.seek(position).map_err(source_err)?;
+        match p.restored() {
+            Some(ParticipantState::Source { position }) => {
+                source
+                    .seek(position)
+                    .map_err(|e| match e.downcast::<StateMismatch>() {
+                        Ok(mismatch) => p.restore_error(&name, mismatch),
+                        Err(e) => source_err(e),
+                    })?
+            }
+            Some(other) => return Err(p.unexpected_state(&name, "a source position", other)),
+            None => {}
         }
     }
     let down = b.downstream::<S::Item>(me, instance)?;
@@ -197,7 +205,7 @@ pub(super) struct SourceLoop<S: Source> {
     participant: Option<Participant>,
     last_barrier: CheckpointId,
     /// Positions acked for checkpoints not known complete yet, oldest first.
-    pending_positions: VecDeque<(CheckpointId, serde_json::Value)>,
+    pending_positions: VecDeque<(CheckpointId, ConnectorState)>,
     /// The final checkpoint's barrier went out: the loop ends once it completed (or failed).
     final_barrier: Option<CheckpointId>,
     /// The source read all its input, or stopped reading because the job is stopping.
@@ -299,7 +307,7 @@ impl<S: Source> Part for SourceLoop<S> {
                 let position = match self.source.position() {
                     Ok(Some(position)) => {
                         self.pending_positions.push_back((id, position.clone()));
-                        Ok(position)
+                        Ok(ParticipantState::Source { position })
                     }
                     Ok(None) => Err("the source cannot be replayed".to_string()),
                     Err(e) => Err(e.to_string()),
@@ -431,7 +439,7 @@ impl Lockstep {
 /// complete, and forgets those.
 pub(super) fn notify_completed<S: Source>(
     source: &mut S,
-    pending: &mut VecDeque<(CheckpointId, serde_json::Value)>,
+    pending: &mut VecDeque<(CheckpointId, ConnectorState)>,
     completed: CheckpointId,
 ) -> std::result::Result<(), crate::BoxError> {
     let mut newest = None;

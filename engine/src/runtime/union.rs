@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::build::{erase, Build, NodeImpl};
 use super::inbox::Inputs;
@@ -87,7 +88,9 @@ impl<T> UnionInput<T> {
 impl<T: Data> Push<T> for UnionInput<T> {
     fn push(&mut self, mut batch: Batch<T>) -> Result<()> {
         let mut merge = self.merge();
-        merge.inputs.on_batch(self.input, &mut batch);
+        merge
+            .inputs
+            .on_batch(self.input, &mut batch, Instant::now());
         merge.down.push(batch)
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
