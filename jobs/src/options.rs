@@ -19,7 +19,8 @@ pub struct JobOptions {
     pub input: Option<PathBuf>,
     /// Where results go: a file path, `stdout:`, `tcp://HOST:PORT` (JSON lines sent to a
     /// server), `kafka://BROKER:PORT/TOPIC` (JSON values, keyed by the result's key where it
-    /// has one) or `null:` (discard).
+    /// has one), `postgres://USER@HOST:PORT/DB?table=T&key=K` (rows upserted into a table)
+    /// or `null:` (discard).
     #[arg(long)]
     pub output: Option<String>,
     /// Input format; by default taken from the file extension (`.csv` or JSON lines).

@@ -57,8 +57,7 @@ impl<T> PostgresSink<T> {
             return Ok(());
         }
         let changes = self.open.take();
-        let method = self.spec.method;
-        self.writer()?.apply(&changes, method, |_| Ok(()))?;
+        self.writer()?.apply(&changes, |_| Ok(()))?;
         Ok(())
     }
 }
@@ -115,11 +114,10 @@ impl<T: Serialize + Send + 'static> Sink<T> for PostgresSink<T> {
         &mut self,
         restored: Option<(CheckpointId, &serde_json::Value)>,
     ) -> Result<(), BoxError> {
-        let method = self.spec.method;
         let Some(writer) = &mut self.writer else {
             return Err(not_opened(&self.spec));
         };
-        self.transactions = Some(Transactional::begin(writer, &self.job, method, restored)?);
+        self.transactions = Some(Transactional::begin(writer, &self.job, restored)?);
         Ok(())
     }
 
@@ -131,11 +129,10 @@ impl<T: Serialize + Send + 'static> Sink<T> for PostgresSink<T> {
     }
 
     fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), BoxError> {
-        let method = self.spec.method;
         let (Some(t), Some(writer)) = (&mut self.transactions, &mut self.writer) else {
             return Ok(());
         };
-        t.commit(writer, method, checkpoint)
+        t.commit(writer, checkpoint)
     }
 }
 

@@ -1,10 +1,11 @@
-//! The SQL text the sink sends: identifiers quoted, values as escaped string literals that
-//! the server converts to each column's type (so a table's columns may have any type a
-//! value's text converts to), and the rows of a batch in one statement.
+//! The SQL text the sink sends: identifiers quoted; upserted rows as `COPY` text into a
+//! staging table, then upserted from it; deleted keys as escaped string literals. Values go
+//! as text that the server converts to each column's type, so a table's columns may have
+//! any type a value's text converts to.
 //!
-//! Values are literals, not bind parameters: a multi-row statement of thousands of rows
-//! would need more than the protocol's 65,535 parameters, and the simple query protocol
-//! sends a whole batch in one round trip.
+//! Deleted keys are literals, not bind parameters: a statement of thousands of keys would
+//! need more than the protocol's 65,535 parameters, and the simple query protocol sends a
+//! whole batch in one round trip.
 
 use serde_json::Value;
 
@@ -123,27 +124,6 @@ fn on_conflict(key: &[String], columns: &[String]) -> String {
     }
 }
 
-/// One multi-row upsert of `rows` into `columns` of `table` (a field a row lacks is NULL).
-pub(super) fn upsert(table: &str, key: &[String], columns: &[String], rows: &[&Row]) -> String {
-    let mut sql = format!(
-        "INSERT INTO {} ({}) VALUES ",
-        ident(table),
-        column_list(columns)
-    );
-    for (i, row) in rows.iter().enumerate() {
-        sql.push_str(if i == 0 { "(" } else { ", (" });
-        for (j, column) in columns.iter().enumerate() {
-            if j > 0 {
-                sql.push_str(", ");
-            }
-            push_literal(&mut sql, row.get(column));
-        }
-        sql.push(')');
-    }
-    sql.push_str(&on_conflict(key, columns));
-    sql
-}
-
 /// One `DELETE` of the rows whose key is that of one of `rows`.
 pub(super) fn delete(table: &str, key: &[String], rows: &[&Row]) -> String {
     let mut sql = format!(
@@ -246,37 +226,34 @@ mod tests {
     }
 
     #[test]
-    fn upserts_quote_every_value_and_update_the_other_columns() {
-        let rows = [
-            row(json!({"k":"it's","n":1,"j":{"a":"\\"}})),
-            row(json!({"k":"b"})),
-        ];
-        let refs: Vec<&Row> = rows.iter().collect();
-        let columns = strings(&["k", "n", "j"]);
-        assert_eq!(
-            upsert("t", &strings(&["k"]), &columns, &refs),
-            "INSERT INTO \"t\" (\"k\", \"n\", \"j\") VALUES (E'it''s', E'1', E'{\"a\":\"\\\\\\\\\"}'), \
-             (E'b', NULL, NULL) ON CONFLICT (\"k\") DO UPDATE SET \"n\" = EXCLUDED.\"n\", \
-             \"j\" = EXCLUDED.\"j\""
-        );
-        assert_eq!(
-            upsert("t", &strings(&["k"]), &strings(&["k"]), &refs[..1]),
-            "INSERT INTO \"t\" (\"k\") VALUES (E'it''s') ON CONFLICT (\"k\") DO NOTHING"
-        );
+    fn staged_rows_update_every_other_column() {
         assert_eq!(
             upsert_staged("t", &strings(&["k"]), &strings(&["k", "n"])),
             "INSERT INTO \"t\" (\"k\", \"n\") SELECT \"k\", \"n\" FROM pg_temp.weir_stage ON CONFLICT \
              (\"k\") DO UPDATE SET \"n\" = EXCLUDED.\"n\""
         );
+        assert_eq!(
+            upsert_staged("t", &strings(&["k"]), &strings(&["k"])),
+            "INSERT INTO \"t\" (\"k\") SELECT \"k\" FROM pg_temp.weir_stage ON CONFLICT (\"k\") \
+             DO NOTHING"
+        );
+        assert_eq!(
+            copy_in(&strings(&["k", "n"])),
+            "COPY pg_temp.weir_stage (\"k\", \"n\") FROM STDIN"
+        );
     }
 
     #[test]
-    fn deletes_match_whole_keys() {
-        let rows = [row(json!({"k":"a","w":0})), row(json!({"k":"b","w":10}))];
+    fn deletes_match_whole_keys_quoted() {
+        let rows = [
+            row(json!({"k":"it's","w":0})),
+            row(json!({"k":"b\\","w":{"a":1}})),
+        ];
         let refs: Vec<&Row> = rows.iter().collect();
         assert_eq!(
             delete("t", &strings(&["k", "w"]), &refs),
-            "DELETE FROM \"t\" WHERE (\"k\", \"w\") IN ((E'a', E'0'), (E'b', E'10'))"
+            "DELETE FROM \"t\" WHERE (\"k\", \"w\") IN ((E'it''s', E'0'), \
+             (E'b\\\\', E'{\"a\":1}'))"
         );
     }
 

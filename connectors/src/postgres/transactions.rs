@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use weir_engine::{BoxError, CheckpointId};
 
 use super::changes::{Change, Changes};
-use super::writer::{failed, Method, Writer};
+use super::writer::{failed, Writer};
 use super::{PostgresError, PostgresSpec};
 
 /// The table of committed checkpoints, one row per job and sink.
@@ -71,7 +71,6 @@ impl Transactional {
     pub(super) fn begin(
         writer: &mut Writer,
         job: &str,
-        method: Method,
         restored: Option<(CheckpointId, &serde_json::Value)>,
     ) -> Result<Transactional, BoxError> {
         let spec = writer.spec().clone();
@@ -109,7 +108,7 @@ impl Transactional {
         };
         let committed = committed.map(|c| c as CheckpointId);
         let Some((checkpoint, state)) = restored else {
-            writer.apply(&[], method, |tx| set(tx, &spec, job, 0))?;
+            writer.apply(&[], |tx| set(tx, &spec, job, 0))?;
             return Ok(Transactional {
                 job: job.to_string(),
                 pending: Vec::new(),
@@ -152,7 +151,7 @@ impl Transactional {
             );
         }
         // Set even with nothing to commit, so that it names this run's checkpoints.
-        writer.apply(&undone.take(), method, |tx| set(tx, &spec, job, checkpoint))?;
+        writer.apply(&undone.take(), |tx| set(tx, &spec, job, checkpoint))?;
         Ok(Transactional {
             job: job.to_string(),
             pending: Vec::new(),
@@ -180,7 +179,6 @@ impl Transactional {
     pub(super) fn commit(
         &mut self,
         writer: &mut Writer,
-        method: Method,
         checkpoint: CheckpointId,
     ) -> Result<(), BoxError> {
         let due = self
@@ -193,9 +191,7 @@ impl Transactional {
         for p in self.pending.drain(..due) {
             changes.extend(p.changes, &spec.key, &spec.table)?;
         }
-        writer.apply(&changes.take(), method, |tx| {
-            set(tx, &spec, &self.job, checkpoint)
-        })?;
+        writer.apply(&changes.take(), |tx| set(tx, &spec, &self.job, checkpoint))?;
         Ok(())
     }
 }

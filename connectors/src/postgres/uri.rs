@@ -9,7 +9,6 @@ use std::str::FromStr;
 
 use percent_encoding::percent_decode_str;
 
-use super::writer::Method;
 use super::{PostgresError, DEFAULT_CONNECT_TIMEOUT};
 
 /// What `postgres://` URIs look like, for error messages.
@@ -30,8 +29,6 @@ pub struct PostgresSpec {
     pub batch: usize,
     /// Distinct keys one checkpoint interval may change before the job fails.
     pub max_pending: usize,
-    /// How batches of upserts reach the server.
-    pub(super) method: Method,
 }
 
 impl fmt::Debug for PostgresSpec {
@@ -100,7 +97,6 @@ fn parse_uri(uri: &str, scheme: &str) -> Result<PostgresSpec, String> {
     let mut sink = None;
     let mut batch = 5000;
     let mut max_pending = 1_000_000;
-    let mut method = Method::Insert;
     let mut timeout = DEFAULT_CONNECT_TIMEOUT;
     let mut client_params = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -114,13 +110,6 @@ fn parse_uri(uri: &str, scheme: &str) -> Result<PostgresSpec, String> {
             "sink" => sink = Some(value),
             "batch" => batch = positive(k, &value)?,
             "max_pending" => max_pending = positive(k, &value)?,
-            "method" => {
-                method = match value.as_str() {
-                    "insert" => Method::Insert,
-                    "copy" => Method::Copy,
-                    _ => return Err(format!("method={value}: use insert or copy")),
-                }
-            }
             "connect_timeout" => {
                 timeout = weir_engine::parse_duration(&value)
                     .ok()
@@ -170,7 +159,6 @@ fn parse_uri(uri: &str, scheme: &str) -> Result<PostgresSpec, String> {
         key,
         batch,
         max_pending,
-        method,
     })
 }
 
@@ -207,6 +195,7 @@ fn without_password(uri: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// How long connecting to `spec`'s server may take.
     fn connect_timeout(spec: &PostgresSpec) -> Duration {

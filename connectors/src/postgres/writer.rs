@@ -6,17 +6,8 @@ use postgres::{Client, NoTls, Transaction};
 use super::changes::{Change, Row};
 use super::{reason, sql, PostgresError, PostgresSpec};
 
-/// Rows per statement (a statement of this many rows is a few hundred KiB).
-const ROWS_PER_STATEMENT: usize = 1000;
-
-/// How a batch of upserts reaches the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Method {
-    /// Multi-row `INSERT .. ON CONFLICT` statements.
-    Insert,
-    /// `COPY` into a temporary table, then one `INSERT .. SELECT .. ON CONFLICT`.
-    Copy,
-}
+/// Keys per `DELETE` statement.
+const KEYS_PER_DELETE: usize = 1000;
 
 /// A connection to the sink's database.
 pub(super) struct Writer {
@@ -24,7 +15,7 @@ pub(super) struct Writer {
     spec: PostgresSpec,
     /// The table's columns, in order; empty until the table is known to exist.
     columns: Vec<String>,
-    /// Whether the staging table of [`Method::Copy`] has the table's columns.
+    /// How many columns the staging table has (0: none yet).
     staged_columns: usize,
 }
 
@@ -66,7 +57,6 @@ impl Writer {
     pub(super) fn apply(
         &mut self,
         changes: &[Change],
-        method: Method,
         also: impl FnOnce(&mut Transaction<'_>) -> Result<(), PostgresError>,
     ) -> Result<(), PostgresError> {
         let mut columns = std::mem::take(&mut self.columns);
@@ -77,10 +67,7 @@ impl Writer {
         };
         let result = prepare_table(&mut tx, &spec, &mut columns, changes)
             .and_then(|()| delete(&mut tx, &spec, changes))
-            .and_then(|()| match method {
-                Method::Insert => insert(&mut tx, &spec, &columns, changes),
-                Method::Copy => copy(&mut tx, &spec, &columns, changes, &mut self.staged_columns),
-            })
+            .and_then(|()| upsert(&mut tx, &spec, &columns, changes, &mut self.staged_columns))
             .and_then(|()| also(&mut tx))
             .and_then(|()| {
                 tx.commit().map_err(|e| {
@@ -183,27 +170,17 @@ fn delete(
     spec: &PostgresSpec,
     changes: &[Change],
 ) -> Result<(), PostgresError> {
-    for chunk in rows_of(changes, false).chunks(ROWS_PER_STATEMENT) {
+    for chunk in rows_of(changes, false).chunks(KEYS_PER_DELETE) {
         tx.batch_execute(&sql::delete(&spec.table, &spec.key, chunk))
             .map_err(|e| failed(spec, format!("delete rows of table `{}`", spec.table), &e))?;
     }
     Ok(())
 }
 
-fn insert(
-    tx: &mut Transaction<'_>,
-    spec: &PostgresSpec,
-    columns: &[String],
-    changes: &[Change],
-) -> Result<(), PostgresError> {
-    for chunk in rows_of(changes, true).chunks(ROWS_PER_STATEMENT) {
-        tx.batch_execute(&sql::upsert(&spec.table, &spec.key, columns, chunk))
-            .map_err(|e| failed(spec, format!("upsert rows into table `{}`", spec.table), &e))?;
-    }
-    Ok(())
-}
-
-fn copy(
+/// Upserts the rows of `changes`: `COPY` into a temporary staging table (created when
+/// the table's columns change), then one `INSERT .. SELECT .. ON CONFLICT` from it. 1.5x
+/// the rows a second of multi-row `INSERT .. ON CONFLICT` statements (BENCHMARKS.md).
+fn upsert(
     tx: &mut Transaction<'_>,
     spec: &PostgresSpec,
     columns: &[String],
