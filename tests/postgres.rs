@@ -5,7 +5,8 @@
 //! - with checkpoints, SIGKILL at 20 random moments neither loses nor re-applies a row: a
 //!   trigger counts every write to the table, and each (key, window) is written exactly
 //!   once, as in an uninterrupted run; `weir_commits` holds the final checkpoint;
-//! - a changelog (the continuous top-N's `+I`/`-U`/`+U`) ends as its final ranking;
+//! - a changelog (the continuous top-N's `+I`/`-U`/`+U`) ends as its final ranking, as
+//!   the changelog applied row by row;
 //! - a URI without `table=`, or a server that does not answer, is a clear error naming what
 //!   is wrong (the address, for the server).
 
@@ -274,5 +275,56 @@ fn a_uri_without_a_table_or_a_server_that_does_not_answer_is_a_clear_error() {
         run.stderr.contains("at 10.255.255.1:5432"),
         "{}",
         run.stderr
+    );
+}
+
+#[test]
+fn a_changelog_ends_as_its_final_state() {
+    let pg = Postgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |output: &str| {
+        let args = [
+            "run",
+            "operators",
+            "--query",
+            "continuous-top-n",
+            "--events",
+            "200000",
+            "--metrics-addr",
+            "off",
+            "--quiet",
+            "--output",
+            output,
+        ];
+        common::run_ok(WEIR, args).unwrap();
+    };
+    let file = dir.path().join("changelog.jsonl");
+    run(file.to_str().unwrap());
+    // The reference: the changelog applied row by row, by rank.
+    let mut ranking: BTreeMap<i64, Value> = BTreeMap::new();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut retractions = 0;
+    for line in text.lines() {
+        let mut row: Value = serde_json::from_str(line).unwrap();
+        let op = row.as_object_mut().unwrap().remove("op").unwrap();
+        let rank = row["rank"].as_i64().unwrap();
+        match op.as_str().unwrap() {
+            "-U" | "-D" => {
+                retractions += 1;
+                ranking.remove(&rank);
+            }
+            _ => {
+                ranking.insert(rank, row);
+            }
+        }
+    }
+    assert!(
+        retractions > 100,
+        "{retractions} retractions: proves nothing"
+    );
+    run(&pg.uri("table=top&key=rank"));
+    assert_eq!(
+        sorted(pg.rows("top").unwrap()),
+        sorted(ranking.into_values())
     );
 }
