@@ -42,7 +42,7 @@ use super::{PostgresError, PostgresSpec};
 const COMMITS_TABLE: &str = "CREATE TABLE IF NOT EXISTS weir_commits (\
      job TEXT NOT NULL, sink TEXT NOT NULL, checkpoint BIGINT NOT NULL, \
      committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (job, sink))";
-const READ: &str = "SELECT checkpoint FROM weir_commits WHERE job = $1 AND sink = $2";
+const READ: &str = "SELECT checkpoint::bigint FROM weir_commits WHERE job = $1 AND sink = $2";
 const SET: &str = "INSERT INTO weir_commits (job, sink, checkpoint) VALUES ($1, $2, $3) \
      ON CONFLICT (job, sink) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, committed_at = now()";
 const LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1 || '/' || $2, 0))";
@@ -117,7 +117,7 @@ impl Transactional {
         let since = Instant::now();
         loop {
             let locked = writer.client().query_one(LOCK, &[&job, &sink]);
-            match locked.map(|row| row.get::<_, bool>(0)) {
+            match locked.and_then(|row| row.try_get::<_, bool>(0)) {
                 Ok(true) => break,
                 Ok(false) if since.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_millis(100))
@@ -132,10 +132,12 @@ impl Transactional {
                 Err(e) => return Err(writer.error("lock weir_commits", &e).into()),
             }
         }
-        let committed: Option<i64> = match writer.client().query_opt(READ, &[&job, &sink]) {
-            Ok(row) => row.map(|r| r.get(0)),
-            Err(e) => return Err(writer.error("read weir_commits", &e).into()),
-        };
+        let read = writer.client().query_opt(READ, &[&job, &sink]);
+        let committed: Option<i64> =
+            match read.and_then(|row| row.map(|r| r.try_get(0)).transpose()) {
+                Ok(committed) => committed,
+                Err(e) => return Err(writer.error("read weir_commits", &e).into()),
+            };
         let committed = committed.map(|c| c as CheckpointId);
         let Some((checkpoint, state)) = restored else {
             writer.apply(&[], |tx| set(tx, &spec, job, 0))?;

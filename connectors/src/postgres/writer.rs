@@ -116,10 +116,7 @@ fn prepare_table(
 ) -> Result<(), PostgresError> {
     let table = &spec.table;
     if columns.is_empty() {
-        let rows = tx
-            .query(sql::COLUMNS, &[&sql::ident(table)])
-            .map_err(|e| failed(spec, format!("read the columns of table `{table}`"), &e))?;
-        *columns = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        *columns = read_columns(tx, spec)?;
     }
     if columns.is_empty() {
         let Some(first) = changes.iter().find_map(|c| match c {
@@ -130,10 +127,7 @@ fn prepare_table(
         };
         tx.batch_execute(&sql::create_table(table, &spec.key, first))
             .map_err(|e| failed(spec, format!("create table `{table}`"), &e))?;
-        let rows = tx
-            .query(sql::COLUMNS, &[&sql::ident(table)])
-            .map_err(|e| failed(spec, format!("read the columns of table `{table}`"), &e))?;
-        *columns = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        *columns = read_columns(tx, spec)?;
     }
     for change in changes {
         for (field, value) in change.row() {
@@ -151,6 +145,18 @@ fn prepare_table(
         }
     }
     Ok(())
+}
+
+/// The columns of `spec`'s table in order; none if it does not exist.
+fn read_columns(
+    tx: &mut Transaction<'_>,
+    spec: &PostgresSpec,
+) -> Result<Vec<String>, PostgresError> {
+    let table = &spec.table;
+    let action = || format!("read the columns of table `{table}`");
+    tx.query(sql::COLUMNS, &[&sql::ident(table)])
+        .and_then(|rows| rows.iter().map(|r| r.try_get(0)).collect())
+        .map_err(|e| failed(spec, action(), &e))
 }
 
 /// The rows of `changes` that are upserts (`upserts`) or deletes.
