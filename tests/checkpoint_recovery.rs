@@ -42,14 +42,14 @@ mod common;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::kill::{self, Ended, Running, POLL, RUN_LIMIT};
 use common::{SplitMix64, Summary};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -75,11 +75,6 @@ const MEDIUM: u64 = 1_000_000;
 const SMALL: u64 = 50_000;
 /// Runs killed per kill test (one at P = 1, one at P = 2).
 const KILLS: usize = 20;
-/// Longest a run may take before the test kills it and fails.
-const RUN_LIMIT: Duration = Duration::from_secs(120);
-/// How often the tests look at a running process and its checkpoints.
-const POLL: Duration = Duration::from_millis(10);
-const SIGKILL: i32 = 9;
 
 // ------------------------------------------------------------------ tests
 
@@ -129,7 +124,7 @@ fn kill_9_at_random_moments(fx: &Fixture, parallelism: usize, seed: u64, state_b
         }
     }
     let checkpointed = !complete_checkpoints(&state).is_empty();
-    let stderr = Running::start(&args, fx.path("last.stderr")).finish();
+    let stderr = Running::start(WEIR, &args, fx.path("last.stderr")).finish();
     if checkpointed {
         assert!(
             says(&stderr, "resuming"),
@@ -182,6 +177,7 @@ fn restore_with_a_different_parallelism() {
             "{what}: the job finished before it could be killed after a checkpoint:\n{stderr}"
         );
         let stderr = Running::start(
+            WEIR,
             &args(to),
             fx.path(&format!("restart-{from}-{to}-{backend}.stderr")),
         )
@@ -199,11 +195,11 @@ fn a_finished_job_restarted_changes_nothing() {
     let fx = Fixture::new(SMALL);
     let (out, state) = (fx.path("out"), fx.path("state"));
     let args = fx.checkpointed(&out, &state, "200ms", 2);
-    Running::start(&args, fx.path("first.stderr")).finish();
+    Running::start(WEIR, &args, fx.path("first.stderr")).finish();
     fx.assert_committed_equals_reference(&out, "the first run");
     let (rows, files) = (committed_rows(&out), committed_files(&out));
 
-    let stderr = Running::start(&args, fx.path("again.stderr")).finish();
+    let stderr = Running::start(WEIR, &args, fx.path("again.stderr")).finish();
     assert!(
         says(&stderr, "resuming"),
         "the restart did not resume from the final checkpoint:\n{stderr}"
@@ -241,7 +237,7 @@ fn a_savepoint_over_http_and_replays_derive_the_same_results() {
     let mut served = args.clone();
     let off = served.iter().position(|a| a == "off").unwrap();
     served[off] = "127.0.0.1:0".into();
-    let run = Running::start(&served, fx.path("served.stderr"));
+    let run = Running::start(WEIR, &served, fx.path("served.stderr"));
     let addr = loop {
         let stderr = run.stderr();
         let addr = stderr.lines().find_map(|l| {
@@ -279,7 +275,7 @@ fn a_savepoint_over_http_and_replays_derive_the_same_results() {
     // Back to the savepoint: later parts are withdrawn and derived again.
     let mut from_savepoint = args.clone();
     from_savepoint.extend(["--from-savepoint".into(), savepoint.clone().into()]);
-    let stderr = Running::start(&from_savepoint, fx.path("restored.stderr")).finish();
+    let stderr = Running::start(WEIR, &from_savepoint, fx.path("restored.stderr")).finish();
     assert!(
         stderr
             .lines()
@@ -291,7 +287,7 @@ fn a_savepoint_over_http_and_replays_derive_the_same_results() {
     // From the beginning: all input read again, the same rows.
     let mut replay = args.clone();
     replay.extend(["--replay-from".into(), "beginning".into()]);
-    let stderr = Running::start(&replay, fx.path("replay.stderr")).finish();
+    let stderr = Running::start(WEIR, &replay, fx.path("replay.stderr")).finish();
     assert!(!says(&stderr, "resuming"), "{stderr}");
     assert_eq!(Summary::from_stderr(&stderr).unwrap().events_read, MEDIUM);
     fx.assert_committed_equals_reference(&out, "after --replay-from beginning");
@@ -319,13 +315,14 @@ fn a_savepoint_over_http_and_replays_derive_the_same_results() {
     fs::write(&later_input, later).unwrap();
     let later_reference = fx.path("later-reference.jsonl");
     Running::start(
+        WEIR,
         &job_args(&later_input, &later_reference, 1),
         fx.path("later-reference.stderr"),
     )
     .finish();
     let mut replay_from_ts = args;
     replay_from_ts.extend(["--replay-from".into(), from_ts.to_string().into()]);
-    Running::start(&replay_from_ts, fx.path("replay-ts.stderr")).finish();
+    Running::start(WEIR, &replay_from_ts, fx.path("replay-ts.stderr")).finish();
     assert_same_rows(
         &committed_rows(&out),
         &canonical_rows([later_reference]),
@@ -378,7 +375,7 @@ fn bundled_job_survives_kill_9(job: &str, stream: &str, events: u64, seed: u64) 
         ]
     };
     let reference = path("reference.jsonl");
-    Running::start(&args(&reference, 1), path("reference.stderr")).finish();
+    Running::start(WEIR, &args(&reference, 1), path("reference.stderr")).finish();
 
     let (out, state) = (path("out"), path("state"));
     let checkpointed = |parallelism: usize| {
@@ -403,7 +400,7 @@ fn bundled_job_survives_kill_9(job: &str, stream: &str, events: u64, seed: u64) 
         );
         resumed += usize::from(says(&stderr, "resuming"));
     }
-    let stderr = Running::start(&checkpointed(2), path("last.stderr")).finish();
+    let stderr = Running::start(WEIR, &checkpointed(2), path("last.stderr")).finish();
     resumed += usize::from(says(&stderr, "resuming"));
     assert!(
         resumed > 0,
@@ -434,7 +431,7 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
     };
     let corrupted = flip_a_byte(newest);
 
-    let stderr = Running::start(&args, fx.path("restart.stderr")).finish();
+    let stderr = Running::start(WEIR, &args, fx.path("restart.stderr")).finish();
     assert!(
         stderr
             .lines()
@@ -500,7 +497,7 @@ impl Fixture {
         if late {
             with_late_output(&mut args, &late_output);
         }
-        let stderr = Running::start(&args, dir.path().join("reference.stderr")).finish();
+        let stderr = Running::start(WEIR, &args, dir.path().join("reference.stderr")).finish();
         let summary = Summary::from_stderr(&stderr).unwrap();
         assert_eq!(
             (summary.events_read, summary.dead_letters),
@@ -618,97 +615,8 @@ fn with_late_output(args: &mut Vec<OsString>, late_output: &Path) {
 
 // ------------------------------------------------------------------ processes
 
-/// A running `weir` whose stderr goes to a file. Dropping it kills and reaps the process,
-/// so a failing test leaves none behind.
-struct Running {
-    child: Child,
-    stderr: PathBuf,
-    started: Instant,
-}
-
-/// How a run the test meant to kill ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    /// The SIGKILL landed.
-    Killed,
-    /// The job had already finished, successfully.
-    Finished,
-}
-
-impl Running {
-    fn start(args: &[OsString], stderr: PathBuf) -> Running {
-        let child = Command::new(WEIR)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        Running {
-            child,
-            stderr,
-            started: Instant::now(),
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// What the process wrote to stderr so far.
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.stderr).unwrap()).into_owned()
-    }
-
-    /// SIGKILLs the process unless it exited already, and reaps it; a process that exited
-    /// by itself must have succeeded. Returns how it ended and its stderr.
-    fn kill(mut self) -> (Ended, String) {
-        // Signalling a process that exited but is not reaped yet does nothing, and the exit
-        // status tells which came first.
-        let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
-        let stderr = self.stderr();
-        if status.signal() == Some(SIGKILL) {
-            return (Ended::Killed, stderr);
-        }
-        assert!(
-            status.success(),
-            "weir failed ({status}) before it was killed; stderr:\n{stderr}"
-        );
-        (Ended::Finished, stderr)
-    }
-
-    /// Waits for the process to end by itself (failing, and killing it, after `RUN_LIMIT`)
-    /// and checks that it succeeded. Returns its stderr.
-    fn finish(mut self) -> String {
-        while self.is_running() {
-            assert!(
-                self.started.elapsed() < RUN_LIMIT,
-                "weir did not finish within {RUN_LIMIT:?}; stderr:\n{}",
-                self.stderr()
-            );
-            thread::sleep(POLL);
-        }
-        let status = self.child.wait().unwrap();
-        let stderr = self.stderr();
-        assert!(
-            status.success(),
-            "weir failed ({status}); stderr:\n{stderr}"
-        );
-        stderr
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // Both do nothing once the process was reaped (std never signals a reaped pid).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs `args` and SIGKILLs the process once `delay` has passed and `state` holds at least
-/// `checkpoints` complete checkpoints (failing after `RUN_LIMIT`), unless it ends first.
+/// `checkpoints` complete checkpoints of window-agg, unless it ends first.
 fn run_and_kill(
     args: &[OsString],
     stderr: PathBuf,
@@ -716,17 +624,8 @@ fn run_and_kill(
     state: &Path,
     checkpoints: usize,
 ) -> (Ended, String) {
-    let mut run = Running::start(args, stderr);
-    thread::sleep(delay);
-    while run.is_running() && complete_checkpoints(state).len() < checkpoints {
-        assert!(
-            run.started.elapsed() < RUN_LIMIT,
-            "fewer than {checkpoints} complete checkpoints after {RUN_LIMIT:?}; stderr:\n{}",
-            run.stderr()
-        );
-        thread::sleep(POLL);
-    }
-    run.kill()
+    let root = state.join("window-agg").join("checkpoints");
+    kill::run_and_kill(WEIR, args, stderr, delay, &root, checkpoints)
 }
 
 /// True if `text` contains `word` (lower case), in any case.

@@ -9,6 +9,8 @@
 //!   subscribers;
 //! - [`kafka`]: a source of every partition of its topics and a producer sink, by
 //!   `kafka://` URI, and the consumer-group member of jobs run as one task per partition;
+//! - [`postgres`]: a sink that upserts results into a PostgreSQL table (a read model),
+//!   exactly-once with checkpoints;
 //! - [`dead_letter`]: where records that cannot be decoded go, with their source position;
 //! - [`origin`]: where a record was read, carried with it for messages about it later;
 //! - [`max_future`]: `--max-future`, events too far ahead of their stream as dead letters;
@@ -24,6 +26,7 @@ pub mod format;
 pub mod kafka;
 pub mod max_future;
 pub mod origin;
+pub mod postgres;
 pub mod schema;
 pub mod stdout;
 pub mod tcp;
@@ -36,6 +39,7 @@ pub use format::{CsvHeader, Decoder, Format, Json};
 pub use kafka::{KafkaSink, KafkaSource, KafkaSpec};
 pub use max_future::MaxFuture;
 pub use origin::{Origin, OriginNames};
+pub use postgres::{PostgresSink, PostgresSpec};
 pub use schema::Upcasting;
 pub use stdout::StdoutSink;
 pub use tcp::{TcpMode, TcpOutput, TcpServerSink, TcpSink, TcpSource, TcpSpec};

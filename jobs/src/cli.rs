@@ -389,7 +389,7 @@ fn run(
     })?;
     let spec = registry.get(name)?;
     options.check_paths(name)?;
-    options.check_kafka_uris()?;
+    options.check_uris()?;
     if crate::partitioned::kafka_input(options).is_some() {
         let serving = crate::partitioned::Serving {
             metrics_addr: serve.metrics_addr.clone(),

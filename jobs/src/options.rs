@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::Args;
-use weir_connectors::{Format, KafkaSpec};
+use weir_connectors::{Format, KafkaSpec, PostgresSpec};
 use weir_engine::{parse_duration, CheckpointConfig, Resume, RunOptions, StateConfig};
 use weir_operators::{Session, Sliding, Tumbling, WindowSpec};
 
@@ -19,7 +19,8 @@ pub struct JobOptions {
     pub input: Option<PathBuf>,
     /// Where results go: a file path, `stdout:`, `tcp://HOST:PORT` (JSON lines sent to a
     /// server), `kafka://BROKER:PORT/TOPIC` (JSON values, keyed by the result's key where it
-    /// has one) or `null:` (discard).
+    /// has one), `postgres://USER@HOST:PORT/DB?table=T&key=K` (rows upserted into a table)
+    /// or `null:` (discard).
     #[arg(long)]
     pub output: Option<String>,
     /// Input format; by default taken from the file extension (`.csv` or JSON lines).
@@ -273,14 +274,18 @@ impl JobOptions {
         Ok(())
     }
 
-    /// Refuses `kafka://` inputs and outputs that do not parse (a broker without a valid
-    /// port, say) as usage errors, before anything runs.
-    pub fn check_kafka_uris(&self) -> anyhow::Result<()> {
+    /// Refuses `kafka://` inputs and outputs and `postgres://` outputs that do not parse (a
+    /// broker without a valid port, a table not named, say) as usage errors, before
+    /// anything runs.
+    pub fn check_uris(&self) -> anyhow::Result<()> {
         let input = self.input.as_deref().and_then(Path::to_str);
         for (flag, uri) in [("--input", input), ("--output", self.output.as_deref())] {
             if let Some(Err(e)) = uri.and_then(KafkaSpec::parse) {
                 usage!("{flag} {e}");
             }
+        }
+        if let Some(Err(e)) = self.output.as_deref().and_then(PostgresSpec::parse) {
+            usage!("--output {e}");
         }
         Ok(())
     }

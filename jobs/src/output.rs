@@ -1,11 +1,13 @@
 //! Sinks chosen by `--output`: a file path, `stdout:`, `tcp://HOST:PORT` (a server to send
-//! JSON lines to; with `?mode=listen`, served to subscribers), `kafka://BROKER/TOPIC`, or
-//! `null:` (count and discard, for benchmarks).
+//! JSON lines to; with `?mode=listen`, served to subscribers), `kafka://BROKER/TOPIC`,
+//! `postgres://USER@HOST:PORT/DB?table=T&key=K` (rows upserted into a table), or `null:`
+//! (count and discard, for benchmarks).
 
 use serde::Serialize;
 use weir_connectors::kafka::KeyOf;
 use weir_connectors::{
-    FileSink, KafkaSink, KafkaSpec, StdoutSink, TcpOutput, TcpServerSink, TcpSink,
+    FileSink, KafkaSink, KafkaSpec, PostgresSink, PostgresSpec, StdoutSink, TcpOutput,
+    TcpServerSink, TcpSink,
 };
 use weir_engine::{BoxError, CheckpointId, ConnectorState, JobMetrics, Record, Sink};
 
@@ -22,6 +24,8 @@ pub enum OutputSink<T> {
     TcpServer(TcpServerSink<T>),
     /// JSON values to a Kafka topic.
     Kafka(Box<KafkaSink<T>>),
+    /// Rows upserted into a PostgreSQL table.
+    Postgres(Box<PostgresSink<T>>),
     /// Nothing is written.
     Discard,
     /// `--output` could not be used; the job fails with this message when it starts.
@@ -29,8 +33,8 @@ pub enum OutputSink<T> {
 }
 
 impl<T> OutputSink<T> {
-    /// `stdout:` (also when `spec` is `None`), `null:`, `tcp://...`, `kafka://...`, or a file
-    /// path.
+    /// `stdout:` (also when `spec` is `None`), `null:`, `tcp://...`, `kafka://...`,
+    /// `postgres://...`, or a file path.
     pub fn from_spec(spec: Option<&str>) -> Self {
         match spec {
             None | Some("stdout:") | Some("-") => OutputSink::Stdout(StdoutSink::default()),
@@ -48,9 +52,17 @@ impl<T> OutputSink<T> {
                 Some(Err(reason)) => OutputSink::Unusable(format!("--output {reason}")),
                 None => OutputSink::Unusable(format!("--output {uri}: not a Kafka URI")),
             },
+            Some(uri) if uri.starts_with("postgres://") || uri.starts_with("postgresql://") => {
+                match PostgresSpec::parse(uri) {
+                    Some(Ok(spec)) => OutputSink::Postgres(Box::new(PostgresSink::new(spec))),
+                    Some(Err(e)) => OutputSink::Unusable(format!("--output {e}")),
+                    None => OutputSink::Unusable(format!("--output {uri}: not a postgres URI")),
+                }
+            }
             Some(uri) if unknown_scheme(uri).is_some() => OutputSink::Unusable(format!(
                 "--output `{uri}`: weir has no `{}` output; use a file path (or file://PATH), \
-                 stdout:, null:, tcp://HOST:PORT or kafka://BROKER:PORT/TOPIC",
+                 stdout:, null:, tcp://HOST:PORT, kafka://BROKER:PORT/TOPIC or \
+                 postgres://USER@HOST:PORT/DB?table=T&key=K",
                 unknown_scheme(uri).unwrap_or_default()
             )),
             Some(path) => {
@@ -76,13 +88,15 @@ fn unknown_scheme(uri: &str) -> Option<&str> {
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    (is_scheme && !matches!(scheme, "file" | "tcp" | "kafka")).then_some(scheme)
+    (is_scheme && !matches!(scheme, "file" | "tcp" | "kafka" | "postgres" | "postgresql"))
+        .then_some(scheme)
 }
 
 impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
     fn open(&mut self, metrics: &JobMetrics) -> Result<(), BoxError> {
         match self {
             OutputSink::Kafka(s) => s.open(metrics),
+            OutputSink::Postgres(s) => s.open(metrics),
             OutputSink::TcpServer(s) => s.open(metrics),
             OutputSink::Unusable(reason) => Err(reason.clone().into()),
             _ => Ok(()),
@@ -96,6 +110,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
             OutputSink::Tcp(s) => s.write(records),
             OutputSink::TcpServer(s) => s.write(records),
             OutputSink::Kafka(s) => s.write(records),
+            OutputSink::Postgres(s) => s.write(records),
             OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
     }
@@ -107,6 +122,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
             OutputSink::Tcp(s) => s.finish(),
             OutputSink::TcpServer(s) => s.finish(),
             OutputSink::Kafka(s) => s.finish(),
+            OutputSink::Postgres(s) => s.finish(),
             OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
     }
@@ -118,6 +134,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
             OutputSink::Tcp(s) => s.flush(),
             OutputSink::TcpServer(s) => s.flush(),
             OutputSink::Kafka(s) => s.flush(),
+            OutputSink::Postgres(s) => s.flush(),
             OutputSink::Discard | OutputSink::Unusable(_) => Ok(()),
         }
     }
@@ -129,13 +146,14 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
             OutputSink::Tcp(s) => s.describe(),
             OutputSink::TcpServer(s) => s.describe(),
             OutputSink::Kafka(s) => s.describe(),
+            OutputSink::Postgres(s) => s.describe(),
             OutputSink::Discard => "discard".into(),
             OutputSink::Unusable(reason) => reason.clone(),
         }
     }
 
-    // Files and Kafka are transactional (Kafka unless its URI says at-least-once); the
-    // other outputs repeat rows replayed after a restart.
+    // Files, Kafka and PostgreSQL are transactional (Kafka unless its URI says
+    // at-least-once); the other outputs repeat rows replayed after a restart.
     fn begin_transactions(
         &mut self,
         restored: Option<(CheckpointId, Option<&ConnectorState>)>,
@@ -143,6 +161,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         match self {
             OutputSink::File(s) => s.begin_transactions(restored),
             OutputSink::Kafka(s) => s.begin_transactions(restored),
+            OutputSink::Postgres(s) => s.begin_transactions(restored),
             _ => Ok(()),
         }
     }
@@ -151,6 +170,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         match self {
             OutputSink::File(s) => s.pre_commit(checkpoint),
             OutputSink::Kafka(s) => s.pre_commit(checkpoint),
+            OutputSink::Postgres(s) => s.pre_commit(checkpoint),
             _ => Ok(None),
         }
     }
@@ -159,6 +179,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for OutputSink<T> {
         match self {
             OutputSink::File(s) => s.commit(checkpoint),
             OutputSink::Kafka(s) => s.commit(checkpoint),
+            OutputSink::Postgres(s) => s.commit(checkpoint),
             _ => Ok(()),
         }
     }

@@ -12,6 +12,10 @@
 pub(crate) mod broker;
 pub(crate) mod checkpointed;
 pub(crate) mod follow_run;
+#[cfg(unix)]
+pub(crate) mod kill;
+#[cfg(unix)]
+pub(crate) mod postgres;
 pub(crate) mod webdriver;
 
 use std::error::Error;
