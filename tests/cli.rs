@@ -290,13 +290,13 @@ fn an_output_scheme_weir_does_not_know_is_refused_not_taken_as_a_path() -> TestR
             "--input",
             "in.jsonl",
             "--output",
-            "postgres://u@h:5432/db?table=t",
+            "mysql://u@h:3306/db?table=t",
         ],
     )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("weir has no `postgres` output") && stderr.contains("kafka://"),
+        stderr.contains("weir has no `mysql` output") && stderr.contains("kafka://"),
         "{stderr}"
     );
     let mut left: Vec<String> = std::fs::read_dir(dir.path())?
