@@ -154,11 +154,6 @@ impl<O: EventTimeOperator> EventTime<O> {
         }
     }
 
-    /// The watermark the operator has reached.
-    pub fn watermark(&self) -> Timestamp {
-        self.watermark
-    }
-
     #[inline]
     fn advance(&mut self, watermark: Timestamp, out: &mut Output<O::Out>) -> Result<(), BoxError> {
         self.watermark = watermark;
