@@ -1,0 +1,218 @@
+//! The window API on keyed streams: `window(..)`, `late_data`, `rejects`, `aggregate`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_engine::keys::StableHash;
+use weir_engine::time::duration_ms;
+use weir_engine::{Data, KeyedStream, Routed, Sink, StateKey, Stream};
+
+use super::local::{LocalWindows, MergePartials, Partial};
+use super::{aligned, OriginOf, Rejected, WindowEvent, WindowFactory, WindowResult, WindowSpec};
+use crate::aggregate::Aggregator;
+
+/// Attaches a side-output sink (late data, rejects) to the events of a window operator.
+struct SideSink<T>(Box<dyn FnOnce(Stream<T>)>);
+
+impl<T> std::fmt::Debug for SideSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SideSink")
+    }
+}
+
+/// Window definition on a keyed stream.
+pub trait WindowExt<K, T, KF> {
+    /// Groups each key's events into windows.
+    fn window(self, spec: impl Into<WindowSpec>) -> WindowedStream<K, T, KF>;
+}
+
+impl<K, T, KF> WindowExt<K, T, KF> for KeyedStream<K, T, KF> {
+    fn window(self, spec: impl Into<WindowSpec>) -> WindowedStream<K, T, KF> {
+        let spec = spec.into();
+        WindowedStream {
+            keyed: self,
+            spec,
+            allowed_lateness: 0,
+            late: None,
+            rejects: None,
+            origin: None,
+        }
+    }
+}
+
+/// A keyed stream with a window definition, waiting for its aggregate.
+pub struct WindowedStream<K, T, KF> {
+    keyed: KeyedStream<K, T, KF>,
+    spec: WindowSpec,
+    allowed_lateness: i64,
+    late: Option<SideSink<T>>,
+    rejects: Option<SideSink<Rejected<T>>>,
+    origin: Option<OriginOf<T>>,
+}
+
+impl<K, T, KF> std::fmt::Debug for WindowedStream<K, T, KF> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowedStream")
+            .field("spec", &self.spec)
+            .field("allowed_lateness", &self.allowed_lateness)
+            .field("late", &self.late)
+            .field("rejects", &self.rejects)
+            .field("origin", &self.origin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, T, KF> WindowedStream<K, T, KF>
+where
+    K: StateKey + StableHash + Data,
+    T: Data,
+    KF: Fn(&T) -> K + Clone + Send + 'static,
+{
+    /// Keeps fired windows for `lateness` so late events update them.
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.allowed_lateness = duration_ms(lateness);
+        self
+    }
+
+    /// Sends late events to `sink` (as the sink node `late-data`) instead of only counting
+    /// them. They keep their event times; with checkpoints a file sink commits them
+    /// exactly once, like results.
+    pub fn late_data<S: Sink<T>>(mut self, sink: S) -> Self {
+        self.late = Some(SideSink(Box::new(move |late: Stream<T>| {
+            late.side_output_sink("late-data", sink);
+        })));
+        self
+    }
+
+    /// Says where each event was read, for errors about it: `origin` is called only when
+    /// the aggregate fails on an event, and its words (e.g. `input events.jsonl line 12`)
+    /// end the error. Sources that number their records set the numbers in the events
+    /// (e.g. `FileSource::with_origin` in weir-connectors), so nothing is looked up per
+    /// event.
+    pub fn origin(mut self, origin: impl Fn(&T) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.origin = Some(Arc::new(origin));
+        self
+    }
+
+    /// Sends events the aggregate cannot take (an `i64` sum would overflow) to `sink` (as
+    /// the sink node `rejected`), each with its error, and goes on without them, instead
+    /// of failing the job (Flink users send such records to a side output). The event is
+    /// left out of its windows: the built-in aggregates check before they change an
+    /// accumulator (see [`Aggregator::add`]). A window of sliding panes whose merged sum
+    /// overflows as it fires has no one event to blame, and still fails the job.
+    pub fn rejects<S: Sink<Rejected<T>>>(mut self, sink: S) -> Self {
+        self.rejects = Some(SideSink(Box::new(move |rejected: Stream<Rejected<T>>| {
+            rejected.side_output_sink("rejected", sink);
+        })));
+        self
+    }
+
+    /// Aggregates each window with `aggregator`.
+    pub fn aggregate<A: Aggregator<T>>(self, aggregator: A) -> Stream<WindowResult<K, A::Output>> {
+        if !self.keyed.stream().has_timestamps() {
+            self.keyed.stream().invalid(
+                "a window needs event times: call .timestamps(..) before .key_by(..)".into(),
+            );
+        }
+        if let Err(reason) = self.spec.check() {
+            self.keyed.stream().invalid(format!(
+                "window {reason}; for example Tumbling::of(Duration::from_secs(10))"
+            ));
+        }
+        let detail = format!(
+            "{}, allowed lateness {}ms",
+            self.spec, self.allowed_lateness
+        );
+        let factory = WindowFactory {
+            spec: self.spec,
+            allowed_lateness: self.allowed_lateness,
+            aggregator,
+            route_late: self.late.is_some(),
+            route_rejects: self.rejects.is_some(),
+            origin: self.origin,
+            _types: std::marker::PhantomData,
+        };
+        let events = self.keyed.process("window", detail, factory);
+        if self.late.is_none() && self.rejects.is_none() {
+            return events
+                .clone()
+                .flat_map(WindowEvent::into_result)
+                .uid_names(&events);
+        }
+        // Late and rejected events are side outputs of the window: routed, not cloned.
+        let (results, side) = events.split("side-outputs", |e| match e {
+            WindowEvent::Result(r) => Routed::Main(r),
+            other => Routed::Side(other),
+        });
+        match (self.late, self.rejects) {
+            (Some(SideSink(late)), Some(SideSink(rejects))) => {
+                let (late_events, rejected) = side.split("late-or-rejected", |e| match e {
+                    WindowEvent::Late(event) => Routed::Main(event),
+                    WindowEvent::Rejected(r) => Routed::Side(*r),
+                    WindowEvent::Result(_) => Routed::Dropped,
+                });
+                late(late_events);
+                rejects(rejected);
+            }
+            (Some(SideSink(late)), None) => late(side.flat_map(WindowEvent::into_late)),
+            (None, Some(SideSink(rejects))) => rejects(side.flat_map(WindowEvent::into_rejected)),
+            (None, None) => {}
+        }
+        results
+    }
+}
+
+impl<K, T, KF> WindowedStream<K, T, KF>
+where
+    K: StateKey + StableHash + Data,
+    T: Data,
+    KF: Fn(&T) -> K + Clone + Send + 'static,
+{
+    /// Aggregates each window in two phases, as Flink's local-global aggregation: every
+    /// instance of the input pre-aggregates its own events per key and pane (the window
+    /// if tumbling, `gcd(size, slide)` if sliding) in its thread, before the exchange, and the window operator merges those partials (see
+    /// [`local`]). The results are those of [`WindowedStream::aggregate`]; it pays where
+    /// few keys carry many events. Tumbling or sliding windows, without a late-data sink.
+    pub fn aggregate_two_phase<A: Aggregator<T>>(
+        self,
+        aggregator: A,
+    ) -> Stream<WindowResult<K, A::Output>> {
+        let refuse = |reason: &str| {
+            self.keyed.stream().invalid(format!(
+                "two-phase aggregation {reason}: use .aggregate(..) instead"
+            ))
+        };
+        let (pane, offset) = match self.spec {
+            WindowSpec::Tumbling(t) => (t.size, t.offset),
+            WindowSpec::Sliding(s) => (aligned::gcd(s.size, s.slide), s.offset),
+            WindowSpec::Session(_) => {
+                refuse(&format!(
+                    "needs tumbling or sliding windows, not {}",
+                    self.spec
+                ));
+                return self.aggregate(aggregator);
+            }
+        };
+        if self.late.is_some() {
+            refuse("cannot route late events to a sink (they would go as partial aggregates)");
+            return self.aggregate(aggregator);
+        }
+        let (key, local) = (self.keyed.key_fn(), aggregator.clone());
+        let partials = self.keyed.stream().clone().chain("local-window", move || {
+            LocalWindows::new(key.clone(), pane, offset, local.clone())
+        });
+        if self.rejects.is_some() || self.origin.is_some() {
+            refuse("cannot name or reject single events (the window receives partials)");
+            return self.aggregate(aggregator);
+        }
+        WindowedStream {
+            keyed: partials.key_by(|p: &Partial<K, A::Acc>| p.key.clone()),
+            spec: self.spec,
+            allowed_lateness: self.allowed_lateness,
+            late: None,
+            rejects: None,
+            origin: None,
+        }
+        .aggregate(MergePartials::new(aggregator))
+    }
+}
