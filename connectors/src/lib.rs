@@ -1,7 +1,7 @@
 //! # weir-connectors: where events come from and results go
 //!
 //! - [`arrow`]: an Arrow IPC file source (record batches decoded row by row);
-//! - [`file`]: a file source (JSON lines or CSV with a header row, bounded or followed like
+//! - [`mod@file`]: a file source (JSON lines or CSV with a header row, bounded or followed like
 //!   `tail -f`) and a JSON-lines file sink;
 //! - [`stdout`]: a JSON-lines sink on standard output;
 //! - [`tcp`]: a TCP source for newline-delimited records, as a server for many clients or

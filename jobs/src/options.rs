@@ -81,8 +81,8 @@ pub struct JobOptions {
     /// Where keyed state lives: `rocksdb` (state larger than memory) or `memory`.
     #[arg(long, default_value = "rocksdb", value_parser = ["rocksdb", "memory"])]
     pub state: String,
-    /// State directory: databases in DIR/<job>/rocksdb (replaced at start), checkpoints in
-    /// DIR/<job>/checkpoints. Default: a temporary directory removed when the job ends.
+    /// State directory: databases in DIR/JOB/rocksdb (replaced at start), checkpoints in
+    /// DIR/JOB/checkpoints. Default: a temporary directory removed when the job ends.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Take a checkpoint this often (e.g. `10s`) and resume from the newest one when the job

@@ -264,7 +264,7 @@ pub trait KeyedOperator: Send + 'static {
     }
 
     /// A checkpoint barrier arrived: makes all state durable in the backend
-    /// ([`crate::MapState::flush`]) and returns what else the instance needs to resume (for
+    /// ([`crate::StateTable::flush`]) and returns what else the instance needs to resume (for
     /// example its watermark). Required, so no operator can forget to flush.
     fn snapshot(&mut self) -> Result<serde_json::Value, BoxError>;
 

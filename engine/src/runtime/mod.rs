@@ -59,13 +59,13 @@
 //!
 //! # Shutdown
 //! A source that is exhausted sends the end watermark (`i64::MAX`), which fires every
-//! window, then an end marker. A source of a job that is stopping ([`JobControl::stop`])
+//! window, then an end marker. A source of a job that is stopping ([`crate::JobControl::stop`])
 //! sends only the end marker, so open windows stay open; with checkpoints, sources end only
 //! after the final checkpoint, which the coordinator takes once every source ended its
 //! input either way. Receivers pass the end on once all their producers ended, adding no
 //! watermark of their own. A task that fails drops its channels; its neighbours notice
-//! ([`EngineError::DownstreamGone`] / [`EngineError::UpstreamGone`]) and stop, and
-//! [`run`] reports the first real cause.
+//! ([`crate::EngineError::DownstreamGone`] / [`crate::EngineError::UpstreamGone`]) and stop, and
+//! the run reports the first real cause.
 
 use std::time::Duration;
 
@@ -144,7 +144,7 @@ pub struct RunSummary {
     pub watermark: Option<Timestamp>,
     /// End-to-end latency of the results the sinks received (see [`crate::latency`]).
     pub latency: Option<LatencySummary>,
-    /// The run ended because it was stopped ([`JobControl::stop`]), not at the end of its
+    /// The run ended because it was stopped ([`crate::JobControl::stop`]), not at the end of its
     /// input: windows still open were not fired (with checkpoints they are in the final
     /// checkpoint, and the next run goes on from there).
     pub stopped: bool,

@@ -12,7 +12,7 @@
 //! written back in one `WriteBatch` when the cache is full (and then emptied). Hot keys are
 //! therefore read and changed at memory speed, while the total state is bounded only by
 //! disk. The write-ahead log is off: durability comes from checkpoints, not from logging
-//! every write ([`MapState::flush`] writes the cache back before a checkpoint).
+//! every write ([`crate::StateTable::flush`] writes the cache back before a checkpoint).
 //!
 //! # Timers
 //! Timer queues ([`RocksTimers`]) are column families of a second database beside the

@@ -1,5 +1,5 @@
 //! Joins of two streams by key. **This is where joined pairs are emitted**:
-//! [`IntervalJoinOperator::process`] (interval join, as records arrive) and, for window
+//! [`IntervalJoinOperator`]'s `on_event` (interval join, as records arrive) and, for window
 //! joins, where windows fire ([`crate::window::aligned`], [`crate::window::session`]).
 //! This module holds the API ([`JoinExt`]) and what the joins share; each join's operator
 //! is in a file of its own: `interval.rs`, `temporal.rs`, `window.rs` (co-group).
@@ -37,7 +37,7 @@
 //! user function instead. `spec` is [`Tumbling`](crate::Tumbling), [`Sliding`](crate::Sliding) or
 //! [`Session`](crate::Session): the join *is* the window operator (its assigners, panes,
 //! session merging, firing and state) with an aggregate that collects both sides
-//! ([`BothSides`]), so it has exactly the windows' semantics: a sliding window holds an
+//! (`BothSides`), so it has exactly the windows' semantics: a sliding window holds an
 //! element once per pane, not once per window; a session of a key is formed by the
 //! elements of **both** sides (a left element can bridge two right ones), and fires when
 //! the merged session's `end - 1` is reached. Lateness is the windows' (allowed lateness

@@ -11,7 +11,7 @@ use crate::aggregate::AggregateError;
 /// An aggregate failed in a window (an integer sum overflowed): which key, which window,
 /// and the event time and input position of the event being added (none when panes were
 /// merged as the window fired). The job fails with it, unless the job routes such events
-/// to a sink ([`WindowedStream::rejects`]); windows that fired before still reach the sinks.
+/// to a sink ([`super::WindowedStream::rejects`]); windows that fired before still reach the sinks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{cause} (key {key}, window [{start}, {end}){}{})",
@@ -28,7 +28,7 @@ pub struct WindowAggregateError {
     /// The event time of the event whose addition failed.
     pub event_ts: Option<Timestamp>,
     /// Where that event was read (e.g. `input events.jsonl line 12`), when the job says
-    /// ([`WindowedStream::origin`]).
+    /// ([`super::WindowedStream::origin`]).
     pub origin: Option<String>,
     /// What failed (kept in the message, not as a separate cause, so it is said once).
     pub cause: AggregateError,
@@ -52,7 +52,7 @@ impl WindowAggregateError {
     }
 }
 
-/// An event an aggregate could not take, with the reason: what [`WindowedStream::rejects`]
+/// An event an aggregate could not take, with the reason: what [`super::WindowedStream::rejects`]
 /// sends to its sink instead of failing the job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejected<T> {
@@ -62,7 +62,7 @@ pub struct Rejected<T> {
     pub error: WindowAggregateError,
 }
 
-/// Words for where an event was read (`None` if unknown): see [`WindowedStream::origin`].
+/// Words for where an event was read (`None` if unknown): see [`super::WindowedStream::origin`].
 pub type OriginOf<T> = Arc<dyn Fn(&T) -> Option<String> + Send + Sync>;
 
 /// What a window operator does with an event its aggregate fails on: fail the job, or
@@ -109,7 +109,7 @@ pub struct WindowResult<K, R> {
 }
 
 /// What a window operator emits: fired windows and, when the job routes them, late events
-/// (Flink's side output for late data). [`WindowedStream::aggregate`] splits the two into
+/// (Flink's side output for late data). [`super::WindowedStream::aggregate`] splits the two into
 /// the result stream and the late-data sink, so late events travel through the dataflow
 /// like results: a late-data file sink takes part in checkpoints and is exactly-once.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,7 +118,7 @@ pub enum WindowEvent<K, R, T> {
     Result(WindowResult<K, R>),
     /// An event too late for every window it belongs to.
     Late(T),
-    /// An event the aggregate could not take (see [`WindowedStream::rejects`]). Boxed:
+    /// An event the aggregate could not take (see [`super::WindowedStream::rejects`]). Boxed:
     /// rare, and its error would more than double the size of every result.
     Rejected(Box<Rejected<T>>),
 }

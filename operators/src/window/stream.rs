@@ -171,7 +171,7 @@ where
     /// Aggregates each window in two phases, as Flink's local-global aggregation: every
     /// instance of the input pre-aggregates its own events per key and pane (the window
     /// if tumbling, `gcd(size, slide)` if sliding) in its thread, before the exchange, and the window operator merges those partials (see
-    /// [`local`]). The results are those of [`WindowedStream::aggregate`]; it pays where
+    /// [`super::local`]). The results are those of [`WindowedStream::aggregate`]; it pays where
     /// few keys carry many events. Tumbling or sliding windows, without a late-data sink.
     pub fn aggregate_two_phase<A: Aggregator<T>>(
         self,
