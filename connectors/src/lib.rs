@@ -39,7 +39,7 @@ pub use format::{CsvHeader, Decoder, Format, Json};
 pub use kafka::{KafkaSink, KafkaSource, KafkaSpec};
 pub use max_future::MaxFuture;
 pub use origin::{Origin, OriginNames};
-pub use postgres::{PostgresSink, PostgresSpec};
+pub use postgres::{OutboxSource, OutboxSpec, PostgresSink, PostgresSpec};
 pub use schema::Upcasting;
 pub use stdout::StdoutSink;
 pub use tcp::{TcpMode, TcpOutput, TcpServerSink, TcpSink, TcpSource, TcpSpec};

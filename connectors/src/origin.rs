@@ -90,6 +90,11 @@ pub enum OriginNames {
     /// The connections of a TCP source: `tcp://127.0.0.1:40000 line 3`, as its dead
     /// letters say.
     Tcp(TcpPeers),
+    /// Rows of a table by id: `postgres://u@h:5432/db outbox events id 17`.
+    Table {
+        /// The table, as the source describes it.
+        name: String,
+    },
 }
 
 impl OriginNames {
@@ -112,6 +117,7 @@ impl OriginNames {
                 Some(peer) => format!("tcp://{peer} line {number}"),
                 None => format!("tcp connection {stream} (its peer forgotten) line {number}"),
             },
+            OriginNames::Table { name } => format!("{name} id {number}"),
         })
     }
 
@@ -133,6 +139,7 @@ impl OriginNames {
                 Some(peer) => format!("tcp://{peer}"),
                 None => format!("tcp connection {stream}"),
             },
+            OriginNames::Table { name } => name.clone(),
         };
         Some((source, number))
     }

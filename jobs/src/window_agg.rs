@@ -26,7 +26,8 @@ use weir_connectors::format::split_csv;
 use weir_connectors::kafka::EventTime;
 use weir_connectors::{
     ArrowFileSource, CsvHeader, DeadLetter, DeadLetterSink, DeadLetters, Decoder, FileSink,
-    FileSource, KafkaSource, KafkaSpec, Origin, OriginNames, Raw, TcpSource, TcpSpec,
+    FileSource, KafkaSource, KafkaSpec, Origin, OriginNames, OutboxSource, OutboxSpec,
+    PostgresSpec, Raw, TcpSource, TcpSpec,
 };
 use weir_engine::intern::{Interner, SharedStr};
 use weir_engine::{Job, Stream, Watermarks};
@@ -166,7 +167,18 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             let input = opts.require_input("window-agg")?;
             let decoder = EventDecoder::new(&opts.ts_field, &opts.key_field, &opts.value_field);
             let uri = input.to_str().unwrap_or_default();
-            if let Some(spec) = TcpSpec::parse(uri) {
+            if let Some(spec) = OutboxSpec::parse(uri) {
+                let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
+                let source =
+                    OutboxSource::new(spec, decoder, dead).max_future(event_time, opts.max_future);
+                let origins = source.origin_names();
+                (job.source("input", source), Some(origins))
+            } else if PostgresSpec::parse(uri).is_some() {
+                usage!(
+                    "--input {uri}: a PostgreSQL input is an outbox table: add \
+                     outbox=TABLE (and id=COLUMN, payload=COLUMN if not `id` and the whole row)"
+                );
+            } else if let Some(spec) = TcpSpec::parse(uri) {
                 let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
                 let source =
                     TcpSource::new(spec, decoder, dead).max_future(event_time, opts.max_future);

@@ -1,5 +1,6 @@
 //! The PostgreSQL sink: results upserted into a table, a read model that a service queries
-//! with SQL while the job runs (the read side of CQRS).
+//! with SQL while the job runs (the read side of CQRS). And the outbox relay, a source
+//! reading the events a service wrote to an outbox table ([`OutboxSource`]).
 //!
 //! `postgres://USER[:PASSWORD]@HOST:PORT/DB?table=T&key=K1[,K2..]` (also `postgresql://`)
 //! upserts each result, a flat JSON object, as one row of `T` keyed by the fields `K1..`
@@ -44,6 +45,7 @@
 //! compile-time schemas a table derived at run time has no use for.
 
 mod changes;
+mod outbox;
 mod sink;
 mod sql;
 mod transactions;
@@ -52,6 +54,7 @@ mod writer;
 
 use std::time::Duration;
 
+pub use outbox::{OutboxSource, OutboxSpec};
 pub use sink::PostgresSink;
 pub use uri::PostgresSpec;
 

@@ -55,22 +55,12 @@ impl PostgresSpec {
 
     /// `HOST:PORT` of the first host (what connecting names when it fails).
     pub fn endpoint(&self) -> String {
-        let host = match self.config.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(host)) => host.clone(),
-            #[cfg(unix)]
-            Some(postgres::config::Host::Unix(dir)) => dir.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        format!("{host}:{port}")
+        endpoint(&self.config)
     }
 
     /// The database.
     pub fn database(&self) -> &str {
-        self.config
-            .get_dbname()
-            .or(self.config.get_user())
-            .unwrap_or("postgres")
+        database(&self.config)
     }
 
     /// `postgres://USER@HOST:PORT/DB table T key K` (no password), for `weir describe`
@@ -87,40 +77,44 @@ impl PostgresSpec {
     }
 }
 
+/// `HOST:PORT` of the first host of `config`.
+pub(super) fn endpoint(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// The database `config` connects to (the user's name when none is given, as the server
+/// does).
+pub(super) fn database(config: &postgres::Config) -> &str {
+    config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres")
+}
+
 fn parse_uri(uri: &str, scheme: &str) -> Result<PostgresSpec, String> {
-    let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
-    if base.len() == scheme.len() {
-        return Err(format!("names no server: {USAGE}"));
-    }
     let mut table = None;
     let mut key = None;
     let mut sink = None;
     let mut batch = 5000;
     let mut max_pending = 1_000_000;
-    let mut timeout = DEFAULT_CONNECT_TIMEOUT;
-    let mut client_params = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("`{pair}` is not NAME=VALUE"))?;
-        let value = decode(v, k)?;
-        match k {
+    let config = parse_connection(uri, scheme, USAGE, |name, value| {
+        match name {
             "table" => table = Some(value),
             "key" => key = Some(value),
             "sink" => sink = Some(value),
-            "batch" => batch = positive(k, &value)?,
-            "max_pending" => max_pending = positive(k, &value)?,
-            "connect_timeout" => {
-                timeout = weir_engine::parse_duration(&value)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| {
-                        format!("connect_timeout={value}: give a duration, e.g. 10s or 500ms")
-                    })?;
-            }
-            _ => client_params.push(pair),
+            "batch" => batch = positive(name, &value)?,
+            "max_pending" => max_pending = positive(name, &value)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     let table = table
         .filter(|t| !t.is_empty())
         .ok_or_else(|| format!("names no table: add ?table=NAME ({USAGE})"))?;
@@ -139,19 +133,6 @@ fn parse_uri(uri: &str, scheme: &str) -> Result<PostgresSpec, String> {
     if let Some(twice) = key.iter().enumerate().find(|(i, k)| key[..*i].contains(k)) {
         return Err(format!("key= names `{}` twice", twice.1));
     }
-    let client_uri = match client_params.is_empty() {
-        true => base.to_string(),
-        false => format!("{base}?{}", client_params.join("&")),
-    };
-    let mut config =
-        postgres::Config::from_str(&client_uri).map_err(|e| format!("{e} ({USAGE})"))?;
-    if config.get_hosts().is_empty() {
-        return Err(format!("names no host: {USAGE}"));
-    }
-    if config.get_user().is_none() {
-        return Err(format!("names no user: {USAGE}"));
-    }
-    config.connect_timeout(timeout);
     Ok(PostgresSpec {
         config,
         sink: sink.unwrap_or_else(|| table.clone()),
@@ -162,14 +143,61 @@ fn parse_uri(uri: &str, scheme: &str) -> Result<PostgresSpec, String> {
     })
 }
 
-fn decode(value: &str, name: &str) -> Result<String, String> {
+/// The client's settings from `uri`: each query parameter is offered to `take` first
+/// (percent-decoded), which says whether it is weir's own; `connect_timeout` is weir's for
+/// every URI; the rest go to the client's parser. `usage` is what the URI should look like.
+pub(super) fn parse_connection(
+    uri: &str,
+    scheme: &str,
+    usage: &str,
+    mut take: impl FnMut(&str, String) -> Result<bool, String>,
+) -> Result<postgres::Config, String> {
+    let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
+    if base.len() == scheme.len() {
+        return Err(format!("names no server: {usage}"));
+    }
+    let mut timeout = DEFAULT_CONNECT_TIMEOUT;
+    let mut client_params = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not NAME=VALUE"))?;
+        let value = decode(v, name)?;
+        if name == "connect_timeout" {
+            timeout = weir_engine::parse_duration(&value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!("connect_timeout={value}: give a duration, e.g. 10s or 500ms")
+                })?;
+        } else if !take(name, value)? {
+            client_params.push(pair);
+        }
+    }
+    let client_uri = match client_params.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", client_params.join("&")),
+    };
+    let mut config =
+        postgres::Config::from_str(&client_uri).map_err(|e| format!("{e} ({usage})"))?;
+    if config.get_hosts().is_empty() {
+        return Err(format!("names no host: {usage}"));
+    }
+    if config.get_user().is_none() {
+        return Err(format!("names no user: {usage}"));
+    }
+    config.connect_timeout(timeout);
+    Ok(config)
+}
+
+pub(super) fn decode(value: &str, name: &str) -> Result<String, String> {
     percent_decode_str(value)
         .decode_utf8()
         .map(|v| v.into_owned())
         .map_err(|_| format!("{name}= does not decode to UTF-8"))
 }
 
-fn positive(name: &str, value: &str) -> Result<usize, String> {
+pub(super) fn positive(name: &str, value: &str) -> Result<usize, String> {
     value
         .parse()
         .ok()
@@ -178,7 +206,7 @@ fn positive(name: &str, value: &str) -> Result<usize, String> {
 }
 
 /// `uri` with the password after `USER:` replaced by `***`, for messages.
-fn without_password(uri: &str) -> String {
+pub(super) fn without_password(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return uri.to_string();
     };
