@@ -241,8 +241,8 @@ fn window_agg_over_the_outbox_equals_the_file_run_and_survives_kill_9_exactly_on
     // With checkpoints, into a transactional file sink, killed at random moments.
     let state = dir.path().join("state");
     let output = dir.path().join("out");
-    // Small batches: about 600 queries a run, so that kills land mid-way.
-    let slow = pg.uri("outbox=outbox&payload=event&until=end&batch=50&poll=10ms");
+    // Small batches: 3,000 queries a run, so that kills land mid-way.
+    let slow = pg.uri("outbox=outbox&payload=event&until=end&batch=10&poll=10ms");
     let mut args = window_agg(&slow, &output);
     args.extend(
         [
@@ -258,7 +258,7 @@ fn window_agg_over_the_outbox_equals_the_file_run_and_survives_kill_9_exactly_on
     let (mut killed, mut resumed) = (0, 0);
     let started = Instant::now();
     for run in 0..10 {
-        let delay = Duration::from_millis(100 + rng.below(400));
+        let delay = Duration::from_millis(30 + rng.below(300));
         let stderr = dir.path().join(format!("run-{run}.stderr"));
         let (ended, stderr) = run_and_kill(WEIR, &args, stderr, delay, &root, 0);
         killed += usize::from(ended == Ended::Killed);
