@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::checkpointed::{committed_rows, sorted_lines};
 use common::kill::{run_and_kill, Ended, Running};
-use common::postgres::Postgres;
+use common::postgres::{window_agg, Postgres};
 use common::SplitMix64;
 use serde::Deserialize;
 use weir_connectors::{DeadLetters, Json, OutboxSource, OutboxSpec};
@@ -200,26 +200,6 @@ fn events_in_outbox_and_file(pg: &Postgres, dir: &Path) -> OsString {
     input.into()
 }
 
-fn window_agg(input: &str, output: &Path) -> Vec<OsString> {
-    [
-        "run",
-        "window-agg",
-        "--window",
-        "tumble:10s",
-        "--watermark-delay",
-        "2s",
-        "--metrics-addr",
-        "off",
-        "--quiet",
-        "--input",
-        input,
-        "--output",
-        output.to_str().unwrap(),
-    ]
-    .map(OsString::from)
-    .to_vec()
-}
-
 #[test]
 fn window_agg_over_the_outbox_equals_the_file_run_and_survives_kill_9_exactly_once() {
     let pg = Postgres::start().unwrap();
@@ -254,7 +234,7 @@ fn window_agg_over_the_outbox_equals_the_file_run_and_survives_kill_9_exactly_on
         .map(OsString::from),
     );
     let root = state.join("window-agg").join("checkpoints");
-    let mut rng = SplitMix64::new(0x0_07B0_C5);
+    let mut rng = SplitMix64::new(0x0007_B0C5);
     let (mut killed, mut resumed) = (0, 0);
     let started = Instant::now();
     for run in 0..10 {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::checkpointed::latest_checkpoint;
 use common::kill::{run_and_kill, Ended, Running};
-use common::postgres::Postgres;
+use common::postgres::{window_agg, Postgres};
 use common::SplitMix64;
 use serde_json::Value;
 
@@ -74,27 +74,6 @@ fn events(dir: &Path, events: u64) -> OsString {
     ];
     common::run_ok(WEIR, args).unwrap();
     input.into()
-}
-
-fn window_agg(input: &OsString, output: &str) -> Vec<OsString> {
-    [
-        "run",
-        "window-agg",
-        "--window",
-        "tumble:10s",
-        "--watermark-delay",
-        "2s",
-        "--metrics-addr",
-        "off",
-        "--quiet",
-        "--output",
-        output,
-        "--input",
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .chain([input.clone()])
-    .collect()
 }
 
 #[test]
@@ -161,7 +140,7 @@ fn kill_9_at_random_moments_neither_loses_nor_reapplies_a_checkpoint() {
     let reference = dir.path().join("reference.jsonl");
     common::run_ok(WEIR, window_agg(&input, reference.to_str().unwrap())).unwrap();
     let state = dir.path().join("state");
-    let mut args = window_agg(&input, &pg.uri("table=windows&key=key,window_start"));
+    let mut args = window_agg(&input, pg.uri("table=windows&key=key,window_start"));
     args.extend(
         [
             "--state-dir",

@@ -9,6 +9,7 @@
 //! handed to that user.
 
 use std::error::Error;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -177,4 +178,27 @@ fn binaries() -> Result<PathBuf, Box<dyn Error>> {
              /usr/lib/postgresql/*/bin: run ./scripts/setup (Debian's postgresql package)",
         )
     })
+}
+
+/// `weir run window-agg` with 10 s tumbling windows, 2 s watermark delay, no metrics and
+/// no progress, from `input` to `output`: the job of the PostgreSQL tests.
+pub(crate) fn window_agg(input: impl AsRef<OsStr>, output: impl AsRef<OsStr>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "run",
+        "window-agg",
+        "--window",
+        "tumble:10s",
+        "--watermark-delay",
+        "2s",
+        "--metrics-addr",
+        "off",
+        "--quiet",
+        "--output",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    args.push(output.as_ref().to_owned());
+    args.push("--input".into());
+    args.push(input.as_ref().to_owned());
+    args
 }

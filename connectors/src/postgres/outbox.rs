@@ -92,19 +92,12 @@ impl OutboxSpec {
     /// `None` if `uri` is not a `postgres://` URI with `outbox=`; else the spec or what is
     /// wrong with it.
     pub fn parse(uri: &str) -> Option<Result<OutboxSpec, PostgresError>> {
-        let scheme = ["postgres://", "postgresql://"]
-            .into_iter()
-            .find(|s| uri.starts_with(s))?;
+        let scheme = uri::scheme(uri)?;
         let query = uri.split_once('?').map_or("", |(_, q)| q);
         if !query.split('&').any(|p| p.starts_with("outbox=")) {
             return None;
         }
-        Some(
-            parse_outbox(uri, scheme).map_err(|problem| PostgresError::Uri {
-                uri: uri::without_password(uri),
-                problem,
-            }),
-        )
+        Some(uri::named(uri, parse_outbox(uri, scheme)))
     }
 
     /// `postgres://USER@HOST:PORT/DB outbox T`, for `weir describe` and dead letters.

@@ -42,15 +42,8 @@ impl PostgresSpec {
     /// `None` if `uri` is not a `postgres://` (or `postgresql://`) URI; else the spec or
     /// what is wrong with it.
     pub fn parse(uri: &str) -> Option<Result<PostgresSpec, PostgresError>> {
-        let scheme = ["postgres://", "postgresql://"]
-            .into_iter()
-            .find(|s| uri.starts_with(s))?;
-        Some(
-            parse_uri(uri, scheme).map_err(|problem| PostgresError::Uri {
-                uri: without_password(uri),
-                problem,
-            }),
-        )
+        let scheme = scheme(uri)?;
+        Some(named(uri, parse_uri(uri, scheme)))
     }
 
     /// `HOST:PORT` of the first host (what connecting names when it fails).
@@ -75,6 +68,21 @@ impl PostgresSpec {
             self.key.join(",")
         )
     }
+}
+
+/// The scheme of `uri` if it is a PostgreSQL URI.
+pub(super) fn scheme(uri: &str) -> Option<&'static str> {
+    ["postgres://", "postgresql://"]
+        .into_iter()
+        .find(|s| uri.starts_with(s))
+}
+
+/// `parsed`, or its problem as an error naming `uri` (without its password).
+pub(super) fn named<T>(uri: &str, parsed: Result<T, String>) -> Result<T, PostgresError> {
+    parsed.map_err(|problem| PostgresError::Uri {
+        uri: without_password(uri),
+        problem,
+    })
 }
 
 /// `HOST:PORT` of the first host of `config`.
@@ -206,7 +214,7 @@ pub(super) fn positive(name: &str, value: &str) -> Result<usize, String> {
 }
 
 /// `uri` with the password after `USER:` replaced by `***`, for messages.
-pub(super) fn without_password(uri: &str) -> String {
+fn without_password(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return uri.to_string();
     };
