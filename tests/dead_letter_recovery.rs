@@ -34,20 +34,25 @@ const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 /// Good events of the input (about a second of work per run at a small state cache).
 const EVENTS: u64 = 1_000_000;
 /// A malformed line comes before every this-many-th good line.
-const EVERY: usize = 9_973;
+const EVERY: usize = 1_999;
+/// Padding of each malformed line: long enough that the sink's buffer goes to the file
+/// every few dead letters, so that a kill finds lines written after the last checkpoint in
+/// the file (what a restore must withdraw), not only in the dead process's buffer.
+const PADDING: usize = 3_000;
 /// Runs killed before the one let finish.
 const KILLS: usize = 12;
 
 /// The malformed lines, by kind: not JSON, not UTF-8, a record cut short.
 fn malformed(n: usize) -> Vec<u8> {
+    let pad = "p".repeat(PADDING);
     match n % 3 {
-        0 => format!("not json, malformed line {n}").into_bytes(),
+        0 => format!("not json, malformed line {n} {pad}").into_bytes(),
         1 => {
             let mut bytes = b"{\"ts\":1,\"key\":\"caf\xe9\xff".to_vec();
-            bytes.extend_from_slice(format!("{n}\"}}").as_bytes());
+            bytes.extend_from_slice(format!("{n}{pad}\"}}").as_bytes());
             bytes
         }
-        _ => format!("{{\"ts\":1000,\"key\":\"k{n}\",\"val").into_bytes(),
+        _ => format!("{{\"ts\":1000,\"key\":\"k{n}{pad}\",\"val").into_bytes(),
     }
 }
 
@@ -106,7 +111,11 @@ fn kill_9_keeps_each_dead_letter_exactly_once_and_the_results_exact() {
         "{tally}: the committed results differ from the uninterrupted run's"
     );
     let letters = fs::read(&dead).unwrap();
-    check_letters(&letters, &fx.malformed, &format!("{tally}: {}", dead.display()));
+    check_letters(
+        &letters,
+        &fx.malformed,
+        &format!("{tally}: {}", dead.display()),
+    );
     assert!(
         letters == fx.reference_dead,
         "{tally}: the dead letters differ from the uninterrupted run's:\n--- got\n{}\n--- \
@@ -123,7 +132,9 @@ fn check_letters(letters: &[u8], expected: &[(u64, Vec<u8>)], what: &str) {
     let got: Vec<(u64, Vec<u8>)> = text
         .lines()
         .map(|l| {
-            let letter: Value = serde_json::from_str(l).unwrap();
+            let letter: Value = serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("{what}: a dead letter that is not JSON ({e}), torn or run together: {l}")
+            });
             let line = letter["line"].as_u64().unwrap();
             let raw = match (letter["raw"].as_str(), letter["raw_base64"].as_str()) {
                 (Some(text), None) => text.as_bytes().to_vec(),
