@@ -74,11 +74,7 @@ impl Setup {
     /// Source `name` reading `path` as JSON lines with its own watermarks; it crashes
     /// after `fail_after` events if given.
     fn source(&self, job: &Job, name: &str, path: &Path, fail_after: Option<u64>) -> Stream<Ev> {
-        let dead = DeadLetters::to_file(
-            self.dir.path().join(format!("{name}.dead.jsonl")),
-            job.metrics().dead_letters(name),
-        );
-        let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default(), dead);
+        let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default());
         job.source(name, Flaky::new(inner, fail_after))
             .uid(name)
             .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))
@@ -124,18 +120,10 @@ impl Setup {
     }
 
     fn split_source(&self, job: &Job, fail_after: Option<u64>) -> Stream<Ev> {
-        let (inputs, dir, metrics) = (
-            self.inputs.clone(),
-            self.dir.path().to_owned(),
-            job.metrics(),
-        );
+        let inputs = self.inputs.clone();
         job.parallel_source("in", move |instance, _| {
-            let dead = DeadLetters::to_file(
-                dir.join(format!("in-{instance}.dead.jsonl")),
-                metrics.dead_letters("in"),
-            );
             let file = &inputs[instance % 2];
-            let inner = FileSource::new(file, Format::JsonLines, Json::<Ev>::default(), dead);
+            let inner = FileSource::new(file, Format::JsonLines, Json::<Ev>::default());
             Flaky::new(inner, fail_after.filter(|_| instance == 0))
         })
         .timestamps(|e| e.ts, Watermarks::bounded(Duration::from_secs(1)))

@@ -57,6 +57,9 @@ fn describe_prints_the_graph_as_text_and_dot_without_touching_files() -> TestRes
         "high-value-customers",
         "union",
         "output",
+        // The source's dead-letter output and the sink that writes it.
+        "orders.dead_letters",
+        "dead-letters",
     ] {
         assert!(
             text.contains(&format!("] {node} ")),

@@ -88,11 +88,7 @@ impl Setup {
     fn job(&self, build: Build, output: &Path, fail_after: Option<u64>) -> Job {
         let job = Job::new("operators");
         let source = |name: &str, path: &Path, fail_after| {
-            let dead = DeadLetters::to_file(
-                self.dir.path().join(format!("{name}.dead.jsonl")),
-                job.metrics().dead_letters(name),
-            );
-            let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default(), dead);
+            let inner = FileSource::new(path, Format::JsonLines, Json::<Ev>::default());
             let root = self.state_dir().join("operators/checkpoints");
             job.source(
                 name,

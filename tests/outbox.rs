@@ -23,8 +23,7 @@ use common::kill::{run_and_kill, Ended, Running};
 use common::postgres::{window_agg, Postgres};
 use common::SplitMix64;
 use serde::Deserialize;
-use weir_connectors::{DeadLetters, Json, OutboxSource, OutboxSpec};
-use weir_engine::metrics::Counter;
+use weir_connectors::{Json, OutboxSource, OutboxSpec};
 use weir_engine::{Source, SourceStatus};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
@@ -42,12 +41,10 @@ fn outbox_table(pg: &Postgres) {
         .unwrap();
 }
 
-fn relay(pg: &Postgres, dead: &Path) -> OutboxSource<Json<Event>> {
+fn relay(pg: &Postgres) -> OutboxSource<Json<Event>> {
     let uri = pg.uri("outbox=outbox&payload=payload&poll=10ms&batch=3");
     let spec = OutboxSpec::parse(&uri).unwrap().unwrap();
-    let dead = DeadLetters::to_file(dead, Counter::new("dead", "dead letters").unwrap());
-    dead.open().unwrap();
-    OutboxSource::new(spec, Json::default(), dead)
+    OutboxSource::new(spec, Json::default())
 }
 
 /// What the relay returns in polls until one finds nothing (bounded: 200 polls).
@@ -73,9 +70,7 @@ fn drain(source: &mut OutboxSource<Json<Event>>) -> Vec<i64> {
 fn rows_committed_out_of_id_order_are_read_once_each_and_a_bad_payload_is_a_dead_letter() {
     let pg = Postgres::start().unwrap();
     outbox_table(&pg);
-    let dir = tempfile::tempdir().unwrap();
-    let dead = dir.path().join("dead.jsonl");
-    let mut source = relay(&pg, &dead);
+    let mut source = relay(&pg);
     let (mut older, mut newer) = (pg.client().unwrap(), pg.client().unwrap());
 
     // `older` takes a transaction id first but inserts last, with the larger id.
@@ -121,21 +116,12 @@ fn rows_committed_out_of_id_order_are_read_once_each_and_a_bad_payload_is_a_dead
     assert_eq!(drain(&mut source), [4, 5]);
     assert_eq!(drain(&mut source), [] as [i64; 0], "nothing is read twice");
 
-    let letters = std::fs::read_to_string(&dead).unwrap();
-    let letters: Vec<serde_json::Value> = letters
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let mut letters = Vec::new();
+    source.take_dead_letters(&mut letters);
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0]["line"], 3, "the row's id: {letters:?}");
-    assert_eq!(letters[0]["raw"], r#"{"x": 0}"#, "{letters:?}");
-    assert!(
-        letters[0]["source"]
-            .as_str()
-            .unwrap()
-            .contains("outbox outbox"),
-        "{letters:?}"
-    );
+    assert_eq!(letters[0].line, 3, "the row's id: {letters:?}");
+    assert_eq!(letters[0].raw.as_text(), Some(r#"{"x": 0}"#), "{letters:?}");
+    assert!(letters[0].source.contains("outbox outbox"), "{letters:?}");
 }
 
 #[test]
@@ -149,18 +135,17 @@ fn a_position_restored_in_a_new_relay_continues_exactly_there() {
                FROM generate_series(1, 20) i"#,
         )
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut uninterrupted = relay(&pg, &dir.path().join("a.jsonl"));
+    let mut uninterrupted = relay(&pg);
     let all = drain(&mut uninterrupted);
     assert_eq!(all, (1..=20).collect::<Vec<_>>());
 
-    let mut first = relay(&pg, &dir.path().join("b.jsonl"));
+    let mut first = relay(&pg);
     let mut head = Vec::new();
     // The batch is 3 rows: the position falls inside a range.
     first.poll_batch(&mut head, 1000).unwrap();
     let position = first.position().unwrap().unwrap();
     drop(first);
-    let mut second = relay(&pg, &dir.path().join("b.jsonl"));
+    let mut second = relay(&pg);
     second.seek(&position).unwrap();
     let rest = drain(&mut second);
     let resumed: Vec<i64> = head.iter().map(|e| e.n).chain(rest).collect();

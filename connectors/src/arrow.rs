@@ -24,7 +24,7 @@ use arrow_ipc::reader::FileReader;
 use serde::{Deserialize, Serialize};
 use weir_engine::{BoxError, ConnectorState, ConnectorStateType, Data, Source, SourceStatus};
 
-use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
+use crate::dead_letter::{refuse_old_dead_letters, DeadLetter, Raw};
 use crate::error::ConnectorError;
 use crate::max_future::{EventTimeOf, MaxFuture};
 use crate::origin::{Origin, OriginNames};
@@ -64,7 +64,9 @@ struct ArrowPosition {
     row: u64,
     /// Rows in the batches before it.
     rows_before: u64,
-    /// Length of the dead-letter file at this point.
+    /// Version 1 only: the length of the dead-letter file the source wrote itself (see
+    /// [`refuse_old_dead_letters`]); never written since.
+    #[serde(default, skip_serializing)]
     dead_letter_bytes: u64,
     /// The largest event time accepted so far, with a future guard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,14 +75,14 @@ struct ArrowPosition {
 
 impl ConnectorStateType for ArrowPosition {
     const KIND: &'static str = "arrow source";
-    const VERSION: u32 = 1;
+    /// 2: without `dead_letter_bytes` (dead letters leave by the source's side output).
+    const VERSION: u32 = 2;
 }
 
 /// Reads an Arrow IPC file (the file format, with its footer) from start to end.
 pub struct ArrowFileSource<D: RowDecoder> {
     path: PathBuf,
     decoder: D,
-    dead: DeadLetters,
     reader: Option<FileReader<BufReader<File>>>,
     /// The batch being read and the index of its next row.
     batch: Option<RecordBatch>,
@@ -105,12 +107,12 @@ impl<D: RowDecoder> std::fmt::Debug for ArrowFileSource<D> {
 }
 
 impl<D: RowDecoder> ArrowFileSource<D> {
-    /// Reads `path` with `decoder`; rejected rows go to `dead`.
-    pub fn new(path: impl Into<PathBuf>, decoder: D, dead: DeadLetters) -> Self {
+    /// Reads `path` with `decoder`; rejected rows are its dead letters
+    /// ([`Source::take_dead_letters`]).
+    pub fn new(path: impl Into<PathBuf>, decoder: D) -> Self {
         ArrowFileSource {
             path: path.into(),
             decoder,
-            dead,
             reader: None,
             batch: None,
             row: 0,
@@ -183,7 +185,6 @@ impl<D: RowDecoder> ArrowFileSource<D> {
                 .set_index(self.batch_index)
                 .map_err(|e| self.batch_error(e))?;
         }
-        self.dead.open()?;
         self.reader = Some(reader);
         Ok(())
     }
@@ -253,9 +254,11 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
                 self.row = 0;
             }
         }
-        self.dead.write(&self.rejected)?;
-        self.rejected.clear();
         Ok(status)
+    }
+
+    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
+        out.append(&mut self.rejected);
     }
 
     fn describe(&self) -> String {
@@ -267,7 +270,7 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
             batch: self.batch_index as u64,
             row: self.row as u64,
             rows_before: self.rows_before,
-            dead_letter_bytes: self.dead.position(),
+            dead_letter_bytes: 0,
             highest_event_time: self.future.as_ref().and_then(MaxFuture::highest),
         };
         Ok(Some(ConnectorState::encode(&position)?))
@@ -276,7 +279,7 @@ impl<D: RowDecoder> Source for ArrowFileSource<D> {
     fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         let position: ArrowPosition = position.decode()?;
         self.rows_before = position.rows_before;
-        self.dead.resume_at(position.dead_letter_bytes)?;
+        refuse_old_dead_letters(ArrowPosition::KIND, position.dead_letter_bytes)?;
         if let Some(future) = &mut self.future {
             future.resume(position.highest_event_time);
         }
@@ -353,9 +356,7 @@ mod tests {
     }
 
     fn source(dir: &std::path::Path) -> ArrowFileSource<Numbers> {
-        let counter = weir_engine::JobMetrics::new("t").dead_letters("input");
-        let dead = DeadLetters::to_file(dir.join("dead.jsonl"), counter);
-        ArrowFileSource::new(dir.join("n.arrow"), Numbers(None), dead)
+        ArrowFileSource::new(dir.join("n.arrow"), Numbers(None))
     }
 
     /// Reads everything left, `chunk` rows a poll.
@@ -380,21 +381,24 @@ mod tests {
                     SourceStatus::More
                 );
             }
+            let mut dead = Vec::new();
+            first.take_dead_letters(&mut dead);
             let position = first.position().unwrap().unwrap();
             let mut resumed = source(dir.path());
             resumed.seek(&position).unwrap();
             read_to_end(&mut resumed, &mut read, 4);
+            resumed.take_dead_letters(&mut dead);
             assert_eq!(
                 read, expected,
                 "resumed after {first_rows} rows at {position:?}"
             );
+            // The null row is a dead letter once, before or after the position.
+            assert_eq!(dead.len(), 1, "{dead:?}");
+            assert!(
+                dead[0].line == 12 && dead[0].error.contains("`n` is null"),
+                "{dead:?}"
+            );
         }
-        let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
-        assert_eq!(dead.lines().count(), 1, "{dead}");
-        assert!(
-            dead.contains(r#""line":12"#) && dead.contains("`n` is null"),
-            "{dead}"
-        );
     }
 
     #[test]

@@ -34,18 +34,6 @@ pub enum ConnectorError {
         #[source]
         source: std::io::Error,
     },
-    /// The dead-letter file could not be created.
-    #[error(
-        "cannot create the dead-letter file {path} (records that cannot be read go there, \
-         beside --output): check that its directory can be written"
-    )]
-    DeadLetterFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: Box<ConnectorError>,
-    },
     /// A restored checkpoint's output part is in neither of its two states.
     #[error(
         "{dir} does not hold part {part} of the output of the restored checkpoint (neither \

@@ -2,7 +2,8 @@
 //!
 //! - [`arrow`]: an Arrow IPC file source (record batches decoded row by row);
 //! - [`mod@file`]: a file source (JSON lines or CSV with a header row, bounded or followed like
-//!   `tail -f`) and a JSON-lines file sink;
+//!   `tail -f`) and two JSON-lines file sinks (part files, or one file cut back on a
+//!   restore);
 //! - [`stdout`]: a JSON-lines sink on standard output;
 //! - [`tcp`]: a TCP source for newline-delimited records, as a server for many clients or
 //!   as a reconnecting client of one server; a TCP client sink and a server sink for
@@ -11,7 +12,7 @@
 //!   `kafka://` URI, and the consumer-group member of jobs run as one task per partition;
 //! - [`postgres`]: a sink that upserts results into a PostgreSQL table (a read model),
 //!   exactly-once with checkpoints;
-//! - [`dead_letter`]: where records that cannot be decoded go, with their source position;
+//! - [`dead_letter`]: records that cannot be decoded, with their source position;
 //! - [`origin`]: where a record was read, carried with it for messages about it later;
 //! - [`max_future`]: `--max-future`, events too far ahead of their stream as dead letters;
 //! - [`schema`]: versioned events lifted to the current schema by upcasters.
@@ -32,9 +33,9 @@ pub mod stdout;
 pub mod tcp;
 
 pub use arrow::{ArrowFileSource, RowDecoder};
-pub use dead_letter::{DeadLetter, DeadLetterSink, DeadLetters, Raw};
+pub use dead_letter::{DeadLetter, Raw};
 pub use error::ConnectorError;
-pub use file::{FileSink, FileSource};
+pub use file::{AppendFileSink, FileSink, FileSource};
 pub use format::{CsvHeader, Decoder, Format, Json};
 pub use kafka::{KafkaSink, KafkaSource, KafkaSpec};
 pub use max_future::MaxFuture;

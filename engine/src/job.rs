@@ -43,6 +43,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::checkpoint::JobControl;
+use crate::dead_letter::DeadLetter;
 use crate::error::{EngineError, Result};
 use crate::keys::StableHash;
 use crate::metrics::JobMetrics;
@@ -75,8 +76,16 @@ pub(crate) struct Node {
     pub(crate) detail: String,
     pub(crate) inputs: Vec<NodeId>,
     pub(crate) consumers: Vec<NodeId>,
+    /// Which output of its input node it reads: [`MAIN_OUTPUT`], or a side output of that
+    /// node (a source's [`DEAD_LETTERS_OUTPUT`]), which the input node builds itself.
+    pub(crate) output: usize,
     pub(crate) imp: Rc<dyn NodeImpl>,
 }
+
+/// The output a node's consumers read unless they are ports of one of its side outputs.
+pub(crate) const MAIN_OUTPUT: usize = 0;
+/// A source's second output: the records it rejected ([`Stream::dead_letters`]).
+pub(crate) const DEAD_LETTERS_OUTPUT: usize = 1;
 
 /// The dataflow graph of a job, in the order nodes were added (a topological order).
 #[derive(Default)]
@@ -167,6 +176,7 @@ impl Graph {
             detail,
             inputs: inputs.to_vec(),
             consumers: Vec::new(),
+            output: MAIN_OUTPUT,
             imp,
         });
         id
@@ -664,6 +674,35 @@ impl<T: Data> Stream<T> {
             Stream::new(self.job.clone(), main, self.timed).uid_names(&self),
             Stream::new(self.job.clone(), side, self.timed).uid_names(&self),
         )
+    }
+
+    /// The records the source of this stream rejected ([`Source::take_dead_letters`]: input
+    /// it could not decode), as a stream of their own: the source node's second output,
+    /// shown as the port `<source>.dead_letters` in `weir describe` and the metrics. They
+    /// travel between the same checkpoint barriers as the source's events, so a sink with
+    /// transactions keeps each exactly once. A source whose dead letters go nowhere still
+    /// counts them (`weir_dead_letters_total`). Only the stream a source returned has them.
+    pub fn dead_letters(&self) -> Stream<DeadLetter> {
+        let (kind, name) = {
+            let graph = self.job.inner.graph.borrow();
+            let node = &graph.nodes[self.node];
+            (node.kind, node.name.clone())
+        };
+        if !matches!(kind, NodeKind::Source | NodeKind::ParallelSource) {
+            self.job.invalid(format!(
+                "dead_letters() of `{name}`: only a source has dead letters; call it on the \
+                 stream `Job::source` returned"
+            ));
+        }
+        let port = self.job.add(
+            &format!("{name}.dead_letters"),
+            NodeKind::Stateless,
+            String::new(),
+            &[self.node],
+            Rc::new(PortNode),
+        );
+        self.job.inner.graph.borrow_mut().nodes[port].output = DEAD_LETTERS_OUTPUT;
+        Stream::new(self.job.clone(), port, false)
     }
 
     /// Runs an operator made by `make` in the thread of this stream's producer, one

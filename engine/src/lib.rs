@@ -6,6 +6,7 @@
 //! - [`record`]: the unit of data ([`Record`]) and how it travels ([`Batch`]);
 //! - [`time`]: event time, watermark strategies and duration parsing;
 //! - [`source`], [`sink`], [`operator`]: the small traits at the seams;
+//! - [`dead_letter`]: records a source rejected, which leave it by a side output;
 //! - [`state`]: keyed state behind the [`StateBackend`] trait;
 //! - [`checkpoint`]: barrier-aligned snapshots, restore, and what sinks may commit;
 //! - [`keys`]: stable key hashing and key groups;
@@ -29,6 +30,7 @@
 
 pub mod bytes;
 pub mod checkpoint;
+pub mod dead_letter;
 pub mod error;
 pub mod intern;
 pub mod job;
@@ -48,6 +50,7 @@ pub use checkpoint::{
     CheckpointConfig, CheckpointId, ConnectorState, ConnectorStateType, JobControl, Resume,
     StateMismatch,
 };
+pub use dead_letter::{DeadLetter, Raw};
 pub use error::{BoxError, EngineError, Result};
 pub use job::{Job, KeyedStream, SinkHandle, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};

@@ -21,8 +21,16 @@
 //! (a Kafka consumer group's committed offsets) does so in [`Source::checkpoint_completed`],
 //! once the checkpoint that holds the position is durable: the checkpoint stays the source
 //! of truth, the external copy is for lag tools.
+//!
+//! # Dead letters
+//! A source that rejects input it cannot decode keeps the [`DeadLetter`]s of a poll and
+//! hands them over in [`Source::take_dead_letters`], which the runtime calls after every
+//! poll. They leave the source node by its dead-letter output (see
+//! [`crate::Stream::dead_letters`]), between the same checkpoint barriers as the events of
+//! that poll, so a source's position never has to say anything about them.
 
 use crate::checkpoint::ConnectorState;
+use crate::dead_letter::DeadLetter;
 use crate::error::BoxError;
 use crate::record::{Data, Split};
 
@@ -55,6 +63,12 @@ pub trait Source: Send + 'static {
 
     /// A one-line description for `weir describe` (e.g. the path or URI).
     fn describe(&self) -> String;
+
+    /// Moves the records rejected since the last call (input that could not be decoded)
+    /// into `out`. Called after every poll; the default rejects nothing.
+    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
+        let _ = out;
+    }
 
     /// For a source whose input is several independently ordered splits (the partitions of
     /// a Kafka topic): the split every item of the last batch came from, and the splits it

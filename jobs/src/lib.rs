@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Modules: [`cli`] (subcommands), [`registry`] (jobs by name), [`options`] (the flags
-//! every job can read), [`output`] (sinks chosen by `--output`), [`window_agg`] and
+//! every job can read), [`output`] (sinks chosen by `--output`), [`dead_letters`] (the
+//! dead-letter file), [`window_agg`] and
 //! [`order_analytics`] (bundled jobs), [`arrow_events`] (window-agg's Arrow IPC input and
 //! its generator), [`generate`] (deterministic test and bench streams), [`mod@bench`] (the
 //! `weir bench` harness), [`partitioned`] (a job run as one task per Kafka partition, for
@@ -28,6 +29,7 @@
 pub mod arrow_events;
 pub mod bench;
 pub mod cli;
+pub mod dead_letters;
 pub mod generate;
 mod http;
 pub mod nexmark;
@@ -47,10 +49,11 @@ pub use weir_operators as operators;
 
 /// What a job definition usually needs, in one import.
 pub mod prelude {
+    pub use crate::dead_letters::write_dead_letters;
     pub use crate::options::JobOptions;
     pub use crate::output::OutputSink;
     pub use crate::registry::Registry;
-    pub use weir_connectors::{DeadLetters, FileSink, FileSource, Format, Json, StdoutSink};
+    pub use weir_connectors::{FileSink, FileSource, Format, Json, StdoutSink};
     pub use weir_engine::{Job, SinkHandle, Stream, Watermarks};
     pub use weir_operators::prelude::*;
 }

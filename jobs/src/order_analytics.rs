@@ -30,10 +30,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use weir_connectors::{DeadLetters, FileSource, Upcasting};
+use weir_connectors::{FileSource, Upcasting};
 use weir_engine::{Job, Watermarks};
 use weir_operators::prelude::*;
 
+use crate::dead_letters::write_dead_letters;
 use crate::options::JobOptions;
 use crate::output::OutputSink;
 
@@ -150,16 +151,17 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         .clone()
         .unwrap_or_else(|| format!("{DEFAULT_DIR}/order-analytics.jsonl"));
     let dead_path = PathBuf::from(format!("{output}.dead.jsonl"));
-    let dead = DeadLetters::to_file(dead_path, job.metrics().dead_letters("orders"));
-    let orders = job
+    let source = job
         .source(
             "orders",
-            FileSource::new(input, opts.input_format(), order_decoder(), dead)
+            FileSource::new(input, opts.input_format(), order_decoder())
                 .follow(opts.follow)
                 .max_line(opts.max_line)
                 .max_future(|o: &Order| o.ts, opts.max_future),
         )
-        .uid("orders")
+        .uid("orders");
+    let orders = source
+        .clone()
         .timestamps(
             |o: &Order| o.ts,
             Watermarks::bounded(opts.watermark_delay_or(Duration::from_secs(5))),
@@ -227,5 +229,6 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         .union(alerts)
         .sink("output", OutputSink::from_spec(Some(&output)))
         .uid("output");
+    write_dead_letters(&source, dead_path);
     Ok(job)
 }

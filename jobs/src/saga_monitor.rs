@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use weir_connectors::{DeadLetters, FileSource, Json};
+use weir_connectors::{FileSource, Json};
 use weir_engine::{parse_duration, Job, Watermarks};
 use weir_operators::prelude::*;
 
+use crate::dead_letters::write_dead_letters;
 use crate::generate::SAGA_STEPS;
 use crate::options::JobOptions;
 use crate::output::OutputSink;
@@ -69,10 +70,6 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     };
     let job = Job::new("saga-monitor");
     let input = opts.require_input("saga-monitor")?;
-    let dead = DeadLetters::to_file(
-        opts.dead_letter_path("saga-monitor"),
-        job.metrics().dead_letters("events"),
-    );
     let [placed, reserved, paid] = SAGA_STEPS;
     let pattern = Pattern::begin(placed)
         .where_(move |e: &SagaEvent| e.step == placed)
@@ -81,20 +78,17 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         .followed_by(paid)
         .where_(move |e: &SagaEvent| e.step == paid)
         .within(deadline);
-    let (completed, timed_out) = job
+    let events = job
         .source(
             "events",
-            FileSource::new(
-                input,
-                opts.input_format(),
-                Json::<SagaEvent>::default(),
-                dead,
-            )
-            .follow(opts.follow)
-            .max_line(opts.max_line)
-            .max_future(|e: &SagaEvent| e.ts, opts.max_future),
+            FileSource::new(input, opts.input_format(), Json::<SagaEvent>::default())
+                .follow(opts.follow)
+                .max_line(opts.max_line)
+                .max_future(|e: &SagaEvent| e.ts, opts.max_future),
         )
-        .uid("events")
+        .uid("events");
+    let (completed, timed_out) = events
+        .clone()
         .timestamps(
             |e: &SagaEvent| e.ts,
             Watermarks::bounded(opts.watermark_delay_or(Duration::from_secs(2))),
@@ -109,6 +103,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         .union(timed_out.flat_map(timed_out_saga))
         .sink("output", OutputSink::from_spec(opts.output.as_deref()))
         .uid("output");
+    write_dead_letters(&events, opts.dead_letter_path("saga-monitor"));
     Ok(job)
 }
 

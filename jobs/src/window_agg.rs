@@ -16,6 +16,7 @@
 //! JSON values).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,16 +26,17 @@ use weir_connectors::arrow::is_arrow_file;
 use weir_connectors::format::split_csv;
 use weir_connectors::kafka::EventTime;
 use weir_connectors::{
-    ArrowFileSource, CsvHeader, DeadLetter, DeadLetterSink, DeadLetters, Decoder, FileSink,
-    FileSource, KafkaSource, KafkaSpec, Origin, OriginNames, OutboxSource, OutboxSpec,
-    PostgresSpec, Raw, TcpSource, TcpSpec,
+    ArrowFileSource, CsvHeader, DeadLetter, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec,
+    Origin, OriginNames, OutboxSource, OutboxSpec, PostgresSpec, Raw, TcpSource, TcpSpec,
 };
 use weir_engine::intern::{Interner, SharedStr};
+use weir_engine::metrics::Counter;
 use weir_engine::{Job, Stream, Watermarks};
 use weir_operators::prelude::*;
 use weir_operators::{Rejected, StatsOutput};
 
 use self::flat_json::{decode_flat_json, LineShape};
+use crate::dead_letters::{dead_letter_sink, write_dead_letters};
 use crate::generate::{EventStreamSpec, GeneratedEvents};
 use crate::options::{usage, JobOptions};
 use crate::output::OutputSink;
@@ -150,11 +152,10 @@ fn event_time(e: &Event) -> i64 {
 /// Builds `window-agg` from options.
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("window-agg");
-    let dead = DeadLetters::to_file(
-        opts.dead_letter_path("window-agg"),
-        job.metrics().dead_letters("input"),
-    );
-    let rejects = dead.counted_by(job.metrics().dead_letters("window"));
+    let dead_letters = DeadLetterOutput {
+        path: opts.dead_letter_path("window-agg"),
+        refused: job.metrics().dead_letters("window"),
+    };
     let (events, origins) = match (opts.events, &opts.input) {
         (Some(n), None) => {
             let spec = EventStreamSpec {
@@ -170,7 +171,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             if let Some(spec) = OutboxSpec::parse(uri) {
                 let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
                 let source =
-                    OutboxSource::new(spec, decoder, dead).max_future(event_time, opts.max_future);
+                    OutboxSource::new(spec, decoder).max_future(event_time, opts.max_future);
                 let origins = source.origin_names();
                 (job.source("input", source), Some(origins))
             } else if PostgresSpec::parse(uri).is_some() {
@@ -180,8 +181,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 );
             } else if let Some(spec) = TcpSpec::parse(uri) {
                 let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
-                let source =
-                    TcpSource::new(spec, decoder, dead).max_future(event_time, opts.max_future);
+                let source = TcpSource::new(spec, decoder).max_future(event_time, opts.max_future);
                 let origins = source.origin_names();
                 (job.source("input", source), Some(origins))
             } else if let Some(spec) = KafkaSpec::parse(uri) {
@@ -194,7 +194,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                     EventTime::Payload => decoder,
                 };
                 let metrics = job.metrics().kafka();
-                let source = KafkaSource::new(spec, decoder, dead, metrics)
+                let source = KafkaSource::new(spec, decoder, metrics)
                     .with_record_time(|e: &mut Event, ms| e.ts = ms)
                     .max_future(event_time, opts.max_future);
                 let origins = source.origin_names();
@@ -208,12 +208,12 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 }
                 let [ts, key, value] = [&opts.ts_field, &opts.key_field, &opts.value_field];
                 let columns = crate::arrow_events::EventColumns::new(ts, key, value);
-                let source = ArrowFileSource::new(input, columns, dead)
-                    .max_future(event_time, opts.max_future);
+                let source =
+                    ArrowFileSource::new(input, columns).max_future(event_time, opts.max_future);
                 let origins = source.origin_names();
                 (job.source("input", source), Some(origins))
             } else {
-                let source = FileSource::new(input, opts.input_format(), decoder, dead)
+                let source = FileSource::new(input, opts.input_format(), decoder)
                     .follow(opts.follow)
                     .max_line(opts.max_line)
                     .max_future(event_time, opts.max_future);
@@ -222,20 +222,33 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             }
         }
     };
-    aggregate_windows(events.uid("input"), opts, origins, rejects)?;
+    aggregate_windows(events.uid("input"), opts, origins, dead_letters)?;
     Ok(job)
+}
+
+/// Where window-agg's dead letters go.
+#[derive(Debug)]
+pub struct DeadLetterOutput {
+    /// The file (see [`crate::dead_letters`]).
+    pub path: PathBuf,
+    /// Counts the events the aggregate refused (`--on-aggregate-error dead-letter`).
+    pub refused: Counter,
 }
 
 /// The dataflow after the source: shared by file input, the generator and benchmarks.
 /// `origins` words the input positions the source set in the events, for errors and the
-/// dead letters of events the aggregate cannot take (`--on-aggregate-error dead-letter`),
-/// which go to `rejects`.
+/// dead letters of events the aggregate cannot take (`--on-aggregate-error dead-letter`).
+/// Those and the source's own dead letters go to `dead_letters`; a generator (no
+/// `origins`) rejects nothing of its own.
 pub fn aggregate_windows(
     events: Stream<Event>,
     opts: &JobOptions,
     origins: Option<OriginNames>,
-    rejects: DeadLetters,
+    dead_letters: DeadLetterOutput,
 ) -> anyhow::Result<()> {
+    // The source's stream, for its dead letters.
+    let source = events.clone();
+    let read_input = origins.is_some();
     let reject = opts.on_aggregate_error == "dead-letter";
     if reject && opts.checkpoint_interval.is_some() {
         usage!(
@@ -261,10 +274,25 @@ pub fn aggregate_windows(
         Some(names) => windowed.origin(move |e: &Event| names.describe(e.origin)),
         None => windowed,
     };
+    // Without refused events the source's dead letters get their sink after the rest of
+    // the job (see `crate::dead_letters`).
+    let after = (read_input && !reject).then(|| dead_letters.path.clone());
     let windowed = match reject {
-        true => windowed.rejects(DeadLetterSink::new(rejects, move |r: &Rejected<Event>| {
-            reject_letter(r, origins.as_ref())
-        })),
+        true => {
+            let DeadLetterOutput { path, refused } = dead_letters;
+            let source = source.clone();
+            windowed.rejects_to(move |rejected: Stream<Rejected<Event>>| {
+                let letters = rejected.map(move |r| {
+                    refused.inc();
+                    reject_letter(&r, origins.as_ref())
+                });
+                let letters = match read_input {
+                    true => letters.union(source.dead_letters()),
+                    false => letters,
+                };
+                dead_letter_sink(letters, path);
+            })
+        }
         false => windowed,
     };
     let windowed = match &opts.late_output {
@@ -294,25 +322,28 @@ pub fn aggregate_windows(
                 OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &TopRow| &r.key),
             )
             .uid("output");
-        return Ok(());
+    } else {
+        results
+            .map(|r| WindowAggRow {
+                key: r.key.to_string(),
+                window_start: r.window.start,
+                window_end: r.window.end,
+                count: r.value.count,
+                sum: r.value.sum,
+                min: r.value.min,
+                max: r.value.max,
+                avg: r.value.avg,
+                update: r.is_update,
+            })
+            .sink(
+                "output",
+                OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &WindowAggRow| &r.key),
+            )
+            .uid("output");
     }
-    results
-        .map(|r| WindowAggRow {
-            key: r.key.to_string(),
-            window_start: r.window.start,
-            window_end: r.window.end,
-            count: r.value.count,
-            sum: r.value.sum,
-            min: r.value.min,
-            max: r.value.max,
-            avg: r.value.avg,
-            update: r.is_update,
-        })
-        .sink(
-            "output",
-            OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &WindowAggRow| &r.key),
-        )
-        .uid("output");
+    if let Some(path) = after {
+        write_dead_letters(&source, path);
+    }
     Ok(())
 }
 

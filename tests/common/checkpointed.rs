@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir_engine::{BoxError, ConnectorState, Source, SourceStatus};
+use weir_engine::{BoxError, ConnectorState, DeadLetter, Source, SourceStatus};
 
 /// Wraps a replayable source: fails once it has returned `fail_after` events (a crash in
 /// the middle of the input), and is a little slow so that checkpoints happen on the way.
@@ -80,6 +80,10 @@ impl<S: Source> Source for Flaky<S> {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
+        self.inner.take_dead_letters(out)
     }
 
     fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {

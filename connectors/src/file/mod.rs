@@ -1,4 +1,7 @@
-//! Files: a line-oriented source (JSON lines or CSV) and a JSON-lines sink.
+//! Files: a line-oriented source (JSON lines or CSV) and two JSON-lines sinks: one that
+//! commits part files of a directory with checkpoints ([`FileSink`]), and one that keeps
+//! one file and cuts it back to its checkpointed length on a restore ([`AppendFileSink`],
+//! what dead letters are written with).
 //!
 //! # Source positions
 //! The source tracks the line number and byte offset of every line it reads, so dead
@@ -8,9 +11,11 @@
 //! The source reads in chunks of 256 KiB and decodes lines in place ([`lines`]): a file of
 //! any size is never held in memory (a single line is, however long).
 
+mod append;
 mod lines;
 mod sink;
 mod source;
 
+pub use append::AppendFileSink;
 pub use sink::FileSink;
 pub use source::{FileSource, DEFAULT_MAX_LINE};

@@ -147,28 +147,37 @@ impl<T> FileSink<T> {
     }
 }
 
+/// Writes each record's value as one JSON line to `w`, the buffer of the file `path`.
+pub(super) fn write_json_lines<T: Serialize>(
+    w: &mut impl Write,
+    path: &Path,
+    records: &[Record<T>],
+) -> Result<(), ConnectorError> {
+    for r in records {
+        serde_json::to_writer(&mut *w, &r.value).map_err(|source| match source.is_io() {
+            // The writer failed (a full disk), not the encoding.
+            true => ConnectorError::Write {
+                path: path.to_path_buf(),
+                source: source.into(),
+            },
+            false => ConnectorError::Encode {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        w.write_all(b"\n").map_err(|source| ConnectorError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
     fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError> {
         let path = self.file_path();
         let w = self.writer()?;
-        for r in records {
-            serde_json::to_writer(&mut *w, &r.value).map_err(|source| match source.is_io() {
-                // The writer failed (a full disk), not the encoding.
-                true => ConnectorError::Write {
-                    path: path.clone(),
-                    source: source.into(),
-                },
-                false => ConnectorError::Encode {
-                    path: path.clone(),
-                    source,
-                },
-            })?;
-            w.write_all(b"\n").map_err(|source| ConnectorError::Write {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        Ok(write_json_lines(w, &path, records)?)
     }
 
     fn finish(&mut self) -> Result<(), BoxError> {

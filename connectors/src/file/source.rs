@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use weir_engine::{BoxError, ConnectorState, ConnectorStateType, Source, SourceStatus};
 
 use super::lines::{Line, LineReader};
-use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
+use crate::dead_letter::{refuse_old_dead_letters, DeadLetter, Raw};
 use crate::error::ConnectorError;
 use crate::format::{Decoder, Format};
 use crate::max_future::{EventTimeOf, MaxFuture};
@@ -26,7 +26,9 @@ struct FilePosition {
     offset: u64,
     /// Number of that line (1-based; 0 before the first).
     line: u64,
-    /// Length of the dead-letter file at this point.
+    /// Version 1 only: the length of the dead-letter file the source wrote itself (see
+    /// [`refuse_old_dead_letters`]); never written since.
+    #[serde(default, skip_serializing)]
     dead_letter_bytes: u64,
     /// The largest event time accepted so far, with [`FileSource::max_future`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,20 +37,20 @@ struct FilePosition {
 
 impl ConnectorStateType for FilePosition {
     const KIND: &'static str = "file source";
-    const VERSION: u32 = 1;
+    /// 2: without `dead_letter_bytes` (dead letters leave by the source's side output).
+    const VERSION: u32 = 2;
 }
 
 /// Reads a file line by line and decodes each line with a [`Decoder`].
 ///
-/// Lines that fail to decode (or are not UTF-8) go to the [`DeadLetters`] with their line
+/// Lines that fail to decode (or are not UTF-8) are dead letters with their line
 /// number; blank lines are skipped. Bounded by default: the source ends at the end of the
 /// file. With [`FileSource::follow`] it keeps reading lines appended later, like `tail -f`,
 /// and a last line without a line break is only read once it is complete.
 ///
-/// Replayable: its position is the byte offset after the last line it returned (and the
-/// dead-letter file's length), and [`Source::seek`] continues from such a position.
+/// Replayable: its position is the byte offset after the last line it returned, and
+/// [`Source::seek`] continues from such a position.
 pub struct FileSource<D: Decoder> {
-    dead_letters: DeadLetters,
     follow: bool,
     /// Longest line decoded; a longer one is a dead letter (its start and length).
     max_line: usize,
@@ -80,15 +82,10 @@ impl<D: Decoder> std::fmt::Debug for FileSource<D> {
 }
 
 impl<D: Decoder> FileSource<D> {
-    /// Reads `path` in `format`, decoding with `decoder`; rejects go to `dead_letters`.
-    pub fn new(
-        path: impl Into<PathBuf>,
-        format: Format,
-        decoder: D,
-        dead_letters: DeadLetters,
-    ) -> Self {
+    /// Reads `path` in `format`, decoding with `decoder`; rejected lines are its dead
+    /// letters ([`Source::take_dead_letters`]).
+    pub fn new(path: impl Into<PathBuf>, format: Format, decoder: D) -> Self {
         FileSource {
-            dead_letters,
             follow: false,
             max_line: DEFAULT_MAX_LINE,
             reader: None,
@@ -141,11 +138,6 @@ impl<D: Decoder> FileSource<D> {
     /// Byte offset just after the last complete line read.
     pub fn offset(&self) -> u64 {
         self.offset
-    }
-
-    fn open(&mut self) -> Result<(), ConnectorError> {
-        self.open_reader()?;
-        self.dead_letters.open()
     }
 
     fn open_reader(&mut self) -> Result<(), ConnectorError> {
@@ -245,7 +237,7 @@ impl<D: Decoder> Source for FileSource<D> {
 
     fn poll_batch(&mut self, out: &mut Vec<D::Item>, max: usize) -> Result<SourceStatus, BoxError> {
         if self.reader.is_none() {
-            self.open()?;
+            self.open_reader()?;
         }
         let mut status = SourceStatus::More;
         let start = out.len();
@@ -279,11 +271,11 @@ impl<D: Decoder> Source for FileSource<D> {
             };
             self.lines.take_line(line, out)?;
         }
-        if !self.lines.rejected.is_empty() {
-            self.dead_letters.write(&self.lines.rejected)?;
-            self.lines.rejected.clear();
-        }
         Ok(status)
+    }
+
+    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
+        out.append(&mut self.lines.rejected);
     }
 
     fn describe(&self) -> String {
@@ -299,7 +291,7 @@ impl<D: Decoder> Source for FileSource<D> {
         let position = FilePosition {
             offset: self.offset,
             line: self.lines.line_number,
-            dead_letter_bytes: self.dead_letters.position(),
+            dead_letter_bytes: 0,
             highest_event_time: self.lines.future.as_ref().and_then(MaxFuture::highest),
         };
         Ok(Some(ConnectorState::encode(&position)?))
@@ -307,8 +299,7 @@ impl<D: Decoder> Source for FileSource<D> {
 
     fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         let position: FilePosition = position.decode()?;
-        // Not `open`: that would truncate the dead-letter file, which resumes instead.
-        self.dead_letters.resume_at(position.dead_letter_bytes)?;
+        refuse_old_dead_letters(FilePosition::KIND, position.dead_letter_bytes)?;
         let path = self.lines.path.clone();
         let read_err = |source| ConnectorError::Read {
             path: path.clone(),
@@ -358,7 +349,6 @@ mod tests {
     use std::io::Write;
 
     use serde::Deserialize;
-    use weir_engine::metrics::Counter;
 
     use super::*;
     use crate::format::Json;
@@ -380,6 +370,13 @@ mod tests {
         Err("source never ended".into())
     }
 
+    /// The dead letters `src` has not handed over yet.
+    fn letters<D: Decoder>(src: &mut FileSource<D>) -> Vec<DeadLetter> {
+        let mut letters = Vec::new();
+        src.take_dead_letters(&mut letters);
+        letters
+    }
+
     #[test]
     fn malformed_lines_go_to_dead_letters_with_line_numbers() -> Result<(), BoxError> {
         let dir = tempfile::tempdir()?;
@@ -388,10 +385,7 @@ mod tests {
             &input,
             "{\"ts\":1,\"key\":\"a\"}\nnot json\n\n{\"ts\":2}\n{\"ts\":3,\"key\":\"b\"}",
         )?;
-        let dead_path = dir.path().join("dead.jsonl");
-        let counter = Counter::new("dead", "dead letters")?;
-        let dead = DeadLetters::to_file(&dead_path, counter.clone());
-        let mut src = FileSource::new(&input, Format::JsonLines, Json::<Ev>::default(), dead);
+        let mut src = FileSource::new(&input, Format::JsonLines, Json::<Ev>::default());
         let events = drain(&mut src)?;
         assert_eq!(
             events,
@@ -406,10 +400,7 @@ mod tests {
                 }
             ]
         );
-        let letters: Vec<DeadLetter> = std::fs::read_to_string(&dead_path)?
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
+        let letters = letters(&mut src);
         assert_eq!(
             letters.iter().map(|l| l.line).collect::<Vec<_>>(),
             vec![2, 4]
@@ -420,7 +411,6 @@ mod tests {
             "{}",
             letters[1].error
         );
-        assert_eq!(counter.get(), 2);
         Ok(())
     }
 
@@ -446,31 +436,27 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let input = dir.path().join("in.csv");
         std::fs::write(&input, "key,ts\na,1\nb,x\nc,3\nd,y\ne,5\n")?;
-        let dead_path = dir.path().join("dead.jsonl");
-        let source = |dead_path: &Path| -> Result<FileSource<TsColumn>, BoxError> {
-            let dead = DeadLetters::to_file(dead_path, Counter::new("d", "d")?);
-            Ok(FileSource::new(
-                &input,
-                Format::Csv,
-                TsColumn::default(),
-                dead,
-            ))
-        };
-        let mut first = source(&dead_path)?;
+        let source = || FileSource::new(&input, Format::Csv, TsColumn::default());
+        let mut first = source();
         let mut head = Vec::new();
         first.poll_batch(&mut head, 2)?; // header, a, b (rejected), c
         let position = first.position()?.ok_or("a file is replayable")?;
+        let dead_before = letters(&mut first);
         let rest_uninterrupted = drain(&mut first)?;
-        let dead_uninterrupted = std::fs::read_to_string(&dead_path)?;
+        let dead_after = letters(&mut first);
 
-        // A restart from `position`: same rows after it, the dead letters after it once.
-        let mut resumed = source(&dead_path)?;
+        // A restart from `position`: same rows and dead letters after it.
+        let mut resumed = source();
         resumed.seek(&position)?;
         assert_eq!(drain(&mut resumed)?, rest_uninterrupted);
+        assert_eq!(letters(&mut resumed), dead_after);
         assert_eq!(head, vec![1, 3]);
         assert_eq!(rest_uninterrupted, vec![5]);
-        assert_eq!(std::fs::read_to_string(&dead_path)?, dead_uninterrupted);
-        assert_eq!(dead_uninterrupted.lines().count(), 2);
+        let lines = |letters: &[DeadLetter]| letters.iter().map(|l| l.line).collect::<Vec<_>>();
+        assert_eq!(
+            (lines(&dead_before), lines(&dead_after)),
+            (vec![3], vec![5])
+        );
         Ok(())
     }
 
@@ -480,43 +466,30 @@ mod tests {
         let input = dir.path().join("in.csv");
         // The first row is accepted whatever its time; 99999 is more than 100 ahead of 3.
         std::fs::write(&input, "key,ts\na,1\nb,3\nc,99999\nd,103\ne,99999\nf,2\n")?;
-        let dead_path = dir.path().join("dead.jsonl");
-        let source = || -> Result<FileSource<TsColumn>, BoxError> {
-            let dead = DeadLetters::to_file(&dead_path, Counter::new("d", "d")?);
-            Ok(
-                FileSource::new(&input, Format::Csv, TsColumn::default(), dead)
-                    .max_future(|ts| *ts, Some(Duration::from_millis(100))),
-            )
+        let source = || {
+            FileSource::new(&input, Format::Csv, TsColumn::default())
+                .max_future(|ts| *ts, Some(Duration::from_millis(100)))
         };
-        let mut first = source()?;
+        let mut first = source();
         let mut head = Vec::new();
         first.poll_batch(&mut head, 2)?; // header, a, b
         let position = first.position()?.ok_or("a file is replayable")?;
         let rest = drain(&mut first)?;
         assert_eq!((head, rest.clone()), (vec![1, 3], vec![103, 2]));
-        let dead = std::fs::read_to_string(&dead_path)?;
-        let lines: Vec<serde_json::Value> = dead
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
-        assert_eq!(lines.len(), 2, "{dead}");
-        assert_eq!(lines[0]["line"], 4);
-        assert_eq!(lines[0]["raw"], "c,99999");
-        assert!(
-            lines[0]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("--max-future")),
-            "{dead}"
-        );
+        let dead = letters(&mut first);
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert_eq!(dead[0].line, 4);
+        assert_eq!(dead[0].raw, Raw::from("c,99999"));
+        assert!(dead[0].error.contains("--max-future"), "{dead:?}");
 
-        let mut resumed = source()?;
+        let mut resumed = source();
         resumed.seek(&position)?;
         assert_eq!(
             drain(&mut resumed)?,
             rest,
             "the reference came back with the position"
         );
-        assert_eq!(std::fs::read_to_string(&dead_path)?, dead);
+        assert_eq!(letters(&mut resumed), dead);
         Ok(())
     }
 
@@ -525,26 +498,18 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let input = dir.path().join("in.csv");
         std::fs::write(&input, b"\n\xff\nkey,ts\na,1\nb,2\n")?;
-        let dead_path = dir.path().join("dead.jsonl");
-        let source = || -> Result<FileSource<TsColumn>, BoxError> {
-            let dead = DeadLetters::to_file(&dead_path, Counter::new("d", "d")?);
-            Ok(FileSource::new(
-                &input,
-                Format::Csv,
-                TsColumn::default(),
-                dead,
-            ))
-        };
-        let mut first = source()?;
+        let source = || FileSource::new(&input, Format::Csv, TsColumn::default());
+        let mut first = source();
         let mut head = Vec::new();
         first.poll_batch(&mut head, 1)?;
         assert_eq!(head, vec![1]);
+        // The bad second line was a dead letter once, before the position.
+        assert_eq!(letters(&mut first).len(), 1);
         let position = first.position()?.ok_or("a file is replayable")?;
-        let mut resumed = source()?;
+        let mut resumed = source();
         resumed.seek(&position)?;
         assert_eq!(drain(&mut resumed)?, vec![2]);
-        // The bad second line was a dead letter once, before the position.
-        assert_eq!(std::fs::read_to_string(&dead_path)?.lines().count(), 1);
+        assert_eq!(letters(&mut resumed), Vec::new());
         Ok(())
     }
 
@@ -553,9 +518,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let input = dir.path().join("in.jsonl");
         std::fs::write(&input, "{\"ts\":1,\"key\":\"a\"}\n")?;
-        let dead = DeadLetters::to_file(dir.path().join("d"), Counter::new("d", "d")?);
         let mut src =
-            FileSource::new(&input, Format::JsonLines, Json::<Ev>::default(), dead).follow(true);
+            FileSource::new(&input, Format::JsonLines, Json::<Ev>::default()).follow(true);
         let mut out = Vec::new();
         assert_eq!(src.poll_batch(&mut out, 10)?, SourceStatus::Idle);
         assert_eq!(out.len(), 1);
@@ -586,17 +550,39 @@ mod tests {
     #[test]
     fn missing_file_names_the_path() -> Result<(), BoxError> {
         let dir = tempfile::tempdir()?;
-        let dead = DeadLetters::to_file(dir.path().join("d"), Counter::new("d", "d")?);
         let mut src = FileSource::new(
             dir.path().join("nope.jsonl"),
             Format::JsonLines,
             Json::<Ev>::default(),
-            dead,
         );
         let err = src
             .poll_batch(&mut Vec::new(), 10)
             .expect_err("missing file");
         assert!(err.to_string().contains("nope.jsonl"), "{err}");
         Ok(())
+    }
+
+    #[test]
+    fn a_position_of_the_release_that_wrote_dead_letters_itself_loads_only_without_any() {
+        let old = |bytes: u64| {
+            let state = serde_json::json!({
+                "kind": "file source",
+                "version": 1,
+                "state": {"offset": 0, "line": 0, "dead_letter_bytes": bytes},
+            });
+            serde_json::from_value::<ConnectorState>(state).expect("a connector state")
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "{\"ts\":1,\"key\":\"a\"}\n").expect("input written");
+        let source = || FileSource::new(&input, Format::JsonLines, Json::<Ev>::default());
+        assert!(source().seek(&old(0)).is_ok());
+        let refused = source()
+            .seek(&old(57))
+            .expect_err("57 bytes of dead letters");
+        assert!(
+            refused.to_string().contains("57 bytes of dead letters"),
+            "{refused}"
+        );
     }
 }

@@ -49,7 +49,7 @@ use weir_engine::{BoxError, ConnectorState, ConnectorStateType, Source, SourceSt
 
 use super::reach::{UnreachableBrokers, PROBE_WAIT};
 use super::{topic_partitions, EventTime, KafkaError, KafkaSpec, Reporting, StartAt};
-use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
+use crate::dead_letter::{refuse_old_dead_letters, DeadLetter, Raw};
 use crate::format::Decoder;
 use crate::max_future::{EventTimeOf, MaxFuture};
 use crate::origin::{Origin, OriginNames};
@@ -73,8 +73,9 @@ type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 struct KafkaPosition {
     /// The next offset to read of every partition it was assigned.
     offsets: Offsets,
-    /// Length of the dead-letter file at this point.
-    #[serde(default)]
+    /// Version 1 only: the length of the dead-letter file the source wrote itself (see
+    /// [`refuse_old_dead_letters`]); never written since.
+    #[serde(default, skip_serializing)]
     dead_letter_bytes: u64,
     /// With a future guard: the largest event time accepted so far, per split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,7 +84,8 @@ struct KafkaPosition {
 
 impl ConnectorStateType for KafkaPosition {
     const KIND: &'static str = "kafka source";
-    const VERSION: u32 = 1;
+    /// 2: without `dead_letter_bytes` (dead letters leave by the source's side output).
+    const VERSION: u32 = 2;
 }
 
 /// What the assignment (choosing start offsets) and the polling thread share; both run on
@@ -187,7 +189,6 @@ pub type SetEventTime<T> = fn(&mut T, i64);
 pub struct KafkaSource<D: Decoder> {
     spec: KafkaSpec,
     decoder: D,
-    dead: DeadLetters,
     metrics: KafkaMetrics,
     /// Where `timestamp=kafka` puts a record's timestamp; set by the job.
     record_time: Option<SetEventTime<D::Item>>,
@@ -218,13 +219,13 @@ impl<D: Decoder> std::fmt::Debug for KafkaSource<D> {
 }
 
 impl<D: Decoder> KafkaSource<D> {
-    /// Reads `spec`'s topics with `decoder`; records it rejects go to `dead`. Counts records,
-    /// bytes, lag and broker errors in `metrics` (e.g. `job.metrics().kafka()`).
-    pub fn new(spec: KafkaSpec, decoder: D, dead: DeadLetters, metrics: KafkaMetrics) -> Self {
+    /// Reads `spec`'s topics with `decoder`; records it rejects are its dead letters
+    /// ([`Source::take_dead_letters`]). Counts records, bytes, lag and broker errors in
+    /// `metrics` (e.g. `job.metrics().kafka()`).
+    pub fn new(spec: KafkaSpec, decoder: D, metrics: KafkaMetrics) -> Self {
         KafkaSource {
             spec,
             decoder,
-            dead,
             metrics,
             record_time: None,
             consumer: None,
@@ -416,7 +417,6 @@ impl<D: Decoder> KafkaSource<D> {
         consumer
             .assign(&tpl)
             .map_err(|e| self.error("assign the partitions", e))?;
-        self.dead.open()?;
         self.consumer = Some(consumer);
         Ok(())
     }
@@ -668,8 +668,6 @@ impl<D: Decoder> Source for KafkaSource<D> {
         }
         self.split = read.map(|(topic, partition, _)| split_id(topic, partition));
         let exhausted = self.settle(read, &ended)? && self.carried.is_none();
-        self.dead.write(&self.rejected)?;
-        self.rejected.clear();
         Ok(if exhausted {
             SourceStatus::Exhausted
         } else if polled == 0 {
@@ -690,6 +688,10 @@ impl<D: Decoder> Source for KafkaSource<D> {
         format!("{} (group {})", self.spec.describe(), self.spec.group)
     }
 
+    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
+        out.append(&mut self.rejected);
+    }
+
     fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
         // The consumer holds the restored offsets from its creation on.
         let consumer = self
@@ -708,7 +710,7 @@ impl<D: Decoder> Source for KafkaSource<D> {
         });
         let position = KafkaPosition {
             offsets,
-            dead_letter_bytes: self.dead.position(),
+            dead_letter_bytes: 0,
             highest_event_time,
         };
         Ok(Some(ConnectorState::encode(&position)?))
@@ -716,7 +718,7 @@ impl<D: Decoder> Source for KafkaSource<D> {
 
     fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         let position: KafkaPosition = position.decode()?;
-        self.dead.resume_at(position.dead_letter_bytes)?;
+        refuse_old_dead_letters(KafkaPosition::KIND, position.dead_letter_bytes)?;
         self.restored = position.offsets;
         if let Some(configured) = &self.future {
             self.futures = position

@@ -14,7 +14,8 @@
 //! - `connect_timeout=D` and the client's own parameters, as for the PostgreSQL sink.
 //!
 //! Each row's payload goes through the job's decoder like a line of a file; a payload that
-//! does not decode is a dead letter whose `line` is the row's id.
+//! does not decode is a dead letter whose `line` is the row's id, handed to the runtime like
+//! every source's ([`Source::take_dead_letters`]).
 //!
 //! # Rows committed out of id order are not skipped
 //! Ids come from a sequence when a row is inserted, but transactions commit in any order:
@@ -55,7 +56,7 @@ use weir_engine::{BoxError, ConnectorState, ConnectorStateType, Source, SourceSt
 
 use super::uri::{self, parse_connection, positive};
 use super::{reason, PostgresError};
-use crate::dead_letter::{DeadLetter, DeadLetters, Raw};
+use crate::dead_letter::{DeadLetter, Raw};
 use crate::format::Decoder;
 use crate::max_future::{EventTimeOf, MaxFuture};
 use crate::origin::{Origin, OriginNames};
@@ -170,8 +171,6 @@ struct OutboxPosition {
     range_end: Option<i64>,
     /// The last id returned from that range.
     after_id: Option<i64>,
-    /// Length of the dead-letter file at this point.
-    dead_letter_bytes: u64,
     /// The highest event time accepted (for `--max-future`).
     highest_event_time: Option<Timestamp>,
 }
@@ -192,7 +191,8 @@ struct Session {
 pub struct OutboxSource<D: Decoder> {
     spec: OutboxSpec,
     decoder: D,
-    dead_letters: DeadLetters,
+    /// Rows that did not decode since the runtime last took them.
+    rejected: Vec<DeadLetter>,
     future: Option<MaxFuture<D::Item>>,
     session: Option<Session>,
     position: OutboxPosition,
@@ -216,13 +216,13 @@ impl<D: Decoder> std::fmt::Debug for OutboxSource<D> {
 }
 
 impl<D: Decoder> OutboxSource<D> {
-    /// Relays the outbox of `spec`, decoding payloads with `decoder`; rejects go to
-    /// `dead_letters`.
-    pub fn new(spec: OutboxSpec, decoder: D, dead_letters: DeadLetters) -> Self {
+    /// Relays the outbox of `spec`, decoding payloads with `decoder`; rows that do not
+    /// decode are its dead letters ([`Source::take_dead_letters`]).
+    pub fn new(spec: OutboxSpec, decoder: D) -> Self {
         OutboxSource {
             spec,
             decoder,
-            dead_letters,
+            rejected: Vec::new(),
             future: None,
             session: None,
             position: OutboxPosition::default(),
@@ -417,18 +417,16 @@ impl<D: Decoder> Source for OutboxSource<D> {
             }
             self.fetch()?;
         }
-        let mut rejected = Vec::new();
         for _ in 0..max.max(1) {
             let Some(row) = self.fetched.pop_front() else {
                 break;
             };
             let id: i64 = row.get(0);
             let payload: Option<&str> = row.get(1);
-            rejected.extend(self.take(id, payload, out));
+            if let Some(letter) = self.take(id, payload, out) {
+                self.rejected.push(letter);
+            }
             self.position.after_id = Some(id);
-        }
-        if !rejected.is_empty() {
-            self.dead_letters.write(&rejected)?;
         }
         if self.fetched.is_empty() && self.range_fetched {
             if let Some(range_end) = self.position.range_end.take() {
@@ -443,9 +441,12 @@ impl<D: Decoder> Source for OutboxSource<D> {
         self.spec.describe()
     }
 
+    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
+        out.append(&mut self.rejected);
+    }
+
     fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
         let position = OutboxPosition {
-            dead_letter_bytes: self.dead_letters.position(),
             highest_event_time: self.future.as_ref().and_then(MaxFuture::highest),
             ..self.position
         };
@@ -454,7 +455,6 @@ impl<D: Decoder> Source for OutboxSource<D> {
 
     fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         let position: OutboxPosition = position.decode()?;
-        self.dead_letters.resume_at(position.dead_letter_bytes)?;
         if let Some(future) = self.future.as_mut() {
             future.resume(position.highest_event_time);
         }

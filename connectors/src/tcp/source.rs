@@ -33,7 +33,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use weir_engine::{BoxError, Source, SourceStatus};
 
 use super::{connect, Backoff, CONNECT_TIMEOUT};
-use crate::dead_letter::{DeadLetter, DeadLetters, Raw, KEPT_OF_LONG_LINE};
+use crate::dead_letter::{DeadLetter, Raw, KEPT_OF_LONG_LINE};
 use crate::format::Decoder;
 use crate::max_future::{EventTimeOf, MaxFuture};
 use crate::origin::{Origin, OriginNames, TcpPeers};
@@ -154,7 +154,6 @@ impl Lines {
 pub struct TcpSource<D: Decoder> {
     spec: TcpSpec,
     decoder: D,
-    dead_letters: DeadLetters,
     started: Option<Started>,
     rejected: Vec<DeadLetter>,
     /// Refuses events too far ahead of the input's time (`--max-future`).
@@ -188,12 +187,12 @@ impl<D: Decoder> Drop for TcpSource<D> {
 }
 
 impl<D: Decoder> TcpSource<D> {
-    /// A server for `spec`, decoding lines with `decoder`; rejects go to `dead_letters`.
-    pub fn new(spec: TcpSpec, decoder: D, dead_letters: DeadLetters) -> Self {
+    /// A server for `spec`, decoding lines with `decoder`; rejected lines are its dead
+    /// letters ([`Source::take_dead_letters`]).
+    pub fn new(spec: TcpSpec, decoder: D) -> Self {
         TcpSource {
             spec,
             decoder,
-            dead_letters,
             started: None,
             rejected: Vec::new(),
             future: None,
@@ -229,7 +228,6 @@ impl<D: Decoder> TcpSource<D> {
             }
             TcpMode::Connect => None,
         };
-        self.dead_letters.open()?;
         let (tx, rx) = bounded(QUEUED_BATCHES);
         let started = Started {
             deliveries: rx,
@@ -366,11 +364,11 @@ impl<D: Decoder> Source for TcpSource<D> {
                 status = SourceStatus::Exhausted;
             }
         }
-        if !self.rejected.is_empty() {
-            self.dead_letters.write(&self.rejected)?;
-            self.rejected.clear();
-        }
         Ok(status)
+    }
+
+    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
+        out.append(&mut self.rejected);
     }
 
     fn describe(&self) -> String {

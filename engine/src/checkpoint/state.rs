@@ -141,6 +141,15 @@ pub enum StateMismatch {
         /// The newest version this weir reads.
         supported: u32,
     },
+    /// The state was written by an older weir in a layout this one reads but cannot take
+    /// over (what it held now belongs to another participant).
+    #[error("its {kind} state was written by an earlier weir: {reason}")]
+    Older {
+        /// The connector's kind.
+        kind: &'static str,
+        /// What this weir cannot take over, and what to do.
+        reason: String,
+    },
     /// The state has the right kind and version but its fields do not fit.
     #[error("its {kind} state cannot be read: {reason}")]
     Fields {

@@ -20,7 +20,7 @@ use super::worker::{BacklogBuilder, Part};
 use super::RunOptions;
 use crate::checkpoint::coordinator::{Checkpointing, Participant};
 use crate::error::{EngineError, Result};
-use crate::job::{Graph, NodeId, NodeKind, Uid};
+use crate::job::{Graph, NodeId, NodeKind, Uid, MAIN_OUTPUT};
 use crate::metrics::JobMetrics;
 use crate::record::Data;
 
@@ -97,13 +97,43 @@ impl Build<'_> {
         Ok(Box::new(Metered::new(down, metrics)))
     }
 
-    /// The pusher instance `instance` of node `me` delivers its output to.
+    /// What instance `instance` of node `me` delivers its side output `output` to: its
+    /// ports' downstream (see [`super::split`]), `None` if nothing reads that output.
+    pub(super) fn side_output<T: Data>(
+        &mut self,
+        me: NodeId,
+        output: usize,
+        instance: usize,
+    ) -> Result<Option<Box<dyn Push<T>>>> {
+        let ports: Vec<NodeId> = self.graph.nodes[me]
+            .consumers
+            .iter()
+            .copied()
+            .filter(|&c| self.graph.nodes[c].output == output)
+            .collect();
+        let mut pushes = Vec::with_capacity(ports.len());
+        for port in ports {
+            pushes.push(self.port(port, instance)?);
+        }
+        Ok(match pushes.len() {
+            0 => None,
+            1 => pushes.pop(),
+            _ => Some(Box::new(Fanout { pushes })),
+        })
+    }
+
+    /// The pusher instance `instance` of node `me` delivers its (main) output to.
     pub(super) fn downstream<T: Data>(
         &mut self,
         me: NodeId,
         instance: usize,
     ) -> Result<Box<dyn Push<T>>> {
-        let consumers = self.graph.nodes[me].consumers.clone();
+        let consumers: Vec<NodeId> = self.graph.nodes[me]
+            .consumers
+            .iter()
+            .copied()
+            .filter(|&c| self.graph.nodes[c].output == MAIN_OUTPUT)
+            .collect();
         let mut pushes: Vec<Box<dyn Push<T>>> = Vec::with_capacity(consumers.len());
         for c in consumers {
             let imp = self.graph.nodes[c].imp.clone();

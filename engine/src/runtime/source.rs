@@ -1,5 +1,13 @@
 //! Sources: a source node's instances, the loop that polls one ([`SourceLoop`]), barrier
 //! injection between polls, and the lockstep of a parallel source's instances.
+//!
+//! # Dead letters
+//! After each poll the loop takes the source's rejected records
+//! ([`Source::take_dead_letters`]), counts them and sends them down the node's dead-letter
+//! output ([`crate::Stream::dead_letters`]), if anything reads it. Both outputs
+//! ([`Outputs`]) get every barrier, flush and end in the same order, so a dead letter is in
+//! the checkpoint whose barrier follows it and in no earlier one. A poll without rejects
+//! costs one test of an empty vector.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -16,9 +24,10 @@ use super::push::{Flush, Push};
 use super::worker::{Backlog, Part, Step};
 use crate::checkpoint::coordinator::Participant;
 use crate::checkpoint::{CheckpointId, ConnectorState, ParticipantState, StateMismatch};
+use crate::dead_letter::DeadLetter;
 use crate::error::{EngineError, Result};
-use crate::job::NodeId;
-use crate::record::{Batch, Record};
+use crate::job::{NodeId, DEAD_LETTERS_OUTPUT};
+use crate::record::{Batch, Data, Record};
 use crate::source::{Source, SourceStatus};
 use crate::time::{END_WATERMARK, MIN_WATERMARK};
 
@@ -155,7 +164,10 @@ pub(super) fn start_source_instance<S: Source>(
             None => {}
         }
     }
-    let down = b.downstream::<S::Item>(me, instance)?;
+    let down = Outputs {
+        main: b.downstream::<S::Item>(me, instance)?,
+        dead_letters: b.side_output::<DeadLetter>(me, DEAD_LETTERS_OUTPUT, instance)?,
+    };
     let metrics = b.metrics.stateless_operator(&name, instance);
     b.progress.sources.push(metrics.events_out.clone());
     let last_barrier = participant
@@ -168,6 +180,8 @@ pub(super) fn start_source_instance<S: Source>(
         events_out: metrics.events_out,
         batch_size: b.options.batch_size.max(1),
         items: Vec::with_capacity(b.options.batch_size.max(1)),
+        rejected: Vec::new(),
+        dead_letters_out: b.metrics.dead_letters(&name),
         participant,
         last_barrier,
         pending_positions: VecDeque::new(),
@@ -198,10 +212,14 @@ pub(super) fn start_source_instance<S: Source>(
 pub(super) struct SourceLoop<S: Source> {
     name: String,
     source: S,
-    down: Box<dyn Push<S::Item>>,
+    down: Outputs<S::Item>,
     events_out: IntCounter,
     batch_size: usize,
     items: Vec<S::Item>,
+    /// The dead letters of the last poll, on their way to the dead-letter output.
+    rejected: Vec<DeadLetter>,
+    /// `weir_dead_letters_total` of this source.
+    dead_letters_out: IntCounter,
     participant: Option<Participant>,
     last_barrier: CheckpointId,
     /// Positions acked for checkpoints not known complete yet, oldest first.
@@ -228,12 +246,29 @@ impl<S: Source> SourceLoop<S> {
         }
     }
 
+    /// Counts the dead letters of the last poll and sends them on, if anything reads them.
+    fn send_dead_letters(&mut self) -> Result<()> {
+        self.dead_letters_out.inc_by(self.rejected.len() as u64);
+        let letters = self.rejected.drain(..);
+        if let Some(down) = &mut self.down.dead_letters {
+            let records = letters
+                .map(|value| Record {
+                    ts: MIN_WATERMARK,
+                    watermark: MIN_WATERMARK,
+                    value,
+                })
+                .collect();
+            down.push(Batch::new(records, MIN_WATERMARK))?;
+        }
+        Ok(())
+    }
+
     /// The source reads no more: at the end of its input (`reached_end`) the end watermark
     /// fires every window; when the job stops, windows stay open (in the final checkpoint,
     /// for the next run). With checkpoints the loop goes on until the final checkpoint.
     fn end_input(&mut self, reached_end: bool) -> Result<Step> {
         if reached_end {
-            self.down.push(Batch::new(Vec::new(), END_WATERMARK))?;
+            self.down.end()?;
         }
         self.exhausted = true;
         self.pending_until = None;
@@ -354,12 +389,16 @@ impl<S: Source> Part for SourceLoop<S> {
                     value,
                 })
                 .collect();
-            self.down.push(Batch {
+            self.down.main.push(Batch {
                 records,
                 watermark: MIN_WATERMARK,
                 split: self.source.split_of_batch(),
                 ingested: Some(Instant::now()),
             })?;
+        }
+        self.source.take_dead_letters(&mut self.rejected);
+        if !self.rejected.is_empty() {
+            self.send_dead_letters()?;
         }
         match status {
             SourceStatus::Exhausted => return self.end_input(true),
@@ -386,6 +425,45 @@ impl<S: Source> Part for SourceLoop<S> {
 
     fn flush(&mut self, what: Flush) -> Result<()> {
         self.down.flush(what)
+    }
+}
+
+/// Where a source instance's records go: its events and, if anything reads them, its dead
+/// letters. Both outputs see every barrier, flush, end of input and finish, dead letters
+/// first (as a split's side output).
+pub(super) struct Outputs<T> {
+    main: Box<dyn Push<T>>,
+    dead_letters: Option<Box<dyn Push<DeadLetter>>>,
+}
+
+impl<T: Data> Outputs<T> {
+    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+        if let Some(dead) = &mut self.dead_letters {
+            dead.barrier(id)?;
+        }
+        self.main.barrier(id)
+    }
+
+    /// The end of the input: the end watermark, which fires every window.
+    fn end(&mut self) -> Result<()> {
+        if let Some(dead) = &mut self.dead_letters {
+            dead.push(Batch::new(Vec::new(), END_WATERMARK))?;
+        }
+        self.main.push(Batch::new(Vec::new(), END_WATERMARK))
+    }
+
+    fn flush(&mut self, what: Flush) -> Result<()> {
+        if let Some(dead) = &mut self.dead_letters {
+            dead.flush(what)?;
+        }
+        self.main.flush(what)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if let Some(dead) = &mut self.dead_letters {
+            dead.finish()?;
+        }
+        self.main.finish()
     }
 }
 

@@ -11,7 +11,8 @@
 //! - Both outputs see every batch's watermark, barrier, flush and end, in input order, even
 //!   when a batch holds nothing for one of them: the watermark of an output never lags its
 //!   input.
-//! - Port nodes are only ever built by their split node (a port has no input of its own).
+//! - Port nodes are only ever built by the node whose output they are: a split, or a
+//!   source for its dead letters ([`super::source`]); a port has no input of its own.
 
 use std::any::Any;
 
@@ -73,7 +74,7 @@ where
     }
 }
 
-/// A port of a split: built by the split node, never on its own.
+/// A port of a split or of a source's dead letters: built by that node, never on its own.
 pub(crate) struct PortNode;
 
 impl NodeImpl for PortNode {
@@ -81,7 +82,8 @@ impl NodeImpl for PortNode {
         Err(EngineError::InvalidJob {
             job: b.metrics.job().to_string(),
             reason: format!(
-                "internal: port `{}` was asked for an input; only its split feeds it",
+                "internal: port `{}` was asked for an input; only the node whose output it is \
+                 feeds it",
                 b.name(me)
             ),
         })

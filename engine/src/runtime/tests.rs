@@ -120,3 +120,100 @@ fn an_idle_input_holds_the_watermark_back_unless_marked_idle() -> Result<(), Eng
     );
     Ok(())
 }
+
+/// Emits its numbers and rejects each of `rejects` as a dead letter, one poll each.
+struct Rejecting {
+    numbers: Vec<i64>,
+    rejects: Vec<&'static str>,
+    rejected: Vec<crate::DeadLetter>,
+    polls: u64,
+}
+
+impl Source for Rejecting {
+    type Item = i64;
+    fn poll_batch(&mut self, out: &mut Vec<i64>, _max: usize) -> Result<SourceStatus, BoxError> {
+        self.polls += 1;
+        if let Some(raw) = self.rejects.pop() {
+            self.rejected.push(crate::DeadLetter::new(
+                "scripted".into(),
+                self.polls,
+                "not a number".into(),
+                raw.as_bytes(),
+            ));
+        }
+        out.append(&mut self.numbers);
+        Ok(match self.rejects.is_empty() {
+            true => SourceStatus::Exhausted,
+            false => SourceStatus::More,
+        })
+    }
+    fn describe(&self) -> String {
+        "rejecting".into()
+    }
+    fn take_dead_letters(&mut self, out: &mut Vec<crate::DeadLetter>) {
+        out.append(&mut self.rejected);
+    }
+}
+
+/// Keeps the dead letters it receives.
+struct CollectLetters(Arc<Mutex<Vec<crate::DeadLetter>>>);
+
+impl crate::Sink<crate::DeadLetter> for CollectLetters {
+    fn write(&mut self, records: &[crate::Record<crate::DeadLetter>]) -> Result<(), BoxError> {
+        let mut seen = self.0.lock().map_err(|_| "poisoned")?;
+        seen.extend(records.iter().map(|r| r.value.clone()));
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "collect letters".into()
+    }
+}
+
+#[test]
+fn a_sources_dead_letters_leave_by_its_port_and_are_counted_even_when_unread(
+) -> Result<(), EngineError> {
+    let source = || Rejecting {
+        numbers: vec![1, 2, 3],
+        rejects: vec!["c", "b", "a"],
+        rejected: Vec::new(),
+        polls: 0,
+    };
+    let (numbers, letters) = (Arc::new(Mutex::new(Vec::new())), Arc::default());
+    let job = Job::new("letters");
+    let input = job.source("input", source());
+    input
+        .dead_letters()
+        .sink("dead", CollectLetters(Arc::clone(&letters)));
+    input.sink("out", Collect(Arc::clone(&numbers)));
+    let plan = job.describe(1);
+    assert!(plan.contains("input.dead_letters"), "{plan}");
+    job.run(&RunOptions::default())?;
+    let raws: Vec<_> = letters
+        .lock()
+        .map(|l| l.iter().map(|l| (l.line, l.raw.clone())).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        raws,
+        vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
+    );
+    assert_eq!(numbers.lock().map(|n| n.len()).unwrap_or_default(), 3);
+    assert_eq!(job.metrics().dead_letters("input").get(), 3);
+
+    // Nothing reads them: still counted.
+    let job = Job::new("unread");
+    job.source("input", source()).sink("out", Collect(numbers));
+    job.run(&RunOptions::default())?;
+    assert_eq!(job.metrics().dead_letters("input").get(), 3);
+
+    // Only a source has dead letters.
+    let job = Job::new("not-a-source");
+    let stream = job.source("input", source()).map(|n| n + 1);
+    stream.dead_letters().sink("dead", CollectLetters(letters));
+    stream.sink("out", Collect(Arc::default()));
+    let err = job.run(&RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("only a source has dead letters"), "{err}");
+    Ok(())
+}

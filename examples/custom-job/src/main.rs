@@ -31,19 +31,15 @@ struct PageDwell {
 
 fn page_dwell(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("page-dwell");
-    let dead = DeadLetters::to_file(
-        opts.dead_letter_path("page-dwell"),
-        job.metrics().dead_letters("views"),
-    );
     let views = FileSource::new(
         opts.require_input("page-dwell")?,
         Format::JsonLines,
         Json::<PageView>::default(),
-        dead,
     );
     // Uids name each operator's state in checkpoints, so that it survives changes to the job.
-    job.source("views", views)
-        .uid("views")
+    let views = job.source("views", views).uid("views");
+    views
+        .clone()
         .timestamps(|v| v.ts, Watermarks::bounded(Duration::from_secs(1)))
         .uid("view-time")
         .filter(|v| v.dwell_ms > 0)
@@ -62,6 +58,8 @@ fn page_dwell(opts: &JobOptions) -> anyhow::Result<Job> {
         })
         .sink("dwell", OutputSink::from_spec(opts.output.as_deref()))
         .uid("dwell");
+    // Lines that cannot be read: one JSON line each, exactly once with checkpoints.
+    write_dead_letters(&views, opts.dead_letter_path("page-dwell"));
     Ok(job)
 }
 

@@ -100,10 +100,17 @@ where
     /// left out of its windows: the built-in aggregates check before they change an
     /// accumulator (see [`Aggregator::add`]). A window of sliding panes whose merged sum
     /// overflows as it fires has no one event to blame, and still fails the job.
-    pub fn rejects<S: Sink<Rejected<T>>>(mut self, sink: S) -> Self {
-        self.rejects = Some(SideSink(Box::new(move |rejected: Stream<Rejected<T>>| {
+    pub fn rejects<S: Sink<Rejected<T>>>(self, sink: S) -> Self {
+        self.rejects_to(move |rejected: Stream<Rejected<T>>| {
             rejected.side_output_sink("rejected", sink);
-        })));
+        })
+    }
+
+    /// As [`WindowedStream::rejects`], but hands the stream of rejected events to `route`,
+    /// which sends it on: e.g. made into dead letters and joined with the source's own
+    /// ([`Stream::dead_letters`]) into one sink.
+    pub fn rejects_to(mut self, route: impl FnOnce(Stream<Rejected<T>>) + 'static) -> Self {
+        self.rejects = Some(SideSink(Box::new(route)));
         self
     }
 
