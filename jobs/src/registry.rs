@@ -46,6 +46,11 @@ impl Registry {
                 crate::order_analytics::build,
             )
             .job(
+                "account-balances",
+                crate::account_balances::ABOUT,
+                crate::account_balances::build,
+            )
+            .job(
                 "saga-monitor",
                 crate::saga_monitor::ABOUT,
                 crate::saga_monitor::build,
