@@ -224,10 +224,19 @@ mod tests {
     fn the_balance_follows_deposits_and_withdrawals_and_three_quick_withdrawals_alert() {
         let mut account = Account::default();
         assert_eq!(account.apply("a1", &event(Movement::Deposit, 500, 0)), None);
-        assert_eq!(account.apply("a1", &event(Movement::Withdraw, 100, 1_000)), None);
+        assert_eq!(
+            account.apply("a1", &event(Movement::Withdraw, 100, 1_000)),
+            None
+        );
         // 61 s after the first withdrawal: the first no longer counts.
-        assert_eq!(account.apply("a1", &event(Movement::Withdraw, 100, 50_000)), None);
-        assert_eq!(account.apply("a1", &event(Movement::Withdraw, 100, 61_000)), None);
+        assert_eq!(
+            account.apply("a1", &event(Movement::Withdraw, 100, 50_000)),
+            None
+        );
+        assert_eq!(
+            account.apply("a1", &event(Movement::Withdraw, 100, 61_000)),
+            None
+        );
         let alert = account.apply("a1", &event(Movement::Withdraw, 100, 100_000));
         assert_eq!(
             alert,
@@ -238,7 +247,13 @@ mod tests {
                 withdrawals: 3
             })
         );
-        assert_eq!((account.balance, account.deposits, account.withdrawals), (100, 1, 4));
-        assert!(account.recent_withdrawals.is_empty(), "the count starts over");
+        assert_eq!(
+            (account.balance, account.deposits, account.withdrawals),
+            (100, 1, 4)
+        );
+        assert!(
+            account.recent_withdrawals.is_empty(),
+            "the count starts over"
+        );
     }
 }

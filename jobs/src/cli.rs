@@ -20,7 +20,8 @@ use weir_engine::time::{format_duration_ms, format_timestamp};
 use weir_engine::{parse_duration, JobControl, RunOptions, RunSummary};
 
 use crate::generate::{
-    create_file, write_accounts, write_events, write_orders, write_sagas, EventStreamSpec, RateLimited,
+    create_file, write_accounts, write_events, write_orders, write_sagas, EventStreamSpec,
+    RateLimited,
 };
 use crate::http::{ApiClient, HttpError, HttpServer, OneJob, Outcome, Serving};
 use crate::options::{JobOptions, UsageError};

@@ -218,6 +218,10 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
         self.operator.queryable()
     }
 
+    fn watermark(&self) -> Option<Timestamp> {
+        Some(self.watermark)
+    }
+
     fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
         for table in self.operator.tables() {
             table.flush()?;

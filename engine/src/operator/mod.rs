@@ -264,6 +264,12 @@ pub trait KeyedOperator: Send + 'static {
         0
     }
 
+    /// The watermark the operator has reached, if it keeps one (event-time operators, whose
+    /// restored watermark counts before any input arrives): what queries report.
+    fn watermark(&self) -> Option<Timestamp> {
+        None
+    }
+
     /// The table this operator answers queries from ([`crate::query`]), if it has one
     /// that [`crate::Stream::queryable`] can name.
     fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {

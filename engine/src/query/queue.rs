@@ -43,8 +43,9 @@ pub(crate) struct Request {
 
 enum Phase {
     Declared,
+    /// A run's queues by instance; `None` until the instance is created.
     Serving {
-        queues: Vec<Sender<Request>>,
+        queues: Vec<Option<Sender<Request>>>,
         route: Route,
     },
     Finished,
@@ -134,7 +135,7 @@ impl QueryableState {
         let t = self.table(table)?.table;
         let (tx, rx) = bounded(capacity);
         let mut phase = lock(&t.phase);
-        let fresh = || (0..parallelism).map(|_| bounded(0).0).collect::<Vec<_>>();
+        let fresh = || (0..parallelism).map(|_| None).collect::<Vec<_>>();
         if !matches!(&*phase, Phase::Serving { queues, .. } if queues.len() == parallelism) {
             *phase = Phase::Serving {
                 queues: fresh(),
@@ -143,7 +144,7 @@ impl QueryableState {
         }
         if let Phase::Serving { queues, .. } = &mut *phase {
             if let Some(slot) = queues.get_mut(instance) {
-                *slot = tx;
+                *slot = Some(tx);
             }
         }
         Ok(QueryInbox {
@@ -213,11 +214,19 @@ impl TableHandle {
     }
 
     fn serving(&self) -> Result<(Vec<Sender<Request>>, Route), QueryError> {
+        let not_running = || QueryError::NotRunning {
+            table: self.name.clone(),
+        };
         match &*lock(&self.table.phase) {
-            Phase::Serving { queues, route } => Ok((queues.clone(), route.clone())),
-            Phase::Declared => Err(QueryError::NotRunning {
-                table: self.name.clone(),
-            }),
+            // Instances are created one after the other: the table is served once all are.
+            Phase::Serving { queues, route } => Ok((
+                queues
+                    .iter()
+                    .map(|q| q.clone().ok_or_else(not_running))
+                    .collect::<Result<_, _>>()?,
+                route.clone(),
+            )),
+            Phase::Declared => Err(not_running()),
             Phase::Finished => Err(QueryError::JobFinished {
                 table: self.name.clone(),
             }),
@@ -465,6 +474,20 @@ mod tests {
         assert!(matches!(
             handle.get("a1", Duration::ZERO),
             Err(QueryError::NotRunning { .. })
+        ));
+        let first = state.open("balances", 0, 2, by_first_letter(), Arc::default(), 1);
+        assert!(
+            matches!(
+                handle.get("a1", Duration::ZERO),
+                Err(QueryError::NotRunning { .. })
+            ),
+            "served once every instance is"
+        );
+        drop(first);
+        state.finish();
+        assert!(matches!(
+            handle.get("a1", Duration::ZERO),
+            Err(QueryError::JobFinished { .. })
         ));
     }
 

@@ -264,9 +264,12 @@ impl<O: KeyedOperator> KeyedRunner<O> {
         let Some(queries) = &self.queries else {
             return;
         };
-        let watermark = self.out.watermark();
+        let watermark = self
+            .operator
+            .watermark()
+            .map_or(self.out.watermark(), |w| w.max(self.out.watermark()));
         let freshness = Freshness {
-            watermark: (watermark != MIN_WATERMARK).then_some(watermark),
+            watermark: (watermark > MIN_WATERMARK).then_some(watermark),
             checkpoint: self
                 .checkpoint
                 .as_ref()

@@ -14,8 +14,8 @@ use serde_json::json;
 use weir_engine::JobControl;
 
 use super::dead_letters::{self, MAX_LIMIT};
-use super::state;
 use super::served::{lock, JobState, SavepointStatus, Serving};
+use super::state;
 use super::views::JobView;
 
 /// How long a savepoint may take before it is reported failed.
