@@ -46,14 +46,14 @@ impl Registry {
                 crate::order_analytics::build,
             )
             .job(
-                "account-balances",
-                crate::account_balances::ABOUT,
-                crate::account_balances::build,
-            )
-            .job(
                 "saga-monitor",
                 crate::saga_monitor::ABOUT,
                 crate::saga_monitor::build,
+            )
+            .job(
+                "account-balances",
+                crate::account_balances::ABOUT,
+                crate::account_balances::build,
             )
             .job_with_queries(
                 "nexmark",
