@@ -212,6 +212,16 @@ fn open_queries<K: StateKey>(b: &Build<'_>, table: &str, instance: usize) -> Res
         })
 }
 
+/// Raises the table's last-applied event time to the newest event of `records` (kept out
+/// of line: only queryable instances call it, and the batch loop of the others stays as
+/// it was).
+#[inline(never)]
+fn note_applied<T>(queries: &QueryInbox, records: &[Record<T>]) {
+    if let Some(latest) = records.iter().map(|r| r.ts).max() {
+        queries.applied(latest);
+    }
+}
+
 /// Runs one keyed operator instance and forwards its output.
 pub(super) struct KeyedRunner<O: KeyedOperator> {
     name: String,
@@ -290,9 +300,7 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         };
         self.metrics.events_in.inc_by(batch.records.len() as u64);
         if let Some(queries) = &self.queries {
-            if let Some(latest) = batch.records.iter().map(|r| r.ts).max() {
-                queries.applied(latest);
-            }
+            note_applied(queries, &batch.records);
         }
         // Results are due because of this batch (its records or its watermark): they are
         // timed from its ingestion.
