@@ -31,6 +31,14 @@
 //! the memory backend anyway. Answering in the worker gives both backends the same, newest
 //! consistent view.
 //!
+//! # Answering while the input is quiet
+//! A caller unparks the thread that drains the queue after it sends. A source thread waiting
+//! for input (a followed file at its end, a source that said `Pending`) parks rather than
+//! sleeps, so a keyed instance chained into it (P = 1) answers at once. A worker thread
+//! (P > 1) waits on its channels and looks again at least every 10 ms, and a keyed instance in
+//! a thread of its own (P = 1 fed by several producers) every 50 ms: an idle job of those
+//! shapes answers within that.
+//!
 //! # Routing
 //! A point lookup goes to the one instance that owns the key's key group (the same
 //! [`crate::StableHash`] routing as the exchange), so exactly one instance answers for a

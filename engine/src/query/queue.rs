@@ -16,7 +16,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -41,11 +42,20 @@ pub(crate) struct Request {
     reply: Sender<Answered>,
 }
 
+/// A caller's end of an instance's queue, and the thread that drains it.
+#[derive(Clone)]
+pub(crate) struct Queue {
+    tx: Sender<Request>,
+    /// Woken after each send: a thread waiting for input (a followed file at its end)
+    /// answers at once instead of after its poll interval.
+    thread: Arc<OnceLock<Thread>>,
+}
+
 enum Phase {
     Declared,
     /// A run's queues by instance; `None` until the instance is created.
     Serving {
-        queues: Vec<Option<Sender<Request>>>,
+        queues: Vec<Option<Queue>>,
         route: Route,
     },
     Finished,
@@ -134,6 +144,7 @@ impl QueryableState {
     ) -> Result<QueryInbox, QueryError> {
         let t = self.table(table)?.table;
         let (tx, rx) = bounded(capacity);
+        let thread = Arc::new(OnceLock::new());
         let mut phase = lock(&t.phase);
         let fresh = || (0..parallelism).map(|_| None).collect::<Vec<_>>();
         if !matches!(&*phase, Phase::Serving { queues, .. } if queues.len() == parallelism) {
@@ -144,13 +155,17 @@ impl QueryableState {
         }
         if let Phase::Serving { queues, .. } = &mut *phase {
             if let Some(slot) = queues.get_mut(instance) {
-                *slot = Some(tx);
+                *slot = Some(Queue {
+                    tx,
+                    thread: thread.clone(),
+                });
             }
         }
         Ok(QueryInbox {
             table: table.into(),
             rx,
             applied,
+            thread,
         })
     }
 
@@ -213,7 +228,7 @@ impl TableHandle {
         })
     }
 
-    fn serving(&self) -> Result<(Vec<Sender<Request>>, Route), QueryError> {
+    fn serving(&self) -> Result<(Vec<Queue>, Route), QueryError> {
         let not_running = || QueryError::NotRunning {
             table: self.name.clone(),
         };
@@ -264,7 +279,7 @@ impl TableHandle {
         self.send(&queues, TableQuery::Scan(scan.clone()))
     }
 
-    fn send(&self, queues: &[Sender<Request>], query: TableQuery) -> Result<Pending, QueryError> {
+    fn send(&self, queues: &[Queue], query: TableQuery) -> Result<Pending, QueryError> {
         let mut replies = Vec::with_capacity(queues.len());
         for queue in queues {
             let (reply, answer) = bounded(1);
@@ -272,12 +287,17 @@ impl TableHandle {
                 query: query.clone(),
                 reply,
             };
-            match queue.try_send(request) {
-                Ok(()) => replies.push(answer),
+            match queue.tx.try_send(request) {
+                Ok(()) => {
+                    if let Some(thread) = queue.thread.get() {
+                        thread.unpark();
+                    }
+                    replies.push(answer)
+                }
                 Err(TrySendError::Full(_)) => {
                     return Err(QueryError::Busy {
                         table: self.name.clone(),
-                        waiting: queue.capacity().unwrap_or(0),
+                        waiting: queue.tx.capacity().unwrap_or(0),
                     })
                 }
                 Err(TrySendError::Disconnected(_)) => {
@@ -343,9 +363,18 @@ pub(crate) struct QueryInbox {
     rx: Receiver<Request>,
     /// Event time of the last event the table applied (the projection lag's reference).
     applied: Arc<AtomicI64>,
+    /// The thread that drains the queue, once known.
+    thread: Arc<OnceLock<Thread>>,
 }
 
 impl QueryInbox {
+    /// Makes the calling thread the one callers wake after they send (see
+    /// [`std::thread::park_timeout`] in the loops that wait for input); cheap once set.
+    #[inline]
+    pub(crate) fn drained_here(&self) {
+        self.thread.get_or_init(std::thread::current);
+    }
+
     /// True if no query waits (what the runner asks once per batch).
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {

@@ -353,9 +353,12 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
     }
     fn flush(&mut self, what: Flush) -> Result<()> {
         // The thread is between batches, maybe about to wait for the next: queries asked
-        // while the input is quiet are answered here.
-        if self.queries.as_ref().is_some_and(|q| !q.is_empty()) {
-            self.answer_queries();
+        // while the input is quiet are answered here (and wake it up while it waits).
+        if let Some(queries) = &self.queries {
+            queries.drained_here();
+            if !queries.is_empty() {
+                self.answer_queries();
+            }
         }
         self.out.downstream().flush(what)
     }
