@@ -16,7 +16,7 @@
 //! ```
 //!
 //! # Consistency: answered by the worker, between batches
-//! Every keyed instance owns a bounded request queue ([`queue`]). Its runner drains the
+//! Every keyed instance owns a bounded request queue (`queue.rs`). Its runner drains the
 //! queue after each batch it applied and whenever its thread is about to wait, in the
 //! thread that owns the table: a read never sees a half-applied batch, needs no lock on
 //! the table, and works the same for the memory and the RocksDB backend (whose cache of
@@ -49,7 +49,7 @@
 //! map (and RocksDB's key-group order) is not key order, so an instance visits every entry
 //! of its table for a scan, keeping the `limit` smallest matching keys: a scan costs the
 //! worker time proportional to its table, and a runner answers at most one scan per batch
-//! boundary (and at most [`queue::LOOKUPS_PER_BOUNDARY`] lookups), so queries cannot hold
+//! boundary (and at most 256 (`queue::LOOKUPS_PER_BOUNDARY`) lookups), so queries cannot hold
 //! ingestion up for more than one scan at a time. Callers wait at most their timeout for an
 //! answer ([`QueryError::Timeout`]) and a full queue refuses at once ([`QueryError::Busy`]).
 
