@@ -53,6 +53,7 @@
 //! ingestion up for more than one scan at a time. Callers wait at most their timeout for an
 //! answer ([`QueryError::Timeout`]) and a full queue refuses at once ([`QueryError::Busy`]).
 
+mod inbox;
 mod parse;
 pub(crate) mod queue;
 pub(crate) mod table;

@@ -1,6 +1,7 @@
 //! The request queues between callers and keyed instances: [`QueryableState`] (the job's
-//! tables by name), [`TableHandle`] (a caller's side: routing, sending, waiting, merging)
-//! and [`QueryInbox`] (an instance's side: answering between batches, bounded).
+//! tables by name) and [`TableHandle`] (a caller's side: routing, sending, waiting,
+//! merging); the instance's side is [`QueryInbox`] (`inbox.rs`). The tests here drive both
+//! sides of the state machine, in one thread.
 //!
 //! # Lifecycle of a table
 //! `Declared` when [`crate::Stream::queryable`] names it; `Serving` once the run created
@@ -15,14 +16,15 @@
 //!   [`QueryInbox::drain`], so queries delay its next batch by a bounded amount of work.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use super::table::{key_order, QueryableTable};
+pub(crate) use super::inbox::QueryInbox;
+use super::table::key_order;
 use super::{Entry, Freshness, Lookup, QueryError, Scan, ScanResult, TableQuery, MAX_LIMIT};
 
 /// Requests an instance's queue holds before callers are refused.
@@ -38,8 +40,8 @@ type Answered = Result<(Vec<Entry>, Freshness), QueryError>;
 
 /// A query waiting in an instance's queue.
 pub(crate) struct Request {
-    query: TableQuery,
-    reply: Sender<Answered>,
+    pub(super) query: TableQuery,
+    pub(super) reply: Sender<Answered>,
 }
 
 /// A caller's end of an instance's queue, and the thread that drains it.
@@ -161,12 +163,7 @@ impl QueryableState {
                 });
             }
         }
-        Ok(QueryInbox {
-            table: table.into(),
-            rx,
-            applied,
-            thread,
-        })
+        Ok(QueryInbox::new(table, rx, applied, thread))
     }
 
     /// The run ended: every table stops being served.
@@ -357,69 +354,10 @@ impl Pending {
     }
 }
 
-/// An instance's end of its table's queue.
-pub(crate) struct QueryInbox {
-    table: Arc<str>,
-    rx: Receiver<Request>,
-    /// Event time of the last event the table applied (the projection lag's reference).
-    applied: Arc<AtomicI64>,
-    /// The thread that drains the queue, once known.
-    thread: Arc<OnceLock<Thread>>,
-}
-
-impl QueryInbox {
-    /// Makes the calling thread the one callers wake after they send (see
-    /// [`std::thread::park_timeout`] in the loops that wait for input); cheap once set.
-    #[inline]
-    pub(crate) fn drained_here(&self) {
-        self.thread.get_or_init(std::thread::current);
-    }
-
-    /// True if no query waits (what the runner asks once per batch).
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.rx.is_empty()
-    }
-
-    /// The instance applied events up to event time `ts`.
-    pub(crate) fn applied(&self, ts: i64) {
-        self.applied.fetch_max(ts, Ordering::Relaxed);
-    }
-
-    /// Answers waiting queries from `table`, at most one scan and
-    /// [`LOOKUPS_PER_BOUNDARY`] lookups; how many it answered.
-    pub(crate) fn drain(&self, table: &mut dyn QueryableTable, freshness: Freshness) -> usize {
-        let mut answered = 0;
-        while let Ok(request) = self.rx.try_recv() {
-            let result = table.answer(&self.table, &request.query);
-            // The caller may have given up waiting: nobody to tell.
-            let _ = request
-                .reply
-                .send(result.map(|entries| (entries, freshness)));
-            answered += 1;
-            if matches!(request.query, TableQuery::Scan(_)) || answered == LOOKUPS_PER_BOUNDARY {
-                break;
-            }
-        }
-        answered
-    }
-}
-
-/// An instance that ends tells whoever still waits in its queue (a channel's receiver going
-/// away does not drop what the channel holds while senders live).
-impl Drop for QueryInbox {
-    fn drop(&mut self) {
-        while let Ok(request) = self.rx.try_recv() {
-            let _ = request.reply.send(Err(QueryError::JobFinished {
-                table: self.table.to_string(),
-            }));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::table::QueryableTable;
     use serde_json::json;
 
     /// A table of `(key, value)` rows that records which queries it answered.
