@@ -34,10 +34,10 @@
 //! # Answering while the input is quiet
 //! A caller unparks the thread that drains the queue after it sends. A source thread waiting
 //! for input (a followed file at its end, a source that said `Pending`) parks rather than
-//! sleeps, so a keyed instance chained into it (P = 1) answers at once. A worker thread
-//! (P > 1) waits on its channels and looks again at least every 10 ms, and a keyed instance in
-//! a thread of its own (P = 1 fed by several producers) every 50 ms: an idle job of those
-//! shapes answers within that.
+//! sleeps, so a keyed instance chained into it (P = 1) answers at once; a worker thread
+//! (P > 1) waits on its channels and its bell, which the caller rings. A keyed instance in
+//! a thread of its own (P = 1 fed by several producers) looks at its queue every 50 ms
+//! while its input is quiet.
 //!
 //! # Routing
 //! A point lookup goes to the one instance that owns the key's key group (the same

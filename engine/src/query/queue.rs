@@ -18,12 +18,12 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 pub(crate) use super::inbox::QueryInbox;
+use super::inbox::Waker;
 use super::table::key_order;
 use super::{Entry, Freshness, Lookup, QueryError, Scan, ScanResult, TableQuery, MAX_LIMIT};
 
@@ -50,7 +50,7 @@ pub(crate) struct Queue {
     tx: Sender<Request>,
     /// Woken after each send: a thread waiting for input (a followed file at its end)
     /// answers at once instead of after its poll interval.
-    thread: Arc<OnceLock<Thread>>,
+    thread: Arc<OnceLock<Waker>>,
 }
 
 enum Phase {
@@ -286,8 +286,8 @@ impl TableHandle {
             };
             match queue.tx.try_send(request) {
                 Ok(()) => {
-                    if let Some(thread) = queue.thread.get() {
-                        thread.unpark();
+                    if let Some(waker) = queue.thread.get() {
+                        waker.wake();
                     }
                     replies.push(answer)
                 }
