@@ -23,6 +23,7 @@ fn jobs_lists_the_bundled_jobs() -> TestResult {
             "window-agg",
             "order-analytics",
             "saga-monitor",
+            "account-balances",
             "nexmark",
             "operators"
         ]

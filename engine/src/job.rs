@@ -49,6 +49,7 @@ use crate::keys::StableHash;
 use crate::metrics::JobMetrics;
 use crate::operator::{ChainedOperator, OperatorFactory};
 use crate::plan::{Exchange, JobPlan, PlanEdge, PlanNode};
+use crate::query::QueryableState;
 use crate::record::Data;
 use crate::runtime::{
     self, ChainedPush, FilterPush, FlatMapPush, KeyedNode, MapPush, NodeImpl, PortNode, Routed,
@@ -73,6 +74,8 @@ pub(crate) struct Node {
     /// The uid set with [`Stream::uid`], if any.
     pub(crate) uid: Option<String>,
     pub(crate) kind: NodeKind,
+    /// The name its state table is queryable under ([`Stream::queryable`]), if any.
+    pub(crate) queryable: Option<String>,
     pub(crate) detail: String,
     pub(crate) inputs: Vec<NodeId>,
     pub(crate) consumers: Vec<NodeId>,
@@ -173,6 +176,7 @@ impl Graph {
             base: base.to_string(),
             uid: None,
             kind,
+            queryable: None,
             detail,
             inputs: inputs.to_vec(),
             consumers: Vec::new(),
@@ -262,6 +266,7 @@ struct JobInner {
     graph: RefCell<Graph>,
     metrics: Arc<JobMetrics>,
     control: Arc<JobControl>,
+    queries: Arc<QueryableState>,
 }
 
 /// A dataflow job under construction. Cloning gives another handle to the same job.
@@ -287,6 +292,7 @@ impl Job {
                 graph: RefCell::new(Graph::default()),
                 metrics: Arc::new(JobMetrics::new(name)),
                 control: Arc::new(JobControl::default()),
+                queries: Arc::default(),
             }),
         }
     }
@@ -304,6 +310,12 @@ impl Job {
     /// A handle to control the job while it runs (savepoints).
     pub fn control(&self) -> Arc<JobControl> {
         self.inner.control.clone()
+    }
+
+    /// The job's queryable state tables ([`Stream::queryable`]): answers while it runs
+    /// (see [`crate::query`]).
+    pub fn queryable_state(&self) -> Arc<QueryableState> {
+        self.inner.queries.clone()
     }
 
     /// Adds a source; its events enter the job without timestamps.
@@ -370,9 +382,11 @@ impl Job {
             &graph,
             &self.inner.metrics,
             &self.inner.control,
+            &self.inner.queries,
             options,
         );
         self.inner.control.detach();
+        self.inner.queries.finish();
         result
     }
 
@@ -761,6 +775,52 @@ impl<T: Data> Stream<T> {
             .graph
             .borrow_mut()
             .set_uid(self.uid_target, uid);
+        self
+    }
+
+    /// Makes the state table of the keyed operator that made this stream readable while
+    /// the job runs, under `table` ([`Job::queryable_state`], `GET /api/v1/state/{table}`
+    /// of `weir run`): for `process_with_state`, each key's state as JSON. Names are unique
+    /// in a job; an operator without a table that can be queried makes the job refuse to
+    /// run.
+    pub fn queryable(self, table: &str) -> Self {
+        let target = self.uid_target;
+        let mut graph = self.job.inner.graph.borrow_mut();
+        let node = &graph.nodes[target];
+        let problem = if node.kind != NodeKind::Keyed {
+            Some(format!(
+                "`{}` cannot be queryable: only keyed operators (process_with_state) keep a \
+                 table per key",
+                node.name
+            ))
+        } else if table.is_empty()
+            || table.contains(['/', '?', '#'])
+            || table.chars().any(char::is_control)
+        {
+            Some(format!(
+                "queryable table name `{table}` of `{}`: use a non-empty name without `/`, `?`, \
+                 `#` or control characters (it is part of a URL)",
+                node.name
+            ))
+        } else {
+            match self.job.inner.queries.declare(table, &node.name) {
+                Ok(()) => None,
+                Err(other) => Some(format!(
+                    "queryable table `{table}` is named by both `{other}` and `{}`: give each \
+                     table its own name",
+                    node.name
+                )),
+            }
+        };
+        match problem {
+            Some(reason) => graph.errors.push(reason),
+            None => {
+                let node = &mut graph.nodes[target];
+                node.queryable = Some(table.to_string());
+                node.detail = format!("{}; queryable as `{table}`", node.detail);
+            }
+        }
+        drop(graph);
         self
     }
 

@@ -13,7 +13,8 @@
 //! - [`job`]: the typed, fluent job API ([`Job`], [`Stream`], [`KeyedStream`]);
 //! - [`runtime`]: turning a job graph into threads and bounded channels, and running it;
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint;
-//! - [`latency`]: end-to-end latency from source to sink, in processing time.
+//! - [`latency`]: end-to-end latency from source to sink, in processing time;
+//! - [`query`]: reading keyed state while the job runs (queryable state).
 //!
 //! ```text
 //!  source thread                      keyed workers (P)             sink thread
@@ -39,6 +40,7 @@ pub mod latency;
 pub mod metrics;
 pub mod operator;
 pub mod plan;
+pub mod query;
 pub mod record;
 pub mod runtime;
 pub mod sink;
@@ -61,6 +63,7 @@ pub use operator::{
     OperatorContext, Output,
 };
 pub use plan::JobPlan;
+pub use query::{QueryError, QueryableState, TableHandle};
 pub use record::{Batch, Data, Keyed, Record, Split};
 pub use runtime::{Routed, RunOptions, RunSummary};
 pub use sink::Sink;

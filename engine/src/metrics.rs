@@ -47,6 +47,7 @@
 //! | `weir_kafka_rebalances_total` | counter | partition assignments and revocations received |
 //! | `weir_kafka_produce_errors_total` | counter | records the brokers did not acknowledge |
 //! | `weir_kafka_broker_errors_total` | counter | errors reaching the brokers (each is retried with backoff) |
+//! | `weir_projection_lag_seconds` | gauge | per queryable table (label `table`): now minus the event time of the last event it applied (jobs with queryable state only) |
 //! | `weir_tcp_subscribers` | gauge | subscribers connected to a TCP server sink (`--output tcp://..?mode=listen`; such jobs only, as the next) |
 //! | `weir_tcp_subscribers_dropped_total` | counter | subscribers a TCP server sink disconnected for falling behind |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_threads`, `process_start_time_seconds` | | the process, read from `/proc` at each scrape (Linux; the `prometheus` crate's collector, which counts CPU in whole seconds) |
@@ -62,7 +63,9 @@ use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, 
 
 use crate::latency::{LatencyCollector, LatencyHistogram, LatencySummary, SinkLatencies};
 use crate::state::RocksStore;
-use groups::{counter_vec, first_use, gauge, gauge_vec, int_gauge, register, valid};
+use groups::{
+    counter_vec, first_use, gauge, gauge_vec, int_gauge, register, valid, ProjectionMetrics,
+};
 pub use groups::{CheckpointMetrics, KafkaMetrics, TcpServerMetrics};
 
 mod instances;
@@ -111,6 +114,7 @@ pub struct JobMetrics {
     kafka: Arc<std::sync::Mutex<Option<KafkaMetrics>>>,
     latency: Arc<SinkLatencies>,
     tcp_server: Arc<std::sync::Mutex<Option<TcpServerMetrics>>>,
+    projections: Arc<std::sync::Mutex<Option<ProjectionMetrics>>>,
 }
 
 /// Metric handles of one operator instance.
@@ -146,6 +150,7 @@ impl JobMetrics {
         );
         register(r, "weir_end_to_end_latency_seconds", collector);
         JobMetrics {
+            projections: Arc::default(),
             latency,
             job: job.to_string(),
             uptime: gauge(r, "weir_uptime_seconds", "Seconds since the job started"),
@@ -382,6 +387,16 @@ impl JobMetrics {
         })
     }
 
+    /// The event time (epoch ms) of the last event queryable table `table` applied, which
+    /// its instances raise and `weir_projection_lag_seconds` is computed from; registered on
+    /// first use.
+    pub fn projection(&self, table: &str) -> Arc<std::sync::atomic::AtomicI64> {
+        first_use(&self.projections, || {
+            ProjectionMetrics::register(&self.registry)
+        })
+        .applied(table)
+    }
+
     /// The metrics in Prometheus text format, with those of the process.
     pub fn render(&self) -> String {
         let mut families = self.gather();
@@ -452,6 +467,9 @@ impl JobMetrics {
         }
         if let Some(checkpoints) = self.checkpoints.lock().ok().and_then(|c| c.clone()) {
             checkpoints.refresh_age();
+        }
+        if let Some(projections) = self.projections.lock().ok().and_then(|p| p.clone()) {
+            projections.refresh();
         }
     }
 }

@@ -20,7 +20,8 @@ use weir_engine::time::{format_duration_ms, format_timestamp};
 use weir_engine::{parse_duration, JobControl, RunOptions, RunSummary};
 
 use crate::generate::{
-    create_file, write_events, write_orders, write_sagas, EventStreamSpec, RateLimited,
+    create_file, write_accounts, write_events, write_orders, write_sagas, EventStreamSpec,
+    RateLimited,
 };
 use crate::http::{ApiClient, HttpError, HttpServer, OneJob, Outcome, Serving};
 use crate::options::{JobOptions, UsageError};
@@ -91,7 +92,7 @@ enum Command {
         /// Number of events.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        /// Distinct keys (`events` stream).
+        /// Distinct keys (`events` stream; accounts of the `accounts` stream).
         #[arg(long, default_value_t = 1000)]
         keys: u64,
         /// Maximum out-of-orderness in milliseconds (`events` stream).
@@ -118,6 +119,8 @@ enum GenStream {
     /// Nexmark persons, auctions and bids (the `nexmark` job's generator), one JSON object
     /// per line: `{"person":{..}}`, `{"auction":{..}}` or `{"bid":{..}}`.
     Nexmark,
+    /// Bank-account deposits and withdrawals for `account-balances` (`--keys` accounts).
+    Accounts,
 }
 
 /// Where a running job's API is, for the verbs that talk to it.
@@ -303,6 +306,7 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 GenStream::Orders => write_orders(w, events),
                 GenStream::Sagas => write_sagas(w, events),
                 GenStream::Nexmark => crate::nexmark::write_events(w, events),
+                GenStream::Accounts => write_accounts(w, events, keys),
             }
             .with_context(|| format!("cannot write {output}"))?;
             eprintln!("weir: wrote {events} events to {output}");
@@ -422,6 +426,7 @@ fn run(
     let served = OneJob {
         metrics: job.metrics(),
         control: job.control(),
+        state: job.queryable_state(),
     };
     let serving = Arc::new(Serving {
         plan: Some(job.plan(options.parallelism)),

@@ -307,9 +307,47 @@ pub fn write_sagas(mut w: impl Write, orders: u64) -> std::io::Result<()> {
     w.flush()
 }
 
+/// Seed of `weir gen accounts`.
+pub const ACCOUNTS_SEED: u64 = 29;
+
+/// Writes `events` bank-account events for `account-balances` as JSON lines
+/// `{"account","type","amount","ts"}` over `accounts` accounts (`a0`, `a1`, ...): one every
+/// 10 ms of event time, in event-time order, each account as likely as any other; 60 % are
+/// deposits of 10-2,000, 40 % withdrawals of 10-3,000, so balances wander around zero (some
+/// far above 10,000, some overdrawn). Deterministic (seed [`ACCOUNTS_SEED`]).
+pub fn write_accounts(mut w: impl Write, events: u64, accounts: u64) -> std::io::Result<()> {
+    let mut rng = SplitMix64::new(ACCOUNTS_SEED);
+    for i in 0..events {
+        let account = rng.below(accounts);
+        let (kind, amount) = match rng.below(100) {
+            0..=59 => ("deposit", 10 + rng.below(1_991)),
+            _ => ("withdraw", 10 + rng.below(2_991)),
+        };
+        let ts = START_TS + i as i64 * 10;
+        writeln!(
+            w,
+            r#"{{"account":"a{account}","type":"{kind}","amount":{amount},"ts":{ts}}}"#
+        )?;
+    }
+    w.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_events_are_deterministic_and_cover_both_kinds() {
+        let mut first = Vec::new();
+        write_accounts(&mut first, 1_000, 10).unwrap();
+        let mut second = Vec::new();
+        write_accounts(&mut second, 1_000, 10).unwrap();
+        assert_eq!(first, second);
+        let text = String::from_utf8(first).unwrap();
+        assert_eq!(text.lines().count(), 1_000);
+        assert!(text.contains(r#""type":"deposit""#) && text.contains(r#""type":"withdraw""#));
+        assert!(text.lines().all(|l| l.contains(r#""account":"a"#)));
+    }
 
     #[test]
     fn rate_limited_paces_lines_and_passes_them_all() {

@@ -20,12 +20,13 @@
 //!
 //! Modules: [`cli`] (subcommands), [`registry`] (jobs by name), [`options`] (the flags
 //! every job can read), [`output`] (sinks chosen by `--output`), [`dead_letters`] (the
-//! dead-letter file), [`window_agg`] and
-//! [`order_analytics`] (bundled jobs), [`arrow_events`] (window-agg's Arrow IPC input and
+//! dead-letter file), [`window_agg`], [`order_analytics`] and [`account_balances`]
+//! (bundled jobs), [`arrow_events`] (window-agg's Arrow IPC input and
 //! its generator), [`generate`] (deterministic test and bench streams), [`mod@bench`] (the
 //! `weir bench` harness), [`partitioned`] (a job run as one task per Kafka partition, for
 //! scale-out over a consumer group).
 
+pub mod account_balances;
 pub mod arrow_events;
 pub mod bench;
 pub mod cli;

@@ -50,6 +50,11 @@ impl Registry {
                 crate::saga_monitor::ABOUT,
                 crate::saga_monitor::build,
             )
+            .job(
+                "account-balances",
+                crate::account_balances::ABOUT,
+                crate::account_balances::build,
+            )
             .job_with_queries(
                 "nexmark",
                 crate::nexmark::ABOUT,

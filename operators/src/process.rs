@@ -21,11 +21,12 @@ use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::keys::StableHash;
 use weir_engine::operator::OperatorFactory;
+use weir_engine::query::{answer_from_map, Entry, QueryableTable, TableQuery};
 use weir_engine::time::MIN_WATERMARK;
 use weir_engine::{
     Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
-    OperatorContext, Output, StateBackend, StateKey, StateTable, StateValue, Stream, TimerQueue,
-    Timestamp,
+    OperatorContext, Output, QueryError, StateBackend, StateKey, StateTable, StateValue, Stream,
+    TimerQueue, Timestamp,
 };
 
 /// Adds `process_with_state` to keyed streams.
@@ -355,6 +356,10 @@ where
         self.state.len()
     }
 
+    fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {
+        Some(self)
+    }
+
     fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
         let mut restored = Vec::new();
         self.state.scan(|key, entry| {
@@ -364,6 +369,21 @@ where
             self.timers.register(time, key)?;
         }
         Ok(())
+    }
+}
+
+/// A key's state is what queries see, without its pending timers.
+impl<B, F, K, T> QueryableTable for TimerProcessOperator<B, F, K, T>
+where
+    B: StateBackend,
+    K: StateKey + Data,
+    T: Data,
+    F: TimerFunction<K, T>,
+{
+    fn answer(&mut self, table: &str, query: &TableQuery) -> Result<Vec<Entry>, QueryError> {
+        answer_from_map(&mut self.state, table, query, |entry| {
+            serde_json::to_value(&entry.state).unwrap_or(serde_json::Value::Null)
+        })
     }
 }
 

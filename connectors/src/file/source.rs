@@ -256,7 +256,9 @@ impl<D: Decoder> Source for FileSource<D> {
                 if self.follow {
                     // A partial last line stays in the reader until its writer finishes it.
                     if out.len() == start {
-                        std::thread::sleep(FOLLOW_POLL);
+                        // Parked, not asleep: whoever needs this thread before the next
+                        // poll (a query on queryable state) unparks it.
+                        std::thread::park_timeout(FOLLOW_POLL);
                     }
                     status = SourceStatus::Idle;
                 } else {

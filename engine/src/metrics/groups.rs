@@ -1,11 +1,15 @@
 //! Metric groups registered only when a job has what they describe (checkpoints, Kafka, a
-//! TCP server sink), and the registration helpers every metric of a job goes through.
+//! TCP server sink, queryable tables), and the registration helpers every metric of a job goes through.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus::core::Collector;
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Metrics of Kafka sources and sinks, registered only for jobs that use Kafka.
 #[derive(Debug, Clone)]
@@ -242,4 +246,48 @@ pub(super) fn gauge_vec(
 pub(super) fn first_use<G: Clone>(slot: &Mutex<Option<G>>, make: impl FnOnce() -> G) -> G {
     let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     slot.get_or_insert_with(make).clone()
+}
+
+/// `weir_projection_lag_seconds`: per queryable table (label `table`), now minus the event
+/// time of the last event the table applied, computed at scrape time.
+#[derive(Debug, Clone)]
+pub(super) struct ProjectionMetrics {
+    lag: GaugeVec,
+    /// Event time (epoch ms) of the last applied event per table; `i64::MIN` before any.
+    applied: Arc<Mutex<BTreeMap<String, Arc<AtomicI64>>>>,
+}
+
+impl ProjectionMetrics {
+    pub(super) fn register(r: &Registry) -> Self {
+        let name = "weir_projection_lag_seconds";
+        let help = "seconds from the event time of the last event a queryable table applied to now";
+        let lag = valid(name, GaugeVec::new(Opts::new(name, help), &["table"]));
+        ProjectionMetrics {
+            lag: register(r, name, lag),
+            applied: Arc::default(),
+        }
+    }
+
+    /// The last-applied event time of `table`, shared by its instances.
+    pub(super) fn applied(&self, table: &str) -> Arc<AtomicI64> {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        applied
+            .entry(table.to_string())
+            .or_insert_with(|| Arc::new(AtomicI64::new(i64::MIN)))
+            .clone()
+    }
+
+    pub(super) fn refresh(&self) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        for (table, at) in applied.iter() {
+            let at = at.load(Ordering::Relaxed);
+            if at != i64::MIN {
+                let lag = now_ms.saturating_sub(at) as f64 / 1000.0;
+                self.lag.with_label_values(&[table.as_str()]).set(lag);
+            }
+        }
+    }
 }

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{KeyedOperator, OperatorContext, Output};
 use crate::error::BoxError;
+use crate::query::QueryableTable;
 use crate::record::{Data, Keyed, Record};
 use crate::state::StateTable;
 use crate::time::Timestamp;
@@ -114,6 +115,12 @@ pub trait EventTimeOperator: Send + 'static {
     /// Number of state entries, for the metrics (entries of the tables, or what the
     /// operator counts inside them, such as window panes).
     fn state_entries(&self) -> usize;
+
+    /// The table queries are answered from, if the operator has one (see
+    /// [`KeyedOperator::queryable`]).
+    fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {
+        None
+    }
 
     /// The job resumes from a checkpoint: the tables hold the restored entries and the
     /// operator is at `watermark`. Rebuilds what is derived from the tables (timers, counts).
@@ -205,6 +212,14 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
 
     fn state_entries(&self) -> usize {
         self.operator.state_entries()
+    }
+
+    fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {
+        self.operator.queryable()
+    }
+
+    fn watermark(&self) -> Option<Timestamp> {
+        Some(self.watermark)
     }
 
     fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {

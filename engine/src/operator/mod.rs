@@ -24,6 +24,7 @@ use std::ops::Range;
 use crate::error::{BoxError, EngineError};
 use crate::keys::KeyGroup;
 use crate::metrics::OperatorMetrics;
+use crate::query::QueryableTable;
 use crate::record::{Batch, Data, Keyed, Record};
 use crate::runtime::Push;
 use crate::state::StateBackend;
@@ -261,6 +262,18 @@ pub trait KeyedOperator: Send + 'static {
     /// Number of state entries this instance holds, for the metrics.
     fn state_entries(&self) -> usize {
         0
+    }
+
+    /// The watermark the operator has reached, if it keeps one (event-time operators, whose
+    /// restored watermark counts before any input arrives): what queries report.
+    fn watermark(&self) -> Option<Timestamp> {
+        None
+    }
+
+    /// The table this operator answers queries from ([`crate::query`]), if it has one
+    /// that [`crate::Stream::queryable`] can name.
+    fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {
+        None
     }
 
     /// A checkpoint barrier arrived: makes all state durable in the backend

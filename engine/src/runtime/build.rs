@@ -22,6 +22,7 @@ use crate::checkpoint::coordinator::{Checkpointing, Participant};
 use crate::error::{EngineError, Result};
 use crate::job::{Graph, NodeId, NodeKind, Uid, MAIN_OUTPUT};
 use crate::metrics::JobMetrics;
+use crate::query::QueryableState;
 use crate::record::Data;
 
 pub(super) struct ChannelSet<T> {
@@ -47,6 +48,8 @@ pub(crate) struct Build<'g> {
     pub(super) graph: &'g Graph,
     pub(super) options: &'g RunOptions,
     pub(super) metrics: &'g Arc<JobMetrics>,
+    /// The job's queryable tables, whose queues keyed instances open.
+    pub(super) queries: Arc<QueryableState>,
     pub(super) channels: FxHashMap<NodeId, Box<dyn Any>>,
     /// Chained unions by node and instance: the merge (an `Arc<Mutex<UnionMerge<T>>>`) and
     /// how many of its inputs were handed out.

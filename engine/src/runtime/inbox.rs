@@ -159,13 +159,12 @@ impl<T: Data> Inbox<T> {
                 }
             };
         }
-        match timeout {
-            None => self.rx.recv().map(Some).map_err(|_| self.gone()),
-            Some(timeout) => match self.rx.recv_timeout(timeout) {
-                Ok(envelope) => Ok(Some(envelope)),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(self.gone()),
-            },
+        // Without idleness the wait still ends now and then: the flush before the next
+        // wait is where a keyed instance answers queries asked while its input is quiet.
+        match self.rx.recv_timeout(timeout.unwrap_or(IDLE_CHECK)) {
+            Ok(envelope) => Ok(Some(envelope)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(self.gone()),
         }
     }
 

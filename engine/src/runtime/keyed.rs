@@ -1,5 +1,6 @@
 //! Keyed operators: the node that builds an operator instance per worker with its state
-//! backend, and [`KeyedRunner`], which drives one instance (records, watermarks, barriers).
+//! backend, and [`KeyedRunner`], which drives one instance (records, watermarks, barriers,
+//! and the queries on its queryable table, answered between batches: see [`crate::query`]).
 
 use std::any::Any;
 use std::marker::PhantomData;
@@ -16,13 +17,15 @@ use super::run::panic_message;
 use crate::checkpoint::{CheckpointId, ParticipantState};
 use crate::error::{EngineError, Result};
 use crate::job::NodeId;
-use crate::keys::{key_groups_of_worker, StableHash};
+use crate::keys::{key_group_of, key_groups_of_worker, worker_for_key_group, StableHash};
 use crate::metrics::OperatorMetrics;
 use crate::operator::{KeyedOperator, OperatorContext, OperatorFactory, Output};
+use crate::query::queue::{QueryInbox, Route, QUEUE_CAPACITY};
+use crate::query::{parse_key, Freshness};
 use crate::record::{Batch, Data, Keyed, Record};
 use crate::state::{
     write_snapshot, MemoryBackend, MemorySnapshots, RocksBackend, RocksStore, StateBackend,
-    StateConfig,
+    StateConfig, StateKey,
 };
 use crate::time::{END_WATERMARK, MIN_WATERMARK};
 
@@ -44,7 +47,7 @@ pub(super) type KeyedInput<F> =
 impl<F, KF> KeyedNode<F, KF>
 where
     F: OperatorFactory,
-    F::Key: StableHash,
+    F::Key: StateKey,
 {
     /// Creates instance `instance` over the job's state backend, wired to its downstream.
     fn runner(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<KeyedInput<F>> {
@@ -117,11 +120,27 @@ where
         if let Some(snapshots) = restored {
             operator.restore(&snapshots).map_err(op_err)?;
         }
+        let queries = match &b.graph.nodes[me].queryable {
+            Some(table) => {
+                if operator.queryable().is_none() {
+                    return Err(EngineError::InvalidJob {
+                        job: b.metrics.job().to_string(),
+                        reason: format!(
+                            "`{name}` has no table that can be queried (queryable table \
+                             `{table}`): `.queryable(..)` works after process_with_state"
+                        ),
+                    });
+                }
+                Some(open_queries::<F::Key>(b, table, instance)?)
+            }
+            None => None,
+        };
         let participant = b.participant(format!("{}#{instance}", b.uid(me)));
         let down = b.downstream::<F::Out>(me, instance)?;
         Ok(KeyedRunner {
             name,
             operator,
+            queries,
             out: Output::connected(down, b.options.batch_size),
             metrics,
             checkpoint: participant.map(|participant| KeyedCheckpoint {
@@ -136,7 +155,7 @@ where
 impl<F, KF> NodeImpl for KeyedNode<F, KF>
 where
     F: OperatorFactory,
-    F::Key: StableHash,
+    F::Key: StateKey,
     KF: Fn(&F::In) -> F::Key + Clone + Send + 'static,
 {
     fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
@@ -177,10 +196,38 @@ where
     }
 }
 
+/// Opens instance `instance`'s queue of queryable table `table`, whose keys are routed to
+/// instances as the exchange routes them: by the key group of the key's stable hash.
+fn open_queries<K: StateKey>(b: &Build<'_>, table: &str, instance: usize) -> Result<QueryInbox> {
+    let parallelism = b.options.parallelism;
+    let route: Route = Arc::new(move |text: &str| {
+        let key: K = parse_key(text)?;
+        Ok(worker_for_key_group(key_group_of(&key), parallelism))
+    });
+    let applied = b.metrics.projection(table);
+    b.queries
+        .open(table, instance, parallelism, route, applied, QUEUE_CAPACITY)
+        .map_err(|e| EngineError::Internal {
+            reason: e.to_string(),
+        })
+}
+
+/// Raises the table's last-applied event time to the newest event of `records` (kept out
+/// of line: only queryable instances call it, and the batch loop of the others stays as
+/// it was).
+#[inline(never)]
+fn note_applied<T>(queries: &QueryInbox, records: &[Record<T>]) {
+    if let Some(latest) = records.iter().map(|r| r.ts).max() {
+        queries.applied(latest);
+    }
+}
+
 /// Runs one keyed operator instance and forwards its output.
 pub(super) struct KeyedRunner<O: KeyedOperator> {
     name: String,
     operator: O,
+    /// The queue of queries on the operator's queryable table, if it is queryable.
+    queries: Option<QueryInbox>,
     /// Connected to the downstream: results go on in chunks as they are emitted.
     out: Output<O::Out>,
     metrics: OperatorMetrics,
@@ -219,6 +266,30 @@ impl<O: KeyedOperator> KeyedRunner<O> {
             operator,
         }))
     }
+
+    /// Answers the queries waiting for this instance (between batches: the table holds
+    /// every batch applied so far and nothing of the next).
+    #[cold]
+    fn answer_queries(&mut self) {
+        let Some(queries) = &self.queries else {
+            return;
+        };
+        let watermark = self
+            .operator
+            .watermark()
+            .map_or(self.out.watermark(), |w| w.max(self.out.watermark()));
+        let freshness = Freshness {
+            watermark: (watermark > MIN_WATERMARK).then_some(watermark),
+            checkpoint: self
+                .checkpoint
+                .as_ref()
+                .map(|c| c.participant.checkpointing().completed())
+                .filter(|&id| id > 0),
+        };
+        if let Some(table) = self.operator.queryable() {
+            queries.drain(table, freshness);
+        }
+    }
 }
 
 impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
@@ -228,6 +299,9 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
             source,
         };
         self.metrics.events_in.inc_by(batch.records.len() as u64);
+        if let Some(queries) = &self.queries {
+            note_applied(queries, &batch.records);
+        }
         // Results are due because of this batch (its records or its watermark): they are
         // timed from its ingestion.
         self.out.set_ingested(batch.ingested);
@@ -260,6 +334,9 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
             .set(self.operator.state_entries() as i64);
         let forwarded = self.out.forward()?;
         self.metrics.events_out.inc_by(forwarded as u64);
+        if self.queries.as_ref().is_some_and(|q| !q.is_empty()) {
+            self.answer_queries();
+        }
         Ok(())
     }
     fn barrier(&mut self, id: CheckpointId) -> Result<()> {
@@ -275,6 +352,14 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         self.out.downstream().finish()
     }
     fn flush(&mut self, what: Flush) -> Result<()> {
+        // The thread is between batches, maybe about to wait for the next: queries asked
+        // while the input is quiet are answered here (and wake it up while it waits).
+        if let Some(queries) = &self.queries {
+            queries.drained_here();
+            if !queries.is_empty() {
+                self.answer_queries();
+            }
+        }
         self.out.downstream().flush(what)
     }
 }

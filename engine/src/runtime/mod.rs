@@ -192,6 +192,7 @@ pub use split::Routed;
 pub(crate) use split::{PortNode, SplitNode};
 pub(crate) use stateless::{ChainedPush, FilterPush, FlatMapPush, MapPush, StatelessNode};
 pub(crate) use union::UnionNode;
+pub(crate) use worker::bell as worker_bell;
 
 #[cfg(test)]
 mod failure_tests;

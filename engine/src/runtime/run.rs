@@ -20,6 +20,7 @@ use crate::error::{EngineError, Result};
 use crate::job::Graph;
 use crate::keys::MAX_KEY_GROUPS;
 use crate::metrics::{JobMetrics, MetricFamily};
+use crate::query::QueryableState;
 use crate::state::{shared_block_cache, StateConfig};
 use crate::time::{format_timestamp, MIN_WATERMARK};
 
@@ -32,6 +33,7 @@ pub(crate) fn run(
     graph: &Graph,
     metrics: &Arc<JobMetrics>,
     control: &JobControl,
+    queries: &Arc<QueryableState>,
     options: &RunOptions,
 ) -> Result<RunSummary> {
     if options.parallelism == 0 || options.parallelism > usize::from(MAX_KEY_GROUPS) {
@@ -112,6 +114,7 @@ pub(crate) fn run(
         graph,
         options,
         metrics,
+        queries: queries.clone(),
         channels: FxHashMap::default(),
         unions: FxHashMap::default(),
         next_producer: FxHashMap::default(),

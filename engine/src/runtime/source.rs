@@ -295,7 +295,9 @@ impl<S: Source> SourceLoop<S> {
                 Step::Worked => {}
                 Step::Idle => {
                     self.down.flush(Flush::All)?;
-                    std::thread::sleep(self.wake_after().unwrap_or_default());
+                    // Parked, not asleep: a query on a keyed table chained into this thread
+                    // wakes it (see `crate::query`).
+                    std::thread::park_timeout(self.wake_after().unwrap_or_default());
                 }
                 Step::HeldBack => {
                     self.down.flush(Flush::Due)?;

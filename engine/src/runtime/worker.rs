@@ -27,11 +27,12 @@
 //!   final checkpoint to commit, never run in a worker: at P > 1 every sink has P
 //!   producers and a task of its own.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{bounded, Receiver, Select, Sender};
 
 use super::Flush;
 use crate::error::{EngineError, Result};
@@ -64,9 +65,23 @@ pub(super) trait Part: Send {
 /// How long an idle worker waits at most for a message (then checks cancellation).
 const POLL_MESSAGES: Duration = Duration::from_millis(10);
 
+thread_local! {
+    /// The running worker's bell: a send on it ends the worker's wait for messages.
+    static BELL: RefCell<Option<Sender<()>>> = const { RefCell::new(None) };
+}
+
+/// The bell of the worker running in this thread, if it is a worker: what a query on a
+/// keyed instance of the worker rings so that an idle worker answers at once (see
+/// [`crate::query`]).
+pub(crate) fn bell() -> Option<Sender<()>> {
+    BELL.with(|b| b.borrow().clone())
+}
+
 /// Runs `parts` in the calling thread until all are done, or one fails, or the job is
 /// cancelled.
 pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicBool) -> Result<()> {
+    let (ring, rung) = bounded::<()>(1);
+    BELL.with(|b| *b.borrow_mut() = Some(ring));
     while !parts.is_empty() {
         if cancelled.load(Ordering::Relaxed) {
             return Err(EngineError::DownstreamGone {
@@ -116,8 +131,10 @@ pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicB
             for part in &parts {
                 part.watch(&mut select);
             }
+            select.recv(&rung);
             // Which channel is ready does not matter: the next round steps every part.
             let _ = select.ready_timeout(timeout);
+            while rung.try_recv().is_ok() {}
         }
     }
     Ok(())

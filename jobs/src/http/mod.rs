@@ -13,6 +13,9 @@
 //! | `POST /api/v1/stop` | the graceful stop of SIGTERM; answers 202 at once |
 //! | `POST /api/v1/stop?savepoint=true` | the same, keeping the final checkpoint as a savepoint; answers with its directory once it is written |
 //! | `GET /api/v1/dead-letters?limit=N` | the last N dead letters (default 20, at most 1000) |
+//! | `GET /api/v1/state` | the job's queryable state tables |
+//! | `GET /api/v1/state/{table}/{key}` | one key's value, with the watermark and last checkpoint it reflects; 404 if absent |
+//! | `GET /api/v1/state/{table}?from=&to=&prefix=&filter=&limit=` | entries in key order (`from` inclusive, `to` exclusive; `filter` like `balance>10000`; `limit` 100 by default, at most 10,000) |
 //!
 //! The server runs on a tokio runtime of its own thread; the dataflow threads never wait
 //! for it, and it reads only the engine's counters and handles ([`ServedJob`]). So no
@@ -21,7 +24,7 @@
 //! client gets [`HEADER_TIMEOUT`] to send its request head, so idle or one-byte-a-second
 //! clients cannot exhaust the process's file descriptors or hold the server up.
 //!
-//! Endpoints that change the job or read its data (stop, savepoints, dead letters) need
+//! Endpoints that change the job or read its data (stop, savepoints, dead letters, state) need
 //! `Authorization: Bearer TOKEN` when a token is set; `weir run` refuses to serve on an
 //! address other than loopback without one.
 
@@ -29,6 +32,7 @@ mod client;
 mod dead_letters;
 mod routes;
 mod served;
+mod state;
 mod timeline;
 mod views;
 

@@ -15,6 +15,7 @@ use weir_engine::JobControl;
 
 use super::dead_letters::{self, MAX_LIMIT};
 use super::served::{lock, JobState, SavepointStatus, Serving};
+use super::state;
 use super::views::JobView;
 
 /// How long a savepoint may take before it is reported failed.
@@ -26,7 +27,7 @@ const DEFAULT_DEAD_LETTERS: usize = 20;
 /// The dashboard page, embedded in the binary.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-type Shared = State<Arc<Serving>>;
+pub(super) type Shared = State<Arc<Serving>>;
 
 /// Every route of the API.
 pub(crate) fn router(serving: Arc<Serving>) -> Router {
@@ -40,11 +41,14 @@ pub(crate) fn router(serving: Arc<Serving>) -> Router {
         .route("/api/v1/savepoints/{id}", get(savepoint))
         .route("/api/v1/stop", post(stop))
         .route("/api/v1/dead-letters", get(dead_letters))
+        .route("/api/v1/state", get(state::tables))
+        .route("/api/v1/state/{table}", get(state::scan))
+        .route("/api/v1/state/{table}/{key}", get(state::lookup))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint: the API is under /api/v1 (job, history, checkpoints, \
-                 savepoints, stop, dead-letters), metrics at /metrics, the dashboard at /",
+                 savepoints, stop, dead-letters, state), metrics at /metrics, the dashboard at /",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -65,7 +69,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -80,7 +84,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Refuses a request without the bearer token, when one is set.
-fn authorize(serving: &Serving, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(serving: &Serving, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &serving.token else {
         return Ok(());
     };

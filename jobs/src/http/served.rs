@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use weir_engine::metrics::InstanceSample;
-use weir_engine::{JobControl, JobPlan, LatencySummary};
+use weir_engine::{JobControl, JobPlan, LatencySummary, QueryableState};
 
 use super::timeline::Timeline;
 
@@ -28,6 +28,10 @@ pub(crate) trait ServedJob: Send + Sync + 'static {
     fn is_stopping(&self) -> bool;
     /// Savepoints and checkpoint history, for a job with one checkpoint coordinator.
     fn control(&self) -> Option<&JobControl>;
+    /// The job's queryable state tables, for a whole job in this process.
+    fn state(&self) -> Option<&QueryableState> {
+        None
+    }
 }
 
 /// How a run ended.
@@ -167,6 +171,7 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
 pub(crate) struct OneJob {
     pub(crate) metrics: Arc<weir_engine::JobMetrics>,
     pub(crate) control: Arc<JobControl>,
+    pub(crate) state: Arc<QueryableState>,
 }
 
 impl ServedJob for OneJob {
@@ -192,5 +197,9 @@ impl ServedJob for OneJob {
 
     fn control(&self) -> Option<&JobControl> {
         Some(&self.control)
+    }
+
+    fn state(&self) -> Option<&QueryableState> {
+        Some(&self.state)
     }
 }
