@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::follow_run::{checkpoints_of, Fixture, Process, LIMIT};
+use common::follow_run::{api_addr, checkpoints_of, client, Fixture, Process, LIMIT};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -28,36 +28,6 @@ fn served(mut args: Vec<OsString>) -> Vec<OsString> {
         .expect("--metrics-addr off");
     args[off] = "127.0.0.1:0".into();
     args
-}
-
-/// The address the job printed for its API.
-fn api_addr(job: &mut Process) -> String {
-    let started = Instant::now();
-    loop {
-        let stderr = job.stderr();
-        let addr = stderr.lines().find_map(|l| {
-            l.strip_prefix("weir: metrics at http://")?
-                .strip_suffix("/metrics")
-                .map(str::to_string)
-        });
-        if let Some(addr) = addr {
-            return addr;
-        }
-        assert!(
-            job.is_running() && started.elapsed() < LIMIT,
-            "no API address; stderr:\n{stderr}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A client that returns error answers instead of failing on them.
-fn client() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
 }
 
 /// The status and JSON body of a request.

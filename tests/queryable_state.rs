@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use common::follow_run::{Process, LIMIT};
+use common::follow_run::{api_addr, client, Process, LIMIT};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -105,35 +105,6 @@ fn reference(path: &Path) -> BTreeMap<String, i64> {
         *balances.entry(account.to_string()).or_insert(0) += sign * amount;
     }
     balances
-}
-
-/// The address the job printed for its API.
-fn api_addr(job: &mut Process) -> String {
-    let started = Instant::now();
-    loop {
-        let stderr = job.stderr();
-        let addr = stderr.lines().find_map(|l| {
-            l.strip_prefix("weir: metrics at http://")?
-                .strip_suffix("/metrics")
-                .map(str::to_string)
-        });
-        if let Some(addr) = addr {
-            return addr;
-        }
-        assert!(
-            job.is_running() && started.elapsed() < LIMIT,
-            "no API address; stderr:\n{stderr}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn client() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
 }
 
 /// The status and JSON body of `GET path`, with the bearer `token` if given.

@@ -169,3 +169,33 @@ pub(crate) fn run(bin: &str, args: &[OsString]) -> (bool, String) {
 pub(crate) fn checkpoints_of(state: &Path) -> PathBuf {
     state.join("window-agg").join("checkpoints")
 }
+
+/// The address a job started with `--metrics-addr 127.0.0.1:0` printed for its API.
+pub(crate) fn api_addr(job: &mut Process) -> String {
+    let started = Instant::now();
+    loop {
+        let stderr = job.stderr();
+        let addr = stderr.lines().find_map(|l| {
+            l.strip_prefix("weir: metrics at http://")?
+                .strip_suffix("/metrics")
+                .map(str::to_string)
+        });
+        if let Some(addr) = addr {
+            return addr;
+        }
+        assert!(
+            job.is_running() && started.elapsed() < LIMIT,
+            "no API address; stderr:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP client that returns error answers instead of failing on them.
+pub(crate) fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
