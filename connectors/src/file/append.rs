@@ -187,17 +187,7 @@ impl<T: Serialize + Send + 'static> Sink<T> for AppendFileSink<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rows(values: &[i64]) -> Vec<Record<i64>> {
-        values
-            .iter()
-            .map(|&v| Record {
-                ts: v,
-                watermark: 0,
-                value: v,
-            })
-            .collect()
-    }
+    use crate::file::sink::tests::rows;
 
     #[test]
     fn a_restore_keeps_what_its_checkpoint_covered_and_the_replay_adds_the_rest_once() {

@@ -327,10 +327,12 @@ impl<T: Serialize + Send + 'static> Sink<T> for FileSink<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn rows(values: &[i64]) -> Vec<Record<i64>> {
+    /// Records of `values`, each at the event time of its value (shared with the append
+    /// sink's tests).
+    pub(in crate::file) fn rows(values: &[i64]) -> Vec<Record<i64>> {
         values
             .iter()
             .map(|&v| Record {
