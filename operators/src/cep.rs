@@ -48,7 +48,6 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::operator::OperatorFactory;
@@ -600,16 +599,11 @@ impl<T: Clone> Pattern<T> {
     }
 }
 
-impl<S, K, T> CepOperator<S, K, T>
-where
-    S: StateBackend,
-    K: StateKey + Data,
-    T: StateValue + Data,
-{
+impl<T> Pattern<T> {
     /// The next time a key needs attention: its earliest pending event or deadline.
     fn next_timer(&self, state: &KeyState<T>) -> Option<Timestamp> {
         let pending = state.pending.first().map(|(ts, _)| *ts);
-        let deadline = self.pattern.within.and_then(|within| {
+        let deadline = self.within.and_then(|within| {
             state
                 .partials
                 .iter()
@@ -618,35 +612,56 @@ where
         });
         pending.into_iter().chain(deadline).min()
     }
+}
 
+impl<S, K, T> CepOperator<S, K, T>
+where
+    S: StateBackend,
+    K: StateKey + Data,
+    T: StateValue + Data,
+{
     /// Runs every key with due timers up to the watermark, in event-time order.
+    ///
+    /// Each key with state has a timer at exactly its `next_timer` (registered when an
+    /// event moved it earlier, or after the key ran); timers at other times are stale
+    /// copies. So a popped timer runs its key only if the key has something due: the key
+    /// runs once per watermark however many of its timers come out, with no set of due
+    /// keys to build, and a stale timer costs one lookup.
     fn advance(
         &mut self,
         watermark: Timestamp,
         out: &mut Output<CepOutput<T>>,
     ) -> Result<(), BoxError> {
         let w = watermark;
-        let mut due = FxHashSet::default();
-        while let Some((_, keys)) = self.timers.pop_due(|t| t <= w)? {
-            due.extend(keys);
-        }
+        let CepOperator {
+            pattern,
+            timeouts,
+            keys,
+            timers,
+        } = self;
         let mut emitted = Vec::new();
-        for key in due {
-            let Some(mut state) = self.keys.take(&key)? else {
-                continue;
-            };
-            for (ts, event) in take_due(&mut state.pending, w) {
-                self.pattern
-                    .feed(&mut state.partials, ts, &event, self.timeouts, &mut emitted);
-            }
-            self.pattern
-                .expire(&mut state.partials, w, self.timeouts, &mut emitted);
-            if let Some(t) = self.next_timer(&state) {
-                self.timers.register(t, key.clone())?;
-                self.keys.put(key, state)?;
-            }
-            for (ts, result) in emitted.drain(..) {
-                out.emit(ts, result);
+        while let Some((_, due)) = timers.pop_due(|t| t <= w)? {
+            for key in due {
+                let ran = keys.modify(&key, |state| {
+                    if pattern.next_timer(state).is_none_or(|t| t > w) {
+                        return None;
+                    }
+                    for (ts, event) in take_due(&mut state.pending, w) {
+                        pattern.feed(&mut state.partials, ts, &event, *timeouts, &mut emitted);
+                    }
+                    pattern.expire(&mut state.partials, w, *timeouts, &mut emitted);
+                    Some(pattern.next_timer(state))
+                })?;
+                match ran.flatten() {
+                    None => {}
+                    Some(Some(next)) => timers.register(next, key)?,
+                    Some(None) => {
+                        keys.take(&key)?;
+                    }
+                }
+                for (ts, result) in emitted.drain(..) {
+                    out.emit(ts, result);
+                }
             }
         }
         Ok(())
@@ -675,10 +690,16 @@ where
         _out: &mut Output<CepOutput<T>>,
     ) -> Result<Handled, BoxError> {
         let Keyed { key, value } = event;
-        self.keys.update(&key, KeyState::default, |state| {
+        let pattern = &self.pattern;
+        let earlier = self.keys.update(&key, KeyState::default, |state| {
+            let earlier = pattern.next_timer(state).is_none_or(|next| ts < next);
             insert_by_time(&mut state.pending, ts, value);
+            earlier
         })?;
-        self.timers.register(ts, key)?;
+        // The key's timer stays where it is unless this event is due before it.
+        if earlier {
+            self.timers.register(ts, key)?;
+        }
         Ok(Handled::Taken)
     }
 
@@ -702,7 +723,7 @@ where
         let mut restored = Vec::new();
         self.keys.scan(|key, state| restored.push((key, state)))?;
         for (key, state) in restored {
-            if let Some(t) = self.next_timer(&state) {
+            if let Some(t) = self.pattern.next_timer(&state) {
                 self.timers.register(t, key)?;
             }
         }
