@@ -58,7 +58,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tempfile::TempDir;
 
-use common::broker::Broker;
+use common::broker::{last_assignment, Broker, GROUP_TIMING};
 use common::checkpointed::complete_checkpoint_dirs;
 use common::Summary;
 use weir_connectors::{KafkaSink, KafkaSpec};
@@ -66,8 +66,6 @@ use weir_engine::{JobMetrics, Record, Sink};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const PARTITIONS: i32 = 4;
-/// Group settings that make the broker's group join take seconds, not tens of seconds.
-const GROUP_TIMING: &str = "session.timeout.ms=6000&heartbeat.interval.ms=1000";
 
 impl Broker {
     /// Every committed record of `topic` (all partitions, from the start to the current end,
@@ -995,16 +993,6 @@ fn resumed_from_checkpoint(stderr: &str, p: i32) -> bool {
     stderr
         .lines()
         .any(|l| l.contains("resuming") && l.contains(&dir))
-}
-
-/// The partitions a process was last assigned, from its stderr.
-fn last_assignment(stderr: &str) -> Option<Vec<i32>> {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains("the group assigned"))?;
-    let list = line.rsplit_once('[')?.1.split_once(']')?.0;
-    Some(list.split(", ").filter_map(|p| p.parse().ok()).collect())
 }
 
 #[test]

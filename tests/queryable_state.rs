@@ -9,15 +9,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
+use common::accounts::balances;
 use common::follow_run::{api_addr, client, Process, LIMIT};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
@@ -55,7 +56,7 @@ impl Input {
             r#"{{"account":"a1","type":"steal","amount":5,"ts":1}}"#
         )
         .expect("write");
-        let balances = reference(&path);
+        let balances = balances(&path);
         assert_eq!(balances.len() as u64, ACCOUNTS, "every account has events");
         Input {
             dir,
@@ -85,26 +86,6 @@ impl Input {
         }
         args
     }
-}
-
-/// Balances computed from the events in `path` (deposits minus withdrawals per account),
-/// skipping lines that are not account events as the job does.
-fn reference(path: &Path) -> BTreeMap<String, i64> {
-    let mut balances = BTreeMap::new();
-    for line in fs::read_to_string(path).expect("input").lines() {
-        let event: Value = serde_json::from_str(line).expect("JSON");
-        let (Some(account), Some(amount)) = (event["account"].as_str(), event["amount"].as_i64())
-        else {
-            continue;
-        };
-        let sign = match event["type"].as_str() {
-            Some("deposit") => 1,
-            Some("withdraw") => -1,
-            _ => continue,
-        };
-        *balances.entry(account.to_string()).or_insert(0) += sign * amount;
-    }
-    balances
 }
 
 /// The status and JSON body of `GET path`, with the bearer `token` if given.

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Events are `{"account":"a17","type":"deposit"|"withdraw","amount":250,"ts":..}` (`weir gen
-//! accounts`); a line that is not one (an unknown type, a negative amount) goes to the dead
+//! accounts`), from a file or a Kafka topic (`--input kafka://..`; keyed by account and
+//! with `tasks=per-partition`, several processes split the accounts and each answers for
+//! its own, redirecting the others: see `crate::partitioned::routing`); a line that is not one (an unknown type, a negative amount) goes to the dead
 //! letters. `GET /api/v1/state/balances/a17` answers the account's
 //! `{"balance","deposits","withdrawals","last_ts","recent_withdrawals"}`: `balance` is the
 //! sum of deposits minus withdrawals applied so far (withdrawals may overdraw).
@@ -24,12 +26,13 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use weir_connectors::{FileSource, Json};
+use weir_connectors::kafka::EventTime;
+use weir_connectors::{FileSource, Json, KafkaSource, KafkaSpec};
 use weir_engine::{Job, Watermarks};
 use weir_operators::prelude::*;
 
 use crate::dead_letters::write_dead_letters;
-use crate::options::JobOptions;
+use crate::options::{usage, JobOptions};
 use crate::output::OutputSink;
 
 /// One line of `weir jobs`.
@@ -148,15 +151,36 @@ pub enum AccountOutput {
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("account-balances");
     let input = opts.require_input("account-balances")?;
-    let source = job
-        .source(
+    let decoder = Json::<AccountEvent>::default();
+    let event_time = |e: &AccountEvent| e.ts;
+    let source = match KafkaSpec::parse(input.to_str().unwrap_or_default()) {
+        Some(spec) => {
+            let spec = match spec {
+                Ok(spec) => spec,
+                Err(e) => usage!("--input {e}"),
+            };
+            if spec.event_time == EventTime::Kafka {
+                usage!(
+                    "--input {}: account-balances takes event time from each event's `ts`: \
+                     drop timestamp=kafka",
+                    spec.describe()
+                );
+            }
+            let metrics = job.metrics().kafka();
+            job.source(
+                "events",
+                KafkaSource::new(spec, decoder, metrics).max_future(event_time, opts.max_future),
+            )
+        }
+        None => job.source(
             "events",
-            FileSource::new(input, opts.input_format(), Json::<AccountEvent>::default())
+            FileSource::new(input, opts.input_format(), decoder)
                 .follow(opts.follow)
                 .max_line(opts.max_line)
-                .max_future(|e: &AccountEvent| e.ts, opts.max_future),
-        )
-        .uid("events");
+                .max_future(event_time, opts.max_future),
+        ),
+    }
+    .uid("events");
     let events = source
         .clone()
         .timestamps(

@@ -145,6 +145,12 @@ struct ServeOptions {
     /// TOKEN`); required to serve on an address other than loopback.
     #[arg(long, env = "WEIR_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// With `--input kafka://..?tasks=per-partition` over several processes: the
+    /// HOST:PORT of this process's API that the others send callers to (421 answers to
+    /// state queries for keys of this process's partitions), as Kafka Streams'
+    /// `application.server`. Default: the address the API bound.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertised_api_addr: Option<String>,
     /// Keep serving metrics this long after the job ends (e.g. `30s`), for a last scrape.
     #[arg(long, value_parser = |s: &str| parse_duration(s))]
     linger: Option<Duration>,
@@ -399,6 +405,7 @@ fn run(
             metrics_addr: serve.metrics_addr.clone(),
             api_token: serve.api_token.clone(),
             quiet: serve.quiet,
+            advertised_api_addr: serve.advertised_api_addr.clone(),
         };
         let done = crate::partitioned::run(spec, options, &serving, &stop)?;
         let what = done

@@ -1,6 +1,7 @@
 //! The Kafka-compatible test broker (Tansu, installed by `scripts/setup`; see
 //! `scripts/kafka-broker`), started on a free 127.0.0.1 port with its log in memory: the
-//! Kafka tests and the Prometheus test (a Kafka-sourced job for the consumer-lag panel).
+//! Kafka tests, the Prometheus test (a Kafka-sourced job for the consumer-lag panel) and
+//! the routed queryable state of a run per partition; and reading such a run's stderr.
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
@@ -8,6 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+/// Group settings that make the broker's group join take seconds, not tens of seconds.
+pub(crate) const GROUP_TIMING: &str = "session.timeout.ms=6000&heartbeat.interval.ms=1000";
+
+/// The partitions a `weir` process of a run per partition was last assigned, from its
+/// stderr.
+pub(crate) fn last_assignment(stderr: &str) -> Option<Vec<i32>> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("the group assigned"))?;
+    let list = line.rsplit_once('[')?.1.split_once(']')?.0;
+    Some(list.split(", ").filter_map(|p| p.parse().ok()).collect())
+}
 
 /// A broker process on a free loopback port; killed when dropped.
 pub(crate) struct Broker {

@@ -9,6 +9,7 @@
 // Helpers here set up fixtures; a failing setup should panic the test.
 #![allow(clippy::unwrap_used)]
 
+pub(crate) mod accounts;
 pub(crate) mod broker;
 pub(crate) mod checkpointed;
 pub(crate) mod follow_run;

@@ -77,6 +77,7 @@ macro_rules! report_through_reporting {
 }
 
 mod group;
+pub mod partitioner;
 mod reach;
 mod sink;
 mod source;
@@ -99,6 +100,7 @@ use weir_engine::metrics::KafkaMetrics;
 use throttle::Throttle;
 
 pub use group::{GroupChange, GroupMember};
+pub use partitioner::{Partitioner, UnknownPartitioner};
 pub use reach::UnreachableBrokers;
 pub use sink::{KafkaLineWriter, KafkaSink, KeyOf};
 pub use source::{KafkaSource, SetEventTime};

@@ -60,7 +60,7 @@ pub(crate) mod table;
 
 pub use parse::{parse_key, Cmp, Filter};
 pub use queue::{QueryableState, TableHandle};
-pub use table::{answer_from_map, QueryableTable};
+pub use table::{answer_from_map, key_order, QueryableTable};
 
 use serde::Serialize;
 use serde_json::Value;

@@ -111,8 +111,9 @@ fn in_range(key: &Value, from: Option<&Value>, to: Option<&Value>) -> bool {
         && to.is_none_or(|t| key_order(key, t) == Ordering::Less)
 }
 
-/// The order of keys (see the module docs).
-pub(crate) fn key_order(a: &Value, b: &Value) -> Ordering {
+/// The order of keys (see the module docs): the order of scan answers, for callers that
+/// merge several (the tasks of a job run per Kafka partition).
+pub fn key_order(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
         (Value::String(a), Value::String(b)) => a.cmp(b),
         (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {

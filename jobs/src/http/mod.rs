@@ -17,6 +17,10 @@
 //! | `GET /api/v1/state/{table}/{key}` | one key's value, with the watermark and last checkpoint it reflects; 404 if absent |
 //! | `GET /api/v1/state/{table}?from=&to=&prefix=&filter=&limit=` | entries in key order (`from` inclusive, `to` exclusive; `filter` like `balance>10000`; `limit` 100 by default, at most 10,000) |
 //!
+//! In a job run as one task per Kafka partition over several processes, a lookup of a key
+//! another process serves answers 421 with that process's address, and a scan covers this
+//! process's partitions (see `routed.rs`).
+//!
 //! The server runs on a tokio runtime of its own thread; the dataflow threads never wait
 //! for it, and it reads only the engine's counters and handles ([`ServedJob`]). So no
 //! request can stall the job, and a slow request (a savepoint, a file read) runs on the
@@ -30,6 +34,7 @@
 
 mod client;
 mod dead_letters;
+mod routed;
 mod routes;
 mod served;
 mod state;

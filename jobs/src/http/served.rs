@@ -12,6 +12,7 @@ use weir_engine::metrics::InstanceSample;
 use weir_engine::{JobControl, JobPlan, LatencySummary, QueryableState};
 
 use super::timeline::Timeline;
+use crate::partitioned::StateRouter;
 
 /// A running job as the HTTP server sees it: a whole job in this process, or the
 /// partition tasks of a Kafka-partitioned run.
@@ -30,6 +31,11 @@ pub(crate) trait ServedJob: Send + Sync + 'static {
     fn control(&self) -> Option<&JobControl>;
     /// The job's queryable state tables, for a whole job in this process.
     fn state(&self) -> Option<&QueryableState> {
+        None
+    }
+    /// Where state queries are answered, for the partition tasks of a run per Kafka
+    /// partition (see [`crate::partitioned::StateRouter`]).
+    fn partitions(&self) -> Option<StateRouter> {
         None
     }
 }

@@ -19,6 +19,14 @@
 //! cancelled (like a crash: nothing after its last checkpoint is committed) and joined
 //! *before* the revocation returns, so the next owner resumes from exactly what it left.
 //!
+//! # Queryable state across processes
+//! Each task's queryable tables are its own (its partition's keys). Any process answers
+//! `GET /api/v1/state/{table}/{key}`: it finds the key's partition with the input
+//! producers' partitioner, asks that partition's task if it runs here, and otherwise
+//! answers 421 with the address of the process that does, read from that process's owner
+//! claim `DIR/partition-P/JOB/OWNER` (`owners`: written when a task starts, renewed every
+//! second, removed on revocation; stale after 10 s), or 503 while nobody owns it (`routing`).
+//!
 //! # Invariants
 //! - Results equal a one-process run only if every record of a key is in one partition
 //!   (records keyed by it: `weir gen --key-field`) and every stateful operator is keyed by
@@ -31,22 +39,32 @@
 //! - A task that fails (not cancelled) ends the process, as Kafka Streams' default
 //!   uncaught-exception handler does: its partitions then go to the other processes.
 
+pub mod owners;
+mod routing;
+mod served;
+mod task_options;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use weir_connectors::kafka::{encode_param_value, GroupChange, GroupMember};
-use weir_connectors::KafkaSpec;
-use weir_engine::metrics::InstanceSample;
-use weir_engine::{EngineError, JobControl, JobMetrics, LatencySummary, RunSummary};
+use weir_connectors::kafka::{GroupChange, GroupMember};
+use weir_engine::{EngineError, JobControl, JobMetrics, QueryableState, RunSummary};
 
-use crate::http::{Outcome, ServedJob};
-use crate::options::{usage, JobOptions};
+use crate::http::Outcome;
+use crate::options::JobOptions;
 use crate::registry::JobSpec;
+
+pub use owners::{claim_path, key_owner, read_claim, Claimed, KeyOwner, OwnerClaim, OwnerError};
+use owners::{Claims, RENEW_EVERY};
+pub(crate) use routing::{Placement, StateRouter};
+use served::PartitionTasks;
+pub use task_options::kafka_input;
+use task_options::{check_options, task_dir, task_options};
 
 /// How often the process serves the group and looks for finished tasks.
 const TICK: Duration = Duration::from_millis(100);
@@ -55,6 +73,8 @@ const TICK: Duration = Duration::from_millis(100);
 struct Task {
     control: Arc<JobControl>,
     metrics: Arc<JobMetrics>,
+    /// Its queryable tables (see `routing`).
+    state: Arc<QueryableState>,
     handle: JoinHandle<anyhow::Result<RunSummary>>,
 }
 
@@ -87,6 +107,9 @@ pub struct Serving {
     pub api_token: Option<String>,
     /// No progress lines.
     pub quiet: bool,
+    /// `--advertised-api-addr`: the `HOST:PORT` other processes send callers to for the
+    /// keys of this process's partitions; `None`: the address the API bound.
+    pub advertised_api_addr: Option<String>,
 }
 
 /// Runs `spec` as one task per partition the group assigns this process, until every
@@ -103,32 +126,48 @@ pub fn run(
     let state_dir = check_options(options, &input)?;
     let process_metrics = Arc::new(JobMetrics::new(&spec.name));
     let tasks: Arc<Mutex<Tasks>> = Arc::default();
+    let claims = Arc::new(Claims::new(&state_dir, &spec.name));
+    let partition_count = Arc::new(AtomicI32::new(0));
     let starter = TaskStarter {
         spec: spec.clone(),
         options: options.clone(),
-        state_dir,
+        state_dir: state_dir.clone(),
         until_end: input.until_end,
         quiet: serving.quiet,
         stop: stop.clone(),
+        claims: claims.clone(),
     };
+    // The job built once, not run: the graph every task runs and its queryable tables
+    // (building does no I/O).
+    let template = (spec.build)(options).ok();
     let served = PartitionTasks {
         process: process_metrics.clone(),
         tasks: tasks.clone(),
         stop: stop.clone(),
+        router: StateRouter {
+            tasks: tasks.clone(),
+            claims: claims.clone(),
+            partitions: partition_count.clone(),
+            catalog: template.as_ref().map(|job| job.queryable_state()),
+            state_dir,
+            job: spec.name.clone(),
+            until_end: input.until_end,
+        },
     };
     let http = Arc::new(crate::http::Serving {
-        // The graph every task runs (building does no I/O).
-        plan: (spec.build)(options)
-            .ok()
-            .map(|job| job.plan(options.parallelism)),
+        plan: template.map(|job| job.plan(options.parallelism)),
         token: serving.api_token.clone(),
         ..crate::http::Serving::new(&spec.name, Arc::new(served))
     });
-    let _server = crate::cli::serve_http(
+    let server = crate::cli::serve_http(
         serving.metrics_addr.as_deref(),
         serving.api_token.as_deref(),
         &http,
     )?;
+    claims.set_api(advertised_api(
+        serving.advertised_api_addr.as_deref(),
+        server.as_ref().map(|s| s.addr()),
+    ));
     let on_change = {
         let (tasks, starter) = (tasks.clone(), starter.clone());
         move |change: GroupChange| match change {
@@ -140,6 +179,7 @@ pub fn run(
                     match starter.start(partition) {
                         Ok(task) => {
                             lock(&tasks).running.insert(partition, task);
+                            starter.claim(partition);
                         }
                         Err(e) => {
                             lock(&tasks).failed.get_or_insert(e);
@@ -155,8 +195,10 @@ pub fn run(
                         .filter_map(|p| tasks.running.remove(p).map(|t| (*p, t)))
                         .collect()
                 };
-                // All are told first, so they wind down together.
-                for (_, task) in &stopping {
+                // All are told first, so they wind down together; the claims go first, so
+                // other processes stop sending callers here.
+                for (partition, task) in &stopping {
+                    starter.release(*partition);
                     task.control.cancel();
                 }
                 for (partition, task) in stopping {
@@ -173,7 +215,7 @@ pub fn run(
         false => Ok(true),
     };
     let outcome = match reached {
-        Ok(true) => serve_until_done(&member, &tasks, &starter),
+        Ok(true) => serve_until_done(&member, &tasks, &starter, &partition_count),
         Ok(false) => Ok(()),
         Err(e) => Err(e.into()),
     };
@@ -195,86 +237,6 @@ pub fn run(
     }
 }
 
-/// The partition tasks of this process, as the HTTP API shows them: one job whose
-/// figures are summed over the tasks (their watermarks: the lowest).
-struct PartitionTasks {
-    process: Arc<JobMetrics>,
-    tasks: Arc<Mutex<Tasks>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl PartitionTasks {
-    /// The metrics of every task, running or finished here, by task name.
-    fn task_metrics(&self) -> Vec<(String, Arc<JobMetrics>)> {
-        let tasks = lock(&self.tasks);
-        let running = tasks.running.iter().map(|(p, t)| (*p, &t.metrics));
-        let finished = tasks.finished.iter().map(|(p, _, m)| (*p, m));
-        running
-            .chain(finished)
-            .map(|(p, m)| (format!("partition-{p}"), m.clone()))
-            .collect()
-    }
-}
-
-impl ServedJob for PartitionTasks {
-    fn render_metrics(&self) -> String {
-        let all = self.task_metrics();
-        let labels: Vec<[(&str, &str); 1]> =
-            all.iter().map(|(t, _)| [("task", t.as_str())]).collect();
-        let mut sets: Vec<(&[(&str, &str)], &JobMetrics)> = vec![(&[], &*self.process)];
-        sets.extend(labels.iter().zip(&all).map(|(l, (_, m))| (&l[..], &**m)));
-        JobMetrics::render_all(&sets)
-    }
-
-    fn instances(&self) -> Vec<InstanceSample> {
-        let mut merged: BTreeMap<(String, usize), InstanceSample> = BTreeMap::new();
-        for (_, metrics) in self.task_metrics() {
-            for s in metrics.instance_samples() {
-                match merged.get_mut(&(s.operator.clone(), s.subtask)) {
-                    None => {
-                        merged.insert((s.operator.clone(), s.subtask), s);
-                    }
-                    Some(m) => {
-                        let both =
-                            |a: Option<i64>, b: Option<i64>, f: fn(i64, i64) -> i64| match (a, b) {
-                                (Some(a), Some(b)) => Some(f(a, b)),
-                                (a, b) => a.or(b),
-                            };
-                        let sum = |a, b| a + b;
-                        m.events_in += s.events_in;
-                        m.events_out += s.events_out;
-                        m.late_events += s.late_events;
-                        m.watermark_ms = both(m.watermark_ms, s.watermark_ms, i64::min);
-                        m.state_entries = both(m.state_entries, s.state_entries, sum);
-                        m.state_bytes = both(m.state_bytes, s.state_bytes, sum);
-                        m.queue_fill = both(m.queue_fill, s.queue_fill, sum);
-                        m.queue_capacity = both(m.queue_capacity, s.queue_capacity, sum);
-                    }
-                }
-            }
-        }
-        merged.into_values().collect()
-    }
-
-    fn latency(&self) -> Option<LatencySummary> {
-        // Each task times its own sinks; the process shows no single figure for them all
-        // (Prometheus has them per task).
-        None
-    }
-
-    fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    fn is_stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    fn control(&self) -> Option<&JobControl> {
-        None
-    }
-}
-
 /// How long a partition's task waits for the partition's state directory to be released
 /// by an earlier owner on this machine before it fails.
 const STATE_DIR_WAIT: Duration = Duration::from_secs(60);
@@ -282,16 +244,24 @@ const STATE_DIR_WAIT: Duration = Duration::from_secs(60);
 /// How long the topic may show no partitions before the process gives up.
 const NO_PARTITIONS_FOR: Duration = Duration::from_secs(30);
 
-/// Serves the group and reaps finished tasks until every partition of the topic is
+/// How often the topic's partition count is asked for while it is unknown, and again once
+/// known (for the routing of state queries; partitions added to a topic move keys).
+const COUNT_UNKNOWN_EVERY: Duration = Duration::from_secs(1);
+const COUNT_KNOWN_EVERY: Duration = Duration::from_secs(30);
+
+/// Serves the group, renews this process's owner claims, keeps `partition_count` (the
+/// topic's) current and reaps finished tasks until every partition of the topic is
 /// finished (`until=end`), a task failed, or every task stopped after a stop request.
 fn serve_until_done(
     member: &GroupMember,
     tasks: &Arc<Mutex<Tasks>>,
     starter: &TaskStarter,
+    partition_count: &AtomicI32,
 ) -> anyhow::Result<()> {
-    let mut partition_count = 0;
     let started = Instant::now();
     let mut stop_sent = false;
+    let mut renewed = Instant::now();
+    let mut counted: Option<Instant> = None;
     loop {
         member.poll(TICK);
         if starter.stopping() && !stop_sent {
@@ -318,20 +288,44 @@ fn serve_until_done(
         if lock(tasks).failed.is_some() || (stop_sent && lock(tasks).running.is_empty()) {
             return Ok(());
         }
+        if renewed.elapsed() >= RENEW_EVERY {
+            renewed = Instant::now();
+            let running: Vec<i32> = lock(tasks).running.keys().copied().collect();
+            for partition in running {
+                starter.renew(partition);
+            }
+        }
+        let mut count = partition_count.load(Ordering::SeqCst);
+        // Asked (it waits for the brokers) once a broker has shown itself by assigning
+        // partitions, or when a bounded run needs the count to know it is done.
+        let wanted = count > 0 || starter.until_end || !lock(tasks).running.is_empty();
+        let every = if count > 0 {
+            COUNT_KNOWN_EVERY
+        } else {
+            COUNT_UNKNOWN_EVERY
+        };
+        if wanted && counted.is_none_or(|at| at.elapsed() >= every) {
+            counted = Some(Instant::now());
+            // A metadata error is passing as often as not: asked again next time.
+            if let Some(n) = member
+                .partition_count()
+                .ok()
+                .and_then(|n| i32::try_from(n).ok())
+                .filter(|&n| n > 0)
+            {
+                count = n;
+                partition_count.store(n, Ordering::SeqCst);
+            }
+        }
         if !starter.until_end || !lock(tasks).running.is_empty() {
             continue;
         }
-        if partition_count == 0 {
-            // A metadata error is passing as often as not: asked again next time.
-            partition_count = member.partition_count().unwrap_or(0);
-            if partition_count == 0 && started.elapsed() > NO_PARTITIONS_FOR {
-                bail!(
-                    "the input topic showed no partitions for {NO_PARTITIONS_FOR:?} (does it \
-                     exist? is the broker up?): create it before running the job"
-                );
-            }
+        if count == 0 && started.elapsed() > NO_PARTITIONS_FOR {
+            bail!(
+                "the input topic showed no partitions for {NO_PARTITIONS_FOR:?} (does it \
+                 exist? is the broker up?): create it before running the job"
+            );
         }
-        let count = i32::try_from(partition_count).unwrap_or(i32::MAX);
         if count > 0 && (0..count).all(|partition| starter.is_finished(partition)) {
             return Ok(());
         }
@@ -348,6 +342,8 @@ struct TaskStarter {
     quiet: bool,
     /// Set when the process is asked to stop: no more tasks start.
     stop: Arc<AtomicBool>,
+    /// This process's owner claims on its partitions (see `owners`).
+    claims: Arc<Claims>,
 }
 
 impl TaskStarter {
@@ -360,12 +356,28 @@ impl TaskStarter {
         self.until_end && self.finished_marker(partition).exists()
     }
 
-    /// `DIR/partition-P/JOB/FINISHED`: partition `P`'s task read to the end (`until=end`);
-    /// beside the task's checkpoints, so it belongs to this job alone.
     fn finished_marker(&self, partition: i32) -> PathBuf {
-        task_dir(&self.state_dir, partition)
-            .join(&self.spec.name)
-            .join("FINISHED")
+        finished_marker(&self.state_dir, &self.spec.name, partition)
+    }
+
+    /// Claims `partition` (whose task just started here) for this process's API. A claim
+    /// that cannot be written is said and costs only the routing of queries.
+    fn claim(&self, partition: i32) {
+        if let Err(e) = self.claims.claim(partition) {
+            eprintln!("weir: partition {partition}: {e}; state queries for its keys on other processes answer 503");
+        }
+    }
+
+    fn renew(&self, partition: i32) {
+        if let Err(e) = self.claims.renew(partition) {
+            eprintln!("weir: partition {partition}: {e}");
+        }
+    }
+
+    fn release(&self, partition: i32) {
+        if let Err(e) = self.claims.release(partition) {
+            eprintln!("weir: partition {partition}: {e}");
+        }
     }
 
     /// Starts partition `partition`'s task; it restores the partition's newest checkpoint
@@ -394,14 +406,15 @@ impl TaskStarter {
                         return Err(e);
                     }
                 };
-                let _ = built_tx.send(Some((job.control(), job.metrics())));
+                let _ = built_tx.send(Some((job.control(), job.metrics(), job.queryable_state())));
                 Ok(job.run(&run_options)?)
             })
             .context("cannot start a partition task's thread")?;
         match built_rx.recv().ok().flatten() {
-            Some((control, metrics)) => Ok(Task {
+            Some((control, metrics, state)) => Ok(Task {
                 control,
                 metrics,
+                state,
                 handle,
             }),
             None => Err(join(handle)
@@ -413,6 +426,7 @@ impl TaskStarter {
 
     /// Waits for a task that ended or was cancelled and records how it ended.
     fn settle(&self, tasks: &Mutex<Tasks>, partition: i32, task: Task) {
+        self.release(partition);
         match join(task.handle) {
             Ok(summary) if summary.stopped => {
                 eprintln!("weir: partition {partition} stopped (final checkpoint taken)");
@@ -460,132 +474,31 @@ fn lock(tasks: &Mutex<Tasks>) -> MutexGuard<'_, Tasks> {
     tasks.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The Kafka input if it asks for one task per partition.
-pub fn kafka_input(options: &JobOptions) -> Option<KafkaSpec> {
-    let uri = options.input.as_deref()?.to_str()?;
-    KafkaSpec::parse(uri)?
-        .ok()
-        .filter(|spec| spec.per_partition_tasks)
+/// `DIR/partition-P/JOB/FINISHED`: partition `P`'s task read to the end (`until=end`);
+/// beside the task's checkpoints, so it belongs to this job alone.
+fn finished_marker(state_dir: &Path, job: &str, partition: i32) -> PathBuf {
+    task_dir(state_dir, partition).join(job).join("FINISHED")
 }
 
-/// The state directory; refuses what a job run per partition cannot do.
-fn check_options(options: &JobOptions, input: &KafkaSpec) -> anyhow::Result<PathBuf> {
-    let (Some(dir), Some(_)) = (&options.state_dir, options.checkpoint_interval) else {
-        usage!(
-            "tasks=per-partition keeps each partition's state in checkpoints under a directory \
-             every process of the group can read: pass --state-dir DIR and \
-             --checkpoint-interval D"
-        );
-    };
-    if options.from_savepoint.is_some() || options.replay_from.is_some() {
-        usage!(
-            "tasks=per-partition resumes each partition from its own newest checkpoint: \
-             --from-savepoint and --replay-from are not supported with it"
-        );
+/// The API address owner claims name: `--advertised-api-addr` if given, else the address
+/// the API bound (`None`: it serves none). An address any process could bind (0.0.0.0)
+/// reaches no one from elsewhere, which is said.
+fn advertised_api(advertised: Option<&str>, bound: Option<std::net::SocketAddr>) -> Option<String> {
+    if let Some(addr) = advertised {
+        return Some(match addr.contains("://") {
+            true => addr.trim_end_matches('/').to_string(),
+            false => format!("http://{addr}"),
+        });
     }
-    if options
-        .output
-        .as_deref()
-        .is_some_and(|o| o.starts_with("tcp://") && o.contains("mode=listen"))
-    {
-        usage!(
-            "tasks=per-partition runs a sink per partition, and they cannot all listen on one \
-             address: use a file, Kafka or tcp:// client output"
+    let bound = bound?;
+    if bound.ip().is_unspecified() {
+        eprintln!(
+            "weir: the API listens on {bound}, an address other processes cannot send callers \
+             to: pass --advertised-api-addr HOST:PORT so that state queries for this process's \
+             partitions are redirected to it"
         );
     }
-    // A revoked partition's task stops before the member gives the partition up only with
-    // the classic, eager protocol (see `GroupMember`).
-    let eager = input.properties.iter().all(|(k, v)| {
-        !(k == "partition.assignment.strategy" && v.contains("cooperative")
-            || k == "group.protocol" && v != "classic")
-    });
-    if !eager {
-        usage!(
-            "tasks=per-partition needs the classic group protocol with an eager assignor \
-             (range or roundrobin): drop group.protocol / the cooperative \
-             partition.assignment.strategy from --input"
-        );
-    }
-    Ok(dir.clone())
-}
-
-/// `DIR/partition-P`: partition `P`'s state, checkpoints and (for non-file outputs) dead
-/// letters.
-fn task_dir(state_dir: &Path, partition: i32) -> PathBuf {
-    state_dir.join(format!("partition-{partition}"))
-}
-
-/// The options of partition `partition`'s task: the input reads that partition alone,
-/// state and checkpoints live in `DIR/partition-P`, and outputs are the task's own.
-fn task_options(
-    options: &JobOptions,
-    state_dir: &Path,
-    partition: i32,
-) -> anyhow::Result<JobOptions> {
-    let own = format!("partition-{partition}");
-    let task_dir = task_dir(state_dir, partition);
-    std::fs::create_dir_all(&task_dir)
-        .with_context(|| format!("cannot create {} (check --state-dir)", task_dir.display()))?;
-    let input = options
-        .input
-        .as_deref()
-        .and_then(Path::to_str)
-        .unwrap_or_default();
-    let input = with_param(
-        &with_param(input, "tasks", None),
-        "partitions",
-        Some(&partition.to_string()),
-    );
-    // Dead letters go beside a file output (as without tasks), else in the task's directory.
-    let elsewhere = Some(task_dir.join("dead-letters.jsonl"));
-    let (output, dead_letter_file) = match options.output.as_deref() {
-        None => (None, elsewhere),
-        Some(uri) if uri.ends_with(':') || uri == "-" || uri.starts_with("tcp://") => {
-            (Some(uri.to_string()), elsewhere)
-        }
-        Some(uri) => match KafkaSpec::parse(uri) {
-            Some(spec) => {
-                let spec = spec.map_err(|e| anyhow!("--output {e}"))?;
-                let id = format!("{}.{partition}", spec.transactional_id());
-                (
-                    Some(with_param(uri, "transactional.id", Some(&id))),
-                    elsewhere,
-                )
-            }
-            None => {
-                let dir = Path::new(uri.strip_prefix("file://").unwrap_or(uri)).join(&own);
-                (Some(dir.to_string_lossy().into_owned()), None)
-            }
-        },
-    };
-    Ok(JobOptions {
-        input: Some(PathBuf::from(input)),
-        output,
-        state_dir: Some(task_dir),
-        late_output: options.late_output.as_ref().map(|p| p.join(&own)),
-        dead_letter_file,
-        ..options.clone()
-    })
-}
-
-/// `uri` with query parameter `key` set to `value` (replacing it), or removed (`None`).
-fn with_param(uri: &str, key: &str, value: Option<&str>) -> String {
-    let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
-    let mut pairs: Vec<String> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && p.split('=').next() != Some(key))
-        .map(str::to_string)
-        .collect();
-    if let Some(value) = value {
-        // The URI's parser percent-decodes values (a transactional id made of a group's
-        // name may hold any character).
-        pairs.push(format!("{key}={}", encode_param_value(value)));
-    }
-    if pairs.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", pairs.join("&"))
-    }
+    Some(format!("http://{bound}"))
 }
 
 /// The finished tasks' runs added up.
@@ -613,114 +526,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_parameter_is_replaced_added_or_removed() {
-        let uri = "kafka://b:1/t?group=g&tasks=per-partition&until=end";
+    fn claims_name_the_advertised_address_else_the_bound_one() {
+        let bound: std::net::SocketAddr = "127.0.0.1:4242".parse().expect("an address");
         assert_eq!(
-            with_param(&with_param(uri, "tasks", None), "partitions", Some("3")),
-            "kafka://b:1/t?group=g&until=end&partitions=3"
+            advertised_api(None, Some(bound)).as_deref(),
+            Some("http://127.0.0.1:4242")
         );
         assert_eq!(
-            with_param("kafka://b:1/t?tasks=x", "tasks", None),
-            "kafka://b:1/t"
+            advertised_api(Some("node-2.example:9898"), Some(bound)).as_deref(),
+            Some("http://node-2.example:9898")
         );
         assert_eq!(
-            with_param(
-                "kafka://b:1/o?transactional.id=a",
-                "transactional.id",
-                Some("a.2")
-            ),
-            "kafka://b:1/o?transactional.id=a.2"
+            advertised_api(Some("https://node-2.example/"), None).as_deref(),
+            Some("https://node-2.example")
         );
-    }
-
-    #[test]
-    fn refuses_what_partition_tasks_cannot_do_and_says_why() {
-        let input = "kafka://b:1/t?tasks=per-partition";
-        let state = ["--state-dir", "st", "--checkpoint-interval", "1s"];
-        for (args, says) in [
-            (vec!["--input", input], "pass --state-dir DIR"),
-            (
-                [
-                    &["--input", input][..],
-                    &state,
-                    &["--replay-from", "beginning"],
-                ]
-                .concat(),
-                "--replay-from are not supported",
-            ),
-            (
-                [
-                    &["--input", input][..],
-                    &state,
-                    &["--output", "tcp://127.0.0.1:1?mode=listen"],
-                ]
-                .concat(),
-                "cannot all listen",
-            ),
-            (
-                [
-                    &[
-                        "--input",
-                        &format!("{input}&partition.assignment.strategy=cooperative-sticky"),
-                    ][..],
-                    &state,
-                ]
-                .concat(),
-                "eager assignor",
-            ),
-        ] {
-            let options = JobOptions::from_args(&args).expect("parses");
-            let spec = kafka_input(&options).expect("a task input");
-            let err = check_options(&options, &spec).map(|_| ()).unwrap_err();
-            assert!(err.to_string().contains(says), "{args:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn each_task_has_its_own_input_state_and_outputs() {
-        let options = JobOptions::from_args([
-            "--input",
-            "kafka://b:1/events?group=g&tasks=per-partition",
-            "--output",
-            "out",
-            "--late-output",
-            "late",
-            "--state-dir",
-            "/nonexistent-weir-test/st",
-            "--checkpoint-interval",
-            "1s",
-        ])
-        .expect("valid options");
-        let dir = std::env::temp_dir().join(format!("weir-task-options-{}", std::process::id()));
-        let task = task_options(&options, &dir, 2).expect("task options");
-        assert_eq!(
-            task.input.as_deref(),
-            Some(Path::new("kafka://b:1/events?group=g&partitions=2"))
-        );
-        assert_eq!(task.output.as_deref(), Some("out/partition-2"));
-        assert_eq!(
-            task.late_output.as_deref(),
-            Some(Path::new("late/partition-2"))
-        );
-        assert_eq!(task.state_dir, Some(dir.join("partition-2")));
-        assert_eq!(
-            task.dead_letter_path("j"),
-            PathBuf::from("out/partition-2.dead.jsonl")
-        );
-
-        let to_kafka = JobOptions {
-            output: Some("kafka://b:1/results".into()),
-            ..options
-        };
-        let task = task_options(&to_kafka, &dir, 3).expect("task options");
-        assert_eq!(
-            task.output.as_deref(),
-            Some("kafka://b:1/results?transactional.id=weir.weir.results.3")
-        );
-        assert_eq!(
-            task.dead_letter_path("j"),
-            dir.join("partition-3").join("dead-letters.jsonl")
-        );
-        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(advertised_api(None, None), None, "--metrics-addr off");
     }
 }
