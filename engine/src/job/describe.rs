@@ -1,0 +1,116 @@
+//! A job's graph as a plan, as text (`weir describe`) and as Graphviz DOT.
+
+use std::fmt::Write as _;
+
+use super::{Job, NodeKind};
+use crate::plan::{Exchange, JobPlan, PlanEdge, PlanNode};
+
+impl Job {
+    /// The operator graph as data, for `parallelism` workers (see [`JobPlan`]).
+    pub fn plan(&self, parallelism: usize) -> JobPlan {
+        let graph = self.inner.graph.borrow();
+        let uids = graph.uids();
+        let mut edges = Vec::new();
+        let nodes = graph
+            .nodes
+            .iter()
+            .zip(uids)
+            .enumerate()
+            .map(|(id, (node, uid))| {
+                let exchange = if graph.is_chained(id, parallelism) {
+                    Exchange::Forward
+                } else if node.kind == NodeKind::Keyed {
+                    Exchange::Hash
+                } else {
+                    Exchange::Channel
+                };
+                edges.extend(node.inputs.iter().map(|&from| PlanEdge {
+                    from,
+                    to: id,
+                    exchange,
+                }));
+                PlanNode {
+                    id,
+                    name: node.name.clone(),
+                    uid: uid.value,
+                    uid_derived: uid.derived,
+                    kind: node.kind,
+                    parallelism: graph.parallelism(id, parallelism),
+                    detail: node.detail.clone(),
+                }
+            })
+            .collect();
+        JobPlan {
+            job: self.inner.name.clone(),
+            parallelism,
+            nodes,
+            edges,
+        }
+    }
+
+    /// The operator graph as text, one node per line, for `parallelism` workers.
+    pub fn describe(&self, parallelism: usize) -> String {
+        let plan = self.plan(parallelism);
+        let mut out = format!("job {} (parallelism {parallelism})\n", plan.job);
+        for node in &plan.nodes {
+            let inputs: Vec<&PlanEdge> = plan.edges.iter().filter(|e| e.to == node.id).collect();
+            let names: Vec<&str> = inputs
+                .iter()
+                .map(|e| plan.nodes[e.from].name.as_str())
+                .collect();
+            let how = match inputs.first().map(|e| e.exchange) {
+                None => String::new(),
+                Some(Exchange::Forward) => format!(" <- {} (chained)", names.join(", ")),
+                Some(Exchange::Hash) => {
+                    format!(" <- {} (hash exchange over key groups)", names.join(", "))
+                }
+                Some(Exchange::Channel) => format!(" <- {} (channel)", names.join(", ")),
+            };
+            let _ = writeln!(
+                out,
+                "  [{}] {} {:?} x{} uid={}{}{how}{}",
+                node.id,
+                node.name,
+                node.kind,
+                node.parallelism,
+                node.uid,
+                if node.uid_derived { " (derived)" } else { "" },
+                if node.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" : {}", node.detail)
+                }
+            );
+        }
+        for e in &self.inner.graph.borrow().errors {
+            let _ = writeln!(out, "  error: {e}");
+        }
+        out
+    }
+
+    /// The operator graph in Graphviz DOT.
+    pub fn to_dot(&self, parallelism: usize) -> String {
+        let plan = self.plan(parallelism);
+        let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", plan.job);
+        for node in &plan.nodes {
+            let shape = match node.kind {
+                NodeKind::Source | NodeKind::ParallelSource => "invhouse",
+                NodeKind::Sink => "house",
+                NodeKind::Keyed => "box3d",
+                NodeKind::Stateless | NodeKind::Union => "box",
+            };
+            let label = format!("{}\\nx{}\\nuid {}", node.name, node.parallelism, node.uid)
+                .replace('"', "'");
+            let _ = writeln!(out, "  n{} [label=\"{label}\", shape={shape}];", node.id);
+            for edge in plan.edges.iter().filter(|e| e.to == node.id) {
+                let style = match edge.exchange {
+                    Exchange::Forward => "solid",
+                    Exchange::Channel | Exchange::Hash => "bold",
+                };
+                let _ = writeln!(out, "  n{} -> n{} [style={style}];", edge.from, node.id);
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+}

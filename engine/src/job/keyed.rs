@@ -1,0 +1,60 @@
+//! [`KeyedStream`], a stream partitioned by key, where keyed operators apply.
+
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use super::{NodeKind, Stream};
+use crate::keys::StableHash;
+use crate::operator::OperatorFactory;
+use crate::record::Data;
+use crate::runtime::KeyedNode;
+use crate::state::StateKey;
+
+/// A stream partitioned by key; stateful operators apply per key.
+pub struct KeyedStream<K, T, KF> {
+    pub(super) stream: Stream<T>,
+    pub(super) key: KF,
+    pub(super) _key: PhantomData<fn() -> K>,
+}
+
+impl<K, T, KF> std::fmt::Debug for KeyedStream<K, T, KF> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedStream")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, T, KF> KeyedStream<K, T, KF>
+where
+    K: StateKey + StableHash + Data,
+    T: Data,
+    KF: Fn(&T) -> K + Clone + Send + 'static,
+{
+    /// The stream before keying.
+    pub fn stream(&self) -> &Stream<T> {
+        &self.stream
+    }
+
+    /// The key function (for operators that re-key the stream themselves).
+    pub fn key_fn(&self) -> KF {
+        self.key.clone()
+    }
+
+    /// Applies a keyed operator made by `factory`, one instance per worker. Its results
+    /// keep the event time the operator gives them.
+    pub fn process<F>(self, name: &str, detail: String, factory: F) -> Stream<F::Out>
+    where
+        F: OperatorFactory<Key = K, In = T>,
+    {
+        let job = self.stream.job.clone();
+        let id = job.add(
+            name,
+            NodeKind::Keyed,
+            detail,
+            &[self.stream.node],
+            Rc::new(KeyedNode::new(factory, self.key)),
+        );
+        Stream::new(job, id, self.stream.timed)
+    }
+}
