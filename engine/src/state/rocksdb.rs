@@ -173,8 +173,10 @@ impl RocksStore {
         table_options.set_block_based_table_factory(&blocks);
         // The same for the memtable: a get of a key that is not there (dedup's every new id)
         // otherwise walks the memtable's skip list, a third of dedup's profile. A whole-key
-        // bloom filter of 2 % of the write buffer answers most of those misses.
-        table_options.set_memtable_prefix_bloom_ratio(0.02);
+        // bloom filter answers most of those misses. Every memtable allocates its filter
+        // up front, sized from the write buffer size (64 MiB), so the ratio is kept small
+        // (256 KiB a memtable): with 2 % the filters alone broke the shared memtable budget.
+        table_options.set_memtable_prefix_bloom_ratio(0.004);
         table_options.set_memtable_whole_key_filtering(true);
         Ok(Arc::new(RocksStore {
             db,
