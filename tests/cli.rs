@@ -90,6 +90,105 @@ fn describe_prints_the_graph_as_text_and_dot_without_touching_files() -> TestRes
     Ok(())
 }
 
+/// `weir describe JOB ARGS`: its text part (one line per node) and its DOT part.
+fn describe(args: &[&str]) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let out = weir(&[&["describe"], args].concat())?;
+    if !out.status.success() {
+        return Err(format!(
+            "weir describe {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let (graph, dot) = text
+        .split_once("digraph")
+        .ok_or_else(|| format!("no DOT part in:\n{text}"))?;
+    Ok((graph.to_string(), format!("digraph{dot}")))
+}
+
+/// The line of node `name` in a described graph (`  [3] window Keyed x1 ..`).
+fn node_line<'a>(graph: &'a str, name: &str) -> Option<&'a str> {
+    graph
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+}
+
+#[test]
+fn describe_names_the_state_tables_of_every_keyed_operator() -> TestResult {
+    // Every keyed operator of every bundled job (and Nexmark query) names its tables, in
+    // the text and the DOT.
+    let jobs = String::from_utf8(weir(&["jobs"])?.stdout)?;
+    let mut described: Vec<Vec<&str>> = jobs
+        .lines()
+        .filter_map(|l| Some(vec![l.split_whitespace().next()?]))
+        .collect();
+    for query in ["q3", "q4", "q5", "q7", "q8"] {
+        described.push(vec!["nexmark", "--query", query]);
+    }
+    let mut keyed = 0;
+    for args in &described {
+        let (graph, dot) = describe(args)?;
+        for line in graph.lines().filter(|l| l.contains(" Keyed ")) {
+            assert!(
+                line.contains("; state: "),
+                "{args:?}: no tables in `{line}`"
+            );
+            keyed += 1;
+        }
+        assert_eq!(
+            graph.matches("state: ").count(),
+            dot.matches("state: ").count(),
+            "{args:?}: the DOT labels name the same tables:\n{graph}\n{dot}"
+        );
+    }
+    assert!(
+        keyed >= 10,
+        "only {keyed} keyed operators in the bundled jobs"
+    );
+
+    // The names are those of the tables the operators open (the metrics' `table` label).
+    let cases: [(&[&str], &str, &str); 7] = [
+        (&["window-agg"], "window", "; state: window-panes"),
+        (
+            &["window-agg", "--window", "session:5s"],
+            "window",
+            "; state: sessions",
+        ),
+        (
+            &["window-agg", "--top", "3"],
+            "top-n",
+            "; state: top-n-candidates",
+        ),
+        (
+            &["account-balances", "--parallelism", "2"],
+            "balances",
+            "; state: process-state (queryable as `balances`)",
+        ),
+        (&["account-balances"], "window", "; state: window-panes"),
+        (&["order-analytics"], "dedup", "; state: seen-ids"),
+        (&["saga-monitor"], "cep", "; state: cep-keys"),
+    ];
+    for (args, node, state) in cases {
+        let (graph, dot) = describe(args)?;
+        let line = node_line(&graph, node).ok_or_else(|| format!("no {node} in:\n{graph}"))?;
+        assert!(
+            line.ends_with(state),
+            "{args:?}: `{line}` should end with `{state}`"
+        );
+        let label = dot
+            .lines()
+            .find(|l| l.contains(&format!("label=\"{node}\\n")))
+            .ok_or_else(|| format!("no {node} in:\n{dot}"))?;
+        let state = state.trim_start_matches("; ").replace('"', "'");
+        assert!(
+            label.contains(&format!("\\n{state}\"")),
+            "{args:?}: {label}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn mistakes_get_one_clear_message_and_a_failing_exit_code() -> TestResult {
     let dir = tempfile::tempdir()?;

@@ -9,6 +9,11 @@
 //! malformed lines the test inserted (line number and bytes), and one uninterrupted run
 //! without checkpoints on the same input (its results, and its dead-letter file byte for
 //! byte, since a dead letter's text is a function of the line alone).
+//!
+//! The second test adds events the window's sum cannot take (`i64` overflow) and runs with
+//! `--on-aggregate-error dead-letter` at parallelism 2: those letters leave the window by
+//! its side output, from two worker threads, and meet the source's in one exactly-once sink.
+//! Each must be there once too, though the order of the two kinds may differ between runs.
 
 // This whole file is test code, but clippy's `allow-unwrap-in-tests` only covers the
 // `#[test]` functions of an integration test, not its helpers (rust-clippy#11119).
@@ -41,6 +46,9 @@ const EVERY: usize = 1_999;
 const PADDING: usize = 3_000;
 /// Runs killed before the one let finish.
 const KILLS: usize = 12;
+/// An overflowing pair of events (with `--on-aggregate-error dead-letter` only) comes
+/// before every this-many-th good line.
+const OVERFLOW_EVERY: usize = 3_001;
 
 /// The malformed lines, by kind: not JSON, not UTF-8, a record cut short.
 fn malformed(n: usize) -> Vec<u8> {
@@ -58,10 +66,56 @@ fn malformed(n: usize) -> Vec<u8> {
 
 #[test]
 fn kill_9_keeps_each_dead_letter_exactly_once_and_the_results_exact() {
-    let fx = Fixture::new();
+    let fx = Fixture::new(Rejects::Fail);
+    let (tally, letters) = kill_restart_and_finish(&fx);
+    check_letters(
+        &letters,
+        &fx.malformed,
+        &format!("{tally}: {}", dead_letter_file(&fx.path("out")).display()),
+    );
+    assert!(
+        letters == fx.reference_dead,
+        "{tally}: the dead letters differ from the uninterrupted run's:\n--- got\n{}\n--- \
+         reference\n{}",
+        String::from_utf8_lossy(&letters),
+        String::from_utf8_lossy(&fx.reference_dead)
+    );
+}
+
+#[test]
+fn kill_9_keeps_each_event_the_aggregate_refused_in_the_dead_letters_exactly_once() {
+    let fx = Fixture::new(Rejects::DeadLetter);
+    let (tally, letters) = kill_restart_and_finish(&fx);
+    let what = format!("{tally}: {}", dead_letter_file(&fx.path("out")).display());
+    // Source letters and refused events reach the sink from different threads: compared
+    // by line number, each must be there once.
+    let mut got = parse_letters(&letters, &what);
+    got.sort();
+    assert_eq!(
+        got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        fx.malformed.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "{what}: line numbers of the dead letters (malformed and refused)"
+    );
+    assert!(got == fx.malformed, "{what}: the bytes of the dead letters");
+    let refused = String::from_utf8_lossy(&letters)
+        .lines()
+        .filter(|l| l.contains("overflowed"))
+        .count();
+    assert_eq!(refused, fx.refused, "{what}: letters of refused events");
+    assert_eq!(
+        sorted_lines(&String::from_utf8_lossy(&letters)),
+        sorted_lines(&String::from_utf8_lossy(&fx.reference_dead)),
+        "{what}: the dead letters differ from the uninterrupted run's"
+    );
+}
+
+/// Runs the job with checkpoints `KILLS` times, each killed at a random moment, then once
+/// to the end; checks that the kills happened midway and the results are the
+/// uninterrupted run's. Returns a tally of the kills and the dead-letter file.
+fn kill_restart_and_finish(fx: &Fixture) -> (String, Vec<u8>) {
     let (out, state) = (fx.path("out"), fx.path("state"));
     let dead = dead_letter_file(&out);
-    let mut args = job_args(&fx.input, &out);
+    let mut args = fx.args(&fx.input, &out);
     args.extend([
         OsString::from("--state-dir"),
         state.clone().into(),
@@ -110,27 +164,26 @@ fn kill_9_keeps_each_dead_letter_exactly_once_and_the_results_exact() {
         fx.reference_rows,
         "{tally}: the committed results differ from the uninterrupted run's"
     );
-    let letters = fs::read(&dead).unwrap();
-    check_letters(
-        &letters,
-        &fx.malformed,
-        &format!("{tally}: {}", dead.display()),
-    );
-    assert!(
-        letters == fx.reference_dead,
-        "{tally}: the dead letters differ from the uninterrupted run's:\n--- got\n{}\n--- \
-         reference\n{}",
-        String::from_utf8_lossy(&letters),
-        String::from_utf8_lossy(&fx.reference_dead)
-    );
+    (tally, fs::read(&dead).unwrap())
 }
 
 /// Checks that `letters` (a dead-letter file) holds exactly the `expected` lines (line
 /// number, bytes), once each and in order.
 fn check_letters(letters: &[u8], expected: &[(u64, Vec<u8>)], what: &str) {
+    let got = parse_letters(letters, what);
+    let lines = |v: &[(u64, Vec<u8>)]| v.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+    assert_eq!(
+        lines(&got),
+        lines(expected),
+        "{what}: line numbers of the dead letters"
+    );
+    assert!(got == expected, "{what}: the bytes of the dead letters");
+}
+
+/// The line number and bytes of each dead letter of a dead-letter file, in file order.
+fn parse_letters(letters: &[u8], what: &str) -> Vec<(u64, Vec<u8>)> {
     let text = std::str::from_utf8(letters).unwrap();
-    let got: Vec<(u64, Vec<u8>)> = text
-        .lines()
+    text.lines()
         .map(|l| {
             let letter: Value = serde_json::from_str(l).unwrap_or_else(|e| {
                 panic!("{what}: a dead letter that is not JSON ({e}), torn or run together: {l}")
@@ -145,28 +198,35 @@ fn check_letters(letters: &[u8], expected: &[(u64, Vec<u8>)], what: &str) {
             };
             (line, raw)
         })
-        .collect();
-    let lines = |v: &[(u64, Vec<u8>)]| v.iter().map(|(n, _)| *n).collect::<Vec<_>>();
-    assert_eq!(
-        lines(&got),
-        lines(expected),
-        "{what}: line numbers of the dead letters"
-    );
-    assert!(got == expected, "{what}: the bytes of the dead letters");
+        .collect()
 }
 
-/// The input with malformed lines, and what an uninterrupted run makes of it.
+/// What the window does with an event its sum cannot take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejects {
+    /// The default: the job fails (the input has no such event).
+    Fail,
+    /// `--on-aggregate-error dead-letter` at parallelism 2; the input has such events.
+    DeadLetter,
+}
+
+/// The input with malformed lines (and, refused by the window, overflowing events), and
+/// what an uninterrupted run makes of it.
 struct Fixture {
     dir: TempDir,
+    rejects: Rejects,
     input: PathBuf,
-    /// The malformed lines inserted: line number (1-based) and bytes.
+    /// The lines that become dead letters, in input order: line number (1-based) and
+    /// bytes (a refused event's dead letter holds it as decoded, which is its line).
     malformed: Vec<(u64, Vec<u8>)>,
+    /// How many of them the window refused.
+    refused: usize,
     reference_rows: Vec<String>,
     reference_dead: Vec<u8>,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    fn new(rejects: Rejects) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clean = dir.path().join("clean.jsonl");
         let gen_args: Vec<OsString> = vec![
@@ -185,44 +245,81 @@ impl Fixture {
         let good = fs::read(&clean).unwrap();
         let mut input = Vec::with_capacity(good.len() + good.len() / EVERY * 64);
         let mut malformed_lines = Vec::new();
-        let mut line = 0u64;
+        let (mut line, mut refused, mut overflowing) = (0u64, 0, 0u64);
+        let mut push = |input: &mut Vec<u8>, raw: &[u8]| {
+            input.extend_from_slice(raw);
+            input.push(b'\n');
+            line += 1;
+            line
+        };
         for (i, text) in good.split_inclusive(|&b| b == b'\n').enumerate() {
             if i % EVERY == EVERY / 2 {
                 let raw = malformed(malformed_lines.len());
-                input.extend_from_slice(&raw);
-                input.push(b'\n');
-                line += 1;
-                malformed_lines.push((line, raw));
+                let at = push(&mut input, &raw);
+                malformed_lines.push((at, raw));
             }
-            input.extend_from_slice(text);
-            line += 1;
+            if rejects == Rejects::DeadLetter && i % OVERFLOW_EVERY == OVERFLOW_EVERY / 3 {
+                // Two events of a key of their own at the time of the next good line (so
+                // not late): the window takes the first and refuses the second, whose sum
+                // would overflow.
+                let ts = serde_json::from_slice::<Value>(text).unwrap()["ts"]
+                    .as_i64()
+                    .unwrap();
+                let raw = format!(
+                    r#"{{"ts":{ts},"key":"overflow-{refused}","value":{}}}"#,
+                    i64::MAX
+                );
+                push(&mut input, raw.as_bytes());
+                let at = push(&mut input, raw.as_bytes());
+                malformed_lines.push((at, raw.into_bytes()));
+                refused += 1;
+                overflowing += 2;
+            }
+            push(&mut input, text.strip_suffix(b"\n").unwrap_or(text));
         }
         let path = dir.path().join("dirty.jsonl");
         fs::write(&path, &input).unwrap();
 
-        let output = dir.path().join("reference.jsonl");
-        let args = job_args(&path, &output);
-        let stderr = Running::start(WEIR, &args, dir.path().join("reference.stderr")).finish();
+        let mut fx = Fixture {
+            dir,
+            rejects,
+            input: path,
+            malformed: malformed_lines,
+            refused,
+            reference_rows: Vec::new(),
+            reference_dead: Vec::new(),
+        };
+        let output = fx.path("reference.jsonl");
+        let args = fx.args(&fx.input, &output);
+        let stderr = Running::start(WEIR, &args, fx.path("reference.stderr")).finish();
         let summary = Summary::from_stderr(&stderr).unwrap();
         assert_eq!(
             (summary.events_read, summary.dead_letters),
-            (EVENTS, malformed_lines.len() as u64),
+            (EVENTS + overflowing, fx.malformed.len() as u64),
             "reference run: events read, dead letters"
         );
-        let reference_rows = sorted_lines(&fs::read_to_string(&output).unwrap());
-        let reference_dead = fs::read(dead_letter_file(&output)).unwrap();
-        check_letters(&reference_dead, &malformed_lines, "reference run");
-        Fixture {
-            dir,
-            input: path,
-            malformed: malformed_lines,
-            reference_rows,
-            reference_dead,
+        fx.reference_rows = sorted_lines(&fs::read_to_string(&output).unwrap());
+        fx.reference_dead = fs::read(dead_letter_file(&output)).unwrap();
+        if rejects == Rejects::Fail {
+            check_letters(&fx.reference_dead, &fx.malformed, "reference run");
         }
+        fx
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// `weir run window-agg` on `input`, results to `output`, with the options all runs
+    /// share.
+    fn args(&self, input: &Path, output: &Path) -> Vec<OsString> {
+        let mut args = job_args(input, output);
+        if self.rejects == Rejects::DeadLetter {
+            args.extend(
+                ["--on-aggregate-error", "dead-letter", "--parallelism", "2"].map(OsString::from),
+            );
+        }
+        args
     }
 }
 
@@ -231,7 +328,7 @@ fn dead_letter_file(output: &Path) -> PathBuf {
     PathBuf::from(format!("{}.dead.jsonl", output.display()))
 }
 
-/// `weir run window-agg` on `input`, results to `output`, with the options all runs share.
+/// `weir run window-agg` on `input`, results to `output`, with the options of every test.
 fn job_args(input: &Path, output: &Path) -> Vec<OsString> {
     vec![
         "run".into(),

@@ -145,6 +145,15 @@ fn the_job_endpoint_shows_the_graph_state_and_live_figures() {
             .all(|n| n["watermark_lag_ms"].as_i64().is_some()),
         "keyed nodes show no watermark lag: {seen}"
     );
+    // The window names its table as `weir describe` does; nothing of it is queryable.
+    assert_eq!(
+        (
+            &node(&seen, "window")["state_tables"],
+            &node(&seen, "window")["queryable"]
+        ),
+        (&serde_json::json!(["window-panes"]), &Value::Null),
+        "{seen}"
+    );
 
     let checkpoints = get_until(
         &addr,

@@ -89,11 +89,20 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
         results
     );
     assert!(results > 0.0);
-    // Every windowed event was released: no open window state is left.
+    // Every windowed event was released: no open window state is left, in any table.
     assert_eq!(
         sample_sum(body, "weir_state_entries", &[r#"operator="window""#]),
         0.0
     );
+    for subtask in ["0", "1"] {
+        let series = format!(
+            r#"weir_state_table_entries{{job="window-agg",operator="window",subtask="{subtask}",table="window-panes"}} 0"#
+        );
+        assert!(
+            body.lines().any(|l| l == series),
+            "no `{series}` in:\n{body}"
+        );
+    }
     // The watermark of the timestamp stage is the last one before the end of input, in
     // seconds.
     let watermark = sample_sum(

@@ -262,8 +262,46 @@ fn balances_equal_the_reference_with_either_backend_at_parallelism_1_and_2() {
         let addr = api_addr(&mut job);
         wait_applied(&mut job, &addr);
         check_queries(&addr, &input.balances);
+        check_table_metrics(&run, &addr, parallelism);
         assert!(job.is_running(), "{run}: the job stays up while queried");
     }
+}
+
+/// `weir_state_table_entries` of the `balances` operator's table holds one entry per
+/// account, summed over its instances, each of which holds some; the window's table, one
+/// entry per account with open panes, is there too.
+fn check_table_metrics(run: &str, addr: &str, parallelism: &str) {
+    let metrics = common::http_get(addr, "/metrics").expect("GET /metrics");
+    let family = "weir_state_table_entries";
+    let balances = [r#"operator="balances""#, r#"table="process-state""#];
+    assert_eq!(
+        common::sample_sum(&metrics, family, &balances),
+        ACCOUNTS as f64,
+        "{run}: one entry per account in the balances table:\n{metrics}"
+    );
+    let instances: usize = parallelism.parse().expect("a number");
+    if instances > 1 {
+        for subtask in 0..instances {
+            let subtask = format!("subtask=\"{subtask}\"");
+            let held = common::sample_sum(&metrics, family, &[balances[0], balances[1], &subtask]);
+            assert!(
+                held > 0.0 && held < ACCOUNTS as f64,
+                "{run}: instance {subtask} holds {held} of {ACCOUNTS} accounts"
+            );
+        }
+    }
+    let panes = [r#"operator="window""#, r#"table="window-panes""#];
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(family) && panes.iter().all(|p| l.contains(p))),
+        "{run}: no series of the window's table:\n{metrics}"
+    );
+    let open = common::sample_sum(&metrics, family, &panes);
+    assert!(
+        (0.0..=ACCOUNTS as f64).contains(&open),
+        "{run}: {open} keys with open windows, of {ACCOUNTS} accounts"
+    );
 }
 
 #[test]

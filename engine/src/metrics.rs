@@ -25,6 +25,7 @@
 //! | `weir_duplicates_dropped_total` | counter | events a dedup operator dropped as repeats |
 //! | `weir_watermark_seconds` | gauge | current watermark of an operator instance (seconds since the epoch, milliseconds as the fraction) |
 //! | `weir_state_entries` | gauge | state entries (e.g. open window panes) of an instance |
+//! | `weir_state_table_entries` | gauge | entries of one state table of an instance (label `table`: the names `weir describe` lists; a window's table holds a key's panes per entry), sampled after each batch |
 //! | `weir_channel_fill` | gauge | batches queued in front of an instance (backpressure) |
 //! | `weir_channel_capacity` | gauge | capacity of that queue, in batches |
 //! | `weir_uptime_seconds` | gauge | seconds since the job started |
@@ -101,6 +102,7 @@ pub struct JobMetrics {
     /// `weir_watermark_seconds` by [`JobMetrics::gather`].
     watermark_ms: IntGaugeVec,
     state_entries: IntGaugeVec,
+    state_table_entries: IntGaugeVec,
     channel_fill: IntGaugeVec,
     channel_capacity: IntGaugeVec,
     uptime: Gauge,
@@ -232,6 +234,12 @@ impl JobMetrics {
                 "State entries held by an operator instance",
                 INSTANCE_LABELS,
             ),
+            state_table_entries: gauge_vec(
+                r,
+                "weir_state_table_entries",
+                "Entries of one state table of an operator instance",
+                &["operator", "subtask", "table"],
+            ),
             channel_fill: gauge_vec(
                 r,
                 "weir_channel_fill",
@@ -298,6 +306,14 @@ impl JobMetrics {
             watermark: self.watermark_ms.with_label_values(&labels),
             state_entries,
         }
+    }
+
+    /// The entry gauge of state table `table` of instance `instance` of the keyed operator
+    /// `operator`.
+    pub fn state_table(&self, operator: &str, instance: usize, table: &str) -> IntGauge {
+        let instance = instance.to_string();
+        self.state_table_entries
+            .with_label_values(&[operator, instance.as_str(), table])
     }
 
     /// The dead-letter counter of a source.

@@ -38,6 +38,11 @@ pub struct PlanNode {
     pub parallelism: usize,
     /// What the node does (a source's input, a window's size, ..), possibly empty.
     pub detail: String,
+    /// The names of its state tables (keyed operators; empty for the others): the `table`
+    /// label of `weir_state_table_entries`.
+    pub state_tables: Vec<String>,
+    /// The name its state is queryable under (`GET /api/v1/state/{name}`), if any.
+    pub queryable: Option<String>,
 }
 
 /// The kinds of [`PlanNode`].

@@ -249,14 +249,11 @@ pub fn aggregate_windows(
     // The source's stream, for its dead letters.
     let source = events.clone();
     let read_input = origins.is_some();
+    // Refused events leave the window by its side output and share the source's
+    // exactly-once dead-letter sink, so they take part in checkpoints like results: a
+    // restore withdraws the letters after its checkpoint, and the replayed input, meeting
+    // the restored sums, refuses the same events again.
     let reject = opts.on_aggregate_error == "dead-letter";
-    if reject && opts.checkpoint_interval.is_some() {
-        usage!(
-            "--on-aggregate-error dead-letter writes dead letters at once, which a restart from \
-             a checkpoint could lose: drop --checkpoint-interval, or keep the default (fail) \
-             and remove or fix the record the error names"
-        );
-    }
     if opts.top.is_some() && !opts.allowed_lateness.is_zero() {
         usage!("--top ranks each window once, when it is final: it cannot take --allowed-lateness");
     }

@@ -359,6 +359,9 @@ struct CepFactory<K, T> {
     _key: PhantomData<fn() -> K>,
 }
 
+/// The state table of the matches in progress, by key.
+const KEYS: &str = "cep-keys";
+
 impl<K: StateKey + Data, T: StateValue + Data> OperatorFactory for CepFactory<K, T> {
     type Key = K;
     type In = T;
@@ -373,10 +376,14 @@ impl<K: StateKey + Data, T: StateValue + Data> OperatorFactory for CepFactory<K,
         let operator = CepOperator {
             pattern: self.pattern.clone(),
             timeouts: self.timeouts,
-            keys: state.map_state("cep-keys")?,
+            keys: state.map_state(KEYS)?,
             timers: state.timer_queue("timers")?,
         };
         Ok(EventTime::new(operator, ctx))
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![KEYS.to_string()]
     }
 }
 

@@ -140,6 +140,9 @@ struct ContinuousTopNFactory<K, T, A, F> {
     _types: PhantomData<fn() -> (K, T)>,
 }
 
+/// The state table of the ranking (one entry: the operator runs on one key).
+const TABLE: &str = "continuous-top-n";
+
 impl<K, T, A, M, F> OperatorFactory for ContinuousTopNFactory<K, T, A, F>
 where
     K: StateKey + Data + Ord,
@@ -163,10 +166,14 @@ where
             n: self.n,
             aggregator: self.aggregator.clone(),
             metric: self.metric.clone(),
-            table: state.map_state("continuous-top-n")?,
+            table: state.map_state(TABLE)?,
             next_due: None,
         };
         Ok(EventTime::new(operator, ctx))
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![TABLE.to_string()]
     }
 }
 

@@ -128,6 +128,9 @@ struct DedupFactory<K, T, SK, SF> {
     _types: PhantomData<fn(K, T) -> SK>,
 }
 
+/// The state table of the ids seen, each with the time it expires from.
+const SEEN: &str = "seen-ids";
+
 impl<K, T, SK, SF> OperatorFactory for DedupFactory<K, T, SK, SF>
 where
     K: StateKey + Data,
@@ -146,11 +149,15 @@ where
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
         Ok(DedupOperator {
-            seen: state.map_state_with_ttl("seen-ids", self.ttl)?,
+            seen: state.map_state_with_ttl(SEEN, self.ttl)?,
             seen_key: self.seen_key.clone(),
             dropped: self.metrics.duplicates(&ctx.name, ctx.instance),
             _input: PhantomData,
         })
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![SEEN.to_string()]
     }
 }
 
@@ -212,6 +219,10 @@ where
 
     fn state_entries(&self) -> usize {
         self.seen.len()
+    }
+
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        vec![&mut self.seen]
     }
 
     fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {

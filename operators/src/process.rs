@@ -187,6 +187,9 @@ struct TimerProcessFactory<F, K, T> {
     _types: PhantomData<fn() -> (K, T)>,
 }
 
+/// The state table of the process function: its state per key.
+const STATE: &str = "process-state";
+
 impl<F, K, T> OperatorFactory for TimerProcessFactory<F, K, T>
 where
     K: StateKey + Data,
@@ -205,7 +208,7 @@ where
     ) -> Result<Self::Operator<B>, BoxError> {
         let operator = TimerProcessOperator {
             f: self.f.clone(),
-            state: state.map_state("process-state")?,
+            state: state.map_state(STATE)?,
             timers: state.timer_queue("timers")?,
             ctx: TimerContext {
                 emitted: Vec::new(),
@@ -216,6 +219,10 @@ where
             _types: PhantomData,
         };
         Ok(EventTime::new(operator, ctx))
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![STATE.to_string()]
     }
 }
 

@@ -200,6 +200,9 @@ struct TopNFactory<K, V, F> {
     _types: PhantomData<fn() -> (K, V)>,
 }
 
+/// The state table of the best results so far per open window.
+const CANDIDATES: &str = "top-n-candidates";
+
 impl<K, V, M, F> OperatorFactory for TopNFactory<K, V, F>
 where
     K: StateKey + Data + Ord,
@@ -220,10 +223,14 @@ where
         let operator = TopNOperator {
             n: self.n,
             metric: self.metric.clone(),
-            candidates: state.map_state("top-n-candidates")?,
+            candidates: state.map_state(CANDIDATES)?,
             due: BTreeSet::new(),
         };
         Ok(EventTime::new(operator, ctx))
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![CANDIDATES.to_string()]
     }
 }
 

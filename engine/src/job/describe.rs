@@ -37,6 +37,8 @@ impl Job {
                     kind: node.kind,
                     parallelism: graph.parallelism(id, parallelism),
                     detail: node.detail.clone(),
+                    state_tables: node.tables.clone(),
+                    queryable: node.queryable.clone(),
                 }
             })
             .collect();
@@ -75,10 +77,11 @@ impl Job {
                 node.parallelism,
                 node.uid,
                 if node.uid_derived { " (derived)" } else { "" },
-                if node.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(" : {}", node.detail)
+                match (node.detail.is_empty(), state_of(node)) {
+                    (true, None) => String::new(),
+                    (false, None) => format!(" : {}", node.detail),
+                    (true, Some(state)) => format!(" : {state}"),
+                    (false, Some(state)) => format!(" : {}; {state}", node.detail),
                 }
             );
         }
@@ -99,8 +102,11 @@ impl Job {
                 NodeKind::Keyed => "box3d",
                 NodeKind::Stateless | NodeKind::Union => "box",
             };
-            let label = format!("{}\\nx{}\\nuid {}", node.name, node.parallelism, node.uid)
-                .replace('"', "'");
+            let mut label = format!("{}\\nx{}\\nuid {}", node.name, node.parallelism, node.uid);
+            if let Some(state) = state_of(node) {
+                label = format!("{label}\\n{state}");
+            }
+            let label = label.replace('"', "'");
             let _ = writeln!(out, "  n{} [label=\"{label}\", shape={shape}];", node.id);
             for edge in plan.edges.iter().filter(|e| e.to == node.id) {
                 let style = match edge.exchange {
@@ -112,5 +118,17 @@ impl Job {
         }
         out.push_str("}\n");
         out
+    }
+}
+
+/// A node's state tables as `weir describe` shows them (`state: window-panes`; a
+/// queryable table adds the name queries use), or `None` for a node without state.
+fn state_of(node: &PlanNode) -> Option<String> {
+    let tables = node.state_tables.join(", ");
+    match (tables.is_empty(), &node.queryable) {
+        (true, None) => None,
+        (true, Some(name)) => Some(format!("queryable as `{name}`")),
+        (false, None) => Some(format!("state: {tables}")),
+        (false, Some(name)) => Some(format!("state: {tables} (queryable as `{name}`)")),
     }
 }

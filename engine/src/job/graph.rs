@@ -20,6 +20,8 @@ pub(crate) struct Node {
     pub(crate) kind: NodeKind,
     /// The name its state table is queryable under ([`super::Stream::queryable`]), if any.
     pub(crate) queryable: Option<String>,
+    /// The names of a keyed operator's state tables ([`crate::OperatorFactory::tables`]).
+    pub(crate) tables: Vec<String>,
     pub(crate) detail: String,
     pub(crate) inputs: Vec<NodeId>,
     pub(crate) consumers: Vec<NodeId>,
@@ -121,6 +123,7 @@ impl Graph {
             uid: None,
             kind,
             queryable: None,
+            tables: Vec::new(),
             detail,
             inputs: inputs.to_vec(),
             consumers: Vec::new(),

@@ -48,6 +48,7 @@ where
         F: OperatorFactory<Key = K, In = T>,
     {
         let job = self.stream.job.clone();
+        let tables = factory.tables();
         let id = job.add(
             name,
             NodeKind::Keyed,
@@ -55,6 +56,7 @@ where
             &[self.stream.node],
             Rc::new(KeyedNode::new(factory, self.key)),
         );
+        job.inner.graph.borrow_mut().nodes[id].tables = tables;
         Stream::new(job, id, self.stream.timed)
     }
 }

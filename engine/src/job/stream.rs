@@ -314,11 +314,7 @@ impl<T: Data> Stream<T> {
         };
         match problem {
             Some(reason) => graph.errors.push(reason),
-            None => {
-                let node = &mut graph.nodes[target];
-                node.queryable = Some(table.to_string());
-                node.detail = format!("{}; queryable as `{table}`", node.detail);
-            }
+            None => graph.nodes[target].queryable = Some(table.to_string()),
         }
         drop(graph);
         self

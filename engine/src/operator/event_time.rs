@@ -109,7 +109,8 @@ pub trait EventTimeOperator: Send + 'static {
     ) -> Result<(), BoxError>;
 
     /// Every state table of the operator, by name: flushed at each checkpoint. A table left
-    /// out here would lose its writes since the last flush on a restore.
+    /// out here would lose its writes since the last flush on a restore. The names are
+    /// those its factory declares ([`super::OperatorFactory::tables`]).
     fn tables(&mut self) -> Vec<&mut dyn StateTable>;
 
     /// Number of state entries, for the metrics (entries of the tables, or what the
@@ -216,6 +217,10 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
 
     fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {
         self.operator.queryable()
+    }
+
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        self.operator.tables()
     }
 
     fn watermark(&self) -> Option<Timestamp> {

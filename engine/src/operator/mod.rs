@@ -27,7 +27,7 @@ use crate::metrics::OperatorMetrics;
 use crate::query::QueryableTable;
 use crate::record::{Batch, Data, Keyed, Record};
 use crate::runtime::Push;
-use crate::state::StateBackend;
+use crate::state::{StateBackend, StateTable};
 use crate::time::{Timestamp, MIN_WATERMARK};
 
 /// Where an operator writes its results.
@@ -276,6 +276,14 @@ pub trait KeyedOperator: Send + 'static {
         None
     }
 
+    /// Every state table of the instance, in the order and with the names its factory
+    /// declares ([`OperatorFactory::tables`]): the runtime checks the two agree when it
+    /// creates the instance, and samples each table's size for
+    /// `weir_state_table_entries` once per batch.
+    fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+        Vec::new()
+    }
+
     /// A checkpoint barrier arrived: makes all state durable in the backend
     /// ([`crate::StateTable::flush`]) and returns what else the instance needs to resume (for
     /// example its watermark). Required, so no operator can forget to flush.
@@ -308,4 +316,12 @@ pub trait OperatorFactory: Send + 'static {
         ctx: &OperatorContext,
         state: S,
     ) -> Result<Self::Operator<S>, BoxError>;
+
+    /// The names of the state tables its operators open ([`KeyedOperator::tables`]), known
+    /// before any instance exists: `weir describe` lists them and the metrics label each
+    /// table's size with them. An instance whose tables differ from these fails the job
+    /// as it starts, so the two cannot drift apart.
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -7,6 +7,8 @@ use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use prometheus::IntGauge;
+
 use super::build::{erase, Build, NodeImpl};
 use super::exchange::ExchangePush;
 use super::keyed_snapshot::{
@@ -120,6 +122,7 @@ where
         if let Some(snapshots) = restored {
             operator.restore(&snapshots).map_err(op_err)?;
         }
+        let tables = table_gauges(b, me, instance, &mut operator)?;
         let queries = match &b.graph.nodes[me].queryable {
             Some(table) => {
                 if operator.queryable().is_none() {
@@ -143,6 +146,7 @@ where
             queries,
             out: Output::connected(down, b.options.batch_size),
             metrics,
+            tables,
             checkpoint: participant.map(|participant| KeyedCheckpoint {
                 participant,
                 key_groups,
@@ -196,6 +200,38 @@ where
     }
 }
 
+/// The `weir_state_table_entries` gauges of instance `instance` of node `me`, one per
+/// state table in the order the operator lists them, after checking that the operator
+/// opened the tables its factory declared (what `weir describe` shows).
+fn table_gauges<O: KeyedOperator>(
+    b: &Build<'_>,
+    me: NodeId,
+    instance: usize,
+    operator: &mut O,
+) -> Result<Vec<IntGauge>> {
+    let name = b.name(me);
+    let declared = &b.graph.nodes[me].tables;
+    let opened: Vec<String> = operator
+        .tables()
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    if &opened != declared {
+        return Err(EngineError::InvalidJob {
+            job: b.metrics.job().to_string(),
+            reason: format!(
+                "operator `{name}` opened the state tables {opened:?}, but its factory \
+                 declares {declared:?}: make `OperatorFactory::tables` list the tables its \
+                 operator's `tables()` returns, in the same order"
+            ),
+        });
+    }
+    Ok(declared
+        .iter()
+        .map(|table| b.metrics.state_table(&name, instance, table))
+        .collect())
+}
+
 /// Opens instance `instance`'s queue of queryable table `table`, whose keys are routed to
 /// instances as the exchange routes them: by the key group of the key's stable hash.
 fn open_queries<K: StateKey>(b: &Build<'_>, table: &str, instance: usize) -> Result<QueryInbox> {
@@ -231,6 +267,8 @@ pub(super) struct KeyedRunner<O: KeyedOperator> {
     /// Connected to the downstream: results go on in chunks as they are emitted.
     out: Output<O::Out>,
     metrics: OperatorMetrics,
+    /// `weir_state_table_entries` of each of the operator's tables, in its order.
+    tables: Vec<IntGauge>,
     checkpoint: Option<KeyedCheckpoint>,
 }
 
@@ -265,6 +303,15 @@ impl<O: KeyedOperator> KeyedRunner<O> {
             store: store.name.clone(),
             operator,
         }))
+    }
+
+    /// Sets each table's `weir_state_table_entries` (once per batch, as the other state
+    /// gauges; out of line, so operators without tables pay one branch).
+    #[inline(never)]
+    fn sample_tables(&mut self) {
+        for (gauge, table) in self.tables.iter().zip(self.operator.tables()) {
+            gauge.set(table.len() as i64);
+        }
     }
 
     /// Answers the queries waiting for this instance (between batches: the table holds
@@ -332,6 +379,9 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         self.metrics
             .state_entries
             .set(self.operator.state_entries() as i64);
+        if !self.tables.is_empty() {
+            self.sample_tables();
+        }
         let forwarded = self.out.forward()?;
         self.metrics.events_out.inc_by(forwarded as u64);
         if self.queries.as_ref().is_some_and(|q| !q.is_empty()) {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::test_support::Collect;
+use super::test_support::{Collect, CountingFactory};
 use super::*;
 use crate::error::{BoxError, EngineError, Result};
 use crate::job::Job;
@@ -216,4 +216,57 @@ fn a_sources_dead_letters_leave_by_its_port_and_are_counted_even_when_unread(
     let err = job.run(&RunOptions::default()).unwrap_err().to_string();
     assert!(err.contains("only a source has dead letters"), "{err}");
     Ok(())
+}
+
+/// Counts 0..100 by `n % 7` at `parallelism` in an operator whose factory declares
+/// `declared`; returns the job (for its plan and metrics) and how the run ended.
+fn count_by_seven(declared: &[&str], parallelism: usize) -> (Job, Result<RunSummary>) {
+    let job = Job::new("tables");
+    job.source(
+        "numbers",
+        Scripted::new((0..100).collect(), vec![], Duration::ZERO, Duration::ZERO),
+    )
+    .key_by(|n: &i64| n % 7)
+    .process(
+        "count",
+        String::new(),
+        CountingFactory {
+            declared: declared.iter().map(|t| t.to_string()).collect(),
+        },
+    )
+    .sink("out", Collect(Arc::default()));
+    let result = job.run(&RunOptions {
+        parallelism,
+        ..RunOptions::default()
+    });
+    (job, result)
+}
+
+#[test]
+fn state_tables_are_named_in_the_plan_and_counted_per_instance() -> Result<(), EngineError> {
+    let (job, result) = count_by_seven(&["counts"], 2);
+    result?;
+    let plan = job.describe(2);
+    assert!(plan.contains("count Keyed x2"), "{plan}");
+    assert!(plan.contains(" : state: counts\n"), "{plan}");
+    assert!(job.to_dot(2).contains("\\nstate: counts\""));
+    // Seven keys between the two instances, each holding some.
+    let held: Vec<i64> = (0..2)
+        .map(|i| job.metrics().state_table("count", i, "counts").get())
+        .collect();
+    assert_eq!(held.iter().sum::<i64>(), 7, "{held:?}");
+    assert!(held.iter().all(|&n| n > 0), "{held:?}");
+    Ok(())
+}
+
+#[test]
+fn an_operator_whose_tables_differ_from_its_factorys_fails_as_it_starts() {
+    let (_, result) = count_by_seven(&["count"], 1);
+    let err = result.map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains(r#"opened the state tables ["counts"], but its factory declares ["count"]"#),
+        "{err}"
+    );
+    let (_, result) = count_by_seven(&[], 1);
+    assert!(result.is_err(), "undeclared tables are refused too");
 }

@@ -45,8 +45,10 @@ pub(crate) struct NodeView {
     pub(crate) watermark_lag_ms: Option<i64>,
     pub(crate) state_entries: Option<i64>,
     pub(crate) state_bytes: Option<i64>,
-    /// The names of its state tables (RocksDB state only).
+    /// The names of its state tables, as `weir describe` lists them (any state backend).
     pub(crate) state_tables: Vec<String>,
+    /// The name its state is queryable under (`GET /api/v1/state/{name}`), if any.
+    pub(crate) queryable: Option<String>,
     /// How full the queues of the nodes it sends to are, 0 to 1 (the highest of them): a
     /// node whose consumers' queues are full is held back by them, as Flink's
     /// backpressure ratio shows.
@@ -161,12 +163,6 @@ fn node_view(node: &PlanNode, latest: &[InstanceSample], t: &Timeline, now_ms: u
             .sum::<f64>()
     };
     let watermark = instances.iter().filter_map(|i| i.sample.watermark_ms).min();
-    let mut state_tables: Vec<String> = instances
-        .iter()
-        .flat_map(|i| i.sample.state_tables.iter().cloned())
-        .collect();
-    state_tables.sort();
-    state_tables.dedup();
     NodeView {
         id: node.id,
         name: node.name.clone(),
@@ -184,7 +180,8 @@ fn node_view(node: &PlanNode, latest: &[InstanceSample], t: &Timeline, now_ms: u
         watermark_lag_ms: lag(watermark),
         state_entries: sum_some(|s| s.state_entries),
         state_bytes: sum_some(|s| s.state_bytes),
-        state_tables,
+        state_tables: node.state_tables.clone(),
+        queryable: node.queryable.clone(),
         backpressure: 0.0,
         instances,
     }

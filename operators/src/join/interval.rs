@@ -20,6 +20,9 @@ pub(super) struct IntervalJoinFactory<K, A, B> {
     pub(super) _types: PhantomData<fn(K, A) -> B>,
 }
 
+/// The state table of the elements per key that may still find partners.
+const BUFFERS: &str = "interval-join-buffers";
+
 impl<K: StateKey + Data, A: StateValue + Data, B: StateValue + Data> OperatorFactory
     for IntervalJoinFactory<K, A, B>
 {
@@ -37,10 +40,14 @@ impl<K: StateKey + Data, A: StateValue + Data, B: StateValue + Data> OperatorFac
             lower: self.lower,
             upper: self.upper,
             outer: self.outer,
-            buffers: state.map_state("interval-join-buffers")?,
+            buffers: state.map_state(BUFFERS)?,
             cleanup: state.timer_queue("cleanup")?,
         };
         Ok(EventTime::new(operator, ctx))
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![BUFFERS.to_string()]
     }
 }
 

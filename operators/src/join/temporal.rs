@@ -18,6 +18,9 @@ pub(super) struct TemporalJoinFactory<K, A, V> {
     pub(super) _types: PhantomData<fn(K, A) -> V>,
 }
 
+/// The state table of the versioned rows and waiting events per key.
+const VERSIONS: &str = "temporal-join";
+
 impl<K: StateKey + Data, A: StateValue + Data, V: StateValue + Data> OperatorFactory
     for TemporalJoinFactory<K, A, V>
 {
@@ -32,10 +35,14 @@ impl<K: StateKey + Data, A: StateValue + Data, V: StateValue + Data> OperatorFac
         mut state: S,
     ) -> Result<Self::Operator<S>, BoxError> {
         let operator = TemporalJoinOperator {
-            keys: state.map_state("temporal-join")?,
+            keys: state.map_state(VERSIONS)?,
             timers: state.timer_queue("timers")?,
         };
         Ok(EventTime::new(operator, ctx))
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![VERSIONS.to_string()]
     }
 }
 

@@ -31,6 +31,9 @@ use crate::aggregate::{AggregateError, Aggregator};
 /// Pane accumulators of one key: `(pane start, accumulator)`, sorted by start.
 pub type Panes<Acc> = Vec<(Timestamp, Acc)>;
 
+/// The state table of the panes, by key: each entry holds the open panes of one key.
+pub(super) const PANES: &str = "window-panes";
+
 /// Tumbling (`slide == size`) or sliding windows over one worker's keys.
 pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     size: i64,
@@ -91,7 +94,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             pane_starts: Alignment::new(gcd(size, slide), offset),
             lateness,
             aggregator,
-            panes: state.map_state("window-panes")?,
+            panes: state.map_state(PANES)?,
             fire: state.timer_queue("fire")?,
             cleanup: state.timer_queue("cleanup")?,
             pane_count: 0,

@@ -7,8 +7,8 @@ use weir_engine::{
     Output, StateBackend, StateKey, StateTable, Timestamp,
 };
 
-use super::aligned::AlignedWindows;
-use super::session::SessionWindows;
+use super::aligned::{self, AlignedWindows};
+use super::session::{self, SessionWindows};
 use super::{LateData, OriginOf, Rejections, WindowEvent, WindowSpec};
 use crate::aggregate::Aggregator;
 
@@ -99,6 +99,14 @@ where
         };
         let operator = WindowOperator { windows };
         Ok(EventTime::new(operator, ctx))
+    }
+
+    fn tables(&self) -> Vec<String> {
+        let table = match self.spec {
+            WindowSpec::Tumbling(_) | WindowSpec::Sliding(_) => aligned::PANES,
+            WindowSpec::Session(_) => session::SESSIONS,
+        };
+        vec![table.to_string()]
     }
 }
 

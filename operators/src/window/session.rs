@@ -41,6 +41,9 @@ pub struct SessionState<Acc> {
     pub pending: bool,
 }
 
+/// The state table of the sessions, by key: each entry holds the open sessions of one key.
+pub(super) const SESSIONS: &str = "sessions";
+
 /// Session windows over one worker's keys.
 pub struct SessionWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     gap: i64,
@@ -85,7 +88,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             gap,
             lateness,
             aggregator,
-            sessions: state.map_state("sessions")?,
+            sessions: state.map_state(SESSIONS)?,
             fire: state.timer_queue("fire")?,
             cleanup: state.timer_queue("cleanup")?,
             session_count: 0,
