@@ -353,6 +353,62 @@ fn cep_with_a_counted_loop_and_timeouts_matches_a_reference_and_survives_a_crash
     );
 }
 
+/// "3 withdrawals within 5 s" (kind 1 here) with skip past last event, per key: the first
+/// three withdrawals in event-time order (ties in input order) that span less than 5 s, then
+/// the first three after those, and so on; a withdrawal is in one alert at most.
+fn withdrawal_alerts(events: &[Ev]) -> Vec<Value> {
+    let keys: BTreeSet<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    let mut rows = Vec::new();
+    for key in keys {
+        let mut mine: Vec<&Ev> = events
+            .iter()
+            .filter(|e| e.key == key && kind(e) == 1)
+            .collect();
+        mine.sort_by_key(|e| e.ts); // stable: ties keep input order
+        let mut i = 0;
+        while i + 2 < mine.len() {
+            if mine[i + 2].ts - mine[i].ts < 5000 {
+                rows.push(json!({"alert": [mine[i].id, mine[i + 1].id, mine[i + 2].id]}));
+                i += 3;
+            } else {
+                i += 1;
+            }
+        }
+    }
+    rows
+}
+
+#[test]
+fn cep_skip_past_last_event_alerts_once_per_withdrawal_and_survives_a_crash() {
+    let setup = Setup::new(events(8000, 40, 9), events(10, 1, 10));
+    let expected = withdrawal_alerts(&setup.left);
+    let mut ids: Vec<u64> = expected
+        .iter()
+        .flat_map(|r| r["alert"].as_array().unwrap().iter())
+        .map(|id| id.as_u64().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3 * expected.len(), "a withdrawal in two alerts");
+    setup.check(
+        |l, r| {
+            let pattern = Pattern::begin("withdrawal")
+                .where_(|e: &Ev| kind(e) == 1)
+                .times(3)
+                .within(Duration::from_secs(5))
+                .skip(AfterMatchSkip::SkipPastLastEvent);
+            l.union(r.filter(|_| false))
+                .key_by(|e: &Ev| e.key.clone())
+                .pattern(pattern)
+                .map(|m| {
+                    let ids: Vec<u64> = m.events.iter().map(|(_, _, e)| e.id).collect();
+                    json!({ "alert": ids })
+                })
+        },
+        &expected,
+    );
+}
+
 // ---------------------------------------------------------------- continuous top-N
 
 /// The value an event adds to its key's running sum: -3..=3, so sums also fall.

@@ -62,7 +62,7 @@ pub use aggregate::{
     AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
     Sum,
 };
-pub use cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
+pub use cep::{AfterMatchSkip, CepExt, CepOutput, Match, Pattern, TimedOut};
 pub use continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
 pub use dedup::{DedupExt, KeyedDedupExt};
 pub use join::{CoGrouped, JoinExt, Side, WindowPair};
@@ -76,7 +76,7 @@ pub use window::{
 /// Everything a job definition usually needs.
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
-    pub use crate::cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
+    pub use crate::cep::{AfterMatchSkip, CepExt, CepOutput, Match, Pattern, TimedOut};
     pub use crate::continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::join::{CoGrouped, JoinExt, WindowPair};

@@ -1,5 +1,6 @@
 //! Complex event processing: sequence patterns per key, in the spirit of FlinkCEP.
-//! **This is where a key's events run through the pattern** ([`CepOperator::advance`]).
+//! **This is where a key's events run through the pattern** ([`CepOperator::advance`]);
+//! what one event does to a key's partial matches is in `nfa.rs`.
 //!
 //! ```ignore
 //! let pattern = Pattern::begin("placed").where_(|e: &Ev| e.kind == "OrderPlaced")
@@ -7,9 +8,15 @@
 //!     .followed_by("paid").where_(|e: &Ev| e.kind == "PaymentProcessed")
 //!     .within(Duration::from_secs(30));
 //! let (matches, timeouts) = orders.key_by(|e| e.order_id.clone()).pattern_with_timeouts(pattern);
+//!
+//! // Three withdrawals within a minute, each withdrawal in one alert at most.
+//! let alerts = Pattern::begin("withdrawal").where_(|e: &Tx| e.kind == "withdrawal")
+//!     .times(3)
+//!     .within(Duration::from_secs(60))
+//!     .skip(AfterMatchSkip::SkipPastLastEvent);
 //! ```
 //!
-//! # Semantics (FlinkCEP's defaults, after-match skip strategy "no skip")
+//! # Semantics (FlinkCEP's)
 //! - Events are buffered per key and fed to the pattern in event-time order once the
 //!   watermark reaches them (ties in arrival order), so matches do not depend on arrival
 //!   order. An event below the watermark when it arrives is late: dropped and counted.
@@ -19,13 +26,30 @@
 //!   once it has taken an event, an event satisfying the `until` condition is not taken and
 //!   ends the loop (the next stage may still take it).
 //! - **Contiguity.** A stage added with [`Pattern::next`] must take the event right after
-//!   the previous stage's last one; with [`Pattern::followed_by`] events that do *not* fit
-//!   are skipped ("skip till next match": an event that fits is always taken, there is no
-//!   branch that ignores it; FlinkCEP's `followedByAny` does not exist here). Inside a loop
-//!   (`times`, `one_or_more`) events that do not fit are skipped too, unless
+//!   the previous stage's last one (a partial match that skipped an event since cannot go
+//!   on to it); with [`Pattern::followed_by`] events that do *not* fit are skipped ("skip
+//!   till next match": an event that fits is taken, there is no branch that ignores it);
+//!   with [`Pattern::followed_by_any`] any event may be skipped, one that fits too, so each
+//!   later event that fits gives its own match (`a b` on `a c b1 b2`: `{a b1}` with
+//!   `followed_by`, `{a b1}` and `{a b2}` with `followed_by_any`, none with `next`). Inside
+//!   a loop (`times`, `one_or_more`) events that do not fit are skipped too, unless
 //!   [`Pattern::consecutive`] makes the loop strict. An event that does not fit a strict
 //!   stage ends that way of continuing the match; a partial match that may also go on with
 //!   a later stage (the current one is satisfied or optional) keeps that way.
+//! - **Negative stages.** [`Pattern::not_next`]`(n)`: the event right after the previous
+//!   stage's last one must not satisfy `n`'s condition. [`Pattern::not_followed_by`]`(n)`:
+//!   no event satisfying it may come between the previous stage's last event and the next
+//!   stage's first one (after a loop, from the moment the loop has its minimum: an event
+//!   satisfying it ends the partial match even if the loop could still go on). An event
+//!   against a negative stage ends the partial match (all its ways), though a match that
+//!   this very event completes by being taken is still emitted (FlinkCEP's stop state),
+//!   and a negative stage before the stages that are left out does not hold. At the end
+//!   of a pattern, `not_next` holds a complete match until the next event of the key (the
+//!   match is emitted then, if that event does not satisfy it), and `not_followed_by` until
+//!   the deadline (`within` is then required; the match is emitted at the deadline, with
+//!   that event time, if no event satisfied it). Refused when the job is built, as
+//!   FlinkCEP does: a negative stage right after an optional one, `not_followed_by` at the
+//!   end without `within`, and quantifiers on a negative stage.
 //! - **Which matches.** Every event fitting the first stage starts a partial match. A
 //!   match is emitted each time a partial match takes an event after which every remaining
 //!   stage is optional or satisfied; it goes on if it can take more (a loop, a trailing
@@ -33,20 +57,40 @@
 //!   `a b c` gives `{a b c}` and `{a c}`; `c a+ b` on `c d a1 a2 a3 d a4 b` gives `{c a1 b}`,
 //!   `{c a1 a2 b}`, `{c a1 a2 a3 b}` and `{c a1 a2 a3 a4 b}` (with `consecutive()`: the
 //!   first three), as FlinkCEP with `noSkip`. A match has the event time of its last event.
+//! - **After-match skip strategies** ([`Pattern::skip`], [`AfterMatchSkip`]), FlinkCEP's:
+//!   with any but `NoSkip` (the default), matches are emitted in the order of their first
+//!   events (then of completion): a complete match waits while a partial match that
+//!   started earlier is still going (until it completes, breaks or times out: use
+//!   `within`), and is then emitted with the event time of whatever ended the wait (or
+//!   its own, if later). Each emitted match discards the partial and waiting matches that
+//!   started: `SkipToNext`, at or before its first event; `SkipPastLastEvent`, at or
+//!   before its last event (so an event is in one match at most: `w{3}` on `w1 .. w6`
+//!   gives `{w1 w2 w3}`, `{w4 w5 w6}` instead of four); `SkipToFirst(s)` / `SkipToLast(s)`,
+//!   before its first / last event of stage `s` (nothing if it has none). `b+ => c` on
+//!   `b1 b2 b3 c`: `NoSkip`, `SkipToNext` and `SkipToFirst(b)` give `{b1 b2 b3 c}`,
+//!   `{b2 b3 c}`, `{b3 c}`; `SkipPastLastEvent` `{b1 b2 b3 c}`; `SkipToLast(b)`
+//!   `{b1 b2 b3 c}`, `{b3 c}`. At the end of the input every waiting match is emitted.
 //! - **Timeouts.** With [`Pattern::within`], a match must end less than `within` after its
 //!   first event. A partial match that can no longer make it (the next event is too late,
 //!   or the watermark passed its deadline) is a timeout, naming the first stage it still
-//!   needed, with event time `first + within - 1`; one that had already completed (it was
-//!   only waiting to extend a loop or a trailing optional stage) is dropped silently.
-//!   Timeouts go to a separate output ([`CepExt::pattern_with_timeouts`]);
-//!   [`CepExt::pattern`] drops them. Without `within`, partial matches of a pattern ending
-//!   in a loop or an optional stage live as long as the key has events: use `within`.
-//! - State: each key's buffered events and partial matches are one entry of a state table
-//!   (memory or RocksDB), saved by checkpoints; timers are rebuilt from it on restore.
+//!   needed (or the trailing `not_next` it waited on), with event time
+//!   `first + within - 1`; one that had already completed (it was only waiting to extend a
+//!   loop or a trailing optional stage) is dropped silently. Timeouts go to a separate
+//!   output ([`CepExt::pattern_with_timeouts`]); [`CepExt::pattern`] drops them. Without
+//!   `within`, partial matches of a pattern ending in a loop or an optional stage live as
+//!   long as the key has events: use `within`.
+//! - State: each key's buffered events, partial matches and waiting matches are one entry
+//!   of a state table (memory or RocksDB), saved by checkpoints; timers are rebuilt from it
+//!   on restore. The skip strategy and the negative stages are part of the pattern, not of
+//!   the state: restore with the same pattern. A checkpoint from before skip strategies and
+//!   negative stages existed still loads.
 
 mod nfa;
 mod operator;
 mod pattern;
+#[cfg(test)]
+mod reference;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -55,10 +99,10 @@ use std::marker::PhantomData;
 use serde::{Deserialize, Serialize};
 use weir_engine::{Data, KeyedStream, Routed, StateKey, StateValue, Stream, Timestamp};
 
-pub use nfa::{KeyState, Partial};
 use operator::CepFactory;
 pub use operator::CepOperator;
-pub use pattern::Pattern;
+pub use pattern::{AfterMatchSkip, Pattern};
+pub use state::{KeyState, Partial};
 
 /// A complete match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +185,11 @@ where
         );
     }
     let detail = pattern.describe();
+    for problem in pattern.problems() {
+        keyed
+            .stream()
+            .invalid(format!("the pattern `{detail}`: {problem}"));
+    }
     keyed.process(
         "cep",
         detail,

@@ -5,12 +5,13 @@ use std::marker::PhantomData;
 
 use weir_engine::error::BoxError;
 use weir_engine::operator::OperatorFactory;
+use weir_engine::time::END_WATERMARK;
 use weir_engine::{
     Data, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState, OperatorContext,
     Output, StateBackend, StateKey, StateTable, StateValue, TimerQueue, Timestamp,
 };
 
-use super::nfa::KeyState;
+use super::state::KeyState;
 use super::{CepOutput, Pattern};
 use crate::time_order::{insert_by_time, take_due};
 
@@ -39,6 +40,7 @@ impl<K: StateKey + Data, T: StateValue + Data> OperatorFactory for CepFactory<K,
             timeouts: self.timeouts,
             keys: state.map_state(KEYS)?,
             timers: state.timer_queue("timers")?,
+            watermark: Timestamp::MIN,
         };
         Ok(EventTime::new(operator, ctx))
     }
@@ -54,6 +56,8 @@ pub struct CepOperator<S: StateBackend, K: StateKey, T: StateValue> {
     timeouts: bool,
     keys: S::Map<K, KeyState<T>>,
     timers: S::Timers<K>,
+    /// The watermark before the one being processed: results emitted now must be later.
+    watermark: Timestamp,
 }
 
 impl<S: StateBackend, K: StateKey, T: StateValue> std::fmt::Debug for CepOperator<S, K, T> {
@@ -89,7 +93,11 @@ where
             timeouts,
             keys,
             timers,
+            watermark: before,
         } = self;
+        // At the end of the input nothing more can complete: matches held by a skip
+        // strategy come out, just after what downstream has seen.
+        let end = (w == END_WATERMARK).then(|| before.saturating_add(1));
         let mut emitted = Vec::new();
         while let Some((_, due)) = timers.pop_due(|t| t <= w)? {
             for key in due {
@@ -97,16 +105,22 @@ where
                     if pattern.next_timer(state).is_none_or(|t| t > w) {
                         return None;
                     }
+                    let nfa = &mut state.nfa;
                     for (ts, event) in take_due(&mut state.pending, w) {
-                        pattern.feed(&mut state.partials, ts, &event, *timeouts, &mut emitted);
+                        pattern.feed(nfa, ts, &event, *timeouts, &mut emitted);
                     }
-                    pattern.expire(&mut state.partials, w, *timeouts, &mut emitted);
-                    Some(pattern.next_timer(state))
+                    pattern.expire(nfa, w, *timeouts, &mut emitted);
+                    if let Some(at) = end {
+                        pattern.finish(nfa, at, &mut emitted);
+                    }
+                    Some((pattern.next_timer(state), state.is_empty()))
                 })?;
                 match ran.flatten() {
                     None => {}
-                    Some(Some(next)) => timers.register(next, key)?,
-                    Some(None) => {
+                    Some((Some(next), _)) => timers.register(next, key)?,
+                    // Partial matches without a deadline wait for the key's next event.
+                    Some((None, false)) => {}
+                    Some((None, true)) => {
                         keys.take(&key)?;
                     }
                 }
@@ -115,6 +129,7 @@ where
                 }
             }
         }
+        *before = w;
         Ok(())
     }
 }
@@ -170,7 +185,8 @@ where
         self.keys.len()
     }
 
-    fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
+    fn restore(&mut self, watermark: Timestamp) -> Result<(), BoxError> {
+        self.watermark = watermark;
         let mut restored = Vec::new();
         self.keys.scan(|key, state| restored.push((key, state)))?;
         for (key, state) in restored {

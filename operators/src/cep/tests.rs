@@ -1,5 +1,5 @@
 //! The pattern through the job API at P = 1 and P = 2: contiguity, loops, optional stages,
-//! timeouts.
+//! timeouts, skip strategies, negative stages; FlinkCEP's documented examples among them.
 
 use std::time::Duration;
 
@@ -322,5 +322,265 @@ fn timeouts_go_to_their_own_output_naming_the_first_missing_stage() {
     assert_eq!(
         crate::test_support::sorted(&seen),
         lines(&["1: a:a@1 b:b@2"])
+    );
+}
+
+/// FlinkCEP's documented examples: `b+ c` on `b1 b2 b3 c` with each strategy (`c` right
+/// after the loop: with `followed_by` a loop that skips `b2` to wait for `c` gives `{b1 c}`
+/// too), and `a b+` on `a b1 b2 b3` without and with skip to next.
+#[test]
+fn skip_strategies_give_flinks_documented_results() {
+    let input = events(&[(1, 1, "b"), (2, 1, "b"), (3, 1, "b"), (4, 1, "c")]);
+    let pattern = |skip: AfterMatchSkip| {
+        Pattern::begin("b")
+            .where_(step("b"))
+            .one_or_more()
+            .next("c")
+            .where_(step("c"))
+            .skip(skip)
+    };
+    let all = [
+        "1: b:b@1 b:b@2 b:b@3 c:c@4",
+        "1: b:b@2 b:b@3 c:c@4",
+        "1: b:b@3 c:c@4",
+    ];
+    for skip in [
+        AfterMatchSkip::NoSkip,
+        AfterMatchSkip::SkipToNext,
+        AfterMatchSkip::SkipToFirst("b".into()),
+    ] {
+        assert_eq!(
+            outcomes(pattern(skip.clone()), input.clone()).0,
+            lines(&all),
+            "{skip:?}"
+        );
+    }
+    let past_last = outcomes(pattern(AfterMatchSkip::SkipPastLastEvent), input.clone());
+    assert_eq!(past_last.0, lines(&all[..1]));
+    let to_last = outcomes(pattern(AfterMatchSkip::SkipToLast("b".into())), input);
+    assert_eq!(to_last.0, lines(&[all[0], all[2]]));
+
+    let input = events(&[(1, 1, "a"), (2, 1, "b"), (3, 1, "b"), (4, 1, "b")]);
+    let pattern = |skip: AfterMatchSkip| {
+        Pattern::begin("a")
+            .where_(step("a"))
+            .followed_by("b")
+            .where_(step("b"))
+            .one_or_more()
+            .skip(skip)
+    };
+    assert_eq!(
+        outcomes(pattern(AfterMatchSkip::NoSkip), input.clone())
+            .0
+            .len(),
+        3
+    );
+    assert_eq!(
+        outcomes(pattern(AfterMatchSkip::SkipToNext), input).0,
+        lines(&["1: a:a@1 b:b@2"])
+    );
+}
+
+/// The user's case: "3 withdrawals within 1 minute" alerted once per window of three
+/// withdrawals, not once per withdrawal it could start.
+#[test]
+fn three_withdrawals_within_a_minute_alert_each_withdrawal_once_past_the_last_event() {
+    // Account 1 withdraws every 10 s (and deposits once); account 2's first three
+    // withdrawals span more than a minute.
+    let mut list: Vec<(i64, u32, &str)> = (0..7).map(|i| (i * 10_000, 1, "w")).collect();
+    list.push((35_000, 1, "deposit"));
+    list.extend([
+        (0, 2, "w"),
+        (30_000, 2, "w"),
+        (61_000, 2, "w"),
+        (62_000, 2, "w"),
+    ]);
+    // In time order: an event 5 s behind the latest would be late.
+    list.sort_by_key(|e| e.0);
+    let pattern = |skip: AfterMatchSkip| {
+        Pattern::begin("w")
+            .where_(step("w"))
+            .times(3)
+            .within(Duration::from_secs(60))
+            .skip(skip)
+    };
+    let (every, _) = outcomes(pattern(AfterMatchSkip::NoSkip), events(&list));
+    assert_eq!(every.len(), 6, "{every:?}");
+    let (alerts, timeouts) = outcomes(pattern(AfterMatchSkip::SkipPastLastEvent), events(&list));
+    assert_eq!(
+        alerts,
+        lines(&[
+            "1: w:w@0 w:w@10000 w:w@20000",
+            "1: w:w@30000 w:w@40000 w:w@50000",
+            "2: w:w@30000 w:w@61000 w:w@62000",
+        ])
+    );
+    // The partial matches a match discarded are not timeouts; the others are.
+    assert_eq!(
+        timeouts,
+        lines(&["1: w:w@60000 | missing w", "2: w:w@0 w:w@30000 | missing w",])
+    );
+}
+
+#[test]
+fn followed_by_any_also_skips_the_events_that_fit() {
+    // FlinkCEP's example: `a b` on `a c b1 b2`.
+    let input = events(&[(1, 1, "a"), (2, 1, "c"), (3, 1, "b"), (4, 1, "b")]);
+    let pattern = |link: fn(Pattern<Ev>, &str) -> Pattern<Ev>| {
+        link(Pattern::begin("a").where_(step("a")), "b").where_(step("b"))
+    };
+    assert_eq!(
+        outcomes(pattern(Pattern::next), input.clone()).0,
+        lines(&[])
+    );
+    assert_eq!(
+        outcomes(pattern(Pattern::followed_by), input.clone()).0,
+        lines(&["1: a:a@1 b:b@3"])
+    );
+    assert_eq!(
+        outcomes(pattern(Pattern::followed_by_any), input).0,
+        lines(&["1: a:a@1 b:b@3", "1: a:a@1 b:b@4"])
+    );
+}
+
+#[test]
+fn negative_stages_end_partial_matches() {
+    let a_then = |negative: fn(Pattern<Ev>, &str) -> Pattern<Ev>| {
+        negative(Pattern::begin("a").where_(step("a")), "x")
+            .where_(step("x"))
+            .followed_by("b")
+            .where_(step("b"))
+    };
+    // Order 1: x right after a; order 2: x later; order 3: no x.
+    let input = events(&[
+        (1, 1, "a"),
+        (2, 1, "x"),
+        (3, 1, "b"),
+        (1, 2, "a"),
+        (2, 2, "y"),
+        (3, 2, "x"),
+        (4, 2, "b"),
+        (1, 3, "a"),
+        (2, 3, "b"),
+    ]);
+    assert_eq!(
+        outcomes(a_then(Pattern::not_next), input.clone()).0,
+        lines(&["2: a:a@1 b:b@4", "3: a:a@1 b:b@2"])
+    );
+    assert_eq!(
+        outcomes(a_then(Pattern::not_followed_by), input).0,
+        lines(&["3: a:a@1 b:b@2"])
+    );
+    // At the end: `not_next` waits for the next event, `not_followed_by` for the deadline.
+    let ends = |negative: fn(Pattern<Ev>, &str) -> Pattern<Ev>| {
+        let ab = Pattern::begin("a")
+            .where_(step("a"))
+            .followed_by("b")
+            .where_(step("b"));
+        negative(ab, "x")
+            .where_(step("x"))
+            .within(Duration::from_secs(10))
+    };
+    // Order 1: x right after; order 2: x later, within 10 s of a; order 3: x 10 s or more
+    // after a; order 4: nothing after b.
+    let input = events(&[
+        (1_000, 1, "a"),
+        (2_000, 1, "b"),
+        (3_000, 1, "x"),
+        (1_000, 2, "a"),
+        (2_000, 2, "b"),
+        (3_000, 2, "y"),
+        (4_000, 2, "x"),
+        (1_000, 3, "a"),
+        (2_000, 3, "b"),
+        (1_000, 4, "a"),
+        (2_000, 4, "b"),
+        (11_000, 3, "x"),
+    ]);
+    let (matches, timeouts) = outcomes(ends(Pattern::not_next), input.clone());
+    assert_eq!(matches, lines(&["2: a:a@1000 b:b@2000"]));
+    // Order 3's x comes too late to be the event after b, order 4 has none.
+    assert_eq!(
+        timeouts,
+        lines(&[
+            "3: a:a@1000 b:b@2000 | missing x",
+            "4: a:a@1000 b:b@2000 | missing x",
+        ])
+    );
+    let (matches, timeouts) = outcomes(ends(Pattern::not_followed_by), input);
+    assert_eq!(
+        matches,
+        lines(&["3: a:a@1000 b:b@2000", "4: a:a@1000 b:b@2000"])
+    );
+    assert!(timeouts.is_empty(), "{timeouts:?}");
+}
+
+/// FlinkCEP's strict contiguity: `a+ => b` needs b right after the loop's last event.
+#[test]
+fn a_strict_stage_does_not_follow_a_loop_that_skipped_events() {
+    let pattern = Pattern::begin("a")
+        .where_(step("a"))
+        .one_or_more()
+        .next("b")
+        .where_(step("b"));
+    let input = events(&[
+        (1, 1, "a"),
+        (2, 1, "x"),
+        (3, 1, "b"),
+        (1, 2, "a"),
+        (2, 2, "a"),
+        (3, 2, "b"),
+    ]);
+    assert_eq!(
+        outcomes(pattern, input).0,
+        lines(&["2: a:a@1 a:a@2 b:b@3", "2: a:a@2 b:b@3"])
+    );
+}
+
+/// A key's partial matches stay when the watermark passes their events and there is no
+/// deadline to wake the key for: its next event goes on with them.
+#[test]
+fn partial_matches_without_within_wait_for_the_next_event_across_watermarks() {
+    let pattern = Pattern::begin("a")
+        .where_(step("a"))
+        .followed_by("b")
+        .where_(step("b"));
+    // Order 2's event moves the watermark (5 s behind) past order 1's a before its b.
+    let input = events(&[(1_000, 1, "a"), (20_000, 2, "x"), (30_000, 1, "b")]);
+    assert_eq!(
+        outcomes(pattern, input).0,
+        lines(&["1: a:a@1000 b:b@30000"])
+    );
+}
+
+#[test]
+fn patterns_flinkcep_refuses_are_refused_when_the_job_is_built() {
+    let refused = |pattern: Pattern<Ev>, expected: &str| {
+        let job = Job::new("cep");
+        let (sink, _) = Collect::new();
+        job.source("events", VecSource(Vec::<Ev>::new()))
+            .timestamps(|e| e.0, Watermarks::bounded(Duration::from_secs(5)))
+            .key_by(|e: &Ev| e.1)
+            .pattern(pattern)
+            .sink("matches", sink);
+        let err = job.run(&RunOptions::default()).expect_err("refused");
+        assert!(err.to_string().contains(expected), "{err}");
+    };
+    let a = || Pattern::begin("a").where_(step("a"));
+    refused(
+        a().optional().not_next("x"),
+        "cannot follow an optional one",
+    );
+    refused(
+        a().followed_by("b").not_followed_by("x"),
+        "has no within(..)",
+    );
+    refused(
+        a().not_next("x").times(2).followed_by("b"),
+        "`times` on the negative stage `x`",
+    );
+    refused(
+        a().skip(AfterMatchSkip::SkipToFirst("x".into())),
+        "names the stage `x`",
     );
 }
