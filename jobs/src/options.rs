@@ -71,10 +71,15 @@ pub struct JobOptions {
     /// overflow): `fail` the job (the error names the key, window, event time and input
     /// position), or `dead-letter`: write the event to the dead letters with its input
     /// position and the reason, count it (weir_dead_letter_records_total{operator="window"}) and go
-    /// on without it. `dead-letter` writes at once, so it does not go with
-    /// --checkpoint-interval.
+    /// on without it. With --checkpoint-interval the letters are committed with the
+    /// checkpoints, exactly once, as results are.
     #[arg(long, default_value = "fail", value_parser = ["fail", "dead-letter"])]
     pub on_aggregate_error: String,
+    /// window-agg: make each key's latest window result readable while the job runs, under
+    /// this table name (e.g. `windows`): `GET /api/v1/state/windows/KEY` answers the row's
+    /// `window_start`, `window_end`, `count`, `sum`, `min`, `max` and `avg`.
+    #[arg(long, value_name = "TABLE")]
+    pub queryable: Option<String>,
     /// Write late events here (JSON lines) instead of only counting them.
     #[arg(long)]
     pub late_output: Option<PathBuf>,

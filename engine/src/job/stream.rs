@@ -280,7 +280,9 @@ impl<T: Data> Stream<T> {
 
     /// Makes the state table of the keyed operator that made this stream readable while
     /// the job runs, under `table` ([`Job::queryable_state`], `GET /api/v1/state/{table}`
-    /// of `weir run`): for `process_with_state`, each key's state as JSON. Names are unique
+    /// of `weir run`): for `process_with_state`, each key's state as JSON (a window's latest
+    /// results are made queryable on the window, `WindowedStream::queryable` in
+    /// weir-operators, before its aggregate). Names are unique
     /// in a job; an operator without a table that can be queried makes the job refuse to
     /// run.
     pub fn queryable(self, table: &str) -> Self {

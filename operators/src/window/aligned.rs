@@ -22,9 +22,10 @@ use weir_engine::{
     Handled, Keyed, MapState, StateBackend, StateKey, StateTable, TimerQueue, Timestamp,
 };
 
+use super::latest::{emit_result, LatestResults};
 use super::{
     prune_prefix, window_start, Alignment, LateData, Rejections, Window, WindowAggregateError,
-    WindowEvent, WindowOutput, WindowResult,
+    WindowOutput, WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
 
@@ -50,6 +51,8 @@ pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     pane_count: usize,
     late: LateData,
     rejections: Rejections<T>,
+    /// Each key's latest result, when the window is queryable.
+    latest: Option<LatestResults<S, K, A::Output>>,
     new_windows: Vec<Timestamp>,
     _input: PhantomData<fn(T)>,
 }
@@ -85,6 +88,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         aggregator: A,
         late: LateData,
         rejections: Rejections<T>,
+        latest: Option<LatestResults<S, K, A::Output>>,
     ) -> Result<Self, BoxError> {
         Ok(AlignedWindows {
             size,
@@ -100,6 +104,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             pane_count: 0,
             late,
             rejections,
+            latest,
             new_windows: Vec::new(),
             _input: PhantomData,
         })
@@ -111,7 +116,14 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
 
     /// The state tables.
     pub(crate) fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-        vec![&mut self.panes]
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.panes];
+        tables.extend(self.latest.as_mut().map(LatestResults::table));
+        tables
+    }
+
+    /// Each key's latest result, if the window is queryable.
+    pub(crate) fn latest(&mut self) -> Option<&mut LatestResults<S, K, A::Output>> {
+        self.latest.as_mut()
     }
 
     /// Rebuilds counts and timers from the restored panes (see the module invariants).
@@ -295,15 +307,13 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             self.panes.take(key)?;
         }
         if let Some(acc) = merged {
-            out.emit(
-                end - 1,
-                WindowEvent::Result(WindowResult {
-                    key: key.clone(),
-                    window: Window { start, end },
-                    value: self.aggregator.finish_owned(acc),
-                    is_update,
-                }),
-            );
+            let result = WindowResult {
+                key: key.clone(),
+                window: Window { start, end },
+                value: self.aggregator.finish_owned(acc),
+                is_update,
+            };
+            emit_result(&mut self.latest, result, out)?;
         }
         Ok(())
     }

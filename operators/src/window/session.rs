@@ -20,9 +20,9 @@ use weir_engine::{
     Handled, Keyed, MapState, StateBackend, StateKey, StateTable, TimerQueue, Timestamp,
 };
 
+use super::latest::{emit_result, LatestResults};
 use super::{
-    prune, LateData, Rejections, Window, WindowAggregateError, WindowEvent, WindowOutput,
-    WindowResult,
+    prune, LateData, Rejections, Window, WindowAggregateError, WindowOutput, WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
 
@@ -55,6 +55,8 @@ pub struct SessionWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     session_count: usize,
     late: LateData,
     rejections: Rejections<T>,
+    /// Each key's latest result, when the window is queryable.
+    latest: Option<LatestResults<S, K, A::Output>>,
     _input: PhantomData<fn(T)>,
 }
 
@@ -83,6 +85,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         aggregator: A,
         late: LateData,
         rejections: Rejections<T>,
+        latest: Option<LatestResults<S, K, A::Output>>,
     ) -> Result<Self, BoxError> {
         Ok(SessionWindows {
             gap,
@@ -94,6 +97,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             session_count: 0,
             late,
             rejections,
+            latest,
             _input: PhantomData,
         })
     }
@@ -104,7 +108,14 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
 
     /// The state tables.
     pub(crate) fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-        vec![&mut self.sessions]
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.sessions];
+        tables.extend(self.latest.as_mut().map(LatestResults::table));
+        tables
+    }
+
+    /// Each key's latest result, if the window is queryable.
+    pub(crate) fn latest(&mut self) -> Option<&mut LatestResults<S, K, A::Output>> {
+        self.latest.as_mut()
     }
 
     /// Rebuilds counts and timers from the restored sessions.
@@ -166,15 +177,13 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         };
         self.session_count = self.session_count + 1 - removed;
         if let Some((window, value, is_update)) = result {
-            out.emit(
-                window.end - 1,
-                WindowEvent::Result(WindowResult {
-                    key: key.clone(),
-                    window,
-                    value,
-                    is_update,
-                }),
-            );
+            let result = WindowResult {
+                key: key.clone(),
+                window,
+                value,
+                is_update,
+            };
+            emit_result(&mut self.latest, result, out)?;
         } else {
             self.fire.register(merged.1, key.clone())?;
         }
@@ -208,15 +217,13 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                     Some(result)
                 })?;
                 if let Some(Some((window, value, is_update))) = fired {
-                    out.emit(
-                        end - 1,
-                        WindowEvent::Result(WindowResult {
-                            key,
-                            window,
-                            value,
-                            is_update,
-                        }),
-                    );
+                    let result = WindowResult {
+                        key,
+                        window,
+                        value,
+                        is_update,
+                    };
+                    emit_result(&mut self.latest, result, out)?;
                 }
             }
         }
