@@ -1,5 +1,5 @@
 //! Complex event processing: sequence patterns per key, in the spirit of FlinkCEP.
-//! **This is where a key's events run through the pattern** ([`CepOperator::advance`]).
+//! **This is where a key's events run through the pattern** ([`CepOperator::run_key`]).
 //!
 //! ```ignore
 //! let pattern = Pattern::begin("placed").where_(|e: &Ev| e.kind == "OrderPlaced")
@@ -378,6 +378,7 @@ impl<K: StateKey + Data, T: StateValue + Data> OperatorFactory for CepFactory<K,
             timeouts: self.timeouts,
             keys: state.map_state(KEYS)?,
             timers: state.timer_queue("timers")?,
+            emitted: Vec::new(),
         };
         Ok(EventTime::new(operator, ctx))
     }
@@ -427,6 +428,8 @@ pub struct CepOperator<S: StateBackend, K: StateKey, T: StateValue> {
     timeouts: bool,
     keys: S::Map<K, KeyState<T>>,
     timers: S::Timers<K>,
+    /// What running a key emits, before it goes out (kept to reuse its allocation).
+    emitted: Vec<(Timestamp, CepOutput<T>)>,
 }
 
 impl<S: StateBackend, K: StateKey, T: StateValue> std::fmt::Debug for CepOperator<S, K, T> {
@@ -627,49 +630,45 @@ where
     K: StateKey + Data,
     T: StateValue + Data,
 {
-    /// Runs every key with due timers up to the watermark, in event-time order.
+    /// Runs `key`, whose timer came out at watermark `w`, in event-time order.
     ///
     /// Each key with state has a timer at exactly its `next_timer` (registered when an
     /// event moved it earlier, or after the key ran); timers at other times are stale
     /// copies. So a popped timer runs its key only if the key has something due: the key
     /// runs once per watermark however many of its timers come out, with no set of due
     /// keys to build, and a stale timer costs one lookup.
-    fn advance(
+    fn run_key(
         &mut self,
-        watermark: Timestamp,
+        key: K,
+        w: Timestamp,
         out: &mut Output<CepOutput<T>>,
     ) -> Result<(), BoxError> {
-        let w = watermark;
         let CepOperator {
             pattern,
             timeouts,
             keys,
             timers,
+            emitted,
         } = self;
-        let mut emitted = Vec::new();
-        while let Some((_, due)) = timers.pop_due(|t| t <= w)? {
-            for key in due {
-                let ran = keys.modify(&key, |state| {
-                    if pattern.next_timer(state).is_none_or(|t| t > w) {
-                        return None;
-                    }
-                    for (ts, event) in take_due(&mut state.pending, w) {
-                        pattern.feed(&mut state.partials, ts, &event, *timeouts, &mut emitted);
-                    }
-                    pattern.expire(&mut state.partials, w, *timeouts, &mut emitted);
-                    Some(pattern.next_timer(state))
-                })?;
-                match ran.flatten() {
-                    None => {}
-                    Some(Some(next)) => timers.register(next, key)?,
-                    Some(None) => {
-                        keys.take(&key)?;
-                    }
-                }
-                for (ts, result) in emitted.drain(..) {
-                    out.emit(ts, result);
-                }
+        let ran = keys.modify(&key, |state| {
+            if pattern.next_timer(state).is_none_or(|t| t > w) {
+                return None;
             }
+            for (ts, event) in take_due(&mut state.pending, w) {
+                pattern.feed(&mut state.partials, ts, &event, *timeouts, emitted);
+            }
+            pattern.expire(&mut state.partials, w, *timeouts, emitted);
+            Some(pattern.next_timer(state))
+        })?;
+        match ran.flatten() {
+            None => {}
+            Some(Some(next)) => timers.register(next, key)?,
+            Some(None) => {
+                keys.take(&key)?;
+            }
+        }
+        for (ts, result) in emitted.drain(..) {
+            out.emit(ts, result);
         }
         Ok(())
     }
@@ -684,6 +683,7 @@ where
     type Key = K;
     type In = T;
     type Out = CepOutput<T>;
+    type Timers = S::Timers<K>;
 
     /// Events wait for the watermark to pass them; one at or before it comes too late to
     /// take its place in time order.
@@ -710,12 +710,19 @@ where
         Ok(Handled::Taken)
     }
 
-    fn on_watermark(
+    fn timers(&mut self) -> &mut [S::Timers<K>] {
+        std::slice::from_mut(&mut self.timers)
+    }
+
+    fn on_timer(
         &mut self,
+        _queue: usize,
+        _time: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<CepOutput<T>>,
     ) -> Result<(), BoxError> {
-        self.advance(watermark, out)
+        self.run_key(key, watermark, out)
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {

@@ -284,28 +284,6 @@ where
         }
         Ok(())
     }
-
-    /// Fires every timer at or before `watermark`, in time order.
-    fn fire(&mut self, watermark: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
-        while let Some((time, keys)) = self.timers.pop_due(|t| t <= watermark)? {
-            for key in keys {
-                let (f, ctx) = (&self.f, &mut self.ctx);
-                let fired = self.state.modify(&key, |entry| {
-                    // Timers of a cleared (and maybe recreated) key are stale.
-                    let Some(at) = entry.timers.iter().position(|&t| t == time) else {
-                        return false;
-                    };
-                    entry.timers.swap_remove(at);
-                    f.on_timer(&key, &mut entry.state, time, ctx);
-                    true
-                })?;
-                if fired == Some(true) {
-                    self.settle(&key, time, out)?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 impl<B, F, K, T> EventTimeOperator for TimerProcessOperator<B, F, K, T>
@@ -318,6 +296,7 @@ where
     type Key = K;
     type In = T;
     type Out = F::Out;
+    type Timers = B::Timers<K>;
 
     /// The function sees every event and judges lateness itself
     /// ([`TimerContext::watermark`]).
@@ -339,20 +318,40 @@ where
                 ctx.timers.iter().any(|&time| time <= watermark)
             })?;
         self.settle(&event.key, ts, out)?;
-        if at_once {
-            // A timer at or before the watermark fires at once, before the next event.
-            self.fire(watermark, out)?;
-        }
-        Ok(Handled::Taken)
+        // A timer at or before the watermark fires at once, before the next event.
+        Ok(match at_once {
+            true => Handled::TakenTimersDue,
+            false => Handled::Taken,
+        })
     }
 
-    fn on_watermark(
+    fn timers(&mut self) -> &mut [B::Timers<K>] {
+        std::slice::from_mut(&mut self.timers)
+    }
+
+    fn on_timer(
         &mut self,
+        _queue: usize,
+        time: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<F::Out>,
     ) -> Result<(), BoxError> {
         self.ctx.watermark = watermark;
-        self.fire(watermark, out)
+        let (f, ctx) = (&self.f, &mut self.ctx);
+        let fired = self.state.modify(&key, |entry| {
+            // Timers of a cleared (and maybe recreated) key are stale.
+            let Some(at) = entry.timers.iter().position(|&t| t == time) else {
+                return false;
+            };
+            entry.timers.swap_remove(at);
+            f.on_timer(&key, &mut entry.state, time, ctx);
+            true
+        })?;
+        if fired == Some(true) {
+            self.settle(&key, time, out)?;
+        }
+        Ok(())
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {

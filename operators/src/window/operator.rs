@@ -4,7 +4,7 @@ use weir_engine::error::BoxError;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::query::QueryableTable;
 use weir_engine::{
-    Data, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState, OperatorContext,
+    Data, Due, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState, OperatorContext,
     Output, StateBackend, StateKey, StateTable, Timestamp,
 };
 
@@ -158,6 +158,7 @@ where
     type Key = K;
     type In = T;
     type Out = WindowEvent<K, A::Output, T>;
+    type Timers = S::Timers<K>;
 
     /// Late when every window of the event is past its allowed lateness (for sessions:
     /// the session it would merge into).
@@ -177,14 +178,32 @@ where
         }
     }
 
-    fn on_watermark(
+    fn timers(&mut self) -> &mut [S::Timers<K>] {
+        match &mut self.windows {
+            Windows::Aligned(w) => w.timers(),
+            Windows::Session(w) => w.timers(),
+        }
+    }
+
+    fn timer_due(&self, queue: usize) -> Due {
+        match &self.windows {
+            Windows::Aligned(w) => w.timer_due(queue),
+            Windows::Session(w) => w.timer_due(queue),
+        }
+    }
+
+    #[inline]
+    fn on_timer(
         &mut self,
+        queue: usize,
+        time: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<Self::Out>,
     ) -> Result<(), BoxError> {
         match &mut self.windows {
-            Windows::Aligned(w) => w.advance(watermark, out),
-            Windows::Session(w) => w.advance(watermark, out),
+            Windows::Aligned(w) => w.on_timer(queue, time, key, out),
+            Windows::Session(w) => w.on_timer(queue, time, key, watermark, out),
         }
     }
 
