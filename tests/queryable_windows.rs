@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use common::follow_run::{api_addr, client, Fixture, Process, EVENTS, LIMIT};
+use common::follow_run::{
+    api_addr, get_json, Fixture, Process, BACKENDS_AT_P1_AND_P2, EVENTS, LIMIT,
+};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -57,18 +59,8 @@ fn latest_at(
         .collect()
 }
 
-/// The status and JSON body of `GET path`.
 fn get(addr: &str, path: &str) -> (u16, Value) {
-    let mut response = client()
-        .get(format!("http://{addr}{path}"))
-        .call()
-        .expect("the server answers");
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_json()
-        .unwrap_or_else(|e| panic!("the answer ({status}) to {path} is not JSON: {e}"));
-    (status, body)
+    get_json(addr, path, None)
 }
 
 /// Every entry of the `windows` table by key, and the watermark of the answer.
@@ -174,12 +166,7 @@ fn the_latest_window_per_key_equals_the_reference_with_either_backend_at_paralle
     let fixture = Fixture::new(WEIR);
     let rows = rows_by_key(&fixture.reference(&[]));
     assert_eq!(rows.len(), KEYS, "every key has windows");
-    for (state, parallelism) in [
-        ("memory", "1"),
-        ("rocksdb", "1"),
-        ("memory", "2"),
-        ("rocksdb", "2"),
-    ] {
+    for (state, parallelism) in BACKENDS_AT_P1_AND_P2 {
         let run = format!("{state}-p{parallelism}");
         let extra = ["--state", state, "--parallelism", parallelism];
         let args = args(&fixture, &run, &extra);

@@ -470,14 +470,21 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn timers_fire_in_time_order_when_the_watermark_reaches_them_and_clearing_forgets_the_key() {
-        let ctx = crate::test_support::operator_context("deadline");
+    /// `f` as an operator instance on memory state.
+    fn in_memory<F: TimerFunction<String, u64>>(
+        f: F,
+    ) -> EventTime<TimerProcessOperator<MemoryBackend, F, String, u64>> {
+        let ctx = crate::test_support::operator_context("process");
         let factory = TimerProcessFactory::<_, String, u64> {
-            f: SumUntilDeadline,
+            f,
             _types: PhantomData,
         };
-        let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+        factory.create(&ctx, MemoryBackend::new()).expect("create")
+    }
+
+    #[test]
+    fn timers_fire_in_time_order_when_the_watermark_reaches_them_and_clearing_forgets_the_key() {
+        let mut op = in_memory(SumUntilDeadline);
         let mut out = Output::default();
         op.process(
             vec![
@@ -535,12 +542,7 @@ mod tests {
 
     #[test]
     fn deleted_timers_do_not_fire_and_the_last_one_registered_does() {
-        let ctx = crate::test_support::operator_context("inactivity");
-        let factory = TimerProcessFactory::<_, String, u64> {
-            f: Inactivity,
-            _types: PhantomData,
-        };
-        let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+        let mut op = in_memory(Inactivity);
         let mut out = Output::default();
         op.process(
             vec![
