@@ -29,7 +29,8 @@ use crate::registry::Registry;
 use crate::stop_signal::StopSignal;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "weir: event-time stream processing", long_about = None)]
+// Named `weir` whatever the binary is called: `--version` says which weir it is built on.
+#[command(name = "weir", version, about = "weir: event-time stream processing", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,10 +40,14 @@ struct Cli {
 enum Command {
     /// List the jobs this binary offers.
     Jobs,
-    /// Print a job's operator graph, as text and as Graphviz DOT.
+    /// Print a job's operator graph: one line per node, or with --dot Graphviz DOT.
     Describe {
         /// The job.
         job: String,
+        /// Print only the graph in Graphviz DOT, e.g. `weir describe JOB --dot | dot -Tsvg
+        /// > job.svg`.
+        #[arg(long)]
+        dot: bool,
         #[command(flatten)]
         options: JobOptions,
     },
@@ -225,7 +230,11 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Describe { job, mut options } => {
+        Command::Describe {
+            job,
+            dot,
+            mut options,
+        } => {
             let spec = registry.get(&job)?;
             // Building a job does no I/O, so a placeholder lets jobs that need an input
             // be described without one.
@@ -233,9 +242,10 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 .input
                 .get_or_insert_with(|| PathBuf::from("<input>"));
             let built = (spec.build)(&options)?;
-            print!("{}", built.describe(options.parallelism));
-            println!();
-            print!("{}", built.to_dot(options.parallelism));
+            match dot {
+                true => print!("{}", built.to_dot(options.parallelism)),
+                false => print!("{}", built.describe(options.parallelism)),
+            }
             Ok(())
         }
         Command::Run {
