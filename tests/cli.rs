@@ -256,11 +256,11 @@ fn an_output_scheme_weir_does_not_know_is_refused_not_taken_as_a_path() -> TestR
         stderr.contains("weir has no `mysql` output") && stderr.contains("kafka://"),
         "{stderr}"
     );
-    let mut left: Vec<String> = std::fs::read_dir(dir.path())?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    left.sort();
-    assert_eq!(left, ["in.jsonl"], "nothing may be created for it");
+    assert_eq!(
+        files_in(dir.path())?,
+        ["in.jsonl"],
+        "nothing may be created for it"
+    );
     Ok(())
 }
 
@@ -445,4 +445,96 @@ fn with_output_to_stdout_the_run_says_where_dead_letters_go() -> TestResult {
     );
     assert!(dir.path().join("window-agg.dead.jsonl").exists());
     Ok(())
+}
+
+#[test]
+fn options_a_job_does_not_read_are_refused_naming_the_option_and_the_job() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("sagas.jsonl"),
+        "{\"order_id\":\"o1\",\"type\":\"OrderPlaced\",\"ts\":1}\n",
+    )?;
+    let saga = ["run", "saga-monitor", "--input", "sagas.jsonl"];
+    let cases: [(Vec<&str>, &str); 6] = [
+        (
+            [&saga[..], &["--window", "tumble:5s"]].concat(),
+            "`--window` is not an option of job `saga-monitor`: it reads --input, --format, \
+             --follow, --max-line, --max-future, --watermark-delay, --param, besides the \
+             options of every job",
+        ),
+        (
+            [&saga[..], &["--top", "3", "--queryable", "t"]].concat(),
+            "are not options of job `saga-monitor`",
+        ),
+        // The same for `describe` and `bench`, and for jobs that generate their input.
+        (
+            vec!["describe", "order-analytics", "--param", "x=1"],
+            "`--param` is not an option of job `order-analytics`",
+        ),
+        (
+            vec!["bench", "nexmark", "--input", "sagas.jsonl"],
+            "`--input` is not an option of job `nexmark`: it reads --events, --query, --rate,",
+        ),
+        (
+            vec!["run", "operators", "--follow"],
+            "`--follow` is not an option of job `operators`",
+        ),
+        (
+            vec!["run", "account-balances", "--events", "5", "--rate", "1"],
+            "`--events` and `--rate` are not options of job `account-balances`",
+        ),
+    ];
+    for (args, says) in &cases {
+        let out = weir_in(dir.path(), args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{args:?}: expected `{says}` in: {stderr}"
+        );
+    }
+    assert_eq!(
+        files_in(dir.path())?,
+        ["sagas.jsonl"],
+        "a refused run must not start"
+    );
+
+    // What the job reads, and the options of every job, are taken; so are defaults
+    // (saga-monitor has a `--window` default it never reads, as every job).
+    let taken = [
+        &saga[..],
+        &["--watermark-delay", "1s", "--param", "deadline=5s"],
+        &[
+            "--parallelism",
+            "2",
+            "--state",
+            "memory",
+            "--output",
+            "out.jsonl",
+        ],
+        &["--metrics-addr", "off", "--quiet"],
+    ]
+    .concat();
+    let out = weir_in(dir.path(), &taken)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{taken:?}: {stderr}");
+    assert!(dir.path().join("out.jsonl").exists());
+    Ok(())
+}
+
+/// `weir ARGS` run in `dir`.
+fn weir_in(dir: &std::path::Path, args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+}
+
+/// The names of the files in `dir`, sorted.
+fn files_in(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut names = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
 }
