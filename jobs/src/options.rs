@@ -176,6 +176,32 @@ fn parse_replay_from(s: &str) -> anyhow::Result<ReplayFrom> {
     })
 }
 
+/// The long names of all [`JobOptions`] (`window` for `--window`).
+pub(crate) fn option_names() -> Vec<String> {
+    JobOptions::augment_args(clap::Command::new("options"))
+        .get_arguments()
+        .filter_map(|arg| arg.get_long().map(str::to_string))
+        .collect()
+}
+
+/// The long names of the [`JobOptions`] given on the command line that `matches` were
+/// parsed from: not those left at their defaults.
+pub(crate) fn given_options(matches: &clap::ArgMatches) -> Vec<String> {
+    let options = JobOptions::augment_args(clap::Command::new("options"));
+    // Only ids present in `matches` are asked about (asking of others is a mistake clap
+    // reports by panicking in debug builds).
+    matches
+        .ids()
+        .filter(|id| {
+            matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .filter_map(|id| {
+            let arg = options.get_arguments().find(|a| a.get_id() == id)?;
+            arg.get_long().map(str::to_string)
+        })
+        .collect()
+}
+
 /// Parses [`JobOptions`] on their own (for benchmarks, tests and embedding).
 #[derive(Debug, clap::Parser)]
 #[command(no_binary_name = true)]

@@ -119,6 +119,7 @@ where
         // One instance ranks all keys: every event goes to the same (constant) key.
         stream
             .map(move |e: T| (key(&e), e))
+            .internal()
             .key_by(|_: &(K, T)| 0u8)
             .process(
                 "continuous-top-n",

@@ -75,6 +75,7 @@ where
             metric: local_metric.clone(),
             held: Vec::new(),
         })
+        .internal()
         .key_by(|r: &WindowResult<K, V>| (r.window.start, r.window.end))
         .process(
             "top-n",

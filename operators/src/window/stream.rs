@@ -181,8 +181,10 @@ where
                 late(late_events);
                 rejects(rejected);
             }
-            (Some(SideSink(late)), None) => late(side.flat_map(WindowEvent::into_late)),
-            (None, Some(SideSink(rejects))) => rejects(side.flat_map(WindowEvent::into_rejected)),
+            (Some(SideSink(late)), None) => late(side.flat_map(WindowEvent::into_late).internal()),
+            (None, Some(SideSink(rejects))) => {
+                rejects(side.flat_map(WindowEvent::into_rejected).internal())
+            }
             (None, None) => {}
         }
         results
@@ -225,9 +227,14 @@ where
             return self.aggregate(aggregator);
         }
         let (key, local) = (self.keyed.key_fn(), aggregator.clone());
-        let partials = self.keyed.stream().clone().chain("local-window", move || {
-            LocalWindows::new(key.clone(), pane, offset, local.clone())
-        });
+        let partials = self
+            .keyed
+            .stream()
+            .clone()
+            .chain("local-window", move || {
+                LocalWindows::new(key.clone(), pane, offset, local.clone())
+            })
+            .internal();
         if self.rejects.is_some() || self.origin.is_some() {
             refuse("cannot name or reject single events (the window receives partials)");
             return self.aggregate(aggregator);
