@@ -1,4 +1,5 @@
-//! The `weir` command line itself: listing, describing, and clear errors for bad input.
+//! The `weir` command line itself: listing, its version, and clear errors for bad input
+//! (`weir describe` has tests/describe.rs).
 
 use std::process::{Command, Output};
 
@@ -32,160 +33,13 @@ fn jobs_lists_the_bundled_jobs() -> TestResult {
 }
 
 #[test]
-fn describe_prints_the_graph_as_text_and_dot_without_touching_files() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "describe",
-            "order-analytics",
-            "--parallelism",
-            "2",
-            "--input",
-            "missing.jsonl",
-        ])
-        .current_dir(dir.path())
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
-    for node in [
-        "orders",
-        "timestamps",
-        "window",
-        "high-value-customers",
-        "union",
-        "output",
-        // The source's dead-letter output and the sink that writes it.
-        "orders.dead_letters",
-        "dead-letters",
-    ] {
-        assert!(
-            text.contains(&format!("] {node} ")),
-            "node {node} missing from:\n{text}"
-        );
-    }
-    assert!(text.contains("hash exchange over key groups"), "{text}");
-    assert!(text.contains("digraph \"order-analytics\""), "{text}");
+fn version_names_weir() -> TestResult {
+    let out = weir(&["--version"])?;
+    assert!(out.status.success());
     assert_eq!(
-        std::fs::read_dir(dir.path())?.count(),
-        0,
-        "describe must not create files"
+        String::from_utf8(out.stdout)?,
+        format!("weir {}\n", env!("CARGO_PKG_VERSION"))
     );
-
-    let out = weir(&["describe", "window-agg", "--window", "session:5s"])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
-    assert!(text.contains("session gap 5000ms"), "{text}");
-    assert!(
-        text.contains("(chained)"),
-        "at parallelism 1 everything is chained:\n{text}"
-    );
-    Ok(())
-}
-
-/// `weir describe JOB ARGS`: its text part (one line per node) and its DOT part.
-fn describe(args: &[&str]) -> Result<(String, String), Box<dyn std::error::Error>> {
-    let out = weir(&[&["describe"], args].concat())?;
-    if !out.status.success() {
-        return Err(format!(
-            "weir describe {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let text = String::from_utf8(out.stdout)?;
-    let (graph, dot) = text
-        .split_once("digraph")
-        .ok_or_else(|| format!("no DOT part in:\n{text}"))?;
-    Ok((graph.to_string(), format!("digraph{dot}")))
-}
-
-/// The line of node `name` in a described graph (`  [3] window Keyed x1 ..`).
-fn node_line<'a>(graph: &'a str, name: &str) -> Option<&'a str> {
-    graph
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(name))
-}
-
-#[test]
-fn describe_names_the_state_tables_of_every_keyed_operator() -> TestResult {
-    // Every keyed operator of every bundled job (and Nexmark query) names its tables, in
-    // the text and the DOT.
-    let jobs = String::from_utf8(weir(&["jobs"])?.stdout)?;
-    let mut described: Vec<Vec<&str>> = jobs
-        .lines()
-        .filter_map(|l| Some(vec![l.split_whitespace().next()?]))
-        .collect();
-    for query in ["q3", "q4", "q5", "q7", "q8"] {
-        described.push(vec!["nexmark", "--query", query]);
-    }
-    let mut keyed = 0;
-    for args in &described {
-        let (graph, dot) = describe(args)?;
-        for line in graph.lines().filter(|l| l.contains(" Keyed ")) {
-            assert!(
-                line.contains("; state: "),
-                "{args:?}: no tables in `{line}`"
-            );
-            keyed += 1;
-        }
-        assert_eq!(
-            graph.matches("state: ").count(),
-            dot.matches("state: ").count(),
-            "{args:?}: the DOT labels name the same tables:\n{graph}\n{dot}"
-        );
-    }
-    assert!(
-        keyed >= 10,
-        "only {keyed} keyed operators in the bundled jobs"
-    );
-
-    // The names are those of the tables the operators open (the metrics' `table` label).
-    let cases: [(&[&str], &str, &str); 7] = [
-        (&["window-agg"], "window", "; state: window-panes"),
-        (
-            &["window-agg", "--window", "session:5s"],
-            "window",
-            "; state: sessions",
-        ),
-        (
-            &["window-agg", "--top", "3"],
-            "top-n",
-            "; state: top-n-candidates",
-        ),
-        (
-            &["account-balances", "--parallelism", "2"],
-            "balances",
-            "; state: process-state (queryable as `balances`)",
-        ),
-        (&["account-balances"], "window", "; state: window-panes"),
-        (&["order-analytics"], "dedup", "; state: seen-ids"),
-        (&["saga-monitor"], "cep", "; state: cep-keys"),
-    ];
-    for (args, node, state) in cases {
-        let (graph, dot) = describe(args)?;
-        let line = node_line(&graph, node).ok_or_else(|| format!("no {node} in:\n{graph}"))?;
-        assert!(
-            line.ends_with(state),
-            "{args:?}: `{line}` should end with `{state}`"
-        );
-        let label = dot
-            .lines()
-            .find(|l| l.contains(&format!("label=\"{node}\\n")))
-            .ok_or_else(|| format!("no {node} in:\n{dot}"))?;
-        let state = state.trim_start_matches("; ").replace('"', "'");
-        assert!(
-            label.contains(&format!("\\n{state}\"")),
-            "{args:?}: {label}"
-        );
-    }
     Ok(())
 }
 
@@ -402,11 +256,11 @@ fn an_output_scheme_weir_does_not_know_is_refused_not_taken_as_a_path() -> TestR
         stderr.contains("weir has no `mysql` output") && stderr.contains("kafka://"),
         "{stderr}"
     );
-    let mut left: Vec<String> = std::fs::read_dir(dir.path())?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    left.sort();
-    assert_eq!(left, ["in.jsonl"], "nothing may be created for it");
+    assert_eq!(
+        files_in(dir.path())?,
+        ["in.jsonl"],
+        "nothing may be created for it"
+    );
     Ok(())
 }
 
@@ -591,4 +445,96 @@ fn with_output_to_stdout_the_run_says_where_dead_letters_go() -> TestResult {
     );
     assert!(dir.path().join("window-agg.dead.jsonl").exists());
     Ok(())
+}
+
+#[test]
+fn options_a_job_does_not_read_are_refused_naming_the_option_and_the_job() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("sagas.jsonl"),
+        "{\"order_id\":\"o1\",\"type\":\"OrderPlaced\",\"ts\":1}\n",
+    )?;
+    let saga = ["run", "saga-monitor", "--input", "sagas.jsonl"];
+    let cases: [(Vec<&str>, &str); 6] = [
+        (
+            [&saga[..], &["--window", "tumble:5s"]].concat(),
+            "`--window` is not an option of job `saga-monitor`: it reads --input, --format, \
+             --follow, --max-line, --max-future, --watermark-delay, --param, besides the \
+             options of every job",
+        ),
+        (
+            [&saga[..], &["--top", "3", "--queryable", "t"]].concat(),
+            "are not options of job `saga-monitor`",
+        ),
+        // The same for `describe` and `bench`, and for jobs that generate their input.
+        (
+            vec!["describe", "order-analytics", "--param", "x=1"],
+            "`--param` is not an option of job `order-analytics`",
+        ),
+        (
+            vec!["bench", "nexmark", "--input", "sagas.jsonl"],
+            "`--input` is not an option of job `nexmark`: it reads --events, --query, --rate,",
+        ),
+        (
+            vec!["run", "operators", "--follow"],
+            "`--follow` is not an option of job `operators`",
+        ),
+        (
+            vec!["run", "account-balances", "--events", "5", "--rate", "1"],
+            "`--events` and `--rate` are not options of job `account-balances`",
+        ),
+    ];
+    for (args, says) in &cases {
+        let out = weir_in(dir.path(), args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{args:?}: expected `{says}` in: {stderr}"
+        );
+    }
+    assert_eq!(
+        files_in(dir.path())?,
+        ["sagas.jsonl"],
+        "a refused run must not start"
+    );
+
+    // What the job reads, and the options of every job, are taken; so are defaults
+    // (saga-monitor has a `--window` default it never reads, as every job).
+    let taken = [
+        &saga[..],
+        &["--watermark-delay", "1s", "--param", "deadline=5s"],
+        &[
+            "--parallelism",
+            "2",
+            "--state",
+            "memory",
+            "--output",
+            "out.jsonl",
+        ],
+        &["--metrics-addr", "off", "--quiet"],
+    ]
+    .concat();
+    let out = weir_in(dir.path(), &taken)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{taken:?}: {stderr}");
+    assert!(dir.path().join("out.jsonl").exists());
+    Ok(())
+}
+
+/// `weir ARGS` run in `dir`.
+fn weir_in(dir: &std::path::Path, args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+}
+
+/// The names of the files in `dir`, sorted.
+fn files_in(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut names = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
 }

@@ -11,6 +11,23 @@ fn custom_job_runs_through_the_weir_cli() -> TestResult {
     let bin = env!("CARGO_BIN_EXE_custom-job");
     let listed = Command::new(bin).arg("jobs").output()?;
     assert!(String::from_utf8(listed.stdout)?.starts_with("page-dwell"));
+    // It declared what it reads: an option it does not read is refused, not ignored.
+    let refused = Command::new(bin)
+        .args([
+            "run",
+            "page-dwell",
+            "--window",
+            "tumble:5s",
+            "--input",
+            "v.jsonl",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`--window` is not an option of job `page-dwell`: it reads --input,"),
+        "{stderr}"
+    );
 
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("views.jsonl");

@@ -44,7 +44,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-mod kafka_log;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -59,7 +58,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tempfile::TempDir;
 
 use common::broker::{last_assignment, Broker, GROUP_TIMING};
-use common::checkpointed::complete_checkpoint_dirs;
+use common::checkpointed::{assert_same_rows, complete_checkpoint_dirs};
+use common::kafka_log;
 use common::Summary;
 use weir_connectors::{KafkaSink, KafkaSpec};
 use weir_engine::{JobMetrics, Record, Sink};
@@ -277,12 +277,7 @@ fn in_and_out_topics(dir: &TempDir, events: u64) -> (Broker, Vec<String>) {
 /// The values of every committed record of `topic`, sorted, with the transaction markers
 /// applied by the test itself (see `kafka_log`: the broker shows aborted records).
 fn sorted_values(broker: &Broker, topic: &str) -> Vec<String> {
-    let mut rows: Vec<String> = kafka_log::read_committed(&broker.addr, topic, PARTITIONS)
-        .into_iter()
-        .map(|(_, _, v)| v)
-        .collect();
-    rows.sort_unstable();
-    rows
+    kafka_log::sorted_values(&broker.addr, topic, PARTITIONS)
 }
 
 #[test]
@@ -812,21 +807,6 @@ fn kafka_to_kafka(broker: &Broker, group: &str, state: &Path) -> Vec<String> {
     args
 }
 
-/// How `rows` differ from `reference` (both sorted), in counts: rows missing, rows extra.
-fn difference(rows: &[String], reference: &[String]) -> (usize, usize) {
-    let (mut missing, mut extra) = (0, 0);
-    let (mut i, mut j) = (0, 0);
-    while i < rows.len() || j < reference.len() {
-        match (rows.get(i), reference.get(j)) {
-            (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
-            (Some(a), Some(b)) if a < b => (extra, i) = (extra + 1, i + 1),
-            (Some(_), None) => (extra, i) = (extra + 1, i + 1),
-            _ => (missing, j) = (missing + 1, j + 1),
-        }
-    }
-    (missing, extra)
-}
-
 /// Issue 25, item 3. Killed twice within a few seconds and restarted at once, the killed
 /// runs' group members were still in the group (until their session timeout), so the
 /// restart was given 2 of the 4 partitions: its watermark ran ahead on them, and with
@@ -849,14 +829,7 @@ fn a_job_killed_twice_and_restarted_at_once_reads_every_partition_exactly_once()
         "the restart did not resume from a checkpoint:\n{third}"
     );
     let rows = sorted_values(&broker, "out");
-    let (missing, extra) = difference(&rows, &reference);
-    assert!(
-        rows == reference,
-        "{} rows committed, {} in the reference: {missing} missing, {extra} extra or \
-         repeated; the last run:\n{third}",
-        rows.len(),
-        reference.len()
-    );
+    assert_same_rows(&rows, &reference, &format!("the last run:\n{third}"));
 }
 
 /// Runs `weir args` (stderr in `dir/second.stderr`) and kills it (SIGKILL) once it
@@ -1303,10 +1276,10 @@ fn partition_tasks_restarted_inside_the_session_timeout_give_every_row_once() {
         );
     }
     let rows = partition_task_rows(&out);
-    let (missing, extra) = difference(&rows, &reference);
-    assert!(
-        rows == reference,
-        "{missing} rows missing, {extra} extra or repeated:\n{killed}\n(the last run:)\n{third}"
+    assert_same_rows(
+        &rows,
+        &reference,
+        &format!("{killed}\n(the last run:)\n{third}"),
     );
 }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use common::accounts::balances;
-use common::follow_run::{api_addr, client, Process, LIMIT};
+use common::follow_run::{api_addr, client, get_json, Process, BACKENDS_AT_P1_AND_P2, LIMIT};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -88,23 +88,12 @@ impl Input {
     }
 }
 
-/// The status and JSON body of `GET path`, with the bearer `token` if given.
 fn get_with(addr: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut request = client().get(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let mut response = request.call().expect("the server answers");
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_json()
-        .unwrap_or_else(|e| panic!("the answer ({status}) to {path} is not JSON: {e}"));
-    (status, body)
+    get_json(addr, path, token)
 }
 
 fn get(addr: &str, path: &str) -> (u16, Value) {
-    get_with(addr, path, None)
+    get_json(addr, path, None)
 }
 
 /// Events the `balances` operator received in this run (all instances).
@@ -238,12 +227,7 @@ fn check_queries(addr: &str, want: &BTreeMap<String, i64>) {
 #[test]
 fn balances_equal_the_reference_with_either_backend_at_parallelism_1_and_2() {
     let input = Input::new();
-    for (state, parallelism) in [
-        ("memory", "1"),
-        ("rocksdb", "1"),
-        ("memory", "2"),
-        ("rocksdb", "2"),
-    ] {
+    for (state, parallelism) in BACKENDS_AT_P1_AND_P2 {
         let run = format!("{state}-p{parallelism}");
         let dir = input.path(&format!("{run}-state"));
         let dir = dir.to_str().expect("UTF-8 path");

@@ -1,5 +1,5 @@
 //! End-to-end tests of `weir run window-agg`: the real binary on real files, checked against
-//! a plain reference implementation of the event-time semantics (`SEMANTICS.md`) written
+//! a plain reference implementation of the event-time semantics (`docs/SEMANTICS.md`) written
 //! here with simple loops and `BTreeMap`s.
 //!
 //! The reference decides lateness per event, in input order, against the watermark current

@@ -59,7 +59,7 @@ pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};
 pub use latency::LatencySummary;
 pub use metrics::JobMetrics;
 pub use operator::{
-    ChainedOperator, EventTime, EventTimeOperator, Handled, KeyedOperator, Lateness,
+    ChainedOperator, Due, EventTime, EventTimeOperator, Handled, KeyedOperator, Lateness,
     OperatorContext, Output,
 };
 pub use plan::JobPlan;
@@ -69,7 +69,7 @@ pub use runtime::{Routed, RunOptions, RunSummary};
 pub use sink::Sink;
 pub use source::{Source, SourceStatus};
 pub use state::{
-    MapState, MemoryBackend, Namespaced, StateBackend, StateConfig, StateKey, StateTable,
+    MapState, MemoryBackend, Namespaced, NoTimers, StateBackend, StateConfig, StateKey, StateTable,
     StateValue, TimerQueue,
 };
 pub use time::{parse_duration, FutureGuard, Timestamp, TooFarAhead, Watermarks};

@@ -38,6 +38,12 @@ pub struct PlanNode {
     pub parallelism: usize,
     /// What the node does (a source's input, a window's size, ..), possibly empty.
     pub detail: String,
+    /// A keyed operator's key type without module paths (`String`, `(i64, i64)`); `None`
+    /// for the other kinds.
+    pub key: Option<String>,
+    /// True for a step an operator API added on the user's behalf (a split into side
+    /// outputs, a pre-aggregation before an exchange, a port), not one the job wrote.
+    pub internal: bool,
     /// The names of its state tables (keyed operators; empty for the others): the `table`
     /// label of `weir_state_table_entries`.
     pub state_tables: Vec<String>,

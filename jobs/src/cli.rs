@@ -4,8 +4,6 @@
 //! [`main`] is the whole CLI for any [`Registry`], so a crate with its own jobs gets the same
 //! commands, HTTP API (metrics, dashboard) and progress output as the `weir` binary.
 
-use std::io::{BufWriter, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,23 +11,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use weir_connectors::kafka::KafkaLineWriter;
-use weir_connectors::KafkaSpec;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use weir_engine::time::{format_duration_ms, format_timestamp};
 use weir_engine::{parse_duration, JobControl, RunOptions, RunSummary};
 
 use crate::generate::{
-    create_file, write_accounts, write_events, write_orders, write_sagas, EventStreamSpec,
+    open_output, write_accounts, write_events, write_orders, write_sagas, EventStreamSpec,
     RateLimited,
 };
 use crate::http::{ApiClient, HttpError, HttpServer, OneJob, Outcome, Serving};
-use crate::options::{JobOptions, UsageError};
-use crate::registry::Registry;
+use crate::options::{given_options, JobOptions, UsageError};
+use crate::registry::{JobSpec, Registry};
 use crate::stop_signal::StopSignal;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "weir: event-time stream processing", long_about = None)]
+// Named `weir` whatever the binary is called: `--version` says which weir it is built on.
+#[command(name = "weir", version, about = "weir: event-time stream processing", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,10 +36,14 @@ struct Cli {
 enum Command {
     /// List the jobs this binary offers.
     Jobs,
-    /// Print a job's operator graph, as text and as Graphviz DOT.
+    /// Print a job's operator graph: one line per node, or with --dot Graphviz DOT.
     Describe {
         /// The job.
         job: String,
+        /// Print only the graph in Graphviz DOT, e.g. `weir describe JOB --dot | dot -Tsvg
+        /// > job.svg`.
+        #[arg(long)]
+        dot: bool,
         #[command(flatten)]
         options: JobOptions,
     },
@@ -166,8 +167,14 @@ const CLOSED_PIPE: u8 = 141;
 /// Runs the CLI with `registry`'s jobs; returns the process exit code.
 pub fn main(registry: Registry) -> ExitCode {
     end_quietly_when_output_is_closed();
-    let cli = Cli::parse();
-    match execute(&registry, cli.command) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The job options given on the command line, not left at their defaults: a job
+    // refuses those it does not read.
+    let given = matches
+        .subcommand()
+        .map_or_else(Vec::new, |(_, sub)| given_options(sub));
+    match execute(&registry, cli.command, &given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_closed_pipe(&e) => ExitCode::from(CLOSED_PIPE),
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
@@ -211,7 +218,14 @@ fn end_quietly_when_output_is_closed() {
     }));
 }
 
-fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
+/// The job called `name`, if it reads every option in `given`.
+fn job<'r>(registry: &'r Registry, name: &str, given: &[String]) -> anyhow::Result<&'r JobSpec> {
+    let spec = registry.get(name)?;
+    spec.check_options(given)?;
+    Ok(spec)
+}
+
+fn execute(registry: &Registry, command: Command, given: &[String]) -> anyhow::Result<()> {
     match command {
         Command::Jobs => {
             let width = registry
@@ -225,24 +239,29 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Describe { job, mut options } => {
-            let spec = registry.get(&job)?;
+        Command::Describe {
+            job: name,
+            dot,
+            mut options,
+        } => {
+            let spec = job(registry, &name, given)?;
             // Building a job does no I/O, so a placeholder lets jobs that need an input
             // be described without one.
             options
                 .input
                 .get_or_insert_with(|| PathBuf::from("<input>"));
             let built = (spec.build)(&options)?;
-            print!("{}", built.describe(options.parallelism));
-            println!();
-            print!("{}", built.to_dot(options.parallelism));
+            match dot {
+                true => print!("{}", built.to_dot(options.parallelism)),
+                false => print!("{}", built.describe(options.parallelism)),
+            }
             Ok(())
         }
         Command::Run {
-            job,
+            job: name,
             options,
             serve,
-        } => run(registry, &job, &options, &serve),
+        } => run(job(registry, &name, given)?, &options, &serve),
         Command::Savepoint { api } => {
             let dir = ApiClient::new(&api.metrics_addr, api.api_token).savepoint()?;
             println!("{}", dir.display());
@@ -260,14 +279,18 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { job, all, options } => {
-            let spec = registry.get(&job)?;
+        Command::Bench {
+            job: name,
+            all,
+            options,
+        } => {
+            let spec = job(registry, &name, given)?;
             if !all {
                 bench_once(spec, &options)?;
                 return Ok(());
             }
             if spec.queries.is_empty() {
-                bail!("--all runs every query of a job that has several (nexmark); `{job}` has none: drop --all");
+                bail!("--all runs every query of a job that has several (nexmark); `{name}` has none: drop --all");
             }
             let mut results = Vec::new();
             for query in spec.queries {
@@ -306,7 +329,7 @@ fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 eprintln!("weir: wrote {events} events to {output} (Arrow IPC)");
                 return Ok(());
             }
-            let w = RateLimited::new(open_gen_output(&output, key_field.as_deref())?, rate);
+            let w = RateLimited::new(open_output(&output, key_field.as_deref())?, rate);
             match stream {
                 GenStream::Events => write_events(w, spec),
                 GenStream::Orders => write_orders(w, events),
@@ -349,40 +372,8 @@ fn bench_once(
     Ok(result)
 }
 
-/// Where `weir gen` writes: a file, a TCP server, or a Kafka topic (its records keyed by
-/// `key_field`, if given).
-fn open_gen_output(output: &str, key_field: Option<&str>) -> anyhow::Result<Box<dyn Write>> {
-    let kafka = KafkaSpec::parse(output);
-    if kafka.is_none() && key_field.is_some() {
-        bail!("--key-field keys Kafka records: --output {output} is not a kafka:// URI");
-    }
-    if let Some(addr) = output.strip_prefix("tcp://") {
-        let stream = TcpStream::connect(addr).with_context(|| {
-            format!("cannot connect to {output}: start the job that listens there first")
-        })?;
-        return Ok(Box::new(BufWriter::with_capacity(1 << 20, stream)));
-    }
-    if let Some(spec) = kafka {
-        let spec = spec.map_err(|e| anyhow::Error::new(UsageError(format!("--output {e}"))))?;
-        let metrics = weir_engine::JobMetrics::new("gen").kafka();
-        let mut writer = KafkaLineWriter::connect(&spec, &metrics)?;
-        if let Some(field) = key_field {
-            writer = writer.keyed_by(field);
-        }
-        return Ok(Box::new(BufWriter::with_capacity(1 << 20, writer)));
-    }
-    let path = Path::new(output.strip_prefix("file://").unwrap_or(output));
-    Ok(Box::new(create_file(path).with_context(|| {
-        format!("cannot create {}", path.display())
-    })?))
-}
-
-fn run(
-    registry: &Registry,
-    name: &str,
-    options: &JobOptions,
-    serve: &ServeOptions,
-) -> anyhow::Result<()> {
+fn run(spec: &JobSpec, options: &JobOptions, serve: &ServeOptions) -> anyhow::Result<()> {
+    let name = spec.name.as_str();
     // Listening before anything is built: a signal while the job is built, its state
     // restored or its sources connect stops it like any other (the default action would
     // kill the process and leave temporary state behind).
@@ -397,7 +388,6 @@ fn run(
             }
         }
     })?;
-    let spec = registry.get(name)?;
     options.check_paths(name)?;
     options.check_uris()?;
     if crate::partitioned::kafka_input(options).is_some() {

@@ -5,10 +5,16 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::{bail, Context};
+use weir_connectors::kafka::KafkaLineWriter;
+use weir_connectors::KafkaSpec;
 use weir_engine::{BoxError, Source, SourceStatus};
+
+use crate::options::UsageError;
 
 use crate::window_agg::Event;
 
@@ -194,6 +200,34 @@ impl<W: Write> Write for RateLimited<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Where `weir gen` writes: a file, a TCP server, or a Kafka topic (its records keyed by
+/// `key_field`, if given).
+pub(crate) fn open_output(output: &str, key_field: Option<&str>) -> anyhow::Result<Box<dyn Write>> {
+    let kafka = KafkaSpec::parse(output);
+    if kafka.is_none() && key_field.is_some() {
+        bail!("--key-field keys Kafka records: --output {output} is not a kafka:// URI");
+    }
+    if let Some(addr) = output.strip_prefix("tcp://") {
+        let stream = TcpStream::connect(addr).with_context(|| {
+            format!("cannot connect to {output}: start the job that listens there first")
+        })?;
+        return Ok(Box::new(BufWriter::with_capacity(1 << 20, stream)));
+    }
+    if let Some(spec) = kafka {
+        let spec = spec.map_err(|e| anyhow::Error::new(UsageError(format!("--output {e}"))))?;
+        let metrics = weir_engine::JobMetrics::new("gen").kafka();
+        let mut writer = KafkaLineWriter::connect(&spec, &metrics)?;
+        if let Some(field) = key_field {
+            writer = writer.keyed_by(field);
+        }
+        return Ok(Box::new(BufWriter::with_capacity(1 << 20, writer)));
+    }
+    let path = Path::new(output.strip_prefix("file://").unwrap_or(output));
+    Ok(Box::new(create_file(path).with_context(|| {
+        format!("cannot create {}", path.display())
+    })?))
 }
 
 /// Creates (truncates) `path` for writing a stream, with its parent directories.

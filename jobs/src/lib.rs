@@ -14,7 +14,10 @@
 //! }
 //!
 //! fn main() -> std::process::ExitCode {
-//!     weir_jobs::cli::main(Registry::new().job("my-job", "What it computes", build))
+//!     // The options it reads besides every job's (`--output`, `--parallelism`, state and
+//!     // checkpoints): the CLI refuses others instead of ignoring them.
+//!     let job = JobSpec::new("my-job", "What it computes", build).reads(&["input"]);
+//!     weir_jobs::cli::main(Registry::new().register(job))
 //! }
 //! ```
 //!
@@ -53,7 +56,7 @@ pub mod prelude {
     pub use crate::dead_letters::write_dead_letters;
     pub use crate::options::JobOptions;
     pub use crate::output::OutputSink;
-    pub use crate::registry::Registry;
+    pub use crate::registry::{JobSpec, Registry};
     pub use weir_connectors::{FileSink, FileSource, Format, Json, StdoutSink};
     pub use weir_engine::{Job, SinkHandle, Stream, Watermarks};
     pub use weir_operators::prelude::*;

@@ -71,10 +71,15 @@ pub struct JobOptions {
     /// overflow): `fail` the job (the error names the key, window, event time and input
     /// position), or `dead-letter`: write the event to the dead letters with its input
     /// position and the reason, count it (weir_dead_letter_records_total{operator="window"}) and go
-    /// on without it. `dead-letter` writes at once, so it does not go with
-    /// --checkpoint-interval.
+    /// on without it. With --checkpoint-interval the letters are committed with the
+    /// checkpoints, exactly once, as results are.
     #[arg(long, default_value = "fail", value_parser = ["fail", "dead-letter"])]
     pub on_aggregate_error: String,
+    /// window-agg: make each key's latest window result readable while the job runs, under
+    /// this table name (e.g. `windows`): `GET /api/v1/state/windows/KEY` answers the row's
+    /// `window_start`, `window_end`, `count`, `sum`, `min`, `max` and `avg`.
+    #[arg(long, value_name = "TABLE")]
+    pub queryable: Option<String>,
     /// Write late events here (JSON lines) instead of only counting them.
     #[arg(long)]
     pub late_output: Option<PathBuf>,
@@ -169,6 +174,32 @@ fn parse_replay_from(s: &str) -> anyhow::Result<ReplayFrom> {
     s.parse().map(ReplayFrom::Time).map_err(|_| {
         anyhow!("--replay-from `{s}`: use `beginning` or an event time in epoch milliseconds")
     })
+}
+
+/// The long names of all [`JobOptions`] (`window` for `--window`).
+pub(crate) fn option_names() -> Vec<String> {
+    JobOptions::augment_args(clap::Command::new("options"))
+        .get_arguments()
+        .filter_map(|arg| arg.get_long().map(str::to_string))
+        .collect()
+}
+
+/// The long names of the [`JobOptions`] given on the command line that `matches` were
+/// parsed from: not those left at their defaults.
+pub(crate) fn given_options(matches: &clap::ArgMatches) -> Vec<String> {
+    let options = JobOptions::augment_args(clap::Command::new("options"));
+    // Only ids present in `matches` are asked about (asking of others is a mistake clap
+    // reports by panicking in debug builds).
+    matches
+        .ids()
+        .filter(|id| {
+            matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .filter_map(|id| {
+            let arg = options.get_arguments().find(|a| a.get_id() == id)?;
+            arg.get_long().map(str::to_string)
+        })
+        .collect()
 }
 
 /// Parses [`JobOptions`] on their own (for benchmarks, tests and embedding).

@@ -2,10 +2,40 @@
 
 use weir_engine::Job;
 
-use crate::options::JobOptions;
+use crate::options::{JobOptions, UsageError};
 
 /// Builds a job from options.
 pub type BuildFn = fn(&JobOptions) -> anyhow::Result<Job>;
+
+/// The options of [`JobOptions`] every job takes, by their long names: read by weir itself
+/// for any job, not by a job's builder (where results go, and how the engine runs the
+/// job: workers, batches, state, checkpoints, restores). [`JobSpec::reads`] adds a job's own.
+pub const EVERY_JOB_READS: &[&str] = &[
+    "output",
+    "parallelism",
+    "batch-size",
+    "idle-timeout",
+    "state",
+    "state-dir",
+    "state-cache-entries",
+    "checkpoint-interval",
+    "checkpoints-retained",
+    "from-savepoint",
+    "replay-from",
+    "allow-non-restored-state",
+];
+
+/// What a job that reads events from `--input` (a file, or the URIs its builder takes)
+/// and assigns event times from them reads: its input, format, `--follow`, the longest
+/// line, the future bound and the watermark delay.
+pub const EVENT_INPUT: &[&str] = &[
+    "input",
+    "format",
+    "follow",
+    "max-line",
+    "max-future",
+    "watermark-delay",
+];
 
 /// One registered job.
 #[derive(Debug, Clone)]
@@ -18,6 +48,82 @@ pub struct JobSpec {
     pub build: BuildFn,
     /// The queries `--query` selects, for jobs that bundle several (what `--all` runs).
     pub queries: &'static [&'static str],
+    /// The options of [`JobOptions`] its builder reads besides [`EVERY_JOB_READS`], by
+    /// their long names (`window` for `--window`): `weir run`, `describe` and `bench`
+    /// refuse any other given on the command line. `None` if the job did not say (then
+    /// every option is taken, and those it does not read do nothing).
+    pub reads: Option<Vec<&'static str>>,
+}
+
+impl JobSpec {
+    /// A job called `name` built by `build`, that has not said which options it reads.
+    pub fn new(name: &str, about: &str, build: BuildFn) -> Self {
+        JobSpec {
+            name: name.to_string(),
+            about: about.to_string(),
+            build,
+            queries: &[],
+            reads: None,
+        }
+    }
+
+    /// Declares options the job reads (long names, e.g. `["input", "window"]`, or
+    /// [`EVENT_INPUT`]), besides [`EVERY_JOB_READS`]; repeatable. Once a job declares any,
+    /// the CLI refuses the options it does not read instead of ignoring them.
+    pub fn reads(mut self, options: &[&'static str]) -> Self {
+        self.reads
+            .get_or_insert_with(Vec::new)
+            .extend_from_slice(options);
+        self
+    }
+
+    /// The queries `--query` selects (what `weir bench JOB --all` runs).
+    pub fn queries(mut self, queries: &'static [&'static str]) -> Self {
+        self.queries = queries;
+        self
+    }
+
+    /// Refuses the options in `given` (long names: those given on the command line) that
+    /// the job does not read, naming the ones it does; a job that did not declare what
+    /// it reads takes them all. An option of a declaration that [`JobOptions`] does not
+    /// have is a mistake in the job, reported as such.
+    pub fn check_options(&self, given: &[String]) -> anyhow::Result<()> {
+        let Some(reads) = &self.reads else {
+            return Ok(());
+        };
+        let known = crate::options::option_names();
+        if let Some(typo) = reads.iter().find(|r| !known.iter().any(|k| k == *r)) {
+            anyhow::bail!(
+                "job `{}` declares that it reads --{typo}, which is no option of weir",
+                self.name
+            );
+        }
+        let taken = |name: &str| EVERY_JOB_READS.iter().chain(reads).any(|r| *r == name);
+        let refused: Vec<String> = given
+            .iter()
+            .filter(|g| !taken(g))
+            .map(|g| format!("`--{g}`"))
+            .collect();
+        let what = match refused.split_last() {
+            None => return Ok(()),
+            Some((one, [])) => format!("{one} is not an option"),
+            Some((last, rest)) => format!("{} and {last} are not options", rest.join(", ")),
+        };
+        let own = match reads.is_empty() {
+            true => "none of its own".to_string(),
+            false => reads
+                .iter()
+                .map(|r| format!("--{r}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        Err(anyhow::Error::new(UsageError(format!(
+            "{what} of job `{}`: it reads {own}, besides the options of every job \
+             (--output, --parallelism, --state and the checkpoint options; see `weir run \
+             --help`)",
+            self.name
+        ))))
+    }
 }
 
 /// The jobs a binary offers.
@@ -32,62 +138,64 @@ impl Registry {
         Registry::default()
     }
 
-    /// The jobs bundled with weir.
+    /// The jobs bundled with weir, each with the options it reads: the one table the CLI
+    /// checks what it was given against.
     pub fn bundled() -> Self {
+        use crate::{
+            account_balances as balances, nexmark, operator_bench as ops,
+            order_analytics as orders, saga_monitor as sagas, window_agg as agg,
+        };
         Registry::new()
-            .job(
-                "window-agg",
-                crate::window_agg::ABOUT,
-                crate::window_agg::build,
+            .register(
+                JobSpec::new("window-agg", agg::ABOUT, agg::build)
+                    .reads(EVENT_INPUT)
+                    .reads(&["ts-field", "key-field", "value-field", "events"])
+                    .reads(&["window", "allowed-lateness", "late-output", "queryable"])
+                    .reads(&["top", "by", "on-aggregate-error"]),
             )
-            .job(
-                "order-analytics",
-                crate::order_analytics::ABOUT,
-                crate::order_analytics::build,
+            .register(
+                JobSpec::new("order-analytics", orders::ABOUT, orders::build).reads(EVENT_INPUT),
             )
-            .job(
-                "saga-monitor",
-                crate::saga_monitor::ABOUT,
-                crate::saga_monitor::build,
+            .register(
+                JobSpec::new("saga-monitor", sagas::ABOUT, sagas::build)
+                    .reads(EVENT_INPUT)
+                    .reads(&["param"]),
             )
-            .job(
-                "account-balances",
-                crate::account_balances::ABOUT,
-                crate::account_balances::build,
+            .register(
+                JobSpec::new("account-balances", balances::ABOUT, balances::build)
+                    .reads(EVENT_INPUT),
             )
-            .job_with_queries(
-                "nexmark",
-                crate::nexmark::ABOUT,
-                crate::nexmark::build,
-                &crate::nexmark::QUERIES,
+            .register(
+                JobSpec::new("nexmark", nexmark::ABOUT, nexmark::build)
+                    .reads(&["events", "query", "rate"])
+                    .queries(&nexmark::QUERIES),
             )
-            .job(
-                "operators",
-                crate::operator_bench::ABOUT,
-                crate::operator_bench::build,
+            .register(
+                JobSpec::new("operators", ops::ABOUT, ops::build)
+                    .reads(&["events", "query", "param"]),
             )
     }
 
     /// Adds a job.
+    pub fn register(mut self, job: JobSpec) -> Self {
+        self.jobs.push(job);
+        self
+    }
+
+    /// Adds a job that has not said which options it reads (see [`JobSpec::reads`]).
     pub fn job(self, name: &str, about: &str, build: BuildFn) -> Self {
-        self.job_with_queries(name, about, build, &[])
+        self.register(JobSpec::new(name, about, build))
     }
 
     /// Adds a job that bundles several queries, chosen with `--query`.
     pub fn job_with_queries(
-        mut self,
+        self,
         name: &str,
         about: &str,
         build: BuildFn,
         queries: &'static [&'static str],
     ) -> Self {
-        self.jobs.push(JobSpec {
-            name: name.to_string(),
-            about: about.to_string(),
-            build,
-            queries,
-        });
-        self
+        self.register(JobSpec::new(name, about, build).queries(queries))
     }
 
     /// All jobs, in registration order.
@@ -99,10 +207,55 @@ impl Registry {
     pub fn get(&self, name: &str) -> anyhow::Result<&JobSpec> {
         self.jobs.iter().find(|j| j.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.jobs.iter().map(|j| j.name.as_str()).collect();
-            anyhow::Error::new(crate::options::UsageError(format!(
+            anyhow::Error::new(UsageError(format!(
                 "no job called `{name}`; the jobs are: {} (see `weir jobs`)",
                 names.join(", ")
             )))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_real_options_and_every_option_has_a_reader() {
+        let names = crate::options::option_names();
+        let bundled = Registry::bundled();
+        let mut read: Vec<&str> = EVERY_JOB_READS.to_vec();
+        for job in bundled.jobs() {
+            read.extend(job.reads.iter().flatten());
+        }
+        for name in &read {
+            assert!(names.iter().any(|n| n == name), "--{name} is no option");
+        }
+        // A new option must be added to the table of the jobs that read it.
+        for name in &names {
+            assert!(read.contains(&name.as_str()), "no job reads --{name}");
+        }
+    }
+
+    #[test]
+    fn only_a_job_that_declared_what_it_reads_refuses_the_rest() -> anyhow::Result<()> {
+        let build: BuildFn = |_| Ok(weir_engine::Job::new("j"));
+        let given = ["window".to_string(), "parallelism".to_string()];
+        JobSpec::new("j", "", build).check_options(&given)?;
+        JobSpec::new("j", "", build)
+            .reads(&["window"])
+            .check_options(&given)?;
+        let refused = JobSpec::new("j", "", build)
+            .reads(&[])
+            .check_options(&given);
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.starts_with("`--window` is not an option of job `j`: it reads none of its own"),
+            "{message}"
+        );
+        let typo = JobSpec::new("j", "", build)
+            .reads(&["windwo"])
+            .check_options(&[]);
+        assert!(typo.is_err_and(|e| e.to_string().contains("--windwo, which is no option")));
+        Ok(())
     }
 }

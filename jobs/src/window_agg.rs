@@ -292,6 +292,10 @@ pub fn aggregate_windows(
         }
         false => windowed,
     };
+    let windowed = match &opts.queryable {
+        Some(table) => windowed.queryable(table),
+        None => windowed,
+    };
     let windowed = match &opts.late_output {
         Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
         None => windowed,

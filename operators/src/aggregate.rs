@@ -8,7 +8,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use weir_engine::{Data, StateValue};
+use weir_engine::StateValue;
 
 /// An aggregate failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,8 +27,9 @@ pub enum AggregateError {
 pub trait Aggregator<T>: Clone + Send + 'static {
     /// The running state, kept in the state backend.
     type Acc: StateValue;
-    /// The result.
-    type Output: Data;
+    /// The result: kept in the state backend as each key's latest result when the window
+    /// is queryable ([`crate::window::WindowedStream::queryable`]).
+    type Output: StateValue;
 
     /// An empty accumulator.
     fn create(&self) -> Self::Acc;

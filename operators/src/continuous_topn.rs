@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::{
-    Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
+    Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState, NoTimers,
     OperatorContext, Output, StableHash, StateBackend, StateKey, StateTable, StateValue, Stream,
     Timestamp,
 };
@@ -119,6 +119,7 @@ where
         // One instance ranks all keys: every event goes to the same (constant) key.
         stream
             .map(move |e: T| (key(&e), e))
+            .internal()
             .key_by(|_: &(K, T)| 0u8)
             .process(
                 "continuous-top-n",
@@ -359,6 +360,7 @@ where
     type Key = u8;
     type In = (K, T);
     type Out = RankChange<K, A::Output>;
+    type Timers = NoTimers;
 
     /// Events wait for the watermark and apply in time order; one at or before it would
     /// change a ranking already emitted.
@@ -376,6 +378,11 @@ where
         })?;
         self.next_due = Some(self.next_due.map_or(ts, |t| t.min(ts)));
         Ok(Handled::Taken)
+    }
+
+    /// No timers: it acts on the watermark itself.
+    fn timers(&mut self) -> &mut [NoTimers] {
+        &mut []
     }
 
     fn on_watermark(

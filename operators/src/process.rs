@@ -148,6 +148,8 @@ pub trait TimerFunction<K, T>: Clone + Send + 'static {
 pub struct TimerContext<O> {
     emitted: Vec<O>,
     timers: Vec<Timestamp>,
+    /// Timers deleted by this call: applied before `timers`.
+    deleted: Vec<Timestamp>,
     clear: bool,
     watermark: Timestamp,
 }
@@ -162,6 +164,14 @@ impl<O> TimerContext<O> {
     /// once, if it already has). Registering the same time twice gives one timer.
     pub fn register_timer(&mut self, time: Timestamp) {
         self.timers.push(time);
+    }
+
+    /// Cancels the key's timer at `time` (Flink's `deleteEventTimeTimer`), whether it was
+    /// registered earlier or in this call; a time without a timer is ignored. Registering
+    /// the time again after this, in the same call or a later one, gives a timer again.
+    pub fn delete_timer(&mut self, time: Timestamp) {
+        self.timers.retain(|&t| t != time);
+        self.deleted.push(time);
     }
 
     /// Removes the key's state and cancels its timers, after this call returns.
@@ -213,6 +223,7 @@ where
             ctx: TimerContext {
                 emitted: Vec::new(),
                 timers: Vec::new(),
+                deleted: Vec::new(),
                 clear: false,
                 watermark: MIN_WATERMARK,
             },
@@ -258,6 +269,15 @@ where
         if std::mem::take(&mut self.ctx.clear) {
             self.state.take(key)?;
             self.ctx.timers.clear();
+            self.ctx.deleted.clear();
+        }
+        if !self.ctx.deleted.is_empty() {
+            // A deleted timer leaves the key's list; its queue entry, stale now, is skipped
+            // when it comes due (see `on_timer`).
+            let deleted = &self.ctx.deleted;
+            self.state
+                .modify(key, |entry| entry.timers.retain(|t| !deleted.contains(t)))?;
+            self.ctx.deleted.clear();
         }
         if !self.ctx.timers.is_empty() {
             let requested = &mut self.ctx.timers;
@@ -284,28 +304,6 @@ where
         }
         Ok(())
     }
-
-    /// Fires every timer at or before `watermark`, in time order.
-    fn fire(&mut self, watermark: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
-        while let Some((time, keys)) = self.timers.pop_due(|t| t <= watermark)? {
-            for key in keys {
-                let (f, ctx) = (&self.f, &mut self.ctx);
-                let fired = self.state.modify(&key, |entry| {
-                    // Timers of a cleared (and maybe recreated) key are stale.
-                    let Some(at) = entry.timers.iter().position(|&t| t == time) else {
-                        return false;
-                    };
-                    entry.timers.swap_remove(at);
-                    f.on_timer(&key, &mut entry.state, time, ctx);
-                    true
-                })?;
-                if fired == Some(true) {
-                    self.settle(&key, time, out)?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 impl<B, F, K, T> EventTimeOperator for TimerProcessOperator<B, F, K, T>
@@ -318,6 +316,7 @@ where
     type Key = K;
     type In = T;
     type Out = F::Out;
+    type Timers = B::Timers<K>;
 
     /// The function sees every event and judges lateness itself
     /// ([`TimerContext::watermark`]).
@@ -339,20 +338,40 @@ where
                 ctx.timers.iter().any(|&time| time <= watermark)
             })?;
         self.settle(&event.key, ts, out)?;
-        if at_once {
-            // A timer at or before the watermark fires at once, before the next event.
-            self.fire(watermark, out)?;
-        }
-        Ok(Handled::Taken)
+        // A timer at or before the watermark fires at once, before the next event.
+        Ok(match at_once {
+            true => Handled::TakenTimersDue,
+            false => Handled::Taken,
+        })
     }
 
-    fn on_watermark(
+    fn timers(&mut self) -> &mut [B::Timers<K>] {
+        std::slice::from_mut(&mut self.timers)
+    }
+
+    fn on_timer(
         &mut self,
+        _queue: usize,
+        time: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<F::Out>,
     ) -> Result<(), BoxError> {
         self.ctx.watermark = watermark;
-        self.fire(watermark, out)
+        let (f, ctx) = (&self.f, &mut self.ctx);
+        let fired = self.state.modify(&key, |entry| {
+            // Timers of a cleared (and maybe recreated) key are stale.
+            let Some(at) = entry.timers.iter().position(|&t| t == time) else {
+                return false;
+            };
+            entry.timers.swap_remove(at);
+            f.on_timer(&key, &mut entry.state, time, ctx);
+            true
+        })?;
+        if fired == Some(true) {
+            self.settle(&key, time, out)?;
+        }
+        Ok(())
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {
@@ -451,14 +470,21 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn timers_fire_in_time_order_when_the_watermark_reaches_them_and_clearing_forgets_the_key() {
-        let ctx = crate::test_support::operator_context("deadline");
+    /// `f` as an operator instance on memory state.
+    fn in_memory<F: TimerFunction<String, u64>>(
+        f: F,
+    ) -> EventTime<TimerProcessOperator<MemoryBackend, F, String, u64>> {
+        let ctx = crate::test_support::operator_context("process");
         let factory = TimerProcessFactory::<_, String, u64> {
-            f: SumUntilDeadline,
+            f,
             _types: PhantomData,
         };
-        let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
+        factory.create(&ctx, MemoryBackend::new()).expect("create")
+    }
+
+    #[test]
+    fn timers_fire_in_time_order_when_the_watermark_reaches_them_and_clearing_forgets_the_key() {
+        let mut op = in_memory(SumUntilDeadline);
         let mut out = Output::default();
         op.process(
             vec![
@@ -476,6 +502,63 @@ mod tests {
         assert_eq!(op.state_entries(), 2);
         op.on_watermark(30, &mut out).expect("watermark");
         assert_eq!(fired(&mut out), vec![(15, ("b", 2)), (21, ("a", 4))]);
+        assert_eq!(op.state_entries(), 0);
+    }
+
+    /// Registers a timer 10 ms after each event and deletes the one of the event before
+    /// (a timeout that restarts on activity), emitting the key's event count when one fires.
+    #[derive(Clone)]
+    struct Inactivity;
+
+    impl TimerFunction<String, u64> for Inactivity {
+        type State = (u64, Option<Timestamp>);
+        type Out = (String, u64);
+        fn on_event(
+            &self,
+            _: &String,
+            (count, timer): &mut (u64, Option<Timestamp>),
+            ts: Timestamp,
+            _: &u64,
+            ctx: &mut TimerContext<Self::Out>,
+        ) {
+            if let Some(previous) = timer.take() {
+                ctx.delete_timer(previous);
+            }
+            ctx.register_timer(ts + 10);
+            *timer = Some(ts + 10);
+            *count += 1;
+        }
+        fn on_timer(
+            &self,
+            key: &String,
+            (count, _): &mut (u64, Option<Timestamp>),
+            _: Timestamp,
+            ctx: &mut TimerContext<Self::Out>,
+        ) {
+            ctx.emit((key.clone(), *count));
+            ctx.clear_state();
+        }
+    }
+
+    #[test]
+    fn deleted_timers_do_not_fire_and_the_last_one_registered_does() {
+        let mut op = in_memory(Inactivity);
+        let mut out = Output::default();
+        op.process(
+            vec![
+                record(0, i64::MIN, "a", 1),
+                record(5, 0, "a", 1),
+                record(12, 5, "a", 1),
+                record(3, 5, "b", 1),
+            ],
+            &mut out,
+        )
+        .expect("process");
+        // a's timers at 10 and 15 were deleted; only 22 is left. b's is at 13.
+        op.on_watermark(21, &mut out).expect("watermark");
+        assert_eq!(fired(&mut out), vec![(13, ("b", 1))]);
+        op.on_watermark(22, &mut out).expect("watermark");
+        assert_eq!(fired(&mut out), vec![(22, ("a", 3))]);
         assert_eq!(op.state_entries(), 0);
     }
 

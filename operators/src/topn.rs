@@ -28,8 +28,8 @@ use weir_engine::error::BoxError;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::{
     ChainedOperator, Data, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState,
-    OperatorContext, Output, Record, StateBackend, StateKey, StateTable, StateValue, Stream,
-    Timestamp,
+    NoTimers, OperatorContext, Output, Record, StateBackend, StateKey, StateTable, StateValue,
+    Stream, Timestamp,
 };
 
 use crate::window::{Window, WindowResult};
@@ -75,6 +75,7 @@ where
             metric: local_metric.clone(),
             held: Vec::new(),
         })
+        .internal()
         .key_by(|r: &WindowResult<K, V>| (r.window.start, r.window.end))
         .process(
             "top-n",
@@ -324,6 +325,7 @@ where
     type Key = (Timestamp, Timestamp);
     type In = WindowResult<K, V>;
     type Out = Ranked<K, V>;
+    type Timers = NoTimers;
 
     /// Its input are window results, which come before the watermark that fired them.
     const LATENESS: Lateness = Lateness::Never;
@@ -353,6 +355,11 @@ where
         })?;
         self.due.insert((window.1, window.0));
         Ok(Handled::Taken)
+    }
+
+    /// No timers: it acts on the watermark itself.
+    fn timers(&mut self) -> &mut [NoTimers] {
+        &mut []
     }
 
     fn on_watermark(

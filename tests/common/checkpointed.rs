@@ -102,6 +102,33 @@ pub(crate) fn sorted_lines(text: &str) -> Vec<String> {
     lines
 }
 
+/// Asserts that `rows` are the `reference` rows (both sorted), saying otherwise how many
+/// are missing and how many extra or repeated, and then `context` (a run's stderr, say).
+pub(crate) fn assert_same_rows(rows: &[String], reference: &[String], context: &str) {
+    let (missing, extra) = difference(rows, reference);
+    assert!(
+        rows == reference,
+        "{} rows, {} in the reference: {missing} missing, {extra} extra or repeated; {context}",
+        rows.len(),
+        reference.len()
+    );
+}
+
+/// How `rows` differ from `reference` (both sorted), in counts: rows missing, rows extra.
+fn difference(rows: &[String], reference: &[String]) -> (usize, usize) {
+    let (mut missing, mut extra) = (0, 0);
+    let (mut i, mut j) = (0, 0);
+    while i < rows.len() || j < reference.len() {
+        match (rows.get(i), reference.get(j)) {
+            (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
+            (Some(a), Some(b)) if a < b => (extra, i) = (extra + 1, i + 1),
+            (Some(_), None) => (extra, i) = (extra + 1, i + 1),
+            _ => (missing, j) = (missing + 1, j + 1),
+        }
+    }
+    (missing, extra)
+}
+
 /// The committed rows of a part-file directory (what a reader sees), sorted.
 pub(crate) fn committed_rows(dir: &Path) -> Vec<String> {
     let mut text = String::new();

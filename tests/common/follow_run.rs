@@ -199,3 +199,26 @@ pub(crate) fn client() -> ureq::Agent {
         .build()
         .into()
 }
+
+/// The state backends and parallelisms a test of queryable state runs at.
+pub(crate) const BACKENDS_AT_P1_AND_P2: [(&str, &str); 4] = [
+    ("memory", "1"),
+    ("rocksdb", "1"),
+    ("memory", "2"),
+    ("rocksdb", "2"),
+];
+
+/// The status and JSON body of `GET path`, with the bearer `token` if given.
+pub(crate) fn get_json(addr: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = client().get(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().expect("the server answers");
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_json()
+        .unwrap_or_else(|e| panic!("the answer ({status}) to {path} is not JSON: {e}"));
+    (status, body)
+}

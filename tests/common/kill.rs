@@ -117,12 +117,27 @@ pub(crate) fn run_and_kill(
     checkpoints_root: &Path,
     checkpoints: usize,
 ) -> (Ended, String) {
+    run_and_kill_when(bin, args, stderr, delay, || {
+        complete_checkpoints(checkpoints_root) >= checkpoints
+    })
+}
+
+/// Runs `bin args` and SIGKILLs the process once `delay` has passed and `ready` holds
+/// (looked at every `POLL`; failing if it does not within `RUN_LIMIT`), unless the process
+/// ends first.
+pub(crate) fn run_and_kill_when(
+    bin: &str,
+    args: &[OsString],
+    stderr: PathBuf,
+    delay: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> (Ended, String) {
     let mut run = Running::start(bin, args, stderr);
     thread::sleep(delay);
-    while run.is_running() && complete_checkpoints(checkpoints_root) < checkpoints {
+    while run.is_running() && !ready() {
         assert!(
             run.started.elapsed() < RUN_LIMIT,
-            "fewer than {checkpoints} complete checkpoints after {RUN_LIMIT:?}; stderr:\n{}",
+            "the moment to kill did not come within {RUN_LIMIT:?}; stderr:\n{}",
             run.stderr()
         );
         thread::sleep(POLL);

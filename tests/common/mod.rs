@@ -13,6 +13,7 @@ pub(crate) mod accounts;
 pub(crate) mod broker;
 pub(crate) mod checkpointed;
 pub(crate) mod follow_run;
+pub(crate) mod kafka_log;
 #[cfg(unix)]
 pub(crate) mod kill;
 #[cfg(unix)]

@@ -37,6 +37,8 @@ impl Job {
                     kind: node.kind,
                     parallelism: graph.parallelism(id, parallelism),
                     detail: node.detail.clone(),
+                    key: node.key.clone(),
+                    internal: node.internal,
                     state_tables: node.tables.clone(),
                     queryable: node.queryable.clone(),
                 }
@@ -50,7 +52,9 @@ impl Job {
         }
     }
 
-    /// The operator graph as text, one node per line, for `parallelism` workers.
+    /// The operator graph as text, one node per line, for `parallelism` workers: each
+    /// node's kind, instances, uid, inputs and how they reach it, then its key type,
+    /// detail and state tables; `internal` marks steps an operator API added.
     pub fn describe(&self, parallelism: usize) -> String {
         let plan = self.plan(parallelism);
         let mut out = format!("job {} (parallelism {parallelism})\n", plan.job);
@@ -68,21 +72,22 @@ impl Job {
                 }
                 Some(Exchange::Channel) => format!(" <- {} (channel)", names.join(", ")),
             };
+            let about = facts(node).join("; ");
             let _ = writeln!(
                 out,
-                "  [{}] {} {:?} x{} uid={}{}{how}{}",
+                "  [{}] {} {:?} x{}{} uid={}{}{how}{}",
                 node.id,
                 node.name,
                 node.kind,
                 node.parallelism,
+                if node.internal { " internal" } else { "" },
                 node.uid,
                 if node.uid_derived { " (derived)" } else { "" },
-                match (node.detail.is_empty(), state_of(node)) {
-                    (true, None) => String::new(),
-                    (false, None) => format!(" : {}", node.detail),
-                    (true, Some(state)) => format!(" : {state}"),
-                    (false, Some(state)) => format!(" : {}; {state}", node.detail),
-                }
+                if about.is_empty() {
+                    about
+                } else {
+                    format!(" : {about}")
+                },
             );
         }
         for e in &self.inner.graph.borrow().errors {
@@ -91,10 +96,15 @@ impl Job {
         out
     }
 
-    /// The operator graph in Graphviz DOT.
+    /// The operator graph in Graphviz DOT (`weir describe JOB --dot | dot -Tsvg`): each
+    /// node labelled with its name, instances, uid, key type, detail and state tables;
+    /// internal steps dashed, exchanges between threads bold.
     pub fn to_dot(&self, parallelism: usize) -> String {
         let plan = self.plan(parallelism);
-        let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", plan.job);
+        let mut out = format!(
+            "digraph \"{}\" {{\n  rankdir=LR;\n  node [fontsize=10];\n",
+            dot_escape(&plan.job)
+        );
         for node in &plan.nodes {
             let shape = match node.kind {
                 NodeKind::Source | NodeKind::ParallelSource => "invhouse",
@@ -102,12 +112,23 @@ impl Job {
                 NodeKind::Keyed => "box3d",
                 NodeKind::Stateless | NodeKind::Union => "box",
             };
-            let mut label = format!("{}\\nx{}\\nuid {}", node.name, node.parallelism, node.uid);
-            if let Some(state) = state_of(node) {
-                label = format!("{label}\\n{state}");
-            }
-            let label = label.replace('"', "'");
-            let _ = writeln!(out, "  n{} [label=\"{label}\", shape={shape}];", node.id);
+            let lines = [
+                node.name.clone(),
+                format!("x{}", node.parallelism),
+                format!("uid {}", node.uid),
+            ];
+            let label: Vec<String> = lines
+                .into_iter()
+                .chain(facts(node))
+                .map(|line| dot_escape(&line))
+                .collect();
+            let style = if node.internal { ", style=dashed" } else { "" };
+            let _ = writeln!(
+                out,
+                "  n{} [label=\"{}\", shape={shape}{style}];",
+                node.id,
+                label.join("\\n")
+            );
             for edge in plan.edges.iter().filter(|e| e.to == node.id) {
                 let style = match edge.exchange {
                     Exchange::Forward => "solid",
@@ -119,6 +140,25 @@ impl Job {
         out.push_str("}\n");
         out
     }
+}
+
+/// What `weir describe` says of a node after its place in the graph: its key type, its
+/// detail (a source's input, a window's size) and its state tables, each if it has one.
+fn facts(node: &PlanNode) -> Vec<String> {
+    let key = node.key.as_ref().map(|k| format!("key {k}"));
+    let detail = (!node.detail.is_empty()).then(|| node.detail.clone());
+    [key, detail, state_of(node)]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// `text` as the inside of a DOT string: quotes and backslashes escaped, line breaks as
+/// DOT's `\n`.
+fn dot_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// A node's state tables as `weir describe` shows them (`state: window-panes`; a

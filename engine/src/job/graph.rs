@@ -22,6 +22,10 @@ pub(crate) struct Node {
     pub(crate) queryable: Option<String>,
     /// The names of a keyed operator's state tables ([`crate::OperatorFactory::tables`]).
     pub(crate) tables: Vec<String>,
+    /// A keyed operator's key type, as `weir describe` shows it (`String`, `(i64, i64)`).
+    pub(crate) key: Option<String>,
+    /// True for a step an operator API added on the user's behalf ([`super::Stream::internal`]).
+    pub(crate) internal: bool,
     pub(crate) detail: String,
     pub(crate) inputs: Vec<NodeId>,
     pub(crate) consumers: Vec<NodeId>,
@@ -124,6 +128,8 @@ impl Graph {
             kind,
             queryable: None,
             tables: Vec::new(),
+            key: None,
+            internal: false,
             detail,
             inputs: inputs.to_vec(),
             consumers: Vec::new(),

@@ -56,7 +56,47 @@ where
             &[self.stream.node],
             Rc::new(KeyedNode::new(factory, self.key)),
         );
-        job.inner.graph.borrow_mut().nodes[id].tables = tables;
+        let mut graph = job.inner.graph.borrow_mut();
+        graph.nodes[id].tables = tables;
+        graph.nodes[id].key = Some(short_type_name::<K>());
+        drop(graph);
         Stream::new(job, id, self.stream.timed)
+    }
+}
+
+/// `T`'s type name without module paths (`Option<String>`, not
+/// `core::option::Option<alloc::string::String>`): a keyed operator's key as
+/// `weir describe` shows it.
+fn short_type_name<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut out = String::with_capacity(full.len());
+    // A path (`a::b::C`) ends at the first character that cannot be in one.
+    let mut path = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            path.push(c);
+            continue;
+        }
+        out.push_str(path.rsplit("::").next().unwrap_or_default());
+        path.clear();
+        out.push(c);
+    }
+    out.push_str(path.rsplit("::").next().unwrap_or_default());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_type_name;
+
+    #[test]
+    fn key_types_are_named_without_their_paths() {
+        assert_eq!(short_type_name::<String>(), "String");
+        assert_eq!(short_type_name::<(i64, u8)>(), "(i64, u8)");
+        assert_eq!(
+            short_type_name::<Option<std::sync::Arc<str>>>(),
+            "Option<Arc<str>>"
+        );
+        assert_eq!(short_type_name::<crate::intern::SharedStr>(), "SharedStr");
     }
 }

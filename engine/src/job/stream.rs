@@ -62,9 +62,22 @@ impl<T: Data> Stream<T> {
     /// Makes [`Stream::uid`] on this stream name the operator that made `origin`: for an
     /// operator API whose stateful operator is followed by a stateless step (a window
     /// operator's results picked out of its output), so that `.aggregate(..).uid("w")`
-    /// names the window, not the step.
+    /// names the window, not the step. The step is then [internal](Stream::internal).
     pub fn uid_names<U>(mut self, origin: &Stream<U>) -> Self {
         self.uid_target = origin.uid_target;
+        if self.node != origin.node {
+            self = self.internal();
+        }
+        self
+    }
+
+    /// Marks the node that made this stream as internal: a step an operator API added on
+    /// the user's behalf (a split into side outputs, a pre-aggregation before an exchange,
+    /// the picking of results out of an operator's output), not one the job's author
+    /// wrote. `weir describe` says `internal` and its DOT graph draws the node dashed;
+    /// nothing else changes.
+    pub fn internal(self) -> Self {
+        self.job.inner.graph.borrow_mut().nodes[self.node].internal = true;
         self
     }
 
@@ -156,7 +169,7 @@ impl<T: Data> Stream<T> {
     /// Splits the stream in two without copying events (Flink's side outputs): `route`
     /// sends each event to the main output, to the side output, or nowhere
     /// ([`Routed`]). Both outputs keep the stream's event times and watermarks. The graph
-    /// shows a `split` node with two ports named `main` and `side`.
+    /// shows a `split` node with two ports named `main` and `side`, all three internal.
     ///
     /// Use it where one operator emits two kinds of results (matches and timeouts, window
     /// results and late events): two `flat_map`s over one stream would clone every event
@@ -172,6 +185,8 @@ impl<T: Data> Stream<T> {
             &[self.node],
             Rc::new(SplitNode::new(route)),
         );
+        // The split and its ports are plumbing: the streams are what the caller wrote.
+        self.job.inner.graph.borrow_mut().nodes[split].internal = true;
         let port = |port: &str| {
             self.job.add(
                 &format!("{name}.{port}"),
@@ -216,7 +231,7 @@ impl<T: Data> Stream<T> {
             Rc::new(PortNode),
         );
         self.job.inner.graph.borrow_mut().nodes[port].output = DEAD_LETTERS_OUTPUT;
-        Stream::new(self.job.clone(), port, false)
+        Stream::new(self.job.clone(), port, false).internal()
     }
 
     /// Runs an operator made by `make` in the thread of this stream's producer, one
@@ -280,7 +295,9 @@ impl<T: Data> Stream<T> {
 
     /// Makes the state table of the keyed operator that made this stream readable while
     /// the job runs, under `table` ([`Job::queryable_state`], `GET /api/v1/state/{table}`
-    /// of `weir run`): for `process_with_state`, each key's state as JSON. Names are unique
+    /// of `weir run`): for `process_with_state`, each key's state as JSON (a window's latest
+    /// results are made queryable on the window, `WindowedStream::queryable` in
+    /// weir-operators, before its aggregate). Names are unique
     /// in a job; an operator without a table that can be queried makes the job refuse to
     /// run.
     pub fn queryable(self, table: &str) -> Self {

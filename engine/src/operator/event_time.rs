@@ -2,16 +2,25 @@
 //! judged and counted, and what an event-time operator keeps in a checkpoint.**
 //!
 //! An operator on event time (windows, top-N, CEP, the joins, process functions) implements
-//! [`EventTimeOperator`]: its logic for one event ([`EventTimeOperator::on_event`]), for a
-//! watermark that moved ([`EventTimeOperator::on_watermark`], where its timers fire), and
-//! the list of its named state tables. [`EventTime`] wraps it into a [`KeyedOperator`] and
-//! owns the protocol every such operator used to repeat:
+//! [`EventTimeOperator`]: its logic for one event ([`EventTimeOperator::on_event`]), for one
+//! of its timers ([`EventTimeOperator::on_timer`]), optionally for a watermark that moved
+//! ([`EventTimeOperator::on_watermark`]), and the list of its named state tables.
+//! [`EventTime`] wraps it into a [`KeyedOperator`] and owns the protocol every such
+//! operator used to repeat:
 //!
 //! - **the watermark**: each record carries the watermark that preceded it; the harness
 //!   advances the operator to it *before* the record, and only when it moved, so firing
 //!   positions are the same for every batch size and parallelism. Results emitted after a
 //!   watermark fired its timers carry that watermark (Flink forwards the watermark right
 //!   after the timers it fired).
+//! - **timers**: the operator registers `(time, key)` in its queues (the state backend's
+//!   [`TimerQueue`]s, in memory or in RocksDB), and the harness fires them: when the
+//!   watermark moves to `w` it pops every timer with `time <= w`, queue by queue in the
+//!   order the operator lists them ([`EventTimeOperator::timers`]), each queue in time
+//!   order, and calls [`EventTimeOperator::on_timer`] for each (Flink's
+//!   `onEventTime`, timely's frontier notificator); then [`EventTimeOperator::on_watermark`].
+//!   An event that registered a timer already due says so ([`Handled::TakenTimersDue`]) and
+//!   the harness fires it before the next event.
 //! - **lateness**: one explicit [`Lateness`] policy per operator type. Late events are
 //!   counted in `weir_late_events_total` (once per batch, not per event). The harness drops
 //!   those its policy finds late; an operator that decides itself ([`Lateness::Decided`])
@@ -25,6 +34,8 @@
 //! # Invariants
 //! - `on_watermark` is called with strictly increasing watermarks, and `on_event` with the
 //!   watermark of the last `on_watermark` (or the restored one).
+//! - `on_timer` gets a timer only once the watermark has reached its time, and the
+//!   watermark it gets is the one that made it due.
 //! - An event the policy judges late never reaches `on_event`.
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +44,7 @@ use super::{KeyedOperator, OperatorContext, Output};
 use crate::error::BoxError;
 use crate::query::QueryableTable;
 use crate::record::{Data, Keyed, Record};
-use crate::state::StateTable;
+use crate::state::{StateTable, TimerQueue};
 use crate::time::Timestamp;
 
 /// When an event is late, given the watermark that preceded it.
@@ -66,11 +77,43 @@ impl Lateness {
     }
 }
 
+/// When the timers of a queue are due, given the watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// A timer at `t` is due once the watermark reaches `t`.
+    AtTime,
+    /// A timer at a window's start `t` is due once the watermark reaches the window's last
+    /// millisecond plus `lateness`: `t + size - 1 + lateness`, saturating (windows near
+    /// `i64::MAX` end there). A window's end as the time gives `size` 0.
+    WindowEnd {
+        /// The window's length.
+        size: i64,
+        /// How long after its end the timer waits.
+        lateness: i64,
+    },
+}
+
+impl Due {
+    /// Whether a timer at `time` is due at `watermark`.
+    #[inline]
+    pub fn at(self, time: Timestamp, watermark: Timestamp) -> bool {
+        match self {
+            Due::AtTime => time <= watermark,
+            Due::WindowEnd { size, lateness } => {
+                (time.saturating_add(size) - 1).saturating_add(lateness) <= watermark
+            }
+        }
+    }
+}
+
 /// What an operator did with an event ([`Lateness::Decided`] operators may find it late).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
     /// Taken into the operator's state (or emitted).
     Taken,
+    /// Taken, and it registered a timer that is already due (at or before the watermark):
+    /// the harness fires the due timers before the next event.
+    TakenTimersDue,
     /// Late: the harness counts it.
     Late,
 }
@@ -87,6 +130,10 @@ pub trait EventTimeOperator: Send + 'static {
     /// The result type.
     type Out: Data;
 
+    /// The operator's timer queues: the state backend's ([`crate::StateBackend::timer_queue`]),
+    /// or [`crate::state::NoTimers`] for an operator without timers.
+    type Timers: TimerQueue<Self::Key>;
+
     /// Which events are late.
     const LATENESS: Lateness;
 
@@ -100,13 +147,45 @@ pub trait EventTimeOperator: Send + 'static {
         out: &mut Output<Self::Out>,
     ) -> Result<Handled, BoxError>;
 
-    /// The watermark moved forward to `watermark`: fire what it made due. Results emitted
-    /// here carry the previous watermark.
+    /// The operator's timer queues, in the order their due timers fire (the order of the
+    /// state backend's queues is the operator's: a window fires before it is cleaned up).
+    fn timers(&mut self) -> &mut [Self::Timers];
+
+    /// When the timers of queue `queue` are due (by default at their time).
+    fn timer_due(&self, _queue: usize) -> Due {
+        Due::AtTime
+    }
+
+    /// `key`'s timer at `time` in queue `queue` (an index into [`EventTimeOperator::timers`])
+    /// is due ([`EventTimeOperator::timer_due`]) at `watermark`. Timers may be stale (the key's
+    /// state changed after it was registered), so the operator checks its state. Results
+    /// emitted here carry the previous watermark. Required of every operator with timers:
+    /// the default, for operators without ([`crate::state::NoTimers`]), fails the job.
+    fn on_timer(
+        &mut self,
+        queue: usize,
+        time: Timestamp,
+        _key: Self::Key,
+        _watermark: Timestamp,
+        _out: &mut Output<Self::Out>,
+    ) -> Result<(), BoxError> {
+        Err(format!(
+            "a timer at {time} of queue {queue} came due, but {} has no on_timer",
+            std::any::type_name::<Self>()
+        )
+        .into())
+    }
+
+    /// The watermark moved forward to `watermark`, and the timers it made due have fired:
+    /// for operators that act on the watermark itself rather than per key (top-N ranks the
+    /// windows it closed).
     fn on_watermark(
         &mut self,
-        watermark: Timestamp,
-        out: &mut Output<Self::Out>,
-    ) -> Result<(), BoxError>;
+        _watermark: Timestamp,
+        _out: &mut Output<Self::Out>,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
 
     /// Every state table of the operator, by name: flushed at each checkpoint. A table left
     /// out here would lose its writes since the last flush on a restore. The names are
@@ -165,8 +244,26 @@ impl<O: EventTimeOperator> EventTime<O> {
     #[inline]
     fn advance(&mut self, watermark: Timestamp, out: &mut Output<O::Out>) -> Result<(), BoxError> {
         self.watermark = watermark;
+        self.fire_timers(out)?;
         self.operator.on_watermark(watermark, out)?;
         out.advance_watermark(watermark);
+        Ok(())
+    }
+
+    /// Fires every timer at or before the watermark: queue by queue, each in time order
+    /// (timers that firing registers at or before the watermark fire too).
+    fn fire_timers(&mut self, out: &mut Output<O::Out>) -> Result<(), BoxError> {
+        let watermark = self.watermark;
+        for queue in 0..self.operator.timers().len() {
+            let due = self.operator.timer_due(queue);
+            while let Some((time, keys)) =
+                self.operator.timers()[queue].pop_due(|time| due.at(time, watermark))?
+            {
+                for key in keys {
+                    self.operator.on_timer(queue, time, key, watermark, out)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -192,7 +289,11 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
             } else {
                 self.operator.on_event(r.ts, r.value, self.watermark, out)?
             };
-            late += (handled == Handled::Late) as u64;
+            match handled {
+                Handled::Taken => {}
+                Handled::Late => late += 1,
+                Handled::TakenTimersDue => self.fire_timers(out)?,
+            }
         }
         if late > 0 {
             self.late_events.inc_by(late);
@@ -247,5 +348,176 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
         }
         self.watermark = watermark.unwrap_or(Timestamp::MIN);
         self.operator.restore(self.watermark)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::JobMetrics;
+    use crate::state::MemoryTimers;
+
+    /// Registers, for an event `(key, [t1, t2, ..])`, a timer at each time in queue 0 and
+    /// one at the first time in queue 1, and emits `(queue, time, key, watermark)` for
+    /// every timer that fires; a timer of queue 0 at an odd time registers another one
+    /// at the same watermark (which must fire in the same advance).
+    #[derive(Default)]
+    struct Recorder {
+        timers: [MemoryTimers<String>; 2],
+    }
+
+    impl EventTimeOperator for Recorder {
+        type Key = String;
+        type In = Vec<Timestamp>;
+        type Out = (usize, Timestamp, String, Timestamp);
+        type Timers = MemoryTimers<String>;
+        const LATENESS: Lateness = Lateness::Never;
+
+        fn on_event(
+            &mut self,
+            _ts: Timestamp,
+            event: KeyedEvent<Self>,
+            watermark: Timestamp,
+            _out: &mut Output<Self::Out>,
+        ) -> Result<Handled, BoxError> {
+            let mut due = false;
+            for &time in &event.value {
+                self.timers[0].register(time, event.key.clone())?;
+                due |= time <= watermark;
+            }
+            if let Some(&first) = event.value.first() {
+                self.timers[1].register(first, event.key.clone())?;
+            }
+            Ok(if due {
+                Handled::TakenTimersDue
+            } else {
+                Handled::Taken
+            })
+        }
+
+        fn timers(&mut self) -> &mut [MemoryTimers<String>] {
+            &mut self.timers
+        }
+
+        fn timer_due(&self, queue: usize) -> Due {
+            match queue {
+                0 => Due::AtTime,
+                // A window of 10 starting at the time, 5 of lateness after it.
+                _ => Due::WindowEnd {
+                    size: 10,
+                    lateness: 5,
+                },
+            }
+        }
+
+        fn on_timer(
+            &mut self,
+            queue: usize,
+            time: Timestamp,
+            key: String,
+            watermark: Timestamp,
+            out: &mut Output<Self::Out>,
+        ) -> Result<(), BoxError> {
+            if queue == 0 && time % 2 != 0 {
+                self.timers[0].register(time + 1, format!("{key}+"))?;
+            }
+            out.emit(time, (queue, time, key, watermark));
+            Ok(())
+        }
+
+        fn tables(&mut self) -> Vec<&mut dyn StateTable> {
+            Vec::new()
+        }
+
+        fn state_entries(&self) -> usize {
+            0
+        }
+
+        fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    fn harness() -> EventTime<Recorder> {
+        let ctx = OperatorContext {
+            name: "recorder".into(),
+            instance: 0,
+            parallelism: 1,
+            key_groups: 0..128,
+            metrics: JobMetrics::new("test").operator("recorder", 0),
+        };
+        EventTime::new(Recorder::default(), &ctx)
+    }
+
+    fn event(watermark: Timestamp, key: &str, times: &[Timestamp]) -> Record<KeyedEvent<Recorder>> {
+        Record {
+            ts: 0,
+            watermark,
+            value: Keyed {
+                key: key.to_string(),
+                value: times.to_vec(),
+            },
+        }
+    }
+
+    fn fired(out: &mut Output<(usize, Timestamp, String, Timestamp)>) -> Vec<String> {
+        out.take()
+            .into_iter()
+            .map(|r| {
+                let (queue, time, key, watermark) = r.value;
+                format!("q{queue} {time} {key} @{watermark}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timers_fire_queue_by_queue_in_time_order_once_the_watermark_makes_them_due() {
+        let mut op = harness();
+        let mut out = Output::default();
+        op.process(
+            vec![event(0, "a", &[30, 10]), event(0, "b", &[20])],
+            &mut out,
+        )
+        .unwrap();
+        assert!(fired(&mut out).is_empty(), "nothing is due at watermark 0");
+        // Queue 1's timers (at 30, 20) are due at 30 + 14 and 20 + 14.
+        op.on_watermark(34, &mut out).unwrap();
+        assert_eq!(
+            fired(&mut out),
+            ["q0 10 a @34", "q0 20 b @34", "q0 30 a @34", "q1 20 b @34"]
+        );
+        op.on_watermark(43, &mut out).unwrap();
+        assert!(fired(&mut out).is_empty(), "a's window timer waits for 44");
+        op.on_watermark(44, &mut out).unwrap();
+        assert_eq!(fired(&mut out), ["q1 30 a @44"]);
+    }
+
+    #[test]
+    fn a_timer_already_due_fires_before_the_next_event_and_timers_registered_by_timers_fire_too() {
+        let mut op = harness();
+        let mut out = Output::default();
+        op.process(
+            vec![event(100, "a", &[7, 200]), event(100, "b", &[300])],
+            &mut out,
+        )
+        .unwrap();
+        // a's 7 fired at once (before b's event) and registered "a+" at 8, due too; then
+        // queue 1's timer at 7 (due at 21).
+        assert_eq!(
+            fired(&mut out),
+            ["q0 7 a @100", "q0 8 a+ @100", "q1 7 a @100"]
+        );
+    }
+
+    #[test]
+    fn a_window_end_saturates_near_the_largest_time() {
+        let due = Due::WindowEnd {
+            size: 10,
+            lateness: 5,
+        };
+        assert!(!due.at(i64::MAX - 3, i64::MAX - 1));
+        assert!(due.at(i64::MAX - 3, i64::MAX));
+        assert!(due.at(0, 14) && !due.at(0, 13));
+        assert!(Due::AtTime.at(5, 5) && !Due::AtTime.at(6, 5));
     }
 }

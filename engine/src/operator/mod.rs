@@ -17,7 +17,7 @@
 
 pub mod event_time;
 
-pub use event_time::{EventTime, EventTimeOperator, Handled, KeyedEvent, Lateness};
+pub use event_time::{Due, EventTime, EventTimeOperator, Handled, KeyedEvent, Lateness};
 
 use std::ops::Range;
 

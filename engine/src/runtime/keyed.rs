@@ -130,7 +130,8 @@ where
                         job: b.metrics.job().to_string(),
                         reason: format!(
                             "`{name}` has no table that can be queried (queryable table \
-                             `{table}`): `.queryable(..)` works after process_with_state"
+                             `{table}`): `.queryable(..)` works after process_with_state, \
+                             and on a window before its aggregate (`.window(..).queryable(..)`)"
                         ),
                     });
                 }

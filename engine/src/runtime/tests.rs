@@ -248,7 +248,7 @@ fn state_tables_are_named_in_the_plan_and_counted_per_instance() -> Result<(), E
     result?;
     let plan = job.describe(2);
     assert!(plan.contains("count Keyed x2"), "{plan}");
-    assert!(plan.contains(" : state: counts\n"), "{plan}");
+    assert!(plan.contains(" : key i64; state: counts\n"), "{plan}");
     assert!(job.to_dot(2).contains("\\nstate: counts\""));
     // Seven keys between the two instances, each holding some.
     let held: Vec<i64> = (0..2)

@@ -31,7 +31,7 @@ pub use self::rocksdb::{
     read_key_groups, shared_block_cache, write_snapshot, EncodedTable, RocksBackend, RocksMap,
     RocksStore, RocksTimers, SharedCache,
 };
-pub use self::timers::{MemoryTimers, TimerQueue};
+pub use self::timers::{MemoryTimers, NoTimers, TimerQueue};
 pub use self::ttl::{Expiring, ListState, TtlMap};
 
 /// Where a job keeps its keyed state.

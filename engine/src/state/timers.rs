@@ -33,6 +33,29 @@ pub trait TimerQueue<K>: Send + 'static {
     ) -> Result<Option<(Timestamp, Vec<K>)>, StateError>;
 }
 
+/// The timer queue of an operator that has no timers: never due.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTimers;
+
+impl<K> TimerQueue<K> for NoTimers {
+    fn register(&mut self, time: Timestamp, _key: K) -> Result<(), StateError> {
+        Err(StateError {
+            table: "<timers>".into(),
+            message: format!(
+                "a timer at {time} registered with an operator that declared no timers \
+                 (its `EventTimeOperator::Timers` is `NoTimers`): declare the backend's queue"
+            ),
+        })
+    }
+
+    fn pop_due(
+        &mut self,
+        _due: impl Fn(Timestamp) -> bool,
+    ) -> Result<Option<(Timestamp, Vec<K>)>, StateError> {
+        Ok(None)
+    }
+}
+
 /// Timers in memory: one B-tree entry per time.
 #[derive(Debug)]
 pub struct MemoryTimers<K> {

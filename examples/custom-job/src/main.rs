@@ -64,9 +64,13 @@ fn page_dwell(opts: &JobOptions) -> anyhow::Result<Job> {
 }
 
 fn main() -> std::process::ExitCode {
-    weir_jobs::cli::main(Registry::new().job(
+    let job = JobSpec::new(
         "page-dwell",
         "views and mean dwell time per page, 60 s windows every 20 s",
         page_dwell,
-    ))
+    )
+    // What `page_dwell` reads besides the options of every job (--output, --parallelism,
+    // state, checkpoints): `custom-job run page-dwell --window ..` is refused, not ignored.
+    .reads(&["input"]);
+    weir_jobs::cli::main(Registry::new().register(job))
 }

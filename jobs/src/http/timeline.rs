@@ -213,6 +213,8 @@ mod tests {
                 kind,
                 parallelism: 1,
                 detail: String::new(),
+                key: None,
+                internal: false,
                 state_tables: Vec::new(),
                 queryable: None,
             });

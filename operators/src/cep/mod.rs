@@ -1,6 +1,7 @@
 //! Complex event processing: sequence patterns per key, in the spirit of FlinkCEP.
-//! **This is where a key's events run through the pattern** ([`CepOperator::advance`]);
-//! what one event does to a key's partial matches is in `nfa.rs`.
+//! **This is where a key's events run through the pattern** ([`CepOperator::run_key`], called
+//! by the engine's harness when the key's timer is due); what one event does to a key's
+//! partial matches is in `nfa.rs`.
 //!
 //! ```ignore
 //! let pattern = Pattern::begin("placed").where_(|e: &Ev| e.kind == "OrderPlaced")

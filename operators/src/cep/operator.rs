@@ -1,5 +1,5 @@
 //! The CEP operator on the engine's event-time harness: buffers each key's events until the
-//! watermark reaches them, then runs them through the pattern ([`CepOperator::advance`]).
+//! watermark reaches them, then runs them through the pattern ([`CepOperator::run_key`]).
 
 use std::marker::PhantomData;
 
@@ -41,6 +41,7 @@ impl<K: StateKey + Data, T: StateValue + Data> OperatorFactory for CepFactory<K,
             keys: state.map_state(KEYS)?,
             timers: state.timer_queue("timers")?,
             watermark: Timestamp::MIN,
+            emitted: Vec::new(),
         };
         Ok(EventTime::new(operator, ctx))
     }
@@ -56,8 +57,11 @@ pub struct CepOperator<S: StateBackend, K: StateKey, T: StateValue> {
     timeouts: bool,
     keys: S::Map<K, KeyState<T>>,
     timers: S::Timers<K>,
-    /// The watermark before the one being processed: results emitted now must be later.
+    /// The watermark before the one whose timers are firing: results emitted now must be
+    /// later (set once the timers have fired, in `on_watermark`).
     watermark: Timestamp,
+    /// What running a key emits, before it goes out (kept to reuse its allocation).
+    emitted: Vec<(Timestamp, CepOutput<T>)>,
 }
 
 impl<S: StateBackend, K: StateKey, T: StateValue> std::fmt::Debug for CepOperator<S, K, T> {
@@ -75,61 +79,56 @@ where
     K: StateKey + Data,
     T: StateValue + Data,
 {
-    /// Runs every key with due timers up to the watermark, in event-time order.
+    /// Runs `key`, whose timer came out at watermark `w`, in event-time order.
     ///
     /// Each key with state has a timer at exactly its `next_timer` (registered when an
     /// event moved it earlier, or after the key ran); timers at other times are stale
     /// copies. So a popped timer runs its key only if the key has something due: the key
     /// runs once per watermark however many of its timers come out, with no set of due
     /// keys to build, and a stale timer costs one lookup.
-    fn advance(
+    fn run_key(
         &mut self,
-        watermark: Timestamp,
+        key: K,
+        w: Timestamp,
         out: &mut Output<CepOutput<T>>,
     ) -> Result<(), BoxError> {
-        let w = watermark;
         let CepOperator {
             pattern,
             timeouts,
             keys,
             timers,
             watermark: before,
+            emitted,
         } = self;
         // At the end of the input nothing more can complete: matches held by a skip
         // strategy come out, just after what downstream has seen.
         let end = (w == END_WATERMARK).then(|| before.saturating_add(1));
-        let mut emitted = Vec::new();
-        while let Some((_, due)) = timers.pop_due(|t| t <= w)? {
-            for key in due {
-                let ran = keys.modify(&key, |state| {
-                    if pattern.next_timer(state).is_none_or(|t| t > w) {
-                        return None;
-                    }
-                    let nfa = &mut state.nfa;
-                    for (ts, event) in take_due(&mut state.pending, w) {
-                        pattern.feed(nfa, ts, &event, *timeouts, &mut emitted);
-                    }
-                    pattern.expire(nfa, w, *timeouts, &mut emitted);
-                    if let Some(at) = end {
-                        pattern.finish(nfa, at, &mut emitted);
-                    }
-                    Some((pattern.next_timer(state), state.is_empty()))
-                })?;
-                match ran.flatten() {
-                    None => {}
-                    Some((Some(next), _)) => timers.register(next, key)?,
-                    // Partial matches without a deadline wait for the key's next event.
-                    Some((None, false)) => {}
-                    Some((None, true)) => {
-                        keys.take(&key)?;
-                    }
-                }
-                for (ts, result) in emitted.drain(..) {
-                    out.emit(ts, result);
-                }
+        let ran = keys.modify(&key, |state| {
+            if pattern.next_timer(state).is_none_or(|t| t > w) {
+                return None;
+            }
+            let nfa = &mut state.nfa;
+            for (ts, event) in take_due(&mut state.pending, w) {
+                pattern.feed(nfa, ts, &event, *timeouts, emitted);
+            }
+            pattern.expire(nfa, w, *timeouts, emitted);
+            if let Some(at) = end {
+                pattern.finish(nfa, at, emitted);
+            }
+            Some((pattern.next_timer(state), state.is_empty()))
+        })?;
+        match ran.flatten() {
+            None => {}
+            Some((Some(next), _)) => timers.register(next, key)?,
+            // Partial matches without a deadline wait for the key's next event.
+            Some((None, false)) => {}
+            Some((None, true)) => {
+                keys.take(&key)?;
             }
         }
-        *before = w;
+        for (ts, result) in emitted.drain(..) {
+            out.emit(ts, result);
+        }
         Ok(())
     }
 }
@@ -143,6 +142,7 @@ where
     type Key = K;
     type In = T;
     type Out = CepOutput<T>;
+    type Timers = S::Timers<K>;
 
     /// Events wait for the watermark to pass them; one at or before it comes too late to
     /// take its place in time order.
@@ -169,12 +169,28 @@ where
         Ok(Handled::Taken)
     }
 
-    fn on_watermark(
+    fn timers(&mut self) -> &mut [S::Timers<K>] {
+        std::slice::from_mut(&mut self.timers)
+    }
+
+    fn on_timer(
         &mut self,
+        _queue: usize,
+        _time: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<CepOutput<T>>,
     ) -> Result<(), BoxError> {
-        self.advance(watermark, out)
+        self.run_key(key, watermark, out)
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: Timestamp,
+        _out: &mut Output<CepOutput<T>>,
+    ) -> Result<(), BoxError> {
+        self.watermark = watermark;
+        Ok(())
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {

@@ -107,35 +107,33 @@ where
         ts.saturating_sub(self.lower).saturating_add(1)
     }
 
-    /// Drops the elements the watermark made useless (emitting unmatched lefts if outer).
-    fn advance(
+    /// Drops `key`'s elements the watermark made useless (emitting unmatched lefts if
+    /// outer).
+    fn expire(
         &mut self,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<(A, Option<B>)>,
     ) -> Result<(), BoxError> {
         let w = watermark;
         let (lower, upper, outer) = (self.lower, self.upper, self.outer);
-        while let Some((_, keys)) = self.cleanup.pop_due(|t| t <= w)? {
-            for key in keys {
-                let mut unmatched = Vec::new();
-                let empty = self.buffers.modify(&key, |b| {
-                    b.lefts.retain(|(ts, a, matched)| {
-                        let keep = ts.saturating_add(upper) >= w;
-                        if !keep && outer && !matched {
-                            unmatched.push((*ts, a.clone()));
-                        }
-                        keep
-                    });
-                    b.rights.retain(|(ts, _)| ts.saturating_sub(lower) >= w);
-                    b.lefts.is_empty() && b.rights.is_empty()
-                })?;
-                if empty == Some(true) {
-                    self.buffers.take(&key)?;
+        let mut unmatched = Vec::new();
+        let empty = self.buffers.modify(&key, |b| {
+            b.lefts.retain(|(ts, a, matched)| {
+                let keep = ts.saturating_add(upper) >= w;
+                if !keep && outer && !matched {
+                    unmatched.push((*ts, a.clone()));
                 }
-                for (ts, a) in unmatched {
-                    out.emit(ts.saturating_add(upper), (a, None));
-                }
-            }
+                keep
+            });
+            b.rights.retain(|(ts, _)| ts.saturating_sub(lower) >= w);
+            b.lefts.is_empty() && b.rights.is_empty()
+        })?;
+        if empty == Some(true) {
+            self.buffers.take(&key)?;
+        }
+        for (ts, a) in unmatched {
+            out.emit(ts.saturating_add(upper), (a, None));
         }
         Ok(())
     }
@@ -151,6 +149,7 @@ where
     type Key = K;
     type In = Side<A, B>;
     type Out = (A, Option<B>);
+    type Timers = S::Timers<K>;
 
     /// An element exactly at the watermark may still match (its partners up to the
     /// watermark are not expired yet).
@@ -202,12 +201,19 @@ where
         Ok(Handled::Taken)
     }
 
-    fn on_watermark(
+    fn timers(&mut self) -> &mut [S::Timers<K>] {
+        std::slice::from_mut(&mut self.cleanup)
+    }
+
+    fn on_timer(
         &mut self,
+        _queue: usize,
+        _time: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<(A, Option<B>)>,
     ) -> Result<(), BoxError> {
-        self.advance(watermark, out)
+        self.expire(key, watermark, out)
     }
 
     fn state_entries(&self) -> usize {

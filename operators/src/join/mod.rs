@@ -172,7 +172,10 @@ fn tagged<A: Data, B: Data>(left: Stream<A>, right: Stream<B>) -> Stream<Side<A,
     if !left.has_timestamps() || !right.has_timestamps() {
         left.invalid("a join needs event times on both inputs: call .timestamps(..) first".into());
     }
-    left.map(Side::Left).union(right.map(Side::Right))
+    left.map(Side::Left)
+        .internal()
+        .union(right.map(Side::Right).internal())
+        .internal()
 }
 
 /// The key of a tagged element.
@@ -241,7 +244,9 @@ impl<A: StateValue + Data> JoinExt<A> for Stream<A> {
         VF: Fn(&B) -> Option<V> + Clone + Send + 'static,
     {
         // Each changelog record becomes its key and version before the union.
-        let versions = changelog.map(move |b| (changelog_key(&b), version(&b)));
+        let versions = changelog
+            .map(move |b| (changelog_key(&b), version(&b)))
+            .internal();
         tagged(self, versions)
             .key_by(side_key(key, |(k, _): &(K, Option<V>)| k.clone()))
             .process(

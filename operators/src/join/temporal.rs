@@ -87,34 +87,31 @@ where
     A: StateValue + Data,
     V: StateValue + Data,
 {
-    /// Joins every waiting event the watermark reached, then compacts the versions.
-    fn advance(
+    /// Joins `key`'s waiting events the watermark reached, then compacts its versions.
+    fn join_due(
         &mut self,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<(A, Option<V>)>,
     ) -> Result<(), BoxError> {
         let w = watermark;
-        while let Some((_, keys)) = self.timers.pop_due(|t| t <= w)? {
-            for key in keys {
-                let mut joined = Vec::new();
-                let next = self.keys.modify(&key, |row| {
-                    for (ts, event) in take_due(&mut row.pending, w) {
-                        let valid = upto(&row.versions, ts);
-                        let value = valid.checked_sub(1).and_then(|i| row.versions[i].1.clone());
-                        joined.push((ts, event, value));
-                    }
-                    // Only the version valid at the watermark, and later ones, can be used.
-                    let valid = upto(&row.versions, w);
-                    row.versions.drain(..valid.saturating_sub(1));
-                    row.pending.first().map(|(ts, _)| *ts)
-                })?;
-                if let Some(Some(t)) = next {
-                    self.timers.register(t, key)?;
-                }
-                for (ts, event, value) in joined {
-                    out.emit(ts, (event, value));
-                }
+        let mut joined = Vec::new();
+        let next = self.keys.modify(&key, |row| {
+            for (ts, event) in take_due(&mut row.pending, w) {
+                let valid = upto(&row.versions, ts);
+                let value = valid.checked_sub(1).and_then(|i| row.versions[i].1.clone());
+                joined.push((ts, event, value));
             }
+            // Only the version valid at the watermark, and later ones, can be used.
+            let valid = upto(&row.versions, w);
+            row.versions.drain(..valid.saturating_sub(1));
+            row.pending.first().map(|(ts, _)| *ts)
+        })?;
+        if let Some(Some(t)) = next {
+            self.timers.register(t, key)?;
+        }
+        for (ts, event, value) in joined {
+            out.emit(ts, (event, value));
         }
         Ok(())
     }
@@ -130,6 +127,7 @@ where
     type Key = K;
     type In = Side<A, (K, Option<V>)>;
     type Out = (A, Option<V>);
+    type Timers = S::Timers<K>;
 
     /// Events wait for the watermark and join the version valid at their time; one at or
     /// before the watermark comes after its versions were compacted.
@@ -157,12 +155,19 @@ where
         Ok(Handled::Taken)
     }
 
-    fn on_watermark(
+    fn timers(&mut self) -> &mut [S::Timers<K>] {
+        std::slice::from_mut(&mut self.timers)
+    }
+
+    fn on_timer(
         &mut self,
+        _queue: usize,
+        _time: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<(A, Option<V>)>,
     ) -> Result<(), BoxError> {
-        self.advance(watermark, out)
+        self.join_due(key, watermark, out)
     }
 
     fn state_entries(&self) -> usize {

@@ -109,4 +109,5 @@ where
             left: r.value.0,
             right: r.value.1,
         })
+        .internal()
 }

@@ -1,5 +1,5 @@
 //! Tumbling and sliding windows, computed from panes. **This is where aligned windows fire**
-//! ([`AlignedWindows::advance`]).
+//! ([`AlignedWindows::on_timer`], called by the engine's harness when the watermark makes a window due).
 //!
 //! A pane is a slice of time of length `gcd(size, slide)`; every window is a whole number
 //! of panes. Each key keeps one accumulator per pane it has events in, so an event is added
@@ -19,12 +19,13 @@ use std::marker::PhantomData;
 
 use weir_engine::error::BoxError;
 use weir_engine::{
-    Handled, Keyed, MapState, StateBackend, StateKey, StateTable, TimerQueue, Timestamp,
+    Due, Handled, Keyed, MapState, StateBackend, StateKey, StateTable, TimerQueue, Timestamp,
 };
 
+use super::latest::{emit_result, LatestResults};
 use super::{
     prune_prefix, window_start, Alignment, LateData, Rejections, Window, WindowAggregateError,
-    WindowEvent, WindowOutput, WindowResult,
+    WindowOutput, WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
 
@@ -33,6 +34,11 @@ pub type Panes<Acc> = Vec<(Timestamp, Acc)>;
 
 /// The state table of the panes, by key: each entry holds the open panes of one key.
 pub(super) const PANES: &str = "window-panes";
+
+/// The timer queue of windows to fire, at their starts.
+const FIRE: usize = 0;
+/// The timer queue of panes to drop, at the start of their last window.
+const CLEANUP: usize = 1;
 
 /// Tumbling (`slide == size`) or sliding windows over one worker's keys.
 pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
@@ -45,11 +51,13 @@ pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     lateness: i64,
     aggregator: A,
     panes: S::Map<K, Panes<A::Acc>>,
-    fire: S::Timers<K>,
-    cleanup: S::Timers<K>,
+    /// The fire and cleanup queues ([`FIRE`], [`CLEANUP`]), timers at window starts.
+    timers: [S::Timers<K>; 2],
     pane_count: usize,
     late: LateData,
     rejections: Rejections<T>,
+    /// Each key's latest result, when the window is queryable.
+    latest: Option<LatestResults<S, K, A::Output>>,
     new_windows: Vec<Timestamp>,
     _input: PhantomData<fn(T)>,
 }
@@ -85,6 +93,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         aggregator: A,
         late: LateData,
         rejections: Rejections<T>,
+        latest: Option<LatestResults<S, K, A::Output>>,
     ) -> Result<Self, BoxError> {
         Ok(AlignedWindows {
             size,
@@ -95,11 +104,11 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             lateness,
             aggregator,
             panes: state.map_state(PANES)?,
-            fire: state.timer_queue("fire")?,
-            cleanup: state.timer_queue("cleanup")?,
+            timers: [state.timer_queue("fire")?, state.timer_queue("cleanup")?],
             pane_count: 0,
             late,
             rejections,
+            latest,
             new_windows: Vec::new(),
             _input: PhantomData,
         })
@@ -111,7 +120,14 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
 
     /// The state tables.
     pub(crate) fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-        vec![&mut self.panes]
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.panes];
+        tables.extend(self.latest.as_mut().map(LatestResults::table));
+        tables
+    }
+
+    /// Each key's latest result, if the window is queryable.
+    pub(crate) fn latest(&mut self) -> Option<&mut LatestResults<S, K, A::Output>> {
+        self.latest.as_mut()
     }
 
     /// Rebuilds counts and timers from the restored panes (see the module invariants).
@@ -131,12 +147,12 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             }
             for &start in &windows {
                 if self.end_of(start) - 1 > watermark {
-                    self.fire.register(start, key.clone())?;
+                    self.timers[FIRE].register(start, key.clone())?;
                 }
             }
             if self.lateness > 0 {
                 for last_start in last_starts {
-                    self.cleanup.register(last_start, key.clone())?;
+                    self.timers[CLEANUP].register(last_start, key.clone())?;
                 }
             }
         }
@@ -198,11 +214,11 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         if created {
             self.pane_count += 1;
             if self.lateness > 0 {
-                self.cleanup.register(last_start, key.clone())?;
+                self.timers[CLEANUP].register(last_start, key.clone())?;
             }
             for &start in &self.new_windows {
                 if self.end_of(start) - 1 > watermark {
-                    self.fire.register(start, key.clone())?;
+                    self.timers[FIRE].register(start, key.clone())?;
                 }
             }
         }
@@ -221,34 +237,38 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         Ok(Handled::Taken)
     }
 
-    /// Fires every window with `end - 1 <= watermark`, then drops panes whose last window
-    /// is past its lateness.
-    pub(crate) fn advance(
+    /// The timer queues, fire first.
+    pub(crate) fn timers(&mut self) -> &mut [S::Timers<K>] {
+        &mut self.timers
+    }
+
+    /// A fire timer at a window's start is due when the window's last millisecond is; a
+    /// cleanup timer at the start of a pane's last window, `lateness` after that.
+    pub(crate) fn timer_due(&self, queue: usize) -> Due {
+        let lateness = if queue == FIRE { 0 } else { self.lateness };
+        Due::WindowEnd {
+            size: self.size,
+            lateness,
+        }
+    }
+
+    /// Fires `key`'s window starting at `start`, or (cleanup) drops its panes whose last
+    /// window starts at or before `start`.
+    pub(crate) fn on_timer(
         &mut self,
-        watermark: Timestamp,
+        queue: usize,
+        start: Timestamp,
+        key: K,
         out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
-        let (w, size, lateness) = (watermark, self.size, self.lateness);
-        while let Some((start, keys)) = self
-            .fire
-            .pop_due(|start| start.saturating_add(size) - 1 <= w)?
-        {
-            for key in keys {
-                self.emit(&key, start, false, out)?;
-            }
+        if queue == FIRE {
+            return self.emit(&key, start, false, out);
         }
-        while let Some((last_start, keys)) = self
-            .cleanup
-            .pop_due(|start| (start.saturating_add(size) - 1).saturating_add(lateness) <= w)?
-        {
-            let (slide, offset) = (self.slide, self.offset);
-            for key in keys {
-                // The panes to drop are a prefix (sorted starts; `window_start` is monotonic).
-                self.pane_count -= prune_prefix(&mut self.panes, &key, |(p, _)| {
-                    window_start(*p, slide, offset) <= last_start
-                })?;
-            }
-        }
+        let (slide, offset) = (self.slide, self.offset);
+        // The panes to drop are a prefix (sorted starts; `window_start` is monotonic).
+        self.pane_count -= prune_prefix(&mut self.panes, &key, |(p, _)| {
+            window_start(*p, slide, offset) <= start
+        })?;
         Ok(())
     }
 
@@ -295,15 +315,13 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             self.panes.take(key)?;
         }
         if let Some(acc) = merged {
-            out.emit(
-                end - 1,
-                WindowEvent::Result(WindowResult {
-                    key: key.clone(),
-                    window: Window { start, end },
-                    value: self.aggregator.finish_owned(acc),
-                    is_update,
-                }),
-            );
+            let result = WindowResult {
+                key: key.clone(),
+                window: Window { start, end },
+                value: self.aggregator.finish_owned(acc),
+                is_update,
+            };
+            emit_result(&mut self.latest, result, out)?;
         }
         Ok(())
     }

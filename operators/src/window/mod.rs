@@ -16,9 +16,11 @@
 //! Where things are: [`spec`] the window kinds and bounds; [`stream`] the API on keyed
 //! streams; [`operator`] the operator on the engine's event-time harness, which dispatches
 //! to [`aligned`] or [`session`]; [`local`] the pre-aggregation before the exchange;
-//! [`result`] what the operator emits.
+//! [`result`] what the operator emits; `latest` each key's latest result, which a
+//! queryable window ([`WindowedStream::queryable`]) answers queries from.
 
 pub mod aligned;
+mod latest;
 pub mod local;
 mod operator;
 mod result;
@@ -28,6 +30,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+pub use latest::LatestWindow;
 pub use operator::WindowOperator;
 pub use result::{OriginOf, Rejected, WindowAggregateError, WindowEvent, WindowResult};
 pub use spec::{window_start, Session, Sliding, Tumbling, Window, WindowSpec};

@@ -2,12 +2,14 @@
 
 use weir_engine::error::BoxError;
 use weir_engine::operator::OperatorFactory;
+use weir_engine::query::QueryableTable;
 use weir_engine::{
-    Data, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState, OperatorContext,
+    Data, Due, EventTime, EventTimeOperator, Handled, Keyed, Lateness, MapState, OperatorContext,
     Output, StateBackend, StateKey, StateTable, Timestamp,
 };
 
 use super::aligned::{self, AlignedWindows};
+use super::latest::{LatestResults, LATEST};
 use super::session::{self, SessionWindows};
 use super::{LateData, OriginOf, Rejections, WindowEvent, WindowSpec};
 use crate::aggregate::Aggregator;
@@ -23,6 +25,9 @@ pub(crate) struct WindowFactory<K, T, A> {
     /// the job; and the words for where they were read.
     pub(super) route_rejects: bool,
     pub(super) origin: Option<OriginOf<T>>,
+    /// Whether each key's latest result is kept for queries
+    /// ([`super::WindowedStream::queryable`]).
+    pub(super) queryable: bool,
     pub(super) _types: std::marker::PhantomData<fn() -> (K, T)>,
 }
 
@@ -38,6 +43,7 @@ impl<K, T, A> WindowFactory<K, T, A> {
             route_late: false,
             route_rejects: false,
             origin: None,
+            queryable: false,
             _types: std::marker::PhantomData,
         }
     }
@@ -67,6 +73,7 @@ where
             origin: self.origin.clone(),
         };
         let agg = self.aggregator.clone();
+        let latest = LatestResults::open_if(self.queryable, &mut state)?;
         let windows = match self.spec {
             WindowSpec::Tumbling(t) => Windows::Aligned(AlignedWindows::new(
                 &mut state,
@@ -77,6 +84,7 @@ where
                 agg,
                 late,
                 rejections(),
+                latest,
             )?),
             WindowSpec::Sliding(s) => Windows::Aligned(AlignedWindows::new(
                 &mut state,
@@ -87,6 +95,7 @@ where
                 agg,
                 late,
                 rejections(),
+                latest,
             )?),
             WindowSpec::Session(s) => Windows::Session(SessionWindows::new(
                 &mut state,
@@ -95,6 +104,7 @@ where
                 agg,
                 late,
                 rejections(),
+                latest,
             )?),
         };
         let operator = WindowOperator { windows };
@@ -106,7 +116,11 @@ where
             WindowSpec::Tumbling(_) | WindowSpec::Sliding(_) => aligned::PANES,
             WindowSpec::Session(_) => session::SESSIONS,
         };
-        vec![table.to_string()]
+        let mut tables = vec![table.to_string()];
+        if self.queryable {
+            tables.push(LATEST.to_string());
+        }
+        tables
     }
 }
 
@@ -144,6 +158,7 @@ where
     type Key = K;
     type In = T;
     type Out = WindowEvent<K, A::Output, T>;
+    type Timers = S::Timers<K>;
 
     /// Late when every window of the event is past its allowed lateness (for sessions:
     /// the session it would merge into).
@@ -163,14 +178,32 @@ where
         }
     }
 
-    fn on_watermark(
+    fn timers(&mut self) -> &mut [S::Timers<K>] {
+        match &mut self.windows {
+            Windows::Aligned(w) => w.timers(),
+            Windows::Session(w) => w.timers(),
+        }
+    }
+
+    fn timer_due(&self, queue: usize) -> Due {
+        match &self.windows {
+            Windows::Aligned(w) => w.timer_due(queue),
+            Windows::Session(w) => w.timer_due(queue),
+        }
+    }
+
+    #[inline]
+    fn on_timer(
         &mut self,
+        queue: usize,
+        time: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut Output<Self::Out>,
     ) -> Result<(), BoxError> {
         match &mut self.windows {
-            Windows::Aligned(w) => w.advance(watermark, out),
-            Windows::Session(w) => w.advance(watermark, out),
+            Windows::Aligned(w) => w.on_timer(queue, time, key, out),
+            Windows::Session(w) => w.on_timer(queue, time, key, watermark, out),
         }
     }
 
@@ -179,6 +212,15 @@ where
             Windows::Aligned(w) => w.tables(),
             Windows::Session(w) => w.tables(),
         }
+    }
+
+    /// Each key's latest result, when the job made the window queryable.
+    fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {
+        let latest = match &mut self.windows {
+            Windows::Aligned(w) => w.latest(),
+            Windows::Session(w) => w.latest(),
+        };
+        latest.map(|l| l as &mut dyn QueryableTable)
     }
 
     fn state_entries(&self) -> usize {

@@ -1,4 +1,4 @@
-//! Session windows. **This is where session windows fire** ([`SessionWindows::advance`]).
+//! Session windows. **This is where session windows fire** ([`SessionWindows::on_timer`]).
 //!
 //! Each event opens `[ts, ts + gap)`. It merges with every session of its key that overlaps
 //! or touches it (`a.start <= b.end && a.end >= b.start`); the merged session is late only
@@ -17,12 +17,12 @@ use std::marker::PhantomData;
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::{
-    Handled, Keyed, MapState, StateBackend, StateKey, StateTable, TimerQueue, Timestamp,
+    Due, Handled, Keyed, MapState, StateBackend, StateKey, StateTable, TimerQueue, Timestamp,
 };
 
+use super::latest::{emit_result, LatestResults};
 use super::{
-    prune, LateData, Rejections, Window, WindowAggregateError, WindowEvent, WindowOutput,
-    WindowResult,
+    prune, LateData, Rejections, Window, WindowAggregateError, WindowOutput, WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
 
@@ -44,17 +44,24 @@ pub struct SessionState<Acc> {
 /// The state table of the sessions, by key: each entry holds the open sessions of one key.
 pub(super) const SESSIONS: &str = "sessions";
 
+/// The timer queue of sessions to fire, at their ends.
+const FIRE: usize = 0;
+/// The timer queue of sessions to drop, at their ends.
+const CLEANUP: usize = 1;
+
 /// Session windows over one worker's keys.
 pub struct SessionWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     gap: i64,
     lateness: i64,
     aggregator: A,
     sessions: S::Map<K, Vec<SessionState<A::Acc>>>,
-    fire: S::Timers<K>,
-    cleanup: S::Timers<K>,
+    /// The fire and cleanup queues ([`FIRE`], [`CLEANUP`]), timers at session ends.
+    timers: [S::Timers<K>; 2],
     session_count: usize,
     late: LateData,
     rejections: Rejections<T>,
+    /// Each key's latest result, when the window is queryable.
+    latest: Option<LatestResults<S, K, A::Output>>,
     _input: PhantomData<fn(T)>,
 }
 
@@ -83,17 +90,18 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         aggregator: A,
         late: LateData,
         rejections: Rejections<T>,
+        latest: Option<LatestResults<S, K, A::Output>>,
     ) -> Result<Self, BoxError> {
         Ok(SessionWindows {
             gap,
             lateness,
             aggregator,
             sessions: state.map_state(SESSIONS)?,
-            fire: state.timer_queue("fire")?,
-            cleanup: state.timer_queue("cleanup")?,
+            timers: [state.timer_queue("fire")?, state.timer_queue("cleanup")?],
             session_count: 0,
             late,
             rejections,
+            latest,
             _input: PhantomData,
         })
     }
@@ -104,7 +112,14 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
 
     /// The state tables.
     pub(crate) fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-        vec![&mut self.sessions]
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.sessions];
+        tables.extend(self.latest.as_mut().map(LatestResults::table));
+        tables
+    }
+
+    /// Each key's latest result, if the window is queryable.
+    pub(crate) fn latest(&mut self) -> Option<&mut LatestResults<S, K, A::Output>> {
+        self.latest.as_mut()
     }
 
     /// Rebuilds counts and timers from the restored sessions.
@@ -116,9 +131,9 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             self.session_count += sessions.len();
             for s in sessions {
                 if s.pending {
-                    self.fire.register(s.end, key.clone())?;
+                    self.timers[FIRE].register(s.end, key.clone())?;
                 }
-                self.cleanup.register(s.end, key.clone())?;
+                self.timers[CLEANUP].register(s.end, key.clone())?;
             }
         }
         Ok(())
@@ -166,70 +181,72 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         };
         self.session_count = self.session_count + 1 - removed;
         if let Some((window, value, is_update)) = result {
-            out.emit(
-                window.end - 1,
-                WindowEvent::Result(WindowResult {
-                    key: key.clone(),
-                    window,
-                    value,
-                    is_update,
-                }),
-            );
+            let result = WindowResult {
+                key: key.clone(),
+                window,
+                value,
+                is_update,
+            };
+            emit_result(&mut self.latest, result, out)?;
         } else {
-            self.fire.register(merged.1, key.clone())?;
+            self.timers[FIRE].register(merged.1, key.clone())?;
         }
-        self.cleanup.register(merged.1, key)?;
+        self.timers[CLEANUP].register(merged.1, key)?;
         Ok(Handled::Taken)
     }
 
-    /// Fires every session with `end - 1 <= watermark`, then drops fired sessions past their
-    /// lateness.
-    pub(crate) fn advance(
+    /// The timer queues, fire first.
+    pub(crate) fn timers(&mut self) -> &mut [S::Timers<K>] {
+        &mut self.timers
+    }
+
+    /// A fire timer at a session's end is due when the session's last millisecond is; a
+    /// cleanup timer, `lateness` after that.
+    pub(crate) fn timer_due(&self, queue: usize) -> Due {
+        let lateness = if queue == FIRE { 0 } else { self.lateness };
+        Due::WindowEnd { size: 0, lateness }
+    }
+
+    /// Fires `key`'s pending session ending at `end`, or (cleanup) drops its fired sessions
+    /// past their lateness at `watermark`.
+    pub(crate) fn on_timer(
         &mut self,
+        queue: usize,
+        end: Timestamp,
+        key: K,
         watermark: Timestamp,
         out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
-        let w = watermark;
-        while let Some((end, keys)) = self.fire.pop_due(|end| end - 1 <= w)? {
-            for key in keys {
-                let aggregator = &self.aggregator;
-                let fired = self.sessions.modify(&key, |sessions| {
-                    let s = sessions.iter_mut().find(|s| s.end == end && s.pending)?;
-                    let result = (
-                        Window {
-                            start: s.start,
-                            end,
-                        },
-                        aggregator.finish(&s.acc),
-                        s.emitted,
-                    );
-                    s.pending = false;
-                    s.emitted = true;
-                    Some(result)
-                })?;
-                if let Some(Some((window, value, is_update))) = fired {
-                    out.emit(
-                        end - 1,
-                        WindowEvent::Result(WindowResult {
-                            key,
-                            window,
-                            value,
-                            is_update,
-                        }),
-                    );
-                }
-            }
+        if queue == CLEANUP {
+            let lateness = self.lateness;
+            self.session_count -= prune(&mut self.sessions, &key, |s| {
+                s.pending || (s.end - 1).saturating_add(lateness) > watermark
+            })?;
+            return Ok(());
         }
-        let lateness = self.lateness;
-        while let Some((_, keys)) = self
-            .cleanup
-            .pop_due(|end| (end - 1).saturating_add(lateness) <= w)?
-        {
-            for key in keys {
-                self.session_count -= prune(&mut self.sessions, &key, |s| {
-                    s.pending || (s.end - 1).saturating_add(lateness) > w
-                })?;
-            }
+        let aggregator = &self.aggregator;
+        let fired = self.sessions.modify(&key, |sessions| {
+            let s = sessions.iter_mut().find(|s| s.end == end && s.pending)?;
+            let result = (
+                Window {
+                    start: s.start,
+                    end,
+                },
+                aggregator.finish(&s.acc),
+                s.emitted,
+            );
+            s.pending = false;
+            s.emitted = true;
+            Some(result)
+        })?;
+        if let Some(Some((window, value, is_update))) = fired {
+            let result = WindowResult {
+                key,
+                window,
+                value,
+                is_update,
+            };
+            emit_result(&mut self.latest, result, out)?;
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ impl<K, T, KF> WindowExt<K, T, KF> for KeyedStream<K, T, KF> {
             late: None,
             rejects: None,
             origin: None,
+            queryable: None,
         }
     }
 }
@@ -48,6 +49,8 @@ pub struct WindowedStream<K, T, KF> {
     late: Option<SideSink<T>>,
     rejects: Option<SideSink<Rejected<T>>>,
     origin: Option<OriginOf<T>>,
+    /// The name each key's latest result is queryable under.
+    queryable: Option<String>,
 }
 
 impl<K, T, KF> std::fmt::Debug for WindowedStream<K, T, KF> {
@@ -58,6 +61,7 @@ impl<K, T, KF> std::fmt::Debug for WindowedStream<K, T, KF> {
             .field("late", &self.late)
             .field("rejects", &self.rejects)
             .field("origin", &self.origin.is_some())
+            .field("queryable", &self.queryable)
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +118,18 @@ where
         self
     }
 
+    /// Makes each key's latest window result readable while the job runs, under `table`
+    /// (`GET /api/v1/state/{table}/{key}` of `weir run`, [`weir_engine::Job::queryable_state`]),
+    /// as Kafka Streams' queryable window stores: the result of the key's window that ends
+    /// last among those fired, as a JSON object of the aggregate's fields (or `result` for
+    /// an aggregate that is not an object) with `window_start` and `window_end`. The
+    /// results are kept in the window's state table `window-latest`, so they are in its
+    /// checkpoints; a window that is not queryable keeps nothing.
+    pub fn queryable(mut self, table: &str) -> Self {
+        self.queryable = Some(table.to_string());
+        self
+    }
+
     /// Aggregates each window with `aggregator`.
     pub fn aggregate<A: Aggregator<T>>(self, aggregator: A) -> Stream<WindowResult<K, A::Output>> {
         if !self.keyed.stream().has_timestamps() {
@@ -137,9 +153,13 @@ where
             route_late: self.late.is_some(),
             route_rejects: self.rejects.is_some(),
             origin: self.origin,
+            queryable: self.queryable.is_some(),
             _types: std::marker::PhantomData,
         };
-        let events = self.keyed.process("window", detail, factory);
+        let mut events = self.keyed.process("window", detail, factory);
+        if let Some(table) = &self.queryable {
+            events = events.queryable(table);
+        }
         if self.late.is_none() && self.rejects.is_none() {
             return events
                 .clone()
@@ -161,8 +181,10 @@ where
                 late(late_events);
                 rejects(rejected);
             }
-            (Some(SideSink(late)), None) => late(side.flat_map(WindowEvent::into_late)),
-            (None, Some(SideSink(rejects))) => rejects(side.flat_map(WindowEvent::into_rejected)),
+            (Some(SideSink(late)), None) => late(side.flat_map(WindowEvent::into_late).internal()),
+            (None, Some(SideSink(rejects))) => {
+                rejects(side.flat_map(WindowEvent::into_rejected).internal())
+            }
             (None, None) => {}
         }
         results
@@ -205,9 +227,14 @@ where
             return self.aggregate(aggregator);
         }
         let (key, local) = (self.keyed.key_fn(), aggregator.clone());
-        let partials = self.keyed.stream().clone().chain("local-window", move || {
-            LocalWindows::new(key.clone(), pane, offset, local.clone())
-        });
+        let partials = self
+            .keyed
+            .stream()
+            .clone()
+            .chain("local-window", move || {
+                LocalWindows::new(key.clone(), pane, offset, local.clone())
+            })
+            .internal();
         if self.rejects.is_some() || self.origin.is_some() {
             refuse("cannot name or reject single events (the window receives partials)");
             return self.aggregate(aggregator);
@@ -219,6 +246,7 @@ where
             late: None,
             rejects: None,
             origin: None,
+            queryable: self.queryable,
         }
         .aggregate(MergePartials::new(aggregator))
     }

@@ -144,6 +144,7 @@ fn run(
         route_late: true,
         route_rejects: false,
         origin: None,
+        queryable: false,
         _types: std::marker::PhantomData,
     };
     let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");

@@ -32,6 +32,17 @@ pub(crate) fn read_committed(addr: &str, topic: &str, partitions: i32) -> Vec<Ro
         .collect()
 }
 
+/// The values of every committed record of `topic`'s partitions `0..partitions`, sorted
+/// (so that rows compare as multisets: a lost or repeated row shows).
+pub(crate) fn sorted_values(addr: &str, topic: &str, partitions: i32) -> Vec<String> {
+    let mut values: Vec<String> = read_committed(addr, topic, partitions)
+        .into_iter()
+        .map(|(_, _, value)| value)
+        .collect();
+    values.sort_unstable();
+    values
+}
+
 /// How long reading one partition may take.
 const PARTITION_TIME: Duration = Duration::from_secs(60);
 /// The Fetch request's API key and the version this client speaks.
