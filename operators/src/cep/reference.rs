@@ -499,7 +499,8 @@ fn random_events(rng: &mut SplitMix) -> Vec<Ev> {
 fn the_matcher_agrees_with_the_brute_force_reference_on_random_patterns() {
     let mut rng = SplitMix::new(30);
     let mut seen = [0usize; 5];
-    let mut matched = 0;
+    // Cases with matches: all, with a negative stage, with `followed_by_any`.
+    let (mut matched, mut negated, mut any) = (0, 0, 0);
     for case in 0..3000 {
         let spec = Spec::random(&mut rng);
         let events = random_events(&mut rng);
@@ -522,8 +523,16 @@ fn the_matcher_agrees_with_the_brute_force_reference_on_random_patterns() {
             AfterMatchSkip::SkipToFirst(_) => 3,
             AfterMatchSkip::SkipToLast(_) => 4,
         }] += 1;
-        matched += usize::from(!expected.is_empty());
+        if !expected.is_empty() {
+            matched += 1;
+            negated += usize::from(spec.stages.iter().any(|s| !s.after.is_empty()));
+            any += usize::from(spec.stages.iter().any(|s| s.link == Link::FollowedByAny));
+        }
     }
     assert!(seen.iter().all(|&n| n > 400), "{seen:?}");
     assert!(matched > 1000, "only {matched} cases had matches");
+    assert!(
+        negated > 200 && any > 200,
+        "cases with matches: {negated} with negative stages, {any} with followed_by_any"
+    );
 }
