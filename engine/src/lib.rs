@@ -29,6 +29,9 @@
 //! P workers fed by a hash exchange over 128 key groups, except at P = 1 with a single input,
 //! where it is chained too and the whole job may run on one thread.
 
+// The derives name the engine as `::weir_engine`; this makes that path work inside it too.
+extern crate self as weir_engine;
+
 pub mod bytes;
 pub mod checkpoint;
 pub mod dead_letter;
