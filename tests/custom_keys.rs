@@ -28,8 +28,8 @@ use common::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use weir_engine::{
-    BoxError, CheckpointConfig, ConnectorState, DeadLetter, Resume, RunOptions, Source, SourceStatus,
-    StateConfig,
+    BoxError, CheckpointConfig, ConnectorState, DeadLetter, Resume, RunOptions, Source,
+    SourceStatus, StateConfig,
 };
 use weir_jobs::prelude::*;
 
@@ -239,8 +239,16 @@ fn setup(seed: u64) -> (tempfile::TempDir, usize, Vec<String>) {
 
 /// Asserts that `rows` are `expected`, showing a few differences otherwise.
 fn assert_rows(rows: &[String], expected: &[String], what: &str) {
-    let missing: Vec<_> = expected.iter().filter(|r| !rows.contains(r)).take(3).collect();
-    let extra: Vec<_> = rows.iter().filter(|r| !expected.contains(r)).take(3).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|r| !rows.contains(r))
+        .take(3)
+        .collect();
+    let extra: Vec<_> = rows
+        .iter()
+        .filter(|r| !expected.contains(r))
+        .take(3)
+        .collect();
     assert!(
         rows == expected,
         "{what}: {} rows, expected {}; missing e.g. {missing:?}; unexpected e.g. {extra:?}",
@@ -273,10 +281,7 @@ fn derived_keys_survive_kill_9_and_a_rescaled_restore() {
         let mut child = Command::new(std::env::current_exe().unwrap());
         child
             .args(["run_job_in_child", "--exact", "--ignored", "--nocapture"])
-            .env(
-                CHILD_ENV,
-                format!("{}|{killed_at}", dir.path().display()),
-            );
+            .env(CHILD_ENV, format!("{}|{killed_at}", dir.path().display()));
         let mut run = Running::spawn(child, stderr);
         // Kill once three checkpoints completed: state of every key group was written.
         while run.is_running() && latest_checkpoint(&root) < 3 {

@@ -342,10 +342,7 @@ mod tests {
         assert_eq!((s("a"), 7_i64, 9_u16).stable_hash(), 0x3fcc_e35d_4e07_8e79);
         assert_eq!(Kind::A.stable_hash(), 0);
         assert_eq!(Kind::B(5).stable_hash(), 0xea09_18b0_7a3f_9f74);
-        let c = Kind::C {
-            x: s("x"),
-            y: -3,
-        };
+        let c = Kind::C { x: s("x"), y: -3 };
         assert_eq!(c.stable_hash(), 0xd3a9_ef23_1aa3_364c);
         assert_eq!(None::<u8>.stable_hash(), 0);
         assert_eq!(Some(7_u8).stable_hash(), 0x0e98_40d0_fc18_bebe);
@@ -382,7 +379,10 @@ mod tests {
         assert_eq!(text.as_bytes().to_vec().stable_hash(), text.stable_hash());
         assert_eq!(Box::<str>::from(text).stable_hash(), text.stable_hash());
         assert_eq!(std::rc::Rc::new(9_i32).stable_hash(), 9_i64.stable_hash());
-        assert_eq!(std::borrow::Cow::from(text).stable_hash(), text.stable_hash());
+        assert_eq!(
+            std::borrow::Cow::from(text).stable_hash(),
+            text.stable_hash()
+        );
         assert_eq!([1_i32, 2, 3].stable_hash(), vec![1_i32, 2, 3].stable_hash());
         assert_eq!(true.stable_hash(), 1_u8.stable_hash());
         assert_eq!('A'.stable_hash(), 65_u32.stable_hash());

@@ -9,7 +9,7 @@
 //! - [`dead_letter`]: records a source rejected, which leave it by a side output;
 //! - [`state`]: keyed state behind the [`StateBackend`] trait;
 //! - [`checkpoint`]: barrier-aligned snapshots, restore, and what sinks may commit;
-//! - [`keys`]: stable key hashing and key groups;
+//! - [`keys`]: stable key hashing, `#[derive(StableHash)]` for key types, key groups;
 //! - [`job`]: the typed, fluent job API ([`Job`], [`Stream`], [`KeyedStream`]);
 //! - [`runtime`]: turning a job graph into threads and bounded channels, and running it;
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint;

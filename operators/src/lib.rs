@@ -75,8 +75,6 @@ pub use window::{
 
 /// Everything a job definition usually needs.
 pub mod prelude {
-    /// The key trait and its derive, for key types of your own.
-    pub use weir_engine::keys::StableHash;
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
     pub use crate::cep::{CepExt, CepOutput, Match, Pattern, TimedOut};
     pub use crate::continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
@@ -87,4 +85,6 @@ pub mod prelude {
     pub use crate::window::{
         Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec, WindowedStream,
     };
+    /// The key trait and its derive, for key types of your own.
+    pub use weir_engine::keys::StableHash;
 }
