@@ -22,15 +22,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::checkpointed::{committed_rows, in_progress_files, latest_checkpoint, sorted_lines};
+use common::checkpointed::{
+    committed_rows, in_progress_files, latest_checkpoint, run_options, sorted_lines,
+};
 use common::kill::{Ended, Running, POLL, RUN_LIMIT};
 use common::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use weir_engine::{
-    BoxError, CheckpointConfig, ConnectorState, DeadLetter, Resume, RunOptions, Source,
-    SourceStatus, StateConfig,
-};
+use weir_engine::{BoxError, ConnectorState, DeadLetter, RunOptions, Source, SourceStatus};
 use weir_jobs::prelude::*;
 
 /// The newtype key of the issue: it must route, and keep its state, like the `String`.
@@ -203,25 +202,13 @@ fn job(dir: &Path, output: &Path, throttled: bool) -> Job {
 }
 
 fn options(dir: &Path, parallelism: usize, rocksdb: bool, checkpoints: bool) -> RunOptions {
-    let state = dir.join("state");
-    RunOptions {
+    run_options(
+        &dir.join("state"),
+        "custom-keys",
         parallelism,
-        state: if rocksdb {
-            StateConfig::RocksDb {
-                dir: state.clone(),
-                cache_entries: 16,
-            }
-        } else {
-            StateConfig::Memory
-        },
-        checkpoints: checkpoints.then(|| CheckpointConfig {
-            dir: state.join("custom-keys/checkpoints"),
-            interval: Duration::from_millis(20),
-            retained: 2,
-            resume: Resume::Latest,
-        }),
-        ..RunOptions::default()
-    }
+        rocksdb.then_some(16),
+        checkpoints.then_some(Duration::from_millis(20)),
+    )
 }
 
 /// A fixture: the transactions, written to a temporary directory, and their reference.
