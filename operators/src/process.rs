@@ -7,21 +7,28 @@
 //! - [`ProcessExt::process_with_timers`]: a [`TimerFunction`], Flink's
 //!   `KeyedProcessFunction`: besides events it gets event-time timers, which fire once the
 //!   watermark reaches their time, in time order, before any later record is handled.
+//!   It may also keep map and list state per key, declared by name
+//!   ([`TimerFunction::declare_state`], see [`crate::process_state`]).
 //!
 //! # Invariants (timers)
 //! - A key's pending timers are kept with its state, so they survive a checkpoint and are
 //!   rebuilt on restore, and at most one timer exists per key and time.
-//! - Clearing a key's state also cancels its timers.
+//! - Clearing a key's state also cancels its timers and clears its map and list state.
 //! - Events are not dropped as late here: a function that cares compares the event's time
 //!   with [`TimerContext::watermark`].
 
 use std::marker::PhantomData;
 
+use crate::process_state::{
+    DeclareState, KeyedStates, ListStateDescriptor, ListStateHandle, MapStateDescriptor,
+    MapStateHandle, OpenStates, StateNames,
+};
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::keys::StableHash;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::query::{answer_from_map, Entry, QueryableTable, TableQuery};
+use weir_engine::state::{StateError, UserKey};
 use weir_engine::time::MIN_WATERMARK;
 use weir_engine::{
     Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
@@ -141,6 +148,17 @@ pub trait TimerFunction<K, T>: Clone + Send + 'static {
         time: Timestamp,
         ctx: &mut TimerContext<Self::Out>,
     );
+
+    /// Declares the map and list state the function uses, by descriptor (none by
+    /// default); each becomes a state table named like its descriptor:
+    ///
+    /// ```ignore
+    /// const SEEN: MapStateDescriptor<String, u64> = MapStateDescriptor::new("seen");
+    /// fn declare_state<D: DeclareState<K>>(&self, states: &mut D) {
+    ///     states.map(&SEEN);
+    /// }
+    /// ```
+    fn declare_state<D: DeclareState<K>>(&self, _states: &mut D) {}
 }
 
 /// What a [`TimerFunction`] can do besides changing its state.
@@ -152,6 +170,8 @@ pub struct TimerContext<O> {
     deleted: Vec<Timestamp>,
     clear: bool,
     watermark: Timestamp,
+    /// The declared map and list state, at the current key.
+    states: KeyedStates,
 }
 
 impl<O> TimerContext<O> {
@@ -182,6 +202,24 @@ impl<O> TimerContext<O> {
     /// The watermark before the current event (for an event: is it late?).
     pub fn watermark(&self) -> Timestamp {
         self.watermark
+    }
+
+    /// The current key's map in the map state `descriptor`, which the function declared
+    /// ([`TimerFunction::declare_state`]).
+    pub fn map_state<UK: UserKey, UV: StateValue>(
+        &mut self,
+        descriptor: &MapStateDescriptor<UK, UV>,
+    ) -> Result<MapStateHandle<'_, UK, UV>, StateError> {
+        self.states.map(descriptor)
+    }
+
+    /// The current key's list in the list state `descriptor`, which the function declared
+    /// ([`TimerFunction::declare_state`]).
+    pub fn list_state<V: StateValue>(
+        &mut self,
+        descriptor: &ListStateDescriptor<V>,
+    ) -> Result<ListStateHandle<'_, V>, StateError> {
+        self.states.list(descriptor)
     }
 }
 
@@ -216,16 +254,21 @@ where
         ctx: &OperatorContext,
         mut state: B,
     ) -> Result<Self::Operator<B>, BoxError> {
+        let table = state.map_state(STATE)?;
+        let timers = state.timer_queue("timers")?;
+        let mut declared = OpenStates::<B, K>::new(&mut state);
+        self.f.declare_state(&mut declared);
         let operator = TimerProcessOperator {
             f: self.f.clone(),
-            state: state.map_state(STATE)?,
-            timers: state.timer_queue("timers")?,
+            state: table,
+            timers,
             ctx: TimerContext {
                 emitted: Vec::new(),
                 timers: Vec::new(),
                 deleted: Vec::new(),
                 clear: false,
                 watermark: MIN_WATERMARK,
+                states: declared.finish(&[STATE])?,
             },
             _types: PhantomData,
         };
@@ -233,7 +276,9 @@ where
     }
 
     fn tables(&self) -> Vec<String> {
-        vec![STATE.to_string()]
+        let mut names = StateNames(vec![STATE.to_string()]);
+        self.f.declare_state(&mut names);
+        names.0
     }
 }
 
@@ -266,8 +311,14 @@ where
     /// Applies what the last call asked for (new timers, clearing) to `key`'s entry and
     /// emits its results at `ts`.
     fn settle(&mut self, key: &K, ts: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
+        if let Some(error) = self.ctx.states.take_error() {
+            // What the call emitted rests on a state access that failed: dropped.
+            self.ctx.emitted.clear();
+            return Err(error.into());
+        }
         if std::mem::take(&mut self.ctx.clear) {
             self.state.take(key)?;
+            self.ctx.states.clear_key()?;
             self.ctx.timers.clear();
             self.ctx.deleted.clear();
         }
@@ -330,6 +381,7 @@ where
         out: &mut Output<F::Out>,
     ) -> Result<Handled, BoxError> {
         self.ctx.watermark = watermark;
+        self.ctx.states.set_key(&event.key);
         let (f, ctx) = (&self.f, &mut self.ctx);
         let at_once = self
             .state
@@ -358,6 +410,7 @@ where
         out: &mut Output<F::Out>,
     ) -> Result<(), BoxError> {
         self.ctx.watermark = watermark;
+        self.ctx.states.set_key(&key);
         let (f, ctx) = (&self.f, &mut self.ctx);
         let fired = self.state.modify(&key, |entry| {
             // Timers of a cleared (and maybe recreated) key are stale.
@@ -375,11 +428,13 @@ where
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-        vec![&mut self.state]
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.state];
+        tables.extend(self.ctx.states.tables());
+        tables
     }
 
     fn state_entries(&self) -> usize {
-        self.state.len()
+        self.state.len() + self.ctx.states.entries()
     }
 
     fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {
@@ -387,6 +442,7 @@ where
     }
 
     fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
+        self.ctx.states.restored()?;
         let mut restored = Vec::new();
         self.state.scan(|key, entry| {
             restored.extend(entry.timers.into_iter().map(|time| (time, key.clone())));
@@ -560,6 +616,70 @@ mod tests {
         op.on_watermark(22, &mut out).expect("watermark");
         assert_eq!(fired(&mut out), vec![(22, ("a", 3))]);
         assert_eq!(op.state_entries(), 0);
+    }
+
+    const SEEN: MapStateDescriptor<u64, u64> = MapStateDescriptor::new("seen");
+    const OTHER: MapStateDescriptor<u64, u64> = MapStateDescriptor::new("other");
+
+    /// Counts each value per key in map state; value 0 asks for a state it did not declare.
+    #[derive(Clone)]
+    struct CountValues;
+
+    impl TimerFunction<String, u64> for CountValues {
+        type State = ();
+        type Out = (String, u64);
+        fn on_event(
+            &self,
+            key: &String,
+            _: &mut (),
+            _: Timestamp,
+            value: &u64,
+            ctx: &mut TimerContext<Self::Out>,
+        ) {
+            ctx.emit((key.clone(), *value));
+            let wanted = if *value == 0 { &OTHER } else { &SEEN };
+            if let Ok(mut seen) = ctx.map_state(wanted) {
+                let count = seen.get(value).ok().flatten().unwrap_or(0);
+                let _ = seen.put(*value, count + 1);
+            }
+        }
+        fn on_timer(&self, _: &String, _: &mut (), _: Timestamp, _: &mut TimerContext<Self::Out>) {}
+        fn declare_state<D: DeclareState<String>>(&self, states: &mut D) {
+            states.map(&SEEN);
+        }
+    }
+
+    #[test]
+    fn declared_state_is_a_table_and_an_undeclared_one_fails_the_call() {
+        let factory = TimerProcessFactory::<_, String, u64> {
+            f: CountValues,
+            _types: PhantomData,
+        };
+        assert_eq!(factory.tables(), vec!["process-state", "seen"]);
+        let mut op = in_memory(CountValues);
+        let mut out = Output::default();
+        op.process(
+            vec![
+                record(0, i64::MIN, "a", 5),
+                record(1, 0, "a", 5),
+                record(2, 0, "b", 5),
+            ],
+            &mut out,
+        )
+        .expect("process");
+        // Two values state entries and two map entries.
+        assert_eq!(op.state_entries(), 4);
+        assert_eq!(out.take().len(), 3);
+        let failed = op.process(vec![record(3, 0, "a", 0)], &mut out);
+        let error = failed.expect_err("an undeclared state fails").to_string();
+        assert!(
+            error.contains("`other`") && error.contains("declare_state"),
+            "{error}"
+        );
+        assert!(
+            out.take().is_empty(),
+            "what the failed call emitted is dropped"
+        );
     }
 
     #[test]
