@@ -441,7 +441,7 @@ impl TimerFunction<String, Ev> for KindStats {
             return;
         };
         ctx.emit(row);
-        if e.id % 97 == 0 {
+        if e.id.is_multiple_of(97) {
             ctx.clear_state();
         }
     }
@@ -505,7 +505,7 @@ fn kind_stats_reference(events: &[Ev]) -> Vec<Value> {
             json!({"key": e.key, "id": e.id, "seen": state.seen, "counts": counts,
             "recent": state.recent}),
         );
-        if e.id % 97 == 0 {
+        if e.id.is_multiple_of(97) {
             keys.remove(e.key.as_str());
         }
     }

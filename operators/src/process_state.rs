@@ -133,11 +133,13 @@ impl<'a, B: StateBackend, K: StateKey> OpenStates<'a, B, K> {
         for (i, table) in self.tables.iter().enumerate() {
             let taken = reserved.contains(&table.name)
                 || self.tables[..i].iter().any(|t| t.name == table.name);
-            if taken {
+            // A table is `<operator>/<name>` in checkpoints: a `/` in the name would make
+            // its name there ambiguous.
+            if taken || table.name.is_empty() || table.name.contains('/') {
                 return Err(StateError {
                     table: table.name.to_string(),
-                    message: "declared twice, or named like a table the operator keeps \
-                              itself: give each state its own name"
+                    message: "declared twice, named like a table the operator keeps itself, \
+                              empty or with a `/`: give each state a name of its own"
                         .into(),
                 });
             }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::keys::{key_group_of, MAX_KEY_GROUPS};
-use crate::state::rocksdb::{read_key_groups, write_snapshot};
+use crate::state::rocksdb::write_snapshot;
 use crate::state::{
     shared_block_cache, MemoryBackend, MemorySnapshots, RocksBackend, RocksStore, StateBackend,
 };
@@ -89,12 +89,7 @@ fn a_memory_snapshot_restores_key_groups_into_memory_and_rocksdb() -> Result<(),
     write_snapshot(&snapshot, snapshots.take())?;
 
     // Half the key groups into memory (a restore at parallelism 2), all into RocksDB.
-    let half = 0..MAX_KEY_GROUPS / 2;
-    let restored = Arc::new(MemorySnapshots::default());
-    let read = read_key_groups(&snapshot, half.clone(), |t, k, v| {
-        restored.restore_entry(t, k, v);
-        Ok(())
-    })?;
+    let (restored, half, read) = crate::state::memory::tests::restore_half(&snapshot)?;
     let mut memory: MemoryKeyedMap<String, u32, u64> =
         MemoryBackend::checkpointed(restored, "op").keyed_map_state("m")?;
     let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;

@@ -245,11 +245,25 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for MemoryMap<K, V> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keys::{key_group_of, MAX_KEY_GROUPS};
     use crate::state::rocksdb::{read_key_groups, write_snapshot};
     use crate::state::{shared_block_cache, MapState, RocksBackend, RocksStore};
+
+    /// The entries of the lower half of the key groups in the snapshot at `snapshot`, as a
+    /// restore at parallelism 2 hands them to its first instance; the range, and how many.
+    pub(crate) fn restore_half(
+        snapshot: &std::path::Path,
+    ) -> Result<(Arc<MemorySnapshots>, std::ops::Range<u16>, u64), StateError> {
+        let half = 0..MAX_KEY_GROUPS / 2;
+        let restored = Arc::new(MemorySnapshots::default());
+        let read = read_key_groups(snapshot, half.clone(), |t, k, v| {
+            restored.restore_entry(t, k, v);
+            Ok(())
+        })?;
+        Ok((restored, half, read))
+    }
 
     #[test]
     fn a_snapshot_restores_its_key_groups_into_memory_or_rocksdb(
@@ -275,12 +289,7 @@ mod tests {
         write_snapshot(&snapshot, tables)?;
 
         // Half the key groups into a memory backend, as a restore at parallelism 2 does.
-        let half = 0..MAX_KEY_GROUPS / 2;
-        let restored = Arc::new(MemorySnapshots::default());
-        let read = read_key_groups(&snapshot, half.clone(), |t, k, v| {
-            restored.restore_entry(t, k, v);
-            Ok(())
-        })?;
+        let (restored, half, read) = restore_half(&snapshot)?;
         let mut memory: MemoryMap<String, i64> =
             MemoryBackend::checkpointed(restored, "op").map_state("sums")?;
         // All key groups into a RocksDB backend: the layouts are the same.
