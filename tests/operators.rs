@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::checkpointed::{
-    committed_rows, complete_checkpoints, in_progress_files, sorted_lines, Flaky,
+    committed_rows, complete_checkpoints, in_progress_files, run_options, sorted_lines, Flaky,
 };
 use common::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use weir_engine::{CheckpointConfig, Resume, RunOptions, StateConfig};
+use weir_engine::RunOptions;
 use weir_jobs::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,24 +103,13 @@ impl Setup {
     }
 
     fn options(&self, parallelism: usize, rocksdb: bool, checkpoints: bool) -> RunOptions {
-        RunOptions {
+        run_options(
+            &self.state_dir(),
+            "operators",
             parallelism,
-            state: if rocksdb {
-                StateConfig::RocksDb {
-                    dir: self.state_dir(),
-                    cache_entries: 64,
-                }
-            } else {
-                StateConfig::Memory
-            },
-            checkpoints: checkpoints.then(|| CheckpointConfig {
-                dir: self.state_dir().join("operators/checkpoints"),
-                interval: Duration::from_millis(2),
-                retained: 2,
-                resume: Resume::Latest,
-            }),
-            ..RunOptions::default()
-        }
+            rocksdb.then_some(64),
+            checkpoints.then_some(Duration::from_millis(2)),
+        )
     }
 
     /// Runs `build` every way and compares each output with `expected`.
@@ -463,6 +452,120 @@ fn continuous_top_n_changelog_matches_brute_force_and_survives_a_crash() {
                     let op = serde_json::to_value(c.op).unwrap();
                     json!({"op": op, "rank": c.rank, "key": c.key, "sum": c.value, "at": c.at})
                 })
+        },
+        &expected,
+    );
+}
+
+// ---------------------------------------------------------------- map and list state
+
+/// Per key: events per kind (map state), the last three ids (list state), events since the
+/// key's state was last cleared (value state); a kind-3 event removes kind 0 from the map,
+/// and an id divisible by 97 clears the key's whole state after its row.
+#[derive(Clone)]
+struct KindStats;
+
+const KIND_COUNTS: MapStateDescriptor<u64, u64> = MapStateDescriptor::new("kind-counts");
+const RECENT: ListStateDescriptor<u64> = ListStateDescriptor::new("recent-ids");
+
+impl TimerFunction<String, Ev> for KindStats {
+    type State = u64;
+    type Out = Value;
+
+    fn on_event(
+        &self,
+        key: &String,
+        seen: &mut u64,
+        _: i64,
+        e: &Ev,
+        ctx: &mut TimerContext<Value>,
+    ) {
+        *seen += 1;
+        // A state error fails the job when the call returns, whatever is done with it here.
+        let Ok(row) = kind_stats_row(key, *seen, e, ctx) else {
+            return;
+        };
+        ctx.emit(row);
+        if e.id.is_multiple_of(97) {
+            ctx.clear_state();
+        }
+    }
+
+    fn on_timer(&self, _: &String, _: &mut u64, _: i64, _: &mut TimerContext<Value>) {}
+
+    fn declare_state<D: DeclareState<String>>(&self, states: &mut D) {
+        states.map(&KIND_COUNTS);
+        states.list(&RECENT);
+    }
+}
+
+fn kind_stats_row(
+    key: &str,
+    seen: u64,
+    e: &Ev,
+    ctx: &mut TimerContext<Value>,
+) -> Result<Value, weir_engine::state::StateError> {
+    let mut counts = ctx.map_state(&KIND_COUNTS)?;
+    let count = counts.get(&kind(e))?.unwrap_or(0) + 1;
+    counts.put(kind(e), count)?;
+    if kind(e) == 3 {
+        counts.remove(&0)?;
+    }
+    let mut entries = counts.entries()?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort();
+    let mut recent = ctx.list_state(&RECENT)?;
+    recent.add(e.id)?;
+    let mut ids = recent.get()?;
+    if ids.len() > 3 {
+        ids.remove(0);
+        recent.update(ids.clone())?;
+    }
+    Ok(json!({"key": key, "id": e.id, "seen": seen, "counts": entries, "recent": ids}))
+}
+
+/// `KindStats` computed over the events of each key in input order.
+fn kind_stats_reference(events: &[Ev]) -> Vec<Value> {
+    use std::collections::{BTreeMap, HashMap};
+    #[derive(Default)]
+    struct Key {
+        seen: u64,
+        counts: BTreeMap<u64, u64>,
+        recent: Vec<u64>,
+    }
+    let mut keys: HashMap<&str, Key> = HashMap::new();
+    let mut rows = Vec::new();
+    for e in events {
+        let state = keys.entry(&e.key).or_default();
+        state.seen += 1;
+        *state.counts.entry(kind(e)).or_default() += 1;
+        if kind(e) == 3 {
+            state.counts.remove(&0);
+        }
+        state.recent.push(e.id);
+        if state.recent.len() > 3 {
+            state.recent.remove(0);
+        }
+        let counts: Vec<(u64, u64)> = state.counts.iter().map(|(k, v)| (*k, *v)).collect();
+        rows.push(
+            json!({"key": e.key, "id": e.id, "seen": state.seen, "counts": counts,
+            "recent": state.recent}),
+        );
+        if e.id.is_multiple_of(97) {
+            keys.remove(e.key.as_str());
+        }
+    }
+    rows
+}
+
+#[test]
+fn map_and_list_state_of_a_process_function_match_a_reference_and_survive_a_crash() {
+    let setup = Setup::new(events(6000, 40, 9), events(10, 1, 10));
+    let expected = kind_stats_reference(&setup.left);
+    setup.check(
+        |l, r| {
+            l.union(r.filter(|_| false))
+                .key_by(|e: &Ev| e.key.clone())
+                .process_with_timers("kind-stats", KindStats)
         },
         &expected,
     );

@@ -5,7 +5,7 @@
 //! - [`window`]: event-time windows (tumbling, sliding, session). **Windows fire in
 //!   [`window::aligned`] and [`window::session`]**, when the watermark reaches `end - 1`;
 //! - [`process`]: a keyed function with per-key state (and event-time timers), for logic
-//!   that is not a window;
+//!   that is not a window, with map and list state per key ([`process_state`]);
 //! - [`join`]: interval, temporal and window joins (tumbling, sliding, session; co-group);
 //! - [`cep`]: sequence patterns per key with a timeout output;
 //! - [`topn`] and [`continuous_topn`]: top-N per window, and over running aggregates as a
@@ -52,6 +52,7 @@ pub mod continuous_topn;
 pub mod dedup;
 pub mod join;
 pub mod process;
+pub mod process_state;
 #[cfg(test)]
 mod test_support;
 mod time_order;
@@ -67,6 +68,9 @@ pub use continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
 pub use dedup::{DedupExt, KeyedDedupExt};
 pub use join::{CoGrouped, JoinExt, Side, WindowPair};
 pub use process::{ProcessExt, TimerContext, TimerFunction};
+pub use process_state::{
+    DeclareState, ListStateDescriptor, ListStateHandle, MapStateDescriptor, MapStateHandle,
+};
 pub use topn::{Ranked, TopNExt};
 pub use window::{
     Rejected, Session, Sliding, Tumbling, Window, WindowAggregateError, WindowEvent, WindowExt,
@@ -81,8 +85,11 @@ pub mod prelude {
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::join::{CoGrouped, JoinExt, WindowPair};
     pub use crate::process::{ProcessExt, TimerContext, TimerFunction};
+    pub use crate::process_state::{DeclareState, ListStateDescriptor, MapStateDescriptor};
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{
         Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec, WindowedStream,
     };
+    /// The key trait and its derive, for key types of your own.
+    pub use weir_engine::keys::StableHash;
 }

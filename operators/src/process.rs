@@ -7,21 +7,28 @@
 //! - [`ProcessExt::process_with_timers`]: a [`TimerFunction`], Flink's
 //!   `KeyedProcessFunction`: besides events it gets event-time timers, which fire once the
 //!   watermark reaches their time, in time order, before any later record is handled.
+//!   It may also keep map and list state per key, declared by name
+//!   ([`TimerFunction::declare_state`], see [`crate::process_state`]).
 //!
 //! # Invariants (timers)
 //! - A key's pending timers are kept with its state, so they survive a checkpoint and are
 //!   rebuilt on restore, and at most one timer exists per key and time.
-//! - Clearing a key's state also cancels its timers.
+//! - Clearing a key's state also cancels its timers and clears its map and list state.
 //! - Events are not dropped as late here: a function that cares compares the event's time
 //!   with [`TimerContext::watermark`].
 
 use std::marker::PhantomData;
 
+use crate::process_state::{
+    DeclareState, KeyedStates, ListStateDescriptor, ListStateHandle, MapStateDescriptor,
+    MapStateHandle, OpenStates, StateNames,
+};
 use serde::{Deserialize, Serialize};
 use weir_engine::error::BoxError;
 use weir_engine::keys::StableHash;
 use weir_engine::operator::OperatorFactory;
 use weir_engine::query::{answer_from_map, Entry, QueryableTable, TableQuery};
+use weir_engine::state::{StateError, UserKey};
 use weir_engine::time::MIN_WATERMARK;
 use weir_engine::{
     Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
@@ -141,6 +148,17 @@ pub trait TimerFunction<K, T>: Clone + Send + 'static {
         time: Timestamp,
         ctx: &mut TimerContext<Self::Out>,
     );
+
+    /// Declares the map and list state the function uses, by descriptor (none by
+    /// default); each becomes a state table named like its descriptor:
+    ///
+    /// ```ignore
+    /// const SEEN: MapStateDescriptor<String, u64> = MapStateDescriptor::new("seen");
+    /// fn declare_state<D: DeclareState<K>>(&self, states: &mut D) {
+    ///     states.map(&SEEN);
+    /// }
+    /// ```
+    fn declare_state<D: DeclareState<K>>(&self, _states: &mut D) {}
 }
 
 /// What a [`TimerFunction`] can do besides changing its state.
@@ -152,6 +170,8 @@ pub struct TimerContext<O> {
     deleted: Vec<Timestamp>,
     clear: bool,
     watermark: Timestamp,
+    /// The declared map and list state, at the current key.
+    states: KeyedStates,
 }
 
 impl<O> TimerContext<O> {
@@ -182,6 +202,24 @@ impl<O> TimerContext<O> {
     /// The watermark before the current event (for an event: is it late?).
     pub fn watermark(&self) -> Timestamp {
         self.watermark
+    }
+
+    /// The current key's map in the map state `descriptor`, which the function declared
+    /// ([`TimerFunction::declare_state`]).
+    pub fn map_state<UK: UserKey, UV: StateValue>(
+        &mut self,
+        descriptor: &MapStateDescriptor<UK, UV>,
+    ) -> Result<MapStateHandle<'_, UK, UV>, StateError> {
+        self.states.map(descriptor)
+    }
+
+    /// The current key's list in the list state `descriptor`, which the function declared
+    /// ([`TimerFunction::declare_state`]).
+    pub fn list_state<V: StateValue>(
+        &mut self,
+        descriptor: &ListStateDescriptor<V>,
+    ) -> Result<ListStateHandle<'_, V>, StateError> {
+        self.states.list(descriptor)
     }
 }
 
@@ -216,16 +254,21 @@ where
         ctx: &OperatorContext,
         mut state: B,
     ) -> Result<Self::Operator<B>, BoxError> {
+        let table = state.map_state(STATE)?;
+        let timers = state.timer_queue("timers")?;
+        let mut declared = OpenStates::<B, K>::new(&mut state);
+        self.f.declare_state(&mut declared);
         let operator = TimerProcessOperator {
             f: self.f.clone(),
-            state: state.map_state(STATE)?,
-            timers: state.timer_queue("timers")?,
+            state: table,
+            timers,
             ctx: TimerContext {
                 emitted: Vec::new(),
                 timers: Vec::new(),
                 deleted: Vec::new(),
                 clear: false,
                 watermark: MIN_WATERMARK,
+                states: declared.finish(&[STATE])?,
             },
             _types: PhantomData,
         };
@@ -233,7 +276,9 @@ where
     }
 
     fn tables(&self) -> Vec<String> {
-        vec![STATE.to_string()]
+        let mut names = StateNames(vec![STATE.to_string()]);
+        self.f.declare_state(&mut names);
+        names.0
     }
 }
 
@@ -266,8 +311,14 @@ where
     /// Applies what the last call asked for (new timers, clearing) to `key`'s entry and
     /// emits its results at `ts`.
     fn settle(&mut self, key: &K, ts: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
+        if let Some(error) = self.ctx.states.take_error() {
+            // What the call emitted rests on a state access that failed: dropped.
+            self.ctx.emitted.clear();
+            return Err(error.into());
+        }
         if std::mem::take(&mut self.ctx.clear) {
             self.state.take(key)?;
+            self.ctx.states.clear_key()?;
             self.ctx.timers.clear();
             self.ctx.deleted.clear();
         }
@@ -330,6 +381,7 @@ where
         out: &mut Output<F::Out>,
     ) -> Result<Handled, BoxError> {
         self.ctx.watermark = watermark;
+        self.ctx.states.set_key(&event.key);
         let (f, ctx) = (&self.f, &mut self.ctx);
         let at_once = self
             .state
@@ -358,6 +410,7 @@ where
         out: &mut Output<F::Out>,
     ) -> Result<(), BoxError> {
         self.ctx.watermark = watermark;
+        self.ctx.states.set_key(&key);
         let (f, ctx) = (&self.f, &mut self.ctx);
         let fired = self.state.modify(&key, |entry| {
             // Timers of a cleared (and maybe recreated) key are stale.
@@ -375,11 +428,13 @@ where
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-        vec![&mut self.state]
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.state];
+        tables.extend(self.ctx.states.tables());
+        tables
     }
 
     fn state_entries(&self) -> usize {
-        self.state.len()
+        self.state.len() + self.ctx.states.entries()
     }
 
     fn queryable(&mut self) -> Option<&mut dyn QueryableTable> {
@@ -387,6 +442,7 @@ where
     }
 
     fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
+        self.ctx.states.restored()?;
         let mut restored = Vec::new();
         self.state.scan(|key, entry| {
             restored.extend(entry.timers.into_iter().map(|time| (time, key.clone())));
@@ -414,173 +470,5 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use weir_engine::MemoryBackend;
-    use weir_engine::{KeyedOperator, Record};
-
-    /// Sums values per key and emits the sum at a deadline 10 ms after the key's first
-    /// event, then forgets the key.
-    #[derive(Clone)]
-    struct SumUntilDeadline;
-
-    impl TimerFunction<String, u64> for SumUntilDeadline {
-        type State = Option<u64>;
-        type Out = (String, u64);
-        fn on_event(
-            &self,
-            _: &String,
-            sum: &mut Option<u64>,
-            ts: Timestamp,
-            value: &u64,
-            ctx: &mut TimerContext<Self::Out>,
-        ) {
-            if sum.is_none() {
-                ctx.register_timer(ts + 10);
-            }
-            *sum = Some(sum.unwrap_or(0) + value);
-        }
-        fn on_timer(
-            &self,
-            key: &String,
-            sum: &mut Option<u64>,
-            _: Timestamp,
-            ctx: &mut TimerContext<Self::Out>,
-        ) {
-            ctx.emit((key.clone(), sum.unwrap_or(0)));
-            ctx.clear_state();
-        }
-    }
-
-    fn record(ts: i64, watermark: i64, key: &str, value: u64) -> Record<Keyed<String, u64>> {
-        Record {
-            ts,
-            watermark,
-            value: Keyed {
-                key: key.to_string(),
-                value,
-            },
-        }
-    }
-
-    fn fired(out: &mut Output<(String, u64)>) -> Vec<(i64, (&'static str, u64))> {
-        out.take()
-            .into_iter()
-            .map(|r| (r.ts, (if r.value.0 == "a" { "a" } else { "b" }, r.value.1)))
-            .collect()
-    }
-
-    /// `f` as an operator instance on memory state.
-    fn in_memory<F: TimerFunction<String, u64>>(
-        f: F,
-    ) -> EventTime<TimerProcessOperator<MemoryBackend, F, String, u64>> {
-        let ctx = crate::test_support::operator_context("process");
-        let factory = TimerProcessFactory::<_, String, u64> {
-            f,
-            _types: PhantomData,
-        };
-        factory.create(&ctx, MemoryBackend::new()).expect("create")
-    }
-
-    #[test]
-    fn timers_fire_in_time_order_when_the_watermark_reaches_them_and_clearing_forgets_the_key() {
-        let mut op = in_memory(SumUntilDeadline);
-        let mut out = Output::default();
-        op.process(
-            vec![
-                record(0, i64::MIN, "a", 1),
-                record(5, 0, "b", 2),
-                record(9, 5, "a", 3),
-                // Watermark 10 fires a's deadline (10) before this record is handled.
-                record(11, 10, "a", 4),
-            ],
-            &mut out,
-        )
-        .expect("process");
-        assert_eq!(fired(&mut out), vec![(10, ("a", 4))]);
-        // a started again at 11 (deadline 21); b's deadline is 15.
-        assert_eq!(op.state_entries(), 2);
-        op.on_watermark(30, &mut out).expect("watermark");
-        assert_eq!(fired(&mut out), vec![(15, ("b", 2)), (21, ("a", 4))]);
-        assert_eq!(op.state_entries(), 0);
-    }
-
-    /// Registers a timer 10 ms after each event and deletes the one of the event before
-    /// (a timeout that restarts on activity), emitting the key's event count when one fires.
-    #[derive(Clone)]
-    struct Inactivity;
-
-    impl TimerFunction<String, u64> for Inactivity {
-        type State = (u64, Option<Timestamp>);
-        type Out = (String, u64);
-        fn on_event(
-            &self,
-            _: &String,
-            (count, timer): &mut (u64, Option<Timestamp>),
-            ts: Timestamp,
-            _: &u64,
-            ctx: &mut TimerContext<Self::Out>,
-        ) {
-            if let Some(previous) = timer.take() {
-                ctx.delete_timer(previous);
-            }
-            ctx.register_timer(ts + 10);
-            *timer = Some(ts + 10);
-            *count += 1;
-        }
-        fn on_timer(
-            &self,
-            key: &String,
-            (count, _): &mut (u64, Option<Timestamp>),
-            _: Timestamp,
-            ctx: &mut TimerContext<Self::Out>,
-        ) {
-            ctx.emit((key.clone(), *count));
-            ctx.clear_state();
-        }
-    }
-
-    #[test]
-    fn deleted_timers_do_not_fire_and_the_last_one_registered_does() {
-        let mut op = in_memory(Inactivity);
-        let mut out = Output::default();
-        op.process(
-            vec![
-                record(0, i64::MIN, "a", 1),
-                record(5, 0, "a", 1),
-                record(12, 5, "a", 1),
-                record(3, 5, "b", 1),
-            ],
-            &mut out,
-        )
-        .expect("process");
-        // a's timers at 10 and 15 were deleted; only 22 is left. b's is at 13.
-        op.on_watermark(21, &mut out).expect("watermark");
-        assert_eq!(fired(&mut out), vec![(13, ("b", 1))]);
-        op.on_watermark(22, &mut out).expect("watermark");
-        assert_eq!(fired(&mut out), vec![(22, ("a", 3))]);
-        assert_eq!(op.state_entries(), 0);
-    }
-
-    #[test]
-    fn timers_survive_a_snapshot_and_restore() -> Result<(), BoxError> {
-        use weir_engine::state::{shared_block_cache, RocksBackend, RocksStore};
-        let ctx = crate::test_support::operator_context("deadline");
-        let factory = TimerProcessFactory::<_, String, u64> {
-            f: SumUntilDeadline,
-            _types: PhantomData,
-        };
-        let dir = tempfile::tempdir()?;
-        let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;
-        let mut op = factory.create(&ctx, RocksBackend::new(store.clone(), "op", 1))?;
-        let mut out = Output::default();
-        op.process(vec![record(0, i64::MIN, "a", 7)], &mut out)?;
-        op.snapshot()?;
-        // A new instance over the same database rebuilds the timer from the state.
-        let mut restored = factory.create(&ctx, RocksBackend::new(store, "op", 1))?;
-        restored.restore(&[])?;
-        restored.on_watermark(10, &mut out)?;
-        assert_eq!(fired(&mut out), vec![(10, ("a", 7))]);
-        Ok(())
-    }
-}
+#[path = "process_tests.rs"]
+mod tests;

@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustc_hash::FxHashMap;
 
 use super::codec::{decode_key, decode_value, encode_key, encode_value};
+use super::keyed::MemoryKeyedMap;
 use super::rocksdb::{EncodedEntry, EncodedTable};
 use super::timers::MemoryTimers;
-use super::{MapState, StateBackend, StateError, StateKey, StateTable, StateValue};
+use super::{MapState, StateBackend, StateError, StateKey, StateTable, StateValue, UserKey};
 
 /// Keeps state as Rust values in memory; lost when the process ends unless checkpointed.
 #[derive(Debug, Default)]
@@ -92,6 +93,7 @@ impl MemorySnapshots {
 
 impl StateBackend for MemoryBackend {
     type Map<K: StateKey, V: StateValue> = MemoryMap<K, V>;
+    type KeyedMap<K: StateKey, UK: UserKey, UV: StateValue> = MemoryKeyedMap<K, UK, UV>;
     type Timers<K: StateKey> = MemoryTimers<K>;
 
     fn timer_queue<K: StateKey>(&mut self, _name: &str) -> Result<MemoryTimers<K>, StateError> {
@@ -102,26 +104,64 @@ impl StateBackend for MemoryBackend {
         &mut self,
         name: &str,
     ) -> Result<MemoryMap<K, V>, StateError> {
-        let Some((snapshots, operator)) = &self.checkpoints else {
-            return Ok(MemoryMap {
-                name: name.to_string(),
-                entries: FxHashMap::default(),
-                checkpoints: None,
-            });
-        };
-        let table = format!("{operator}/{name}");
-        let restored = snapshots.lock().restored.remove(&table).unwrap_or_default();
+        let (restored, checkpoints) = self.open_table(name);
+        let table = checkpoints
+            .as_ref()
+            .map_or(name, |(_, table)| table.as_str());
         let mut entries = FxHashMap::default();
         entries.reserve(restored.len());
         for (key, value) in restored {
-            entries.insert(decode_key(&table, &key)?, decode_value(&table, &value)?);
+            entries.insert(decode_key(table, &key)?, decode_value(table, &value)?);
         }
         Ok(MemoryMap {
             name: name.to_string(),
             entries,
-            checkpoints: Some((snapshots.clone(), table)),
+            checkpoints,
         })
     }
+
+    fn keyed_map_state<K: StateKey, UK: UserKey, UV: StateValue>(
+        &mut self,
+        name: &str,
+    ) -> Result<MemoryKeyedMap<K, UK, UV>, StateError> {
+        let (restored, checkpoints) = self.open_table(name);
+        MemoryKeyedMap::restored(name, restored, checkpoints)
+    }
+}
+
+impl MemoryBackend {
+    /// The entries restored for table `name` (none if not checkpointed), and where the
+    /// table hands its entries at a snapshot.
+    pub(crate) fn open_table(&self, name: &str) -> (Vec<EncodedEntry>, Checkpoints) {
+        let Some((snapshots, operator)) = &self.checkpoints else {
+            return (Vec::new(), None);
+        };
+        let table = format!("{operator}/{name}");
+        let restored = snapshots.lock().restored.remove(&table).unwrap_or_default();
+        (restored, Some((snapshots.clone(), table)))
+    }
+}
+
+/// Where a memory table hands its entries at a snapshot, and its full name there.
+pub(crate) type Checkpoints = Option<(Arc<MemorySnapshots>, String)>;
+
+/// Hands a table's entries, encoded by `encode`, to the snapshot being taken (if one is).
+pub(crate) fn hand_over(
+    checkpoints: &Checkpoints,
+    encode: impl FnOnce(&str) -> Result<Vec<EncodedEntry>, StateError>,
+) -> Result<(), StateError> {
+    let Some((snapshots, table)) = checkpoints else {
+        return Ok(());
+    };
+    if !snapshots.lock().taking {
+        return Ok(());
+    }
+    let encoded = encode(table)?;
+    let mut s = snapshots.lock();
+    // A table flushed twice in one snapshot hands over its latest entries only.
+    s.taken.retain(|(name, _)| name != table);
+    s.taken.push((table.clone(), encoded));
+    Ok(())
 }
 
 /// An in-memory [`MapState`].
@@ -130,7 +170,7 @@ pub struct MemoryMap<K, V> {
     name: String,
     entries: FxHashMap<K, V>,
     /// Where a flush during a snapshot hands the entries, and this table's name.
-    checkpoints: Option<(Arc<MemorySnapshots>, String)>,
+    checkpoints: Checkpoints,
 }
 
 impl<K: StateKey, V: StateValue> StateTable for MemoryMap<K, V> {
@@ -143,21 +183,13 @@ impl<K: StateKey, V: StateValue> StateTable for MemoryMap<K, V> {
     }
 
     fn flush(&mut self) -> Result<(), StateError> {
-        let Some((snapshots, table)) = &self.checkpoints else {
-            return Ok(());
-        };
-        if !snapshots.lock().taking {
-            return Ok(());
-        }
-        let mut encoded = Vec::with_capacity(self.entries.len());
-        for (key, value) in &self.entries {
-            encoded.push((encode_key(table, key)?, encode_value(table, value)?));
-        }
-        let mut s = snapshots.lock();
-        // A table flushed twice in one snapshot hands over its latest entries only.
-        s.taken.retain(|(name, _)| name != table);
-        s.taken.push((table.clone(), encoded));
-        Ok(())
+        hand_over(&self.checkpoints, |table| {
+            let mut encoded = Vec::with_capacity(self.entries.len());
+            for (key, value) in &self.entries {
+                encoded.push((encode_key(table, key)?, encode_value(table, value)?));
+            }
+            Ok(encoded)
+        })
     }
 }
 
@@ -213,11 +245,25 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for MemoryMap<K, V> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keys::{key_group_of, MAX_KEY_GROUPS};
     use crate::state::rocksdb::{read_key_groups, write_snapshot};
     use crate::state::{shared_block_cache, MapState, RocksBackend, RocksStore};
+
+    /// The entries of the lower half of the key groups in the snapshot at `snapshot`, as a
+    /// restore at parallelism 2 hands them to its first instance; the range, and how many.
+    pub(crate) fn restore_half(
+        snapshot: &std::path::Path,
+    ) -> Result<(Arc<MemorySnapshots>, std::ops::Range<u16>, u64), StateError> {
+        let half = 0..MAX_KEY_GROUPS / 2;
+        let restored = Arc::new(MemorySnapshots::default());
+        let read = read_key_groups(snapshot, half.clone(), |t, k, v| {
+            restored.restore_entry(t, k, v);
+            Ok(())
+        })?;
+        Ok((restored, half, read))
+    }
 
     #[test]
     fn a_snapshot_restores_its_key_groups_into_memory_or_rocksdb(
@@ -243,12 +289,7 @@ mod tests {
         write_snapshot(&snapshot, tables)?;
 
         // Half the key groups into a memory backend, as a restore at parallelism 2 does.
-        let half = 0..MAX_KEY_GROUPS / 2;
-        let restored = Arc::new(MemorySnapshots::default());
-        let read = read_key_groups(&snapshot, half.clone(), |t, k, v| {
-            restored.restore_entry(t, k, v);
-            Ok(())
-        })?;
+        let (restored, half, read) = restore_half(&snapshot)?;
         let mut memory: MemoryMap<String, i64> =
             MemoryBackend::checkpointed(restored, "op").map_state("sums")?;
         // All key groups into a RocksDB backend: the layouts are the same.

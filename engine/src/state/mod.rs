@@ -5,7 +5,8 @@
 //! RocksDB, serialized with serde and bincode, which is why keys and values must be
 //! serializable even in memory. Which one a job uses is a run option ([`StateConfig`]);
 //! operators are generic over the backend and do not change. [`ttl`] adds expiring
-//! entries and list state on top of any backend; [`timers`] are the event-time timer
+//! entries and list state on top of any backend; [`keyed`] is map state (many entries per
+//! stream key, each stored on its own); [`timers`] are the event-time timer
 //! queues each backend provides.
 //!
 //! # Invariants
@@ -13,6 +14,7 @@
 //! - Entries are only visible through the table they were written to.
 
 mod codec;
+pub mod keyed;
 pub mod memory;
 pub mod rocksdb;
 pub mod timers;
@@ -26,6 +28,7 @@ use serde::Serialize;
 
 use crate::keys::StableHash;
 
+pub use self::keyed::{KeyedMapState, MapEntries, MemoryKeyedMap, RocksKeyedMap};
 pub use self::memory::{MemoryBackend, MemoryMap, MemorySnapshots};
 pub use self::rocksdb::{
     read_key_groups, shared_block_cache, write_snapshot, EncodedTable, RocksBackend, RocksMap,
@@ -79,12 +82,17 @@ impl<K: StableHash, N> StableHash for Namespaced<K, N> {
     }
 }
 
+/// What can be a user key of map state ([`KeyedMapState`]): any serializable key, stored
+/// under its stream key (so it needs no stable hash of its own).
+pub trait UserKey: Eq + Hash + Clone + Send + Serialize + DeserializeOwned + 'static {}
+impl<T: Eq + Hash + Clone + Send + Serialize + DeserializeOwned + 'static> UserKey for T {}
+
 /// What can be a value of keyed state.
 pub trait StateValue: Clone + Send + Serialize + DeserializeOwned + 'static {}
 impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> StateValue for T {}
 
 /// A state access failed (a persistent backend's I/O or codec error).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("state table `{table}`: {message}")]
 pub struct StateError {
     /// The table involved.
@@ -98,6 +106,9 @@ pub trait StateBackend: Send + 'static {
     /// The map table type of this backend.
     type Map<K: StateKey, V: StateValue>: MapState<K, V>;
 
+    /// The map-state type of this backend (several entries per stream key, see [`keyed`]).
+    type KeyedMap<K: StateKey, UK: UserKey, UV: StateValue>: KeyedMapState<K, UK, UV>;
+
     /// The timer queue type of this backend.
     type Timers<K: StateKey>: TimerQueue<K>;
 
@@ -109,6 +120,13 @@ pub trait StateBackend: Send + 'static {
         &mut self,
         name: &str,
     ) -> Result<Self::Map<K, V>, StateError>;
+
+    /// Opens (or creates) the map-state table `name`: entries `(user key, value)` under each
+    /// stream key, each stored on its own (see [`keyed`]).
+    fn keyed_map_state<K: StateKey, UK: UserKey, UV: StateValue>(
+        &mut self,
+        name: &str,
+    ) -> Result<Self::KeyedMap<K, UK, UV>, StateError>;
 
     /// Opens (or creates) the map table `name` whose entries expire `ttl` after their last
     /// write (see [`ttl`]). For list state, use a `Vec` value and [`ListState`].

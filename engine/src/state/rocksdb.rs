@@ -42,8 +42,9 @@ use rocksdb::{
 use rustc_hash::FxHashMap;
 
 use super::codec::{decode_key, decode_value, encode_key, encode_value};
+use super::keyed::RocksKeyedMap;
 use super::timers::{MemoryTimers, TimerQueue};
-use super::{MapState, StateBackend, StateError, StateKey, StateTable, StateValue};
+use super::{MapState, StateBackend, StateError, StateKey, StateTable, StateValue, UserKey};
 use crate::keys::KeyGroup;
 use crate::time::Timestamp;
 
@@ -99,7 +100,7 @@ pub fn shared_block_cache() -> SharedCache {
 
 /// The RocksDB database of one keyed operator instance.
 pub struct RocksStore {
-    db: Db,
+    pub(super) db: Db,
     /// Timer queues: a second database beside `db`, never checkpointed (timers are rebuilt
     /// from state on a restore), so they cost checkpoints nothing.
     timers: Db,
@@ -122,7 +123,7 @@ impl std::fmt::Debug for RocksStore {
     }
 }
 
-fn rocks_error(table: &str, what: &str, e: impl std::fmt::Display) -> StateError {
+pub(super) fn rocks_error(table: &str, what: &str, e: impl std::fmt::Display) -> StateError {
     StateError {
         table: table.to_string(),
         message: format!("{what}: {e}"),
@@ -204,7 +205,10 @@ impl RocksStore {
         path.with_file_name(name)
     }
 
-    fn column_family(&self, name: &str) -> Result<Arc<BoundColumnFamily<'_>>, StateError> {
+    pub(super) fn column_family(
+        &self,
+        name: &str,
+    ) -> Result<Arc<BoundColumnFamily<'_>>, StateError> {
         self.column_family_in(&self.db, name)
     }
 
@@ -333,6 +337,12 @@ impl RocksStore {
             })
             .sum();
         running + self.sum_over_tables("rocksdb.mem-table-flush-pending", true)
+    }
+
+    /// Bytes written to the state and timer databases so far (RocksDB's
+    /// `rocksdb.bytes.written`: what went through the memtables, before compaction).
+    pub fn bytes_written(&self) -> u64 {
+        self.db_options.get_ticker_count(Ticker::BytesWritten)
     }
 
     /// Block cache hits and misses so far.
@@ -473,6 +483,7 @@ impl RocksBackend {
 
 impl StateBackend for RocksBackend {
     type Map<K: StateKey, V: StateValue> = RocksMap<K, V>;
+    type KeyedMap<K: StateKey, UK: UserKey, UV: StateValue> = RocksKeyedMap<K, UK, UV>;
     type Timers<K: StateKey> = RocksTimers<K>;
 
     fn timer_queue<K: StateKey>(&mut self, name: &str) -> Result<RocksTimers<K>, StateError> {
@@ -510,9 +521,16 @@ impl StateBackend for RocksBackend {
             _value: PhantomData,
         })
     }
+
+    fn keyed_map_state<K: StateKey, UK: UserKey, UV: StateValue>(
+        &mut self,
+        name: &str,
+    ) -> Result<RocksKeyedMap<K, UK, UV>, StateError> {
+        Ok(RocksKeyedMap::new(self.map_state(name)?))
+    }
 }
 
-enum Slot<V> {
+pub(super) enum Slot<V> {
     /// `in_db`: RocksDB may hold an older version (so a delete needs a tombstone).
     Live {
         value: V,
@@ -524,12 +542,12 @@ enum Slot<V> {
 
 /// A [`MapState`] in RocksDB with a write-back cache.
 pub struct RocksMap<K, V> {
-    store: Arc<RocksStore>,
-    table: String,
-    cache: FxHashMap<K, Slot<V>>,
+    pub(super) store: Arc<RocksStore>,
+    pub(super) table: String,
+    pub(super) cache: FxHashMap<K, Slot<V>>,
     capacity: usize,
-    entries: usize,
-    write_options: WriteOptions,
+    pub(super) entries: usize,
+    pub(super) write_options: WriteOptions,
     /// Made once: a fresh `ReadOptions` per get cost 3 % of dedup's profile.
     read_options: ReadOptions,
     _value: PhantomData<fn() -> V>,
@@ -586,7 +604,7 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
 
     /// Writes changed entries and tombstones in one batch; the cache keeps its entries,
     /// now clean, so a checkpoint does not cost the hot keys their place in memory.
-    fn write_clean(&mut self) -> Result<(), StateError> {
+    pub(super) fn write_clean(&mut self) -> Result<(), StateError> {
         self.write_changes()?;
         self.cache.retain(|_, slot| match slot {
             Slot::Live { dirty, in_db, .. } => {
