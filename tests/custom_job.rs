@@ -17,6 +17,11 @@ use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
+/// An alert row: (ts, page, dwell_ms).
+type Alert = (i64, String, i64);
+/// A dead letter: (source, line, raw).
+type Letter = (String, u64, String);
 
 const BIN: &str = env!("CARGO_BIN_EXE_custom-job");
 /// The example's alert threshold (`LONG_VIEW_MS`).
@@ -49,7 +54,7 @@ fn expected_dwell(views: &[(i64, &str, i64)]) -> Dwell {
     expected
 }
 
-fn expected_alerts(views: &[(i64, &str, i64)]) -> Vec<(i64, String, i64)> {
+fn expected_alerts(views: &[(i64, &str, i64)]) -> Vec<Alert> {
     let mut alerts: Vec<_> = views
         .iter()
         .filter(|v| v.2 >= LONG_VIEW_MS)
@@ -59,7 +64,7 @@ fn expected_alerts(views: &[(i64, &str, i64)]) -> Vec<(i64, String, i64)> {
     alerts
 }
 
-fn read_json_lines(path: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+fn read_json_lines(path: &Path) -> Fallible<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(path)?;
     Ok(text
         .lines()
@@ -67,7 +72,7 @@ fn read_json_lines(path: &Path) -> Result<Vec<serde_json::Value>, Box<dyn std::e
         .collect::<Result<_, _>>()?)
 }
 
-fn dwell_rows(path: &Path) -> Result<Dwell, Box<dyn std::error::Error>> {
+fn dwell_rows(path: &Path) -> Fallible<Dwell> {
     let mut actual = Dwell::new();
     for row in read_json_lines(path)? {
         let views = row["views"].as_u64().ok_or("views")?;
@@ -81,7 +86,7 @@ fn dwell_rows(path: &Path) -> Result<Dwell, Box<dyn std::error::Error>> {
     Ok(actual)
 }
 
-fn alert_rows(path: &Path) -> Result<Vec<(i64, String, i64)>, Box<dyn std::error::Error>> {
+fn alert_rows(path: &Path) -> Fallible<Vec<Alert>> {
     let mut alerts = Vec::new();
     for row in read_json_lines(path)? {
         let ts = row["ts"].as_i64().ok_or("ts")?;
@@ -132,10 +137,7 @@ fn check_run(output: &Output, dir: &Path, name: &str, letters: u64) -> TestResul
 }
 
 /// The dead letters beside the first file output: (source, line, raw).
-fn dead_letters(
-    dir: &Path,
-    name: &str,
-) -> Result<Vec<(String, u64, String)>, Box<dyn std::error::Error>> {
+fn dead_letters(dir: &Path, name: &str) -> Fallible<Vec<Letter>> {
     let path = dir.join(format!("{name}-dwell.jsonl.dead.jsonl"));
     read_json_lines(&path)?
         .into_iter()

@@ -14,8 +14,8 @@ use std::marker::PhantomData;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type,
-    UInt64Type, UInt8Type,
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimestampMillisecondType,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
@@ -57,6 +57,49 @@ where
 /// The error of a value that does not fit its field.
 fn unfit(column: &str, what: impl fmt::Display) -> ValueError {
     de::Error::custom(format_args!("column `{column}`: {what}"))
+}
+
+/// The methods a CSV field and an Arrow cell deserialize alike: `None` where `$is_null`
+/// says so, a newtype as its content, a unit enum variant by the name `$text` gives, and a
+/// field the type does not have skipped without being looked at.
+macro_rules! shared_methods {
+    ($is_null:expr, $text:expr) => {
+        fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
+            let is_null: fn(&Self) -> bool = $is_null;
+            match is_null(&self) {
+                true => visitor.visit_none(),
+                false => visitor.visit_some(self),
+            }
+        }
+
+        fn deserialize_newtype_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            visitor: V,
+        ) -> Result<V::Value, ValueError> {
+            visitor.visit_newtype_struct(self)
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            _variants: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, ValueError> {
+            let text: fn(&Self) -> Option<&'de str> = $text;
+            match text(&self) {
+                Some(text) => visitor.visit_enum(text.into_deserializer()),
+                None => Err(unfit(self.column, "an enum is read from a string")),
+            }
+        }
+
+        fn deserialize_ignored_any<V: Visitor<'de>>(
+            self,
+            visitor: V,
+        ) -> Result<V::Value, ValueError> {
+            visitor.visit_unit()
+        }
+    };
 }
 
 /// One CSV field, parsed as its type asks.
@@ -132,34 +175,9 @@ impl<'de> Deserializer<'de> for CsvField<'de> {
         visitor.visit_borrowed_str(self.text)
     }
 
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self.text.is_empty() {
-            true => visitor.visit_none(),
-            false => visitor.visit_some(self),
-        }
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    /// Unit variants by name (`"deposit"`).
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        visitor.visit_enum(self.text.into_deserializer())
-    }
-
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        visitor.visit_unit()
-    }
+    shared_methods!(|field: &Self| field.text.is_empty(), |field: &Self| Some(
+        field.text
+    ));
 
     serde::forward_to_deserialize_any! {
         i128 u128 char bytes byte_buf unit unit_struct seq tuple tuple_struct map struct
@@ -254,34 +272,27 @@ impl<'de> Deserializer<'de> for ArrowCell<'de> {
         if array.is_null(row) {
             return visitor.visit_none();
         }
+        // The value of the cell in a primitive column of type `$t`.
+        macro_rules! value {
+            ($t:ty) => {
+                array.as_primitive::<$t>().value(row)
+            };
+        }
         match array.data_type() {
             DataType::Boolean => visitor.visit_bool(array.as_boolean().value(row)),
-            DataType::Int8 => visitor.visit_i64(array.as_primitive::<Int8Type>().value(row).into()),
-            DataType::Int16 => {
-                visitor.visit_i64(array.as_primitive::<Int16Type>().value(row).into())
-            }
-            DataType::Int32 => {
-                visitor.visit_i64(array.as_primitive::<Int32Type>().value(row).into())
-            }
-            DataType::Int64 => visitor.visit_i64(array.as_primitive::<Int64Type>().value(row)),
-            DataType::UInt8 => {
-                visitor.visit_u64(array.as_primitive::<UInt8Type>().value(row).into())
-            }
-            DataType::UInt16 => {
-                visitor.visit_u64(array.as_primitive::<UInt16Type>().value(row).into())
-            }
-            DataType::UInt32 => {
-                visitor.visit_u64(array.as_primitive::<UInt32Type>().value(row).into())
-            }
-            DataType::UInt64 => visitor.visit_u64(array.as_primitive::<UInt64Type>().value(row)),
-            DataType::Float32 => {
-                visitor.visit_f64(array.as_primitive::<Float32Type>().value(row).into())
-            }
-            DataType::Float64 => visitor.visit_f64(array.as_primitive::<Float64Type>().value(row)),
+            DataType::Int8 => visitor.visit_i64(value!(Int8Type).into()),
+            DataType::Int16 => visitor.visit_i64(value!(Int16Type).into()),
+            DataType::Int32 => visitor.visit_i64(value!(Int32Type).into()),
+            DataType::Int64 => visitor.visit_i64(value!(Int64Type)),
+            DataType::UInt8 => visitor.visit_u64(value!(UInt8Type).into()),
+            DataType::UInt16 => visitor.visit_u64(value!(UInt16Type).into()),
+            DataType::UInt32 => visitor.visit_u64(value!(UInt32Type).into()),
+            DataType::UInt64 => visitor.visit_u64(value!(UInt64Type)),
+            DataType::Float32 => visitor.visit_f64(value!(Float32Type).into()),
+            DataType::Float64 => visitor.visit_f64(value!(Float64Type)),
             // Event times are epoch milliseconds in weir.
             DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                let times = array.as_primitive::<arrow_array::types::TimestampMillisecondType>();
-                visitor.visit_i64(times.value(row))
+                visitor.visit_i64(value!(TimestampMillisecondType))
             }
             other => match self.str() {
                 Some(text) => visitor.visit_borrowed_str(text),
@@ -293,39 +304,9 @@ impl<'de> Deserializer<'de> for ArrowCell<'de> {
         }
     }
 
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self.array.is_null(self.row) {
-            true => visitor.visit_none(),
-            false => visitor.visit_some(self),
-        }
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    /// Unit variants by name, from a string column.
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        match self.str() {
-            Some(text) if !self.array.is_null(self.row) => {
-                visitor.visit_enum(text.into_deserializer())
-            }
-            _ => Err(unfit(self.column, "an enum is read from a string column")),
-        }
-    }
-
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        visitor.visit_unit()
-    }
+    shared_methods!(|cell: &Self| cell.array.is_null(cell.row), |cell: &Self| {
+        cell.str().filter(|_| !cell.array.is_null(cell.row))
+    });
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf

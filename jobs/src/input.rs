@@ -46,7 +46,7 @@ pub enum InputSpec {
     /// JSON values of a Kafka topic.
     Kafka(KafkaSpec),
     /// The rows of a PostgreSQL outbox table.
-    Outbox(OutboxSpec),
+    Outbox(Box<OutboxSpec>),
 }
 
 impl InputSpec {
@@ -56,7 +56,7 @@ impl InputSpec {
         let uri = input.to_str().unwrap_or_default();
         if let Some(spec) = OutboxSpec::parse(uri) {
             return match spec {
-                Ok(spec) => Ok(InputSpec::Outbox(spec)),
+                Ok(spec) => Ok(InputSpec::Outbox(Box::new(spec))),
                 Err(e) => usage!("--input {e}"),
             };
         }
@@ -123,7 +123,7 @@ impl InputSpec {
             InputSpec::Arrow(path) => InputSource::Arrow(ArrowFileSource::new(path, rows)),
             InputSpec::Tcp(spec) => InputSource::Tcp(TcpSource::new(spec, lines)),
             InputSpec::Outbox(spec) => {
-                InputSource::Outbox(Box::new(OutboxSource::new(spec, lines)))
+                InputSource::Outbox(Box::new(OutboxSource::new(*spec, lines)))
             }
             InputSpec::Kafka(spec) => {
                 let by_kafka = spec.event_time == EventTime::Kafka;
