@@ -94,8 +94,8 @@ impl InputSpec {
 
     /// The source: `lines` decodes the lines of files, TCP, Kafka records and outbox rows,
     /// `rows` the rows of an Arrow file. `--follow` and `--max-line` of `opts` apply to
-    /// files; Kafka's metrics are `job`'s. A Kafka URI with `timestamp=kafka` needs
-    /// [`InputSource::with_record_time`], so it is refused here unless `record_time` is given.
+    /// files; Kafka's metrics are `job`'s. A Kafka URI with `timestamp=kafka` takes event
+    /// time from the records with `record_time`, so it is refused if there is none.
     pub fn open<D, A>(
         self,
         lines: D,
