@@ -63,8 +63,12 @@ pub trait Decoder: Send + 'static {
     }
 }
 
-/// Decodes JSON lines into any `serde` type.
+/// Decodes JSON lines into any `serde` type; the lines of a CSV input (which has a header
+/// row) by their column names instead (see [`crate::serde_rows`]), so one event type reads
+/// either.
 pub struct Json<T> {
+    /// The CSV header's column names, once a CSV input gave one.
+    csv_columns: Option<Vec<String>>,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -76,14 +80,28 @@ impl<T> std::fmt::Debug for Json<T> {
 
 impl<T> Default for Json<T> {
     fn default() -> Self {
-        Json { _item: PhantomData }
+        Json {
+            csv_columns: None,
+            _item: PhantomData,
+        }
     }
 }
 
 impl<T: DeserializeOwned + weir_engine::Data> Decoder for Json<T> {
     type Item = T;
+
+    fn header(&mut self, line: &str) -> Result<(), String> {
+        let mut columns = Vec::new();
+        split_csv(line, |name| columns.push(name.trim().to_string()))?;
+        self.csv_columns = Some(columns);
+        Ok(())
+    }
+
     fn decode(&mut self, line: &str) -> Result<T, String> {
-        serde_json::from_str(line).map_err(|e| e.to_string())
+        match &self.csv_columns {
+            None => serde_json::from_str(line).map_err(|e| e.to_string()),
+            Some(columns) => crate::serde_rows::csv_record(columns, line),
+        }
     }
 }
 

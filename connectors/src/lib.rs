@@ -15,6 +15,7 @@
 //! - [`dead_letter`]: records that cannot be decoded, with their source position;
 //! - [`origin`]: where a record was read, carried with it for messages about it later;
 //! - [`max_future`]: `--max-future`, events too far ahead of their stream as dead letters;
+//! - [`serde_rows`]: any `serde` type read from CSV lines and Arrow rows by column name;
 //! - [`schema`]: versioned events lifted to the current schema by upcasters.
 //!
 //! Connectors do no I/O until the job runs, so a job can be described without its files.
@@ -29,6 +30,7 @@ pub mod max_future;
 pub mod origin;
 pub mod postgres;
 pub mod schema;
+pub mod serde_rows;
 pub mod stdout;
 pub mod tcp;
 
@@ -42,5 +44,6 @@ pub use max_future::MaxFuture;
 pub use origin::{Origin, OriginNames};
 pub use postgres::{OutboxSource, OutboxSpec, PostgresSink, PostgresSpec};
 pub use schema::Upcasting;
+pub use serde_rows::ArrowRows;
 pub use stdout::StdoutSink;
 pub use tcp::{TcpMode, TcpOutput, TcpServerSink, TcpSink, TcpSource, TcpSpec};

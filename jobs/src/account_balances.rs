@@ -26,13 +26,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use weir_connectors::kafka::EventTime;
-use weir_connectors::{FileSource, Json, KafkaSource, KafkaSpec};
 use weir_engine::{Job, Watermarks};
 use weir_operators::prelude::*;
 
 use crate::dead_letters::write_dead_letters;
-use crate::options::{usage, JobOptions};
+use crate::input::InputSpec;
+use crate::options::JobOptions;
 use crate::output::OutputSink;
 
 /// One line of `weir jobs`.
@@ -150,37 +149,10 @@ pub enum AccountOutput {
 /// Builds `account-balances` from options.
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("account-balances");
-    let input = opts.require_input("account-balances")?;
-    let decoder = Json::<AccountEvent>::default();
-    let event_time = |e: &AccountEvent| e.ts;
-    let source = match KafkaSpec::parse(input.to_str().unwrap_or_default()) {
-        Some(spec) => {
-            let spec = match spec {
-                Ok(spec) => spec,
-                Err(e) => usage!("--input {e}"),
-            };
-            if spec.event_time == EventTime::Kafka {
-                usage!(
-                    "--input {}: account-balances takes event time from each event's `ts`: \
-                     drop timestamp=kafka",
-                    spec.describe()
-                );
-            }
-            let metrics = job.metrics().kafka();
-            job.source(
-                "events",
-                KafkaSource::new(spec, decoder, metrics).max_future(event_time, opts.max_future),
-            )
-        }
-        None => job.source(
-            "events",
-            FileSource::new(input, opts.input_format(), decoder)
-                .follow(opts.follow)
-                .max_line(opts.max_line)
-                .max_future(event_time, opts.max_future),
-        ),
-    }
-    .uid("events");
+    let source = InputSpec::from_options(opts, "account-balances")?
+        .open_serde::<AccountEvent>(opts, &job)?
+        .max_future(|e: &AccountEvent| e.ts, opts.max_future);
+    let source = job.source("events", source).uid("events");
     let events = source
         .clone()
         .timestamps(
@@ -220,7 +192,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
 
     alerts
         .union(per_minute)
-        .sink("output", OutputSink::from_spec(opts.output.as_deref()))
+        .sink("output", OutputSink::from_spec(opts.output()))
         .uid("output");
     write_dead_letters(&source, opts.dead_letter_path("account-balances"));
     Ok(job)

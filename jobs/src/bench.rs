@@ -110,8 +110,8 @@ pub fn markdown_table(results: &[BenchResult]) -> String {
 /// Builds and runs `spec` once, measuring it.
 pub fn run(spec: &JobSpec, opts: &JobOptions) -> anyhow::Result<BenchResult> {
     let mut opts = opts.clone();
-    if opts.output.is_none() {
-        opts.output = Some("null:".into());
+    if opts.outputs.is_empty() {
+        opts.outputs.push("null:".into());
     }
     let job = (spec.build)(&opts)?;
     reset_peak_rss();

@@ -218,10 +218,20 @@ fn end_quietly_when_output_is_closed() {
     }));
 }
 
-/// The job called `name`, if it reads every option in `given`.
-fn job<'r>(registry: &'r Registry, name: &str, given: &[String]) -> anyhow::Result<&'r JobSpec> {
+/// The job called `name`, if it reads every option in `given` and `options` give its
+/// outputs (or `fill` stands for those not given, see [`JobSpec::check_outputs`]);
+/// `options` learn its name.
+fn job<'r>(
+    registry: &'r Registry,
+    name: &str,
+    given: &[String],
+    options: &mut JobOptions,
+    fill: Option<&str>,
+) -> anyhow::Result<&'r JobSpec> {
     let spec = registry.get(name)?;
     spec.check_options(given)?;
+    spec.check_outputs(options, fill)?;
+    options.job_name = Some(spec.name.clone());
     Ok(spec)
 }
 
@@ -244,7 +254,7 @@ fn execute(registry: &Registry, command: Command, given: &[String]) -> anyhow::R
             dot,
             mut options,
         } => {
-            let spec = job(registry, &name, given)?;
+            let spec = job(registry, &name, given, &mut options, Some("stdout:"))?;
             // Building a job does no I/O, so a placeholder lets jobs that need an input
             // be described without one.
             options
@@ -259,9 +269,13 @@ fn execute(registry: &Registry, command: Command, given: &[String]) -> anyhow::R
         }
         Command::Run {
             job: name,
-            options,
+            mut options,
             serve,
-        } => run(job(registry, &name, given)?, &options, &serve),
+        } => run(
+            job(registry, &name, given, &mut options, None)?,
+            &options,
+            &serve,
+        ),
         Command::Savepoint { api } => {
             let dir = ApiClient::new(&api.metrics_addr, api.api_token).savepoint()?;
             println!("{}", dir.display());
@@ -282,9 +296,9 @@ fn execute(registry: &Registry, command: Command, given: &[String]) -> anyhow::R
         Command::Bench {
             job: name,
             all,
-            options,
+            mut options,
         } => {
-            let spec = job(registry, &name, given)?;
+            let spec = job(registry, &name, given, &mut options, Some("null:"))?;
             if !all {
                 bench_once(spec, &options)?;
                 return Ok(());

@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Modules: [`cli`] (subcommands), [`registry`] (jobs by name), [`options`] (the flags
-//! every job can read), [`output`] (sinks chosen by `--output`), [`dead_letters`] (the
+//! every job can read), [`input`] (sources chosen by `--input`), [`output`] (sinks chosen
+//! by `--output`), [`dead_letters`] (the
 //! dead-letter file), [`window_agg`], [`order_analytics`] and [`account_balances`]
 //! (bundled jobs), [`arrow_events`] (window-agg's Arrow IPC input and
 //! its generator), [`generate`] (deterministic test and bench streams), [`mod@bench`] (the
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod dead_letters;
 pub mod generate;
 mod http;
+pub mod input;
 pub mod nexmark;
 pub mod operator_bench;
 pub mod options;
@@ -53,7 +55,8 @@ pub use weir_operators as operators;
 
 /// What a job definition usually needs, in one import.
 pub mod prelude {
-    pub use crate::dead_letters::write_dead_letters;
+    pub use crate::dead_letters::{source_with_dead_letters, write_dead_letters};
+    pub use crate::input::{read_input, InputSource, InputSpec};
     pub use crate::options::JobOptions;
     pub use crate::output::OutputSink;
     pub use crate::registry::{JobSpec, Registry};

@@ -138,7 +138,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             .map_err(|e| anyhow::anyhow!("--param keys={k}: {e}"))?,
         None => 1000,
     };
-    let spec = opts.output.as_deref();
+    let spec = opts.output();
     let by_key = |t: &Tick| t.key;
     match opts.query.as_deref().unwrap_or("window-join") {
         "window-join" => {

@@ -20,9 +20,12 @@ pub struct JobOptions {
     /// Where results go: a file path, `stdout:`, `tcp://HOST:PORT` (JSON lines sent to a
     /// server), `kafka://BROKER:PORT/TOPIC` (JSON values, keyed by the result's key where it
     /// has one), `postgres://USER@HOST:PORT/DB?table=T&key=K` (rows upserted into a table)
-    /// or `null:` (discard).
-    #[arg(long)]
-    pub output: Option<String>,
+    /// or `null:` (discard). A job with several outputs (results and alerts, say) takes
+    /// each as `--output NAME=SPEC`, repeated: `--output results=out.jsonl --output
+    /// alerts=kafka://..` (a NAME is letters, digits, `-` and `_`; write a file whose name
+    /// has `=` in it as `./a=b.jsonl`).
+    #[arg(long = "output", value_name = "[NAME=]SPEC")]
+    pub outputs: Vec<String>,
     /// Input format; by default taken from the file extension (`.csv` or JSON lines).
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
@@ -135,6 +138,10 @@ pub struct JobOptions {
     /// a job run per Kafka partition, so that tasks never share one).
     #[arg(skip)]
     pub dead_letter_file: Option<PathBuf>,
+    /// The name of the job being built, as registered ([`crate::registry::JobSpec`]): set
+    /// by the CLI, so that a job's builder need not repeat it ([`JobOptions::job`]).
+    #[arg(skip)]
+    pub job_name: Option<String>,
 }
 
 /// A mistake in how weir was called (a missing or contradictory option), as opposed to a
@@ -221,6 +228,12 @@ impl JobOptions {
         Ok(OptionsOnly::try_parse_from(args)?.options)
     }
 
+    /// An empty job named as registered ([`JobOptions::job_name`]; `job` if no name was
+    /// set, as when options are parsed by [`JobOptions::from_args`]).
+    pub fn job(&self) -> weir_engine::Job {
+        weir_engine::Job::new(self.job_name.as_deref().unwrap_or("job"))
+    }
+
     /// The input path, or an error saying the job needs one.
     pub fn require_input(&self, job: &str) -> anyhow::Result<&PathBuf> {
         self.input.as_ref().ok_or_else(|| {
@@ -237,14 +250,44 @@ impl JobOptions {
             .unwrap_or(Format::JsonLines)
     }
 
-    /// The path of `--output` if it is a file (or a part-file directory), not `stdout:`,
-    /// `null:` or a `tcp://`/`kafka://` URI.
-    pub fn output_file(&self) -> Option<&str> {
-        let out = self.output.as_deref()?;
-        match out.strip_prefix("file://") {
-            Some(path) => Some(path),
-            None => (!out.ends_with(':') && !out.contains("://")).then_some(out),
+    /// The `--output SPEC` given without a name (the last, if several were).
+    pub fn output(&self) -> Option<&str> {
+        self.outputs
+            .iter()
+            .rev()
+            .find(|o| split_named_output(o).is_none())
+            .map(String::as_str)
+    }
+
+    /// The outputs given as `--output NAME=SPEC`, as (NAME, SPEC), in order.
+    pub fn named_outputs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.outputs.iter().filter_map(|o| split_named_output(o))
+    }
+
+    /// The SPEC of `--output name=SPEC`, or a [`UsageError`] naming the outputs given.
+    pub fn output_named(&self, name: &str) -> anyhow::Result<&str> {
+        if let Some((_, spec)) = self.named_outputs().filter(|(n, _)| *n == name).last() {
+            return Ok(spec);
         }
+        let given: Vec<String> = self.named_outputs().map(|(n, _)| n.to_string()).collect();
+        let given = match given.is_empty() {
+            true => "none was given by name".to_string(),
+            false => format!("the outputs given are {}", given.join(", ")),
+        };
+        usage!("the job writes to an output named `{name}`: pass --output {name}=SPEC ({given})")
+    }
+
+    /// The path of `--output` if it is a file (or a part-file directory), not `stdout:`,
+    /// `null:` or a `tcp://`/`kafka://` URI; for a job with named outputs, the first of them
+    /// that is a file.
+    pub fn output_file(&self) -> Option<&str> {
+        let is_file =
+            |out: &&str| out.starts_with("file://") || !(out.ends_with(':') || out.contains("://"));
+        let out = match self.output() {
+            Some(out) => Some(out).filter(is_file),
+            None => self.named_outputs().map(|(_, spec)| spec).find(is_file),
+        }?;
+        Some(out.strip_prefix("file://").unwrap_or(out))
     }
 
     /// The dead-letter file for this run: `<output>.dead.jsonl` beside a file output, else
@@ -270,14 +313,18 @@ impl JobOptions {
             local.then(|| canonical(p))
         };
         let input = self.input.as_deref().and_then(file);
-        let output = self.output.as_deref().map(Path::new).and_then(file);
         let late = self.late_output.as_deref().and_then(file);
         let dead = file(&self.dead_letter_path(job));
-        let named = [
-            ("--output", output),
-            ("--late-output", late),
-            ("the dead-letter file", dead),
-        ];
+        let mut named: Vec<(String, Option<PathBuf>)> = self
+            .outputs
+            .iter()
+            .map(|out| match split_named_output(out) {
+                Some((name, spec)) => (format!("--output {name}"), file(Path::new(spec))),
+                None => ("--output".to_string(), file(Path::new(out))),
+            })
+            .collect();
+        named.push(("--late-output".into(), late));
+        named.push(("the dead-letter file".into(), dead));
         for (i, (what, path)) in named.iter().enumerate() {
             let Some(path) = path else { continue };
             if let Some(file) = path.ancestors().skip(1).find(|a| a.is_file()) {
@@ -310,13 +357,20 @@ impl JobOptions {
     /// anything runs.
     pub fn check_uris(&self) -> anyhow::Result<()> {
         let input = self.input.as_deref().and_then(Path::to_str);
-        for (flag, uri) in [("--input", input), ("--output", self.output.as_deref())] {
-            if let Some(Err(e)) = uri.and_then(KafkaSpec::parse) {
-                usage!("{flag} {e}");
-            }
+        if let Some(Err(e)) = input.and_then(KafkaSpec::parse) {
+            usage!("--input {e}");
         }
-        if let Some(Err(e)) = self.output.as_deref().and_then(PostgresSpec::parse) {
-            usage!("--output {e}");
+        let outputs = self.outputs.iter().map(|o| match split_named_output(o) {
+            Some((name, spec)) => (format!("--output {name}="), spec),
+            None => ("--output ".to_string(), o.as_str()),
+        });
+        for (flag, uri) in outputs {
+            if let Some(Err(e)) = KafkaSpec::parse(uri) {
+                usage!("{flag}{e}");
+            }
+            if let Some(Err(e)) = PostgresSpec::parse(uri) {
+                usage!("{flag}{e}");
+            }
         }
         Ok(())
     }
@@ -427,6 +481,17 @@ fn parse_format(s: &str) -> anyhow::Result<Format> {
 
 fn parse_duration_arg(s: &str) -> anyhow::Result<Duration> {
     Ok(parse_duration(s)?)
+}
+
+/// `NAME=SPEC` as (NAME, SPEC); `None` for a SPEC without a name. A NAME is letters,
+/// digits, `-` and `_`, so a path or URI (`kafka://b/t?acks=all`) is never taken for one.
+pub fn split_named_output(value: &str) -> Option<(&str, &str)> {
+    let (name, spec) = value.split_once('=')?;
+    let is_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    is_name.then_some((name, spec))
 }
 
 fn parse_param(s: &str) -> anyhow::Result<(String, String)> {

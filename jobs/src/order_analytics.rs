@@ -146,10 +146,10 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             path
         }
     };
-    let output = opts
-        .output
-        .clone()
-        .unwrap_or_else(|| format!("{DEFAULT_DIR}/order-analytics.jsonl"));
+    let output = opts.output().map_or_else(
+        || format!("{DEFAULT_DIR}/order-analytics.jsonl"),
+        str::to_string,
+    );
     let dead_path = PathBuf::from(format!("{output}.dead.jsonl"));
     let source = job
         .source(

@@ -1,7 +1,8 @@
 //! Sinks chosen by `--output`: a file path, `stdout:`, `tcp://HOST:PORT` (a server to send
 //! JSON lines to; with `?mode=listen`, served to subscribers), `kafka://BROKER/TOPIC`,
 //! `postgres://USER@HOST:PORT/DB?table=T&key=K` (rows upserted into a table), or `null:`
-//! (count and discard, for benchmarks).
+//! (count and discard, for benchmarks). A job with several outputs takes each by name,
+//! `--output NAME=SPEC` ([`OutputSink::named`]).
 
 use serde::Serialize;
 use weir_connectors::kafka::KeyOf;
@@ -10,6 +11,8 @@ use weir_connectors::{
     TcpServerSink, TcpSink,
 };
 use weir_engine::{BoxError, CheckpointId, ConnectorState, JobMetrics, Record, Sink};
+
+use crate::options::JobOptions;
 
 /// A sink picked at run time from an `--output` value.
 #[derive(Debug)]
@@ -69,6 +72,13 @@ impl<T> OutputSink<T> {
                 OutputSink::File(FileSink::new(path.strip_prefix("file://").unwrap_or(path)))
             }
         }
+    }
+
+    /// The output a job with several names as `name` (`--output name=SPEC`, see
+    /// [`crate::registry::JobSpec::outputs`]); a [`UsageError`](crate::options::UsageError)
+    /// if none was given by that name.
+    pub fn named(opts: &JobOptions, name: &str) -> anyhow::Result<Self> {
+        Ok(OutputSink::from_spec(Some(opts.output_named(name)?)))
     }
 
     /// Keys Kafka records by `key`, so that results stay partitioned by it (other outputs

@@ -2,7 +2,7 @@
 
 use weir_engine::Job;
 
-use crate::options::{JobOptions, UsageError};
+use crate::options::{usage, JobOptions, UsageError};
 
 /// Builds a job from options.
 pub type BuildFn = fn(&JobOptions) -> anyhow::Result<Job>;
@@ -53,6 +53,9 @@ pub struct JobSpec {
     /// refuse any other given on the command line. `None` if the job did not say (then
     /// every option is taken, and those it does not read do nothing).
     pub reads: Option<Vec<&'static str>>,
+    /// The names of its outputs, each given as `--output NAME=SPEC`; empty for a job with
+    /// one output, given as `--output SPEC`.
+    pub outputs: Vec<&'static str>,
 }
 
 impl JobSpec {
@@ -64,6 +67,7 @@ impl JobSpec {
             build,
             queries: &[],
             reads: None,
+            outputs: Vec::new(),
         }
     }
 
@@ -75,6 +79,71 @@ impl JobSpec {
             .get_or_insert_with(Vec::new)
             .extend_from_slice(options);
         self
+    }
+
+    /// Names the job's outputs (results and alerts, say): each is given as `--output
+    /// NAME=SPEC` and the job asks for it with
+    /// [`OutputSink::named`](crate::output::OutputSink::named). `weir run` refuses an
+    /// unknown name, a missing one and an `--output` without a name, naming the outputs.
+    pub fn outputs(mut self, names: &[&'static str]) -> Self {
+        self.outputs.extend_from_slice(names);
+        self
+    }
+
+    /// Refuses `--output` values that do not fit the job's outputs (see
+    /// [`JobSpec::outputs`]); with `fill`, gives each output not given that SPEC instead of
+    /// refusing (`stdout:` for `weir describe`, which writes nothing; `null:` for `weir
+    /// bench`).
+    pub fn check_outputs(
+        &self,
+        options: &mut JobOptions,
+        fill: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let name = &self.name;
+        let named: Vec<String> = options
+            .named_outputs()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let unnamed = options.outputs.len() - named.len();
+        if self.outputs.is_empty() {
+            if let Some(first) = named.first() {
+                usage!(
+                    "`--output {first}=..`: job `{name}` has one output, not named ones: pass                      --output SPEC"
+                );
+            }
+            if unnamed > 1 {
+                usage!("job `{name}` has one output: pass --output once");
+            }
+            return Ok(());
+        }
+        let valid = self.outputs.join(", ");
+        if unnamed > 0 {
+            usage!(
+                "job `{name}` writes to named outputs ({valid}): give each as --output NAME=SPEC"
+            );
+        }
+        for (i, given) in named.iter().enumerate() {
+            if !self.outputs.contains(&given.as_str()) {
+                usage!(
+                    "`--output {given}=..`: job `{name}` has no output `{given}`; its outputs \
+                     are {valid}"
+                );
+            }
+            if named[..i].contains(given) {
+                usage!("--output {given}= is given twice: give each output once");
+            }
+        }
+        for output in &self.outputs {
+            if !named.iter().any(|n| n == output) {
+                match fill {
+                    Some(spec) => options.outputs.push(format!("{output}={spec}")),
+                    None => usage!(
+                        "job `{name}` writes to outputs {valid}: --output {output}=SPEC is missing"
+                    ),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The queries `--query` selects (what `weir bench JOB --all` runs).

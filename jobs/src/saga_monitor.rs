@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use weir_connectors::{FileSource, Json};
 use weir_engine::{parse_duration, Job, Watermarks};
 use weir_operators::prelude::*;
 
 use crate::dead_letters::write_dead_letters;
 use crate::generate::SAGA_STEPS;
+use crate::input::InputSpec;
 use crate::options::JobOptions;
 use crate::output::OutputSink;
 
@@ -132,7 +132,6 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         None => Duration::from_secs(30),
     };
     let job = Job::new("saga-monitor");
-    let input = opts.require_input("saga-monitor")?;
     let [placed, reserved, paid] = SAGA_STEPS;
     let pattern = Pattern::begin(placed)
         .where_(|e: &SagaEvent| e.step == SagaStep::OrderPlaced)
@@ -141,15 +140,10 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
         .followed_by(paid)
         .where_(|e: &SagaEvent| e.step == SagaStep::PaymentProcessed)
         .within(deadline);
-    let events = job
-        .source(
-            "events",
-            FileSource::new(input, opts.input_format(), Json::<SagaEvent>::default())
-                .follow(opts.follow)
-                .max_line(opts.max_line)
-                .max_future(|e: &SagaEvent| e.ts, opts.max_future),
-        )
-        .uid("events");
+    let source = InputSpec::from_options(opts, "saga-monitor")?
+        .open_serde::<SagaEvent>(opts, &job)?
+        .max_future(|e: &SagaEvent| e.ts, opts.max_future);
+    let events = job.source("events", source).uid("events");
     let (completed, timed_out) = events
         .clone()
         .timestamps(
@@ -164,7 +158,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     completed
         .flat_map(completed_saga)
         .union(timed_out.flat_map(timed_out_saga))
-        .sink("output", OutputSink::from_spec(opts.output.as_deref()))
+        .sink("output", OutputSink::from_spec(opts.output()))
         .uid("output");
     write_dead_letters(&events, opts.dead_letter_path("saga-monitor"));
     Ok(job)

@@ -22,13 +22,9 @@ use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use weir_connectors::arrow::is_arrow_file;
 use weir_connectors::format::split_csv;
-use weir_connectors::kafka::EventTime;
-use weir_connectors::{
-    ArrowFileSource, CsvHeader, DeadLetter, Decoder, FileSink, FileSource, KafkaSource, KafkaSpec,
-    Origin, OriginNames, OutboxSource, OutboxSpec, PostgresSpec, Raw, TcpSource, TcpSpec,
-};
+use weir_connectors::kafka::{EventTime, SetEventTime};
+use weir_connectors::{CsvHeader, DeadLetter, Decoder, FileSink, Origin, OriginNames, Raw};
 use weir_engine::intern::{Interner, SharedStr};
 use weir_engine::metrics::Counter;
 use weir_engine::{Job, Stream, Watermarks};
@@ -38,6 +34,7 @@ use weir_operators::{Rejected, StatsOutput};
 use self::flat_json::{decode_flat_json, LineShape};
 use crate::dead_letters::{dead_letter_sink, write_dead_letters};
 use crate::generate::{EventStreamSpec, GeneratedEvents};
+use crate::input::InputSpec;
 use crate::options::{usage, JobOptions};
 use crate::output::OutputSink;
 
@@ -165,61 +162,23 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             (job.source("generator", GeneratedEvents::new(spec)), None)
         }
         _ => {
-            let input = opts.require_input("window-agg")?;
+            let input = InputSpec::from_options(opts, "window-agg")?;
             let decoder = EventDecoder::new(&opts.ts_field, &opts.key_field, &opts.value_field);
-            let uri = input.to_str().unwrap_or_default();
-            if let Some(spec) = OutboxSpec::parse(uri) {
-                let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
-                let source =
-                    OutboxSource::new(spec, decoder).max_future(event_time, opts.max_future);
-                let origins = source.origin_names();
-                (job.source("input", source), Some(origins))
-            } else if PostgresSpec::parse(uri).is_some() {
-                usage!(
-                    "--input {uri}: a PostgreSQL input is an outbox table: add \
-                     outbox=TABLE (and id=COLUMN, payload=COLUMN if not `id` and the whole row)"
-                );
-            } else if let Some(spec) = TcpSpec::parse(uri) {
-                let spec = spec.map_err(|e| anyhow::anyhow!("--input {e}"))?;
-                let source = TcpSource::new(spec, decoder).max_future(event_time, opts.max_future);
-                let origins = source.origin_names();
-                (job.source("input", source), Some(origins))
-            } else if let Some(spec) = KafkaSpec::parse(uri) {
-                let spec = match spec {
-                    Ok(spec) => spec,
-                    Err(e) => usage!("--input {e}"),
-                };
-                let decoder = match spec.event_time {
-                    EventTime::Kafka => decoder.without_time_field(),
-                    EventTime::Payload => decoder,
-                };
-                let metrics = job.metrics().kafka();
-                let source = KafkaSource::new(spec, decoder, metrics)
-                    .with_record_time(|e: &mut Event, ms| e.ts = ms)
-                    .max_future(event_time, opts.max_future);
-                let origins = source.origin_names();
-                (job.source("input", source), Some(origins))
-            } else if is_arrow_file(input) {
-                if opts.follow {
-                    usage!(
-                        "--follow reads lines appended to a text file; an Arrow IPC file \
-                         ends with its footer: drop --follow"
-                    );
+            // Event time from Kafka's record time: the events need no time field.
+            let decoder = match &input {
+                InputSpec::Kafka(spec) if spec.event_time == EventTime::Kafka => {
+                    decoder.without_time_field()
                 }
-                let [ts, key, value] = [&opts.ts_field, &opts.key_field, &opts.value_field];
-                let columns = crate::arrow_events::EventColumns::new(ts, key, value);
-                let source =
-                    ArrowFileSource::new(input, columns).max_future(event_time, opts.max_future);
-                let origins = source.origin_names();
-                (job.source("input", source), Some(origins))
-            } else {
-                let source = FileSource::new(input, opts.input_format(), decoder)
-                    .follow(opts.follow)
-                    .max_line(opts.max_line)
-                    .max_future(event_time, opts.max_future);
-                let origins = source.origin_names();
-                (job.source("input", source), Some(origins))
-            }
+                _ => decoder,
+            };
+            let [ts, key, value] = [&opts.ts_field, &opts.key_field, &opts.value_field];
+            let columns = crate::arrow_events::EventColumns::new(ts, key, value);
+            let record_time: SetEventTime<Event> = |e, ms| e.ts = ms;
+            let source = input
+                .open(decoder, columns, opts, &job, Some(record_time))?
+                .max_future(event_time, opts.max_future);
+            let origins = source.origin_names();
+            (job.source("input", source), Some(origins))
         }
     };
     aggregate_windows(events.uid("input"), opts, origins, dead_letters)?;
@@ -320,7 +279,7 @@ pub fn aggregate_windows(
             })
             .sink(
                 "output",
-                OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &TopRow| &r.key),
+                OutputSink::from_spec(opts.output()).keyed_by(|r: &TopRow| &r.key),
             )
             .uid("output");
     } else {
@@ -338,7 +297,7 @@ pub fn aggregate_windows(
             })
             .sink(
                 "output",
-                OutputSink::from_spec(opts.output.as_deref()).keyed_by(|r: &WindowAggRow| &r.key),
+                OutputSink::from_spec(opts.output()).keyed_by(|r: &WindowAggRow| &r.key),
             )
             .uid("output");
     }

@@ -9,7 +9,7 @@ use weir_engine::{BoxError, ConnectorState, ConnectorStateType, Source, SourceSt
 use super::lines::{Line, LineReader};
 use crate::dead_letter::{refuse_old_dead_letters, DeadLetter, Raw};
 use crate::error::ConnectorError;
-use crate::format::{Decoder, Format};
+use crate::format::{Decoder, Format, Json};
 use crate::max_future::{EventTimeOf, MaxFuture};
 use crate::origin::{Origin, OriginNames};
 
@@ -147,6 +147,17 @@ impl<D: Decoder> FileSource<D> {
         })?;
         self.reader = Some(LineReader::new(file, self.max_line));
         Ok(())
+    }
+}
+
+impl<T: serde::de::DeserializeOwned + weir_engine::Data> FileSource<Json<T>> {
+    /// A file read into any `serde` type in one line: JSON lines, or CSV by its header's
+    /// column names if the path ends in `.csv` (`FileSource::<Json<T>>::json(path)`, or
+    /// `FileSource::json(path)` where the stream's type says `T`).
+    pub fn json(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let format = Format::from_path(&path);
+        FileSource::new(path, format, Json::default())
     }
 }
 

@@ -369,7 +369,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let query = opts.query.as_deref().unwrap_or("q0");
     let bids = |events: Stream<NexmarkEvent>| events.flat_map(NexmarkEvent::bid);
     match query {
-        "q0" => events.sink("output", OutputSink::from_spec(opts.output.as_deref())),
+        "q0" => events.sink("output", OutputSink::from_spec(opts.output())),
         "q1" => bids(events)
             .map(|b| EuroBid {
                 auction: b.auction,
@@ -377,23 +377,23 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 price: b.price * 908 / 1000,
                 date_time: b.date_time,
             })
-            .sink("output", OutputSink::from_spec(opts.output.as_deref())),
+            .sink("output", OutputSink::from_spec(opts.output())),
         "q2" => bids(events)
             .filter(|b| b.auction % 123 == 0)
             .map(|b| (b.auction, b.price))
-            .sink("output", OutputSink::from_spec(opts.output.as_deref())),
+            .sink("output", OutputSink::from_spec(opts.output())),
         "q3" => events
             .flat_map(SellerEvent::from_event)
             .key_by(SellerEvent::person)
             .process_with_state("q3-join", q3_join)
-            .sink("output", OutputSink::from_spec(opts.output.as_deref())),
+            .sink("output", OutputSink::from_spec(opts.output())),
         "q4" => events
             .flat_map(AuctionEvent::from_event)
             .key_by(AuctionEvent::auction)
             .process_with_timers("q4-winning-bid", WinningBid)
             .key_by(|c: &ClosedAuction| c.category)
             .process_with_state("q4-average", q4_average)
-            .sink("output", OutputSink::from_spec(opts.output.as_deref())),
+            .sink("output", OutputSink::from_spec(opts.output())),
         "q5" => events
             // Only the auction id is read: the bid's strings do not cross the exchange.
             .flat_map(|e| e.bid().map(|b| b.auction))
@@ -410,7 +410,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 auction: r.key,
                 bids: r.value,
             })
-            .sink("output", OutputSink::from_spec(opts.output.as_deref())),
+            .sink("output", OutputSink::from_spec(opts.output())),
         "q7" => bids(events)
             .key_by(|_: &Bid| 0u8)
             .window(Tumbling::of(Duration::from_secs(10)))
@@ -421,7 +421,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                 let window_start = r.window.start;
                 r.value.map(|bid| HighestBid { window_start, bid })
             })
-            .sink("output", OutputSink::from_spec(opts.output.as_deref())),
+            .sink("output", OutputSink::from_spec(opts.output())),
         "q8" => {
             // Bids (92 % of events) are dropped before the stream is split in two, so the
             // split copies only persons and auctions; each side is cut down to what the
@@ -454,7 +454,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
                             name,
                         })
                 })
-                .sink("output", OutputSink::from_spec(opts.output.as_deref()))
+                .sink("output", OutputSink::from_spec(opts.output()))
         }
         other => bail!(
             "unknown Nexmark query `{other}`: use one of {}",

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context};
 use weir_connectors::kafka::encode_param_value;
 use weir_connectors::KafkaSpec;
 
-use crate::options::{usage, JobOptions};
+use crate::options::{split_named_output, usage, JobOptions};
 
 /// The Kafka input if it asks for one task per partition.
 pub fn kafka_input(options: &JobOptions) -> Option<KafkaSpec> {
@@ -33,9 +33,9 @@ pub(super) fn check_options(options: &JobOptions, input: &KafkaSpec) -> anyhow::
         );
     }
     if options
-        .output
-        .as_deref()
-        .is_some_and(|o| o.starts_with("tcp://") && o.contains("mode=listen"))
+        .outputs
+        .iter()
+        .any(|o| o.contains("tcp://") && o.contains("mode=listen"))
     {
         usage!(
             "tasks=per-partition runs a sink per partition, and they cannot all listen on one \
@@ -86,30 +86,34 @@ pub(super) fn task_options(
         Some(&partition.to_string()),
     );
     // Dead letters go beside a file output (as without tasks), else in the task's directory.
-    let elsewhere = Some(task_dir.join("dead-letters.jsonl"));
-    let (output, dead_letter_file) = match options.output.as_deref() {
-        None => (None, elsewhere),
-        Some(uri) if uri.ends_with(':') || uri == "-" || uri.starts_with("tcp://") => {
-            (Some(uri.to_string()), elsewhere)
-        }
-        Some(uri) => match KafkaSpec::parse(uri) {
+    let mut dead_letter_file = Some(task_dir.join("dead-letters.jsonl"));
+    let mut outputs = Vec::with_capacity(options.outputs.len());
+    for given in &options.outputs {
+        let (name, uri) = match split_named_output(given) {
+            Some((name, uri)) => (Some(name), uri),
+            None => (None, given.as_str()),
+        };
+        let own_uri = match KafkaSpec::parse(uri) {
+            _ if uri.ends_with(':') || uri == "-" || uri.starts_with("tcp://") => uri.to_string(),
             Some(spec) => {
                 let spec = spec.map_err(|e| anyhow!("--output {e}"))?;
                 let id = format!("{}.{partition}", spec.transactional_id());
-                (
-                    Some(with_param(uri, "transactional.id", Some(&id))),
-                    elsewhere,
-                )
+                with_param(uri, "transactional.id", Some(&id))
             }
             None => {
+                dead_letter_file = None;
                 let dir = Path::new(uri.strip_prefix("file://").unwrap_or(uri)).join(&own);
-                (Some(dir.to_string_lossy().into_owned()), None)
+                dir.to_string_lossy().into_owned()
             }
-        },
-    };
+        };
+        outputs.push(match name {
+            Some(name) => format!("{name}={own_uri}"),
+            None => own_uri,
+        });
+    }
     Ok(JobOptions {
         input: Some(PathBuf::from(input)),
-        output,
+        outputs,
         state_dir: Some(task_dir),
         late_output: options.late_output.as_ref().map(|p| p.join(&own)),
         dead_letter_file,
@@ -226,7 +230,7 @@ mod tests {
             task.input.as_deref(),
             Some(Path::new("kafka://b:1/events?group=g&partitions=2"))
         );
-        assert_eq!(task.output.as_deref(), Some("out/partition-2"));
+        assert_eq!(task.output(), Some("out/partition-2"));
         assert_eq!(
             task.late_output.as_deref(),
             Some(Path::new("late/partition-2"))
@@ -238,12 +242,12 @@ mod tests {
         );
 
         let to_kafka = JobOptions {
-            output: Some("kafka://b:1/results".into()),
+            outputs: vec!["kafka://b:1/results".into()],
             ..options
         };
         let task = task_options(&to_kafka, &dir, 3).expect("task options");
         assert_eq!(
-            task.output.as_deref(),
+            task.output(),
             Some("kafka://b:1/results?transactional.id=weir.weir.results.3")
         );
         assert_eq!(
