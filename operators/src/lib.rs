@@ -69,8 +69,8 @@ pub use join::{CoGrouped, JoinExt, Side, WindowPair};
 pub use process::{ProcessExt, TimerContext, TimerFunction};
 pub use topn::{Ranked, TopNExt};
 pub use window::{
-    Rejected, Session, Sliding, Tumbling, Window, WindowAggregateError, WindowEvent, WindowExt,
-    WindowResult, WindowSpec, WindowedStream,
+    Rejected, Session, Sliding, Timing, Trigger, Tumbling, Window, WindowAggregateError,
+    WindowContext, WindowEvent, WindowExt, WindowResult, WindowSpec, WindowedStream,
 };
 
 /// Everything a job definition usually needs.
@@ -83,6 +83,7 @@ pub mod prelude {
     pub use crate::process::{ProcessExt, TimerContext, TimerFunction};
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{
-        Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec, WindowedStream,
+        Session, Sliding, Timing, Trigger, Tumbling, WindowContext, WindowExt, WindowResult,
+        WindowSpec, WindowedStream,
     };
 }
