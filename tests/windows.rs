@@ -36,7 +36,7 @@ struct Slow<S>(S);
 impl<S: Source> Source for Slow<S> {
     type Item = S::Item;
     fn poll_batch(&mut self, out: &mut Vec<S::Item>, max: usize) -> Result<SourceStatus, BoxError> {
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(2));
         self.0.poll_batch(out, max.min(8))
     }
     fn describe(&self) -> String {
@@ -360,7 +360,8 @@ fn child() {
 #[test]
 fn a_process_function_and_a_trigger_killed_with_sigkill_resume_to_the_same_results() {
     use common::kill::{run_and_kill, Ended, Running};
-    let events = events(3000, 10, 15);
+    // 4000 events, 8 every 2 ms: a run of about a second, killed after 2 checkpoints.
+    let events = events(4000, 10, 15);
     let dir = tempfile::tempdir().unwrap();
     write_input(&dir.path().join("input.jsonl"), &events);
     // The uninterrupted run.
@@ -384,9 +385,9 @@ fn a_process_function_and_a_trigger_killed_with_sigkill_resume_to_the_same_resul
         bin.to_str().unwrap(),
         &args,
         stderr.clone(),
-        Duration::from_millis(300),
+        Duration::from_millis(100),
         &dir.path().join("checkpoints"),
-        3,
+        2,
     );
     assert_eq!(ended, Ended::Killed, "the job ended before the kill: {log}");
     let partial = committed_rows(&dir.path().join("out"));
