@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::checkpointed::{
-    committed_rows, complete_checkpoints, in_progress_files, sorted_lines, Flaky,
+    committed_rows, complete_checkpoints, in_progress_files, run_options, sorted_lines, Flaky,
 };
 use common::keyed_events::{events, Ev};
 use serde_json::{json, Value};
-use weir_engine::{CheckpointConfig, Resume, RunOptions, StateConfig};
+use weir_engine::RunOptions;
 use weir_jobs::prelude::*;
 
 /// A job under test: the two inputs in, JSON rows out.
@@ -79,24 +79,13 @@ impl Setup {
     }
 
     fn options(&self, parallelism: usize, rocksdb: bool, checkpoints: bool) -> RunOptions {
-        RunOptions {
+        run_options(
+            &self.state_dir(),
+            "operators",
             parallelism,
-            state: if rocksdb {
-                StateConfig::RocksDb {
-                    dir: self.state_dir(),
-                    cache_entries: 64,
-                }
-            } else {
-                StateConfig::Memory
-            },
-            checkpoints: checkpoints.then(|| CheckpointConfig {
-                dir: self.state_dir().join("operators/checkpoints"),
-                interval: Duration::from_millis(2),
-                retained: 2,
-                resume: Resume::Latest,
-            }),
-            ..RunOptions::default()
-        }
+            rocksdb.then_some(64),
+            checkpoints.then_some(Duration::from_millis(2)),
+        )
     }
 
     /// Runs `build` every way and compares each output with `expected`.

@@ -9,7 +9,7 @@
 //! - [`dead_letter`]: records a source rejected, which leave it by a side output;
 //! - [`state`]: keyed state behind the [`StateBackend`] trait;
 //! - [`checkpoint`]: barrier-aligned snapshots, restore, and what sinks may commit;
-//! - [`keys`]: stable key hashing and key groups;
+//! - [`keys`]: stable key hashing, `#[derive(StableHash)]` for key types, key groups;
 //! - [`job`]: the typed, fluent job API ([`Job`], [`Stream`], [`KeyedStream`]);
 //! - [`runtime`]: turning a job graph into threads and bounded channels, and running it;
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint;
@@ -28,6 +28,9 @@
 //! Stateless operators are chained into the thread of their input. A keyed operator runs as
 //! P workers fed by a hash exchange over 128 key groups, except at P = 1 with a single input,
 //! where it is chained too and the whole job may run on one thread.
+
+// The derives name the engine as `::weir_engine`; this makes that path work inside it too.
+extern crate self as weir_engine;
 
 pub mod bytes;
 pub mod checkpoint;

@@ -58,6 +58,9 @@ pub mod prelude {
     pub use crate::output::OutputSink;
     pub use crate::registry::{JobSpec, Registry};
     pub use weir_connectors::{FileSink, FileSource, Format, Json, StdoutSink};
+    /// `#[derive(StableHash)]` for crates that depend on `weir-jobs` alone: it names the
+    /// engine as `weir_jobs::engine` (the trait comes with the operators' prelude).
+    pub use weir_derive::StableHashViaJobs as StableHash;
     pub use weir_engine::{Job, SinkHandle, Stream, Watermarks};
     pub use weir_operators::prelude::*;
 }

@@ -86,4 +86,6 @@ pub mod prelude {
         Session, Sliding, Timing, Trigger, Tumbling, WindowContext, WindowExt, WindowResult,
         WindowSpec, WindowedStream,
     };
+    /// The key trait and its derive, for key types of your own.
+    pub use weir_engine::keys::StableHash;
 }

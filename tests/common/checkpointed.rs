@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir_engine::{BoxError, ConnectorState, DeadLetter, Source, SourceStatus};
+use weir_engine::{
+    BoxError, CheckpointConfig, ConnectorState, DeadLetter, Resume, RunOptions, Source,
+    SourceStatus, StateConfig,
+};
 
 /// Wraps a replayable source: fails once it has returned `fail_after` events (a crash in
 /// the middle of the input), and is a little slow so that checkpoints happen on the way.
@@ -200,4 +203,34 @@ pub(crate) fn complete_checkpoint_dirs(root: &Path) -> Vec<PathBuf> {
         .collect();
     dirs.sort();
     dirs
+}
+
+/// How an in-process test runs job `job`: at `parallelism`, its state under `state_dir` in
+/// memory or on RocksDB (with `cache_entries` decoded entries cached), and, given an
+/// interval, checkpointed under `state_dir/job/checkpoints` (two kept), resuming from the
+/// newest.
+pub(crate) fn run_options(
+    state_dir: &Path,
+    job: &str,
+    parallelism: usize,
+    rocksdb: Option<usize>,
+    checkpoints: Option<Duration>,
+) -> RunOptions {
+    RunOptions {
+        parallelism,
+        state: match rocksdb {
+            Some(cache_entries) => StateConfig::RocksDb {
+                dir: state_dir.to_path_buf(),
+                cache_entries,
+            },
+            None => StateConfig::Memory,
+        },
+        checkpoints: checkpoints.map(|interval| CheckpointConfig {
+            dir: state_dir.join(job).join("checkpoints"),
+            interval,
+            retained: 2,
+            resume: Resume::Latest,
+        }),
+        ..RunOptions::default()
+    }
 }

@@ -36,8 +36,14 @@ pub(crate) enum Ended {
 
 impl Running {
     pub(crate) fn start(bin: &str, args: &[OsString], stderr: PathBuf) -> Running {
-        let child = Command::new(bin)
-            .args(args)
+        let mut command = Command::new(bin);
+        command.args(args);
+        Running::spawn(command, stderr)
+    }
+
+    /// Starts `command` (its environment and arguments set by the caller).
+    pub(crate) fn spawn(mut command: Command, stderr: PathBuf) -> Running {
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr).unwrap())

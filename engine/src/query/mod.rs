@@ -41,7 +41,7 @@
 //!
 //! # Routing
 //! A point lookup goes to the one instance that owns the key's key group (the same
-//! [`crate::StableHash`] routing as the exchange), so exactly one instance answers for a
+//! [`crate::StableHash`](trait@crate::StableHash) routing as the exchange), so exactly one instance answers for a
 //! key. A scan asks every instance and merges their answers in key order.
 //!
 //! # Bounds

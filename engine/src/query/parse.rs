@@ -210,4 +210,25 @@ mod tests {
         assert_eq!(parse_key::<u64>("42"), Ok(42));
         assert!(parse_key::<u64>("a17").is_err());
     }
+
+    #[test]
+    fn keys_of_derived_types_parse_as_they_serialize() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct AccountId(String);
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        enum Currency {
+            Eur,
+            Other { code: String },
+        }
+        // A newtype is its inner value; a tuple and an enum are their JSON.
+        assert_eq!(parse_key("acct-1"), Ok(AccountId("acct-1".into())));
+        assert_eq!(
+            parse_key(r#"["acct-1",2,"Eur"]"#),
+            Ok((AccountId("acct-1".into()), 2_u32, Currency::Eur))
+        );
+        assert_eq!(
+            parse_key(r#"{"Other":{"code":"CHF"}}"#),
+            Ok(Currency::Other { code: "CHF".into() })
+        );
+    }
 }
