@@ -19,34 +19,10 @@ use std::time::Duration;
 use common::checkpointed::{
     committed_rows, complete_checkpoints, in_progress_files, run_options, sorted_lines, Flaky,
 };
-use common::SplitMix64;
-use serde::{Deserialize, Serialize};
+use common::keyed_events::{events, Ev};
 use serde_json::{json, Value};
 use weir_engine::RunOptions;
 use weir_jobs::prelude::*;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Ev {
-    ts: i64,
-    key: String,
-    id: u64,
-}
-
-/// `n` events over `keys` keys, about one per 10 ms, up to 400 ms out of order.
-fn events(n: u64, keys: u64, seed: u64) -> Vec<Ev> {
-    let mut rng = SplitMix64::new(seed);
-    let mut clock = 1_000_000;
-    (0..n)
-        .map(|id| {
-            clock += rng.between(0, 20);
-            Ev {
-                ts: clock - rng.between(0, 400),
-                key: format!("k{}", rng.below(keys)),
-                id,
-            }
-        })
-        .collect()
-}
 
 /// A job under test: the two inputs in, JSON rows out.
 type Build = fn(Stream<Ev>, Stream<Ev>) -> Stream<Value>;

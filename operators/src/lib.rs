@@ -73,8 +73,8 @@ pub use process_state::{
 };
 pub use topn::{Ranked, TopNExt};
 pub use window::{
-    Rejected, Session, Sliding, Tumbling, Window, WindowAggregateError, WindowEvent, WindowExt,
-    WindowResult, WindowSpec, WindowedStream,
+    Rejected, Session, Sliding, Timing, Trigger, Tumbling, Window, WindowAggregateError,
+    WindowContext, WindowEvent, WindowExt, WindowResult, WindowSpec, WindowedStream,
 };
 
 /// Everything a job definition usually needs.
@@ -88,7 +88,8 @@ pub mod prelude {
     pub use crate::process_state::{DeclareState, ListStateDescriptor, MapStateDescriptor};
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{
-        Session, Sliding, Tumbling, WindowExt, WindowResult, WindowSpec, WindowedStream,
+        Session, Sliding, Timing, Trigger, Tumbling, WindowContext, WindowExt, WindowResult,
+        WindowSpec, WindowedStream,
     };
     /// The key trait and its derive, for key types of your own.
     pub use weir_engine::keys::StableHash;

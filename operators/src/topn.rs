@@ -126,6 +126,7 @@ impl<K, V, F> LocalTopN<K, V, F> {
                     window: held.window,
                     value,
                     is_update: false,
+                    timing: crate::window::Timing::OnTime,
                 },
             }));
         }
@@ -423,6 +424,7 @@ mod tests {
                 },
                 value,
                 is_update: false,
+                timing: crate::window::Timing::OnTime,
             },
         }
     }

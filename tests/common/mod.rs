@@ -14,6 +14,7 @@ pub(crate) mod broker;
 pub(crate) mod checkpointed;
 pub(crate) mod follow_run;
 pub(crate) mod kafka_log;
+pub(crate) mod keyed_events;
 #[cfg(unix)]
 pub(crate) mod kill;
 #[cfg(unix)]

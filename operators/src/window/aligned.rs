@@ -13,7 +13,10 @@
 //!   at that window's start if lateness > 0, else when that window fires (which is then
 //!   due at the same watermark and always has a fire timer: a pane whose last window is
 //!   already due belongs to a late event).
-//! - Timers are derived from panes, so they can be rebuilt from state alone.
+//! - Timers are derived from panes, so they can be rebuilt from state alone; with a
+//!   trigger, also from its state (its early timers share the fire queue, and a fire
+//!   timer fires a window on time only if the trigger holds the window: see
+//!   [`super::trigger`]).
 
 use std::marker::PhantomData;
 
@@ -23,9 +26,10 @@ use weir_engine::{
 };
 
 use super::latest::{emit_result, LatestResults};
+use super::trigger::{Early, Trigger, Triggers};
 use super::{
-    prune_prefix, window_start, Alignment, LateData, Rejections, Window, WindowAggregateError,
-    WindowOutput, WindowResult,
+    prune_prefix, window_start, Alignment, LateData, Rejections, Timing, Window,
+    WindowAggregateError, WindowOutput, WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
 
@@ -51,8 +55,15 @@ pub struct AlignedWindows<S: StateBackend, K: StateKey, T, A: Aggregator<T>> {
     lateness: i64,
     aggregator: A,
     panes: S::Map<K, Panes<A::Acc>>,
-    /// The fire and cleanup queues ([`FIRE`], [`CLEANUP`]), timers at window starts.
+    /// The fire and cleanup queues ([`FIRE`], [`CLEANUP`]), timers at window starts. A
+    /// trigger's early timers go in the fire queue too (see [`early_timer_at`]), so that
+    /// windows without one have the same queues and checks as before triggers existed.
     timers: [S::Timers<K>; 2],
+    /// Early firings, if the job asked for them.
+    trigger: Option<Triggers<S, K>>,
+    /// `lateness > 0` or a trigger: what an event does beyond adding itself to its pane,
+    /// in one check per event.
+    more_per_event: bool,
     pane_count: usize,
     late: LateData,
     rejections: Rejections<T>,
@@ -94,7 +105,11 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         late: LateData,
         rejections: Rejections<T>,
         latest: Option<LatestResults<S, K, A::Output>>,
+        trigger: Option<Trigger>,
     ) -> Result<Self, BoxError> {
+        let trigger = trigger
+            .map(|trigger| Triggers::new(state, trigger, size))
+            .transpose()?;
         Ok(AlignedWindows {
             size,
             slide,
@@ -105,6 +120,8 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
             aggregator,
             panes: state.map_state(PANES)?,
             timers: [state.timer_queue("fire")?, state.timer_queue("cleanup")?],
+            more_per_event: lateness > 0 || trigger.is_some(),
+            trigger,
             pane_count: 0,
             late,
             rejections,
@@ -122,6 +139,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
     pub(crate) fn tables(&mut self) -> Vec<&mut dyn StateTable> {
         let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.panes];
         tables.extend(self.latest.as_mut().map(LatestResults::table));
+        tables.extend(self.trigger.as_mut().map(Triggers::table));
         tables
     }
 
@@ -154,6 +172,11 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 for last_start in last_starts {
                     self.timers[CLEANUP].register(last_start, key.clone())?;
                 }
+            }
+        }
+        if let Some(trigger) = &mut self.trigger {
+            for (boundary, key) in trigger.restore()? {
+                self.timers[FIRE].register(early_timer_at(boundary, size), key)?;
             }
         }
         Ok(())
@@ -222,6 +245,25 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 }
             }
         }
+        if self.more_per_event {
+            self.more_for_event(&key, ts, last_start, created, watermark, out)?;
+        }
+        Ok(Handled::Taken)
+    }
+
+    /// What an event does with allowed lateness or a trigger, once added to its pane.
+    fn more_for_event(
+        &mut self,
+        key: &K,
+        ts: Timestamp,
+        last_start: Timestamp,
+        created: bool,
+        watermark: Timestamp,
+        out: &mut WindowOutput<K, A::Output, T>,
+    ) -> Result<(), BoxError> {
+        if self.trigger.is_some() {
+            self.trigger_event(key, ts, last_start, watermark, out)?;
+        }
         if self.lateness > 0 {
             // Windows already due but still kept fire again at once with the event in
             // them; a window that had no pane before this event fires for the first time.
@@ -230,11 +272,11 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 let kept = end_inclusive.saturating_add(self.lateness) > watermark;
                 if end_inclusive <= watermark && kept {
                     let first = created && self.new_windows.contains(&start);
-                    self.emit(&key, start, !first, out)?;
+                    self.emit(key, start, Timing::Late, !first, out)?;
                 }
             }
         }
-        Ok(Handled::Taken)
+        Ok(())
     }
 
     /// The timer queues, fire first.
@@ -259,10 +301,14 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         queue: usize,
         start: Timestamp,
         key: K,
+        watermark: Timestamp,
         out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
         if queue == FIRE {
-            return self.emit(&key, start, false, out);
+            if self.trigger.is_some() {
+                return self.fire_triggered(start, key, watermark, out);
+            }
+            return self.emit(&key, start, Timing::OnTime, false, out);
         }
         let (slide, offset) = (self.slide, self.offset);
         // The panes to drop are a prefix (sorted starts; `window_start` is monotonic).
@@ -272,19 +318,84 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         Ok(())
     }
 
+    /// Counts an event at `ts` of `key` in its windows not due yet, fires those a count
+    /// trigger makes due, and registers the key's early timer (`Trigger::every`).
+    fn trigger_event(
+        &mut self,
+        key: &K,
+        ts: Timestamp,
+        last_start: Timestamp,
+        watermark: Timestamp,
+        out: &mut WindowOutput<K, A::Output, T>,
+    ) -> Result<(), BoxError> {
+        let (size, slide) = (self.size, self.slide);
+        let Some(trigger) = &mut self.trigger else {
+            return Ok(());
+        };
+        let open = windows_containing(ts, last_start, size, slide)
+            .filter(|s| s.saturating_add(size) - 1 > watermark);
+        let (early, timer) = trigger.on_event(key, open, watermark)?;
+        if let Some(boundary) = timer {
+            self.timers[FIRE].register(early_timer_at(boundary, size), key.clone())?;
+        }
+        self.fire_early(key, early, out)
+    }
+
+    /// A fire timer at `time` of `key` came due at `watermark`, with a trigger: fires the
+    /// windows the trigger makes due early, then the window starting at `time` on time if
+    /// the trigger knows it as one with events not fired on time yet (else the timer was
+    /// only an early one, or one registered twice, and firing would emit a bogus window
+    /// of the panes in `[time, time + size)`).
+    fn fire_triggered(
+        &mut self,
+        time: Timestamp,
+        key: K,
+        watermark: Timestamp,
+        out: &mut WindowOutput<K, A::Output, T>,
+    ) -> Result<(), BoxError> {
+        let size = self.size;
+        let Some(trigger) = &mut self.trigger else {
+            return Ok(());
+        };
+        let (early, next) = trigger.on_timer(&key, watermark)?;
+        let on_time = trigger.on_time(&key, time)?;
+        if let Some(next) = next {
+            self.timers[FIRE].register(early_timer_at(next, size), key.clone())?;
+        }
+        self.fire_early(&key, early, out)?;
+        if let Some(is_update) = on_time {
+            self.emit(&key, time, Timing::OnTime, is_update, out)?;
+        }
+        Ok(())
+    }
+
+    fn fire_early(
+        &mut self,
+        key: &K,
+        early: Early,
+        out: &mut WindowOutput<K, A::Output, T>,
+    ) -> Result<(), BoxError> {
+        for (start, is_update) in early {
+            self.emit(key, start, Timing::Early, is_update, out)?;
+        }
+        Ok(())
+    }
+
     /// Emits the window of `key` starting at `start`, merged from its panes. Without
-    /// allowed lateness, the panes whose last window this is go in the same step (their
-    /// cleanup would be due at the same watermark): one state access per key and window.
+    /// allowed lateness, the panes whose last window this is go in the same step as the
+    /// on-time firing (their cleanup would be due at the same watermark): one state access
+    /// per key and window.
     fn emit(
         &mut self,
         key: &K,
         start: Timestamp,
+        timing: Timing,
         is_update: bool,
         out: &mut WindowOutput<K, A::Output, T>,
     ) -> Result<(), BoxError> {
         let end = self.end_of(start);
         let (aggregator, slide, offset) = (&self.aggregator, self.slide, self.offset);
-        let done_with_panes = self.lateness == 0;
+        let done_with_panes = self.lateness == 0 && timing == Timing::OnTime;
         let fired = self
             .panes
             .modify(key, |panes| -> Result<_, AggregateError> {
@@ -320,11 +431,19 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 window: Window { start, end },
                 value: self.aggregator.finish_owned(acc),
                 is_update,
+                timing,
             };
             emit_result(&mut self.latest, result, out)?;
         }
         Ok(())
     }
+}
+
+/// The time of a fire timer due when the watermark reaches `boundary` (a trigger's early
+/// timer): fire timers are at window starts, due at `start + size - 1`.
+#[inline]
+fn early_timer_at(boundary: Timestamp, size: i64) -> Timestamp {
+    boundary.saturating_sub(size - 1)
 }
 
 /// Starts of the windows (of `size`, every `slide`) that contain `at`, latest first, given

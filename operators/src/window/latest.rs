@@ -126,6 +126,7 @@ mod tests {
             window: Window { start, end },
             value: count,
             is_update: false,
+            timing: crate::window::Timing::OnTime,
         }
     }
 

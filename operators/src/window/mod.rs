@@ -13,13 +13,26 @@
 //! to a late-data sink. With allowed lateness > 0, an event for an already due window updates
 //! it and the window fires again at once, with `is_update` set.
 //!
+//! Window functions (Flink's): [`WindowedStream::aggregate`] (incremental),
+//! [`WindowedStream::reduce`], [`WindowedStream::process`] (all of a window's elements,
+//! buffered in window state) and [`WindowedStream::aggregate_with`] (an aggregate's result
+//! with the window). All run on the same operator, as aggregators (see `functions`).
+//!
+//! Early firings: [`WindowedStream::trigger`] with [`Trigger::every`] (Flink's
+//! `ContinuousEventTimeTrigger`) or [`Trigger::count`] (`CountTrigger`) fires a tumbling or
+//! sliding window's result so far before its end, accumulating; the on-time firing still
+//! follows. Each result says when it fired ([`Timing`]: early, on time, late) and
+//! `is_update` is set on all but a window's first result (see `trigger`).
+//!
 //! Where things are: [`spec`] the window kinds and bounds; [`stream`] the API on keyed
-//! streams; [`operator`] the operator on the engine's event-time harness, which dispatches
+//! streams; `functions` reduce, process and aggregate-with; `trigger` early firings;
+//! [`operator`] the operator on the engine's event-time harness, which dispatches
 //! to [`aligned`] or [`session`]; [`local`] the pre-aggregation before the exchange;
 //! [`result`] what the operator emits; `latest` each key's latest result, which a
 //! queryable window ([`WindowedStream::queryable`]) answers queries from.
 
 pub mod aligned;
+mod functions;
 mod latest;
 pub mod local;
 mod operator;
@@ -29,12 +42,17 @@ mod spec;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod trigger;
+#[cfg(test)]
+mod trigger_tests;
 
+pub use functions::{Collect, Reduce, WindowContext};
 pub use latest::LatestWindow;
 pub use operator::WindowOperator;
-pub use result::{OriginOf, Rejected, WindowAggregateError, WindowEvent, WindowResult};
+pub use result::{OriginOf, Rejected, Timing, WindowAggregateError, WindowEvent, WindowResult};
 pub use spec::{window_start, Session, Sliding, Tumbling, Window, WindowSpec};
 pub use stream::{WindowExt, WindowedStream};
+pub use trigger::Trigger;
 
 pub(crate) use operator::{prune, prune_prefix, WindowFactory};
 pub(crate) use result::{LateData, Rejections, WindowOutput};

@@ -11,6 +11,7 @@ use weir_engine::{
 use super::aligned::{self, AlignedWindows};
 use super::latest::{LatestResults, LATEST};
 use super::session::{self, SessionWindows};
+use super::trigger::{Trigger, TRIGGERS};
 use super::{LateData, OriginOf, Rejections, WindowEvent, WindowSpec};
 use crate::aggregate::Aggregator;
 
@@ -28,6 +29,8 @@ pub(crate) struct WindowFactory<K, T, A> {
     /// Whether each key's latest result is kept for queries
     /// ([`super::WindowedStream::queryable`]).
     pub(super) queryable: bool,
+    /// Early firings ([`super::WindowedStream::trigger`]; aligned windows only).
+    pub(super) trigger: Option<Trigger>,
     pub(super) _types: std::marker::PhantomData<fn() -> (K, T)>,
 }
 
@@ -44,6 +47,7 @@ impl<K, T, A> WindowFactory<K, T, A> {
             route_rejects: false,
             origin: None,
             queryable: false,
+            trigger: None,
             _types: std::marker::PhantomData,
         }
     }
@@ -85,6 +89,7 @@ where
                 late,
                 rejections(),
                 latest,
+                self.trigger,
             )?),
             WindowSpec::Sliding(s) => Windows::Aligned(AlignedWindows::new(
                 &mut state,
@@ -96,6 +101,7 @@ where
                 late,
                 rejections(),
                 latest,
+                self.trigger,
             )?),
             WindowSpec::Session(s) => Windows::Session(SessionWindows::new(
                 &mut state,
@@ -119,6 +125,9 @@ where
         let mut tables = vec![table.to_string()];
         if self.queryable {
             tables.push(LATEST.to_string());
+        }
+        if self.trigger.is_some() {
+            tables.push(TRIGGERS.to_string());
         }
         tables
     }
@@ -202,7 +211,7 @@ where
         out: &mut Output<Self::Out>,
     ) -> Result<(), BoxError> {
         match &mut self.windows {
-            Windows::Aligned(w) => w.on_timer(queue, time, key, out),
+            Windows::Aligned(w) => w.on_timer(queue, time, key, watermark, out),
             Windows::Session(w) => w.on_timer(queue, time, key, watermark, out),
         }
     }

@@ -103,9 +103,31 @@ pub struct WindowResult<K, R> {
     pub window: Window,
     /// The aggregate.
     pub value: R,
-    /// True if this result replaces an earlier one for the same key and window (a late event
-    /// arrived within the allowed lateness).
+    /// True if this result replaces an earlier one for the same key and window: all but
+    /// the first result of a window (after an early firing, or a late event within the
+    /// allowed lateness).
     pub is_update: bool,
+    /// Whether the window fired early (a [`super::Trigger`]), on time (the watermark
+    /// reached its end) or late (a late event within the allowed lateness updated it).
+    #[serde(default)]
+    pub timing: Timing,
+}
+
+/// When a window's result was emitted, relative to the watermark: Beam's `PaneInfo` timing
+/// (Flink has no such field). A consumer that keeps one row per key and window replaces it
+/// whenever `is_update` is set; one that wants each window once takes the on-time result,
+/// which holds every event that was not late.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timing {
+    /// Before the watermark reached the window's end, fired by a [`super::Trigger`]: the
+    /// window's result so far.
+    Early,
+    /// When the watermark reached the window's end.
+    #[default]
+    OnTime,
+    /// Afterwards, within the allowed lateness: a late event updated the window.
+    Late,
 }
 
 /// What a window operator emits: fired windows and, when the job routes them, late events

@@ -22,7 +22,7 @@ use weir_engine::{
 
 use super::latest::{emit_result, LatestResults};
 use super::{
-    prune, LateData, Rejections, Window, WindowAggregateError, WindowOutput, WindowResult,
+    prune, LateData, Rejections, Timing, Window, WindowAggregateError, WindowOutput, WindowResult,
 };
 use crate::aggregate::{AggregateError, Aggregator};
 
@@ -186,6 +186,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 window,
                 value,
                 is_update,
+                timing: Timing::Late,
             };
             emit_result(&mut self.latest, result, out)?;
         } else {
@@ -245,6 +246,7 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
                 window,
                 value,
                 is_update,
+                timing: Timing::OnTime,
             };
             emit_result(&mut self.latest, result, out)?;
         }

@@ -1,4 +1,5 @@
-//! The window API on keyed streams: `window(..)`, `late_data`, `rejects`, `aggregate`.
+//! The window API on keyed streams: `window(..)`, `late_data`, `rejects`, `trigger`,
+//! `aggregate` (the other window functions are in `functions`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,9 @@ use weir_engine::time::duration_ms;
 use weir_engine::{Data, KeyedStream, Routed, Sink, StateKey, Stream};
 
 use super::local::{LocalWindows, MergePartials, Partial};
-use super::{aligned, OriginOf, Rejected, WindowEvent, WindowFactory, WindowResult, WindowSpec};
+use super::{
+    aligned, OriginOf, Rejected, Trigger, WindowEvent, WindowFactory, WindowResult, WindowSpec,
+};
 use crate::aggregate::Aggregator;
 
 /// Attaches a side-output sink (late data, rejects) to the events of a window operator.
@@ -37,6 +40,7 @@ impl<K, T, KF> WindowExt<K, T, KF> for KeyedStream<K, T, KF> {
             rejects: None,
             origin: None,
             queryable: None,
+            trigger: None,
         }
     }
 }
@@ -51,6 +55,8 @@ pub struct WindowedStream<K, T, KF> {
     origin: Option<OriginOf<T>>,
     /// The name each key's latest result is queryable under.
     queryable: Option<String>,
+    /// Early firings.
+    trigger: Option<Trigger>,
 }
 
 impl<K, T, KF> std::fmt::Debug for WindowedStream<K, T, KF> {
@@ -62,6 +68,7 @@ impl<K, T, KF> std::fmt::Debug for WindowedStream<K, T, KF> {
             .field("rejects", &self.rejects)
             .field("origin", &self.origin.is_some())
             .field("queryable", &self.queryable)
+            .field("trigger", &self.trigger)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +137,15 @@ where
         self
     }
 
+    /// Fires each window early too, with its result so far, as `trigger` says (see
+    /// [`Trigger`]): results are then marked [`super::Timing::Early`] and all but a window's
+    /// first have `is_update` set. The window still fires on time. Tumbling and sliding
+    /// windows only.
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = Some(trigger);
+        self
+    }
+
     /// Aggregates each window with `aggregator`.
     pub fn aggregate<A: Aggregator<T>>(self, aggregator: A) -> Stream<WindowResult<K, A::Output>> {
         if !self.keyed.stream().has_timestamps() {
@@ -142,10 +158,24 @@ where
                 "window {reason}; for example Tumbling::of(Duration::from_secs(10))"
             ));
         }
-        let detail = format!(
+        if let Some(trigger) = self.trigger {
+            if let Err(reason) = trigger.check() {
+                self.keyed.stream().invalid(reason);
+            }
+            if let WindowSpec::Session(_) = self.spec {
+                self.keyed.stream().invalid(format!(
+                    "a trigger ({trigger}) needs tumbling or sliding windows, not {}",
+                    self.spec
+                ));
+            }
+        }
+        let mut detail = format!(
             "{}, allowed lateness {}ms",
             self.spec, self.allowed_lateness
         );
+        if let Some(trigger) = self.trigger {
+            detail += &format!(", {trigger}");
+        }
         let factory = WindowFactory {
             spec: self.spec,
             allowed_lateness: self.allowed_lateness,
@@ -154,6 +184,7 @@ where
             route_rejects: self.rejects.is_some(),
             origin: self.origin,
             queryable: self.queryable.is_some(),
+            trigger: self.trigger,
             _types: std::marker::PhantomData,
         };
         let mut events = self.keyed.process("window", detail, factory);
@@ -226,6 +257,10 @@ where
             refuse("cannot route late events to a sink (they would go as partial aggregates)");
             return self.aggregate(aggregator);
         }
+        if self.trigger.is_some() {
+            refuse("cannot fire early (the window receives partials, not events, to count)");
+            return self.aggregate(aggregator);
+        }
         let (key, local) = (self.keyed.key_fn(), aggregator.clone());
         let partials = self
             .keyed
@@ -247,6 +282,7 @@ where
             rejects: None,
             origin: None,
             queryable: self.queryable,
+            trigger: None,
         }
         .aggregate(MergePartials::new(aggregator))
     }

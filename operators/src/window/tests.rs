@@ -145,6 +145,7 @@ fn run(
         route_rejects: false,
         origin: None,
         queryable: false,
+        trigger: None,
         _types: std::marker::PhantomData,
     };
     let mut op = factory.create(&ctx, MemoryBackend::new()).expect("create");
