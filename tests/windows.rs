@@ -18,12 +18,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::checkpointed::{committed_rows, sorted_lines};
+use common::checkpointed::{committed_rows, run_options, sorted_lines};
 use common::keyed_events::{events, Ev};
 use serde_json::{json, Value};
-use weir_engine::{
-    BoxError, CheckpointConfig, Resume, RunOptions, Source, SourceStatus, StateConfig,
-};
+use weir_engine::{BoxError, Source, SourceStatus};
 use weir_jobs::prelude::*;
 
 /// A job under test: the input in, JSON rows out.
@@ -72,26 +70,6 @@ fn job(build: Build, input: &Path, output: &Path, slow: bool) -> Job {
     job
 }
 
-fn options(parallelism: usize, state_dir: Option<&Path>, checkpoints: Option<&Path>) -> RunOptions {
-    RunOptions {
-        parallelism,
-        state: match state_dir {
-            Some(dir) => StateConfig::RocksDb {
-                dir: dir.to_path_buf(),
-                cache_entries: 64,
-            },
-            None => StateConfig::Memory,
-        },
-        checkpoints: checkpoints.map(|dir| CheckpointConfig {
-            dir: dir.to_path_buf(),
-            interval: Duration::from_millis(20),
-            retained: 2,
-            resume: Resume::Latest,
-        }),
-        ..RunOptions::default()
-    }
-}
-
 /// Runs `build` over `events` at P = 1 and P = 2 in memory and at P = 2 on RocksDB;
 /// returns the sorted rows of each run.
 fn run_every_way(build: Build, events: &[Ev]) -> Vec<(String, Vec<String>)> {
@@ -103,7 +81,13 @@ fn run_every_way(build: Build, events: &[Ev]) -> Vec<(String, Vec<String>)> {
         let out = dir.path().join(format!("out-{p}-{rocksdb}.jsonl"));
         let state = dir.path().join(format!("state-{p}"));
         job(build, &input, &out, false)
-            .run(&options(p, rocksdb.then_some(state.as_path()), None))
+            .run(&run_options(
+                &state,
+                "windows",
+                p,
+                rocksdb.then_some(64),
+                None,
+            ))
             .unwrap();
         let rows = sorted_lines(&std::fs::read_to_string(&out).unwrap());
         runs.push((format!("P={p} rocksdb={rocksdb}"), rows));
@@ -349,8 +333,13 @@ fn child() {
     let Some(dir) = std::env::args().find_map(|a| a.strip_prefix(CHILD).map(PathBuf::from)) else {
         return;
     };
-    let (state, checkpoints) = (dir.join("state"), dir.join("checkpoints"));
-    let options = options(1, Some(&state), Some(&checkpoints));
+    let options = run_options(
+        &dir.join("state"),
+        "windows",
+        1,
+        Some(64),
+        Some(Duration::from_millis(20)),
+    );
     job(killed_job, &dir.join("input.jsonl"), &dir.join("out"), true)
         .run(&options)
         .unwrap();
@@ -372,7 +361,7 @@ fn a_process_function_and_a_trigger_killed_with_sigkill_resume_to_the_same_resul
         &reference,
         false,
     )
-    .run(&options(1, None, None))
+    .run(&run_options(dir.path(), "windows", 1, None, None))
     .unwrap();
     let reference = sorted_lines(&std::fs::read_to_string(&reference).unwrap());
     assert!(reference.iter().any(|r| r.contains("\"early\"")));
@@ -386,7 +375,7 @@ fn a_process_function_and_a_trigger_killed_with_sigkill_resume_to_the_same_resul
         &args,
         stderr.clone(),
         Duration::from_millis(100),
-        &dir.path().join("checkpoints"),
+        &dir.path().join("state/windows/checkpoints"),
         2,
     );
     assert_eq!(ended, Ended::Killed, "the job ended before the kill: {log}");
