@@ -68,7 +68,7 @@ pub use operator::{
 pub use plan::JobPlan;
 pub use query::{QueryError, QueryableState, TableHandle};
 pub use record::{Batch, Data, Keyed, Record, Split};
-pub use runtime::{Routed, RunOptions, RunSummary};
+pub use runtime::{Routed, RunOptions, RunSummary, ThreadWaker};
 pub use sink::Sink;
 pub use source::{Source, SourceStatus};
 pub use state::{

@@ -132,6 +132,9 @@ pub struct OperatorMetrics {
     pub watermark: IntGauge,
     /// State entries held.
     pub state_entries: IntGauge,
+    /// Input records the operator sent to its dead letters (`weir_dead_letters_total` of
+    /// the operator: asynchronous requests that failed for good).
+    pub dead_letters: IntCounter,
 }
 
 /// Labels of per-instance series (`job` is added to every series when gathering).
@@ -285,18 +288,23 @@ impl JobMetrics {
     fn handles(&self, operator: &str, instance: usize, stateful: bool) -> OperatorMetrics {
         let instance = instance.to_string();
         let labels = [operator, instance.as_str()];
-        let (late_events, state_entries) = if stateful {
+        let (late_events, state_entries, dead_letters) = if stateful {
             (
                 self.late_events.with_label_values(&labels),
                 self.state_entries.with_label_values(&labels),
+                self.dead_letters.with_label_values(&[operator]),
             )
         } else {
-            (
+            let private = || {
                 valid(
                     "private",
                     IntCounter::new("weir_unexported", "not exported"),
-                ),
+                )
+            };
+            (
+                private(),
                 valid("private", IntGauge::new("weir_unexported", "not exported")),
+                private(),
             )
         };
         OperatorMetrics {
@@ -305,6 +313,7 @@ impl JobMetrics {
             late_events,
             watermark: self.watermark_ms.with_label_values(&labels),
             state_entries,
+            dead_letters,
         }
     }
 

@@ -8,6 +8,7 @@
 //!   that is not a window, with map and list state per key ([`process_state`]);
 //! - [`join`]: interval, temporal and window joins (tumbling, sliding, session; co-group);
 //! - [`cep`]: sequence patterns per key with a timeout output;
+//! - [`async_io`]: `map_async`, enrichment from external services on a tokio runtime;
 //! - [`topn`] and [`continuous_topn`]: top-N per window, and over running aggregates as a
 //!   changelog; [`dedup`]: drop repeated ids within a TTL.
 //!
@@ -47,6 +48,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod async_io;
 pub mod cep;
 pub mod continuous_topn;
 pub mod dedup;
@@ -63,6 +65,7 @@ pub use aggregate::{
     AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
     Sum,
 };
+pub use async_io::{AsyncError, AsyncExt, AsyncOptions};
 pub use cep::{AfterMatchSkip, CepExt, CepOutput, Match, Pattern, TimedOut};
 pub use continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
 pub use dedup::{DedupExt, KeyedDedupExt};
@@ -80,6 +83,7 @@ pub use window::{
 /// Everything a job definition usually needs.
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
+    pub use crate::async_io::{AsyncExt, AsyncOptions};
     pub use crate::cep::{AfterMatchSkip, CepExt, CepOutput, Match, Pattern, TimedOut};
     pub use crate::continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};

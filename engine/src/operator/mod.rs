@@ -259,6 +259,23 @@ pub trait KeyedOperator: Send + 'static {
         Ok(())
     }
 
+    /// Collects results that became ready without new input (completed asynchronous
+    /// requests: [`crate::ThreadWaker`] wakes the instance's thread for them). The runtime
+    /// calls it between batches, each time its thread looks around; true if it emitted
+    /// something or moved the output watermark, which then goes downstream at once.
+    fn poll(&mut self, out: &mut Output<Self::Out>) -> Result<bool, BoxError> {
+        let _ = out;
+        Ok(false)
+    }
+
+    /// True if the operator moves its output watermark itself ([`Output::advance_watermark`])
+    /// instead of the runtime forwarding each input watermark after
+    /// [`KeyedOperator::on_watermark`]: an operator whose results for earlier input may
+    /// still come (asynchronous requests) holds the watermark back until they did.
+    fn holds_watermark(&self) -> bool {
+        false
+    }
+
     /// Number of state entries this instance holds, for the metrics.
     fn state_entries(&self) -> usize {
         0

@@ -4,13 +4,12 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::Thread;
-
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use super::queue::{Request, LOOKUPS_PER_BOUNDARY};
 use super::table::QueryableTable;
 use super::{Freshness, QueryError, TableQuery};
+use crate::runtime::ThreadWaker as Waker;
 
 /// An instance's end of its table's queue.
 pub(crate) struct QueryInbox {
@@ -20,25 +19,6 @@ pub(crate) struct QueryInbox {
     applied: Arc<AtomicI64>,
     /// The thread that drains the queue, once known.
     thread: Arc<OnceLock<Waker>>,
-}
-
-/// How a caller wakes the thread that drains a queue: unparking it (a source thread parked
-/// while its input is quiet) and ringing its worker's bell (a worker waiting for messages).
-#[derive(Debug)]
-pub(crate) struct Waker {
-    thread: Thread,
-    bell: Option<Sender<()>>,
-}
-
-impl Waker {
-    /// Wakes the thread if it waits; a spurious wake-up costs it one more look around.
-    pub(crate) fn wake(&self) {
-        self.thread.unpark();
-        if let Some(bell) = &self.bell {
-            // Full: a wake-up is already pending.
-            let _ = bell.try_send(());
-        }
-    }
 }
 
 impl QueryInbox {
@@ -60,10 +40,7 @@ impl QueryInbox {
     /// [`std::thread::park_timeout`] in the loops that wait for input); cheap once set.
     #[inline]
     pub(crate) fn drained_here(&self) {
-        self.thread.get_or_init(|| Waker {
-            thread: std::thread::current(),
-            bell: crate::runtime::worker_bell(),
-        });
+        self.thread.get_or_init(Waker::current);
     }
 
     /// True if no query waits (what the runner asks once per batch).

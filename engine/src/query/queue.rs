@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 pub(crate) use super::inbox::QueryInbox;
-use super::inbox::Waker;
+use crate::runtime::ThreadWaker as Waker;
 use super::table::key_order;
 use super::{Entry, Freshness, Lookup, QueryError, Scan, ScanResult, TableQuery, MAX_LIMIT};
 

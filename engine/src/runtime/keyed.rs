@@ -373,7 +373,9 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
             self.out.downstream().flush(Flush::All)?;
             return Err(e);
         }
-        self.out.advance_watermark(batch.watermark);
+        if !self.operator.holds_watermark() {
+            self.out.advance_watermark(batch.watermark);
+        }
         if batch.watermark != END_WATERMARK {
             self.metrics.watermark.set(batch.watermark);
         }
@@ -403,6 +405,18 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         self.out.downstream().finish()
     }
     fn flush(&mut self, what: Flush) -> Result<()> {
+        // Results that came without input (completed asynchronous requests) go on now.
+        let polled = self.operator.poll(&mut self.out).map_err(|source| EngineError::Operator {
+            name: self.name.clone(),
+            source,
+        })?;
+        if polled {
+            let forwarded = self.out.forward()?;
+            self.metrics.events_out.inc_by(forwarded as u64);
+            self.metrics
+                .state_entries
+                .set(self.operator.state_entries() as i64);
+        }
         // The thread is between batches, maybe about to wait for the next: queries asked
         // while the input is quiet are answered here (and wake it up while it waits).
         if let Some(queries) = &self.queries {

@@ -180,6 +180,7 @@ mod source;
 mod split;
 mod stateless;
 mod union;
+mod waker;
 
 pub(crate) use build::NodeImpl;
 pub(crate) use event_time::TimestampPush;
@@ -192,7 +193,7 @@ pub use split::Routed;
 pub(crate) use split::{PortNode, SplitNode};
 pub(crate) use stateless::{ChainedPush, FilterPush, FlatMapPush, MapPush, StatelessNode};
 pub(crate) use union::UnionNode;
-pub(crate) use worker::bell as worker_bell;
+pub use waker::ThreadWaker;
 
 #[cfg(test)]
 mod failure_tests;
