@@ -61,7 +61,12 @@ impl Sink<String> for Count {
 /// CPU time of the process so far (user + system), from /proc/self/stat.
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     // Fields 14 and 15 of stat(5), counted after the command's closing parenthesis.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10)
@@ -113,7 +118,8 @@ fn main() {
     run(&client, 1, true);
     for parallelism in [1, 2] {
         for ordered in [true, false] {
-            let runs: Vec<(f64, f64)> = (0..3).map(|_| run(&client, parallelism, ordered)).collect();
+            let runs: Vec<(f64, f64)> =
+                (0..3).map(|_| run(&client, parallelism, ordered)).collect();
             let walls: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.0)).collect();
             let cores: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.1)).collect();
             println!(

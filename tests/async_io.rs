@@ -86,7 +86,14 @@ struct Mode {
 
 /// The job: orders from `dir/orders.jsonl`, enriched from the service at `client`, results
 /// to `output`, dead letters to `dead`.
-fn job(dir: &Path, client: EnrichClient, mode: Mode, output: &Path, dead: &Path, throttled: bool) -> Job {
+fn job(
+    dir: &Path,
+    client: EnrichClient,
+    mode: Mode,
+    output: &Path,
+    dead: &Path,
+    throttled: bool,
+) -> Job {
     let job = Job::new("enrich");
     let file = FileSource::new(
         dir.join("orders.jsonl"),
@@ -99,7 +106,10 @@ fn job(dir: &Path, client: EnrichClient, mode: Mode, output: &Path, dead: &Path,
         job.source("orders", file)
     }
     .uid("orders")
-    .timestamps(|o: &Order| o.ts, Watermarks::bounded(Duration::from_millis(50)));
+    .timestamps(
+        |o: &Order| o.ts,
+        Watermarks::bounded(Duration::from_millis(50)),
+    );
     let mut options = AsyncOptions::new(mode.concurrency)
         .timeout(Duration::from_millis(100))
         .retries(2, Duration::from_millis(5));
@@ -180,9 +190,22 @@ fn enrichment_equals_the_synchronous_computation_at_p1_and_p2() {
             keyed,
             concurrency: 20,
         };
-        let summary = job(dir.path(), EnrichClient::new(server.addr), mode, &out, &dead_out, false)
-            .run(&run_options(&dir.path().join("state"), "enrich", p, None, None))
-            .unwrap();
+        let summary = job(
+            dir.path(),
+            EnrichClient::new(server.addr),
+            mode,
+            &out,
+            &dead_out,
+            false,
+        )
+        .run(&run_options(
+            &dir.path().join("state"),
+            "enrich",
+            p,
+            None,
+            None,
+        ))
+        .unwrap();
         assert_eq!(summary.events_read, EVENTS, "{what}");
         let text = std::fs::read_to_string(&out).unwrap();
         assert_same_rows(&sorted_lines(&text), &expected, &what);
@@ -235,15 +258,32 @@ fn requests_in_flight_survive_kill_9_exactly_once() {
         assert_eq!(ended, Ended::Killed, "the child finished first:\n{stderr}");
 
         let fast = EnrichServer::start(faults(Duration::from_millis(1)));
-        let resumed = job(dir.path(), EnrichClient::new(fast.addr), KILL_MODE, &out, &dead_out, false)
-            .run(&options(dir.path(), resumed_at))
-            .unwrap();
+        let resumed = job(
+            dir.path(),
+            EnrichClient::new(fast.addr),
+            KILL_MODE,
+            &out,
+            &dead_out,
+            false,
+        )
+        .run(&options(dir.path(), resumed_at))
+        .unwrap();
         let what = format!("killed at P={killed_at}, resumed at P={resumed_at}");
-        assert!(resumed.events_read < EVENTS, "{what}: the restart started over");
+        assert!(
+            resumed.events_read < EVENTS,
+            "{what}: the restart started over"
+        );
         // The file source resumes at an offset: it read the last `events_read` orders again.
         let first_reread = EVENTS - resumed.events_read;
-        let reissued = fast.requested().into_iter().filter(|&id| id < first_reread).count();
-        assert!(reissued > 0, "{what}: no request in flight was issued again");
+        let reissued = fast
+            .requested()
+            .into_iter()
+            .filter(|&id| id < first_reread)
+            .count();
+        assert!(
+            reissued > 0,
+            "{what}: no request in flight was issued again"
+        );
         assert_eq!(in_progress_files(&out), Vec::<String>::new());
         let (mut expected, dead) = reference();
         expected.sort();
@@ -261,7 +301,14 @@ fn run_job_in_child() {
     let parts: Vec<&str> = spec.rsplitn(3, '|').collect();
     let (addr, parallelism, dir) = (parts[0], parts[1], PathBuf::from(parts[2]));
     let client = EnrichClient::new(addr.parse().unwrap());
-    job(&dir, client, KILL_MODE, &dir.join("out"), &dir.join("dead"), true)
-        .run(&options(&dir, parallelism.parse().unwrap()))
-        .unwrap();
+    job(
+        &dir,
+        client,
+        KILL_MODE,
+        &dir.join("out"),
+        &dir.join("dead"),
+        true,
+    )
+    .run(&options(&dir, parallelism.parse().unwrap()))
+    .unwrap();
 }

@@ -2,9 +2,9 @@
 //! at most one scan and [`LOOKUPS_PER_BOUNDARY`] lookups per call, and telling whoever
 //! still waits when the instance ends.
 
+use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
-use crossbeam_channel::Receiver;
 
 use super::queue::{Request, LOOKUPS_PER_BOUNDARY};
 use super::table::QueryableTable;

@@ -406,10 +406,13 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
     }
     fn flush(&mut self, what: Flush) -> Result<()> {
         // Results that came without input (completed asynchronous requests) go on now.
-        let polled = self.operator.poll(&mut self.out).map_err(|source| EngineError::Operator {
-            name: self.name.clone(),
-            source,
-        })?;
+        let polled = self
+            .operator
+            .poll(&mut self.out)
+            .map_err(|source| EngineError::Operator {
+                name: self.name.clone(),
+                source,
+            })?;
         if polled {
             let forwarded = self.out.forward()?;
             self.metrics.events_out.inc_by(forwarded as u64);

@@ -225,7 +225,11 @@ where
             Err(_) => format!("timed out after {:?}", options.timeout),
         };
         if attempt == options.retries {
-            return Err(format!("{reason} (attempt {} of {})", attempt + 1, attempt + 1));
+            return Err(format!(
+                "{reason} (attempt {} of {})",
+                attempt + 1,
+                attempt + 1
+            ));
         }
         attempt += 1;
         tokio::time::sleep(options.backoff_before(attempt)).await;
@@ -293,7 +297,11 @@ where
         let detail = format!(
             "{} in flight, {}, timeout {:?}, {} retries",
             options.concurrency,
-            if options.ordered { "ordered" } else { "unordered" },
+            if options.ordered {
+                "ordered"
+            } else {
+                "unordered"
+            },
             options.timeout,
             options.retries
         );

@@ -17,9 +17,8 @@ use weir_engine::operator::OperatorFactory;
 use weir_engine::state::Namespaced;
 use weir_engine::time::END_WATERMARK;
 use weir_engine::{
-    BoxError, Data, DeadLetter, Keyed, KeyedOperator, MapState, OperatorContext, Output,
-    Record, Routed, StateBackend, StateKey, StateTable, StateValue,
-    ThreadWaker, Timestamp,
+    BoxError, Data, DeadLetter, Keyed, KeyedOperator, MapState, OperatorContext, Output, Record,
+    Routed, StateBackend, StateKey, StateTable, StateValue, ThreadWaker, Timestamp,
 };
 
 use super::queue::{Drained, Queue};
@@ -148,7 +147,14 @@ where
     /// Issues what a restore found, once, from the thread the instance runs in.
     fn issue_restored(&mut self, out: &mut Output<Routed<U, DeadLetter>>) -> Result<(), BoxError> {
         for (seq, key, entry) in std::mem::take(&mut self.restored) {
-            self.issue(seq, key, entry.ts, weir_engine::time::MIN_WATERMARK, entry.input, out)?;
+            self.issue(
+                seq,
+                key,
+                entry.ts,
+                weir_engine::time::MIN_WATERMARK,
+                entry.input,
+                out,
+            )?;
         }
         Ok(())
     }
@@ -306,7 +312,10 @@ where
     fn snapshot(&mut self) -> Result<serde_json::Value, BoxError> {
         let mut live = FxHashSet::default();
         let waiting = self.queue.slots().map(|s| (s.seq, &s.key, s.ts, &s.input));
-        let restored = self.restored.iter().map(|(seq, key, e)| (*seq, key, e.ts, &e.input));
+        let restored = self
+            .restored
+            .iter()
+            .map(|(seq, key, e)| (*seq, key, e.ts, &e.input));
         for (seq, key, ts, input) in waiting.chain(restored) {
             live.insert(seq);
             if !self.persisted.contains_key(&seq) {

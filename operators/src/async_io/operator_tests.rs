@@ -27,7 +27,10 @@ where
         .expect("create")
 }
 
-fn records(inputs: impl IntoIterator<Item = u64>, watermark: Timestamp) -> Vec<Record<Keyed<u64, u64>>> {
+fn records(
+    inputs: impl IntoIterator<Item = u64>,
+    watermark: Timestamp,
+) -> Vec<Record<Keyed<u64, u64>>> {
     inputs
         .into_iter()
         .map(|v| Record {
@@ -46,7 +49,11 @@ where
 {
     let started = Instant::now();
     while out.len() < expected {
-        assert!(started.elapsed() < Duration::from_secs(10), "{} of {expected}", out.len());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} of {expected}",
+            out.len()
+        );
         op.poll(out).expect("poll");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -83,16 +90,21 @@ fn slow_double(seed: u64) -> impl Fn(u64) -> Boxed + Send + Sync + 'static {
 fn ordered_results_come_in_input_order() {
     let mut op = operator(AsyncOptions::new(16), slow_double(1));
     let mut out = Output::default();
-    op.process(records(0..200, MIN_WATERMARK), &mut out).expect("process");
+    op.process(records(0..200, MIN_WATERMARK), &mut out)
+        .expect("process");
     poll_until(&mut op, &mut out, 200);
-    assert_eq!(values(&mut out), (0..200).map(|v| v * 2).collect::<Vec<_>>());
+    assert_eq!(
+        values(&mut out),
+        (0..200).map(|v| v * 2).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn unordered_results_are_all_there_and_come_as_they_finish() {
     let mut op = operator(AsyncOptions::new(64).unordered(), slow_double(2));
     let mut out = Output::default();
-    op.process(records(0..200, MIN_WATERMARK), &mut out).expect("process");
+    op.process(records(0..200, MIN_WATERMARK), &mut out)
+        .expect("process");
     poll_until(&mut op, &mut out, 200);
     let got = values(&mut out);
     let mut sorted = got.clone();
@@ -116,7 +128,8 @@ fn at_most_concurrency_requests_are_in_flight() {
     });
     let mut out = Output::default();
     // The batch is larger than the slots: the input waits for them.
-    op.process(records(0..60, MIN_WATERMARK), &mut out).expect("process");
+    op.process(records(0..60, MIN_WATERMARK), &mut out)
+        .expect("process");
     assert!(op.state_entries() <= 5);
     poll_until(&mut op, &mut out, 60);
     let most = most.load(Ordering::SeqCst);
@@ -139,21 +152,34 @@ fn a_request_that_keeps_failing_becomes_a_counted_dead_letter() {
         }
     });
     let mut out = Output::default();
-    op.process(records(0..8, MIN_WATERMARK), &mut out).expect("process");
+    op.process(records(0..8, MIN_WATERMARK), &mut out)
+        .expect("process");
     poll_until(&mut op, &mut out, 8);
     let records = out.take();
     let letters: Vec<_> = records
         .iter()
         .filter_map(|r| match &r.value {
-            Routed::Side(letter) => Some((r.ts, letter.error.clone(), letter.raw.as_text().map(str::to_string))),
+            Routed::Side(letter) => Some((
+                r.ts,
+                letter.error.clone(),
+                letter.raw.as_text().map(str::to_string),
+            )),
             _ => None,
         })
         .collect();
     assert_eq!(
         letters,
         vec![
-            (3, "service said 500 (attempt 2 of 2)".into(), Some("3".into())),
-            (5, "timed out after 20ms (attempt 2 of 2)".into(), Some("5".into())),
+            (
+                3,
+                "service said 500 (attempt 2 of 2)".into(),
+                Some("3".into())
+            ),
+            (
+                5,
+                "timed out after 20ms (attempt 2 of 2)".into(),
+                Some("5".into())
+            ),
         ]
     );
     assert_eq!(op.metrics.dead_letters.get(), 2);
@@ -184,11 +210,14 @@ fn a_snapshot_keeps_the_inputs_in_flight_and_drops_those_that_went() {
         }
     });
     let mut out = Output::default();
-    op.process(records(0..6, MIN_WATERMARK), &mut out).expect("process");
+    op.process(records(0..6, MIN_WATERMARK), &mut out)
+        .expect("process");
     poll_until(&mut op, &mut out, 3);
     op.snapshot().expect("snapshot");
     let mut kept = Vec::new();
-    op.table.scan(|key, entry| kept.push((key.key, entry.input))).expect("scan");
+    op.table
+        .scan(|key, entry| kept.push((key.key, entry.input)))
+        .expect("scan");
     kept.sort_unstable();
     assert_eq!(kept, vec![(3, 3), (4, 4), (5, 5)]);
     gate.add_permits(3);

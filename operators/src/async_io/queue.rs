@@ -105,10 +105,9 @@ impl<K, T, U> Queue<K, T, U> {
     pub(super) fn drain(&mut self, mut emit: impl FnMut(Drained<K, T, U>)) -> bool {
         let mut any = false;
         loop {
-            let limit = self
-                .slots
-                .front()
-                .map_or(self.input_watermark, |s| s.watermark.min(self.input_watermark));
+            let limit = self.slots.front().map_or(self.input_watermark, |s| {
+                s.watermark.min(self.input_watermark)
+            });
             if limit > self.output_watermark {
                 self.output_watermark = limit;
                 emit(Drained::Watermark(limit));
@@ -202,7 +201,14 @@ mod tests {
         q.complete(0, Ok(0));
         assert_eq!(
             drain(&mut q),
-            vec![Out::R(0), Out::W(10), Out::R(2), Out::W(20), Out::R(3), Out::W(30)]
+            vec![
+                Out::R(0),
+                Out::W(10),
+                Out::R(2),
+                Out::W(20),
+                Out::R(3),
+                Out::W(30)
+            ]
         );
     }
 
