@@ -126,6 +126,14 @@ struct Reply<U> {
     outcome: Option<Result<U, String>>,
 }
 
+impl<U> Reply<U> {
+    /// Sends `outcome` (the drop does).
+    fn send(mut self, outcome: Result<U, String>) {
+        // Through `&mut`: an assignment the drop reads counts as unused to the compiler.
+        let _ = self.outcome.insert(outcome);
+    }
+}
+
 impl<U> Drop for Reply<U> {
     fn drop(&mut self) {
         // The operator may be gone (the job failed): nobody to tell.
@@ -173,7 +181,7 @@ where
             self.wait_for_one(out)?;
         }
         let waker = self.waker.get_or_insert_with(ThreadWaker::current).clone();
-        let mut reply = Reply {
+        let reply = Reply {
             seq,
             tx: self.done_tx.clone(),
             waker,
@@ -183,7 +191,7 @@ where
         self.queue.push(seq, key, ts, watermark, input);
         self.changed = true;
         self.runtime.spawn(async move {
-            reply.outcome = Some(attempts(&*f, request, &options).await);
+            reply.send(attempts(&*f, request, &options).await);
         });
         Ok(())
     }
