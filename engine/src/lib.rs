@@ -57,12 +57,13 @@ pub use checkpoint::{
 };
 pub use dead_letter::{DeadLetter, Raw};
 pub use error::{BoxError, EngineError, Result};
-pub use job::{Job, KeyedStream, SinkHandle, Stream};
+pub use job::{BroadcastConnectedStream, Job, KeyedStream, SinkHandle, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};
 pub use latency::LatencySummary;
 pub use metrics::JobMetrics;
 pub use operator::{
-    ChainedOperator, Due, EventTime, EventTimeOperator, Handled, KeyedOperator, Lateness,
+    BroadcastEventTimeOperator, BroadcastOperator, BroadcastOperatorFactory, ChainedOperator,
+    Connected, Due, EventTime, EventTimeOperator, Handled, KeyedOperator, Lateness,
     OperatorContext, Output,
 };
 pub use plan::JobPlan;
@@ -72,7 +73,7 @@ pub use runtime::{Routed, RunOptions, RunSummary};
 pub use sink::Sink;
 pub use source::{Source, SourceStatus};
 pub use state::{
-    MapState, MemoryBackend, Namespaced, NoTimers, StateBackend, StateConfig, StateKey, StateTable,
-    StateValue, TimerQueue,
+    BroadcastState, BroadcastStateDescriptor, MapState, MemoryBackend, Namespaced, NoTimers,
+    StateBackend, StateConfig, StateKey, StateTable, StateValue, TimerQueue,
 };
 pub use time::{parse_duration, FutureGuard, Timestamp, TooFarAhead, Watermarks};

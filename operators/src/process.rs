@@ -254,32 +254,20 @@ where
         ctx: &OperatorContext,
         mut state: B,
     ) -> Result<Self::Operator<B>, BoxError> {
-        let table = state.map_state(STATE)?;
-        let timers = state.timer_queue("timers")?;
-        let mut declared = OpenStates::<B, K>::new(&mut state);
-        self.f.declare_state(&mut declared);
-        let operator = TimerProcessOperator {
-            f: self.f.clone(),
-            state: table,
-            timers,
-            ctx: TimerContext {
-                emitted: Vec::new(),
-                timers: Vec::new(),
-                deleted: Vec::new(),
-                clear: false,
-                watermark: MIN_WATERMARK,
-                states: declared.finish(&[STATE])?,
-            },
-            _types: PhantomData,
-        };
+        let operator = TimerProcessOperator::open(self.f.clone(), &mut state)?;
         Ok(EventTime::new(operator, ctx))
     }
 
     fn tables(&self) -> Vec<String> {
-        let mut names = StateNames(vec![STATE.to_string()]);
-        self.f.declare_state(&mut names);
-        names.0
+        table_names::<K, T, F>(&self.f)
     }
+}
+
+/// The state tables of the operator running `f`, in the order it lists them.
+pub(crate) fn table_names<K, T, F: TimerFunction<K, T>>(f: &F) -> Vec<String> {
+    let mut names = StateNames(vec![STATE.to_string()]);
+    f.declare_state(&mut names);
+    names.0
 }
 
 /// The operator behind [`ProcessExt::process_with_timers`].
@@ -308,6 +296,46 @@ where
     T: Data,
     F: TimerFunction<K, T>,
 {
+    /// The operator running `f`, with its tables opened in `state`.
+    pub(crate) fn open(f: F, state: &mut B) -> Result<Self, BoxError> {
+        let table = state.map_state(STATE)?;
+        let timers = state.timer_queue("timers")?;
+        let mut declared = OpenStates::<B, K>::new(state);
+        f.declare_state(&mut declared);
+        Ok(TimerProcessOperator {
+            f,
+            state: table,
+            timers,
+            ctx: TimerContext {
+                emitted: Vec::new(),
+                timers: Vec::new(),
+                deleted: Vec::new(),
+                clear: false,
+                watermark: MIN_WATERMARK,
+                states: declared.finish(&[STATE])?,
+            },
+            _types: PhantomData,
+        })
+    }
+
+    /// Its tables, with its function (which a connected operator keeps its broadcast
+    /// state in).
+    pub(crate) fn tables_and_function(&mut self) -> (Vec<&mut dyn StateTable>, &mut F) {
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.state];
+        tables.extend(self.ctx.states.tables());
+        (tables, &mut self.f)
+    }
+
+    /// Its function.
+    pub(crate) fn function(&self) -> &F {
+        &self.f
+    }
+
+    /// Its function, to change what it holds besides keyed state.
+    pub(crate) fn function_mut(&mut self) -> &mut F {
+        &mut self.f
+    }
+
     /// Applies what the last call asked for (new timers, clearing) to `key`'s entry and
     /// emits its results at `ts`.
     fn settle(&mut self, key: &K, ts: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
@@ -428,9 +456,7 @@ where
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.state];
-        tables.extend(self.ctx.states.tables());
-        tables
+        self.tables_and_function().0
     }
 
     fn state_entries(&self) -> usize {

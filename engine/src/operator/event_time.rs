@@ -205,6 +205,25 @@ pub trait EventTimeOperator: Send + 'static {
     /// The job resumes from a checkpoint: the tables hold the restored entries and the
     /// operator is at `watermark`. Rebuilds what is derived from the tables (timers, counts).
     fn restore(&mut self, watermark: Timestamp) -> Result<(), BoxError>;
+
+    /// Its broadcast state, encoded, if it has one (see [`KeyedOperator::broadcast_state`]).
+    fn broadcast_state(&mut self) -> Result<Option<Vec<u8>>, BoxError> {
+        Ok(None)
+    }
+
+    /// Loads the broadcast state (see [`KeyedOperator::restore_broadcast_state`]).
+    fn restore_broadcast_state(&mut self, _bytes: &[u8]) -> Result<(), BoxError> {
+        Err(no_broadcast_state::<Self>())
+    }
+}
+
+/// The error of an operator without broadcast state asked to restore one.
+pub(super) fn no_broadcast_state<O: ?Sized>() -> BoxError {
+    format!(
+        "a checkpoint holds broadcast state for {}, which has none",
+        std::any::type_name::<O>()
+    )
+    .into()
 }
 
 /// What an event-time operator keeps in a checkpoint besides its tables: the watermark it
@@ -217,8 +236,8 @@ struct WatermarkSnapshot {
 
 /// Runs an [`EventTimeOperator`] as a [`KeyedOperator`] (see the module docs).
 pub struct EventTime<O> {
-    operator: O,
-    watermark: Timestamp,
+    pub(super) operator: O,
+    pub(super) watermark: Timestamp,
     late_events: prometheus::IntCounter,
 }
 
@@ -242,7 +261,11 @@ impl<O: EventTimeOperator> EventTime<O> {
     }
 
     #[inline]
-    fn advance(&mut self, watermark: Timestamp, out: &mut Output<O::Out>) -> Result<(), BoxError> {
+    pub(super) fn advance(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<O::Out>,
+    ) -> Result<(), BoxError> {
         self.watermark = watermark;
         self.fire_timers(out)?;
         self.operator.on_watermark(watermark, out)?;
@@ -335,6 +358,14 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
         Ok(serde_json::to_value(WatermarkSnapshot {
             watermark: self.watermark,
         })?)
+    }
+
+    fn broadcast_state(&mut self) -> Result<Option<Vec<u8>>, BoxError> {
+        self.operator.broadcast_state()
+    }
+
+    fn restore_broadcast_state(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
+        self.operator.restore_broadcast_state(bytes)
     }
 
     fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {

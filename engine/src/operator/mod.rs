@@ -5,6 +5,9 @@
 //! end of input. Operators never talk to channels or threads: they write results to an
 //! [`Output`], and the runtime moves them on.
 //!
+//! An operator over a keyed stream connected to a broadcast stream implements
+//! [`BroadcastOperator`] as well (see [`broadcast`]).
+//!
 //! Operators on event time implement [`EventTimeOperator`] instead, and [`EventTime`] runs
 //! them: it owns their watermark, lateness and checkpoint protocol (see [`event_time`]).
 //!
@@ -15,8 +18,13 @@
 //! firing carry the operator's *previous* output watermark, exactly like Flink emits window
 //! results before forwarding the watermark that fired them.
 
+pub mod broadcast;
 pub mod event_time;
 
+pub(crate) use broadcast::AsKeyed;
+pub use broadcast::{
+    BroadcastEventTimeOperator, BroadcastOperator, BroadcastOperatorFactory, Connected,
+};
 pub use event_time::{Due, EventTime, EventTimeOperator, Handled, KeyedEvent, Lateness};
 
 use std::ops::Range;
@@ -295,6 +303,20 @@ pub trait KeyedOperator: Send + 'static {
     /// them (several after a change of parallelism). In-memory structures derived from
     /// state, such as timers, are rebuilt here.
     fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError>;
+
+    /// Its broadcast state ([`BroadcastOperator`]), encoded, if it has one. Every instance
+    /// holds the same, so the runtime asks only instance 0 at a checkpoint and keeps one
+    /// copy, which every instance of a restored job gets
+    /// ([`KeyedOperator::restore_broadcast_state`]) whatever its parallelism.
+    fn broadcast_state(&mut self) -> Result<Option<Vec<u8>>, BoxError> {
+        Ok(None)
+    }
+
+    /// Loads the broadcast state a checkpoint kept ([`KeyedOperator::broadcast_state`]),
+    /// right after creation and before [`KeyedOperator::restore`].
+    fn restore_broadcast_state(&mut self, _bytes: &[u8]) -> Result<(), BoxError> {
+        Err(event_time::no_broadcast_state::<Self>())
+    }
 }
 
 /// Creates operator instances, one per worker, over whichever state backend the job runs
