@@ -22,18 +22,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::checkpointed::{
-    assert_same_rows, committed_rows, complete_checkpoint_dirs, in_progress_files,
-    latest_checkpoint, run_options, Throttled,
+    assert_same_rows, committed_rows, complete_checkpoint_dirs, in_progress_files, run_options,
+    Throttled,
 };
-use common::kill::{Ended, Running, POLL, RUN_LIMIT};
+use common::kill::kill_child_test_after;
 use common::SplitMix64;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use weir_engine::RunOptions;
+use serde_json::{json, Value};
+use weir_engine::{RunOptions, Timestamp};
 use weir_jobs::prelude::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,7 +81,7 @@ impl BroadcastProcessFunction<String, Tx, Rule> for Alerts {
     type State = Account;
     type BroadcastKey = String;
     type BroadcastValue = Vec<(i64, u64)>;
-    type Out = String;
+    type Out = Value;
 
     fn process_element(
         &self,
@@ -91,7 +90,7 @@ impl BroadcastProcessFunction<String, Tx, Rule> for Alerts {
         ts: Timestamp,
         tx: &Tx,
         _: &BroadcastState<String, Vec<(i64, u64)>>,
-        ctx: &mut TimerContext<String>,
+        ctx: &mut TimerContext<Value>,
     ) {
         // Decided once the watermark passed `ts`: every rule up to then has arrived.
         account.waiting.push(tx.clone());
@@ -104,9 +103,9 @@ impl BroadcastProcessFunction<String, Tx, Rule> for Alerts {
         account: &mut Account,
         time: Timestamp,
         thresholds: &BroadcastState<String, Vec<(i64, u64)>>,
-        ctx: &mut TimerContext<String>,
+        ctx: &mut TimerContext<Value>,
     ) {
-        let (due, waiting) = std::mem::take(&mut account.waiting)
+        let (due, waiting): (Vec<Tx>, Vec<Tx>) = std::mem::take(&mut account.waiting)
             .into_iter()
             .partition(|tx| tx.ts == time);
         account.waiting = waiting;
@@ -124,7 +123,7 @@ impl BroadcastProcessFunction<String, Tx, Rule> for Alerts {
         _: Timestamp,
         rule: &Rule,
         thresholds: &mut BroadcastState<String, Vec<(i64, u64)>>,
-        _: &mut BroadcastContext<String>,
+        _: &mut BroadcastContext<Value>,
     ) {
         let mut versions = thresholds.remove(&rule.currency).unwrap_or_default();
         // After the versions at or before its time: the later of two at one time wins.
@@ -134,10 +133,9 @@ impl BroadcastProcessFunction<String, Tx, Rule> for Alerts {
     }
 }
 
-fn alert_row(tx: &Tx, limit: u64, n: u32) -> String {
+fn alert_row(tx: &Tx, limit: u64, n: u32) -> Value {
     json!({"account": tx.account, "ts": tx.ts, "currency": tx.currency, "amount": tx.amount,
            "threshold": limit, "n": n})
-    .to_string()
 }
 
 /// `n` transactions over 20 accounts, one per ~5 ms, up to 300 ms out of order; and rules
@@ -199,7 +197,7 @@ fn reference(txs: &[Tx], rules: &[Rule]) -> Vec<String> {
             if let Some(limit) = threshold(&versions[tx.currency.as_str()], tx.ts) {
                 if tx.amount > limit {
                     n += 1;
-                    rows.push(alert_row(tx, limit, n));
+                    rows.push(alert_row(tx, limit, n).to_string());
                 }
             }
         }
@@ -328,17 +326,14 @@ fn broadcast_state_survives_kill_9_and_a_rescaled_restore() {
         let out = dir.path().join("out");
         let root = dir.path().join("state/broadcast-state/checkpoints");
         let stderr = dir.path().join("child.stderr");
-        let mut child = Command::new(std::env::current_exe().unwrap());
-        child
-            .args(["run_job_in_child", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, format!("{}|{killed_at}", dir.path().display()));
-        let mut run = Running::spawn(child, stderr);
-        while run.is_running() && latest_checkpoint(&root) < 3 {
-            assert!(run.started.elapsed() < RUN_LIMIT, "{}", run.stderr());
-            std::thread::sleep(POLL);
-        }
-        let (ended, stderr) = run.kill();
-        assert_eq!(ended, Ended::Killed, "the child finished first:\n{stderr}");
+        // Killed once three checkpoints completed: state of every key group was written.
+        kill_child_test_after(
+            "run_job_in_child",
+            (CHILD_ENV, format!("{}|{killed_at}", dir.path().display())),
+            stderr,
+            &root,
+            3,
+        );
         assert_eq!(broadcast_copies(&dir.path().join("state")).len(), 1);
         let resumed = job(dir.path(), &out, false)
             .run(&options(dir.path(), resumed_at, true))

@@ -145,12 +145,15 @@ where
     }
 }
 
+/// The types a function is generic over, kept without owning any.
+type Types<K, T, C> = PhantomData<fn() -> (K, T, C)>;
+
 /// The keyed side as a [`TimerFunction`]: the function with the instance's broadcast
 /// state, which the keyed side reads through `&self`.
 struct KeyedSide<F: BroadcastProcessFunction<K, T, C>, K, T, C> {
     f: F,
     broadcast: BroadcastState<F::BroadcastKey, F::BroadcastValue>,
-    _types: PhantomData<fn() -> (K, T, C)>,
+    _types: Types<K, T, C>,
 }
 
 impl<F: BroadcastProcessFunction<K, T, C>, K, T, C> Clone for KeyedSide<F, K, T, C> {

@@ -4,7 +4,9 @@
 use super::*;
 use crate::test_support::{operator_context, sorted, Collect};
 use weir_engine::operator::BroadcastOperator;
-use weir_engine::{Job, KeyedOperator, MemoryBackend, Record, Routed, RunOptions};
+use weir_engine::{
+    BroadcastStateDescriptor, Job, KeyedOperator, MemoryBackend, Record, Routed, RunOptions,
+};
 
 const LIMITS: BroadcastStateDescriptor<String, u64> = BroadcastStateDescriptor::new("limits");
 
@@ -127,9 +129,10 @@ fn the_keyed_side_reads_the_limits_the_broadcast_side_wrote() {
         .iter()
         .map(|t| (t.name().to_string(), t.len()))
         .collect();
+    // Accounts a and b have state; USD is the one limit left.
     assert_eq!(
         tables,
-        [("process-state".to_string(), 1), ("limits".to_string(), 1)]
+        [("process-state".to_string(), 2), ("limits".to_string(), 1)]
     );
 }
 

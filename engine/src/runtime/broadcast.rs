@@ -13,7 +13,7 @@ use std::mem;
 
 use super::build::{erase, Build, NodeImpl};
 use super::exchange::{exchange_control, Exchange};
-use super::keyed::{KeyedNode, KeyedRunner, Wire};
+use super::keyed::{runner_control, KeyedNode, KeyedRunner, Wire};
 use super::push::{Flush, Message, Push};
 use crate::checkpoint::CheckpointId;
 use crate::error::{EngineError, Result};
@@ -176,15 +176,7 @@ impl<O: BroadcastOperator> Push<Connected<Keyed<O::Key, O::In>, O::Control>> for
             Ok(())
         })
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.on_barrier(id)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.on_finish()
-    }
-    fn flush(&mut self, what: Flush) -> Result<()> {
-        self.on_flush(what)
-    }
+    runner_control!();
 }
 
 #[cfg(test)]

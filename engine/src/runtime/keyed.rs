@@ -380,6 +380,22 @@ impl<O: KeyedOperator> KeyedRunner<O> {
     }
 }
 
+/// The `barrier`, `finish` and `flush` of a [`KeyedRunner`], whatever its wire.
+macro_rules! runner_control {
+    () => {
+        fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+            self.on_barrier(id)
+        }
+        fn finish(&mut self) -> Result<()> {
+            self.on_finish()
+        }
+        fn flush(&mut self, what: Flush) -> Result<()> {
+            self.on_flush(what)
+        }
+    };
+}
+pub(super) use runner_control;
+
 impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
     fn push(&mut self, batch: Batch<Keyed<O::Key, O::In>>) -> Result<()> {
         self.note_input(&batch.records);
@@ -388,15 +404,7 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
             operator.process(records, out)
         })
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        self.on_barrier(id)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.on_finish()
-    }
-    fn flush(&mut self, what: Flush) -> Result<()> {
-        self.on_flush(what)
-    }
+    runner_control!();
 }
 
 impl<O: KeyedOperator> KeyedRunner<O> {
