@@ -166,6 +166,7 @@ macro_rules! pass_on_control {
     };
 }
 
+mod alarm;
 mod alignment;
 mod build;
 mod event_time;
