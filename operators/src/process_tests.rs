@@ -59,7 +59,16 @@ fn fired(out: &mut Output<(String, u64)>) -> Vec<(i64, (&'static str, u64))> {
 fn in_memory<F: TimerFunction<String, u64>>(
     f: F,
 ) -> EventTime<TimerProcessOperator<MemoryBackend, F, String, u64>> {
-    let ctx = crate::test_support::operator_context("process");
+    reading(f, weir_engine::ProcessingClock::system())
+}
+
+/// `f` as an operator instance on memory state, reading processing time from `clock`.
+fn reading<F: TimerFunction<String, u64>>(
+    f: F,
+    clock: weir_engine::ProcessingClock,
+) -> EventTime<TimerProcessOperator<MemoryBackend, F, String, u64>> {
+    let mut ctx = crate::test_support::operator_context("process");
+    ctx.clock = clock;
     let factory = TimerProcessFactory::<_, String, u64> {
         f,
         _types: PhantomData,
@@ -276,20 +285,6 @@ impl TimerFunction<String, u64> for QuietFor300ms {
     }
 }
 
-/// `f` as an operator instance on memory state, reading `clock`.
-fn on_the_clock<F: TimerFunction<String, u64>>(
-    f: F,
-    clock: &weir_engine::ManualClock,
-) -> EventTime<TimerProcessOperator<MemoryBackend, F, String, u64>> {
-    let mut ctx = crate::test_support::operator_context("process");
-    ctx.clock = clock.clock();
-    let factory = TimerProcessFactory::<_, String, u64> {
-        f,
-        _types: PhantomData,
-    };
-    factory.create(&ctx, MemoryBackend::new()).expect("create")
-}
-
 type Session = (i64, (String, u64, TimeDomain));
 
 fn sessions(out: &mut Output<(String, u64, TimeDomain)>) -> Vec<Session> {
@@ -303,7 +298,7 @@ fn session(at: i64, key: &str, count: u64, domain: TimeDomain) -> Session {
 #[test]
 fn a_processing_time_timeout_restarts_with_each_event_and_fires_once_the_clock_reaches_it() {
     let clock = weir_engine::ManualClock::new(10_000);
-    let mut op = on_the_clock(QuietFor300ms, &clock);
+    let mut op = reading(QuietFor300ms, clock.clock());
     let mut out = Output::default();
     op.process(vec![record(0, i64::MIN, "a", 1)], &mut out)
         .expect("process");
@@ -335,7 +330,7 @@ fn a_processing_time_timeout_restarts_with_each_event_and_fires_once_the_clock_r
 #[test]
 fn timers_of_both_domains_at_one_time_fire_apart_each_by_its_own_clock() {
     let clock = weir_engine::ManualClock::new(1_000);
-    let mut op = on_the_clock(QuietFor300ms, &clock);
+    let mut op = reading(QuietFor300ms, clock.clock());
     let mut out = Output::default();
     op.process(vec![record(0, i64::MIN, "a", 0)], &mut out)
         .expect("process");
