@@ -316,8 +316,19 @@ struct WithTimers<S> {
     state: S,
     /// Event-time timers.
     timers: Vec<Timestamp>,
-    /// Processing-time timers.
+    /// Processing-time timers. Values written before they existed end before this field;
+    /// they restore with none (see [`absent_as_empty`]).
+    #[serde(deserialize_with = "absent_as_empty")]
     processing: Vec<Timestamp>,
+}
+
+/// A trailing field read from a value that may have been written before the field existed:
+/// bincode (the state codec) has no field names or lengths to tell, so the read that runs
+/// past the end of such a value is what tells, and it yields an empty list.
+fn absent_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Timestamp>, D::Error> {
+    Ok(Vec::deserialize(deserializer).unwrap_or_default())
 }
 
 struct TimerProcessFactory<F, K, T> {

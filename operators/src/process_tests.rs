@@ -388,3 +388,31 @@ fn processing_timers_survive_a_snapshot_and_a_due_one_fires_right_after_the_rest
     assert!(sessions(&mut out).is_empty(), "each fired once");
     Ok(())
 }
+
+#[test]
+fn key_state_written_before_processing_timers_existed_restores_with_none() {
+    // The layout of checkpoints taken before processing-time timers: state, timers.
+    #[derive(Serialize)]
+    struct Before {
+        state: u64,
+        timers: Vec<Timestamp>,
+    }
+    let old = bincode::serialize(&Before {
+        state: 7,
+        timers: vec![1_000, 2_000],
+    })
+    .unwrap();
+    let restored: WithTimers<u64> = bincode::deserialize(&old).unwrap();
+    assert_eq!(
+        (restored.state, restored.timers, restored.processing),
+        (7, vec![1_000, 2_000], vec![])
+    );
+    // And the new layout keeps its processing-time timers.
+    let now = WithTimers {
+        state: 7,
+        timers: vec![1_000],
+        processing: vec![5_000],
+    };
+    let again: WithTimers<u64> = bincode::deserialize(&bincode::serialize(&now).unwrap()).unwrap();
+    assert_eq!(again.processing, vec![5_000]);
+}
