@@ -225,7 +225,7 @@ where
         ctx: &OperatorContext,
         mut state: B,
     ) -> Result<Self::Operator<B>, BoxError> {
-        let keyed = TimerProcessOperator::open(self.side.clone(), &mut state)?;
+        let keyed = TimerProcessOperator::open(self.side.clone(), &mut state, ctx)?;
         Ok(EventTime::new(BroadcastProcessOperator { keyed }, ctx))
     }
 
@@ -303,6 +303,22 @@ where
         out: &mut Output<F::Out>,
     ) -> Result<(), BoxError> {
         self.keyed.on_timer(queue, time, key, watermark, out)
+    }
+
+    fn processing_timers(&mut self) -> &mut [B::Timers<K>] {
+        self.keyed.processing_timers()
+    }
+
+    fn on_processing_timer(
+        &mut self,
+        queue: usize,
+        time: Timestamp,
+        key: K,
+        watermark: Timestamp,
+        out: &mut Output<F::Out>,
+    ) -> Result<(), BoxError> {
+        self.keyed
+            .on_processing_timer(queue, time, key, watermark, out)
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {

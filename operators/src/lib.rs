@@ -71,7 +71,7 @@ pub use cep::{AfterMatchSkip, CepExt, CepOutput, Match, Pattern, TimedOut};
 pub use continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
 pub use dedup::{DedupExt, KeyedDedupExt};
 pub use join::{CoGrouped, JoinExt, Side, WindowPair};
-pub use process::{ProcessExt, TimerContext, TimerFunction};
+pub use process::{ProcessExt, TimeDomain, TimerContext, TimerFunction};
 pub use process_state::{
     DeclareState, ListStateDescriptor, ListStateHandle, MapStateDescriptor, MapStateHandle,
 };
@@ -89,7 +89,7 @@ pub mod prelude {
     pub use crate::continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::join::{CoGrouped, JoinExt, WindowPair};
-    pub use crate::process::{ProcessExt, TimerContext, TimerFunction};
+    pub use crate::process::{ProcessExt, TimeDomain, TimerContext, TimerFunction};
     pub use crate::process_state::{DeclareState, ListStateDescriptor, MapStateDescriptor};
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{

@@ -3,7 +3,9 @@
 //! An operator has one required method, [`KeyedOperator::process`], which handles a batch
 //! of keyed records in stream order, and hooks with default bodies for watermarks and the
 //! end of input. Operators never talk to channels or threads: they write results to an
-//! [`Output`], and the runtime moves them on.
+//! [`Output`], and the runtime moves them on. An operator with processing-time timers says
+//! when the next is due ([`KeyedOperator::on_processing_time`]); the runtime owns the wait
+//! and calls it back then.
 //!
 //! An operator over a keyed stream connected to a broadcast stream implements
 //! [`BroadcastOperator`] as well (see [`broadcast`]).
@@ -29,6 +31,7 @@ pub use event_time::{Due, EventTime, EventTimeOperator, Handled, KeyedEvent, Lat
 
 use std::ops::Range;
 
+use crate::clock::ProcessingClock;
 use crate::error::{BoxError, EngineError};
 use crate::keys::KeyGroup;
 use crate::metrics::OperatorMetrics;
@@ -119,6 +122,11 @@ impl<T> Output<T> {
         }
     }
 
+    /// Whether results were emitted since the last [`Output::forward`].
+    pub(crate) fn has_results(&self) -> bool {
+        !self.records.is_empty() || self.downstream.as_ref().is_some_and(|d| d.pushed > 0)
+    }
+
     /// The downstream, for barriers and the end of input.
     pub(crate) fn downstream(&mut self) -> &mut dyn Push<T> {
         self.downstream
@@ -200,6 +208,8 @@ pub struct OperatorContext {
     pub key_groups: Range<KeyGroup>,
     /// Metric handles for this instance.
     pub metrics: OperatorMetrics,
+    /// Where the instance reads processing time (the system clock in a running job).
+    pub clock: ProcessingClock,
 }
 
 /// An operator that runs in the thread of its input, before any exchange (see
@@ -265,6 +275,24 @@ pub trait KeyedOperator: Send + 'static {
     ) -> Result<(), BoxError> {
         out.advance_watermark(watermark);
         Ok(())
+    }
+
+    /// Whether the instance has a processing-time timer pending: the runtime then calls
+    /// [`KeyedOperator::on_processing_time`] between batches and when the timer is due, even
+    /// while no input arrives. Called once per batch, so it must be cheap.
+    #[inline]
+    fn has_processing_timers(&mut self) -> bool {
+        false
+    }
+
+    /// Fires the processing-time timers that are due by the instance's clock
+    /// ([`OperatorContext::clock`]) and returns how long until the next one is due, if one
+    /// is left: the runtime wakes the instance's thread then.
+    fn on_processing_time(
+        &mut self,
+        _out: &mut Output<Self::Out>,
+    ) -> Result<Option<std::time::Duration>, BoxError> {
+        Ok(None)
     }
 
     /// Number of state entries this instance holds, for the metrics.

@@ -6,9 +6,11 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use prometheus::IntGauge;
 
+use super::alarm;
 use super::build::{erase, Build, NodeImpl};
 use super::exchange::{Exchange, ExchangePush};
 use super::keyed_snapshot::{
@@ -17,6 +19,7 @@ use super::keyed_snapshot::{
 use super::push::{Flush, Push};
 use super::run::panic_message;
 use crate::checkpoint::{CheckpointId, ParticipantState};
+use crate::clock::ProcessingClock;
 use crate::error::{BoxError, EngineError, Result};
 use crate::job::NodeId;
 use crate::keys::{key_group_of, key_groups_of_worker, worker_for_key_group, StableHash};
@@ -129,6 +132,7 @@ where
             parallelism,
             key_groups: key_groups.clone(),
             metrics: metrics.clone(),
+            clock: ProcessingClock::system(),
         };
         let op_err = |source| EngineError::Operator {
             name: name.clone(),
@@ -346,6 +350,46 @@ impl<O: KeyedOperator> KeyedRunner<O> {
         }))
     }
 
+    /// Runs `f` on the operator, which runs user code (aggregates, process functions): a
+    /// panic is caught so that it fails the job like an error does. What the operator
+    /// emitted before it failed (windows that fired) still reaches the sinks, which flush
+    /// it before the job ends with the error.
+    fn guarded(
+        &mut self,
+        f: impl FnOnce(&mut O, &mut Output<O::Out>) -> std::result::Result<(), crate::BoxError>,
+    ) -> Result<()> {
+        let (operator, out) = (&mut self.operator, &mut self.out);
+        let error = match std::panic::catch_unwind(AssertUnwindSafe(|| f(operator, out))) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(source)) => EngineError::Operator {
+                name: self.name.clone(),
+                source,
+            },
+            Err(payload) => EngineError::Panicked {
+                name: self.name.clone(),
+                message: panic_message(payload.as_ref()),
+            },
+        };
+        self.out.forward()?;
+        self.out.downstream().flush(Flush::All)?;
+        Err(error)
+    }
+
+    /// Fires the processing-time timers that are due and sets the thread's alarm for the
+    /// next one (out of line: only operators with pending processing-time timers call it).
+    #[inline(never)]
+    fn processing_time(&mut self) -> Result<()> {
+        let mut next = None;
+        self.guarded(|operator, out| {
+            next = operator.on_processing_time(out)?;
+            Ok(())
+        })?;
+        if let Some(wait) = next {
+            alarm::wake_by(Instant::now() + wait);
+        }
+        Ok(())
+    }
+
     /// Sets each table's `weir_state_table_entries` (once per batch, as the other state
     /// gauges; out of line, so operators without tables pay one branch).
     #[inline(never)]
@@ -424,33 +468,17 @@ impl<O: KeyedOperator> KeyedRunner<O> {
         watermark: Timestamp,
         work: impl FnOnce(&mut O, &mut Output<O::Out>) -> std::result::Result<(), BoxError>,
     ) -> Result<()> {
-        let op_err = |source| EngineError::Operator {
-            name: self.name.clone(),
-            source,
-        };
+        // Timers the clock reached while no input came fire before this batch.
+        if self.operator.has_processing_timers() {
+            self.processing_time()?;
+        }
         // Results are due because of this batch (its records or its watermark): they are
         // timed from its ingestion.
         self.out.set_ingested(ingested);
-        // User code runs in here (aggregates, process functions): a panic is caught so that
-        // it fails the job like an error does.
-        let (operator, out) = (&mut self.operator, &mut self.out);
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            work(operator, out).map_err(op_err)?;
-            operator.on_watermark(watermark, out).map_err(op_err)
-        }))
-        .unwrap_or_else(|payload| {
-            Err(EngineError::Panicked {
-                name: self.name.clone(),
-                message: panic_message(payload.as_ref()),
-            })
-        });
-        if let Err(e) = ran {
-            // What the operator emitted before it failed (windows that fired) still reaches
-            // the sinks, which flush it before the job ends with the error.
-            self.out.forward()?;
-            self.out.downstream().flush(Flush::All)?;
-            return Err(e);
-        }
+        self.guarded(|operator, out| {
+            work(operator, out)?;
+            operator.on_watermark(watermark, out)
+        })?;
         self.out.advance_watermark(watermark);
         if watermark != END_WATERMARK {
             self.metrics.watermark.set(watermark);
@@ -460,6 +488,10 @@ impl<O: KeyedOperator> KeyedRunner<O> {
             .set(self.operator.state_entries() as i64);
         if !self.tables.is_empty() {
             self.sample_tables();
+        }
+        // The batch may have registered timers (due already, or later: the alarm).
+        if self.operator.has_processing_timers() {
+            self.processing_time()?;
         }
         let forwarded = self.out.forward()?;
         self.metrics.events_out.inc_by(forwarded as u64);
@@ -485,10 +517,22 @@ impl<O: KeyedOperator> KeyedRunner<O> {
         self.out.downstream().finish()
     }
 
-    /// The thread is between batches: queries are answered, the downstream flushed.
+    /// The thread is between batches: due processing-time timers fire, queries are
+    /// answered, the downstream flushed.
     pub(super) fn on_flush(&mut self, what: Flush) -> Result<()> {
-        // The thread is between batches, maybe about to wait for the next: queries asked
-        // while the input is quiet are answered here (and wake it up while it waits).
+        // The thread is between batches, maybe about to wait for the next: due
+        // processing-time timers fire here, and the alarm is set for the next one.
+        if self.operator.has_processing_timers() {
+            self.processing_time()?;
+            // Only results go on: an empty batch would cross to the next stage at every
+            // step of the worker while a timer waits.
+            if self.out.has_results() {
+                let forwarded = self.out.forward()?;
+                self.metrics.events_out.inc_by(forwarded as u64);
+            }
+        }
+        // Queries asked while the input is quiet are answered here (and wake it up while it
+        // waits).
         if let Some(queries) = &self.queries {
             queries.drained_here();
             if !queries.is_empty() {

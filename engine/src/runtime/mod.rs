@@ -167,6 +167,7 @@ macro_rules! pass_on_control {
     };
 }
 
+mod alarm;
 mod alignment;
 mod broadcast;
 mod build;
