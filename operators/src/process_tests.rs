@@ -409,7 +409,7 @@ fn key_state_written_before_processing_timers_existed_restores_with_none() {
     );
     // And the new layout keeps its processing-time timers.
     let now = WithTimers {
-        state: 7,
+        state: 7u64,
         timers: vec![1_000],
         processing: vec![5_000],
     };
