@@ -19,13 +19,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::checkpointed::{
-    committed_rows, in_progress_files, latest_checkpoint, run_options, sorted_lines, Throttled,
+    committed_rows, in_progress_files, run_options, sorted_lines, Throttled,
 };
-use common::kill::{Ended, Running, POLL, RUN_LIMIT};
+use common::kill::kill_child_test_after;
 use common::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -232,18 +231,14 @@ fn derived_keys_survive_kill_9_and_a_rescaled_restore() {
         let out = dir.path().join("out");
         let root = dir.path().join("state/custom-keys/checkpoints");
         let stderr = dir.path().join("child.stderr");
-        let mut child = Command::new(std::env::current_exe().unwrap());
-        child
-            .args(["run_job_in_child", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, format!("{}|{killed_at}", dir.path().display()));
-        let mut run = Running::spawn(child, stderr);
-        // Kill once three checkpoints completed: state of every key group was written.
-        while run.is_running() && latest_checkpoint(&root) < 3 {
-            assert!(run.started.elapsed() < RUN_LIMIT, "{}", run.stderr());
-            std::thread::sleep(POLL);
-        }
-        let (ended, stderr) = run.kill();
-        assert_eq!(ended, Ended::Killed, "the child finished first:\n{stderr}");
+        // Killed once three checkpoints completed: state of every key group was written.
+        kill_child_test_after(
+            "run_job_in_child",
+            (CHILD_ENV, format!("{}|{killed_at}", dir.path().display())),
+            stderr,
+            &root,
+            3,
+        );
         let resumed = job(dir.path(), &out, false)
             .run(&options(dir.path(), resumed_at, true, true))
             .unwrap();
