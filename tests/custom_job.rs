@@ -245,18 +245,21 @@ fn write_arrow(path: &Path, views: &[(i64, &str, i64)]) -> TestResult {
     Ok(())
 }
 
+/// Checks that `run page-dwell` with `args` is refused with exit code 2, saying `wanted`.
+fn refused(args: &[&str], wanted: &str) -> TestResult {
+    let out = Command::new(BIN)
+        .args(["run", "page-dwell", "--input", "v.jsonl"])
+        .args(args)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains(wanted), "{args:?}: {stderr}");
+    Ok(())
+}
+
 #[test]
 fn outputs_are_asked_for_by_name_and_wrong_names_are_refused() -> TestResult {
-    let refuse = |args: &[&str], wanted: &str| -> TestResult {
-        let out = Command::new(BIN)
-            .args(["run", "page-dwell", "--input", "v.jsonl"])
-            .args(args)
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(wanted), "{args:?}: {stderr}");
-        Ok(())
-    };
+    let refuse = refused;
     refuse(
         &["--output", "dwell=d.jsonl", "--output", "alert=a.jsonl"],
         "`--output alert=..`: job `page-dwell` has no output `alert`; its outputs are dwell, alerts",
@@ -318,13 +321,7 @@ fn the_jobs_own_options_are_listed_checked_and_change_its_results() -> TestResul
             "for '--slide <DURATION>': invalid duration `5`",
         ),
     ] {
-        let out = Command::new(BIN)
-            .args(["run", "page-dwell", "--input", "v.jsonl"])
-            .args(args)
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(wanted), "{args:?}: {stderr}");
+        refused(&args, wanted)?;
     }
     // `describe` takes them too, before the job's name as after it.
     let described = Command::new(BIN)
