@@ -19,17 +19,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::checkpointed::{
-    committed_rows, in_progress_files, latest_checkpoint, run_options, sorted_lines,
+    committed_rows, in_progress_files, run_options, sorted_lines, Throttled,
 };
-use common::kill::{Ended, Running, POLL, RUN_LIMIT};
+use common::kill::kill_child_test_after;
 use common::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use weir_engine::{BoxError, ConnectorState, DeadLetter, RunOptions, Source, SourceStatus};
+use weir_engine::RunOptions;
 use weir_jobs::prelude::*;
 
 /// The newtype key of the issue: it must route, and keep its state, like the `String`.
@@ -122,39 +121,6 @@ fn window_row(account: &str, start: i64, count: u64, sum: i64) -> String {
 
 fn running_row(key: &Value, n: u64, total: i64) -> String {
     json!({"key": key, "n": n, "total": total}).to_string()
-}
-
-/// Gives the events of a replayable source at most 20 per poll, 2 ms apart, so that a run
-/// of a few thousand events lasts long enough to checkpoint several times and be killed.
-struct Throttled<S>(S);
-
-impl<S: Source> Source for Throttled<S> {
-    type Item = S::Item;
-
-    fn poll_batch(&mut self, out: &mut Vec<S::Item>, max: usize) -> Result<SourceStatus, BoxError> {
-        std::thread::sleep(Duration::from_millis(2));
-        self.0.poll_batch(out, max.min(20))
-    }
-
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-
-    fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
-        self.0.position()
-    }
-
-    fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
-        self.0.seek(position)
-    }
-
-    fn checkpoint_completed(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
-        self.0.checkpoint_completed(position)
-    }
-
-    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
-        self.0.take_dead_letters(out)
-    }
 }
 
 /// The job under test over the transactions in `dir`, writing both results to `output`.
@@ -265,18 +231,14 @@ fn derived_keys_survive_kill_9_and_a_rescaled_restore() {
         let out = dir.path().join("out");
         let root = dir.path().join("state/custom-keys/checkpoints");
         let stderr = dir.path().join("child.stderr");
-        let mut child = Command::new(std::env::current_exe().unwrap());
-        child
-            .args(["run_job_in_child", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, format!("{}|{killed_at}", dir.path().display()));
-        let mut run = Running::spawn(child, stderr);
-        // Kill once three checkpoints completed: state of every key group was written.
-        while run.is_running() && latest_checkpoint(&root) < 3 {
-            assert!(run.started.elapsed() < RUN_LIMIT, "{}", run.stderr());
-            std::thread::sleep(POLL);
-        }
-        let (ended, stderr) = run.kill();
-        assert_eq!(ended, Ended::Killed, "the child finished first:\n{stderr}");
+        // Killed once three checkpoints completed: state of every key group was written.
+        kill_child_test_after(
+            "run_job_in_child",
+            (CHILD_ENV, format!("{}|{killed_at}", dir.path().display())),
+            stderr,
+            &root,
+            3,
+        );
         let resumed = job(dir.path(), &out, false)
             .run(&options(dir.path(), resumed_at, true, true))
             .unwrap();

@@ -5,6 +5,7 @@
 //!
 //! - [`record`]: the unit of data ([`Record`]) and how it travels ([`Batch`]);
 //! - [`time`]: event time, watermark strategies and duration parsing;
+//! - [`clock`]: processing time, from the system clock or a manual one in tests;
 //! - [`source`], [`sink`], [`operator`]: the small traits at the seams;
 //! - [`dead_letter`]: records a source rejected, which leave it by a side output;
 //! - [`state`]: keyed state behind the [`StateBackend`] trait;
@@ -34,6 +35,7 @@ extern crate self as weir_engine;
 
 pub mod bytes;
 pub mod checkpoint;
+pub mod clock;
 pub mod dead_letter;
 pub mod error;
 pub mod intern;
@@ -55,14 +57,16 @@ pub use checkpoint::{
     CheckpointConfig, CheckpointId, ConnectorState, ConnectorStateType, JobControl, Resume,
     StateMismatch,
 };
+pub use clock::{ManualClock, ProcessingClock};
 pub use dead_letter::{DeadLetter, Raw};
 pub use error::{BoxError, EngineError, Result};
-pub use job::{Job, KeyedStream, SinkHandle, Stream};
+pub use job::{BroadcastConnectedStream, Job, KeyedStream, SinkHandle, Stream};
 pub use keys::{KeyGroup, StableHash, MAX_KEY_GROUPS};
 pub use latency::LatencySummary;
 pub use metrics::JobMetrics;
 pub use operator::{
-    ChainedOperator, Due, EventTime, EventTimeOperator, Handled, KeyedOperator, Lateness,
+    BroadcastEventTimeOperator, BroadcastOperator, BroadcastOperatorFactory, ChainedOperator,
+    Connected, Due, EventTime, EventTimeOperator, Handled, KeyedOperator, Lateness,
     OperatorContext, Output,
 };
 pub use plan::JobPlan;
@@ -72,7 +76,7 @@ pub use runtime::{Routed, RunOptions, RunSummary};
 pub use sink::Sink;
 pub use source::{Source, SourceStatus};
 pub use state::{
-    MapState, MemoryBackend, Namespaced, NoTimers, StateBackend, StateConfig, StateKey, StateTable,
-    StateValue, TimerQueue,
+    BroadcastState, BroadcastStateDescriptor, MapState, MemoryBackend, Namespaced, NoTimers,
+    StateBackend, StateConfig, StateKey, StateTable, StateValue, TimerQueue,
 };
 pub use time::{parse_duration, FutureGuard, Timestamp, TooFarAhead, Watermarks};

@@ -6,6 +6,8 @@
 //!   [`window::aligned`] and [`window::session`]**, when the watermark reaches `end - 1`;
 //! - [`process`]: a keyed function with per-key state (and event-time timers), for logic
 //!   that is not a window, with map and list state per key ([`process_state`]);
+//! - [`broadcast`]: a keyed function connected to a broadcast control stream (rules,
+//!   thresholds), whose broadcast state every instance holds;
 //! - [`join`]: interval, temporal and window joins (tumbling, sliding, session; co-group);
 //! - [`cep`]: sequence patterns per key with a timeout output;
 //! - [`topn`] and [`continuous_topn`]: top-N per window, and over running aggregates as a
@@ -47,6 +49,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod broadcast;
 pub mod cep;
 pub mod continuous_topn;
 pub mod dedup;
@@ -65,11 +68,12 @@ pub use aggregate::{
     AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
     Sum,
 };
+pub use broadcast::{BroadcastContext, BroadcastProcessExt, BroadcastProcessFunction};
 pub use cep::{AfterMatchSkip, CepExt, CepOutput, Match, Pattern, TimedOut};
 pub use continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
 pub use dedup::{DedupExt, KeyedDedupExt};
 pub use join::{CoGrouped, JoinExt, Side, WindowPair};
-pub use process::{ProcessExt, TimerContext, TimerFunction};
+pub use process::{ProcessExt, TimeDomain, TimerContext, TimerFunction};
 pub use process_state::{
     DeclareState, ListStateDescriptor, ListStateHandle, MapStateDescriptor, MapStateHandle,
 };
@@ -82,11 +86,12 @@ pub use window::{
 /// Everything a job definition usually needs.
 pub mod prelude {
     pub use crate::aggregate::{Aggregator, AggregatorExt, Avg, Count, Max, Min, Stats, Sum};
+    pub use crate::broadcast::{BroadcastContext, BroadcastProcessExt, BroadcastProcessFunction};
     pub use crate::cep::{AfterMatchSkip, CepExt, CepOutput, Match, Pattern, TimedOut};
     pub use crate::continuous_topn::{ChangeKind, ContinuousTopNExt, RankChange};
     pub use crate::dedup::{DedupExt, KeyedDedupExt};
     pub use crate::join::{CoGrouped, JoinExt, WindowPair};
-    pub use crate::process::{ProcessExt, TimerContext, TimerFunction};
+    pub use crate::process::{ProcessExt, TimeDomain, TimerContext, TimerFunction};
     pub use crate::process_state::{DeclareState, ListStateDescriptor, MapStateDescriptor};
     pub use crate::topn::{Ranked, TopNExt};
     pub use crate::window::{
@@ -95,4 +100,6 @@ pub mod prelude {
     };
     /// The key trait and its derive, for key types of your own.
     pub use weir_engine::keys::StableHash;
+    /// Broadcast state: its descriptor, and the state a broadcast function reads and writes.
+    pub use weir_engine::{BroadcastState, BroadcastStateDescriptor};
 }

@@ -6,13 +6,18 @@
 //!   the event's time.
 //! - [`ProcessExt::process_with_timers`]: a [`TimerFunction`], Flink's
 //!   `KeyedProcessFunction`: besides events it gets event-time timers, which fire once the
-//!   watermark reaches their time, in time order, before any later record is handled.
-//!   It may also keep map and list state per key, declared by name
-//!   ([`TimerFunction::declare_state`], see [`crate::process_state`]).
+//!   watermark reaches their time, in time order, before any later record is handled, and
+//!   processing-time timers, which fire once the wall clock reaches their time, even while
+//!   no input arrives ([`TimerContext::register_processing_time_timer`];
+//!   [`TimerContext::time_domain`] tells which fired). It may also keep map and list state
+//!   per key, declared by name ([`TimerFunction::declare_state`], see
+//!   [`crate::process_state`]).
 //!
 //! # Invariants (timers)
-//! - A key's pending timers are kept with its state, so they survive a checkpoint and are
-//!   rebuilt on restore, and at most one timer exists per key and time.
+//! - A key's pending timers of both domains are kept with its state, so they survive a
+//!   checkpoint and are rebuilt on restore, and at most one timer exists per key, domain
+//!   and time. A processing-time timer whose time passed while the job was down fires
+//!   right after the restore.
 //! - Clearing a key's state also cancels its timers and clears its map and list state.
 //! - Events are not dropped as late here: a function that cares compares the event's time
 //!   with [`TimerContext::watermark`].
@@ -32,8 +37,8 @@ use weir_engine::state::{StateError, UserKey};
 use weir_engine::time::MIN_WATERMARK;
 use weir_engine::{
     Data, EventTime, EventTimeOperator, Handled, Keyed, KeyedStream, Lateness, MapState,
-    OperatorContext, Output, QueryError, StateBackend, StateKey, StateTable, StateValue, Stream,
-    TimerQueue, Timestamp,
+    OperatorContext, Output, ProcessingClock, QueryError, StateBackend, StateKey, StateTable,
+    StateValue, Stream, TimerQueue, Timestamp,
 };
 
 /// Per-key logic that is not a window, on keyed streams: [`ProcessExt::process_with_state`]
@@ -113,7 +118,7 @@ where
     {
         self.process(
             name,
-            "per-key state and event-time timers".into(),
+            "per-key state and timers".into(),
             TimerProcessFactory {
                 f,
                 _types: PhantomData,
@@ -169,8 +174,10 @@ pub trait TimerFunction<K, T>: Clone + Send + 'static {
         ctx: &mut TimerContext<Self::Out>,
     );
 
-    /// A timer of `key` registered for `time` fired (the watermark reached `time`); results
-    /// emitted carry `time`.
+    /// A timer of `key` registered for `time` fired: the watermark reached `time` (an
+    /// event-time timer) or the clock did (a processing-time timer;
+    /// [`TimerContext::time_domain`] says which). Results emitted carry `time` as their
+    /// event time.
     fn on_timer(
         &self,
         key: &K,
@@ -191,17 +198,72 @@ pub trait TimerFunction<K, T>: Clone + Send + 'static {
     fn declare_state<D: DeclareState<K>>(&self, _states: &mut D) {}
 }
 
+/// Which clock a timer follows (Flink's `TimeDomain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeDomain {
+    /// Event time: due once the watermark reaches the timer's time.
+    EventTime,
+    /// Processing time: due once the wall clock reaches the timer's time.
+    ProcessingTime,
+}
+
 /// What a [`TimerFunction`] can do besides changing its state.
 #[derive(Debug)]
 pub struct TimerContext<O> {
     emitted: Vec<O>,
-    timers: Vec<Timestamp>,
-    /// Timers deleted by this call: applied before `timers`.
-    deleted: Vec<Timestamp>,
+    /// Event-time timers asked for by this call.
+    timers: Timers,
+    /// Processing-time timers asked for by this call.
+    processing: Timers,
     clear: bool,
     watermark: Timestamp,
+    /// The domain of the timer that fired (in `on_timer`).
+    domain: TimeDomain,
+    clock: ProcessingClock,
     /// The declared map and list state, at the current key.
     states: KeyedStates,
+}
+
+/// The timers of one domain a call registered and deleted.
+#[derive(Debug, Default)]
+struct Timers {
+    registered: Vec<Timestamp>,
+    /// Applied before `registered`.
+    deleted: Vec<Timestamp>,
+}
+
+impl Timers {
+    fn register(&mut self, time: Timestamp) {
+        self.registered.push(time);
+    }
+
+    fn delete(&mut self, time: Timestamp) {
+        self.registered.retain(|&t| t != time);
+        self.deleted.push(time);
+    }
+
+    fn clear(&mut self) {
+        self.registered.clear();
+        self.deleted.clear();
+    }
+
+    /// Applies the call's deletions and registrations to a key's `pending` timers, leaving
+    /// in `registered` only the times that became new timers.
+    fn apply(&mut self, pending: &mut Vec<Timestamp>) {
+        let deleted = std::mem::take(&mut self.deleted);
+        pending.retain(|t| !deleted.contains(t));
+        self.registered.retain(|time| {
+            let new = !pending.contains(time);
+            if new {
+                pending.push(*time);
+            }
+            new
+        });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.registered.is_empty() && self.deleted.is_empty()
+    }
 }
 
 impl<O> TimerContext<O> {
@@ -213,15 +275,40 @@ impl<O> TimerContext<O> {
     /// Asks for [`TimerFunction::on_timer`] with `time` once the watermark reaches it (at
     /// once, if it already has). Registering the same time twice gives one timer.
     pub fn register_timer(&mut self, time: Timestamp) {
-        self.timers.push(time);
+        self.timers.register(time);
     }
 
     /// Cancels the key's timer at `time` (Flink's `deleteEventTimeTimer`), whether it was
     /// registered earlier or in this call; a time without a timer is ignored. Registering
     /// the time again after this, in the same call or a later one, gives a timer again.
     pub fn delete_timer(&mut self, time: Timestamp) {
-        self.timers.retain(|&t| t != time);
-        self.deleted.push(time);
+        self.timers.delete(time);
+    }
+
+    /// Asks for [`TimerFunction::on_timer`] with `time` once the wall clock reaches it
+    /// (milliseconds since the Unix epoch, as [`TimerContext::current_processing_time`]),
+    /// even if no input arrives then; at once if it has, after this call (Flink's
+    /// `registerProcessingTimeTimer`). Registering the same time twice gives one timer.
+    pub fn register_processing_time_timer(&mut self, time: Timestamp) {
+        self.processing.register(time);
+    }
+
+    /// Cancels the key's processing-time timer at `time` (Flink's
+    /// `deleteProcessingTimeTimer`), as [`TimerContext::delete_timer`] does for event time.
+    pub fn delete_processing_time_timer(&mut self, time: Timestamp) {
+        self.processing.delete(time);
+    }
+
+    /// The wall clock now, in milliseconds since the Unix epoch (the instance's clock: a
+    /// manual one in tests).
+    pub fn current_processing_time(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// In [`TimerFunction::on_timer`]: whether an event-time or a processing-time timer
+    /// fired. In [`TimerFunction::on_event`] it is [`TimeDomain::EventTime`].
+    pub fn time_domain(&self) -> TimeDomain {
+        self.domain
     }
 
     /// Removes the key's state and cancels its timers, after this call returns.
@@ -257,7 +344,21 @@ impl<O> TimerContext<O> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct WithTimers<S> {
     state: S,
+    /// Event-time timers.
     timers: Vec<Timestamp>,
+    /// Processing-time timers. Values written before they existed end before this field;
+    /// they restore with none (see [`absent_as_empty`]).
+    #[serde(deserialize_with = "absent_as_empty")]
+    processing: Vec<Timestamp>,
+}
+
+/// A trailing field read from a value that may have been written before the field existed:
+/// bincode (the state codec) has no field names or lengths to tell, so the read that runs
+/// past the end of such a value is what tells, and it yields an empty list.
+fn absent_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Timestamp>, D::Error> {
+    Ok(Vec::deserialize(deserializer).unwrap_or_default())
 }
 
 struct TimerProcessFactory<F, K, T> {
@@ -284,32 +385,20 @@ where
         ctx: &OperatorContext,
         mut state: B,
     ) -> Result<Self::Operator<B>, BoxError> {
-        let table = state.map_state(STATE)?;
-        let timers = state.timer_queue("timers")?;
-        let mut declared = OpenStates::<B, K>::new(&mut state);
-        self.f.declare_state(&mut declared);
-        let operator = TimerProcessOperator {
-            f: self.f.clone(),
-            state: table,
-            timers,
-            ctx: TimerContext {
-                emitted: Vec::new(),
-                timers: Vec::new(),
-                deleted: Vec::new(),
-                clear: false,
-                watermark: MIN_WATERMARK,
-                states: declared.finish(&[STATE])?,
-            },
-            _types: PhantomData,
-        };
+        let operator = TimerProcessOperator::open(self.f.clone(), &mut state, ctx)?;
         Ok(EventTime::new(operator, ctx))
     }
 
     fn tables(&self) -> Vec<String> {
-        let mut names = StateNames(vec![STATE.to_string()]);
-        self.f.declare_state(&mut names);
-        names.0
+        table_names::<K, T, F>(&self.f)
     }
+}
+
+/// The state tables of the operator running `f`, in the order it lists them.
+pub(crate) fn table_names<K, T, F: TimerFunction<K, T>>(f: &F) -> Vec<String> {
+    let mut names = StateNames(vec![STATE.to_string()]);
+    f.declare_state(&mut names);
+    names.0
 }
 
 /// The operator behind [`ProcessExt::process_with_timers`].
@@ -317,6 +406,8 @@ pub struct TimerProcessOperator<B: StateBackend, F: TimerFunction<K, T>, K: Stat
     f: F,
     state: B::Map<K, WithTimers<F::State>>,
     timers: B::Timers<K>,
+    /// The processing-time timers.
+    processing: B::Timers<K>,
     ctx: TimerContext<F::Out>,
     _types: PhantomData<fn(T)>,
 }
@@ -338,6 +429,50 @@ where
     T: Data,
     F: TimerFunction<K, T>,
 {
+    /// The operator running `f`, with its tables opened in `state`.
+    pub(crate) fn open(f: F, state: &mut B, ctx: &OperatorContext) -> Result<Self, BoxError> {
+        let table = state.map_state(STATE)?;
+        let timers = state.timer_queue("timers")?;
+        let processing = state.timer_queue("processing-timers")?;
+        let mut declared = OpenStates::<B, K>::new(state);
+        f.declare_state(&mut declared);
+        Ok(TimerProcessOperator {
+            f,
+            state: table,
+            timers,
+            processing,
+            ctx: TimerContext {
+                emitted: Vec::new(),
+                timers: Timers::default(),
+                processing: Timers::default(),
+                clear: false,
+                watermark: MIN_WATERMARK,
+                domain: TimeDomain::EventTime,
+                clock: ctx.clock.clone(),
+                states: declared.finish(&[STATE])?,
+            },
+            _types: PhantomData,
+        })
+    }
+
+    /// Its tables, with its function (which a connected operator keeps its broadcast
+    /// state in).
+    pub(crate) fn tables_and_function(&mut self) -> (Vec<&mut dyn StateTable>, &mut F) {
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.state];
+        tables.extend(self.ctx.states.tables());
+        (tables, &mut self.f)
+    }
+
+    /// Its function.
+    pub(crate) fn function(&self) -> &F {
+        &self.f
+    }
+
+    /// Its function, to change what it holds besides keyed state.
+    pub(crate) fn function_mut(&mut self) -> &mut F {
+        &mut self.f
+    }
+
     /// Applies what the last call asked for (new timers, clearing) to `key`'s entry and
     /// emits its results at `ts`.
     fn settle(&mut self, key: &K, ts: Timestamp, out: &mut Output<F::Out>) -> Result<(), BoxError> {
@@ -350,38 +485,63 @@ where
             self.state.take(key)?;
             self.ctx.states.clear_key()?;
             self.ctx.timers.clear();
-            self.ctx.deleted.clear();
+            self.ctx.processing.clear();
         }
-        if !self.ctx.deleted.is_empty() {
+        if !self.ctx.timers.is_empty() || !self.ctx.processing.is_empty() {
             // A deleted timer leaves the key's list; its queue entry, stale now, is skipped
-            // when it comes due (see `on_timer`).
-            let deleted = &self.ctx.deleted;
-            self.state
-                .modify(key, |entry| entry.timers.retain(|t| !deleted.contains(t)))?;
-            self.ctx.deleted.clear();
-        }
-        if !self.ctx.timers.is_empty() {
-            let requested = &mut self.ctx.timers;
+            // when it comes due (see `fire`). Only times the key does not wait for yet
+            // become timers.
+            let (timers, processing) = (&mut self.ctx.timers, &mut self.ctx.processing);
             let kept = self.state.modify(key, |entry| {
-                // Only times the key does not wait for yet become timers.
-                requested.retain(|time| {
-                    let new = !entry.timers.contains(time);
-                    if new {
-                        entry.timers.push(*time);
-                    }
-                    new
-                });
+                timers.apply(&mut entry.timers);
+                processing.apply(&mut entry.processing);
             })?;
             // A cleared key has no entry to hold timers: they were cancelled with it.
             if kept.is_some() {
-                for &time in &self.ctx.timers {
+                for &time in &timers.registered {
                     self.timers.register(time, key.clone())?;
                 }
+                for &time in &processing.registered {
+                    self.processing.register(time, key.clone())?;
+                }
             }
-            self.ctx.timers.clear();
+            timers.clear();
+            processing.clear();
         }
         for value in self.ctx.emitted.drain(..) {
             out.emit(ts, value);
+        }
+        Ok(())
+    }
+
+    /// `key`'s timer at `time` in `domain` is due: calls the function unless the timer is
+    /// stale (deleted, or its key cleared and maybe recreated since).
+    fn fire(
+        &mut self,
+        domain: TimeDomain,
+        time: Timestamp,
+        key: K,
+        watermark: Timestamp,
+        out: &mut Output<F::Out>,
+    ) -> Result<(), BoxError> {
+        self.ctx.watermark = watermark;
+        self.ctx.domain = domain;
+        self.ctx.states.set_key(&key);
+        let (f, ctx) = (&self.f, &mut self.ctx);
+        let fired = self.state.modify(&key, |entry| {
+            let pending = match domain {
+                TimeDomain::EventTime => &mut entry.timers,
+                TimeDomain::ProcessingTime => &mut entry.processing,
+            };
+            let Some(at) = pending.iter().position(|&t| t == time) else {
+                return false;
+            };
+            pending.swap_remove(at);
+            f.on_timer(&key, &mut entry.state, time, ctx);
+            true
+        })?;
+        if fired == Some(true) {
+            self.settle(&key, time, out)?;
         }
         Ok(())
     }
@@ -411,13 +571,14 @@ where
         out: &mut Output<F::Out>,
     ) -> Result<Handled, BoxError> {
         self.ctx.watermark = watermark;
+        self.ctx.domain = TimeDomain::EventTime;
         self.ctx.states.set_key(&event.key);
         let (f, ctx) = (&self.f, &mut self.ctx);
         let at_once = self
             .state
             .update(&event.key, WithTimers::default, |entry| {
                 f.on_event(&event.key, &mut entry.state, ts, &event.value, ctx);
-                ctx.timers.iter().any(|&time| time <= watermark)
+                ctx.timers.registered.iter().any(|&time| time <= watermark)
             })?;
         self.settle(&event.key, ts, out)?;
         // A timer at or before the watermark fires at once, before the next event.
@@ -439,28 +600,26 @@ where
         watermark: Timestamp,
         out: &mut Output<F::Out>,
     ) -> Result<(), BoxError> {
-        self.ctx.watermark = watermark;
-        self.ctx.states.set_key(&key);
-        let (f, ctx) = (&self.f, &mut self.ctx);
-        let fired = self.state.modify(&key, |entry| {
-            // Timers of a cleared (and maybe recreated) key are stale.
-            let Some(at) = entry.timers.iter().position(|&t| t == time) else {
-                return false;
-            };
-            entry.timers.swap_remove(at);
-            f.on_timer(&key, &mut entry.state, time, ctx);
-            true
-        })?;
-        if fired == Some(true) {
-            self.settle(&key, time, out)?;
-        }
-        Ok(())
+        self.fire(TimeDomain::EventTime, time, key, watermark, out)
+    }
+
+    fn processing_timers(&mut self) -> &mut [B::Timers<K>] {
+        std::slice::from_mut(&mut self.processing)
+    }
+
+    fn on_processing_timer(
+        &mut self,
+        _queue: usize,
+        time: Timestamp,
+        key: K,
+        watermark: Timestamp,
+        out: &mut Output<F::Out>,
+    ) -> Result<(), BoxError> {
+        self.fire(TimeDomain::ProcessingTime, time, key, watermark, out)
     }
 
     fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.state];
-        tables.extend(self.ctx.states.tables());
-        tables
+        self.tables_and_function().0
     }
 
     fn state_entries(&self) -> usize {
@@ -473,12 +632,18 @@ where
 
     fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
         self.ctx.states.restored()?;
-        let mut restored = Vec::new();
+        let (mut timers, mut processing) = (Vec::new(), Vec::new());
         self.state.scan(|key, entry| {
-            restored.extend(entry.timers.into_iter().map(|time| (time, key.clone())));
+            timers.extend(entry.timers.into_iter().map(|time| (time, key.clone())));
+            processing.extend(entry.processing.into_iter().map(|time| (time, key.clone())));
         })?;
-        for (time, key) in restored {
+        for (time, key) in timers {
             self.timers.register(time, key)?;
+        }
+        // Those whose time passed while the job was down are due at once: the runtime
+        // fires them before the first batch.
+        for (time, key) in processing {
+            self.processing.register(time, key)?;
         }
         Ok(())
     }

@@ -59,7 +59,16 @@ fn fired(out: &mut Output<(String, u64)>) -> Vec<(i64, (&'static str, u64))> {
 fn in_memory<F: TimerFunction<String, u64>>(
     f: F,
 ) -> EventTime<TimerProcessOperator<MemoryBackend, F, String, u64>> {
-    let ctx = crate::test_support::operator_context("process");
+    reading(f, weir_engine::ProcessingClock::system())
+}
+
+/// `f` as an operator instance on memory state, reading processing time from `clock`.
+fn reading<F: TimerFunction<String, u64>>(
+    f: F,
+    clock: weir_engine::ProcessingClock,
+) -> EventTime<TimerProcessOperator<MemoryBackend, F, String, u64>> {
+    let mut ctx = crate::test_support::operator_context("process");
+    ctx.clock = clock;
     let factory = TimerProcessFactory::<_, String, u64> {
         f,
         _types: PhantomData,
@@ -231,4 +240,179 @@ fn timers_survive_a_snapshot_and_restore() -> Result<(), BoxError> {
     restored.on_watermark(10, &mut out)?;
     assert_eq!(fired(&mut out), vec![(10, ("a", 7))]);
     Ok(())
+}
+
+/// A session by the wall clock: each event restarts a 300 ms processing-time timeout, and
+/// when it fires the key's event count goes out and the key is forgotten. An event of value
+/// 0 also sets an event-time timer at the same time as its timeout, to show the domains
+/// apart.
+#[derive(Clone)]
+struct QuietFor300ms;
+
+impl TimerFunction<String, u64> for QuietFor300ms {
+    type State = (u64, Option<Timestamp>);
+    type Out = (String, u64, TimeDomain);
+    fn on_event(
+        &self,
+        _: &String,
+        (count, timeout): &mut (u64, Option<Timestamp>),
+        _: Timestamp,
+        value: &u64,
+        ctx: &mut TimerContext<Self::Out>,
+    ) {
+        if let Some(previous) = timeout.take() {
+            ctx.delete_processing_time_timer(previous);
+        }
+        let at = ctx.current_processing_time() + 300;
+        ctx.register_processing_time_timer(at);
+        if *value == 0 {
+            ctx.register_timer(at);
+        }
+        *timeout = Some(at);
+        *count += 1;
+    }
+    fn on_timer(
+        &self,
+        key: &String,
+        (count, _): &mut (u64, Option<Timestamp>),
+        _: Timestamp,
+        ctx: &mut TimerContext<Self::Out>,
+    ) {
+        ctx.emit((key.clone(), *count, ctx.time_domain()));
+        if ctx.time_domain() == TimeDomain::ProcessingTime {
+            ctx.clear_state();
+        }
+    }
+}
+
+type Session = (i64, (String, u64, TimeDomain));
+
+fn sessions(out: &mut Output<(String, u64, TimeDomain)>) -> Vec<Session> {
+    out.take().into_iter().map(|r| (r.ts, r.value)).collect()
+}
+
+fn session(at: i64, key: &str, count: u64, domain: TimeDomain) -> Session {
+    (at, (key.to_string(), count, domain))
+}
+
+#[test]
+fn a_processing_time_timeout_restarts_with_each_event_and_fires_once_the_clock_reaches_it() {
+    let clock = weir_engine::ManualClock::new(10_000);
+    let mut op = reading(QuietFor300ms, clock.clock());
+    let mut out = Output::default();
+    op.process(vec![record(0, i64::MIN, "a", 1)], &mut out)
+        .expect("process");
+    clock.set(10_100);
+    op.process(
+        vec![record(1, i64::MIN, "a", 1), record(2, i64::MIN, "b", 1)],
+        &mut out,
+    )
+    .expect("process");
+    // a's first timeout (10 300) was deleted: a waits for 10 400, b for 10 400 too.
+    clock.set(10_399);
+    assert_eq!(
+        op.on_processing_time(&mut out).expect("fire"),
+        Some(std::time::Duration::from_millis(1))
+    );
+    assert!(sessions(&mut out).is_empty(), "a was not quiet for 300 ms");
+    clock.set(10_400);
+    assert_eq!(op.on_processing_time(&mut out).expect("fire"), None);
+    assert_eq!(
+        sessions(&mut out),
+        [
+            session(10_400, "a", 2, TimeDomain::ProcessingTime),
+            session(10_400, "b", 1, TimeDomain::ProcessingTime)
+        ]
+    );
+    assert_eq!(op.state_entries(), 0, "both keys were cleared");
+}
+
+#[test]
+fn timers_of_both_domains_at_one_time_fire_apart_each_by_its_own_clock() {
+    let clock = weir_engine::ManualClock::new(1_000);
+    let mut op = reading(QuietFor300ms, clock.clock());
+    let mut out = Output::default();
+    op.process(vec![record(0, i64::MIN, "a", 0)], &mut out)
+        .expect("process");
+    // The watermark reaches 1 300 first: the event-time timer fires, the other waits.
+    op.on_watermark(1_300, &mut out).expect("watermark");
+    assert_eq!(
+        sessions(&mut out),
+        [session(1_300, "a", 1, TimeDomain::EventTime)]
+    );
+    assert!(op.has_processing_timers());
+    clock.set(1_300);
+    op.on_processing_time(&mut out).expect("fire");
+    assert_eq!(
+        sessions(&mut out),
+        [session(1_300, "a", 1, TimeDomain::ProcessingTime)]
+    );
+    assert!(!op.has_processing_timers());
+}
+
+#[test]
+fn processing_timers_survive_a_snapshot_and_a_due_one_fires_right_after_the_restore(
+) -> Result<(), BoxError> {
+    use weir_engine::state::{shared_block_cache, RocksBackend, RocksStore};
+    let clock = weir_engine::ManualClock::new(50_000);
+    let mut ctx = crate::test_support::operator_context("quiet");
+    ctx.clock = clock.clock();
+    let factory = TimerProcessFactory::<_, String, u64> {
+        f: QuietFor300ms,
+        _types: PhantomData,
+    };
+    let dir = tempfile::tempdir()?;
+    let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;
+    let mut op = factory.create(&ctx, RocksBackend::new(store.clone(), "op", 1))?;
+    let mut out = Output::default();
+    op.process(
+        vec![record(0, i64::MIN, "a", 1), record(0, i64::MIN, "b", 1)],
+        &mut out,
+    )?;
+    op.snapshot()?;
+    // Down for a second: the timeouts (50 300) passed meanwhile.
+    clock.set(51_000);
+    let mut restored = factory.create(&ctx, RocksBackend::new(store, "op", 1))?;
+    restored.restore(&[])?;
+    assert!(restored.has_processing_timers());
+    assert_eq!(restored.on_processing_time(&mut out)?, None);
+    assert_eq!(
+        sessions(&mut out),
+        [
+            session(50_300, "a", 1, TimeDomain::ProcessingTime),
+            session(50_300, "b", 1, TimeDomain::ProcessingTime)
+        ]
+    );
+    clock.advance(10_000);
+    assert_eq!(restored.on_processing_time(&mut out)?, None);
+    assert!(sessions(&mut out).is_empty(), "each fired once");
+    Ok(())
+}
+
+#[test]
+fn key_state_written_before_processing_timers_existed_restores_with_none() {
+    // The layout of checkpoints taken before processing-time timers: state, timers.
+    #[derive(Serialize)]
+    struct Before {
+        state: u64,
+        timers: Vec<Timestamp>,
+    }
+    let old = bincode::serialize(&Before {
+        state: 7,
+        timers: vec![1_000, 2_000],
+    })
+    .unwrap();
+    let restored: WithTimers<u64> = bincode::deserialize(&old).unwrap();
+    assert_eq!(
+        (restored.state, restored.timers, restored.processing),
+        (7, vec![1_000, 2_000], vec![])
+    );
+    // And the new layout keeps its processing-time timers.
+    let now = WithTimers {
+        state: 7u64,
+        timers: vec![1_000],
+        processing: vec![5_000],
+    };
+    let again: WithTimers<u64> = bincode::deserialize(&bincode::serialize(&now).unwrap()).unwrap();
+    assert_eq!(again.processing, vec![5_000]);
 }

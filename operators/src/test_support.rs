@@ -14,6 +14,7 @@ pub(crate) fn operator_context(name: &str) -> OperatorContext {
         parallelism: 1,
         key_groups: 0..128,
         metrics: JobMetrics::new("test").operator(name, 0),
+        clock: weir_engine::ProcessingClock::system(),
     }
 }
 

@@ -234,3 +234,36 @@ pub(crate) fn run_options(
         ..RunOptions::default()
     }
 }
+
+/// Gives the events of a replayable source at most 20 per poll, 2 ms apart, so that a run
+/// of a few thousand events lasts long enough to checkpoint several times and be killed.
+pub(crate) struct Throttled<S>(pub(crate) S);
+
+impl<S: Source> Source for Throttled<S> {
+    type Item = S::Item;
+
+    fn poll_batch(&mut self, out: &mut Vec<S::Item>, max: usize) -> Result<SourceStatus, BoxError> {
+        std::thread::sleep(Duration::from_millis(2));
+        self.0.poll_batch(out, max.min(20))
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    fn position(&mut self) -> Result<Option<ConnectorState>, BoxError> {
+        self.0.position()
+    }
+
+    fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
+        self.0.seek(position)
+    }
+
+    fn checkpoint_completed(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
+        self.0.checkpoint_completed(position)
+    }
+
+    fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {
+        self.0.take_dead_letters(out)
+    }
+}

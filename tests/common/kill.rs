@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::checkpointed::complete_checkpoints;
+use super::checkpointed::{complete_checkpoints, latest_checkpoint};
 
 /// Longest a run may take before the test kills it and fails.
 pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -149,4 +149,28 @@ pub(crate) fn run_and_kill_when(
         thread::sleep(POLL);
     }
     run.kill()
+}
+
+/// Runs this test binary's ignored test `child_test` in a child process with the
+/// environment variable `env.0` set to `env.1`, and SIGKILLs it once the checkpoint root
+/// `root` holds checkpoint number `checkpoints` (failing after `RUN_LIMIT`); asserts that
+/// the kill landed before the child finished.
+pub(crate) fn kill_child_test_after(
+    child_test: &str,
+    env: (&str, String),
+    stderr: PathBuf,
+    root: &Path,
+    checkpoints: u64,
+) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args([child_test, "--exact", "--ignored", "--nocapture"])
+        .env(env.0, env.1);
+    let mut run = Running::spawn(child, stderr);
+    while run.is_running() && latest_checkpoint(root) < checkpoints {
+        assert!(run.started.elapsed() < RUN_LIMIT, "{}", run.stderr());
+        thread::sleep(POLL);
+    }
+    let (ended, stderr) = run.kill();
+    assert_eq!(ended, Ended::Killed, "the child finished first:\n{stderr}");
 }

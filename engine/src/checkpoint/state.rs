@@ -92,6 +92,11 @@ pub struct KeyedSnapshot {
     /// What the operator returned from [`crate::KeyedOperator::snapshot`], opaque to the
     /// engine.
     pub operator: serde_json::Value,
+    /// The file, relative to the checkpoint directory, holding the operator's broadcast
+    /// state ([`crate::KeyedOperator::broadcast_state`]): set by instance 0 only, since
+    /// every instance holds the same; absent for operators without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<String>,
 }
 
 /// A connector's own checkpoint state type: a source's position or a sink's pre-commit.

@@ -87,7 +87,7 @@ where
 /// `T`'s type name without module paths (`Option<String>`, not
 /// `core::option::Option<alloc::string::String>`): a keyed operator's key as
 /// `weir describe` shows it.
-fn short_type_name<T: ?Sized>() -> String {
+pub(super) fn short_type_name<T: ?Sized>() -> String {
     let full = std::any::type_name::<T>();
     let mut out = String::with_capacity(full.len());
     // A path (`a::b::C`) ends at the first character that cannot be in one.

@@ -5,7 +5,8 @@
 //! job can be described (`weir describe`) without its inputs.
 //!
 //! The graph itself (nodes, scheduling, uids) is in `graph`; [`Stream`]'s combinators in
-//! `stream`, [`KeyedStream`]'s in `keyed`; the plan, text and DOT views in `describe`.
+//! `stream`, [`KeyedStream`]'s in `keyed`, a keyed stream connected to a broadcast stream
+//! ([`BroadcastConnectedStream`]) in `broadcast`; the plan, text and DOT views in `describe`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -39,6 +40,7 @@
 //! # Ok::<(), weir_engine::EngineError>(())
 //! ```
 
+mod broadcast;
 mod describe;
 mod graph;
 mod keyed;
@@ -55,6 +57,7 @@ use crate::query::QueryableState;
 use crate::runtime::{self, NodeImpl, RunOptions, RunSummary, SourceNode};
 use crate::source::Source;
 
+pub use broadcast::BroadcastConnectedStream;
 pub(crate) use graph::{Graph, NodeId, NodeKind, Uid, DEAD_LETTERS_OUTPUT, MAIN_OUTPUT};
 pub use keyed::KeyedStream;
 pub use stream::{SinkHandle, Stream};

@@ -26,6 +26,14 @@
 //!   those its policy finds late; an operator that decides itself ([`Lateness::Decided`])
 //!   may route its late events somewhere (the windows' late-data output) before it reports
 //!   them as [`Handled::Late`].
+//! - **processing-time timers** (Flink's `onProcessingTime`): an operator may keep queues
+//!   of timers in wall-clock time ([`EventTimeOperator::processing_timers`]). The harness
+//!   reads the instance's clock ([`OperatorContext::clock`]), fires every timer the clock
+//!   has reached, queue by queue in time order ([`EventTimeOperator::on_processing_timer`]),
+//!   and tells the runtime how long until the next, which wakes it then even while no input
+//!   arrives. An operator without such queues costs one test of an empty slice per batch.
+//!   Once the input has ended (the end watermark), processing-time timers no longer fire:
+//!   a job over a bounded input does not wait for the wall clock (Flink does the same).
 //! - **checkpoints**: at a barrier the harness flushes every table the operator lists and
 //!   saves the watermark; on a restore it gives the operator the watermark to resume from
 //!   (the smallest of the instances it took key groups from), and the operator rebuilds what
@@ -38,14 +46,17 @@
 //!   watermark it gets is the one that made it due.
 //! - An event the policy judges late never reaches `on_event`.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::{KeyedOperator, OperatorContext, Output};
+use crate::clock::ProcessingClock;
 use crate::error::BoxError;
 use crate::query::QueryableTable;
 use crate::record::{Data, Keyed, Record};
 use crate::state::{StateTable, TimerQueue};
-use crate::time::Timestamp;
+use crate::time::{Timestamp, END_WATERMARK};
 
 /// When an event is late, given the watermark that preceded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +187,33 @@ pub trait EventTimeOperator: Send + 'static {
         .into())
     }
 
+    /// The operator's processing-time timer queues, in the order their due timers fire
+    /// (none by default): a timer is due once the instance's clock reads its time.
+    fn processing_timers(&mut self) -> &mut [Self::Timers] {
+        &mut []
+    }
+
+    /// `key`'s processing-time timer at `time` in queue `queue` (an index into
+    /// [`EventTimeOperator::processing_timers`]) is due: the clock reached `time`. As with
+    /// [`EventTimeOperator::on_timer`] the timer may be stale, and `watermark` is the
+    /// operator's event-time watermark. Required of every operator with processing-time
+    /// timers; the default fails the job.
+    fn on_processing_timer(
+        &mut self,
+        queue: usize,
+        time: Timestamp,
+        _key: Self::Key,
+        _watermark: Timestamp,
+        _out: &mut Output<Self::Out>,
+    ) -> Result<(), BoxError> {
+        Err(format!(
+            "a processing-time timer at {time} of queue {queue} came due, but {} has no \
+             on_processing_timer",
+            std::any::type_name::<Self>()
+        )
+        .into())
+    }
+
     /// The watermark moved forward to `watermark`, and the timers it made due have fired:
     /// for operators that act on the watermark itself rather than per key (top-N ranks the
     /// windows it closed).
@@ -205,6 +243,25 @@ pub trait EventTimeOperator: Send + 'static {
     /// The job resumes from a checkpoint: the tables hold the restored entries and the
     /// operator is at `watermark`. Rebuilds what is derived from the tables (timers, counts).
     fn restore(&mut self, watermark: Timestamp) -> Result<(), BoxError>;
+
+    /// Its broadcast state, encoded, if it has one (see [`KeyedOperator::broadcast_state`]).
+    fn broadcast_state(&mut self) -> Result<Option<Vec<u8>>, BoxError> {
+        Ok(None)
+    }
+
+    /// Loads the broadcast state (see [`KeyedOperator::restore_broadcast_state`]).
+    fn restore_broadcast_state(&mut self, _bytes: &[u8]) -> Result<(), BoxError> {
+        Err(no_broadcast_state::<Self>())
+    }
+}
+
+/// The error of an operator without broadcast state asked to restore one.
+pub(super) fn no_broadcast_state<O: ?Sized>() -> BoxError {
+    format!(
+        "a checkpoint holds broadcast state for {}, which has none",
+        std::any::type_name::<O>()
+    )
+    .into()
 }
 
 /// What an event-time operator keeps in a checkpoint besides its tables: the watermark it
@@ -217,9 +274,11 @@ struct WatermarkSnapshot {
 
 /// Runs an [`EventTimeOperator`] as a [`KeyedOperator`] (see the module docs).
 pub struct EventTime<O> {
-    operator: O,
-    watermark: Timestamp,
+    pub(super) operator: O,
+    pub(super) watermark: Timestamp,
     late_events: prometheus::IntCounter,
+    /// Processing time, for the processing-time timers.
+    clock: ProcessingClock,
 }
 
 impl<O> std::fmt::Debug for EventTime<O> {
@@ -238,11 +297,29 @@ impl<O: EventTimeOperator> EventTime<O> {
             operator,
             watermark: Timestamp::MIN,
             late_events: ctx.metrics.late_events.clone(),
+            clock: ctx.clock.clone(),
         }
     }
 
+    /// The time of the earliest processing-time timer, unless the input has ended.
     #[inline]
-    fn advance(&mut self, watermark: Timestamp, out: &mut Output<O::Out>) -> Result<(), BoxError> {
+    fn next_processing_timer(&mut self) -> Option<Timestamp> {
+        if self.watermark == END_WATERMARK {
+            return None;
+        }
+        self.operator
+            .processing_timers()
+            .iter()
+            .filter_map(TimerQueue::next_time)
+            .min()
+    }
+
+    #[inline]
+    pub(super) fn advance(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<O::Out>,
+    ) -> Result<(), BoxError> {
         self.watermark = watermark;
         self.fire_timers(out)?;
         self.operator.on_watermark(watermark, out)?;
@@ -312,6 +389,40 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
         Ok(())
     }
 
+    #[inline]
+    fn has_processing_timers(&mut self) -> bool {
+        self.next_processing_timer().is_some()
+    }
+
+    /// Fires every processing-time timer at or before the clock's time: queue by queue, each
+    /// in time order (timers that firing registers at or before that time fire too).
+    fn on_processing_time(
+        &mut self,
+        out: &mut Output<O::Out>,
+    ) -> Result<Option<Duration>, BoxError> {
+        let watermark = self.watermark;
+        if watermark == END_WATERMARK {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        for queue in 0..self.operator.processing_timers().len() {
+            while let Some((time, keys)) =
+                self.operator.processing_timers()[queue].pop_due(|time| time <= now)?
+            {
+                for key in keys {
+                    self.operator
+                        .on_processing_timer(queue, time, key, watermark, out)?;
+                }
+            }
+        }
+        // The clock is read again: firing took time, and a timer it registered for the
+        // next millisecond must not wait a whole period.
+        Ok(self.next_processing_timer().map(|next| {
+            let wait = next.saturating_sub(self.clock.now()).max(0);
+            Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+        }))
+    }
+
     fn state_entries(&self) -> usize {
         self.operator.state_entries()
     }
@@ -337,6 +448,14 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
         })?)
     }
 
+    fn broadcast_state(&mut self) -> Result<Option<Vec<u8>>, BoxError> {
+        self.operator.broadcast_state()
+    }
+
+    fn restore_broadcast_state(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
+        self.operator.restore_broadcast_state(bytes)
+    }
+
     fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError> {
         // The instances whose key groups this one took over saw the same watermarks at the
         // barrier; should they differ, the smallest is the safe choice (nothing fires that
@@ -352,172 +471,5 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metrics::JobMetrics;
-    use crate::state::MemoryTimers;
-
-    /// Registers, for an event `(key, [t1, t2, ..])`, a timer at each time in queue 0 and
-    /// one at the first time in queue 1, and emits `(queue, time, key, watermark)` for
-    /// every timer that fires; a timer of queue 0 at an odd time registers another one
-    /// at the same watermark (which must fire in the same advance).
-    #[derive(Default)]
-    struct Recorder {
-        timers: [MemoryTimers<String>; 2],
-    }
-
-    impl EventTimeOperator for Recorder {
-        type Key = String;
-        type In = Vec<Timestamp>;
-        type Out = (usize, Timestamp, String, Timestamp);
-        type Timers = MemoryTimers<String>;
-        const LATENESS: Lateness = Lateness::Never;
-
-        fn on_event(
-            &mut self,
-            _ts: Timestamp,
-            event: KeyedEvent<Self>,
-            watermark: Timestamp,
-            _out: &mut Output<Self::Out>,
-        ) -> Result<Handled, BoxError> {
-            let mut due = false;
-            for &time in &event.value {
-                self.timers[0].register(time, event.key.clone())?;
-                due |= time <= watermark;
-            }
-            if let Some(&first) = event.value.first() {
-                self.timers[1].register(first, event.key.clone())?;
-            }
-            Ok(if due {
-                Handled::TakenTimersDue
-            } else {
-                Handled::Taken
-            })
-        }
-
-        fn timers(&mut self) -> &mut [MemoryTimers<String>] {
-            &mut self.timers
-        }
-
-        fn timer_due(&self, queue: usize) -> Due {
-            match queue {
-                0 => Due::AtTime,
-                // A window of 10 starting at the time, 5 of lateness after it.
-                _ => Due::WindowEnd {
-                    size: 10,
-                    lateness: 5,
-                },
-            }
-        }
-
-        fn on_timer(
-            &mut self,
-            queue: usize,
-            time: Timestamp,
-            key: String,
-            watermark: Timestamp,
-            out: &mut Output<Self::Out>,
-        ) -> Result<(), BoxError> {
-            if queue == 0 && time % 2 != 0 {
-                self.timers[0].register(time + 1, format!("{key}+"))?;
-            }
-            out.emit(time, (queue, time, key, watermark));
-            Ok(())
-        }
-
-        fn tables(&mut self) -> Vec<&mut dyn StateTable> {
-            Vec::new()
-        }
-
-        fn state_entries(&self) -> usize {
-            0
-        }
-
-        fn restore(&mut self, _watermark: Timestamp) -> Result<(), BoxError> {
-            Ok(())
-        }
-    }
-
-    fn harness() -> EventTime<Recorder> {
-        let ctx = OperatorContext {
-            name: "recorder".into(),
-            instance: 0,
-            parallelism: 1,
-            key_groups: 0..128,
-            metrics: JobMetrics::new("test").operator("recorder", 0),
-        };
-        EventTime::new(Recorder::default(), &ctx)
-    }
-
-    fn event(watermark: Timestamp, key: &str, times: &[Timestamp]) -> Record<KeyedEvent<Recorder>> {
-        Record {
-            ts: 0,
-            watermark,
-            value: Keyed {
-                key: key.to_string(),
-                value: times.to_vec(),
-            },
-        }
-    }
-
-    fn fired(out: &mut Output<(usize, Timestamp, String, Timestamp)>) -> Vec<String> {
-        out.take()
-            .into_iter()
-            .map(|r| {
-                let (queue, time, key, watermark) = r.value;
-                format!("q{queue} {time} {key} @{watermark}")
-            })
-            .collect()
-    }
-
-    #[test]
-    fn timers_fire_queue_by_queue_in_time_order_once_the_watermark_makes_them_due() {
-        let mut op = harness();
-        let mut out = Output::default();
-        op.process(
-            vec![event(0, "a", &[30, 10]), event(0, "b", &[20])],
-            &mut out,
-        )
-        .unwrap();
-        assert!(fired(&mut out).is_empty(), "nothing is due at watermark 0");
-        // Queue 1's timers (at 30, 20) are due at 30 + 14 and 20 + 14.
-        op.on_watermark(34, &mut out).unwrap();
-        assert_eq!(
-            fired(&mut out),
-            ["q0 10 a @34", "q0 20 b @34", "q0 30 a @34", "q1 20 b @34"]
-        );
-        op.on_watermark(43, &mut out).unwrap();
-        assert!(fired(&mut out).is_empty(), "a's window timer waits for 44");
-        op.on_watermark(44, &mut out).unwrap();
-        assert_eq!(fired(&mut out), ["q1 30 a @44"]);
-    }
-
-    #[test]
-    fn a_timer_already_due_fires_before_the_next_event_and_timers_registered_by_timers_fire_too() {
-        let mut op = harness();
-        let mut out = Output::default();
-        op.process(
-            vec![event(100, "a", &[7, 200]), event(100, "b", &[300])],
-            &mut out,
-        )
-        .unwrap();
-        // a's 7 fired at once (before b's event) and registered "a+" at 8, due too; then
-        // queue 1's timer at 7 (due at 21).
-        assert_eq!(
-            fired(&mut out),
-            ["q0 7 a @100", "q0 8 a+ @100", "q1 7 a @100"]
-        );
-    }
-
-    #[test]
-    fn a_window_end_saturates_near_the_largest_time() {
-        let due = Due::WindowEnd {
-            size: 10,
-            lateness: 5,
-        };
-        assert!(!due.at(i64::MAX - 3, i64::MAX - 1));
-        assert!(due.at(i64::MAX - 3, i64::MAX));
-        assert!(due.at(0, 14) && !due.at(0, 13));
-        assert!(Due::AtTime.at(5, 5) && !Due::AtTime.at(6, 5));
-    }
-}
+#[path = "event_time_tests.rs"]
+mod tests;

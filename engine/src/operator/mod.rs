@@ -3,7 +3,12 @@
 //! An operator has one required method, [`KeyedOperator::process`], which handles a batch
 //! of keyed records in stream order, and hooks with default bodies for watermarks and the
 //! end of input. Operators never talk to channels or threads: they write results to an
-//! [`Output`], and the runtime moves them on.
+//! [`Output`], and the runtime moves them on. An operator with processing-time timers says
+//! when the next is due ([`KeyedOperator::on_processing_time`]); the runtime owns the wait
+//! and calls it back then.
+//!
+//! An operator over a keyed stream connected to a broadcast stream implements
+//! [`BroadcastOperator`] as well (see [`broadcast`]).
 //!
 //! Operators on event time implement [`EventTimeOperator`] instead, and [`EventTime`] runs
 //! them: it owns their watermark, lateness and checkpoint protocol (see [`event_time`]).
@@ -15,12 +20,18 @@
 //! firing carry the operator's *previous* output watermark, exactly like Flink emits window
 //! results before forwarding the watermark that fired them.
 
+pub mod broadcast;
 pub mod event_time;
 
+pub(crate) use broadcast::AsKeyed;
+pub use broadcast::{
+    BroadcastEventTimeOperator, BroadcastOperator, BroadcastOperatorFactory, Connected,
+};
 pub use event_time::{Due, EventTime, EventTimeOperator, Handled, KeyedEvent, Lateness};
 
 use std::ops::Range;
 
+use crate::clock::ProcessingClock;
 use crate::error::{BoxError, EngineError};
 use crate::keys::KeyGroup;
 use crate::metrics::OperatorMetrics;
@@ -111,6 +122,11 @@ impl<T> Output<T> {
         }
     }
 
+    /// Whether results were emitted since the last [`Output::forward`].
+    pub(crate) fn has_results(&self) -> bool {
+        !self.records.is_empty() || self.downstream.as_ref().is_some_and(|d| d.pushed > 0)
+    }
+
     /// The downstream, for barriers and the end of input.
     pub(crate) fn downstream(&mut self) -> &mut dyn Push<T> {
         self.downstream
@@ -192,6 +208,8 @@ pub struct OperatorContext {
     pub key_groups: Range<KeyGroup>,
     /// Metric handles for this instance.
     pub metrics: OperatorMetrics,
+    /// Where the instance reads processing time (the system clock in a running job).
+    pub clock: ProcessingClock,
 }
 
 /// An operator that runs in the thread of its input, before any exchange (see
@@ -259,6 +277,24 @@ pub trait KeyedOperator: Send + 'static {
         Ok(())
     }
 
+    /// Whether the instance has a processing-time timer pending: the runtime then calls
+    /// [`KeyedOperator::on_processing_time`] between batches and when the timer is due, even
+    /// while no input arrives. Called once per batch, so it must be cheap.
+    #[inline]
+    fn has_processing_timers(&mut self) -> bool {
+        false
+    }
+
+    /// Fires the processing-time timers that are due by the instance's clock
+    /// ([`OperatorContext::clock`]) and returns how long until the next one is due, if one
+    /// is left: the runtime wakes the instance's thread then.
+    fn on_processing_time(
+        &mut self,
+        _out: &mut Output<Self::Out>,
+    ) -> Result<Option<std::time::Duration>, BoxError> {
+        Ok(None)
+    }
+
     /// Number of state entries this instance holds, for the metrics.
     fn state_entries(&self) -> usize {
         0
@@ -295,6 +331,20 @@ pub trait KeyedOperator: Send + 'static {
     /// them (several after a change of parallelism). In-memory structures derived from
     /// state, such as timers, are rebuilt here.
     fn restore(&mut self, snapshots: &[serde_json::Value]) -> Result<(), BoxError>;
+
+    /// Its broadcast state ([`BroadcastOperator`]), encoded, if it has one. Every instance
+    /// holds the same, so the runtime asks only instance 0 at a checkpoint and keeps one
+    /// copy, which every instance of a restored job gets
+    /// ([`KeyedOperator::restore_broadcast_state`]) whatever its parallelism.
+    fn broadcast_state(&mut self) -> Result<Option<Vec<u8>>, BoxError> {
+        Ok(None)
+    }
+
+    /// Loads the broadcast state a checkpoint kept ([`KeyedOperator::broadcast_state`]),
+    /// right after creation and before [`KeyedOperator::restore`].
+    fn restore_broadcast_state(&mut self, _bytes: &[u8]) -> Result<(), BoxError> {
+        Err(event_time::no_broadcast_state::<Self>())
+    }
 }
 
 /// Creates operator instances, one per worker, over whichever state backend the job runs

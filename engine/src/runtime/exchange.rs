@@ -1,6 +1,7 @@
 //! How a record crosses threads: [`ForwardPush`] into one channel (with [`Held`], which
 //! gathers results for a sink's task), and [`ExchangePush`], which routes keyed records by
-//! key group to the worker that owns it.
+//! key group to the worker that owns it over an [`Exchange`] (which `runtime::broadcast`
+//! also uses, to send a broadcast stream to every worker).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,44 +176,43 @@ impl<T> Held<T> {
     }
 }
 
-/// Routes records to the worker owning their key group.
-pub(super) struct ExchangePush<K, T, KF> {
+/// The sending side of an exchange: one buffer and channel per worker, filled by a router
+/// ([`ExchangePush`] by key group, `runtime::broadcast` by key group and to every worker).
+pub(super) struct Exchange<W> {
     pub(super) name: String,
-    pub(super) key: KF,
     pub(super) producer: usize,
-    pub(super) senders: Vec<Sender<Envelope<Keyed<K, T>>>>,
-    pub(super) buffers: Vec<Vec<Record<Keyed<K, T>>>>,
+    pub(super) senders: Vec<Sender<Envelope<W>>>,
+    pub(super) buffers: Vec<Vec<Record<W>>>,
     pub(super) sent_watermark: Vec<Timestamp>,
 }
 
-impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for ExchangePush<K, T, KF> {
-    fn push(&mut self, batch: Batch<T>) -> Result<()> {
-        let workers = self.senders.len();
-        for r in batch.records {
-            let key = (self.key)(&r.value);
-            let worker = worker_for_key_group(key_group_of(&key), workers);
-            self.buffers[worker].push(Record {
-                ts: r.ts,
-                watermark: r.watermark,
-                value: Keyed {
-                    key,
-                    value: r.value,
-                },
-            });
+impl<W: Data> Exchange<W> {
+    /// An exchange into `senders` as producer `producer` of node `name`.
+    pub(super) fn new(name: String, producer: usize, senders: Vec<Sender<Envelope<W>>>) -> Self {
+        let workers = senders.len();
+        Exchange {
+            name,
+            producer,
+            senders,
+            buffers: (0..workers).map(|_| Vec::new()).collect(),
+            sent_watermark: vec![MIN_WATERMARK; workers],
         }
-        for w in 0..workers {
-            if self.buffers[w].is_empty() && batch.watermark <= self.sent_watermark[w] {
+    }
+
+    /// Sends what the buffers hold, with `watermark`, to each worker that has records or
+    /// has not been told the watermark yet.
+    pub(super) fn send(&mut self, watermark: Timestamp, ingested: Option<Instant>) -> Result<()> {
+        for w in 0..self.senders.len() {
+            if self.buffers[w].is_empty() && watermark <= self.sent_watermark[w] {
                 continue;
             }
             let capacity = self.buffers[w].capacity();
             let records = std::mem::replace(&mut self.buffers[w], Vec::with_capacity(capacity));
-            self.sent_watermark[w] = batch.watermark;
+            self.sent_watermark[w] = watermark;
             self.senders[w]
                 .send((
                     self.producer,
-                    Message::Batch(
-                        Batch::new(records, batch.watermark).ingested_at(batch.ingested),
-                    ),
+                    Message::Batch(Batch::new(records, watermark).ingested_at(ingested)),
                 ))
                 .map_err(|_| EngineError::DownstreamGone {
                     name: self.name.clone(),
@@ -220,21 +220,9 @@ impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for Exchange
         }
         Ok(())
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
-        // Buffers are empty between pushes, so the barrier follows everything routed so far.
-        self.broadcast(|| Message::Barrier(id))
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.broadcast(|| Message::End)
-    }
-    fn flush(&mut self, _: Flush) -> Result<()> {
-        // Every push is sent as it comes.
-        Ok(())
-    }
-}
 
-impl<K, T, KF> ExchangePush<K, T, KF> {
-    fn broadcast(&self, message: impl Fn() -> Message<Keyed<K, T>>) -> Result<()> {
+    /// Sends `message` to every worker.
+    pub(super) fn broadcast(&self, message: impl Fn() -> Message<W>) -> Result<()> {
         for s in &self.senders {
             s.send((self.producer, message()))
                 .map_err(|_| EngineError::DownstreamGone {
@@ -243,6 +231,51 @@ impl<K, T, KF> ExchangePush<K, T, KF> {
         }
         Ok(())
     }
+}
+
+/// `barrier`, `finish` and `flush` of a push in front of an [`Exchange`] in `self.exchange`.
+macro_rules! exchange_control {
+    () => {
+        fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+            // Buffers are empty between pushes, so the barrier follows everything routed
+            // so far.
+            self.exchange.broadcast(|| Message::Barrier(id))
+        }
+        fn finish(&mut self) -> Result<()> {
+            self.exchange.broadcast(|| Message::End)
+        }
+        fn flush(&mut self, _: Flush) -> Result<()> {
+            // Every push is sent as it comes.
+            Ok(())
+        }
+    };
+}
+pub(super) use exchange_control;
+
+/// Routes records to the worker owning their key group.
+pub(super) struct ExchangePush<K, T, KF> {
+    pub(super) key: KF,
+    pub(super) exchange: Exchange<Keyed<K, T>>,
+}
+
+impl<K: Data + StableHash, T: Data, KF: Fn(&T) -> K + Send> Push<T> for ExchangePush<K, T, KF> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        let workers = self.exchange.senders.len();
+        for r in batch.records {
+            let key = (self.key)(&r.value);
+            let worker = worker_for_key_group(key_group_of(&key), workers);
+            self.exchange.buffers[worker].push(Record {
+                ts: r.ts,
+                watermark: r.watermark,
+                value: Keyed {
+                    key,
+                    value: r.value,
+                },
+            });
+        }
+        self.exchange.send(batch.watermark, batch.ingested)
+    }
+    exchange_control!();
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select};
 use prometheus::IntGauge;
 
+use super::alarm;
 use super::alignment::Alignment;
 use super::doorbell::Doorbell;
 use super::push::{Envelope, Flush, Message, Push};
@@ -146,22 +147,27 @@ impl<T: Data> Inbox<T> {
         if self.rx.is_empty() {
             self.down.flush(Flush::All)?;
         }
-        // At most this long between looks at idle producers.
-        let timeout = self.inputs.idle_timeout.map(|t| t.min(IDLE_CHECK));
+        // At most this long between looks at idle producers, and no longer than until a
+        // processing-time timer of an operator after this inbox is due.
+        let timeout = self
+            .inputs
+            .idle_timeout
+            .map_or(IDLE_CHECK, |t| t.min(IDLE_CHECK));
+        let timeout = alarm::bound(timeout);
         if let Some(doorbell) = &self.doorbell {
             return match self.rx.try_recv() {
                 Ok(envelope) => Ok(Some(envelope)),
                 Err(crossbeam_channel::TryRecvError::Disconnected) => Err(self.gone()),
                 Err(crossbeam_channel::TryRecvError::Empty) => {
                     let rx = &self.rx;
-                    doorbell.wait_while(|| rx.is_empty(), timeout.unwrap_or(IDLE_CHECK));
+                    doorbell.wait_while(|| rx.is_empty(), timeout);
                     Ok(None)
                 }
             };
         }
         // Without idleness the wait still ends now and then: the flush before the next
         // wait is where a keyed instance answers queries asked while its input is quiet.
-        match self.rx.recv_timeout(timeout.unwrap_or(IDLE_CHECK)) {
+        match self.rx.recv_timeout(timeout) {
             Ok(envelope) => Ok(Some(envelope)),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(self.gone()),

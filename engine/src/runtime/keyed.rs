@@ -6,18 +6,21 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use prometheus::IntGauge;
 
+use super::alarm;
 use super::build::{erase, Build, NodeImpl};
-use super::exchange::ExchangePush;
+use super::exchange::{Exchange, ExchangePush};
 use super::keyed_snapshot::{
     import_keyed_state, store_name, InstanceState, KeyedCheckpoint, KeyedSnapshot, KeyedStore,
 };
 use super::push::{Flush, Push};
 use super::run::panic_message;
 use crate::checkpoint::{CheckpointId, ParticipantState};
-use crate::error::{EngineError, Result};
+use crate::clock::ProcessingClock;
+use crate::error::{BoxError, EngineError, Result};
 use crate::job::NodeId;
 use crate::keys::{key_group_of, key_groups_of_worker, worker_for_key_group, StableHash};
 use crate::metrics::OperatorMetrics;
@@ -29,7 +32,7 @@ use crate::state::{
     write_snapshot, MemoryBackend, MemorySnapshots, RocksBackend, RocksStore, StateBackend,
     StateConfig, StateKey,
 };
-use crate::time::{END_WATERMARK, MIN_WATERMARK};
+use crate::time::{Timestamp, END_WATERMARK, MIN_WATERMARK};
 
 pub(crate) struct KeyedNode<F, KF> {
     factory: F,
@@ -42,17 +45,38 @@ impl<F, KF> KeyedNode<F, KF> {
     }
 }
 
-/// One keyed operator instance with its input type erased from its backend.
-pub(super) type KeyedInput<F> =
-    Box<dyn Push<Keyed<<F as OperatorFactory>::Key, <F as OperatorFactory>::In>>>;
+/// How the records of a keyed operator's instance reach it: the type its channel carries,
+/// and the instance, whatever its backend, as a receiver of that type.
+pub(super) trait Wire<F: OperatorFactory> {
+    /// What the instance's channel carries.
+    type Item: Data;
+    /// The instance as the receiver of its channel.
+    fn wrap<S: StateBackend>(runner: KeyedRunner<F::Operator<S>>) -> Box<dyn Push<Self::Item>>;
+}
+
+/// The wire of a keyed operator: records with their keys.
+pub(super) struct ByKey;
+
+impl<F: OperatorFactory> Wire<F> for ByKey {
+    type Item = Keyed<F::Key, F::In>;
+    fn wrap<S: StateBackend>(runner: KeyedRunner<F::Operator<S>>) -> Box<dyn Push<Self::Item>> {
+        Box::new(runner)
+    }
+}
 
 impl<F, KF> KeyedNode<F, KF>
 where
     F: OperatorFactory,
     F::Key: StateKey,
 {
-    /// Creates instance `instance` over the job's state backend, wired to its downstream.
-    fn runner(&self, b: &mut Build<'_>, me: NodeId, instance: usize) -> Result<KeyedInput<F>> {
+    /// Creates instance `instance` over the job's state backend, wired to its downstream,
+    /// taking its input as `W` delivers it.
+    pub(super) fn runner<W: Wire<F>>(
+        &self,
+        b: &mut Build<'_>,
+        me: NodeId,
+        instance: usize,
+    ) -> Result<Box<dyn Push<W::Item>>> {
         let name = b.name(me);
         let invalid = |reason: String| EngineError::InvalidJob {
             job: b.metrics.job().to_string(),
@@ -66,15 +90,15 @@ where
                 b.metrics.observe_store(&name, instance, store.clone());
                 let backend = RocksBackend::new(store.clone(), &name, *cache_entries);
                 let state = Some(InstanceState::Rocks(store));
-                Ok(Box::new(self.runner_over(b, me, instance, backend, state)?))
+                Ok(W::wrap(self.runner_over(b, me, instance, backend, state)?))
             }
             _ if b.checkpointing.is_some() => {
                 let snapshots = Arc::new(MemorySnapshots::default());
                 let backend = MemoryBackend::checkpointed(snapshots.clone(), &name);
                 let state = Some(InstanceState::Memory(snapshots));
-                Ok(Box::new(self.runner_over(b, me, instance, backend, state)?))
+                Ok(W::wrap(self.runner_over(b, me, instance, backend, state)?))
             }
-            _ => Ok(Box::new(self.runner_over(
+            _ => Ok(W::wrap(self.runner_over(
                 b,
                 me,
                 instance,
@@ -108,6 +132,7 @@ where
             parallelism,
             key_groups: key_groups.clone(),
             metrics: metrics.clone(),
+            clock: ProcessingClock::system(),
         };
         let op_err = |source| EngineError::Operator {
             name: name.clone(),
@@ -119,8 +144,11 @@ where
             _ => None,
         };
         let mut operator = self.factory.create(&ctx, state).map_err(op_err)?;
-        if let Some(snapshots) = restored {
-            operator.restore(&snapshots).map_err(op_err)?;
+        if let Some(restored) = restored {
+            if let Some(bytes) = &restored.broadcast {
+                operator.restore_broadcast_state(bytes).map_err(op_err)?;
+            }
+            operator.restore(&restored.operators).map_err(op_err)?;
         }
         let tables = table_gauges(b, me, instance, &mut operator)?;
         let queries = match &b.graph.nodes[me].queryable {
@@ -143,6 +171,7 @@ where
         let down = b.downstream::<F::Out>(me, instance)?;
         Ok(KeyedRunner {
             name,
+            instance,
             operator,
             queries,
             out: Output::connected(down, b.options.batch_size),
@@ -165,7 +194,7 @@ where
 {
     fn input(&self, b: &mut Build<'_>, me: NodeId, _: usize) -> Result<Box<dyn Any>> {
         if b.chained(me) {
-            let runner = self.runner(b, me, 0)?;
+            let runner = self.runner::<ByKey>(b, me, 0)?;
             return Ok(erase(Box::new(KeyedChained {
                 key: self.key.clone(),
                 runner,
@@ -179,12 +208,8 @@ where
             .senders
             .clone();
         Ok(erase::<F::In>(Box::new(ExchangePush {
-            name: b.name(me),
             key: self.key.clone(),
-            producer,
-            senders,
-            buffers: (0..workers).map(|_| Vec::new()).collect(),
-            sent_watermark: vec![MIN_WATERMARK; workers],
+            exchange: Exchange::new(b.name(me), producer, senders),
         })))
     }
 
@@ -194,7 +219,7 @@ where
         }
         let workers = b.options.parallelism;
         for instance in 0..workers {
-            let runner = self.runner(b, me, instance)?;
+            let runner = self.runner::<ByKey>(b, me, instance)?;
             b.spawn_receiver::<Keyed<F::Key, F::In>>(me, instance, workers, runner)?;
         }
         Ok(())
@@ -262,6 +287,8 @@ fn note_applied<T>(queries: &QueryInbox, records: &[Record<T>]) {
 /// Runs one keyed operator instance and forwards its output.
 pub(super) struct KeyedRunner<O: KeyedOperator> {
     name: String,
+    /// Its index among the operator's instances: instance 0 checkpoints the broadcast state.
+    instance: usize,
     operator: O,
     /// The queue of queries on the operator's queryable table, if it is queryable.
     queries: Option<QueryInbox>,
@@ -299,11 +326,68 @@ impl<O: KeyedOperator> KeyedRunner<O> {
                 operator
             }
         };
+        // Every instance holds the same broadcast state: one copy is enough, whatever the
+        // parallelism, and a restore at any parallelism gives it to every instance.
+        let broadcast = match self.instance {
+            0 => self.operator.broadcast_state().map_err(|e| e.to_string())?,
+            _ => None,
+        };
+        let broadcast = match broadcast {
+            Some(bytes) => {
+                let file = format!("{}.broadcast", store.name);
+                let path = c.participant.checkpointing().dir(id).join(&file);
+                std::fs::write(&path, bytes)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                Some(file)
+            }
+            None => None,
+        };
         Ok(ParticipantState::Keyed(KeyedSnapshot {
             key_groups: (c.key_groups.start, c.key_groups.end),
             store: store.name.clone(),
             operator,
+            broadcast,
         }))
+    }
+
+    /// Runs `f` on the operator, which runs user code (aggregates, process functions): a
+    /// panic is caught so that it fails the job like an error does. What the operator
+    /// emitted before it failed (windows that fired) still reaches the sinks, which flush
+    /// it before the job ends with the error.
+    fn guarded(
+        &mut self,
+        f: impl FnOnce(&mut O, &mut Output<O::Out>) -> std::result::Result<(), crate::BoxError>,
+    ) -> Result<()> {
+        let (operator, out) = (&mut self.operator, &mut self.out);
+        let error = match std::panic::catch_unwind(AssertUnwindSafe(|| f(operator, out))) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(source)) => EngineError::Operator {
+                name: self.name.clone(),
+                source,
+            },
+            Err(payload) => EngineError::Panicked {
+                name: self.name.clone(),
+                message: panic_message(payload.as_ref()),
+            },
+        };
+        self.out.forward()?;
+        self.out.downstream().flush(Flush::All)?;
+        Err(error)
+    }
+
+    /// Fires the processing-time timers that are due and sets the thread's alarm for the
+    /// next one (out of line: only operators with pending processing-time timers call it).
+    #[inline(never)]
+    fn processing_time(&mut self) -> Result<()> {
+        let mut next = None;
+        self.guarded(|operator, out| {
+            next = operator.on_processing_time(out)?;
+            Ok(())
+        })?;
+        if let Some(wait) = next {
+            alarm::wake_by(Instant::now() + wait);
+        }
+        Ok(())
     }
 
     /// Sets each table's `weir_state_table_entries` (once per batch, as the other state
@@ -340,48 +424,74 @@ impl<O: KeyedOperator> KeyedRunner<O> {
     }
 }
 
+/// The `barrier`, `finish` and `flush` of a [`KeyedRunner`], whatever its wire.
+macro_rules! runner_control {
+    () => {
+        fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+            self.on_barrier(id)
+        }
+        fn finish(&mut self) -> Result<()> {
+            self.on_finish()
+        }
+        fn flush(&mut self, what: Flush) -> Result<()> {
+            self.on_flush(what)
+        }
+    };
+}
+pub(super) use runner_control;
+
 impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
     fn push(&mut self, batch: Batch<Keyed<O::Key, O::In>>) -> Result<()> {
-        let op_err = |source| EngineError::Operator {
-            name: self.name.clone(),
-            source,
-        };
-        self.metrics.events_in.inc_by(batch.records.len() as u64);
+        self.note_input(&batch.records);
+        let (records, watermark) = (batch.records, batch.watermark);
+        self.run_batch(batch.ingested, watermark, |operator, out| {
+            operator.process(records, out)
+        })
+    }
+    runner_control!();
+}
+
+impl<O: KeyedOperator> KeyedRunner<O> {
+    /// Counts a batch's `records` in, and raises the queryable table's event time to them.
+    pub(super) fn note_input<T>(&self, records: &[Record<T>]) {
+        self.metrics.events_in.inc_by(records.len() as u64);
         if let Some(queries) = &self.queries {
-            note_applied(queries, &batch.records);
+            note_applied(queries, records);
+        }
+    }
+
+    /// Runs `work` (the operator on a batch's records), then the batch's `watermark`, and
+    /// forwards the results; the batch was read at `ingested`.
+    pub(super) fn run_batch(
+        &mut self,
+        ingested: Option<std::time::Instant>,
+        watermark: Timestamp,
+        work: impl FnOnce(&mut O, &mut Output<O::Out>) -> std::result::Result<(), BoxError>,
+    ) -> Result<()> {
+        // Timers the clock reached while no input came fire before this batch.
+        if self.operator.has_processing_timers() {
+            self.processing_time()?;
         }
         // Results are due because of this batch (its records or its watermark): they are
         // timed from its ingestion.
-        self.out.set_ingested(batch.ingested);
-        // User code runs in here (aggregates, process functions): a panic is caught so that
-        // it fails the job like an error does.
-        let (operator, out) = (&mut self.operator, &mut self.out);
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            operator.process(batch.records, out).map_err(op_err)?;
-            operator.on_watermark(batch.watermark, out).map_err(op_err)
-        }))
-        .unwrap_or_else(|payload| {
-            Err(EngineError::Panicked {
-                name: self.name.clone(),
-                message: panic_message(payload.as_ref()),
-            })
-        });
-        if let Err(e) = ran {
-            // What the operator emitted before it failed (windows that fired) still reaches
-            // the sinks, which flush it before the job ends with the error.
-            self.out.forward()?;
-            self.out.downstream().flush(Flush::All)?;
-            return Err(e);
-        }
-        self.out.advance_watermark(batch.watermark);
-        if batch.watermark != END_WATERMARK {
-            self.metrics.watermark.set(batch.watermark);
+        self.out.set_ingested(ingested);
+        self.guarded(|operator, out| {
+            work(operator, out)?;
+            operator.on_watermark(watermark, out)
+        })?;
+        self.out.advance_watermark(watermark);
+        if watermark != END_WATERMARK {
+            self.metrics.watermark.set(watermark);
         }
         self.metrics
             .state_entries
             .set(self.operator.state_entries() as i64);
         if !self.tables.is_empty() {
             self.sample_tables();
+        }
+        // The batch may have registered timers (due already, or later: the alarm).
+        if self.operator.has_processing_timers() {
+            self.processing_time()?;
         }
         let forwarded = self.out.forward()?;
         self.metrics.events_out.inc_by(forwarded as u64);
@@ -390,7 +500,9 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         }
         Ok(())
     }
-    fn barrier(&mut self, id: CheckpointId) -> Result<()> {
+
+    /// A checkpoint barrier passed every input: snapshot, acknowledge, pass it on.
+    pub(super) fn on_barrier(&mut self, id: CheckpointId) -> Result<()> {
         // A failed snapshot fails only this checkpoint: the state is still intact in memory
         // and the next checkpoint tries again.
         let snapshot = self.snapshot(id);
@@ -399,12 +511,28 @@ impl<O: KeyedOperator> Push<Keyed<O::Key, O::In>> for KeyedRunner<O> {
         }
         self.out.downstream().barrier(id)
     }
-    fn finish(&mut self) -> Result<()> {
+
+    /// The end of input: passed on.
+    pub(super) fn on_finish(&mut self) -> Result<()> {
         self.out.downstream().finish()
     }
-    fn flush(&mut self, what: Flush) -> Result<()> {
-        // The thread is between batches, maybe about to wait for the next: queries asked
-        // while the input is quiet are answered here (and wake it up while it waits).
+
+    /// The thread is between batches: due processing-time timers fire, queries are
+    /// answered, the downstream flushed.
+    pub(super) fn on_flush(&mut self, what: Flush) -> Result<()> {
+        // The thread is between batches, maybe about to wait for the next: due
+        // processing-time timers fire here, and the alarm is set for the next one.
+        if self.operator.has_processing_timers() {
+            self.processing_time()?;
+            // Only results go on: an empty batch would cross to the next stage at every
+            // step of the worker while a timer waits.
+            if self.out.has_results() {
+                let forwarded = self.out.forward()?;
+                self.metrics.events_out.inc_by(forwarded as u64);
+            }
+        }
+        // Queries asked while the input is quiet are answered here (and wake it up while it
+        // waits).
         if let Some(queries) = &self.queries {
             queries.drained_here();
             if !queries.is_empty() {

@@ -26,21 +26,33 @@ pub(super) fn store_name(node: &str, instance: usize) -> String {
     format!("{safe}-{instance}")
 }
 
+/// What a keyed instance resumes with besides the entries imported into its database.
+pub(super) struct Restored {
+    /// The operator snapshots of the old instances it took key groups from.
+    pub(super) operators: Vec<serde_json::Value>,
+    /// The operator's broadcast state, kept once for all instances (see
+    /// [`crate::KeyedOperator::broadcast_state`]).
+    pub(super) broadcast: Option<Vec<u8>>,
+}
+
 /// Imports the key groups `groups` of the operator with uid `uid` from the checkpoint
 /// being restored (from every old instance that held some of them); returns those
-/// instances' operator snapshots, or `None` on a fresh start.
+/// instances' operator snapshots and the broadcast state, or `None` on a fresh start.
 pub(super) fn import_keyed_state(
     checkpointing: &Checkpointing,
     uid: &str,
     groups: &std::ops::Range<KeyGroup>,
     state: &InstanceState,
-) -> Result<Option<Vec<serde_json::Value>>> {
+) -> Result<Option<Restored>> {
     let (Some(manifest), Some(dir)) = (checkpointing.restored(), checkpointing.restored_dir())
     else {
         return Ok(None);
     };
     let prefix = format!("{uid}#");
-    let mut snapshots = Vec::new();
+    let mut restored = Restored {
+        operators: Vec::new(),
+        broadcast: None,
+    };
     for (key, value) in manifest.participants.range(prefix.clone()..) {
         if !key.starts_with(&prefix) {
             break;
@@ -59,6 +71,17 @@ pub(super) fn import_keyed_state(
                 )))
             }
         };
+        if let Some(file) = &old.broadcast {
+            // Every instance loads the one copy, whichever key groups it takes.
+            let path = dir.join(file);
+            let bytes = std::fs::read(&path).map_err(|e| {
+                unfit(format!(
+                    "its broadcast state cannot be read from {}: {e}",
+                    path.display()
+                ))
+            })?;
+            restored.broadcast = Some(bytes);
+        }
         let overlap = old.key_groups.0.max(groups.start)..old.key_groups.1.min(groups.end);
         if overlap.is_empty() {
             continue;
@@ -79,9 +102,9 @@ pub(super) fn import_keyed_state(
                 from.display()
             ))
         })?;
-        snapshots.push(old.operator.clone());
+        restored.operators.push(old.operator.clone());
     }
-    Ok(Some(snapshots))
+    Ok(Some(restored))
 }
 
 /// The checkpointed state of one keyed instance.

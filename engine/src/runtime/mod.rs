@@ -13,6 +13,7 @@
 //! | `inbox.rs` | the receiving end of a channel: watermark minimum over producers, idleness |
 //! | `alignment.rs` | where a checkpoint barrier is aligned |
 //! | `keyed.rs`, `keyed_snapshot.rs` | keyed operator instances, and their state in checkpoints |
+//! | `broadcast.rs` | a keyed operator connected to a broadcast stream: every instance gets its elements |
 //! | `union.rs`, `sink.rs` | unions, and sinks with their pre-commit and commit |
 //! | `run.rs` | threads, the checkpoint coordinator, progress, failure reporting |
 //! | `worker.rs` | the worker threads of parallelism > 1 |
@@ -166,7 +167,9 @@ macro_rules! pass_on_control {
     };
 }
 
+mod alarm;
 mod alignment;
+mod broadcast;
 mod build;
 mod event_time;
 mod exchange;
@@ -181,6 +184,7 @@ mod split;
 mod stateless;
 mod union;
 
+pub(crate) use broadcast::BroadcastNode;
 pub(crate) use build::NodeImpl;
 pub(crate) use event_time::TimestampPush;
 pub(crate) use keyed::KeyedNode;

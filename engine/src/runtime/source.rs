@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Select;
 use prometheus::IntCounter;
 
+use super::alarm;
 use super::build::{Build, NodeImpl, Task};
 use super::push::{Flush, Push};
 use super::worker::{Backlog, Part, Step};
@@ -297,7 +298,9 @@ impl<S: Source> SourceLoop<S> {
                     self.down.flush(Flush::All)?;
                     // Parked, not asleep: a query on a keyed table chained into this thread
                     // wakes it (see `crate::query`).
-                    std::thread::park_timeout(self.wake_after().unwrap_or_default());
+                    // A processing-time timer of an operator chained here ends it too.
+                    let wait = alarm::bound(self.wake_after().unwrap_or_default());
+                    std::thread::park_timeout(wait);
                 }
                 Step::HeldBack => {
                     self.down.flush(Flush::Due)?;

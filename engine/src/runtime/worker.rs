@@ -9,7 +9,8 @@
 //! A worker steps its [`Part`]s in turn: a source polls one batch, an inbox handles a bounded
 //! number of messages. When no part did anything it waits for a message on any of its
 //! inboxes, or until a source wants polling again ([`crate::SourceStatus::Pending`], or a
-//! short while when a source is held back by the backlog or a slower sibling).
+//! short while when a source is held back by the backlog or a slower sibling), or until a
+//! keyed operator's processing-time timer is due ([`super::alarm`]).
 //!
 //! # Invariants
 //! - A worker never blocks on a send to another worker: a worker can be the receiver of its
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Select, Sender};
 
-use super::Flush;
+use super::{alarm, Flush};
 use crate::error::{EngineError, Result};
 
 /// What one step of a part did.
@@ -133,7 +134,7 @@ pub(super) fn run(name: &str, mut parts: Vec<Box<dyn Part>>, cancelled: &AtomicB
             }
             select.recv(&rung);
             // Which channel is ready does not matter: the next round steps every part.
-            let _ = select.ready_timeout(timeout);
+            let _ = select.ready_timeout(alarm::bound(timeout));
             while rung.try_recv().is_ok() {}
         }
     }

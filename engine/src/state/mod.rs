@@ -7,12 +7,14 @@
 //! operators are generic over the backend and do not change. [`ttl`] adds expiring
 //! entries and list state on top of any backend; [`keyed`] is map state (many entries per
 //! stream key, each stored on its own); [`timers`] are the event-time timer
-//! queues each backend provides.
+//! queues each backend provides; [`broadcast`] is the state every instance of an operator
+//! holds in full, written by a broadcast stream.
 //!
 //! # Invariants
 //! - A backend instance belongs to one operator instance (one thread); no locking.
 //! - Entries are only visible through the table they were written to.
 
+pub mod broadcast;
 mod codec;
 pub mod keyed;
 pub mod memory;
@@ -28,6 +30,7 @@ use serde::Serialize;
 
 use crate::keys::StableHash;
 
+pub use self::broadcast::{BroadcastKey, BroadcastState, BroadcastStateDescriptor};
 pub use self::keyed::{KeyedMapState, MapEntries, MemoryKeyedMap, RocksKeyedMap};
 pub use self::memory::{MemoryBackend, MemoryMap, MemorySnapshots};
 pub use self::rocksdb::{

@@ -925,25 +925,24 @@ impl<K: StateKey> TimerQueue<K> for RocksTimers<K> {
         &mut self,
         due: impl Fn(Timestamp) -> bool,
     ) -> Result<Option<(Timestamp, Vec<K>)>, StateError> {
-        let in_memory = self.pending.first_time();
-        let in_db = self.head.as_deref().and_then(time_of_key);
-        let time = match (in_memory, in_db) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(t), None) | (None, Some(t)) => t,
-            (None, None) => return Ok(None),
-        };
-        if !due(time) {
+        let Some(time) = self.next_time().filter(|&time| due(time)) else {
             return Ok(None);
-        }
+        };
         let mut keys = Vec::new();
-        if in_memory == Some(time) {
+        if self.pending.first_time() == Some(time) {
             keys = self.pending.remove(time);
             self.pending_len -= keys.len();
         }
-        if in_db == Some(time) {
+        if self.head.as_deref().and_then(time_of_key) == Some(time) {
             self.pop_from_db(time, &mut keys)?;
         }
         Ok(Some((time, keys)))
+    }
+
+    fn next_time(&self) -> Option<Timestamp> {
+        let in_memory = self.pending.first_time();
+        let in_db = self.head.as_deref().and_then(time_of_key);
+        in_memory.into_iter().chain(in_db).min()
     }
 }
 
@@ -1128,6 +1127,7 @@ mod tests {
             expected.push((time, format!("k{i:02}")));
         }
         assert_eq!(timers.pop_due(|t| t < -6)?, None, "nothing is due yet");
+        assert_eq!(timers.next_time(), Some(-6));
         let first = pop_all(&mut timers, 0)?;
         // Timers registered below what was popped (a late event) still come out; five of
         // them make the buffer spill below the popped range.

@@ -1,4 +1,5 @@
-//! Event-time timers: which keys need attention when the watermark passes a time.
+//! Timers: which keys need attention when the watermark (event-time timers) or the clock
+//! (processing-time timers) passes a time.
 //!
 //! Operators register `(time, key)` pairs and pop the earliest ones once the watermark makes
 //! them due. A backend provides the queue ([`StateBackend::timer_queue`]): the memory backend
@@ -31,6 +32,9 @@ pub trait TimerQueue<K>: Send + 'static {
         &mut self,
         due: impl Fn(Timestamp) -> bool,
     ) -> Result<Option<(Timestamp, Vec<K>)>, StateError>;
+
+    /// The time of the earliest timer, if any (without a read from disk).
+    fn next_time(&self) -> Option<Timestamp>;
 }
 
 /// The timer queue of an operator that has no timers: never due.
@@ -53,6 +57,10 @@ impl<K> TimerQueue<K> for NoTimers {
         _due: impl Fn(Timestamp) -> bool,
     ) -> Result<Option<(Timestamp, Vec<K>)>, StateError> {
         Ok(None)
+    }
+
+    fn next_time(&self) -> Option<Timestamp> {
+        None
     }
 }
 
@@ -108,6 +116,10 @@ impl<K: Send + 'static> TimerQueue<K> for MemoryTimers<K> {
             _ => None,
         })
     }
+
+    fn next_time(&self) -> Option<Timestamp> {
+        self.first_time()
+    }
 }
 
 #[cfg(test)]
@@ -121,9 +133,11 @@ mod tests {
         timers.register(10, "a")?;
         timers.register(20, "c")?;
         assert_eq!(timers.pop_due(|t| t < 10)?, None);
+        assert_eq!(timers.next_time(), Some(10));
         assert_eq!(timers.pop_due(|t| t <= 20)?, Some((10, vec!["a"])));
         assert_eq!(timers.pop_due(|t| t <= 20)?, Some((20, vec!["b", "c"])));
         assert_eq!(timers.pop_due(|_| true)?, None);
+        assert_eq!(timers.next_time(), None);
         Ok(())
     }
 }
