@@ -1,7 +1,8 @@
 //! A user crate's own job (examples/custom-job) gets the weir CLI: it reads any `--input`
 //! the bundled jobs read (JSON lines, CSV, Arrow IPC, Kafka) into its own type with the same
 //! results, sends what does not decode to the dead letters with its position, and writes
-//! two named outputs, each with its own rows.
+//! two named outputs, each with its own rows; its own typed options (`--long-view-ms`,
+//! `--slide`) are listed by its `--help`, checked by the parser and change its results.
 
 #[allow(dead_code, clippy::unwrap_used)]
 #[path = "common/broker.rs"]
@@ -24,8 +25,10 @@ type Alert = (i64, String, i64);
 type Letter = (String, u64, String);
 
 const BIN: &str = env!("CARGO_BIN_EXE_custom-job");
-/// The example's alert threshold (`LONG_VIEW_MS`).
+/// The example's default alert threshold (`--long-view-ms`).
 const LONG_VIEW_MS: i64 = 450;
+/// The example's default window slide (`--slide`), ms.
+const SLIDE_MS: i64 = 20_000;
 const PAGES: [&str; 3] = ["/", "/docs", "/pricing"];
 
 /// (ts, page, dwell_ms), in time order so nothing is late.
@@ -35,15 +38,16 @@ fn views() -> Vec<(i64, &'static str, i64)> {
         .collect()
 }
 
-/// The window results a plain reference computes: 60 s windows every 20 s, views with
-/// dwell 0 left out; (page, window end) -> (views, total dwell).
+/// The window results a plain reference computes: 60 s windows every `slide` ms, views
+/// with dwell 0 left out; (page, window end) -> (views, total dwell).
 type Dwell = BTreeMap<(String, i64), (u64, i64)>;
 
-fn expected_dwell(views: &[(i64, &str, i64)]) -> Dwell {
+fn expected_dwell(views: &[(i64, &str, i64)], slide: i64) -> Dwell {
     let mut expected = Dwell::new();
     for &(ts, page, dwell) in views.iter().filter(|v| v.2 > 0) {
-        let last_start = ts - ts.rem_euclid(20_000);
-        for start in [last_start, last_start - 20_000, last_start - 40_000] {
+        let last_start = ts - ts.rem_euclid(slide);
+        let starts = (0..).map(|i| last_start - i * slide);
+        for start in starts.take_while(|s| s + 60_000 > ts) {
             let e = expected
                 .entry((page.to_string(), start + 60_000))
                 .or_default();
@@ -54,10 +58,10 @@ fn expected_dwell(views: &[(i64, &str, i64)]) -> Dwell {
     expected
 }
 
-fn expected_alerts(views: &[(i64, &str, i64)]) -> Vec<Alert> {
+fn expected_alerts(views: &[(i64, &str, i64)], long_view_ms: i64) -> Vec<Alert> {
     let mut alerts: Vec<_> = views
         .iter()
-        .filter(|v| v.2 >= LONG_VIEW_MS)
+        .filter(|v| v.2 >= long_view_ms)
         .map(|&(ts, page, dwell)| (ts, page.to_string(), dwell))
         .collect();
     alerts.sort();
@@ -100,11 +104,17 @@ fn alert_rows(path: &Path) -> Fallible<Vec<Alert>> {
 /// Runs `page-dwell` on `input` with both outputs in `dir` (`NAME-dwell.jsonl`,
 /// `NAME-alerts.jsonl`).
 fn run(input: &str, dir: &Path, name: &str) -> Result<Output, std::io::Error> {
+    run_with(input, dir, name, &[])
+}
+
+/// [`run`] with more arguments.
+fn run_with(input: &str, dir: &Path, name: &str, args: &[&str]) -> Result<Output, std::io::Error> {
     let dwell = dir.join(format!("{name}-dwell.jsonl"));
     let alerts = dir.join(format!("{name}-alerts.jsonl"));
     Command::new(BIN)
         .args(["run", "page-dwell", "--metrics-addr", "off", "--quiet"])
         .args(["--input", input])
+        .args(args)
         .arg(format!("--output=dwell={}", dwell.display()))
         .arg(format!("--output=alerts={}", alerts.display()))
         .current_dir(dir)
@@ -120,6 +130,17 @@ fn dead_letter_count(stderr: &str) -> Option<u64> {
 }
 
 fn check_run(output: &Output, dir: &Path, name: &str, letters: u64) -> TestResult {
+    check_run_with(output, dir, name, letters, (SLIDE_MS, LONG_VIEW_MS))
+}
+
+/// [`check_run`] for a run with `--slide` and `--long-view-ms` (in ms).
+fn check_run_with(
+    output: &Output,
+    dir: &Path,
+    name: &str,
+    letters: u64,
+    (slide, long_view_ms): (i64, i64),
+) -> TestResult {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{name}: {stderr}");
     assert_eq!(
@@ -129,9 +150,13 @@ fn check_run(output: &Output, dir: &Path, name: &str, letters: u64) -> TestResul
     );
     let views = views();
     let dwell = dwell_rows(&dir.join(format!("{name}-dwell.jsonl")))?;
-    assert_eq!(dwell, expected_dwell(&views), "{name}: dwell");
+    assert_eq!(dwell, expected_dwell(&views, slide), "{name}: dwell");
     let alerts = alert_rows(&dir.join(format!("{name}-alerts.jsonl")))?;
-    assert_eq!(alerts, expected_alerts(&views), "{name}: alerts");
+    assert_eq!(
+        alerts,
+        expected_alerts(&views, long_view_ms),
+        "{name}: alerts"
+    );
     assert!(!alerts.is_empty() && dwell.len() > alerts.len() / 10);
     Ok(())
 }
@@ -220,18 +245,21 @@ fn write_arrow(path: &Path, views: &[(i64, &str, i64)]) -> TestResult {
     Ok(())
 }
 
+/// Checks that `run page-dwell` with `args` is refused with exit code 2, saying `wanted`.
+fn refused(args: &[&str], wanted: &str) -> TestResult {
+    let out = Command::new(BIN)
+        .args(["run", "page-dwell", "--input", "v.jsonl"])
+        .args(args)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains(wanted), "{args:?}: {stderr}");
+    Ok(())
+}
+
 #[test]
 fn outputs_are_asked_for_by_name_and_wrong_names_are_refused() -> TestResult {
-    let refuse = |args: &[&str], wanted: &str| -> TestResult {
-        let out = Command::new(BIN)
-            .args(["run", "page-dwell", "--input", "v.jsonl"])
-            .args(args)
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(wanted), "{args:?}: {stderr}");
-        Ok(())
-    };
+    let refuse = refused;
     refuse(
         &["--output", "dwell=d.jsonl", "--output", "alert=a.jsonl"],
         "`--output alert=..`: job `page-dwell` has no output `alert`; its outputs are dwell, alerts",
@@ -249,6 +277,82 @@ fn outputs_are_asked_for_by_name_and_wrong_names_are_refused() -> TestResult {
         &["--window", "tumble:5s"],
         "`--window` is not an option of job `page-dwell`: it reads --input,",
     )?;
+    Ok(())
+}
+
+#[test]
+fn the_jobs_own_options_are_listed_checked_and_change_its_results() -> TestResult {
+    // `--help` of the job lists its own options with their doc comments, and of weir's
+    // only those it reads.
+    let help = Command::new(BIN)
+        .args(["run", "page-dwell", "--help"])
+        .output()?;
+    let text = String::from_utf8(help.stdout)?;
+    assert!(help.status.success(), "{text}");
+    for wanted in [
+        "Options of the job:",
+        "--long-view-ms <MS>",
+        "A view at least this long (milliseconds) is an alert",
+        "[default: 450]",
+        "--slide <DURATION>",
+        "--input <INPUT>",
+        "--parallelism <PARALLELISM>",
+    ] {
+        assert!(text.contains(wanted), "`{wanted}` not in:\n{text}");
+    }
+    assert!(!text.contains("--window"), "{text}");
+
+    // A bad value is refused by the parser, naming the option, with exit code 2.
+    for (args, wanted) in [
+        (
+            ["--long-view-ms", "soon"],
+            "invalid value 'soon' for '--long-view-ms <MS>'",
+        ),
+        (
+            ["--long-view-ms", "0"],
+            "'--long-view-ms <MS>': 0 is not in 1..",
+        ),
+        (
+            ["--slide", "90s"],
+            "'--slide <DURATION>': a slide is 1ms to 60s",
+        ),
+        (
+            ["--slide", "5"],
+            "for '--slide <DURATION>': invalid duration `5`",
+        ),
+    ] {
+        refused(&args, wanted)?;
+    }
+    // `describe` takes them too, before the job's name as after it.
+    let described = Command::new(BIN)
+        .args([
+            "describe",
+            "--slide",
+            "30s",
+            "page-dwell",
+            "--long-view-ms",
+            "9",
+        ])
+        .output()?;
+    assert!(
+        described.status.success(),
+        "{}",
+        String::from_utf8_lossy(&described.stderr)
+    );
+
+    // They reach the job: other windows and another alert threshold.
+    let dir = tempfile::tempdir()?;
+    let lines: Vec<String> = views()
+        .iter()
+        .map(|(ts, page, dwell)| {
+            format!("{{\"ts\":{ts},\"page\":\"{page}\",\"dwell_ms\":{dwell}}}")
+        })
+        .collect();
+    let jsonl = dir.path().join("views.jsonl");
+    std::fs::write(&jsonl, lines.join("\n") + "\n")?;
+    let args = ["--long-view-ms", "300", "--slide", "30s"];
+    let out = run_with(jsonl.to_str().ok_or("path")?, dir.path(), "own", &args)?;
+    check_run_with(&out, dir.path(), "own", 0, (30_000, 300))?;
     Ok(())
 }
 

@@ -4,6 +4,9 @@
 //! [`main`] is the whole CLI for any [`Registry`], so a crate with its own jobs gets the same
 //! commands, HTTP API (metrics, dashboard) and progress output as the `weir` binary.
 
+mod job_args;
+
+use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +51,9 @@ enum Command {
         options: JobOptions,
     },
     /// Run a job until its input ends, serving Prometheus metrics meanwhile.
+    #[command(
+        after_help = "`weir run JOB --help` lists the options JOB reads, with its own ones."
+    )]
     Run {
         /// The job.
         job: String,
@@ -80,6 +86,23 @@ enum Command {
         /// Keep the final checkpoint as a savepoint and print its directory.
         #[arg(long)]
         savepoint: bool,
+    },
+    /// Create a crate with a job of your own (the page-dwell example) that builds against
+    /// this weir: its source, Cargo.lock, release profile and build directory, so that
+    /// RocksDB and weir's other dependencies are not compiled again.
+    New {
+        /// The crate's name, also its binary's (letters, digits, `-`, `_`).
+        name: String,
+        /// Where to create it (default: ./NAME); it must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// weir's source checkout (default: the one this binary was built from).
+        #[arg(long, value_name = "DIR")]
+        weir: Option<PathBuf>,
+        /// The build directory to share with weir (default: $CARGO_TARGET_DIR, else the one
+        /// this binary was built into).
+        #[arg(long, value_name = "DIR")]
+        target_dir: Option<PathBuf>,
     },
     /// Write a deterministic synthetic stream as JSON lines.
     Gen {
@@ -167,13 +190,27 @@ const CLOSED_PIPE: u8 = 141;
 /// Runs the CLI with `registry`'s jobs; returns the process exit code.
 pub fn main(registry: Registry) -> ExitCode {
     end_quietly_when_output_is_closed();
-    let matches = Cli::command().get_matches();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match job_args::for_job_in_args(Cli::command(), &registry, &argv) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("weir: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let matches = command.get_matches_from(&argv);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches.subcommand().map(|(_, sub)| sub);
     // The job options given on the command line, not left at their defaults: a job
     // refuses those it does not read.
-    let given = matches
-        .subcommand()
-        .map_or_else(Vec::new, |(_, sub)| given_options(sub));
+    let given = Given {
+        options: sub.map_or_else(Vec::new, given_options),
+        job_args: sub
+            .map(|sub| job_args::parse(&registry, sub))
+            .transpose()
+            .unwrap_or_else(|e| e.exit())
+            .flatten(),
+    };
     match execute(&registry, cli.command, &given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_closed_pipe(&e) => ExitCode::from(CLOSED_PIPE),
@@ -218,24 +255,34 @@ fn end_quietly_when_output_is_closed() {
     }));
 }
 
-/// The job called `name`, if it reads every option in `given` and `options` give its
-/// outputs (or `fill` stands for those not given, see [`JobSpec::check_outputs`]);
-/// `options` learn its name.
+/// What the command line gave a job besides [`JobOptions`].
+struct Given {
+    /// The long names of the [`JobOptions`] given (not left at their defaults).
+    options: Vec<String>,
+    /// The job's own options ([`JobSpec::args`]), parsed.
+    job_args: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+/// The job called `name`, if it reads every option and `--param` key given and `options`
+/// give its outputs (or `fill` stands for those not given, see
+/// [`JobSpec::check_outputs`]); `options` learn its name and own options.
 fn job<'r>(
     registry: &'r Registry,
     name: &str,
-    given: &[String],
+    given: &Given,
     options: &mut JobOptions,
     fill: Option<&str>,
 ) -> anyhow::Result<&'r JobSpec> {
     let spec = registry.get(name)?;
-    spec.check_options(given)?;
+    spec.check_options(&given.options)?;
+    spec.check_params(options)?;
     spec.check_outputs(options, fill)?;
     options.job_name = Some(spec.name.clone());
+    options.job_args = given.job_args.clone();
     Ok(spec)
 }
 
-fn execute(registry: &Registry, command: Command, given: &[String]) -> anyhow::Result<()> {
+fn execute(registry: &Registry, command: Command, given: &Given) -> anyhow::Result<()> {
     match command {
         Command::Jobs => {
             let width = registry
@@ -315,6 +362,26 @@ fn execute(registry: &Registry, command: Command, given: &[String]) -> anyhow::R
                 results.push(bench_once(spec, &options)?);
             }
             println!("\n{}", crate::bench::markdown_table(&results));
+            Ok(())
+        }
+        Command::New {
+            name,
+            dir,
+            weir,
+            target_dir,
+        } => {
+            let new = crate::new_crate::NewCrate {
+                name: name.clone(),
+                dir,
+                weir,
+                target_dir,
+            };
+            let created = crate::new_crate::create(&new)?;
+            let (dir, target) = (created.dir.display(), created.target_dir.display());
+            eprintln!(
+                "weir: created crate `{name}` in {dir}; build it with `cd {dir} && cargo build \
+                 --release`, then run `{target}/release/{name} run page-dwell --help`"
+            );
             Ok(())
         }
         Command::Gen {

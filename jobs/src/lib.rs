@@ -28,7 +28,7 @@
 //! (bundled jobs), [`arrow_events`] (window-agg's Arrow IPC input and
 //! its generator), [`generate`] (deterministic test and bench streams), [`mod@bench`] (the
 //! `weir bench` harness), [`partitioned`] (a job run as one task per Kafka partition, for
-//! scale-out over a consumer group).
+//! scale-out over a consumer group), [`new_crate`] (`weir new`: a crate of your own).
 
 pub mod account_balances;
 pub mod arrow_events;
@@ -38,6 +38,7 @@ pub mod dead_letters;
 pub mod generate;
 mod http;
 pub mod input;
+pub mod new_crate;
 pub mod nexmark;
 pub mod operator_bench;
 pub mod options;

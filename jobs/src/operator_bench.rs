@@ -128,6 +128,15 @@ fn inputs(job: &Job, n: u64, keys: u64, opts: &JobOptions) -> (Stream<Tick>, Str
     (left, all.filter(|t: &Tick| !t.id.is_multiple_of(2)))
 }
 
+/// The `--param` keys of `operators`, for `weir run operators --help`.
+pub const PARAMS: &[(&str, &str)] = &[
+    ("keys", "N: distinct keys of the ticks (default 1000)"),
+    (
+        "generators",
+        "2: window-join reads two generator threads instead of one",
+    ),
+];
+
 /// Builds the query `--query` on `--events` ticks (default 1 M).
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("operators");

@@ -1,6 +1,8 @@
 //! The flags every job can read. Jobs take what they need and say clearly what is missing.
 
+use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -142,6 +144,10 @@ pub struct JobOptions {
     /// by the CLI, so that a job's builder need not repeat it ([`JobOptions::job`]).
     #[arg(skip)]
     pub job_name: Option<String>,
+    /// The job's own options, parsed by the CLI from the type its spec declares
+    /// ([`crate::registry::JobSpec::args`]); read with [`JobOptions::args`].
+    #[arg(skip)]
+    pub job_args: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// A mistake in how weir was called (a missing or contradictory option), as opposed to a
@@ -232,6 +238,37 @@ impl JobOptions {
     /// set, as when options are parsed by [`JobOptions::from_args`]).
     pub fn job(&self) -> weir_engine::Job {
         weir_engine::Job::new(self.job_name.as_deref().unwrap_or("job"))
+    }
+
+    /// The job's own options ([`crate::registry::JobSpec::args`]), as parsed from the
+    /// command line; their defaults where no command line set them (options made by
+    /// [`JobOptions::from_args`]). An error if the job's spec declared another type, or a
+    /// required option was not given.
+    pub fn args<A>(&self) -> anyhow::Result<A>
+    where
+        A: clap::Args + Clone + 'static,
+    {
+        let Some(parsed) = &self.job_args else {
+            let command = A::augment_args(clap::Command::new("job").no_binary_name(true));
+            let defaults = command
+                .try_get_matches_from(Vec::<String>::new())
+                .and_then(|m| A::from_arg_matches(&m));
+            return defaults.map_err(|e| {
+                let e = e.to_string();
+                let reason = e.trim_start_matches("error: ").trim_end();
+                anyhow::Error::new(UsageError(format!(
+                    "the job's options ({}): {reason}",
+                    std::any::type_name::<A>()
+                )))
+            });
+        };
+        parsed.downcast_ref::<A>().cloned().ok_or_else(|| {
+            anyhow!(
+                "the job reads its options as {}, which is not the type its spec declares \
+                 (JobSpec::args)",
+                std::any::type_name::<A>()
+            )
+        })
     }
 
     /// The input path, or an error saying the job needs one.

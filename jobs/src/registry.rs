@@ -1,4 +1,9 @@
-//! Jobs by name: what `weir jobs` lists and `weir run JOB` builds.
+//! Jobs by name: what `weir jobs` lists and `weir run JOB` builds, with the options each
+//! reads: those of [`JobOptions`] it takes, its own typed ones ([`JobSpec::args`]) and the
+//! `--param` keys it knows ([`JobSpec::params`]).
+
+use std::any::Any;
+use std::sync::Arc;
 
 use weir_engine::Job;
 
@@ -56,6 +61,57 @@ pub struct JobSpec {
     /// The names of its outputs, each given as `--output NAME=SPEC`; empty for a job with
     /// one output, given as `--output SPEC`.
     pub outputs: Vec<&'static str>,
+    /// The job's own options, a type deriving [`clap::Args`] ([`JobSpec::args`]).
+    pub args: Option<JobArgs>,
+    /// The `--param KEY=VALUE` keys it reads, each with one line on its value
+    /// ([`JobSpec::params`]); `None` if it did not say (then any key is taken).
+    pub params: Option<Vec<(&'static str, &'static str)>>,
+}
+
+/// A job's own options: a [`clap::Args`] type, added to `weir run JOB`, `describe` and
+/// `bench` (and to their `--help`) for that job only, parsed and validated by clap, and
+/// read by the job's builder with [`JobOptions::args`].
+#[derive(Clone)]
+pub struct JobArgs {
+    /// The type's name, for messages.
+    pub type_name: &'static str,
+    /// Adds the options to a command (`A::augment_args`).
+    pub augment: fn(clap::Command) -> clap::Command,
+    /// Reads them from the command's matches (`A::from_arg_matches`).
+    pub parse: fn(&clap::ArgMatches) -> Result<Arc<dyn Any + Send + Sync>, clap::Error>,
+}
+
+impl std::fmt::Debug for JobArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobArgs")
+            .field("type_name", &self.type_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobArgs {
+    /// The options of `A`.
+    pub fn of<A>() -> Self
+    where
+        A: clap::Args + Send + Sync + 'static,
+    {
+        JobArgs {
+            type_name: std::any::type_name::<A>(),
+            augment: A::augment_args,
+            parse: |matches| {
+                let parsed: Arc<dyn Any + Send + Sync> = Arc::new(A::from_arg_matches(matches)?);
+                Ok(parsed)
+            },
+        }
+    }
+
+    /// The long names and ids of the options, for clashes with weir's own.
+    pub(crate) fn names(&self) -> Vec<(String, Option<String>)> {
+        (self.augment)(clap::Command::new("args"))
+            .get_arguments()
+            .map(|a| (a.get_id().to_string(), a.get_long().map(str::to_string)))
+            .collect()
+    }
 }
 
 impl JobSpec {
@@ -68,7 +124,83 @@ impl JobSpec {
             queries: &[],
             reads: None,
             outputs: Vec::new(),
+            args: None,
+            params: None,
         }
+    }
+
+    /// Declares the job's own options as a type deriving [`clap::Args`]: `weir run JOB
+    /// --help` lists them with their doc comments, clap parses and validates their values
+    /// (a bad one is a usage error naming the option, exit 2), and the builder reads them
+    /// with [`JobOptions::args`]. Their names may not be those of weir's own options.
+    ///
+    /// ```
+    /// use weir_jobs::prelude::*;
+    ///
+    /// /// Options of `my-job`.
+    /// #[derive(Debug, Clone, clap::Args)]
+    /// struct MyArgs {
+    ///     /// Alert on values at least this large.
+    ///     #[arg(long, default_value_t = 100)]
+    ///     threshold: i64,
+    /// }
+    ///
+    /// fn build(opts: &JobOptions) -> anyhow::Result<Job> {
+    ///     let args: MyArgs = opts.args()?;
+    ///     assert_eq!(args.threshold, 100);
+    ///     Ok(opts.job())
+    /// }
+    ///
+    /// let spec = JobSpec::new("my-job", "alerts", build).args::<MyArgs>();
+    /// (spec.build)(&JobOptions::from_args(Vec::<String>::new())?)?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn args<A>(mut self) -> Self
+    where
+        A: clap::Args + Send + Sync + 'static,
+    {
+        self.args = Some(JobArgs::of::<A>());
+        self
+    }
+
+    /// Declares the keys of `--param KEY=VALUE` the job reads, each with one line on its
+    /// value (shown by `weir run JOB --help`); the CLI refuses other keys, naming these.
+    /// Implies that the job reads `--param` ([`JobSpec::reads`]).
+    pub fn params(mut self, params: &[(&'static str, &'static str)]) -> Self {
+        self.params
+            .get_or_insert_with(Vec::new)
+            .extend_from_slice(params);
+        // A job that did not say what it reads takes `--param` with the rest.
+        if self.reads.as_ref().is_some_and(|r| !r.contains(&"param")) {
+            self = self.reads(&["param"]);
+        }
+        self
+    }
+
+    /// Refuses `--param` keys the job did not declare ([`JobSpec::params`]), naming those
+    /// it did; a job that declared none takes any.
+    pub fn check_params(&self, options: &JobOptions) -> anyhow::Result<()> {
+        let Some(declared) = &self.params else {
+            return Ok(());
+        };
+        let Some((key, _)) = options
+            .params
+            .iter()
+            .find(|(k, _)| !declared.iter().any(|(d, _)| d == k))
+        else {
+            return Ok(());
+        };
+        let valid: Vec<String> = declared.iter().map(|(d, _)| format!("{d}=")).collect();
+        let valid = match valid.is_empty() {
+            true => "none".to_string(),
+            false => valid.join(", "),
+        };
+        usage!(
+            "`--param {key}=..`: job `{}` has no param `{key}`; its params are {valid} \
+             (see `weir run {} --help`)",
+            self.name,
+            self.name
+        )
     }
 
     /// Declares options the job reads (long names, e.g. `["input", "window"]`, or
@@ -228,7 +360,7 @@ impl Registry {
             .register(
                 JobSpec::new("saga-monitor", sagas::ABOUT, sagas::build)
                     .reads(EVENT_INPUT)
-                    .reads(&["param"]),
+                    .params(&[("deadline", sagas::DEADLINE_PARAM)]),
             )
             .register(
                 JobSpec::new("account-balances", balances::ABOUT, balances::build)
@@ -241,7 +373,8 @@ impl Registry {
             )
             .register(
                 JobSpec::new("operators", ops::ABOUT, ops::build)
-                    .reads(&["events", "query", "param"]),
+                    .reads(&["events", "query"])
+                    .params(ops::PARAMS),
             )
     }
 

@@ -125,6 +125,10 @@ pub enum SagaOutcome {
     },
 }
 
+/// What `--param deadline=` takes, for `weir run saga-monitor --help`.
+pub const DEADLINE_PARAM: &str =
+    "DURATION: how long after OrderPlaced the other steps may come (default 30s)";
+
 /// Builds `saga-monitor` from options.
 pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let deadline = match opts.param("deadline") {

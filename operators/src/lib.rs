@@ -55,6 +55,8 @@ pub mod broadcast;
 pub mod cep;
 pub mod continuous_topn;
 pub mod dedup;
+#[doc(hidden)]
+pub mod doc_support;
 pub mod join;
 pub mod process;
 pub mod process_state;

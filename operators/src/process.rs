@@ -41,7 +41,37 @@ use weir_engine::{
     StateValue, Stream, TimerQueue, Timestamp,
 };
 
-/// Adds `process_with_state` to keyed streams.
+/// Per-key logic that is not a window, on keyed streams: [`ProcessExt::process_with_state`]
+/// (a function with a state value per key) and [`ProcessExt::process_with_timers`] (a
+/// [`TimerFunction`] with event-time timers, map and list state).
+///
+/// ```
+/// use std::time::Duration;
+/// use weir_engine::{Job, Timestamp, Watermarks};
+/// use weir_operators::prelude::*;
+/// # use weir_operators::doc_support::{sorted, Collect, VecSource};
+///
+/// // (account, event time in ms, amount): an alert with the balance each time an
+/// // account's balance goes below zero.
+/// type Tx = (&'static str, i64, i64);
+/// let txs: Vec<Tx> = vec![("a", 1, 50), ("b", 2, -5), ("a", 3, -80), ("a", 4, 100), ("a", 5, -90)];
+/// let (sink, seen) = Collect::new();
+/// let job = Job::new("balances");
+/// job.source("txs", VecSource(txs))
+///     .timestamps(|t| t.1, Watermarks::bounded(Duration::ZERO))
+///     .key_by(|t: &Tx| t.0.to_string())
+///     .process_with_state("overdrawn", |account: &String, balance: &mut i64, _: Timestamp, t: &Tx, out: &mut Vec<(String, i64)>| {
+///         let before = *balance;
+///         *balance += t.2;
+///         if before >= 0 && *balance < 0 {
+///             out.push((account.clone(), *balance));
+///         }
+///     })
+///     .sink("alerts", sink);
+/// job.run(&Default::default())?;
+/// assert_eq!(sorted(&seen), vec![("a".into(), -30), ("a".into(), -20), ("b".into(), -5)]);
+/// # Ok::<(), weir_engine::EngineError>(())
+/// ```
 pub trait ProcessExt<K, T> {
     /// Runs `f(key, state, event_time, event, emit)` for every event, in stream order per key.
     fn process_with_state<S, O, F>(self, name: &str, f: F) -> Stream<O>

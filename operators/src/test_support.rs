@@ -1,56 +1,9 @@
-//! Sources and sinks for the operators' unit tests: a vector in, a shared vector out.
+//! Sources and sinks for the operators' unit tests (a vector in, a shared vector out, from
+//! [`crate::doc_support`]), operator contexts and seeded random data.
 
-use std::sync::{Arc, Mutex};
+use weir_engine::{JobMetrics, OperatorContext};
 
-use weir_engine::{
-    BoxError, Data, JobMetrics, OperatorContext, Record, Sink, Source, SourceStatus,
-};
-
-/// Emits its items in one batch, then ends.
-pub(crate) struct VecSource<T>(pub(crate) Vec<T>);
-
-impl<T: Data> Source for VecSource<T> {
-    type Item = T;
-    fn poll_batch(&mut self, out: &mut Vec<T>, _: usize) -> Result<SourceStatus, BoxError> {
-        out.append(&mut self.0);
-        Ok(SourceStatus::Exhausted)
-    }
-    fn describe(&self) -> String {
-        "vector".into()
-    }
-}
-
-/// Collects what it receives.
-pub(crate) struct Collect<T>(pub(crate) Arc<Mutex<Vec<T>>>);
-
-impl<T> Collect<T> {
-    /// A sink and the vector it fills.
-    pub(crate) fn new() -> (Self, Arc<Mutex<Vec<T>>>) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        (Collect(seen.clone()), seen)
-    }
-}
-
-impl<T: Data> Sink<T> for Collect<T> {
-    fn write(&mut self, records: &[Record<T>]) -> Result<(), BoxError> {
-        let mut seen = self.0.lock().map_err(|_| "poisoned")?;
-        seen.extend(records.iter().map(|r| r.value.clone()));
-        Ok(())
-    }
-    fn finish(&mut self) -> Result<(), BoxError> {
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "collect".into()
-    }
-}
-
-/// What a [`Collect`] sink received, sorted.
-pub(crate) fn sorted<T: Ord + Clone>(seen: &Arc<Mutex<Vec<T>>>) -> Vec<T> {
-    let mut items = seen.lock().expect("not poisoned").clone();
-    items.sort();
-    items
-}
+pub(crate) use crate::doc_support::{sorted, Collect, VecSource};
 
 /// The context of the only instance (P = 1, every key group) of an operator `name`, for
 /// tests that drive an operator directly; its metrics (late events) are live.

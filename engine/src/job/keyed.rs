@@ -10,7 +10,27 @@ use crate::record::Data;
 use crate::runtime::KeyedNode;
 use crate::state::StateKey;
 
-/// A stream partitioned by key; stateful operators apply per key.
+/// A stream partitioned by key ([`Stream::key_by`]); stateful operators apply per key.
+///
+/// The operators themselves are in the `weir-operators` crate, as extension traits of this
+/// type that `use weir_operators::prelude::*` (or `weir_jobs::prelude::*`) brings into
+/// scope, each with an example:
+///
+/// - [`WindowExt`](../weir_operators/window/trait.WindowExt.html): `.window(..)`, event-time
+///   windows (tumbling, sliding, session) with an aggregate or another window function;
+/// - [`ProcessExt`](../weir_operators/process/trait.ProcessExt.html):
+///   `.process_with_state(..)`, per-key logic with a state value per key, and
+///   `.process_with_timers(..)`, with event-time timers and map and list state;
+/// - [`CepExt`](../weir_operators/cep/trait.CepExt.html): `.pattern(..)`, sequence patterns
+///   per key (FlinkCEP's), with a timeout output;
+/// - [`ContinuousTopNExt`](../weir_operators/continuous_topn/trait.ContinuousTopNExt.html)
+///   (top N over running aggregates) and
+///   [`KeyedDedupExt`](../weir_operators/dedup/trait.KeyedDedupExt.html) (drop repeated ids).
+///
+/// Joins ([`JoinExt`](../weir_operators/join/trait.JoinExt.html)) apply to two [`Stream`]s
+/// and key them themselves.
+///
+/// An operator of your own applies with [`KeyedStream::process`].
 pub struct KeyedStream<K, T, KF> {
     pub(super) stream: Stream<T>,
     pub(super) key: KF,

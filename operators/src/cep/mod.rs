@@ -133,7 +133,45 @@ pub enum CepOutput<T> {
     TimedOut(TimedOut<T>),
 }
 
-/// Adds CEP patterns to keyed streams.
+/// Sequence patterns per key (FlinkCEP's; the semantics are in the [module docs](self)):
+/// [`CepExt::pattern`] runs a [`Pattern`] over each key's events in event-time order and
+/// gives its matches; [`CepExt::pattern_with_timeouts`] also the partial matches that ran
+/// out of time.
+///
+/// ```
+/// use std::time::Duration;
+/// use weir_engine::{Job, Watermarks};
+/// use weir_operators::prelude::*;
+/// # use weir_operators::doc_support::{sorted, Collect, VecSource};
+///
+/// // (order, event time in ms, step): orders paid within 10 s of being placed. The
+/// // pattern keeps the events it matched so far in state, so they are `StateValue`s.
+/// type Step = (String, i64, String);
+/// let step = |order: &str, time: i64, what: &str| (order.to_string(), time, what.to_string());
+/// let steps = vec![
+///     step("o1", 1_000, "placed"),
+///     step("o2", 2_000, "placed"),
+///     step("o1", 4_000, "paid"),
+///     step("o2", 15_000, "paid"),
+/// ];
+/// let paid_in_time = Pattern::begin("placed")
+///     .where_(|e: &Step| e.2 == "placed")
+///     .followed_by("paid")
+///     .where_(|e: &Step| e.2 == "paid")
+///     .within(Duration::from_secs(10));
+/// let (sink, seen) = Collect::new();
+/// let job = Job::new("orders");
+/// job.source("steps", VecSource(steps))
+///     .timestamps(|e| e.1, Watermarks::bounded(Duration::ZERO))
+///     .key_by(|e: &Step| e.0.clone())
+///     .pattern(paid_in_time)
+///     .map(|m| m.events.iter().map(|(_, time, e)| (e.0.clone(), *time)).collect())
+///     .sink("paid", sink);
+/// job.run(&Default::default())?;
+/// let matched: Vec<Vec<(String, i64)>> = sorted(&seen);
+/// assert_eq!(matched, vec![vec![("o1".into(), 1_000), ("o1".into(), 4_000)]]);
+/// # Ok::<(), weir_engine::EngineError>(())
+/// ```
 pub trait CepExt<T> {
     /// Runs `pattern` over each key's events (see the module docs); the matches. Partial
     /// matches that time out are dropped.

@@ -23,7 +23,37 @@ impl<T> std::fmt::Debug for SideSink<T> {
     }
 }
 
-/// Window definition on a keyed stream.
+/// Event-time windows on a keyed stream: [`WindowExt::window`] with a [`Tumbling`],
+/// [`Sliding`] or [`Session`] spec, then a window function
+/// ([`WindowedStream::aggregate`], `reduce`, `process`, ...) gives one
+/// [`WindowResult`] per key and window when the watermark passes the window's end.
+///
+/// ```
+/// use std::time::Duration;
+/// use weir_engine::{Job, Watermarks};
+/// use weir_operators::prelude::*;
+/// # use weir_operators::doc_support::{sorted, Collect, VecSource};
+///
+/// // (user, event time in ms)
+/// let clicks = vec![("a", 1_000), ("b", 2_000), ("a", 9_000), ("a", 12_000)];
+/// let (sink, seen) = Collect::new();
+/// let job = Job::new("clicks");
+/// job.source("clicks", VecSource(clicks))
+///     .timestamps(|c| c.1, Watermarks::bounded(Duration::from_secs(1)))
+///     .key_by(|c: &(&str, i64)| c.0.to_string())
+///     .window(Tumbling::of(Duration::from_secs(10)))
+///     .aggregate(Count)
+///     .map(|r| (r.key, r.window.start, r.value))
+///     .sink("counts", sink);
+/// job.run(&Default::default())?;
+/// let counts = vec![("a".into(), 0, 2), ("a".into(), 10_000, 1), ("b".into(), 0, 1)];
+/// assert_eq!(sorted(&seen), counts);
+/// # Ok::<(), weir_engine::EngineError>(())
+/// ```
+///
+/// [`Tumbling`]: super::Tumbling
+/// [`Sliding`]: super::Sliding
+/// [`Session`]: super::Session
 pub trait WindowExt<K, T, KF> {
     /// Groups each key's events into windows.
     fn window(self, spec: impl Into<WindowSpec>) -> WindowedStream<K, T, KF>;
