@@ -30,7 +30,7 @@ use common::checkpointed::{
 use common::kill::{Ended, Running, POLL, RUN_LIMIT};
 use enrich_server::{customer_name, is_dead, EnrichClient, EnrichServer, Faults};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use weir_engine::{DeadLetter, RunOptions, Stream};
 use weir_jobs::prelude::*;
 
@@ -44,8 +44,9 @@ struct Order {
     ts: i64,
 }
 
-fn result_row(id: u64, ts: i64, customer: &str) -> String {
-    json!({"id": id, "ts": ts, "customer": customer}).to_string()
+/// A result as the job emits it (a JSON object: the sink writes it as one line).
+fn result_row(id: u64, ts: i64, customer: &str) -> Value {
+    json!({"id": id, "ts": ts, "customer": customer})
 }
 
 fn orders() -> Vec<Order> {
@@ -62,7 +63,7 @@ fn reference() -> (Vec<String>, Vec<u64>) {
     let rows = orders()
         .iter()
         .filter(|o| !is_dead(o.id))
-        .map(|o| result_row(o.id, o.ts, &customer_name(o.id)))
+        .map(|o| result_row(o.id, o.ts, &customer_name(o.id)).to_string())
         .collect();
     (rows, (0..EVENTS).filter(|&id| is_dead(id)).collect())
 }

@@ -20,10 +20,7 @@ fn a_new_crate_builds_without_compiling_weirs_dependencies_again_and_runs() -> T
         .output()?;
     let stderr = String::from_utf8_lossy(&created.stderr);
     assert!(created.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("weir: created crate `my-job`"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("weir: created crate `my-job`"), "{stderr}");
     // The example's source, weir's lock; a second `new` into it is refused.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let example = std::fs::read_to_string(root.join("examples/custom-job/src/main.rs"))?;

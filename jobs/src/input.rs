@@ -169,17 +169,48 @@ impl InputSpec {
 /// [`JobOptions::dead_letter_path`]) with their position, counted in
 /// `weir_dead_letter_records_total{operator="NAME"}` (see [`source_with_dead_letters`]).
 ///
-/// `--max-future` needs the event time of `T`: read with [`InputSpec::open_serde`] and
-/// [`InputSource::max_future`] instead.
+/// A job that takes `--max-future` reads with [`read_input_timed`].
 pub fn read_input<T: DeserializeOwned + Data>(
     job: &Job,
     name: &str,
     opts: &JobOptions,
 ) -> anyhow::Result<Stream<T>> {
+    read_input_with(job, name, opts, |source| source)
+}
+
+/// [`read_input`] for a job that takes `--max-future` (list `"max-future"` in
+/// [`JobSpec::reads`](crate::registry::JobSpec::reads)): `time` is an event's time, and an
+/// event more than `--max-future` ahead of the largest time accepted so far is a dead
+/// letter, as in the bundled jobs.
+pub fn read_input_timed<T: DeserializeOwned + Data>(
+    job: &Job,
+    name: &str,
+    opts: &JobOptions,
+    time: EventTimeOf<T>,
+) -> anyhow::Result<Stream<T>> {
+    read_input_with(job, name, opts, |source| {
+        source.max_future(time, opts.max_future)
+    })
+}
+
+fn read_input_with<T: DeserializeOwned + Data>(
+    job: &Job,
+    name: &str,
+    opts: &JobOptions,
+    adapt: impl FnOnce(SerdeInput<T>) -> SerdeInput<T>,
+) -> anyhow::Result<Stream<T>> {
     let source = InputSpec::from_options(opts, job.name())?.open_serde::<T>(opts, job)?;
     let dead_letters = opts.dead_letter_path(job.name());
-    Ok(source_with_dead_letters(job, name, source, dead_letters))
+    Ok(source_with_dead_letters(
+        job,
+        name,
+        adapt(source),
+        dead_letters,
+    ))
 }
+
+/// The source [`InputSpec::open_serde`] opens.
+type SerdeInput<T> = InputSource<Json<T>, ArrowRows<T>>;
 
 /// A source picked at run time from an `--input` value ([`InputSpec::open`]).
 #[derive(Debug)]

@@ -57,7 +57,7 @@ pub use weir_operators as operators;
 /// What a job definition usually needs, in one import.
 pub mod prelude {
     pub use crate::dead_letters::{source_with_dead_letters, write_dead_letters};
-    pub use crate::input::{read_input, InputSource, InputSpec};
+    pub use crate::input::{read_input, read_input_timed, InputSource, InputSpec};
     pub use crate::options::JobOptions;
     pub use crate::output::OutputSink;
     pub use crate::registry::{JobSpec, Registry};

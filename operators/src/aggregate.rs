@@ -55,8 +55,80 @@ pub trait AggregatorExt<T>: Aggregator<T> + Sized {
     fn and<B: Aggregator<T>>(self, other: B) -> Both<Self, B> {
         Both(self, other)
     }
+
+    /// Turns the result into a type of the job's own, so that a combined aggregate's
+    /// fields have names instead of tuple positions (as Flink's
+    /// `AggregateFunction::getResult` returns the user's type):
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use weir_operators::prelude::*;
+    /// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// struct Dwell {
+    ///     views: u64,
+    ///     avg_ms: Option<f64>,
+    /// }
+    ///
+    /// let dwell = Count
+    ///     .and(Avg::of(|ms: &i64| *ms))
+    ///     .map_result(|(views, avg_ms)| Dwell { views, avg_ms });
+    /// let mut acc = dwell.create();
+    /// for ms in [100, 300] {
+    ///     dwell.add(&mut acc, &ms)?;
+    /// }
+    /// assert_eq!(dwell.finish(&acc), Dwell { views: 2, avg_ms: Some(200.0) });
+    /// # Ok::<(), weir_operators::AggregateError>(())
+    /// ```
+    ///
+    /// Only the result changes: the accumulator kept in state is `self`'s, so adding
+    /// `map_result` to a job keeps its checkpoints.
+    fn map_result<O, F>(self, f: F) -> MapResult<Self, F>
+    where
+        O: StateValue,
+        F: Fn(Self::Output) -> O + Clone + Send + 'static,
+    {
+        MapResult(self, f)
+    }
 }
 impl<T, A: Aggregator<T>> AggregatorExt<T> for A {}
+
+/// An aggregate whose result is mapped (see [`AggregatorExt::map_result`]).
+#[derive(Clone, Copy)]
+pub struct MapResult<A, F>(A, F);
+
+impl<A: std::fmt::Debug, F> std::fmt::Debug for MapResult<A, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MapResult")
+            .field(&self.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, A, O, F> Aggregator<T> for MapResult<A, F>
+where
+    A: Aggregator<T>,
+    O: StateValue,
+    F: Fn(A::Output) -> O + Clone + Send + 'static,
+{
+    type Acc = A::Acc;
+    type Output = O;
+    fn create(&self) -> Self::Acc {
+        self.0.create()
+    }
+    #[inline]
+    fn add(&self, acc: &mut Self::Acc, event: &T) -> Result<(), AggregateError> {
+        self.0.add(acc, event)
+    }
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) -> Result<(), AggregateError> {
+        self.0.merge(acc, other)
+    }
+    fn finish(&self, acc: &Self::Acc) -> O {
+        (self.1)(self.0.finish(acc))
+    }
+    fn finish_owned(&self, acc: Self::Acc) -> O {
+        (self.1)(self.0.finish_owned(acc))
+    }
+}
 
 /// Two aggregates side by side (see [`AggregatorExt::and`]).
 #[derive(Debug, Clone, Copy)]

@@ -67,8 +67,8 @@ pub mod topn;
 pub mod window;
 
 pub use aggregate::{
-    AggregateError, Aggregator, AggregatorExt, Avg, Count, Max, Min, Numeric, Stats, StatsOutput,
-    Sum,
+    AggregateError, Aggregator, AggregatorExt, Avg, Count, MapResult, Max, Min, Numeric, Stats,
+    StatsOutput, Sum,
 };
 pub use async_io::{AsyncError, AsyncExt, AsyncOptions};
 pub use broadcast::{BroadcastContext, BroadcastProcessExt, BroadcastProcessFunction};

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 pub(crate) use super::inbox::QueryInbox;
-use crate::runtime::ThreadWaker as Waker;
 use super::table::key_order;
 use super::{Entry, Freshness, Lookup, QueryError, Scan, ScanResult, TableQuery, MAX_LIMIT};
+use crate::runtime::ThreadWaker as Waker;
 
 /// Requests an instance's queue holds before callers are refused.
 pub(crate) const QUEUE_CAPACITY: usize = 1024;

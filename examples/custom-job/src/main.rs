@@ -50,6 +50,13 @@ struct PageView {
     dwell_ms: i64,
 }
 
+/// A window's views and their mean dwell time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Dwell {
+    views: u64,
+    avg_dwell_ms: Option<f64>,
+}
+
 /// One result per page and window.
 #[derive(Debug, Clone, Serialize)]
 struct PageDwell {
@@ -84,15 +91,21 @@ fn page_dwell(opts: &JobOptions) -> anyhow::Result<Job> {
         .filter(|v| v.dwell_ms > 0)
         .key_by(|v: &PageView| v.page.clone())
         .window(Sliding::of(WINDOW, args.slide))
-        .aggregate(Count.and(Avg::of(|v: &PageView| v.dwell_ms)))
+        // Two aggregates side by side, their results named by a type of the job's own.
+        .aggregate(Count.and(Avg::of(|v: &PageView| v.dwell_ms)).map_result(
+            |(views, avg_dwell_ms)| Dwell {
+                views,
+                avg_dwell_ms,
+            },
+        ))
         // Uids name each operator's state in checkpoints, so that it survives changes to
         // the job.
         .uid("dwell-window")
         .map(|r| PageDwell {
             page: r.key,
             window_end: r.window.end,
-            views: r.value.0,
-            avg_dwell_ms: r.value.1,
+            views: r.value.views,
+            avg_dwell_ms: r.value.avg_dwell_ms,
         })
         .sink("dwell", OutputSink::named(opts, "dwell")?)
         .uid("dwell");

@@ -33,6 +33,11 @@ pub(crate) struct NodeView {
     pub(crate) kind: PlanNodeKind,
     pub(crate) parallelism: usize,
     pub(crate) detail: String,
+    /// A keyed operator's key type, as `weir describe` names it.
+    pub(crate) key: Option<String>,
+    /// A step an operator API added on the job's behalf (a split, a pre-aggregation, a
+    /// port), not one the job wrote: the dashboard draws it dashed.
+    pub(crate) internal: bool,
     pub(crate) events_in: u64,
     pub(crate) events_out: u64,
     pub(crate) events_in_per_second_1s: f64,
@@ -170,6 +175,8 @@ fn node_view(node: &PlanNode, latest: &[InstanceSample], t: &Timeline, now_ms: u
         kind: node.kind,
         parallelism: node.parallelism,
         detail: node.detail.clone(),
+        key: node.key.clone(),
+        internal: node.internal,
         events_in: instances.iter().map(|i| i.sample.events_in).sum(),
         events_out: instances.iter().map(|i| i.sample.events_out).sum(),
         events_in_per_second_1s: rate_in(1),

@@ -310,8 +310,13 @@ where
             options,
             _types: PhantomData,
         };
-        self.process(name, detail, factory)
-            .split(&format!("{name}.outcome"), |r: Routed<U, DeadLetter>| r)
+        let requests = self.process(name, detail, factory);
+        let (results, failed) = requests
+            .clone()
+            .split(&format!("{name}.outcome"), |r: Routed<U, DeadLetter>| r);
+        // `.map_async_with(..).0.uid("x")` names the operator whose state holds the
+        // requests in flight, not the split after it.
+        (results.uid_names(&requests), failed)
     }
 }
 

@@ -31,8 +31,11 @@ const IN_FLIGHT: &str = "in_flight";
 pub(super) struct AsyncFactory<K, T, U, F> {
     pub(super) f: Arc<F>,
     pub(super) options: AsyncOptions,
-    pub(super) _types: PhantomData<fn() -> (K, T, U)>,
+    pub(super) _types: Types<K, T, U>,
 }
+
+/// The key, input and result types a factory makes operators for.
+pub(super) type Types<K, T, U> = PhantomData<fn() -> (K, T, U)>;
 
 /// An input kept in a checkpoint: its event time and the input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
