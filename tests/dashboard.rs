@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use common::follow_run::{Process, LIMIT};
 use common::webdriver::Browser;
@@ -115,6 +115,24 @@ fn the_dashboard_shows_a_live_job_and_its_stop_button_stops_it() {
         .filter_map(Value::as_str)
         .collect();
     assert!(names.contains(&"input"), "no input node among {names:?}");
+    // Steps an operator API added are drawn dashed, and a keyed node names its key type.
+    let drawn = browser.run(
+        "const box = (name) => document.querySelector(`#graph .node[data-name=\"${name}\"]`); \
+         return [box('flat_map').querySelector('rect').getAttribute('stroke-dasharray'), \
+                 box('window').querySelector('rect').getAttribute('stroke-dasharray'), \
+                 box('window').querySelector('title').textContent];",
+    );
+    assert_eq!(
+        (&drawn[0], &drawn[1]),
+        (&json!("5 3"), &json!("none")),
+        "{drawn}"
+    );
+    assert!(
+        drawn[2]
+            .as_str()
+            .is_some_and(|t| t.contains("key SharedStr")),
+        "{drawn}"
+    );
     let before = wait_for(&browser, "the events read", INPUT_EVENTS, |v| {
         v.as_u64() == Some(20_000)
     });

@@ -154,6 +154,19 @@ fn the_job_endpoint_shows_the_graph_state_and_live_figures() {
         (&serde_json::json!(["window-panes"]), &Value::Null),
         "{seen}"
     );
+    // Key types and internal steps, as `weir describe` shows them: the window is keyed by
+    // the interned key string; picking its results out is a step the API added.
+    let (window, picked) = (node(&seen, "window"), node(&seen, "flat_map"));
+    assert_eq!(
+        (&window["key"], &window["internal"], &picked["internal"]),
+        (
+            &serde_json::json!("SharedStr"),
+            &Value::Bool(false),
+            &Value::Bool(true)
+        ),
+        "{seen}"
+    );
+    assert_eq!(node(&seen, "input")["key"], Value::Null, "{seen}");
 
     let checkpoints = get_until(
         &addr,

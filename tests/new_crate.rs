@@ -36,7 +36,8 @@ fn a_new_crate_builds_without_compiling_weirs_dependencies_again_and_runs() -> T
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 
     // The README shows the manifest it writes (weir's path written /path/to/weir).
-    let weir_dir = std::path::absolute(&root)?;
+    // Canonical: `absolute` would keep the `jobs/..` of `root`.
+    let weir_dir = root.canonicalize()?;
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))?;
     let shown = manifest.replace(&weir_dir.display().to_string(), "/path/to/weir");
     let readme = std::fs::read_to_string(root.join("README.md"))?;

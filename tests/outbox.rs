@@ -231,8 +231,10 @@ fn window_agg_over_the_outbox_equals_the_file_run_and_survives_kill_9_exactly_on
     // With checkpoints, into a transactional file sink, killed at random moments.
     let state = dir.path().join("state");
     let output = dir.path().join("out");
-    // Small batches: 3,000 queries a run, so that kills land mid-way.
-    let slow = pg.uri("outbox=outbox&payload=event&until=end&batch=10&poll=10ms");
+    // Small batches: 15,000 queries for the whole outbox, so that kills 30-330 ms into a
+    // run land mid-way (with 10 rows a query a whole run took ~0.3 s on a quiet machine,
+    // and most kills came after the run had ended).
+    let slow = pg.uri("outbox=outbox&payload=event&until=end&batch=2&poll=10ms");
     let mut args = window_agg(&slow, &output);
     args.extend(
         [

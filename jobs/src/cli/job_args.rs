@@ -117,10 +117,10 @@ fn with_job(mut command: Command, spec: &JobSpec) -> Command {
         command = (args.augment)(command.next_help_heading("Options of the job"));
     }
     if let Some(params) = spec.params.as_ref().filter(|p| !p.is_empty()) {
-        let width = params.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        // Not aligned: padding the key would split `KEY=VALUE`.
         let lines: Vec<String> = params
             .iter()
-            .map(|(key, what)| format!("  --param {key:width$}={what}"))
+            .map(|(key, what)| format!("  --param {key}={what}"))
             .collect();
         command = command.after_help(format!(
             "Params of the job (--param KEY=VALUE):\n{}",

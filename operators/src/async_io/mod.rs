@@ -278,8 +278,16 @@ where
         Fut: Future<Output = Result<U, E>> + Send + 'static,
         E: Display + 'static,
     {
-        self.map_async_with("map_async", AsyncOptions::new(concurrency), f)
-            .0
+        let requests = requests(self, "map_async", AsyncOptions::new(concurrency), f);
+        // Failed requests were counted (`weir_dead_letter_records_total`); only results go
+        // on.
+        requests
+            .clone()
+            .flat_map(|r: Routed<U, DeadLetter>| match r {
+                Routed::Main(result) => Some(result),
+                Routed::Side(_) | Routed::Dropped => None,
+            })
+            .uid_names(&requests)
     }
 
     fn map_async_with<U, F, Fut, E>(
@@ -294,23 +302,7 @@ where
         Fut: Future<Output = Result<U, E>> + Send + 'static,
         E: Display + 'static,
     {
-        let detail = format!(
-            "{} in flight, {}, timeout {:?}, {} retries",
-            options.concurrency,
-            if options.ordered {
-                "ordered"
-            } else {
-                "unordered"
-            },
-            options.timeout,
-            options.retries
-        );
-        let factory = AsyncFactory {
-            f: Arc::new(f),
-            options,
-            _types: PhantomData,
-        };
-        let requests = self.process(name, detail, factory);
+        let requests = requests(self, name, options, f);
         let (results, failed) = requests
             .clone()
             .split(&format!("{name}.outcome"), |r: Routed<U, DeadLetter>| r);
@@ -318,6 +310,40 @@ where
         // requests in flight, not the split after it.
         (results.uid_names(&requests), failed)
     }
+}
+
+/// The asynchronous operator named `name` on `keyed`: results and dead letters in one
+/// stream.
+fn requests<K, T, KF, U, F, Fut, E>(
+    keyed: KeyedStream<K, T, KF>,
+    name: &str,
+    options: AsyncOptions,
+    f: F,
+) -> Stream<Routed<U, DeadLetter>>
+where
+    K: StateKey + StableHash + Data,
+    T: Data + StateValue,
+    KF: Fn(&T) -> K + Clone + Send + 'static,
+    U: Data,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<U, E>> + Send + 'static,
+    E: Display + 'static,
+{
+    let order = if options.ordered {
+        "ordered"
+    } else {
+        "unordered"
+    };
+    let detail = format!(
+        "{} in flight, {order}, timeout {:?}, {} retries",
+        options.concurrency, options.timeout, options.retries
+    );
+    let factory = AsyncFactory {
+        f: Arc::new(f),
+        options,
+        _types: PhantomData,
+    };
+    keyed.process(name, detail, factory)
 }
 
 impl<T: Data + StateValue> AsyncExt<T> for Stream<T> {
