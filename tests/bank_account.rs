@@ -94,9 +94,9 @@ fn start_owner_service() -> SocketAddr {
     addr
 }
 
-/// 3,000 events over [`ACCOUNTS`] accounts, about 60 % withdrawals, 0-150 ms apart and up
+/// `n` events over [`ACCOUNTS`] accounts, about 60 % withdrawals, 0-150 ms apart and up
 /// to 500 ms out of order (less than the job's 1 s bound, so none is late).
-fn events() -> Vec<Event> {
+fn events(n: usize) -> Vec<Event> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move |below: u64| {
         state = state
@@ -105,7 +105,7 @@ fn events() -> Vec<Event> {
         (state >> 33) % below
     };
     let mut clock = 1_700_000_000_000i64;
-    (0..3_000)
+    (0..n)
         .map(|_| {
             clock += next(150) as i64;
             let account = format!("a{}", next(ACCOUNTS));
@@ -186,14 +186,45 @@ fn expected_alerts(events: &[Event]) -> Vec<Alert> {
 
 fn read_json_lines(path: &Path) -> Fallible<Vec<Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_lines(&text)
+}
+
+fn parse_lines(text: &str) -> Fallible<Vec<Value>> {
     Ok(text
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?)
 }
 
+/// How many complete checkpoints (with a manifest) the checkpoint directory `root` holds.
+fn complete_checkpoints(root: &Path) -> usize {
+    std::fs::read_dir(root).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("_manifest").is_file())
+            .count()
+    })
+}
+
+/// The rows of the committed part files of a checkpointed run's output directory.
+fn committed(dir: &Path) -> Fallible<Vec<Value>> {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".inprogress"), "{name} left in {dir:?}");
+        if name.starts_with("part-") {
+            text.push_str(&std::fs::read_to_string(dir.join(name))?);
+        }
+    }
+    parse_lines(&text)
+}
+
 fn balance_rows(path: &Path) -> Fallible<Vec<BalanceRow>> {
-    let mut rows = read_json_lines(path)?
+    balances_of(read_json_lines(path)?)
+}
+
+fn balances_of(rows: Vec<Value>) -> Fallible<Vec<BalanceRow>> {
+    let mut rows = rows
         .iter()
         .map(|r| {
             Ok((
@@ -220,10 +251,11 @@ fn alert(r: &Value) -> Fallible<Alert> {
 }
 
 fn alert_rows(path: &Path) -> Fallible<Vec<Alert>> {
-    let mut rows = read_json_lines(path)?
-        .iter()
-        .map(alert)
-        .collect::<Fallible<Vec<_>>>()?;
+    alerts_of(read_json_lines(path)?)
+}
+
+fn alerts_of(rows: Vec<Value>) -> Fallible<Vec<Alert>> {
+    let mut rows = rows.iter().map(alert).collect::<Fallible<Vec<_>>>()?;
     rows.sort();
     Ok(rows)
 }
@@ -244,7 +276,7 @@ fn failed_lookups(path: &Path) -> Fallible<Vec<Alert>> {
 #[test]
 fn balances_alerts_and_owners_equal_a_brute_force_reference_at_p1_and_p2() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let events = events();
+    let events = events(3_000);
     let input = write_input(dir.path(), &events)?;
     let owners = start_owner_service();
     let balances = expected_balances(&events);
@@ -307,7 +339,7 @@ fn balances_alerts_and_owners_equal_a_brute_force_reference_at_p1_and_p2() -> Te
 #[test]
 fn without_an_owner_service_alerts_go_out_without_owners() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let events = events();
+    let events = events(3_000);
     let input = write_input(dir.path(), &events)?;
     let out_alerts = dir.path().join("alerts.jsonl");
     let run = Command::new(BIN)
@@ -344,5 +376,91 @@ fn without_an_owner_service_alerts_go_out_without_owners() -> TestResult {
         .output()?;
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--owners"));
+    Ok(())
+}
+
+#[test]
+fn killed_with_lookups_in_flight_and_resumed_at_another_parallelism_it_is_exactly_once(
+) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = events(20_000);
+    let input = write_input(dir.path(), &events)?;
+    let owners = start_owner_service();
+    let (failed, alerts): (Vec<Alert>, Vec<Alert>) = expected_alerts(&events)
+        .into_iter()
+        .partition(|a| lookup_fails(&a.0));
+    let failed: Vec<Alert> = failed
+        .into_iter()
+        .map(|a| (a.0, a.1, a.2, a.3, None))
+        .collect();
+    let (balances, alerts_dir) = (dir.path().join("balances"), dir.path().join("alerts"));
+    let run = |p: u32| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "bank-account", "--metrics-addr", "off", "--quiet"])
+            .args(["--input", &input, "--max-future", "1h", "--lookups", "16"])
+            .args(["--owners", &format!("http://{owners}")])
+            .args(["--parallelism", &p.to_string()])
+            .arg(format!("--output=balances={}", balances.display()))
+            .arg(format!("--output=alerts={}", alerts_dir.display()))
+            .arg(format!(
+                "--state-dir={}",
+                dir.path().join("state").display()
+            ))
+            .args(["--checkpoint-interval", "100ms", "--batch-size", "64"])
+            .current_dir(dir.path());
+        command
+    };
+    // Each run is SIGKILLed once it has completed a checkpoint of its own, 0-300 ms later,
+    // with lookups in flight, at parallelism 1 and 2 in turn. Batches of 64 events: a
+    // batch waits for free lookup slots, and barriers go between batches.
+    let checkpoints = dir.path().join("state/bank-account/checkpoints");
+    let mut killed = 0;
+    for (i, extra_ms) in [150u64, 0, 300].into_iter().enumerate() {
+        let before = complete_checkpoints(&checkpoints);
+        let mut child = run(1 + i as u32 % 2)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let started = std::time::Instant::now();
+        while child.try_wait()?.is_none() && complete_checkpoints(&checkpoints) <= before {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "run {i}: no checkpoint within 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(extra_ms));
+        if child.try_wait()?.is_none() {
+            child.kill()?;
+            killed += 1;
+        }
+        child.wait()?;
+    }
+    let last = run(2).output()?;
+    let stderr = String::from_utf8_lossy(&last.stderr);
+    assert!(last.status.success(), "{stderr}");
+    assert!(
+        killed >= 2,
+        "only {killed} of 3 kills landed: the test proved little"
+    );
+    assert!(
+        stderr.contains("resuming"),
+        "the last run started over: {stderr}"
+    );
+
+    assert_eq!(
+        balances_of(committed(&balances)?)?,
+        expected_balances(&events)
+    );
+    assert_eq!(alerts_of(committed(&alerts_dir)?)?, alerts);
+    let lookups = dir.path().join("balances.dead.lookups.jsonl");
+    assert_eq!(
+        failed_lookups(&lookups)?,
+        failed,
+        "failed lookups, once each"
+    );
+    let letters = read_json_lines(&dir.path().join("balances.dead.jsonl"))?;
+    let lines: Vec<u64> = letters.iter().filter_map(|l| l["line"].as_u64()).collect();
+    assert_eq!(lines, [BAD_LINE as u64, FUTURE_LINE as u64], "{letters:?}");
     Ok(())
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::checkpointed::{
-    committed_rows, in_progress_files, run_options, sorted_lines, Throttled,
+    assert_same_rows, committed_rows, in_progress_files, run_options, sorted_lines, Throttled,
 };
 use common::kill::kill_child_test_after;
 use common::SplitMix64;
@@ -190,26 +190,6 @@ fn setup(seed: u64) -> (tempfile::TempDir, usize, Vec<String>) {
     (dir, txs.len(), expected)
 }
 
-/// Asserts that `rows` are `expected`, showing a few differences otherwise.
-fn assert_rows(rows: &[String], expected: &[String], what: &str) {
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|r| !rows.contains(r))
-        .take(3)
-        .collect();
-    let extra: Vec<_> = rows
-        .iter()
-        .filter(|r| !expected.contains(r))
-        .take(3)
-        .collect();
-    assert!(
-        rows == expected,
-        "{what}: {} rows, expected {}; missing e.g. {missing:?}; unexpected e.g. {extra:?}",
-        rows.len(),
-        expected.len()
-    );
-}
-
 #[test]
 fn derived_keys_window_and_keep_state_at_p1_and_p2() {
     let (dir, _, expected) = setup(1);
@@ -220,7 +200,7 @@ fn derived_keys_window_and_keep_state_at_p1_and_p2() {
             .run(&options(dir.path(), p, rocksdb, false))
             .unwrap();
         let rows = sorted_lines(&std::fs::read_to_string(&out).unwrap());
-        assert_rows(&rows, &expected, &format!("P={p} rocksdb={rocksdb}"));
+        assert_same_rows(&rows, &expected, &format!("P={p} rocksdb={rocksdb}"));
     }
 }
 
@@ -247,7 +227,7 @@ fn derived_keys_survive_kill_9_and_a_rescaled_restore() {
             "the restart read all {total} events: it started over instead of resuming"
         );
         assert_eq!(in_progress_files(&out), Vec::<String>::new());
-        assert_rows(
+        assert_same_rows(
             &committed_rows(&out),
             &expected,
             &format!("killed at P={killed_at}, resumed at P={resumed_at}"),

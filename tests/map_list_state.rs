@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::checkpointed::{
-    committed_rows, in_progress_files, run_options, sorted_lines, Throttled,
+    assert_same_rows, committed_rows, in_progress_files, run_options, sorted_lines, Throttled,
 };
 use common::kill::kill_child_test_after;
 use common::SplitMix64;
@@ -209,17 +209,6 @@ fn setup(seed: u64) -> (tempfile::TempDir, usize, Vec<String>) {
     (dir, txs.len(), expected)
 }
 
-fn assert_rows(rows: &[String], expected: &[String], what: &str) {
-    let missing = expected.iter().find(|r| !rows.contains(r));
-    let extra = rows.iter().find(|r| !expected.contains(r));
-    assert!(
-        rows == expected,
-        "{what}: {} rows, expected {}; missing e.g. {missing:?}; unexpected e.g. {extra:?}",
-        rows.len(),
-        expected.len()
-    );
-}
-
 #[test]
 fn map_and_list_state_equal_the_reference_at_p1_and_p2_in_memory_and_on_rocksdb() {
     let (dir, _, expected) = setup(11);
@@ -229,7 +218,7 @@ fn map_and_list_state_equal_the_reference_at_p1_and_p2_in_memory_and_on_rocksdb(
             .run(&options(dir.path(), p, rocksdb, false))
             .unwrap();
         let rows = sorted_lines(&std::fs::read_to_string(&out).unwrap());
-        assert_rows(&rows, &expected, &format!("P={p} rocksdb={rocksdb}"));
+        assert_same_rows(&rows, &expected, &format!("P={p} rocksdb={rocksdb}"));
     }
 }
 
@@ -256,7 +245,7 @@ fn map_and_list_state_survive_kill_9_and_a_rescaled_restore() {
             "the restart read all {total} events: it started over instead of resuming"
         );
         assert_eq!(in_progress_files(&out), Vec::<String>::new());
-        assert_rows(
+        assert_same_rows(
             &committed_rows(&out),
             &expected,
             &format!("killed at P={killed_at}, resumed at P={resumed_at}"),
