@@ -21,14 +21,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::checkpointed::{
-    assert_same_rows, committed_rows, complete_checkpoint_dirs, in_progress_files, run_options,
-    Throttled,
+    assert_resumed_exactly_once, assert_same_rows, committed_rows, complete_checkpoint_dirs,
+    run_options, Throttled,
 };
-use common::kill::kill_child_test_after;
+use common::kill::{child_job_spec, kill_child_test_after};
 use common::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -338,13 +338,10 @@ fn broadcast_state_survives_kill_9_and_a_rescaled_restore() {
         let resumed = job(dir.path(), &out, false)
             .run(&options(dir.path(), resumed_at, true))
             .unwrap();
-        assert!(
-            resumed.events_read < total as u64,
-            "the restart read all {total} events: it started over instead of resuming"
-        );
-        assert_eq!(in_progress_files(&out), Vec::<String>::new());
-        assert_same_rows(
-            &committed_rows(&out),
+        assert_resumed_exactly_once(
+            resumed.events_read,
+            total,
+            &out,
             &expected,
             &format!("killed at P={killed_at}, resumed at P={resumed_at}"),
         );
@@ -355,10 +352,8 @@ fn broadcast_state_survives_kill_9_and_a_rescaled_restore() {
 #[test]
 #[ignore = "run by broadcast_state_survives_kill_9_and_a_rescaled_restore in a child process"]
 fn run_job_in_child() {
-    let spec = std::env::var(CHILD_ENV).expect("set by the parent test");
-    let (dir, parallelism) = spec.rsplit_once('|').unwrap();
-    let dir = PathBuf::from(dir);
+    let (dir, parallelism) = child_job_spec(CHILD_ENV);
     job(&dir, &dir.join("out"), true)
-        .run(&options(&dir, parallelism.parse().unwrap(), true))
+        .run(&options(&dir, parallelism, true))
         .unwrap();
 }

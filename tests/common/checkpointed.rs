@@ -144,6 +144,24 @@ pub(crate) fn committed_rows(dir: &Path) -> Vec<String> {
     sorted_lines(&text)
 }
 
+/// What a run resumed from a killed run's checkpoint must give: it read fewer than `total`
+/// events (it resumed instead of starting over), left no uncommitted part in `out`, and
+/// `out` holds exactly the `expected` rows (`context` names the run).
+pub(crate) fn assert_resumed_exactly_once(
+    events_read: u64,
+    total: usize,
+    out: &Path,
+    expected: &[String],
+    context: &str,
+) {
+    assert!(
+        events_read < total as u64,
+        "the restart read all {total} events: it started over instead of resuming"
+    );
+    assert_eq!(in_progress_files(out), Vec::<String>::new());
+    assert_same_rows(&committed_rows(out), expected, context);
+}
+
 /// Files a finished job must not leave behind: uncommitted parts.
 pub(crate) fn in_progress_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)

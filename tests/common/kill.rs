@@ -151,6 +151,14 @@ pub(crate) fn run_and_kill_when(
     run.kill()
 }
 
+/// The directory and parallelism a kill test gave its child in the environment variable
+/// `env`, as `dir|parallelism` (see [`kill_child_test_after`]).
+pub(crate) fn child_job_spec(env: &str) -> (PathBuf, usize) {
+    let spec = std::env::var(env).expect("set by the parent test");
+    let (dir, parallelism) = spec.rsplit_once('|').unwrap();
+    (PathBuf::from(dir), parallelism.parse().unwrap())
+}
+
 /// Runs this test binary's ignored test `child_test` in a child process with the
 /// environment variable `env.0` set to `env.1`, and SIGKILLs it once the checkpoint root
 /// `root` holds checkpoint number `checkpoints` (failing after `RUN_LIMIT`); asserts that
