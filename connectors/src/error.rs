@@ -25,6 +25,9 @@ pub enum ConnectorError {
         #[source]
         source: std::io::Error,
     },
+    /// A file source was read before it opened its file (a bug of weir's, not the input's).
+    #[error("the file source read before it opened its file: please report this bug")]
+    NotOpen,
     /// Writing failed.
     #[error("cannot write {path}{}", full_disk_hint(source))]
     Write {

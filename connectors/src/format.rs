@@ -40,7 +40,10 @@ impl Format {
 }
 
 /// Turns lines into events.
-pub trait Decoder: Send + 'static {
+///
+/// A file read by several workers has a reader per worker, each with a clone of the
+/// decoder (as Flink gives each parallel instance a copy of its deserialization schema).
+pub trait Decoder: Clone + Send + 'static {
     /// The decoded event.
     type Item: weir_engine::Data;
 
@@ -70,6 +73,15 @@ pub struct Json<T> {
     /// The CSV header's column names, once a CSV input gave one.
     csv_columns: Option<Vec<String>>,
     _item: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Json<T> {
+    fn clone(&self) -> Self {
+        Json {
+            csv_columns: self.csv_columns.clone(),
+            _item: PhantomData,
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for Json<T> {

@@ -48,6 +48,17 @@ impl Origin {
         }
     }
 
+    /// The line of a file starting at byte `offset`, for a reader that does not know the
+    /// line's number (a reader of a piece of the file: see [`crate::file`]); its number is
+    /// counted when the origin is worded ([`OriginNames`]).
+    #[inline]
+    pub fn file_offset(offset: u64) -> Origin {
+        Origin::new(Self::FILE_OFFSET, offset)
+    }
+
+    /// The stream of a file's origins that are byte offsets, not line numbers.
+    const FILE_OFFSET: u32 = 1;
+
     /// The stream of the source (see [`Origin::new`]).
     pub fn stream(self) -> u32 {
         (self.0 >> Self::NUMBER_BITS) as u32
@@ -105,9 +116,13 @@ impl OriginNames {
         }
         let (stream, number) = (origin.stream(), origin.number());
         Some(match self {
-            OriginNames::File { path, unit } => {
-                format!("input {} {unit} {number}", path.display())
-            }
+            OriginNames::File { path, unit } => match file_line(path, origin) {
+                Ok(number) => format!("input {} {unit} {number}", path.display()),
+                Err(e) => format!(
+                    "input {} at byte {number} (its line number could not be counted: {e})",
+                    path.display()
+                ),
+            },
             OriginNames::Kafka { topics } => {
                 let (topic, partition) = ((stream >> 16) as usize, stream & 0xFFFF);
                 let topic = topics.get(topic).map_or("?", String::as_str);
@@ -129,7 +144,11 @@ impl OriginNames {
         }
         let (stream, number) = (origin.stream(), origin.number());
         let source = match self {
-            OriginNames::File { path, .. } => path.display().to_string(),
+            OriginNames::File { path, .. } => {
+                // 0 if the line cannot be counted (the file is gone): the place is still named.
+                let line = file_line(path, origin).unwrap_or(0);
+                return Some((path.display().to_string(), line));
+            }
             OriginNames::Kafka { topics } => {
                 let (topic, partition) = ((stream >> 16) as usize, stream & 0xFFFF);
                 let topic = topics.get(topic).map_or("?", String::as_str);
@@ -150,6 +169,15 @@ impl OriginNames {
             path: path.to_path_buf(),
             unit: "line",
         }
+    }
+}
+
+/// The line (or row) of a file that `origin` names: its number, or counted from its byte
+/// offset ([`Origin::file_offset`]).
+fn file_line(path: &Path, origin: Origin) -> std::io::Result<u64> {
+    match origin.stream() {
+        Origin::FILE_OFFSET => crate::file::line_at(path, origin.number()),
+        _ => Ok(origin.number()),
     }
 }
 

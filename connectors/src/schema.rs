@@ -17,8 +17,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::format::Decoder;
+use std::sync::Arc;
 
-type Upcaster = Box<dyn Fn(&mut Map<String, Value>) -> Result<(), String> + Send>;
+/// Shared by the clones of a decoder (one per reader of a file read by several workers).
+type Upcaster = Arc<dyn Fn(&mut Map<String, Value>) -> Result<(), String> + Send + Sync>;
 
 /// A [`Decoder`] of versioned JSON lines into `T`, the current version.
 pub struct Upcasting<T> {
@@ -29,6 +31,19 @@ pub struct Upcasting<T> {
     upcasters: Vec<Upcaster>,
     oldest: u64,
     _item: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Upcasting<T> {
+    fn clone(&self) -> Self {
+        Upcasting {
+            current: self.current,
+            field: self.field.clone(),
+            missing: self.missing,
+            upcasters: self.upcasters.clone(),
+            oldest: self.oldest,
+            _item: PhantomData,
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for Upcasting<T> {
@@ -73,14 +88,14 @@ impl<T> Upcasting<T> {
     pub fn upcast_from(
         mut self,
         from: u64,
-        lift: impl Fn(&mut Map<String, Value>) -> Result<(), String> + Send + 'static,
+        lift: impl Fn(&mut Map<String, Value>) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         assert_eq!(
             from + 1,
             self.oldest,
             "upcasters are added newest first, each one version older"
         );
-        self.upcasters.insert(0, Box::new(lift));
+        self.upcasters.insert(0, Arc::new(lift));
         self.oldest = from;
         self
     }

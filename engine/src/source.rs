@@ -79,6 +79,39 @@ pub trait Source: Send + 'static {
         None
     }
 
+    /// For a source whose input can be read by several readers at once (a file, read in
+    /// byte ranges): instance `instance` of `instances` readers that together read the
+    /// input exactly once. A source that can is added by [`crate::Job::source`] as one
+    /// instance per worker (`None`, the default: one instance reads everything). The
+    /// instances' positions together say which parts of the input are read, whatever the
+    /// parallelism was: a restore hands every instance all of them
+    /// ([`Source::seek_shares`]), so such a job resumes at any parallelism. Called when
+    /// the job is built as `split(0, 1)`, to learn whether the source splits at all (a file
+    /// of one piece does not), and when each run starts, before any poll.
+    fn split(&self, instance: usize, instances: usize) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = (instance, instances);
+        None
+    }
+
+    /// For an instance made by [`Source::split`]: continues from the positions of all the
+    /// instances of the run that took the checkpoint, however many there were, taking
+    /// its own share of what is left (every instance is given the same positions and its
+    /// number). Called once, before the first poll, instead of [`Source::seek`].
+    fn seek_shares(&mut self, positions: &[ConnectorState]) -> Result<(), BoxError> {
+        match positions {
+            [position] => self.seek(position),
+            _ => Err(format!(
+                "{} cannot share out the positions of {} readers",
+                self.describe(),
+                positions.len()
+            )
+            .into()),
+        }
+    }
+
     /// For an instance of a parallel source ([`crate::Job::parallel_source`]): whether the
     /// instances keep together in stream order by themselves, because they take their input
     /// from one shared queue as they go (as Flink's FLIP-27 readers ask for the next split

@@ -118,7 +118,8 @@ impl InputSpec {
             InputSpec::File { path, format } => InputSource::File(
                 FileSource::new(path, format, lines)
                     .follow(opts.follow)
-                    .max_line(opts.max_line),
+                    .max_line(opts.max_line)
+                    .split_bytes(opts.split_bytes),
             ),
             InputSpec::Arrow(path) => InputSource::Arrow(ArrowFileSource::new(path, rows)),
             InputSpec::Tcp(spec) => InputSource::Tcp(TcpSource::new(spec, lines)),
@@ -291,6 +292,17 @@ impl<D: Decoder, A: RowDecoder<Item = D::Item>> Source for InputSource<D, A> {
 
     fn seek(&mut self, position: &ConnectorState) -> Result<(), BoxError> {
         each!(self, s => s.seek(position))
+    }
+
+    fn split(&self, instance: usize, instances: usize) -> Option<Self> {
+        match self {
+            InputSource::File(s) => s.split(instance, instances).map(InputSource::File),
+            _ => None,
+        }
+    }
+
+    fn seek_shares(&mut self, positions: &[ConnectorState]) -> Result<(), BoxError> {
+        each!(self, s => s.seek_shares(positions))
     }
 
     fn checkpoint_completed(&mut self, position: &ConnectorState) -> Result<(), BoxError> {

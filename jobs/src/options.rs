@@ -38,6 +38,11 @@ pub struct JobOptions {
     /// keeping its first KiB and its length, never held whole in memory.
     #[arg(long, default_value_t = weir_connectors::file::DEFAULT_MAX_LINE)]
     pub max_line: usize,
+    /// Size (bytes) of the pieces a file input is cut into for the workers at
+    /// --parallelism > 1; each worker reads every P-th piece. Changing it between runs is
+    /// safe.
+    #[arg(long, default_value_t = weir_connectors::file::DEFAULT_SPLIT_BYTES)]
+    pub split_bytes: u64,
     /// Field holding the event time, in epoch milliseconds.
     #[arg(long, default_value = "ts")]
     pub ts_field: String,
@@ -55,7 +60,7 @@ pub struct JobOptions {
     #[arg(long, value_parser = parse_duration_arg)]
     pub watermark_delay: Option<Duration>,
     /// An input event whose time is more than this ahead of the largest event time accepted
-    /// so far from its stream (file, TCP input, Kafka partition) goes to the dead letters
+    /// so far from its stream (a reader of a file, TCP input, Kafka partition) goes to the dead letters
     /// instead of moving the watermark (e.g. `1h`). Default: off.
     #[arg(long, value_parser = parse_duration_arg)]
     pub max_future: Option<Duration>,

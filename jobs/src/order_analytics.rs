@@ -157,6 +157,7 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
             FileSource::new(input, opts.input_format(), order_decoder())
                 .follow(opts.follow)
                 .max_line(opts.max_line)
+                .split_bytes(opts.split_bytes)
                 .max_future(|o: &Order| o.ts, opts.max_future),
         )
         .uid("orders");

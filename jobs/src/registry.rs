@@ -32,12 +32,14 @@ pub const EVERY_JOB_READS: &[&str] = &[
 
 /// What a job that reads events from `--input` (a file, or the URIs its builder takes)
 /// and assigns event times from them reads: its input, format, `--follow`, the longest
-/// line, the future bound and the watermark delay.
+/// line, the pieces of a file read by several workers, the future bound and the watermark
+/// delay.
 pub const EVENT_INPUT: &[&str] = &[
     "input",
     "format",
     "follow",
     "max-line",
+    "split-bytes",
     "max-future",
     "watermark-delay",
 ];

@@ -17,12 +17,15 @@
 //!   not checked yet, in file order.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::dead_letter::KEPT_OF_LONG_LINE;
 
 /// Bytes asked of the file per read.
 const CHUNK: usize = 256 * 1024;
+/// The least asked of the file per read when the reader knows where the lines it wants end
+/// ([`LineReader::want_until`]): enough for the line that crosses that point.
+const MIN_READ: usize = 4 * 1024;
 /// Alignment of the address the file is read to (a cache line).
 const ALIGN: usize = 64;
 
@@ -72,6 +75,11 @@ pub(super) struct LineReader {
     skipping: Option<LongLine>,
     /// An over-long line read to its end, handed out before anything else.
     skipped: Option<LongLine>,
+    /// The file offset after the bytes read so far.
+    position: u64,
+    /// Lines starting at or after this offset are not wanted (a reader of a piece of the
+    /// file): reads ask for no more than it takes to get there.
+    wanted_end: Option<u64>,
 }
 
 impl LineReader {
@@ -88,6 +96,38 @@ impl LineReader {
             max_line,
             skipping: None,
             skipped: None,
+            position: 0,
+            wanted_end: None,
+        }
+    }
+
+    /// Continues at byte `offset` of the file, dropping buffered lines.
+    pub(super) fn seek(&mut self, offset: u64) -> io::Result<()> {
+        self.chunk.clear();
+        self.at = 0;
+        self.unchecked.clear();
+        self.unchecked_at = 0;
+        self.rest.clear();
+        self.skipping = None;
+        self.skipped = None;
+        self.position = self.file.seek(SeekFrom::Start(offset))?;
+        Ok(())
+    }
+
+    /// Lines starting at or after byte `end` are not wanted (`None`: all are), so reads
+    /// stop short of a chunk near it: a reader of a small piece of a large file does not
+    /// read a chunk past the piece's end each time.
+    pub(super) fn want_until(&mut self, end: Option<u64>) {
+        self.wanted_end = end;
+    }
+
+    /// How many bytes the next read asks for.
+    fn read_size(&self) -> usize {
+        match self.wanted_end {
+            None => CHUNK,
+            Some(end) => usize::try_from(end.saturating_sub(self.position))
+                .unwrap_or(CHUNK)
+                .clamp(MIN_READ, CHUNK),
         }
     }
 
@@ -98,18 +138,6 @@ impl LineReader {
             return Err(LongLine::of(line, line.len() as u64));
         }
         Ok(line)
-    }
-
-    /// The file, to seek it; buffered lines are dropped.
-    pub(super) fn file_mut(&mut self) -> &mut File {
-        self.chunk.clear();
-        self.at = 0;
-        self.unchecked.clear();
-        self.unchecked_at = 0;
-        self.rest.clear();
-        self.skipping = None;
-        self.skipped = None;
-        &mut self.file
     }
 
     /// The next line, or `None` if the file has no complete line now. With `complete`, the
@@ -166,6 +194,7 @@ impl LineReader {
                     other => break other?,
                 }
             };
+            self.position += read as u64;
             let Some(long) = self.skipping.as_mut() else {
                 return Ok(false);
             };
@@ -220,7 +249,7 @@ impl LineReader {
                 return self.skip(bytes, pad, complete);
             }
             unsearched = len;
-            bytes.resize(len + CHUNK, 0);
+            bytes.resize(len + self.read_size(), 0);
             let read = loop {
                 match self.file.read(&mut bytes[len..]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -237,6 +266,7 @@ impl LineReader {
                 }
             };
             bytes.truncate(len + read);
+            self.position += read as u64;
             if read == 0 {
                 if len == pad || !complete {
                     // Nothing more now: what was read waits in `rest`.

@@ -38,7 +38,7 @@ pub(crate) fn match_restored_state(
                 uid.clone(),
                 format!("state of `{uid}`{was_said} has no operator in this job"),
             )),
-            Some(now) if was.is_some_and(|w| w.kind != now.kind) => unfit.push((
+            Some(now) if was.is_some_and(|w| !kinds_fit(&w.kind, &now.kind)) => unfit.push((
                 uid.clone(),
                 format!(
                     "`{uid}` was{was_said} and is now a {} ({})",
@@ -69,6 +69,16 @@ pub(crate) fn match_restored_state(
         );
     }
     Ok(())
+}
+
+/// Whether state of an operator of kind `was` fits one of kind `now`: the same kind, or a
+/// source read by one instance and one read by several (a file read by one reader before
+/// and split over the workers now). A source's positions are checked by the instances
+/// they are given to: a parallel source needs as many as it had, a split file shares them
+/// out.
+fn kinds_fit(was: &str, now: &str) -> bool {
+    const SOURCES: [&str; 2] = ["Source", "ParallelSource"];
+    was == now || (SOURCES.contains(&was) && SOURCES.contains(&now))
 }
 
 #[cfg(test)]
@@ -154,6 +164,16 @@ mod tests {
         );
         match_restored_state(&mut restored, &now, true).unwrap();
         assert!(restored.participants.is_empty());
+    }
+
+    #[test]
+    fn a_source_read_by_one_instance_restores_into_one_read_by_several() {
+        let now = job(&[("input", "ParallelSource", false)]);
+        let mut restored = checkpoint(&[("input", "Source")]);
+        match_restored_state(&mut restored, &now, false).unwrap();
+        assert_eq!(restored.participants.len(), 1);
+        let now = job(&[("input", "Keyed window", false)]);
+        assert!(match_restored_state(&mut restored, &now, false).is_err());
     }
 
     #[test]

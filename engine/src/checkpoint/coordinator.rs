@@ -16,7 +16,9 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use super::compatibility::match_restored_state;
 use super::history::CheckpointHistory;
 use super::in_flight::InFlight;
-use super::manifest::{self, checkpoint_dir, ChecksumCache, Manifest, OperatorRecord};
+use super::manifest::{
+    self, checkpoint_dir, uid_of_participant, ChecksumCache, Manifest, OperatorRecord,
+};
 use super::ownership::Fence;
 use super::state::ParticipantState;
 use super::{CheckpointConfig, CheckpointError, CheckpointId, Resume};
@@ -104,6 +106,22 @@ impl Participant {
     pub(crate) fn restored(&self) -> Option<&ParticipantState> {
         let key = self.shared.participant_key(self.index);
         self.shared.restored()?.participants.get(&key)
+    }
+
+    /// The states every instance of this participant's operator (its uid, whatever the
+    /// instance number) left in the checkpoint being restored.
+    pub(crate) fn restored_by_every_instance(&self) -> Vec<&ParticipantState> {
+        let key = self.shared.participant_key(self.index);
+        let uid = uid_of_participant(&key);
+        let Some(manifest) = self.shared.restored() else {
+            return Vec::new();
+        };
+        manifest
+            .participants
+            .iter()
+            .filter(|(other, _)| uid_of_participant(other) == uid)
+            .map(|(_, state)| state)
+            .collect()
     }
 
     /// A restore error of this participant (called `name` in the job): its restored state

@@ -81,6 +81,35 @@ pub struct EventClock {
     pub(crate) splits: BTreeMap<u32, WatermarkGenerator>,
 }
 
+impl EventClock {
+    /// The clock a stream resumes from when its instances' shares of the input are dealt
+    /// again at a restore (a file read by several readers): each generator at the smallest
+    /// of `clocks`' (`None` if there are none). Every reader reads its share in input
+    /// order, so the reader holding the earliest line left unread has seen only lines
+    /// before it, and no line left unread is behind that reader's watermark by more than
+    /// the input's disorder: resuming every instance from the smallest watermark makes no
+    /// event late that was on time.
+    pub(crate) fn earliest<'a>(clocks: impl IntoIterator<Item = &'a EventClock>) -> Option<Self> {
+        clocks.into_iter().cloned().reduce(|mut a, b| {
+            a.stream = a.stream.min_with(b.stream);
+            for (split, generator) in b.splits {
+                let mine = a.splits.entry(split).or_insert(generator);
+                *mine = mine.min_with(generator);
+            }
+            a
+        })
+    }
+}
+
+impl WatermarkGenerator {
+    fn min_with(self, other: WatermarkGenerator) -> WatermarkGenerator {
+        WatermarkGenerator {
+            max_ts: self.max_ts.min(other.max_ts),
+            current: self.current.min(other.current),
+        }
+    }
+}
+
 /// What a keyed operator instance leaves in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyedSnapshot {

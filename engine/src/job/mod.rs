@@ -119,9 +119,17 @@ impl Job {
         self.inner.queries.clone()
     }
 
-    /// Adds a source; its events enter the job without timestamps.
+    /// Adds a source; its events enter the job without timestamps. A source whose input
+    /// splits ([`Source::split`], a file) is read by one instance per worker, which share
+    /// the input out among themselves and resume at any parallelism; any other runs as one
+    /// instance whatever the parallelism.
     pub fn source<S: Source>(&self, name: &str, source: S) -> Stream<S::Item> {
         let detail = source.describe();
+        if source.split(0, 1).is_some() {
+            let detail = format!("{detail} (split over the workers)");
+            let node = SourceNode::shares(source);
+            return self.add_source(name, NodeKind::ParallelSource, detail, node);
+        }
         self.add_source(name, NodeKind::Source, detail, SourceNode::new(source))
     }
 

@@ -56,15 +56,22 @@ impl<F, T> TimestampPush<F, T> {
             replay_from,
             idle_timeout,
         } = context;
-        let restored = participant.as_ref().and_then(|p| Some((p, p.restored()?)));
-        let clock = match restored {
-            Some((_, ParticipantState::EventTime(clock))) => clock.clone(),
-            Some((p, other)) => return Err(p.unexpected_state(&name, "watermark state", other)),
-            None => EventClock {
-                stream: WatermarkGenerator::START,
-                splits: BTreeMap::new(),
-            },
-        };
+        // Every instance resumes from the earliest clock of all (see
+        // `EventClock::earliest`): a source whose readers' shares are dealt again at a
+        // restore may give this instance lines another instance's clock came from.
+        let mut clocks = Vec::new();
+        if let Some(p) = &participant {
+            for state in p.restored_by_every_instance() {
+                match state {
+                    ParticipantState::EventTime(clock) => clocks.push(clock),
+                    other => return Err(p.unexpected_state(&name, "watermark state", other)),
+                }
+            }
+        }
+        let clock = EventClock::earliest(clocks).unwrap_or(EventClock {
+            stream: WatermarkGenerator::START,
+            splits: BTreeMap::new(),
+        });
         Ok(TimestampPush {
             ts,
             watermarks,

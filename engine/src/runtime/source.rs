@@ -42,6 +42,9 @@ pub(super) enum SourceInstances<S> {
     One(Option<S>),
     /// `make(instance, instances)`: one per worker, built for each run.
     Split(Box<dyn Fn(usize, usize) -> S>),
+    /// One per worker, made by [`Source::split`] of this one for each run: their positions
+    /// are shares of one input, restored at any parallelism ([`Source::seek_shares`]).
+    Shares(S),
 }
 
 impl<S> SourceNode<S> {
@@ -56,6 +59,12 @@ impl<S> SourceNode<S> {
             instances: RefCell::new(SourceInstances::Split(Box::new(make))),
         }
     }
+
+    pub(crate) fn shares(source: S) -> Self {
+        SourceNode {
+            instances: RefCell::new(SourceInstances::Shares(source)),
+        }
+    }
 }
 
 impl<S: Source> NodeImpl for SourceNode<S> {
@@ -68,6 +77,7 @@ impl<S: Source> NodeImpl for SourceNode<S> {
     fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
         let name = b.name(me);
         let count = b.graph.parallelism(me, b.options.parallelism);
+        let mut shares = None;
         let sources = match &mut *self.instances.borrow_mut() {
             SourceInstances::One(source) => {
                 vec![source.take().ok_or_else(|| EngineError::InvalidJob {
@@ -81,15 +91,67 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                 check_restored_instances(b, &name, &b.uid(me), count)?;
                 (0..count).map(|i| make(i, count)).collect()
             }
+            SourceInstances::Shares(source) => {
+                shares = Some(restored_shares(b, &b.uid(me)));
+                (0..count)
+                    .map(|i| {
+                        source
+                            .split(i, count)
+                            .ok_or_else(|| EngineError::InvalidJob {
+                                job: b.metrics.job().to_string(),
+                                reason: format!(
+                                    "source `{name}` did not split into {count} readers when the \
+                                 run started, though it did when the job was built: its input \
+                                 changed meanwhile; build the job again"
+                                ),
+                            })
+                    })
+                    .collect::<Result<_>>()?
+            }
         };
         let lockstep = Lockstep::new(count, b.options.channel_capacity.max(1) as u64);
         for (instance, source) in sources.into_iter().enumerate() {
             let in_step =
                 (count > 1 && !source.aligns_instances()).then(|| lockstep.instance(instance));
-            start_source_instance(b, me, instance, count, source, in_step)?;
+            let restore = match &shares {
+                Some(positions) => Restore::Shares(positions),
+                None => Restore::Own,
+            };
+            start_source_instance(b, me, instance, count, source, in_step, restore)?;
         }
         Ok(())
     }
+}
+
+/// What an instance of a source resumes from, if the run restores a checkpoint.
+pub(super) enum Restore<'a> {
+    /// Its own position (participant `uid#instance`).
+    Own,
+    /// The positions of all instances of the source in the checkpoint
+    /// ([`Source::seek_shares`]); none for a fresh start.
+    Shares(&'a [ConnectorState]),
+}
+
+/// The positions of every instance of source `uid` in the checkpoint being restored, in
+/// instance order (empty for a fresh start).
+fn restored_shares(b: &Build<'_>, uid: &str) -> Vec<ConnectorState> {
+    let Some(manifest) = b.checkpointing.as_ref().and_then(|c| c.restored()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{uid}#");
+    let mut positions: Vec<(usize, &ConnectorState)> = manifest
+        .participants
+        .iter()
+        .filter_map(|(key, state)| {
+            let instance = key.strip_prefix(&prefix)?.parse().ok()?;
+            match state {
+                ParticipantState::Source { position } => Some((instance, position)),
+                _ => None,
+            }
+        })
+        .collect();
+    positions.sort_by_key(|(instance, _)| *instance);
+    positions.into_iter().map(|(_, p)| p.clone()).collect()
 }
 
 /// A split source's positions belong to its instances' shares of the input, so a restore
@@ -131,6 +193,7 @@ pub(super) fn start_source_instance<S: Source>(
     count: usize,
     mut source: S,
     lockstep: Option<Lockstep>,
+    restore: Restore<'_>,
 ) -> Result<()> {
     let name = b.name(me);
     let source_err = |source| EngineError::Source {
@@ -152,18 +215,18 @@ pub(super) fn start_source_instance<S: Source>(
                 ),
             });
         }
-        match p.restored() {
-            Some(ParticipantState::Source { position }) => {
-                source
-                    .seek(position)
-                    .map_err(|e| match e.downcast::<StateMismatch>() {
-                        Ok(mismatch) => p.restore_error(&name, mismatch),
-                        Err(e) => source_err(e),
-                    })?
+        let restored = match (restore, p.restored()) {
+            (Restore::Shares([]), _) | (Restore::Own, None) => Ok(()),
+            (Restore::Shares(positions), _) => source.seek_shares(positions),
+            (Restore::Own, Some(ParticipantState::Source { position })) => source.seek(position),
+            (Restore::Own, Some(other)) => {
+                return Err(p.unexpected_state(&name, "a source position", other))
             }
-            Some(other) => return Err(p.unexpected_state(&name, "a source position", other)),
-            None => {}
-        }
+        };
+        restored.map_err(|e| match e.downcast::<StateMismatch>() {
+            Ok(mismatch) => p.restore_error(&name, mismatch),
+            Err(e) => source_err(e),
+        })?;
     }
     let down = Outputs {
         main: b.downstream::<S::Item>(me, instance)?,
