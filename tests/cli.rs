@@ -459,7 +459,7 @@ fn options_a_job_does_not_read_are_refused_naming_the_option_and_the_job() -> Te
         (
             [&saga[..], &["--window", "tumble:5s"]].concat(),
             "`--window` is not an option of job `saga-monitor`: it reads --input, --format, \
-             --follow, --max-line, --max-future, --watermark-delay, --param, besides the \
+             --follow, --max-line, --split-bytes, --max-future, --watermark-delay, --param, besides the \
              options of every job",
         ),
         (

@@ -7,7 +7,8 @@
 //! - two and three readers, with pieces cut inside lines, give the results and the dead
 //!   letters of one reader: every malformed line once, with its true line number and bytes;
 //! - readers killed with SIGKILL after a checkpoint resume at another parallelism
-//!   (2 -> 3 -> 1) and the committed results and dead letters are still each exactly once.
+//!   (2 -> 3, then one reader of the whole file) and the committed results and dead
+//!   letters are still each exactly once.
 
 // This whole file is test code, but clippy's `allow-unwrap-in-tests` only covers the
 // `#[test]` functions of an integration test, not its helpers (rust-clippy#11119).
@@ -57,12 +58,12 @@ fn readers_killed_after_a_checkpoint_resume_at_another_parallelism_exactly_once(
     let fx = Fixture::new();
     let (out, state) = (fx.path("out"), fx.path("state"));
     let root = state.join("window-agg").join("checkpoints");
-    let args = |parallelism| {
+    let args = |parallelism, split_bytes: &str| {
         let mut args = fx.args(&out, parallelism);
         args.extend(
             [
                 "--split-bytes",
-                "150000",
+                split_bytes,
                 "--checkpoint-interval",
                 "50ms",
                 "--state-dir",
@@ -78,7 +79,7 @@ fn readers_killed_after_a_checkpoint_resume_at_another_parallelism_exactly_once(
         let stderr = fx.path(&format!("killed-{run}.stderr"));
         let (ended, stderr) = kill::run_and_kill(
             WEIR,
-            &args(parallelism),
+            &args(parallelism, "150000"),
             stderr,
             Duration::from_millis(100),
             &root,
@@ -90,10 +91,12 @@ fn readers_killed_after_a_checkpoint_resume_at_another_parallelism_exactly_once(
             "P={parallelism}: finished before a kill after a checkpoint:\n{stderr}"
         );
     }
-    let stderr = Running::start(WEIR, &args(1), fx.path("last.stderr")).finish();
+    // Pieces larger than the file: one reader reads what the three left.
+    let one_reader = args(1, "100000000");
+    let stderr = Running::start(WEIR, &one_reader, fx.path("last.stderr")).finish();
     assert!(stderr.contains("resuming"), "{stderr}");
     assert_eq!(in_progress_files(&out), Vec::<String>::new());
-    let what = "killed at P=2 and P=3, finished at P=1";
+    let what = "killed at P=2 and P=3, finished by one reader";
     assert_same_rows(&committed_rows(&out), &fx.reference_rows, what);
     assert_eq!(letters(&out), fx.malformed, "{what}: dead letters");
 }

@@ -807,6 +807,14 @@ mod tests {
         Ok(path)
     }
 
+    /// The line and raw text of the dead letters `reader` has not handed over yet.
+    fn lines_and_raw(reader: &mut FileSource<Json<Ev>>) -> Vec<(u64, Raw)> {
+        letters(reader)
+            .into_iter()
+            .map(|l| (l.line, l.raw))
+            .collect()
+    }
+
     /// Events, and dead letters by line and raw text.
     type ReadBy = (Vec<Ev>, Vec<(u64, Raw)>);
 
@@ -815,7 +823,7 @@ mod tests {
         let (mut events, mut dead) = (Vec::new(), Vec::new());
         for mut reader in readers {
             events.extend(drain(&mut reader)?);
-            dead.extend(letters(&mut reader).into_iter().map(|l| (l.line, l.raw)));
+            dead.extend(lines_and_raw(&mut reader));
         }
         events.sort_by_key(|e| e.ts);
         dead.sort_by_key(|(line, _)| *line);
@@ -872,10 +880,7 @@ mod tests {
                 }
                 positions.push(reader.position()?.ok_or("a file is replayable")?);
             }
-            let dead_before: Vec<(u64, Raw)> = first
-                .iter_mut()
-                .flat_map(|r| letters(r).into_iter().map(|l| (l.line, l.raw)))
-                .collect();
+            let dead_before: Vec<(u64, Raw)> = first.iter_mut().flat_map(lines_and_raw).collect();
             let mut resumed = readers(&path, 40, after);
             for reader in &mut resumed {
                 reader.seek_shares(&positions)?;
@@ -944,7 +949,7 @@ mod tests {
             for mut reader in readers(&input, 8, instances) {
                 reader.seek_shares(std::slice::from_ref(&position))?;
                 read.extend(drain(&mut reader)?);
-                dead.extend(letters(&mut reader).into_iter().map(|l| l.line));
+                dead.extend(lines_and_raw(&mut reader).into_iter().map(|(line, _)| line));
             }
             dead.sort();
             assert_eq!(read.iter().map(|e| e.ts).collect::<Vec<_>>(), [3]);

@@ -80,6 +80,10 @@ impl<S: Source> NodeImpl for SourceNode<S> {
         let mut shares = None;
         let sources = match &mut *self.instances.borrow_mut() {
             SourceInstances::One(source) => {
+                // All positions of the uid: a file split over the workers in the run that
+                // took the checkpoint may be read by one reader now (a larger
+                // --split-bytes); a source that cannot take several refuses them.
+                shares = Some(restored_shares(b, &b.uid(me)));
                 vec![source.take().ok_or_else(|| EngineError::InvalidJob {
                     job: b.metrics.job().to_string(),
                     reason: format!(
