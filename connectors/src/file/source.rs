@@ -468,38 +468,46 @@ impl<D: Decoder> Source for FileSource<D> {
             self.open()?;
         }
         let start = out.len();
-        while out.len() - start < max {
+        let complete = !self.follow;
+        loop {
             let Some(range) = self.current else {
                 return Ok(SourceStatus::Exhausted);
             };
-            if !self.aligning && range.ends_before(self.offset) {
-                self.finish_range(range.to)?;
-                continue;
-            }
+            let end = range.to.unwrap_or(u64::MAX);
             let reader = self.reader.as_mut().ok_or(ConnectorError::NotOpen)?;
-            let read = reader.next_line(!self.follow);
-            let Some(line) = read.map_err(|e| self.lines.read_error(e))? else {
-                if !self.follow {
-                    self.finish_range(None)?;
+            // Lines of this range, one comparison each to see whether it goes on.
+            let ended_at = loop {
+                if out.len() - start == max {
+                    return Ok(SourceStatus::More);
+                }
+                if self.offset >= end && !self.aligning {
+                    break range.to;
+                }
+                let read = reader.next_line(complete);
+                let Some(line) = read.map_err(|e| self.lines.read_error(e))? else {
+                    if complete {
+                        break None;
+                    }
+                    // A partial last line stays in the reader until its writer finishes it.
+                    if out.len() == start {
+                        // Parked, not asleep: whoever needs this thread before the next
+                        // poll (a query on queryable state) unparks it.
+                        std::thread::park_timeout(FOLLOW_POLL);
+                    }
+                    return Ok(SourceStatus::Idle);
+                };
+                let line_start = self.offset;
+                self.offset += line_bytes(&line);
+                if self.aligning {
+                    // The end of a line of the range before, or the break just before
+                    // `from`.
+                    self.aligning = false;
                     continue;
                 }
-                // A partial last line stays in the reader until its writer finishes it.
-                if out.len() == start {
-                    // Parked, not asleep: whoever needs this thread before the next
-                    // poll (a query on queryable state) unparks it.
-                    std::thread::park_timeout(FOLLOW_POLL);
-                }
-                return Ok(SourceStatus::Idle);
+                self.lines.take_line(line, line_start, out)?;
             };
-            let line_start = self.offset;
-            self.offset += line_bytes(&line);
-            if std::mem::take(&mut self.aligning) {
-                // The end of a line of the range before, or the break just before `from`.
-                continue;
-            }
-            self.lines.take_line(line, line_start, out)?;
+            self.finish_range(ended_at)?;
         }
-        Ok(SourceStatus::More)
     }
 
     fn take_dead_letters(&mut self, out: &mut Vec<DeadLetter>) {

@@ -56,12 +56,6 @@ impl Range {
         to: None,
         lines_before: Some(0),
     };
-
-    /// Whether a line starting at `offset` is past the range.
-    #[inline]
-    pub(super) fn ends_before(&self, offset: u64) -> bool {
-        self.to.is_some_and(|to| offset >= to)
-    }
 }
 
 /// The most pieces a file is cut into: a larger file has larger pieces, so that a split
