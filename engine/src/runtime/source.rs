@@ -77,13 +77,13 @@ impl<S: Source> NodeImpl for SourceNode<S> {
     fn start(&self, b: &mut Build<'_>, me: NodeId) -> Result<()> {
         let name = b.name(me);
         let count = b.graph.parallelism(me, b.options.parallelism);
-        let mut shares = None;
+        let mut shares = false;
         let sources = match &mut *self.instances.borrow_mut() {
             SourceInstances::One(source) => {
                 // All positions of the uid: a file split over the workers in the run that
                 // took the checkpoint may be read by one reader now (a larger
                 // --split-bytes); a source that cannot take several refuses them.
-                shares = Some(restored_shares(b, &b.uid(me)));
+                shares = true;
                 vec![source.take().ok_or_else(|| EngineError::InvalidJob {
                     job: b.metrics.job().to_string(),
                     reason: format!(
@@ -96,7 +96,7 @@ impl<S: Source> NodeImpl for SourceNode<S> {
                 (0..count).map(|i| make(i, count)).collect()
             }
             SourceInstances::Shares(source) => {
-                shares = Some(restored_shares(b, &b.uid(me)));
+                shares = true;
                 (0..count)
                     .map(|i| {
                         source
@@ -117,9 +117,9 @@ impl<S: Source> NodeImpl for SourceNode<S> {
         for (instance, source) in sources.into_iter().enumerate() {
             let in_step =
                 (count > 1 && !source.aligns_instances()).then(|| lockstep.instance(instance));
-            let restore = match &shares {
-                Some(positions) => Restore::Shares(positions),
-                None => Restore::Own,
+            let restore = match shares {
+                true => Restore::Shares,
+                false => Restore::Own,
             };
             start_source_instance(b, me, instance, count, source, in_step, restore)?;
         }
@@ -128,34 +128,12 @@ impl<S: Source> NodeImpl for SourceNode<S> {
 }
 
 /// What an instance of a source resumes from, if the run restores a checkpoint.
-pub(super) enum Restore<'a> {
+pub(super) enum Restore {
     /// Its own position (participant `uid#instance`).
     Own,
     /// The positions of all instances of the source in the checkpoint
-    /// ([`Source::seek_shares`]); none for a fresh start.
-    Shares(&'a [ConnectorState]),
-}
-
-/// The positions of every instance of source `uid` in the checkpoint being restored, in
-/// instance order (empty for a fresh start).
-fn restored_shares(b: &Build<'_>, uid: &str) -> Vec<ConnectorState> {
-    let Some(manifest) = b.checkpointing.as_ref().and_then(|c| c.restored()) else {
-        return Vec::new();
-    };
-    let prefix = format!("{uid}#");
-    let mut positions: Vec<(usize, &ConnectorState)> = manifest
-        .participants
-        .iter()
-        .filter_map(|(key, state)| {
-            let instance = key.strip_prefix(&prefix)?.parse().ok()?;
-            match state {
-                ParticipantState::Source { position } => Some((instance, position)),
-                _ => None,
-            }
-        })
-        .collect();
-    positions.sort_by_key(|(instance, _)| *instance);
-    positions.into_iter().map(|(_, p)| p.clone()).collect()
+    /// ([`Source::seek_shares`]).
+    Shares,
 }
 
 /// A split source's positions belong to its instances' shares of the input, so a restore
@@ -197,7 +175,7 @@ pub(super) fn start_source_instance<S: Source>(
     count: usize,
     mut source: S,
     lockstep: Option<Lockstep>,
-    restore: Restore<'_>,
+    restore: Restore,
 ) -> Result<()> {
     let name = b.name(me);
     let source_err = |source| EngineError::Source {
@@ -219,9 +197,21 @@ pub(super) fn start_source_instance<S: Source>(
                 ),
             });
         }
+        let positions: Vec<ConnectorState> = match restore {
+            Restore::Shares => p
+                .restored_by_every_instance()
+                .into_iter()
+                .filter_map(|state| match state {
+                    ParticipantState::Source { position } => Some(position.clone()),
+                    _ => None,
+                })
+                .collect(),
+            Restore::Own => Vec::new(),
+        };
         let restored = match (restore, p.restored()) {
-            (Restore::Shares([]), _) | (Restore::Own, None) => Ok(()),
-            (Restore::Shares(positions), _) => source.seek_shares(positions),
+            (Restore::Shares, _) if positions.is_empty() => Ok(()),
+            (Restore::Shares, _) => source.seek_shares(&positions),
+            (Restore::Own, None) => Ok(()),
             (Restore::Own, Some(ParticipantState::Source { position })) => source.seek(position),
             (Restore::Own, Some(other)) => {
                 return Err(p.unexpected_state(&name, "a source position", other))
