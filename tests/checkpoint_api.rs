@@ -135,6 +135,7 @@ impl Setup {
             state: StateConfig::RocksDb {
                 dir: self.state_dir(),
                 cache_entries: 1024,
+                statistics: false,
             },
             checkpoints: interval.map(|interval| CheckpointConfig {
                 dir: self.state_dir().join("union-counts/checkpoints"),

@@ -68,8 +68,14 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
     }
     std::fs::write(&input, lines)?;
 
-    let (body, addr, done, _running) =
-        run_and_scrape(&input, &["--output".as_ref(), output.as_os_str()])?;
+    let (body, addr, done, _running) = run_and_scrape(
+        &input,
+        &[
+            "--output".as_ref(),
+            output.as_os_str(),
+            "--rocksdb-statistics".as_ref(),
+        ],
+    )?;
     let body = body.as_str();
 
     let results = std::fs::read_to_string(&output)?.lines().count() as f64;
@@ -124,7 +130,8 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
             );
         }
     }
-    // State is in RocksDB by default, which reports its size and compaction backlog.
+    // State is in RocksDB by default, which reports its size and compaction backlog (and,
+    // with --rocksdb-statistics, its block cache hit ratio).
     for family in [
         "weir_channel_fill",
         "weir_channel_capacity",
@@ -204,6 +211,12 @@ fn checkpoint_metrics_are_scraped_over_http() -> TestResult {
             "{family} missing"
         );
     }
+    // Without --rocksdb-statistics RocksDB keeps no tickers: no hit ratio is made up.
+    assert!(body.contains("# TYPE weir_rocksdb_block_cache_bytes gauge"));
+    assert!(
+        !body.contains("weir_rocksdb_block_cache_hit_ratio"),
+        "hit ratio exported without statistics"
+    );
     // Everything the sink received is committed.
     let mut committed = 0;
     for entry in std::fs::read_dir(&output)? {

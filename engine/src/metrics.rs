@@ -34,7 +34,7 @@
 //! | `weir_state_memory_bytes` | gauge | memory RocksDB holds for an instance outside the block cache: memtables (state not yet in files; flushed at the write buffer size) and SST readers |
 //! | `weir_rocksdb_block_cache_bytes` | gauge | bytes in the block cache all state databases of the run share (at most 64 MiB) |
 //! | `weir_rocksdb_compaction_pending_bytes` | gauge | bytes waiting for compaction (RocksDB state only) |
-//! | `weir_rocksdb_block_cache_hit_ratio` | gauge | share of block cache lookups that hit (RocksDB state only) |
+//! | `weir_rocksdb_block_cache_hit_ratio` | gauge | share of block cache lookups that hit (RocksDB state with `--rocksdb-statistics` only) |
 //! | `weir_checkpoints_completed_total` | counter | checkpoints completed (with `--checkpoint-interval` only, as the rest) |
 //! | `weir_checkpoints_failed_total` | counter | checkpoints that failed (the job went on) |
 //! | `weir_checkpoint_duration_seconds` | gauge | trigger to manifest, last completed checkpoint |
@@ -110,7 +110,8 @@ pub struct JobMetrics {
     state_memory: IntGaugeVec,
     block_cache_bytes: IntGauge,
     compaction_pending: IntGauge,
-    block_cache_hit_ratio: Gauge,
+    /// Registered when the first database that keeps statistics is observed.
+    block_cache_hit_ratio: Arc<std::sync::Mutex<Option<Gauge>>>,
     stores: Arc<std::sync::Mutex<Vec<ObservedStore>>>,
     checkpoints: Arc<std::sync::Mutex<Option<CheckpointMetrics>>>,
     kafka: Arc<std::sync::Mutex<Option<KafkaMetrics>>>,
@@ -181,11 +182,7 @@ impl JobMetrics {
                 "weir_rocksdb_compaction_pending_bytes",
                 "RocksDB estimate of bytes waiting for compaction",
             ),
-            block_cache_hit_ratio: gauge(
-                r,
-                "weir_rocksdb_block_cache_hit_ratio",
-                "Share of RocksDB block cache lookups that hit, since the job started",
-            ),
+            block_cache_hit_ratio: Arc::default(),
             stores: Arc::new(std::sync::Mutex::new(Vec::new())),
             checkpoints: Arc::new(std::sync::Mutex::new(None)),
             kafka: Arc::new(std::sync::Mutex::new(None)),
@@ -388,6 +385,15 @@ impl JobMetrics {
             memory: self.state_memory.with_label_values(&labels),
             store,
         };
+        if observed.store.keeps_statistics() {
+            first_use(&self.block_cache_hit_ratio, || {
+                gauge(
+                    &self.registry,
+                    "weir_rocksdb_block_cache_hit_ratio",
+                    "Share of RocksDB block cache lookups that hit, since the job started",
+                )
+            });
+        }
         if let Ok(mut stores) = self.stores.lock() {
             stores.push(observed);
         }
@@ -477,17 +483,22 @@ impl JobMetrics {
                 bytes.set(store.file_bytes() as i64);
                 memory.set(store.memory_bytes() as i64);
                 pending += store.pending_compaction_bytes();
-                let (h, m) = store.block_cache_hits_misses();
-                hits += h;
-                misses += m;
+                if let Some((h, m)) = store.block_cache_hits_misses() {
+                    hits += h;
+                    misses += m;
+                }
             }
             self.compaction_pending.set(pending as i64);
             // One cache serves every database of the run: any of them reports its usage.
             self.block_cache_bytes
                 .set(stores[0].store.block_cache_bytes() as i64);
-            if hits + misses > 0 {
-                self.block_cache_hit_ratio
-                    .set(hits as f64 / (hits + misses) as f64);
+            let ratio = self
+                .block_cache_hit_ratio
+                .lock()
+                .ok()
+                .and_then(|g| g.clone());
+            if let (Some(ratio), true) = (ratio, hits + misses > 0) {
+                ratio.set(hits as f64 / (hits + misses) as f64);
             }
         }
         if let Some(checkpoints) = self.checkpoints.lock().ok().and_then(|c| c.clone()) {

@@ -122,6 +122,10 @@ pub struct JobOptions {
     /// Entries per state table kept decoded in memory in front of RocksDB.
     #[arg(long, default_value_t = 65_536)]
     pub state_cache_entries: usize,
+    /// Keep RocksDB's statistics, for `weir_rocksdb_block_cache_hit_ratio`. Off by default:
+    /// every state read then pays for several counters (as Flink's RocksDB native metrics).
+    #[arg(long)]
+    pub rocksdb_statistics: bool,
     /// Workers per keyed operator (1 to 128).
     #[arg(long, default_value_t = 1)]
     pub parallelism: usize,
@@ -446,6 +450,7 @@ impl JobOptions {
             _ => StateConfig::RocksDb {
                 dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
                 cache_entries: self.state_cache_entries,
+                statistics: self.rocksdb_statistics,
             },
         };
         let checkpoints = match (self.checkpoint_interval, &self.state_dir) {

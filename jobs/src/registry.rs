@@ -23,6 +23,7 @@ pub const EVERY_JOB_READS: &[&str] = &[
     "state",
     "state-dir",
     "state-cache-entries",
+    "rocksdb-statistics",
     "checkpoint-interval",
     "checkpoints-retained",
     "from-savepoint",

@@ -240,6 +240,7 @@ pub(crate) fn run_options(
             Some(cache_entries) => StateConfig::RocksDb {
                 dir: state_dir.to_path_buf(),
                 cache_entries,
+                statistics: false,
             },
             None => StateConfig::Memory,
         },

@@ -55,7 +55,9 @@ pub(crate) fn run(
     let (_locks, fence) = lock_state_dirs(job, options, control)?;
     let rocksdb = match &options.state {
         StateConfig::Memory => None,
-        StateConfig::RocksDb { dir, .. } => {
+        StateConfig::RocksDb {
+            dir, statistics, ..
+        } => {
             // Only weir's own subdirectory is replaced, never what else is in `dir`.
             let root = dir.join(job).join("rocksdb");
             if root.exists() {
@@ -66,7 +68,11 @@ pub(crate) fn run(
                     ))
                 })?;
             }
-            Some((root, shared_block_cache()))
+            let cache = match statistics {
+                true => shared_block_cache().with_statistics(),
+                false => shared_block_cache(),
+            };
+            Some((root, cache))
         }
     };
     let checkpointing = match &options.checkpoints {

@@ -8,9 +8,14 @@
 use super::{StateError, StateKey, StateValue};
 use crate::keys::key_group_of;
 
+/// Bytes reserved for an encoded key: the key group and a short string or a few integers.
+const KEY_CAPACITY: usize = 32;
+
 /// Key group (big endian) then the bincode of the key.
 pub(crate) fn encode_key<K: StateKey>(table: &str, key: &K) -> Result<Vec<u8>, StateError> {
-    let mut bytes = key_group_of(key).to_be_bytes().to_vec();
+    // Room for the usual key up front: growing from the 2-byte prefix reallocated per get.
+    let mut bytes = Vec::with_capacity(KEY_CAPACITY);
+    bytes.extend_from_slice(&key_group_of(key).to_be_bytes());
     bincode::serialize_into(&mut bytes, key)
         .map_err(|e| codec_error(table, "cannot encode key", e))?;
     Ok(bytes)

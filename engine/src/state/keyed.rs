@@ -255,7 +255,7 @@ impl<K: StateKey, UK: UserKey, UV: StateValue> KeyedMapState<K, UK, UV>
 
     fn entries(&mut self, key: &K) -> Result<MapEntries<'_, UK, UV>, StateError> {
         let prefix = self.encoded_prefix(key)?;
-        let (store, table) = (&self.inner.store, self.inner.table.as_str());
+        let (store, table) = (self.inner.store(), self.inner.table.as_str());
         let cf = store.column_family(table)?;
         let scan = store.db.iterator_cf_opt(
             &cf,
@@ -271,7 +271,7 @@ impl<K: StateKey, UK: UserKey, UV: StateValue> KeyedMapState<K, UK, UV>
 
     fn clear(&mut self, key: &K) -> Result<usize, StateError> {
         let prefix = self.encoded_prefix(key)?;
-        let store = Arc::clone(&self.inner.store);
+        let store = Arc::clone(self.inner.store());
         let table = self.inner.table.as_str();
         let cf = store.column_family(table)?;
         let mut batch = WriteBatch::default();
@@ -298,7 +298,7 @@ impl<K: StateKey, UK: UserKey, UV: StateValue> KeyedMapState<K, UK, UV>
 
     fn recount(&mut self) -> Result<(), StateError> {
         self.inner.write_clean()?;
-        let store = &self.inner.store;
+        let store = Arc::clone(self.inner.store());
         let table = self.inner.table.as_str();
         let cf = store.column_family(table)?;
         let mut entries = 0;

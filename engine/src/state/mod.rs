@@ -52,6 +52,9 @@ pub enum StateConfig {
         dir: PathBuf,
         /// Entries per state table kept decoded in memory in front of RocksDB.
         cache_entries: usize,
+        /// Keep RocksDB's statistics for the block cache hit ratio metric (each read pays
+        /// for them; off by default).
+        statistics: bool,
     },
 }
 

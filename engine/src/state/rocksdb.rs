@@ -72,6 +72,8 @@ const IMPORT_BATCH: usize = 16_384;
 pub struct SharedCache {
     blocks: Cache,
     write_buffers: WriteBufferManager,
+    /// Whether the databases keep RocksDB's statistics (see [`SharedCache::with_statistics`]).
+    statistics: bool,
 }
 
 impl std::fmt::Debug for SharedCache {
@@ -95,6 +97,18 @@ pub fn shared_block_cache() -> SharedCache {
     SharedCache {
         blocks,
         write_buffers,
+        statistics: false,
+    }
+}
+
+impl SharedCache {
+    /// Makes the databases keep RocksDB's statistics (tickers only: no histograms or
+    /// timers), which the block cache hit ratio metric is computed from. Off by default, as
+    /// Flink's RocksDB native metrics are: every read then pays for several per-core
+    /// counters (18 % of dedup on RocksDB's time, BENCHMARKS.md).
+    pub fn with_statistics(mut self) -> Self {
+        self.statistics = true;
+        self
     }
 }
 
@@ -150,10 +164,12 @@ impl RocksStore {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.increase_parallelism(2);
-        // Tickers (block cache hits and misses) for the metrics; no timers and histograms,
-        // which cost a clock read per get.
-        options.enable_statistics();
-        options.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
+        if shared.statistics {
+            // Tickers (block cache hits and misses) for the metrics; no timers and
+            // histograms, which cost a clock read per get.
+            options.enable_statistics();
+            options.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
+        }
         options.set_write_buffer_manager(&shared.write_buffers);
         let db = Db::open(&options, path).map_err(|e| fail("cannot open RocksDB at", &e))?;
         let timers =
@@ -340,17 +356,26 @@ impl RocksStore {
     }
 
     /// Bytes written to the state and timer databases so far (RocksDB's
-    /// `rocksdb.bytes.written`: what went through the memtables, before compaction).
-    pub fn bytes_written(&self) -> u64 {
-        self.db_options.get_ticker_count(Ticker::BytesWritten)
+    /// `rocksdb.bytes.written`: what went through the memtables, before compaction); `None`
+    /// unless the run keeps statistics ([`SharedCache::with_statistics`]).
+    pub fn bytes_written(&self) -> Option<u64> {
+        self.keeps_statistics()
+            .then(|| self.db_options.get_ticker_count(Ticker::BytesWritten))
     }
 
-    /// Block cache hits and misses so far.
-    pub fn block_cache_hits_misses(&self) -> (u64, u64) {
-        (
-            self.db_options.get_ticker_count(Ticker::BlockCacheHit),
-            self.db_options.get_ticker_count(Ticker::BlockCacheMiss),
-        )
+    /// Whether this database keeps RocksDB's statistics ([`SharedCache::with_statistics`]).
+    pub fn keeps_statistics(&self) -> bool {
+        self.shared.statistics
+    }
+
+    /// Block cache hits and misses so far; `None` unless the run keeps statistics.
+    pub fn block_cache_hits_misses(&self) -> Option<(u64, u64)> {
+        self.keeps_statistics().then(|| {
+            (
+                self.db_options.get_ticker_count(Ticker::BlockCacheHit),
+                self.db_options.get_ticker_count(Ticker::BlockCacheMiss),
+            )
+        })
     }
 
     /// Memory RocksDB holds for this database outside the shared block cache: the
@@ -507,11 +532,11 @@ impl StateBackend for RocksBackend {
         name: &str,
     ) -> Result<RocksMap<K, V>, StateError> {
         let table = format!("{}/{name}", self.operator);
-        self.store.column_family(&table)?;
+        let column = TableColumn::try_new(self.store.clone(), |store| store.column_family(&table))?;
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
         Ok(RocksMap {
-            store: self.store.clone(),
+            column,
             table,
             cache: FxHashMap::default(),
             capacity: self.cache_entries,
@@ -540,9 +565,24 @@ pub(super) enum Slot<V> {
     Deleted,
 }
 
+/// An `Arc` of a column family handle, borrowed from its database.
+type ColumnFamilyRef<'db> = Arc<BoundColumnFamily<'db>>;
+
+self_cell::self_cell!(
+    /// A table's column family handle, held together with the store it borrows from: looked
+    /// up once when the table is opened, not per get (rust-rocksdb's lookup takes a lock,
+    /// hashes the name and clones an `Arc`: 8 % of dedup on RocksDB). Column families are
+    /// never dropped while the store lives, so the handle stays valid.
+    struct TableColumn {
+        owner: Arc<RocksStore>,
+        #[covariant]
+        dependent: ColumnFamilyRef,
+    }
+);
+
 /// A [`MapState`] in RocksDB with a write-back cache.
 pub struct RocksMap<K, V> {
-    pub(super) store: Arc<RocksStore>,
+    column: TableColumn,
     pub(super) table: String,
     pub(super) cache: FxHashMap<K, Slot<V>>,
     capacity: usize,
@@ -563,15 +603,23 @@ impl<K, V> std::fmt::Debug for RocksMap<K, V> {
     }
 }
 
+impl<K, V> RocksMap<K, V> {
+    /// The database this table is a column family of.
+    pub(super) fn store(&self) -> &Arc<RocksStore> {
+        self.column.borrow_owner()
+    }
+}
+
 impl<K: StateKey, V: StateValue> RocksMap<K, V> {
     fn load(&self, key: &K) -> Result<Option<V>, StateError> {
-        let cf = self.store.column_family(&self.table)?;
-        let bytes = self
-            .store
-            .db
-            .get_pinned_cf_opt(&cf, encode_key(&self.table, key)?, &self.read_options)
-            .map_err(|e| rocks_error(&self.table, "read failed", e))?;
-        bytes.map(|b| decode_value(&self.table, &b)).transpose()
+        let key = encode_key(&self.table, key)?;
+        self.column.with_dependent(|store, cf| {
+            let bytes = store
+                .db
+                .get_pinned_cf_opt(cf, key, &self.read_options)
+                .map_err(|e| rocks_error(&self.table, "read failed", e))?;
+            bytes.map(|b| decode_value(&self.table, &b)).transpose()
+        })
     }
 
     /// Makes sure `key` is in the cache if it exists at all; writes back first if full.
@@ -635,8 +683,8 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
             }
         }
         write_sorted(
-            &self.store,
-            &self.store.db,
+            self.store(),
+            &self.store().db,
             &self.table,
             changes,
             &self.write_options,
@@ -793,16 +841,16 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
 
     fn scan(&mut self, mut f: impl FnMut(K, V)) -> Result<(), StateError> {
         self.write_clean()?;
-        let cf = self.store.column_family(&self.table)?;
-        let mut entries = 0;
-        for entry in self.store.db.iterator_cf(&cf, IteratorMode::Start) {
-            let (key, value) = entry.map_err(|e| rocks_error(&self.table, "scan failed", e))?;
-            f(
-                decode_key(&self.table, &key)?,
-                decode_value(&self.table, &value)?,
-            );
-            entries += 1;
-        }
+        let table = self.table.as_str();
+        let entries = self.column.with_dependent(|store, cf| {
+            let mut entries = 0;
+            for entry in store.db.iterator_cf(cf, IteratorMode::Start) {
+                let (key, value) = entry.map_err(|e| rocks_error(table, "scan failed", e))?;
+                f(decode_key(table, &key)?, decode_value(table, &value)?);
+                entries += 1;
+            }
+            Ok::<_, StateError>(entries)
+        })?;
         // After a restore the database is the only truth about how many entries exist.
         self.entries = entries;
         Ok(())

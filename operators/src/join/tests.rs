@@ -58,6 +58,7 @@ fn run<O: Data + Ord>(
             StateConfig::RocksDb {
                 dir: dir.path().to_path_buf(),
                 cache_entries: 2,
+                statistics: false,
             }
         } else {
             StateConfig::Memory
