@@ -200,11 +200,10 @@ where
             out.advance_watermark(r.watermark);
             let Keyed { key, value } = r.value;
             let seen_key = (self.seen_key)(&key, &value);
-            if self.seen.read(&seen_key, |seen| seen.is_some())? {
+            if !self.seen.insert_new_at(seen_key, (), r.ts)? {
                 dropped += 1;
                 continue;
             }
-            self.seen.put_at(seen_key, (), r.ts)?;
             out.emit(r.ts, value);
         }
         self.dropped.inc_by(dropped);

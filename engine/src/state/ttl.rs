@@ -136,17 +136,51 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
         if self.writes.back().is_none_or(|(last, _)| *last <= written) {
             self.writes.push_back((written, key));
         } else {
-            // An explicit stamp in the past (`put_at`): keep the order.
+            // An explicit stamp in the past (`insert_new_at`): keep the order.
             let at = self.writes.partition_point(|(t, _)| *t <= written);
             self.writes.insert(at, (written, key));
         }
     }
 
     /// Stores `value` under `key` as if written at `written` (for example the event's own
-    /// time) rather than at the table's current time.
-    pub fn put_at(&mut self, key: K, value: V, written: Timestamp) -> Result<(), StateError> {
-        self.note(key.clone(), written);
-        self.inner.put(key, Expiring { written, value })
+    /// time) rather than at the table's current time, unless a live entry is there (which
+    /// keeps its value and stamp); returns whether it stored. One lookup of the key: on
+    /// RocksDB a `read` then a `put` of a new key looked it up twice (dedup's every new id).
+    pub fn insert_new_at(
+        &mut self,
+        key: K,
+        value: V,
+        written: Timestamp,
+    ) -> Result<bool, StateError> {
+        let (ttl, now) = (self.ttl, self.now);
+        // `update` runs `init` (a new key) and then `change`, or only `change`: the value
+        // goes to whichever of them stores it.
+        let fresh = std::cell::Cell::new(Some(Expiring { written, value }));
+        let take = || {
+            fresh
+                .take()
+                .map_or_else(|| unreachable!("stored once"), |e| e)
+        };
+        let created = std::cell::Cell::new(false);
+        let init = || {
+            created.set(true);
+            take()
+        };
+        let stored = self.inner.update(&key, init, |e| {
+            if created.get() {
+                true
+            } else if alive(e, ttl, now) {
+                false
+            } else {
+                // Expired: replaced, as if the sweep had removed it already.
+                *e = take();
+                true
+            }
+        })?;
+        if stored {
+            self.note(key, written);
+        }
+        Ok(stored)
     }
 
     fn stamp(&self, value: V) -> Expiring<V> {
@@ -322,6 +356,19 @@ mod tests {
         let mut live = Vec::new();
         table.scan(|key, v| live.push((key, v)))?;
         assert_eq!(live, vec![(k("c"), 0)]);
+        // `insert_new_at` stores only where no live entry is; a live one keeps its value and
+        // its stamp.
+        assert!(table.insert_new_at(k("e"), 9, 1_350)?);
+        assert!(!table.insert_new_at(k("e"), 10, 1_399)?);
+        assert_eq!(table.get(&k("e"))?, Some(9));
+        table.advance_time(1_449)?;
+        assert_eq!(table.get(&k("e"))?, Some(9));
+        // Written at 1350 (the refused insert did not restamp it): gone at 1450, and stored
+        // again.
+        table.advance_time(1_450)?;
+        assert_eq!(table.get(&k("e"))?, None);
+        assert!(table.insert_new_at(k("e"), 11, 1_450)?);
+        assert_eq!(table.get(&k("e"))?, Some(11));
         Ok(())
     }
 
