@@ -156,11 +156,7 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
         // `update` runs `init` (a new key) and then `change`, or only `change`: the value
         // goes to whichever of them stores it.
         let fresh = std::cell::Cell::new(Some(Expiring { written, value }));
-        let take = || {
-            fresh
-                .take()
-                .map_or_else(|| unreachable!("stored once"), |e| e)
-        };
+        let take = || fresh.take().unwrap_or_else(|| unreachable!("stored once"));
         let created = std::cell::Cell::new(false);
         let init = || {
             created.set(true);
