@@ -196,6 +196,36 @@ pub trait MapState<K, V>: StateTable + 'static {
     /// Removes and returns the value under `key`.
     fn take(&mut self, key: &K) -> Result<Option<V>, StateError>;
 
+    /// Stores `value` under `key` unless the entry there is one `keep` holds on to; returns
+    /// whether it stored. One lookup of the key (on RocksDB a `read` then a `put` of a key
+    /// not cached looks it up twice).
+    fn put_unless(
+        &mut self,
+        key: &K,
+        value: V,
+        keep: impl FnOnce(&V) -> bool,
+    ) -> Result<bool, StateError> {
+        // `update` runs `init` (a new key) and then `change`, or only `change`: the value
+        // goes to whichever of them stores it.
+        let value = std::cell::Cell::new(Some(value));
+        let take = || value.take().unwrap_or_else(|| unreachable!("stored once"));
+        let created = std::cell::Cell::new(false);
+        let init = || {
+            created.set(true);
+            take()
+        };
+        self.update(key, init, |kept| {
+            if created.get() {
+                true
+            } else if keep(kept) {
+                false
+            } else {
+                *kept = take();
+                true
+            }
+        })
+    }
+
     /// Calls `f` with every entry, in no particular order (to rebuild timers after a
     /// restore; not for hot paths).
     fn scan(&mut self, f: impl FnMut(K, V)) -> Result<(), StateError>;

@@ -153,26 +153,10 @@ impl<K: StateKey, V: StateValue, M: MapState<K, Expiring<V>>> TtlMap<K, V, M> {
         written: Timestamp,
     ) -> Result<bool, StateError> {
         let (ttl, now) = (self.ttl, self.now);
-        // `update` runs `init` (a new key) and then `change`, or only `change`: the value
-        // goes to whichever of them stores it.
-        let fresh = std::cell::Cell::new(Some(Expiring { written, value }));
-        let take = || fresh.take().unwrap_or_else(|| unreachable!("stored once"));
-        let created = std::cell::Cell::new(false);
-        let init = || {
-            created.set(true);
-            take()
-        };
-        let stored = self.inner.update(&key, init, |e| {
-            if created.get() {
-                true
-            } else if alive(e, ttl, now) {
-                false
-            } else {
-                // Expired: replaced, as if the sweep had removed it already.
-                *e = take();
-                true
-            }
-        })?;
+        // An expired entry is replaced, as if the sweep had removed it already.
+        let stored = self
+            .inner
+            .put_unless(&key, Expiring { written, value }, |e| alive(e, ttl, now))?;
         if stored {
             self.note(key, written);
         }

@@ -69,20 +69,12 @@ impl<S: StateBackend, K: StateKey, R: StateValue> LatestResults<S, K, R> {
     /// later (see the module's invariants). One lookup of the key (a `read` then a `put`
     /// looked a key RocksDB does not hold up twice).
     fn record(&mut self, result: &WindowResult<K, R>) -> Result<(), BoxError> {
-        let window = result.window;
-        let latest = || LatestWindow {
-            window,
+        let latest = LatestWindow {
+            window: result.window,
             result: result.value.clone(),
         };
-        let created = std::cell::Cell::new(false);
-        let init = || {
-            created.set(true);
-            latest()
-        };
-        self.table.update(&result.key, init, |kept| {
-            if !created.get() && kept.window.end <= window.end {
-                *kept = latest();
-            }
+        self.table.put_unless(&result.key, latest, |kept| {
+            kept.window.end > result.window.end
         })?;
         Ok(())
     }
