@@ -53,6 +53,58 @@ fn two_and_three_readers_give_the_results_and_dead_letters_of_one() {
     }
 }
 
+/// `account-balances` alerts on the third withdrawal of an account within a minute, in the
+/// order of the input: it reads a file with one reader at any parallelism, since readers of
+/// pieces would deliver an account's events interleaved by timing.
+#[test]
+fn a_job_that_follows_input_order_reads_a_file_with_one_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("accounts.jsonl");
+    let gen_args: [OsString; 8] = [
+        "gen".into(),
+        "accounts".into(),
+        "--events".into(),
+        "200000".into(),
+        "--keys".into(),
+        "2000".into(),
+        "--output".into(),
+        input.clone().into(),
+    ];
+    common::run_ok(WEIR, gen_args).unwrap();
+    let run = |parallelism: &str, split_bytes: &str| {
+        let out = dir
+            .path()
+            .join(format!("out-{parallelism}-{split_bytes}.jsonl"));
+        let args: Vec<OsString> = vec![
+            "run".into(),
+            "account-balances".into(),
+            "--input".into(),
+            input.clone().into(),
+            "--output".into(),
+            out.clone().into(),
+            "--parallelism".into(),
+            parallelism.into(),
+            "--split-bytes".into(),
+            split_bytes.into(),
+            "--metrics-addr".into(),
+            "off".into(),
+            "--quiet".into(),
+        ];
+        Running::start(WEIR, &args, dir.path().join("run.stderr")).finish();
+        sorted_lines(&fs::read_to_string(&out).unwrap())
+    };
+    let one_reader = run("1", "8388608");
+    assert!(
+        one_reader.iter().any(|l| l.contains("rapid_withdrawals")),
+        "the input must make alerts"
+    );
+    assert_same_rows(
+        &run("2", "4096"),
+        &one_reader,
+        "account-balances at P=2 with pieces of 4096 bytes",
+    );
+}
+
 #[test]
 fn readers_killed_after_a_checkpoint_resume_at_another_parallelism_exactly_once() {
     let fx = Fixture::new();

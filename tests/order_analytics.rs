@@ -52,12 +52,15 @@ struct Results {
 
 /// Reference: orders counted once per order id; per region and minute, orders and revenue
 /// in cents; per minute the 10 customers with the most revenue (ties: smaller id first);
-/// first order per customer that takes cumulative revenue above 10,000.00, in input order.
+/// first order per customer that takes cumulative revenue above 10,000.00, adding orders in
+/// (event time, order id) order.
 fn reference(orders: &[Value]) -> Option<Results> {
     let (mut regions, mut alerts) = (RegionRows::new(), Alerts::new());
     let mut running: BTreeMap<String, i64> = BTreeMap::new();
     let mut per_window: BTreeMap<(i64, i64), BTreeMap<String, i64>> = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
+    // (event time, order id, customer, cents) of each order counted.
+    let mut by_time = Vec::new();
     for o in orders {
         if !seen.insert(o["order_id"].as_str()?.to_string()) {
             continue;
@@ -76,10 +79,14 @@ fn reference(orders: &[Value]) -> Option<Results> {
             .or_default()
             .entry(customer.clone())
             .or_default() += total;
+        by_time.push((ts, o["order_id"].as_str()?.to_string(), customer, total));
+    }
+    by_time.sort();
+    for (_, order_id, customer, total) in by_time {
         let sum = running.entry(customer.clone()).or_default();
         *sum += total;
         if *sum > 1_000_000 && !alerts.contains_key(&customer) {
-            alerts.insert(customer, (o["order_id"].as_str()?.to_string(), *sum));
+            alerts.insert(customer, (order_id, *sum));
         }
     }
     let mut top = TopCustomers::new();
@@ -152,7 +159,7 @@ fn job_results(rows: &[Value]) -> Option<Results> {
 }
 
 #[test]
-fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
+fn order_analytics_matches_reference_at_parallelism_1_and_2_with_any_split() -> TestResult {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     weir(
@@ -200,8 +207,11 @@ fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
         "the sample must produce alerts"
     );
 
-    for p in ["1", "2"] {
-        let out = format!("out-{p}.jsonl");
+    // The file (~3 MB) is one piece at the default --split-bytes, so P = 2 reads it with
+    // one reader; in pieces of 4 KiB two readers interleave their orders on the way to each
+    // customer's state.
+    for (p, split_bytes) in [("1", "8388608"), ("2", "8388608"), ("2", "4096")] {
+        let out = format!("out-{p}-{split_bytes}.jsonl");
         let stderr = weir(
             &[
                 "run",
@@ -215,9 +225,12 @@ fn order_analytics_matches_reference_at_parallelism_1_and_2() -> TestResult {
                 "--quiet",
                 "--parallelism",
                 p,
+                "--split-bytes",
+                split_bytes,
             ],
             d,
         )?;
+        let p = format!("{p} (pieces of {split_bytes} bytes)");
         assert!(stderr.contains(" 0 late events"), "{stderr}");
         assert!(stderr.contains(" 2 dead letters"), "{stderr}");
         let actual = job_results(&read_json_lines(&d.join(&out))?).ok_or("malformed output")?;

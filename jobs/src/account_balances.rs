@@ -20,8 +20,10 @@
 //! `{"type":"withdrawals_per_minute","account":"a17","window_start":..,"window_end":..,"withdrawals":2}`
 //! and `{"type":"rapid_withdrawals","account":"a17","first_ts":..,"ts":..,"withdrawals":3}`,
 //! the latter when an account's third withdrawal comes within a minute of the first (the
-//! count starts over after an alert). Balances and alerts follow arrival order (the order of
-//! the input), so they are deterministic for a given input.
+//! count starts over after an alert). Balances and alerts follow arrival order, which is the
+//! order of the input: a file is read by one reader at any parallelism, and a Kafka topic
+//! keyed by account keeps each account's events in order. So they are deterministic for a
+//! given input.
 
 use std::time::Duration;
 
@@ -151,6 +153,8 @@ pub fn build(opts: &JobOptions) -> anyhow::Result<Job> {
     let job = Job::new("account-balances");
     let source = InputSpec::from_options(opts, "account-balances")?
         .open_serde::<AccountEvent>(opts, &job)?
+        // The alert counts withdrawals in input order: a file is read by one reader.
+        .in_input_order()
         .max_future(|e: &AccountEvent| e.ts, opts.max_future);
     let source = job.source("events", source).uid("events");
     let events = source

@@ -257,6 +257,16 @@ impl<D: Decoder, A: RowDecoder<Item = D::Item>> InputSource<D, A> {
         }
     }
 
+    /// Each key's events arrive in the order of the input: a text file is read by one
+    /// reader at any parallelism ([`FileSource::in_file_order`]); the other inputs already
+    /// deliver in order (a Kafka partition in offset order, as Kafka Streams relies on).
+    pub fn in_input_order(self) -> Self {
+        match self {
+            InputSource::File(s) => InputSource::File(s.in_file_order()),
+            other => other,
+        }
+    }
+
     /// The words for the origins the source gives its events, for messages about them.
     pub fn origin_names(&self) -> OriginNames {
         each!(self, s => s.origin_names())

@@ -40,7 +40,8 @@ pub struct JobOptions {
     pub max_line: usize,
     /// Size (bytes) of the pieces a file input is cut into for the workers at
     /// --parallelism > 1; each worker reads every P-th piece. Changing it between runs is
-    /// safe.
+    /// safe. A job whose results follow input order (account-balances) reads a file with
+    /// one reader.
     #[arg(long, default_value_t = weir_connectors::file::DEFAULT_SPLIT_BYTES)]
     pub split_bytes: u64,
     /// Field holding the event time, in epoch milliseconds.

@@ -80,6 +80,8 @@ impl ConnectorStateType for FilePosition {
 /// shares out what all readers left among however many readers the new run has.
 pub struct FileSource<D: Decoder> {
     follow: bool,
+    /// Read by one reader at any parallelism ([`FileSource::in_file_order`]).
+    in_file_order: bool,
     /// Longest line decoded; a longer one is a dead letter (its start and length).
     max_line: usize,
     split_bytes: u64,
@@ -136,6 +138,7 @@ impl<D: Decoder> FileSource<D> {
     pub fn new(path: impl Into<PathBuf>, format: Format, decoder: D) -> Self {
         FileSource {
             follow: false,
+            in_file_order: false,
             max_line: DEFAULT_MAX_LINE,
             split_bytes: DEFAULT_SPLIT_BYTES,
             share: (0, 1),
@@ -164,6 +167,14 @@ impl<D: Decoder> FileSource<D> {
     /// file is read by one reader.
     pub fn follow(mut self, follow: bool) -> Self {
         self.follow = follow;
+        self
+    }
+
+    /// Reads the file with one reader at any parallelism, so each key's events arrive in
+    /// the file's order, for a job whose results follow input order (a running count that
+    /// alerts). Readers of pieces deliver one key's events interleaved by timing.
+    pub fn in_file_order(mut self) -> Self {
+        self.in_file_order = true;
         self
     }
 
@@ -524,7 +535,7 @@ impl<D: Decoder> Source for FileSource<D> {
     }
 
     fn split(&self, instance: usize, instances: usize) -> Option<Self> {
-        if self.follow {
+        if self.follow || self.in_file_order {
             return None;
         }
         if instances == 1 {
@@ -539,6 +550,7 @@ impl<D: Decoder> Source for FileSource<D> {
         }
         Some(FileSource {
             follow: false,
+            in_file_order: false,
             max_line: self.max_line,
             split_bytes: self.split_bytes,
             share: (instance, instances),
@@ -922,12 +934,23 @@ mod tests {
     }
 
     #[test]
-    fn a_followed_file_and_a_file_of_one_piece_are_not_split() -> Result<(), BoxError> {
+    fn a_followed_file_one_in_file_order_and_a_file_of_one_piece_are_not_split(
+    ) -> Result<(), BoxError> {
         let dir = tempfile::tempdir()?;
         let path = mixed_lines(dir.path())?;
         let source = || FileSource::new(&path, Format::JsonLines, Json::<Ev>::default());
         assert!(source().split_bytes(100).split(0, 1).is_some());
         assert!(source().split_bytes(100).follow(true).split(0, 2).is_none());
+        assert!(source()
+            .split_bytes(100)
+            .in_file_order()
+            .split(0, 1)
+            .is_none());
+        assert!(source()
+            .split_bytes(100)
+            .in_file_order()
+            .split(0, 2)
+            .is_none());
         let one_piece = source().split_bytes(1 << 20);
         assert!(
             one_piece.split(0, 1).is_none(),
