@@ -86,9 +86,21 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
         sample_sum(body, "weir_late_events_total", &[]),
         late_expected as f64
     );
+    // At parallelism 2 window-agg aggregates in two phases: the window receives what the
+    // local phase hands on, one partial per key, second and reader, and the late events
+    // one by one.
+    let partials = sample_sum(
+        body,
+        "weir_events_out_total",
+        &[r#"operator="local-window""#],
+    );
+    assert!(
+        partials > late_expected as f64 && partials < good as f64 / 2.0,
+        "{partials} partials for {good} events"
+    );
     assert_eq!(
         sample_sum(body, "weir_events_in_total", &[r#"operator="window""#]),
-        good as f64
+        partials
     );
     assert_eq!(
         sample_sum(body, "weir_events_in_total", &[r#"operator="output""#]),

@@ -255,13 +255,24 @@ pub fn aggregate_windows(
         Some(table) => windowed.queryable(table),
         None => windowed,
     };
-    let windowed = match &opts.late_output {
-        Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
-        None => windowed,
-    };
-    let results = windowed
-        .aggregate(Stats::of(|e: &Event| e.value))
-        .uid("window");
+    // At P > 1 each worker sums its own events per key and window before the exchange
+    // (Flink's local-global aggregation): one partial per key, window and reader crosses to
+    // the key's worker instead of every event, so a file read by P readers scales. Results
+    // are the same; late events and refused events need the events themselves, and a
+    // session has no panes, so those keep the one-phase window.
+    let two_phase = opts.parallelism > 1
+        && !reject
+        && opts.late_output.is_none()
+        && !matches!(opts.window, WindowSpec::Session(_));
+    let stats = Stats::of(|e: &Event| e.value);
+    let results = match &opts.late_output {
+        _ if two_phase => windowed.aggregate_two_phase(stats),
+        Some(path) => windowed
+            .late_data(FileSink::<Event>::new(path))
+            .aggregate(stats),
+        None => windowed.aggregate(stats),
+    }
+    .uid("window");
     if let Some(n) = opts.top {
         results
             .top_n(n, metric_of(&opts.by)?)

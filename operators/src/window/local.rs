@@ -19,6 +19,13 @@
 //!   and the window operator judges it (drops and counts it, adds it to the windows still
 //!   open, or updates them within the allowed lateness).
 //! - Aligned windows only: a session has no panes.
+//! - Memory is bounded: at most [`MAX_HELD_PARTIALS`] partials are held per instance; past
+//!   that, every open pane's partials go on at once, as Flink's mini-batch flushes at its
+//!   size. Early partials are still right (partials of one key and pane merge); they only
+//!   cross more often, as with many distinct keys.
+//! - An event the aggregate fails on here fails the job with the error the window operator
+//!   gives (key, pane, event time and input position); a failure while merging partials
+//!   names the key and window only, no single event being to blame.
 //! - Nothing here is checkpointed: every partial goes on before a barrier passes.
 //! - With idleness on (`--idle-timeout`) partials go on after every batch: a receiver that
 //!   leaves a quiet input out of its watermark would otherwise fire a window without what
@@ -30,8 +37,11 @@ use std::marker::PhantomData;
 use rustc_hash::FxHashMap;
 use weir_engine::{BoxError, ChainedOperator, Data, Record, StateKey, Timestamp};
 
-use super::window_start;
+use super::{window_start, OriginOf, Window, WindowAggregateError};
 use crate::aggregate::{AggregateError, Aggregator};
+
+/// Partials held by one instance of the local phase before they all go on early.
+pub(crate) const MAX_HELD_PARTIALS: usize = 65_536;
 
 /// What a key's events of one pane came to on one producer instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,25 +56,40 @@ pub(crate) struct Partial<K, Acc> {
 /// watermark completes the pane, before a barrier and at the end.
 pub(crate) struct LocalWindows<K, T, A: Aggregator<T>, KF> {
     key: KF,
+    /// Words for where an event was read, for the error of one the aggregate fails on.
+    origin: Option<OriginOf<T>>,
     /// Panes: the windows themselves if tumbling, `gcd(size, slide)` if sliding.
     pane: i64,
     offset: i64,
     aggregator: A,
     /// Open panes by start.
     open: BTreeMap<Timestamp, FxHashMap<K, A::Acc>>,
+    /// Partials in `open`.
+    held: usize,
+    /// An emptied pane table, kept for the next pane (no allocation and regrowth per pane).
+    spare: Option<FxHashMap<K, A::Acc>>,
     /// The input watermark so far; no open pane has `end - 1 <= watermark`.
     watermark: Timestamp,
     _events: PhantomData<fn(T)>,
 }
 
 impl<K, T, A: Aggregator<T>, KF> LocalWindows<K, T, A, KF> {
-    pub(crate) fn new(key: KF, pane: i64, offset: i64, aggregator: A) -> Self {
+    pub(crate) fn new(
+        key: KF,
+        pane: i64,
+        offset: i64,
+        aggregator: A,
+        origin: Option<OriginOf<T>>,
+    ) -> Self {
         LocalWindows {
             key,
+            origin,
             pane,
             offset,
             aggregator,
             open: BTreeMap::new(),
+            held: 0,
+            spare: None,
             watermark: Timestamp::MIN,
             _events: PhantomData,
         }
@@ -90,21 +115,42 @@ where
             let open = self.open.split_off(&first_open);
             std::mem::replace(&mut self.open, open)
         };
+        self.held -= completed.values().map(FxHashMap::len).sum::<usize>();
         self.hand_on(completed, out);
         self.watermark = watermark;
     }
 
-    fn hand_on(
+    /// The job's error for `event`, which the aggregate failed on in the pane at `start`.
+    fn failed(
         &self,
+        cause: AggregateError,
+        key: &K,
+        start: Timestamp,
+        event: &Record<T>,
+    ) -> BoxError {
+        let pane = Window {
+            start,
+            end: start.saturating_add(self.pane),
+        };
+        let mut error = WindowAggregateError::new(cause, key, pane, Some(event.ts));
+        error.origin = self.origin.as_ref().and_then(|origin| origin(&event.value));
+        Box::new(error)
+    }
+
+    fn hand_on(
+        &mut self,
         panes: BTreeMap<Timestamp, FxHashMap<K, A::Acc>>,
         out: &mut Vec<Record<Partial<K, A::Acc>>>,
     ) {
-        for (start, keys) in panes {
-            out.extend(keys.into_iter().map(|(key, acc)| Record {
+        for (start, mut keys) in panes {
+            let watermark = self.watermark;
+            out.extend(keys.drain().map(|(key, acc)| Record {
                 ts: start,
-                watermark: self.watermark,
+                watermark,
                 value: Partial { key, acc },
             }));
+            // The next pane reuses the table, grown to this one's keys.
+            self.spare.get_or_insert(keys);
         }
     }
 }
@@ -134,27 +180,40 @@ where
             let key = (self.key)(&r.value);
             if start.saturating_add(self.pane) - 1 <= self.watermark {
                 // Completed here already: the window operator decides what it is.
+                let acc = aggregate_of(&self.aggregator, &r.value)
+                    .map_err(|cause| self.failed(cause, &key, start, &r))?;
                 out.push(Record {
                     ts: r.ts,
                     watermark: r.watermark,
-                    value: Partial {
-                        key,
-                        acc: aggregate_of(&self.aggregator, &r.value)?,
-                    },
+                    value: Partial { key, acc },
                 });
                 continue;
             }
             // Most events fall in the newest open pane.
             let keys = match self.open.last_entry() {
                 Some(newest) if *newest.key() == start => newest.into_mut(),
-                _ => self.open.entry(start).or_default(),
-            };
-            match keys.get_mut(&key) {
-                Some(acc) => self.aggregator.add(acc, &r.value)?,
-                None => {
-                    keys.insert(key, aggregate_of(&self.aggregator, &r.value)?);
+                _ => {
+                    let spare = &mut self.spare;
+                    self.open
+                        .entry(start)
+                        .or_insert_with(|| spare.take().unwrap_or_default())
                 }
+            };
+            let added = match keys.get_mut(&key) {
+                Some(acc) => self.aggregator.add(acc, &r.value),
+                None => aggregate_of(&self.aggregator, &r.value).map(|acc| {
+                    keys.insert(key.clone(), acc);
+                    self.held += 1;
+                }),
+            };
+            if let Err(cause) = added {
+                return Err(self.failed(cause, &key, start, &r));
             }
+        }
+        if self.held > MAX_HELD_PARTIALS {
+            let open = std::mem::take(&mut self.open);
+            self.held = 0;
+            self.hand_on(open, out);
         }
         Ok(())
     }
@@ -171,6 +230,7 @@ where
 
     fn drain(&mut self, out: &mut Vec<Record<Self::Out>>) -> Result<(), BoxError> {
         let open = std::mem::take(&mut self.open);
+        self.held = 0;
         self.hand_on(open, out);
         Ok(())
     }
@@ -384,6 +444,7 @@ mod tests {
             10,
             offset,
             crate::aggregate::Count,
+            None,
         )
     }
 
@@ -393,6 +454,63 @@ mod tests {
             watermark,
             value: (ts, 1, 0),
         }
+    }
+
+    #[test]
+    fn past_the_held_limit_every_partial_goes_on_early_and_later_ones_still_merge(
+    ) -> Result<(), BoxError> {
+        let mut op = local(0);
+        let mut out = Vec::new();
+        let keys = u32::try_from(MAX_HELD_PARTIALS).map_err(|e| e.to_string())?;
+        let distinct = |n: u32| {
+            (0..n).map(|key| Record {
+                ts: 5,
+                watermark: 2,
+                value: (5, key, 0),
+            })
+        };
+        op.process(distinct(keys).collect(), &mut out)?;
+        assert_eq!(out.len(), 0, "at the limit, partials are held");
+        op.process(distinct(keys + 1).collect(), &mut out)?;
+        // The first batch's keys were held, so they now count 2; the new one 1.
+        assert_eq!(out.len(), MAX_HELD_PARTIALS + 1, "all went on at once");
+        assert!(out.iter().all(|p| p.ts == 0 && p.watermark == 2));
+        let events: u64 = out.iter().map(|p| p.value.acc).sum();
+        assert_eq!(events, 2 * u64::from(keys) + 1);
+        // Nothing is held any more; a later event of the pane waits for the watermark.
+        out.clear();
+        op.process(vec![event(7, 2)], &mut out)?;
+        op.on_watermark(9, &mut out)?;
+        assert_eq!(out, vec![partial(0, 2, 1)]);
+        Ok(())
+    }
+
+    #[test]
+    fn an_event_the_local_phase_fails_on_is_named_as_the_window_names_it() {
+        let job = Job::new("two-phase");
+        let (sink, _) = Collect::new();
+        let overflowing: Vec<Ev> = vec![(1, 1, i64::MAX), (2, 1, 1)];
+        job.source("events", crate::test_support::VecSource(overflowing))
+            .timestamps(|e| e.0, Watermarks::bounded(Duration::from_secs(2)))
+            .key_by(|e: &Ev| e.1)
+            .window(Tumbling::of(Duration::from_secs(10)))
+            .origin(|e: &Ev| Some(format!("input line {}", e.0)))
+            .aggregate_two_phase(Stats::of(|e: &Ev| e.2))
+            .sink("out", sink);
+        let err = job
+            .run(&RunOptions::default())
+            .expect_err("the sum overflows");
+        let mut said = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            said += &format!(": {c}");
+            cause = c.source();
+        }
+        assert!(
+            said.contains("overflowed")
+                && said.contains("(key 1, window [0, 10000), event time 2, input line 2)"),
+            "{said}"
+        );
     }
 
     #[test]

@@ -262,7 +262,10 @@ where
     /// instance of the input pre-aggregates its own events per key and pane (the window
     /// if tumbling, `gcd(size, slide)` if sliding) in its thread, before the exchange, and the window operator merges those partials (see
     /// [`super::local`]). The results are those of [`WindowedStream::aggregate`]; it pays where
-    /// few keys carry many events. Tumbling or sliding windows, without a late-data sink.
+    /// few keys carry many events. Tumbling or sliding windows, without a late-data sink or
+    /// rejects. With [`WindowedStream::origin`], an event the aggregate fails on in the
+    /// local phase is named as the one-phase window names it; a failure merging partials
+    /// names the key and window only.
     pub fn aggregate_two_phase<A: Aggregator<T>>(
         self,
         aggregator: A,
@@ -291,19 +294,19 @@ where
             refuse("cannot fire early (the window receives partials, not events, to count)");
             return self.aggregate(aggregator);
         }
-        let (key, local) = (self.keyed.key_fn(), aggregator.clone());
+        if self.rejects.is_some() {
+            refuse("cannot reject single events (the window receives partials)");
+            return self.aggregate(aggregator);
+        }
+        let (key, local, origin) = (self.keyed.key_fn(), aggregator.clone(), self.origin);
         let partials = self
             .keyed
             .stream()
             .clone()
             .chain("local-window", move || {
-                LocalWindows::new(key.clone(), pane, offset, local.clone())
+                LocalWindows::new(key.clone(), pane, offset, local.clone(), origin.clone())
             })
             .internal();
-        if self.rejects.is_some() || self.origin.is_some() {
-            refuse("cannot name or reject single events (the window receives partials)");
-            return self.aggregate(aggregator);
-        }
         WindowedStream {
             keyed: partials.key_by(|p: &Partial<K, A::Acc>| p.key.clone()),
             spec: self.spec,
