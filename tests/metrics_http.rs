@@ -86,9 +86,17 @@ fn metrics_are_scraped_over_http_and_match_the_run() -> TestResult {
         sample_sum(body, "weir_late_events_total", &[]),
         late_expected as f64
     );
-    // At parallelism 2 window-agg aggregates in two phases: the window receives what the
-    // local phase hands on, one partial per key, second and reader, and the late events
-    // one by one.
+    // At parallelism 2 window-agg aggregates in two phases: the events enter the local
+    // phase, and the window receives what it hands on, one partial per key, second and
+    // reader, and the late events one by one.
+    assert_eq!(
+        sample_sum(
+            body,
+            "weir_events_in_total",
+            &[r#"operator="local-window""#]
+        ),
+        good as f64
+    );
     let partials = sample_sum(
         body,
         "weir_events_out_total",

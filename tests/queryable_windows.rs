@@ -81,16 +81,16 @@ fn scan_all(addr: &str) -> Option<(BTreeMap<String, Value>, i64)> {
     Some((table, body["watermark"].as_i64()?))
 }
 
-/// Events of this run on their way to the window (all instances): those the window
-/// operator received, or at parallelism > 1, where window-agg aggregates in two phases and
-/// the window receives partials, those read (`settled` then waits for stable answers).
+/// Events the windowing received in this run (all instances): the window operator's, or at
+/// parallelism > 1, where window-agg aggregates in two phases and the window receives
+/// partials, the local phase's (`local-window`).
 fn applied(addr: &str) -> u64 {
     let metrics = common::http_get(addr, "/metrics").expect("GET /metrics");
-    let (metric, operator) = match metrics.contains(r#"operator="local-window""#) {
-        true => ("weir_events_out_total", r#"operator="input""#),
-        false => ("weir_events_in_total", r#"operator="window""#),
+    let first = match metrics.contains(r#"operator="local-window""#) {
+        true => r#"operator="local-window""#,
+        false => r#"operator="window""#,
     };
-    common::sample_sum(&metrics, metric, &[operator]) as u64
+    common::sample_sum(&metrics, "weir_events_in_total", &[first]) as u64
 }
 
 /// Waits until the window received every event and two scans in a row agree (the

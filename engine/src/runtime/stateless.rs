@@ -11,7 +11,7 @@ use crate::checkpoint::coordinator::Participant;
 use crate::checkpoint::CheckpointId;
 use crate::error::{BoxError, EngineError, Result};
 use crate::job::NodeId;
-use crate::metrics::OperatorMetrics;
+use crate::metrics::{Counter, OperatorMetrics};
 use crate::operator::ChainedOperator;
 use crate::record::{Batch, Data, Record};
 use crate::time::{Timestamp, END_WATERMARK, MIN_WATERMARK};
@@ -68,6 +68,7 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
         } else {
             None
         };
+        let events_in = metrics.events_in.clone();
         let metered: Box<dyn Push<U>> = Box::new(Metered::new(down, metrics));
         let context = NodeContext {
             name,
@@ -75,8 +76,23 @@ impl<T: Data, U: Data> NodeImpl for StatelessNode<T, U> {
             replay_from: b.options.replay_from,
             idle_timeout: b.options.idle_timeout,
         };
-        Ok(erase((self.wrap)(metered, context)?))
+        let node = (self.wrap)(metered, context)?;
+        Ok(erase::<T>(Box::new(CountedIn { events_in, node })))
     }
+}
+
+/// Counts what a stateless node receives (`weir_events_in_total`), once per batch.
+struct CountedIn<T> {
+    events_in: Counter,
+    node: Box<dyn Push<T>>,
+}
+
+impl<T: Data> Push<T> for CountedIn<T> {
+    fn push(&mut self, batch: Batch<T>) -> Result<()> {
+        self.events_in.inc_by(batch.records.len() as u64);
+        self.node.push(batch)
+    }
+    pass_on_control!(node);
 }
 
 /// Counts what a chained operator emits and publishes its output watermark.
