@@ -22,9 +22,10 @@
 //! - Memory is bounded: at most [`MAX_HELD_PARTIALS`] partials are held per instance; past
 //!   that, every open pane's partials go on at once, as Flink's mini-batch flushes at its
 //!   size, and until the newest of those panes completes, events go on one by one (holding
-//!   them saves little with that many keys, and cost a quarter of the throughput with 3 M
-//!   keys in memory). Early partials are still right: partials of one key and pane merge,
-//!   and a partial of one event, timed at the event, is that event to the window.
+//!   them saves little with that many keys). Early partials are still right: partials of
+//!   one key and pane merge, and a partial of one event, timed at the event, is that event
+//!   to the window. With millions of keys per window and memory state, two phases are
+//!   still slower than one (BENCHMARKS.md).
 //! - An event the aggregate fails on here fails the job with the error the window operator
 //!   gives (key, pane, event time and input position); a failure while merging partials
 //!   names the key and window only, no single event being to blame.
