@@ -208,12 +208,17 @@ where
                         .or_insert_with(|| spare.take().unwrap_or_default())
                 }
             };
+            // The key is kept for the error, not cloned for the table.
             let added = match keys.get_mut(&key) {
                 Some(acc) => self.aggregator.add(acc, &r.value),
-                None => aggregate_of(&self.aggregator, &r.value).map(|acc| {
-                    keys.insert(key.clone(), acc);
-                    self.held += 1;
-                }),
+                None => match aggregate_of(&self.aggregator, &r.value) {
+                    Ok(acc) => {
+                        keys.insert(key, acc);
+                        self.held += 1;
+                        continue;
+                    }
+                    Err(cause) => Err(cause),
+                },
             };
             if let Err(cause) = added {
                 return Err(self.failed(cause, &key, start, &r));
