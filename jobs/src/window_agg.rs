@@ -258,19 +258,16 @@ pub fn aggregate_windows(
     // At P > 1 each worker sums its own events per key and window before the exchange
     // (Flink's local-global aggregation): one partial per key, window and reader crosses to
     // the key's worker instead of every event, so a file read by P readers scales. Results
-    // are the same; late events and refused events need the events themselves, and a
-    // session has no panes, so those keep the one-phase window.
-    let two_phase = opts.parallelism > 1
-        && !reject
-        && opts.late_output.is_none()
-        && !matches!(opts.window, WindowSpec::Session(_));
+    // are the same; where two phases cannot give them (sessions, late output, refused
+    // events), the window aggregates in one phase.
     let stats = Stats::of(|e: &Event| e.value);
-    let results = match &opts.late_output {
-        _ if two_phase => windowed.aggregate_two_phase(stats),
-        Some(path) => windowed
-            .late_data(FileSink::<Event>::new(path))
-            .aggregate(stats),
-        None => windowed.aggregate(stats),
+    let windowed = match &opts.late_output {
+        Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
+        None => windowed,
+    };
+    let results = match opts.parallelism > 1 {
+        true => windowed.aggregate_two_phase_or_one(stats),
+        false => windowed.aggregate(stats),
     }
     .uid("window");
     if let Some(n) = opts.top {

@@ -270,34 +270,70 @@ where
         self,
         aggregator: A,
     ) -> Stream<WindowResult<K, A::Output>> {
-        let refuse = |reason: &str| {
-            self.keyed.stream().invalid(format!(
-                "two-phase aggregation {reason}: use .aggregate(..) instead"
-            ))
-        };
-        let (pane, offset) = match self.spec {
+        match self.local_pane() {
+            Ok((pane, offset)) => self.local_then_global(aggregator, pane, offset),
+            Err(reason) => {
+                self.keyed.stream().invalid(format!(
+                    "two-phase aggregation {reason}: use .aggregate(..) instead"
+                ));
+                self.aggregate(aggregator)
+            }
+        }
+    }
+
+    /// As [`WindowedStream::aggregate_two_phase`] where two phases give this window's
+    /// results, and as [`WindowedStream::aggregate`] (one phase, no error) where they
+    /// cannot: session windows, a late-data sink, a trigger or rejects. For a job whose
+    /// options decide the window's shape (as `weir run window-agg` at `--parallelism` > 1),
+    /// so that it does not restate these rules; Flink's optimizer chooses the same way
+    /// (`table.optimizer.agg-phase-strategy: AUTO`).
+    pub fn aggregate_two_phase_or_one<A: Aggregator<T>>(
+        self,
+        aggregator: A,
+    ) -> Stream<WindowResult<K, A::Output>> {
+        match self.local_pane() {
+            Ok((pane, offset)) => self.local_then_global(aggregator, pane, offset),
+            Err(_) => self.aggregate(aggregator),
+        }
+    }
+
+    /// The pane length and offset the local phase sums by, or why two phases cannot give
+    /// this window's results.
+    fn local_pane(&self) -> Result<(i64, i64), String> {
+        let pane = match self.spec {
             WindowSpec::Tumbling(t) => (t.size, t.offset),
             WindowSpec::Sliding(s) => (aligned::gcd(s.size, s.slide), s.offset),
             WindowSpec::Session(_) => {
-                refuse(&format!(
+                return Err(format!(
                     "needs tumbling or sliding windows, not {}",
                     self.spec
-                ));
-                return self.aggregate(aggregator);
+                ))
             }
         };
         if self.late.is_some() {
-            refuse("cannot route late events to a sink (they would go as partial aggregates)");
-            return self.aggregate(aggregator);
+            return Err(
+                "cannot route late events to a sink (they would go as partial aggregates)".into(),
+            );
         }
         if self.trigger.is_some() {
-            refuse("cannot fire early (the window receives partials, not events, to count)");
-            return self.aggregate(aggregator);
+            return Err(
+                "cannot fire early (the window receives partials, not events, to count)".into(),
+            );
         }
         if self.rejects.is_some() {
-            refuse("cannot reject single events (the window receives partials)");
-            return self.aggregate(aggregator);
+            return Err("cannot reject single events (the window receives partials)".into());
         }
+        Ok(pane)
+    }
+
+    /// The local phase (per input instance, before the exchange) and the window merging
+    /// its partials.
+    fn local_then_global<A: Aggregator<T>>(
+        self,
+        aggregator: A,
+        pane: i64,
+        offset: i64,
+    ) -> Stream<WindowResult<K, A::Output>> {
         let (key, local, origin) = (self.keyed.key_fn(), aggregator.clone(), self.origin);
         let partials = self
             .keyed
