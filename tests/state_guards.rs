@@ -8,6 +8,8 @@
 //! - A corrupt file hard-linked into every retained checkpoint: the restart is refused,
 //!   naming the file and the flags that start anyway, and leaves the checkpoints in place;
 //!   `--replay-from beginning` then derives exact output.
+//! - A run without `--state-dir` killed with -9 leaves its temporary RocksDB state behind:
+//!   the next such run removes it (and nothing of a run still going).
 //!
 //! Each run reads its input with `--follow`, so it is still running (and checkpointing)
 //! when the test acts, and is ended by SIGKILL.
@@ -24,7 +26,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::checkpointed::{committed_rows, complete_checkpoint_dirs};
-use common::follow_run::{checkpoints_of, run, Fixture, Process};
+use common::follow_run::{checkpoints_of, run, Fixture, Process, LIMIT};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -222,4 +224,85 @@ fn a_corrupt_file_in_every_checkpoint_refuses_the_restart_instead_of_starting_em
     );
     assert!(ok, "--replay-from beginning should start over:\n{says}");
     assert_eq!(committed_rows(&out), reference, "rows after the replay");
+}
+
+/// The temporary state directories (`weir-state-*`) under `temp`.
+fn temporary_state_dirs(temp: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(temp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("weir-state-")
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Starts `weir run window-agg --follow` into `name.jsonl` with `TMPDIR` at `temp`, and
+/// waits until it holds a temporary state directory besides those in `others`; returns it
+/// with the process.
+fn start_following(
+    fx: &Fixture,
+    temp: &Path,
+    name: &str,
+    others: &[PathBuf],
+) -> (Process, PathBuf) {
+    let mut run = Process::start_with_env(
+        WEIR,
+        &fx.args(&fx.path(&format!("{name}.jsonl")), &["--follow"]),
+        fx.path(&format!("{name}.stderr")),
+        &[("TMPDIR", temp.as_os_str())],
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let new = temporary_state_dirs(temp)
+            .into_iter()
+            .find(|d| !others.contains(d) && d.join("window-agg/weir.lock").exists());
+        if let Some(dir) = new {
+            return (run, dir);
+        }
+        assert!(
+            run.is_running() && started.elapsed() < LIMIT,
+            "no temporary state directory; stderr:\n{}",
+            run.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_temporary_state_of_a_run_killed_with_9_is_removed_by_the_next_run() {
+    let fx = Fixture::new(WEIR);
+    let temp = fx.path("tmp");
+    fs::create_dir(&temp).unwrap();
+    // Without --state-dir, a run keeps its RocksDB state in a temporary directory. One
+    // run goes on throughout; another is killed with -9 and cannot remove its directory.
+    let (mut going, going_dir) = start_following(&fx, &temp, "going", &[]);
+    let (mut killed, killed_dir) =
+        start_following(&fx, &temp, "killed", std::slice::from_ref(&going_dir));
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let mut both = vec![going_dir.clone(), killed_dir.clone()];
+    both.sort();
+    assert_eq!(temporary_state_dirs(&temp), both);
+
+    // The next run removes the killed run's directory, says so, and leaves the running
+    // one's; its own goes when it ends.
+    let next = std::process::Command::new(WEIR)
+        .args(fx.args(&fx.path("next.jsonl"), &[]))
+        .env("TMPDIR", &temp)
+        .output()
+        .unwrap();
+    let says = String::from_utf8_lossy(&next.stderr);
+    assert!(next.status.success(), "{says}");
+    assert!(
+        says.contains(&format!("removed {}", killed_dir.display())),
+        "the next run should say it removed the killed run's state:\n{says}"
+    );
+    assert_eq!(temporary_state_dirs(&temp), vec![going_dir]);
+    assert!(going.is_running(), "{}", going.stderr());
 }

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The lock file in a job's state directory.
-const LOCK_FILE: &str = "weir.lock";
+pub const LOCK_FILE: &str = "weir.lock";
 /// The epoch file in a job's state directory.
 const EPOCH_FILE: &str = "epoch";
 /// How often a waiting run tries the lock again.
