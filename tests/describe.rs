@@ -274,3 +274,18 @@ fn describe_names_the_state_tables_of_every_keyed_operator() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn window_agg_sums_per_reader_at_parallelism_2_unless_asked_for_one_phase() -> TestResult {
+    let local = |args: &[&str]| -> Result<bool, Box<dyn std::error::Error>> {
+        let graph = describe(&[&["window-agg"], args].concat())?;
+        Ok(node_line(&graph, "local-window").is_some())
+    };
+    assert!(local(&["--parallelism", "2"])?, "two phases at P = 2");
+    assert!(!local(&["--parallelism", "1"])?, "one phase at P = 1");
+    let one = ["--parallelism", "2", "--agg-phase-strategy", "one-phase"];
+    assert!(!local(&one)?, "one phase when asked");
+    let session = ["--parallelism", "2", "--window", "session:5s"];
+    assert!(!local(&session)?, "one phase for sessions");
+    Ok(())
+}

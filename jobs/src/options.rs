@@ -87,6 +87,14 @@ pub struct JobOptions {
     /// checkpoints, exactly once, as results are.
     #[arg(long, default_value = "fail", value_parser = ["fail", "dead-letter"])]
     pub on_aggregate_error: String,
+    /// How window-agg aggregates at --parallelism > 1 (Flink's
+    /// table.optimizer.agg-phase-strategy): `auto` in two phases where they give the same
+    /// results (each reader sums its events per key and window before they cross to the
+    /// key's worker; sessions, --late-output and --on-aggregate-error dead-letter take one),
+    /// `one-phase` sends every event to its key's worker (better with millions of keys of
+    /// one or two events each per window).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "one-phase"])]
+    pub agg_phase_strategy: String,
     /// window-agg: make each key's latest window result readable while the job runs, under
     /// this table name (e.g. `windows`): `GET /api/v1/state/windows/KEY` answers the row's
     /// `window_start`, `window_end`, `count`, `sum`, `min`, `max` and `avg`.

@@ -355,7 +355,7 @@ impl Registry {
                     .reads(EVENT_INPUT)
                     .reads(&["ts-field", "key-field", "value-field", "events"])
                     .reads(&["window", "allowed-lateness", "late-output", "queryable"])
-                    .reads(&["top", "by", "on-aggregate-error"]),
+                    .reads(&["top", "by", "on-aggregate-error", "agg-phase-strategy"]),
             )
             .register(
                 JobSpec::new("order-analytics", orders::ABOUT, orders::build).reads(EVENT_INPUT),

@@ -259,13 +259,14 @@ pub fn aggregate_windows(
     // (Flink's local-global aggregation): one partial per key, window and reader crosses to
     // the key's worker instead of every event, so a file read by P readers scales. Results
     // are the same; where two phases cannot give them (sessions, late output, refused
-    // events), the window aggregates in one phase.
+    // events), or `--agg-phase-strategy one-phase` says so, the window aggregates in one
+    // phase.
     let stats = Stats::of(|e: &Event| e.value);
     let windowed = match &opts.late_output {
         Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
         None => windowed,
     };
-    let results = match opts.parallelism > 1 {
+    let results = match opts.parallelism > 1 && opts.agg_phase_strategy == "auto" {
         true => windowed.aggregate_two_phase_or_one(stats),
         false => windowed.aggregate(stats),
     }
