@@ -48,6 +48,7 @@ pub mod partitioned;
 pub mod registry;
 pub mod saga_monitor;
 mod stop_signal;
+mod temporary_state;
 pub mod window_agg;
 
 pub use weir_connectors as connectors;
