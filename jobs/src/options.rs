@@ -6,12 +6,46 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use weir_connectors::{Format, KafkaSpec, PostgresSpec};
 use weir_engine::{parse_duration, CheckpointConfig, Resume, RunOptions, StateConfig};
 use weir_operators::{Session, Sliding, Tumbling, WindowSpec};
 
 use crate::temporary_state;
+
+/// The metric of a window result that `--top` ranks keys by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum RankBy {
+    /// Number of events.
+    Count,
+    /// Sum of the values.
+    Sum,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Mean value.
+    Avg,
+}
+
+/// What window-agg does with an event its aggregate cannot take (`--on-aggregate-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnAggregateError {
+    /// Fail the job.
+    Fail,
+    /// Write the event to the dead letters and go on without it.
+    DeadLetter,
+}
+
+/// How window-agg aggregates at `--parallelism` > 1 (`--agg-phase-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AggPhaseStrategy {
+    /// Two phases where they give the same results, else one.
+    Auto,
+    /// Every event crosses to its key's worker.
+    OnePhase,
+}
 
 /// Options of `weir run`, `weir describe` and `weir bench`.
 #[derive(Debug, Clone, Args)]
@@ -77,25 +111,25 @@ pub struct JobOptions {
     /// Emit only the N keys with the largest `--by` metric per window, ranked (window-agg).
     #[arg(long)]
     pub top: Option<usize>,
-    /// The metric `--top` ranks by: count, sum, min, max or avg.
-    #[arg(long, default_value = "sum", value_parser = ["count", "sum", "min", "max", "avg"])]
-    pub by: String,
+    /// The metric `--top` ranks by.
+    #[arg(long, value_enum, default_value_t = RankBy::Sum)]
+    pub by: RankBy,
     /// What window-agg does with an event its aggregate cannot take (an i64 sum would
     /// overflow): `fail` the job (the error names the key, window, event time and input
     /// position), or `dead-letter`: write the event to the dead letters with its input
     /// position and the reason, count it (weir_dead_letter_records_total{operator="window"}) and go
     /// on without it. With --checkpoint-interval the letters are committed with the
     /// checkpoints, exactly once, as results are.
-    #[arg(long, default_value = "fail", value_parser = ["fail", "dead-letter"])]
-    pub on_aggregate_error: String,
+    #[arg(long, value_enum, default_value_t = OnAggregateError::Fail)]
+    pub on_aggregate_error: OnAggregateError,
     /// How window-agg aggregates at --parallelism > 1 (Flink's
     /// table.optimizer.agg-phase-strategy): `auto` in two phases where they give the same
     /// results (each reader sums its events per key and window before they cross to the
     /// key's worker; sessions, --late-output and --on-aggregate-error dead-letter take one),
     /// `one-phase` sends every event to its key's worker (better with millions of keys of
     /// one or two events each per window).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "one-phase"])]
-    pub agg_phase_strategy: String,
+    #[arg(long, value_enum, default_value_t = AggPhaseStrategy::Auto)]
+    pub agg_phase_strategy: AggPhaseStrategy,
     /// window-agg: make each key's latest window result readable while the job runs, under
     /// this table name (e.g. `windows`): `GET /api/v1/state/windows/KEY` answers the row's
     /// `window_start`, `window_end`, `count`, `sum`, `min`, `max` and `avg`.

@@ -4,20 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
-use weir_engine::checkpoint::ownership::LOCK_FILE;
+use weir_engine::checkpoint::ownership::lock_if_unused;
 
 /// The name of a temporary state directory starts with this, then `<pid>-<run>`.
 const TEMPORARY_STATE: &str = "weir-state-";
 
 /// The locks of every job directory in the state directory `dir`, taken; `None` if a job
-/// directory has no lock file or its lock is held (see
-/// [`weir_engine::checkpoint::ownership`]), or `dir` has no job directory.
+/// directory has no lock file or its lock is held (see [`lock_if_unused`]), or `dir` has
+/// no job directory.
 fn unused_job_locks(dir: &Path) -> Option<Vec<std::fs::File>> {
     let mut locks = Vec::new();
     for job in std::fs::read_dir(dir).ok()? {
-        let lock = std::fs::File::open(job.ok()?.path().join(LOCK_FILE)).ok()?;
-        lock.try_lock().ok()?;
-        locks.push(lock);
+        locks.push(lock_if_unused(&job.ok()?.path())?);
     }
     (!locks.is_empty()).then_some(locks)
 }

@@ -35,7 +35,7 @@ use self::flat_json::{decode_flat_json, LineShape};
 use crate::dead_letters::{dead_letter_sink, write_dead_letters};
 use crate::generate::{EventStreamSpec, GeneratedEvents};
 use crate::input::InputSpec;
-use crate::options::{usage, JobOptions};
+use crate::options::{usage, AggPhaseStrategy, JobOptions, OnAggregateError, RankBy};
 use crate::output::OutputSink;
 
 mod flat_json;
@@ -123,15 +123,14 @@ enum Metric {
     Float(f64),
 }
 
-fn metric_of(by: &str) -> anyhow::Result<fn(&StatsOutput<i64>) -> Metric> {
-    Ok(match by {
-        "count" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.count)),
-        "sum" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.sum)),
-        "min" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.min)),
-        "max" => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.max)),
-        "avg" => |s: &StatsOutput<i64>| Metric::Float(s.avg),
-        other => usage!("--by {other}: use count, sum, min, max or avg"),
-    })
+fn metric_of(by: RankBy) -> fn(&StatsOutput<i64>) -> Metric {
+    match by {
+        RankBy::Count => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.count)),
+        RankBy::Sum => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.sum)),
+        RankBy::Min => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.min)),
+        RankBy::Max => |s: &StatsOutput<i64>| Metric::Int(i128::from(s.max)),
+        RankBy::Avg => |s: &StatsOutput<i64>| Metric::Float(s.avg),
+    }
 }
 
 /// `--watermark-delay` unless given: the out-of-orderness `weir gen events` makes by
@@ -212,7 +211,7 @@ pub fn aggregate_windows(
     // exactly-once dead-letter sink, so they take part in checkpoints like results: a
     // restore withdraws the letters after its checkpoint, and the replayed input, meeting
     // the restored sums, refuses the same events again.
-    let reject = opts.on_aggregate_error == "dead-letter";
+    let reject = opts.on_aggregate_error == OnAggregateError::DeadLetter;
     if opts.top.is_some() && !opts.allowed_lateness.is_zero() {
         usage!("--top ranks each window once, when it is final: it cannot take --allowed-lateness");
     }
@@ -266,14 +265,14 @@ pub fn aggregate_windows(
         Some(path) => windowed.late_data(FileSink::<Event>::new(path)),
         None => windowed,
     };
-    let results = match opts.parallelism > 1 && opts.agg_phase_strategy == "auto" {
+    let results = match opts.parallelism > 1 && opts.agg_phase_strategy == AggPhaseStrategy::Auto {
         true => windowed.aggregate_two_phase_or_one(stats),
         false => windowed.aggregate(stats),
     }
     .uid("window");
     if let Some(n) = opts.top {
         results
-            .top_n(n, metric_of(&opts.by)?)
+            .top_n(n, metric_of(opts.by))
             .uid("top-n")
             .map(|r| TopRow {
                 window_start: r.window.start,

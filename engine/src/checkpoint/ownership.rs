@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The lock file in a job's state directory.
-pub const LOCK_FILE: &str = "weir.lock";
+const LOCK_FILE: &str = "weir.lock";
 /// The epoch file in a job's state directory.
 const EPOCH_FILE: &str = "epoch";
 /// How often a waiting run tries the lock again.
@@ -70,6 +70,16 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> OwnershipError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// The lock of the job state directory `dir`, taken without claiming an epoch, if a run
+/// has used it (its lock file exists) and none holds it now: held while a directory of a
+/// run that ended is removed, so that no run starts in it meanwhile. `None` otherwise, or
+/// if the lock file cannot be opened.
+pub fn lock_if_unused(dir: &Path) -> Option<File> {
+    let file = File::open(dir.join(LOCK_FILE)).ok()?;
+    file.try_lock().ok()?;
+    Some(file)
 }
 
 /// The exclusive lock on a job's state directory and the epoch this run claimed; released
@@ -246,6 +256,20 @@ mod tests {
             2,
             "each run that got the lock claimed an epoch"
         );
+    }
+
+    #[test]
+    fn only_a_used_directory_no_run_holds_is_locked_as_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(lock_if_unused(dir.path()).is_none(), "never used");
+        let run = StateDirLock::acquire(dir.path(), Duration::ZERO, &never).unwrap();
+        assert!(lock_if_unused(dir.path()).is_none(), "held by a run");
+        drop(run);
+        let unused = lock_if_unused(dir.path()).expect("used, and the run ended");
+        let err = StateDirLock::acquire(dir.path(), Duration::ZERO, &never).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(unused);
+        assert_eq!(read_epoch(dir.path()).unwrap(), 1, "claims no epoch");
     }
 
     #[test]
