@@ -225,6 +225,18 @@ pub trait EventTimeOperator: Send + 'static {
         Ok(())
     }
 
+    /// The keys about to be handled one by one: a batch's events (before
+    /// [`EventTimeOperator::on_event`]) or the timers due at one time (before
+    /// [`EventTimeOperator::on_timer`]). An operator on large state reads their entries in
+    /// one batch ([`crate::MapState::prefetch`]). Nothing by default.
+    fn prefetch<'a>(&mut self, keys: impl Iterator<Item = &'a Self::Key>) -> Result<(), BoxError>
+    where
+        Self::Key: 'a,
+    {
+        drop(keys);
+        Ok(())
+    }
+
     /// Every state table of the operator, by name: flushed at each checkpoint. A table left
     /// out here would lose its writes since the last flush on a restore. The names are
     /// those its factory declares ([`super::OperatorFactory::tables`]).
@@ -336,6 +348,7 @@ impl<O: EventTimeOperator> EventTime<O> {
             while let Some((time, keys)) =
                 self.operator.timers()[queue].pop_due(|time| due.at(time, watermark))?
             {
+                self.operator.prefetch(keys.iter())?;
                 for key in keys {
                     self.operator.on_timer(queue, time, key, watermark, out)?;
                 }
@@ -357,6 +370,8 @@ impl<O: EventTimeOperator> KeyedOperator for EventTime<O> {
         out: &mut Output<O::Out>,
     ) -> Result<(), BoxError> {
         let mut late = 0;
+        self.operator
+            .prefetch(records.iter().map(|r| &r.value.key))?;
         for r in records {
             if r.watermark > self.watermark {
                 self.advance(r.watermark, out)?;

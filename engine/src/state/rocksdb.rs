@@ -39,7 +39,7 @@ use rocksdb::{
     IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteBufferManager,
     WriteOptions,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::codec::{decode_key, decode_value, encode_key, encode_value};
 use super::keyed::RocksKeyedMap;
@@ -539,6 +539,9 @@ impl StateBackend for RocksBackend {
             column,
             table,
             cache: FxHashMap::default(),
+            absent: FxHashSet::default(),
+            loads: std::cell::Cell::new(0),
+            prefetch_found: true,
             capacity: self.cache_entries,
             entries: 0,
             write_options,
@@ -585,6 +588,14 @@ pub struct RocksMap<K, V> {
     column: TableColumn,
     pub(super) table: String,
     pub(super) cache: FxHashMap<K, Slot<V>>,
+    /// Keys a prefetch found absent from RocksDB and the cache: no lookup needed until
+    /// the next write-back (emptied there, as the keys may then be written).
+    absent: FxHashSet<K>,
+    /// Keys looked up one by one since the last prefetch, and whether that prefetch found
+    /// keys to read: while neither, the keys in use are all cached and a prefetch would
+    /// only cost a hash lookup per key (see [`MapState::prefetch`]).
+    loads: std::cell::Cell<usize>,
+    prefetch_found: bool,
     capacity: usize,
     pub(super) entries: usize,
     pub(super) write_options: WriteOptions,
@@ -612,6 +623,7 @@ impl<K, V> RocksMap<K, V> {
 
 impl<K: StateKey, V: StateValue> RocksMap<K, V> {
     fn load(&self, key: &K) -> Result<Option<V>, StateError> {
+        self.loads.set(self.loads.get() + 1);
         let key = encode_key(&self.table, key)?;
         self.column.with_dependent(|store, cf| {
             let bytes = store
@@ -624,7 +636,7 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
 
     /// Makes sure `key` is in the cache if it exists at all; writes back first if full.
     fn ensure_cached(&mut self, key: &K) -> Result<(), StateError> {
-        if self.cache.contains_key(key) {
+        if self.cache.contains_key(key) || self.absent.contains(key) {
             return Ok(());
         }
         if self.cache.len() >= self.capacity {
@@ -647,6 +659,7 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
     pub fn write_back(&mut self) -> Result<(), StateError> {
         self.write_changes()?;
         self.cache.clear();
+        self.absent.clear();
         Ok(())
     }
 
@@ -654,6 +667,7 @@ impl<K: StateKey, V: StateValue> RocksMap<K, V> {
     /// now clean, so a checkpoint does not cost the hot keys their place in memory.
     pub(super) fn write_clean(&mut self) -> Result<(), StateError> {
         self.write_changes()?;
+        self.absent.clear();
         self.cache.retain(|_, slot| match slot {
             Slot::Live { dirty, in_db, .. } => {
                 *dirty = false;
@@ -742,8 +756,73 @@ impl<K: StateKey, V: StateValue> MapState<K, V> for RocksMap<K, V> {
         match self.cache.get(key) {
             Some(Slot::Live { value, .. }) => Ok(f(Some(value))),
             Some(Slot::Deleted) => Ok(f(None)),
+            None if self.absent.contains(key) => Ok(f(None)),
             None => Ok(f(self.load(key)?.as_ref())),
         }
+    }
+
+    fn prefetch<'a>(&mut self, keys: impl Iterator<Item = &'a K>) -> Result<(), StateError>
+    where
+        K: 'a,
+    {
+        if !self.prefetch_found && self.loads.get() == 0 {
+            return Ok(());
+        }
+        self.loads.set(0);
+        // Only keys the cache has room for: a prefetch never writes the cache back, which
+        // would cost the keys in it their place for keys that may not stay until used.
+        let room = self
+            .capacity
+            .saturating_sub(self.cache.len() + self.absent.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let mut wanted = Vec::new();
+        for key in keys {
+            if !self.cache.contains_key(key) && !self.absent.contains(key) {
+                wanted.push((encode_key(&self.table, key)?, key));
+            }
+        }
+        self.prefetch_found = !wanted.is_empty();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        wanted.dedup_by(|a, b| a.0 == b.0);
+        if wanted.len() > room {
+            // Some would be looked up one by one anyway, and the write-back their first
+            // lookup causes would drop the prefetched ones before their use.
+            return Ok(());
+        }
+        let table = self.table.as_str();
+        let found = self.column.with_dependent(|store, cf| {
+            let encoded = wanted.iter().map(|(encoded, _)| encoded.as_slice());
+            let results = store
+                .db
+                .batched_multi_get_cf_opt(cf, encoded, true, &self.read_options);
+            let mut found = Vec::with_capacity(results.len());
+            for result in results {
+                let bytes = result.map_err(|e| rocks_error(table, "read failed", e))?;
+                found.push(bytes.map(|b| decode_value::<V>(table, &b)).transpose()?);
+            }
+            Ok::<_, StateError>(found)
+        })?;
+        for ((_, key), value) in wanted.into_iter().zip(found) {
+            match value {
+                Some(value) => {
+                    let slot = Slot::Live {
+                        value,
+                        dirty: false,
+                        in_db: true,
+                    };
+                    self.cache.insert(key.clone(), slot);
+                }
+                None => {
+                    self.absent.insert(key.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn modify<R>(
@@ -1079,6 +1158,40 @@ mod tests {
         // Another table of the same operator is a separate column family.
         let other: RocksMap<String, Vec<i64>> = backend.map_state("u")?;
         assert_eq!(other.get(&"k1".to_string())?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn prefetched_entries_and_absences_agree_with_rocksdb() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let store = RocksStore::open_fresh(&dir.path().join("db"), &shared_block_cache())?;
+        let mut backend = RocksBackend::new(store, "op", 8);
+        let mut table: RocksMap<String, i64> = backend.map_state("t")?;
+        for i in 0..20 {
+            table.put(format!("k{i}"), i)?;
+        }
+        table.write_back()?;
+        let keys = ["k3", "k5", "x1", "x2", "k3"].map(String::from);
+        table.prefetch(keys.iter())?;
+        assert_eq!(table.cache.len(), 2, "the present keys, once each");
+        assert_eq!(table.absent.len(), 2, "the absent keys");
+        assert_eq!(table.get(&keys[0])?, Some(3));
+        assert_eq!(table.get(&keys[2])?, None);
+        table.update(&keys[2], || 0, |v| *v += 7)?;
+        assert_eq!(table.get(&keys[2])?, Some(7), "written after its prefetch");
+        // A write-back forgets the absences: x1 is in RocksDB now.
+        table.write_back()?;
+        assert!(table.absent.is_empty());
+        assert_eq!(table.get(&keys[2])?, Some(7));
+        // More keys than the cache has room for: none prefetched, all read when used.
+        let many: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+        table.prefetch(many.iter())?;
+        assert!(table.cache.is_empty() && table.absent.is_empty());
+        for (i, key) in many.iter().enumerate() {
+            let want = (i < 20).then_some(i as i64);
+            assert_eq!(table.get(key)?, want, "{key}");
+        }
         Ok(())
     }
 

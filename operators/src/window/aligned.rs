@@ -182,6 +182,14 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         Ok(())
     }
 
+    /// Reads the panes of `keys` (a batch's, about to be added) in one batch.
+    pub(crate) fn prefetch<'a>(&mut self, keys: impl Iterator<Item = &'a K>) -> Result<(), BoxError>
+    where
+        K: 'a,
+    {
+        Ok(self.panes.prefetch(keys)?)
+    }
+
     /// End of the window starting at `start` (saturating: windows near `i64::MAX` end there).
     #[inline]
     fn end_of(&self, start: Timestamp) -> Timestamp {

@@ -187,6 +187,16 @@ where
         }
     }
 
+    fn prefetch<'a>(&mut self, keys: impl Iterator<Item = &'a K>) -> Result<(), BoxError>
+    where
+        K: 'a,
+    {
+        match &mut self.windows {
+            Windows::Aligned(w) => w.prefetch(keys),
+            Windows::Session(_) => Ok(()),
+        }
+    }
+
     fn timers(&mut self) -> &mut [S::Timers<K>] {
         match &mut self.windows {
             Windows::Aligned(w) => w.timers(),
