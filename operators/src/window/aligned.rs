@@ -182,7 +182,8 @@ impl<S: StateBackend, K: StateKey, T: Send + Clone + 'static, A: Aggregator<T>>
         Ok(())
     }
 
-    /// Reads the panes of `keys` (a batch's, about to be added) in one batch.
+    /// Reads the panes of `keys` in one batch: a batch's events about to be added, or the
+    /// keys whose windows are about to fire.
     pub(crate) fn prefetch<'a>(&mut self, keys: impl Iterator<Item = &'a K>) -> Result<(), BoxError>
     where
         K: 'a,
